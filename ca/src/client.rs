@@ -1,0 +1,358 @@
+//! A client of the CA's HTTPS API, for the sidecar and for tests.
+//!
+//! Each call opens one TLS 1.3 connection, verifies the CA's server certificate against the
+//! given trust PEM and the URL's host name (or IP address), sends one HTTP/1.1 request and
+//! closes. A call that takes longer than ten seconds fails with [`ClientError::Timeout`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::api;
+use crate::crypto::{PROTOCOL_VERSIONS, provider};
+
+/// Longest one call may take, connection included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer the client reads.
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Why a call to the CA failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The CA URL is not `https://host[:port]`.
+    #[error("invalid CA URL {0:?}: expected https://host[:port]")]
+    InvalidUrl(String),
+    /// The trust PEM holds no usable certificate.
+    #[error("invalid CA trust bundle: {0}")]
+    InvalidTrust(String),
+    /// The request could not be encoded.
+    #[error("cannot encode the request: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The join token cannot be sent in an HTTP header.
+    #[error("the join token holds characters that cannot be sent in a header")]
+    InvalidToken,
+    /// The TLS client configuration could not be built.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The CA could not be reached, or the TLS handshake with it failed.
+    #[error("cannot reach the CA: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The HTTP exchange failed part way.
+    #[error("HTTP exchange with the CA failed: {0}")]
+    Http(#[from] hyper::Error),
+    /// No complete answer within the request timeout.
+    #[error("the CA did not answer within {}s", REQUEST_TIMEOUT.as_secs())]
+    Timeout,
+    /// The CA refused the request (4xx). Retrying with the same credential and CSR will not
+    /// help.
+    #[error("the CA refused the request ({status} {code}): {message}")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// The stable error code, or `unknown` if the answer was not a CA error.
+        code: String,
+        /// The CA's explanation.
+        message: String,
+    },
+    /// The CA failed on its side (5xx); a later retry may succeed.
+    #[error("the CA is unavailable ({status}): {message}")]
+    Unavailable {
+        /// HTTP status.
+        status: u16,
+        /// The CA's explanation.
+        message: String,
+    },
+    /// The CA said yes but the answer does not parse.
+    #[error("unexpected answer from the CA: {0}")]
+    InvalidResponse(String),
+}
+
+/// A client of one CA.
+#[derive(Clone)]
+pub struct CaClient {
+    url: String,
+    host: String,
+    port: u16,
+    host_header: HeaderValue,
+    server_name: ServerName<'static>,
+    roots: Arc<RootCertStore>,
+    anonymous: Arc<ClientConfig>,
+}
+
+impl fmt::Debug for CaClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaClient")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaClient {
+    /// A client of the CA at `url` (`https://host[:port]`), whose server certificate must chain
+    /// to a certificate in `ca_trust_pem`.
+    pub fn new(url: &str, ca_trust_pem: &[u8]) -> Result<Self, ClientError> {
+        let invalid = || ClientError::InvalidUrl(url.to_owned());
+        let uri: Uri = url.parse().map_err(|_| invalid())?;
+        let authority = uri.authority().ok_or_else(invalid)?;
+        if uri.scheme_str() != Some("https")
+            || !matches!(uri.path(), "" | "/")
+            || uri.query().is_some()
+            || authority.as_str().contains('@')
+        {
+            return Err(invalid());
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let server_name = ServerName::try_from(host.clone()).map_err(|_| invalid())?;
+        let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?;
+
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_trust_pem) {
+            let cert = cert.map_err(|e| ClientError::InvalidTrust(e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::InvalidTrust(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(ClientError::InvalidTrust(
+                "no certificate in the PEM".into(),
+            ));
+        }
+        let roots = Arc::new(roots);
+        Ok(Self {
+            url: url.to_owned(),
+            port: authority.port_u16().unwrap_or(443),
+            host,
+            host_header,
+            server_name,
+            anonymous: Arc::new(client_config(Arc::clone(&roots), None)?),
+            roots,
+        })
+    }
+
+    /// Asks for a certificate for the public key in `csr_pem`, proving identity with a join
+    /// token.
+    pub async fn issue_with_token(
+        &self,
+        csr_pem: &str,
+        token: &str,
+    ) -> Result<api::CertificateResponse, ClientError> {
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| ClientError::InvalidToken)?;
+        authorization.set_sensitive(true);
+        let mut request = certificate_request(csr_pem)?;
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, authorization);
+        let (status, body) = self.exchange(request, None).await?;
+        parse_certificate(status, &body)
+    }
+
+    /// Asks for a new certificate for the public key in `csr_pem`, proving identity with the
+    /// current certificate, presented as the TLS client certificate.
+    pub async fn renew(
+        &self,
+        csr_pem: &str,
+        current: Arc<CertifiedKey>,
+    ) -> Result<api::CertificateResponse, ClientError> {
+        let (status, body) = self
+            .exchange(certificate_request(csr_pem)?, Some(current))
+            .await?;
+        parse_certificate(status, &body)
+    }
+
+    /// The CA's trust bundle, PEM.
+    pub async fn trust_bundle(&self) -> Result<String, ClientError> {
+        let mut request = Request::new(Full::new(Bytes::new()));
+        *request.uri_mut() = Uri::from_static(api::TRUST_BUNDLE_PATH);
+        let (status, body) = self.exchange(request, None).await?;
+        check_status(status, &body)?;
+        String::from_utf8(body.to_vec()).map_err(|e| ClientError::InvalidResponse(e.to_string()))
+    }
+
+    /// Sends `request` on a new connection, presenting `client_cert` if given, and returns the
+    /// status and body of the answer.
+    pub(crate) async fn exchange(
+        &self,
+        mut request: Request<Full<Bytes>>,
+        client_cert: Option<Arc<CertifiedKey>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let config = match client_cert {
+            None => Arc::clone(&self.anonymous),
+            Some(cert) => Arc::new(client_config(Arc::clone(&self.roots), Some(cert))?),
+        };
+        request
+            .headers_mut()
+            .insert(header::HOST, self.host_header.clone());
+        tokio::time::timeout(REQUEST_TIMEOUT, self.round_trip(config, request))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    async fn round_trip(
+        &self,
+        config: Arc<ClientConfig>,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(ClientError::Connect)?;
+        let tls = TlsConnector::from(config)
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(ClientError::Connect)?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "CA client connection ended with an error");
+            }
+        });
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| ClientError::InvalidResponse(e.to_string()))?
+            .to_bytes();
+        Ok((status, body))
+    }
+}
+
+fn client_config(
+    roots: Arc<RootCertStore>,
+    client_cert: Option<Arc<CertifiedKey>>,
+) -> Result<ClientConfig, ClientError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .with_root_certificates(roots);
+    let mut config = match client_cert {
+        Some(cert) => builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(cert))),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn certificate_request(csr_pem: &str) -> Result<Request<Full<Bytes>>, ClientError> {
+    let body = serde_json::to_vec(&api::CertificateRequest {
+        csr: csr_pem.to_owned(),
+    })?;
+    let mut request = Request::new(Full::new(Bytes::from(body)));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = Uri::from_static(api::CERTIFICATES_PATH);
+    request.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(request)
+}
+
+fn parse_certificate(
+    status: StatusCode,
+    body: &[u8],
+) -> Result<api::CertificateResponse, ClientError> {
+    check_status(status, body)?;
+    serde_json::from_slice(body).map_err(|e| ClientError::InvalidResponse(e.to_string()))
+}
+
+/// Turns an error answer into [`ClientError::Rejected`] or [`ClientError::Unavailable`].
+fn check_status(status: StatusCode, body: &[u8]) -> Result<(), ClientError> {
+    if status.is_success() {
+        return Ok(());
+    }
+    let (code, message) = match serde_json::from_slice::<api::ErrorResponse>(body) {
+        Ok(e) => (e.error, e.message),
+        Err(_) => (
+            "unknown".to_owned(),
+            String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        ),
+    };
+    if status.is_client_error() {
+        Err(ClientError::Rejected {
+            status: status.as_u16(),
+            code,
+            message,
+        })
+    } else {
+        Err(ClientError::Unavailable {
+            status: status.as_u16(),
+            message,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::test_support::new_ca;
+
+    #[test]
+    fn accepts_only_https_base_urls() {
+        let (_dir, ca) = new_ca();
+        let trust = ca.trust_bundle_pem().as_bytes();
+        for good in [
+            "https://127.0.0.1:7443",
+            "https://[::1]:7443",
+            "https://ca.example.org",
+            "https://ca.example.org/",
+        ] {
+            CaClient::new(good, trust).unwrap();
+        }
+        for bad in [
+            "http://127.0.0.1:7443",
+            "127.0.0.1:7443",
+            "https://127.0.0.1:7443/v1",
+            "https://127.0.0.1:7443/?x=1",
+            "https://user@ca.example.org",
+            "",
+        ] {
+            assert!(
+                matches!(CaClient::new(bad, trust), Err(ClientError::InvalidUrl(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn needs_at_least_one_trusted_certificate() {
+        assert!(matches!(
+            CaClient::new("https://127.0.0.1:7443", b"no pem here"),
+            Err(ClientError::InvalidTrust(_))
+        ));
+    }
+
+    #[test]
+    fn error_answers_are_classified_by_status() {
+        let body = br#"{"error":"token_used","message":"join token has already been used"}"#;
+        assert!(matches!(
+            check_status(StatusCode::UNAUTHORIZED, body),
+            Err(ClientError::Rejected { status: 401, code, .. }) if code == "token_used"
+        ));
+        assert!(matches!(
+            check_status(StatusCode::BAD_GATEWAY, b"<html>"),
+            Err(ClientError::Unavailable { status: 502, .. })
+        ));
+        assert!(matches!(
+            check_status(StatusCode::FORBIDDEN, b"<html>"),
+            Err(ClientError::Rejected { code, .. }) if code == "unknown"
+        ));
+        check_status(StatusCode::OK, b"").unwrap();
+    }
+}

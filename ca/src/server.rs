@@ -1,0 +1,748 @@
+//! The CA's HTTPS API.
+//!
+//! | method | path                | answer                                   |
+//! |--------|---------------------|------------------------------------------|
+//! | POST   | `/v1/certificates`  | JSON [`api::CertificateResponse`]        |
+//! | GET    | `/v1/trust-bundle`  | the trust bundle, PEM                    |
+//! | GET    | `/healthz`          | `ok`                                     |
+//!
+//! TLS 1.3 only, with a server certificate made from the issuer at start. Client certificates
+//! are optional: a connection that presents one (webpki has chained it to the trust bundle) asks
+//! for a renewal of the identity in it; any other request must carry
+//! `Authorization: Bearer <join token>`. Every error is a JSON [`api::ErrorResponse`] whose
+//! `error` code is stable:
+//!
+//! | status | codes                                                                          |
+//! |--------|--------------------------------------------------------------------------------|
+//! | 400    | `invalid_json`, `body_unreadable`, `csr_malformed`, `csr_key_unsupported`      |
+//! | 401    | `token_missing`, `token_unknown`, `token_expired`, `token_used`                |
+//! | 403    | `identity_mismatch`, `csr_requests_ca`, `foreign_trust_domain`, `client_certificate_rejected` |
+//! | 404    | `not_found`                                                                    |
+//! | 405    | `method_not_allowed`                                                           |
+//! | 408    | `body_timeout`                                                                 |
+//! | 413    | `body_too_large`                                                               |
+//! | 500    | `internal`                                                                     |
+//!
+//! Tokens and keys are never logged.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::api;
+use crate::authority::{Authority, CaError, Credential, IssueError};
+use crate::crypto::{PROTOCOL_VERSIONS, provider};
+use crate::svid;
+use crate::token::TokenError;
+
+/// Path of the liveness endpoint.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// Longest a client may take to finish the TLS handshake, and to send request headers.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a client may take to send a request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a connection may stay open. Every API call is one short request, so an older
+/// connection is idle or hostile.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Longest open connections may take to finish after shutdown is asked for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves the CA API on `listener` until `shutdown` completes, then lets open connections
+/// finish. The server certificate names `localhost`, `127.0.0.1`, `::1` and the listener's
+/// address unless it is unspecified.
+pub async fn serve(
+    authority: Arc<Authority>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), CaError> {
+    serve_with_names(authority, listener, Vec::new(), shutdown).await
+}
+
+/// [`serve`], with `extra_names` (DNS names or IP addresses) added to the server certificate.
+pub async fn serve_with_names(
+    authority: Arc<Authority>,
+    listener: TcpListener,
+    extra_names: Vec<String>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), CaError> {
+    let local = listener.local_addr().map_err(CaError::Listener)?;
+    let names = server_names(local, extra_names);
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&authority, &names)?));
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT);
+    let http = Arc::new(http);
+    let graceful = GracefulShutdown::new();
+    tracing::info!(listen = %local, ?names, "CA server listening");
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "CA server cannot accept a connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        let http = Arc::clone(&http);
+        let authority = Arc::clone(&authority);
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "CA server TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "CA server TLS handshake timed out");
+                    return;
+                }
+            };
+            let client_cert: Option<Arc<CertificateDer<'static>>> = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| Arc::new(leaf.clone()));
+            let service = service_fn(move |request| {
+                let authority = Arc::clone(&authority);
+                let client_cert = client_cert.clone();
+                async move {
+                    Ok::<_, Infallible>(route(&authority, client_cert.as_deref(), request).await)
+                }
+            });
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(tls), service));
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "CA server connection ended with an error");
+                }
+                Err(_) => tracing::debug!(%peer, "CA server closed a connection open too long"),
+            }
+        });
+    }
+
+    drop(listener);
+    tracing::info!("CA server draining connections");
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
+            tracing::warn!("CA server connections still open after the drain timeout");
+        }
+    }
+    Ok(())
+}
+
+fn server_names(local: SocketAddr, extra: Vec<String>) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let listen_ip = (!local.ip().is_unspecified()).then(|| local.ip().to_string());
+    for name in listen_ip.into_iter().chain(extra) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+fn tls_config(authority: &Authority, names: &[String]) -> Result<ServerConfig, CaError> {
+    let (chain, key) = authority.server_certificate(names)?;
+    let mut roots = RootCertStore::empty();
+    for anchor in authority.trust_anchors() {
+        roots.add(anchor.clone())?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+enum Endpoint {
+    Certificates,
+    TrustBundle,
+    Health,
+    WrongMethod(&'static str),
+    Unknown,
+}
+
+async fn route(
+    authority: &Arc<Authority>,
+    client_cert: Option<&CertificateDer<'static>>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let endpoint = match (request.method(), request.uri().path()) {
+        (&Method::POST, api::CERTIFICATES_PATH) => Endpoint::Certificates,
+        (&Method::GET, api::TRUST_BUNDLE_PATH) => Endpoint::TrustBundle,
+        (&Method::GET, HEALTH_PATH) => Endpoint::Health,
+        (_, api::CERTIFICATES_PATH) => Endpoint::WrongMethod("POST"),
+        (_, api::TRUST_BUNDLE_PATH | HEALTH_PATH) => Endpoint::WrongMethod("GET"),
+        _ => Endpoint::Unknown,
+    };
+    let result = match endpoint {
+        Endpoint::Certificates => certificates(authority, client_cert, request).await,
+        Endpoint::TrustBundle => Ok(response(
+            StatusCode::OK,
+            "application/x-pem-file",
+            Bytes::copy_from_slice(authority.trust_bundle_pem().as_bytes()),
+        )),
+        Endpoint::Health => Ok(response(
+            StatusCode::OK,
+            "text/plain",
+            Bytes::from_static(b"ok"),
+        )),
+        Endpoint::WrongMethod(allow) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("use {allow}"),
+        )
+        .with_header(header::ALLOW, HeaderValue::from_static(allow))),
+        Endpoint::Unknown => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint",
+        )),
+    };
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+async fn certificates(
+    authority: &Arc<Authority>,
+    client_cert: Option<&CertificateDer<'static>>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > api::MAX_BODY_BYTES as u64) {
+        return Err(ApiError::too_large());
+    }
+    let credential = match client_cert {
+        Some(der) => {
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            let info = svid::verify_leaf(der, authority.trust_domain(), now).map_err(|e| {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "client_certificate_rejected",
+                    e.to_string(),
+                )
+            })?;
+            Credential::Renewal(info.id)
+        }
+        None => Credential::JoinToken(bearer_token(request.headers())?),
+    };
+    let body = Limited::new(request.into_body(), api::MAX_BODY_BYTES).collect();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(ApiError::too_large());
+        }
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                e.to_string(),
+            ));
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive in time",
+            ));
+        }
+    };
+    let body: api::CertificateRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
+
+    // Issuance signs and fsyncs: keep it off the async worker threads.
+    let authority = Arc::clone(authority);
+    let issued = tokio::task::spawn_blocking(move || authority.issue(&body.csr, credential))
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
+    let not_after = issued
+        .not_after
+        .format(&Rfc3339)
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &api::CertificateResponse {
+            chain_pem: issued.chain_pem,
+            trust_bundle_pem: issued.trust_bundle_pem,
+            spiffe_id: issued.spiffe_id.to_string(),
+            serial: issued.serial,
+            not_after,
+        },
+    ))
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer_token(headers: &HeaderMap) -> Result<String, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty());
+    match token {
+        Some(token) => Ok(token.to_owned()),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_missing",
+            "send a join token as `Authorization: Bearer <token>`, or a client certificate to renew",
+        )),
+    }
+}
+
+/// An error answer: status, stable code, a sentence, and any extra headers.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    header: Option<(header::HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        let header = (status == StatusCode::UNAUTHORIZED)
+            .then(|| (header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        Self {
+            status,
+            code,
+            message: message.into(),
+            header,
+        }
+    }
+
+    fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.header = Some((name, value));
+        self
+    }
+
+    fn too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "request bodies are limited to {} bytes",
+                api::MAX_BODY_BYTES
+            ),
+        )
+    }
+
+    /// A failure on the CA's side: logged in full, answered without detail.
+    fn internal(error: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %error, "CA request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the CA failed to handle the request",
+        )
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        tracing::debug!(status = %self.status, code = self.code, "CA request refused");
+        let mut response = json_response(
+            self.status,
+            &api::ErrorResponse {
+                error: self.code.to_owned(),
+                message: self.message,
+            },
+        );
+        if let Some((name, value)) = self.header {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
+impl From<IssueError> for ApiError {
+    fn from(error: IssueError) -> Self {
+        let (status, code) = match &error {
+            IssueError::MalformedCsr(_) => (StatusCode::BAD_REQUEST, "csr_malformed"),
+            IssueError::UnsupportedKey => (StatusCode::BAD_REQUEST, "csr_key_unsupported"),
+            IssueError::CaRequested => (StatusCode::FORBIDDEN, "csr_requests_ca"),
+            IssueError::IdentityMismatch { .. } => (StatusCode::FORBIDDEN, "identity_mismatch"),
+            IssueError::ForeignTrustDomain(_) => (StatusCode::FORBIDDEN, "foreign_trust_domain"),
+            IssueError::Token(TokenError::Unknown) => (StatusCode::UNAUTHORIZED, "token_unknown"),
+            IssueError::Token(TokenError::Expired) => (StatusCode::UNAUTHORIZED, "token_expired"),
+            IssueError::Token(TokenError::Used) => (StatusCode::UNAUTHORIZED, "token_used"),
+            IssueError::IssuerExpired(_)
+            | IssueError::State(_)
+            | IssueError::Random(_)
+            | IssueError::Certificate(_) => {
+                return Self::internal(&error);
+            }
+        };
+        Self::new(status, code, error.to_string())
+    }
+}
+
+fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(value) {
+        Ok(body) => response(status, "application/json", body.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a CA answer");
+            response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                Bytes::from_static(b"internal error"),
+            )
+        }
+    }
+}
+
+fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa};
+    use rustls::sign::CertifiedKey;
+    use rustls_pki_types::PrivateKeyDer;
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::client::{CaClient, ClientError};
+    use crate::test_support::{certs, csr, new_ca, p256, verify_chain, workload};
+
+    /// A CA served on a loopback port for the length of a test.
+    struct Running {
+        authority: Arc<Authority>,
+        client: CaClient,
+        url: String,
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<Result<(), CaError>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Running {
+        async fn start() -> Self {
+            let (dir, authority) = new_ca();
+            let authority = Arc::new(authority);
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("https://{}", listener.local_addr().unwrap());
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(serve(Arc::clone(&authority), listener, async move {
+                let _ = stopped.await;
+            }));
+            let client = CaClient::new(&url, authority.trust_bundle_pem().as_bytes()).unwrap();
+            Self {
+                authority,
+                client,
+                url,
+                stop,
+                task,
+                _dir: dir,
+            }
+        }
+
+        fn token(&self) -> String {
+            self.authority
+                .create_token(&workload("shop", "orders"), Duration::from_secs(3600), 1)
+                .unwrap()
+        }
+
+        /// Sends a raw request and returns the status and decoded error body.
+        async fn raw(
+            &self,
+            method: Method,
+            path: &'static str,
+            headers: &[(header::HeaderName, &str)],
+            body: Vec<u8>,
+        ) -> (StatusCode, Bytes) {
+            let mut request = Request::new(Full::new(Bytes::from(body)));
+            *request.method_mut() = method;
+            *request.uri_mut() = http::Uri::from_static(path);
+            for (name, value) in headers {
+                request
+                    .headers_mut()
+                    .insert(name.clone(), HeaderValue::from_str(value).unwrap());
+            }
+            self.client.exchange(request, None).await.unwrap()
+        }
+
+        async fn stop(self) {
+            self.stop.send(()).unwrap();
+            self.task.await.unwrap().unwrap();
+        }
+    }
+
+    fn error_code(body: &[u8]) -> String {
+        serde_json::from_slice::<api::ErrorResponse>(body)
+            .unwrap()
+            .error
+    }
+
+    fn rejected_code(result: Result<api::CertificateResponse, ClientError>) -> (u16, String) {
+        match result {
+            Err(ClientError::Rejected { status, code, .. }) => (status, code),
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    fn certified_key(
+        response: &api::CertificateResponse,
+        key: &rcgen::KeyPair,
+    ) -> Arc<CertifiedKey> {
+        let signer = provider()
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+            .unwrap();
+        Arc::new(CertifiedKey::new(certs(&response.chain_pem), signer))
+    }
+
+    #[tokio::test]
+    async fn issues_a_certificate_for_a_join_token_over_tls() {
+        let ca = Running::start().await;
+        let response = ca
+            .client
+            .issue_with_token(&csr(&p256(), &[]), &ca.token())
+            .await
+            .unwrap();
+        assert_eq!(response.spiffe_id, "spiffe://example.org/ns/shop/sa/orders");
+        assert_eq!(response.trust_bundle_pem, ca.authority.trust_bundle_pem());
+        verify_chain(&response.trust_bundle_pem, &response.chain_pem).unwrap();
+        let not_after = OffsetDateTime::parse(&response.not_after, &Rfc3339).unwrap();
+        let info = svid::inspect_leaf(&certs(&response.chain_pem)[0]).unwrap();
+        assert_eq!(not_after.unix_timestamp(), info.not_after);
+        assert_eq!(info.serial_hex, response.serial);
+        ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn renews_with_the_issued_certificate_as_client_certificate() {
+        let ca = Running::start().await;
+        let key = p256();
+        let first = ca
+            .client
+            .issue_with_token(&csr(&key, &[]), &ca.token())
+            .await
+            .unwrap();
+        let renewed = ca
+            .client
+            .renew(&csr(&p256(), &[]), certified_key(&first, &key))
+            .await
+            .unwrap();
+        assert_eq!(renewed.spiffe_id, first.spiffe_id);
+        assert_ne!(renewed.serial, first.serial);
+
+        let other = csr(&p256(), &["spiffe://example.org/ns/kube-system/sa/admin"]);
+        let refused = ca.client.renew(&other, certified_key(&first, &key)).await;
+        assert_eq!(rejected_code(refused), (403, "identity_mismatch".into()));
+        ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn token_problems_are_401_with_distinct_codes() {
+        let ca = Running::start().await;
+        let token = ca.token();
+        let unknown = ca
+            .client
+            .issue_with_token(&csr(&p256(), &[]), "not-a-token")
+            .await;
+        assert_eq!(rejected_code(unknown), (401, "token_unknown".into()));
+        ca.client
+            .issue_with_token(&csr(&p256(), &[]), &token)
+            .await
+            .unwrap();
+        let used = ca.client.issue_with_token(&csr(&p256(), &[]), &token).await;
+        assert_eq!(rejected_code(used), (401, "token_used".into()));
+
+        let body = serde_json::to_vec(&api::CertificateRequest {
+            csr: csr(&p256(), &[]),
+        })
+        .unwrap();
+        let (status, body) = ca
+            .raw(Method::POST, api::CERTIFICATES_PATH, &[], body)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(error_code(&body), "token_missing");
+        ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn csr_for_another_identity_or_a_ca_is_403() {
+        let ca = Running::start().await;
+        let other = csr(&p256(), &["spiffe://example.org/ns/kube-system/sa/admin"]);
+        let refused = ca.client.issue_with_token(&other, &ca.token()).await;
+        assert_eq!(rejected_code(refused), (403, "identity_mismatch".into()));
+
+        let key = p256();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let refused = ca.client.issue_with_token(&ca_csr, &ca.token()).await;
+        assert_eq!(rejected_code(refused), (403, "csr_requests_ca".into()));
+        ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn malformed_csr_or_json_is_400() {
+        let ca = Running::start().await;
+        let refused = ca.client.issue_with_token("garbage", &ca.token()).await;
+        assert_eq!(rejected_code(refused), (400, "csr_malformed".into()));
+
+        let bearer = format!("Bearer {}", ca.token());
+        let (status, body) = ca
+            .raw(
+                Method::POST,
+                api::CERTIFICATES_PATH,
+                &[(header::AUTHORIZATION, &bearer)],
+                b"{\"csr\": 42}".to_vec(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(error_code(&body), "invalid_json");
+        ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn body_over_64_kib_is_413() {
+        let ca = Running::start().await;
+        let bearer = format!("Bearer {}", ca.token());
+        let body = vec![b' '; api::MAX_BODY_BYTES + 1];
+        let (status, body) = ca
+            .raw(
+                Method::POST,
+                api::CERTIFICATES_PATH,
+                &[(header::AUTHORIZATION, &bearer)],
+                body,
+            )
+            .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(error_code(&body), "body_too_large");
+        ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn wrong_method_is_405_and_unknown_path_is_404() {
+        let ca = Running::start().await;
+        let (status, body) = ca
+            .raw(Method::GET, api::CERTIFICATES_PATH, &[], Vec::new())
+            .await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(error_code(&body), "method_not_allowed");
+        let (status, body) = ca.raw(Method::GET, "/v1/nothing", &[], Vec::new()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(error_code(&body), "not_found");
+        ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn serves_trust_bundle_and_health() {
+        let ca = Running::start().await;
+        assert_eq!(
+            ca.client.trust_bundle().await.unwrap(),
+            ca.authority.trust_bundle_pem()
+        );
+        let (status, body) = ca.raw(Method::GET, HEALTH_PATH, &[], Vec::new()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&body[..], b"ok");
+        ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn server_certificate_is_valid_for_localhost() {
+        let ca = Running::start().await;
+        let port = ca.url.rsplit(':').next().unwrap();
+        let by_name = CaClient::new(
+            &format!("https://localhost:{port}"),
+            ca.authority.trust_bundle_pem().as_bytes(),
+        )
+        .unwrap();
+        by_name.trust_bundle().await.unwrap();
+        ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn client_refuses_a_ca_it_does_not_trust() {
+        let ca = Running::start().await;
+        let (_dir, stranger) = new_ca();
+        let client = CaClient::new(&ca.url, stranger.trust_bundle_pem().as_bytes()).unwrap();
+        assert!(matches!(
+            client.trust_bundle().await,
+            Err(ClientError::Connect(_))
+        ));
+        ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn renewal_with_a_certificate_from_another_ca_is_refused() {
+        let ca = Running::start().await;
+        let (_dir, stranger) = new_ca();
+        let key = p256();
+        let token = stranger
+            .create_token(&workload("shop", "orders"), Duration::from_secs(60), 1)
+            .unwrap();
+        let issued = stranger
+            .issue(&csr(&key, &[]), Credential::JoinToken(token))
+            .unwrap();
+        let response = api::CertificateResponse {
+            chain_pem: issued.chain_pem,
+            trust_bundle_pem: issued.trust_bundle_pem,
+            spiffe_id: issued.spiffe_id.to_string(),
+            serial: issued.serial,
+            not_after: String::new(),
+        };
+        // In TLS 1.3 the server judges the client certificate after the client has finished
+        // its side of the handshake, so the refusal shows up on the HTTP exchange.
+        let result = ca
+            .client
+            .renew(&csr(&p256(), &[]), certified_key(&response, &key))
+            .await;
+        assert!(
+            matches!(result, Err(ClientError::Http(_) | ClientError::Connect(_))),
+            "{result:?}"
+        );
+        ca.stop().await;
+    }
+}

@@ -1,0 +1,147 @@
+//! The admin server: `/live`, `/ready`, `/metrics`, `/identity`. Bind it to loopback unless a
+//! scraper elsewhere needs it; it never shows key material.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::forward::{self, Body};
+use crate::metrics::Metrics;
+use crate::tls::Credentials;
+
+/// What the admin endpoints read.
+#[derive(Debug)]
+pub struct AdminState {
+    /// Metrics to expose.
+    pub metrics: Arc<Metrics>,
+    /// The credentials, once the first certificate is installed.
+    pub creds: ArcSwapOption<Credentials>,
+    /// Set once every data-path listener is bound.
+    pub listening: AtomicBool,
+    /// Set when draining: readiness turns off so load balancers stop sending.
+    pub draining: AtomicBool,
+}
+
+impl AdminState {
+    /// Fresh state: not ready.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            creds: ArcSwapOption::empty(),
+            listening: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Ready: a certificate that has not expired, listeners up, not draining.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err("draining");
+        }
+        let Some(creds) = self.creds.load_full() else {
+            return Err("no certificate yet");
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        if creds.current().leaf.not_after < now {
+            return Err("certificate expired");
+        }
+        if !self.listening.load(Ordering::Acquire) {
+            return Err("listeners not bound yet");
+        }
+        Ok(())
+    }
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(forward::boxed(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::GET {
+        return forward::error_response(StatusCode::METHOD_NOT_ALLOWED, "admin endpoints take GET");
+    }
+    match req.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n".into(), "text/plain"),
+        "/ready" => match state.ready() {
+            Ok(()) => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+                "text/plain",
+            ),
+        },
+        "/metrics" => text(
+            StatusCode::OK,
+            state.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        "/identity" => match state.creds.load_full() {
+            None => forward::error_response(StatusCode::SERVICE_UNAVAILABLE, "no certificate yet"),
+            Some(creds) => {
+                let snap = creds.current();
+                let body = serde_json::json!({
+                    "spiffe_id": snap.leaf.id.to_string(),
+                    "serial": snap.leaf.serial_hex,
+                    "not_before": rfc3339(snap.leaf.not_before),
+                    "not_after": rfc3339(snap.leaf.not_after),
+                    "trust_bundle_roots": snap.roots.len(),
+                });
+                text(StatusCode::OK, format!("{body}\n"), "application/json")
+            }
+        },
+        _ => forward::error_response(StatusCode::NOT_FOUND, "unknown admin path"),
+    }
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Serves the admin endpoints until `shutdown`.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let resp = route(&state, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder.serve_connection(TokioIo::new(tcp), svc).await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,166 @@
+//! `picket ca`: create, run and inspect the embedded certificate authority.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use picket_ca::authority::{Authority, InitOptions};
+use picket_ca::{TrustDomain, WorkloadName};
+use tokio_util::sync::CancellationToken;
+
+/// `picket ca` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum CaCommand {
+    /// Create a CA: a root (or an imported organisation root) and an online issuer.
+    Init(InitArgs),
+    /// Join tokens, the bootstrap credentials of new workloads.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Serve the CA's HTTPS API until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Print the trust bundle (PEM) workloads should trust.
+    Bundle(BundleArgs),
+}
+
+/// `picket ca token` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token and print it (only the token, on stdout).
+    Create(TokenCreateArgs),
+}
+
+/// Arguments of `picket ca init`.
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// Trust domain of every identity the CA issues, e.g. cluster.local.
+    #[arg(long)]
+    trust_domain: TrustDomain,
+    /// Directory for the CA's state (created with mode 0700; must not hold a CA already).
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// An organisation CA certificate (PEM) to sign the issuer with instead of a new root.
+    #[arg(long, requires = "root_key")]
+    root_cert: Option<PathBuf>,
+    /// The organisation CA's private key (PEM); it is not copied into the state directory.
+    #[arg(long, requires = "root_cert")]
+    root_key: Option<PathBuf>,
+    /// Lifetime of issued certificates [default: 24h].
+    #[arg(long, value_parser = picket_ca::duration::parse)]
+    leaf_ttl: Option<Duration>,
+    /// Longest lifetime the CA may be configured to issue [default: 168h].
+    #[arg(long, value_parser = picket_ca::duration::parse)]
+    max_leaf_ttl: Option<Duration>,
+}
+
+/// Arguments of `picket ca token create`.
+#[derive(Debug, clap::Args)]
+pub struct TokenCreateArgs {
+    /// The CA's state directory.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// The identity the token grants, as ns/<namespace>/sa/<service-account>.
+    #[arg(long)]
+    identity: WorkloadName,
+    /// How long the token can be used.
+    #[arg(long, default_value = "1h", value_parser = picket_ca::duration::parse)]
+    ttl: Duration,
+    /// How many certificates the token can obtain.
+    #[arg(long, default_value_t = 1)]
+    uses: u32,
+}
+
+/// Arguments of `picket ca serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The CA's state directory.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Address to listen on, e.g. 127.0.0.1:7443 (port 0 picks a free port).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Extra DNS name or IP address for the server certificate (repeatable); localhost,
+    /// 127.0.0.1, ::1 and the listen address are always included.
+    #[arg(long = "san")]
+    sans: Vec<String>,
+    /// Once listening, write {"listen":"IP:PORT"} here (for supervisors and tests).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+/// Arguments of `picket ca bundle`.
+#[derive(Debug, clap::Args)]
+pub struct BundleArgs {
+    /// The CA's state directory.
+    #[arg(long)]
+    state_dir: PathBuf,
+}
+
+/// Runs one `picket ca` subcommand.
+pub async fn run(cmd: CaCommand) -> anyhow::Result<()> {
+    match cmd {
+        CaCommand::Init(args) => init(args),
+        CaCommand::Token(TokenCommand::Create(args)) => create_token(args),
+        CaCommand::Serve(args) => serve(args).await,
+        CaCommand::Bundle(args) => bundle(args),
+    }
+}
+
+fn init(args: InitArgs) -> anyhow::Result<()> {
+    let mut options = InitOptions::new(args.state_dir, args.trust_domain);
+    options.root = args.root_cert.zip(args.root_key);
+    if let Some(ttl) = args.leaf_ttl {
+        options.leaf_ttl = ttl;
+    }
+    if let Some(ttl) = args.max_leaf_ttl {
+        options.max_leaf_ttl = ttl;
+    }
+    Authority::init(options).context("cannot initialise the CA")?;
+    Ok(())
+}
+
+fn create_token(args: TokenCreateArgs) -> anyhow::Result<()> {
+    let authority = open(&args.state_dir)?;
+    let token = authority
+        .create_token(&args.identity, args.ttl, args.uses)
+        .context("cannot create a join token")?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{token}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let authority = Arc::new(open(&args.state_dir)?);
+    // Signals are hooked before the ready file appears, so none sent after it is missed.
+    let shutdown = CancellationToken::new();
+    super::cancel_on_signal(shutdown.clone())?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    if let Some(path) = &args.ready_file {
+        super::write_ready_file(path, &serde_json::json!({ "listen": local.to_string() }))
+            .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+    }
+    picket_ca::server::serve_with_names(authority, listener, args.sans, async move {
+        shutdown.cancelled().await
+    })
+    .await
+    .context("CA server failed")
+}
+
+fn bundle(args: BundleArgs) -> anyhow::Result<()> {
+    let authority = open(&args.state_dir)?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(authority.trust_bundle_pem().as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn open(state_dir: &std::path::Path) -> anyhow::Result<Authority> {
+    Authority::open(state_dir)
+        .with_context(|| format!("cannot open the CA state in {}", state_dir.display()))
+}

@@ -1,0 +1,54 @@
+//! Command-line front ends. Each submodule parses its arguments with clap and calls the
+//! libraries; `anyhow` is used here and nowhere else in the proxy.
+
+pub mod ca;
+pub mod demo;
+pub mod proxy;
+
+use std::path::Path;
+
+/// How logs are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Sets up `tracing` on stderr. `RUST_LOG` (read here, once) overrides `default_level`.
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically (temp file then rename), so a reader polling
+/// for the file never sees half of it.
+pub fn write_ready_file(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(value)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT.
+pub fn cancel_on_signal(token: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! `picket proxy`: run the sidecar from a configuration file.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// Arguments of `picket proxy`.
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    /// The sidecar configuration (YAML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Once ready, write the bound addresses here as JSON (for supervisors and tests).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+/// Runs the sidecar until SIGTERM or SIGINT, then drains.
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let shutdown = CancellationToken::new();
+    super::cancel_on_signal(shutdown.clone())?;
+    let ready_file = args.ready_file.clone();
+    let mut ready_error = None;
+    crate::sidecar::run(config, shutdown, |addrs| {
+        if let Some(path) = &ready_file
+            && let Err(e) = serde_json::to_value(addrs)
+                .map_err(anyhow::Error::from)
+                .and_then(|v| super::write_ready_file(path, &v))
+        {
+            ready_error = Some(e);
+        }
+    })
+    .await
+    .context("sidecar failed")?;
+    if let Some(e) = ready_error {
+        return Err(e.context("cannot write the ready file"));
+    }
+    Ok(())
+}

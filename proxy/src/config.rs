@@ -1,0 +1,538 @@
+//! The sidecar configuration: one YAML file, unknown fields rejected, validated into plain
+//! structs that the rest of the proxy receives. Nothing else in the proxy reads files or the
+//! environment for settings.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use picket_ca::{SpiffeId, TrustDomain, WorkloadName};
+use serde::Deserialize;
+
+use crate::yaml::{self, Spanned, YamlError};
+
+/// The validated sidecar configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This workload's identity.
+    pub identity: SpiffeId,
+    /// How to reach the CA.
+    pub ca: CaConfig,
+    /// Inbound (server) side.
+    pub inbound: InboundConfig,
+    /// Outbound (client) side.
+    pub outbound: OutboundConfig,
+    /// Admin listener.
+    pub admin: AdminConfig,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// How the sidecar reaches the CA.
+#[derive(Debug, Clone)]
+pub struct CaConfig {
+    /// Base URL, `https://host:port`.
+    pub url: String,
+    /// PEM file with the roots that sign the CA's serving certificate (the trust bundle).
+    pub trust_bundle: PathBuf,
+    /// File holding the join token for the first issuance.
+    pub join_token_file: PathBuf,
+}
+
+/// Inbound side.
+#[derive(Debug, Clone)]
+pub struct InboundConfig {
+    /// Where peers' mTLS connections arrive.
+    pub listen: SocketAddr,
+    /// The local application, plaintext.
+    pub app: SocketAddr,
+}
+
+/// Outbound side.
+#[derive(Debug, Clone)]
+pub struct OutboundConfig {
+    /// The shared outbound listener: HTTP requests routed by `Host` to an upstream's name.
+    pub listen: SocketAddr,
+    /// Explicit upstreams.
+    pub upstreams: Vec<Upstream>,
+}
+
+/// One explicit upstream: a local plaintext address forwarded over mTLS to a remote sidecar.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Name, also matched against the `Host` header on the shared outbound listener.
+    pub name: String,
+    /// Local plaintext listener for this upstream, if any.
+    pub listen: Option<SocketAddr>,
+    /// The remote sidecar's inbound address.
+    pub address: SocketAddr,
+    /// The identity the remote sidecar must present.
+    pub identity: SpiffeId,
+    /// How traffic is carried.
+    pub protocol: Protocol,
+}
+
+/// How an upstream's traffic is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 or HTTP/2 from the app, HTTP/2 between the sidecars.
+    Http,
+    /// Opaque bytes.
+    Tcp,
+}
+
+/// Admin listener.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Address of `/live`, `/ready`, `/metrics`, `/identity`.
+    pub listen: SocketAddr,
+}
+
+/// Timeouts, all with safe defaults.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// TLS handshake.
+    pub handshake: Duration,
+    /// Connecting to a peer sidecar or the app.
+    pub connect: Duration,
+    /// Whole request, from the request head to the response head.
+    pub request: Duration,
+    /// An idle connection (no bytes either way) is closed after this.
+    pub idle: Duration,
+    /// How long in-flight work may finish after SIGTERM.
+    pub drain: Duration,
+}
+
+/// Limits, all with safe defaults.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open connections per listener; more are refused.
+    pub max_connections: usize,
+    /// Largest request head (HTTP/1) or header list (HTTP/2) in bytes.
+    pub max_header_bytes: usize,
+}
+
+impl Limits {
+    /// [`Limits::max_header_bytes`] as the HTTP/2 header list limit.
+    pub fn header_list_bytes(&self) -> u32 {
+        u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX)
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or a value is invalid; the error says where.
+    #[error("{0}")]
+    Invalid(#[from] YamlError),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    identity: RawIdentity,
+    ca: RawCa,
+    inbound: RawInbound,
+    #[serde(default)]
+    outbound: RawOutbound,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    trust_domain: Spanned<String>,
+    namespace: Spanned<String>,
+    service_account: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCa {
+    url: Spanned<String>,
+    trust_bundle: PathBuf,
+    join_token_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    #[serde(default)]
+    listen: Option<Spanned<String>>,
+    app: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbound {
+    #[serde(default)]
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    upstreams: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: Spanned<String>,
+    #[serde(default)]
+    listen: Option<Spanned<String>>,
+    address: Spanned<String>,
+    identity: Spanned<String>,
+    #[serde(default = "default_protocol")]
+    protocol: Protocol,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Http
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default)]
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    handshake: Option<Spanned<String>>,
+    connect: Option<Spanned<String>>,
+    request: Option<Spanned<String>>,
+    idle: Option<Spanned<String>>,
+    drain: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<Spanned<usize>>,
+    max_header_bytes: Option<Spanned<usize>>,
+}
+
+/// Default inbound listener.
+pub const DEFAULT_INBOUND: &str = "0.0.0.0:7143";
+/// Default shared outbound listener.
+pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:7140";
+/// Default admin listener.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:7191";
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self::parse(&path.display().to_string(), &text)?)
+    }
+
+    /// Parses and validates configuration text; `source_name` is used in error locations.
+    pub fn parse(source_name: &str, text: &str) -> Result<Self, YamlError> {
+        let raw: RawConfig = yaml::parse(source_name, text)?;
+        Validator { source_name }.config(raw)
+    }
+}
+
+struct Validator<'a> {
+    source_name: &'a str,
+}
+
+impl Validator<'_> {
+    fn err<T>(&self, at: &Spanned<T>, msg: impl Into<String>) -> YamlError {
+        yaml::error_at(self.source_name, at, msg)
+    }
+
+    fn addr(&self, v: &Spanned<String>, field: &str) -> Result<SocketAddr, YamlError> {
+        v.value.parse().map_err(|_| {
+            self.err(
+                v,
+                format!("{field}: {:?} is not an IP:port address", v.value),
+            )
+        })
+    }
+
+    fn addr_or(
+        &self,
+        v: &Option<Spanned<String>>,
+        default: &str,
+        field: &str,
+    ) -> Result<SocketAddr, YamlError> {
+        match v {
+            Some(v) => self.addr(v, field),
+            None => default.parse().map_err(|_| YamlError {
+                source_name: self.source_name.to_owned(),
+                line: None,
+                column: None,
+                message: format!("{field}: built-in default {default} is invalid"),
+            }),
+        }
+    }
+
+    fn duration(
+        &self,
+        v: &Option<Spanned<String>>,
+        default: Duration,
+        field: &str,
+    ) -> Result<Duration, YamlError> {
+        let Some(v) = v else { return Ok(default) };
+        let d = picket_ca::duration::parse(&v.value)
+            .map_err(|e| self.err(v, format!("{field}: {e}")))?;
+        if d.is_zero() {
+            return Err(self.err(v, format!("{field}: must be greater than zero")));
+        }
+        Ok(d)
+    }
+
+    fn positive(
+        &self,
+        v: &Option<Spanned<usize>>,
+        default: usize,
+        field: &str,
+    ) -> Result<usize, YamlError> {
+        match v {
+            Some(v) if v.value == 0 => Err(self.err(v, format!("{field}: must be at least 1"))),
+            Some(v) => Ok(v.value),
+            None => Ok(default),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, YamlError> {
+        let td: TrustDomain = raw.identity.trust_domain.value.parse().map_err(|e| {
+            self.err(
+                &raw.identity.trust_domain,
+                format!("identity.trust_domain: {e}"),
+            )
+        })?;
+        let workload = WorkloadName::new(
+            &raw.identity.namespace.value,
+            &raw.identity.service_account.value,
+        )
+        .map_err(|e| self.err(&raw.identity.namespace, format!("identity: {e}")))?;
+        let identity = SpiffeId::new(td.clone(), workload);
+
+        if !raw.ca.url.value.starts_with("https://") {
+            return Err(self.err(&raw.ca.url, "ca.url: must be an https:// URL"));
+        }
+
+        let inbound = InboundConfig {
+            listen: self.addr_or(&raw.inbound.listen, DEFAULT_INBOUND, "inbound.listen")?,
+            app: self.addr(&raw.inbound.app, "inbound.app")?,
+        };
+
+        let mut upstreams: Vec<Upstream> = Vec::with_capacity(raw.outbound.upstreams.len());
+        for u in raw.outbound.upstreams {
+            let name = u.name.value.clone();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+            {
+                return Err(self.err(
+                    &u.name,
+                    "outbound.upstreams.name: use lowercase letters, digits, '-', '.' and '_'",
+                ));
+            }
+            if upstreams.iter().any(|x| x.name == name) {
+                return Err(self.err(
+                    &u.name,
+                    format!("outbound.upstreams: duplicate name {name:?}"),
+                ));
+            }
+            let peer: SpiffeId =
+                u.identity.value.parse().map_err(|e| {
+                    self.err(&u.identity, format!("outbound.upstreams.identity: {e}"))
+                })?;
+            if peer.trust_domain() != &td {
+                return Err(self.err(
+                    &u.identity,
+                    format!(
+                        "outbound.upstreams.identity: {peer} is outside this workload's trust domain {td}"
+                    ),
+                ));
+            }
+            let listen = match &u.listen {
+                Some(l) => Some(self.addr(l, "outbound.upstreams.listen")?),
+                None => None,
+            };
+            if listen.is_none() && u.protocol == Protocol::Tcp {
+                return Err(self.err(
+                    &u.name,
+                    "outbound.upstreams: a tcp upstream needs its own listen address",
+                ));
+            }
+            upstreams.push(Upstream {
+                name,
+                listen,
+                address: self.addr(&u.address, "outbound.upstreams.address")?,
+                identity: peer,
+                protocol: u.protocol,
+            });
+        }
+        let outbound = OutboundConfig {
+            listen: self.addr_or(&raw.outbound.listen, DEFAULT_OUTBOUND, "outbound.listen")?,
+            upstreams,
+        };
+
+        let t = &raw.timeouts;
+        let timeouts = Timeouts {
+            handshake: self.duration(
+                &t.handshake,
+                Duration::from_secs(10),
+                "timeouts.handshake",
+            )?,
+            connect: self.duration(&t.connect, Duration::from_secs(5), "timeouts.connect")?,
+            request: self.duration(&t.request, Duration::from_secs(30), "timeouts.request")?,
+            idle: self.duration(&t.idle, Duration::from_secs(300), "timeouts.idle")?,
+            drain: self.duration(&t.drain, Duration::from_secs(30), "timeouts.drain")?,
+        };
+        let limits = Limits {
+            max_connections: self.positive(
+                &raw.limits.max_connections,
+                10_000,
+                "limits.max_connections",
+            )?,
+            max_header_bytes: self.positive(
+                &raw.limits.max_header_bytes,
+                64 * 1024,
+                "limits.max_header_bytes",
+            )?,
+        };
+
+        Ok(Config {
+            identity,
+            ca: CaConfig {
+                url: raw.ca.url.value,
+                trust_bundle: raw.ca.trust_bundle,
+                join_token_file: raw.ca.join_token_file,
+            },
+            inbound,
+            outbound,
+            admin: AdminConfig {
+                listen: self.addr_or(&raw.admin.listen, DEFAULT_ADMIN, "admin.listen")?,
+            },
+            timeouts,
+            limits,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+identity: { trust_domain: cluster.local, namespace: shop, service_account: frontend }
+ca: { url: \"https://127.0.0.1:7443\", trust_bundle: /b.pem, join_token_file: /t }
+inbound: { app: \"127.0.0.1:8080\" }
+outbound:
+  upstreams:
+  - name: orders
+    listen: \"127.0.0.1:7150\"
+    address: \"10.0.0.2:7143\"
+    identity: spiffe://cluster.local/ns/shop/sa/orders
+";
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = Config::parse("s.yaml", GOOD).unwrap();
+        assert_eq!(
+            c.identity.to_string(),
+            "spiffe://cluster.local/ns/shop/sa/frontend"
+        );
+        assert_eq!(c.inbound.listen.to_string(), DEFAULT_INBOUND);
+        assert_eq!(c.outbound.listen.to_string(), DEFAULT_OUTBOUND);
+        assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN);
+        assert_eq!(c.outbound.upstreams[0].protocol, Protocol::Http);
+        assert_eq!(c.timeouts.handshake, Duration::from_secs(10));
+        assert_eq!(c.limits.max_connections, 10_000);
+    }
+
+    fn error(text: &str) -> YamlError {
+        Config::parse("s.yaml", text).unwrap_err()
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_with_location() {
+        let e = error(&GOOD.replace("inbound: {", "inbound: { color: red,"));
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.to_string().starts_with("s.yaml:3:"), "{e}");
+        assert!(e.to_string().contains("color"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_field_and_line() {
+        for (from, to, line, needle) in [
+            ("\"127.0.0.1:8080\"", "\"localhost\"", 3, "inbound.app"),
+            (
+                "https://127.0.0.1:7443",
+                "http://127.0.0.1:7443",
+                2,
+                "ca.url",
+            ),
+            ("sa/orders", "sa/Orders", 9, "identity"),
+            ("10.0.0.2:7143", "10.0.0.2", 8, "outbound.upstreams.address"),
+        ] {
+            let e = error(&GOOD.replace(from, to));
+            assert_eq!(e.line, Some(line), "{from}: {e}");
+            assert!(e.message.contains(needle), "{from}: {e}");
+        }
+    }
+
+    #[test]
+    fn upstream_outside_trust_domain_is_refused() {
+        let e = error(&GOOD.replace(
+            "spiffe://cluster.local/ns/shop/sa/orders",
+            "spiffe://other.example/ns/shop/sa/orders",
+        ));
+        assert!(
+            e.message.contains("outside this workload's trust domain"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn zero_and_malformed_durations_are_refused() {
+        let e = error(&format!("{GOOD}timeouts: {{ idle: 0s }}\n"));
+        assert!(e.message.contains("timeouts.idle"), "{e}");
+        let e = error(&format!("{GOOD}timeouts: {{ idle: soon }}\n"));
+        assert!(e.message.contains("timeouts.idle"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let e = error(&format!(
+            "{GOOD}admin: {{ listen: \"127.0.0.1:1\" }}\nadmin: {{ listen: \"127.0.0.1:2\" }}\n"
+        ));
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn tcp_upstream_needs_a_listener() {
+        let e = error(
+            &GOOD
+                .replace("    listen: \"127.0.0.1:7150\"\n", "")
+                .replacen("orders\n", "orders\n    protocol: tcp\n", 1),
+        );
+        assert!(e.message.contains("tcp upstream needs"), "{e}");
+    }
+}

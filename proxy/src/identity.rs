@@ -1,0 +1,301 @@
+//! The workload's certificate lifecycle: first issuance with the join token, then renewal at
+//! about two thirds of the lifetime (with jitter and exponential backoff) authenticated by the
+//! current certificate. A fresh key pair is made in memory for every certificate and never
+//! written anywhere. On renewal failure the current certificate keeps serving until it
+//! expires; after expiry the join token file is tried again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use picket_ca::SpiffeId;
+use picket_ca::api::CertificateResponse;
+use picket_ca::client::{CaClient, ClientError};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CaConfig;
+use crate::metrics::Metrics;
+use crate::tls::{Credentials, TlsError};
+
+/// Why the workload could not get or install a certificate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// A file named in the configuration could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The join token file is empty.
+    #[error("join token file {0} is empty")]
+    EmptyToken(PathBuf),
+    /// The CA client could not be set up.
+    #[error("CA client: {0}")]
+    Client(ClientError),
+    /// The CA refused the request; retrying will not help.
+    #[error("the CA refused the certificate request: {0}")]
+    Refused(ClientError),
+    /// Making the key pair or the CSR failed.
+    #[error("cannot make key pair or CSR: {0}")]
+    Csr(#[from] rcgen::Error),
+    /// The certificate the CA returned is unusable.
+    #[error("certificate from the CA is unusable: {0}")]
+    Install(#[from] TlsError),
+    /// Shutdown was requested before a certificate arrived.
+    #[error("shut down before a certificate was issued")]
+    Cancelled,
+}
+
+/// Gets certificates from the CA and keeps them fresh.
+#[derive(Debug)]
+pub struct IdentityManager {
+    identity: SpiffeId,
+    ca: CaClient,
+    token_file: PathBuf,
+    metrics: Arc<Metrics>,
+}
+
+/// A new key and a CSR for it.
+struct KeyAndCsr {
+    key: PrivateKeyDer<'static>,
+    csr_pem: String,
+}
+
+fn key_and_csr(identity: &SpiffeId) -> Result<KeyAndCsr, rcgen::Error> {
+    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names = vec![rcgen::SanType::URI(rcgen::string::Ia5String::try_from(
+        identity.to_uri(),
+    )?)];
+    let csr_pem = params.serialize_request(&key_pair)?.pem()?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pair.serialize_der()));
+    Ok(KeyAndCsr { key, csr_pem })
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A random fraction in [0, 1).
+fn random_unit() -> f64 {
+    let mut b = [0u8; 4];
+    if picket_ca::crypto::fill_random(&mut b).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}
+
+/// When to renew a certificate valid from `not_before` to `not_after`: at two thirds of the
+/// lifetime, moved by up to ±5 % of the lifetime so a fleet started together spreads out.
+pub fn renewal_delay(not_before: i64, not_after: i64, now: i64, jitter_unit: f64) -> Duration {
+    let lifetime = (not_after - not_before).max(1) as f64;
+    let at = not_before as f64 + lifetime * (2.0 / 3.0) + lifetime * 0.1 * (jitter_unit - 0.5);
+    let secs = (at - now as f64).max(0.0);
+    Duration::from_secs_f64(secs)
+}
+
+impl IdentityManager {
+    /// A manager for `identity` using the CA settings.
+    pub fn new(
+        identity: SpiffeId,
+        ca: &CaConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, IdentityError> {
+        let trust = std::fs::read(&ca.trust_bundle).map_err(|source| IdentityError::Read {
+            path: ca.trust_bundle.clone(),
+            source,
+        })?;
+        let client = CaClient::new(&ca.url, &trust).map_err(IdentityError::Client)?;
+        Ok(Self {
+            identity,
+            ca: client,
+            token_file: ca.join_token_file.clone(),
+            metrics,
+        })
+    }
+
+    fn read_token(&self) -> Result<String, IdentityError> {
+        let raw =
+            std::fs::read_to_string(&self.token_file).map_err(|source| IdentityError::Read {
+                path: self.token_file.clone(),
+                source,
+            })?;
+        let token = raw.trim().to_owned();
+        if token.is_empty() {
+            return Err(IdentityError::EmptyToken(self.token_file.clone()));
+        }
+        Ok(token)
+    }
+
+    /// Obtains the first certificate with the join token, retrying with backoff while the CA
+    /// is unreachable. A refusal by the CA is final.
+    pub async fn bootstrap(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Arc<Credentials>, IdentityError> {
+        let mut backoff = Backoff::new();
+        loop {
+            let token = self.read_token()?;
+            let fresh = key_and_csr(&self.identity)?;
+            match self.ca.issue_with_token(&fresh.csr_pem, &token).await {
+                Ok(resp) => {
+                    let creds = Credentials::new(
+                        self.identity.clone(),
+                        resp.chain_pem.as_bytes(),
+                        fresh.key,
+                        resp.trust_bundle_pem.as_bytes(),
+                    )?;
+                    self.installed(&resp);
+                    return Ok(Arc::new(creds));
+                }
+                Err(e @ ClientError::Rejected { .. }) => return Err(IdentityError::Refused(e)),
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "CA unreachable, will retry");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.cancelled() => return Err(IdentityError::Cancelled),
+                    }
+                }
+            }
+        }
+    }
+
+    fn installed(&self, resp: &CertificateResponse) {
+        let not_after = time::OffsetDateTime::parse(
+            &resp.not_after,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map(|t| t.unix_timestamp())
+        .unwrap_or(0);
+        self.metrics.cert_expiry.set(not_after);
+        tracing::info!(
+            spiffe_id = %resp.spiffe_id,
+            serial = %resp.serial,
+            not_after = %resp.not_after,
+            "certificate installed"
+        );
+    }
+
+    async fn renew_once(&self, creds: &Credentials) -> Result<(), IdentityError> {
+        let current = creds.current();
+        let fresh = key_and_csr(&self.identity)?;
+        let expired = unix_now() > current.leaf.not_after;
+        let result = if expired {
+            // The certificate can no longer authenticate; only a (new) join token can.
+            let token = self.read_token()?;
+            self.ca.issue_with_token(&fresh.csr_pem, &token).await
+        } else {
+            self.ca
+                .renew(&fresh.csr_pem, Arc::clone(&current.certified))
+                .await
+        };
+        let resp = result.map_err(IdentityError::Refused)?;
+        creds.rotate(
+            resp.chain_pem.as_bytes(),
+            fresh.key,
+            resp.trust_bundle_pem.as_bytes(),
+        )?;
+        self.installed(&resp);
+        Ok(())
+    }
+
+    /// Renews `creds` before they expire until `shutdown`.
+    pub async fn run_renewals(&self, creds: Arc<Credentials>, shutdown: CancellationToken) {
+        loop {
+            let leaf = creds.current().leaf.clone();
+            let delay = renewal_delay(leaf.not_before, leaf.not_after, unix_now(), random_unit());
+            tracing::debug!(in_ = ?delay, "next certificate renewal scheduled");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let mut backoff = Backoff::new();
+            loop {
+                match self.renew_once(&creds).await {
+                    Ok(()) => {
+                        self.metrics
+                            .cert_renewals
+                            .get_or_create(&crate::metrics::RenewalLabels { result: "ok" })
+                            .inc();
+                        break;
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .cert_renewals
+                            .get_or_create(&crate::metrics::RenewalLabels { result: "failed" })
+                            .inc();
+                        let remaining = creds.current().leaf.not_after - unix_now();
+                        let wait = backoff.next_delay();
+                        tracing::warn!(
+                            error = %e,
+                            seconds_left = remaining,
+                            retry_in = ?wait,
+                            "certificate renewal failed; the current certificate stays in use"
+                        );
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            () = shutdown.cancelled() => return,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff from 500 ms to 30 s with full jitter.
+#[derive(Debug)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { attempt: 0 }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let base = 0.5 * 2f64.powi(self.attempt.min(6) as i32);
+        self.attempt = self.attempt.saturating_add(1);
+        let capped = base.min(30.0);
+        Duration::from_secs_f64(capped * (0.5 + random_unit() / 2.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renews_at_two_thirds_of_lifetime_within_jitter() {
+        let d = renewal_delay(0, 30, 0, 0.5);
+        assert_eq!(d, Duration::from_secs(20));
+        let early = renewal_delay(0, 3000, 0, 0.0);
+        let late = renewal_delay(0, 3000, 0, 1.0);
+        assert_eq!(early, Duration::from_secs(1850));
+        assert_eq!(late, Duration::from_secs(2150));
+    }
+
+    #[test]
+    fn overdue_renewal_is_immediate() {
+        assert_eq!(renewal_delay(0, 30, 100, 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let mut b = Backoff::new();
+        let first = b.next_delay();
+        assert!(first <= Duration::from_millis(500));
+        for _ in 0..20 {
+            assert!(b.next_delay() <= Duration::from_secs(30));
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Inbound: peers' mutual-TLS connections to this workload.
+//!
+//! ```text
+//! accept -> limit -> TLS 1.3 (client SVID required) -> peer SpiffeId
+//!   ALPN h2 / http/1.1 -> hyper server -> strip hop-by-hop and identity headers
+//!                      -> set x-picket-peer-identity -> app (HTTP/1.1 pool or one h2c conn)
+//!   no ALPN            -> opaque TCP splice to the app
+//! ```
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use picket_ca::SpiffeId;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Limits, Timeouts};
+use crate::forward::{
+    self, Body, Connect, ForwardError, H2Client, ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1,
+    PEER_IDENTITY_HEADER,
+};
+use crate::metrics::{Direction, Metrics};
+use crate::net::{self, ConnectionLimit, IdleTimeout};
+use crate::tls::{self, ALPN_H2, ALPN_HTTP1, Credentials, TlsError};
+
+/// What every layer may know about an inbound connection; derived once at accept.
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    /// The TCP peer.
+    pub client_addr: SocketAddr,
+    /// The verified identity from the peer's certificate.
+    pub peer: SpiffeId,
+    /// `x-picket-peer-identity` value, rendered once.
+    peer_header: HeaderValue,
+}
+
+/// Connects to the application over plaintext HTTP/2 (h2c).
+#[derive(Debug, Clone)]
+struct AppConnector {
+    addr: SocketAddr,
+    timeouts: Timeouts,
+}
+
+impl Connect for AppConnector {
+    type Io = TokioIo<TcpStream>;
+
+    async fn connect(&self) -> Result<Self::Io, ForwardError> {
+        connect_app(self.addr, &self.timeouts)
+            .await
+            .map(TokioIo::new)
+    }
+}
+
+async fn connect_app(addr: SocketAddr, timeouts: &Timeouts) -> Result<TcpStream, ForwardError> {
+    let unreachable = |reason: String| ForwardError::Unreachable {
+        target: format!("application at {addr}"),
+        reason,
+    };
+    let stream = tokio::time::timeout(timeouts.connect, TcpStream::connect(addr))
+        .await
+        .map_err(|_| unreachable("connect timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    net::tune(&stream);
+    Ok(stream)
+}
+
+/// The inbound side of one sidecar.
+pub struct Inbound {
+    acceptor: TlsAcceptor,
+    app: SocketAddr,
+    http1: Client<HttpConnector, Incoming>,
+    h2: H2Client<AppConnector>,
+    metrics: Arc<Metrics>,
+    timeouts: Timeouts,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("app", &self.app)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inbound {
+    /// Builds the inbound side forwarding to `app`.
+    pub fn new(
+        creds: &Arc<Credentials>,
+        app: SocketAddr,
+        metrics: Arc<Metrics>,
+        timeouts: Timeouts,
+        limits: Limits,
+    ) -> Result<Self, TlsError> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeouts.connect));
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(timeouts.idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .set_host(false)
+            .build(connector);
+        let h2 = H2Client::new(
+            AppConnector {
+                addr: app,
+                timeouts: timeouts.clone(),
+            },
+            limits.header_list_bytes(),
+        );
+        Ok(Self {
+            acceptor: TlsAcceptor::from(creds.server_config()?),
+            app,
+            http1,
+            h2,
+            metrics,
+            timeouts,
+            limits,
+        })
+    }
+
+    /// Accepts connections until `shutdown`; connection tasks run on `tracker`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let limit = ConnectionLimit::new(self.limits.max_connections);
+        loop {
+            let (tcp, client_addr) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "inbound accept failed");
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let Some(permit) = limit.try_acquire() else {
+                self.metrics.connection(Direction::Inbound, "refused_limit");
+                tracing::warn!(%client_addr, "inbound connection refused: connection limit reached");
+                continue;
+            };
+            net::tune(&tcp);
+            let this = Arc::clone(&self);
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                this.connection(tcp, client_addr, shutdown).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        client_addr: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
+        let handshake =
+            tokio::time::timeout(self.timeouts.handshake, self.acceptor.accept(tcp)).await;
+        let tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return self.refused(client_addr, &e),
+            Err(_) => {
+                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out");
+                return self.refused(client_addr, &e);
+            }
+        };
+        let (_, session) = tls.get_ref();
+        let Some(peer) = tls::peer_identity(session.peer_certificates()) else {
+            // The verifier accepted a certificate, so this cannot happen; fail closed anyway.
+            self.metrics
+                .handshake_failed(Direction::Inbound, "not_an_svid");
+            return;
+        };
+        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        let Ok(peer_header) = HeaderValue::from_str(&peer.to_string()) else {
+            return;
+        };
+        self.metrics.connection(Direction::Inbound, "accepted");
+        let meta = Arc::new(ConnMeta {
+            client_addr,
+            peer,
+            peer_header,
+        });
+        tracing::debug!(%client_addr, peer = %meta.peer, "inbound connection");
+        let io = IdleTimeout::new(tls, self.timeouts.idle);
+        match alpn.as_deref() {
+            Some(ALPN_H2) | Some(ALPN_HTTP1) => {
+                self.http(io, alpn.as_deref() == Some(ALPN_H2), meta, shutdown)
+                    .await
+            }
+            _ => self.splice(io, meta).await,
+        }
+    }
+
+    fn refused(&self, client_addr: SocketAddr, e: &std::io::Error) {
+        let reason = tls::failure_reason(e);
+        self.metrics.handshake_failed(Direction::Inbound, reason);
+        tracing::warn!(%client_addr, reason, error = %e, "inbound TLS handshake refused");
+    }
+
+    async fn http<I>(
+        self: Arc<Self>,
+        io: I,
+        h2: bool,
+        meta: Arc<ConnMeta>,
+        shutdown: CancellationToken,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = Arc::clone(&self);
+        let svc = hyper::service::service_fn(move |req| {
+            let this = Arc::clone(&this);
+            let meta = Arc::clone(&meta);
+            async move { Ok::<_, Infallible>(this.request(req, &meta).await) }
+        });
+        let io = TokioIo::new(io);
+        let result = if h2 {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(self.limits.header_list_bytes())
+                .adaptive_window(true);
+            let conn = builder.serve_connection(io, svc);
+            net::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
+        } else {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(self.timeouts.request)
+                .max_buf_size(self.limits.max_header_bytes.max(8192));
+            let conn = builder.serve_connection(io, svc);
+            net::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "inbound HTTP connection ended with an error");
+        }
+    }
+
+    async fn request(&self, req: Request<Incoming>, meta: &ConnMeta) -> Response<Body> {
+        let start = Instant::now();
+        let resp = match self.forward(req, meta).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::info!(peer = %meta.peer, error = %e, "inbound request failed");
+                let status = match e {
+                    ForwardError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                forward::error_response(status, &e.to_string())
+            }
+        };
+        self.metrics
+            .request(Direction::Inbound, resp.status(), start.elapsed());
+        resp
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        meta: &ConnMeta,
+    ) -> Result<Response<Body>, ForwardError> {
+        let (mut parts, body) = req.into_parts();
+        let to_http1 = parts.version != Version::HTTP_2
+            || parts
+                .headers
+                .get(&ORIG_PROTO_HEADER)
+                .is_some_and(|v| v.as_bytes() == ORIG_PROTO_HTTP1.as_bytes());
+        forward::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(&ORIG_PROTO_HEADER);
+        // `remove` drops every copy a client may have sent.
+        parts.headers.remove(&PEER_IDENTITY_HEADER);
+        parts
+            .headers
+            .insert(PEER_IDENTITY_HEADER, meta.peer_header.clone());
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            });
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_owned();
+        let timeout = self.timeouts.request;
+        let app = self.app;
+        let resp = if to_http1 {
+            parts.uri = format!("http://{app}{pq}")
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| ForwardError::Broken(e.to_string()))?;
+            parts.version = Version::HTTP_11;
+            if !parts.headers.contains_key(header::HOST) {
+                let host = authority.unwrap_or_else(|| app.to_string());
+                if let Ok(v) = HeaderValue::from_str(&host) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+            let fut = self.http1.request(Request::from_parts(parts, body));
+            match tokio::time::timeout(timeout, fut).await {
+                Err(_) => return Err(ForwardError::Timeout(timeout)),
+                Ok(Err(e)) if e.is_connect() => {
+                    return Err(ForwardError::Unreachable {
+                        target: format!("application at {app}"),
+                        reason: std::error::Error::source(&e)
+                            .map_or_else(|| e.to_string(), |s| s.to_string()),
+                    });
+                }
+                Ok(Err(e)) => return Err(ForwardError::Broken(e.to_string())),
+                Ok(Ok(resp)) => resp,
+            }
+        } else {
+            let host = authority.unwrap_or_else(|| app.to_string());
+            parts.uri = format!("http://{host}{pq}")
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| ForwardError::Broken(e.to_string()))?;
+            parts.headers.remove(header::HOST);
+            match tokio::time::timeout(timeout, self.h2.send(Request::from_parts(parts, body)))
+                .await
+            {
+                Err(_) => return Err(ForwardError::Timeout(timeout)),
+                Ok(r) => r?,
+            }
+        };
+        let (mut parts, body) = resp.into_parts();
+        forward::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, forward::boxed(body)))
+    }
+
+    async fn splice<I>(&self, mut io: I, meta: Arc<ConnMeta>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut app = match connect_app(self.app, &self.timeouts).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(peer = %meta.peer, error = %e, "inbound TCP: application unreachable");
+                return;
+            }
+        };
+        match tokio::io::copy_bidirectional(&mut io, &mut app).await {
+            Ok((from_peer, to_peer)) => self
+                .metrics
+                .tcp_bytes(Direction::Inbound, from_peer + to_peer),
+            Err(e) => {
+                tracing::debug!(peer = %meta.peer, error = %e, "inbound TCP connection ended")
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Prometheus metrics. Every label is bounded by design: directions, outcomes, reasons and
+//! status classes come from fixed sets; no raw paths, addresses or free text.
+
+use std::fmt;
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Which side of the sidecar.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Direction {
+    /// Peers calling this workload.
+    Inbound,
+    /// This workload calling peers.
+    Outbound,
+}
+
+impl Direction {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Labels of `picket_tcp_connections_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    /// Side.
+    pub direction: Direction,
+    /// `accepted`, `refused_limit`, `tls_failed`, `connect_failed`.
+    pub outcome: &'static str,
+}
+
+/// Labels of `picket_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Side.
+    pub direction: Direction,
+    /// `1xx` .. `5xx`.
+    pub status_class: &'static str,
+}
+
+/// Labels of `picket_request_duration_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// Side.
+    pub direction: Direction,
+}
+
+/// Labels of `picket_tls_handshake_failures_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// Side.
+    pub direction: Direction,
+    /// A short reason from a fixed set, see `tls::failure_reason`.
+    pub reason: &'static str,
+}
+
+/// Labels of `picket_cert_renewals_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RenewalLabels {
+    /// `ok` or `failed`.
+    pub result: &'static str,
+}
+
+/// All metric handles of one sidecar.
+pub struct Metrics {
+    registry: Registry,
+    /// Connections by direction and outcome.
+    pub connections: Family<ConnLabels, Counter>,
+    /// Requests by direction and status class.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Request latency to the response head.
+    pub request_duration: Family<DirectionLabels, Histogram>,
+    /// Failed TLS handshakes by reason.
+    pub handshake_failures: Family<HandshakeLabels, Counter>,
+    /// Bytes spliced on opaque TCP connections, by direction.
+    tcp_bytes: Family<DirectionLabels, Counter>,
+    /// Not-after of the current certificate, Unix seconds.
+    pub cert_expiry: Gauge<i64, AtomicI64>,
+    /// Renewal attempts by result.
+    pub cert_renewals: Family<RenewalLabels, Counter>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    // 100 µs .. ~26 s, doubling.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 19,
+    ))
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let connections = Family::<ConnLabels, Counter>::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration =
+            Family::<DirectionLabels, Histogram>::new_with_constructor(duration_histogram);
+        let handshake_failures = Family::<HandshakeLabels, Counter>::default();
+        let tcp_bytes = Family::<DirectionLabels, Counter>::default();
+        let cert_expiry = Gauge::<i64, AtomicI64>::default();
+        let cert_renewals = Family::<RenewalLabels, Counter>::default();
+        registry.register(
+            "picket_tcp_connections",
+            "TCP connections by direction and outcome",
+            connections.clone(),
+        );
+        registry.register(
+            "picket_requests",
+            "HTTP requests by direction and response status class",
+            requests.clone(),
+        );
+        registry.register(
+            "picket_request_duration_seconds",
+            "Time from request head to response head",
+            request_duration.clone(),
+        );
+        registry.register(
+            "picket_tls_handshake_failures",
+            "Failed TLS handshakes by direction and reason",
+            handshake_failures.clone(),
+        );
+        registry.register(
+            "picket_tcp_bytes",
+            "Bytes copied on opaque TCP connections, by direction",
+            tcp_bytes.clone(),
+        );
+        registry.register(
+            "picket_cert_expiry_timestamp_seconds",
+            "Not-after of the workload certificate in force, as Unix time",
+            cert_expiry.clone(),
+        );
+        registry.register(
+            "picket_cert_renewals",
+            "Certificate renewal attempts by result",
+            cert_renewals.clone(),
+        );
+        Self {
+            registry,
+            connections,
+            requests,
+            request_duration,
+            handshake_failures,
+            tcp_bytes,
+            cert_expiry,
+            cert_renewals,
+        }
+    }
+
+    /// Counts a connection outcome.
+    pub fn connection(&self, direction: Direction, outcome: &'static str) {
+        self.connections
+            .get_or_create(&ConnLabels { direction, outcome })
+            .inc();
+    }
+
+    /// Counts a failed handshake.
+    pub fn handshake_failed(&self, direction: Direction, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&HandshakeLabels { direction, reason })
+            .inc();
+        self.connection(direction, "tls_failed");
+    }
+
+    /// Records a finished request.
+    pub fn request(
+        &self,
+        direction: Direction,
+        status: http::StatusCode,
+        elapsed: std::time::Duration,
+    ) {
+        let status_class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction,
+                status_class,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&DirectionLabels { direction })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts bytes spliced on an opaque TCP connection.
+    pub fn tcp_bytes(&self, direction: Direction, n: u64) {
+        self.tcp_bytes
+            .get_or_create(&DirectionLabels { direction })
+            .inc_by(n);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

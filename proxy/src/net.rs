@@ -1,0 +1,172 @@
+//! Small networking pieces shared by the listeners: the idle timeout wrapper and the
+//! per-listener connection limit.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+pin_project_lite::pin_project! {
+    /// Fails reads and writes with `TimedOut` once no byte has moved in either direction for
+    /// `idle`. Wrap the side of a connection that sees all of its traffic.
+    #[derive(Debug)]
+    pub struct IdleTimeout<T> {
+        #[pin]
+        inner: T,
+        idle: Duration,
+        timer: Pin<Box<Sleep>>,
+    }
+}
+
+impl<T> IdleTimeout<T> {
+    /// Wraps `inner`.
+    pub fn new(inner: T, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+fn check_idle(timer: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<io::Error> {
+    match timer.poll(cx) {
+        Poll::Ready(()) => Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for IdleTimeout<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        match this.inner.poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    this.timer.as_mut().reset(Instant::now() + *this.idle);
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => match check_idle(this.timer.as_mut(), cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for IdleTimeout<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        match this.inner.poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.timer.as_mut().reset(Instant::now() + *this.idle);
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match check_idle(this.timer.as_mut(), cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        match this.inner.poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.timer.as_mut().reset(Instant::now() + *this.idle);
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match check_idle(this.timer.as_mut(), cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Caps the open connections of one listener.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimit {
+    permits: Arc<Semaphore>,
+}
+
+impl ConnectionLimit {
+    /// At most `max` connections at once.
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+        }
+    }
+
+    /// A permit held for the life of a connection, or `None` when the listener is full.
+    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.permits).try_acquire_owned().ok()
+    }
+}
+
+/// Disables Nagle's algorithm; the proxy writes whole frames and records.
+pub fn tune(stream: &tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+}
+
+/// Runs a hyper connection; on shutdown asks it to finish in-flight requests and close.
+pub async fn drain_on<C, T, E>(
+    conn: C,
+    shutdown: &CancellationToken,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) -> Result<T, E>
+where
+    C: std::future::Future<Output = Result<T, E>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        () = shutdown.cancelled() => {
+            graceful(conn.as_mut());
+            conn.await
+        }
+    }
+}

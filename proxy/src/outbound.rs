@@ -1,0 +1,372 @@
+//! Outbound: this workload's plaintext calls, carried over mutual TLS to peer sidecars.
+//!
+//! ```text
+//! app --plaintext--> upstream listener (fixed route) or shared listener (route by Host)
+//!   HTTP: hyper server (HTTP/1.1 or h2c) -> one multiplexed HTTP/2 mTLS connection per upstream
+//!   TCP:  one mTLS connection per client connection, bytes spliced
+//! every mTLS connection verifies the chain AND that the server's SPIFFE ID is the expected one
+//! ```
+//!
+//! The destination is chosen by [`Route`]; an original destination from transparent
+//! interception becomes one more variant.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Limits, Protocol, Timeouts, Upstream};
+use crate::forward::{
+    self, Body, Connect, ForwardError, H2Client, ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1,
+    PEER_IDENTITY_HEADER,
+};
+use crate::metrics::{Direction, Metrics};
+use crate::net::{self, ConnectionLimit, IdleTimeout};
+use crate::tls::{self, ALPN_H2, Credentials, TlsError};
+
+/// Opens mTLS connections to one peer sidecar.
+#[derive(Clone)]
+struct PeerConnector {
+    name: String,
+    addr: SocketAddr,
+    tls: TlsConnector,
+    timeouts: Timeouts,
+    metrics: Arc<Metrics>,
+}
+
+impl PeerConnector {
+    async fn open(&self) -> Result<TlsStream<TcpStream>, ForwardError> {
+        let target = format!("upstream {} ({})", self.name, self.addr);
+        let tcp = tokio::time::timeout(self.timeouts.connect, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| ForwardError::Unreachable {
+                target: target.clone(),
+                reason: "connect timed out".into(),
+            })?
+            .map_err(|e| {
+                self.metrics
+                    .connection(Direction::Outbound, "connect_failed");
+                ForwardError::Unreachable {
+                    target: target.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        net::tune(&tcp);
+        // Peers are identified by SPIFFE ID, not by name; the IP only fills the API slot.
+        let server_name = ServerName::IpAddress(self.addr.ip().into());
+        let handshake =
+            tokio::time::timeout(self.timeouts.handshake, self.tls.connect(server_name, tcp)).await;
+        let result = match handshake {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "handshake timed out",
+            )),
+        };
+        match result {
+            Ok(s) => {
+                self.metrics.connection(Direction::Outbound, "accepted");
+                Ok(s)
+            }
+            Err(e) => {
+                let reason = tls::failure_reason(&e);
+                self.metrics.handshake_failed(Direction::Outbound, reason);
+                tracing::warn!(upstream = %self.name, addr = %self.addr, reason, error = %e, "outbound TLS handshake failed");
+                Err(ForwardError::Handshake {
+                    target,
+                    reason,
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+impl Connect for PeerConnector {
+    type Io = TokioIo<TlsStream<TcpStream>>;
+
+    async fn connect(&self) -> Result<Self::Io, ForwardError> {
+        self.open().await.map(TokioIo::new)
+    }
+}
+
+/// One configured upstream with its connections.
+pub struct UpstreamCtx {
+    cfg: Upstream,
+    h2: H2Client<PeerConnector>,
+    tcp: PeerConnector,
+}
+
+impl std::fmt::Debug for UpstreamCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamCtx")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an outbound listener picks the upstream of a request.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// Always this upstream (its own listener).
+    Fixed(Arc<UpstreamCtx>),
+    /// By the request's host name (the shared outbound listener).
+    ByHost,
+}
+
+/// The outbound side of one sidecar.
+pub struct Outbound {
+    upstreams: HashMap<String, Arc<UpstreamCtx>>,
+    metrics: Arc<Metrics>,
+    timeouts: Timeouts,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("upstreams", &self.upstreams.keys())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbound {
+    /// Builds the outbound side for `upstreams`.
+    pub fn new(
+        creds: &Arc<Credentials>,
+        upstreams: &[Upstream],
+        metrics: Arc<Metrics>,
+        timeouts: Timeouts,
+        limits: Limits,
+    ) -> Result<Self, TlsError> {
+        let mut map = HashMap::new();
+        for u in upstreams {
+            let connector = |alpn: &[&[u8]]| -> Result<PeerConnector, TlsError> {
+                Ok(PeerConnector {
+                    name: u.name.clone(),
+                    addr: u.address,
+                    tls: TlsConnector::from(creds.client_config(u.identity.clone(), alpn)?),
+                    timeouts: timeouts.clone(),
+                    metrics: Arc::clone(&metrics),
+                })
+            };
+            let ctx = UpstreamCtx {
+                cfg: u.clone(),
+                h2: H2Client::new(connector(&[ALPN_H2])?, limits.header_list_bytes()),
+                tcp: connector(&[])?,
+            };
+            map.insert(u.name.clone(), Arc::new(ctx));
+        }
+        Ok(Self {
+            upstreams: map,
+            metrics,
+            timeouts,
+            limits,
+        })
+    }
+
+    /// The upstream named `name`.
+    pub fn upstream(&self, name: &str) -> Option<Arc<UpstreamCtx>> {
+        self.upstreams.get(name).cloned()
+    }
+
+    /// Serves one listener until `shutdown`: HTTP for [`Route::ByHost`] and HTTP upstreams,
+    /// a byte splice for TCP upstreams.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        route: Route,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let limit = ConnectionLimit::new(self.limits.max_connections);
+        loop {
+            let (tcp, client_addr) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "outbound accept failed");
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let Some(permit) = limit.try_acquire() else {
+                self.metrics
+                    .connection(Direction::Outbound, "refused_limit");
+                tracing::warn!(%client_addr, "outbound connection refused: connection limit reached");
+                continue;
+            };
+            net::tune(&tcp);
+            let this = Arc::clone(&self);
+            let route = route.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                match &route {
+                    Route::Fixed(u) if u.cfg.protocol == Protocol::Tcp => this.splice(tcp, u).await,
+                    _ => this.http(tcp, route, shutdown).await,
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    async fn http(self: Arc<Self>, tcp: TcpStream, route: Route, shutdown: CancellationToken) {
+        let this = Arc::clone(&self);
+        let route = Arc::new(route);
+        let svc = hyper::service::service_fn(move |req| {
+            let this = Arc::clone(&this);
+            let route = Arc::clone(&route);
+            async move { Ok::<_, Infallible>(this.request(req, &route).await) }
+        });
+        let io = TokioIo::new(IdleTimeout::new(tcp, self.timeouts.idle));
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.timeouts.request)
+            .max_buf_size(self.limits.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(self.limits.header_list_bytes())
+            .adaptive_window(true);
+        let conn = builder.serve_connection(io, svc);
+        if let Err(e) = net::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await {
+            tracing::debug!(error = %e, "outbound HTTP connection ended with an error");
+        }
+    }
+
+    fn resolve(
+        &self,
+        route: &Route,
+        authority: Option<&str>,
+    ) -> Result<Arc<UpstreamCtx>, Box<Response<Body>>> {
+        match route {
+            Route::Fixed(u) => Ok(Arc::clone(u)),
+            Route::ByHost => {
+                let host = authority.map(host_name).unwrap_or_default();
+                self.upstreams.get(&host).cloned().ok_or_else(|| {
+                    Box::new(forward::error_response(
+                        StatusCode::NOT_FOUND,
+                        &format!("no upstream is configured for host {host:?}"),
+                    ))
+                })
+            }
+        }
+    }
+
+    async fn request(&self, req: Request<Incoming>, route: &Route) -> Response<Body> {
+        let start = Instant::now();
+        let resp = self.forward(req, route).await;
+        self.metrics
+            .request(Direction::Outbound, resp.status(), start.elapsed());
+        resp
+    }
+
+    async fn forward(&self, req: Request<Incoming>, route: &Route) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            });
+        let upstream = match self.resolve(route, authority.as_deref()) {
+            Ok(u) => u,
+            Err(resp) => return *resp,
+        };
+        let Some(authority) = authority else {
+            return forward::error_response(StatusCode::BAD_REQUEST, "request has no host");
+        };
+        let from_http1 = parts.version != Version::HTTP_2;
+        forward::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(&PEER_IDENTITY_HEADER);
+        parts.headers.remove(&ORIG_PROTO_HEADER);
+        if from_http1 {
+            parts.headers.insert(
+                ORIG_PROTO_HEADER,
+                HeaderValue::from_static(ORIG_PROTO_HTTP1),
+            );
+        }
+        parts.headers.remove(header::HOST);
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = match format!("http://{authority}{pq}").parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return forward::error_response(StatusCode::BAD_REQUEST, "invalid request target");
+            }
+        };
+        parts.version = Version::HTTP_2;
+        let timeout = self.timeouts.request;
+        let sent =
+            tokio::time::timeout(timeout, upstream.h2.send(Request::from_parts(parts, body))).await;
+        let result = match sent {
+            Err(_) => Err(ForwardError::Timeout(timeout)),
+            Ok(r) => r,
+        };
+        match result {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                forward::strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, forward::boxed(body))
+            }
+            Err(e) => {
+                tracing::info!(upstream = %upstream.cfg.name, error = %e, "outbound request failed");
+                let status = match e {
+                    ForwardError::Unreachable { .. } | ForwardError::Handshake { .. } => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                    ForwardError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                forward::error_response(status, &e.to_string())
+            }
+        }
+    }
+
+    async fn splice(&self, tcp: TcpStream, upstream: &UpstreamCtx) {
+        let peer = match upstream.tcp.open().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(upstream = %upstream.cfg.name, error = %e, "outbound TCP: peer unreachable");
+                return;
+            }
+        };
+        let mut client = IdleTimeout::new(tcp, self.timeouts.idle);
+        let mut peer = peer;
+        match tokio::io::copy_bidirectional(&mut client, &mut peer).await {
+            Ok((up, down)) => {
+                self.metrics.tcp_bytes(Direction::Outbound, up + down);
+            }
+            Err(e) => {
+                tracing::debug!(upstream = %upstream.cfg.name, error = %e, "outbound TCP connection ended")
+            }
+        }
+    }
+}
+
+/// The host part of an authority, lowercased, without port or trailing dot.
+fn host_name(authority: &str) -> String {
+    authority
+        .parse::<http::uri::Authority>()
+        .map(|a| a.host().trim_end_matches('.').to_ascii_lowercase())
+        .unwrap_or_default()
+}

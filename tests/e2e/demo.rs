@@ -1,0 +1,26 @@
+//! `picket demo`: the whole local mesh, end to end, in one command.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use picket_tests::process::{output_within, picket};
+
+#[tokio::test]
+async fn demo_runs_to_completion() -> Result<()> {
+    let out = output_within(picket()?.arg("demo"), Duration::from_secs(120)).await?;
+    let printed = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success(),
+        "`picket demo` exited with {}:\n{printed}",
+        out.status
+    );
+    ensure!(
+        !out.stdout.is_empty(),
+        "`picket demo` printed nothing on stdout:\n{printed}"
+    );
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! picket-tests: the end-to-end harness.
+//!
+//! It runs the real `picket` binary (the CA and sidecars) as child processes, in-process echo
+//! apps behind them ([`picket_proxy::echo`]), and real clients in front: `curl`, `openssl
+//! s_client`, and hyper or rustls where a test needs byte-level control. Everything binds
+//! `127.0.0.1:0` and reports its address through a ready file; every wait is a poll with a
+//! deadline ([`eventually`], [`assert_eventually!`]), never a fixed sleep. Child processes are
+//! killed when their handle is dropped, and their logs are printed then, so a failing test
+//! shows what the processes said.
+
+pub mod apps;
+pub mod ca;
+pub mod clients;
+pub mod mesh;
+pub mod process;
+pub mod proxy;
+pub mod wait;
+
+pub use apps::{App, closed_port};
+pub use ca::{TRUST_DOMAIN, TestCa, spiffe_id};
+pub use mesh::{Mesh, MeshOptions};
+pub use process::{Daemon, picket_bin};
+pub use proxy::{ProxyAddrs, Sidecar, TestProxy, Upstream};
+pub use wait::eventually;

@@ -1,0 +1,88 @@
+//! The usual two-sidecar mesh: a client workload `frontend` calling `orders` through both
+//! sidecars, with the echo app behind `orders`.
+
+use std::net::SocketAddr;
+
+use anyhow::Result;
+
+use crate::apps::{App, closed_port};
+use crate::ca::{TestCa, spiffe_id};
+use crate::proxy::{Sidecar, TestProxy, Upstream};
+
+/// How to build a [`Mesh`].
+#[derive(Debug, Default, Clone)]
+pub struct MeshOptions {
+    /// Extra `picket ca init` arguments, such as `--leaf-ttl 30s`.
+    pub ca_init_args: Vec<String>,
+    /// Carry `orders` as opaque TCP to a TCP echo instead of HTTP to the echo app.
+    pub tcp: bool,
+    /// Extra YAML for both sidecars.
+    pub extra_yaml: String,
+}
+
+/// frontend app -> frontend sidecar (outbound) -> mTLS -> orders sidecar (inbound) -> orders app.
+#[derive(Debug)]
+pub struct Mesh {
+    /// The CA both sidecars got their certificates from.
+    pub ca: TestCa,
+    /// The app behind `orders` (named `orders`).
+    pub app: App,
+    /// The server-side sidecar, `ns/shop/sa/orders`.
+    pub orders: TestProxy,
+    /// The client-side sidecar, `ns/shop/sa/frontend`, with upstream `orders`.
+    pub frontend: TestProxy,
+}
+
+impl Mesh {
+    /// An HTTP mesh with default settings.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(MeshOptions::default()).await
+    }
+
+    /// A mesh built as `options` say.
+    pub async fn start_with(options: MeshOptions) -> Result<Self> {
+        let init_args: Vec<&str> = options.ca_init_args.iter().map(String::as_str).collect();
+        let ca = TestCa::start_with(&init_args).await?;
+        let app = if options.tcp {
+            App::tcp_echo().await?
+        } else {
+            App::http("orders").await?
+        };
+        let orders = TestProxy::spawn(
+            &ca,
+            Sidecar::new("shop", "orders", app.addr()).yaml(&options.extra_yaml),
+        )
+        .await?;
+        let orders_identity = spiffe_id("shop", "orders");
+        let inbound = orders.addrs().inbound;
+        let upstream = if options.tcp {
+            Upstream::tcp("orders", inbound, &orders_identity)
+        } else {
+            Upstream::http("orders", inbound, &orders_identity)
+        };
+        let frontend = TestProxy::spawn(
+            &ca,
+            Sidecar::new("shop", "frontend", closed_port().await?)
+                .upstream(upstream)
+                .yaml(&options.extra_yaml),
+        )
+        .await?;
+        Ok(Self {
+            ca,
+            app,
+            orders,
+            frontend,
+        })
+    }
+
+    /// The frontend sidecar's shared outbound listener, where its app sends plaintext HTTP
+    /// with `Host: orders`.
+    pub fn outbound(&self) -> SocketAddr {
+        self.frontend.addrs().outbound
+    }
+
+    /// `http://<outbound><path>`, for curl with `-H "Host: orders"`.
+    pub fn outbound_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.outbound())
+    }
+}
