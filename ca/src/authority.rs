@@ -85,6 +85,9 @@ pub enum CaError {
     /// The CA server's listening socket failed.
     #[error("CA server listener: {0}")]
     Listener(#[source] std::io::Error),
+    /// The Kubernetes API settings for service-account token review cannot be used.
+    #[error("Kubernetes token review: {0}")]
+    KubernetesApi(String),
 }
 
 /// Why a certificate was not issued.
@@ -113,6 +116,17 @@ pub enum IssueError {
     /// A renewal presented an identity of another trust domain.
     #[error("{0} is outside this CA's trust domain")]
     ForeignTrustDomain(SpiffeId),
+    /// A server certificate was asked for by an identity allowed no DNS names.
+    #[error("{0} may not obtain server certificates")]
+    ServerNamesNotAllowed(SpiffeId),
+    /// A server certificate request named a DNS name or URI the identity is not allowed.
+    #[error("{identity} may not obtain a server certificate for {requested:?}")]
+    ServerNameMismatch {
+        /// The name in the CSR.
+        requested: String,
+        /// The identity that asked.
+        identity: SpiffeId,
+    },
     /// The join token was refused.
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -167,6 +181,9 @@ pub enum Credential {
     /// The identity of a client certificate that TLS and [`crate::svid::verify_leaf`] have
     /// already verified.
     Renewal(SpiffeId),
+    /// A Kubernetes service account that the API server vouched for
+    /// ([`crate::tokenreview::TokenReviewer::review`]).
+    ServiceAccount(WorkloadName),
 }
 
 impl fmt::Debug for Credential {
@@ -174,8 +191,95 @@ impl fmt::Debug for Credential {
         match self {
             Self::JoinToken(_) => f.write_str("JoinToken(<redacted>)"),
             Self::Renewal(id) => f.debug_tuple("Renewal").field(id).finish(),
+            Self::ServiceAccount(name) => f.debug_tuple("ServiceAccount").field(name).finish(),
         }
     }
+}
+
+/// The DNS names each identity may put in a TLS server certificate
+/// ([`Authority::issue_server_certificate`]). Empty unless the operator allows some: on
+/// Kubernetes the admission webhook's service account gets its Service's DNS name, because the
+/// API server verifies the webhook by name, and an X.509-SVID carries no DNS name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerNames(std::collections::BTreeMap<WorkloadName, Vec<String>>);
+
+impl ServerNames {
+    /// Allows `workload` the DNS `names` (added to any it already has).
+    pub fn allow(&mut self, workload: WorkloadName, names: &[String]) -> Result<(), CaError> {
+        for name in names {
+            let dns_ok = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                });
+            if !dns_ok {
+                return Err(CaError::InvalidOption(format!(
+                    "{name:?} is not a lowercase DNS name"
+                )));
+            }
+        }
+        self.add(workload, names.iter().cloned());
+        Ok(())
+    }
+
+    /// Every allowance of `other` added to these.
+    pub fn merge(&mut self, other: Self) {
+        for (workload, names) in other.0 {
+            self.add(workload, names.into_iter());
+        }
+    }
+
+    fn add(&mut self, workload: WorkloadName, names: impl Iterator<Item = String>) {
+        let allowed = self.0.entry(workload).or_default();
+        for name in names {
+            if !allowed.contains(&name) {
+                allowed.push(name);
+            }
+        }
+    }
+
+    /// The names `workload` may use, if any.
+    pub fn for_workload(&self, workload: &WorkloadName) -> Option<&[String]> {
+        self.0
+            .get(workload)
+            .map(Vec::as_slice)
+            .filter(|n| !n.is_empty())
+    }
+}
+
+/// `ns/<namespace>/sa/<service-account>=<name>[,<name>...]`, as `picket ca serve
+/// --server-name` takes it.
+impl std::str::FromStr for ServerNames {
+    type Err = CaError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (workload, names) = s.split_once('=').ok_or_else(|| {
+            CaError::InvalidOption(format!(
+                "{s:?}: expected ns/<namespace>/sa/<service-account>=<dns-name>[,<dns-name>]"
+            ))
+        })?;
+        let workload: WorkloadName = workload
+            .parse()
+            .map_err(|e: crate::IdentityError| CaError::InvalidOption(e.to_string()))?;
+        let names: Vec<String> = names.split(',').map(str::to_owned).collect();
+        let mut out = Self::default();
+        out.allow(workload, &names)?;
+        Ok(out)
+    }
+}
+
+/// What kind of certificate an issuance makes.
+enum Profile<'a> {
+    /// An X.509-SVID: one URI SAN, serverAuth and clientAuth.
+    Svid,
+    /// A TLS server certificate for the given DNS names, serverAuth only.
+    Server(&'a ServerNames),
 }
 
 /// A freshly issued certificate.
@@ -432,6 +536,28 @@ impl Authority {
     /// Issues an X.509-SVID for the public key in `csr_pem` to the identity `credential`
     /// proves. A join token's use is on disk before this returns, as is the issuance record.
     pub fn issue(&self, csr_pem: &str, credential: Credential) -> Result<Issued, IssueError> {
+        self.issue_as(csr_pem, credential, Profile::Svid)
+    }
+
+    /// Issues a TLS server certificate (serverAuth only, no URI SAN) for the public key in
+    /// `csr_pem`, carrying every DNS name `allowed` grants the identity `credential` proves.
+    /// The CSR may name no URI and only allowed DNS names. Recorded in the issuance log like
+    /// an SVID, under the identity that asked.
+    pub fn issue_server_certificate(
+        &self,
+        csr_pem: &str,
+        credential: Credential,
+        allowed: &ServerNames,
+    ) -> Result<Issued, IssueError> {
+        self.issue_as(csr_pem, credential, Profile::Server(allowed))
+    }
+
+    fn issue_as(
+        &self,
+        csr_pem: &str,
+        credential: Credential,
+        profile: Profile<'_>,
+    ) -> Result<Issued, IssueError> {
         let csr = parse_csr(csr_pem)?;
         let now = now();
         if now >= self.issuer_not_after {
@@ -451,18 +577,41 @@ impl Authority {
                 (id, CredentialKind::Renewal, None)
             }
             Credential::Renewal(id) => return Err(IssueError::ForeignTrustDomain(id)),
+            Credential::ServiceAccount(name) => (
+                SpiffeId::new(self.trust_domain.clone(), name),
+                CredentialKind::ServiceAccountToken,
+                None,
+            ),
         };
-        check_requested_identity(&csr, &spiffe_id)?;
+        let (subject_alt_names, extended_key_usages) = match profile {
+            Profile::Svid => {
+                check_requested_identity(&csr, &spiffe_id)?;
+                let uri = Ia5String::try_from(spiffe_id.to_uri())?;
+                (
+                    vec![SanType::URI(uri)],
+                    vec![
+                        ExtendedKeyUsagePurpose::ServerAuth,
+                        ExtendedKeyUsagePurpose::ClientAuth,
+                    ],
+                )
+            }
+            Profile::Server(allowed) => {
+                let names = allowed
+                    .for_workload(spiffe_id.workload())
+                    .ok_or_else(|| IssueError::ServerNamesNotAllowed(spiffe_id.clone()))?;
+                check_requested_server_names(&csr, names, &spiffe_id)?;
+                (
+                    CertificateParams::new(names.to_vec())?.subject_alt_names,
+                    vec![ExtendedKeyUsagePurpose::ServerAuth],
+                )
+            }
+        };
 
         let (serial, serial_hex) = ledger.fresh_serial()?;
         let not_after = self.not_after(now, self.leaf_lifetime);
-        let uri = Ia5String::try_from(spiffe_id.to_uri())?;
         let mut params = end_entity_params(serial, now, not_after);
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.subject_alt_names = subject_alt_names;
+        params.extended_key_usages = extended_key_usages;
         let leaf = params.signed_by(&csr.public_key, &self.issuer)?;
 
         if let Some(mut tokens) = tokens {
@@ -595,6 +744,30 @@ fn check_requested_identity(
                 granted: granted.clone(),
             });
         }
+    }
+    Ok(())
+}
+
+/// A server certificate's CSR may leave names out, or ask for some of the allowed DNS names;
+/// a URI, IP address or any other name is refused.
+fn check_requested_server_names(
+    csr: &CertificateSigningRequestParams,
+    allowed: &[String],
+    identity: &SpiffeId,
+) -> Result<(), IssueError> {
+    for san in &csr.params.subject_alt_names {
+        let refused = match san {
+            SanType::DnsName(name) if allowed.iter().any(|a| a == name.as_str()) => continue,
+            SanType::DnsName(name) => name.as_str().to_owned(),
+            SanType::URI(uri) => uri.as_str().to_owned(),
+            SanType::IpAddress(ip) => ip.to_string(),
+            SanType::Rfc822Name(mail) => mail.as_str().to_owned(),
+            other => format!("{other:?}"),
+        };
+        return Err(IssueError::ServerNameMismatch {
+            requested: refused,
+            identity: identity.clone(),
+        });
     }
     Ok(())
 }
@@ -752,6 +925,29 @@ mod tests {
     };
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn server_names_parse_identity_and_dns_names() {
+        let mut names: ServerNames = "ns/picket/sa/injector=injector.picket.svc,injector"
+            .parse()
+            .unwrap();
+        names.merge("ns/picket/sa/injector=injector.picket.svc".parse().unwrap());
+        assert_eq!(
+            names.for_workload(&workload("picket", "injector")),
+            Some(&["injector.picket.svc".to_owned(), "injector".to_owned()][..])
+        );
+        assert_eq!(names.for_workload(&workload("shop", "orders")), None);
+        for bad in [
+            "injector.picket.svc",
+            "ns/picket/sa/injector=",
+            "ns/picket/sa/injector=Injector.svc",
+            "ns/picket/sa/injector=*.picket.svc",
+            "ns/picket/sa/injector=-a.svc",
+            "picket/injector=a.svc",
+        ] {
+            assert!(bad.parse::<ServerNames>().is_err(), "{bad}");
+        }
+    }
 
     fn token(authority: &Authority, uses: u32) -> String {
         authority

@@ -82,11 +82,7 @@ pub enum ClientError {
 /// A client of one CA.
 #[derive(Clone)]
 pub struct CaClient {
-    url: String,
-    host: String,
-    port: u16,
-    host_header: HeaderValue,
-    server_name: ServerName<'static>,
+    origin: HttpsOrigin,
     roots: Arc<RootCertStore>,
     anonymous: Arc<ClientConfig>,
 }
@@ -94,7 +90,7 @@ pub struct CaClient {
 impl fmt::Debug for CaClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CaClient")
-            .field("url", &self.url)
+            .field("url", &self.origin.url)
             .finish_non_exhaustive()
     }
 }
@@ -103,43 +99,11 @@ impl CaClient {
     /// A client of the CA at `url` (`https://host[:port]`), whose server certificate must chain
     /// to a certificate in `ca_trust_pem`.
     pub fn new(url: &str, ca_trust_pem: &[u8]) -> Result<Self, ClientError> {
-        let invalid = || ClientError::InvalidUrl(url.to_owned());
-        let uri: Uri = url.parse().map_err(|_| invalid())?;
-        let authority = uri.authority().ok_or_else(invalid)?;
-        if uri.scheme_str() != Some("https")
-            || !matches!(uri.path(), "" | "/")
-            || uri.query().is_some()
-            || authority.as_str().contains('@')
-        {
-            return Err(invalid());
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let server_name = ServerName::try_from(host.clone()).map_err(|_| invalid())?;
-        let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?;
-
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_trust_pem) {
-            let cert = cert.map_err(|e| ClientError::InvalidTrust(e.to_string()))?;
-            roots
-                .add(cert)
-                .map_err(|e| ClientError::InvalidTrust(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(ClientError::InvalidTrust(
-                "no certificate in the PEM".into(),
-            ));
-        }
-        let roots = Arc::new(roots);
+        let origin =
+            HttpsOrigin::parse(url).ok_or_else(|| ClientError::InvalidUrl(url.to_owned()))?;
+        let roots = Arc::new(root_store(ca_trust_pem).map_err(ClientError::InvalidTrust)?);
         Ok(Self {
-            url: url.to_owned(),
-            port: authority.port_u16().unwrap_or(443),
-            host,
-            host_header,
-            server_name,
+            origin,
             anonymous: Arc::new(client_config(Arc::clone(&roots), None)?),
             roots,
         })
@@ -152,13 +116,26 @@ impl CaClient {
         csr_pem: &str,
         token: &str,
     ) -> Result<api::CertificateResponse, ClientError> {
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| ClientError::InvalidToken)?;
-        authorization.set_sensitive(true);
-        let mut request = certificate_request(csr_pem)?;
+        let mut request = certificate_request(api::CERTIFICATES_PATH, csr_pem)?;
         request
             .headers_mut()
-            .insert(header::AUTHORIZATION, authorization);
+            .insert(header::AUTHORIZATION, bearer(token)?);
+        let (status, body) = self.exchange(request, None).await?;
+        parse_certificate(status, &body)
+    }
+
+    /// Asks for a TLS server certificate for the public key in `csr_pem`, carrying the DNS
+    /// names the CA allows the token's identity (see the server's `/v1/server-certificates`).
+    /// The token is a join token or a Kubernetes service-account token.
+    pub async fn issue_server_certificate(
+        &self,
+        csr_pem: &str,
+        token: &str,
+    ) -> Result<api::CertificateResponse, ClientError> {
+        let mut request = certificate_request(api::SERVER_CERTIFICATES_PATH, csr_pem)?;
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, bearer(token)?);
         let (status, body) = self.exchange(request, None).await?;
         parse_certificate(status, &body)
     }
@@ -171,7 +148,10 @@ impl CaClient {
         current: Arc<CertifiedKey>,
     ) -> Result<api::CertificateResponse, ClientError> {
         let (status, body) = self
-            .exchange(certificate_request(csr_pem)?, Some(current))
+            .exchange(
+                certificate_request(api::CERTIFICATES_PATH, csr_pem)?,
+                Some(current),
+            )
             .await?;
         parse_certificate(status, &body)
     }
@@ -189,49 +169,135 @@ impl CaClient {
     /// status and body of the answer.
     pub(crate) async fn exchange(
         &self,
-        mut request: Request<Full<Bytes>>,
+        request: Request<Full<Bytes>>,
         client_cert: Option<Arc<CertifiedKey>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let config = match client_cert {
             None => Arc::clone(&self.anonymous),
             Some(cert) => Arc::new(client_config(Arc::clone(&self.roots), Some(cert))?),
         };
+        let exchange = self.origin.round_trip(config, request, MAX_RESPONSE_BYTES);
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Err(_) => Err(ClientError::Timeout),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(ExchangeError::Connect(e))) => Err(ClientError::Connect(e)),
+            Ok(Err(ExchangeError::Http(e))) => Err(ClientError::Http(e)),
+            Ok(Err(ExchangeError::Body(e))) => Err(ClientError::InvalidResponse(e)),
+        }
+    }
+}
+
+/// An `https://host[:port]` base URL, checked once and kept split for connecting.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpsOrigin {
+    url: String,
+    host: String,
+    port: u16,
+    host_header: HeaderValue,
+    server_name: ServerName<'static>,
+}
+
+/// Why one HTTPS exchange failed.
+#[derive(Debug)]
+pub(crate) enum ExchangeError {
+    /// No TCP connection, or the TLS handshake failed.
+    Connect(std::io::Error),
+    /// The HTTP exchange failed part way.
+    Http(hyper::Error),
+    /// The answer's body could not be read (or was too large).
+    Body(String),
+}
+
+impl HttpsOrigin {
+    /// Parses `https://host[:port]` (an optional trailing `/`); anything else is `None`.
+    pub(crate) fn parse(url: &str) -> Option<Self> {
+        let uri: Uri = url.parse().ok()?;
+        let authority = uri.authority()?;
+        if uri.scheme_str() != Some("https")
+            || !matches!(uri.path(), "" | "/")
+            || uri.query().is_some()
+            || authority.as_str().contains('@')
+        {
+            return None;
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        Some(Self {
+            url: url.to_owned(),
+            port: authority.port_u16().unwrap_or(443),
+            server_name: ServerName::try_from(host.clone()).ok()?,
+            host_header: HeaderValue::from_str(authority.as_str()).ok()?,
+            host,
+        })
+    }
+
+    /// The URL this origin was parsed from.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends `request` (its URI holds only the path) on a new TLS connection made with
+    /// `config`, and reads at most `max_body` bytes of the answer. The caller bounds the time.
+    pub(crate) async fn round_trip(
+        &self,
+        config: Arc<ClientConfig>,
+        mut request: Request<Full<Bytes>>,
+        max_body: usize,
+    ) -> Result<(StatusCode, Bytes), ExchangeError> {
         request
             .headers_mut()
             .insert(header::HOST, self.host_header.clone());
-        tokio::time::timeout(REQUEST_TIMEOUT, self.round_trip(config, request))
-            .await
-            .map_err(|_| ClientError::Timeout)?
-    }
-
-    async fn round_trip(
-        &self,
-        config: Arc<ClientConfig>,
-        request: Request<Full<Bytes>>,
-    ) -> Result<(StatusCode, Bytes), ClientError> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(ClientError::Connect)?;
+            .map_err(ExchangeError::Connect)?;
         let tls = TlsConnector::from(config)
             .connect(self.server_name.clone(), tcp)
             .await
-            .map_err(ClientError::Connect)?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+            .map_err(ExchangeError::Connect)?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(ExchangeError::Http)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "CA client connection ended with an error");
+                tracing::debug!(error = %e, "HTTPS client connection ended with an error");
             }
         });
-        let response = sender.send_request(request).await?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(ExchangeError::Http)?;
         let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+        let body = Limited::new(response.into_body(), max_body)
             .collect()
             .await
-            .map_err(|e| ClientError::InvalidResponse(e.to_string()))?
+            .map_err(|e| ExchangeError::Body(e.to_string()))?
             .to_bytes();
         Ok((status, body))
     }
+}
+
+/// Every certificate in `pem` as a root store; an error names what is wrong.
+pub(crate) fn root_store(pem: &[u8]) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| e.to_string())?;
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate in the PEM".into());
+    }
+    Ok(roots)
+}
+
+/// `Bearer <token>` as a sensitive header value.
+fn bearer(token: &str) -> Result<HeaderValue, ClientError> {
+    let mut value =
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ClientError::InvalidToken)?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 fn client_config(
@@ -249,13 +315,16 @@ fn client_config(
     Ok(config)
 }
 
-fn certificate_request(csr_pem: &str) -> Result<Request<Full<Bytes>>, ClientError> {
+fn certificate_request(
+    path: &'static str,
+    csr_pem: &str,
+) -> Result<Request<Full<Bytes>>, ClientError> {
     let body = serde_json::to_vec(&api::CertificateRequest {
         csr: csr_pem.to_owned(),
     })?;
     let mut request = Request::new(Full::new(Bytes::from(body)));
     *request.method_mut() = Method::POST;
-    *request.uri_mut() = Uri::from_static(api::CERTIFICATES_PATH);
+    *request.uri_mut() = Uri::from_static(path);
     request.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -1,8 +1,9 @@
 //! picket-ca: SPIFFE identity types, the embedded certificate authority and its HTTPS API.
 //!
 //! This crate owns everything about identity: the [`identity::SpiffeId`] newtype, the
-//! X.509-SVID rules ([`svid`]), the CA itself (issuing, join tokens, state on disk) and the
-//! HTTPS server and client of its API. It must not depend on the proxy or the policy engine.
+//! X.509-SVID rules ([`svid`]), the CA itself (issuing, join tokens, Kubernetes
+//! service-account attestation through the TokenReview API, state on disk) and the HTTPS
+//! server and client of its API. It must not depend on the proxy or the policy engine.
 
 pub mod api;
 pub mod authority;
@@ -16,7 +17,8 @@ pub mod svid;
 #[cfg(test)]
 mod test_support;
 pub mod token;
+pub mod tokenreview;
 
-pub use authority::{Authority, CaError, Credential, InitOptions, IssueError, Issued};
+pub use authority::{Authority, CaError, Credential, InitOptions, IssueError, Issued, ServerNames};
 pub use client::{CaClient, ClientError};
 pub use identity::{IdentityError, SpiffeId, TrustDomain, WorkloadName};

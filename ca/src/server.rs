@@ -1,27 +1,33 @@
 //! The CA's HTTPS API.
 //!
-//! | method | path                | answer                                   |
-//! |--------|---------------------|------------------------------------------|
-//! | POST   | `/v1/certificates`  | JSON [`api::CertificateResponse`]        |
-//! | GET    | `/v1/trust-bundle`  | the trust bundle, PEM                    |
-//! | GET    | `/healthz`          | `ok`                                     |
+//! | method | path                       | answer                                   |
+//! |--------|----------------------------|------------------------------------------|
+//! | POST   | `/v1/certificates`         | JSON [`api::CertificateResponse`]        |
+//! | POST   | `/v1/server-certificates`  | JSON [`api::CertificateResponse`]        |
+//! | GET    | `/v1/trust-bundle`         | the trust bundle, PEM                    |
+//! | GET    | `/healthz`                 | `ok`                                     |
 //!
 //! TLS 1.3 only, with a server certificate made from the issuer at start. Client certificates
 //! are optional: a connection that presents one (webpki has chained it to the trust bundle) asks
 //! for a renewal of the identity in it; any other request must carry
-//! `Authorization: Bearer <join token>`. Every error is a JSON [`api::ErrorResponse`] whose
-//! `error` code is stable:
+//! `Authorization: Bearer <token>`, where the token is either a join token or, when token
+//! review is configured ([`ServeOptions::token_review`]), a Kubernetes service-account token
+//! (told apart by shape: a JWT has two dots, a join token none). `/v1/server-certificates`
+//! issues TLS server certificates with the DNS names [`ServeOptions::server_names`] allows
+//! the caller's identity (the admission webhook's). Every error is a JSON
+//! [`api::ErrorResponse`] whose `error` code is stable:
 //!
 //! | status | codes                                                                          |
 //! |--------|--------------------------------------------------------------------------------|
 //! | 400    | `invalid_json`, `body_unreadable`, `csr_malformed`, `csr_key_unsupported`      |
-//! | 401    | `token_missing`, `token_unknown`, `token_expired`, `token_used`                |
-//! | 403    | `identity_mismatch`, `csr_requests_ca`, `foreign_trust_domain`, `client_certificate_rejected` |
+//! | 401    | `token_missing`, `token_unknown`, `token_expired`, `token_used`, `service_account_token_rejected`, `service_account_token_audience`, `service_account_tokens_disabled` |
+//! | 403    | `identity_mismatch`, `csr_requests_ca`, `foreign_trust_domain`, `client_certificate_rejected`, `not_a_service_account`, `server_names_not_allowed`, `server_name_mismatch` |
 //! | 404    | `not_found`                                                                    |
 //! | 405    | `method_not_allowed`                                                           |
 //! | 408    | `body_timeout`                                                                 |
 //! | 413    | `body_too_large`                                                               |
 //! | 500    | `internal`                                                                     |
+//! | 503    | `token_review_unavailable` (the API server could not be asked, refused the CA's own credential, or did not answer within 5 s; nothing was issued and a retry may succeed) |
 //!
 //! Tokens and keys are never logged.
 
@@ -49,10 +55,11 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api;
-use crate::authority::{Authority, CaError, Credential, IssueError};
+use crate::authority::{Authority, CaError, Credential, IssueError, ServerNames};
 use crate::crypto::{PROTOCOL_VERSIONS, provider};
 use crate::svid;
 use crate::token::TokenError;
+use crate::tokenreview::{self, ReviewError, TokenReviewer};
 
 /// Path of the liveness endpoint.
 pub const HEALTH_PATH: &str = "/healthz";
@@ -87,8 +94,41 @@ pub async fn serve_with_names(
     extra_names: Vec<String>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), CaError> {
+    let options = ServeOptions {
+        extra_names,
+        ..ServeOptions::default()
+    };
+    serve_with(authority, listener, options, shutdown).await
+}
+
+/// What the CA server does beyond join tokens and renewals.
+#[derive(Debug, Default)]
+pub struct ServeOptions {
+    /// DNS names or IP addresses added to the CA's own server certificate.
+    pub extra_names: Vec<String>,
+    /// Accept Kubernetes service-account tokens, checked with this reviewer.
+    pub token_review: Option<TokenReviewer>,
+    /// The DNS names identities may obtain TLS server certificates for.
+    pub server_names: ServerNames,
+}
+
+/// What one request's handler needs, shared by every connection.
+#[derive(Debug)]
+struct Shared {
+    authority: Arc<Authority>,
+    token_review: Option<TokenReviewer>,
+    server_names: ServerNames,
+}
+
+/// [`serve`], with [`ServeOptions`].
+pub async fn serve_with(
+    authority: Arc<Authority>,
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), CaError> {
     let local = listener.local_addr().map_err(CaError::Listener)?;
-    let names = server_names(local, extra_names);
+    let names = server_names(local, options.extra_names);
     let acceptor = TlsAcceptor::from(Arc::new(tls_config(&authority, &names)?));
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
@@ -96,7 +136,18 @@ pub async fn serve_with_names(
         .header_read_timeout(HANDSHAKE_TIMEOUT);
     let http = Arc::new(http);
     let graceful = GracefulShutdown::new();
-    tracing::info!(listen = %local, ?names, "CA server listening");
+    tracing::info!(
+        listen = %local,
+        ?names,
+        token_review = ?options.token_review,
+        server_names = ?options.server_names,
+        "CA server listening"
+    );
+    let shared = Arc::new(Shared {
+        authority,
+        token_review: options.token_review,
+        server_names: options.server_names,
+    });
 
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -114,7 +165,7 @@ pub async fn serve_with_names(
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         let http = Arc::clone(&http);
-        let authority = Arc::clone(&authority);
+        let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -134,11 +185,9 @@ pub async fn serve_with_names(
                 .and_then(|chain| chain.first())
                 .map(|leaf| Arc::new(leaf.clone()));
             let service = service_fn(move |request| {
-                let authority = Arc::clone(&authority);
+                let shared = Arc::clone(&shared);
                 let client_cert = client_cert.clone();
-                async move {
-                    Ok::<_, Infallible>(route(&authority, client_cert.as_deref(), request).await)
-                }
+                async move { Ok::<_, Infallible>(route(&shared, client_cert.as_deref(), request).await) }
             });
             let connection = watcher.watch(http.serve_connection(TokioIo::new(tls), service));
             match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
@@ -196,6 +245,7 @@ fn tls_config(authority: &Authority, names: &[String]) -> Result<ServerConfig, C
 
 enum Endpoint {
     Certificates,
+    ServerCertificates,
     TrustBundle,
     Health,
     WrongMethod(&'static str),
@@ -203,20 +253,27 @@ enum Endpoint {
 }
 
 async fn route(
-    authority: &Arc<Authority>,
+    shared: &Arc<Shared>,
     client_cert: Option<&CertificateDer<'static>>,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    let authority = &shared.authority;
     let endpoint = match (request.method(), request.uri().path()) {
         (&Method::POST, api::CERTIFICATES_PATH) => Endpoint::Certificates,
+        (&Method::POST, api::SERVER_CERTIFICATES_PATH) => Endpoint::ServerCertificates,
         (&Method::GET, api::TRUST_BUNDLE_PATH) => Endpoint::TrustBundle,
         (&Method::GET, HEALTH_PATH) => Endpoint::Health,
-        (_, api::CERTIFICATES_PATH) => Endpoint::WrongMethod("POST"),
+        (_, api::CERTIFICATES_PATH | api::SERVER_CERTIFICATES_PATH) => {
+            Endpoint::WrongMethod("POST")
+        }
         (_, api::TRUST_BUNDLE_PATH | HEALTH_PATH) => Endpoint::WrongMethod("GET"),
         _ => Endpoint::Unknown,
     };
     let result = match endpoint {
-        Endpoint::Certificates => certificates(authority, client_cert, request).await,
+        Endpoint::Certificates => certificates(shared, client_cert, request, Kind::Svid).await,
+        Endpoint::ServerCertificates => {
+            certificates(shared, client_cert, request, Kind::Server).await
+        }
         Endpoint::TrustBundle => Ok(response(
             StatusCode::OK,
             "application/x-pem-file",
@@ -242,11 +299,26 @@ async fn route(
     result.unwrap_or_else(ApiError::into_response)
 }
 
+/// Which certificate a request asks for.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Svid,
+    Server,
+}
+
+/// The credential as presented, before a bearer token has been told apart and checked.
+enum Presented {
+    Certificate(crate::SpiffeId),
+    Bearer(String),
+}
+
 async fn certificates(
-    authority: &Arc<Authority>,
+    shared: &Arc<Shared>,
     client_cert: Option<&CertificateDer<'static>>,
     request: Request<Incoming>,
+    kind: Kind,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    let authority = &shared.authority;
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -265,9 +337,9 @@ async fn certificates(
                     e.to_string(),
                 )
             })?;
-            Credential::Renewal(info.id)
+            Presented::Certificate(info.id)
         }
-        None => Credential::JoinToken(bearer_token(request.headers())?),
+        None => Presented::Bearer(bearer_token(request.headers())?),
     };
     let body = Limited::new(request.into_body(), api::MAX_BODY_BYTES).collect();
     let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
@@ -293,11 +365,34 @@ async fn certificates(
     let body: api::CertificateRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
 
+    // Checked after the body so that a malformed request never costs a token review.
+    let credential = match credential {
+        Presented::Certificate(id) => Credential::Renewal(id),
+        Presented::Bearer(token) if tokenreview::looks_like_jwt(&token) => {
+            let reviewer = shared.token_review.as_ref().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "service_account_tokens_disabled",
+                    "this CA does not accept Kubernetes service-account tokens",
+                )
+            })?;
+            Credential::ServiceAccount(reviewer.review(&token).await?)
+        }
+        Presented::Bearer(token) => Credential::JoinToken(token),
+    };
+
     // Issuance signs and fsyncs: keep it off the async worker threads.
-    let authority = Arc::clone(authority);
-    let issued = tokio::task::spawn_blocking(move || authority.issue(&body.csr, credential))
-        .await
-        .map_err(|e| ApiError::internal(&e))??;
+    let shared = Arc::clone(shared);
+    let issued = tokio::task::spawn_blocking(move || match kind {
+        Kind::Svid => shared.authority.issue(&body.csr, credential),
+        Kind::Server => {
+            shared
+                .authority
+                .issue_server_certificate(&body.csr, credential, &shared.server_names)
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
     let not_after = issued
         .not_after
         .format(&Rfc3339)
@@ -404,6 +499,12 @@ impl From<IssueError> for ApiError {
             IssueError::CaRequested => (StatusCode::FORBIDDEN, "csr_requests_ca"),
             IssueError::IdentityMismatch { .. } => (StatusCode::FORBIDDEN, "identity_mismatch"),
             IssueError::ForeignTrustDomain(_) => (StatusCode::FORBIDDEN, "foreign_trust_domain"),
+            IssueError::ServerNamesNotAllowed(_) => {
+                (StatusCode::FORBIDDEN, "server_names_not_allowed")
+            }
+            IssueError::ServerNameMismatch { .. } => {
+                (StatusCode::FORBIDDEN, "server_name_mismatch")
+            }
             IssueError::Token(TokenError::Unknown) => (StatusCode::UNAUTHORIZED, "token_unknown"),
             IssueError::Token(TokenError::Expired) => (StatusCode::UNAUTHORIZED, "token_expired"),
             IssueError::Token(TokenError::Used) => (StatusCode::UNAUTHORIZED, "token_used"),
@@ -412,6 +513,26 @@ impl From<IssueError> for ApiError {
             | IssueError::Random(_)
             | IssueError::Certificate(_) => {
                 return Self::internal(&error);
+            }
+        };
+        Self::new(status, code, error.to_string())
+    }
+}
+
+impl From<ReviewError> for ApiError {
+    fn from(error: ReviewError) -> Self {
+        let (status, code) = match &error {
+            ReviewError::NotAuthenticated(_) => {
+                (StatusCode::UNAUTHORIZED, "service_account_token_rejected")
+            }
+            ReviewError::WrongAudience { .. } => {
+                (StatusCode::UNAUTHORIZED, "service_account_token_audience")
+            }
+            ReviewError::NotServiceAccount(_) => (StatusCode::FORBIDDEN, "not_a_service_account"),
+            ReviewError::Unavailable(_) | ReviewError::Timeout(_) => {
+                // The workload did nothing wrong; the operator needs to know.
+                tracing::error!(error = %error, "Kubernetes token review failed");
+                (StatusCode::SERVICE_UNAVAILABLE, "token_review_unavailable")
             }
         };
         Self::new(status, code, error.to_string())
@@ -450,9 +571,14 @@ mod tests {
     use tokio::sync::oneshot;
     use tokio::task::JoinHandle;
 
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
     use super::*;
     use crate::client::{CaClient, ClientError};
     use crate::test_support::{certs, csr, new_ca, p256, verify_chain, workload};
+    use crate::tokenreview::tests::{
+        AUDIENCE_MISMATCH, EXPIRED, TokenReviewDouble, Verdict, reviewer, verdicts,
+    };
 
     /// A CA served on a loopback port for the length of a test.
     struct Running {
@@ -466,14 +592,23 @@ mod tests {
 
     impl Running {
         async fn start() -> Self {
+            Self::start_with(ServeOptions::default()).await
+        }
+
+        async fn start_with(options: ServeOptions) -> Self {
             let (dir, authority) = new_ca();
             let authority = Arc::new(authority);
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("https://{}", listener.local_addr().unwrap());
             let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(serve(Arc::clone(&authority), listener, async move {
-                let _ = stopped.await;
-            }));
+            let task = tokio::spawn(serve_with(
+                Arc::clone(&authority),
+                listener,
+                options,
+                async move {
+                    let _ = stopped.await;
+                },
+            ));
             let client = CaClient::new(&url, authority.trust_bundle_pem().as_bytes()).unwrap();
             Self {
                 authority,
@@ -538,6 +673,195 @@ mod tests {
             .load_private_key(PrivateKeyDer::Pkcs8(key.serialize_der().into()))
             .unwrap();
         Arc::new(CertifiedKey::new(certs(&response.chain_pem), signer))
+    }
+
+    /// A CA whose token review asks `double`, and allows `ns/picket/sa/injector` a server
+    /// certificate for `injector.picket.svc`.
+    async fn kubernetes_ca(double: &TokenReviewDouble, dir: &std::path::Path) -> Running {
+        let mut server_names = ServerNames::default();
+        server_names
+            .allow(
+                workload("picket", "injector"),
+                &["injector.picket.svc".to_owned()],
+            )
+            .unwrap();
+        Running::start_with(ServeOptions {
+            token_review: Some(reviewer(double, dir)),
+            server_names,
+            ..ServeOptions::default()
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn service_account_token_gets_the_reviewed_identity() {
+        let double = TokenReviewDouble::start(verdicts(&[(
+            "valid.sa.token",
+            Verdict::ServiceAccount("shop", "orders"),
+        )]))
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = kubernetes_ca(&double, dir.path()).await;
+        let issued = ca
+            .client
+            .issue_with_token(
+                &csr(&p256(), &["spiffe://example.org/ns/shop/sa/orders"]),
+                "valid.sa.token",
+            )
+            .await
+            .unwrap();
+        assert_eq!(issued.spiffe_id, "spiffe://example.org/ns/shop/sa/orders");
+        verify_chain(&issued.trust_bundle_pem, &issued.chain_pem).unwrap();
+
+        // The review decides the identity; a CSR asking for another is refused.
+        let other = csr(&p256(), &["spiffe://example.org/ns/shop/sa/admin"]);
+        let refused = ca.client.issue_with_token(&other, "valid.sa.token").await;
+        assert_eq!(rejected_code(refused), (403, "identity_mismatch".into()));
+
+        // Join tokens keep working beside service-account tokens.
+        ca.client
+            .issue_with_token(&csr(&p256(), &[]), &ca.token())
+            .await
+            .unwrap();
+        ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn refused_or_failed_token_reviews_issue_nothing() {
+        let double = TokenReviewDouble::start(verdicts(&[
+            ("expired.sa.token", Verdict::Rejected(EXPIRED)),
+            ("audience.sa.token", Verdict::Rejected(AUDIENCE_MISMATCH)),
+            (
+                "unaware.sa.token",
+                Verdict::AuthenticatedFor("shop", "orders", vec!["api"]),
+            ),
+            ("user.sa.token", Verdict::User("kubernetes-admin")),
+            (
+                "deleted.sa.token",
+                Verdict::Rejected(
+                    "[invalid bearer token, service account shop/orders has been deleted]",
+                ),
+            ),
+            ("denied.sa.token", Verdict::Status(403)),
+        ]))
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = kubernetes_ca(&double, dir.path()).await;
+        for (token, status, code) in [
+            ("expired.sa.token", 401, "service_account_token_rejected"),
+            ("audience.sa.token", 401, "service_account_token_rejected"),
+            ("unaware.sa.token", 401, "service_account_token_audience"),
+            ("user.sa.token", 403, "not_a_service_account"),
+            ("deleted.sa.token", 401, "service_account_token_rejected"),
+            ("denied.sa.token", 503, "token_review_unavailable"),
+        ] {
+            let result = ca.client.issue_with_token(&csr(&p256(), &[]), token).await;
+            let (got_status, got_code) = match result {
+                Err(ClientError::Rejected { status, code, .. }) => (status, code),
+                Err(ClientError::Unavailable { status, .. }) => {
+                    (status, "token_review_unavailable".to_owned())
+                }
+                other => panic!("{token}: expected a refusal, got {other:?}"),
+            };
+            assert_eq!((got_status, got_code.as_str()), (status, code), "{token}");
+        }
+        let log = ca._dir.path().join("state").join(crate::state::ISSUED_LOG);
+        assert_eq!(std::fs::read_to_string(log).unwrap_or_default(), "");
+        ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn unreachable_api_server_is_503_and_disabled_review_is_401() {
+        let double = TokenReviewDouble::start(verdicts(&[])).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut reviewer = reviewer(&double, dir.path());
+        drop(double);
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", closed.local_addr().unwrap());
+        drop(closed);
+        reviewer = reviewer.pointed_at(&url);
+        let ca = Running::start_with(ServeOptions {
+            token_review: Some(reviewer),
+            ..ServeOptions::default()
+        })
+        .await;
+        let refused = ca
+            .client
+            .issue_with_token(&csr(&p256(), &[]), "a.b.c")
+            .await;
+        assert!(
+            matches!(refused, Err(ClientError::Unavailable { status: 503, .. })),
+            "{refused:?}"
+        );
+        ca.stop().await;
+
+        let plain = Running::start().await;
+        let refused = plain
+            .client
+            .issue_with_token(&csr(&p256(), &[]), "a.b.c")
+            .await;
+        assert_eq!(
+            rejected_code(refused),
+            (401, "service_account_tokens_disabled".into())
+        );
+        plain.stop().await;
+    }
+
+    #[tokio::test]
+    async fn server_certificate_carries_only_the_allowed_dns_names() {
+        let double = TokenReviewDouble::start(verdicts(&[
+            (
+                "injector.sa.token",
+                Verdict::ServiceAccount("picket", "injector"),
+            ),
+            ("orders.sa.token", Verdict::ServiceAccount("shop", "orders")),
+        ]))
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = kubernetes_ca(&double, dir.path()).await;
+        let key = p256();
+        let issued = ca
+            .client
+            .issue_server_certificate(&csr(&p256(), &[]), "injector.sa.token")
+            .await
+            .unwrap();
+        assert_eq!(
+            issued.spiffe_id,
+            "spiffe://example.org/ns/picket/sa/injector"
+        );
+        let chain = certs(&issued.chain_pem);
+        let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+        let sans: Vec<String> = leaf
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect();
+        assert_eq!(sans, ["DNSName(\"injector.picket.svc\")"]);
+        let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth);
+        drop(key);
+
+        let refused = ca
+            .client
+            .issue_server_certificate(&csr(&p256(), &[]), "orders.sa.token")
+            .await;
+        assert_eq!(
+            rejected_code(refused),
+            (403, "server_names_not_allowed".into())
+        );
+        let mut params = CertificateParams::new(vec!["kubernetes.default.svc".to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let wrong_name = params.serialize_request(&p256()).unwrap().pem().unwrap();
+        let refused = ca
+            .client
+            .issue_server_certificate(&wrong_name, "injector.sa.token")
+            .await;
+        assert_eq!(rejected_code(refused), (403, "server_name_mismatch".into()));
+        ca.stop().await;
     }
 
     #[tokio::test]

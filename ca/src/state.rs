@@ -233,6 +233,8 @@ pub(crate) enum CredentialKind {
     JoinToken,
     /// A still-valid certificate of the same identity.
     Renewal,
+    /// A Kubernetes service-account token the API server vouched for.
+    ServiceAccountToken,
 }
 
 /// One line of `issued.jsonl`.

@@ -1,4 +1,4 @@
-//! The admin server: `/live`, `/ready`, `/metrics`, `/identity`. Bind it to loopback unless a
+//! The admin server: `/live`, `/ready`, `/metrics`, `/identity`, `/policy`. Bind it to loopback unless a
 //! scraper elsewhere needs it; it never shows key material.
 
 use std::convert::Infallible;
@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::authz::PolicyStore;
 use crate::forward::{self, Body};
 use crate::metrics::Metrics;
 use crate::tls::Credentials;
@@ -26,6 +27,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The credentials, once the first certificate is installed.
     pub creds: ArcSwapOption<Credentials>,
+    /// The policy store, once loaded.
+    pub policy: ArcSwapOption<PolicyStore>,
     /// Set once every data-path listener is bound.
     pub listening: AtomicBool,
     /// Set when draining: readiness turns off so load balancers stop sending.
@@ -38,6 +41,7 @@ impl AdminState {
         Self {
             metrics,
             creds: ArcSwapOption::empty(),
+            policy: ArcSwapOption::empty(),
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }
@@ -101,6 +105,25 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
                     "not_before": rfc3339(snap.leaf.not_before),
                     "not_after": rfc3339(snap.leaf.not_after),
                     "trust_bundle_roots": snap.roots.len(),
+                });
+                text(StatusCode::OK, format!("{body}\n"), "application/json")
+            }
+        },
+        "/policy" => match state.policy.load_full() {
+            None => {
+                forward::error_response(StatusCode::SERVICE_UNAVAILABLE, "no policy loaded yet")
+            }
+            Some(store) => {
+                let active = store.current();
+                let policies: Vec<serde_json::Value> = active
+                    .set
+                    .policies()
+                    .map(|p| serde_json::to_value(p).unwrap_or(serde_json::Value::Null))
+                    .collect();
+                let body = serde_json::json!({
+                    "sources_hash": active.set.sources_hash(),
+                    "files": active.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+                    "policies": policies,
                 });
                 text(StatusCode::OK, format!("{body}\n"), "application/json")
             }

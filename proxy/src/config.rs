@@ -2,6 +2,7 @@
 //! structs that the rest of the proxy receives. Nothing else in the proxy reads files or the
 //! environment for settings.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,6 +29,34 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Limits.
     pub limits: Limits,
+    /// This workload's labels, matched by policy selectors.
+    pub labels: BTreeMap<String, String>,
+    /// Authorization policy.
+    pub policy: PolicyConfig,
+    /// How requests are made canonical before policy and forwarding.
+    pub http: HttpConfig,
+}
+
+/// Authorization policy settings.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// A policy file or a directory of them; `None` means no policy files (the default
+    /// action decides everything).
+    pub path: Option<PathBuf>,
+    /// Options for loading and evaluating.
+    pub load: picket_policy::LoadOptions,
+    /// Include policy, rule and reason in 403 bodies (the log always has them).
+    pub deny_details: bool,
+}
+
+/// Request normalization settings.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Path rules.
+    pub path: picket_policy::normalize::PathOptions,
+    /// Accept header names containing `_` (rejected by default: some servers fold `_` into
+    /// `-`, which would let a client smuggle a header past policy).
+    pub allow_header_underscores: bool,
 }
 
 /// How the sidecar reaches the CA.
@@ -46,8 +75,10 @@ pub struct CaConfig {
 pub struct InboundConfig {
     /// Where peers' mTLS connections arrive.
     pub listen: SocketAddr,
-    /// The local application, plaintext.
+    /// The local application, plaintext (for connections that were not redirected).
     pub app: SocketAddr,
+    /// Redirected connections (iptables) go to `127.0.0.1:<original port>`.
+    pub transparent: bool,
 }
 
 /// Outbound side.
@@ -57,6 +88,62 @@ pub struct OutboundConfig {
     pub listen: SocketAddr,
     /// Explicit upstreams.
     pub upstreams: Vec<Upstream>,
+    /// Take the destination of redirected connections from `SO_ORIGINAL_DST`.
+    pub transparent: bool,
+    /// Transparent destinations carried over mTLS.
+    pub meshed: Vec<MeshedDestination>,
+    /// Whether other transparent destinations pass through as plain TCP (`allow`) or are
+    /// refused (`deny`, the egress policy).
+    pub passthrough: bool,
+    /// Transparent destination ports carrying opaque TCP: no protocol detection.
+    pub opaque_ports: Vec<u16>,
+}
+
+/// A set of transparent destinations that are inside the mesh.
+#[derive(Debug, Clone)]
+pub struct MeshedDestination {
+    /// Network, as address and prefix length.
+    pub network: (std::net::IpAddr, u8),
+    /// Ports; empty means every port.
+    pub ports: Vec<u16>,
+    /// What the destination's sidecar must present.
+    pub identity: crate::tls::PeerIdentity,
+}
+
+impl MeshedDestination {
+    /// Whether `addr` falls in this set.
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&addr.port()))
+            && prefix_contains(self.network, addr.ip())
+    }
+}
+
+/// Parses `addr/len` (a bare address means a single host).
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = s.split_once('/').unwrap_or((s, ""));
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = if len.is_empty() {
+        max
+    } else {
+        len.parse::<u8>().ok()?
+    };
+    (len <= max).then_some((addr, len))
+}
+
+fn prefix_contains((net, len): (std::net::IpAddr, u8), ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
 }
 
 /// One explicit upstream: a local plaintext address forwarded over mTLS to a remote sidecar.
@@ -69,7 +156,7 @@ pub struct Upstream {
     /// The remote sidecar's inbound address.
     pub address: SocketAddr,
     /// The identity the remote sidecar must present.
-    pub identity: SpiffeId,
+    pub identity: crate::tls::PeerIdentity,
     /// How traffic is carried.
     pub protocol: Protocol,
 }
@@ -104,6 +191,9 @@ pub struct Timeouts {
     pub idle: Duration,
     /// How long in-flight work may finish after SIGTERM.
     pub drain: Duration,
+    /// How long a transparent outbound connection may stay silent before it is treated as
+    /// opaque TCP (protocol detection).
+    pub detect: Duration,
 }
 
 /// Limits, all with safe defaults.
@@ -153,6 +243,37 @@ struct RawConfig {
     timeouts: RawTimeouts,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    workload: RawWorkload,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    path: Option<PathBuf>,
+    default_action: Option<Spanned<String>>,
+    root_namespace: Option<Spanned<String>>,
+    #[serde(default)]
+    opaque_ports: Vec<u16>,
+    deny_details: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    encoded_slashes: Option<Spanned<String>>,
+    header_underscores: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +298,8 @@ struct RawInbound {
     #[serde(default)]
     listen: Option<Spanned<String>>,
     app: Spanned<String>,
+    #[serde(default)]
+    transparent: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +309,22 @@ struct RawOutbound {
     listen: Option<Spanned<String>>,
     #[serde(default)]
     upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    transparent: bool,
+    #[serde(default)]
+    meshed: Vec<RawMeshed>,
+    passthrough: Option<Spanned<String>>,
+    #[serde(default)]
+    opaque_ports: Vec<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMeshed {
+    cidr: Spanned<String>,
+    #[serde(default)]
+    ports: Vec<u16>,
+    identity: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +358,7 @@ struct RawTimeouts {
     request: Option<Spanned<String>>,
     idle: Option<Spanned<String>>,
     drain: Option<Spanned<String>>,
+    detect: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -336,6 +476,7 @@ impl Validator<'_> {
         let inbound = InboundConfig {
             listen: self.addr_or(&raw.inbound.listen, DEFAULT_INBOUND, "inbound.listen")?,
             app: self.addr(&raw.inbound.app, "inbound.app")?,
+            transparent: raw.inbound.transparent,
         };
 
         let mut upstreams: Vec<Upstream> = Vec::with_capacity(raw.outbound.upstreams.len());
@@ -383,13 +524,61 @@ impl Validator<'_> {
                 name,
                 listen,
                 address: self.addr(&u.address, "outbound.upstreams.address")?,
-                identity: peer,
+                identity: crate::tls::PeerIdentity::Exact(peer),
                 protocol: u.protocol,
             });
         }
+        let mut meshed = Vec::with_capacity(raw.outbound.meshed.len());
+        for m in &raw.outbound.meshed {
+            let network = parse_cidr(&m.cidr.value).ok_or_else(|| {
+                self.err(
+                    &m.cidr,
+                    format!("outbound.meshed.cidr: {:?} is not addr/len", m.cidr.value),
+                )
+            })?;
+            let identity = if m.identity.value == "any" {
+                crate::tls::PeerIdentity::AnyIn(td.clone())
+            } else {
+                let id: SpiffeId = m.identity.value.parse().map_err(|e| {
+                    self.err(
+                        &m.identity,
+                        format!("outbound.meshed.identity: {e} (or \"any\")"),
+                    )
+                })?;
+                if id.trust_domain() != &td {
+                    return Err(self.err(
+                        &m.identity,
+                        format!("outbound.meshed.identity: {id} is outside this workload's trust domain {td}"),
+                    ));
+                }
+                crate::tls::PeerIdentity::Exact(id)
+            };
+            meshed.push(MeshedDestination {
+                network,
+                ports: m.ports.clone(),
+                identity,
+            });
+        }
+        let passthrough = match &raw.outbound.passthrough {
+            None => true,
+            Some(v) => match v.value.as_str() {
+                "allow" => true,
+                "deny" => false,
+                other => {
+                    return Err(self.err(
+                        v,
+                        format!("outbound.passthrough: {other:?} is not allow or deny"),
+                    ));
+                }
+            },
+        };
         let outbound = OutboundConfig {
             listen: self.addr_or(&raw.outbound.listen, DEFAULT_OUTBOUND, "outbound.listen")?,
             upstreams,
+            transparent: raw.outbound.transparent,
+            meshed,
+            passthrough,
+            opaque_ports: raw.outbound.opaque_ports.clone(),
         };
 
         let t = &raw.timeouts;
@@ -403,6 +592,7 @@ impl Validator<'_> {
             request: self.duration(&t.request, Duration::from_secs(30), "timeouts.request")?,
             idle: self.duration(&t.idle, Duration::from_secs(300), "timeouts.idle")?,
             drain: self.duration(&t.drain, Duration::from_secs(30), "timeouts.drain")?,
+            detect: self.duration(&t.detect, Duration::from_secs(1), "timeouts.detect")?,
         };
         let limits = Limits {
             max_connections: self.positive(
@@ -417,7 +607,68 @@ impl Validator<'_> {
             )?,
         };
 
+        let mut load = picket_policy::LoadOptions::default();
+        if let Some(a) = &raw.policy.default_action {
+            load.default_action = match a.value.as_str() {
+                "deny" => picket_policy::DefaultAction::Deny,
+                "allow" => picket_policy::DefaultAction::Allow,
+                "audit-only" => picket_policy::DefaultAction::AuditOnly,
+                other => {
+                    return Err(self.err(
+                        a,
+                        format!(
+                            "policy.default_action: {other:?} is not deny, allow or audit-only"
+                        ),
+                    ));
+                }
+            };
+        }
+        if let Some(ns) = &raw.policy.root_namespace {
+            WorkloadName::new(&ns.value, "x")
+                .map_err(|e| self.err(ns, format!("policy.root_namespace: {e}")))?;
+            load.root_namespace = ns.value.clone();
+        }
+        load.opaque_tcp_ports = raw.policy.opaque_ports.clone();
+        let policy = PolicyConfig {
+            path: raw.policy.path.clone(),
+            load,
+            deny_details: raw.policy.deny_details.unwrap_or(true),
+        };
+        let mut path_opts = picket_policy::normalize::PathOptions::default();
+        if let Some(v) = &raw.http.encoded_slashes {
+            path_opts.encoded_slashes = match v.value.as_str() {
+                "reject" => picket_policy::normalize::EncodedSlashes::Reject,
+                "decode" => picket_policy::normalize::EncodedSlashes::Decode,
+                "keep" => picket_policy::normalize::EncodedSlashes::Keep,
+                other => {
+                    return Err(self.err(
+                        v,
+                        format!("http.encoded_slashes: {other:?} is not reject, decode or keep"),
+                    ));
+                }
+            };
+        }
+        let allow_header_underscores = match &raw.http.header_underscores {
+            None => false,
+            Some(v) => match v.value.as_str() {
+                "reject" => false,
+                "allow" => true,
+                other => {
+                    return Err(self.err(
+                        v,
+                        format!("http.header_underscores: {other:?} is not reject or allow"),
+                    ));
+                }
+            },
+        };
+
         Ok(Config {
+            labels: raw.workload.labels,
+            policy,
+            http: HttpConfig {
+                path: path_opts,
+                allow_header_underscores,
+            },
             identity,
             ca: CaConfig {
                 url: raw.ca.url.value,

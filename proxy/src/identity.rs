@@ -92,11 +92,11 @@ fn random_unit() -> f64 {
     f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
 }
 
-/// When to renew a certificate valid from `not_before` to `not_after`: at two thirds of the
-/// lifetime, moved by up to ±5 % of the lifetime so a fleet started together spreads out.
-pub fn renewal_delay(not_before: i64, not_after: i64, now: i64, jitter_unit: f64) -> Duration {
-    let lifetime = (not_after - not_before).max(1) as f64;
-    let at = not_before as f64 + lifetime * (2.0 / 3.0) + lifetime * 0.1 * (jitter_unit - 0.5);
+/// When to renew a certificate usable from `start` to `not_after`: at two thirds of that
+/// lifetime, moved by up to ±5 % of it so a fleet started together spreads out.
+pub fn renewal_delay(start: i64, not_after: i64, now: i64, jitter_unit: f64) -> Duration {
+    let lifetime = (not_after - start).max(1) as f64;
+    let at = start as f64 + lifetime * (2.0 / 3.0) + lifetime * 0.1 * (jitter_unit - 0.5);
     let secs = (at - now as f64).max(0.0);
     Duration::from_secs_f64(secs)
 }
@@ -211,7 +211,11 @@ impl IdentityManager {
     pub async fn run_renewals(&self, creds: Arc<Credentials>, shutdown: CancellationToken) {
         loop {
             let leaf = creds.current().leaf.clone();
-            let delay = renewal_delay(leaf.not_before, leaf.not_after, unix_now(), random_unit());
+            let now = unix_now();
+            // The CA backdates not-before for clock skew; count the lifetime from when this
+            // certificate arrived (just now) so the renewal lands at 2/3 of the usable part.
+            let start = leaf.not_before.max(now);
+            let delay = renewal_delay(start, leaf.not_after, now, random_unit());
             tracing::debug!(in_ = ?delay, "next certificate renewal scheduled");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}

@@ -2,9 +2,12 @@
 //!
 //! ```text
 //! accept -> limit -> TLS 1.3 (client SVID required) -> peer SpiffeId
-//!   ALPN h2 / http/1.1 -> hyper server -> strip hop-by-hop and identity headers
-//!                      -> set x-picket-peer-identity -> app (HTTP/1.1 pool or one h2c conn)
-//!   no ALPN            -> opaque TCP splice to the app
+//!   ALPN h2 / http/1.1 -> hyper server -> canonical request (400 if it cannot be made)
+//!                      -> policy decision per request (403 / gRPC PERMISSION_DENIED)
+//!                      -> strip hop-by-hop and identity headers, set x-picket-peer-identity
+//!                      -> app (HTTP/1.1 pool or one h2c conn)
+//!   no ALPN            -> policy decision for the connection (closed if denied)
+//!                      -> opaque TCP splice to the app
 //! ```
 
 use std::convert::Infallible;
@@ -19,12 +22,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use picket_ca::SpiffeId;
+use picket_policy::Verdict;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Limits, Timeouts};
+use crate::authz::{self, PolicyStore};
+use crate::canonical;
+use crate::config::{Config, HttpConfig, Limits, Timeouts};
 use crate::forward::{
     self, Body, Connect, ForwardError, H2Client, ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1,
     PEER_IDENTITY_HEADER,
@@ -40,6 +46,14 @@ pub struct ConnMeta {
     pub client_addr: SocketAddr,
     /// The verified identity from the peer's certificate.
     pub peer: SpiffeId,
+    /// The identity as policy principals are written: `<trust-domain>/ns/<ns>/sa/<sa>`.
+    pub principal: String,
+    /// The application this connection is forwarded to.
+    pub app: SocketAddr,
+    /// The destination port as policy sees it.
+    pub destination_port: u16,
+    /// The server name the peer asked for, if any.
+    pub sni: Option<String>,
     /// `x-picket-peer-identity` value, rendered once.
     peer_header: HeaderValue,
 }
@@ -79,8 +93,13 @@ pub struct Inbound {
     acceptor: TlsAcceptor,
     app: SocketAddr,
     http1: Client<HttpConnector, Incoming>,
-    h2: H2Client<AppConnector>,
+    /// One multiplexed h2c connection per application address.
+    h2: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<H2Client<AppConnector>>>>,
+    transparent: bool,
     metrics: Arc<Metrics>,
+    policy: Arc<PolicyStore>,
+    http_cfg: HttpConfig,
+    deny_details: bool,
     timeouts: Timeouts,
     limits: Limits,
 }
@@ -97,11 +116,13 @@ impl Inbound {
     /// Builds the inbound side forwarding to `app`.
     pub fn new(
         creds: &Arc<Credentials>,
-        app: SocketAddr,
+        config: &Config,
+        policy: Arc<PolicyStore>,
         metrics: Arc<Metrics>,
-        timeouts: Timeouts,
-        limits: Limits,
     ) -> Result<Self, TlsError> {
+        let app = config.inbound.app;
+        let timeouts = config.timeouts.clone();
+        let limits = config.limits.clone();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeouts.connect));
@@ -111,19 +132,17 @@ impl Inbound {
             .timer(TokioTimer::new())
             .set_host(false)
             .build(connector);
-        let h2 = H2Client::new(
-            AppConnector {
-                addr: app,
-                timeouts: timeouts.clone(),
-            },
-            limits.header_list_bytes(),
-        );
+        let h2 = std::sync::Mutex::new(std::collections::HashMap::new());
         Ok(Self {
             acceptor: TlsAcceptor::from(creds.server_config()?),
             app,
             http1,
             h2,
+            transparent: config.inbound.transparent,
             metrics,
+            policy,
+            http_cfg: config.http.clone(),
+            deny_details: config.policy.deny_details,
             timeouts,
             limits,
         })
@@ -163,12 +182,43 @@ impl Inbound {
         }
     }
 
+    /// The application a connection is for: with transparent interception, the original
+    /// destination port on loopback; otherwise the configured app.
+    fn app_for(&self, tcp: &TcpStream) -> SocketAddr {
+        if !self.transparent {
+            return self.app;
+        }
+        match (net::original_dst(tcp), tcp.local_addr()) {
+            (Some(orig), Ok(local)) if orig != local => {
+                SocketAddr::from(([127, 0, 0, 1], orig.port()))
+            }
+            _ => self.app,
+        }
+    }
+
+    fn h2_for(&self, app: SocketAddr) -> Arc<H2Client<AppConnector>> {
+        let mut map = self
+            .h2
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(map.entry(app).or_insert_with(|| {
+            Arc::new(H2Client::new(
+                AppConnector {
+                    addr: app,
+                    timeouts: self.timeouts.clone(),
+                },
+                self.limits.header_list_bytes(),
+            ))
+        }))
+    }
+
     async fn connection(
         self: Arc<Self>,
         tcp: TcpStream,
         client_addr: SocketAddr,
         shutdown: CancellationToken,
     ) {
+        let app = self.app_for(&tcp);
         let handshake =
             tokio::time::timeout(self.timeouts.handshake, self.acceptor.accept(tcp)).await;
         let tls = match handshake {
@@ -187,12 +237,18 @@ impl Inbound {
             return;
         };
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        let sni = session.server_name().map(str::to_owned);
         let Ok(peer_header) = HeaderValue::from_str(&peer.to_string()) else {
             return;
         };
         self.metrics.connection(Direction::Inbound, "accepted");
+        let principal = peer.to_string().trim_start_matches("spiffe://").to_owned();
         let meta = Arc::new(ConnMeta {
             client_addr,
+            principal,
+            app,
+            destination_port: app.port(),
+            sni,
             peer,
             peer_header,
         });
@@ -253,7 +309,76 @@ impl Inbound {
 
     async fn request(&self, req: Request<Incoming>, meta: &ConnMeta) -> Response<Body> {
         let start = Instant::now();
-        let resp = match self.forward(req, meta).await {
+        let resp = match self.authorize(req, meta) {
+            Ok(req) => self.proxy(req, meta).await,
+            Err(resp) => *resp,
+        };
+        self.metrics
+            .request(Direction::Inbound, resp.status(), start.elapsed());
+        resp
+    }
+
+    /// Makes the request canonical and decides it. The request that comes back is exactly
+    /// what policy judged and what the app will receive.
+    #[allow(clippy::result_large_err)]
+    fn authorize(
+        &self,
+        req: Request<Incoming>,
+        meta: &ConnMeta,
+    ) -> Result<Request<Incoming>, Box<Response<Body>>> {
+        let (mut parts, body) = req.into_parts();
+        let canonical = match canonical::canonicalize(&mut parts, &self.http_cfg) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(peer = %meta.peer, reason = %e, "inbound request refused as malformed");
+                return Err(Box::new(forward::error_response(
+                    StatusCode::BAD_REQUEST,
+                    &e.0,
+                )));
+            }
+        };
+        let headers: Vec<(&str, &str)> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or("\u{fffd}")))
+            .collect();
+        let decision = self.policy.decide(&picket_policy::Request {
+            source_principal: Some(&meta.principal),
+            source_ip: meta.client_addr.ip(),
+            destination_port: meta.destination_port,
+            sni: meta.sni.as_deref(),
+            http: Some(picket_policy::HttpRequest {
+                method: parts.method.as_str(),
+                path: &canonical.path,
+                host: &canonical.host,
+                headers: &headers,
+            }),
+        });
+        if decision.verdict == Verdict::Allow {
+            if !decision.shadows.is_empty() {
+                let what = format!("{} {}", parts.method, canonical.path);
+                authz::log_decision(&decision, &meta.principal, &what, None);
+            }
+            drop(headers);
+            return Ok(Request::from_parts(parts, body));
+        }
+        let request_id = authz::request_id();
+        let what = format!("{} {}", parts.method, canonical.path);
+        authz::log_decision(&decision, &meta.principal, &what, Some(&request_id));
+        let grpc = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        Err(Box::new(authz::deny_response(
+            &decision,
+            &request_id,
+            grpc,
+            self.deny_details,
+        )))
+    }
+
+    async fn proxy(&self, req: Request<Incoming>, meta: &ConnMeta) -> Response<Body> {
+        match self.forward(req, meta).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::info!(peer = %meta.peer, error = %e, "inbound request failed");
@@ -263,10 +388,7 @@ impl Inbound {
                 };
                 forward::error_response(status, &e.to_string())
             }
-        };
-        self.metrics
-            .request(Direction::Inbound, resp.status(), start.elapsed());
-        resp
+        }
     }
 
     async fn forward(
@@ -305,7 +427,7 @@ impl Inbound {
             .unwrap_or("/")
             .to_owned();
         let timeout = self.timeouts.request;
-        let app = self.app;
+        let app = meta.app;
         let resp = if to_http1 {
             parts.uri = format!("http://{app}{pq}")
                 .parse()
@@ -336,8 +458,11 @@ impl Inbound {
                 .parse()
                 .map_err(|e: http::uri::InvalidUri| ForwardError::Broken(e.to_string()))?;
             parts.headers.remove(header::HOST);
-            match tokio::time::timeout(timeout, self.h2.send(Request::from_parts(parts, body)))
-                .await
+            match tokio::time::timeout(
+                timeout,
+                self.h2_for(app).send(Request::from_parts(parts, body)),
+            )
+            .await
             {
                 Err(_) => return Err(ForwardError::Timeout(timeout)),
                 Ok(r) => r?,
@@ -352,7 +477,27 @@ impl Inbound {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let mut app = match connect_app(self.app, &self.timeouts).await {
+        let decision = self.policy.decide(&picket_policy::Request {
+            source_principal: Some(&meta.principal),
+            source_ip: meta.client_addr.ip(),
+            destination_port: meta.destination_port,
+            sni: meta.sni.as_deref(),
+            http: None,
+        });
+        if decision.verdict != Verdict::Allow {
+            let request_id = authz::request_id();
+            authz::log_decision(
+                &decision,
+                &meta.principal,
+                "tcp connection",
+                Some(&request_id),
+            );
+            return;
+        }
+        if !decision.shadows.is_empty() {
+            authz::log_decision(&decision, &meta.principal, "tcp connection", None);
+        }
+        let mut app = match connect_app(meta.app, &self.timeouts).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::info!(peer = %meta.peer, error = %e, "inbound TCP: application unreachable");

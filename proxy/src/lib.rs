@@ -6,15 +6,22 @@
 //! client, and must not depend on anything that knows about a control plane.
 
 pub mod admin;
+pub mod analyze;
+pub mod authz;
+pub mod canonical;
 pub mod cmd;
 pub mod config;
 pub mod echo;
 pub mod forward;
 pub mod identity;
 pub mod inbound;
+pub mod inject;
+pub mod iptables;
 pub mod metrics;
 pub mod net;
 pub mod outbound;
 pub mod sidecar;
+pub mod telemetry;
 pub mod tls;
+pub mod webhook;
 pub mod yaml;

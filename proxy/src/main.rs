@@ -1,5 +1,7 @@
 //! The `picket` binary: every Picket command behind one executable.
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 use picket_proxy::cmd;
@@ -24,13 +26,25 @@ enum Command {
     Ca(cmd::ca::CaCommand),
     /// Run the sidecar.
     Proxy(cmd::proxy::ProxyArgs),
+    /// Check, test, explain and format authorization policy files offline.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCommand),
+    /// Service graph, unexpected edges, blast radius and a least-privilege policy from flow logs.
+    Analyze(cmd::analyze::AnalyzeArgs),
+    /// Add the sidecar to Kubernetes workloads in YAML manifests (or take it out again).
+    Inject(cmd::inject::InjectArgs),
+    /// Program the nat-table rules that send a pod's TCP through its sidecar.
+    Iptables(cmd::iptables::IptablesArgs),
+    /// The mutating admission webhook that injects the sidecar into new pods.
+    #[command(subcommand)]
+    Injector(cmd::inject::InjectorCommand),
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo prints its own account; only warnings and errors go to the log unless RUST_LOG says otherwise.
+    // The demo prints its own account; only errors reach the log unless RUST_LOG says more.
     let default_level = if matches!(cli.command, Command::Demo(_)) {
-        "warn"
+        "error"
     } else {
         "info"
     };
@@ -42,21 +56,28 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("picket: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Demo(args) => cmd::demo::run(args).await,
-            Command::Ca(c) => cmd::ca::run(c).await,
-            Command::Proxy(args) => cmd::proxy::run(args).await,
+            Command::Demo(args) => cmd::demo::run(args).await.map(|()| true),
+            Command::Ca(c) => cmd::ca::run(c).await.map(|()| true),
+            Command::Proxy(args) => cmd::proxy::run(args).await.map(|()| true),
+            Command::Policy(c) => cmd::policy::run(c),
+            Command::Analyze(args) => cmd::analyze::run(args).await.map(|()| true),
+            Command::Iptables(args) => cmd::iptables::run(args).map(|()| true),
+            Command::Inject(args) => cmd::inject::run(args).map(|()| true),
+            Command::Injector(c) => cmd::inject::run_injector(c).await.map(|()| true),
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        // A policy check or test that found problems, already reported.
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("picket: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }

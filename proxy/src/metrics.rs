@@ -77,6 +77,32 @@ pub struct RenewalLabels {
     pub result: &'static str,
 }
 
+/// The deciding policy as a label value: `ns/name`, or `none` when the mesh default decided.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct PolicyLabel(pub Option<picket_policy::PolicyRef>);
+
+impl EncodeLabelValue for PolicyLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        match &self.0 {
+            Some(p) => fmt::Write::write_fmt(encoder, format_args!("{p}")),
+            None => fmt::Write::write_str(encoder, "none"),
+        }
+    }
+}
+
+/// Labels of `picket_authz_decisions_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `allow` or `deny` (for dry-run: what the policy would have decided).
+    pub verdict: &'static str,
+    /// The deciding policy.
+    pub policy: PolicyLabel,
+    /// `explicit-deny`, `no-allow-match`, `unauthenticated`, `default`, `allow-match`.
+    pub reason: &'static str,
+    /// `enforce` for the decision in force, `dry-run` for shadow verdicts.
+    pub mode: &'static str,
+}
+
 /// All metric handles of one sidecar.
 pub struct Metrics {
     registry: Registry,
@@ -94,6 +120,10 @@ pub struct Metrics {
     pub cert_expiry: Gauge<i64, AtomicI64>,
     /// Renewal attempts by result.
     pub cert_renewals: Family<RenewalLabels, Counter>,
+    /// Authorization decisions.
+    authz_decisions: Family<DecisionLabels, Counter>,
+    /// Policy reloads that failed (the last good policy stayed in force).
+    pub policy_reload_failures: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -127,6 +157,8 @@ impl Metrics {
         let tcp_bytes = Family::<DirectionLabels, Counter>::default();
         let cert_expiry = Gauge::<i64, AtomicI64>::default();
         let cert_renewals = Family::<RenewalLabels, Counter>::default();
+        let authz_decisions = Family::<DecisionLabels, Counter>::default();
+        let policy_reload_failures = Counter::default();
         registry.register(
             "picket_tcp_connections",
             "TCP connections by direction and outcome",
@@ -162,8 +194,20 @@ impl Metrics {
             "Certificate renewal attempts by result",
             cert_renewals.clone(),
         );
+        registry.register(
+            "picket_authz_decisions",
+            "Authorization decisions by verdict, deciding policy, reason and mode",
+            authz_decisions.clone(),
+        );
+        registry.register(
+            "picket_policy_reload_failures",
+            "Policy reloads that failed; the last good policy stayed in force",
+            policy_reload_failures.clone(),
+        );
         Self {
             registry,
+            authz_decisions,
+            policy_reload_failures,
             connections,
             requests,
             request_duration,
@@ -212,6 +256,28 @@ impl Metrics {
         self.request_duration
             .get_or_create(&DirectionLabels { direction })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an authorization decision and its dry-run shadows.
+    pub fn authz_decision(&self, d: &picket_policy::Decision) {
+        self.authz_decisions
+            .get_or_create(&DecisionLabels {
+                verdict: d.verdict.as_str(),
+                policy: PolicyLabel(d.policy.clone()),
+                reason: d.reason.as_str(),
+                mode: "enforce",
+            })
+            .inc();
+        for s in &d.shadows {
+            self.authz_decisions
+                .get_or_create(&DecisionLabels {
+                    verdict: s.would.as_str(),
+                    policy: PolicyLabel(Some(s.policy.clone())),
+                    reason: "dry-run",
+                    mode: "dry-run",
+                })
+                .inc();
+        }
     }
 
     /// Counts bytes spliced on an opaque TCP connection.

@@ -170,3 +170,96 @@ where
         }
     }
 }
+
+/// The destination a redirected connection was originally sent to (`SO_ORIGINAL_DST`), or
+/// `None` when the socket has no such record. For a connection that was not redirected this
+/// is the listener's own address.
+pub fn original_dst(stream: &tokio::net::TcpStream) -> Option<std::net::SocketAddr> {
+    let sock = socket2::SockRef::from(stream);
+    let local = stream.local_addr().ok()?;
+    let orig = if local.is_ipv4() {
+        sock.original_dst_v4()
+    } else {
+        sock.original_dst_v6()
+    };
+    orig.ok()?.as_socket()
+}
+
+/// What a transparent connection carries, judged from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    /// An HTTP/1 request line or the HTTP/2 connection preface.
+    Http,
+    /// Anything else, or nothing within the detection timeout (server-speaks-first protocols).
+    Opaque,
+}
+
+const HTTP_STARTS: &[&[u8]] = &[
+    b"GET ",
+    b"HEAD ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"TRACE ",
+    b"CONNECT ",
+    b"PRI * HTTP/2.0",
+];
+
+/// Classifies a prefix: `None` while it could still become HTTP.
+pub fn classify(prefix: &[u8]) -> Option<Detected> {
+    let mut undecided = false;
+    for start in HTTP_STARTS {
+        if prefix.len() >= start.len() {
+            if prefix.starts_with(start) {
+                return Some(Detected::Http);
+            }
+        } else if start.starts_with(prefix) {
+            undecided = true;
+        }
+    }
+    if undecided {
+        None
+    } else {
+        Some(Detected::Opaque)
+    }
+}
+
+/// Peeks at the first bytes of `stream` (without consuming them) to tell HTTP from opaque TCP.
+pub async fn detect(stream: &tokio::net::TcpStream, timeout: Duration) -> Detected {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 16];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Detected::Opaque,
+        };
+        if let Some(d) = classify(&buf[..n]) {
+            return d;
+        }
+        // A partial request line: peek returns at once while bytes are buffered, so wait a
+        // little for the rest instead of spinning.
+        if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(2)))
+            .await
+            .is_err()
+        {
+            return Detected::Opaque;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_http_and_opaque_prefixes() {
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Detected::Http));
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), Some(Detected::Http));
+        assert_eq!(classify(b"POS"), None);
+        assert_eq!(classify(b"\x16\x03\x01"), Some(Detected::Opaque));
+        assert_eq!(classify(b"SSH-2.0-"), Some(Detected::Opaque));
+        assert_eq!(classify(b"GETX"), Some(Detected::Opaque));
+    }
+}

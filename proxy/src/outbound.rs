@@ -27,14 +27,14 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Limits, Protocol, Timeouts, Upstream};
+use crate::config::{Limits, MeshedDestination, OutboundConfig, Protocol, Timeouts, Upstream};
 use crate::forward::{
     self, Body, Connect, ForwardError, H2Client, ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1,
     PEER_IDENTITY_HEADER,
 };
 use crate::metrics::{Direction, Metrics};
 use crate::net::{self, ConnectionLimit, IdleTimeout};
-use crate::tls::{self, ALPN_H2, Credentials, TlsError};
+use crate::tls::{self, ALPN_H2, Credentials, PeerIdentity, TlsError};
 
 /// Opens mTLS connections to one peer sidecar.
 #[derive(Clone)]
@@ -129,10 +129,26 @@ pub enum Route {
 /// The outbound side of one sidecar.
 pub struct Outbound {
     upstreams: HashMap<String, Arc<UpstreamCtx>>,
+    creds: Arc<Credentials>,
+    transparent: Option<Transparent>,
+    /// Upstreams made on demand for transparent destinations, by original destination.
+    destinations: std::sync::Mutex<HashMap<SocketAddr, Arc<UpstreamCtx>>>,
     metrics: Arc<Metrics>,
     timeouts: Timeouts,
     limits: Limits,
 }
+
+/// Transparent-mode settings of the shared outbound listener.
+#[derive(Debug, Clone)]
+struct Transparent {
+    meshed: Vec<MeshedDestination>,
+    passthrough: bool,
+    opaque_ports: Vec<u16>,
+}
+
+/// At most this many transparent destinations keep a connection context; past it the cache is
+/// emptied (their connections close when idle) so memory stays bounded.
+const MAX_DESTINATIONS: usize = 4096;
 
 impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,38 +159,135 @@ impl std::fmt::Debug for Outbound {
 }
 
 impl Outbound {
-    /// Builds the outbound side for `upstreams`.
+    /// Builds the outbound side from the configuration.
     pub fn new(
         creds: &Arc<Credentials>,
-        upstreams: &[Upstream],
+        config: &OutboundConfig,
         metrics: Arc<Metrics>,
         timeouts: Timeouts,
         limits: Limits,
     ) -> Result<Self, TlsError> {
-        let mut map = HashMap::new();
-        for u in upstreams {
-            let connector = |alpn: &[&[u8]]| -> Result<PeerConnector, TlsError> {
-                Ok(PeerConnector {
-                    name: u.name.clone(),
-                    addr: u.address,
-                    tls: TlsConnector::from(creds.client_config(u.identity.clone(), alpn)?),
-                    timeouts: timeouts.clone(),
-                    metrics: Arc::clone(&metrics),
-                })
-            };
-            let ctx = UpstreamCtx {
-                cfg: u.clone(),
-                h2: H2Client::new(connector(&[ALPN_H2])?, limits.header_list_bytes()),
-                tcp: connector(&[])?,
-            };
-            map.insert(u.name.clone(), Arc::new(ctx));
-        }
-        Ok(Self {
-            upstreams: map,
+        let mut this = Self {
+            upstreams: HashMap::new(),
+            creds: Arc::clone(creds),
+            transparent: config.transparent.then(|| Transparent {
+                meshed: config.meshed.clone(),
+                passthrough: config.passthrough,
+                opaque_ports: config.opaque_ports.clone(),
+            }),
+            destinations: std::sync::Mutex::new(HashMap::new()),
             metrics,
             timeouts,
             limits,
+        };
+        for u in &config.upstreams {
+            let ctx = this.upstream_ctx(u.clone())?;
+            this.upstreams.insert(u.name.clone(), Arc::new(ctx));
+        }
+        Ok(this)
+    }
+
+    fn upstream_ctx(&self, cfg: Upstream) -> Result<UpstreamCtx, TlsError> {
+        let connector = |alpn: &[&[u8]]| -> Result<PeerConnector, TlsError> {
+            Ok(PeerConnector {
+                name: cfg.name.clone(),
+                addr: cfg.address,
+                tls: TlsConnector::from(self.creds.client_config(cfg.identity.clone(), alpn)?),
+                timeouts: self.timeouts.clone(),
+                metrics: Arc::clone(&self.metrics),
+            })
+        };
+        Ok(UpstreamCtx {
+            h2: H2Client::new(connector(&[ALPN_H2])?, self.limits.header_list_bytes()),
+            tcp: connector(&[])?,
+            cfg,
         })
+    }
+
+    /// The connection context for a transparent destination, made on first use.
+    fn destination(
+        &self,
+        addr: SocketAddr,
+        identity: &PeerIdentity,
+    ) -> Result<Arc<UpstreamCtx>, TlsError> {
+        let mut map = self
+            .destinations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(ctx) = map.get(&addr) {
+            return Ok(Arc::clone(ctx));
+        }
+        if map.len() >= MAX_DESTINATIONS {
+            map.clear();
+        }
+        let ctx = Arc::new(self.upstream_ctx(Upstream {
+            name: addr.to_string(),
+            listen: None,
+            address: addr,
+            identity: identity.clone(),
+            protocol: Protocol::Http,
+        })?);
+        map.insert(addr, Arc::clone(&ctx));
+        Ok(ctx)
+    }
+
+    /// A connection redirected to the shared listener: mTLS for meshed destinations (HTTP or
+    /// opaque by detection), plain passthrough or refusal for the rest.
+    async fn transparent(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        listen: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
+        let Some(t) = &self.transparent else { return };
+        let orig = match net::original_dst(&tcp) {
+            Some(o) if o != listen => o,
+            // Not redirected: an app using the listener explicitly, routed by Host.
+            _ => return self.http(tcp, Route::ByHost, shutdown).await,
+        };
+        let Some(meshed) = t.meshed.iter().find(|m| m.contains(orig)) else {
+            if t.passthrough {
+                return self.passthrough(tcp, orig).await;
+            }
+            self.metrics
+                .connection(Direction::Outbound, "refused_egress");
+            tracing::warn!(destination = %orig, "outbound connection refused: destination is outside the mesh and passthrough is deny");
+            return;
+        };
+        let ctx = match self.destination(orig, &meshed.identity) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(destination = %orig, error = %e, "cannot build TLS for destination");
+                return;
+            }
+        };
+        let opaque = t.opaque_ports.contains(&orig.port())
+            || net::detect(&tcp, self.timeouts.detect).await == net::Detected::Opaque;
+        if opaque {
+            self.splice(tcp, &ctx).await;
+        } else {
+            self.http(tcp, Route::Fixed(ctx), shutdown).await;
+        }
+    }
+
+    async fn passthrough(&self, tcp: TcpStream, orig: SocketAddr) {
+        let connect = tokio::time::timeout(self.timeouts.connect, TcpStream::connect(orig)).await;
+        let mut upstream = match connect {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::info!(destination = %orig, error = %e, "passthrough connect failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(destination = %orig, "passthrough connect timed out");
+                return;
+            }
+        };
+        self.metrics.connection(Direction::Outbound, "passthrough");
+        let mut client = IdleTimeout::new(tcp, self.timeouts.idle);
+        if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            self.metrics.tcp_bytes(Direction::Outbound, up + down);
+        }
     }
 
     /// The upstream named `name`.
@@ -192,6 +305,7 @@ impl Outbound {
         tracker: TaskTracker,
     ) {
         let limit = ConnectionLimit::new(self.limits.max_connections);
+        let listen = listener.local_addr().ok();
         loop {
             let (tcp, client_addr) = tokio::select! {
                 r = listener.accept() => match r {
@@ -214,8 +328,13 @@ impl Outbound {
             let route = route.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
-                match &route {
-                    Route::Fixed(u) if u.cfg.protocol == Protocol::Tcp => this.splice(tcp, u).await,
+                match (&route, listen) {
+                    (Route::Fixed(u), _) if u.cfg.protocol == Protocol::Tcp => {
+                        this.splice(tcp, u).await;
+                    }
+                    (Route::ByHost, Some(listen)) if this.transparent.is_some() => {
+                        this.transparent(tcp, listen, shutdown).await;
+                    }
                     _ => this.http(tcp, route, shutdown).await,
                 }
                 drop(permit);

@@ -12,12 +12,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
+use crate::authz::{PolicyLoadError, PolicyStore};
 use crate::config::Config;
 use crate::identity::{IdentityError, IdentityManager};
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, Route};
 use crate::tls::TlsError;
+use picket_policy::Workload;
 
 /// Why the sidecar stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,9 @@ pub enum SidecarError {
     /// No certificate could be obtained.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The policy files could not be loaded at startup.
+    #[error("policy: {0}")]
+    Policy(#[from] PolicyLoadError),
     /// TLS configuration failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -87,20 +92,36 @@ pub async fn run(
     ));
     tracing::info!(identity = %config.identity, admin = %admin_addr, "sidecar starting");
 
+    let policy = Arc::new(PolicyStore::new(
+        config.policy.path.clone(),
+        Workload {
+            namespace: config.identity.namespace().to_owned(),
+            labels: config.labels.clone(),
+        },
+        config.policy.load.clone(),
+        Arc::clone(&metrics),
+    )?);
+    state.policy.store(Some(Arc::clone(&policy)));
+    if config.policy.path.is_none() {
+        tracing::warn!(
+            default = ?config.policy.load.default_action,
+            "no policy files configured: the mesh default action decides every request"
+        );
+    }
+
     let identity = IdentityManager::new(config.identity.clone(), &config.ca, Arc::clone(&metrics))?;
     let creds = identity.bootstrap(&shutdown).await?;
     state.creds.store(Some(Arc::clone(&creds)));
 
     let inbound = Arc::new(Inbound::new(
         &creds,
-        config.inbound.app,
+        &config,
+        Arc::clone(&policy),
         Arc::clone(&metrics),
-        config.timeouts.clone(),
-        config.limits.clone(),
     )?);
     let outbound = Arc::new(Outbound::new(
         &creds,
-        &config.outbound.upstreams,
+        &config.outbound,
         Arc::clone(&metrics),
         config.timeouts.clone(),
         config.limits.clone(),
@@ -149,10 +170,7 @@ pub async fn run(
     };
 
     state.listening.store(true, Ordering::Release);
-    tracing::warn!(
-        "authorization policy is not enforced yet: any peer with a valid certificate of trust domain {} is admitted",
-        config.identity.trust_domain()
-    );
+    let policy_watch = tokio::spawn(Arc::clone(&policy).watch(shutdown.clone()));
     tracing::info!(
         inbound = %addrs.inbound,
         outbound = %addrs.outbound,
@@ -177,6 +195,7 @@ pub async fn run(
         );
     }
     renewals.abort();
+    policy_watch.abort();
     admin_stop.cancel();
     let _ = admin_task.await;
     tracing::info!("sidecar stopped");

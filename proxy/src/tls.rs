@@ -189,7 +189,7 @@ impl Credentials {
     /// Client configuration for connections to a peer that must present `expected`.
     pub fn client_config(
         self: &Arc<Self>,
-        expected: SpiffeId,
+        expected: PeerIdentity,
         alpn: &[&[u8]],
     ) -> Result<Arc<ClientConfig>, TlsError> {
         let verifier = Arc::new(SpiffeServerVerifier {
@@ -353,11 +353,39 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 }
 
-/// Outbound: the server must present an SVID chained to the bundle naming exactly `expected`.
+/// Which server identity an outbound connection accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerIdentity {
+    /// Exactly this workload.
+    Exact(SpiffeId),
+    /// Any workload of this trust domain (transparent destinations configured without a pinned
+    /// identity: the chain and trust domain are checked, the workload is not).
+    AnyIn(TrustDomain),
+}
+
+impl PeerIdentity {
+    fn trust_domain(&self) -> &TrustDomain {
+        match self {
+            Self::Exact(id) => id.trust_domain(),
+            Self::AnyIn(td) => td,
+        }
+    }
+}
+
+impl fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(id) => write!(f, "{id}"),
+            Self::AnyIn(td) => write!(f, "any identity of {td}"),
+        }
+    }
+}
+
+/// Outbound: the server must present an SVID chained to the bundle and matching `expected`.
 #[derive(Debug)]
 struct SpiffeServerVerifier {
     creds: Arc<Credentials>,
-    expected: SpiffeId,
+    expected: PeerIdentity,
 }
 
 /// The peer presented a valid SVID for another workload.
@@ -391,7 +419,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         // The expected identity names the trust domain the server must belong to.
         let info = svid::verify_leaf(end_entity, self.expected.trust_domain(), unix_seconds(now))
             .map_err(svid_error)?;
-        if info.id != self.expected {
+        if let PeerIdentity::Exact(expected) = &self.expected
+            && &info.id != expected
+        {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
                 rustls::OtherError(Arc::new(IdentityMismatch {
                     got: info.id.to_string(),
@@ -564,7 +594,7 @@ mod tests {
         .map_err(|e| e.to_string());
         let outbound = SpiffeServerVerifier {
             creds: Arc::clone(server),
-            expected: FRONTEND.parse().unwrap(),
+            expected: PeerIdentity::Exact(FRONTEND.parse().unwrap()),
         }
         .verify_server_cert(der, &[], &ServerName::try_from("x").unwrap(), &[], now)
         .map(|_| ())

@@ -55,11 +55,33 @@ async fn inbound_refuses_tls_client_without_certificate() -> Result<()> {
     // below is the missing certificate and nothing else.
     let svid = mesh.ca.issue("ns/shop/sa/frontend").await?;
     let dir = tempfile::tempdir()?;
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, &svid.response.chain_pem)?;
-    std::fs::write(&key, svid.key.serialize_pem())?;
-    let (cert, key) = (cert.display().to_string(), key.display().to_string());
-    let with_cert = s_client(inbound, &["-cert", &cert, "-key", &key]).await?;
+    // `-cert` sends only the leaf; the issuer goes in `-cert_chain`.
+    const END: &str = "-----END CERTIFICATE-----";
+    let (leaf, issuers) = svid
+        .response
+        .chain_pem
+        .split_once(END)
+        .ok_or_else(|| anyhow::anyhow!("no certificate in the chain"))?;
+    let files = [
+        ("leaf.pem", format!("{leaf}{END}\n")),
+        ("issuers.pem", issuers.to_owned()),
+        ("key.pem", svid.key.serialize_pem()),
+    ];
+    let mut paths = Vec::new();
+    for (name, pem) in files {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem)?;
+        paths.push(path.display().to_string());
+    }
+    let args = [
+        "-cert",
+        &paths[0],
+        "-cert_chain",
+        &paths[1],
+        "-key",
+        &paths[2],
+    ];
+    let with_cert = s_client(inbound, &args).await?;
     ensure!(
         with_cert.contains(APP_MARKER),
         "a mesh client did not reach the app:\n{with_cert}"

@@ -23,10 +23,13 @@ pub(crate) fn not_after(identity: &serde_json::Value) -> Result<OffsetDateTime> 
         .with_context(|| format!("not_after {text:?} is not RFC 3339"))
 }
 
-/// A mesh whose CA issues certificates valid for 30 seconds.
+/// Lifetime of the certificates in the rotation tests.
+const LEAF_TTL: Duration = Duration::from_secs(30);
+
+/// A mesh whose CA issues certificates valid for [`LEAF_TTL`].
 async fn short_lived_mesh() -> Result<Mesh> {
     Mesh::start_with(MeshOptions {
-        ca_init_args: vec!["--leaf-ttl".to_owned(), "30s".to_owned()],
+        ca_init_args: vec!["--leaf-ttl".to_owned(), format!("{}s", LEAF_TTL.as_secs())],
         ..MeshOptions::default()
     })
     .await
@@ -54,6 +57,12 @@ async fn short_lived_certificates_rotate_without_failed_requests() -> Result<()>
     let mesh = short_lived_mesh().await?;
     let sidecars = [&mesh.frontend, &mesh.orders];
     let first = serials(sidecars).await?;
+    // Renewing at about two thirds of the lifetime means not in the first third of it.
+    let mut earliest_renewal = OffsetDateTime::now_utc() + LEAF_TTL;
+    for sidecar in sidecars {
+        earliest_renewal =
+            earliest_renewal.min(not_after(&sidecar.identity().await?)? - LEAF_TTL * 2 / 3);
+    }
     let mut h2 = HttpClient::connect(mesh.outbound(), Version::HTTP_2).await?;
 
     // Renewal is due at about two thirds of the 30 s lifetime; allow for jitter and backoff.
@@ -65,6 +74,12 @@ async fn short_lived_certificates_rotate_without_failed_requests() -> Result<()>
         round += 1;
         one_round(&mesh, &mut h2, round).await?;
         let now = serials(sidecars).await?;
+        if now != first {
+            ensure!(
+                OffsetDateTime::now_utc() >= earliest_renewal,
+                "renewed too early, before {earliest_renewal}: serials {first:?} -> {now:?}"
+            );
+        }
         if now[0] != first[0] && now[1] != first[1] {
             break;
         }

@@ -46,6 +46,12 @@ impl TestCa {
     /// Like [`TestCa::start`], with extra `picket ca init` arguments such as
     /// `["--leaf-ttl", "30s"]`.
     pub async fn start_with(init_args: &[&str]) -> Result<Self> {
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), init_args).await
+    }
+
+    /// A CA serving on `listen` (port 0 picks one), e.g. a bridge address that test network
+    /// namespaces can reach.
+    pub async fn start_at(listen: SocketAddr, init_args: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let state = dir.path().join("state");
         run_ok(
@@ -62,7 +68,7 @@ impl TestCa {
         std::fs::write(dir.path().join("trust-bundle.pem"), bundle)?;
         let mut ca = Self {
             dir,
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen,
             daemon: None,
         };
         ca.serve().await?;

@@ -312,3 +312,157 @@ impl ServerCertVerifier for AnyServerCert {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// One HTTP/1.x response as it came off the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header names (lowercased) and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body, de-chunked when it was sent chunked.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Writes `request` unchanged on a new TLS connection to `addr` and reads until the server
+/// closes (or [`crate::wait::COMMAND_TIMEOUT`] passes), so that nothing between the test and
+/// the server rewrites the bytes. The request should ask for `Connection: close`.
+pub async fn raw_tls_exchange(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    request: &[u8],
+) -> Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+
+    let mut tls = tls_connect(addr, config).await?;
+    // The server may answer and close before reading everything: a failed write is part of
+    // what is tested, and the answer is still read.
+    let _ = tls.write_all(request).await;
+    let _ = tls.flush().await;
+    let mut received = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                // A close without close_notify, or a reset after the answer, ends the exchange.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    tokio::time::timeout(crate::wait::COMMAND_TIMEOUT, read)
+        .await
+        .context("the server neither answered nor closed the connection")??;
+    Ok(received)
+}
+
+/// Splits the bytes a server sent into HTTP/1.x responses (framed by `Content-Length`,
+/// chunked encoding, or the end of the connection).
+pub fn parse_http1_responses(mut bytes: &[u8]) -> Result<Vec<RawResponse>> {
+    let mut responses = Vec::new();
+    while !bytes.is_empty() {
+        let head_end = find(bytes, b"\r\n\r\n").with_context(|| {
+            format!(
+                "incomplete response head: {:?}",
+                String::from_utf8_lossy(bytes)
+            )
+        })?;
+        let head = std::str::from_utf8(&bytes[..head_end]).context("response head not UTF-8")?;
+        bytes = &bytes[head_end + 4..];
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad status line {status_line:?}"))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let body = if (100..200).contains(&status) || status == 204 || status == 304 {
+            Vec::new()
+        } else if get("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+            let (body, used) = dechunk(bytes)?;
+            bytes = &bytes[used..];
+            body
+        } else if let Some(len) = get("content-length") {
+            let len: usize = len.parse().context("bad Content-Length")?;
+            let body = bytes.get(..len).context("truncated body")?.to_vec();
+            bytes = &bytes[len..];
+            body
+        } else {
+            let body = bytes.to_vec();
+            bytes = &[];
+            body
+        };
+        responses.push(RawResponse {
+            status,
+            headers,
+            body,
+        });
+    }
+    Ok(responses)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Decodes a chunked body; returns it and the number of bytes consumed (trailers included).
+fn dechunk(bytes: &[u8]) -> Result<(Vec<u8>, usize)> {
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let line_end = at + find(&bytes[at..], b"\r\n").context("truncated chunk size")?;
+        let size_text = std::str::from_utf8(&bytes[at..line_end])?;
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .with_context(|| format!("bad chunk size {size_text:?}"))?;
+        at = line_end + 2;
+        if size == 0 {
+            // Trailers, if any, up to the empty line.
+            let end = at + find(&bytes[at..], b"\r\n").context("truncated trailers")?;
+            let mut end = end;
+            let mut line_start = at;
+            while end > line_start {
+                line_start = end + 2;
+                end = line_start
+                    + find(&bytes[line_start..], b"\r\n").context("truncated trailers")?;
+            }
+            return Ok((body, end + 2));
+        }
+        body.extend_from_slice(bytes.get(at..at + size).context("truncated chunk")?);
+        at += size + 2;
+    }
+}

@@ -11,7 +11,10 @@
 pub mod apps;
 pub mod ca;
 pub mod clients;
+pub mod k8s;
 pub mod mesh;
+pub mod netns;
+pub mod otlp;
 pub mod process;
 pub mod proxy;
 pub mod wait;

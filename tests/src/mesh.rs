@@ -18,6 +18,13 @@ pub struct MeshOptions {
     pub tcp: bool,
     /// Extra YAML for both sidecars.
     pub extra_yaml: String,
+    /// Policy documents for the orders sidecar; `None` keeps the harness default, which admits
+    /// any authenticated peer.
+    pub orders_policy: Option<String>,
+    /// Workload labels of the orders sidecar.
+    pub orders_labels: Vec<(String, String)>,
+    /// Extra YAML for the orders sidecar only (such as its own `policy:` section).
+    pub orders_yaml: String,
 }
 
 /// frontend app -> frontend sidecar (outbound) -> mTLS -> orders sidecar (inbound) -> orders app.
@@ -48,11 +55,17 @@ impl Mesh {
         } else {
             App::http("orders").await?
         };
-        let orders = TestProxy::spawn(
-            &ca,
-            Sidecar::new("shop", "orders", app.addr()).yaml(&options.extra_yaml),
-        )
-        .await?;
+        let mut sidecar = Sidecar::new("shop", "orders", app.addr()).yaml(&options.extra_yaml);
+        if !options.orders_yaml.is_empty() {
+            sidecar = sidecar.yaml(&options.orders_yaml);
+        }
+        if let Some(policy) = &options.orders_policy {
+            sidecar = sidecar.policy(policy);
+        }
+        for (key, value) in &options.orders_labels {
+            sidecar = sidecar.label(key, value);
+        }
+        let orders = TestProxy::spawn(&ca, sidecar).await?;
         let orders_identity = spiffe_id("shop", "orders");
         let inbound = orders.addrs().inbound;
         let upstream = if options.tcp {

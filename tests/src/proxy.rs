@@ -62,6 +62,18 @@ pub struct Sidecar {
     pub upstreams: Vec<Upstream>,
     /// Extra top-level YAML sections (`timeouts:`, `limits:`), appended to the file.
     pub extra_yaml: String,
+    /// Policy documents written to the sidecar's policy directory; by default one that admits
+    /// any authenticated peer, so tests that are not about policy see plain mTLS behaviour.
+    pub policy: String,
+    /// Workload labels.
+    pub labels: Vec<(String, String)>,
+}
+
+/// A policy admitting every authenticated peer to the workloads of `namespace`.
+pub fn allow_authenticated(namespace: &str) -> String {
+    format!(
+        "apiVersion: picket.dev/v1\nkind: AuthorizationPolicy\nmetadata: {{ name: allow-authenticated, namespace: {namespace} }}\nspec:\n  action: ALLOW\n  rules:\n  - from: [{{ source: {{ principals: [\"*\"] }} }}]\n"
+    )
 }
 
 impl Sidecar {
@@ -73,7 +85,21 @@ impl Sidecar {
             app,
             upstreams: Vec::new(),
             extra_yaml: String::new(),
+            policy: allow_authenticated(namespace),
+            labels: Vec::new(),
         }
+    }
+
+    /// Replaces the policy documents.
+    pub fn policy(mut self, yaml: &str) -> Self {
+        yaml.clone_into(&mut self.policy);
+        self
+    }
+
+    /// Adds a workload label.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     /// Adds an upstream.
@@ -95,7 +121,7 @@ impl Sidecar {
     }
 
     /// The configuration file for a sidecar that reaches `ca`.
-    fn config_yaml(&self, ca: &TestCa, token_file: &str) -> Result<String> {
+    fn config_yaml(&self, ca: &TestCa, token_file: &str, policy_dir: &str) -> Result<String> {
         let q = |s: &str| serde_json::to_string(s);
         let mut y = String::new();
         writeln!(y, "identity:")?;
@@ -129,6 +155,20 @@ impl Sidecar {
         }
         writeln!(y, "admin:")?;
         writeln!(y, "  listen: \"127.0.0.1:0\"")?;
+        writeln!(y, "workload:")?;
+        writeln!(
+            y,
+            "  labels: {{{}}}",
+            self.labels
+                .iter()
+                .map(|(k, v)| Ok(format!("{}: {}", q(k)?, q(v)?)))
+                .collect::<Result<Vec<_>>>()?
+                .join(", ")
+        )?;
+        if !self.extra_yaml.contains("\npolicy:") && !self.extra_yaml.starts_with("policy:") {
+            writeln!(y, "policy:")?;
+            writeln!(y, "  path: {}", q(policy_dir)?)?;
+        }
         y.push_str(&self.extra_yaml);
         Ok(y)
     }
@@ -154,6 +194,7 @@ pub struct TestProxy {
     daemon: Daemon,
     addrs: ProxyAddrs,
     spiffe_id: String,
+    policy_dir: std::path::PathBuf,
     _dir: TempDir,
 }
 
@@ -165,10 +206,17 @@ impl TestProxy {
         let identity = format!("ns/{}/sa/{}", sidecar.namespace, sidecar.service_account);
         let token_file = dir.path().join("join-token");
         std::fs::write(&token_file, ca.token(&identity).await?)?;
+        let policy_dir = dir.path().join("policy");
+        std::fs::create_dir(&policy_dir)?;
+        std::fs::write(policy_dir.join("policy.yaml"), &sidecar.policy)?;
         let config = dir.path().join("sidecar.yaml");
         std::fs::write(
             &config,
-            sidecar.config_yaml(ca, &token_file.display().to_string())?,
+            sidecar.config_yaml(
+                ca,
+                &token_file.display().to_string(),
+                &policy_dir.display().to_string(),
+            )?,
         )?;
         let ready_file = dir.path().join("ready.json");
 
@@ -185,8 +233,14 @@ impl TestProxy {
             daemon,
             addrs,
             spiffe_id: sidecar.spiffe_id(),
+            policy_dir,
             _dir: dir,
         })
+    }
+
+    /// The directory the sidecar loads its policy from (watched for changes).
+    pub fn policy_dir(&self) -> &std::path::Path {
+        &self.policy_dir
     }
 
     /// The addresses from the ready file.

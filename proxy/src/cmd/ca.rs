@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use picket_ca::authority::{Authority, InitOptions};
-use picket_ca::{TrustDomain, WorkloadName};
+use picket_ca::authority::{Authority, CaError, InitOptions};
+use picket_ca::server::ServeOptions;
+use picket_ca::tokenreview::{TokenReviewConfig, TokenReviewer};
+use picket_ca::{ServerNames, TrustDomain, WorkloadName};
 use tokio_util::sync::CancellationToken;
 
 /// `picket ca` subcommands.
@@ -53,6 +55,10 @@ pub struct InitArgs {
     /// Longest lifetime the CA may be configured to issue [default: 168h].
     #[arg(long, value_parser = picket_ca::duration::parse)]
     max_leaf_ttl: Option<Duration>,
+    /// If the state directory already holds a CA of the same trust domain, keep it and succeed
+    /// (for an init step that runs at every start); the root options are then not needed.
+    #[arg(long)]
+    keep_existing: bool,
 }
 
 /// Arguments of `picket ca token create`.
@@ -88,6 +94,32 @@ pub struct ServeArgs {
     /// Once listening, write {"listen":"IP:PORT"} here (for supervisors and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Accept Kubernetes service-account tokens, checked with the TokenReview API of this API
+    /// server (`https://host[:port]`; in a pod, https://kubernetes.default.svc).
+    #[arg(long, value_name = "URL")]
+    kube_api: Option<String>,
+    /// PEM roots for the API server's certificate.
+    #[arg(
+        long,
+        requires = "kube_api",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    )]
+    kube_ca: PathBuf,
+    /// The CA's own service-account token, sent with every review (re-read each time).
+    #[arg(
+        long,
+        requires = "kube_api",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    kube_token_file: PathBuf,
+    /// The audience workload tokens must carry.
+    #[arg(long, requires = "kube_api", default_value = picket_ca::tokenreview::DEFAULT_AUDIENCE)]
+    token_audience: String,
+    /// Allow an identity TLS server certificates for DNS names, as
+    /// ns/<namespace>/sa/<service-account>=<name>[,<name>] (repeatable); used by the admission
+    /// webhook, which the API server reaches by its Service's DNS name.
+    #[arg(long = "server-name", value_name = "IDENTITY=NAMES")]
+    server_names: Vec<ServerNames>,
 }
 
 /// Arguments of `picket ca bundle`.
@@ -109,6 +141,7 @@ pub async fn run(cmd: CaCommand) -> anyhow::Result<()> {
 }
 
 fn init(args: InitArgs) -> anyhow::Result<()> {
+    let trust_domain = args.trust_domain.clone();
     let mut options = InitOptions::new(args.state_dir, args.trust_domain);
     options.root = args.root_cert.zip(args.root_key);
     if let Some(ttl) = args.leaf_ttl {
@@ -117,8 +150,21 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
     if let Some(ttl) = args.max_leaf_ttl {
         options.max_leaf_ttl = ttl;
     }
-    Authority::init(options).context("cannot initialise the CA")?;
-    Ok(())
+    match Authority::init(options) {
+        Ok(_) => Ok(()),
+        Err(CaError::AlreadyInitialised(dir)) if args.keep_existing => {
+            let existing = open(&dir)?;
+            anyhow::ensure!(
+                existing.trust_domain() == &trust_domain,
+                "{} holds a CA of trust domain {}, not {trust_domain}",
+                dir.display(),
+                existing.trust_domain(),
+            );
+            tracing::info!(state_dir = %dir.display(), "keeping the existing CA");
+            Ok(())
+        }
+        Err(e) => Err(e).context("cannot initialise the CA"),
+    }
 }
 
 fn create_token(args: TokenCreateArgs) -> anyhow::Result<()> {
@@ -134,6 +180,27 @@ fn create_token(args: TokenCreateArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let authority = Arc::new(open(&args.state_dir)?);
+    let token_review = match &args.kube_api {
+        None => None,
+        Some(api_url) => Some(
+            TokenReviewer::new(&TokenReviewConfig {
+                api_url: api_url.clone(),
+                api_ca_file: args.kube_ca.clone(),
+                token_file: args.kube_token_file.clone(),
+                audience: args.token_audience.clone(),
+            })
+            .context("cannot set up Kubernetes token review")?,
+        ),
+    };
+    let mut server_names = ServerNames::default();
+    for allowed in args.server_names {
+        server_names.merge(allowed);
+    }
+    let options = ServeOptions {
+        extra_names: args.sans,
+        token_review,
+        server_names,
+    };
     // Signals are hooked before the ready file appears, so none sent after it is missed.
     let shutdown = CancellationToken::new();
     super::cancel_on_signal(shutdown.clone())?;
@@ -145,7 +212,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         super::write_ready_file(path, &serde_json::json!({ "listen": local.to_string() }))
             .with_context(|| format!("cannot write the ready file {}", path.display()))?;
     }
-    picket_ca::server::serve_with_names(authority, listener, args.sans, async move {
+    picket_ca::server::serve_with(authority, listener, options, async move {
         shutdown.cancelled().await
     })
     .await

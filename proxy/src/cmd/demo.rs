@@ -22,8 +22,8 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    AdminConfig, CaConfig, Config, InboundConfig, Limits, OutboundConfig, Protocol, Timeouts,
-    Upstream,
+    AdminConfig, CaConfig, Config, HttpConfig, InboundConfig, Limits, OutboundConfig, PolicyConfig,
+    Protocol, Timeouts, Upstream,
 };
 use crate::sidecar::{self, BoundAddrs};
 
@@ -36,6 +36,30 @@ pub struct DemoArgs {
 }
 
 const TRUST_DOMAIN: &str = "cluster.local";
+
+/// The demo's policy: frontend may read orders; a dry-run DENY tries out blocking the legacy
+/// API before anyone enforces it.
+const DEMO_POLICY: &str = "\
+apiVersion: picket.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: orders-read, namespace: shop }
+spec:
+  selector: { matchLabels: { app: orders } }
+  action: ALLOW
+  rules:
+  - from: [{ source: { principals: [cluster.local/ns/shop/sa/frontend] } }]
+    to: [{ operation: { methods: [GET], paths: [/api/orders/*] } }]
+---
+apiVersion: picket.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: retire-legacy-api, namespace: shop }
+spec:
+  selector: { matchLabels: { app: orders } }
+  action: DENY
+  mode: dry-run
+  rules:
+  - to: [{ operation: { paths: [/api/orders/legacy/*] } }]
+";
 
 struct Mesh {
     shutdown: CancellationToken,
@@ -111,6 +135,10 @@ async fn start(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<Mesh> 
         dir.join("ca").display()
     );
 
+    std::fs::create_dir_all(dir.join("policy"))?;
+    std::fs::write(dir.join("policy").join("shop.yaml"), DEMO_POLICY)?;
+    println!("   policies written to {}", dir.join("policy").display());
+
     let mut apps = Vec::new();
     for name in ["frontend", "orders"] {
         let l = TcpListener::bind("127.0.0.1:0").await?;
@@ -145,7 +173,7 @@ async fn start(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<Mesh> 
         name: "orders".into(),
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         address: orders.inbound,
-        identity: orders_id,
+        identity: crate::tls::PeerIdentity::Exact(orders_id),
         protocol: Protocol::Http,
     };
     let frontend = spawn_sidecar(
@@ -203,10 +231,18 @@ async fn spawn_sidecar(
             trust_bundle: bundle.to_owned(),
             join_token_file: token_file,
         },
-        inbound: InboundConfig { listen: any, app },
+        inbound: InboundConfig {
+            listen: any,
+            app,
+            transparent: false,
+        },
         outbound: OutboundConfig {
             listen: any,
             upstreams,
+            transparent: false,
+            meshed: Vec::new(),
+            passthrough: false,
+            opaque_ports: Vec::new(),
         },
         admin: AdminConfig { listen: any },
         timeouts: Timeouts {
@@ -215,10 +251,21 @@ async fn spawn_sidecar(
             request: Duration::from_secs(30),
             idle: Duration::from_secs(300),
             drain: Duration::from_secs(5),
+            detect: Duration::from_secs(1),
         },
         limits: Limits {
             max_connections: 1000,
             max_header_bytes: 64 * 1024,
+        },
+        labels: [("app".to_owned(), sa.to_owned())].into_iter().collect(),
+        policy: PolicyConfig {
+            path: Some(dir.join("policy")),
+            load: picket_policy::LoadOptions::default(),
+            deny_details: true,
+        },
+        http: HttpConfig {
+            path: picket_policy::normalize::PathOptions::default(),
+            allow_header_underscores: false,
         },
     };
     let (tx, rx) = oneshot::channel();
@@ -244,11 +291,24 @@ async fn http_get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<(u16, String)> {
+    http_call(addr, http::Method::GET, host, path, headers).await
+}
+
+async fn http_call(
+    addr: SocketAddr,
+    method: http::Method,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
     let stream = TcpStream::connect(addr).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let mut req = http::Request::get(path).header(http::header::HOST, host);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, host);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -304,7 +364,35 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
         "orders app saw {peer}, expected the frontend identity"
     );
 
-    step("4. A plaintext client on the orders inbound port");
+    step("4. Policy: only GET /api/orders/* from frontend is allowed");
+    let (status, body) = http_call(
+        via,
+        http::Method::POST,
+        "orders",
+        "/api/orders/42/refund",
+        &[],
+    )
+    .await?;
+    anyhow::ensure!(
+        status == 403,
+        "POST through the mesh answered {status}, expected 403: {body}"
+    );
+    println!("   POST /api/orders/42/refund -> {status} {}", body.trim());
+    println!("   why, as `picket policy explain` tells it:");
+    let explanation = explain_refund(dir)?;
+    for line in explanation.lines() {
+        println!("     {line}");
+    }
+    let (status, _) = http_get(via, "orders", "/api/orders/legacy/7", &[]).await?;
+    anyhow::ensure!(
+        status == 200,
+        "legacy GET answered {status}, expected 200 (dry-run must not deny)"
+    );
+    println!(
+        "   GET /api/orders/legacy/7 -> {status}: allowed, but the dry-run policy retire-legacy-api recorded \"would deny\""
+    );
+
+    step("5. A plaintext client on the orders inbound port");
     let mut tcp = TcpStream::connect(mesh.orders.inbound).await?;
     tcp.write_all(b"GET /api/orders/42 HTTP/1.1\r\nhost: orders\r\n\r\n")
         .await?;
@@ -317,22 +405,46 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
         if read.is_ok() { "closed" } else { "timed out" }
     );
 
-    step("5. A client with a certificate from a foreign certificate authority");
+    step("6. A client with a certificate from a foreign certificate authority");
     let refused = foreign_client(mesh, dir).await?;
     println!("   {refused}");
 
-    step("6. What the orders sidecar counted");
+    step("7. What the orders sidecar counted");
     let (_, metrics) = http_get(mesh.orders.admin, "admin", "/metrics", &[]).await?;
     for line in metrics.lines().filter(|l| {
         l.starts_with("picket_tls_handshake_failures_total")
             || l.starts_with("picket_requests_total")
+            || l.starts_with("picket_authz_decisions_total")
     }) {
         println!("   {line}");
     }
-    println!(
-        "\nAuthorization policy is not enforced yet: any peer holding a valid certificate of {TRUST_DOMAIN} is admitted."
-    );
     Ok(())
+}
+
+/// The explanation of the refused POST, from the same policy files the sidecar loaded.
+fn explain_refund(dir: &Path) -> anyhow::Result<String> {
+    let options = picket_policy::LoadOptions::default();
+    let (set, _) = crate::authz::load_policy(&dir.join("policy"), &options)?;
+    let compiled = set.for_workload(&picket_policy::Workload {
+        namespace: "shop".into(),
+        labels: [("app".to_owned(), "orders".to_owned())]
+            .into_iter()
+            .collect(),
+    });
+    let headers: [(&str, &str); 0] = [];
+    let explanation = compiled.explain(&picket_policy::Request {
+        source_principal: Some("cluster.local/ns/shop/sa/frontend"),
+        source_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+        destination_port: 0,
+        sni: None,
+        http: Some(picket_policy::HttpRequest {
+            method: "POST",
+            path: "/api/orders/42/refund",
+            host: "orders",
+            headers: &headers,
+        }),
+    });
+    Ok(explanation.to_string())
 }
 
 /// An attacker's client: a certificate claiming the frontend identity, issued by a CA the mesh
@@ -364,8 +476,10 @@ async fn foreign_client(mesh: &Mesh, dir: &Path) -> anyhow::Result<String> {
         both_roots.as_bytes(),
     )?);
     let orders: SpiffeId = "spiffe://cluster.local/ns/shop/sa/orders".parse()?;
-    let connector =
-        tokio_rustls::TlsConnector::from(creds.client_config(orders, &[crate::tls::ALPN_HTTP1])?);
+    let connector = tokio_rustls::TlsConnector::from(creds.client_config(
+        crate::tls::PeerIdentity::Exact(orders),
+        &[crate::tls::ALPN_HTTP1],
+    )?);
     let tcp = TcpStream::connect(mesh.orders.inbound).await?;
     let name = rustls::pki_types::ServerName::IpAddress(mesh.orders.inbound.ip().into());
     let outcome = match connector.connect(name, tcp).await {

@@ -1,8 +1,12 @@
 //! Command-line front ends. Each submodule parses its arguments with clap and calls the
 //! libraries; `anyhow` is used here and nowhere else in the proxy.
 
+pub mod analyze;
 pub mod ca;
 pub mod demo;
+pub mod inject;
+pub mod iptables;
+pub mod policy;
 pub mod proxy;
 
 use std::path::Path;

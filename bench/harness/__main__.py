@@ -1,0 +1,455 @@
+"""bench/run's driver: starts the backend and every system, runs the workloads in alternating
+rounds, and writes results.json, report.md and latency.svg. See bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import load, report
+from .certs import Pki
+from .load import IdleClients, measured
+from .policies import load_overlays
+from .procs import LOAD_CORE, BenchError, run, stop_all
+from .systems import Backend, Direct, HaproxyPair, NginxPair, Picket, System
+
+ROOT = Path(__file__).resolve().parents[2]
+# The Picket system runs with this many authorization policies (issue 6: "a realistic policy
+# set"); W8 varies it.
+MAIN_POLICIES = 100
+W8_POLICIES = [0, 10, 100, 1000, 10000]
+
+
+@dataclass
+class Durations:
+    saturation: float
+    fixed_rate: float
+    tcp: float
+    memory_load: float
+    rounds: int
+    warmup: float
+    warmup_all: bool  # warm up with every workload, or only with W1
+    startup_runs: int
+    criterion: list[str]
+
+
+FULL = Durations(saturation=6, fixed_rate=12, tcp=5, memory_load=8, rounds=5, warmup=2,
+                 warmup_all=True,
+                 startup_runs=10,
+                 criterion=["--warm-up-time", "2", "--measurement-time", "8",
+                            "--sample-size", "30"])
+QUICK = Durations(saturation=1, fixed_rate=2, tcp=1, memory_load=2, rounds=1, warmup=1,
+                  warmup_all=False,
+                  startup_runs=3,
+                  criterion=["--warm-up-time", "0.3", "--measurement-time", "1",
+                             "--sample-size", "10"])
+
+
+@dataclass
+class Workload:
+    id: str
+    title: str
+    target: str
+    go: Callable[[str, float], dict]
+    duration: str = "saturation"
+    rss: bool = False
+
+
+def workloads(upload_script: Path) -> list[Workload]:
+    return [
+        Workload("w1_c16", "W1 HTTP/1.1 keep-alive, 1 KB, 16 connections", "http1",
+                 lambda url, d: load.wrk(url + "/1k", 16, d)),
+        Workload("w1_c64", "W1 HTTP/1.1 keep-alive, 1 KB, 64 connections", "http1",
+                 lambda url, d: load.wrk(url + "/1k", 64, d)),
+        Workload("w2_h2", "W2 HTTP/2, 1 KB, 16 connections x 8 streams", "h2c",
+                 lambda url, d: load.h2load(url, 16, 8, d)),
+        Workload("w3_new_conn", "W3a new client connection per request (sidecar pooling on)",
+                 "http1",
+                 lambda url, d: load.wrk(url + "/1k", 16, d, headers=["Connection: close"])),
+        Workload("w3_full_hs", "W3b new client connection and new sidecar mTLS connection per "
+                 "request", "fullhs",
+                 lambda url, d: load.wrk(url + "/1k", 16, d, headers=["Connection: close"])),
+        Workload("w4_1mib", "W4 1 MiB request and 1 MiB response, 8 connections", "http1",
+                 lambda url, d: with_mib(load.wrk(url + "/1m", 8, d, script=upload_script))),
+        Workload("w5_stream", "W5 opaque TCP stream, 1 connection, echoed", "tcp",
+                 lambda addr, d: load.tcptool("stream", addr, d), duration="tcp"),
+        Workload("w5_pingpong", "W5 opaque TCP ping-pong, 64 B, 1 connection", "tcp",
+                 lambda addr, d: load.tcptool("pingpong", addr, d), duration="tcp"),
+        Workload("w6_1000", "W6 fixed rate 1,000 RPS, HTTP/1.1, 16 connections", "http1",
+                 lambda url, d: load.oha(url + "/1k", 1000, d), duration="fixed_rate"),
+        Workload("w6_2000", "W6 fixed rate 2,000 RPS, HTTP/1.1, 16 connections", "http1",
+                 lambda url, d: load.oha(url + "/1k", 2000, d), duration="fixed_rate",
+                 rss=True),
+    ]
+
+
+def with_mib(r: dict) -> dict:
+    r["mib_per_s"] = r["rps"]  # 1 MiB each way per request: MiB/s in each direction
+    return r
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.d = QUICK if args.quick else FULL
+        if args.rounds:
+            self.d.rounds = args.rounds
+        self.out = Path(args.out).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(prefix="picket-bench-"))
+        self.logs = self.work / "logs"
+        self.logs.mkdir()
+        self.picket = Path(args.picket).resolve()
+        self.failures: list[str] = []
+        self.results: dict = {
+            "mode": "quick" if args.quick else "full",
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "durations": self.d.__dict__,
+            "machine": machine(),
+            "runs": {},
+            "titles": {},
+            "memory": {},
+            "startup": {},
+            "ca": {},
+            "w8": {"available": False, "reason": "not run"},
+        }
+
+    def fail(self, what: str, e: BaseException) -> None:
+        msg = f"{what}: {e}"
+        print(f"bench: FAILED {msg}", file=sys.stderr, flush=True)
+        self.failures.append(msg)
+
+    def step(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    # -----------------------------------------------------------------------------------------
+
+    def main(self) -> int:
+        t0 = time.monotonic()
+        try:
+            self.setup()
+            self.startup_figures()
+            self.rounds()
+            self.w8()
+        except BenchError as e:
+            self.fail("setup", e)
+        except KeyboardInterrupt:
+            self.fail("run", RuntimeError("interrupted"))
+        finally:
+            stop_all()
+        self.ca_rate()
+        self.results["elapsed_s"] = time.monotonic() - t0
+        self.results["machine"]["load_end"] = load_average()
+        self.results["failures"] = self.failures
+        self.write()
+        if self.failures:
+            print(f"bench: {len(self.failures)} step(s) failed; logs kept in {self.logs}",
+                  file=sys.stderr)
+            return 1
+        shutil.rmtree(self.work, ignore_errors=True)
+        return 0
+
+    def setup(self) -> None:
+        self.step(f"work directory {self.work}")
+        self.pki = Pki(self.picket, self.work, self.logs)
+        self.pki.init()
+        self.backend = Backend(self.work, self.logs, Path(load.__file__).parent)
+        self.backend.start()
+        overlay = Path(self.args.overlay).read_text() if self.args.overlay else ""
+        self.has_policy = subprocess.run([str(self.picket), "policy", "--help"],
+                                         capture_output=True).returncode == 0
+        self.results["picket_policies"] = MAIN_POLICIES if self.has_policy else None
+        self.picket_sys = Picket(self.picket, self.pki, self.backend, self.work, self.logs,
+                                 policies=MAIN_POLICIES if self.has_policy else None,
+                                 overlay=overlay)
+        self.systems: list[System] = [
+            Direct(self.backend),
+            self.picket_sys,
+            NginxPair(self.pki, self.backend, self.work, self.logs),
+            HaproxyPair(self.pki, self.backend, self.work, self.logs),
+        ]
+        # Memory of fresh processes, before any traffic.
+        for s in self.systems:
+            s.start()
+            if s.pair():
+                self.results["memory"].setdefault(s.name, []).append({"fresh_kib": pair_rss(s)})
+        self.step("systems up: " + ", ".join(s.name for s in self.systems))
+        self.results["titles"]["systems"] = {s.name: s.label for s in self.systems}
+        self.workloads = workloads(load.write_upload_script(self.work / "upload.lua"))
+        for w in self.workloads:
+            self.results["titles"][w.id] = w.title
+        self.smoke()
+
+    def smoke(self) -> None:
+        """Every target of every system answers before any figure is taken."""
+        for s in self.systems:
+            for target in ("http1", "h2c", "fullhs"):
+                url = s.targets[target] + "/1k"
+                h2 = ["--http2-prior-knowledge"] if target == "h2c" else []
+                out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                      *h2, url], capture_output=True, text=True, timeout=20)
+                if out.stdout != "200":
+                    raise BenchError(f"{s.name} {target} {url} answered {out.stdout!r} "
+                                     f"{out.stderr.strip()}")
+            r = load.tcptool("pingpong", s.targets["tcp"], 0.05)
+            if r["round_trips"] < 1:
+                raise BenchError(f"{s.name} tcp target does not echo")
+
+    def startup_figures(self) -> None:
+        self.step(f"startup: {self.d.startup_runs} sidecar starts to /ready")
+        try:
+            self.results["startup"] = self.picket_sys.startup_figures(self.d.startup_runs)
+        except BenchError as e:
+            self.fail("startup figures", e)
+
+    # -----------------------------------------------------------------------------------------
+
+    def run_one(self, w: Workload, s: System, seconds: float, keep: bool) -> None:
+        target = s.targets[w.target]
+        try:
+            r = measured(s.accounted(w.target), lambda: w.go(target, seconds), sample_rss=w.rss)
+        except BenchError as e:
+            self.fail(f"{w.id} on {s.name}", e)
+            return
+        if keep:
+            self.results["runs"].setdefault(w.id, {}).setdefault(s.name, []).append(r)
+            headline = r.get("mib_per_s") or r.get("round_trips_per_s") or r.get("rps")
+            extra = f" p99 {r['p99_ms']:.2f} ms" if "p99_ms" in r else ""
+            self.step(f"  {w.id:12} {s.name:8} {headline:12.1f}{extra}"
+                      + (f"  errors {r['errors']}" if r.get("errors") else ""))
+
+    def rounds(self) -> None:
+        if self.d.warmup:
+            self.step("warm-up round (not recorded)")
+            for w in self.workloads if self.d.warmup_all else self.workloads[:1]:
+                for s in self.systems:
+                    self.run_one(w, s, self.d.warmup, keep=False)
+        for rnd in range(1, self.d.rounds + 1):
+            self.step(f"round {rnd}/{self.d.rounds}")
+            for w in self.workloads:
+                for s in self.systems:
+                    self.run_one(w, s, getattr(self.d, w.duration), keep=True)
+            self.memory_round()
+
+    def memory_round(self) -> None:
+        """W7 on fresh processes: RSS fresh, at 2,000 RPS, then with 1,000 and 5,000 idle
+        keep-alive client connections (each has carried one request)."""
+        for s in self.systems[1:]:
+            try:
+                s.restart()
+                fig = {"fresh_kib": pair_rss(s)}
+                r = measured(s.pair(), lambda: load.oha(s.targets["http1"] + "/1k", 2000,
+                                                        self.d.memory_load), sample_rss=True)
+                fig["at_2000_kib"] = r["rss_each_kib"]
+                time.sleep(0.5)
+                fig["after_load_kib"] = pair_rss(s)
+                idle = IdleClients(s.targets["http1"] + "/1k", [1000, 5000])
+                try:
+                    for count in (1000, 5000):
+                        step = idle.next_step()
+                        if step["open"] < count * 0.99:
+                            raise BenchError(f"only {step['open']} of {count} idle connections "
+                                             f"opened ({step['failures']} failures)")
+                        time.sleep(0.5)
+                        fig[f"idle_{count}_kib"] = pair_rss(s)
+                        idle.advance()
+                finally:
+                    idle.close()
+                for count in (1000, 5000):
+                    fig[f"per_idle_conn_b_{count}"] = (
+                        (sum(fig[f"idle_{count}_kib"]) - sum(fig["after_load_kib"])) * 1024
+                        / count)
+                self.results["memory"].setdefault(s.name, []).append(fig)
+                self.step(f"  w7 {s.name:8} pair RSS fresh {sum(fig['fresh_kib']) / 1024:.1f} "
+                          f"MiB, at 2000 RPS {sum(fig['at_2000_kib']) / 1024:.1f} MiB, "
+                          f"5000 idle {sum(fig['idle_5000_kib']) / 1024:.1f} MiB "
+                          f"({fig['per_idle_conn_b_5000']:.0f} B/conn)")
+                s.restart()
+            except BenchError as e:
+                self.fail(f"w7 on {s.name}", e)
+                try:
+                    s.restart()
+                except BenchError as e2:
+                    self.fail(f"restart of {s.name}", e2)
+
+    # -----------------------------------------------------------------------------------------
+
+    def w8(self) -> None:
+        """W8: the Picket pair with policy off (default allow, no files), 10, 100, 1,000 and
+        10,000 policies, and 100 policies plus each overlay in bench/w8/ (e.g. telemetry),
+        alternating within each round; W1 16 connections and W6 2,000 RPS on each."""
+        if not self.has_policy:
+            self.results["w8"] = {"available": False,
+                                  "reason": "this picket has no authorization policy support"}
+            return
+        overlays = load_overlays(ROOT / "bench" / "w8")
+        variants = [(f"{n} policies" if n else "policy off", n, "") for n in W8_POLICIES]
+        variants += [(f"{MAIN_POLICIES} policies + {o.name}", MAIN_POLICIES, o.text)
+                     for o in overlays]
+        self.step(f"W8: {len(variants)} Picket variants")
+        base = (self.picket_sys.policies, self.picket_sys.overlay)
+        w1 = next(w for w in self.workloads if w.id == "w1_c16")
+        w6 = next(w for w in self.workloads if w.id == "w6_2000")
+        runs: dict = {}
+        try:
+            for _ in range(self.d.rounds):
+                for name, policies, overlay in variants:
+                    self.picket_sys.policies = policies
+                    self.picket_sys.overlay = (base[1] + "\n" + overlay) if overlay else base[1]
+                    try:
+                        self.picket_sys.restart()
+                    except BenchError as e:
+                        self.fail(f"w8 {name}: start", e)
+                        continue
+                    for w, seconds in ((w1, self.d.saturation), (w6, self.d.fixed_rate)):
+                        try:
+                            r = measured(self.picket_sys.accounted(w.target),
+                                         lambda: w.go(self.picket_sys.targets[w.target], seconds))
+                            runs.setdefault(name, {}).setdefault(w.id, []).append(r)
+                        except BenchError as e:
+                            self.fail(f"w8 {name} {w.id}", e)
+                    r1 = runs.get(name, {}).get("w1_c16", [{}])[-1]
+                    self.step(f"  w8 {name:26} W1 {r1.get('rps', 0):10.1f} req/s")
+        finally:
+            self.picket_sys.policies, self.picket_sys.overlay = base
+            self.picket_sys.restart()
+        self.results["w8"] = {
+            "available": True,
+            "runs": runs,
+            "variants": [name for name, _, _ in variants],
+            "telemetry": bool(overlays),
+        }
+
+    def ca_rate(self) -> None:
+        self.step("CA signing rate (criterion bench ca/benches/issue.rs, one core)")
+        try:
+            run(["cargo", "bench", "-q", "-p", "picket-ca", "--bench", "issue", "--",
+                 *self.d.criterion], timeout=600, cwd=ROOT)
+            target = Path(json.loads(subprocess.run(
+                ["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=ROOT,
+                capture_output=True, text=True, check=True).stdout)["target_directory"])
+            for case in ("join_token_disk", "renewal_disk", "join_token_tmpfs", "renewal_tmpfs"):
+                est = target / "criterion" / "ca_issue" / case / "new" / "estimates.json"
+                if not est.exists():
+                    continue
+                data = json.loads(est.read_text())
+                ns = data["median"]["point_estimate"]
+                self.results["ca"][case] = {
+                    "median_us": ns / 1000,
+                    "per_s": 1e9 / ns,
+                    "ci_us": [data["median"]["confidence_interval"]["lower_bound"] / 1000,
+                              data["median"]["confidence_interval"]["upper_bound"] / 1000],
+                }
+            if "join_token_disk" not in self.results["ca"]:
+                raise BenchError("criterion wrote no estimate for ca_issue/join_token_disk")
+        except (BenchError, subprocess.CalledProcessError, OSError, KeyError) as e:
+            self.fail("CA signing rate", e)
+
+    # -----------------------------------------------------------------------------------------
+
+    def write(self) -> None:
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=1) + "\n")
+        svg = report.latency_svg(self.results)
+        (self.out / "latency.svg").write_text(svg)
+        (self.out / "report.md").write_text(report.markdown(self.results))
+        self.step(f"wrote {self.out / 'report.md'}, latency.svg, results.json")
+
+
+def pair_rss(s: System) -> list[int]:
+    """RSS of each of the system's two proxies, KiB."""
+    return [p.rss_kib() for p in s.pair()]
+
+
+def version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "not found"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0].strip() if text else "unknown"
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kib / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    git = version(["git", "-C", str(ROOT), "describe", "--always", "--dirty"])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": platform.release(),
+        "nofile": version(["sh", "-c", "ulimit -n"]),
+        "picket": f"{version(['git', '-C', str(ROOT), 'rev-parse', '--short', 'HEAD'])} ({git})",
+        "rustc": version(["rustc", "--version"]),
+        "nginx": version(["nginx", "-v"]),
+        "haproxy": version(["haproxy", "-v"]),
+        "wrk": version(["wrk", "-v"]),
+        "h2load": version(["h2load", "--version"]),
+        "oha": version(["oha", "--version"]),
+        "openssl": version(["openssl", "version"]),
+        "python": platform.python_version(),
+        "load_start": load_average(),
+        "scheduling": scheduling(),
+    }
+
+
+def scheduling() -> str:
+    policy = os.sched_getscheduler(0)
+    if policy == os.SCHED_RR:
+        return f"SCHED_RR, priority {os.sched_getparam(0).sched_priority} (real-time round robin)"
+    if policy == os.SCHED_FIFO:
+        return f"SCHED_FIFO, priority {os.sched_getparam(0).sched_priority}"
+    return f"SCHED_OTHER, nice {os.nice(0)}"
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="bench/run")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--picket", required=True)
+    parser.add_argument("--rounds", type=int, default=0)
+    parser.add_argument("--overlay", default="")
+    args = parser.parse_args()
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        return Bench(args).main()
+    except Exception:  # noqa: BLE001 - report, stop what was started, fail
+        traceback.print_exc()
+        stop_all()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

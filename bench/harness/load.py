@@ -1,0 +1,184 @@
+"""Load generators (wrk, h2load, oha, tcptool), pinned to the load core, and their parsers.
+
+Each runner returns a flat dict of figures. CPU of the proxies that carry the traffic is read
+from /proc/PID/stat around the run by `measured`."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .procs import CLK_TCK, LOAD_CORE, BenchError, Proc, run
+
+TOOLS = Path(__file__).resolve().parent
+
+
+def measured(procs: list[Proc], fn, sample_rss: bool = False) -> dict:
+    """Runs `fn()` and adds the proxies' CPU (ms, all threads, user + system) and, if asked,
+    their summed RSS at the end of the run."""
+    for p in procs:
+        p.check_alive()
+    before = [p.cpu_ticks() for p in procs]
+    t0 = time.monotonic()
+    result = fn()
+    wall = time.monotonic() - t0
+    if procs:
+        after = [p.cpu_ticks() for p in procs]
+        cpu_s = sum(a - b for a, b in zip(after, before)) / CLK_TCK
+        result["proxy_cpu_s"] = cpu_s
+        result["proxy_cpu_pct"] = 100 * cpu_s / wall
+        requests = result.get("requests")
+        if requests:
+            result["cpu_us_per_req"] = cpu_s * 1e6 / requests
+        if sample_rss:
+            result["rss_each_kib"] = [p.rss_kib() for p in procs]
+            result["rss_kib"] = sum(result["rss_each_kib"])
+    for p in procs:
+        p.check_alive()
+    return result
+
+
+def _num(pattern: str, text: str, what: str) -> float:
+    m = re.search(pattern, text)
+    if not m:
+        raise BenchError(f"cannot find {what} in output:\n{text[-1500:]}")
+    return float(m.group(1))
+
+
+def wrk(url: str, connections: int, seconds: float, headers: list[str] = (),
+        script: Path | None = None) -> dict:
+    # wrk takes whole seconds only.
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
+    for h in headers:
+        argv += ["-H", h]
+    if script:
+        argv += ["-s", str(script)]
+    out = run(argv + [url], timeout=seconds + 60)
+    requests = _num(r"(\d+) requests in", out, "the request count")
+    duration = parse_wrk_duration(out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    if sock:
+        errors += sum(int(x) for x in sock.groups())
+    if requests <= 0:
+        raise BenchError(f"wrk completed no request against {url}")
+    return {
+        "requests": int(requests),
+        "seconds": duration,
+        "rps": _num(r"Requests/sec:\s+([\d.]+)", out, "Requests/sec"),
+        "errors": errors,
+    }
+
+
+def parse_wrk_duration(out: str) -> float:
+    m = re.search(r"requests in ([\d.]+)(us|ms|s|m)\b", out)
+    if not m:
+        raise BenchError(f"cannot find wrk's duration in:\n{out[-1000:]}")
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def h2load(url: str, clients: int, streams: int, seconds: float) -> dict:
+    argv = ["h2load", "-t1", f"-c{clients}", f"-m{streams}", "-D", f"{int(seconds * 1000)}ms",
+            url + "/1k"]
+    out = run(argv, timeout=seconds + 60)
+    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    if not m:
+        raise BenchError(f"cannot parse h2load output:\n{out[-1500:]}")
+    succeeded = int(m.group(3))
+    if succeeded <= 0:
+        raise BenchError(f"h2load completed no request against {url}")
+    errors = int(m.group(2)) - succeeded + int(m.group(5)) + int(m.group(6))
+    return {
+        "requests": succeeded,
+        "seconds": seconds,
+        "rps": _num(r"finished in [\d.]+\w*, ([\d.]+) req/s", out, "req/s"),
+        "errors": errors,
+    }
+
+
+def oha(url: str, rate: int, seconds: float, connections: int = 16) -> dict:
+    """Fixed-rate load free of coordinated omission: each request is timed from when it was
+    scheduled, not from when a connection got free."""
+    argv = ["oha", "-z", f"{int(seconds * 1000)}ms", "-q", str(rate), "--latency-correction",
+            "-c", str(connections), "--no-tui", "--output-format", "json",
+            "--worker-threads", "1", url]
+    out = run(argv, timeout=seconds + 60)
+    data = json.loads(out)
+    summary = data["summary"]
+    pct = data["latencyPercentiles"]
+    codes = data.get("statusCodeDistribution", {})
+    ok = sum(v for k, v in codes.items() if k.startswith("2"))
+    total = sum(codes.values())
+    # Requests still in flight when the duration ends are aborted by oha; not failures.
+    errors = total - ok + sum(v for k, v in data.get("errorDistribution", {}).items()
+                              if "deadline" not in k)
+    if ok <= 0:
+        raise BenchError(f"oha completed no request against {url}: {data.get('errorDistribution')}")
+    ms = 1000.0
+    return {
+        "requests": ok,
+        "seconds": summary["total"],
+        "rps": summary["requestsPerSec"],
+        "errors": errors,
+        "p50_ms": pct["p50"] * ms,
+        "p90_ms": pct["p90"] * ms,
+        "p99_ms": pct["p99"] * ms,
+        "p99.9_ms": pct["p99.9"] * ms,
+        "p99.99_ms": pct["p99.99"] * ms,
+        "max_ms": summary["slowest"] * ms,
+    }
+
+
+def tcptool(mode: str, addr: str, seconds: float) -> dict:
+    out = run([sys.executable, str(TOOLS / "tcptool.py"), mode, addr, f"{seconds:g}"],
+              timeout=seconds + 60)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+class IdleClients:
+    """Keep-alive client connections held open by a tcptool process on the load core."""
+
+    def __init__(self, url: str, counts: list[int]):
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", LOAD_CORE, sys.executable, str(TOOLS / "tcptool.py"), "idle",
+             url, *map(str, counts)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def next_step(self) -> dict:
+        """Waits until the next count of connections is open; returns what tcptool saw."""
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BenchError(f"idle-connection client failed: {self.proc.stderr.read()[-800:]}")
+        return json.loads(line)
+
+    def advance(self) -> None:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def write_upload_script(path: Path) -> Path:
+    path.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.body = string.rep("u", 1048576)\n'
+        'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+    )
+    return path

@@ -1,0 +1,506 @@
+//! One canonical request: the path, method and host the proxy uses for BOTH policy and
+//! forwarding, so what a rule matched is exactly what the application receives.
+//!
+//! [`normalize_path`] does, in this order (the policy reference in `README.md` has examples):
+//!
+//! 1. cut a `#fragment` (clients must not send one; if one arrives it is dropped);
+//! 2. reject NUL, control characters, space, DEL, non-ASCII bytes and `?`;
+//! 3. reject a malformed escape (`%`, `%4`, `%zz`) and `%00`;
+//! 4. decode escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) exactly once; every other
+//!    escape stays encoded with its hex in upper case (`%2a` becomes `%2A`, `%25` stays `%25`,
+//!    so `%252e` stays `%252e` and never turns into a dot);
+//! 5. encoded `/` and `\` (`%2F`, `%5C`): rejected by default, or decoded into `/`, or kept;
+//! 6. a raw `\`: rejected by default, or read as `/`;
+//! 7. `;` path parameters: kept by default, but a dot segment carrying parameters (`..;x`,
+//!    `.;x`, the Tomcat traversal shape) is rejected; or every parameter is stripped; or any
+//!    `;` is rejected;
+//! 8. merge repeated slashes, remove `.` and `..` segments (RFC 3986 section 5.2.4, including
+//!    the ones that were encoded dots before step 4); `..` never climbs above the root;
+//! 9. the result always starts with `/`; a trailing slash is kept.
+//!
+//! The function is idempotent: normalizing its output again gives the same output.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a request part was refused. The proxy answers 400 for all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NormalizeError {
+    /// `%00` or a raw NUL byte.
+    #[error("NUL byte in path")]
+    Nul,
+    /// A `%` not followed by two hex digits.
+    #[error("malformed percent-escape in path")]
+    InvalidEscape,
+    /// A control character, space, DEL, non-ASCII byte or `?` in the path.
+    #[error("invalid character in path")]
+    InvalidCharacter,
+    /// `%2F` or `%5C` while encoded slashes are rejected.
+    #[error("encoded slash or backslash in path")]
+    EncodedSlash,
+    /// A raw `\` while backslashes are rejected.
+    #[error("backslash in path")]
+    Backslash,
+    /// A dot segment with `;` parameters, such as `/..;/admin`.
+    #[error("dot segment with path parameters")]
+    DotSegmentParams,
+    /// A `;` while path parameters are rejected.
+    #[error("path parameters are not allowed")]
+    PathParams,
+    /// A method that is not an uppercase RFC 9110 token.
+    #[error("invalid method")]
+    InvalidMethod,
+    /// A host that is empty, has invalid characters or an unbracketed IPv6 address.
+    #[error("invalid host")]
+    InvalidHost,
+    /// A port that is not a number from 1 to 65535.
+    #[error("invalid port")]
+    InvalidPort,
+}
+
+/// What to do with `%2F` and `%5C`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncodedSlashes {
+    /// Refuse the request (the default): the safe choice when the backend's reading is unknown.
+    #[default]
+    Reject,
+    /// Decode both into `/`, which then separates segments for dot removal and matching.
+    Decode,
+    /// Keep them encoded (hex upper-cased); they are not separators.
+    Keep,
+}
+
+/// What to do with a raw `\`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backslash {
+    /// Refuse the request (the default).
+    #[default]
+    Reject,
+    /// Read it as `/`, as browsers and some servers do.
+    Slash,
+}
+
+/// What to do with `;` path parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathParams {
+    /// Keep them as part of their segment (the default), but refuse a dot segment that carries
+    /// parameters (`..;x`, `.;x`), which servers such as Tomcat read as a dot segment.
+    #[default]
+    Keep,
+    /// Remove `;...` from every segment before dot-segment removal (what Tomcat does).
+    Strip,
+    /// Refuse any `;`.
+    Reject,
+}
+
+/// Path normalization choices. The default is the strictest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct PathOptions {
+    /// `%2F` and `%5C`.
+    pub encoded_slashes: EncodedSlashes,
+    /// A raw `\`.
+    pub backslash: Backslash,
+    /// `;` path parameters.
+    pub path_params: PathParams,
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Normalizes a request path (without its query). See the module documentation for the steps.
+pub fn normalize_path(raw_path: &str, opts: &PathOptions) -> Result<String, NormalizeError> {
+    let raw = raw_path.split('#').next().unwrap_or("");
+    // Steps 2 to 6: one pass that decodes and turns separators into '/'.
+    let bytes = raw.as_bytes();
+    let mut decoded = String::with_capacity(raw.len() + 1);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            0 => return Err(NormalizeError::Nul),
+            b'%' => {
+                let (Some(h), Some(l)) = (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(NormalizeError::InvalidEscape);
+                };
+                let value = h * 16 + l;
+                i += 3;
+                if value == 0 {
+                    return Err(NormalizeError::Nul);
+                }
+                if is_unreserved(value) {
+                    decoded.push(char::from(value));
+                    continue;
+                }
+                if value == b'/' || value == b'\\' {
+                    match opts.encoded_slashes {
+                        EncodedSlashes::Reject => return Err(NormalizeError::EncodedSlash),
+                        EncodedSlashes::Decode => {
+                            decoded.push('/');
+                            continue;
+                        }
+                        EncodedSlashes::Keep => {}
+                    }
+                }
+                decoded.push('%');
+                decoded.push(char::from(HEX_UPPER[usize::from(h)]));
+                decoded.push(char::from(HEX_UPPER[usize::from(l)]));
+                continue;
+            }
+            b'\\' => match opts.backslash {
+                Backslash::Reject => return Err(NormalizeError::Backslash),
+                Backslash::Slash => decoded.push('/'),
+            },
+            b'?' => return Err(NormalizeError::InvalidCharacter),
+            0x21..=0x7e => decoded.push(char::from(b)),
+            _ => return Err(NormalizeError::InvalidCharacter),
+        }
+        i += 1;
+    }
+
+    // Steps 7 and 8: segment by segment.
+    let ends_with_slash = decoded.ends_with('/');
+    let mut out: Vec<&str> = Vec::new();
+    let mut trailing_slash = ends_with_slash;
+    for raw_segment in decoded.split('/') {
+        let segment = match raw_segment.split_once(';') {
+            None => raw_segment,
+            Some((name, _)) => match opts.path_params {
+                PathParams::Reject => return Err(NormalizeError::PathParams),
+                PathParams::Strip => name,
+                PathParams::Keep if name == "." || name == ".." => {
+                    return Err(NormalizeError::DotSegmentParams);
+                }
+                PathParams::Keep => raw_segment,
+            },
+        };
+        match segment {
+            "" => {}
+            "." => trailing_slash = true,
+            ".." => {
+                out.pop();
+                trailing_slash = true;
+            }
+            s => {
+                out.push(s);
+                trailing_slash = ends_with_slash;
+            }
+        }
+    }
+    let mut path = String::with_capacity(decoded.len() + 1);
+    for segment in &out {
+        path.push('/');
+        path.push_str(segment);
+    }
+    if path.is_empty() || trailing_slash {
+        path.push('/');
+    }
+    Ok(path)
+}
+
+/// Checks that a method is an uppercase RFC 9110 token (`GET`, `POST`, `PURGE`); returns it.
+pub fn normalize_method(m: &str) -> Result<&str, NormalizeError> {
+    let ok = !m.is_empty()
+        && m.bytes()
+            .all(|b| crate::pattern::is_tchar(b) && !b.is_ascii_lowercase());
+    if ok {
+        Ok(m)
+    } else {
+        Err(NormalizeError::InvalidMethod)
+    }
+}
+
+/// Normalizes a `Host` (or `:authority`) value: lowercase, one trailing dot removed, port
+/// checked (1 to 65535, written without leading zeros; an empty port is dropped), IPv6 in
+/// brackets and in its canonical text form. Userinfo (`user@host`) is refused.
+pub fn normalize_host(h: &str) -> Result<String, NormalizeError> {
+    let lower = h.to_ascii_lowercase();
+    let (name, port) =
+        crate::pattern::split_host_port(&lower).map_err(|_| NormalizeError::InvalidHost)?;
+    let port = match port {
+        None | Some("") => None,
+        Some(p) => {
+            let digits = p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+            match p.parse::<u32>() {
+                Ok(n @ 1..=65535) if digits => Some(n),
+                _ => return Err(NormalizeError::InvalidPort),
+            }
+        }
+    };
+    let name = if let Some(inner) = name.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').ok_or(NormalizeError::InvalidHost)?;
+        let addr: std::net::Ipv6Addr = inner.parse().map_err(|_| NormalizeError::InvalidHost)?;
+        format!("[{addr}]")
+    } else {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let valid = !name.is_empty()
+            && !name.starts_with('.')
+            && !name.ends_with('.')
+            && !name.contains("..")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !valid {
+            return Err(NormalizeError::InvalidHost);
+        }
+        name.to_owned()
+    };
+    Ok(match port {
+        Some(p) => format!("{name}:{p}"),
+        None => name,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn strict(p: &str) -> Result<String, NormalizeError> {
+        normalize_path(p, &PathOptions::default())
+    }
+
+    fn with(p: &str, opts: PathOptions) -> Result<String, NormalizeError> {
+        normalize_path(p, &opts)
+    }
+
+    const DECODE: PathOptions = PathOptions {
+        encoded_slashes: EncodedSlashes::Decode,
+        backslash: Backslash::Reject,
+        path_params: PathParams::Keep,
+    };
+    const KEEP: PathOptions = PathOptions {
+        encoded_slashes: EncodedSlashes::Keep,
+        backslash: Backslash::Reject,
+        path_params: PathParams::Keep,
+    };
+
+    /// The bypass corpus: each raw path, the options, and the expected canonical path or error.
+    #[test]
+    fn bypass_shapes_normalize_to_one_canonical_path() {
+        use NormalizeError as E;
+        let d = PathOptions::default();
+        let slash = PathOptions {
+            backslash: Backslash::Slash,
+            ..d
+        };
+        let strip = PathOptions {
+            path_params: PathParams::Strip,
+            ..d
+        };
+        let no_params = PathOptions {
+            path_params: PathParams::Reject,
+            ..d
+        };
+        let cases: &[(&str, PathOptions, Result<&str, E>)] = &[
+            // Plain paths.
+            ("/", d, Ok("/")),
+            ("", d, Ok("/")),
+            ("/api/orders", d, Ok("/api/orders")),
+            ("/api/orders/", d, Ok("/api/orders/")),
+            ("api/orders", d, Ok("/api/orders")),
+            // Dot segments.
+            ("/api/../admin", d, Ok("/admin")),
+            ("/api/./orders", d, Ok("/api/orders")),
+            ("/../../etc/passwd", d, Ok("/etc/passwd")),
+            ("/api/orders/..", d, Ok("/api/")),
+            ("/api/orders/.", d, Ok("/api/orders/")),
+            ("/a/b/../../..", d, Ok("/")),
+            ("/a/.../b", d, Ok("/a/.../b")),
+            ("/a/..b/c", d, Ok("/a/..b/c")),
+            // Encoded dots, any case, decoded once then removed.
+            ("/api/%2e%2e/admin", d, Ok("/admin")),
+            ("/api/%2E%2E/admin", d, Ok("/admin")),
+            ("/api/.%2e/admin", d, Ok("/admin")),
+            ("/api/%2e./admin", d, Ok("/admin")),
+            ("/api/%2e/orders", d, Ok("/api/orders")),
+            // Double encoding stays encoded: decoded once only.
+            ("/api/%252e%252e/admin", d, Ok("/api/%252e%252e/admin")),
+            ("/api/%25252e/admin", d, Ok("/api/%25252e/admin")),
+            ("/api/%252f/admin", d, Ok("/api/%252f/admin")),
+            // Unreserved escapes decoded; others upper-cased.
+            ("/%61dmin", d, Ok("/admin")),
+            ("/%41DMIN", d, Ok("/ADMIN")),
+            ("/a%7eb", d, Ok("/a~b")),
+            ("/a%2db%5fc", d, Ok("/a-b_c")),
+            ("/caf%c3%a9", d, Ok("/caf%C3%A9")),
+            ("/a%20b", d, Ok("/a%20b")),
+            ("/a%3fb", d, Ok("/a%3Fb")),
+            ("/a%23b", d, Ok("/a%23b")),
+            ("/a%3Bb", d, Ok("/a%3Bb")),
+            // Encoded slashes and backslashes.
+            ("/api%2fadmin", d, Err(E::EncodedSlash)),
+            ("/api%2Fadmin", d, Err(E::EncodedSlash)),
+            ("/api%5cadmin", d, Err(E::EncodedSlash)),
+            ("/api%2f..%2fadmin", DECODE, Ok("/admin")),
+            ("/api%5C..%5Cadmin", DECODE, Ok("/admin")),
+            ("/api%2fadmin", KEEP, Ok("/api%2Fadmin")),
+            ("/api%2f..%2fadmin", KEEP, Ok("/api%2F..%2Fadmin")),
+            // Raw backslashes.
+            ("/api\\admin", d, Err(E::Backslash)),
+            ("/api\\..\\admin", slash, Ok("/admin")),
+            // Merged slashes.
+            ("//admin", d, Ok("/admin")),
+            ("/api//orders///1", d, Ok("/api/orders/1")),
+            ("/api/orders//", d, Ok("/api/orders/")),
+            ("///", d, Ok("/")),
+            // Fragments are cut.
+            ("/public#/../admin", d, Ok("/public")),
+            ("/admin#", d, Ok("/admin")),
+            ("#x", d, Ok("/")),
+            // NUL and control characters.
+            ("/admin%00.html", d, Err(E::Nul)),
+            ("/admin\0", d, Err(E::Nul)),
+            ("/a b", d, Err(E::InvalidCharacter)),
+            ("/a\tb", d, Err(E::InvalidCharacter)),
+            ("/a\r\nb", d, Err(E::InvalidCharacter)),
+            ("/a\x7fb", d, Err(E::InvalidCharacter)),
+            ("/caf\u{e9}", d, Err(E::InvalidCharacter)),
+            ("/a?b", d, Err(E::InvalidCharacter)),
+            // Malformed escapes.
+            ("/a%", d, Err(E::InvalidEscape)),
+            ("/a%4", d, Err(E::InvalidEscape)),
+            ("/a%zz", d, Err(E::InvalidEscape)),
+            ("/a%%30", d, Err(E::InvalidEscape)),
+            // Path parameters (Tomcat-style).
+            ("/api/..;/admin", d, Err(E::DotSegmentParams)),
+            ("/api/.;x/admin", d, Err(E::DotSegmentParams)),
+            ("/api/%2e%2e;/admin", d, Err(E::DotSegmentParams)),
+            ("/admin;jsessionid=1/x", d, Ok("/admin;jsessionid=1/x")),
+            ("/api/..;/admin", strip, Ok("/admin")),
+            ("/admin;x/secret", strip, Ok("/admin/secret")),
+            ("/admin;x/secret", no_params, Err(E::PathParams)),
+        ];
+        for (raw, opts, want) in cases {
+            let got = with(raw, *opts);
+            assert_eq!(got.as_deref(), want.as_ref().map(|s| *s), "path {raw:?}");
+        }
+        assert!(cases.len() >= 40);
+    }
+
+    #[test]
+    fn methods_must_be_uppercase_tokens() {
+        assert_eq!(normalize_method("GET"), Ok("GET"));
+        assert_eq!(normalize_method("M-SEARCH"), Ok("M-SEARCH"));
+        for bad in ["get", "Get", "", "GE T", "GET\r", "G(T"] {
+            assert_eq!(
+                normalize_method(bad),
+                Err(NormalizeError::InvalidMethod),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hosts_are_lowercased_and_checked() {
+        let cases: &[(&str, Result<&str, NormalizeError>)] = &[
+            ("Orders.Shop", Ok("orders.shop")),
+            ("orders.shop.", Ok("orders.shop")),
+            ("orders:8080", Ok("orders:8080")),
+            ("orders:", Ok("orders")),
+            ("ORDERS.:08080", Ok("orders:8080")),
+            ("orders:080", Ok("orders:80")),
+            ("[::1]:8443", Ok("[::1]:8443")),
+            ("[0:0::1]", Ok("[::1]")),
+            ("::1", Err(NormalizeError::InvalidHost)),
+            ("orders:0", Err(NormalizeError::InvalidPort)),
+            ("orders:65536", Err(NormalizeError::InvalidPort)),
+            ("orders:http", Err(NormalizeError::InvalidPort)),
+            ("user@orders", Err(NormalizeError::InvalidHost)),
+            ("", Err(NormalizeError::InvalidHost)),
+            ("or ders", Err(NormalizeError::InvalidHost)),
+            ("orders..", Err(NormalizeError::InvalidHost)),
+            ("[zz]", Err(NormalizeError::InvalidHost)),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(
+                normalize_host(raw).as_deref(),
+                want.as_ref().map(|s| *s),
+                "host {raw:?}"
+            );
+        }
+    }
+
+    fn any_options() -> impl Strategy<Value = PathOptions> {
+        (0..3u8, 0..2u8, 0..3u8).prop_map(|(s, b, p)| PathOptions {
+            encoded_slashes: [
+                EncodedSlashes::Reject,
+                EncodedSlashes::Decode,
+                EncodedSlashes::Keep,
+            ][usize::from(s)],
+            backslash: [Backslash::Reject, Backslash::Slash][usize::from(b)],
+            path_params: [PathParams::Keep, PathParams::Strip, PathParams::Reject][usize::from(p)],
+        })
+    }
+
+    /// Paths built from the pieces bypasses are made of.
+    fn tricky_path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("/".to_owned()),
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            Just("%2e".to_owned()),
+            Just("%2E".to_owned()),
+            Just("%2f".to_owned()),
+            Just("%5c".to_owned()),
+            Just("%25".to_owned()),
+            Just("%41".to_owned()),
+            Just("%c3".to_owned()),
+            Just(";".to_owned()),
+            Just("\\".to_owned()),
+            Just("#".to_owned()),
+            Just("%".to_owned()),
+            Just("a".to_owned()),
+            Just("admin".to_owned()),
+            "[ -~]{0,3}",
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn normalize_is_idempotent(path in tricky_path(), opts in any_options()) {
+            if let Ok(once) = normalize_path(&path, &opts) {
+                prop_assert!(once.starts_with('/'));
+                prop_assert!(!once.contains("//"));
+                let twice = normalize_path(&once, &opts);
+                prop_assert_eq!(twice.as_deref(), Ok(once.as_str()));
+            }
+        }
+
+        #[test]
+        fn normalize_never_panics(path in "\\PC{0,40}", opts in any_options()) {
+            let _ = normalize_path(&path, &opts);
+            let _ = normalize_host(&path);
+            let _ = normalize_method(&path);
+        }
+
+        #[test]
+        fn normalized_paths_have_no_dot_segments(path in tricky_path()) {
+            if let Ok(p) = strict(&path) {
+                for segment in p.split('/') {
+                    prop_assert!(segment != "." && segment != "..", "{}", p);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Value matchers: the four string forms, CIDR blocks, host patterns, ports and the helpers that
+//! read a principal. Nothing here compiles to a regular expression.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// One of the four string forms: `exact`, `prefix*`, `*suffix`, `*` (present and non-empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StrMatch {
+    Exact(Box<str>),
+    Prefix(Box<str>),
+    Suffix(Box<str>),
+    Present,
+}
+
+impl StrMatch {
+    /// Reads a pattern. A `*` anywhere but alone, first or last is an error, and so is an empty
+    /// pattern.
+    pub(crate) fn parse(s: &str) -> Result<StrMatch, String> {
+        if s.is_empty() {
+            return Err("empty value; write `*` to match any non-empty value".into());
+        }
+        if s == "*" {
+            return Ok(StrMatch::Present);
+        }
+        let stars = s.bytes().filter(|b| *b == b'*').count();
+        if stars == 1 {
+            if let Some(prefix) = s.strip_suffix('*') {
+                return Ok(StrMatch::Prefix(prefix.into()));
+            }
+            if let Some(suffix) = s.strip_prefix('*') {
+                return Ok(StrMatch::Suffix(suffix.into()));
+            }
+        }
+        if stars == 0 {
+            return Ok(StrMatch::Exact(s.into()));
+        }
+        Err(format!(
+            "`{s}`: `*` is allowed only alone, at the start or at the end of a value"
+        ))
+    }
+
+    /// The literal part of the pattern (empty for `*`).
+    pub(crate) fn literal(&self) -> &str {
+        match self {
+            StrMatch::Exact(s) | StrMatch::Prefix(s) | StrMatch::Suffix(s) => s,
+            StrMatch::Present => "",
+        }
+    }
+
+    /// The pattern with its literal part mapped through `f`.
+    pub(crate) fn map(self, f: impl FnOnce(&str) -> String) -> StrMatch {
+        match self {
+            StrMatch::Exact(s) => StrMatch::Exact(f(&s).into()),
+            StrMatch::Prefix(s) => StrMatch::Prefix(f(&s).into()),
+            StrMatch::Suffix(s) => StrMatch::Suffix(f(&s).into()),
+            StrMatch::Present => StrMatch::Present,
+        }
+    }
+
+    /// The value when the pattern is an exact one.
+    pub(crate) fn exact(&self) -> Option<&str> {
+        match self {
+            StrMatch::Exact(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Case-sensitive match.
+    #[inline]
+    pub(crate) fn matches(&self, v: &str) -> bool {
+        match self {
+            StrMatch::Exact(s) => v == &**s,
+            StrMatch::Prefix(p) => v.starts_with(&**p),
+            StrMatch::Suffix(p) => v.ends_with(&**p),
+            StrMatch::Present => !v.is_empty(),
+        }
+    }
+
+    /// ASCII case-insensitive match (hosts, SNI).
+    #[inline]
+    pub(crate) fn matches_ignore_case(&self, v: &str) -> bool {
+        let v = v.as_bytes();
+        match self {
+            StrMatch::Exact(s) => v.eq_ignore_ascii_case(s.as_bytes()),
+            StrMatch::Prefix(p) => {
+                v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+            }
+            StrMatch::Suffix(p) => {
+                v.len() >= p.len() && v[v.len() - p.len()..].eq_ignore_ascii_case(p.as_bytes())
+            }
+            StrMatch::Present => !v.is_empty(),
+        }
+    }
+}
+
+impl fmt::Display for StrMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StrMatch::Exact(s) => f.write_str(s),
+            StrMatch::Prefix(s) => write!(f, "{s}*"),
+            StrMatch::Suffix(s) => write!(f, "*{s}"),
+            StrMatch::Present => f.write_str("*"),
+        }
+    }
+}
+
+/// An IPv4 or IPv6 block. A single address is a block of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cidr {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl Cidr {
+    /// Reads `10.0.0.0/8`, `10.1.2.3`, `2001:db8::/32` or `::1`. Host bits set after the prefix
+    /// are an error (`10.0.0.1/8`), so a block always means what it says.
+    pub(crate) fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr_text, len_text) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr_text
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len_text {
+            None => max,
+            Some(l) => {
+                if l.is_empty() || l.len() > 3 || !l.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(format!("`{s}`: invalid prefix length `{l}`"));
+                }
+                let n: u8 = l
+                    .parse()
+                    .map_err(|_| format!("`{s}`: invalid prefix length `{l}`"))?;
+                if n > max {
+                    return Err(format!(
+                        "`{s}`: prefix length {n} is longer than {max} bits"
+                    ));
+                }
+                n
+            }
+        };
+        let cidr = Cidr { addr, len };
+        if cidr.network() != addr {
+            return Err(format!(
+                "`{s}` has host bits set; did you mean `{}/{len}`?",
+                cidr.network()
+            ));
+        }
+        // An IPv4-mapped IPv6 block is the IPv4 block it maps: requests arrive canonicalized.
+        if let IpAddr::V6(v6) = addr
+            && len >= 96
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            return Ok(Cidr {
+                addr: IpAddr::V4(v4),
+                len: len - 96,
+            });
+        }
+        Ok(cidr)
+    }
+
+    fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(self.len))),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask128(self.len))),
+        }
+    }
+
+    /// Whether `ip` (already canonical: IPv4-mapped addresses as IPv4) is inside the block.
+    #[inline]
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => u32::from(ip) & mask32(self.len) == u32::from(net),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                u128::from(ip) & mask128(self.len) == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn mask32(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+}
+
+fn mask128(len: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// A host pattern: a string form over the host name, plus an optional port that must match too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostMatch {
+    host: StrMatch,
+    port: Option<u16>,
+}
+
+impl HostMatch {
+    /// Reads `orders`, `orders:8080`, `*.example.com`, `api.*`, `[::1]:8443`, `*`. Hosts are
+    /// compared case-insensitively; a pattern without a port matches any port.
+    pub(crate) fn parse(s: &str) -> Result<HostMatch, String> {
+        let lower = s.to_ascii_lowercase();
+        let (host, port) = split_host_port(&lower).map_err(|why| format!("host `{s}`: {why}"))?;
+        let port = match port {
+            None => None,
+            Some(p) => Some(
+                parse_port_text(p)
+                    .map_err(|why| format!("host `{s}`: {why}; omit the port to match any port"))?,
+            ),
+        };
+        let pattern = StrMatch::parse(host).map_err(|why| format!("host {why}"))?;
+        let literal = pattern.literal();
+        let bracketed = literal.starts_with('[') || literal.ends_with(']');
+        let valid = literal.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'.' | b'-' | b'_')
+                || (bracketed && matches!(b, b'[' | b']' | b':'))
+        });
+        if !valid {
+            return Err(format!("host `{s}` has characters a host name cannot have"));
+        }
+        Ok(HostMatch {
+            host: pattern,
+            port,
+        })
+    }
+
+    /// Whether the request's `Host` (name, optional port) matches.
+    #[inline]
+    pub(crate) fn matches(&self, host: &str) -> bool {
+        let (name, port) = split_request_host(host);
+        self.host.matches_ignore_case(name) && self.port.is_none_or(|p| port == Some(p))
+    }
+}
+
+impl fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}", self.host),
+            None => write!(f, "{}", self.host),
+        }
+    }
+}
+
+/// Splits `name[:port]` or `[v6][:port]` without checking the port's digits.
+pub(crate) fn split_host_port(s: &str) -> Result<(&str, Option<&str>), &'static str> {
+    if s.starts_with('[') {
+        let Some(end) = s.find(']') else {
+            return Err("unclosed `[`");
+        };
+        let (name, rest) = s.split_at(end + 1);
+        return match rest {
+            "" => Ok((name, None)),
+            _ => match rest.strip_prefix(':') {
+                Some(port) => Ok((name, Some(port))),
+                None => Err("unexpected text after `]`"),
+            },
+        };
+    }
+    match s.split_once(':') {
+        None => Ok((s, None)),
+        Some((name, port)) if !port.contains(':') => Ok((name, Some(port))),
+        Some(_) => Err("an IPv6 address must be written in brackets, as `[::1]`"),
+    }
+}
+
+/// The request side of [`split_host_port`]: never fails; an unreadable port is no port.
+#[inline]
+pub(crate) fn split_request_host(host: &str) -> (&str, Option<u16>) {
+    match split_host_port(host) {
+        Ok((name, Some(port))) => (name, parse_port_text(port).ok()),
+        Ok((name, None)) => (name, None),
+        Err(_) => (host, None),
+    }
+}
+
+/// A port written as decimal digits, 1 to 65535, without sign or leading zeros.
+pub(crate) fn parse_port_text(s: &str) -> Result<u16, String> {
+    let digits = !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (s.len() > 1 && s.starts_with('0')) {
+        return Err(format!("`{s}` is not a port number (1 to 65535)"));
+    }
+    match s.parse::<u32>() {
+        Ok(n @ 1..=65535) => u16::try_from(n).map_err(|e| e.to_string()),
+        _ => Err(format!("`{s}` is not a port number (1 to 65535)")),
+    }
+}
+
+/// Strips an optional `spiffe://` scheme so both identity spellings compare equal.
+pub(crate) fn strip_spiffe(s: &str) -> &str {
+    match s.get(..9) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("spiffe://") => &s[9..],
+        _ => s,
+    }
+}
+
+/// The namespace of a `<trust-domain>/ns/<namespace>/sa/<account>` principal.
+#[inline]
+pub(crate) fn namespace_of(principal: &str) -> Option<&str> {
+    let mut parts = principal.split('/');
+    let _trust_domain = parts.next()?;
+    if parts.next()? != "ns" {
+        return None;
+    }
+    let ns = parts.next()?;
+    if parts.next()? != "sa" {
+        return None;
+    }
+    let _account = parts.next()?;
+    if parts.next().is_some() || ns.is_empty() {
+        return None;
+    }
+    Some(ns)
+}
+
+/// RFC 9110 `tchar`.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_forms() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("abc", "abc", true),
+            ("abc", "abcd", false),
+            ("abc", "ABC", false),
+            ("ab*", "abc", true),
+            ("ab*", "ab", true),
+            ("ab*", "a", false),
+            ("*bc", "abc", true),
+            ("*bc", "bc", true),
+            ("*bc", "abd", false),
+            ("*", "x", true),
+            ("*", "", false),
+        ];
+        for (pattern, value, want) in cases {
+            let m = StrMatch::parse(pattern).unwrap();
+            assert_eq!(m.matches(value), *want, "{pattern} vs {value}");
+        }
+    }
+
+    #[test]
+    fn stars_in_the_middle_are_rejected() {
+        for bad in ["a*b", "**", "*a*", "a**", ""] {
+            assert!(StrMatch::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cidrs() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains(ip("10.2.3.4")));
+        assert!(!c.contains(ip("11.0.0.0")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("1.2.3.4")));
+        assert!(Cidr::parse("10.1.2.3").unwrap().contains(ip("10.1.2.3")));
+        assert!(!Cidr::parse("10.1.2.3").unwrap().contains(ip("10.1.2.4")));
+        let v6 = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains(ip("2001:db8::1")));
+        assert!(!v6.contains(ip("10.0.0.1")));
+        assert!(Cidr::parse("::/0").unwrap().contains(ip("::1")));
+        let mapped = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(mapped.contains(ip("10.9.9.9")));
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0/8",
+            "x",
+            "::1/129",
+            "010.0.0.1",
+            "10.0.0.0/+8",
+        ] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("orders", "orders", true),
+            ("orders", "orders:8080", true),
+            ("ORDERS", "orders", true),
+            ("orders", "ORDERS:80", true),
+            ("orders:8080", "orders:8080", true),
+            ("orders:8080", "orders:9090", false),
+            ("orders:8080", "orders", false),
+            ("*.example.com", "api.example.com", true),
+            ("*.example.com", "example.com", false),
+            ("api.*", "api.shop", true),
+            ("*", "x", true),
+            ("[::1]:8443", "[::1]:8443", true),
+            ("[::1]", "[::1]:1", true),
+        ];
+        for (pattern, host, want) in cases {
+            let m = HostMatch::parse(pattern).unwrap();
+            assert_eq!(m.matches(host), *want, "{pattern} vs {host}");
+        }
+        for bad in ["a b", "x:0", "x:99999", "::1", "x:*", "a/b", "*a*"] {
+            assert!(HostMatch::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_port_text("8080"), Ok(8080));
+        assert_eq!(parse_port_text("65535"), Ok(65535));
+        for bad in ["0", "65536", "080", "", "+80", "8o", "123456"] {
+            assert!(parse_port_text(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn principals() {
+        assert_eq!(
+            strip_spiffe("spiffe://cluster.local/ns/a/sa/b"),
+            "cluster.local/ns/a/sa/b"
+        );
+        assert_eq!(namespace_of("cluster.local/ns/shop/sa/x"), Some("shop"));
+        assert_eq!(namespace_of("cluster.local/ns/shop/x/y"), None);
+        assert_eq!(namespace_of("cluster.local/ns/shop/sa/x/y"), None);
+        assert_eq!(namespace_of("nope"), None);
+    }
+}

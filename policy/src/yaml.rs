@@ -1,0 +1,327 @@
+//! The one place YAML is parsed: policy text becomes a tree of values that each remember their
+//! line and column, so every later check can point at what it rejects.
+//!
+//! Parsing is strict: duplicate keys, merge keys (`<<`) and unknown tags are errors, booleans are
+//! YAML 1.2 only (`yes` stays a string), and budgets bound documents, nodes, depth and alias
+//! expansion so a hostile file cannot exhaust memory.
+
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+
+use crate::error::LoadError;
+
+/// A 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Pos {
+    pub(crate) line: u64,
+    pub(crate) column: u64,
+}
+
+/// A YAML value with the position where it is written.
+#[derive(Debug, Clone)]
+pub(crate) struct Yaml {
+    pub(crate) pos: Pos,
+    pub(crate) value: Value,
+}
+
+/// A mapping key with its position.
+#[derive(Debug, Clone)]
+pub(crate) struct Key {
+    pub(crate) pos: Pos,
+    pub(crate) name: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Value {
+    Null,
+    Bool(bool),
+    Int(i128),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Yaml>),
+    Map(Vec<(Key, Yaml)>),
+}
+
+impl Value {
+    /// A short noun for error messages ("expected a list, found a string").
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "a number",
+            Value::Float(_) => "a number",
+            Value::Str(_) => "a string",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+
+    /// A scalar as YAML would print it, for "quote it" hints.
+    pub(crate) fn scalar_text(&self) -> Option<String> {
+        match self {
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(f) => Some(f.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// Limits on one source file, on top of the caller's byte limit.
+const MAX_DEPTH: usize = 32;
+const MAX_DOCUMENTS: usize = 100_000;
+const MAX_NODES: usize = 4_000_000;
+const MAX_ALIAS_REPLAYED_EVENTS: usize = 100_000;
+const MAX_ALIAS_STACK_DEPTH: usize = 16;
+
+/// Parses every document of `text`, skipping empty ones. This is the only function in the crate
+/// that reads YAML.
+pub(crate) fn parse_documents(
+    file: &str,
+    text: &str,
+    max_bytes: usize,
+) -> Result<Vec<Yaml>, LoadError> {
+    if text.len() > max_bytes {
+        return Err(LoadError::at(
+            file,
+            text,
+            1,
+            1,
+            format!(
+                "file is {} bytes, over the limit of {max_bytes} bytes",
+                text.len()
+            ),
+        ));
+    }
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
+    options.merge_keys = serde_saphyr::MergeKeyPolicy::Error;
+    options.reject_unsupported_tags = true;
+    options.with_snippet = false;
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = MAX_DEPTH;
+    budget.max_documents = MAX_DOCUMENTS;
+    budget.max_nodes = MAX_NODES;
+    budget.max_events = MAX_NODES;
+    budget.max_reader_input_bytes = Some(max_bytes);
+    options.budget = Some(budget);
+    options.alias_limits.max_total_replayed_events = MAX_ALIAS_REPLAYED_EVENTS;
+    options.alias_limits.max_replay_stack_depth = MAX_ALIAS_STACK_DEPTH;
+
+    let docs: Vec<Spanned<Node>> = serde_saphyr::from_str_multiple_with_options(text, options)
+        .map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            LoadError::at(file, text, line, column, syntax_message(&e))
+        })?;
+    Ok(docs
+        .into_iter()
+        .map(Yaml::from)
+        .filter(|d| !matches!(d.value, Value::Null))
+        .collect())
+}
+
+/// The parser's message without its own " at line L, column C" suffix (we print the location
+/// in front, like every other error).
+fn syntax_message(e: &serde_saphyr::Error) -> String {
+    let text = e.without_snippet().to_string();
+    let trimmed = match text.rfind(" at line ") {
+        Some(i) if text[i..].contains(", column ") => &text[..i],
+        _ => text.as_str(),
+    };
+    let trimmed = trimmed
+        .strip_suffix(", set DuplicateKeyPolicy in Options if acceptable")
+        .unwrap_or(trimmed);
+    format!("invalid YAML: {trimmed}")
+}
+
+/// The raw tree as the parser hands it over; converted into [`Yaml`] right away.
+#[derive(Debug)]
+enum Node {
+    Null,
+    Bool(bool),
+    Int(i128),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Spanned<Node>>),
+    Map(Vec<(Spanned<String>, Spanned<Node>)>),
+}
+
+fn pos(location: &serde_saphyr::Location) -> Pos {
+    Pos {
+        line: location.line().max(1),
+        column: location.column().max(1),
+    }
+}
+
+impl From<Spanned<Node>> for Yaml {
+    fn from(node: Spanned<Node>) -> Yaml {
+        let value = match node.value {
+            Node::Null => Value::Null,
+            Node::Bool(b) => Value::Bool(b),
+            Node::Int(i) => Value::Int(i),
+            Node::Float(f) => Value::Float(f),
+            Node::Str(s) => Value::Str(s),
+            Node::Seq(items) => Value::Seq(items.into_iter().map(Yaml::from).collect()),
+            Node::Map(entries) => Value::Map(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            Key {
+                                pos: pos(&k.referenced),
+                                name: k.value,
+                            },
+                            Yaml::from(v),
+                        )
+                    })
+                    .collect(),
+            ),
+        };
+        Yaml {
+            pos: pos(&node.referenced),
+            value,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NodeVisitor;
+        impl<'de> Visitor<'de> for NodeVisitor {
+            type Value = Node;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_unit<E>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_none<E>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+                Ok(Node::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+                Ok(Node::Int(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
+                Ok(Node::Int(v.into()))
+            }
+            fn visit_i128<E>(self, v: i128) -> Result<Node, E> {
+                Ok(Node::Int(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
+                Ok(Node::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+                Ok(Node::Str(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Node, E> {
+                Ok(Node::Str(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Node::Seq(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Node::Map(entries))
+            }
+        }
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Vec<Yaml>, LoadError> {
+        parse_documents("t.yaml", text, 1 << 20)
+    }
+
+    #[test]
+    fn values_keep_their_line_and_column() {
+        let docs = parse("a: 1\nb:\n  - x\n").unwrap();
+        let Value::Map(entries) = &docs[0].value else {
+            panic!("not a map")
+        };
+        assert_eq!(entries[1].0.pos, Pos { line: 2, column: 1 });
+        let Value::Seq(items) = &entries[1].1.value else {
+            panic!("not a seq")
+        };
+        assert_eq!(items[0].pos, Pos { line: 3, column: 5 });
+    }
+
+    #[test]
+    fn duplicate_keys_are_rejected_with_location() {
+        let e = parse("a: 1\nb: 2\na: 3\n").unwrap_err();
+        assert_eq!((e.line, e.column), (3, 1));
+        assert!(e.message.contains("duplicate mapping key"), "{}", e.message);
+    }
+
+    #[test]
+    fn yaml_11_booleans_stay_strings() {
+        let docs = parse("a: yes\nb: true\n").unwrap();
+        let Value::Map(entries) = &docs[0].value else {
+            panic!("not a map")
+        };
+        assert!(matches!(entries[0].1.value, Value::Str(_)));
+        assert!(matches!(entries[1].1.value, Value::Bool(true)));
+    }
+
+    #[test]
+    fn empty_documents_are_skipped() {
+        let docs = parse("---\na: 1\n---\n---\nb: 2\n").unwrap();
+        assert_eq!(docs.len(), 2);
+    }
+
+    #[test]
+    fn oversized_file_is_rejected() {
+        let e = parse_documents("big.yaml", "a: 1234567890\n", 4).unwrap_err();
+        assert!(e.message.contains("over the limit"), "{}", e.message);
+    }
+
+    #[test]
+    fn merge_keys_are_rejected() {
+        let e = parse("base: &b {x: 1}\nother:\n  <<: *b\n").unwrap_err();
+        assert!(
+            e.message.contains("merge") || e.message.contains("<<"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn alias_bombs_are_bounded() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        assert!(parse(&text).is_err());
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_problem() {
+        let e = parse("a: [1\nb: 2\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.message.starts_with("invalid YAML: "), "{}", e.message);
+        assert!(!e.message.contains("at line"), "{}", e.message);
+    }
+}

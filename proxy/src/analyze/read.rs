@@ -1,0 +1,511 @@
+//! Reading flow logs fast: large chunks, one JSON parse per line that borrows its strings, and
+//! aggregation into interned identities, edges and routes without per-line allocation for
+//! anything already seen.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{IsTerminal, Read, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::metrics::Direction;
+use crate::telemetry::alert::{Alert, AlertKind, Severity};
+use crate::telemetry::detect::{BaselineEdge, host_only};
+use crate::telemetry::flow::{FlowProtocol, FlowRecord, LineType, Verdict, route_template};
+
+use super::AnalyzeError;
+
+/// Distinct `METHOD path` pairs kept per edge for policy suggestions.
+pub(crate) const MAX_PATHS_PER_EDGE: usize = 10_000;
+/// Distinct routes kept per edge.
+pub(crate) const MAX_ROUTES_PER_EDGE: usize = 2_000;
+
+/// Identities (or addresses) by number.
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    ids: HashMap<Box<str>, u32>,
+    pub(crate) names: Vec<Box<str>>,
+}
+
+impl Interner {
+    pub(crate) fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.push(name.into());
+        self.ids.insert(name.into(), id);
+        id
+    }
+
+    pub(crate) fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", |n| n)
+    }
+}
+
+/// Counts from one side of the sidecar pair.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
+    pub(crate) requests: u64,
+    pub(crate) allowed: u64,
+    pub(crate) denied: u64,
+    pub(crate) errors: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+}
+
+impl Counts {
+    fn add(&mut self, r: &FlowRecord<'_>) {
+        self.requests += 1;
+        match r.verdict {
+            Some(Verdict::Deny) => self.denied += 1,
+            Some(Verdict::Allow) => self.allowed += 1,
+            None => {}
+        }
+        if r.status.is_some_and(|s| s >= 500) {
+            self.errors += 1;
+        }
+        self.bytes_in += r.bytes_in;
+        self.bytes_out += r.bytes_out;
+    }
+}
+
+/// One route of an edge.
+#[derive(Debug, Default)]
+pub(crate) struct RouteAgg {
+    pub(crate) requests: u64,
+    pub(crate) denied: u64,
+    pub(crate) in_baseline: bool,
+    pub(crate) after_baseline: bool,
+    /// A concrete request of this route, for policy evaluation.
+    pub(crate) sample_path: Option<Box<str>>,
+    /// Destination ports of the route (at most [`MAX_PORTS_PER_ROUTE`]).
+    pub(crate) ports: Vec<u16>,
+}
+
+/// Distinct ports kept per route.
+pub(crate) const MAX_PORTS_PER_ROUTE: usize = 8;
+
+/// Everything seen from one source to one destination.
+#[derive(Debug, Default)]
+pub(crate) struct EdgeAgg {
+    pub(crate) inbound: Counts,
+    pub(crate) outbound: Counts,
+    pub(crate) first_seen: i64,
+    pub(crate) last_seen: i64,
+    pub(crate) ports: BTreeMap<u16, u64>,
+    pub(crate) protocols: u8,
+    pub(crate) routes: HashMap<Box<str>, RouteAgg>,
+    pub(crate) routes_overflow: u64,
+    pub(crate) in_baseline: bool,
+    pub(crate) after_baseline: bool,
+    /// Allowed `METHOD path` pairs (no 404/405 answers), for policy suggestions.
+    pub(crate) allowed_paths: HashSet<Box<str>>,
+    pub(crate) paths_overflow: u64,
+    /// Ports of allowed traffic, for policy suggestions.
+    pub(crate) allowed_ports: BTreeMap<u16, bool>,
+    pub(crate) allowed_tcp: bool,
+    pub(crate) sample_source_ip: Option<IpAddr>,
+    pub(crate) sample_host: Option<Box<str>>,
+}
+
+impl EdgeAgg {
+    /// Requests on this edge: the larger of what each side saw (a request through both
+    /// sidecars is recorded twice).
+    pub(crate) fn counts(&self) -> Counts {
+        // The inbound side enforces policy; its verdicts win when it saw the traffic.
+        if self.inbound.requests >= self.outbound.requests {
+            self.inbound
+        } else {
+            self.outbound
+        }
+    }
+}
+
+/// Alerts recorded against one node.
+#[derive(Debug, Default)]
+pub(crate) struct NodeAlerts {
+    pub(crate) by_kind: BTreeMap<AlertKind, u64>,
+    pub(crate) max_severity: Option<Severity>,
+}
+
+/// The whole input, aggregated.
+#[derive(Debug, Default)]
+pub(crate) struct Aggregate {
+    pub(crate) nodes: Interner,
+    pub(crate) edges: HashMap<(u32, u32), EdgeAgg>,
+    pub(crate) alerts: HashMap<u32, NodeAlerts>,
+    pub(crate) records: u64,
+    pub(crate) alert_lines: u64,
+    pub(crate) other_lines: u64,
+    pub(crate) bad_lines: u64,
+    pub(crate) first_error: Option<String>,
+    pub(crate) first_ts: Option<i64>,
+    pub(crate) last_ts: Option<i64>,
+    route_buf: String,
+}
+
+fn millis(t: time::OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+fn protocol_bit(p: FlowProtocol) -> u8 {
+    match p {
+        FlowProtocol::Http1 => 1,
+        FlowProtocol::H2 => 2,
+        FlowProtocol::Grpc => 4,
+        FlowProtocol::Tcp => 8,
+    }
+}
+
+/// The protocol names in a bit set.
+pub(crate) fn protocol_names(bits: u8) -> Vec<&'static str> {
+    [
+        FlowProtocol::Http1,
+        FlowProtocol::H2,
+        FlowProtocol::Grpc,
+        FlowProtocol::Tcp,
+    ]
+    .into_iter()
+    .filter(|p| bits & protocol_bit(*p) != 0)
+    .map(FlowProtocol::as_str)
+    .collect()
+}
+
+impl Aggregate {
+    fn node_of_source(&mut self, r: &FlowRecord<'_>) -> u32 {
+        match (&r.source_identity, r.source_address) {
+            (Some(id), _) => self.nodes.id(id),
+            (None, Some(a)) => self.nodes.id(&a.ip().to_string()),
+            (None, None) => self.nodes.id("unknown"),
+        }
+    }
+
+    fn node_of_destination(&mut self, r: &FlowRecord<'_>) -> u32 {
+        match (&r.destination_identity, &r.host, r.destination_address) {
+            (Some(id), _, _) => self.nodes.id(id),
+            (None, Some(h), _) => self.nodes.id(&host_only(h)),
+            (None, None, Some(a)) => self.nodes.id(&a.ip().to_string()),
+            (None, None, None) => self.nodes.id("unknown"),
+        }
+    }
+
+    /// Adds one flow record. `cutoff` is the end of the baseline period, in Unix ms.
+    pub(crate) fn add_flow(&mut self, r: &FlowRecord<'_>, cutoff: Option<i64>) {
+        self.records += 1;
+        let ts = millis(r.ts);
+        self.first_ts = Some(self.first_ts.map_or(ts, |t| t.min(ts)));
+        self.last_ts = Some(self.last_ts.map_or(ts, |t| t.max(ts)));
+        let src = self.node_of_source(r);
+        let dst = self.node_of_destination(r);
+        let before = cutoff.is_none_or(|c| ts <= c);
+        let edge = self.edges.entry((src, dst)).or_insert_with(|| EdgeAgg {
+            first_seen: ts,
+            last_seen: ts,
+            ..EdgeAgg::default()
+        });
+        edge.first_seen = edge.first_seen.min(ts);
+        edge.last_seen = edge.last_seen.max(ts);
+        match r.direction {
+            Direction::Inbound => edge.inbound.add(r),
+            Direction::Outbound => edge.outbound.add(r),
+        }
+        edge.protocols |= protocol_bit(r.protocol);
+        if let Some(p) = r.destination_port {
+            *edge.ports.entry(p).or_default() += 1;
+        }
+        if before {
+            edge.in_baseline = true;
+        } else {
+            edge.after_baseline = true;
+        }
+        if edge.sample_source_ip.is_none() {
+            edge.sample_source_ip = r.source_address.map(|a| a.ip());
+        }
+        if edge.sample_host.is_none() {
+            edge.sample_host = r.host.as_deref().map(Into::into);
+        }
+
+        // The route, built in a reused buffer.
+        let buf = &mut self.route_buf;
+        buf.clear();
+        match (&r.method, &r.path) {
+            (Some(m), Some(p)) => {
+                buf.push_str(m);
+                buf.push(' ');
+                buf.push_str(&route_template(p));
+            }
+            (None, Some(p)) => buf.push_str(&route_template(p)),
+            (Some(m), None) => buf.push_str(m),
+            (None, None) => buf.push_str("tcp"),
+        }
+        let denied = r.verdict == Some(Verdict::Deny);
+        let touch = |route: &mut RouteAgg| {
+            route.requests += 1;
+            route.denied += u64::from(denied);
+            if before {
+                route.in_baseline = true;
+            } else {
+                route.after_baseline = true;
+            }
+            if route.sample_path.is_none() {
+                route.sample_path = r.path.as_deref().map(Into::into);
+            }
+            if let Some(p) = r.destination_port
+                && !route.ports.contains(&p)
+                && route.ports.len() < MAX_PORTS_PER_ROUTE
+            {
+                route.ports.push(p);
+            }
+        };
+        if let Some(route) = edge.routes.get_mut(buf.as_str()) {
+            touch(route);
+        } else if edge.routes.len() < MAX_ROUTES_PER_EDGE {
+            touch(edge.routes.entry(buf.as_str().into()).or_default());
+        } else {
+            edge.routes_overflow += 1;
+        }
+
+        // What a least-privilege policy must keep allowing: admitted, existing routes, from
+        // the baseline period when there is one.
+        let not_a_route = r.status.is_some_and(|s| s == 404 || s == 405);
+        if !denied && before && !not_a_route {
+            if let Some(p) = r.destination_port {
+                edge.allowed_ports.insert(p, true);
+            }
+            match (&r.method, &r.path) {
+                (Some(m), Some(p)) => {
+                    buf.clear();
+                    buf.push_str(m);
+                    buf.push(' ');
+                    buf.push_str(p);
+                    if !edge.allowed_paths.contains(buf.as_str()) {
+                        if edge.allowed_paths.len() < MAX_PATHS_PER_EDGE {
+                            edge.allowed_paths.insert(buf.as_str().into());
+                        } else {
+                            edge.paths_overflow += 1;
+                        }
+                    }
+                }
+                _ if r.protocol == FlowProtocol::Tcp => edge.allowed_tcp = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// Adds one alert line.
+    pub(crate) fn add_alert(&mut self, a: &Alert) {
+        self.alert_lines += 1;
+        let name = match (&a.source_identity, a.source_address) {
+            (Some(id), _) => id.clone(),
+            (None, Some(ip)) => ip.to_string(),
+            (None, None) => return,
+        };
+        let node = self.nodes.id(&name);
+        let entry = self.alerts.entry(node).or_default();
+        *entry.by_kind.entry(a.kind).or_default() += 1;
+        entry.max_severity = entry.max_severity.max(Some(a.severity));
+    }
+
+    /// Parses and adds one line. Picket writes `"type"` first, so alert and edge lines are
+    /// told apart by their start; lines from other writers fall back to trying each shape.
+    fn line(&mut self, line: &[u8], cutoff: Option<i64>, file: &Path, lineno: u64) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        let result = match leading_type(line) {
+            Some(b"alert") => serde_json::from_slice::<Alert>(line).map(|a| self.add_alert(&a)),
+            Some(b"edge") => {
+                self.other_lines += 1;
+                Ok(())
+            }
+            _ => match serde_json::from_slice::<FlowRecord<'_>>(line) {
+                Ok(r) if r.line_type == LineType::Flow => {
+                    self.add_flow(&r, cutoff);
+                    Ok(())
+                }
+                Ok(_) => {
+                    self.other_lines += 1;
+                    Ok(())
+                }
+                Err(e) => match serde_json::from_slice::<Alert>(line) {
+                    Ok(a) => {
+                        self.add_alert(&a);
+                        Ok(())
+                    }
+                    Err(_) if serde_json::from_slice::<BaselineEdge>(line).is_ok() => {
+                        self.other_lines += 1;
+                        Ok(())
+                    }
+                    Err(_) => Err(e),
+                },
+            },
+        };
+        if let Err(e) = result {
+            self.bad_lines += 1;
+            if self.first_error.is_none() {
+                self.first_error = Some(format!("{}:{lineno}: {e}", file.display()));
+            }
+        }
+    }
+}
+
+/// The value of `"type"` when it is the first key: `{ "type" : "alert" ...` gives `alert`.
+fn leading_type(line: &[u8]) -> Option<&[u8]> {
+    let skip = |s: &[u8]| -> usize { s.iter().take_while(|b| b.is_ascii_whitespace()).count() };
+    let mut i = skip(line);
+    let rest = line.get(i..)?.strip_prefix(b"{")?;
+    i = skip(rest);
+    let rest = rest.get(i..)?.strip_prefix(b"\"type\"")?;
+    i = skip(rest);
+    let rest = rest.get(i..)?.strip_prefix(b":")?;
+    i = skip(rest);
+    let rest = rest.get(i..)?.strip_prefix(b"\"")?;
+    let end = rest.iter().position(|b| *b == b'"')?;
+    rest.get(..end)
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal and the input is large.
+struct Progress {
+    total: u64,
+    done: u64,
+    started: Instant,
+    last_draw: Instant,
+    enabled: bool,
+}
+
+/// Inputs smaller than this get no progress bar.
+const PROGRESS_MIN_BYTES: u64 = 64 * 1024 * 1024;
+
+impl Progress {
+    fn new(total: u64, wanted: bool) -> Self {
+        let now = Instant::now();
+        Self {
+            total,
+            done: 0,
+            started: now,
+            last_draw: now,
+            enabled: wanted && total >= PROGRESS_MIN_BYTES && std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn advance(&mut self, n: u64) {
+        self.done += n;
+        if self.enabled && self.last_draw.elapsed().as_millis() >= 100 {
+            self.last_draw = Instant::now();
+            self.draw();
+        }
+    }
+
+    fn draw(&self) {
+        const WIDTH: u64 = 30;
+        let frac = if self.total == 0 {
+            1.0
+        } else {
+            self.done as f64 / self.total as f64
+        };
+        let filled = ((frac * WIDTH as f64) as u64).min(WIDTH);
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let mb = self.done as f64 / 1_048_576.0;
+        let bar: String = (0..WIDTH)
+            .map(|i| if i < filled { '#' } else { '-' })
+            .collect();
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\rreading flows [{bar}] {:>3}% {mb:.0} MiB {:.0} MiB/s",
+            (frac * 100.0) as u64,
+            mb / secs
+        );
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.enabled {
+            self.draw();
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+/// Size of one read.
+const CHUNK: usize = 8 * 1024 * 1024;
+
+/// Reads every file into one aggregate.
+pub(crate) fn read_all(
+    files: &[PathBuf],
+    cutoff: Option<i64>,
+    progress: bool,
+) -> Result<Aggregate, AnalyzeError> {
+    let total = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let mut progress = Progress::new(total, progress);
+    let mut agg = Aggregate::default();
+    let mut buf = vec![0u8; CHUNK];
+    for path in files {
+        let mut file = File::open(path).map_err(|source| AnalyzeError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut filled = 0usize;
+        let mut lineno = 0u64;
+        loop {
+            if filled == buf.len() {
+                // One line longer than the buffer: grow it.
+                buf.resize(buf.len() * 2, 0);
+            }
+            let n = file
+                .read(&mut buf[filled..])
+                .map_err(|source| AnalyzeError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+            progress.advance(n as u64);
+            let eof = n == 0;
+            filled += n;
+            // Every complete line in buf[..filled].
+            let mut start = 0usize;
+            while let Some(pos) = memchr(b'\n', &buf[start..filled]) {
+                lineno += 1;
+                agg.line(&buf[start..start + pos], cutoff, path, lineno);
+                start += pos + 1;
+            }
+            if eof {
+                if start < filled {
+                    lineno += 1;
+                    agg.line(&buf[start..filled], cutoff, path, lineno);
+                }
+                break;
+            }
+            buf.copy_within(start..filled, 0);
+            filled -= start;
+        }
+    }
+    progress.finish();
+    Ok(agg)
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|b| *b == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leading_type;
+
+    #[test]
+    fn reads_the_leading_type_with_any_spacing() {
+        assert_eq!(
+            leading_type(br#"{"type":"alert","kind":1}"#),
+            Some(&b"alert"[..])
+        );
+        assert_eq!(leading_type(br#" { "type" : "edge" }"#), Some(&b"edge"[..]));
+        assert_eq!(leading_type(br#"{"ts":"x","type":"alert"}"#), None);
+        assert_eq!(leading_type(b"garbage"), None);
+    }
+}

@@ -1,0 +1,261 @@
+//! Least-privilege policy suggestions and detector baselines from observed traffic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use crate::telemetry::detect::BaselineEdge;
+use crate::telemetry::flow::LineType;
+
+use super::policy::{principal, workload};
+use super::read::Aggregate;
+
+/// How suggestions are made.
+#[derive(Debug, Clone)]
+pub struct SuggestOptions {
+    /// Paths under one prefix collapse to `prefix/*` once this many distinct next segments
+    /// were seen (default 3).
+    pub collapse_threshold: usize,
+    /// Write `mode: dry-run` instead of `mode: enforce`.
+    pub dry_run: bool,
+}
+
+impl Default for SuggestOptions {
+    fn default() -> Self {
+        Self {
+            collapse_threshold: 3,
+            dry_run: false,
+        }
+    }
+}
+
+/// One `to` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Operation {
+    methods: Vec<String>,
+    paths: Vec<String>,
+    ports: Vec<u16>,
+}
+
+fn quote(s: &str) -> String {
+    // A JSON string is a valid YAML double-quoted scalar.
+    serde_json::to_string(s).unwrap_or_else(|_| format!("\"{}\"", s.escape_default()))
+}
+
+fn list<T: AsRef<str>>(items: &[T]) -> String {
+    let inner: Vec<String> = items.iter().map(|s| quote(s.as_ref())).collect();
+    format!("[{}]", inner.join(", "))
+}
+
+/// The operations that cover exactly the observed admitted requests of one edge, with paths
+/// collapsed.
+fn operations(
+    allowed_paths: &BTreeSet<&str>,
+    tcp: bool,
+    ports: &[u16],
+    k: usize,
+) -> Vec<Operation> {
+    let mut by_path: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for mp in allowed_paths {
+        if let Some((m, p)) = mp.split_once(' ') {
+            by_path.entry(p).or_default().insert(m);
+        }
+    }
+    let patterns = super::paths::collapse(by_path.keys().copied(), k);
+    // Each observed path goes to its exact pattern, else the longest prefix pattern.
+    let mut methods_of: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (path, methods) in &by_path {
+        let target = patterns
+            .iter()
+            .filter(|pat| match pat.strip_suffix('*') {
+                Some(prefix) => path.starts_with(prefix),
+                None => pat.as_str() == *path,
+            })
+            .max_by_key(|pat| (!pat.ends_with('*'), pat.len()));
+        if let Some(t) = target {
+            methods_of
+                .entry(t)
+                .or_default()
+                .extend(methods.iter().copied());
+        }
+    }
+    let mut by_methods: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
+    for (pattern, methods) in methods_of {
+        let key: Vec<String> = methods.into_iter().map(str::to_owned).collect();
+        by_methods.entry(key).or_default().push(pattern.to_owned());
+    }
+    let mut ops: Vec<Operation> = by_methods
+        .into_iter()
+        .map(|(methods, paths)| Operation {
+            methods,
+            paths,
+            ports: ports.to_vec(),
+        })
+        .collect();
+    if tcp {
+        // Without ports this is an operation with no fields: the rule gets no `to` at all.
+        ops.push(Operation {
+            methods: Vec::new(),
+            paths: Vec::new(),
+            ports: ports.to_vec(),
+        });
+    }
+    ops.sort();
+    ops
+}
+
+fn policy_name(service_account: &str) -> String {
+    let mut name = format!("{service_account}-observed");
+    name.truncate(63);
+    name.trim_end_matches('-').to_owned()
+}
+
+pub(crate) fn suggest(agg: &Aggregate, label: &str, opts: &SuggestOptions) -> String {
+    let names = &agg.nodes;
+    // destination -> source -> operations
+    let mut plan: BTreeMap<&str, BTreeMap<&str, Vec<Operation>>> = BTreeMap::new();
+    let mut skipped: BTreeSet<&str> = BTreeSet::new();
+    let mut admitted = 0u64;
+    for (&(s, d), e) in &agg.edges {
+        let (source, destination) = (names.name(s), names.name(d));
+        if workload(destination, label).is_none() {
+            continue;
+        }
+        if e.allowed_paths.is_empty() && !e.allowed_tcp {
+            continue;
+        }
+        if principal(source).is_none() {
+            skipped.insert(source);
+            continue;
+        }
+        let c = e.counts();
+        admitted += c.requests.saturating_sub(c.denied);
+        let paths: BTreeSet<&str> = e.allowed_paths.iter().map(AsRef::as_ref).collect();
+        let ports: Vec<u16> = e.allowed_ports.keys().copied().collect();
+        let ops = operations(&paths, e.allowed_tcp, &ports, opts.collapse_threshold);
+        if !ops.is_empty() {
+            plan.entry(destination).or_default().insert(source, ops);
+        }
+    }
+
+    let mut out = String::new();
+    let span = match (agg.first_ts, agg.last_ts) {
+        (Some(a), Some(b)) => format!(
+            " seen {} to {}",
+            super::rfc3339(super::ts(a)),
+            super::rfc3339(super::ts(b))
+        ),
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "# Suggested by `picket analyze` from about {admitted} admitted requests{span}."
+    );
+    let _ = writeln!(
+        out,
+        "# One ALLOW policy per destination workload (selected by label `{label}` = service account)."
+    );
+    let _ = writeln!(
+        out,
+        "# Review before applying: everything not listed here will be denied."
+    );
+    for s in &skipped {
+        let _ = writeln!(
+            out,
+            "# Not included: traffic from {s}, which has no identity."
+        );
+    }
+    if plan.is_empty() {
+        let _ = writeln!(
+            out,
+            "# No admitted traffic between identities was observed."
+        );
+    }
+    for (destination, sources) in plan {
+        let Some(w) = workload(destination, label) else {
+            continue;
+        };
+        let sa = w.labels.get(label).cloned().unwrap_or_default();
+        // Sources with the same operations share a rule.
+        let mut rules: BTreeMap<Vec<Operation>, Vec<&str>> = BTreeMap::new();
+        for (source, ops) in sources {
+            if let Some(p) = principal(source) {
+                rules.entry(ops).or_default().push(p);
+            }
+        }
+        let _ = writeln!(out, "---");
+        let _ = writeln!(out, "apiVersion: picket.dev/v1");
+        let _ = writeln!(out, "kind: AuthorizationPolicy");
+        let _ = writeln!(out, "metadata:");
+        let _ = writeln!(out, "  name: {}", quote(&policy_name(&sa)));
+        let _ = writeln!(out, "  namespace: {}", quote(&w.namespace));
+        let _ = writeln!(out, "spec:");
+        let _ = writeln!(out, "  selector:");
+        let _ = writeln!(out, "    matchLabels:");
+        let _ = writeln!(out, "      {}: {}", quote(label), quote(&sa));
+        let _ = writeln!(out, "  action: ALLOW");
+        let _ = writeln!(
+            out,
+            "  mode: {}",
+            if opts.dry_run { "dry-run" } else { "enforce" }
+        );
+        let _ = writeln!(out, "  rules:");
+        for (ops, principals) in rules {
+            let _ = writeln!(out, "  - from:");
+            let _ = writeln!(out, "    - source:");
+            let _ = writeln!(out, "        principals: {}", list(&principals));
+            if ops.iter().any(|op| op == &Operation::default()) {
+                // Opaque TCP on unknown ports: anything from these principals.
+                continue;
+            }
+            let _ = writeln!(out, "    to:");
+            for op in ops {
+                let _ = writeln!(out, "    - operation:");
+                if !op.methods.is_empty() {
+                    let _ = writeln!(out, "        methods: {}", list(&op.methods));
+                }
+                if !op.paths.is_empty() {
+                    let _ = writeln!(out, "        paths: {}", list(&op.paths));
+                }
+                if !op.ports.is_empty() {
+                    let ports: Vec<String> = op.ports.iter().map(u16::to_string).collect();
+                    let _ = writeln!(out, "        ports: {}", list(&ports));
+                }
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn baseline(agg: &Aggregate) -> String {
+    let mut lines: BTreeSet<String> = BTreeSet::new();
+    for (&(s, d), e) in &agg.edges {
+        for (route, r) in &e.routes {
+            if !r.in_baseline {
+                continue;
+            }
+            let ports: Vec<Option<u16>> = if r.ports.is_empty() {
+                vec![None]
+            } else {
+                r.ports.iter().copied().map(Some).collect()
+            };
+            for port in ports {
+                let edge = BaselineEdge {
+                    line_type: LineType::Edge,
+                    source: agg.nodes.name(s).to_owned(),
+                    destination: agg.nodes.name(d).to_owned(),
+                    port,
+                    route: route.to_string(),
+                };
+                if let Ok(line) = serde_json::to_string(&edge) {
+                    lines.insert(line);
+                }
+            }
+        }
+    }
+    let mut out = String::new();
+    for l in lines {
+        out.push_str(&l);
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,370 @@
+//! Authorization in the sidecar: the active policy, its hot reload, and the one decision record
+//! every enforcement point produces.
+//!
+//! The compiled policy for this workload sits in an `ArcSwap`; the data path loads it per
+//! request (or per TCP connection), so a reload reaches long-lived connections at their next
+//! request. A reload that fails keeps the last good policy in force.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use picket_policy::{Decision, LoadOptions, PolicySet, Workload, WorkloadPolicies};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// The policy in force for this workload, with what it was built from.
+#[derive(Debug)]
+pub struct ActivePolicy {
+    /// Compiled and indexed for this workload.
+    pub compiled: WorkloadPolicies,
+    /// Every loaded policy (all workloads), for `/policy`.
+    pub set: PolicySet,
+    /// The files read.
+    pub files: Vec<PathBuf>,
+}
+
+/// Why the policy files could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyLoadError {
+    /// A file or directory could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The policy text is invalid; every problem is listed with its location.
+    #[error("{0}")]
+    Invalid(picket_policy::LoadErrors),
+}
+
+/// Loads, holds and reloads the workload's policy.
+#[derive(Debug)]
+pub struct PolicyStore {
+    path: Option<PathBuf>,
+    workload: Workload,
+    options: LoadOptions,
+    active: ArcSwap<ActivePolicy>,
+    metrics: Arc<Metrics>,
+}
+
+/// Lists the policy files under `path`: the file itself, or the `.yaml`/`.yml` files of a
+/// directory, sorted, skipping dot-entries (Kubernetes ConfigMap mounts keep their versioned
+/// data behind `..data`; the visible names are symlinks into it).
+pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyLoadError> {
+    let read_err = |source| PolicyLoadError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if meta.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+            continue;
+        }
+        let p = entry.path();
+        // Follows symlinks, so ConfigMap entries count as files.
+        if std::fs::metadata(&p).map(|m| m.is_file()).unwrap_or(false) {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads and compiles every policy file under `path`.
+pub fn load_policy(
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<(PolicySet, Vec<PathBuf>), PolicyLoadError> {
+    let files = policy_files(path)?;
+    let mut texts = Vec::with_capacity(files.len());
+    for f in &files {
+        let text = std::fs::read_to_string(f).map_err(|source| PolicyLoadError::Read {
+            path: f.clone(),
+            source,
+        })?;
+        texts.push((f.display().to_string(), text));
+    }
+    let sources: Vec<picket_policy::Source<'_>> = texts
+        .iter()
+        .map(|(name, text)| picket_policy::Source { name, text })
+        .collect();
+    let set = picket_policy::load(&sources, options).map_err(PolicyLoadError::Invalid)?;
+    Ok((set, files))
+}
+
+impl PolicyStore {
+    /// Loads the policy at `path` (or none: the mesh default then decides). A load error at
+    /// startup is fatal: the sidecar never starts with a policy it could not read.
+    pub fn new(
+        path: Option<PathBuf>,
+        workload: Workload,
+        options: LoadOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, PolicyLoadError> {
+        let active = Self::build(path.as_deref(), &workload, &options)?;
+        let store = Self {
+            path,
+            workload,
+            options,
+            active: ArcSwap::from_pointee(active),
+            metrics,
+        };
+        store.log_active("policy loaded");
+        Ok(store)
+    }
+
+    fn build(
+        path: Option<&Path>,
+        workload: &Workload,
+        options: &LoadOptions,
+    ) -> Result<ActivePolicy, PolicyLoadError> {
+        let (set, files) = match path {
+            Some(p) => load_policy(p, options)?,
+            None => (PolicySet::empty(options), Vec::new()),
+        };
+        Ok(ActivePolicy {
+            compiled: set.for_workload(workload),
+            set,
+            files,
+        })
+    }
+
+    fn log_active(&self, what: &str) {
+        let active = self.active.load();
+        tracing::info!(
+            files = active.files.len(),
+            policies = active.set.policies().count(),
+            hash = %active.set.sources_hash(),
+            "{what}"
+        );
+    }
+
+    /// The policy in force.
+    pub fn current(&self) -> arc_swap::Guard<Arc<ActivePolicy>> {
+        self.active.load()
+    }
+
+    /// Decides `req` with the policy in force and records the decision in the metrics.
+    pub fn decide(&self, req: &picket_policy::Request<'_>) -> Decision {
+        let decision = self.active.load().compiled.evaluate(req);
+        self.metrics.authz_decision(&decision);
+        decision
+    }
+
+    /// Re-reads the policy. On error the policy in force stays, the failure is counted and
+    /// logged with its location, and the error is returned.
+    pub fn reload(&self) -> Result<(), PolicyLoadError> {
+        match Self::build(self.path.as_deref(), &self.workload, &self.options) {
+            Ok(active) => {
+                let changed = active.set.sources_hash() != self.active.load().set.sources_hash();
+                self.active.store(Arc::new(active));
+                if changed {
+                    self.log_active("policy reloaded");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.policy_reload_failures.inc();
+                tracing::error!(error = %e, "policy reload failed; the last good policy stays in force");
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads on SIGHUP and whenever the watched directory changes (debounced), until
+    /// `shutdown`.
+    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        // Watch the directory that holds the policy (the parent for a single file), so that
+        // atomic renames and ConfigMap symlink swaps are seen.
+        let dir = if path.is_dir() {
+            path.clone()
+        } else {
+            path.parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let watcher = {
+            let tx = tx.clone();
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    // A full channel already has a reload pending.
+                    let _ = tx.try_send(());
+                }
+            })
+        };
+        let _watcher = match watcher {
+            Ok(mut w) => {
+                use notify::Watcher;
+                match w.watch(&dir, notify::RecursiveMode::Recursive) {
+                    Ok(()) => Some(w),
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the policy directory; reload with SIGHUP");
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "file watching unavailable; reload with SIGHUP");
+                None
+            }
+        };
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                Some(()) = rx.recv() => {
+                    // Debounce: editors and ConfigMap updates touch several entries at once.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                Some(()) = async {
+                    match hup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    tracing::info!("SIGHUP: reloading policy");
+                }
+            }
+            let _ = self.reload();
+        }
+    }
+}
+
+/// A fresh request id for deny records: 16 hex digits.
+pub fn request_id() -> String {
+    let mut b = [0u8; 8];
+    // A failed draw leaves zeros; the id only correlates a 403 with its log line.
+    let _ = picket_ca::crypto::fill_random(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The shadow (dry-run) verdicts of a decision, rendered for a log field.
+pub fn shadows_text(d: &Decision) -> String {
+    d.shadows
+        .iter()
+        .map(|s| match s.rule {
+            Some(r) => format!("{} rule {r}: would {}", s.policy, s.would),
+            None => format!("{}: would {}", s.policy, s.would),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Logs a decision as the one explained record: denials always, allows only when a dry-run
+/// policy would have decided otherwise.
+pub fn log_decision(d: &Decision, peer: &str, what: &str, request_id: Option<&str>) {
+    let policy = d
+        .policy
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let shadows = shadows_text(d);
+    if d.verdict == picket_policy::Verdict::Deny {
+        tracing::warn!(
+            verdict = %d.verdict,
+            reason = %d.reason,
+            policy,
+            rule = d.rule,
+            shadows,
+            peer,
+            request = what,
+            request_id,
+            "authorization denied"
+        );
+    } else if !d.shadows.is_empty() {
+        tracing::info!(
+            verdict = %d.verdict,
+            reason = %d.reason,
+            policy,
+            rule = d.rule,
+            shadows,
+            peer,
+            request = what,
+            "dry-run policy would change this decision"
+        );
+    }
+}
+
+/// The HTTP answer to a denied request: 403 with a JSON body, or for gRPC a trailers-only
+/// response with status PERMISSION_DENIED. `details` adds policy, rule and reason.
+pub fn deny_response(
+    d: &Decision,
+    request_id: &str,
+    grpc: bool,
+    details: bool,
+) -> http::Response<crate::forward::Body> {
+    use bytes::Bytes;
+    use http::header::{CONTENT_TYPE, HeaderValue};
+    use http_body_util::{Empty, Full};
+
+    let summary = if details {
+        match (&d.policy, d.rule) {
+            (Some(p), Some(r)) => format!("denied by policy {p} rule {r} ({})", d.reason),
+            (Some(p), None) => format!("denied by policy {p} ({})", d.reason),
+            _ => format!("denied ({})", d.reason),
+        }
+    } else {
+        "denied".to_owned()
+    };
+    if grpc {
+        let mut resp = http::Response::new(crate::forward::boxed(Empty::<Bytes>::new()));
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from_static("7"));
+        let message: String = format!("picket: {summary}; request id {request_id}")
+            .bytes()
+            .map(|b| {
+                if (0x20..0x7f).contains(&b) && b != b'%' {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&message) {
+            h.insert("grpc-message", v);
+        }
+        return resp;
+    }
+    let body = if details {
+        serde_json::json!({
+            "error": "forbidden",
+            "policy": d.policy.as_ref().map(ToString::to_string),
+            "rule": d.rule,
+            "reason": d.reason.as_str(),
+            "request_id": request_id,
+        })
+    } else {
+        serde_json::json!({ "error": "forbidden", "request_id": request_id })
+    };
+    let mut resp = http::Response::new(crate::forward::boxed(Full::new(Bytes::from(format!(
+        "{body}\n"
+    )))));
+    *resp.status_mut() = http::StatusCode::FORBIDDEN;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

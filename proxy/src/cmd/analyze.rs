@@ -1,0 +1,169 @@
+//! `picket analyze`: the service graph, unexpected edges, blast radius and a suggested
+//! least-privilege policy, from flow logs.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::analyze::{self, AnalyzeOptions, SuggestOptions};
+
+/// Report formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Plain text for a terminal.
+    Text,
+    /// Everything as one JSON document.
+    Json,
+    /// One self-contained HTML page with the graph drawn.
+    Html,
+}
+
+/// Arguments of `picket analyze`.
+#[derive(Debug, clap::Args)]
+pub struct AnalyzeArgs {
+    /// Flow logs (JSON lines written by the sidecars' flow_log).
+    #[arg(required = true, value_name = "FLOWS.jsonl")]
+    files: Vec<PathBuf>,
+    /// Check the observed traffic against the policies in this directory (*.yaml, *.yml) or file.
+    #[arg(long, value_name = "DIR")]
+    policy: Option<PathBuf>,
+    /// The mesh default for workloads without ALLOW policies, as the sidecars are configured.
+    #[arg(long, default_value = "deny", value_name = "deny|allow|audit-only")]
+    default_action: picket_policy::DefaultAction,
+    /// Namespace whose policies apply mesh-wide.
+    #[arg(long, default_value = "picket-system", value_name = "NS")]
+    root_namespace: String,
+    /// End of the baseline period (RFC 3339): later edges are flagged as new, and suggestions
+    /// use only traffic up to it.
+    #[arg(long, value_name = "RFC3339")]
+    baseline_until: Option<String>,
+    /// Write a least-privilege AuthorizationPolicy YAML from the admitted traffic here.
+    #[arg(long, value_name = "OUT.yaml")]
+    suggest_policy: Option<PathBuf>,
+    /// Suggested policies in dry-run mode instead of enforce.
+    #[arg(long)]
+    suggest_dry_run: bool,
+    /// Collapse paths to `prefix/*` when this many distinct values follow one prefix.
+    #[arg(long, default_value_t = 3, value_name = "K")]
+    collapse_threshold: usize,
+    /// The label that selects a workload; its value is the workload's service account.
+    #[arg(long, default_value = "app", value_name = "KEY")]
+    workload_label: String,
+    /// Write a detector baseline (one edge per line) for `telemetry.detectors.baseline_file`.
+    #[arg(long, value_name = "EDGES.jsonl")]
+    write_baseline: Option<PathBuf>,
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Write the report here instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+fn policy_files(path: &PathBuf) -> anyhow::Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.clone()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("cannot read the policy directory {}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn load_policies(args: &AnalyzeArgs) -> anyhow::Result<Option<picket_policy::PolicySet>> {
+    let Some(dir) = &args.policy else {
+        return Ok(None);
+    };
+    let mut texts = Vec::new();
+    for f in policy_files(dir)? {
+        let text =
+            std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
+        texts.push((f.display().to_string(), text));
+    }
+    let sources: Vec<picket_policy::Source<'_>> = texts
+        .iter()
+        .map(|(name, text)| picket_policy::Source { name, text })
+        .collect();
+    let opts = picket_policy::LoadOptions {
+        root_namespace: args.root_namespace.clone(),
+        default_action: args.default_action,
+        ..picket_policy::LoadOptions::default()
+    };
+    picket_policy::load(&sources, &opts)
+        .map(Some)
+        .map_err(|e| anyhow::Error::new(analyze::AnalyzeError::Policy(e.to_string())))
+}
+
+fn write_to(path: &PathBuf, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Runs the analysis and writes the report and the requested files.
+pub async fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
+    // Reading and aggregating is CPU work: keep it off the async workers.
+    tokio::task::spawn_blocking(move || run_blocking(args))
+        .await
+        .context("the analysis stopped unexpectedly")?
+}
+
+fn run_blocking(args: AnalyzeArgs) -> anyhow::Result<()> {
+    let baseline_until = args
+        .baseline_until
+        .as_deref()
+        .map(|s| {
+            OffsetDateTime::parse(s, &Rfc3339)
+                .with_context(|| format!("--baseline-until {s:?} is not an RFC 3339 time"))
+        })
+        .transpose()?;
+    let policy = load_policies(&args)?;
+    let analysis = analyze::analyze(AnalyzeOptions {
+        files: args.files.clone(),
+        policy,
+        baseline_until,
+        workload_label: args.workload_label.clone(),
+        progress: std::io::stderr().is_terminal(),
+    })?;
+    let report = &analysis.report;
+    if report.summary.records == 0 && report.summary.bad_lines > 0 {
+        anyhow::bail!(
+            "no flow records could be read; first error: {}",
+            report.summary.first_error.as_deref().unwrap_or("unknown")
+        );
+    }
+    if let Some(path) = &args.suggest_policy {
+        let yaml = analysis.suggest_policy(&SuggestOptions {
+            collapse_threshold: args.collapse_threshold,
+            dry_run: args.suggest_dry_run,
+        });
+        write_to(path, &yaml)?;
+        eprintln!("suggested policy written to {}", path.display());
+    }
+    if let Some(path) = &args.write_baseline {
+        write_to(path, &analysis.baseline_edges())?;
+        eprintln!("detector baseline written to {}", path.display());
+    }
+    let text = match args.format {
+        Format::Text => analyze::render_text(report),
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(report)?;
+            s.push('\n');
+            s
+        }
+        Format::Html => analyze::render_html(report),
+    };
+    match &args.out {
+        Some(path) => write_to(path, &text)?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}

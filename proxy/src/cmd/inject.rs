@@ -1,0 +1,263 @@
+//! `picket inject` (manifests in, manifests out) and `picket injector serve` (the admission
+//! webhook). Both take the same settings and call the same [`crate::inject::inject`].
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use picket_ca::TrustDomain;
+use picket_ca::client::CaClient;
+use tokio_util::sync::CancellationToken;
+
+use crate::inject::{self, Cidr, Outcome, Settings};
+use crate::webhook::{self, CertificateSource};
+
+/// What the injector puts into pods (shared by `picket inject` and `picket injector serve`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SettingsArgs {
+    /// The Picket image of the sidecar: a tag other than `latest`, or a
+    /// digest [default: picket/picket:<this version>].
+    #[arg(long, value_parser = parse_image)]
+    image: Option<String>,
+    /// The image of the `picket iptables` init step (the picket binary with the iptables
+    /// tools) [default: picket/picket-init:<this version>].
+    #[arg(long, value_parser = parse_image)]
+    init_image: Option<String>,
+    /// imagePullPolicy of the injected containers.
+    #[arg(long, value_enum, default_value_t = PullPolicy::IfNotPresent)]
+    image_pull_policy: PullPolicy,
+    /// The UID the sidecar runs as; the iptables rules exempt its traffic.
+    #[arg(long, default_value_t = 1337, value_parser = clap::value_parser!(u32).range(1..))]
+    proxy_uid: u32,
+    /// The CA API as sidecars (and the webhook) reach it.
+    #[arg(long, default_value = "https://picket-ca.picket.svc:7443")]
+    ca_url: String,
+    /// The mesh's trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: TrustDomain,
+    /// The audience of the projected service-account token; the CA requires the same.
+    #[arg(long, default_value = picket_ca::tokenreview::DEFAULT_AUDIENCE)]
+    token_audience: String,
+    /// Inbound ports that bypass the sidecar in every pod (comma-separated); the admin port
+    /// 7191 always does.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    exclude_inbound_ports: Vec<u16>,
+    /// Outbound ports that bypass the sidecar in every pod (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    exclude_outbound_ports: Vec<u16>,
+    /// Outbound networks that bypass the sidecar in every pod (comma-separated CIDRs).
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_cidrs: Vec<Cidr>,
+    /// The sidecar's CPU request.
+    #[arg(long, default_value = "10m")]
+    proxy_cpu_request: String,
+    /// The sidecar's memory request.
+    #[arg(long, default_value = "32Mi")]
+    proxy_memory_request: String,
+}
+
+/// `imagePullPolicy` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PullPolicy {
+    #[value(name = "IfNotPresent")]
+    IfNotPresent,
+    #[value(name = "Always")]
+    Always,
+    #[value(name = "Never")]
+    Never,
+}
+
+impl SettingsArgs {
+    fn settings(&self) -> Settings {
+        let mut settings = Settings::new(self.trust_domain.clone());
+        if let Some(image) = &self.image {
+            settings.image.clone_from(image);
+        }
+        if let Some(image) = &self.init_image {
+            settings.init_image.clone_from(image);
+        }
+        settings.image_pull_policy = match self.image_pull_policy {
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Always => "Always",
+            PullPolicy::Never => "Never",
+        }
+        .to_owned();
+        settings.proxy_uid = self.proxy_uid;
+        settings.ca_url.clone_from(&self.ca_url);
+        settings.token_audience.clone_from(&self.token_audience);
+        settings
+            .exclude_inbound_ports
+            .clone_from(&self.exclude_inbound_ports);
+        settings
+            .exclude_outbound_ports
+            .clone_from(&self.exclude_outbound_ports);
+        settings
+            .exclude_outbound_cidrs
+            .clone_from(&self.exclude_outbound_cidrs);
+        settings
+            .proxy_cpu_request
+            .clone_from(&self.proxy_cpu_request);
+        settings
+            .proxy_memory_request
+            .clone_from(&self.proxy_memory_request);
+        settings
+    }
+}
+
+/// An image reference with a tag other than `latest`, or a digest.
+fn parse_image(image: &str) -> Result<String, String> {
+    let name = image.rsplit('/').next().unwrap_or(image);
+    if image.contains("@sha256:") {
+        return Ok(image.to_owned());
+    }
+    match name.split_once(':') {
+        Some((_, tag)) if !tag.is_empty() && tag != "latest" => Ok(image.to_owned()),
+        _ => Err(format!(
+            "{image:?} must name a version: use a tag other than `latest`, or a digest"
+        )),
+    }
+}
+
+/// Arguments of `picket inject`.
+#[derive(Debug, clap::Args)]
+pub struct InjectArgs {
+    /// The manifests (multi-document YAML or JSON); `-` is standard input.
+    #[arg(short = 'f', long = "filename", default_value = "-")]
+    file: PathBuf,
+    /// Take the sidecar out instead (reverses `picket inject` exactly).
+    #[arg(long)]
+    uninject: bool,
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+/// Runs `picket inject`: manifests from the file or standard input, the result on standard
+/// output, one line per workload on standard error. Nothing is printed on standard output
+/// unless every document could be handled.
+pub fn run(args: InjectArgs) -> anyhow::Result<()> {
+    let (source_name, text) = if args.file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read standard input")?;
+        ("<stdin>".to_owned(), text)
+    } else {
+        let text = std::fs::read_to_string(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))?;
+        (args.file.display().to_string(), text)
+    };
+    let settings = args.settings.settings();
+    let mut documents = inject::parse_manifests(&source_name, &text)?;
+    let mut reports = Vec::new();
+    for document in &mut documents {
+        if args.uninject {
+            reports.extend(inject::uninject(document)?);
+        } else {
+            reports.extend(inject::inject(document, &settings)?);
+        }
+    }
+    let output = inject::print_manifests(&documents)?;
+    let mut stderr = std::io::stderr().lock();
+    for report in reports {
+        let outcome = match report.outcome {
+            Outcome::Injected => "injected".to_owned(),
+            Outcome::Uninjected => "uninjected".to_owned(),
+            Outcome::NotInjected => "not injected, left as it is".to_owned(),
+            Outcome::Skipped(reason) => format!("skipped: {reason}"),
+        };
+        writeln!(stderr, "{}: {outcome}", report.workload)?;
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(output.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// `picket injector` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum InjectorCommand {
+    /// Serve the mutating admission webhook over HTTPS until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+}
+
+/// Arguments of `picket injector serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    listen: SocketAddr,
+    /// PEM roots that sign the CA's certificate (the trust bundle).
+    #[arg(long, default_value = "/etc/picket/trust/bundle.pem")]
+    trust_bundle: PathBuf,
+    /// The bearer credential for the CA: the projected service-account token (audience
+    /// picket-ca), re-read at every renewal, or a join token.
+    #[arg(long, default_value = "/var/run/secrets/picket/token")]
+    token_file: PathBuf,
+    /// Once serving, write {"listen":"IP:PORT"} here (for supervisors and tests).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+/// Runs one `picket injector` subcommand.
+pub async fn run_injector(cmd: InjectorCommand) -> anyhow::Result<()> {
+    let InjectorCommand::Serve(args) = cmd;
+    let settings = Arc::new(args.settings.settings());
+    let trust = std::fs::read(&args.trust_bundle)
+        .with_context(|| format!("cannot read {}", args.trust_bundle.display()))?;
+    let ca = CaClient::new(&settings.ca_url, &trust).context("cannot set up the CA client")?;
+    let source = CertificateSource {
+        ca,
+        token_file: args.token_file,
+    };
+    let shutdown = CancellationToken::new();
+    super::cancel_on_signal(shutdown.clone())?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let mut ready_error = None;
+    let ready_file = args.ready_file;
+    webhook::serve(listener, settings, source, shutdown, || {
+        if let Some(path) = &ready_file
+            && let Err(e) =
+                super::write_ready_file(path, &serde_json::json!({ "listen": local.to_string() }))
+        {
+            ready_error = Some(e);
+        }
+    })
+    .await
+    .context("admission webhook failed")?;
+    if let Some(e) = ready_error {
+        return Err(e.context("cannot write the ready file"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_must_name_a_version() {
+        for good in [
+            "picket/picket:0.1.0",
+            "registry.local:5000/picket:1.2",
+            "picket@sha256:0123456789abcdef",
+        ] {
+            assert_eq!(parse_image(good).unwrap(), good);
+        }
+        for bad in [
+            "picket/picket",
+            "picket/picket:latest",
+            "registry.local:5000/picket",
+            "picket:",
+        ] {
+            assert!(parse_image(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! `picket policy`: check, test, explain and format policy files offline, with exactly the
+//! loader, normalizer and evaluator the sidecar uses.
+
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use picket_policy::normalize::{self, PathOptions};
+use picket_policy::{LoadOptions, PolicySet, Workload};
+use serde::Deserialize;
+
+use crate::authz;
+
+/// `picket policy` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files; errors carry file:line:column and a snippet. Exit 1 on error.
+    Check {
+        /// Policy files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Run table tests: each case describes a request and the expected decision.
+    Test {
+        /// Policy files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The cases file (YAML).
+        #[arg(long)]
+        cases: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Explain how one request is decided: every policy considered and why.
+    Explain {
+        /// Policy files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        request: RequestArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Print the policies in canonical form.
+    Fmt {
+        /// Policy files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// For people.
+    Text,
+    /// For programs.
+    Json,
+}
+
+/// Loader settings shared by every subcommand (the same knobs as the sidecar's `policy:`).
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Namespace whose policies apply mesh-wide.
+    #[arg(long, default_value = "picket-system")]
+    root_namespace: String,
+    /// What applies when no ALLOW policy selects the workload: deny, allow or audit-only.
+    #[arg(long, default_value = "deny")]
+    default_action: String,
+    /// Ports carrying opaque TCP (HTTP-only fields in rules for them are errors).
+    #[arg(long = "opaque-port")]
+    opaque_ports: Vec<u16>,
+}
+
+impl LoadArgs {
+    fn options(&self) -> anyhow::Result<LoadOptions> {
+        Ok(LoadOptions {
+            root_namespace: self.root_namespace.clone(),
+            default_action: parse_default_action(&self.default_action)?,
+            opaque_tcp_ports: self.opaque_ports.clone(),
+            ..LoadOptions::default()
+        })
+    }
+}
+
+fn parse_default_action(s: &str) -> anyhow::Result<picket_policy::DefaultAction> {
+    Ok(match s {
+        "deny" => picket_policy::DefaultAction::Deny,
+        "allow" => picket_policy::DefaultAction::Allow,
+        "audit-only" => picket_policy::DefaultAction::AuditOnly,
+        other => bail!("--default-action {other:?}: expected deny, allow or audit-only"),
+    })
+}
+
+/// One request, as given on the command line.
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    /// The workload's namespace.
+    #[arg(long)]
+    workload: String,
+    /// A workload label, `key=value` (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// The caller's identity (spiffe://...); absent means unauthenticated.
+    #[arg(long)]
+    from: Option<String>,
+    /// The caller's address.
+    #[arg(long, default_value = "127.0.0.1")]
+    source_ip: IpAddr,
+    /// Destination port.
+    #[arg(long)]
+    port: u16,
+    /// HTTP method; absent means an opaque TCP connection.
+    #[arg(long)]
+    method: Option<String>,
+    /// HTTP path (normalized as the sidecar does).
+    #[arg(long)]
+    path: Option<String>,
+    /// HTTP host.
+    #[arg(long)]
+    host: Option<String>,
+    /// A request header, `name=value` (repeatable; repeat a name for duplicates).
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// TLS server name.
+    #[arg(long)]
+    sni: Option<String>,
+}
+
+/// A request description shared by `explain` and the cases file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestSpec {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default = "default_ip")]
+    source_ip: IpAddr,
+    port: u16,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    #[serde(default)]
+    sni: Option<String>,
+}
+
+fn default_ip() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+/// The owned, normalized form of a [`RequestSpec`], borrowed as a `picket_policy::Request`.
+struct OwnedRequest {
+    principal: Option<String>,
+    source_ip: IpAddr,
+    port: u16,
+    sni: Option<String>,
+    http: Option<OwnedHttp>,
+}
+
+/// Method, normalized path, normalized host, lowercased headers.
+struct OwnedHttp {
+    method: String,
+    path: String,
+    host: String,
+    headers: Vec<(String, String)>,
+}
+
+impl OwnedRequest {
+    fn from_spec(spec: &RequestSpec) -> anyhow::Result<Self> {
+        let principal = match &spec.from {
+            None => None,
+            Some(f) => {
+                let id: picket_ca::SpiffeId = f.parse().with_context(|| format!("from: {f}"))?;
+                Some(id.to_string().trim_start_matches("spiffe://").to_owned())
+            }
+        };
+        let http = match &spec.method {
+            None => {
+                if spec.path.is_some() || spec.host.is_some() || !spec.headers.is_empty() {
+                    bail!(
+                        "path, host and headers need a method (without one the request is opaque TCP)"
+                    );
+                }
+                None
+            }
+            Some(m) => {
+                normalize::normalize_method(m).map_err(|e| anyhow::anyhow!("method {m:?}: {e}"))?;
+                let raw = spec.path.as_deref().unwrap_or("/");
+                let raw = raw.split_once('?').map_or(raw, |(p, _)| p);
+                let path = normalize::normalize_path(raw, &PathOptions::default())
+                    .map_err(|e| anyhow::anyhow!("path {raw:?}: {e}"))?;
+                let host = match &spec.host {
+                    Some(h) => normalize::normalize_host(h)
+                        .map_err(|e| anyhow::anyhow!("host {h:?}: {e}"))?,
+                    None => String::new(),
+                };
+                let headers = spec
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect();
+                Some(OwnedHttp {
+                    method: m.clone(),
+                    path,
+                    host,
+                    headers,
+                })
+            }
+        };
+        Ok(Self {
+            principal,
+            source_ip: spec.source_ip,
+            port: spec.port,
+            sni: spec.sni.clone(),
+            http,
+        })
+    }
+
+    fn evaluate_with<T>(&self, f: impl FnOnce(&picket_policy::Request<'_>) -> T) -> T {
+        let headers: Vec<(&str, &str)> = self
+            .http
+            .as_ref()
+            .map(|h| {
+                h.headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let req = picket_policy::Request {
+            source_principal: self.principal.as_deref(),
+            source_ip: self.source_ip,
+            destination_port: self.port,
+            sni: self.sni.as_deref(),
+            http: self.http.as_ref().map(|h| picket_policy::HttpRequest {
+                method: &h.method,
+                path: &h.path,
+                host: &h.host,
+                headers: &headers,
+            }),
+        };
+        f(&req)
+    }
+}
+
+fn split_kv(s: &str, what: &str) -> anyhow::Result<(String, String)> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| anyhow::anyhow!("{what} {s:?}: expected key=value"))
+}
+
+/// Loads every policy under `paths`; on error prints each problem and returns `None`.
+fn load(
+    paths: &[PathBuf],
+    options: &LoadOptions,
+    format: Format,
+) -> anyhow::Result<Option<PolicySet>> {
+    let mut texts = Vec::new();
+    for p in paths {
+        for f in authz::policy_files(p)? {
+            let text = std::fs::read_to_string(&f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            texts.push((f.display().to_string(), text));
+        }
+    }
+    let sources: Vec<picket_policy::Source<'_>> = texts
+        .iter()
+        .map(|(name, text)| picket_policy::Source { name, text })
+        .collect();
+    match picket_policy::load(&sources, options) {
+        Ok(set) => Ok(Some(set)),
+        Err(errors) => {
+            match format {
+                Format::Text => eprint!("{errors}"),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&errors)?),
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Runs a `picket policy` subcommand. `Ok(false)` means the check or tests failed (exit 1).
+pub fn run(cmd: PolicyCommand) -> anyhow::Result<bool> {
+    match cmd {
+        PolicyCommand::Check {
+            paths,
+            load: l,
+            format,
+        } => {
+            let Some(set) = load(&paths, &l.options()?, format)? else {
+                return Ok(false);
+            };
+            let n = set.policies().count();
+            match format {
+                Format::Text => println!("ok: {n} policies, sources hash {}", set.sources_hash()),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({ "ok": true, "policies": n, "sources_hash": set.sources_hash() })
+                ),
+            }
+            Ok(true)
+        }
+        PolicyCommand::Fmt { paths, load: l } => {
+            let Some(set) = load(&paths, &l.options()?, Format::Text)? else {
+                return Ok(false);
+            };
+            print!("{}", set.to_yaml());
+            Ok(true)
+        }
+        PolicyCommand::Explain {
+            paths,
+            load: l,
+            request,
+            format,
+        } => {
+            let Some(set) = load(&paths, &l.options()?, format)? else {
+                return Ok(false);
+            };
+            let mut labels = BTreeMap::new();
+            for kv in &request.labels {
+                let (k, v) = split_kv(kv, "--label")?;
+                labels.insert(k, v);
+            }
+            let headers = request
+                .headers
+                .iter()
+                .map(|h| split_kv(h, "--header"))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let spec = RequestSpec {
+                from: request.from.clone(),
+                source_ip: request.source_ip,
+                port: request.port,
+                method: request.method.clone(),
+                path: request.path.clone(),
+                host: request.host.clone(),
+                headers,
+                sni: request.sni.clone(),
+            };
+            let owned = OwnedRequest::from_spec(&spec)?;
+            let compiled = set.for_workload(&Workload {
+                namespace: request.workload.clone(),
+                labels,
+            });
+            let explanation = owned.evaluate_with(|r| compiled.explain(r));
+            match format {
+                Format::Text => print!("{explanation}"),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
+            }
+            Ok(true)
+        }
+        PolicyCommand::Test {
+            paths,
+            cases,
+            load: l,
+        } => {
+            let Some(set) = load(&paths, &l.options()?, Format::Text)? else {
+                return Ok(false);
+            };
+            run_cases(&set, &cases)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasesFile {
+    cases: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    workload: CaseWorkload,
+    request: RequestSpec,
+    expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseWorkload {
+    namespace: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    verdict: String,
+    #[serde(default)]
+    policy: Option<String>,
+    #[serde(default)]
+    rule: Option<usize>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn run_cases(set: &PolicySet, cases_path: &Path) -> anyhow::Result<bool> {
+    let text = std::fs::read_to_string(cases_path)
+        .with_context(|| format!("cannot read {}", cases_path.display()))?;
+    let file: CasesFile = crate::yaml::parse(&cases_path.display().to_string(), &text)?;
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for case in &file.cases {
+        let owned = OwnedRequest::from_spec(&case.request)
+            .with_context(|| format!("case {:?}", case.name))?;
+        let compiled = set.for_workload(&Workload {
+            namespace: case.workload.namespace.clone(),
+            labels: case.workload.labels.clone(),
+        });
+        let d = owned.evaluate_with(|r| compiled.evaluate(r));
+        let got_policy = d.policy.as_ref().map(ToString::to_string);
+        let mut diffs = Vec::new();
+        if d.verdict.as_str() != case.expect.verdict {
+            diffs.push(format!(
+                "verdict: expected {}, got {}",
+                case.expect.verdict, d.verdict
+            ));
+        }
+        if let Some(p) = &case.expect.policy
+            && got_policy.as_deref() != Some(p.as_str())
+        {
+            diffs.push(format!(
+                "policy: expected {p}, got {}",
+                got_policy.as_deref().unwrap_or("none")
+            ));
+        }
+        if let Some(r) = case.expect.rule
+            && d.rule != Some(r)
+        {
+            diffs.push(format!("rule: expected {r}, got {:?}", d.rule));
+        }
+        if let Some(r) = &case.expect.reason
+            && d.reason.as_str() != r
+        {
+            diffs.push(format!("reason: expected {r}, got {}", d.reason));
+        }
+        if diffs.is_empty() {
+            passed += 1;
+            println!("PASS  {}", case.name);
+        } else {
+            failed += 1;
+            println!("FAIL  {}", case.name);
+            for diff in diffs {
+                println!("      {diff}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(failed == 0)
+}

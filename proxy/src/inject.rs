@@ -1,0 +1,980 @@
+//! Sidecar injection: adds Picket to Kubernetes workloads, and takes it out again.
+//!
+//! One function, [`inject`], is used by both `picket inject` (manifests in, manifests out) and
+//! the admission webhook (`picket injector serve`, which sends the difference as a JSON
+//! patch), so the two can never disagree. Objects are handled as `serde_json::Value` so that
+//! every field Picket does not know passes through untouched; YAML is read and written only
+//! by [`parse_manifests`] and [`print_manifests`].
+//!
+//! What an injected pod gets (all names start with `picket-`, so [`uninject`] finds exactly
+//! what was added):
+//!
+//! | what | why |
+//! |---|---|
+//! | init container `picket-init`, first | runs `picket iptables` (NET_ADMIN and NET_RAW only) so the app's TCP goes through the sidecar |
+//! | init container `picket-proxy` with `restartPolicy: Always` (a native sidecar), second | starts before the app's init containers and the app, and its startup probe on `/ready` holds them back until it has a certificate; a Job completes when its app exits |
+//! | volume `picket-config` (downward API) | the sidecar configuration, rendered by the injector into the pod annotation `picket.dev/sidecar-config` |
+//! | volume `picket-token` (projected service-account token, audience `picket-ca`, 1 h) | the credential the CA checks with the TokenReview API; the kubelet keeps it fresh |
+//! | volume `picket-trust-bundle` (ConfigMap `picket-trust-bundle`) | the roots that sign the CA's certificate and every peer's |
+//! | volume `picket-policy` (ConfigMap `picket-policy`) | the authorization policy |
+//! | annotation `picket.dev/injected: <version>` | marks the pod as injected: injecting again first removes the old sidecar, so injecting twice equals injecting once |
+//!
+//! The sidecar learns its namespace and service account from the downward API
+//! (`PICKET_NAMESPACE`, `PICKET_SERVICE_ACCOUNT`), so one rendering serves a manifest whatever
+//! namespace it is applied to.
+//!
+//! A pod is left alone when it opts out (`picket.dev/inject: "false"` as an annotation or a
+//! label) or uses the host's network namespace (the iptables step would rewrite the node's
+//! rules). `picket.dev/exclude-inbound-ports`, `picket.dev/exclude-outbound-ports` and
+//! `picket.dev/exclude-outbound-cidrs` (comma-separated) keep traffic out of the redirect.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde_json::{Map, Value, json};
+
+/// The version written into [`STATUS_ANNOTATION`].
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Present on every injected pod; its value is the injector's version.
+pub const STATUS_ANNOTATION: &str = "picket.dev/injected";
+/// `"false"` (as an annotation or a label) keeps the sidecar out of a pod.
+pub const INJECT_ANNOTATION: &str = "picket.dev/inject";
+/// The rendered sidecar configuration, mounted into the sidecar by the downward API.
+pub const CONFIG_ANNOTATION: &str = "picket.dev/sidecar-config";
+/// Inbound ports (comma-separated) that bypass the sidecar.
+pub const EXCLUDE_INBOUND_PORTS_ANNOTATION: &str = "picket.dev/exclude-inbound-ports";
+/// Outbound ports (comma-separated) that bypass the sidecar.
+pub const EXCLUDE_OUTBOUND_PORTS_ANNOTATION: &str = "picket.dev/exclude-outbound-ports";
+/// Outbound destinations (comma-separated CIDRs) that bypass the sidecar.
+pub const EXCLUDE_OUTBOUND_CIDRS_ANNOTATION: &str = "picket.dev/exclude-outbound-cidrs";
+
+/// The sidecar container.
+pub const PROXY_CONTAINER: &str = "picket-proxy";
+/// The iptables init container.
+pub const INIT_CONTAINER: &str = "picket-init";
+/// The volume holding the rendered configuration.
+pub const CONFIG_VOLUME: &str = "picket-config";
+/// The volume holding the projected service-account token.
+pub const TOKEN_VOLUME: &str = "picket-token";
+/// The volume holding the trust bundle.
+pub const TRUST_BUNDLE_VOLUME: &str = "picket-trust-bundle";
+/// The volume holding the authorization policy.
+pub const POLICY_VOLUME: &str = "picket-policy";
+/// The ConfigMap with the trust bundle (key `bundle.pem`), in the pod's namespace.
+pub const TRUST_BUNDLE_CONFIGMAP: &str = "picket-trust-bundle";
+/// The ConfigMap with the policy, in the pod's namespace.
+pub const POLICY_CONFIGMAP: &str = "picket-policy";
+
+/// The sidecar's outbound port (the iptables redirect target for the app's connections).
+pub const OUTBOUND_PORT: u16 = 7140;
+/// The sidecar's inbound mTLS port (the redirect target for connections to the pod).
+pub const INBOUND_PORT: u16 = 7143;
+/// The sidecar's admin port (probes, metrics); never redirected.
+pub const ADMIN_PORT: u16 = 7191;
+/// The CA API's port.
+pub const CA_PORT: u16 = 7443;
+
+/// Where the sidecar finds its files.
+const CONFIG_DIR: &str = "/etc/picket/config";
+const CONFIG_FILE: &str = "sidecar.yaml";
+const TOKEN_DIR: &str = "/var/run/secrets/picket";
+const TOKEN_FILE: &str = "token";
+const TRUST_DIR: &str = "/etc/picket/trust";
+const TRUST_FILE: &str = "bundle.pem";
+const POLICY_DIR: &str = "/etc/picket/policy";
+
+/// Lifetime asked for the projected token; the kubelet renews it at 80 %.
+const TOKEN_EXPIRATION_SECONDS: u32 = 3600;
+
+const RESERVED_CONTAINERS: [&str; 2] = [INIT_CONTAINER, PROXY_CONTAINER];
+const RESERVED_VOLUMES: [&str; 4] = [
+    CONFIG_VOLUME,
+    TOKEN_VOLUME,
+    TRUST_BUNDLE_VOLUME,
+    POLICY_VOLUME,
+];
+const ADDED_ANNOTATIONS: [&str; 2] = [STATUS_ANNOTATION, CONFIG_ANNOTATION];
+
+/// What the injector puts into pods.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The Picket image of the sidecar. Never `latest`.
+    pub image: String,
+    /// The image of the iptables step (the Picket binary with the iptables tools).
+    pub init_image: String,
+    /// `imagePullPolicy` of both containers.
+    pub image_pull_policy: String,
+    /// The UID the sidecar runs as, which the iptables rules exempt.
+    pub proxy_uid: u32,
+    /// The CA API as the sidecar reaches it.
+    pub ca_url: String,
+    /// The trust domain of the mesh.
+    pub trust_domain: picket_ca::TrustDomain,
+    /// The audience of the projected service-account token (the CA requires it).
+    pub token_audience: String,
+    /// Inbound ports excluded in every pod (the admin port always is).
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Outbound ports excluded in every pod.
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Outbound CIDRs excluded in every pod.
+    pub exclude_outbound_cidrs: Vec<Cidr>,
+    /// The sidecar's CPU request.
+    pub proxy_cpu_request: String,
+    /// The sidecar's memory request.
+    pub proxy_memory_request: String,
+}
+
+impl Settings {
+    /// The defaults for a mesh of `trust_domain`: the image of this version, UID 1337, the CA
+    /// at `https://picket-ca.picket.svc:7443`, audience `picket-ca`, no extra exclusions.
+    pub fn new(trust_domain: picket_ca::TrustDomain) -> Self {
+        Self {
+            image: format!("picket/picket:{VERSION}"),
+            init_image: format!("picket/picket-init:{VERSION}"),
+            image_pull_policy: "IfNotPresent".to_owned(),
+            proxy_uid: 1337,
+            ca_url: format!("https://picket-ca.picket.svc:{CA_PORT}"),
+            trust_domain,
+            token_audience: picket_ca::tokenreview::DEFAULT_AUDIENCE.to_owned(),
+            exclude_inbound_ports: Vec::new(),
+            exclude_outbound_ports: Vec::new(),
+            exclude_outbound_cidrs: Vec::new(),
+            proxy_cpu_request: "10m".to_owned(),
+            proxy_memory_request: "32Mi".to_owned(),
+        }
+    }
+}
+
+/// An IPv4 or IPv6 network, `address/prefix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    address: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a CIDR such as 10.0.0.0/8 or fd00::/8");
+        let (address, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let address: IpAddr = address.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Self { address, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix)
+    }
+}
+
+/// Why a manifest could not be injected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InjectError {
+    /// The input is not YAML (or JSON); the message says where.
+    #[error("{0}")]
+    Yaml(String),
+    /// An opt-out annotation holds something other than ports or CIDRs.
+    #[error("{workload}: annotation {annotation}: {reason}")]
+    Annotation {
+        /// The workload, `Kind namespace/name`.
+        workload: String,
+        /// The annotation.
+        annotation: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The pod already has a container or volume with a name Picket uses, but was not
+    /// injected by Picket.
+    #[error("{workload}: it already has a {what} named {name:?}, which Picket reserves")]
+    Conflict {
+        /// The workload.
+        workload: String,
+        /// `container` or `volume`.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A field Picket must change has the wrong shape (say, `volumes` is not a list).
+    #[error("{workload}: {reason}")]
+    Malformed {
+        /// The workload.
+        workload: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The result could not be written as YAML.
+    #[error("cannot write YAML: {0}")]
+    Print(String),
+}
+
+/// What happened to one workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The sidecar was added (or replaced).
+    Injected,
+    /// The sidecar was removed.
+    Uninjected,
+    /// Nothing to remove: the pod was not injected.
+    NotInjected,
+    /// The pod was left without a sidecar, for this reason.
+    Skipped(String),
+}
+
+/// One workload's outcome, for the command line to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// `Kind namespace/name`.
+    pub workload: String,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// Adds the sidecar to every workload in `object` (a workload, or a `List` of them); other
+/// kinds are left as they are. Injecting an injected workload replaces its sidecar, so the
+/// result is the same as injecting once.
+pub fn inject(object: &mut Value, settings: &Settings) -> Result<Vec<Report>, InjectError> {
+    let mut reports = Vec::new();
+    for_each_pod(object, &mut |workload, template| {
+        let outcome = inject_pod(workload, template, settings)?;
+        reports.push(Report {
+            workload: workload.to_owned(),
+            outcome,
+        });
+        Ok(())
+    })?;
+    Ok(reports)
+}
+
+/// Removes what [`inject`] added from every workload in `object`.
+pub fn uninject(object: &mut Value) -> Result<Vec<Report>, InjectError> {
+    let mut reports = Vec::new();
+    for_each_pod(object, &mut |workload, template| {
+        let outcome = if remove_sidecar(workload, template)? {
+            Outcome::Uninjected
+        } else {
+            Outcome::NotInjected
+        };
+        reports.push(Report {
+            workload: workload.to_owned(),
+            outcome,
+        });
+        Ok(())
+    })?;
+    Ok(reports)
+}
+
+/// Reads a stream of YAML (or JSON) documents. Empty documents are dropped.
+///
+/// The YAML is read as `kubectl` reads it (YAML 1.1 booleans and `0644`-style octal numbers),
+/// so a manifest means the same before and after injection.
+pub fn parse_manifests(source_name: &str, text: &str) -> Result<Vec<Value>, InjectError> {
+    let mut options = serde_saphyr::Options::default();
+    options.legacy_octal_numbers = true;
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!("{source_name}:{}:{}", l.line(), l.column()))
+                .unwrap_or_else(|| source_name.to_owned());
+            InjectError::Yaml(format!("{at}: {e}"))
+        })?;
+    Ok(documents.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// Writes `documents` as one YAML stream, `---` before each. Strings that another YAML
+/// reader could take for a number, boolean or null are quoted.
+pub fn print_manifests(documents: &[Value]) -> Result<String, InjectError> {
+    let mut out = String::new();
+    for document in documents {
+        out.push_str("---\n");
+        out.push_str(&print_yaml(document)?);
+    }
+    Ok(out)
+}
+
+fn print_yaml(value: &Value) -> Result<String, InjectError> {
+    let text = serde_saphyr::to_string(value).map_err(|e| InjectError::Print(e.to_string()))?;
+    Ok(if text.ends_with('\n') {
+        text
+    } else {
+        text + "\n"
+    })
+}
+
+/// What [`for_each_pod`] calls with a workload's name and pod template.
+type PodVisitor<'a> = dyn FnMut(&str, &mut Map<String, Value>) -> Result<(), InjectError> + 'a;
+
+/// Calls `f` with the pod template (the object holding `metadata` and `spec`) of every
+/// workload in `object`.
+fn for_each_pod(object: &mut Value, f: &mut PodVisitor<'_>) -> Result<(), InjectError> {
+    let Some(map) = object.as_object_mut() else {
+        return Ok(());
+    };
+    let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = map.get("kind").and_then(Value::as_str).unwrap_or("");
+    let path: &[&str] = match (api_version, kind) {
+        ("v1", "List") => {
+            if let Some(items) = map.get_mut("items").and_then(Value::as_array_mut) {
+                for item in items {
+                    for_each_pod(item, f)?;
+                }
+            }
+            return Ok(());
+        }
+        ("v1", "Pod") => &[],
+        (
+            "apps/v1" | "apps/v1beta1" | "apps/v1beta2" | "extensions/v1beta1",
+            "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet",
+        )
+        | ("batch/v1", "Job") => &["spec", "template"],
+        ("batch/v1" | "batch/v1beta1", "CronJob") => &["spec", "jobTemplate", "spec", "template"],
+        _ => return Ok(()),
+    };
+    let workload = workload_name(kind, map);
+    let mut template = map;
+    for key in path {
+        template = template
+            .get_mut(*key)
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| InjectError::Malformed {
+                workload: workload.clone(),
+                reason: format!("no pod template at {}", path.join(".")),
+            })?;
+    }
+    f(&workload, template)
+}
+
+fn workload_name(kind: &str, object: &Map<String, Value>) -> String {
+    let metadata = object.get("metadata");
+    let field = |name: &str| {
+        metadata
+            .and_then(|m| m.get(name))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    };
+    let name = match (field("name"), field("generateName")) {
+        ("", "") => "<unnamed>".to_owned(),
+        ("", prefix) => format!("{prefix}*"),
+        (name, _) => name.to_owned(),
+    };
+    match field("namespace") {
+        "" => format!("{kind} {name}"),
+        namespace => format!("{kind} {namespace}/{name}"),
+    }
+}
+
+fn inject_pod(
+    workload: &str,
+    template: &mut Map<String, Value>,
+    settings: &Settings,
+) -> Result<Outcome, InjectError> {
+    remove_sidecar(workload, template)?;
+    if let Some(reason) = skip_reason(template) {
+        return Ok(Outcome::Skipped(reason));
+    }
+    let spec = template
+        .get("spec")
+        .and_then(Value::as_object)
+        .ok_or_else(|| malformed(workload, "the pod has no spec"))?;
+    for (field, reserved, what) in [
+        ("initContainers", &RESERVED_CONTAINERS[..], "container"),
+        ("containers", &RESERVED_CONTAINERS[..], "container"),
+        ("volumes", &RESERVED_VOLUMES[..], "volume"),
+    ] {
+        for name in named_items(workload, spec, field)? {
+            if reserved.contains(&name.as_str()) {
+                return Err(InjectError::Conflict {
+                    workload: workload.to_owned(),
+                    what,
+                    name,
+                });
+            }
+        }
+    }
+
+    let annotations = annotations(template);
+    let annotation = |key: &'static str| annotations.and_then(|a| a.get(key)?.as_str());
+    let mut inbound = vec![ADMIN_PORT];
+    inbound.extend(&settings.exclude_inbound_ports);
+    inbound.extend(ports(
+        workload,
+        EXCLUDE_INBOUND_PORTS_ANNOTATION,
+        annotation,
+    )?);
+    let mut outbound = settings.exclude_outbound_ports.clone();
+    outbound.extend(ports(
+        workload,
+        EXCLUDE_OUTBOUND_PORTS_ANNOTATION,
+        annotation,
+    )?);
+    let mut cidrs = settings.exclude_outbound_cidrs.clone();
+    cidrs.extend(outbound_cidrs(workload, annotation)?);
+    let exclusions = Exclusions {
+        inbound: dedup(inbound),
+        outbound: dedup(outbound),
+        cidrs: dedup(cidrs),
+    };
+
+    let config = print_yaml(&sidecar_config(settings))?;
+    let metadata = object_field(workload, template, "metadata")?;
+    let annotations = object_field(workload, metadata, "annotations")?;
+    annotations.insert(STATUS_ANNOTATION.to_owned(), json!(VERSION));
+    annotations.insert(CONFIG_ANNOTATION.to_owned(), json!(config));
+
+    let spec = object_field(workload, template, "spec")?;
+    let init = array_field(workload, spec, "initContainers")?;
+    init.insert(0, proxy_container(settings));
+    init.insert(0, init_container(settings, &exclusions));
+    array_field(workload, spec, "volumes")?.extend(volumes(settings));
+    Ok(Outcome::Injected)
+}
+
+/// Removes what injection added; says whether there was anything to remove.
+fn remove_sidecar(workload: &str, template: &mut Map<String, Value>) -> Result<bool, InjectError> {
+    let injected = annotations(template).is_some_and(|a| a.contains_key(STATUS_ANNOTATION));
+    if !injected {
+        return Ok(false);
+    }
+    if let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut) {
+        remove_named(workload, spec, "initContainers", &RESERVED_CONTAINERS)?;
+        remove_named(workload, spec, "volumes", &RESERVED_VOLUMES)?;
+    }
+    if let Some(metadata) = template.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(annotations) = metadata
+            .get_mut("annotations")
+            .and_then(Value::as_object_mut)
+        {
+            for key in ADDED_ANNOTATIONS {
+                annotations.remove(key);
+            }
+            if annotations.is_empty() {
+                metadata.remove("annotations");
+            }
+        }
+        if metadata.is_empty() {
+            template.remove("metadata");
+        }
+    }
+    Ok(true)
+}
+
+fn skip_reason(template: &Map<String, Value>) -> Option<String> {
+    let metadata = template.get("metadata");
+    for place in ["annotations", "labels"] {
+        let opted_out = metadata
+            .and_then(|m| m.get(place))
+            .and_then(|m| m.get(INJECT_ANNOTATION))
+            .is_some_and(|v| v.as_str() == Some("false") || v.as_bool() == Some(false));
+        if opted_out {
+            let singular = place.trim_end_matches('s');
+            return Some(format!(
+                "opted out ({singular} {INJECT_ANNOTATION}: \"false\")"
+            ));
+        }
+    }
+    let host_network = template
+        .get("spec")
+        .and_then(|s| s.get("hostNetwork"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    host_network.then(|| {
+        "uses the host network (the iptables step would rewrite the node's rules)".to_owned()
+    })
+}
+
+/// The ports and CIDRs that bypass the sidecar in one pod.
+struct Exclusions {
+    inbound: Vec<u16>,
+    outbound: Vec<u16>,
+    cidrs: Vec<Cidr>,
+}
+
+/// The `picket iptables` init container: redirects the pod's TCP through the sidecar,
+/// exempting the sidecar's own UID and the excluded ports and networks.
+fn init_container(settings: &Settings, exclusions: &Exclusions) -> Value {
+    let mut args = vec![
+        "iptables".to_owned(),
+        "--proxy-uid".to_owned(),
+        settings.proxy_uid.to_string(),
+        "--inbound-port".to_owned(),
+        INBOUND_PORT.to_string(),
+        "--outbound-port".to_owned(),
+        OUTBOUND_PORT.to_string(),
+    ];
+    let mut list = |flag: &str, items: Vec<String>| {
+        if !items.is_empty() {
+            args.push(flag.to_owned());
+            args.push(items.join(","));
+        }
+    };
+    list(
+        "--exclude-inbound-ports",
+        exclusions.inbound.iter().map(u16::to_string).collect(),
+    );
+    list(
+        "--exclude-outbound-ports",
+        exclusions.outbound.iter().map(u16::to_string).collect(),
+    );
+    list(
+        "--exclude-outbound-cidrs",
+        exclusions.cidrs.iter().map(Cidr::to_string).collect(),
+    );
+    json!({
+        "name": INIT_CONTAINER,
+        "image": settings.init_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": args,
+        // Root with exactly the two capabilities iptables needs; it exits before the app
+        // starts. (A pod-level runAsNonRoot is overridden for this container only.)
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": false,
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "privileged": false,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+    })
+}
+
+/// The sidecar, as a native sidecar container.
+fn proxy_container(settings: &Settings) -> Value {
+    let probe = |path: &str, period: u32, failures: u32| {
+        json!({
+            "httpGet": {"path": path, "port": ADMIN_PORT},
+            "periodSeconds": period,
+            "timeoutSeconds": 1,
+            "failureThreshold": failures,
+        })
+    };
+    let from_field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let mount = |name: &str, path: &str| json!({"name": name, "mountPath": path, "readOnly": true});
+    json!({
+        "name": PROXY_CONTAINER,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "restartPolicy": "Always",
+        "args": ["proxy", "--config", format!("{CONFIG_DIR}/{CONFIG_FILE}"), "--log-format", "json"],
+        "env": [
+            from_field("PICKET_NAMESPACE", "metadata.namespace"),
+            from_field("PICKET_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        ],
+        "ports": [
+            {"name": "picket-inbound", "containerPort": INBOUND_PORT, "protocol": "TCP"},
+            {"name": "picket-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
+        ],
+        // Up to two minutes to obtain the first certificate before the kubelet restarts it.
+        "startupProbe": probe("/ready", 1, 120),
+        "readinessProbe": probe("/ready", 5, 3),
+        "livenessProbe": probe("/live", 10, 3),
+        "securityContext": {
+            "runAsUser": settings.proxy_uid,
+            "runAsGroup": settings.proxy_uid,
+            "runAsNonRoot": true,
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "privileged": false,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "resources": {
+            "requests": {
+                "cpu": settings.proxy_cpu_request,
+                "memory": settings.proxy_memory_request,
+            },
+        },
+        "volumeMounts": [
+            mount(CONFIG_VOLUME, CONFIG_DIR),
+            mount(TOKEN_VOLUME, TOKEN_DIR),
+            mount(TRUST_BUNDLE_VOLUME, TRUST_DIR),
+            mount(POLICY_VOLUME, POLICY_DIR),
+        ],
+    })
+}
+
+fn volumes(settings: &Settings) -> [Value; 4] {
+    [
+        json!({
+            "name": CONFIG_VOLUME,
+            "downwardAPI": {"items": [{
+                "path": CONFIG_FILE,
+                "fieldRef": {"fieldPath": format!("metadata.annotations['{CONFIG_ANNOTATION}']")},
+            }]},
+        }),
+        json!({
+            "name": TOKEN_VOLUME,
+            "projected": {"sources": [{"serviceAccountToken": {
+                "audience": settings.token_audience,
+                "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+                "path": TOKEN_FILE,
+            }}]},
+        }),
+        json!({"name": TRUST_BUNDLE_VOLUME, "configMap": {"name": TRUST_BUNDLE_CONFIGMAP}}),
+        json!({"name": POLICY_VOLUME, "configMap": {"name": POLICY_CONFIGMAP}}),
+    ]
+}
+
+/// The sidecar configuration every injected pod gets. Identity (namespace and service account)
+/// is not in it: the sidecar takes it from `PICKET_NAMESPACE` and `PICKET_SERVICE_ACCOUNT`,
+/// and the CA grants it from the service-account token.
+pub fn sidecar_config(settings: &Settings) -> Value {
+    json!({
+        "identity": {"trust_domain": settings.trust_domain.as_str()},
+        "ca": {
+            "url": settings.ca_url,
+            "trust_bundle": format!("{TRUST_DIR}/{TRUST_FILE}"),
+            "join_token_file": format!("{TOKEN_DIR}/{TOKEN_FILE}"),
+        },
+        "inbound": {"listen": format!("0.0.0.0:{INBOUND_PORT}")},
+        "outbound": {"listen": format!("127.0.0.1:{OUTBOUND_PORT}")},
+        // Kubelet probes and Prometheus reach the admin port on the pod's address.
+        "admin": {"listen": format!("0.0.0.0:{ADMIN_PORT}")},
+    })
+}
+
+fn annotations(template: &Map<String, Value>) -> Option<&Map<String, Value>> {
+    template.get("metadata")?.get("annotations")?.as_object()
+}
+
+fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn ports<'a>(
+    workload: &str,
+    key: &'static str,
+    annotation: impl Fn(&'static str) -> Option<&'a str>,
+) -> Result<Vec<u16>, InjectError> {
+    let Some(value) = annotation(key) else {
+        return Ok(Vec::new());
+    };
+    split_list(value)
+        .map(|port| match port.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(InjectError::Annotation {
+                workload: workload.to_owned(),
+                annotation: key,
+                reason: format!("{port:?} is not a port number (1-65535)"),
+            }),
+        })
+        .collect()
+}
+
+fn outbound_cidrs<'a>(
+    workload: &str,
+    annotation: impl Fn(&'static str) -> Option<&'a str>,
+) -> Result<Vec<Cidr>, InjectError> {
+    let Some(value) = annotation(EXCLUDE_OUTBOUND_CIDRS_ANNOTATION) else {
+        return Ok(Vec::new());
+    };
+    split_list(value)
+        .map(|cidr| {
+            cidr.parse().map_err(|reason| InjectError::Annotation {
+                workload: workload.to_owned(),
+                annotation: EXCLUDE_OUTBOUND_CIDRS_ANNOTATION,
+                reason,
+            })
+        })
+        .collect()
+}
+
+fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+fn malformed(workload: &str, reason: impl Into<String>) -> InjectError {
+    InjectError::Malformed {
+        workload: workload.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// The `name`s of the items of the list `field` of `spec` (absent = none).
+fn named_items(
+    workload: &str,
+    spec: &Map<String, Value>,
+    field: &str,
+) -> Result<Vec<String>, InjectError> {
+    match spec.get(field) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => Ok(items
+            .iter()
+            .filter_map(|i| i.get("name")?.as_str().map(str::to_owned))
+            .collect()),
+        Some(_) => Err(malformed(workload, format!("spec.{field} is not a list"))),
+    }
+}
+
+fn object_field<'a>(
+    workload: &str,
+    map: &'a mut Map<String, Value>,
+    key: &str,
+) -> Result<&'a mut Map<String, Value>, InjectError> {
+    let value = map.entry(key).or_insert_with(|| json!({}));
+    if value.is_null() {
+        *value = json!({});
+    }
+    value
+        .as_object_mut()
+        .ok_or_else(|| malformed(workload, format!("{key} is not a mapping")))
+}
+
+fn array_field<'a>(
+    workload: &str,
+    map: &'a mut Map<String, Value>,
+    key: &str,
+) -> Result<&'a mut Vec<Value>, InjectError> {
+    let value = map.entry(key).or_insert_with(|| json!([]));
+    if value.is_null() {
+        *value = json!([]);
+    }
+    value
+        .as_array_mut()
+        .ok_or_else(|| malformed(workload, format!("spec.{key} is not a list")))
+}
+
+/// Removes the items of list `field` named in `names`; drops the list if that empties it.
+fn remove_named(
+    workload: &str,
+    spec: &mut Map<String, Value>,
+    field: &str,
+    names: &[&str],
+) -> Result<(), InjectError> {
+    let Some(value) = spec.get_mut(field) else {
+        return Ok(());
+    };
+    let items = value
+        .as_array_mut()
+        .ok_or_else(|| malformed(workload, format!("spec.{field} is not a list")))?;
+    items.retain(|item| {
+        item.get("name")
+            .and_then(Value::as_str)
+            .is_none_or(|n| !names.contains(&n))
+    });
+    if items.is_empty() {
+        spec.remove(field);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::new("cluster.local".parse().unwrap())
+    }
+
+    fn pod(extra_metadata: Value, spec: Value) -> Value {
+        let mut metadata = json!({"name": "web", "namespace": "shop"});
+        if let (Some(m), Some(extra)) = (metadata.as_object_mut(), extra_metadata.as_object()) {
+            m.extend(extra.clone());
+        }
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec})
+    }
+
+    fn app_spec() -> Value {
+        json!({"containers": [{"name": "app", "image": "nginx:1.27", "ports": [{"containerPort": 8080}]}]})
+    }
+
+    fn injected(mut value: Value) -> Value {
+        inject(&mut value, &settings()).unwrap();
+        value
+    }
+
+    fn init_args(pod: &Value) -> Vec<String> {
+        pod["spec"]["initContainers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn adds_init_step_then_native_sidecar_before_the_apps_init_containers() {
+        let mut spec = app_spec();
+        spec["initContainers"] = json!([{"name": "migrate", "image": "migrate:1"}]);
+        let pod = injected(pod(json!({}), spec));
+        let names: Vec<&str> = pod["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, [INIT_CONTAINER, PROXY_CONTAINER, "migrate"]);
+        let sidecar = &pod["spec"]["initContainers"][1];
+        assert_eq!(sidecar["restartPolicy"], "Always");
+        assert_eq!(sidecar["startupProbe"]["httpGet"]["path"], "/ready");
+        assert_eq!(sidecar["startupProbe"]["httpGet"]["port"], ADMIN_PORT);
+        assert_eq!(sidecar["securityContext"]["runAsUser"], 1337);
+        let init = &pod["spec"]["initContainers"][0];
+        assert_eq!(
+            init["securityContext"]["capabilities"]["add"],
+            json!(["NET_ADMIN", "NET_RAW"])
+        );
+        assert_eq!(pod["metadata"]["annotations"][STATUS_ANNOTATION], VERSION);
+        assert_eq!(pod["spec"]["containers"], app_spec()["containers"]);
+    }
+
+    #[test]
+    fn injecting_twice_equals_injecting_once_and_uninject_restores() {
+        let original = pod(json!({"labels": {"app": "web"}}), app_spec());
+        let once = injected(original.clone());
+        let twice = injected(once.clone());
+        assert_eq!(once, twice);
+        let mut back = twice;
+        let reports = uninject(&mut back).unwrap();
+        assert_eq!(reports[0].outcome, Outcome::Uninjected);
+        assert_eq!(back, original);
+        let reports = uninject(&mut back).unwrap();
+        assert_eq!(reports[0].outcome, Outcome::NotInjected);
+    }
+
+    #[test]
+    fn reinjecting_with_new_settings_replaces_the_sidecar() {
+        let once = injected(pod(json!({}), app_spec()));
+        let mut again = once.clone();
+        let settings = Settings {
+            image: "picket/picket:9.9.9".to_owned(),
+            ..settings()
+        };
+        inject(&mut again, &settings).unwrap();
+        assert_eq!(again["spec"]["initContainers"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            again["spec"]["initContainers"][1]["image"],
+            "picket/picket:9.9.9"
+        );
+    }
+
+    #[test]
+    fn port_and_cidr_opt_outs_reach_the_iptables_step() {
+        let annotations = json!({"annotations": {
+            EXCLUDE_INBOUND_PORTS_ANNOTATION: "9090, 7191",
+            EXCLUDE_OUTBOUND_PORTS_ANNOTATION: "5432",
+            EXCLUDE_OUTBOUND_CIDRS_ANNOTATION: "169.254.169.254/32,fd00::/8",
+        }});
+        let pod = injected(pod(annotations, app_spec()));
+        assert_eq!(
+            init_args(&pod)[7..],
+            [
+                "--exclude-inbound-ports",
+                "7191,9090",
+                "--exclude-outbound-ports",
+                "5432",
+                "--exclude-outbound-cidrs",
+                "169.254.169.254/32,fd00::/8"
+            ]
+        );
+        let plain = injected(pod_without_annotations());
+        assert_eq!(init_args(&plain)[7..], ["--exclude-inbound-ports", "7191"]);
+    }
+
+    fn pod_without_annotations() -> Value {
+        pod(json!({}), app_spec())
+    }
+
+    #[test]
+    fn bad_opt_out_annotations_are_errors_naming_the_workload() {
+        for (key, value) in [
+            (EXCLUDE_INBOUND_PORTS_ANNOTATION, "http"),
+            (EXCLUDE_OUTBOUND_PORTS_ANNOTATION, "0"),
+            (EXCLUDE_OUTBOUND_PORTS_ANNOTATION, "70000"),
+            (EXCLUDE_OUTBOUND_CIDRS_ANNOTATION, "10.0.0.0/33"),
+            (EXCLUDE_OUTBOUND_CIDRS_ANNOTATION, "10.0.0.0"),
+        ] {
+            let mut pod = pod(json!({"annotations": {key: value}}), app_spec());
+            let err = inject(&mut pod, &settings()).unwrap_err();
+            assert!(
+                err.to_string().starts_with("Pod shop/web: annotation"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn opted_out_and_host_network_pods_are_left_alone() {
+        for original in [
+            pod(
+                json!({"annotations": {INJECT_ANNOTATION: "false"}}),
+                app_spec(),
+            ),
+            pod(json!({"labels": {INJECT_ANNOTATION: "false"}}), app_spec()),
+            pod(json!({}), {
+                let mut spec = app_spec();
+                spec["hostNetwork"] = json!(true);
+                spec
+            }),
+        ] {
+            let mut pod = original.clone();
+            let reports = inject(&mut pod, &settings()).unwrap();
+            assert!(matches!(reports[0].outcome, Outcome::Skipped(_)));
+            assert_eq!(pod, original);
+        }
+    }
+
+    #[test]
+    fn a_foreign_container_with_a_reserved_name_is_a_conflict() {
+        let mut spec = app_spec();
+        spec["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": PROXY_CONTAINER, "image": "x:1"}));
+        let mut pod = pod(json!({}), spec);
+        assert!(matches!(
+            inject(&mut pod, &settings()),
+            Err(InjectError::Conflict { .. })
+        ));
+    }
+
+    #[test]
+    fn other_kinds_pass_through_and_lists_are_walked() {
+        let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}});
+        let mut same = service.clone();
+        assert!(inject(&mut same, &settings()).unwrap().is_empty());
+        assert_eq!(same, service);
+        let mut list = json!({"apiVersion": "v1", "kind": "List", "items": [service, pod(json!({}), app_spec())]});
+        let reports = inject(&mut list, &settings()).unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].workload, "Pod shop/web");
+    }
+
+    #[test]
+    fn yaml_round_trip_keeps_kubectl_meanings() {
+        let text = "a: 0644\nb: \"0644\"\nc: yes\nd: \"yes\"\ne: \"1337\"\nf: ~\ng: \"on\"\n---\n---\nh: [1, 2.5]\n";
+        let docs = parse_manifests("input", text).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0]["a"], 420);
+        assert_eq!(docs[0]["b"], "0644");
+        assert_eq!(docs[0]["c"], true);
+        assert_eq!(docs[0]["d"], "yes");
+        assert_eq!(docs[0]["e"], "1337");
+        assert!(docs[0]["f"].is_null());
+        let printed = print_manifests(&docs).unwrap();
+        assert_eq!(parse_manifests("printed", &printed).unwrap(), docs);
+    }
+
+    #[test]
+    fn yaml_errors_say_where() {
+        let err = parse_manifests("deploy.yaml", "a: 1\na: 2\n").unwrap_err();
+        assert!(err.to_string().starts_with("deploy.yaml:"), "{err}");
+    }
+}

@@ -1,0 +1,578 @@
+//! The `telemetry:` section of the sidecar YAML: parsed into [`RawTelemetry`] (unknown fields
+//! rejected), validated into a [`TelemetryConfig`] by [`validate`]. Absent parts are off, except
+//! the detectors, which are on with the defaults below.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::yaml::{self, Spanned, YamlError};
+
+/// Where the OTLP exporter sends spans and alert log records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpConfig {
+    /// gRPC endpoint, `http://host:port` (plaintext; run a node-local collector for TLS).
+    pub endpoint: String,
+    /// Extra gRPC metadata sent with every export (for example an API key).
+    pub headers: Vec<(String, String)>,
+    /// Fraction of new traces sampled, 0.0 to 1.0. A sampled or unsampled parent decides for
+    /// its children (`ParentBased(TraceIdRatioBased)`).
+    pub sampling_ratio: f64,
+    /// Extra resource attributes; `service.name` and `picket.identity` come from the identity.
+    pub resource: Vec<(String, String)>,
+    /// Deadline of one export call.
+    pub timeout: Duration,
+}
+
+/// Where flow records (and alerts) are written as JSON lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowLogTarget {
+    /// The process' standard output.
+    Stdout,
+    /// A file, rotated by size to `path.1` .. `path.N`.
+    File(PathBuf),
+}
+
+/// The flow log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowLogConfig {
+    /// Where lines go.
+    pub target: FlowLogTarget,
+    /// A file is rotated before it would grow past this many bytes.
+    pub max_bytes: u64,
+    /// How many rotated files are kept (`path.1` is the newest).
+    pub max_files: u32,
+}
+
+/// Lateral-movement detectors. Every threshold counts events from one source inside `window`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetectorConfig {
+    /// Whether the detectors run at all.
+    pub enabled: bool,
+    /// Edges seen during this time after start are learned, not reported.
+    pub learning_window: Duration,
+    /// Edges known in advance: a flow JSONL or an edges file written by `picket analyze`.
+    pub baseline_file: Option<PathBuf>,
+    /// The sliding window of the scan and burst detectors.
+    pub window: Duration,
+    /// Distinct ports, failing routes or destinations from one source that make a scan.
+    pub fanout_threshold: usize,
+    /// Denied requests or connections from one source that make a burst.
+    pub deny_burst_threshold: usize,
+    /// 404 answers to one source that make a burst.
+    pub not_found_burst_threshold: usize,
+    /// Path prefixes (matched at a segment boundary; a trailing `*` matches any continuation)
+    /// whose requests are probes.
+    pub sensitive_paths: Vec<String>,
+    /// Cloud metadata hosts and addresses an outbound call must never reach.
+    pub metadata_addresses: Vec<String>,
+    /// One alert per kind, source and destination in this period; repeats are counted into
+    /// the next one.
+    pub rate_limit: Duration,
+    /// Cap of every detector table (edges, sources, addresses, rate-limit keys); the oldest
+    /// entry is evicted first.
+    pub max_tracked: usize,
+}
+
+/// Everything the `telemetry:` section configures.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TelemetryConfig {
+    /// Trace and alert-log export; `None` turns both off.
+    pub otlp: Option<OtlpConfig>,
+    /// Flow records; `None` turns them off.
+    pub flow_log: Option<FlowLogConfig>,
+    /// Detectors.
+    pub detectors: DetectorConfig,
+}
+
+/// Default sensitive path prefixes.
+pub const DEFAULT_SENSITIVE_PATHS: &[&str] = &[
+    "/admin",
+    "/.env*",
+    "/.git",
+    "/.aws",
+    "/.ssh",
+    "/actuator",
+    "/debug",
+    "/server-status",
+    "/wp-admin",
+    "/wp-login.php",
+    "/console",
+    "/phpmyadmin",
+    "/manager/html",
+    "/jmx-console",
+    "/config.json",
+];
+
+/// Default cloud metadata addresses (AWS, AWS IPv6, GCP, Azure share the first; ECS task
+/// metadata; Alibaba Cloud).
+pub const DEFAULT_METADATA_ADDRESSES: &[&str] = &[
+    "169.254.169.254",
+    "fd00:ec2::254",
+    "metadata.google.internal",
+    "169.254.170.2",
+    "100.100.100.200",
+];
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            learning_window: Duration::from_secs(600),
+            baseline_file: None,
+            window: Duration::from_secs(60),
+            fanout_threshold: 10,
+            deny_burst_threshold: 10,
+            not_found_burst_threshold: 20,
+            sensitive_paths: DEFAULT_SENSITIVE_PATHS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            metadata_addresses: DEFAULT_METADATA_ADDRESSES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            rate_limit: Duration::from_secs(300),
+            max_tracked: 10_000,
+        }
+    }
+}
+
+/// The `telemetry:` section as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    #[serde(default)]
+    otlp: Option<RawOtlp>,
+    #[serde(default)]
+    flow_log: Option<RawFlowLog>,
+    #[serde(default)]
+    detectors: Option<RawDetectors>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOtlp {
+    endpoint: Spanned<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    sampling_ratio: Option<Spanned<f64>>,
+    #[serde(default)]
+    resource: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlowLog {
+    path: Spanned<String>,
+    #[serde(default)]
+    max_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    max_files: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDetectors {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    learning_window: Option<Spanned<String>>,
+    #[serde(default)]
+    baseline_file: Option<PathBuf>,
+    #[serde(default)]
+    window: Option<Spanned<String>>,
+    #[serde(default)]
+    fanout_threshold: Option<Spanned<usize>>,
+    #[serde(default)]
+    deny_burst_threshold: Option<Spanned<usize>>,
+    #[serde(default)]
+    not_found_burst_threshold: Option<Spanned<usize>>,
+    #[serde(default)]
+    sensitive_paths: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    metadata_addresses: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    rate_limit: Option<Spanned<String>>,
+    #[serde(default)]
+    max_tracked: Option<Spanned<usize>>,
+}
+
+/// Default flow log size before rotation: 100 MiB.
+pub const DEFAULT_FLOW_LOG_MAX_BYTES: u64 = 100 * 1024 * 1024;
+/// Default number of rotated flow log files kept.
+pub const DEFAULT_FLOW_LOG_MAX_FILES: u32 = 5;
+/// Default OTLP export deadline.
+pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Validates the `telemetry:` section; `source_name` (the file) prefixes error locations.
+/// An absent section is `RawTelemetry::default()`.
+pub fn validate(raw: RawTelemetry, source_name: &str) -> Result<TelemetryConfig, YamlError> {
+    let v = Validator { source_name };
+    Ok(TelemetryConfig {
+        otlp: raw.otlp.map(|o| v.otlp(o)).transpose()?,
+        flow_log: raw.flow_log.map(|f| v.flow_log(f)).transpose()?,
+        detectors: match raw.detectors {
+            Some(d) => v.detectors(d)?,
+            None => DetectorConfig::default(),
+        },
+    })
+}
+
+struct Validator<'a> {
+    source_name: &'a str,
+}
+
+impl Validator<'_> {
+    fn err<T>(&self, at: &Spanned<T>, msg: impl Into<String>) -> YamlError {
+        yaml::error_at(self.source_name, at, msg)
+    }
+
+    fn duration(
+        &self,
+        v: Option<&Spanned<String>>,
+        default: Duration,
+        field: &str,
+        allow_zero: bool,
+    ) -> Result<Duration, YamlError> {
+        let Some(v) = v else { return Ok(default) };
+        let d = picket_ca::duration::parse(&v.value)
+            .map_err(|e| self.err(v, format!("{field}: {e}")))?;
+        if d.is_zero() && !allow_zero {
+            return Err(self.err(v, format!("{field}: must be greater than zero")));
+        }
+        Ok(d)
+    }
+
+    fn positive(
+        &self,
+        v: Option<&Spanned<usize>>,
+        default: usize,
+        field: &str,
+    ) -> Result<usize, YamlError> {
+        match v {
+            Some(v) if v.value == 0 => Err(self.err(v, format!("{field}: must be at least 1"))),
+            Some(v) => Ok(v.value),
+            None => Ok(default),
+        }
+    }
+
+    fn otlp(&self, raw: RawOtlp) -> Result<OtlpConfig, YamlError> {
+        let endpoint = raw.endpoint.value.trim_end_matches('/').to_owned();
+        let uri: http::Uri = endpoint.parse().map_err(|_| {
+            self.err(
+                &raw.endpoint,
+                format!("telemetry.otlp.endpoint: {endpoint:?} is not a URL"),
+            )
+        })?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(self.err(
+                &raw.endpoint,
+                "telemetry.otlp.endpoint: write http://HOST:PORT (OTLP gRPC in plaintext; \
+                 for TLS, send to a node-local collector)",
+            ));
+        }
+        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+            return Err(self.err(
+                &raw.endpoint,
+                "telemetry.otlp.endpoint: a gRPC endpoint has no path",
+            ));
+        }
+        let mut headers = Vec::with_capacity(raw.headers.len());
+        for (k, v) in raw.headers {
+            let name = k.to_ascii_lowercase();
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() || name.ends_with("-bin") {
+                return Err(self.err(
+                    &v,
+                    format!("telemetry.otlp.headers: {k:?} is not a valid ASCII metadata name"),
+                ));
+            }
+            if http::HeaderValue::from_str(&v.value).is_err() {
+                return Err(self.err(
+                    &v,
+                    format!("telemetry.otlp.headers.{k}: the value must be visible ASCII"),
+                ));
+            }
+            headers.push((name, v.value));
+        }
+        let sampling_ratio = match raw.sampling_ratio {
+            Some(r) if !(0.0..=1.0).contains(&r.value) => {
+                return Err(self.err(
+                    &r,
+                    "telemetry.otlp.sampling_ratio: must be between 0.0 and 1.0",
+                ));
+            }
+            Some(r) => r.value,
+            None => 1.0,
+        };
+        let mut resource = Vec::with_capacity(raw.resource.len());
+        for (k, v) in raw.resource {
+            if k.is_empty() || k == super::trace::IDENTITY_ATTRIBUTE {
+                return Err(self.err(
+                    &v,
+                    format!("telemetry.otlp.resource: {k:?} cannot be set here"),
+                ));
+            }
+            resource.push((k, v.value));
+        }
+        Ok(OtlpConfig {
+            endpoint,
+            headers,
+            sampling_ratio,
+            resource,
+            timeout: self.duration(
+                raw.timeout.as_ref(),
+                DEFAULT_OTLP_TIMEOUT,
+                "telemetry.otlp.timeout",
+                false,
+            )?,
+        })
+    }
+
+    fn flow_log(&self, raw: RawFlowLog) -> Result<FlowLogConfig, YamlError> {
+        let target = match raw.path.value.as_str() {
+            "stdout" | "-" => FlowLogTarget::Stdout,
+            "" => {
+                return Err(self.err(
+                    &raw.path,
+                    "telemetry.flow_log.path: write stdout or a file path",
+                ));
+            }
+            p => FlowLogTarget::File(PathBuf::from(p)),
+        };
+        let max_bytes = match raw.max_bytes {
+            Some(b) if b.value < 4096 => {
+                return Err(self.err(&b, "telemetry.flow_log.max_bytes: must be at least 4096"));
+            }
+            Some(b) => b.value,
+            None => DEFAULT_FLOW_LOG_MAX_BYTES,
+        };
+        let max_files = match raw.max_files {
+            Some(n) if n.value == 0 || n.value > 1000 => {
+                return Err(self.err(
+                    &n,
+                    "telemetry.flow_log.max_files: must be between 1 and 1000",
+                ));
+            }
+            Some(n) => n.value,
+            None => DEFAULT_FLOW_LOG_MAX_FILES,
+        };
+        Ok(FlowLogConfig {
+            target,
+            max_bytes,
+            max_files,
+        })
+    }
+
+    fn strings(
+        &self,
+        list: Option<Vec<Spanned<String>>>,
+        field: &str,
+        check: impl Fn(&str) -> Result<(), &'static str>,
+    ) -> Result<Option<Vec<String>>, YamlError> {
+        let Some(list) = list else { return Ok(None) };
+        let mut out = Vec::with_capacity(list.len());
+        for item in list {
+            check(&item.value).map_err(|why| self.err(&item, format!("{field}: {why}")))?;
+            out.push(item.value);
+        }
+        Ok(Some(out))
+    }
+
+    fn detectors(&self, raw: RawDetectors) -> Result<DetectorConfig, YamlError> {
+        let d = DetectorConfig::default();
+        let learning_window_default = if raw.baseline_file.is_some() {
+            Duration::ZERO
+        } else {
+            d.learning_window
+        };
+        Ok(DetectorConfig {
+            enabled: raw.enabled.unwrap_or(d.enabled),
+            learning_window: self.duration(
+                raw.learning_window.as_ref(),
+                learning_window_default,
+                "telemetry.detectors.learning_window",
+                true,
+            )?,
+            baseline_file: raw.baseline_file,
+            window: self.duration(
+                raw.window.as_ref(),
+                d.window,
+                "telemetry.detectors.window",
+                false,
+            )?,
+            fanout_threshold: self.positive(
+                raw.fanout_threshold.as_ref(),
+                d.fanout_threshold,
+                "telemetry.detectors.fanout_threshold",
+            )?,
+            deny_burst_threshold: self.positive(
+                raw.deny_burst_threshold.as_ref(),
+                d.deny_burst_threshold,
+                "telemetry.detectors.deny_burst_threshold",
+            )?,
+            not_found_burst_threshold: self.positive(
+                raw.not_found_burst_threshold.as_ref(),
+                d.not_found_burst_threshold,
+                "telemetry.detectors.not_found_burst_threshold",
+            )?,
+            sensitive_paths: self
+                .strings(
+                    raw.sensitive_paths,
+                    "telemetry.detectors.sensitive_paths",
+                    |p| {
+                        if p.starts_with('/') && p.len() > 1 {
+                            Ok(())
+                        } else {
+                            Err("write a path prefix starting with '/'")
+                        }
+                    },
+                )?
+                .unwrap_or(d.sensitive_paths),
+            metadata_addresses: self
+                .strings(
+                    raw.metadata_addresses,
+                    "telemetry.detectors.metadata_addresses",
+                    |a| {
+                        if a.is_empty() || a.contains(['/', ' ']) {
+                            Err("write an IP address or a host name")
+                        } else {
+                            Ok(())
+                        }
+                    },
+                )?
+                .map(|v| v.into_iter().map(|a| a.to_ascii_lowercase()).collect())
+                .unwrap_or(d.metadata_addresses),
+            rate_limit: self.duration(
+                raw.rate_limit.as_ref(),
+                d.rate_limit,
+                "telemetry.detectors.rate_limit",
+                true,
+            )?,
+            max_tracked: self.positive(
+                raw.max_tracked.as_ref(),
+                d.max_tracked,
+                "telemetry.detectors.max_tracked",
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        #[serde(default)]
+        telemetry: RawTelemetry,
+    }
+
+    fn parse(text: &str) -> Result<TelemetryConfig, YamlError> {
+        let doc: Doc = yaml::parse("s.yaml", text)?;
+        validate(doc.telemetry, "s.yaml")
+    }
+
+    #[test]
+    fn absent_section_means_exports_off_and_detectors_on() {
+        let c = parse("{}").unwrap();
+        assert_eq!(c, TelemetryConfig::default());
+        assert!(c.otlp.is_none() && c.flow_log.is_none());
+        assert!(c.detectors.enabled);
+        assert_eq!(c.detectors.window, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn full_section_parses() {
+        let c = parse(
+            "telemetry:
+  otlp:
+    endpoint: http://127.0.0.1:4317/
+    headers: { X-Api-Key: secret }
+    sampling_ratio: 0.25
+    resource: { deployment.environment: prod }
+    timeout: 3s
+  flow_log: { path: /var/log/flows.jsonl, max_bytes: 1048576, max_files: 3 }
+  detectors:
+    learning_window: 0s
+    window: 30s
+    fanout_threshold: 5
+    sensitive_paths: [/secret]
+    metadata_addresses: [Metadata.Example]
+    rate_limit: 1m
+    max_tracked: 100
+",
+        )
+        .unwrap();
+        let o = c.otlp.unwrap();
+        assert_eq!(o.endpoint, "http://127.0.0.1:4317");
+        assert_eq!(o.headers, vec![("x-api-key".into(), "secret".into())]);
+        assert_eq!(o.sampling_ratio, 0.25);
+        assert_eq!(o.timeout, Duration::from_secs(3));
+        let f = c.flow_log.unwrap();
+        assert_eq!(f.target, FlowLogTarget::File("/var/log/flows.jsonl".into()));
+        assert_eq!((f.max_bytes, f.max_files), (1_048_576, 3));
+        assert_eq!(c.detectors.learning_window, Duration::ZERO);
+        assert_eq!(c.detectors.sensitive_paths, vec!["/secret".to_owned()]);
+        assert_eq!(
+            c.detectors.metadata_addresses,
+            vec!["metadata.example".to_owned()]
+        );
+        assert_eq!(c.detectors.max_tracked, 100);
+    }
+
+    #[test]
+    fn baseline_file_turns_learning_off_by_default() {
+        let c = parse("telemetry: { detectors: { baseline_file: /b.jsonl } }").unwrap();
+        assert_eq!(c.detectors.learning_window, Duration::ZERO);
+        assert_eq!(c.detectors.baseline_file, Some(PathBuf::from("/b.jsonl")));
+    }
+
+    #[test]
+    fn invalid_values_name_the_field_and_line() {
+        for (text, needle, line) in [
+            (
+                "telemetry:\n  otlp: { endpoint: https://c:4317 }",
+                "otlp.endpoint",
+                2,
+            ),
+            (
+                "telemetry:\n  otlp:\n    endpoint: http://c:4317\n    sampling_ratio: 1.5",
+                "sampling_ratio",
+                4,
+            ),
+            (
+                "telemetry:\n  flow_log: { path: stdout, max_files: 0 }",
+                "max_files",
+                2,
+            ),
+            (
+                "telemetry:\n  detectors: { window: 0s }",
+                "detectors.window",
+                2,
+            ),
+            (
+                "telemetry:\n  detectors:\n    sensitive_paths: [admin]",
+                "sensitive_paths",
+                3,
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.message.contains(needle), "{text}: {e}");
+            assert_eq!(e.line, Some(line), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = parse("telemetry: { flow_log: { path: stdout, colour: red } }").unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+}

@@ -1,0 +1,423 @@
+//! Flow records: one JSON line per HTTP request or TCP connection, the sidecar's access log
+//! and what `picket analyze` reads.
+//!
+//! A [`FlowRecord`] borrows its text where it can (`Cow`), so the data path can build one from
+//! the request it already holds and `picket analyze` can parse a line without copying strings.
+//! Lines start with `"type":"flow"`; alert lines written to the same log start with
+//! `"type":"alert"`.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use time::OffsetDateTime;
+
+use crate::metrics::Direction;
+
+/// The application protocol of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowProtocol {
+    /// HTTP/1.x.
+    Http1,
+    /// HTTP/2 (not gRPC).
+    H2,
+    /// gRPC (HTTP/2 with `content-type: application/grpc*`).
+    Grpc,
+    /// Opaque TCP: one record per connection.
+    Tcp,
+}
+
+impl FlowProtocol {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2 => "h2",
+            Self::Grpc => "grpc",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// The authorization verdict a flow got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Admitted.
+    Allow,
+    /// Refused (403 or a refused connection).
+    Deny,
+}
+
+impl Verdict {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+impl Serialize for Direction {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Direction {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Direction;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"inbound\" or \"outbound\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Direction, E> {
+                match v {
+                    "inbound" => Ok(Direction::Inbound),
+                    "outbound" => Ok(Direction::Outbound),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The `"type"` tag of a line in the flow log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LineType {
+    /// A [`FlowRecord`].
+    #[default]
+    Flow,
+    /// An [`Alert`](super::Alert).
+    Alert,
+    /// An edge of a baseline written by `picket analyze --write-baseline`.
+    Edge,
+}
+
+/// One HTTP request or TCP connection as seen by one sidecar.
+///
+/// Build one with [`FlowRecord::new`] and struct update syntax. Absent fields are left out of
+/// the JSON line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowRecord<'a> {
+    /// Always [`LineType::Flow`]; written first so readers can tell lines apart cheaply.
+    #[serde(rename = "type", default)]
+    pub line_type: LineType,
+    /// When the request or connection ended, RFC 3339.
+    #[serde(with = "time::serde::rfc3339")]
+    pub ts: OffsetDateTime,
+    /// Which side of the sidecar saw it.
+    pub direction: Direction,
+    /// Application protocol.
+    pub protocol: FlowProtocol,
+    /// The caller's SPIFFE ID (on outbound flows, this workload's own).
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_identity: Option<Cow<'a, str>>,
+    /// The caller's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<SocketAddr>,
+    /// The called workload's SPIFFE ID.
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub destination_identity: Option<Cow<'a, str>>,
+    /// The called address (the peer sidecar outbound, the application inbound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_address: Option<SocketAddr>,
+    /// The destination port the authorization policy saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_port: Option<u16>,
+    /// HTTP method.
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub method: Option<Cow<'a, str>>,
+    /// The normalized path, without the query (what the policy and the app saw).
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub path: Option<Cow<'a, str>>,
+    /// `Host` / `:authority`.
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub host: Option<Cow<'a, str>>,
+    /// HTTP status sent to the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// `grpc-status`, for gRPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
+    /// The authorization verdict, when a policy was evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// The deciding policy, `namespace/name`.
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub policy: Option<Cow<'a, str>>,
+    /// The deciding rule's index in that policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u32>,
+    /// Why: `explicit-deny`, `no-allow-match`, `unauthenticated`, `default`, ...
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reason: Option<Cow<'a, str>>,
+    /// Shadow verdicts of dry-run policies, e.g. `deny:shop/orders-strict`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dry_run: Vec<Cow<'a, str>>,
+    /// Bytes received from the caller (request body, or TCP bytes in).
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Bytes sent to the caller.
+    #[serde(default)]
+    pub bytes_out: u64,
+    /// Request head to end of response (HTTP), or connection lifetime (TCP), milliseconds.
+    #[serde(default)]
+    pub duration_ms: f64,
+    /// W3C trace ID, 32 hex digits.
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trace_id: Option<Cow<'a, str>>,
+    /// This sidecar's span ID, 16 hex digits.
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub span_id: Option<Cow<'a, str>>,
+    /// `x-request-id`, when present.
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_id: Option<Cow<'a, str>>,
+}
+
+impl<'a> FlowRecord<'a> {
+    /// A record with the three required fields and nothing else.
+    pub fn new(ts: OffsetDateTime, direction: Direction, protocol: FlowProtocol) -> Self {
+        Self {
+            line_type: LineType::Flow,
+            ts,
+            direction,
+            protocol,
+            source_identity: None,
+            source_address: None,
+            destination_identity: None,
+            destination_address: None,
+            destination_port: None,
+            method: None,
+            path: None,
+            host: None,
+            status: None,
+            grpc_status: None,
+            verdict: None,
+            policy: None,
+            rule: None,
+            reason: None,
+            dry_run: Vec::new(),
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_ms: 0.0,
+            trace_id: None,
+            span_id: None,
+            request_id: None,
+        }
+    }
+
+    /// Whether the flow was denied.
+    pub fn denied(&self) -> bool {
+        self.verdict == Some(Verdict::Deny)
+    }
+
+    /// The route: method and path template (`GET /api/orders/{id}`), or `tcp` for a connection.
+    pub fn route(&self) -> Cow<'_, str> {
+        match (&self.method, &self.path) {
+            (Some(m), Some(p)) => Cow::Owned(format!("{m} {}", route_template(p))),
+            (None, Some(p)) => route_template(p),
+            (Some(m), None) => Cow::Borrowed(m.as_ref()),
+            (None, None) => Cow::Borrowed("tcp"),
+        }
+    }
+}
+
+/// Deserializes an optional string, borrowing from the input when it has no escapes.
+fn opt_cow<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string or null")
+        }
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.to_owned())))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v)))
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    d.deserialize_option(V)
+}
+
+/// A low-cardinality template of a path: the query is dropped and segments that look like
+/// identifiers (numbers, UUIDs, long hex or long mixed tokens) become `{id}`.
+///
+/// `/api/orders/1234/items?x=1` becomes `/api/orders/{id}/items`. Used for detector edges, span
+/// names and the routes `picket analyze` reports.
+pub fn route_template(path: &str) -> Cow<'_, str> {
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    if !path.split('/').any(looks_like_id) {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(if looks_like_id(seg) { "{id}" } else { seg });
+    }
+    Cow::Owned(out)
+}
+
+fn looks_like_id(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    if b.is_empty() {
+        return false;
+    }
+    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
+    if digits == b.len() {
+        return true;
+    }
+    let hex_or_dash = b.iter().all(|c| c.is_ascii_hexdigit() || *c == b'-');
+    // UUIDs and hashes.
+    if hex_or_dash && b.len() >= 16 && digits > 0 {
+        return true;
+    }
+    // Opaque tokens: long, with digits among letters.
+    b.len() >= 20
+        && digits >= 2
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'='))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn sample() -> FlowRecord<'static> {
+        FlowRecord {
+            source_identity: Some("spiffe://cluster.local/ns/shop/sa/frontend".into()),
+            source_address: Some("127.0.0.1:5000".parse().unwrap()),
+            destination_identity: Some("spiffe://cluster.local/ns/shop/sa/orders".into()),
+            destination_port: Some(8080),
+            method: Some("GET".into()),
+            path: Some("/api/orders/42".into()),
+            status: Some(200),
+            verdict: Some(Verdict::Allow),
+            policy: Some("shop/orders-read".into()),
+            rule: Some(0),
+            dry_run: vec!["deny:shop/strict".into()],
+            bytes_out: 12,
+            duration_ms: 1.5,
+            ..FlowRecord::new(
+                OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+                Direction::Inbound,
+                FlowProtocol::Http1,
+            )
+        }
+    }
+
+    #[test]
+    fn serializes_type_first_and_skips_absent_fields() {
+        let line = serde_json::to_string(&sample()).unwrap();
+        assert!(
+            line.starts_with(r#"{"type":"flow","ts":"2023-11-14T22:13:20Z","direction":"inbound","protocol":"http1""#),
+            "{line}"
+        );
+        assert!(!line.contains("grpc_status"), "{line}");
+        assert!(!line.contains("null"), "{line}");
+    }
+
+    #[test]
+    fn round_trips_and_borrows_plain_strings() {
+        let line = serde_json::to_string(&sample()).unwrap();
+        let back: FlowRecord<'_> = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, sample());
+        assert!(matches!(back.path, Some(Cow::Borrowed(_))));
+        assert!(matches!(back.source_identity, Some(Cow::Borrowed(_))));
+        // Escaped text cannot be borrowed and is copied.
+        let escaped = line.replace("/api/orders/42", "/api/\\\"q\\\"");
+        let back: FlowRecord<'_> = serde_json::from_str(&escaped).unwrap();
+        assert_eq!(back.path.as_deref(), Some("/api/\"q\""));
+        assert!(matches!(back.path, Some(Cow::Owned(_))));
+    }
+
+    #[test]
+    fn route_templates_hide_identifiers() {
+        for (path, template) in [
+            ("/", "/"),
+            ("/api/orders", "/api/orders"),
+            ("/api/orders/1234/items?x=1", "/api/orders/{id}/items"),
+            ("/u/123e4567-e89b-12d3-a456-426614174000", "/u/{id}"),
+            ("/blob/9f86d081884c7d659a2feaa0c55ad015", "/blob/{id}"),
+            ("/static/app.js", "/static/app.js"),
+            ("/v2/catalog", "/v2/catalog"),
+        ] {
+            assert_eq!(route_template(path), template, "{path}");
+        }
+        let r = sample();
+        assert_eq!(r.route(), "GET /api/orders/{id}");
+    }
+}

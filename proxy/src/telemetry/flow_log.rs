@@ -1,0 +1,309 @@
+//! The flow log writer: JSON lines to stdout or to a file rotated by size.
+//!
+//! Callers serialize on their own thread and hand the bytes to a bounded queue
+//! ([`QUEUE_LINES`]) drained by one dedicated writer thread. A full queue drops the line and
+//! counts it in `picket_telemetry_dropped_total{sink="flow_log",reason="queue_full"}`: the data
+//! path never waits for a disk.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::config::{FlowLogConfig, FlowLogTarget};
+use super::metrics::{DropReason, Sink, TelemetryMetrics};
+
+/// Lines the queue holds before new ones are dropped.
+pub const QUEUE_LINES: usize = 8192;
+
+enum Msg {
+    Line(Vec<u8>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// A running flow log writer. Dropping it lets the writer thread finish the queue and exit.
+pub struct FlowLog {
+    tx: SyncSender<Msg>,
+    metrics: TelemetryMetrics,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for FlowLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowLog").finish_non_exhaustive()
+    }
+}
+
+impl FlowLog {
+    /// Opens the target (so a bad path fails at start, not later) and starts the writer thread.
+    pub fn start(cfg: &FlowLogConfig, metrics: TelemetryMetrics) -> io::Result<Self> {
+        Self::start_with_capacity(cfg, metrics, QUEUE_LINES)
+    }
+
+    fn start_with_capacity(
+        cfg: &FlowLogConfig,
+        metrics: TelemetryMetrics,
+        capacity: usize,
+    ) -> io::Result<Self> {
+        let out = match &cfg.target {
+            FlowLogTarget::Stdout => Output::Stdout,
+            FlowLogTarget::File(path) => {
+                Output::File(RotatingFile::open(path, cfg.max_bytes, cfg.max_files)?)
+            }
+        };
+        let (tx, rx) = sync_channel(capacity);
+        let writer_metrics = metrics.clone();
+        let thread = std::thread::Builder::new()
+            .name("picket-flow-log".into())
+            .spawn(move || write_loop(rx, out, writer_metrics))?;
+        Ok(Self {
+            tx,
+            metrics,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues `value` as one JSON line; never blocks. Returns false when it was dropped.
+    pub fn write<T: Serialize + ?Sized>(&self, value: &T) -> bool {
+        let mut line = Vec::with_capacity(384);
+        if serde_json::to_writer(&mut line, value).is_err() {
+            return false;
+        }
+        line.push(b'\n');
+        match self.tx.try_send(Msg::Line(line)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.metrics
+                    .dropped(Sink::FlowLog, DropReason::QueueFull, 1);
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.metrics
+                    .dropped(Sink::FlowLog, DropReason::SinkFailed, 1);
+                false
+            }
+        }
+    }
+
+    /// Waits until every line queued before this call is written and flushed, or `deadline`
+    /// passes. Returns whether the flush completed.
+    pub async fn flush(&self, deadline: Duration) -> bool {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let tx = self.tx.clone();
+        // The queue may be full; a blocking send belongs on a blocking thread.
+        let sent = tokio::task::spawn_blocking(move || tx.send(Msg::Flush(done_tx)).is_ok());
+        tokio::time::timeout(deadline, async move {
+            sent.await.unwrap_or(false) && done_rx.await.is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+impl Drop for FlowLog {
+    fn drop(&mut self) {
+        // The writer exits once every sender is gone; it is not joined here so that dropping
+        // never blocks an async task.
+        if let Ok(mut t) = self.thread.lock() {
+            t.take();
+        }
+    }
+}
+
+enum Output {
+    Stdout,
+    File(RotatingFile),
+}
+
+impl Output {
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Stdout => io::stdout().lock().write_all(line),
+            Self::File(f) => f.write_line(line),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Stdout => io::stdout().lock().flush(),
+            Self::File(f) => f.out.flush(),
+        }
+    }
+}
+
+fn write_loop(rx: Receiver<Msg>, mut out: Output, metrics: TelemetryMetrics) {
+    let mut failing = false;
+    let mut note = |r: io::Result<()>, n: u64| match r {
+        Ok(()) => failing = false,
+        Err(e) => {
+            metrics.dropped(Sink::FlowLog, DropReason::SinkFailed, n);
+            if !failing {
+                tracing::warn!(error = %e, "flow log write failed; lines are dropped until it recovers");
+            }
+            failing = true;
+        }
+    };
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        let mut waiting = Vec::new();
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Line(line) => note(out.write_line(&line), 1),
+                Msg::Flush(done) => waiting.push(done),
+            }
+            next = rx.try_recv().ok();
+        }
+        // The queue is empty: push what is buffered out.
+        note(out.flush(), 0);
+        for done in waiting {
+            let _ = done.send(());
+        }
+    }
+    let _ = out.flush();
+}
+
+/// A file that is renamed to `path.1` (shifting older ones up to `path.N`) before a line would
+/// take it past `max_bytes`.
+struct RotatingFile {
+    path: PathBuf,
+    out: BufWriter<File>,
+    written: u64,
+    max_bytes: u64,
+    max_files: u32,
+}
+
+impl RotatingFile {
+    fn open(path: &Path, max_bytes: u64, max_files: u32) -> io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let written = file.metadata()?.len();
+        Ok(Self {
+            path: path.to_owned(),
+            out: BufWriter::with_capacity(64 * 1024, file),
+            written,
+            max_bytes,
+            max_files,
+        })
+    }
+
+    fn rotated(&self, n: u32) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        for n in (1..self.max_files).rev() {
+            match std::fs::rename(self.rotated(n), self.rotated(n + 1)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        std::fs::rename(&self.path, self.rotated(1))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&self.path)?;
+        self.out = BufWriter::with_capacity(64 * 1024, file);
+        self.written = 0;
+        Ok(())
+    }
+
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        let len = line.len() as u64;
+        if self.written > 0 && self.written + len > self.max_bytes {
+            self.rotate()?;
+        }
+        self.out.write_all(line)?;
+        self.written += len;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn file_cfg(path: &Path, max_bytes: u64, max_files: u32) -> FlowLogConfig {
+        FlowLogConfig {
+            target: FlowLogTarget::File(path.to_owned()),
+            max_bytes,
+            max_files,
+        }
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .map(|s| s.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn rotates_by_size_and_keeps_max_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.jsonl");
+        let log = FlowLog::start(&file_cfg(&path, 100, 2), TelemetryMetrics::default()).unwrap();
+        // Each line is 28 bytes with its newline: three fit in 100 bytes.
+        for i in 0..10u32 {
+            assert!(log.write(&serde_json::json!({ "n": format!("{i:019}") })));
+        }
+        assert!(log.flush(Duration::from_secs(10)).await);
+        let current = lines(&path);
+        let one = lines(&path.with_extension("jsonl.1"));
+        let two = lines(&path.with_extension("jsonl.2"));
+        assert!(!path.with_extension("jsonl.3").exists());
+        // 10 lines: [0,1,2] [3,4,5] [6,7,8] [9]; the oldest file fell off the end.
+        assert_eq!(current.len(), 1, "{current:?}");
+        assert_eq!(one.len(), 3, "{one:?}");
+        assert_eq!(two.len(), 3, "{two:?}");
+        assert!(current[0].contains("0000000000000000009"));
+        assert!(one[0].contains("0000000000000000006"));
+        assert!(two[0].contains("0000000000000000003"));
+        for f in [&path, &path.with_extension("jsonl.1")] {
+            assert!(std::fs::metadata(f).unwrap().len() <= 100);
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_to_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.jsonl");
+        std::fs::write(&path, "{\"old\":1}\n").unwrap();
+        let log =
+            FlowLog::start(&file_cfg(&path, 1 << 20, 1), TelemetryMetrics::default()).unwrap();
+        log.write(&serde_json::json!({ "new": 2 }));
+        assert!(log.flush(Duration::from_secs(10)).await);
+        assert_eq!(lines(&path), vec!["{\"old\":1}", "{\"new\":2}"]);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.jsonl");
+        let metrics = TelemetryMetrics::default();
+        let log =
+            FlowLog::start_with_capacity(&file_cfg(&path, 1 << 30, 1), metrics.clone(), 4).unwrap();
+        let start = std::time::Instant::now();
+        let mut accepted = 0u64;
+        for _ in 0..100_000 {
+            accepted += u64::from(log.write(&serde_json::json!({ "x": "y".repeat(64) })));
+        }
+        let dropped = metrics.dropped_count(Sink::FlowLog, DropReason::QueueFull);
+        assert!(dropped > 0, "nothing dropped");
+        assert_eq!(accepted + dropped, 100_000);
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn an_unwritable_path_fails_at_start() {
+        let cfg = file_cfg(Path::new("/nonexistent-dir/flows.jsonl"), 4096, 1);
+        assert!(FlowLog::start(&cfg, TelemetryMetrics::default()).is_err());
+    }
+}

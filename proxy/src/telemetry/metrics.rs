@@ -1,0 +1,144 @@
+//! The telemetry metric families: `picket_alerts_total{kind,severity}` and
+//! `picket_telemetry_dropped_total{sink,reason}`. Labels come from fixed sets.
+
+use std::fmt;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use super::alert::{AlertKind, Severity};
+
+/// Where telemetry goes; the `sink` label.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Sink {
+    /// The flow log writer (flow records and alert lines).
+    FlowLog,
+    /// OTLP spans.
+    Traces,
+    /// OTLP log records (alerts).
+    Logs,
+}
+
+impl Sink {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FlowLog => "flow_log",
+            Self::Traces => "traces",
+            Self::Logs => "logs",
+        }
+    }
+}
+
+/// Why telemetry was dropped; the `reason` label.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum DropReason {
+    /// The bounded queue in front of the sink was full.
+    QueueFull,
+    /// The sink failed (an export error or timeout, a write error).
+    SinkFailed,
+}
+
+impl DropReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::SinkFailed => "sink_failed",
+        }
+    }
+}
+
+macro_rules! label_value {
+    ($($t:ty),*) => {$(
+        impl EncodeLabelValue for $t {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+                fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    )*};
+}
+label_value!(Sink, DropReason, AlertKind, Severity);
+
+/// Labels of `picket_alerts_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// What was detected.
+    pub kind: AlertKind,
+    /// How bad it is.
+    pub severity: Severity,
+}
+
+/// Labels of `picket_telemetry_dropped_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DroppedLabels {
+    /// Which sink lost the item.
+    pub sink: Sink,
+    /// Why.
+    pub reason: DropReason,
+}
+
+/// Handles on the telemetry metric families. Cloning shares the counters.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryMetrics {
+    alerts: Family<AlertLabels, Counter>,
+    dropped: Family<DroppedLabels, Counter>,
+}
+
+impl TelemetryMetrics {
+    /// Registers the telemetry families in `registry` and returns their handles.
+    pub fn register(registry: &mut Registry) -> Self {
+        let this = Self::default();
+        registry.register(
+            "picket_alerts",
+            "Lateral-movement alerts raised by the detectors, by kind and severity",
+            this.alerts.clone(),
+        );
+        registry.register(
+            "picket_telemetry_dropped",
+            "Flow records, spans and log records lost because a queue was full or a sink failed",
+            this.dropped.clone(),
+        );
+        this
+    }
+
+    /// Counts one raised alert.
+    pub fn alert(&self, kind: AlertKind, severity: Severity) {
+        self.alerts
+            .get_or_create(&AlertLabels { kind, severity })
+            .inc();
+    }
+
+    /// Counts `n` items lost by `sink`.
+    pub fn dropped(&self, sink: Sink, reason: DropReason, n: u64) {
+        self.dropped
+            .get_or_create(&DroppedLabels { sink, reason })
+            .inc_by(n);
+    }
+
+    /// Items lost by `sink` for `reason` so far.
+    pub fn dropped_count(&self, sink: Sink, reason: DropReason) -> u64 {
+        self.dropped
+            .get(&DroppedLabels { sink, reason })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Alerts of `kind` raised so far, over every severity.
+    pub fn alert_count(&self, kind: AlertKind) -> u64 {
+        [
+            Severity::Low,
+            Severity::Medium,
+            Severity::High,
+            Severity::Critical,
+        ]
+        .into_iter()
+        .map(|severity| {
+            self.alerts
+                .get(&AlertLabels { kind, severity })
+                .map_or(0, |c| c.get())
+        })
+        .sum()
+    }
+}

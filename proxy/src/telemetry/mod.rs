@@ -1,0 +1,543 @@
+//! Telemetry and lateral-movement detection: request spans exported over OTLP, flow records
+//! (JSON lines), in-sidecar detectors and their alerts.
+//!
+//! [`Telemetry`] is the one handle the data path holds. It is cheap to clone and, when built
+//! with [`Telemetry::disabled`], every call returns at once. Nothing here blocks a request:
+//! flow lines, spans and log records go into bounded queues drained by their own
+//! thread or tasks, and whatever does not fit is dropped and counted.
+//!
+//! ```text
+//! request --> server_span / client_span --> (forward) --> record_request(span, FlowRecord)
+//!                                                            |-> detectors -> alerts
+//!                                                            |     |-> span events, OTel logs,
+//!                                                            |     |   flow log, tracing, metric,
+//!                                                            |     |   recent ring (/alerts)
+//!                                                            |-> span attributes, span end
+//!                                                            |-> flow log line
+//! ```
+//!
+//! This module must not depend on the proxy's listeners: the data path calls it, never the
+//! other way round.
+
+pub mod alert;
+pub mod config;
+pub mod detect;
+pub mod export;
+pub mod flow;
+pub mod flow_log;
+pub mod metrics;
+pub mod trace;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::HeaderMap;
+use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _};
+use opentelemetry::trace::SpanKind;
+use picket_ca::SpiffeId;
+use prometheus_client::registry::Registry;
+use time::OffsetDateTime;
+
+pub use alert::{Alert, AlertKind, RecentAlerts, Severity};
+pub use config::{
+    DetectorConfig, FlowLogConfig, FlowLogTarget, OtlpConfig, RawTelemetry, TelemetryConfig,
+    validate,
+};
+pub use detect::Detectors;
+pub use flow::{FlowProtocol, FlowRecord, LineType, Verdict, route_template};
+pub use flow_log::FlowLog;
+pub use metrics::TelemetryMetrics;
+pub use trace::{Parent, RequestSpan, SpanAttrs, SpanOutcome};
+
+use export::Otlp;
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The flow log file could not be opened, or its writer thread not started.
+    #[error("cannot open the flow log: {0}")]
+    FlowLog(std::io::Error),
+    /// The detector baseline file could not be read.
+    #[error("cannot read the detector baseline: {0}")]
+    Baseline(std::io::Error),
+    /// The OTLP exporter could not be built from the configuration.
+    #[error("cannot set up the OTLP exporter: {0}")]
+    Exporter(String),
+    /// OTLP export needs a tokio runtime and none is running.
+    #[error("OTLP export must be started inside a tokio runtime")]
+    NoRuntime,
+}
+
+struct Inner {
+    identity: String,
+    metrics: TelemetryMetrics,
+    otlp: Option<Otlp>,
+    flow_log: Option<FlowLog>,
+    detectors: Option<Mutex<Detectors>>,
+    recent: RecentAlerts,
+}
+
+/// The telemetry of one sidecar. Clones share everything.
+#[derive(Clone)]
+pub struct Telemetry {
+    inner: Option<Arc<Inner>>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            None => f.write_str("Telemetry(disabled)"),
+            Some(i) => f
+                .debug_struct("Telemetry")
+                .field("identity", &i.identity)
+                .field("otlp", &i.otlp.is_some())
+                .field("flow_log", &i.flow_log.is_some())
+                .field("detectors", &i.detectors.is_some())
+                .finish(),
+        }
+    }
+}
+
+impl Telemetry {
+    /// Starts what `cfg` turns on for the workload `identity` and registers the telemetry
+    /// metric families in `registry`. With OTLP configured it must be called inside a tokio
+    /// runtime (the export tasks are spawned on it).
+    pub fn new(
+        cfg: &TelemetryConfig,
+        identity: &SpiffeId,
+        registry: &mut Registry,
+    ) -> Result<Self, TelemetryError> {
+        let metrics = TelemetryMetrics::register(registry);
+        Self::with_metrics(cfg, identity, metrics)
+    }
+
+    /// [`Telemetry::new`] with metric handles registered elsewhere.
+    pub fn with_metrics(
+        cfg: &TelemetryConfig,
+        identity: &SpiffeId,
+        metrics: TelemetryMetrics,
+    ) -> Result<Self, TelemetryError> {
+        let flow_log = cfg
+            .flow_log
+            .as_ref()
+            .map(|f| FlowLog::start(f, metrics.clone()))
+            .transpose()
+            .map_err(TelemetryError::FlowLog)?;
+        let detectors = if cfg.detectors.enabled {
+            Some(Mutex::new(
+                Detectors::from_config(&cfg.detectors).map_err(TelemetryError::Baseline)?,
+            ))
+        } else {
+            None
+        };
+        let otlp = cfg
+            .otlp
+            .as_ref()
+            .map(|o| Otlp::start(o, identity, &metrics))
+            .transpose()?;
+        Ok(Self {
+            inner: Some(Arc::new(Inner {
+                identity: identity.to_string(),
+                metrics,
+                otlp,
+                flow_log,
+                detectors,
+                recent: RecentAlerts::default(),
+            })),
+        })
+    }
+
+    /// Telemetry that does nothing.
+    pub fn disabled() -> Self {
+        Self { inner: None }
+    }
+
+    /// Whether anything is on.
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Whether spans are exported.
+    pub fn is_tracing(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.otlp.is_some())
+    }
+
+    /// The metric handles (`None` when disabled).
+    pub fn metrics(&self) -> Option<&TelemetryMetrics> {
+        self.inner.as_ref().map(|i| &i.metrics)
+    }
+
+    /// Starts the server span of an inbound request whose headers are `headers` (W3C or B3
+    /// parent context).
+    pub fn server_span(&self, headers: &HeaderMap, attrs: &SpanAttrs<'_>) -> RequestSpan {
+        let Some(inner) = &self.inner else {
+            return RequestSpan::none();
+        };
+        let parent = trace::extract(headers);
+        match &inner.otlp {
+            Some(o) => RequestSpan::start(&o.tracer, SpanKind::Server, parent, attrs),
+            None => RequestSpan::untraced(parent, SpanKind::Server),
+        }
+    }
+
+    /// Starts the client span of an outbound request.
+    pub fn client_span(&self, parent: Parent<'_>, attrs: &SpanAttrs<'_>) -> RequestSpan {
+        let Some(inner) = &self.inner else {
+            return RequestSpan::none();
+        };
+        let parent = match parent {
+            Parent::Headers(h) => trace::extract(h),
+            Parent::Span(s) => s.context().is_valid().then(|| s.context().clone()),
+            Parent::Root => None,
+        };
+        match &inner.otlp {
+            Some(o) => RequestSpan::start(&o.tracer, SpanKind::Client, parent, attrs),
+            None => RequestSpan::untraced(parent, SpanKind::Client),
+        }
+    }
+
+    /// Finishes an HTTP request: fills the record's trace and span IDs from `span`, runs the
+    /// detectors (alerts also become span events), ends the span with the record's outcome
+    /// and writes the flow line.
+    pub fn record_request(&self, mut span: RequestSpan, mut record: FlowRecord<'_>) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        if record.trace_id.is_none() {
+            record.trace_id = span.trace_id().map(Into::into);
+        }
+        if record.span_id.is_none() {
+            record.span_id = span.span_id().map(Into::into);
+        }
+        let alerts = inner.detect(&record);
+        for a in &alerts {
+            span.add_alert(a);
+        }
+        span.finish(&SpanOutcome {
+            status: record.status,
+            grpc_status: record.grpc_status,
+            verdict: record.verdict,
+            policy: record.policy.as_deref(),
+            bytes_in: record.bytes_in,
+            bytes_out: record.bytes_out,
+            error: None,
+        });
+        inner.write_flow(&record);
+        inner.raise(&alerts, trace_ids(&record));
+    }
+
+    /// Records a finished TCP connection, or a request without a span: detectors, alerts,
+    /// flow line.
+    pub fn record_flow(&self, record: &FlowRecord<'_>) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        let alerts = inner.detect(record);
+        inner.write_flow(record);
+        inner.raise(&alerts, trace_ids(record));
+    }
+
+    /// A failed inbound TLS handshake from `source`; `reason` as in `tls::failure_reason`.
+    pub fn handshake_failed(&self, source: SocketAddr, reason: &str) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        let Some(d) = &inner.detectors else {
+            return;
+        };
+        let alerts = match d.lock() {
+            Ok(mut d) => d.observe_handshake_failure(source, reason, OffsetDateTime::now_utc()),
+            Err(_) => return,
+        };
+        inner.raise(&alerts, None);
+    }
+
+    /// An outbound call or connection attempt to `host` (`ip[:port]` or a host name), before
+    /// or without a flow record (for example one that failed to connect).
+    pub fn outbound_destination(&self, host: &str) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        let Some(d) = &inner.detectors else {
+            return;
+        };
+        let alerts = match d.lock() {
+            Ok(mut d) => {
+                d.observe_outbound_destination(&inner.identity, host, OffsetDateTime::now_utc())
+            }
+            Err(_) => return,
+        };
+        inner.raise(&alerts, None);
+    }
+
+    /// The recent alerts as JSON, `{"alerts":[...]}` oldest first: the body of admin `/alerts`.
+    pub fn recent_alerts_json(&self) -> String {
+        match &self.inner {
+            Some(i) => i.recent.to_json(),
+            None => "{\"alerts\":[]}".to_owned(),
+        }
+    }
+
+    /// The recent alerts, oldest first.
+    pub fn recent_alerts(&self) -> Vec<Alert> {
+        self.inner
+            .as_ref()
+            .map(|i| i.recent.snapshot())
+            .unwrap_or_default()
+    }
+
+    /// Pushes out everything queued so far (flow lines, spans, log records), waiting at most
+    /// `deadline`. Returns whether everything was pushed out in time.
+    pub async fn flush(&self, deadline: Duration) -> bool {
+        let Some(inner) = &self.inner else {
+            return true;
+        };
+        let flows = async {
+            match &inner.flow_log {
+                Some(f) => f.flush(deadline).await,
+                None => true,
+            }
+        };
+        let otlp = async {
+            match &inner.otlp {
+                Some(o) => o.flush(deadline).await,
+                None => true,
+            }
+        };
+        let (a, b) = tokio::join!(flows, otlp);
+        a && b
+    }
+
+    /// Flushes like [`Telemetry::flush`] and stops exporting. Call once, when the sidecar
+    /// has drained.
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        let Some(inner) = &self.inner else {
+            return true;
+        };
+        let flows = async {
+            match &inner.flow_log {
+                Some(f) => f.flush(deadline).await,
+                None => true,
+            }
+        };
+        let otlp = async {
+            match &inner.otlp {
+                Some(o) => o.shutdown(deadline).await,
+                None => true,
+            }
+        };
+        let (a, b) = tokio::join!(flows, otlp);
+        a && b
+    }
+}
+
+/// The trace context of a record, for log records correlated with a request.
+fn trace_ids<'r>(record: &'r FlowRecord<'_>) -> Option<(&'r str, &'r str)> {
+    record.trace_id.as_deref().zip(record.span_id.as_deref())
+}
+
+impl Inner {
+    fn detect(&self, record: &FlowRecord<'_>) -> Vec<Alert> {
+        match &self.detectors {
+            Some(d) => match d.lock() {
+                Ok(mut d) => d.observe_flow(record, OffsetDateTime::now_utc()),
+                Err(_) => Vec::new(),
+            },
+            None => Vec::new(),
+        }
+    }
+
+    fn write_flow(&self, record: &FlowRecord<'_>) {
+        if let Some(f) = &self.flow_log {
+            f.write(record);
+        }
+    }
+
+    /// Sends `alerts` to every sink but span events.
+    fn raise(&self, alerts: &[Alert], trace: Option<(&str, &str)>) {
+        for alert in alerts {
+            self.metrics.alert(alert.kind, alert.severity);
+            self.recent.push(alert);
+            tracing::warn!(
+                kind = alert.kind.as_str(),
+                severity = alert.severity.as_str(),
+                source = alert.source_identity.as_deref().unwrap_or_default(),
+                source_address = ?alert.source_address,
+                destination = alert.destination.as_deref().unwrap_or_default(),
+                evidence = ?alert.evidence,
+                "alert: {}",
+                alert.summary
+            );
+            if let Some(f) = &self.flow_log {
+                f.write(alert);
+            }
+            if let Some(o) = &self.otlp {
+                emit_log(&o.logger, alert, trace);
+            }
+        }
+    }
+}
+
+/// Emits `alert` as an OTel log record (event name `picket.alert`), correlated with the
+/// request's trace when there is one.
+fn emit_log(
+    logger: &opentelemetry_sdk::logs::SdkLogger,
+    alert: &Alert,
+    trace: Option<(&str, &str)>,
+) {
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
+    let mut record = logger.create_log_record();
+    let now = std::time::SystemTime::now();
+    record.set_event_name(trace::ALERT_EVENT);
+    record.set_timestamp(now);
+    record.set_observed_timestamp(now);
+    record.set_severity_number(alert.severity.otel());
+    record.set_severity_text(alert.severity.as_str());
+    record.set_body(AnyValue::from(alert.summary.clone()));
+    record.add_attribute("picket.alert.kind", alert.kind.as_str());
+    record.add_attribute("picket.alert.severity", alert.severity.as_str());
+    if let Some(s) = &alert.source_identity {
+        record.add_attribute(trace::SOURCE_IDENTITY, s.clone());
+    }
+    if let Some(a) = alert.source_address {
+        record.add_attribute("source.address", a.to_string());
+    }
+    if let Some(d) = &alert.destination {
+        record.add_attribute("picket.alert.destination", d.clone());
+    }
+    record.add_attribute(
+        "picket.alert.window_secs",
+        i64::try_from(alert.window_secs).unwrap_or(i64::MAX),
+    );
+    for (k, v) in &alert.evidence {
+        record.add_attribute(
+            format!("picket.alert.evidence.{k}"),
+            i64::try_from(*v).unwrap_or(i64::MAX),
+        );
+    }
+    if let Some((t, s)) = trace
+        && let (Ok(t), Ok(s)) = (TraceId::from_hex(t), SpanId::from_hex(s))
+    {
+        record.set_trace_context(t, s, Some(TraceFlags::SAMPLED));
+    }
+    logger.emit(record);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::metrics::Direction;
+
+    fn identity() -> SpiffeId {
+        "spiffe://cluster.local/ns/shop/sa/orders".parse().unwrap()
+    }
+
+    fn probe(path: &str) -> FlowRecord<'_> {
+        FlowRecord {
+            source_identity: Some("spiffe://cluster.local/ns/shop/sa/frontend".into()),
+            source_address: Some("127.0.0.1:5000".parse().unwrap()),
+            destination_identity: Some("spiffe://cluster.local/ns/shop/sa/orders".into()),
+            method: Some("GET".into()),
+            path: Some(path.into()),
+            status: Some(404),
+            ..FlowRecord::new(
+                OffsetDateTime::now_utc(),
+                Direction::Inbound,
+                FlowProtocol::Http1,
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn flows_and_alerts_reach_the_flow_log_metrics_and_the_recent_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.jsonl");
+        let cfg = TelemetryConfig {
+            flow_log: Some(FlowLogConfig {
+                target: FlowLogTarget::File(path.clone()),
+                max_bytes: 1 << 20,
+                max_files: 2,
+            }),
+            ..TelemetryConfig::default()
+        };
+        let mut registry = Registry::default();
+        let t = Telemetry::new(&cfg, &identity(), &mut registry).unwrap();
+        assert!(!t.is_tracing());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        let span = t.server_span(&headers, &SpanAttrs::default());
+        t.record_request(span, probe("/admin"));
+        t.handshake_failed("10.1.2.3:999".parse().unwrap(), "not_tls");
+        t.handshake_failed("10.1.2.3:999".parse().unwrap(), "closed");
+        assert!(t.flush(Duration::from_secs(10)).await);
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let flow: FlowRecord<'_> = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(flow.path.as_deref(), Some("/admin"));
+        assert_eq!(
+            flow.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            "the caller's trace ID is kept with tracing off"
+        );
+        assert!(lines[1].starts_with(r#"{"type":"alert","kind":"sensitive_path""#));
+        assert!(lines[2].starts_with(r#"{"type":"alert","kind":"unauthenticated""#));
+
+        let recent = t.recent_alerts();
+        let kinds: Vec<AlertKind> = recent.iter().map(|a| a.kind).collect();
+        assert_eq!(
+            kinds,
+            [AlertKind::SensitivePath, AlertKind::Unauthenticated]
+        );
+        let json: serde_json::Value = serde_json::from_str(&t.recent_alerts_json()).unwrap();
+        assert_eq!(json["alerts"].as_array().unwrap().len(), 2);
+
+        let mut scrape = String::new();
+        prometheus_client::encoding::text::encode(&mut scrape, &registry).unwrap();
+        assert!(
+            scrape.contains("picket_alerts_total{kind=\"sensitive_path\",severity=\"medium\"} 1"),
+            "{scrape}"
+        );
+        assert!(
+            scrape.contains("# TYPE picket_telemetry_dropped counter"),
+            "{scrape}"
+        );
+        assert!(t.shutdown(Duration::from_secs(10)).await);
+    }
+
+    #[tokio::test]
+    async fn disabled_telemetry_does_nothing() {
+        let t = Telemetry::disabled();
+        let span = t.server_span(&HeaderMap::new(), &SpanAttrs::default());
+        assert_eq!(span.trace_id(), None);
+        t.record_request(span, probe("/admin"));
+        t.handshake_failed("127.0.0.1:1".parse().unwrap(), "not_tls");
+        assert_eq!(t.recent_alerts_json(), "{\"alerts\":[]}");
+        assert!(t.flush(Duration::from_millis(1)).await);
+    }
+
+    #[test]
+    fn otlp_without_a_runtime_is_an_error_not_a_panic() {
+        let cfg = TelemetryConfig {
+            otlp: Some(OtlpConfig {
+                endpoint: "http://127.0.0.1:4317".into(),
+                headers: Vec::new(),
+                sampling_ratio: 1.0,
+                resource: Vec::new(),
+                timeout: Duration::from_secs(1),
+            }),
+            ..TelemetryConfig::default()
+        };
+        let e = Telemetry::new(&cfg, &identity(), &mut Registry::default()).unwrap_err();
+        assert!(matches!(e, TelemetryError::NoRuntime), "{e}");
+    }
+}

@@ -1,0 +1,506 @@
+//! Request spans: W3C trace context in and out (B3 accepted on input), one server span per
+//! inbound request and one client span per outbound request, with OpenTelemetry HTTP semantic
+//! convention attributes plus Picket's identity and authorization attributes.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+    TraceState, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, Span};
+
+use super::alert::Alert;
+use super::flow::{Verdict, route_template};
+
+/// Resource attribute carrying the workload's SPIFFE ID.
+pub const IDENTITY_ATTRIBUTE: &str = "picket.identity";
+/// Span attribute: the caller's SPIFFE ID.
+pub const SOURCE_IDENTITY: &str = "picket.source.identity";
+/// Span attribute: the called workload's SPIFFE ID.
+pub const DESTINATION_IDENTITY: &str = "picket.destination.identity";
+/// Span attribute: `allow` or `deny`.
+pub const AUTHZ_VERDICT: &str = "picket.authz.verdict";
+/// Span attribute: the deciding policy.
+pub const AUTHZ_POLICY: &str = "picket.authz.policy";
+/// Name of the span event (and OTel log event) carrying an alert.
+pub const ALERT_EVENT: &str = "picket.alert";
+
+/// What is known about a request when its span starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpanAttrs<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// Normalized path (no query).
+    pub path: &'a str,
+    /// `Host` / `:authority`.
+    pub server_address: Option<&'a str>,
+    /// The TCP peer of this hop.
+    pub peer_address: Option<SocketAddr>,
+    /// The caller's SPIFFE ID.
+    pub source_identity: Option<&'a str>,
+    /// The called workload's SPIFFE ID.
+    pub destination_identity: Option<&'a str>,
+}
+
+/// What is known about a request when its span ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpanOutcome<'a> {
+    /// HTTP status sent back.
+    pub status: Option<u16>,
+    /// `grpc-status`.
+    pub grpc_status: Option<u32>,
+    /// Authorization verdict.
+    pub verdict: Option<Verdict>,
+    /// The deciding policy.
+    pub policy: Option<&'a str>,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Response body bytes.
+    pub bytes_out: u64,
+    /// Why the proxy failed the request itself (timeout, unreachable), if it did.
+    pub error: Option<&'a str>,
+}
+
+/// Where a client span's parent comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Parent<'a> {
+    /// The trace context in the application's request headers.
+    Headers(&'a HeaderMap),
+    /// A span of this sidecar.
+    Span(&'a RequestSpan),
+    /// Start a new trace.
+    Root,
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// The remote parent in `headers`: W3C `traceparent`/`tracestate` first, then B3 single
+/// (`b3`), then B3 multi (`x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags`).
+pub fn extract(headers: &HeaderMap) -> Option<SpanContext> {
+    if headers.contains_key("traceparent") {
+        let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+        let sc = cx.span().span_context().clone();
+        if sc.is_valid() {
+            return Some(sc);
+        }
+    }
+    extract_b3(headers)
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// A B3 trace ID: 16 or 32 hex digits (a 64-bit ID is left-padded to 128 bits).
+fn b3_trace_id(s: &str) -> Option<TraceId> {
+    let s = s.to_ascii_lowercase();
+    let id = match s.len() {
+        32 => TraceId::from_hex(&s).ok()?,
+        16 => TraceId::from_hex(&format!("{:0>32}", s)).ok()?,
+        _ => return None,
+    };
+    (id != TraceId::INVALID).then_some(id)
+}
+
+fn b3_span_id(s: &str) -> Option<SpanId> {
+    if s.len() != 16 {
+        return None;
+    }
+    let id = SpanId::from_hex(&s.to_ascii_lowercase()).ok()?;
+    (id != SpanId::INVALID).then_some(id)
+}
+
+fn b3_flags(sampled: Option<&str>, debug: bool) -> TraceFlags {
+    match (debug, sampled) {
+        (true, _) | (false, Some("1" | "true" | "d")) => TraceFlags::SAMPLED,
+        _ => TraceFlags::default(),
+    }
+}
+
+fn extract_b3(headers: &HeaderMap) -> Option<SpanContext> {
+    if let Some(single) = header(headers, "b3") {
+        // {TraceId}-{SpanId}[-{SamplingState}[-{ParentSpanId}]]; a lone sampling state
+        // carries no context.
+        let mut parts = single.split('-');
+        let trace = b3_trace_id(parts.next()?)?;
+        let span = b3_span_id(parts.next()?)?;
+        let state = parts.next();
+        let flags = b3_flags(state, state == Some("d"));
+        return Some(SpanContext::new(
+            trace,
+            span,
+            flags,
+            true,
+            TraceState::default(),
+        ));
+    }
+    let trace = b3_trace_id(header(headers, "x-b3-traceid")?)?;
+    let span = b3_span_id(header(headers, "x-b3-spanid")?)?;
+    let debug = header(headers, "x-b3-flags") == Some("1");
+    let flags = b3_flags(header(headers, "x-b3-sampled"), debug);
+    Some(SpanContext::new(
+        trace,
+        span,
+        flags,
+        true,
+        TraceState::default(),
+    ))
+}
+
+/// The span of one request through this sidecar. With tracing off it still carries the
+/// caller's trace ID (for flow records) and never touches headers.
+#[derive(Debug)]
+pub struct RequestSpan {
+    span: Option<Span>,
+    context: SpanContext,
+    kind: SpanKind,
+}
+
+impl RequestSpan {
+    /// A span that records nothing, for requests without telemetry.
+    pub fn none() -> Self {
+        Self {
+            span: None,
+            context: SpanContext::empty_context(),
+            kind: SpanKind::Internal,
+        }
+    }
+
+    /// Carries only the remote parent's context (tracing off).
+    pub(crate) fn untraced(parent: Option<SpanContext>, kind: SpanKind) -> Self {
+        Self {
+            span: None,
+            context: parent.unwrap_or_else(SpanContext::empty_context),
+            kind,
+        }
+    }
+
+    /// Starts a span with `tracer` under `parent`.
+    pub(crate) fn start(
+        tracer: &SdkTracer,
+        kind: SpanKind,
+        parent: Option<SpanContext>,
+        attrs: &SpanAttrs<'_>,
+    ) -> Self {
+        let cx = match parent {
+            Some(sc) => Context::new().with_remote_span_context(sc),
+            None => Context::new(),
+        };
+        let mut kv = Vec::with_capacity(10);
+        if !attrs.method.is_empty() {
+            kv.push(KeyValue::new(
+                "http.request.method",
+                attrs.method.to_owned(),
+            ));
+        }
+        if !attrs.path.is_empty() {
+            kv.push(KeyValue::new("url.path", attrs.path.to_owned()));
+        }
+        if let Some(host) = attrs.server_address {
+            let (h, port) = split_host_port(host);
+            kv.push(KeyValue::new("server.address", h.to_owned()));
+            if let Some(p) = port {
+                kv.push(KeyValue::new("server.port", i64::from(p)));
+            }
+        }
+        if let Some(peer) = attrs.peer_address {
+            kv.push(KeyValue::new("network.peer.address", peer.ip().to_string()));
+            kv.push(KeyValue::new("network.peer.port", i64::from(peer.port())));
+        }
+        if let Some(id) = attrs.source_identity {
+            kv.push(KeyValue::new(SOURCE_IDENTITY, id.to_owned()));
+        }
+        if let Some(id) = attrs.destination_identity {
+            kv.push(KeyValue::new(DESTINATION_IDENTITY, id.to_owned()));
+        }
+        let name = if attrs.path.is_empty() {
+            Cow::Owned(attrs.method.to_owned())
+        } else {
+            Cow::Owned(format!("{} {}", attrs.method, route_template(attrs.path)))
+        };
+        let span = tracer
+            .span_builder(name)
+            .with_kind(kind.clone())
+            .with_attributes(kv)
+            .start_with_context(tracer, &cx);
+        let context = span.span_context().clone();
+        Self {
+            span: Some(span),
+            context,
+            kind,
+        }
+    }
+
+    /// Writes this span's context into `headers` as W3C `traceparent` (and `tracestate` when
+    /// not empty), replacing what was there. Does nothing when tracing is off.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        if self.span.is_none() || !self.context.is_valid() {
+            return;
+        }
+        let cx = Context::new().with_remote_span_context(self.context.clone());
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    }
+
+    /// The trace ID, 32 hex digits, when there is a trace.
+    pub fn trace_id(&self) -> Option<String> {
+        self.context
+            .is_valid()
+            .then(|| self.context.trace_id().to_string())
+    }
+
+    /// This sidecar's span ID, 16 hex digits, when tracing is on.
+    pub fn span_id(&self) -> Option<String> {
+        (self.span.is_some() && self.context.is_valid()).then(|| self.context.span_id().to_string())
+    }
+
+    /// Both IDs, when tracing is on.
+    pub fn ids(&self) -> Option<(String, String)> {
+        self.trace_id().zip(self.span_id())
+    }
+
+    /// The span context (invalid when there is no trace).
+    pub fn context(&self) -> &SpanContext {
+        &self.context
+    }
+
+    /// Whether the span is sampled and will be exported.
+    pub fn is_recording(&self) -> bool {
+        self.span.as_ref().is_some_and(|s| s.is_recording())
+    }
+
+    /// Records `alert` as a span event.
+    pub fn add_alert(&mut self, alert: &Alert) {
+        if let Some(span) = self.span.as_mut().filter(|s| s.is_recording()) {
+            let mut attrs = vec![
+                KeyValue::new("picket.alert.kind", alert.kind.as_str()),
+                KeyValue::new("picket.alert.severity", alert.severity.as_str()),
+                KeyValue::new("picket.alert.summary", alert.summary.clone()),
+            ];
+            for (k, v) in &alert.evidence {
+                attrs.push(KeyValue::new(
+                    format!("picket.alert.evidence.{k}"),
+                    i64::try_from(*v).unwrap_or(i64::MAX),
+                ));
+            }
+            span.add_event(ALERT_EVENT, attrs);
+        }
+    }
+
+    /// Ends the span with the request's outcome.
+    pub fn finish(mut self, outcome: &SpanOutcome<'_>) {
+        let Some(span) = self.span.as_mut() else {
+            return;
+        };
+        if span.is_recording() {
+            if let Some(s) = outcome.status {
+                span.set_attribute(KeyValue::new("http.response.status_code", i64::from(s)));
+            }
+            if let Some(g) = outcome.grpc_status {
+                span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(g)));
+            }
+            if let Some(v) = outcome.verdict {
+                span.set_attribute(KeyValue::new(AUTHZ_VERDICT, v.as_str()));
+            }
+            if let Some(p) = outcome.policy {
+                span.set_attribute(KeyValue::new(AUTHZ_POLICY, p.to_owned()));
+            }
+            span.set_attribute(KeyValue::new(
+                "http.request.body.size",
+                i64::try_from(outcome.bytes_in).unwrap_or(i64::MAX),
+            ));
+            span.set_attribute(KeyValue::new(
+                "http.response.body.size",
+                i64::try_from(outcome.bytes_out).unwrap_or(i64::MAX),
+            ));
+            // Semantic conventions: a server span is an error on 5xx, a client span on 4xx too.
+            let error_from = if self.kind == SpanKind::Client {
+                400
+            } else {
+                500
+            };
+            if let Some(e) = outcome.error {
+                span.set_attribute(KeyValue::new("error.type", "picket_proxy_error"));
+                span.set_status(Status::error(e.to_owned()));
+            } else if let Some(s) = outcome.status.filter(|s| *s >= error_from) {
+                span.set_attribute(KeyValue::new("error.type", s.to_string()));
+                span.set_status(Status::error(format!("HTTP {s}")));
+            }
+        }
+        span.end();
+    }
+}
+
+fn split_host_port(host: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((h, p)) => (h, p.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (host, None),
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse() {
+            Ok(port) => (h, Some(port)),
+            Err(_) => (host, None),
+        },
+        _ => (host, None),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const SPAN: &str = "00f067aa0ba902b7";
+
+    #[test]
+    fn extracts_w3c_traceparent_and_tracestate() {
+        let h = headers(&[
+            ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
+            ("tracestate", "vendor=x"),
+        ]);
+        let sc = extract(&h).unwrap();
+        assert_eq!(sc.trace_id().to_string(), TRACE);
+        assert_eq!(sc.span_id().to_string(), SPAN);
+        assert!(sc.is_sampled() && sc.is_remote());
+        assert_eq!(sc.trace_state().get("vendor"), Some("x"));
+    }
+
+    #[test]
+    fn w3c_wins_over_b3() {
+        let h = headers(&[
+            ("traceparent", &format!("00-{TRACE}-{SPAN}-00")),
+            ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+        ]);
+        let sc = extract(&h).unwrap();
+        assert_eq!(sc.trace_id().to_string(), TRACE);
+        assert!(!sc.is_sampled());
+    }
+
+    #[test]
+    fn extracts_b3_single_header() {
+        let h = headers(&[(
+            "b3",
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+        )]);
+        let sc = extract(&h).unwrap();
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "80f198ee56343ba864fe8b2a57d3eff7"
+        );
+        assert_eq!(sc.span_id().to_string(), "e457b5a2e4d86bd1");
+        assert!(sc.is_sampled());
+        // Debug implies sampled; a lone sampling state is no context.
+        let sc = extract(&headers(&[(
+            "b3",
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-d",
+        )]))
+        .unwrap();
+        assert!(sc.is_sampled());
+        assert!(extract(&headers(&[("b3", "1")])).is_none());
+        let sc = extract(&headers(&[(
+            "b3",
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0",
+        )]))
+        .unwrap();
+        assert!(!sc.is_sampled());
+    }
+
+    #[test]
+    fn extracts_b3_multi_headers_with_64_bit_trace_ids() {
+        let h = headers(&[
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+            ("x-b3-spanid", "00F067AA0BA902B7"),
+            ("x-b3-sampled", "1"),
+        ]);
+        let sc = extract(&h).unwrap();
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "0000000000000000a3ce929d0e0e4736"
+        );
+        assert_eq!(sc.span_id().to_string(), SPAN);
+        assert!(sc.is_sampled());
+        let h = headers(&[
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+            ("x-b3-spanid", SPAN),
+            ("x-b3-flags", "1"),
+        ]);
+        assert!(extract(&h).unwrap().is_sampled());
+    }
+
+    #[test]
+    fn malformed_context_is_ignored() {
+        for h in [
+            headers(&[("traceparent", "00-zz-yy-01")]),
+            headers(&[("b3", "nothex-e457b5a2e4d86bd1-1")]),
+            headers(&[
+                ("x-b3-traceid", "00000000000000000000000000000000"),
+                ("x-b3-spanid", SPAN),
+            ]),
+            headers(&[("x-b3-traceid", TRACE)]),
+        ] {
+            assert!(extract(&h).is_none(), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn untraced_span_keeps_the_callers_trace_id_and_leaves_headers_alone() {
+        let h = headers(&[("traceparent", &format!("00-{TRACE}-{SPAN}-01"))]);
+        let span = RequestSpan::untraced(extract(&h), SpanKind::Server);
+        assert_eq!(span.trace_id().as_deref(), Some(TRACE));
+        assert_eq!(span.span_id(), None);
+        let mut out = HeaderMap::new();
+        span.inject(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn splits_host_and_port() {
+        assert_eq!(split_host_port("orders:8080"), ("orders", Some(8080)));
+        assert_eq!(split_host_port("orders"), ("orders", None));
+        assert_eq!(split_host_port("[::1]:80"), ("::1", Some(80)));
+        assert_eq!(split_host_port("::1"), ("::1", None));
+    }
+}

@@ -1,0 +1,353 @@
+//! The Helm chart, rendered by the real Helm engine for every `charts/picket/ci/*.values.yaml`:
+//! lint clean, every manifest valid for Kubernetes 1.30, and the invariants that keep it safe
+//! (no `latest`, probes, non-root read-only containers without capabilities, least-privilege
+//! RBAC, ports matching the sidecar's defaults). The injector's own settings, given to
+//! `picket inject`, produce pods that validate too.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail, ensure};
+use picket_proxy::inject::{ADMIN_PORT, CA_PORT, INBOUND_PORT, OUTBOUND_PORT};
+use picket_tests::k8s::{
+    chart_dir, documents, golden_path, helm_lint, helm_template, helm_template_error,
+    kubernetes_validate, picket_inject_ok,
+};
+use serde_json::{Value, json};
+
+fn ci_values() -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(chart_dir().join("ci"))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|p| p.to_string_lossy().ends_with(".values.yaml"));
+    files.sort();
+    ensure!(
+        files.len() >= 3,
+        "expected the ci/*.values.yaml variants, found {files:?}"
+    );
+    Ok(files)
+}
+
+fn of_kind<'a>(manifests: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    manifests.iter().filter(|m| m["kind"] == kind).collect()
+}
+
+fn named<'a>(manifests: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
+    manifests
+        .iter()
+        .find(|m| m["kind"] == kind && m["metadata"]["name"] == name)
+        .with_context(|| format!("no {kind} {name} in the rendered chart"))
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .map(|items| items.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// The value after `flag` in `args`.
+fn flag<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| *a == flag)
+        .and_then(|i| args.get(i + 1).copied())
+}
+
+fn check_containers(values: &str, workload: &Value) -> Result<()> {
+    let name = workload["metadata"]["name"].as_str().unwrap_or("?");
+    let pod = &workload["spec"]["template"]["spec"];
+    ensure!(
+        pod["securityContext"]["runAsNonRoot"] == true,
+        "{values}: {name} pod runs as root"
+    );
+    ensure!(pod["securityContext"]["runAsUser"].as_u64().unwrap_or(0) > 0);
+    let main = pod["containers"].as_array().context("no containers")?;
+    let init = pod["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (container, is_main) in main
+        .iter()
+        .map(|c| (c, true))
+        .chain(init.iter().map(|c| (c, false)))
+    {
+        let cname = container["name"].as_str().unwrap_or("?");
+        let image = container["image"].as_str().context("no image")?;
+        ensure!(
+            !image.ends_with(":latest")
+                && image.rsplit('/').next().is_some_and(|n| n.contains(':')),
+            "{values}: {name}/{cname} image {image} names no version"
+        );
+        let security = &container["securityContext"];
+        ensure!(
+            security["readOnlyRootFilesystem"] == true,
+            "{values}: {name}/{cname} writable root"
+        );
+        ensure!(
+            security["allowPrivilegeEscalation"] == false,
+            "{values}: {name}/{cname}"
+        );
+        ensure!(security["privileged"] == false, "{values}: {name}/{cname}");
+        ensure!(
+            security["capabilities"]["drop"] == json!(["ALL"]),
+            "{values}: {name}/{cname}"
+        );
+        ensure!(
+            security["capabilities"].get("add").is_none(),
+            "{values}: {name}/{cname} adds capabilities"
+        );
+        let requests = &container["resources"]["requests"];
+        ensure!(
+            !requests["cpu"].is_null() && !requests["memory"].is_null(),
+            "{values}: {name}/{cname} has no requests"
+        );
+        if is_main {
+            for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                ensure!(
+                    container[probe].is_object(),
+                    "{values}: {name}/{cname} has no {probe}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_ci_variant_renders_lints_and_validates() -> Result<()> {
+    for values in ci_values()? {
+        let label = values
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        helm_lint(&values)
+            .await
+            .with_context(|| format!("helm lint with {label}"))?;
+        let rendered = helm_template(&values).await?;
+        kubernetes_validate(&format!("the chart with {label}"), &rendered).await?;
+        let manifests = documents(&rendered)?;
+        ensure!(!manifests.is_empty(), "{label}: nothing rendered");
+        ensure!(
+            !rendered.contains(":latest"),
+            "{label}: an image is `latest`"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn workloads_are_non_root_read_only_probed_and_versioned() -> Result<()> {
+    for values in ci_values()? {
+        let label = values.display().to_string();
+        let manifests = documents(&helm_template(&values).await?)?;
+        let deployments = of_kind(&manifests, "Deployment");
+        ensure!(
+            deployments.len() == 2,
+            "{label}: expected the CA and the injector"
+        );
+        for deployment in deployments {
+            check_containers(&label, deployment)?;
+        }
+        let ca = named(&manifests, "Deployment", "picket-ca")?;
+        ensure!(
+            ca["spec"]["replicas"] == 1,
+            "{label}: the CA is single-replica"
+        );
+        ensure!(ca["spec"]["strategy"]["type"] == "Recreate");
+        let ca_container = &ca["spec"]["template"]["spec"]["containers"][0];
+        ensure!(ca_container["ports"][0]["containerPort"] == CA_PORT);
+        let ca_args = strings(&ca_container["args"]);
+        ensure!(flag(&ca_args, "--listen") == Some(&format!("0.0.0.0:{CA_PORT}")[..]));
+        ensure!(
+            flag(&ca_args, "--kube-api").is_some(),
+            "{label}: token review is off"
+        );
+        let service = named(&manifests, "Service", "picket-ca")?;
+        ensure!(service["spec"]["ports"][0]["port"] == CA_PORT);
+        let claim = named(&manifests, "PersistentVolumeClaim", "picket-ca-state")?;
+        ensure!(claim["spec"]["accessModes"] == json!(["ReadWriteOnce"]));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn rbac_grants_tokenreview_create_and_nothing_else() -> Result<()> {
+    for values in ci_values()? {
+        let manifests = documents(&helm_template(&values).await?)?;
+        ensure!(of_kind(&manifests, "Role").is_empty());
+        ensure!(of_kind(&manifests, "RoleBinding").is_empty());
+        let roles = of_kind(&manifests, "ClusterRole");
+        ensure!(roles.len() == 1, "one ClusterRole, found {}", roles.len());
+        ensure!(
+            roles[0]["rules"]
+                == json!([{
+                    "apiGroups": ["authentication.k8s.io"],
+                    "resources": ["tokenreviews"],
+                    "verbs": ["create"],
+                }]),
+            "{}",
+            roles[0]["rules"]
+        );
+        let bindings = of_kind(&manifests, "ClusterRoleBinding");
+        ensure!(bindings.len() == 1);
+        ensure!(
+            bindings[0]["subjects"]
+                == json!([{"kind": "ServiceAccount", "name": "picket-ca", "namespace": "picket"}])
+        );
+        let injector_account = named(&manifests, "ServiceAccount", "picket-injector")?;
+        ensure!(injector_account["automountServiceAccountToken"] == false);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn webhook_selects_labelled_namespaces_and_trusts_the_bundle() -> Result<()> {
+    for values in ci_values()? {
+        let values_doc = documents(&std::fs::read_to_string(&values)?)?;
+        let bundle = values_doc[0]["trustBundle"]
+            .as_str()
+            .context("no trustBundle")?;
+        let manifests = documents(&helm_template(&values).await?)?;
+        let config = named(
+            &manifests,
+            "MutatingWebhookConfiguration",
+            "picket-injector",
+        )?;
+        let webhook = &config["webhooks"][0];
+        ensure!(["Fail", "Ignore"].contains(&webhook["failurePolicy"].as_str().unwrap_or("")));
+        ensure!(webhook["sideEffects"] == "None");
+        ensure!(
+            webhook["namespaceSelector"]["matchLabels"] == json!({"picket.dev/inject": "enabled"})
+        );
+        ensure!(
+            strings(&webhook["namespaceSelector"]["matchExpressions"][0]["values"])
+                .contains(&"picket")
+        );
+        ensure!(webhook["objectSelector"]["matchExpressions"][0]["key"] == "picket.dev/inject");
+        ensure!(webhook["clientConfig"]["service"]["path"] == "/inject");
+        let ca_bundle = webhook["clientConfig"]["caBundle"]
+            .as_str()
+            .context("no caBundle")?;
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(ca_bundle)?;
+        ensure!(
+            String::from_utf8(decoded)?.trim() == bundle.trim(),
+            "caBundle is not the trust bundle"
+        );
+
+        // Every meshed namespace gets the bundle and the policy the injected pods mount.
+        let mut namespaces: Vec<&str> = strings(&values_doc[0]["mesh"]["namespaces"]);
+        namespaces.push("picket");
+        for namespace in namespaces {
+            for name in ["picket-trust-bundle", "picket-policy"] {
+                ensure!(
+                    manifests.iter().any(|m| m["kind"] == "ConfigMap"
+                        && m["metadata"]["name"] == name
+                        && m["metadata"]["namespace"] == namespace),
+                    "no ConfigMap {namespace}/{name}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_injectors_settings_make_valid_pods_with_the_default_ports() -> Result<()> {
+    let workload = std::fs::read_to_string(golden_path("inject/deployment.yaml"))?;
+    for values in ci_values()? {
+        let manifests = documents(&helm_template(&values).await?)?;
+        let injector = named(&manifests, "Deployment", "picket-injector")?;
+        let args = strings(&injector["spec"]["template"]["spec"]["containers"][0]["args"]);
+        ensure!(args[..2] == ["injector", "serve"]);
+        let ca_url = flag(&args, "--ca-url").context("no --ca-url")?;
+        ensure!(
+            ca_url == format!("https://picket-ca.picket.svc:{CA_PORT}"),
+            "{ca_url}"
+        );
+        // The same settings, minus what only the server takes, drive `picket inject`.
+        let mut settings = Vec::new();
+        let mut rest = args[2..].iter();
+        while let Some(arg) = rest.next() {
+            let value = rest.next().context("a flag without a value")?;
+            if !["--log-format", "--listen", "--trust-bundle", "--token-file"].contains(arg) {
+                settings.extend([*arg, *value]);
+            }
+        }
+        let injected = picket_inject_ok(&settings, &workload).await?;
+        kubernetes_validate("picket inject with the chart's settings", &injected).await?;
+        let pod = &documents(&injected)?[0]["spec"]["template"];
+        let sidecar = &pod["spec"]["initContainers"][1];
+        let ports: Vec<u64> = sidecar["ports"]
+            .as_array()
+            .context("no ports")?
+            .iter()
+            .filter_map(|p| p["containerPort"].as_u64())
+            .collect();
+        ensure!(ports == [u64::from(INBOUND_PORT), u64::from(ADMIN_PORT)]);
+        let config = pod["metadata"]["annotations"]["picket.dev/sidecar-config"]
+            .as_str()
+            .context("no config")?;
+        ensure!(config.contains(&format!("127.0.0.1:{OUTBOUND_PORT}")));
+        ensure!(config.contains(ca_url), "{config}");
+        let image = sidecar["image"].as_str().unwrap_or("");
+        let chart_image = flag(&args, "--image").context("no --image")?;
+        ensure!(image == chart_image && !image.ends_with(":latest"));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_chart_refuses_latest_and_a_missing_trust_bundle() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let minimal = std::fs::read_to_string(chart_dir().join("ci").join("minimal.values.yaml"))?;
+    let latest = dir.path().join("latest.yaml");
+    std::fs::write(&latest, format!("{minimal}image:\n  tag: latest\n"))?;
+    let missing = dir.path().join("missing.yaml");
+    std::fs::write(&missing, "mesh:\n  namespaces: [shop]\n")?;
+    // The values schema refuses both before any template runs.
+    for (file, expect) in [(latest, "/image/tag"), (missing, "/trustBundle")] {
+        let error = helm_template_error(&file).await?;
+        if !error.contains(expect) {
+            bail!("expected an error about {expect}, got:\n{error}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_ca_init_step_keeps_the_existing_ca_on_every_later_start() -> Result<()> {
+    use picket_tests::process::{output, picket, run_ok};
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("ca");
+    let init = |trust_domain: &str| {
+        let mut cmd = picket()?;
+        cmd.args([
+            "ca",
+            "init",
+            "--keep-existing",
+            "--trust-domain",
+            trust_domain,
+        ])
+        .arg("--state-dir")
+        .arg(&state);
+        Ok::<_, anyhow::Error>(cmd)
+    };
+    run_ok(&mut init("cluster.local")?).await?;
+    let bundle = std::fs::read(state.join("bundle.pem"))?;
+    // The pod restarts: the root Secret may be gone, the CA stays as it was.
+    run_ok(init("cluster.local")?.args([
+        "--root-cert",
+        "/nonexistent",
+        "--root-key",
+        "/nonexistent",
+    ]))
+    .await?;
+    ensure!(
+        std::fs::read(state.join("bundle.pem"))? == bundle,
+        "the CA was replaced"
+    );
+    let other = output(&mut init("other.example")?).await?;
+    ensure!(!other.status.success(), "kept a CA of another trust domain");
+    ensure!(String::from_utf8_lossy(&other.stderr).contains("trust domain"));
+    Ok(())
+}
