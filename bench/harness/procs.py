@@ -43,6 +43,7 @@ class Proc:
         # taskset execs the program, so this is the program's own PID.
         self.pid = self.popen.pid
         self.started_at = time.monotonic()
+        self.frozen = False
         _started.append(self)
 
     def alive(self) -> bool:
@@ -60,7 +61,19 @@ class Proc:
     def rss_kib(self) -> int:
         return status_kib(self.pid, "VmRSS")
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process takes no CPU at all until `thaw`; its sockets stay open."""
+        if self.popen.poll() is None and not self.frozen:
+            os.kill(self.pid, signal.SIGSTOP)
+            self.frozen = True
+
+    def thaw(self) -> None:
+        if self.popen.poll() is None and self.frozen:
+            os.kill(self.pid, signal.SIGCONT)
+        self.frozen = False
+
     def stop(self, timeout: float = 10) -> None:
+        self.thaw()
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:

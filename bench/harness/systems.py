@@ -141,6 +141,10 @@ class System:
         """The two proxies whose memory is reported."""
         return []
 
+    def processes(self) -> list[Proc]:
+        """Every proxy process of the system."""
+        return self.pair()
+
     def check(self) -> None:
         for p in self.pair():
             p.check_alive()
@@ -291,6 +295,9 @@ class Picket(System):
 
     def pair(self) -> list[Proc]:
         return [self.sidecars["picket-frontend"], self.sidecars["picket-orders"]]
+
+    def processes(self) -> list[Proc]:
+        return list(self.sidecars.values())
 
     def startup_figures(self, runs: int) -> dict:
         """Time from `picket proxy` start to /ready 200 (CA local; a fresh key, CSR and
@@ -464,7 +471,8 @@ stream {{
 
 class HaproxyPair(System):
     """Two HAProxy processes, `nbthread 1`: HTTP/2 over mTLS between them (`verify required`
-    both ways), connection reuse on; TCP mode with TLS for the opaque stream."""
+    both ways), connection reuse on (`http-reuse safe`); TCP mode with TLS for the opaque
+    stream."""
 
     name = "haproxy"
     label = "HAProxy pair"
@@ -516,7 +524,9 @@ frontend out_fullhs
     default_backend orders_fullhs
 
 backend orders
-    http-reuse always
+    # `safe` (HAProxy's default) rather than `always`: with `always`, HAProxy 2.6.12 stalls
+    # the HTTP/2 connection to its peer for good after W4's 1 MiB uploads (reproducible).
+    http-reuse safe
     server orders 127.0.0.1:{p['in']} {tls} alpn h2
 
 backend orders_fullhs

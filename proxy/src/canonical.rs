@@ -5,8 +5,9 @@
 //! [`picket_policy::normalize::normalize_path`] (decode once, dot segments, merged slashes,
 //! encoded separators per config); the query is kept verbatim; the host comes from the
 //! request-target when it is in absolute form (overriding `Host`, as RFC 9112 section 3.2.2
-//! requires) and is lowercased; several `Host` headers, header names with `_` (unless allowed)
-//! and conflicting framing headers are refused.
+//! requires) and is lowercased; several `Host` headers, header names with `_` (unless allowed),
+//! header values with leading or trailing whitespace and conflicting Content-Length values are
+//! refused.
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -42,13 +43,20 @@ pub fn canonicalize(parts: &mut Parts, cfg: &HttpConfig) -> Result<Canonical, Re
             name.as_str()
         )));
     }
-    if parts.version < Version::HTTP_2
-        && parts.headers.contains_key(header::TRANSFER_ENCODING)
-        && parts.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        return Err(Rejection(
-            "both Transfer-Encoding and Content-Length".into(),
-        ));
+    // HTTP/1 framing conflicts never get this far: the HTTP/1 parser refuses differing
+    // Content-Length values, and for Content-Length with Transfer-Encoding it frames by
+    // Transfer-Encoding alone, drops Content-Length and closes the connection after the
+    // response (RFC 9112 section 6.3), so nothing can be smuggled behind the request.
+    if let Some((name, _)) = parts.headers.iter().find(|(_, v)| {
+        let b = v.as_bytes();
+        matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+    }) {
+        // HTTP/1 parsers strip this whitespace and HTTP/2 does not: policy and app could read
+        // two different values.
+        return Err(Rejection(format!(
+            "header {:?} has leading or trailing whitespace",
+            name.as_str()
+        )));
     }
     let mut lengths = parts.headers.get_all(header::CONTENT_LENGTH).iter();
     if let (Some(first), Some(_)) = (lengths.next(), lengths.next()) {

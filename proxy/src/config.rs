@@ -75,8 +75,9 @@ pub struct CaConfig {
 pub struct InboundConfig {
     /// Where peers' mTLS connections arrive.
     pub listen: SocketAddr,
-    /// The local application, plaintext (for connections that were not redirected).
-    pub app: SocketAddr,
+    /// The local application, plaintext, for connections that were not redirected. Optional in
+    /// transparent mode, where such connections are then refused.
+    pub app: Option<SocketAddr>,
     /// Redirected connections (iptables) go to `127.0.0.1:<original port>`.
     pub transparent: bool,
 }
@@ -280,8 +281,18 @@ struct RawHttp {
 #[serde(deny_unknown_fields)]
 struct RawIdentity {
     trust_domain: Spanned<String>,
-    namespace: Spanned<String>,
-    service_account: Spanned<String>,
+    namespace: Option<Spanned<String>>,
+    service_account: Option<Spanned<String>>,
+}
+
+/// Identity parts given outside the file (flags or the environment, e.g. from the Kubernetes
+/// downward API). A file value that disagrees with one is an error.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityOverride {
+    /// The workload's namespace.
+    pub namespace: Option<String>,
+    /// The workload's service account.
+    pub service_account: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -297,7 +308,7 @@ struct RawCa {
 struct RawInbound {
     #[serde(default)]
     listen: Option<Spanned<String>>,
-    app: Spanned<String>,
+    app: Option<Spanned<String>>,
     #[serde(default)]
     transparent: bool,
 }
@@ -377,18 +388,31 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:7191";
 
 impl Config {
     /// Reads and validates the configuration file at `path`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path, identity: &IdentityOverride) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Ok(Self::parse(&path.display().to_string(), &text)?)
+        Ok(Self::parse_with(
+            &path.display().to_string(),
+            &text,
+            identity,
+        )?)
     }
 
     /// Parses and validates configuration text; `source_name` is used in error locations.
     pub fn parse(source_name: &str, text: &str) -> Result<Self, YamlError> {
+        Self::parse_with(source_name, text, &IdentityOverride::default())
+    }
+
+    /// [`Config::parse`] with identity parts given outside the file.
+    pub fn parse_with(
+        source_name: &str,
+        text: &str,
+        identity: &IdentityOverride,
+    ) -> Result<Self, YamlError> {
         let raw: RawConfig = yaml::parse(source_name, text)?;
-        Validator { source_name }.config(raw)
+        Validator { source_name }.config(raw, identity)
     }
 }
 
@@ -455,18 +479,60 @@ impl Validator<'_> {
         }
     }
 
-    fn config(&self, raw: RawConfig) -> Result<Config, YamlError> {
+    /// One identity part from the file or the override; both given and different is an error.
+    fn identity_part(
+        &self,
+        file: &Option<Spanned<String>>,
+        given: &Option<String>,
+        field: &str,
+        flag: &str,
+    ) -> Result<String, YamlError> {
+        match (file, given) {
+            (Some(f), Some(g)) if &f.value != g => Err(self.err(
+                f,
+                format!(
+                    "identity.{field}: the file says {:?} but {flag} says {g:?}",
+                    f.value
+                ),
+            )),
+            (_, Some(g)) => Ok(g.clone()),
+            (Some(f), None) => Ok(f.value.clone()),
+            (None, None) => Err(YamlError {
+                source_name: self.source_name.to_owned(),
+                line: None,
+                column: None,
+                message: format!("identity.{field} is missing: set it in the file or with {flag}"),
+            }),
+        }
+    }
+
+    fn config(&self, raw: RawConfig, given: &IdentityOverride) -> Result<Config, YamlError> {
         let td: TrustDomain = raw.identity.trust_domain.value.parse().map_err(|e| {
             self.err(
                 &raw.identity.trust_domain,
                 format!("identity.trust_domain: {e}"),
             )
         })?;
-        let workload = WorkloadName::new(
-            &raw.identity.namespace.value,
-            &raw.identity.service_account.value,
-        )
-        .map_err(|e| self.err(&raw.identity.namespace, format!("identity: {e}")))?;
+        let namespace = self.identity_part(
+            &raw.identity.namespace,
+            &given.namespace,
+            "namespace",
+            "--namespace (PICKET_NAMESPACE)",
+        )?;
+        let service_account = self.identity_part(
+            &raw.identity.service_account,
+            &given.service_account,
+            "service_account",
+            "--service-account (PICKET_SERVICE_ACCOUNT)",
+        )?;
+        let workload = WorkloadName::new(&namespace, &service_account).map_err(|e| {
+            let at = raw
+                .identity
+                .namespace
+                .as_ref()
+                .unwrap_or(&raw.identity.trust_domain);
+            self.err(at, format!("identity: {e}"))
+        })?;
         let identity = SpiffeId::new(td.clone(), workload);
 
         if !raw.ca.url.value.starts_with("https://") {
@@ -475,7 +541,18 @@ impl Validator<'_> {
 
         let inbound = InboundConfig {
             listen: self.addr_or(&raw.inbound.listen, DEFAULT_INBOUND, "inbound.listen")?,
-            app: self.addr(&raw.inbound.app, "inbound.app")?,
+            app: match &raw.inbound.app {
+                Some(a) => Some(self.addr(a, "inbound.app")?),
+                None if raw.inbound.transparent => None,
+                None => {
+                    return Err(YamlError {
+                        source_name: self.source_name.to_owned(),
+                        line: None,
+                        column: None,
+                        message: "inbound.app is missing: it is required unless inbound.transparent is true".into(),
+                    });
+                }
+            },
             transparent: raw.inbound.transparent,
         };
 

@@ -91,7 +91,7 @@ async fn connect_app(addr: SocketAddr, timeouts: &Timeouts) -> Result<TcpStream,
 /// The inbound side of one sidecar.
 pub struct Inbound {
     acceptor: TlsAcceptor,
-    app: SocketAddr,
+    app: Option<SocketAddr>,
     http1: Client<HttpConnector, Incoming>,
     /// One multiplexed h2c connection per application address.
     h2: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<H2Client<AppConnector>>>>,
@@ -183,17 +183,15 @@ impl Inbound {
     }
 
     /// The application a connection is for: with transparent interception, the original
-    /// destination port on loopback; otherwise the configured app.
-    fn app_for(&self, tcp: &TcpStream) -> SocketAddr {
-        if !self.transparent {
-            return self.app;
+    /// destination port on loopback; otherwise the configured app (if any).
+    fn app_for(&self, tcp: &TcpStream) -> Option<SocketAddr> {
+        if self.transparent
+            && let (Some(orig), Ok(local)) = (net::original_dst(tcp), tcp.local_addr())
+            && orig != local
+        {
+            return Some(SocketAddr::from(([127, 0, 0, 1], orig.port())));
         }
-        match (net::original_dst(tcp), tcp.local_addr()) {
-            (Some(orig), Ok(local)) if orig != local => {
-                SocketAddr::from(([127, 0, 0, 1], orig.port()))
-            }
-            _ => self.app,
-        }
+        self.app
     }
 
     fn h2_for(&self, app: SocketAddr) -> Arc<H2Client<AppConnector>> {
@@ -218,7 +216,12 @@ impl Inbound {
         client_addr: SocketAddr,
         shutdown: CancellationToken,
     ) {
-        let app = self.app_for(&tcp);
+        let Some(app) = self.app_for(&tcp) else {
+            self.metrics
+                .connection(Direction::Inbound, "refused_no_app");
+            tracing::warn!(%client_addr, "inbound connection refused: not redirected and no inbound.app configured");
+            return;
+        };
         let handshake =
             tokio::time::timeout(self.timeouts.handshake, self.acceptor.accept(tcp)).await;
         let tls = match handshake {

@@ -83,6 +83,7 @@ const TOKEN_FILE: &str = "token";
 const TRUST_DIR: &str = "/etc/picket/trust";
 const TRUST_FILE: &str = "bundle.pem";
 const POLICY_DIR: &str = "/etc/picket/policy";
+const POLICY_FILE: &str = "policy.yaml";
 
 /// Lifetime asked for the projected token; the kubelet renews it at 80 %.
 const TOKEN_EXPIRATION_SECONDS: u32 = 3600;
@@ -119,15 +120,33 @@ pub struct Settings {
     pub exclude_outbound_ports: Vec<u16>,
     /// Outbound CIDRs excluded in every pod.
     pub exclude_outbound_cidrs: Vec<Cidr>,
+    /// Destinations inside the mesh (pod and Service networks): carried over mTLS, any
+    /// workload identity of the trust domain accepted.
+    pub meshed_cidrs: Vec<Cidr>,
+    /// Whether other destinations pass as plain TCP (`true`) or are refused.
+    pub egress_allowed: bool,
     /// The sidecar's CPU request.
     pub proxy_cpu_request: String,
     /// The sidecar's memory request.
     pub proxy_memory_request: String,
 }
 
+/// The private address ranges (RFC 1918, RFC 4193), where clusters put pods and Services:
+/// the default meshed destinations.
+const PRIVATE_NETWORKS: [(IpAddr, u8); 4] = [
+    (IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 0)), 8),
+    (IpAddr::V4(std::net::Ipv4Addr::new(172, 16, 0, 0)), 12),
+    (IpAddr::V4(std::net::Ipv4Addr::new(192, 168, 0, 0)), 16),
+    (
+        IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0)),
+        8,
+    ),
+];
+
 impl Settings {
     /// The defaults for a mesh of `trust_domain`: the image of this version, UID 1337, the CA
-    /// at `https://picket-ca.picket.svc:7443`, audience `picket-ca`, no extra exclusions.
+    /// at `https://picket-ca.picket.svc:7443`, audience `picket-ca`, the private address
+    /// ranges meshed, other destinations passed, no extra exclusions.
     pub fn new(trust_domain: picket_ca::TrustDomain) -> Self {
         Self {
             image: format!("picket/picket:{VERSION}"),
@@ -140,6 +159,11 @@ impl Settings {
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),
+            meshed_cidrs: PRIVATE_NETWORKS
+                .iter()
+                .map(|&(address, prefix)| Cidr { address, prefix })
+                .collect(),
+            egress_allowed: true,
             proxy_cpu_request: "10m".to_owned(),
             proxy_memory_request: "32Mi".to_owned(),
         }
@@ -424,7 +448,7 @@ fn inject_pod(
         cidrs: dedup(cidrs),
     };
 
-    let config = print_yaml(&sidecar_config(settings))?;
+    let config = print_yaml(&sidecar_config(settings, template))?;
     let metadata = object_field(workload, template, "metadata")?;
     let annotations = object_field(workload, metadata, "annotations")?;
     annotations.insert(STATUS_ANNOTATION.to_owned(), json!(VERSION));
@@ -625,22 +649,60 @@ fn volumes(settings: &Settings) -> [Value; 4] {
     ]
 }
 
-/// The sidecar configuration every injected pod gets. Identity (namespace and service account)
-/// is not in it: the sidecar takes it from `PICKET_NAMESPACE` and `PICKET_SERVICE_ACCOUNT`,
-/// and the CA grants it from the service-account token.
-pub fn sidecar_config(settings: &Settings) -> Value {
-    json!({
+/// The sidecar configuration of an injected pod: transparent in both directions, the policy
+/// from the `picket-policy` ConfigMap, the pod's labels for policy selectors. Identity
+/// (namespace and service account) is not in it: the sidecar takes it from
+/// `PICKET_NAMESPACE` and `PICKET_SERVICE_ACCOUNT`, and the CA grants it from the
+/// service-account token.
+pub fn sidecar_config(settings: &Settings, template: &Map<String, Value>) -> Value {
+    let mut inbound = json!({"listen": format!("0.0.0.0:{INBOUND_PORT}"), "transparent": true});
+    // Connections made straight to the inbound port (not redirected) go to the first port
+    // the pod declares.
+    if let Some(port) = first_container_port(template) {
+        inbound["app"] = json!(format!("127.0.0.1:{port}"));
+    }
+    let meshed: Vec<Value> = settings
+        .meshed_cidrs
+        .iter()
+        .map(|cidr| json!({"cidr": cidr.to_string(), "identity": "any"}))
+        .collect();
+    let mut config = json!({
         "identity": {"trust_domain": settings.trust_domain.as_str()},
         "ca": {
             "url": settings.ca_url,
             "trust_bundle": format!("{TRUST_DIR}/{TRUST_FILE}"),
             "join_token_file": format!("{TOKEN_DIR}/{TOKEN_FILE}"),
         },
-        "inbound": {"listen": format!("0.0.0.0:{INBOUND_PORT}")},
-        "outbound": {"listen": format!("127.0.0.1:{OUTBOUND_PORT}")},
-        // Kubelet probes and Prometheus reach the admin port on the pod's address.
+        "inbound": inbound,
+        "outbound": {
+            "listen": format!("127.0.0.1:{OUTBOUND_PORT}"),
+            "transparent": true,
+            "meshed": meshed,
+            "passthrough": if settings.egress_allowed { "allow" } else { "deny" },
+        },
+        // Kubelet probes and metrics scrapers reach the admin port on the pod's address.
         "admin": {"listen": format!("0.0.0.0:{ADMIN_PORT}")},
-    })
+        "policy": {"path": format!("{POLICY_DIR}/{POLICY_FILE}")},
+    });
+    if let Some(labels) = template
+        .get("metadata")
+        .and_then(|m| m.get("labels"))
+        .filter(|l| l.as_object().is_some_and(|l| !l.is_empty()))
+    {
+        config["workload"] = json!({"labels": labels});
+    }
+    config
+}
+
+/// The first TCP `containerPort` of the pod's containers.
+fn first_container_port(template: &Map<String, Value>) -> Option<u64> {
+    let containers = template.get("spec")?.get("containers")?.as_array()?;
+    containers
+        .iter()
+        .filter_map(|c| c.get("ports")?.as_array())
+        .flatten()
+        .filter(|p| p.get("protocol").is_none_or(|proto| proto == "TCP"))
+        .find_map(|p| p.get("containerPort")?.as_u64())
 }
 
 fn annotations(template: &Map<String, Value>) -> Option<&Map<String, Value>> {
@@ -970,6 +1032,38 @@ mod tests {
         assert!(docs[0]["f"].is_null());
         let printed = print_manifests(&docs).unwrap();
         assert_eq!(parse_manifests("printed", &printed).unwrap(), docs);
+    }
+
+    /// The config annotation with the identity the sidecar gets from its environment.
+    fn rendered_config(pod: &Value) -> String {
+        let config = pod["metadata"]["annotations"][CONFIG_ANNOTATION]
+            .as_str()
+            .unwrap();
+        config.replace(
+            "identity:\n  trust_domain: cluster.local\n",
+            "identity:\n  trust_domain: cluster.local\n  namespace: shop\n  service_account: web\n",
+        )
+    }
+
+    #[test]
+    fn rendered_config_is_a_valid_transparent_sidecar_config() {
+        let mut spec = app_spec();
+        spec["containers"][0]["ports"] = json!([{"containerPort": 8080, "protocol": "TCP"}]);
+        let pod = injected(pod(json!({"labels": {"app": "web"}}), spec));
+        let text = rendered_config(&pod);
+        let config = crate::config::Config::parse("sidecar.yaml", &text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.inbound.listen.port(), INBOUND_PORT);
+        assert_eq!(config.inbound.app.map(|a| a.port()), Some(8080));
+        assert!(config.inbound.transparent && config.outbound.transparent);
+        assert_eq!(config.outbound.listen.port(), OUTBOUND_PORT);
+        assert_eq!(config.outbound.meshed.len(), 4);
+        assert!(config.outbound.passthrough);
+        assert_eq!(config.admin.listen.port(), ADMIN_PORT);
+        assert_eq!(
+            config.policy.path.as_deref(),
+            Some(std::path::Path::new("/etc/picket/policy/policy.yaml"))
+        );
     }
 
     #[test]

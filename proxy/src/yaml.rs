@@ -1,4 +1,6 @@
-//! The one place the proxy touches the YAML library: [`parse`].
+//! The one place the sidecar configuration touches the YAML library: [`parse`]. (Kubernetes
+//! manifests are read by `inject`'s own parse and print functions, which follow kubectl's YAML
+//! reading; policy files by picket-policy's.)
 //!
 //! Duplicate keys are errors, aliases and document size run under the library's budgets, and
 //! booleans must be spelled `true`/`false`. Every error carries `file:line:column`.

@@ -351,3 +351,32 @@ async fn the_ca_init_step_keeps_the_existing_ca_on_every_later_start() -> Result
     ensure!(String::from_utf8_lossy(&other.stderr).contains("trust domain"));
     Ok(())
 }
+
+#[tokio::test]
+async fn the_policy_configmaps_hold_policies_the_sidecar_loads() -> Result<()> {
+    use picket_tests::process::{picket, run_ok};
+    let dir = tempfile::tempdir()?;
+    for values in ci_values()? {
+        let manifests = documents(&helm_template(&values).await?)?;
+        let policies: Vec<&Value> = manifests
+            .iter()
+            .filter(|m| m["kind"] == "ConfigMap" && m["metadata"]["name"] == "picket-policy")
+            .collect();
+        ensure!(
+            !policies.is_empty(),
+            "{}: no picket-policy",
+            values.display()
+        );
+        for policy in policies {
+            let text = policy["data"]["policy.yaml"]
+                .as_str()
+                .context("no policy.yaml")?;
+            let file = dir.path().join("policy.yaml");
+            std::fs::write(&file, text)?;
+            run_ok(picket()?.args(["policy", "check"]).arg(&file))
+                .await
+                .with_context(|| format!("the policy of {}", values.display()))?;
+        }
+    }
+    Ok(())
+}

@@ -47,6 +47,10 @@ const SETTINGS: &[&str] = &[
     "10.96.0.1/32,fd00::/8",
     "--exclude-inbound-ports",
     "9100",
+    "--meshed-cidrs",
+    "10.244.0.0/16,10.96.0.0/12",
+    "--egress",
+    "deny",
 ];
 
 fn input(case: &str) -> Result<String> {
@@ -72,11 +76,16 @@ fn pod_templates(document: &Value) -> Vec<&Value> {
 
 #[tokio::test]
 async fn every_workload_kind_matches_its_golden_file_and_validates() -> Result<()> {
+    let mut differences = Vec::new();
     for case in CASES {
         let injected = picket_inject_ok(&[], &input(case)?).await?;
-        assert_golden(&format!("inject/{case}.injected.yaml"), &injected)?;
         kubernetes_validate(&format!("picket inject of {case}.yaml"), &injected).await?;
+        // Every case is compared before failing, so one run shows (and saves) every change.
+        if let Err(e) = assert_golden(&format!("inject/{case}.injected.yaml"), &injected) {
+            differences.push(format!("{e:#}"));
+        }
     }
+    ensure!(differences.is_empty(), "{}", differences.join("\n\n"));
     Ok(())
 }
 

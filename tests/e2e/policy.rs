@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
@@ -301,11 +302,24 @@ async fn http1_requests_are_allowed_or_denied_with_an_explained_403() -> Result<
         "{seen:?}"
     );
 
-    let mut app = AppCounter::start(mesh.app.addr()).await?;
+    // The frontend passes the target on as written; orders normalizes it once, for policy and
+    // for the app alike.
     let got = curl(&[
+        "--path-as-is",
         "-H",
         "Host: orders",
-        &mesh.outbound_url("/public/secret/key"),
+        &mesh.outbound_url("/public/a/../b/./c"),
+    ])
+    .await?;
+    let seen = got.described()?;
+    ensure!(seen.path == "/public/b/c", "{seen:?}");
+
+    let mut app = AppCounter::start(mesh.app.addr()).await?;
+    let got = curl(&[
+        "--path-as-is",
+        "-H",
+        "Host: orders",
+        &mesh.outbound_url("/public/x/../secret/key"),
     ])
     .await?;
     expect_deny(
@@ -544,6 +558,16 @@ async fn tcp_connection_denied_is_closed_without_bytes_from_the_app() -> Result<
                  to: [{ operation: { paths: [\"/anything\"] } }]",
             ),
             ("none", "no-allow-match"),
+        ),
+        (
+            // A DENY rule is read without its HTTP-only fields for TCP: the more restrictive
+            // reading, so a DENY of `/admin/*` refuses raw TCP altogether.
+            format!(
+                "{TCP_ALLOW_FRONTEND}---\napiVersion: picket.dev/v1\nkind: AuthorizationPolicy\n\
+                 metadata: {{ name: no-admin, namespace: shop }}\nspec:\n  action: DENY\n  \
+                 rules:\n  - to: [{{ operation: {{ paths: [\"/admin/*\"] }} }}]\n"
+            ),
+            ("shop/no-admin", "explicit-deny"),
         ),
     ];
     for (policy, (by, reason)) in cases {
@@ -818,6 +842,134 @@ async fn selectors_and_root_namespace_decide_which_policies_apply() -> Result<()
     Ok(())
 }
 
+#[tokio::test]
+async fn connection_port_sni_and_source_address_are_matched() -> Result<()> {
+    let ca = TestCa::start().await?;
+    let app = App::http("orders").await?;
+    let port = app.addr().port();
+    let other = if port == 65535 { 1 } else { port + 1 };
+    let policy = format!(
+        r#"
+apiVersion: picket.dev/v1
+kind: AuthorizationPolicy
+metadata: {{ name: by-port, namespace: shop }}
+spec:
+  rules:
+  - to: [{{ operation: {{ ports: ["{port}"], paths: ["/public/*"] }} }}]
+  - to: [{{ operation: {{ ports: ["{other}"], paths: ["/other/*"] }} }}]
+  - to: [{{ operation: {{ paths: ["/sni/*"] }} }}]
+    when: [{{ key: connection.sni, values: ["*.TEST"] }}]
+  - to: [{{ operation: {{ paths: ["/wrong-sni/*"] }} }}]
+    when: [{{ key: connection.sni, values: ["orders.shop"] }}]
+  - from: [{{ source: {{ ipBlocks: ["127.0.0.0/8"] }} }}]
+    to: [{{ operation: {{ paths: ["/local/*"] }} }}]
+  - from: [{{ source: {{ notIpBlocks: ["127.0.0.0/8"] }} }}]
+    to: [{{ operation: {{ paths: ["/remote/*"] }} }}]
+---
+apiVersion: picket.dev/v1
+kind: AuthorizationPolicy
+metadata: {{ name: closed-path, namespace: shop }}
+spec:
+  action: DENY
+  rules:
+  - when: [{{ key: destination.port, values: ["{port}"] }}, {{ key: "request.headers[x-closed]", values: ["*"] }}]
+"#
+    );
+    let orders = TestProxy::spawn(
+        &ca,
+        Sidecar::new("shop", "orders", app.addr()).policy(&policy),
+    )
+    .await?;
+    let mut client =
+        h2_to_inbound(orders.addrs().inbound, frontend_tls(&ca, &[b"h2"]).await?).await?;
+    let (status, body) = h2_get(&mut client, "/public/x").await?;
+    ensure!(status == StatusCode::OK, "{status} {body}");
+    // The test client asks for server name `picket.test` and connects from 127.0.0.1.
+    for (path, allowed) in [
+        ("/other/x", false),
+        ("/sni/x", true),
+        ("/wrong-sni/x", false),
+        ("/local/x", true),
+        ("/remote/x", false),
+    ] {
+        let (status, body) = h2_get(&mut client, path).await?;
+        if allowed {
+            ensure!(status == StatusCode::OK, "{path}: {status} {body}");
+        } else {
+            expect_deny(status, &body, None, None, "no-allow-match").context(path)?;
+        }
+    }
+    let mut req = request(Method::GET, Version::HTTP_2, "orders", "/public/x", empty())?;
+    req.headers_mut().insert("x-closed", "yes".parse()?);
+    let resp = client.send(req).await?;
+    let status = resp.status();
+    let body = body_text(resp).await?;
+    expect_deny(
+        status,
+        &body,
+        Some("shop/closed-path"),
+        Some(0),
+        "explicit-deny",
+    )?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn mesh_default_allow_admits_workloads_no_allow_policy_selects() -> Result<()> {
+    let policy_dir = tempfile::tempdir()?;
+    let deny_only = ORDERS_POLICY
+        .split("---")
+        .nth(1)
+        .context("the policy has a second document")?;
+    std::fs::write(policy_dir.path().join("policy.yaml"), deny_only)?;
+    let mesh = Mesh::start_with(MeshOptions {
+        orders_yaml: format!(
+            "policy:\n  path: {}\n  default_action: allow\n",
+            serde_json::to_string(&policy_dir.path().display().to_string())?
+        ),
+        ..MeshOptions::default()
+    })
+    .await?;
+    let (status, body) = get_via_mesh(&mesh, "/anything").await?;
+    ensure!(status == StatusCode::OK, "{status} {body}");
+    let (status, body) = get_via_mesh(&mesh, "/public/secret").await?;
+    expect_deny(
+        status,
+        &body,
+        Some("shop/no-secrets"),
+        Some(0),
+        "explicit-deny",
+    )?;
+    ensure!(
+        decisions(&mesh.orders, "allow", "none", "default", "enforce").await? == 1.0,
+        "the default allow is not counted"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sidecar_refuses_to_start_with_a_broken_policy() -> Result<()> {
+    let ca = TestCa::start().await?;
+    let app = App::http("orders").await?;
+    let broken = "apiVersion: picket.dev/v1\nkind: AuthorizationPolicy\n\
+                  metadata: { name: x, namespace: shop }\nspec:\n  rules:\n  \
+                  - to: [{operation: {methods: [get]}}]\n";
+    let started = TestProxy::spawn(
+        &ca,
+        Sidecar::new("shop", "orders", app.addr()).policy(broken),
+    )
+    .await;
+    let Err(e) = started else {
+        bail!("a sidecar started with a policy it cannot load");
+    };
+    let message = format!("{e:#}");
+    ensure!(
+        message.contains("policy.yaml:6:") && message.contains("`get` is not an uppercase"),
+        "the startup error does not locate the problem: {message}"
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hot reload.
 
@@ -975,6 +1127,42 @@ async fn broken_policy_file_keeps_the_last_good_policy() -> Result<()> {
     // Fixing the file brings the new policy in.
     replace_policy(mesh.orders.policy_dir(), &with_beta_denied())?;
     until_status(&mesh, "/public/beta/1", StatusCode::FORBIDDEN).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reload_does_not_trigger_the_next_one() -> Result<()> {
+    // Reading the policy files is not a change to them. A watcher that reacts to the reload's
+    // own reads (inotify IN_OPEN) re-reads the directory every debounce period forever, and
+    // with a broken file counts a new failure each time.
+    let mesh = mesh_with(ORDERS_POLICY).await?;
+    let failures = reload_failures(&mesh.orders).await?;
+    // Staged outside the watched directory, so that the change is exactly one rename event.
+    let staging = tempfile::tempdir_in(mesh.orders.policy_dir().parent().context("parent")?)?;
+    let staged = staging.path().join("policy.yaml");
+    std::fs::write(&staged, "kind: [unterminated\n")?;
+    std::fs::rename(&staged, mesh.orders.policy_dir().join("policy.yaml"))?;
+    assert_eventually!(
+        READY_TIMEOUT,
+        reload_failures(&mesh.orders).await? > failures,
+        "the broken file was not noticed"
+    );
+    // Nothing changes from here on. This is the one bounded wait for something NOT to happen:
+    // it can only pass wrongly (on a machine too slow to loop), never fail wrongly.
+    let quiet = Duration::from_secs(3);
+    let spinning = eventually(quiet, async || {
+        let now = reload_failures(&mesh.orders).await?;
+        ensure!(now >= failures + 3.0, "{now} failures");
+        Ok(now)
+    })
+    .await;
+    if let Ok(now) = spinning {
+        bail!(
+            "one broken write, no further change, and {} reload failures within {quiet:?}: \
+             the sidecar keeps reloading by itself",
+            now - failures
+        );
+    }
     Ok(())
 }
 

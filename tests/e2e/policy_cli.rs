@@ -1,1 +1,429 @@
+//! `picket policy check | test | explain | fmt`: exit codes and output, on the fixtures under
+//! `tests/fixtures/policy/` and the example under `docs/examples/policy/`.
 
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use anyhow::{Context, Result, ensure};
+use picket_tests::process::{output, picket};
+
+/// `tests/fixtures/policy/<name>`.
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/policy")
+        .join(name)
+}
+
+/// Runs `picket policy <args>`.
+async fn policy(args: &[&str]) -> Result<Output> {
+    output(picket()?.arg("policy").args(args)).await
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Checks the exit code, showing everything the command printed when it differs.
+fn exit_code(out: &Output, want: i32) -> Result<()> {
+    ensure!(
+        out.status.code() == Some(want),
+        "expected exit code {want}, got {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+    Ok(())
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().context("fixture paths are UTF-8")
+}
+
+#[tokio::test]
+async fn check_accepts_valid_policies() -> Result<()> {
+    let orders = fixture("orders.yaml");
+    let text = policy(&["check", path_str(&orders)?]).await?;
+    exit_code(&text, 0)?;
+    let line = stdout(&text);
+    let hash = line
+        .trim()
+        .strip_prefix("ok: 4 policies, sources hash ")
+        .with_context(|| format!("unexpected output {line:?}"))?
+        .to_owned();
+    ensure!(
+        hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{line}"
+    );
+
+    let json = policy(&["check", "--format", "json", path_str(&orders)?]).await?;
+    exit_code(&json, 0)?;
+    let value: serde_json::Value = serde_json::from_str(&stdout(&json))?;
+    ensure!(
+        value == serde_json::json!({ "ok": true, "policies": 4, "sources_hash": hash }),
+        "{value}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn check_reads_the_yaml_files_of_a_directory_and_skips_the_rest() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(fixture("orders.yaml"), dir.path().join("orders.yaml"))?;
+    std::fs::write(
+        dir.path().join("more.yml"),
+        "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\n\
+         metadata: { name: allow-nothing, namespace: billing }\nspec: {}\n",
+    )?;
+    // Not policy files: a dot-file (as ConfigMap mounts have) and another extension.
+    std::fs::write(dir.path().join(".draft.yaml"), "not: [valid")?;
+    std::fs::write(dir.path().join("notes.txt"), "not: [valid")?;
+    let out = policy(&["check", path_str(dir.path())?]).await?;
+    exit_code(&out, 0)?;
+    ensure!(
+        stdout(&out).starts_with("ok: 5 policies, "),
+        "{}",
+        stdout(&out)
+    );
+    Ok(())
+}
+
+/// Every error in `fixtures/policy/broken/orders.yaml`: line, column, what the message names.
+const BROKEN: [(u64, u64, &str); 3] = [
+    (6, 33, "`get` is not an uppercase HTTP method"),
+    (13, 33, "`10.0.0.1/8` has host bits set"),
+    (14, 23, "unknown field `pathz`"),
+];
+
+#[tokio::test]
+async fn check_reports_every_error_with_location_and_caret() -> Result<()> {
+    let broken = fixture("broken/orders.yaml");
+    let source = std::fs::read_to_string(&broken)?;
+    let out = policy(&["check", path_str(&broken)?]).await?;
+    exit_code(&out, 1)?;
+    ensure!(
+        stdout(&out).is_empty(),
+        "nothing on stdout: {}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    for (line, column, message) in BROKEN {
+        let header = format!("{}:{line}:{column}: ", broken.display());
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with(&header))
+            .with_context(|| format!("no error at {header}:\n{err}"))?;
+        ensure!(lines[at].contains(message), "{}", lines[at]);
+        // The offending line, then a caret under the column.
+        let offending = source
+            .lines()
+            .nth(usize::try_from(line)? - 1)
+            .context("line in range")?;
+        let snippet = lines.get(at + 1).copied().unwrap_or_default();
+        let caret = lines.get(at + 2).copied().unwrap_or_default();
+        ensure!(
+            snippet.trim_start() == offending.trim_start() && snippet.ends_with(offending),
+            "snippet {snippet:?} is not line {line} {offending:?}"
+        );
+        let indent = snippet.len() - offending.len();
+        ensure!(
+            caret.trim_end() == format!("{}^", " ".repeat(indent + usize::try_from(column)? - 1)),
+            "caret {caret:?} is not under column {column} of {snippet:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn check_json_lists_errors_with_file_line_and_column() -> Result<()> {
+    let dir = fixture("broken");
+    let out = policy(&["check", "--format", "json", path_str(&dir)?]).await?;
+    exit_code(&out, 1)?;
+    let errors: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out))
+        .with_context(|| format!("not a JSON array: {}", stdout(&out)))?;
+    ensure!(errors.len() == BROKEN.len(), "{errors:?}");
+    let file = dir.join("orders.yaml").display().to_string();
+    for (e, (line, column, message)) in errors.iter().zip(BROKEN) {
+        let keys: Vec<&str> = e
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        ensure!(keys == ["column", "file", "line", "message"], "{e}");
+        ensure!(e["file"] == file.as_str(), "{e}");
+        ensure!(e["line"] == line && e["column"] == column, "{e}");
+        ensure!(
+            e["message"].as_str().is_some_and(|m| m.contains(message)),
+            "{e}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn test_passing_cases_exit_0() -> Result<()> {
+    let out = policy(&[
+        "test",
+        path_str(&fixture("orders.yaml"))?,
+        "--cases",
+        path_str(&fixture("cases.yaml"))?,
+    ])
+    .await?;
+    exit_code(&out, 0)?;
+    let text = stdout(&out);
+    ensure!(text.ends_with("10 passed, 0 failed\n"), "{text}");
+    ensure!(
+        text.lines().filter(|l| l.starts_with("PASS  ")).count() == 10,
+        "{text}"
+    );
+    ensure!(!text.contains("FAIL"), "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn test_failing_case_exits_1_with_a_readable_diff() -> Result<()> {
+    let out = policy(&[
+        "test",
+        path_str(&fixture("orders.yaml"))?,
+        "--cases",
+        path_str(&fixture("failing-cases.yaml"))?,
+    ])
+    .await?;
+    exit_code(&out, 1)?;
+    let text = stdout(&out);
+    let want = [
+        "PASS  frontend reads an order",
+        "FAIL  frontend may delete orders",
+        "      verdict: expected allow, got deny",
+        "      policy: expected shop/orders-read, got none",
+        "      reason: expected allow-match, got no-allow-match",
+        "1 passed, 1 failed",
+    ];
+    for line in want {
+        ensure!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn test_with_a_broken_policy_exits_1_with_the_load_errors() -> Result<()> {
+    let broken = fixture("broken/orders.yaml");
+    let out = policy(&[
+        "test",
+        path_str(&broken)?,
+        "--cases",
+        path_str(&fixture("cases.yaml"))?,
+    ])
+    .await?;
+    exit_code(&out, 1)?;
+    ensure!(
+        stderr(&out).contains(&format!("{}:6:33: ", broken.display())),
+        "{}",
+        stderr(&out)
+    );
+    ensure!(
+        !stdout(&out).contains("passed"),
+        "cases ran against a broken policy"
+    );
+    Ok(())
+}
+
+/// `picket policy explain` on the orders fixture for workload shop/app=orders.
+async fn explain(extra: &[&str]) -> Result<Output> {
+    let orders = fixture("orders.yaml");
+    let mut args = vec![
+        "explain",
+        path_str(&orders)?,
+        "--workload",
+        "shop",
+        "--label",
+        "app=orders",
+        "--from",
+        "spiffe://cluster.local/ns/shop/sa/frontend",
+        "--port",
+        "8080",
+    ];
+    args.extend_from_slice(extra);
+    let out = policy(&args).await?;
+    exit_code(&out, 0)?;
+    Ok(out)
+}
+
+#[tokio::test]
+async fn explain_text_names_the_decider_every_policy_and_the_dry_run_shadows() -> Result<()> {
+    let out = explain(&[
+        "--method",
+        "GET",
+        "--path",
+        "/api/orders/7",
+        "--header",
+        "user-agent=legacy-client/2.1",
+    ])
+    .await?;
+    let text = stdout(&out);
+    let orders = fixture("orders.yaml");
+    let want = [
+        "decision: allow (allow-match) by shop/orders-read rule 0; would deny with dry-run policies enforced".to_owned(),
+        format!("policy picket-system/no-debug (DENY enforce, {}:52)", orders.display()),
+        "    to[0].operation.paths: `/api/orders/7` matches none of [/debug/*]".to_owned(),
+        format!("policy shop/deny-legacy-clients (DENY dry-run, {}:38)", orders.display()),
+        format!("policy shop/no-admin (DENY enforce, {}:25)", orders.display()),
+        format!("policy shop/orders-read (ALLOW enforce, {}:3)", orders.display()),
+        "  rule 0: matched".to_owned(),
+        "  rule 1: no match".to_owned(),
+        "    to[0].operation.methods: `GET` matches none of [POST]".to_owned(),
+        "dry-run: shop/deny-legacy-clients would deny (rule 0)".to_owned(),
+        "with dry-run policies enforced the verdict would be deny".to_owned(),
+    ];
+    for line in &want {
+        ensure!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+
+    // The path is normalized as the sidecar does before it is judged.
+    let out = explain(&["--method", "GET", "--path", "/api/orders/%2e%2e/../admin/x"]).await?;
+    let text = stdout(&out);
+    ensure!(
+        text.starts_with("decision: deny (explicit-deny) by shop/no-admin rule 0\n"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn explain_json_has_the_decision_every_policy_and_each_rule() -> Result<()> {
+    let out = explain(&[
+        "--format",
+        "json",
+        "--method",
+        "DELETE",
+        "--path",
+        "/api/orders/7",
+        "--header",
+        "user-agent=legacy-client/2.1",
+    ])
+    .await?;
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out))?;
+    let decision = &json["decision"];
+    ensure!(decision["verdict"] == "deny", "{decision}");
+    ensure!(decision["reason"] == "no-allow-match", "{decision}");
+    ensure!(
+        decision["policy"].is_null() && decision["rule"].is_null(),
+        "{decision}"
+    );
+    ensure!(
+        decision["shadows"]
+            == serde_json::json!([{ "policy": "shop/deny-legacy-clients", "rule": 0, "would": "deny" }]),
+        "{decision}"
+    );
+    ensure!(decision["would_verdict"] == "deny", "{decision}");
+    ensure!(json["default_action"] == "deny", "{json}");
+
+    let considered: Vec<(String, Option<u64>)> = json["policies"]
+        .as_array()
+        .context("policies is an array")?
+        .iter()
+        .map(|p| {
+            (
+                p["policy"].as_str().unwrap_or_default().to_owned(),
+                p["matched_rule"].as_u64(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, Option<u64>)> = vec![
+        ("picket-system/no-debug".into(), None),
+        ("shop/deny-legacy-clients".into(), Some(0)),
+        ("shop/no-admin".into(), None),
+        ("shop/orders-read".into(), None),
+    ];
+    ensure!(considered == want, "{considered:?}");
+    let read_rules = &json["policies"][3]["rules"];
+    ensure!(
+        read_rules[0]["misses"]
+            == serde_json::json!(["to[0].operation.methods: `DELETE` matches none of [GET]"]),
+        "{read_rules}"
+    );
+    ensure!(
+        read_rules[1]["matched"] == false
+            && read_rules[1]["misses"]
+                .as_array()
+                .is_some_and(|m| m.len() == 3),
+        "{read_rules}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn fmt_prints_canonical_policies_that_check_and_test_the_same() -> Result<()> {
+    let out = policy(&["fmt", path_str(&fixture("orders.yaml"))?]).await?;
+    exit_code(&out, 0)?;
+    let formatted = stdout(&out);
+    ensure!(
+        !formatted.contains('#'),
+        "comments are not part of the canonical form"
+    );
+
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("orders.yaml");
+    std::fs::write(&file, &formatted)?;
+    let check = policy(&["check", path_str(&file)?]).await?;
+    exit_code(&check, 0)?;
+    ensure!(
+        stdout(&check).starts_with("ok: 4 policies, "),
+        "{}",
+        stdout(&check)
+    );
+    // Same meaning: the fixture's cases pass on the formatted file too.
+    let cases = policy(&[
+        "test",
+        path_str(&file)?,
+        "--cases",
+        path_str(&fixture("cases.yaml"))?,
+    ])
+    .await?;
+    exit_code(&cases, 0)?;
+    // Stable: formatting the formatted file changes nothing.
+    let again = policy(&["fmt", path_str(&file)?]).await?;
+    exit_code(&again, 0)?;
+    ensure!(
+        stdout(&again) == formatted,
+        "fmt is not stable:\n{formatted}\n---- then ----\n{}",
+        stdout(&again)
+    );
+
+    let broken = policy(&["fmt", path_str(&fixture("broken/orders.yaml"))?]).await?;
+    exit_code(&broken, 1)?;
+    ensure!(
+        stdout(&broken).is_empty(),
+        "fmt printed a broken set: {}",
+        stdout(&broken)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn documented_example_cases_pass() -> Result<()> {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/policy");
+    let out = policy(&[
+        "test",
+        path_str(&examples.join("orders.yaml"))?,
+        "--cases",
+        path_str(&examples.join("cases.yaml"))?,
+    ])
+    .await?;
+    exit_code(&out, 0)?;
+    ensure!(
+        stdout(&out).ends_with(" passed, 0 failed\n"),
+        "{}",
+        stdout(&out)
+    );
+    Ok(())
+}

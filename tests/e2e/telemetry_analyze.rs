@@ -38,8 +38,7 @@ fn flow<'a>(
     dst: &'a str,
     method: &'a str,
     path: String,
-    status: u16,
-    verdict: Verdict,
+    (status, verdict): (u16, Verdict),
 ) -> Result<FlowRecord<'a>> {
     Ok(FlowRecord {
         source_identity: Some(src.into()),
@@ -69,8 +68,7 @@ fn record(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
             &ids.orders,
             "GET",
             path.clone(),
-            200,
-            Verdict::Allow,
+            (200, Verdict::Allow),
         )?);
         inbound.push(flow(
             i * 3,
@@ -79,8 +77,7 @@ fn record(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
             &ids.orders,
             "GET",
             path,
-            200,
-            Verdict::Allow,
+            (200, Verdict::Allow),
         )?);
         if i % 10 == 0 {
             inbound.push(flow(
@@ -90,8 +87,7 @@ fn record(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
                 &ids.payments,
                 "POST",
                 "/api/charge".into(),
-                201,
-                Verdict::Allow,
+                (201, Verdict::Allow),
             )?);
         }
     }
@@ -103,8 +99,7 @@ fn record(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
             &ids.payments,
             "POST",
             "/api/charge".into(),
-            201,
-            Verdict::Allow,
+            (201, Verdict::Allow),
         )?);
     }
     inbound.push(flow(
@@ -114,8 +109,7 @@ fn record(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
         &ids.orders,
         "GET",
         "/admin".into(),
-        404,
-        Verdict::Allow,
+        (404, Verdict::Allow),
     )?);
     for i in 0..12 {
         inbound.push(flow(
@@ -125,8 +119,7 @@ fn record(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
             &ids.orders,
             "DELETE",
             "/api/orders/1".into(),
-            403,
-            Verdict::Deny,
+            (403, Verdict::Deny),
         )?);
     }
     let mut files = Vec::new();
@@ -256,7 +249,9 @@ async fn analyze_reports_graph_flags_blast_radius_and_a_policy_that_passes_check
         "{fr:#}"
     );
 
-    // The suggested policy loads, allows the baseline and refuses the attack.
+    // The suggested policy passes `picket policy check`, allows the baseline and refuses
+    // the attack.
+    run_ok(picket()?.args(["policy", "check"]).arg(&policy_out)).await?;
     let yaml = std::fs::read_to_string(&policy_out)?;
     let set = picket_policy::load(
         &[picket_policy::Source {

@@ -117,6 +117,10 @@ capabilities:
 - {{ .Values.trustDomain | quote }}
 - --token-audience
 - {{ .Values.tokenAudience | quote }}
+- --meshed-cidrs
+- {{ join "," .Values.mesh.cidrs | quote }}
+- --egress
+- {{ .Values.mesh.egress | quote }}
 - --proxy-cpu-request
 - {{ .Values.proxy.resources.requests.cpu | quote }}
 - --proxy-memory-request

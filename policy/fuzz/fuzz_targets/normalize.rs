@@ -17,8 +17,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let opts = PathOptions {
-        encoded_slashes: [EncodedSlashes::Reject, EncodedSlashes::Decode, EncodedSlashes::Keep]
-            [usize::from(selector % 3)],
+        encoded_slashes: [
+            EncodedSlashes::Reject,
+            EncodedSlashes::Decode,
+            EncodedSlashes::Keep,
+        ][usize::from(selector % 3)],
         backslash: [Backslash::Reject, Backslash::Slash][usize::from((selector / 3) % 2)],
         path_params: [PathParams::Keep, PathParams::Strip, PathParams::Reject]
             [usize::from((selector / 6) % 3)],
@@ -26,13 +29,21 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(once) = normalize_path(text, &opts) {
         assert!(once.starts_with('/'));
         assert!(!once.contains("//"), "{once}");
-        assert_eq!(normalize_path(&once, &opts).as_deref(), Ok(once.as_str()), "{text:?}");
+        assert_eq!(
+            normalize_path(&once, &opts).as_deref(),
+            Ok(once.as_str()),
+            "{text:?}"
+        );
         for segment in once.split('/') {
             assert!(segment != "." && segment != "..", "{once}");
         }
     }
     if let Ok(host) = normalize_host(text) {
-        assert_eq!(normalize_host(&host).as_deref(), Ok(host.as_str()), "{text:?}");
+        assert_eq!(
+            normalize_host(&host).as_deref(),
+            Ok(host.as_str()),
+            "{text:?}"
+        );
     }
     let _ = normalize_method(text);
 });

@@ -14,7 +14,13 @@ fuzz_target!(|data: &[u8]| {
         opaque_tcp_ports: vec![5432],
         ..LoadOptions::default()
     };
-    let set = match load(&[Source { name: "fuzz.yaml", text }], &opts) {
+    let set = match load(
+        &[Source {
+            name: "fuzz.yaml",
+            text,
+        }],
+        &opts,
+    ) {
         Ok(set) => set,
         Err(errors) => {
             // Rendering errors must not panic either.
@@ -23,7 +29,13 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let printed = set.to_yaml();
-    match load(&[Source { name: "fuzz.yaml", text: &printed }], &opts) {
+    match load(
+        &[Source {
+            name: "fuzz.yaml",
+            text: &printed,
+        }],
+        &opts,
+    ) {
         Ok(again) => assert!(again == set, "print/parse changed the set:\n{printed}"),
         Err(e) => panic!("printed set does not load:\n{e}\n{printed}"),
     }
@@ -49,7 +61,9 @@ fuzz_target!(|data: &[u8]| {
         for principal in [None, Some("cluster.local/ns/shop/sa/frontend")] {
             let req = Request {
                 source_principal: principal,
-                source_ip: "10.1.2.3".parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+                source_ip: "10.1.2.3"
+                    .parse()
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
                 destination_port: 8080,
                 sni: Some("orders.shop"),
                 http,

@@ -264,6 +264,7 @@ pub struct Analysis {
     pub report: Report,
     agg: read::Aggregate,
     workload_label: String,
+    baseline_until: Option<OffsetDateTime>,
 }
 
 /// `namespace/service-account` for a SPIFFE ID, the input otherwise.
@@ -290,6 +291,7 @@ pub fn analyze(opts: AnalyzeOptions) -> Result<Analysis, AnalyzeError> {
         report,
         agg,
         workload_label: opts.workload_label,
+        baseline_until: opts.baseline_until,
     })
 }
 
@@ -454,7 +456,7 @@ impl Analysis {
     /// Least-privilege `picket.dev/v1` AuthorizationPolicy YAML from the observed admitted
     /// traffic (of the baseline period, when one was given).
     pub fn suggest_policy(&self, opts: &SuggestOptions) -> String {
-        suggest::suggest(&self.agg, &self.workload_label, opts)
+        suggest::suggest(&self.agg, &self.workload_label, self.baseline_until, opts)
     }
 
     /// A baseline for the detectors: one `"type":"edge"` JSON line per (source, destination,

@@ -106,6 +106,8 @@ pub(crate) struct EdgeAgg {
     /// Ports of allowed traffic, for policy suggestions.
     pub(crate) allowed_ports: BTreeMap<u16, bool>,
     pub(crate) allowed_tcp: bool,
+    /// Records behind `allowed_paths`, `allowed_ports` and `allowed_tcp`.
+    pub(crate) allowed_records: u64,
     pub(crate) sample_source_ip: Option<IpAddr>,
     pub(crate) sample_host: Option<Box<str>>,
 }
@@ -271,6 +273,7 @@ impl Aggregate {
         // the baseline period when there is one.
         let not_a_route = r.status.is_some_and(|s| s == 404 || s == 405);
         if !denied && before && !not_a_route {
+            edge.allowed_records += 1;
             if let Some(p) = r.destination_port {
                 edge.allowed_ports.insert(p, true);
             }

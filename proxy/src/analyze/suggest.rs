@@ -109,7 +109,12 @@ fn policy_name(service_account: &str) -> String {
     name.trim_end_matches('-').to_owned()
 }
 
-pub(crate) fn suggest(agg: &Aggregate, label: &str, opts: &SuggestOptions) -> String {
+pub(crate) fn suggest(
+    agg: &Aggregate,
+    label: &str,
+    until: Option<time::OffsetDateTime>,
+    opts: &SuggestOptions,
+) -> String {
     let names = &agg.nodes;
     // destination -> source -> operations
     let mut plan: BTreeMap<&str, BTreeMap<&str, Vec<Operation>>> = BTreeMap::new();
@@ -127,8 +132,7 @@ pub(crate) fn suggest(agg: &Aggregate, label: &str, opts: &SuggestOptions) -> St
             skipped.insert(source);
             continue;
         }
-        let c = e.counts();
-        admitted += c.requests.saturating_sub(c.denied);
+        admitted += e.allowed_records;
         let paths: BTreeSet<&str> = e.allowed_paths.iter().map(AsRef::as_ref).collect();
         let ports: Vec<u16> = e.allowed_ports.keys().copied().collect();
         let ops = operations(&paths, e.allowed_tcp, &ports, opts.collapse_threshold);
@@ -138,8 +142,13 @@ pub(crate) fn suggest(agg: &Aggregate, label: &str, opts: &SuggestOptions) -> St
     }
 
     let mut out = String::new();
-    let span = match (agg.first_ts, agg.last_ts) {
-        (Some(a), Some(b)) => format!(
+    let span = match (agg.first_ts, agg.last_ts, until) {
+        (Some(a), _, Some(u)) => format!(
+            " seen {} to {} (the baseline)",
+            super::rfc3339(super::ts(a)),
+            super::rfc3339(u)
+        ),
+        (Some(a), Some(b), None) => format!(
             " seen {} to {}",
             super::rfc3339(super::ts(a)),
             super::rfc3339(super::ts(b))
@@ -148,7 +157,7 @@ pub(crate) fn suggest(agg: &Aggregate, label: &str, opts: &SuggestOptions) -> St
     };
     let _ = writeln!(
         out,
-        "# Suggested by `picket analyze` from about {admitted} admitted requests{span}."
+        "# Suggested by `picket analyze` from {admitted} admitted flow records{span}."
     );
     let _ = writeln!(
         out,

@@ -233,7 +233,7 @@ async fn spawn_sidecar(
         },
         inbound: InboundConfig {
             listen: any,
-            app,
+            app: Some(app),
             transparent: false,
         },
         outbound: OutboundConfig {

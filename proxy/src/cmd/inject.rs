@@ -50,12 +50,28 @@ pub struct SettingsArgs {
     /// Outbound networks that bypass the sidecar in every pod (comma-separated CIDRs).
     #[arg(long, value_delimiter = ',')]
     exclude_outbound_cidrs: Vec<Cidr>,
+    /// Destinations inside the mesh, carried over mTLS (comma-separated CIDRs: the cluster's
+    /// pod and Service networks) [default: 10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fd00::/8].
+    #[arg(long, value_delimiter = ',')]
+    meshed_cidrs: Vec<Cidr>,
+    /// Other destinations: `allow` passes them as plain TCP, `deny` refuses them.
+    #[arg(long, value_enum, default_value_t = Egress::Allow)]
+    egress: Egress,
     /// The sidecar's CPU request.
     #[arg(long, default_value = "10m")]
     proxy_cpu_request: String,
     /// The sidecar's memory request.
     #[arg(long, default_value = "32Mi")]
     proxy_memory_request: String,
+}
+
+/// What happens to destinations outside the meshed networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Egress {
+    /// Pass as plain TCP.
+    Allow,
+    /// Refuse.
+    Deny,
 }
 
 /// `imagePullPolicy` values.
@@ -96,6 +112,10 @@ impl SettingsArgs {
         settings
             .exclude_outbound_cidrs
             .clone_from(&self.exclude_outbound_cidrs);
+        if !self.meshed_cidrs.is_empty() {
+            settings.meshed_cidrs.clone_from(&self.meshed_cidrs);
+        }
+        settings.egress_allowed = self.egress == Egress::Allow;
         settings
             .proxy_cpu_request
             .clone_from(&self.proxy_cpu_request);

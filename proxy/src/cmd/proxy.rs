@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, IdentityOverride};
 
 /// Arguments of `picket proxy`.
 #[derive(Debug, clap::Args)]
@@ -16,11 +16,23 @@ pub struct ProxyArgs {
     /// Once ready, write the bound addresses here as JSON (for supervisors and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// The workload's namespace, when the file leaves it out (Kubernetes: downward API).
+    #[arg(long, env = "PICKET_NAMESPACE")]
+    namespace: Option<String>,
+    /// The workload's service account, when the file leaves it out.
+    #[arg(long, env = "PICKET_SERVICE_ACCOUNT")]
+    service_account: Option<String>,
 }
 
 /// Runs the sidecar until SIGTERM or SIGINT, then drains.
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)?;
+    let config = Config::load(
+        &args.config,
+        &IdentityOverride {
+            namespace: args.namespace.clone(),
+            service_account: args.service_account.clone(),
+        },
+    )?;
     let shutdown = CancellationToken::new();
     super::cancel_on_signal(shutdown.clone())?;
     let ready_file = args.ready_file.clone();

@@ -118,6 +118,14 @@ impl TelemetryMetrics {
             .inc_by(n);
     }
 
+    /// Creates the zero series of `sink`, so that a scrape shows the sink exists before
+    /// anything was lost.
+    pub fn declare_sink(&self, sink: Sink) {
+        for reason in [DropReason::QueueFull, DropReason::SinkFailed] {
+            let _ = self.dropped.get_or_create(&DroppedLabels { sink, reason });
+        }
+    }
+
     /// Items lost by `sink` for `reason` so far.
     pub fn dropped_count(&self, sink: Sink, reason: DropReason) -> u64 {
         self.dropped

@@ -137,6 +137,13 @@ impl Telemetry {
             .as_ref()
             .map(|o| Otlp::start(o, identity, &metrics))
             .transpose()?;
+        if flow_log.is_some() {
+            metrics.declare_sink(metrics::Sink::FlowLog);
+        }
+        if otlp.is_some() {
+            metrics.declare_sink(metrics::Sink::Traces);
+            metrics.declare_sink(metrics::Sink::Logs);
+        }
         Ok(Self {
             inner: Some(Arc::new(Inner {
                 identity: identity.to_string(),
