@@ -81,7 +81,7 @@ def workloads(upload_script: Path) -> list[Workload]:
         Workload("w3_full_hs", "W3b new client connection and new sidecar mTLS connection per "
                  "request", "fullhs",
                  lambda url, d: load.wrk(url + "/1k", 16, d, headers=["Connection: close"])),
-        Workload("w4_1mib", "W4 1 MiB request and 1 MiB response, 8 connections", "http1",
+        Workload("w4_1mib", "W4 1 MiB request and 1 MiB response, 8 connections", "bulk",
                  lambda url, d: with_mib(load.wrk(url + "/1m", 8, d, script=upload_script))),
         Workload("w5_stream", "W5 opaque TCP stream, 1 connection, echoed", "tcp",
                  lambda addr, d: load.tcptool("stream", addr, d), duration="tcp"),
@@ -231,7 +231,9 @@ class Bench:
     def run_one(self, w: Workload, s: System, seconds: float, keep: bool) -> None:
         active = s.accounted(w.target)
         self.isolate(active)
-        if active and w.target != "tcp" and probe(s.targets[w.target], h2=w.target == "h2c") != "200":
+        healthy = (not active or w.target == "tcp"
+                   or probe(s.targets[w.target], h2=w.target == "h2c") == "200")
+        if not healthy:
             # A proxy that stopped answering would spoil this and every later figure of the
             # system: record it, start the system afresh and go on.
             self.fail(f"{s.name} stopped answering before {w.id}; restarted",
@@ -357,7 +359,11 @@ class Bench:
                                          lambda: w.go(self.picket_sys.targets[w.target], seconds))
                             runs.setdefault(name, {}).setdefault(w.id, []).append(r)
                         except BenchError as e:
-                            self.fail(f"w8 {name} {w.id}", e)
+                            # The variant answered the probe but not under load: a finding
+                            # about the sidecar, recorded in the report, not a harness failure.
+                            runs.setdefault(name, {}).setdefault("load_failures", []).append(
+                                f"{w.id}: {e}")
+                            self.step(f"  w8 {name}: {w.id} failed: {e}")
                     r1 = runs.get(name, {}).get("w1_c16", [{}])[-1]
                     self.step(f"  w8 {name:26} W1 {r1.get('rps', 0):10.1f} req/s")
         finally:
@@ -480,10 +486,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="bench/run")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--picket", required=True)
+    parser.add_argument("--picket", default="")
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--overlay", default="")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite report.md and latency.svg from OUT/results.json")
     args = parser.parse_args()
+    if args.render:
+        out = Path(args.out)
+        results = json.loads((out / "results.json").read_text())
+        (out / "latency.svg").write_text(report.latency_svg(results))
+        (out / "report.md").write_text(report.markdown(results))
+        return 0
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt

@@ -291,6 +291,10 @@ def w8_section(results) -> list[str]:
             f"{fmt(med([r['p99_ms'] for r in w6]), 3)} | "
             f"{fmt(med([r['p99.9_ms'] for r in w6]), 3)} | "
             f"{fmt(med([r.get('cpu_us_per_req') for r in w6]), 1)} |")
+    failures = [f"- {name}: {f}" for name in w8.get("variants", runs.keys())
+                for f in runs.get(name, {}).get("load_failures", [])]
+    if failures:
+        out += ["", "Runs that completed no request:", "", *failures]
     if not w8.get("telemetry"):
         out += ["", "Telemetry on/off: **not yet available**: the sidecar configuration has no "
                 "`telemetry:` section yet. Put the section in `bench/w8/telemetry.yaml` and W8 "
@@ -364,6 +368,11 @@ def markdown(results) -> str:
         "one worker thread, nginx `worker_processes 1`, HAProxy `nbthread 1`). Core 1: the load "
         "generator, the backend (nginx, 1 worker, static 1 KB and 1 MiB bodies) and the TCP "
         "echo server.",
+        "- Isolation: before each run every proxy process that does not carry that run's "
+        "traffic is stopped with SIGSTOP (and continued with SIGCONT when its turn comes), so "
+        "an idle system takes no CPU from the one measured. Every benchmark process runs with "
+        "the scheduling policy in the machine table, so that other work on the machine waits "
+        "for it rather than the other way round.",
         "- One CA for all: the Picket CA issues every certificate (ECDSA P-256 leaves with one "
         "SPIFFE URI SAN, `spiffe://cluster.local/ns/shop/sa/frontend` and `.../orders`); the "
         "sidecars enrol with join tokens, nginx and HAProxy get certificates for the same "
@@ -379,9 +388,10 @@ def markdown(results) -> str:
         "check a URI SAN, so its outbound side runs `proxy_ssl_verify off` (it does not verify "
         "the server), which makes its handshakes cheaper than the others'.",
         "- HAProxy: HTTP/2 over mTLS between the two (`alpn h2`, `verify required` both ways, "
-        "`http-reuse safe`: with `always`, HAProxy 2.6.12 stalls its HTTP/2 connection for good "
-        "after W4's 1 MiB uploads); TCP mode with TLS for W5. HAProxy checks the chain, not the "
-        "SPIFFE ID; Picket checks both.",
+        "`http-reuse always`; W4's 1 MiB uploads go through a second backend with the default "
+        "`http-reuse safe`, because with `always` or `aggressive` HAProxy 2.6.12 ends up "
+        "spinning on or stalling a reused HTTP/2 connection after them); TCP mode with TLS for "
+        "W5. HAProxy checks the chain, not the SPIFFE ID; Picket checks both.",
         "- W3b: nginx without upstream keep-alive and `proxy_ssl_session_reuse off`, HAProxy "
         "`http-reuse never` + `no-ssl-reuse`: a full handshake per request. Picket has no switch "
         "to turn pooling off: its `tcp` upstream opens one mTLS connection per client "

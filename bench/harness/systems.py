@@ -6,6 +6,7 @@ Every system offers the same targets:
     fullhs  HTTP/1.1 where every client connection also costs a new sidecar-to-sidecar mTLS
             connection (W3b)
     tcp     opaque TCP to an echo server (W5)
+    bulk    like http1, for the 1 MiB uploads of W4 (its own backend in HAProxy, see there)
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ class Direct(System):
             "fullhs": f"http://127.0.0.1:{b.h1}",
             "tcp": f"127.0.0.1:{b.echo}",
         }
+        self.targets["bulk"] = self.targets["http1"]
 
 
 class Picket(System):
@@ -281,6 +283,7 @@ class Picket(System):
             "fullhs": f"http://{up['orders-raw']}",
             "tcp": up["echo"],
         }
+        self.targets["bulk"] = self.targets["http1"]
 
     def stop(self) -> None:
         for p in self.sidecars.values():
@@ -456,6 +459,7 @@ stream {{
             "fullhs": f"http://127.0.0.1:{p['fullhs']}",
             "tcp": f"127.0.0.1:{p['tcp']}",
         }
+        self.targets["bulk"] = self.targets["http1"]
 
     def stop(self) -> None:
         for p in (self.front, self.back):
@@ -471,8 +475,8 @@ stream {{
 
 class HaproxyPair(System):
     """Two HAProxy processes, `nbthread 1`: HTTP/2 over mTLS between them (`verify required`
-    both ways), connection reuse on (`http-reuse safe`); TCP mode with TLS for the opaque
-    stream."""
+    both ways), connection reuse on (`http-reuse always`; `safe` for W4's uploads); TCP mode
+    with TLS for the opaque stream."""
 
     name = "haproxy"
     label = "HAProxy pair"
@@ -485,7 +489,8 @@ class HaproxyPair(System):
         self.log_dir = log_dir
         self.front_cert = pki.issue_peer_cert(FRONTEND)
         self.back_cert = pki.issue_peer_cert(ORDERS)
-        self.ports = {k: free_port() for k in ("h1", "h2c", "fullhs", "tcp", "in", "in_tcp")}
+        self.ports = {k: free_port() for k in
+                      ("h1", "h2c", "fullhs", "tcp", "in", "in_tcp", "bulk")}
         self.front: Proc | None = None
         self.back: Proc | None = None
 
@@ -523,9 +528,19 @@ frontend out_fullhs
     bind 127.0.0.1:{p['fullhs']}
     default_backend orders_fullhs
 
+frontend out_bulk
+    bind 127.0.0.1:{p['bulk']}
+    default_backend orders_bulk
+
 backend orders
-    # `safe` (HAProxy's default) rather than `always`: with `always`, HAProxy 2.6.12 stalls
-    # the HTTP/2 connection to its peer for good after W4's 1 MiB uploads (reproducible).
+    http-reuse always
+    server orders 127.0.0.1:{p['in']} {tls} alpn h2
+
+backend orders_bulk
+    # W4's 1 MiB uploads have their own backend with HAProxy's default `http-reuse safe`:
+    # with `always` or `aggressive`, HAProxy 2.6.12 ends up spinning on, or stalling, a reused
+    # HTTP/2 connection to its peer after a few seconds of them (reproducible), and every
+    # later request on that backend hangs.
     http-reuse safe
     server orders 127.0.0.1:{p['in']} {tls} alpn h2
 
@@ -574,13 +589,14 @@ backend echo
                         self.log_dir, SIDECAR_CORE)
             setattr(self, side, proc)
         wait_ports(self.back, [self.ports["in"], self.ports["in_tcp"]])
-        wait_ports(self.front, [self.ports[k] for k in ("h1", "h2c", "fullhs", "tcp")])
+        wait_ports(self.front, [self.ports[k] for k in ("h1", "h2c", "fullhs", "tcp", "bulk")])
         p = self.ports
         self.targets = {
             "http1": f"http://127.0.0.1:{p['h1']}",
             "h2c": f"http://127.0.0.1:{p['h2c']}",
             "fullhs": f"http://127.0.0.1:{p['fullhs']}",
             "tcp": f"127.0.0.1:{p['tcp']}",
+            "bulk": f"http://127.0.0.1:{p['bulk']}",
         }
 
     def stop(self) -> None:

@@ -184,46 +184,10 @@ impl PolicyStore {
         }
     }
 
-    /// Reloads on SIGHUP and whenever the watched directory changes (debounced), until
-    /// `shutdown`.
-    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
-        let Some(path) = self.path.clone() else {
-            return;
-        };
-        // Watch the directory that holds the policy (the parent for a single file), so that
-        // atomic renames and ConfigMap symlink swaps are seen.
-        let dir = if path.is_dir() {
-            path.clone()
-        } else {
-            path.parent()
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-        };
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let watcher = {
-            let tx = tx.clone();
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
-                    // A full channel already has a reload pending.
-                    let _ = tx.try_send(());
-                }
-            })
-        };
-        let _watcher = match watcher {
-            Ok(mut w) => {
-                use notify::Watcher;
-                match w.watch(&dir, notify::RecursiveMode::Recursive) {
-                    Ok(()) => Some(w),
-                    Err(e) => {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the policy directory; reload with SIGHUP");
-                        None
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "file watching unavailable; reload with SIGHUP");
-                None
-            }
-        };
+    /// Starts reloading on SIGHUP and whenever the watched directory changes (debounced), until
+    /// `shutdown`. The signal handler and the file watch are in place when this returns, so a
+    /// caller can announce readiness right after.
+    pub fn watch(self: Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -231,26 +195,69 @@ impl PolicyStore {
                 None
             }
         };
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                Some(()) = rx.recv() => {
-                    // Debounce: editors and ConfigMap updates touch several entries at once.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    while rx.try_recv().is_ok() {}
-                }
-                Some(()) = async {
-                    match hup.as_mut() {
-                        Some(h) => h.recv().await,
-                        None => std::future::pending().await,
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let watcher = self.path.as_deref().and_then(|path| watch_dir(path, tx));
+        tokio::spawn(async move {
+            // Dropping the watcher stops it; keep it for the life of the loop.
+            let _watcher = watcher;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    Some(()) = rx.recv() => {
+                        // Debounce: editors and ConfigMap updates touch several entries at once.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        while rx.try_recv().is_ok() {}
                     }
-                } => {
-                    tracing::info!("SIGHUP: reloading policy");
+                    Some(()) = async {
+                        match hup.as_mut() {
+                            Some(h) => h.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        tracing::info!("SIGHUP: reloading policy");
+                    }
                 }
+                let _ = self.reload();
             }
-            let _ = self.reload();
-        }
+        })
     }
+}
+
+/// Watches the directory that holds `path` (the directory itself, or a file's parent) so that
+/// atomic renames and ConfigMap symlink swaps are seen. Only changes count: reading the files
+/// (as every reload does) must not schedule another reload.
+fn watch_dir(path: &Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    };
+    let handler = move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if matches!(
+            event.kind,
+            notify::EventKind::Create(_)
+                | notify::EventKind::Modify(_)
+                | notify::EventKind::Remove(_)
+        ) {
+            // A full channel already has a reload pending.
+            let _ = tx.try_send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "file watching unavailable; reload with SIGHUP");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::Recursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the policy directory; reload with SIGHUP");
+        return None;
+    }
+    Some(watcher)
 }
 
 /// A fresh request id for deny records: 16 hex digits.

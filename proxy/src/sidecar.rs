@@ -170,7 +170,7 @@ pub async fn run(
     };
 
     state.listening.store(true, Ordering::Release);
-    let policy_watch = tokio::spawn(Arc::clone(&policy).watch(shutdown.clone()));
+    let policy_watch = Arc::clone(&policy).watch(shutdown.clone());
     tracing::info!(
         inbound = %addrs.inbound,
         outbound = %addrs.outbound,

@@ -57,8 +57,6 @@ enum Want {
     Denied(&'static str),
     /// 400, refused before policy; the app received nothing.
     Refused,
-    /// Refused (400), denied (403) or the stream reset: anything but reaching the app.
-    NotForwarded,
 }
 
 /// The request the app must have received.
@@ -291,23 +289,8 @@ fn h2_request(case: &H2) -> Result<Request<picket_tests::clients::Body>> {
 /// Checks one case: `outcome` is the status and body (or the error), `reached` how many
 /// requests the app received meanwhile.
 fn judge(outcome: Result<(u16, String)>, reached: u64, want: Want) -> Result<()> {
-    if let Want::NotForwarded = want {
-        if reached != 0 {
-            let answer = match &outcome {
-                Ok((status, body)) => format!("{status} {body}"),
-                Err(e) => format!("{e:#}"),
-            };
-            anyhow::bail!("the app received {reached} request(s); the answer was {answer}");
-        }
-        if let Ok((status, body)) = &outcome {
-            ensure!(
-                *status == 400 || *status == 403,
-                "expected 400, 403 or a reset, got {status}: {body}"
-            );
-        }
-        return Ok(());
-    }
-    let (status, body) = outcome?;
+    let (status, body) =
+        outcome.with_context(|| format!("no answer; the app received {reached} request(s)"))?;
     match want {
         Want::Seen(s) => {
             ensure!(status == 200, "expected 200, got {status}: {body}");
@@ -353,7 +336,6 @@ fn judge(outcome: Result<(u16, String)>, reached: u64, want: Want) -> Result<()>
             ensure!(reached == 0, "the app received {reached} request(s)");
             ensure!(status == 400, "expected 400, got {status}: {body}");
         }
-        Want::NotForwarded => {}
     }
     Ok(())
 }
@@ -783,32 +765,68 @@ async fn ambiguous_framing_is_refused() -> Result<()> {
     Target::start().await?.run_h1(&framing_cases()).await
 }
 
-/// A body that, read by Content-Length instead of chunked (or the other way round), would leave
-/// a second request on the connection.
+/// A chunked body that ends at once, followed by a request that a reader going by
+/// Content-Length would take for body, and a reader going by Transfer-Encoding for the next
+/// request on the connection.
 const SMUGGLED: &str = "0\r\n\r\nGET /admin HTTP/1.1\r\nHost: orders\r\nx-debug: 1\r\n\r\n";
 
-fn cl_te_cases() -> Vec<H1> {
-    let post = "POST /public/x HTTP/1.1\r\nHost: orders\r\n";
-    let len = SMUGGLED.len();
-    vec![
-        h1_body(
-            "Content-Length then Transfer-Encoding",
-            &format!("{post}Content-Length: {len}\r\nTransfer-Encoding: chunked\r\n"),
-            SMUGGLED,
-            Want::Refused,
-        ),
-        h1_body(
-            "Transfer-Encoding then Content-Length",
-            &format!("{post}Transfer-Encoding: chunked\r\nContent-Length: {len}\r\n"),
-            SMUGGLED,
-            Want::Refused,
-        ),
-    ]
-}
-
 #[tokio::test]
-async fn content_length_with_transfer_encoding_is_refused() -> Result<()> {
-    Target::start().await?.run_h1(&cl_te_cases()).await
+async fn content_length_with_transfer_encoding_smuggles_nothing() -> Result<()> {
+    // RFC 9112 section 6.3 lets a server either refuse such a message or frame it by
+    // Transfer-Encoding alone and close the connection after answering; canonical.rs takes
+    // the second way. Either way the app sees at most the outer request, framed one way, and
+    // the request hidden behind it never reaches the app. No `Connection: close` is sent: the
+    // sidecar must close by itself.
+    let target = Target::start().await?;
+    let mut app = AppCounter::start(target.app.addr()).await?;
+    let len = SMUGGLED.len();
+    let post = "POST /public/x HTTP/1.1\r\nHost: orders\r\n";
+    let mut failures = Vec::new();
+    for (name, framing) in [
+        (
+            "Content-Length then Transfer-Encoding",
+            format!("Content-Length: {len}\r\nTransfer-Encoding: chunked\r\n"),
+        ),
+        (
+            "Transfer-Encoding then Content-Length",
+            format!("Transfer-Encoding: chunked\r\nContent-Length: {len}\r\n"),
+        ),
+    ] {
+        let bytes = format!("{post}{framing}\r\n{SMUGGLED}");
+        let outcome = async {
+            let received = raw_tls_exchange(
+                target.orders.addrs().inbound,
+                Arc::clone(&target.h1),
+                bytes.as_bytes(),
+            )
+            .await?;
+            let responses = parse_http1_responses(&received)?;
+            let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+            let reached = app.since().await?;
+            match statuses.as_slice() {
+                [400] => ensure!(reached == 0, "refused, yet the app received {reached}"),
+                [200] => {
+                    ensure!(reached == 1, "the app received {reached} requests");
+                    let seen: Description = serde_json::from_str(&responses[0].text())?;
+                    ensure!(
+                        seen.method == "POST" && seen.path == "/public/x" && seen.body_bytes == 0,
+                        "the app did not receive the request framed by Transfer-Encoding: {seen:?}"
+                    );
+                    ensure!(
+                        !seen.headers.iter().any(|(n, _)| n == "x-debug"),
+                        "{seen:?}"
+                    );
+                }
+                other => anyhow::bail!("answers {other:?}: {responses:?}"),
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            failures.push(format!("{name}: {e:#}"));
+        }
+    }
+    report(2, &failures)
 }
 
 #[tokio::test]
@@ -1009,25 +1027,25 @@ fn http2_whitespace_cases() -> Vec<H2> {
         H2 {
             headers: &[("x-debug", " 1")],
             to_http1: true,
-            ..h2(
-                "leading space",
-                "http://orders/public/x",
-                Want::NotForwarded,
-            )
+            ..h2("leading space", "http://orders/public/x", Want::Refused)
         },
         H2 {
             headers: &[("x-debug", "1\t")],
             to_http1: true,
-            ..h2("trailing tab", "http://orders/public/x", Want::NotForwarded)
+            ..h2("trailing tab", "http://orders/public/x", Want::Refused)
+        },
+        H2 {
+            headers: &[("x-note", " hello")],
+            ..h2(
+                "leading space, h2c to the app",
+                "http://orders/public/x",
+                Want::Refused,
+            )
         },
         H2 {
             headers: &[("x-role", "admin ")],
             to_http1: true,
-            ..h2(
-                "trailing space",
-                "http://orders/public/x",
-                Want::NotForwarded,
-            )
+            ..h2("trailing space", "http://orders/public/x", Want::Refused)
         },
     ]
 }
@@ -1050,7 +1068,6 @@ fn corpus_has_at_least_forty_cases() {
         header_cases().len(),
         method_cases().len(),
         framing_cases().len(),
-        cl_te_cases().len(),
         decoded_slash_cases().len(),
     ];
     let total: usize =

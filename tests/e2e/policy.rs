@@ -620,7 +620,7 @@ async fn deny_reasons_are_explicit_deny_no_allow_match_and_default() -> Result<(
 async fn deny_details_false_hides_policy_rule_and_reason() -> Result<()> {
     let policy_dir = tempfile::tempdir()?;
     std::fs::write(policy_dir.path().join("policy.yaml"), ORDERS_POLICY)?;
-    let mesh = Mesh::start_with(MeshOptions {
+    let mut mesh = Mesh::start_with(MeshOptions {
         orders_yaml: format!(
             "policy:\n  path: {}\n  deny_details: false\n",
             serde_json::to_string(&policy_dir.path().display().to_string())?
@@ -639,7 +639,6 @@ async fn deny_details_false_hides_policy_rule_and_reason() -> Result<()> {
 
     // The log keeps the whole record, findable by the request id.
     let id = json["request_id"].as_str().unwrap_or_default().to_owned();
-    let mut mesh = mesh;
     let log = mesh.orders.daemon().log_text();
     let line = log
         .lines()
@@ -1059,13 +1058,17 @@ async fn sighup_reloads_policy() -> Result<()> {
     let old = sources_hash(&mesh.orders).await?;
 
     // Change the file's content through a hard link in another directory: the watched
-    // directory sees no event, so only the signal can make the sidecar re-read it.
-    let elsewhere = tempfile::tempdir()?;
+    // directory sees no event (inotify reports a write to the directory it was made through),
+    // so only the signal can make the sidecar re-read it. Nothing below opens the file through
+    // the watched directory either: `stat` is not an event.
+    let file = mesh.orders.policy_dir().join("policy.yaml");
+    let elsewhere = tempfile::tempdir_in(mesh.orders.policy_dir().parent().context("parent")?)?;
     let alias = elsewhere.path().join("alias.yaml");
-    std::fs::hard_link(mesh.orders.policy_dir().join("policy.yaml"), &alias)?;
-    std::fs::write(&alias, with_beta_denied())?;
+    std::fs::hard_link(&file, &alias)?;
+    let new = with_beta_denied();
+    std::fs::write(&alias, &new)?;
     ensure!(
-        std::fs::read_to_string(mesh.orders.policy_dir().join("policy.yaml"))?.contains("no-beta"),
+        std::fs::metadata(&file)?.len() == new.len() as u64,
         "the hard link did not change the policy file"
     );
 
@@ -1074,10 +1077,6 @@ async fn sighup_reloads_policy() -> Result<()> {
     ensure!(
         sources_hash(&mesh.orders).await? != old,
         "/policy kept the old hash"
-    );
-    ensure!(
-        mesh.orders.daemon().proc_status_kib("VmRSS").is_ok(),
-        "the sidecar exited on SIGHUP"
     );
     Ok(())
 }

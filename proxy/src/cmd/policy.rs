@@ -445,7 +445,8 @@ fn run_cases(set: &PolicySet, cases_path: &Path) -> anyhow::Result<bool> {
         if let Some(r) = case.expect.rule
             && d.rule != Some(r)
         {
-            diffs.push(format!("rule: expected {r}, got {:?}", d.rule));
+            let got = d.rule.map_or_else(|| "none".to_owned(), |g| g.to_string());
+            diffs.push(format!("rule: expected {r}, got {got}"));
         }
         if let Some(r) = &case.expect.reason
             && d.reason.as_str() != r
