@@ -1,4 +1,4 @@
-//! The admin server: `/live`, `/ready`, `/metrics`, `/identity`, `/policy`. Bind it to loopback unless a
+//! The admin server: `/live`, `/ready`, `/metrics`, `/identity`, `/policy`, `/alerts`. Bind it to loopback unless a
 //! scraper elsewhere needs it; it never shows key material.
 
 use std::convert::Infallible;
@@ -33,12 +33,15 @@ pub struct AdminState {
     pub listening: AtomicBool,
     /// Set when draining: readiness turns off so load balancers stop sending.
     pub draining: AtomicBool,
+    /// Recent alerts are read from here.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl AdminState {
     /// Fresh state: not ready.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, telemetry: crate::telemetry::Telemetry) -> Self {
         Self {
+            telemetry,
             metrics,
             creds: ArcSwapOption::empty(),
             policy: ArcSwapOption::empty(),
@@ -109,6 +112,11 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
                 text(StatusCode::OK, format!("{body}\n"), "application/json")
             }
         },
+        "/alerts" => text(
+            StatusCode::OK,
+            state.telemetry.recent_alerts_json(),
+            "application/json",
+        ),
         "/policy" => match state.policy.load_full() {
             None => {
                 forward::error_response(StatusCode::SERVICE_UNAVAILABLE, "no policy loaded yet")

@@ -35,6 +35,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// How requests are made canonical before policy and forwarding.
     pub http: HttpConfig,
+    /// Traces, flow records and lateral-movement detectors.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// Authorization policy settings.
@@ -250,6 +252,8 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     http: RawHttp,
+    #[serde(default)]
+    telemetry: crate::telemetry::RawTelemetry,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -739,7 +743,9 @@ impl Validator<'_> {
             },
         };
 
+        let telemetry = crate::telemetry::validate(raw.telemetry, self.source_name)?;
         Ok(Config {
+            telemetry,
             labels: raw.workload.labels,
             policy,
             http: HttpConfig {

@@ -37,6 +37,7 @@ use crate::forward::{
 };
 use crate::metrics::{Direction, Metrics};
 use crate::net::{self, ConnectionLimit, IdleTimeout};
+use crate::telemetry::{self, FlowProtocol, FlowRecord, RequestSpan, SpanAttrs, Telemetry};
 use crate::tls::{self, ALPN_H2, ALPN_HTTP1, Credentials, TlsError};
 
 /// What every layer may know about an inbound connection; derived once at accept.
@@ -56,6 +57,13 @@ pub struct ConnMeta {
     pub sni: Option<String>,
     /// `x-picket-peer-identity` value, rendered once.
     peer_header: HeaderValue,
+}
+
+impl ConnMeta {
+    /// The peer's SPIFFE ID as text.
+    pub fn peer_header_str(&self) -> &str {
+        self.peer_header.to_str().unwrap_or_default()
+    }
 }
 
 /// Connects to the application over plaintext HTTP/2 (h2c).
@@ -97,6 +105,9 @@ pub struct Inbound {
     h2: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<H2Client<AppConnector>>>>,
     transparent: bool,
     metrics: Arc<Metrics>,
+    telemetry: Telemetry,
+    /// This workload's SPIFFE ID, for spans and flow records.
+    own_identity: String,
     policy: Arc<PolicyStore>,
     http_cfg: HttpConfig,
     deny_details: bool,
@@ -119,6 +130,7 @@ impl Inbound {
         config: &Config,
         policy: Arc<PolicyStore>,
         metrics: Arc<Metrics>,
+        telemetry: Telemetry,
     ) -> Result<Self, TlsError> {
         let app = config.inbound.app;
         let timeouts = config.timeouts.clone();
@@ -140,6 +152,8 @@ impl Inbound {
             h2,
             transparent: config.inbound.transparent,
             metrics,
+            telemetry,
+            own_identity: config.identity.to_string(),
             policy,
             http_cfg: config.http.clone(),
             deny_details: config.policy.deny_details,
@@ -268,6 +282,7 @@ impl Inbound {
 
     fn refused(&self, client_addr: SocketAddr, e: &std::io::Error) {
         let reason = tls::failure_reason(e);
+        self.telemetry.handshake_failed(client_addr, reason);
         self.metrics.handshake_failed(Direction::Inbound, reason);
         tracing::warn!(%client_addr, reason, error = %e, "inbound TLS handshake refused");
     }
@@ -310,36 +325,88 @@ impl Inbound {
         }
     }
 
+    /// One request: made canonical, decided, forwarded (or answered), counted and recorded.
+    /// The request forwarded is exactly the one policy judged.
     async fn request(&self, req: Request<Incoming>, meta: &ConnMeta) -> Response<Body> {
         let start = Instant::now();
-        let resp = match self.authorize(req, meta) {
-            Ok(req) => self.proxy(req, meta).await,
-            Err(resp) => *resp,
+        let (mut parts, body) = req.into_parts();
+        let protocol = telemetry::protocol_of(parts.version, &parts.headers);
+        let method = parts.method.clone();
+        let bytes_in = telemetry::content_length(&parts.headers);
+        let mut span = RequestSpan::none();
+        let mut decision = None;
+        let mut request_id = None;
+        let (resp, canonical) = match canonical::canonicalize(&mut parts, &self.http_cfg) {
+            Err(e) => {
+                tracing::info!(peer = %meta.peer, reason = %e, "inbound request refused as malformed");
+                (forward::error_response(StatusCode::BAD_REQUEST, &e.0), None)
+            }
+            Ok(canonical) => {
+                span = self.telemetry.server_span(
+                    &parts.headers,
+                    &SpanAttrs {
+                        method: method.as_str(),
+                        path: &canonical.path,
+                        server_address: Some(&canonical.host),
+                        peer_address: Some(meta.client_addr),
+                        source_identity: Some(meta.peer_header_str()),
+                        destination_identity: Some(&self.own_identity),
+                    },
+                );
+                let d = self.decide(&parts, &canonical, meta);
+                let resp = if d.verdict == Verdict::Allow {
+                    span.inject(&mut parts.headers);
+                    self.proxy(Request::from_parts(parts, body), meta).await
+                } else {
+                    let id = authz::request_id();
+                    let what = format!("{method} {}", canonical.path);
+                    authz::log_decision(&d, &meta.principal, &what, Some(&id));
+                    let grpc = protocol == FlowProtocol::Grpc;
+                    let resp = authz::deny_response(&d, &id, grpc, self.deny_details);
+                    request_id = Some(id);
+                    resp
+                };
+                decision = Some(d);
+                (resp, Some(canonical))
+            }
         };
         self.metrics
             .request(Direction::Inbound, resp.status(), start.elapsed());
+        if self.telemetry.is_enabled() {
+            let mut record = FlowRecord::new(
+                time::OffsetDateTime::now_utc(),
+                Direction::Inbound,
+                protocol,
+            );
+            record.source_identity = Some(meta.peer_header_str().into());
+            record.source_address = Some(meta.client_addr);
+            record.destination_identity = Some(self.own_identity.as_str().into());
+            record.destination_address = Some(meta.app);
+            record.destination_port = Some(meta.destination_port);
+            record.method = Some(method.as_str().into());
+            if let Some(c) = &canonical {
+                record.path = Some(c.path.as_str().into());
+                record.host = Some(c.host.as_str().into());
+            }
+            record.status = Some(resp.status().as_u16());
+            record.grpc_status = telemetry::grpc_status(resp.headers());
+            telemetry::fill_decision(&mut record, decision.as_ref());
+            record.request_id = request_id.map(Into::into);
+            record.bytes_in = bytes_in;
+            record.bytes_out = telemetry::content_length(resp.headers());
+            record.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+            self.telemetry.record_request(span, record);
+        }
         resp
     }
 
-    /// Makes the request canonical and decides it. The request that comes back is exactly
-    /// what policy judged and what the app will receive.
-    #[allow(clippy::result_large_err)]
-    fn authorize(
+    /// The policy decision for a canonical request.
+    fn decide(
         &self,
-        req: Request<Incoming>,
+        parts: &http::request::Parts,
+        canonical: &canonical::Canonical,
         meta: &ConnMeta,
-    ) -> Result<Request<Incoming>, Box<Response<Body>>> {
-        let (mut parts, body) = req.into_parts();
-        let canonical = match canonical::canonicalize(&mut parts, &self.http_cfg) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::info!(peer = %meta.peer, reason = %e, "inbound request refused as malformed");
-                return Err(Box::new(forward::error_response(
-                    StatusCode::BAD_REQUEST,
-                    &e.0,
-                )));
-            }
-        };
+    ) -> picket_policy::Decision {
         let headers: Vec<(&str, &str)> = parts
             .headers
             .iter()
@@ -357,27 +424,11 @@ impl Inbound {
                 headers: &headers,
             }),
         });
-        if decision.verdict == Verdict::Allow {
-            if !decision.shadows.is_empty() {
-                let what = format!("{} {}", parts.method, canonical.path);
-                authz::log_decision(&decision, &meta.principal, &what, None);
-            }
-            drop(headers);
-            return Ok(Request::from_parts(parts, body));
+        if decision.verdict == Verdict::Allow && !decision.shadows.is_empty() {
+            let what = format!("{} {}", parts.method, canonical.path);
+            authz::log_decision(&decision, &meta.principal, &what, None);
         }
-        let request_id = authz::request_id();
-        let what = format!("{} {}", parts.method, canonical.path);
-        authz::log_decision(&decision, &meta.principal, &what, Some(&request_id));
-        let grpc = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        Err(Box::new(authz::deny_response(
-            &decision,
-            &request_id,
-            grpc,
-            self.deny_details,
-        )))
+        decision
     }
 
     async fn proxy(&self, req: Request<Incoming>, meta: &ConnMeta) -> Response<Body> {
@@ -480,6 +531,7 @@ impl Inbound {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        let start = Instant::now();
         let decision = self.policy.decide(&picket_policy::Request {
             source_principal: Some(&meta.principal),
             source_ip: meta.client_addr.ip(),
@@ -487,33 +539,48 @@ impl Inbound {
             sni: meta.sni.as_deref(),
             http: None,
         });
+        let mut bytes = (0, 0);
+        let mut request_id = None;
         if decision.verdict != Verdict::Allow {
-            let request_id = authz::request_id();
-            authz::log_decision(
-                &decision,
-                &meta.principal,
-                "tcp connection",
-                Some(&request_id),
+            let id = authz::request_id();
+            authz::log_decision(&decision, &meta.principal, "tcp connection", Some(&id));
+            request_id = Some(id);
+        } else {
+            if !decision.shadows.is_empty() {
+                authz::log_decision(&decision, &meta.principal, "tcp connection", None);
+            }
+            match connect_app(meta.app, &self.timeouts).await {
+                Err(e) => {
+                    tracing::info!(peer = %meta.peer, error = %e, "inbound TCP: application unreachable");
+                }
+                Ok(mut app) => match tokio::io::copy_bidirectional(&mut io, &mut app).await {
+                    Ok((from_peer, to_peer)) => {
+                        self.metrics
+                            .tcp_bytes(Direction::Inbound, from_peer + to_peer);
+                        bytes = (from_peer, to_peer);
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %meta.peer, error = %e, "inbound TCP connection ended");
+                    }
+                },
+            }
+        }
+        if self.telemetry.is_enabled() {
+            let mut record = FlowRecord::new(
+                time::OffsetDateTime::now_utc(),
+                Direction::Inbound,
+                FlowProtocol::Tcp,
             );
-            return;
-        }
-        if !decision.shadows.is_empty() {
-            authz::log_decision(&decision, &meta.principal, "tcp connection", None);
-        }
-        let mut app = match connect_app(meta.app, &self.timeouts).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::info!(peer = %meta.peer, error = %e, "inbound TCP: application unreachable");
-                return;
-            }
-        };
-        match tokio::io::copy_bidirectional(&mut io, &mut app).await {
-            Ok((from_peer, to_peer)) => self
-                .metrics
-                .tcp_bytes(Direction::Inbound, from_peer + to_peer),
-            Err(e) => {
-                tracing::debug!(peer = %meta.peer, error = %e, "inbound TCP connection ended")
-            }
+            record.source_identity = Some(meta.peer_header_str().into());
+            record.source_address = Some(meta.client_addr);
+            record.destination_identity = Some(self.own_identity.as_str().into());
+            record.destination_address = Some(meta.app);
+            record.destination_port = Some(meta.destination_port);
+            telemetry::fill_decision(&mut record, Some(&decision));
+            record.request_id = request_id.map(Into::into);
+            (record.bytes_in, record.bytes_out) = bytes;
+            record.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+            self.telemetry.record_flow(&record);
         }
     }
 }

@@ -124,6 +124,8 @@ pub struct Metrics {
     authz_decisions: Family<DecisionLabels, Counter>,
     /// Policy reloads that failed (the last good policy stayed in force).
     pub policy_reload_failures: Counter,
+    /// Alert and dropped-telemetry families, handed to the telemetry pipeline.
+    pub telemetry: crate::telemetry::TelemetryMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -204,7 +206,9 @@ impl Metrics {
             "Policy reloads that failed; the last good policy stayed in force",
             policy_reload_failures.clone(),
         );
+        let telemetry = crate::telemetry::TelemetryMetrics::register(&mut registry);
         Self {
+            telemetry,
             registry,
             authz_decisions,
             policy_reload_failures,

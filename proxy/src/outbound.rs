@@ -27,13 +27,14 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Limits, MeshedDestination, OutboundConfig, Protocol, Timeouts, Upstream};
+use crate::config::{Config, Limits, MeshedDestination, Protocol, Timeouts, Upstream};
 use crate::forward::{
     self, Body, Connect, ForwardError, H2Client, ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1,
     PEER_IDENTITY_HEADER,
 };
 use crate::metrics::{Direction, Metrics};
 use crate::net::{self, ConnectionLimit, IdleTimeout};
+use crate::telemetry::{self, FlowRecord, Parent, SpanAttrs, Telemetry};
 use crate::tls::{self, ALPN_H2, Credentials, PeerIdentity, TlsError};
 
 /// Opens mTLS connections to one peer sidecar.
@@ -134,6 +135,9 @@ pub struct Outbound {
     /// Upstreams made on demand for transparent destinations, by original destination.
     destinations: std::sync::Mutex<HashMap<SocketAddr, Arc<UpstreamCtx>>>,
     metrics: Arc<Metrics>,
+    telemetry: Telemetry,
+    /// This workload's SPIFFE ID, for spans and flow records.
+    own_identity: String,
     timeouts: Timeouts,
     limits: Limits,
 }
@@ -162,12 +166,16 @@ impl Outbound {
     /// Builds the outbound side from the configuration.
     pub fn new(
         creds: &Arc<Credentials>,
-        config: &OutboundConfig,
+        full: &Config,
         metrics: Arc<Metrics>,
-        timeouts: Timeouts,
-        limits: Limits,
+        telemetry: Telemetry,
     ) -> Result<Self, TlsError> {
+        let config = &full.outbound;
+        let timeouts = full.timeouts.clone();
+        let limits = full.limits.clone();
         let mut this = Self {
+            telemetry,
+            own_identity: full.identity.to_string(),
             upstreams: HashMap::new(),
             creds: Arc::clone(creds),
             transparent: config.transparent.then(|| Transparent {
@@ -271,6 +279,8 @@ impl Outbound {
     }
 
     async fn passthrough(&self, tcp: TcpStream, orig: SocketAddr) {
+        // Cloud metadata endpoints and other outside destinations feed the detectors.
+        self.telemetry.outbound_destination(&orig.ip().to_string());
         let connect = tokio::time::timeout(self.timeouts.connect, TcpStream::connect(orig)).await;
         let mut upstream = match connect {
             Ok(Ok(s)) => s,
@@ -434,6 +444,31 @@ impl Outbound {
             }
         };
         parts.version = Version::HTTP_2;
+        let protocol = telemetry::protocol_of(
+            if from_http1 {
+                Version::HTTP_11
+            } else {
+                Version::HTTP_2
+            },
+            &parts.headers,
+        );
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_owned();
+        let destination = upstream.cfg.identity.to_string();
+        let bytes_in = telemetry::content_length(&parts.headers);
+        let start = Instant::now();
+        let span = self.telemetry.client_span(
+            Parent::Headers(&parts.headers),
+            &SpanAttrs {
+                method: method.as_str(),
+                path: &path,
+                server_address: Some(&authority),
+                peer_address: Some(upstream.cfg.address),
+                source_identity: Some(&self.own_identity),
+                destination_identity: Some(&destination),
+            },
+        );
+        span.inject(&mut parts.headers);
         let timeout = self.timeouts.request;
         let sent =
             tokio::time::timeout(timeout, upstream.h2.send(Request::from_parts(parts, body))).await;
@@ -441,7 +476,7 @@ impl Outbound {
             Err(_) => Err(ForwardError::Timeout(timeout)),
             Ok(r) => r,
         };
-        match result {
+        let resp = match result {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
@@ -458,26 +493,65 @@ impl Outbound {
                 };
                 forward::error_response(status, &e.to_string())
             }
+        };
+        if self.telemetry.is_enabled() {
+            let mut record = FlowRecord::new(
+                time::OffsetDateTime::now_utc(),
+                Direction::Outbound,
+                protocol,
+            );
+            record.source_identity = Some(self.own_identity.as_str().into());
+            record.destination_identity = Some(destination.as_str().into());
+            record.destination_address = Some(upstream.cfg.address);
+            record.destination_port = Some(upstream.cfg.address.port());
+            record.method = Some(method.as_str().into());
+            record.path = Some(path.as_str().into());
+            record.host = Some(authority.as_str().into());
+            record.status = Some(resp.status().as_u16());
+            record.grpc_status = telemetry::grpc_status(resp.headers());
+            record.bytes_in = bytes_in;
+            record.bytes_out = telemetry::content_length(resp.headers());
+            record.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+            self.telemetry.record_request(span, record);
         }
+        resp
     }
 
     async fn splice(&self, tcp: TcpStream, upstream: &UpstreamCtx) {
-        let peer = match upstream.tcp.open().await {
-            Ok(s) => s,
+        let start = Instant::now();
+        let client_addr = tcp.peer_addr().ok();
+        let mut bytes = (0, 0);
+        match upstream.tcp.open().await {
             Err(e) => {
                 tracing::info!(upstream = %upstream.cfg.name, error = %e, "outbound TCP: peer unreachable");
-                return;
             }
-        };
-        let mut client = IdleTimeout::new(tcp, self.timeouts.idle);
-        let mut peer = peer;
-        match tokio::io::copy_bidirectional(&mut client, &mut peer).await {
-            Ok((up, down)) => {
-                self.metrics.tcp_bytes(Direction::Outbound, up + down);
+            Ok(mut peer) => {
+                let mut client = IdleTimeout::new(tcp, self.timeouts.idle);
+                match tokio::io::copy_bidirectional(&mut client, &mut peer).await {
+                    Ok((up, down)) => {
+                        self.metrics.tcp_bytes(Direction::Outbound, up + down);
+                        bytes = (up, down);
+                    }
+                    Err(e) => {
+                        tracing::debug!(upstream = %upstream.cfg.name, error = %e, "outbound TCP connection ended");
+                    }
+                }
             }
-            Err(e) => {
-                tracing::debug!(upstream = %upstream.cfg.name, error = %e, "outbound TCP connection ended")
-            }
+        }
+        if self.telemetry.is_enabled() {
+            let mut record = FlowRecord::new(
+                time::OffsetDateTime::now_utc(),
+                Direction::Outbound,
+                telemetry::FlowProtocol::Tcp,
+            );
+            record.source_identity = Some(self.own_identity.as_str().into());
+            record.source_address = client_addr;
+            record.destination_identity = Some(upstream.cfg.identity.to_string().into());
+            record.destination_address = Some(upstream.cfg.address);
+            record.destination_port = Some(upstream.cfg.address.port());
+            (record.bytes_in, record.bytes_out) = bytes;
+            record.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+            self.telemetry.record_flow(&record);
         }
     }
 }

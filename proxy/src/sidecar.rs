@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +19,7 @@ use crate::identity::{IdentityError, IdentityManager};
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, Route};
+use crate::telemetry::Telemetry;
 use crate::tls::TlsError;
 use picket_policy::Workload;
 
@@ -41,6 +43,9 @@ pub enum SidecarError {
     /// The policy files could not be loaded at startup.
     #[error("policy: {0}")]
     Policy(#[from] PolicyLoadError),
+    /// Telemetry could not be started.
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     /// TLS configuration failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -81,7 +86,12 @@ pub async fn run(
     on_ready: impl FnOnce(&BoundAddrs),
 ) -> Result<(), SidecarError> {
     let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(AdminState::new(Arc::clone(&metrics)));
+    let telemetry = Telemetry::with_metrics(
+        &config.telemetry,
+        &config.identity,
+        metrics.telemetry.clone(),
+    )?;
+    let state = Arc::new(AdminState::new(Arc::clone(&metrics), telemetry.clone()));
     let admin_listener = bind("admin", config.admin.listen).await?;
     let admin_addr = local(&admin_listener, config.admin.listen);
     let admin_stop = CancellationToken::new();
@@ -118,13 +128,13 @@ pub async fn run(
         &config,
         Arc::clone(&policy),
         Arc::clone(&metrics),
+        telemetry.clone(),
     )?);
     let outbound = Arc::new(Outbound::new(
         &creds,
-        &config.outbound,
+        &config,
         Arc::clone(&metrics),
-        config.timeouts.clone(),
-        config.limits.clone(),
+        telemetry.clone(),
     )?);
 
     let tracker = TaskTracker::new();
@@ -195,6 +205,9 @@ pub async fn run(
         );
     }
     renewals.abort();
+    if !telemetry.shutdown(Duration::from_secs(5)).await {
+        tracing::warn!("telemetry export did not finish within 5 s; the rest is dropped");
+    }
     policy_watch.abort();
     admin_stop.cancel();
     let _ = admin_task.await;

@@ -267,6 +267,7 @@ async fn spawn_sidecar(
             path: picket_policy::normalize::PathOptions::default(),
             allow_header_underscores: false,
         },
+        telemetry: crate::telemetry::TelemetryConfig::default(),
     };
     let (tx, rx) = oneshot::channel();
     let stop = shutdown.clone();

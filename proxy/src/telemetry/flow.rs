@@ -351,6 +351,53 @@ fn looks_like_id(seg: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'='))
 }
 
+/// The flow protocol of a request, from its version and content type.
+pub fn protocol_of(version: http::Version, headers: &http::HeaderMap) -> FlowProtocol {
+    let grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    match version {
+        _ if grpc => FlowProtocol::Grpc,
+        http::Version::HTTP_2 => FlowProtocol::H2,
+        _ => FlowProtocol::Http1,
+    }
+}
+
+/// The declared body length, or 0 when the body is streamed without one.
+pub fn content_length(headers: &http::HeaderMap) -> u64 {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `grpc-status` when it is in the response head (trailers-only responses).
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Copies an authorization decision into a flow record: verdict, deciding policy and rule,
+/// reason, and the dry-run shadows as `would:ns/name`.
+pub fn fill_decision(record: &mut FlowRecord<'_>, decision: Option<&picket_policy::Decision>) {
+    let Some(d) = decision else { return };
+    record.verdict = Some(match d.verdict {
+        picket_policy::Verdict::Allow => Verdict::Allow,
+        picket_policy::Verdict::Deny => Verdict::Deny,
+    });
+    record.policy = d.policy.as_ref().map(|p| p.to_string().into());
+    record.rule = d.rule.and_then(|r| u32::try_from(r).ok());
+    record.reason = Some(d.reason.as_str().into());
+    record.dry_run = d
+        .shadows
+        .iter()
+        .map(|s| format!("{}:{}", s.would, s.policy).into())
+        .collect();
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

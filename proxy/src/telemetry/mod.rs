@@ -45,7 +45,10 @@ pub use config::{
     validate,
 };
 pub use detect::Detectors;
-pub use flow::{FlowProtocol, FlowRecord, LineType, Verdict, route_template};
+pub use flow::{
+    FlowProtocol, FlowRecord, LineType, Verdict, content_length, fill_decision, grpc_status,
+    protocol_of, route_template,
+};
 pub use flow_log::FlowLog;
 pub use metrics::TelemetryMetrics;
 pub use trace::{Parent, RequestSpan, SpanAttrs, SpanOutcome};
