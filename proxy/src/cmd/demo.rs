@@ -393,7 +393,25 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
         "   GET /api/orders/legacy/7 -> {status}: allowed, but the dry-run policy retire-legacy-api recorded \"would deny\""
     );
 
-    step("5. A plaintext client on the orders inbound port");
+    step("5. Lateral movement: frontend probes a sensitive path");
+    let (status, _) = http_get(via, "orders", "/.env", &[]).await?;
+    println!("   GET /.env -> {status} (denied by policy, and flagged)");
+    let alerts = admin_json(mesh.orders.admin, "/alerts").await?;
+    let list = alerts["alerts"].as_array().cloned().unwrap_or_default();
+    anyhow::ensure!(
+        !list.is_empty(),
+        "the orders sidecar raised no alert for a /.env probe"
+    );
+    for a in &list {
+        println!(
+            "   alert {} ({}): {}",
+            a["kind"].as_str().unwrap_or("?"),
+            a["severity"].as_str().unwrap_or("?"),
+            a["summary"].as_str().unwrap_or("")
+        );
+    }
+
+    step("6. A plaintext client on the orders inbound port");
     let mut tcp = TcpStream::connect(mesh.orders.inbound).await?;
     tcp.write_all(b"GET /api/orders/42 HTTP/1.1\r\nhost: orders\r\n\r\n")
         .await?;
@@ -406,16 +424,17 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
         if read.is_ok() { "closed" } else { "timed out" }
     );
 
-    step("6. A client with a certificate from a foreign certificate authority");
+    step("7. A client with a certificate from a foreign certificate authority");
     let refused = foreign_client(mesh, dir).await?;
     println!("   {refused}");
 
-    step("7. What the orders sidecar counted");
+    step("8. What the orders sidecar counted");
     let (_, metrics) = http_get(mesh.orders.admin, "admin", "/metrics", &[]).await?;
     for line in metrics.lines().filter(|l| {
         l.starts_with("picket_tls_handshake_failures_total")
             || l.starts_with("picket_requests_total")
             || l.starts_with("picket_authz_decisions_total")
+            || l.starts_with("picket_alerts_total")
     }) {
         println!("   {line}");
     }
