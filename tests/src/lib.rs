@@ -9,6 +9,7 @@
 //! shows what the processes said.
 
 pub mod apps;
+pub mod browser;
 pub mod ca;
 pub mod clients;
 pub mod k8s;
@@ -16,7 +17,9 @@ pub mod mesh;
 pub mod netns;
 pub mod otlp;
 pub mod process;
+pub mod prom;
 pub mod proxy;
+pub mod telemetry;
 pub mod wait;
 
 pub use apps::{App, closed_port};

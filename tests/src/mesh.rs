@@ -25,6 +25,8 @@ pub struct MeshOptions {
     pub orders_labels: Vec<(String, String)>,
     /// Extra YAML for the orders sidecar only (such as its own `policy:` section).
     pub orders_yaml: String,
+    /// Extra YAML for the frontend sidecar only (such as its own `telemetry:` section).
+    pub frontend_yaml: String,
 }
 
 /// frontend app -> frontend sidecar (outbound) -> mTLS -> orders sidecar (inbound) -> orders app.
@@ -73,13 +75,13 @@ impl Mesh {
         } else {
             Upstream::http("orders", inbound, &orders_identity)
         };
-        let frontend = TestProxy::spawn(
-            &ca,
-            Sidecar::new("shop", "frontend", closed_port().await?)
-                .upstream(upstream)
-                .yaml(&options.extra_yaml),
-        )
-        .await?;
+        let mut sidecar = Sidecar::new("shop", "frontend", closed_port().await?)
+            .upstream(upstream)
+            .yaml(&options.extra_yaml);
+        if !options.frontend_yaml.is_empty() {
+            sidecar = sidecar.yaml(&options.frontend_yaml);
+        }
+        let frontend = TestProxy::spawn(&ca, sidecar).await?;
         Ok(Self {
             ca,
             app,
