@@ -18,5 +18,6 @@ mod policy;
 mod policy_cli;
 mod rotation;
 mod telemetry_analyze;
+mod telemetry_mesh;
 mod telemetry_otlp;
 mod traffic;

@@ -105,7 +105,10 @@ impl TelemetryYaml {
 /// The alerts a sidecar lists at admin `/alerts`, oldest first.
 pub async fn alerts(proxy: &TestProxy) -> Result<Vec<Alert>> {
     let (status, body) = proxy.admin_get("/alerts").await?;
-    ensure!(status == StatusCode::OK, "/alerts answered {status}: {body}");
+    ensure!(
+        status == StatusCode::OK,
+        "/alerts answered {status}: {body}"
+    );
     #[derive(serde::Deserialize)]
     struct Page {
         alerts: Vec<Alert>,
