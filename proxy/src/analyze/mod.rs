@@ -2,8 +2,11 @@
 //! policy suggestion, from flow logs.
 //!
 //! Input is any number of flow logs (JSON lines; alert lines colour the graph, edge lines are
-//! ignored). A request that crossed two sidecars appears in both logs; edge counts take the
-//! larger side, and verdicts come from the inbound side, which enforces policy.
+//! ignored). A request that crossed two sidecars appears in both logs; edge and route counts
+//! take the larger side, and verdicts come from the inbound side, which enforces policy. Policy
+//! questions (checks and suggestions) use the inbound side's ports, the application's: an
+//! outbound record carries the port dialled, the peer sidecar's, and is used only for edges
+//! with no inbound record.
 //!
 //! This module reads files and evaluates policies through picket-policy; it must not depend
 //! on the data path.
@@ -135,7 +138,7 @@ pub enum PolicyAnswer {
 pub struct RouteReport {
     /// `METHOD /path/template`, or `tcp`.
     pub route: String,
-    /// Requests (as recorded by either side).
+    /// Requests (as recorded by the side that saw more, inbound on ties).
     pub requests: u64,
     /// Of which denied.
     pub denied: u64,
@@ -168,7 +171,8 @@ pub struct EdgeReport {
     pub bytes_in: u64,
     /// Bytes back.
     pub bytes_out: u64,
-    /// Destination ports.
+    /// Destination ports as policy sees them: the application's (from inbound records), or
+    /// the ports dialled when only outbound records were read.
     pub ports: Vec<u16>,
     /// `http1`, `h2`, `grpc`, `tcp`.
     pub protocols: Vec<&'static str>,
@@ -320,10 +324,11 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
                     Some(ch) => ch.route(&source, &destination, route, r, e),
                     None => (None, None),
                 };
+                let counts = r.counts();
                 RouteReport {
                     route: route.to_string(),
-                    requests: r.requests,
-                    denied: r.denied,
+                    requests: counts.requests,
+                    denied: counts.denied,
                     new: has_baseline && !r.in_baseline,
                     policy: answer,
                     policy_detail: detail,
@@ -386,14 +391,14 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
             errors: c.errors,
             bytes_in: c.bytes_in,
             bytes_out: c.bytes_out,
-            ports: e.ports.keys().copied().collect(),
+            ports: e.policy_ports().keys().copied().collect(),
             protocols: read::protocol_names(e.protocols),
             first_seen: ts(e.first_seen),
             last_seen: ts(e.last_seen),
             new: edge_new,
             policy,
             routes,
-            routes_dropped: e.routes_overflow,
+            routes_dropped: e.routes_overflow(),
         });
     }
     edges.sort_by(|a, b| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)));
@@ -942,6 +947,218 @@ pub(crate) mod tests {
         let alerts = d.observe_flow(&attack, at(2000));
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].kind, AlertKind::NewEdge);
+    }
+
+    /// The application's port, which inbound records carry and policy evaluates.
+    const APP_PORT: u16 = 8080;
+    /// The peer sidecar's mTLS port, which outbound records carry.
+    const MESH_PORT: u16 = 7143;
+
+    /// One request as both sidecars record it: outbound by the caller's (the port dialled,
+    /// no verdict) and inbound by the callee's (the application's port, the verdict).
+    fn both_sides(ts: i64, path: &str, verdict: Verdict) -> [FlowRecord<'static>; 2] {
+        let status = if verdict == Verdict::Deny { 403 } else { 200 };
+        let inbound = FlowRecord {
+            destination_port: Some(APP_PORT),
+            ..flow(
+                ts,
+                Direction::Inbound,
+                FRONTEND,
+                ORDERS,
+                Some("GET"),
+                Some(path.to_owned()),
+                Some(status),
+                verdict,
+            )
+        };
+        let outbound = FlowRecord {
+            direction: Direction::Outbound,
+            destination_port: Some(MESH_PORT),
+            verdict: None,
+            ..inbound.clone()
+        };
+        [outbound, inbound]
+    }
+
+    fn analyze_flows(
+        flows: &[FlowRecord<'_>],
+        policy: Option<&str>,
+        baseline_until: Option<OffsetDateTime>,
+    ) -> Analysis {
+        let file = write_flows(flows, &[]);
+        analyze(AnalyzeOptions {
+            files: vec![file.path().to_owned()],
+            policy: policy.map(load),
+            baseline_until,
+            ..AnalyzeOptions::default()
+        })
+        .unwrap()
+    }
+
+    fn orders_edge(a: &Analysis) -> &EdgeReport {
+        a.report
+            .edges
+            .iter()
+            .find(|e| e.source == FRONTEND && e.destination == ORDERS)
+            .unwrap()
+    }
+
+    const ALLOW_GET_ORDERS_ON_APP_PORT: &str = r#"
+apiVersion: picket.dev/v1
+kind: AuthorizationPolicy
+metadata:
+  name: orders
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: orders
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/shop/sa/frontend"]
+    to:
+    - operation:
+        methods: ["GET"]
+        paths: ["/api/orders/*"]
+        ports: ["8080"]
+"#;
+
+    #[test]
+    fn a_request_logged_by_both_sidecars_counts_once_for_its_route() {
+        let flows = both_sides(0, "/api/orders/1", Verdict::Allow);
+        let a = analyze_flows(&flows, None, None);
+        let e = orders_edge(&a);
+        assert_eq!(e.requests, 1);
+        assert_eq!(e.routes.len(), 1, "{:?}", e.routes);
+        assert_eq!(
+            (e.routes[0].route.as_str(), e.routes[0].requests),
+            ("GET /api/orders/{id}", 1)
+        );
+        // The edge reports the port policy sees.
+        assert_eq!(e.ports, [APP_PORT]);
+    }
+
+    #[test]
+    fn flags_count_a_request_logged_by_both_sidecars_once() {
+        // A known route in the baseline, then a new route the policy denies, both logged twice.
+        let mut flows = Vec::new();
+        flows.extend(both_sides(0, "/api/orders/1", Verdict::Allow));
+        flows.extend(both_sides(100, "/admin", Verdict::Deny));
+        let a = analyze_flows(&flows, Some(ALLOW_GET_ORDERS_ON_APP_PORT), Some(at(50)));
+        let e = orders_edge(&a);
+        assert_eq!((e.requests, e.denied), (2, 1));
+        let admin = e.routes.iter().find(|r| r.route == "GET /admin").unwrap();
+        assert_eq!((admin.requests, admin.denied), (1, 1));
+        let flags: Vec<(FlagKind, Option<&str>, u64)> = a
+            .report
+            .flags
+            .iter()
+            .map(|f| (f.kind, f.route.as_deref(), f.requests))
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                (FlagKind::NotAllowedByPolicy, Some("GET /admin"), 1),
+                (FlagKind::NewRoute, Some("GET /admin"), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn route_counts_take_the_side_that_saw_more() {
+        // Only part of the caller's log was read: the inbound side saw more.
+        let mut flows = Vec::new();
+        for i in 0..3 {
+            flows.extend(both_sides(i, "/api/orders/1", Verdict::Allow));
+        }
+        flows.retain(|r| r.direction == Direction::Inbound || r.ts == at(0));
+        let a = analyze_flows(&flows, None, None);
+        assert_eq!(orders_edge(&a).routes[0].requests, 3);
+        // Only the caller's log: its records count.
+        let outbound: Vec<_> = both_sides(0, "/api/orders/1", Verdict::Allow)
+            .into_iter()
+            .filter(|r| r.direction == Direction::Outbound)
+            .collect();
+        let a = analyze_flows(&outbound, None, None);
+        assert_eq!(orders_edge(&a).routes[0].requests, 1);
+    }
+
+    #[test]
+    fn suggested_policy_allows_the_application_port_not_the_sidecars() {
+        let flows = both_sides(0, "/api/orders/1", Verdict::Allow);
+        let yaml = analyze_flows(&flows, None, None).suggest_policy(&SuggestOptions::default());
+        assert!(yaml.contains(r#"ports: ["8080"]"#), "{yaml}");
+        assert!(!yaml.contains("7143"), "{yaml}");
+        let set = load(&yaml);
+        assert!(allowed(
+            &set,
+            FRONTEND,
+            ORDERS,
+            Some("GET"),
+            "/api/orders/1",
+            APP_PORT
+        ));
+        assert!(!allowed(
+            &set,
+            FRONTEND,
+            ORDERS,
+            Some("GET"),
+            "/api/orders/1",
+            MESH_PORT
+        ));
+    }
+
+    #[test]
+    fn without_inbound_records_the_dialled_port_is_all_there_is() {
+        let outbound: Vec<_> = both_sides(0, "/api/orders/1", Verdict::Allow)
+            .into_iter()
+            .filter(|r| r.direction == Direction::Outbound)
+            .collect();
+        let a = analyze_flows(&outbound, None, None);
+        assert_eq!(orders_edge(&a).ports, [MESH_PORT]);
+        let yaml = a.suggest_policy(&SuggestOptions::default());
+        assert!(yaml.contains(r#"ports: ["7143"]"#), "{yaml}");
+    }
+
+    #[test]
+    fn policy_check_of_traffic_logged_by_both_sidecars_uses_the_application_port() {
+        let flows = both_sides(0, "/api/orders/1", Verdict::Allow);
+        let a = analyze_flows(&flows, Some(ALLOW_GET_ORDERS_ON_APP_PORT), None);
+        let e = orders_edge(&a);
+        assert_eq!(e.policy, Some(PolicyAnswer::Allow), "{e:?}");
+        assert_eq!(e.routes[0].policy, Some(PolicyAnswer::Allow), "{e:?}");
+        assert!(
+            !a.report
+                .flags
+                .iter()
+                .any(|f| f.kind == FlagKind::NotAllowedByPolicy),
+            "{:?}",
+            a.report.flags
+        );
+        let fr = a
+            .report
+            .blast_radius
+            .iter()
+            .find(|b| b.identity == FRONTEND)
+            .unwrap();
+        assert_eq!(fr.reachable.as_deref().unwrap(), [ORDERS.to_owned()]);
+    }
+
+    #[test]
+    fn baseline_keeps_both_sides_ports_for_both_sidecars_detectors() {
+        let flows = both_sides(0, "/api/orders/1", Verdict::Allow);
+        let edges = analyze_flows(&flows, None, None).baseline_edges();
+        let mut d = crate::telemetry::Detectors::new(&crate::telemetry::DetectorConfig {
+            learning_window: std::time::Duration::ZERO,
+            ..Default::default()
+        });
+        assert_eq!(d.load_baseline(edges.as_bytes()).unwrap(), 2, "{edges}");
+        // The caller's sidecar sees the outbound record, the callee's the inbound one.
+        for r in both_sides(10, "/api/orders/2", Verdict::Allow) {
+            assert!(d.observe_flow(&r, at(2000)).is_empty(), "{r:?}\n{edges}");
+        }
     }
 
     /// Writes `n` synthetic flow records: 50 identities, 400 edges, a few thousand routes.

@@ -43,9 +43,9 @@ fn probes<'a>(route: &'a str, r: &'a RouteAgg, e: &'a EdgeAgg) -> Vec<Probe<'a>>
         None => Some(route),
     };
     let path = r.sample_path.as_deref().unwrap_or("/");
-    let mut ports: Vec<u16> = r.ports.clone();
+    let mut ports: Vec<u16> = e.route_policy_ports(r).to_vec();
     if ports.is_empty() {
-        ports = e.ports.keys().copied().take(1).collect();
+        ports = e.policy_ports().keys().copied().take(1).collect();
     }
     if ports.is_empty() {
         ports.push(0);

@@ -2,7 +2,7 @@
 //! aggregation into interned identities, edges and routes without per-line allocation for
 //! anything already seen.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
 use std::net::IpAddr;
@@ -71,20 +71,50 @@ impl Counts {
     }
 }
 
+/// What one side of the sidecar pair saw of a route.
+#[derive(Debug, Default)]
+pub(crate) struct RouteSide {
+    pub(crate) requests: u64,
+    pub(crate) denied: u64,
+    /// Destination ports this side recorded (at most [`MAX_PORTS_PER_ROUTE`]): the peer
+    /// sidecar's port outbound, the application's inbound.
+    pub(crate) ports: Vec<u16>,
+}
+
 /// One route of an edge.
 #[derive(Debug, Default)]
 pub(crate) struct RouteAgg {
-    pub(crate) requests: u64,
-    pub(crate) denied: u64,
+    pub(crate) inbound: RouteSide,
+    pub(crate) outbound: RouteSide,
     pub(crate) in_baseline: bool,
     pub(crate) after_baseline: bool,
     /// A concrete request of this route, for policy evaluation.
     pub(crate) sample_path: Option<Box<str>>,
-    /// Destination ports of the route (at most [`MAX_PORTS_PER_ROUTE`]).
-    pub(crate) ports: Vec<u16>,
 }
 
-/// Distinct ports kept per route.
+impl RouteAgg {
+    /// Requests and denials of this route: the side that saw more, inbound on ties (a
+    /// request through both sidecars is recorded twice), as [`EdgeAgg::counts`] does.
+    pub(crate) fn counts(&self) -> &RouteSide {
+        if self.inbound.requests >= self.outbound.requests {
+            &self.inbound
+        } else {
+            &self.outbound
+        }
+    }
+
+    /// Every port either side recorded, as the detectors of both sidecars key edges on them.
+    pub(crate) fn all_ports(&self) -> BTreeSet<u16> {
+        self.inbound
+            .ports
+            .iter()
+            .chain(&self.outbound.ports)
+            .copied()
+            .collect()
+    }
+}
+
+/// Distinct ports kept per route and side.
 pub(crate) const MAX_PORTS_PER_ROUTE: usize = 8;
 
 /// Everything seen from one source to one destination.
@@ -94,20 +124,29 @@ pub(crate) struct EdgeAgg {
     pub(crate) outbound: Counts,
     pub(crate) first_seen: i64,
     pub(crate) last_seen: i64,
-    pub(crate) ports: BTreeMap<u16, u64>,
+    /// Destination ports of inbound records (the application's, which policy evaluates).
+    pub(crate) ports_in: BTreeMap<u16, u64>,
+    /// Destination ports of outbound records (the port dialled: the peer sidecar's).
+    pub(crate) ports_out: BTreeMap<u16, u64>,
     pub(crate) protocols: u8,
     pub(crate) routes: HashMap<Box<str>, RouteAgg>,
-    pub(crate) routes_overflow: u64,
+    /// Records of routes not kept (over the per-edge cap), per side.
+    pub(crate) routes_overflow_in: u64,
+    pub(crate) routes_overflow_out: u64,
     pub(crate) in_baseline: bool,
     pub(crate) after_baseline: bool,
     /// Allowed `METHOD path` pairs (no 404/405 answers), for policy suggestions.
     pub(crate) allowed_paths: HashSet<Box<str>>,
     pub(crate) paths_overflow: u64,
-    /// Ports of allowed traffic, for policy suggestions.
-    pub(crate) allowed_ports: BTreeMap<u16, bool>,
+    /// Ports of allowed inbound traffic, for policy suggestions.
+    pub(crate) allowed_ports_in: BTreeSet<u16>,
+    /// Ports of allowed outbound traffic, used only without allowed inbound traffic.
+    pub(crate) allowed_ports_out: BTreeSet<u16>,
     pub(crate) allowed_tcp: bool,
-    /// Records behind `allowed_paths`, `allowed_ports` and `allowed_tcp`.
+    /// Records behind `allowed_paths`, the allowed ports and `allowed_tcp`.
     pub(crate) allowed_records: u64,
+    /// Of which inbound.
+    pub(crate) allowed_inbound_records: u64,
     pub(crate) sample_source_ip: Option<IpAddr>,
     pub(crate) sample_host: Option<Box<str>>,
 }
@@ -122,6 +161,46 @@ impl EdgeAgg {
         } else {
             self.outbound
         }
+    }
+
+    /// Whether policy questions take the inbound side's ports: an inbound record carries the
+    /// application's port, which policy evaluates; an outbound one only the port dialled
+    /// (the peer sidecar's), used when no inbound record of the edge was read.
+    pub(crate) fn inbound_ports_for_policy(&self) -> bool {
+        self.inbound.requests > 0
+    }
+
+    /// The edge's ports as policy sees them (see [`Self::inbound_ports_for_policy`]).
+    pub(crate) fn policy_ports(&self) -> &BTreeMap<u16, u64> {
+        if self.inbound_ports_for_policy() {
+            &self.ports_in
+        } else {
+            &self.ports_out
+        }
+    }
+
+    /// A route's ports as policy sees them; empty when the chosen side has none for it.
+    pub(crate) fn route_policy_ports<'r>(&self, r: &'r RouteAgg) -> &'r [u16] {
+        if self.inbound_ports_for_policy() {
+            &r.inbound.ports
+        } else {
+            &r.outbound.ports
+        }
+    }
+
+    /// Ports a suggested policy must keep allowing: those of admitted inbound traffic, or,
+    /// when none was recorded in the period, those of admitted outbound traffic.
+    pub(crate) fn suggested_ports(&self) -> &BTreeSet<u16> {
+        if self.allowed_inbound_records > 0 {
+            &self.allowed_ports_in
+        } else {
+            &self.allowed_ports_out
+        }
+    }
+
+    /// Records of routes not kept, counted like the requests (the larger side).
+    pub(crate) fn routes_overflow(&self) -> u64 {
+        self.routes_overflow_in.max(self.routes_overflow_out)
     }
 }
 
@@ -209,13 +288,20 @@ impl Aggregate {
         });
         edge.first_seen = edge.first_seen.min(ts);
         edge.last_seen = edge.last_seen.max(ts);
-        match r.direction {
-            Direction::Inbound => edge.inbound.add(r),
-            Direction::Outbound => edge.outbound.add(r),
+        let inbound = r.direction == Direction::Inbound;
+        if inbound {
+            edge.inbound.add(r);
+        } else {
+            edge.outbound.add(r);
         }
         edge.protocols |= protocol_bit(r.protocol);
         if let Some(p) = r.destination_port {
-            *edge.ports.entry(p).or_default() += 1;
+            let ports = if inbound {
+                &mut edge.ports_in
+            } else {
+                &mut edge.ports_out
+            };
+            *ports.entry(p).or_default() += 1;
         }
         if before {
             edge.in_baseline = true;
@@ -244,8 +330,19 @@ impl Aggregate {
         }
         let denied = r.verdict == Some(Verdict::Deny);
         let touch = |route: &mut RouteAgg| {
-            route.requests += 1;
-            route.denied += u64::from(denied);
+            let side = if inbound {
+                &mut route.inbound
+            } else {
+                &mut route.outbound
+            };
+            side.requests += 1;
+            side.denied += u64::from(denied);
+            if let Some(p) = r.destination_port
+                && !side.ports.contains(&p)
+                && side.ports.len() < MAX_PORTS_PER_ROUTE
+            {
+                side.ports.push(p);
+            }
             if before {
                 route.in_baseline = true;
             } else {
@@ -254,28 +351,31 @@ impl Aggregate {
             if route.sample_path.is_none() {
                 route.sample_path = r.path.as_deref().map(Into::into);
             }
-            if let Some(p) = r.destination_port
-                && !route.ports.contains(&p)
-                && route.ports.len() < MAX_PORTS_PER_ROUTE
-            {
-                route.ports.push(p);
-            }
         };
         if let Some(route) = edge.routes.get_mut(buf.as_str()) {
             touch(route);
         } else if edge.routes.len() < MAX_ROUTES_PER_EDGE {
             touch(edge.routes.entry(buf.as_str().into()).or_default());
+        } else if inbound {
+            edge.routes_overflow_in += 1;
         } else {
-            edge.routes_overflow += 1;
+            edge.routes_overflow_out += 1;
         }
 
         // What a least-privilege policy must keep allowing: admitted, existing routes, from
-        // the baseline period when there is one.
+        // the baseline period when there is one. Outbound records carry no verdict, so a 403
+        // (or a gRPC PERMISSION_DENIED) seen by the caller's sidecar counts as refused too.
         let not_a_route = r.status.is_some_and(|s| s == 404 || s == 405);
-        if !denied && before && !not_a_route {
+        let refused = r.status == Some(403) || r.grpc_status == Some(7);
+        if !denied && !refused && before && !not_a_route {
             edge.allowed_records += 1;
+            edge.allowed_inbound_records += u64::from(inbound);
             if let Some(p) = r.destination_port {
-                edge.allowed_ports.insert(p, true);
+                if inbound {
+                    edge.allowed_ports_in.insert(p);
+                } else {
+                    edge.allowed_ports_out.insert(p);
+                }
             }
             match (&r.method, &r.path) {
                 (Some(m), Some(p)) => {

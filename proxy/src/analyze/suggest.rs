@@ -134,7 +134,7 @@ pub(crate) fn suggest(
         }
         admitted += e.allowed_records;
         let paths: BTreeSet<&str> = e.allowed_paths.iter().map(AsRef::as_ref).collect();
-        let ports: Vec<u16> = e.allowed_ports.keys().copied().collect();
+        let ports: Vec<u16> = e.suggested_ports().iter().copied().collect();
         let ops = operations(&paths, e.allowed_tcp, &ports, opts.collapse_threshold);
         if !ops.is_empty() {
             plan.entry(destination).or_default().insert(source, ops);
@@ -242,10 +242,13 @@ pub(crate) fn baseline(agg: &Aggregate) -> String {
             if !r.in_baseline {
                 continue;
             }
-            let ports: Vec<Option<u16>> = if r.ports.is_empty() {
+            // Both sides' ports: each sidecar's detectors key edges on the port its own
+            // records carry (dialled outbound, the application's inbound).
+            let all = r.all_ports();
+            let ports: Vec<Option<u16>> = if all.is_empty() {
                 vec![None]
             } else {
-                r.ports.iter().copied().map(Some).collect()
+                all.into_iter().map(Some).collect()
             };
             for port in ports {
                 let edge = BaselineEdge {
