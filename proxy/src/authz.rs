@@ -217,7 +217,10 @@ impl PolicyStore {
                         tracing::info!("SIGHUP: reloading policy");
                     }
                 }
-                let _ = self.reload();
+                // Reading and compiling many policies takes a while: keep it off the
+                // request-serving threads.
+                let this = Arc::clone(&self);
+                let _ = tokio::task::spawn_blocking(move || this.reload()).await;
             }
         })
     }
