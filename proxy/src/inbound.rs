@@ -36,7 +36,7 @@ use crate::forward::{
     PEER_IDENTITY_HEADER,
 };
 use crate::metrics::{Direction, Metrics};
-use crate::net::{self, ConnectionLimit, IdleTimeout};
+use crate::net::{self, IdleTimeout};
 use crate::telemetry::{self, FlowProtocol, FlowRecord, RequestSpan, SpanAttrs, Telemetry};
 use crate::tls::{self, ALPN_H2, ALPN_HTTP1, Credentials, TlsError};
 
@@ -169,31 +169,17 @@ impl Inbound {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) {
-        let limit = ConnectionLimit::new(self.limits.max_connections);
-        loop {
-            let (tcp, client_addr) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "inbound accept failed");
-                        continue;
-                    }
-                },
-                () = shutdown.cancelled() => return,
-            };
-            let Some(permit) = limit.try_acquire() else {
-                self.metrics.connection(Direction::Inbound, "refused_limit");
-                tracing::warn!(%client_addr, "inbound connection refused: connection limit reached");
-                continue;
-            };
-            net::tune(&tcp);
-            let this = Arc::clone(&self);
-            let shutdown = shutdown.clone();
-            tracker.spawn(async move {
-                this.connection(tcp, client_addr, shutdown).await;
-                drop(permit);
-            });
-        }
+        let limit = self.limits.max_connections;
+        net::accept_loop(
+            listener,
+            limit,
+            Direction::Inbound,
+            &self.metrics,
+            &shutdown,
+            &tracker,
+            |tcp, client_addr| Arc::clone(&self).connection(tcp, client_addr, shutdown.clone()),
+        )
+        .await;
     }
 
     /// The application a connection is for: with transparent interception, the original

@@ -147,6 +147,47 @@ impl ConnectionLimit {
     }
 }
 
+/// Accepts on `listener` until `shutdown`: refuses (and counts) connections past `limit`,
+/// tunes each socket, and runs `handle` for it on `tracker` while holding its permit.
+pub async fn accept_loop<F, Fut>(
+    listener: tokio::net::TcpListener,
+    limit: usize,
+    direction: crate::metrics::Direction,
+    metrics: &crate::metrics::Metrics,
+    shutdown: &CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let limit = ConnectionLimit::new(limit);
+    let side = direction.as_str();
+    loop {
+        let (tcp, client_addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "{side} accept failed");
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let Some(permit) = limit.try_acquire() else {
+            metrics.connection(direction, "refused_limit");
+            tracing::warn!(%client_addr, "{side} connection refused: connection limit reached");
+            continue;
+        };
+        tune(&tcp);
+        let work = handle(tcp, client_addr);
+        tracker.spawn(async move {
+            work.await;
+            drop(permit);
+        });
+    }
+}
+
 /// Disables Nagle's algorithm; the proxy writes whole frames and records.
 pub fn tune(stream: &tokio::net::TcpStream) {
     let _ = stream.set_nodelay(true);

@@ -33,7 +33,7 @@ use crate::forward::{
     PEER_IDENTITY_HEADER,
 };
 use crate::metrics::{Direction, Metrics};
-use crate::net::{self, ConnectionLimit, IdleTimeout};
+use crate::net::{self, IdleTimeout};
 use crate::telemetry::{self, FlowRecord, Parent, SpanAttrs, Telemetry};
 use crate::tls::{self, ALPN_H2, Credentials, PeerIdentity, TlsError};
 
@@ -314,42 +314,33 @@ impl Outbound {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) {
-        let limit = ConnectionLimit::new(self.limits.max_connections);
         let listen = listener.local_addr().ok();
-        loop {
-            let (tcp, client_addr) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "outbound accept failed");
-                        continue;
+        let limit = self.limits.max_connections;
+        net::accept_loop(
+            listener,
+            limit,
+            Direction::Outbound,
+            &self.metrics,
+            &shutdown,
+            &tracker,
+            |tcp, _client_addr| {
+                let this = Arc::clone(&self);
+                let route = route.clone();
+                let shutdown = shutdown.clone();
+                async move {
+                    match (&route, listen) {
+                        (Route::Fixed(u), _) if u.cfg.protocol == Protocol::Tcp => {
+                            this.splice(tcp, u).await;
+                        }
+                        (Route::ByHost, Some(listen)) if this.transparent.is_some() => {
+                            this.transparent(tcp, listen, shutdown).await;
+                        }
+                        _ => this.http(tcp, route, shutdown).await,
                     }
-                },
-                () = shutdown.cancelled() => return,
-            };
-            let Some(permit) = limit.try_acquire() else {
-                self.metrics
-                    .connection(Direction::Outbound, "refused_limit");
-                tracing::warn!(%client_addr, "outbound connection refused: connection limit reached");
-                continue;
-            };
-            net::tune(&tcp);
-            let this = Arc::clone(&self);
-            let route = route.clone();
-            let shutdown = shutdown.clone();
-            tracker.spawn(async move {
-                match (&route, listen) {
-                    (Route::Fixed(u), _) if u.cfg.protocol == Protocol::Tcp => {
-                        this.splice(tcp, u).await;
-                    }
-                    (Route::ByHost, Some(listen)) if this.transparent.is_some() => {
-                        this.transparent(tcp, listen, shutdown).await;
-                    }
-                    _ => this.http(tcp, route, shutdown).await,
                 }
-                drop(permit);
-            });
-        }
+            },
+        )
+        .await;
     }
 
     async fn http(self: Arc<Self>, tcp: TcpStream, route: Route, shutdown: CancellationToken) {
