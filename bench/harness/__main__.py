@@ -22,7 +22,7 @@ from . import load, report
 from .certs import Pki
 from .load import IdleClients, measured
 from .policies import load_overlays
-from .procs import LOAD_CORE, BenchError, run, stop_all
+from .procs import BenchError, run, stop_all
 from .systems import Backend, Direct, HaproxyPair, NginxPair, Picket, System
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,6 +168,7 @@ class Bench:
         self.backend = Backend(self.work, self.logs, Path(load.__file__).parent)
         self.backend.start()
         overlay = Path(self.args.overlay).read_text() if self.args.overlay else ""
+        self.results["machine"]["picket_binary"] = binary_info(self.picket)
         self.has_policy = subprocess.run([str(self.picket), "policy", "--help"],
                                          capture_output=True).returncode == 0
         self.results["picket_policies"] = MAIN_POLICIES if self.has_policy else None
@@ -476,6 +477,12 @@ def scheduling() -> str:
     if policy == os.SCHED_FIFO:
         return f"SCHED_FIFO, priority {os.sched_getparam(0).sched_priority}"
     return f"SCHED_OTHER, nice {os.nice(0)}"
+
+
+def binary_info(path: Path) -> str:
+    st = path.stat()
+    built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st.st_mtime))
+    return f"{path} ({st.st_size / 1e6:.1f} MB, modified {built})"
 
 
 def load_average() -> str:

@@ -355,7 +355,8 @@ def markdown(results) -> str:
         f"| scheduling of every benchmark process | {mach.get('scheduling', '–')} |",
         f"| load average (1, 5, 15 min) at start / end | {mach.get('load_start', '–')} / "
         f"{mach.get('load_end', '–')} |",
-        f"| Picket | {mach['picket']}, {mach['rustc']}, release profile |",
+        f"| Picket | source {mach['picket']} when the run started; binary "
+        f"{mach.get('picket_binary', '–')}; {mach['rustc']}, release profile |",
         f"| nginx | {mach['nginx']} |",
         f"| HAProxy | {mach['haproxy']} |",
         f"| OpenSSL | {mach['openssl']} |",

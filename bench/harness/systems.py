@@ -11,6 +11,7 @@ Every system offers the same targets:
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -198,13 +199,20 @@ class Picket(System):
         self.sidecars: dict[str, Proc] = {}
         self.ready: dict[str, dict] = {}
 
-    def policy_dir(self, count: int) -> Path:
-        directory = self.work / f"policies-{count}"
+    def policy_dir(self, count: int, sidecar: str) -> Path:
+        """A directory of `count` policies for one sidecar. Each sidecar has its own copy, as
+        each pod has its own volume in Kubernetes: sidecars watching one shared directory
+        trigger each other's reloads without end (each reload's reads are events for the
+        others' watchers), which is not how they are deployed."""
+        source = self.work / "policies" / str(count) / "source"
+        if not source.is_dir():
+            write_policies(source, count)
+        directory = source.parent / sidecar
         if not directory.is_dir():
-            write_policies(directory, count)
+            shutil.copytree(source, directory)
         return directory
 
-    def config(self, sa: str, app: int, upstreams: list[dict], label: str,
+    def config(self, sa: str, app: int, upstreams: list[dict], label: str, name: str,
                admin: str = "127.0.0.1:0") -> str:
         workload = FRONTEND if sa == "frontend" else ORDERS
         lines = [
@@ -238,7 +246,8 @@ class Picket(System):
             if self.policies == 0:
                 lines += ["  default_action: allow"]
             else:
-                lines += [f"  path: {self.policy_dir(self.policies)}", "  default_action: deny"]
+                lines += [f"  path: {self.policy_dir(self.policies, name)}",
+                          "  default_action: deny"]
         text = "\n".join(lines) + "\n"
         if self.overlay:
             text += self.overlay.rstrip("\n") + "\n"
@@ -263,10 +272,11 @@ class Picket(System):
 
     def start(self) -> None:
         b = self.backend
-        self.start_sidecar("picket-orders", self.config("orders", b.h1, [], "orders"))
-        self.start_sidecar("picket-orders-h2c", self.config("orders", b.h2c, [], "orders"))
-        self.start_sidecar("picket-orders-tcp", self.config("orders", b.echo, [], "orders-tcp"))
-        self.start_sidecar("picket-orders-raw", self.config("orders", b.h1, [], "orders-tcp"))
+        for name, app, label in (("picket-orders", b.h1, "orders"),
+                                 ("picket-orders-h2c", b.h2c, "orders"),
+                                 ("picket-orders-tcp", b.echo, "orders-tcp"),
+                                 ("picket-orders-raw", b.h1, "orders-tcp")):
+            self.start_sidecar(name, self.config("orders", app, [], label, name))
         inbound = {n: self.ready[n]["inbound"] for n in self.ready}
         upstreams = [
             {"name": "orders", "address": inbound["picket-orders"], "protocol": "http"},
@@ -274,8 +284,8 @@ class Picket(System):
             {"name": "orders-h2c", "address": inbound["picket-orders-h2c"], "protocol": "http"},
             {"name": "echo", "address": inbound["picket-orders-tcp"], "protocol": "tcp"},
         ]
-        self.start_sidecar("picket-frontend",
-                           self.config("frontend", b.h1, upstreams, "frontend"))
+        self.start_sidecar("picket-frontend", self.config("frontend", b.h1, upstreams,
+                                                          "frontend", "picket-frontend"))
         up = self.ready["picket-frontend"]["upstreams"]
         self.targets = {
             "http1": f"http://{up['orders']}",
@@ -309,7 +319,7 @@ class Picket(System):
         for i in range(runs):
             admin = free_port()
             config = self.config("orders", self.backend.h1, [], "orders",
-                                 admin=f"127.0.0.1:{admin}")
+                                 f"picket-startup-{i}", admin=f"127.0.0.1:{admin}")
             url = f"http://127.0.0.1:{admin}/ready"
             t0 = time.monotonic()
             proc, _ = self.spawn(f"picket-startup-{i}", config)
