@@ -396,7 +396,8 @@ def markdown(results) -> str:
         "- W3b: nginx without upstream keep-alive and `proxy_ssl_session_reuse off`, HAProxy "
         "`http-reuse never` + `no-ssl-reuse`: a full handshake per request. Picket has no switch "
         "to turn pooling off: its `tcp` upstream opens one mTLS connection per client "
-        "connection, with rustls's default client session cache (TLS 1.3 resumption allowed).",
+        "connection, and its inbound side issues no TLS 1.3 session ticket (`openssl s_client "
+        "-sess_out` gets none), so that is a full handshake too.",
         "",
         "## Against issue 6's targets",
         "",
