@@ -286,12 +286,9 @@ pub fn shadows_text(d: &Decision) -> String {
 /// Logs a decision as the one explained record: denials always, allows only when a dry-run
 /// policy would have decided otherwise.
 pub fn log_decision(d: &Decision, peer: &str, what: &str, request_id: Option<&str>) {
-    let policy = d
-        .policy
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_default();
-    let shadows = shadows_text(d);
+    // Empty fields are left out of the record rather than logged as "".
+    let policy = d.policy.as_ref().map(tracing::field::display);
+    let shadows = (!d.shadows.is_empty()).then(|| shadows_text(d));
     if d.verdict == picket_policy::Verdict::Deny {
         tracing::warn!(
             verdict = %d.verdict,
@@ -304,7 +301,7 @@ pub fn log_decision(d: &Decision, peer: &str, what: &str, request_id: Option<&st
             request_id,
             "authorization denied"
         );
-    } else if !d.shadows.is_empty() {
+    } else if shadows.is_some() {
         tracing::info!(
             verdict = %d.verdict,
             reason = %d.reason,

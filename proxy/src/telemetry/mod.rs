@@ -301,28 +301,16 @@ impl Telemetry {
     /// Pushes out everything queued so far (flow lines, spans, log records), waiting at most
     /// `deadline`. Returns whether everything was pushed out in time.
     pub async fn flush(&self, deadline: Duration) -> bool {
-        let Some(inner) = &self.inner else {
-            return true;
-        };
-        let flows = async {
-            match &inner.flow_log {
-                Some(f) => f.flush(deadline).await,
-                None => true,
-            }
-        };
-        let otlp = async {
-            match &inner.otlp {
-                Some(o) => o.flush(deadline).await,
-                None => true,
-            }
-        };
-        let (a, b) = tokio::join!(flows, otlp);
-        a && b
+        self.drain(deadline, false).await
     }
 
     /// Flushes like [`Telemetry::flush`] and stops exporting. Call once, when the sidecar
     /// has drained.
     pub async fn shutdown(&self, deadline: Duration) -> bool {
+        self.drain(deadline, true).await
+    }
+
+    async fn drain(&self, deadline: Duration, stop_export: bool) -> bool {
         let Some(inner) = &self.inner else {
             return true;
         };
@@ -334,7 +322,8 @@ impl Telemetry {
         };
         let otlp = async {
             match &inner.otlp {
-                Some(o) => o.shutdown(deadline).await,
+                Some(o) if stop_export => o.shutdown(deadline).await,
+                Some(o) => o.flush(deadline).await,
                 None => true,
             }
         };
