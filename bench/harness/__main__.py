@@ -169,6 +169,7 @@ class Bench:
         self.backend.start()
         overlay = Path(self.args.overlay).read_text() if self.args.overlay else ""
         self.results["machine"]["picket_binary"] = binary_info(self.picket)
+        self.results["machine"]["picket_profile"] = self.args.profile
         self.has_policy = subprocess.run([str(self.picket), "policy", "--help"],
                                          capture_output=True).returncode == 0
         self.results["picket_policies"] = MAIN_POLICIES if self.has_policy else None
@@ -380,7 +381,8 @@ class Bench:
     def ca_rate(self) -> None:
         self.step("CA signing rate (criterion bench ca/benches/issue.rs, one core)")
         try:
-            run(["cargo", "bench", "-q", "-p", "picket-ca", "--bench", "issue", "--",
+            run(["cargo", "bench", "-q", "--profile", self.args.profile, "-p", "picket-ca",
+                 "--bench", "issue", "--",
                  *self.d.criterion], timeout=600, cwd=ROOT)
             target = Path(json.loads(subprocess.run(
                 ["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=ROOT,
@@ -494,6 +496,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", required=True)
     parser.add_argument("--picket", default="")
+    parser.add_argument("--profile", default="release", help="the cargo profile Picket was built with")
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--overlay", default="")
     parser.add_argument("--render", action="store_true",
