@@ -286,7 +286,7 @@ impl Inbound {
         let svc = hyper::service::service_fn(move |req| {
             let this = Arc::clone(&this);
             let meta = Arc::clone(&meta);
-            async move { Ok::<_, Infallible>(this.request(req, &meta).await) }
+            net::small_future(async move { Ok::<_, Infallible>(this.request(req, &meta).await) })
         });
         let io = TokioIo::new(io);
         let result = if h2 {

@@ -193,6 +193,16 @@ pub fn tune(stream: &tokio::net::TcpStream) {
     let _ = stream.set_nodelay(true);
 }
 
+/// Boxes a service's per-request future. A hyper HTTP/1 connection keeps the allocation of its
+/// service future for the connection's whole life, so an unboxed request future (several KiB:
+/// policy, forwarding, telemetry) would be paid by every idle keep-alive connection; boxed, it
+/// costs one pointer there and its size only while a request is in flight.
+pub fn small_future<F: Future + Send + 'static>(
+    f: F,
+) -> std::pin::Pin<Box<dyn Future<Output = F::Output> + Send>> {
+    Box::pin(f)
+}
+
 /// Runs a hyper connection; on shutdown asks it to finish in-flight requests and close.
 pub async fn drain_on<C, T, E>(
     conn: C,

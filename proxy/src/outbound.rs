@@ -327,15 +327,17 @@ impl Outbound {
                 let this = Arc::clone(&self);
                 let route = route.clone();
                 let shutdown = shutdown.clone();
+                // Each branch is boxed: the task would otherwise be as large as the largest
+                // of the three futures, for every connection, whichever it runs.
                 async move {
                     match (&route, listen) {
                         (Route::Fixed(u), _) if u.cfg.protocol == Protocol::Tcp => {
-                            this.splice(tcp, u).await;
+                            Box::pin(this.splice(tcp, u)).await;
                         }
                         (Route::ByHost, Some(listen)) if this.transparent.is_some() => {
-                            this.transparent(tcp, listen, shutdown).await;
+                            Box::pin(this.transparent(tcp, listen, shutdown)).await;
                         }
-                        _ => this.http(tcp, route, shutdown).await,
+                        _ => Box::pin(this.http(tcp, route, shutdown)).await,
                     }
                 }
             },
@@ -349,7 +351,7 @@ impl Outbound {
         let svc = hyper::service::service_fn(move |req| {
             let this = Arc::clone(&this);
             let route = Arc::clone(&route);
-            async move { Ok::<_, Infallible>(this.request(req, &route).await) }
+            net::small_future(async move { Ok::<_, Infallible>(this.request(req, &route).await) })
         });
         let io = TokioIo::new(IdleTimeout::new(tcp, self.timeouts.idle));
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
