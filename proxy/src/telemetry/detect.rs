@@ -242,6 +242,8 @@ impl PathRule {
 pub struct Detectors {
     cfg: DetectorConfig,
     sensitive: Vec<PathRule>,
+    /// `metadata_addresses` that are IP addresses, parsed once.
+    metadata_ips: Vec<IpAddr>,
     hasher: RandomState,
     started: Option<i64>,
     baseline: HashSet<u64, BuildHasherDefault<DigestHasher>>,
@@ -322,6 +324,11 @@ impl Detectors {
                 .sensitive_paths
                 .iter()
                 .map(|p| PathRule::parse(p))
+                .collect(),
+            metadata_ips: cfg
+                .metadata_addresses
+                .iter()
+                .filter_map(|m| m.parse().ok())
                 .collect(),
             cfg: cfg.clone(),
             hasher: RandomState::new(),
@@ -583,14 +590,16 @@ impl Detectors {
 
         // Cloud metadata.
         if flow.direction == Direction::Outbound {
-            let mut hosts = Vec::with_capacity(2);
-            if let Some(a) = flow.destination_address {
-                hosts.push(a.ip().to_string());
-            }
-            if let Some(h) = &flow.host {
-                hosts.push(host_only(h));
-            }
-            if let Some(host) = hosts.into_iter().find(|h| self.is_metadata(h)) {
+            let by_address = flow
+                .destination_address
+                .map(|a| a.ip())
+                .filter(|ip| self.metadata_ips.contains(ip))
+                .map(|ip| ip.to_string());
+            let host = by_address.or_else(|| {
+                let host = host_only(flow.host.as_deref()?);
+                self.is_metadata(&host).then_some(host)
+            });
+            if let Some(host) = host {
                 pending.push(self.metadata_alert(&source_label, host, now));
             }
         }
@@ -598,14 +607,13 @@ impl Detectors {
         self.emit(&src, &source_label, pending, now)
     }
 
+    /// Whether `host` (as [`host_only`] gives it) is a configured metadata address: the same
+    /// IP address in any spelling, or the same name.
     fn is_metadata(&self, host: &str) -> bool {
-        self.cfg.metadata_addresses.iter().any(|m| {
-            m == host
-                || m.parse::<IpAddr>()
-                    .ok()
-                    .zip(host.parse::<IpAddr>().ok())
-                    .is_some_and(|(a, b)| a == b)
-        })
+        match host.parse::<IpAddr>() {
+            Ok(ip) => self.metadata_ips.contains(&ip),
+            Err(_) => self.cfg.metadata_addresses.iter().any(|m| m == host),
+        }
     }
 
     fn metadata_alert(&self, source_label: &str, host: String, now: i64) -> Pending {
