@@ -23,7 +23,7 @@ from .certs import Pki
 from .load import IdleClients, measured
 from .policies import load_overlays
 from .procs import BenchError, run, stop_all
-from .systems import Backend, Direct, HaproxyPair, NginxPair, Picket, System
+from .systems import Backend, Collector, Direct, HaproxyPair, NginxPair, Picket, System
 
 ROOT = Path(__file__).resolve().parents[2]
 # The Picket system runs with this many authorization policies (issue 6: "a realistic policy
@@ -279,12 +279,13 @@ class Bench:
             try:
                 s.restart()
                 self.isolate(s.pair())
-                fig = {"fresh_kib": pair_rss(s)}
+                fig = {"fresh_kib": pair_rss(s), "fresh_anon_kib": pair_anon(s)}
                 r = measured(s.pair(), lambda: load.oha(s.targets["http1"] + "/1k", 2000,
                                                         self.d.memory_load), sample_rss=True)
                 fig["at_2000_kib"] = r["rss_each_kib"]
                 time.sleep(0.5)
                 fig["after_load_kib"] = pair_rss(s)
+                fig["after_load_anon_kib"] = pair_anon(s)
                 idle = IdleClients(s.targets["http1"] + "/1k", [1000, 5000])
                 try:
                     for count in (1000, 5000):
@@ -326,9 +327,22 @@ class Bench:
                                   "reason": "this picket has no authorization policy support"}
             return
         overlays = load_overlays(ROOT / "bench" / "w8")
-        variants = [(f"{n} policies" if n else "policy off", n, "") for n in W8_POLICIES]
-        variants += [(f"{MAIN_POLICIES} policies + {o.name}", MAIN_POLICIES, o.text)
-                     for o in overlays]
+        # The policy-scale variants run with telemetry off (the detectors are on by default),
+        # so that their cost is the policies' alone and "policy off" is the bare data path;
+        # an overlay variant brings its own telemetry section instead.
+        telemetry_off = "telemetry:\n  detectors:\n    enabled: false\n"
+        variants = [(f"{n} policies" if n else "policy off", n, telemetry_off)
+                    for n in W8_POLICIES]
+        collector = Collector(self.logs)
+        for o in overlays:
+            text = o.text
+            if "${OTLP_ENDPOINT}" in text:
+                try:
+                    text = text.replace("${OTLP_ENDPOINT}", collector.start())
+                except BenchError as e:
+                    self.fail(f"w8 {o.name}: collector", e)
+                    continue
+            variants.append((f"{MAIN_POLICIES} policies + {o.name}", MAIN_POLICIES, text))
         self.step(f"W8: {len(variants)} Picket variants")
         base = (self.picket_sys.policies, self.picket_sys.overlay)
         w1 = next(w for w in self.workloads if w.id == "w1_c16")
@@ -425,6 +439,11 @@ def probe(base: str, timeout: float = 5, h2: bool = False) -> str:
 def pair_rss(s: System) -> list[int]:
     """RSS of each of the system's two proxies, KiB."""
     return [p.rss_kib() for p in s.pair()]
+
+
+def pair_anon(s: System) -> list[int]:
+    """Private (anonymous) resident memory of each of the system's two proxies, KiB."""
+    return [p.anon_kib() for p in s.pair()]
 
 
 def version(argv: list[str]) -> str:

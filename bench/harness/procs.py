@@ -61,6 +61,11 @@ class Proc:
     def rss_kib(self) -> int:
         return status_kib(self.pid, "VmRSS")
 
+    def anon_kib(self) -> int:
+        """Private memory: RssAnon, without the file pages (program text, shared libraries)
+        that VmRSS counts and every process running the same binary shares."""
+        return status_kib(self.pid, "RssAnon")
+
     def freeze(self) -> None:
         """SIGSTOP: the process takes no CPU at all until `thaw`; its sockets stay open."""
         if self.popen.poll() is None and not self.frozen:

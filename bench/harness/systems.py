@@ -12,6 +12,7 @@ Every system offers the same targets:
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -60,6 +61,41 @@ events {{ worker_connections 20000; }}
 def wait_ports(proc: Proc, ports: list[int]) -> None:
     for port in ports:
         wait_for(f"{proc.name} to listen on {port}", lambda p=port: port_open(p), proc=proc)
+
+
+class Collector:
+    """An OpenTelemetry collector (rotel, from scripts/install-telemetry-test-deps) on the load
+    generator's core that accepts OTLP/gRPC and discards it: what an overlay with
+    `${OTLP_ENDPOINT}` exports to. A node-local collector is how sidecars export in production;
+    discarding keeps the collector's own work small and the same for every run."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.proc: Proc | None = None
+        self.endpoint = ""
+
+    def start(self) -> str:
+        if self.proc and self.proc.alive():
+            return self.endpoint
+        try:
+            agent = subprocess.run(
+                ["python3", "-c", "import os, rotel; "
+                 "print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"],
+                capture_output=True, text=True, check=True).stdout.strip()
+        except subprocess.CalledProcessError as e:
+            raise BenchError(f"rotel is not installed (scripts/install-bench-deps): {e.stderr}")
+        grpc, http = free_port(), free_port()
+        self.proc = Proc("rotel", [agent, "start", "--otlp-grpc-endpoint", f"127.0.0.1:{grpc}",
+                                   "--otlp-http-endpoint", f"127.0.0.1:{http}",
+                                   "--exporter", "blackhole"], self.log_dir, LOAD_CORE)
+        wait_ports(self.proc, [grpc])
+        self.endpoint = f"http://127.0.0.1:{grpc}"
+        return self.endpoint
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
 
 
 class Backend:
@@ -250,7 +286,9 @@ class Picket(System):
                           "  default_action: deny"]
         text = "\n".join(lines) + "\n"
         if self.overlay:
-            text += self.overlay.rstrip("\n") + "\n"
+            # ${SIDECAR} lets an overlay give each sidecar its own file (a flow log, say).
+            overlay = self.overlay.replace("${SIDECAR}", name).replace("${WORK}", str(self.work))
+            text += overlay.rstrip("\n") + "\n"
         return text
 
     def spawn(self, name: str, config: str) -> tuple[Proc, Path]:
