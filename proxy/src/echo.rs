@@ -10,7 +10,7 @@
 //! | `GET /stream?bytes=N` | `N` bytes of [`fill_pattern`] in 64 KiB chunks, never held whole |
 //! | `GET /status/CODE` | status `CODE` with the description as body |
 //! | `GET /slow?ms=N` | the description, after `N` milliseconds |
-//! | `GET /stats` | `{"app", "requests", "in_flight"}` of this app |
+//! | `GET /stats` | `{"app", "requests", "in_flight"}` of this app, `/stats` requests not counted |
 //! | `content-type: application/grpc*` | a gRPC unary answer echoing the request message, with trailers |
 //!
 //! Request bodies are read as a stream: counted and hashed, never buffered (gRPC messages, which
@@ -235,6 +235,10 @@ async fn handle(
     stats: Arc<Stats>,
     req: Request<Incoming>,
 ) -> Result<Response<EchoBody>, Infallible> {
+    // A `/stats` request is not counted, so that its answer describes the other requests.
+    if req.method() == Method::GET && req.uri().path() == "/stats" {
+        return Ok(route(&stats, req).await);
+    }
     stats.requests.fetch_add(1, Ordering::Relaxed);
     stats.in_flight.fetch_add(1, Ordering::Relaxed);
     let response = route(&stats, req).await;
