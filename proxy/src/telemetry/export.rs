@@ -212,6 +212,7 @@ async fn export_loop<E: Export>(
         }
     };
     loop {
+        let room = MAX_BATCH - batch.len();
         tokio::select! {
             biased;
             flush = flush_rx.recv() => {
@@ -227,9 +228,11 @@ async fn export_loop<E: Export>(
                 }
                 let _ = done.send(());
             }
-            item = rx.recv() => {
-                let Some(item) = item else { break };
-                batch.push(item);
+            // Everything queued by now in one poll, not a poll per item.
+            n = rx.recv_many(&mut batch, room) => {
+                if n == 0 {
+                    break;
+                }
                 if batch.len() >= MAX_BATCH {
                     send(std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH))).await;
                 }
