@@ -180,6 +180,47 @@ fn extract_b3(headers: &HeaderMap) -> Option<SpanContext> {
     ))
 }
 
+/// The attributes a request span starts with.
+fn span_attributes(attrs: &SpanAttrs<'_>) -> Vec<KeyValue> {
+    let mut kv = Vec::with_capacity(10);
+    if !attrs.method.is_empty() {
+        kv.push(KeyValue::new(
+            "http.request.method",
+            attrs.method.to_owned(),
+        ));
+    }
+    if !attrs.path.is_empty() {
+        kv.push(KeyValue::new("url.path", attrs.path.to_owned()));
+    }
+    if let Some(host) = attrs.server_address {
+        let (h, port) = split_host_port(host);
+        kv.push(KeyValue::new("server.address", h.to_owned()));
+        if let Some(p) = port {
+            kv.push(KeyValue::new("server.port", i64::from(p)));
+        }
+    }
+    if let Some(peer) = attrs.peer_address {
+        kv.push(KeyValue::new("network.peer.address", peer.ip().to_string()));
+        kv.push(KeyValue::new("network.peer.port", i64::from(peer.port())));
+    }
+    if let Some(id) = attrs.source_identity {
+        kv.push(KeyValue::new(SOURCE_IDENTITY, id.to_owned()));
+    }
+    if let Some(id) = attrs.destination_identity {
+        kv.push(KeyValue::new(DESTINATION_IDENTITY, id.to_owned()));
+    }
+    kv
+}
+
+/// `METHOD /route/{template}`, or the method alone without a path.
+fn span_name(attrs: &SpanAttrs<'_>) -> Cow<'static, str> {
+    if attrs.path.is_empty() {
+        Cow::Owned(attrs.method.to_owned())
+    } else {
+        Cow::Owned(format!("{} {}", attrs.method, route_template(attrs.path)))
+    }
+}
+
 /// The span of one request through this sidecar. With tracing off it still carries the
 /// caller's trace ID (for flow records) and never touches headers.
 #[derive(Debug)]
@@ -219,43 +260,16 @@ impl RequestSpan {
             Some(sc) => Context::new().with_remote_span_context(sc),
             None => Context::new(),
         };
-        let mut kv = Vec::with_capacity(10);
-        if !attrs.method.is_empty() {
-            kv.push(KeyValue::new(
-                "http.request.method",
-                attrs.method.to_owned(),
-            ));
-        }
-        if !attrs.path.is_empty() {
-            kv.push(KeyValue::new("url.path", attrs.path.to_owned()));
-        }
-        if let Some(host) = attrs.server_address {
-            let (h, port) = split_host_port(host);
-            kv.push(KeyValue::new("server.address", h.to_owned()));
-            if let Some(p) = port {
-                kv.push(KeyValue::new("server.port", i64::from(p)));
-            }
-        }
-        if let Some(peer) = attrs.peer_address {
-            kv.push(KeyValue::new("network.peer.address", peer.ip().to_string()));
-            kv.push(KeyValue::new("network.peer.port", i64::from(peer.port())));
-        }
-        if let Some(id) = attrs.source_identity {
-            kv.push(KeyValue::new(SOURCE_IDENTITY, id.to_owned()));
-        }
-        if let Some(id) = attrs.destination_identity {
-            kv.push(KeyValue::new(DESTINATION_IDENTITY, id.to_owned()));
-        }
-        let name = if attrs.path.is_empty() {
-            Cow::Owned(attrs.method.to_owned())
-        } else {
-            Cow::Owned(format!("{} {}", attrs.method, route_template(attrs.path)))
-        };
-        let span = tracer
-            .span_builder(name)
+        // The sampler decides before anything is recorded: an unsampled span (most of them
+        // at a low sampling ratio) costs no attribute strings and no name.
+        let mut span = tracer
+            .span_builder(Cow::Borrowed("request"))
             .with_kind(kind.clone())
-            .with_attributes(kv)
             .start_with_context(tracer, &cx);
+        if span.is_recording() {
+            span.update_name(span_name(attrs));
+            span.set_attributes(span_attributes(attrs));
+        }
         let context = span.span_context().clone();
         Self {
             span: Some(span),
