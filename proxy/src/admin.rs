@@ -152,17 +152,7 @@ fn rfc3339(unix: i64) -> String {
 
 /// Serves the admin endpoints until `shutdown`.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
+    while let Some((tcp, _)) = crate::net::next_connection(&listener, &shutdown, "admin").await {
         let state = Arc::clone(&state);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {

@@ -163,17 +163,7 @@ pub async fn accept_loop<F, Fut>(
 {
     let limit = ConnectionLimit::new(limit);
     let side = direction.as_str();
-    loop {
-        let (tcp, client_addr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "{side} accept failed");
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
+    while let Some((tcp, client_addr)) = next_connection(&listener, shutdown, side).await {
         let Some(permit) = limit.try_acquire() else {
             metrics.connection(direction, "refused_limit");
             tracing::warn!(%client_addr, "{side} connection refused: connection limit reached");
@@ -187,6 +177,32 @@ pub async fn accept_loop<F, Fut>(
         });
     }
 }
+
+/// The next connection on `listener`, or `None` once `shutdown` fires. A failed accept is
+/// logged (naming `side`) and retried after a short pause: when the process is out of file
+/// descriptors every accept fails at once, and retrying without a pause would spin a core.
+pub async fn next_connection(
+    listener: &tokio::net::TcpListener,
+    shutdown: &CancellationToken,
+    side: &str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => return Some(c),
+                Err(e) => tracing::warn!(error = %e, "{side} accept failed"),
+            },
+            () = shutdown.cancelled() => return None,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(ACCEPT_RETRY) => {}
+            () = shutdown.cancelled() => return None,
+        }
+    }
+}
+
+/// The pause after a failed accept.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Disables Nagle's algorithm; the proxy writes whole frames and records.
 pub fn tune(stream: &tokio::net::TcpStream) {
