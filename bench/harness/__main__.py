@@ -88,9 +88,9 @@ def workloads(upload_script: Path) -> list[Workload]:
         Workload("w5_pingpong", "W5 opaque TCP ping-pong, 64 B, 1 connection", "tcp",
                  lambda addr, d: load.tcptool("pingpong", addr, d), duration="tcp"),
         Workload("w6_1000", "W6 fixed rate 1,000 RPS, HTTP/1.1, 16 connections", "http1",
-                 lambda url, d: load.oha(url + "/1k", 1000, d), duration="fixed_rate"),
+                 lambda url, d: load.fixed_rate(url + "/1k", 1000, d), duration="fixed_rate"),
         Workload("w6_2000", "W6 fixed rate 2,000 RPS, HTTP/1.1, 16 connections", "http1",
-                 lambda url, d: load.oha(url + "/1k", 2000, d), duration="fixed_rate",
+                 lambda url, d: load.fixed_rate(url + "/1k", 2000, d), duration="fixed_rate",
                  rss=True),
     ]
 
@@ -104,6 +104,7 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.d = QUICK if args.quick else FULL
+        load.PRECISE_FIXED_RATE = not args.quick
         if args.rounds:
             self.d.rounds = args.rounds
         self.out = Path(args.out).resolve()
@@ -280,7 +281,7 @@ class Bench:
                 s.restart()
                 self.isolate(s.pair())
                 fig = {"fresh_kib": pair_rss(s), "fresh_anon_kib": pair_anon(s)}
-                r = measured(s.pair(), lambda: load.oha(s.targets["http1"] + "/1k", 2000,
+                r = measured(s.pair(), lambda: load.fixed_rate(s.targets["http1"] + "/1k", 2000,
                                                         self.d.memory_load), sample_rss=True)
                 fig["at_2000_kib"] = r["rss_each_kib"]
                 time.sleep(0.5)

@@ -292,8 +292,8 @@ def w8_section(results) -> list[str]:
         out.append(
             f"| {name} | {fmt(rps)} | {'–' if cost is None else f'{cost:+.1f} %'} | "
             f"{fmt(med([r.get('cpu_us_per_req') for r in w1]), 1)} | "
-            f"{fmt(med([r['p99_ms'] for r in w6]), 3)} | "
-            f"{fmt(med([r['p99.9_ms'] for r in w6]), 3)} | "
+            f"{fmt(med([r.get('p99_ms') for r in w6]), 3)} | "
+            f"{fmt(med([r.get('p99.9_ms') for r in w6]), 3)} | "
             f"{fmt(med([r.get('cpu_us_per_req') for r in w6]), 1)} |")
     failures = [f"- {name}: {f}" for name in w8.get("variants", runs.keys())
                 for f in runs.get(name, {}).get("load_failures", [])]
@@ -424,7 +424,8 @@ def markdown(results) -> str:
         "",
         *utilisation_table(results),
         "",
-        "## Latency at a fixed rate (W6, oha `--latency-correction`)",
+        "## Latency at a fixed rate (W6, oha `--latency-correction`; a quick run uses h2load "
+        "`--rps`, which reports no percentiles)",
         "",
         "![latency percentiles](latency.svg)",
         "",
