@@ -53,10 +53,11 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 use crate::api;
 use crate::authority::{Authority, CaError, Credential, IssueError, ServerNames};
-use crate::crypto::{PROTOCOL_VERSIONS, provider};
+use crate::crypto::{KxGroup, PROTOCOL_VERSIONS, provider};
 use crate::svid;
 use crate::token::TokenError;
 use crate::tokenreview::{self, ReviewError, TokenReviewer};
@@ -184,10 +185,15 @@ pub async fn serve_with(
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .map(|leaf| Arc::new(leaf.clone()));
+            // Every log line of a request (issuance included) names the connection's client
+            // and key-exchange group, so an operator can see which clients are post-quantum.
+            let kx = KxGroup::of(tls.get_ref().1).unwrap_or(KxGroup::Other);
+            let span = tracing::info_span!("ca_connection", %peer, %kx);
             let service = service_fn(move |request| {
                 let shared = Arc::clone(&shared);
                 let client_cert = client_cert.clone();
                 async move { Ok::<_, Infallible>(route(&shared, client_cert.as_deref(), request).await) }
+                    .instrument(span.clone())
             });
             let connection = watcher.watch(http.serve_connection(TokioIo::new(tls), service));
             match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
@@ -383,12 +389,16 @@ async fn certificates(
 
     // Issuance signs and fsyncs: keep it off the async worker threads.
     let shared = Arc::clone(shared);
-    let issued = tokio::task::spawn_blocking(move || match kind {
-        Kind::Svid => shared.authority.issue(&body.csr, credential),
-        Kind::Server => {
-            shared
-                .authority
-                .issue_server_certificate(&body.csr, credential, &shared.server_names)
+    let span = tracing::Span::current();
+    let issued = tokio::task::spawn_blocking(move || {
+        let _in_request = span.enter();
+        match kind {
+            Kind::Svid => shared.authority.issue(&body.csr, credential),
+            Kind::Server => shared.authority.issue_server_certificate(
+                &body.csr,
+                credential,
+                &shared.server_names,
+            ),
         }
     })
     .await
@@ -879,6 +889,31 @@ mod tests {
         let info = svid::inspect_leaf(&certs(&response.chain_pem)[0]).unwrap();
         assert_eq!(not_after.unix_timestamp(), info.not_after);
         assert_eq!(info.serial_hex, response.serial);
+        ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_ca_and_its_client_agree_on_the_hybrid_group_for_issuance_and_renewal() {
+        let ca = Running::start().await;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let client = ca.client.clone().with_handshake_observer(Arc::new(
+            move |kx: crate::crypto::KxGroup| record.lock().unwrap().push(kx),
+        ));
+        let key = p256();
+        let first = client
+            .issue_with_token(&csr(&key, &[]), &ca.token())
+            .await
+            .unwrap();
+        client
+            .renew(&csr(&p256(), &[]), certified_key(&first, &key))
+            .await
+            .unwrap();
+        client.trust_bundle().await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [crate::crypto::KxGroup::X25519Mlkem768; 3]
+        );
         ca.stop().await;
     }
 

@@ -22,6 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use picket_ca::SpiffeId;
+use picket_ca::crypto::KxGroup;
 use picket_policy::Verdict;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -55,6 +56,8 @@ pub struct ConnMeta {
     pub destination_port: u16,
     /// The server name the peer asked for, if any.
     pub sni: Option<String>,
+    /// The key-exchange group the handshake agreed on.
+    pub kx: KxGroup,
     /// `x-picket-peer-identity` value, rendered once.
     peer_header: HeaderValue,
 }
@@ -241,10 +244,13 @@ impl Inbound {
         };
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
         let sni = session.server_name().map(str::to_owned);
+        // A finished handshake always has a group; `Other` keeps the label bounded anyway.
+        let kx = KxGroup::of(session).unwrap_or(KxGroup::Other);
         let Ok(peer_header) = HeaderValue::from_str(&peer.to_string()) else {
             return;
         };
         self.metrics.connection(Direction::Inbound, "accepted");
+        self.metrics.handshake(Direction::Inbound, kx);
         let principal = peer.to_string().trim_start_matches("spiffe://").to_owned();
         let meta = Arc::new(ConnMeta {
             client_addr,
@@ -252,6 +258,7 @@ impl Inbound {
             app,
             destination_port: app.port(),
             sni,
+            kx,
             peer,
             peer_header,
         });
@@ -369,6 +376,7 @@ impl Inbound {
             record.destination_identity = Some(self.own_identity.as_str().into());
             record.destination_address = Some(meta.app);
             record.destination_port = Some(meta.destination_port);
+            record.kx = Some(meta.kx.as_str().into());
             record.method = Some(method.as_str().into());
             if let Some(c) = &canonical {
                 record.path = Some(c.path.as_str().into());
@@ -562,6 +570,7 @@ impl Inbound {
             record.destination_identity = Some(self.own_identity.as_str().into());
             record.destination_address = Some(meta.app);
             record.destination_port = Some(meta.destination_port);
+            record.kx = Some(meta.kx.as_str().into());
             telemetry::fill_decision(&mut record, Some(&decision));
             record.request_id = request_id.map(Into::into);
             (record.bytes_in, record.bytes_out) = bytes;
