@@ -293,6 +293,9 @@ class Bench:
             self.results["runs"].setdefault(w.id, {}).setdefault(s.name, []).append(r)
             headline = r.get("mib_per_s") or r.get("round_trips_per_s") or r.get("rps")
             extra = f" p99 {r['p99_ms']:.2f} ms" if "p99_ms" in r else ""
+            if headline is None:  # a burst: its median time, ms
+                headline = r["p50_ms"]
+                extra = f" ms p90 {r['p90_ms']:.2f} ms"
             self.step(f"  {w.id:12} {s.name:8} {headline:12.1f}{extra}"
                       + (f"  errors {r['errors']}" if r.get("errors") else ""))
 
