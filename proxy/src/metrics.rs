@@ -75,7 +75,7 @@ pub struct HandshakeLabels {
 pub struct KxLabels {
     /// Side.
     pub direction: Direction,
-    /// The negotiated key-exchange group, see [`picket_ca::crypto::KxGroup::as_str`].
+    /// The negotiated key-exchange group, see [`picket_common::crypto::KxGroup::as_str`].
     pub kx: &'static str,
 }
 
@@ -136,6 +136,8 @@ pub struct Metrics {
     ca_handshakes: Family<CaKxLabels, Counter>,
     /// Bytes spliced on opaque TCP connections, by direction.
     tcp_bytes: Family<DirectionLabels, Counter>,
+    /// Requests shed because too many were in flight, by direction.
+    requests_shed: Family<DirectionLabels, Counter>,
     /// Not-after of the current certificate, Unix seconds.
     pub cert_expiry: Gauge<i64, AtomicI64>,
     /// Renewal attempts by result.
@@ -179,6 +181,7 @@ impl Metrics {
         let handshakes = Family::<KxLabels, Counter>::default();
         let ca_handshakes = Family::<CaKxLabels, Counter>::default();
         let tcp_bytes = Family::<DirectionLabels, Counter>::default();
+        let requests_shed = Family::<DirectionLabels, Counter>::default();
         let cert_expiry = Gauge::<i64, AtomicI64>::default();
         let cert_renewals = Family::<RenewalLabels, Counter>::default();
         let authz_decisions = Family::<DecisionLabels, Counter>::default();
@@ -219,6 +222,11 @@ impl Metrics {
             tcp_bytes.clone(),
         );
         registry.register(
+            "picket_requests_shed",
+            "HTTP requests answered 503 at once because too many were in flight, by direction",
+            requests_shed.clone(),
+        );
+        registry.register(
             "picket_cert_expiry_timestamp_seconds",
             "Not-after of the workload certificate in force, as Unix time",
             cert_expiry.clone(),
@@ -251,6 +259,7 @@ impl Metrics {
             handshakes,
             ca_handshakes,
             tcp_bytes,
+            requests_shed,
             cert_expiry,
             cert_renewals,
         }
@@ -272,7 +281,7 @@ impl Metrics {
     }
 
     /// Counts a completed mTLS handshake with a peer and the group it agreed on.
-    pub fn handshake(&self, direction: Direction, kx: picket_ca::crypto::KxGroup) {
+    pub fn handshake(&self, direction: Direction, kx: picket_common::crypto::KxGroup) {
         self.handshakes
             .get_or_create(&KxLabels {
                 direction,
@@ -282,7 +291,7 @@ impl Metrics {
     }
 
     /// Counts a completed TLS handshake with the CA and the group it agreed on.
-    pub fn ca_handshake(&self, kx: picket_ca::crypto::KxGroup) {
+    pub fn ca_handshake(&self, kx: picket_common::crypto::KxGroup) {
         self.ca_handshakes
             .get_or_create(&CaKxLabels { kx: kx.as_str() })
             .inc();
@@ -333,6 +342,13 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts a request shed by the per-direction request limit.
+    pub fn request_shed(&self, direction: Direction) {
+        self.requests_shed
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
     }
 
     /// Counts bytes spliced on an opaque TCP connection.

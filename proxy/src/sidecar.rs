@@ -98,6 +98,7 @@ pub async fn run(
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         Arc::clone(&state),
+        config.listener_settings(),
         admin_stop.clone(),
     ));
     tracing::info!(identity = %config.identity, admin = %admin_addr, "sidecar starting");

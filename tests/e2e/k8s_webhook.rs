@@ -7,7 +7,7 @@
 use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use picket_ca::crypto::KxGroup;
+use picket_common::crypto::KxGroup;
 use picket_tests::clients::{curl, tls_client_config, tls_connect};
 use picket_tests::k8s::{
     INJECTOR_HOST, KubeCa, TestInjector, admission_review, documents, golden_path,
