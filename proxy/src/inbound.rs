@@ -9,6 +9,13 @@
 //!   no ALPN            -> policy decision for the connection (closed if denied)
 //!                      -> opaque TCP splice to the app
 //! ```
+//!
+//! Permissive mode (per port or for every port, for a migration into the mesh): the first
+//! byte is peeked at accept time, before TLS. A TLS handshake record (ClientHello) goes the
+//! way above; anything else is served as plaintext, HTTP or opaque TCP by detection, with no
+//! peer identity: policy sees no principal, so an ALLOW naming principals never matches it.
+//! Each plaintext connection is counted (`picket_tcp_connections_total{outcome="plaintext"}`),
+//! reported to the plaintext (unauthenticated) detector and logged.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,7 +37,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::authz::{self, PolicyStore};
 use crate::canonical;
-use crate::config::{Config, HttpConfig, Limits, Timeouts};
+use crate::config::{Config, HttpConfig, InboundMode, Limits, Timeouts};
 use crate::forward::{
     self, Body, Connect, ForwardError, H2Client, ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1,
     PEER_IDENTITY_HEADER,
@@ -45,10 +52,11 @@ use crate::tls::{self, ALPN_H2, ALPN_HTTP1, Credentials, TlsError};
 pub struct ConnMeta {
     /// The TCP peer.
     pub client_addr: SocketAddr,
-    /// The verified identity from the peer's certificate.
-    pub peer: SpiffeId,
+    /// The verified identity from the peer's certificate; `None` for a plaintext connection
+    /// (permissive mode).
+    pub peer: Option<SpiffeId>,
     /// The identity as policy principals are written: `<trust-domain>/ns/<ns>/sa/<sa>`.
-    pub principal: String,
+    pub principal: Option<String>,
     /// The application this connection is forwarded to.
     pub app: SocketAddr,
     /// The destination port as policy sees it.
@@ -56,13 +64,26 @@ pub struct ConnMeta {
     /// The server name the peer asked for, if any.
     pub sni: Option<String>,
     /// `x-picket-peer-identity` value, rendered once.
-    peer_header: HeaderValue,
+    peer_header: Option<HeaderValue>,
 }
 
+/// How logs name a peer without an identity.
+const PLAINTEXT_PEER: &str = "(plaintext, no identity)";
+
 impl ConnMeta {
-    /// The peer's SPIFFE ID as text.
-    pub fn peer_header_str(&self) -> &str {
-        self.peer_header.to_str().unwrap_or_default()
+    /// The peer's SPIFFE ID as text, if it has one.
+    pub fn peer_header_str(&self) -> Option<&str> {
+        self.peer_header.as_ref().and_then(|h| h.to_str().ok())
+    }
+
+    /// The peer for log lines: its SPIFFE ID, or a note that it has none.
+    fn peer_label(&self) -> &str {
+        self.peer_header_str().unwrap_or(PLAINTEXT_PEER)
+    }
+
+    /// The principal for decision log lines.
+    fn principal_label(&self) -> &str {
+        self.principal.as_deref().unwrap_or(PLAINTEXT_PEER)
     }
 }
 
@@ -113,6 +134,7 @@ pub struct Inbound {
     deny_details: bool,
     timeouts: Timeouts,
     limits: Limits,
+    mode: InboundMode,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -159,6 +181,7 @@ impl Inbound {
             deny_details: config.policy.deny_details,
             timeouts,
             limits,
+            mode: config.inbound.mode.clone(),
         })
     }
 
@@ -189,7 +212,13 @@ impl Inbound {
             && let (Some(orig), Ok(local)) = (net::original_dst(tcp), tcp.local_addr())
             && orig != local
         {
-            return Some(SocketAddr::from(([127, 0, 0, 1], orig.port())));
+            // The app is reached on the loopback address of the connection's own family.
+            let loopback: std::net::IpAddr = if orig.is_ipv6() {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            };
+            return Some(SocketAddr::new(loopback, orig.port()));
         }
         self.app
     }
@@ -222,6 +251,11 @@ impl Inbound {
             tracing::warn!(%client_addr, "inbound connection refused: not redirected and no inbound.app configured");
             return;
         };
+        if self.mode.permits_plaintext(app.port())
+            && !starts_with_tls_record(&tcp, self.timeouts.detect).await
+        {
+            return self.plaintext(tcp, client_addr, app, shutdown).await;
+        }
         let handshake =
             tokio::time::timeout(self.timeouts.handshake, self.acceptor.accept(tcp)).await;
         let tls = match handshake {
@@ -248,14 +282,14 @@ impl Inbound {
         let principal = peer.to_string().trim_start_matches("spiffe://").to_owned();
         let meta = Arc::new(ConnMeta {
             client_addr,
-            principal,
+            principal: Some(principal),
             app,
             destination_port: app.port(),
             sni,
-            peer,
-            peer_header,
+            peer: Some(peer),
+            peer_header: Some(peer_header),
         });
-        tracing::debug!(%client_addr, peer = %meta.peer, "inbound connection");
+        tracing::debug!(%client_addr, peer = meta.peer_label(), "inbound connection");
         let io = IdleTimeout::new(tls, self.timeouts.idle);
         match alpn.as_deref() {
             Some(ALPN_H2) | Some(ALPN_HTTP1) => {
@@ -263,6 +297,42 @@ impl Inbound {
                     .await
             }
             _ => self.splice(io, meta).await,
+        }
+    }
+
+    /// A plaintext connection on a permissive port: no identity, HTTP or opaque TCP by
+    /// detection, every request still decided by policy.
+    async fn plaintext(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        client_addr: SocketAddr,
+        app: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
+        self.metrics.connection(Direction::Inbound, "plaintext");
+        // The unauthenticated-peer detector sees it as it would in strict mode.
+        self.telemetry.handshake_failed(client_addr, "not_tls");
+        tracing::info!(
+            %client_addr,
+            port = app.port(),
+            "inbound plaintext connection accepted (permissive mode): no peer identity"
+        );
+        let meta = Arc::new(ConnMeta {
+            client_addr,
+            peer: None,
+            principal: None,
+            app,
+            destination_port: app.port(),
+            sni: None,
+            peer_header: None,
+        });
+        let detected = net::detect(&tcp, self.timeouts.detect).await;
+        let mut preface = [0u8; 3];
+        let h2 = matches!(tcp.peek(&mut preface).await, Ok(3) if &preface == b"PRI");
+        let io = IdleTimeout::new(tcp, self.timeouts.idle);
+        match detected {
+            net::Detected::Http => self.http(io, h2, meta, shutdown).await,
+            net::Detected::Opaque => self.splice(io, meta).await,
         }
     }
 
@@ -324,7 +394,7 @@ impl Inbound {
         let mut request_id = None;
         let (resp, canonical) = match canonical::canonicalize(&mut parts, &self.http_cfg) {
             Err(e) => {
-                tracing::info!(peer = %meta.peer, reason = %e, "inbound request refused as malformed");
+                tracing::info!(peer = meta.peer_label(), reason = %e, "inbound request refused as malformed");
                 (forward::error_response(StatusCode::BAD_REQUEST, &e.0), None)
             }
             Ok(canonical) => {
@@ -335,7 +405,7 @@ impl Inbound {
                         path: &canonical.path,
                         server_address: Some(&canonical.host),
                         peer_address: Some(meta.client_addr),
-                        source_identity: Some(meta.peer_header_str()),
+                        source_identity: meta.peer_header_str(),
                         destination_identity: Some(&self.own_identity),
                     },
                 );
@@ -346,7 +416,7 @@ impl Inbound {
                 } else {
                     let id = authz::request_id();
                     let what = format!("{method} {}", canonical.path);
-                    authz::log_decision(&d, &meta.principal, &what, Some(&id));
+                    authz::log_decision(&d, meta.principal_label(), &what, Some(&id));
                     let grpc = protocol == FlowProtocol::Grpc;
                     let resp = authz::deny_response(&d, &id, grpc, self.deny_details);
                     request_id = Some(id);
@@ -364,7 +434,7 @@ impl Inbound {
                 Direction::Inbound,
                 protocol,
             );
-            record.source_identity = Some(meta.peer_header_str().into());
+            record.source_identity = meta.peer_header_str().map(Into::into);
             record.source_address = Some(meta.client_addr);
             record.destination_identity = Some(self.own_identity.as_str().into());
             record.destination_address = Some(meta.app);
@@ -399,7 +469,7 @@ impl Inbound {
             .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or("\u{fffd}")))
             .collect();
         let decision = self.policy.decide(&picket_policy::Request {
-            source_principal: Some(&meta.principal),
+            source_principal: meta.principal.as_deref(),
             source_ip: meta.client_addr.ip(),
             destination_port: meta.destination_port,
             sni: meta.sni.as_deref(),
@@ -412,7 +482,7 @@ impl Inbound {
         });
         if decision.verdict == Verdict::Allow && !decision.shadows.is_empty() {
             let what = format!("{} {}", parts.method, canonical.path);
-            authz::log_decision(&decision, &meta.principal, &what, None);
+            authz::log_decision(&decision, meta.principal_label(), &what, None);
         }
         decision
     }
@@ -421,7 +491,7 @@ impl Inbound {
         match self.forward(req, meta).await {
             Ok(resp) => resp,
             Err(e) => {
-                tracing::info!(peer = %meta.peer, error = %e, "inbound request failed");
+                tracing::info!(peer = meta.peer_label(), error = %e, "inbound request failed");
                 let status = match e {
                     ForwardError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                     _ => StatusCode::BAD_GATEWAY,
@@ -446,9 +516,9 @@ impl Inbound {
         parts.headers.remove(&ORIG_PROTO_HEADER);
         // `remove` drops every copy a client may have sent.
         parts.headers.remove(&PEER_IDENTITY_HEADER);
-        parts
-            .headers
-            .insert(PEER_IDENTITY_HEADER, meta.peer_header.clone());
+        if let Some(peer) = &meta.peer_header {
+            parts.headers.insert(PEER_IDENTITY_HEADER, peer.clone());
+        }
         let authority = parts
             .uri
             .authority()
@@ -519,7 +589,7 @@ impl Inbound {
     {
         let start = Instant::now();
         let decision = self.policy.decide(&picket_policy::Request {
-            source_principal: Some(&meta.principal),
+            source_principal: meta.principal.as_deref(),
             source_ip: meta.client_addr.ip(),
             destination_port: meta.destination_port,
             sni: meta.sni.as_deref(),
@@ -529,15 +599,20 @@ impl Inbound {
         let mut request_id = None;
         if decision.verdict != Verdict::Allow {
             let id = authz::request_id();
-            authz::log_decision(&decision, &meta.principal, "tcp connection", Some(&id));
+            authz::log_decision(
+                &decision,
+                meta.principal_label(),
+                "tcp connection",
+                Some(&id),
+            );
             request_id = Some(id);
         } else {
             if !decision.shadows.is_empty() {
-                authz::log_decision(&decision, &meta.principal, "tcp connection", None);
+                authz::log_decision(&decision, meta.principal_label(), "tcp connection", None);
             }
             match connect_app(meta.app, &self.timeouts).await {
                 Err(e) => {
-                    tracing::info!(peer = %meta.peer, error = %e, "inbound TCP: application unreachable");
+                    tracing::info!(peer = meta.peer_label(), error = %e, "inbound TCP: application unreachable");
                 }
                 Ok(mut app) => match tokio::io::copy_bidirectional(&mut io, &mut app).await {
                     Ok((from_peer, to_peer)) => {
@@ -546,7 +621,7 @@ impl Inbound {
                         bytes = (from_peer, to_peer);
                     }
                     Err(e) => {
-                        tracing::debug!(peer = %meta.peer, error = %e, "inbound TCP connection ended");
+                        tracing::debug!(peer = meta.peer_label(), error = %e, "inbound TCP connection ended");
                     }
                 },
             }
@@ -557,7 +632,7 @@ impl Inbound {
                 Direction::Inbound,
                 FlowProtocol::Tcp,
             );
-            record.source_identity = Some(meta.peer_header_str().into());
+            record.source_identity = meta.peer_header_str().map(Into::into);
             record.source_address = Some(meta.client_addr);
             record.destination_identity = Some(self.own_identity.as_str().into());
             record.destination_address = Some(meta.app);
@@ -570,3 +645,17 @@ impl Inbound {
         }
     }
 }
+
+/// Whether a connection opens with a TLS handshake record (a ClientHello): its first byte is
+/// 0x16, which no HTTP request or other plaintext greeting starts with. Silence until
+/// `timeout` is not TLS (a TLS client always speaks first).
+async fn starts_with_tls_record(tcp: &TcpStream, timeout: std::time::Duration) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(timeout, tcp.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD
+    )
+}
+
+/// The TLS record type of handshake messages.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;

@@ -235,6 +235,7 @@ async fn spawn_sidecar(
             listen: any,
             app: Some(app),
             transparent: false,
+            mode: crate::config::InboundMode::Strict,
         },
         outbound: OutboundConfig {
             listen: any,
@@ -268,6 +269,7 @@ async fn spawn_sidecar(
             allow_header_underscores: false,
         },
         telemetry: crate::telemetry::TelemetryConfig::default(),
+        health: None,
     };
     let (tx, rx) = oneshot::channel();
     let stop = shutdown.clone();
