@@ -2,7 +2,8 @@
 //! probes on its serving ports goes through `picket inject`; the pod (a network namespace)
 //! runs the app, the iptables step with the injected arguments and a sidecar with the health
 //! listener the injector rendered. A "kubelet" in the root namespace runs the rewritten probes
-//! against the pod address, as the real one does.
+//! against the pod address, as the real one does. A second container has an HTTPS probe (its
+//! self-signed certificate is not verified, as the kubelet does not verify it).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tokio::process::Command;
 const PROXY_UID: &str = "1337";
 const HTTP_PORT: u16 = 8080;
 const GRPC_PORT: u16 = 9000;
+const HTTPS_PORT: u16 = 8443;
 /// The probes' `timeoutSeconds`.
 const PROBE_TIMEOUT_SECONDS: u64 = 2;
 
@@ -52,6 +54,16 @@ spec:
             timeoutSeconds: {PROBE_TIMEOUT_SECONDS}
           startupProbe:
             grpc: {{ port: {GRPC_PORT} }}
+            timeoutSeconds: {PROBE_TIMEOUT_SECONDS}
+        - name: tls
+          image: orders:1
+          ports: [{{ containerPort: {HTTPS_PORT} }}]
+          readinessProbe:
+            httpGet:
+              path: /ready?deep=1
+              port: {HTTPS_PORT}
+              scheme: HTTPS
+              httpHeaders: [{{ name: X-Probe, value: kubelet }}]
             timeoutSeconds: {PROBE_TIMEOUT_SECONDS}
 "
     )
@@ -129,15 +141,25 @@ async fn rewritten_probes_reach_the_app_and_fail_when_it_does() -> Result<()> {
     let doc = &picket_tests::k8s::documents(&injected)?[0];
     let template = &doc["spec"]["template"];
     let mut probes = Vec::new();
-    for kind in ["readinessProbe", "livenessProbe", "startupProbe"] {
-        let probe = &template["spec"]["containers"][0][kind];
+    for (container, kind) in [
+        (0, "readinessProbe"),
+        (0, "livenessProbe"),
+        (0, "startupProbe"),
+        (1, "readinessProbe"),
+    ] {
+        let probe = &template["spec"]["containers"][container][kind];
         let get = &probe["httpGet"];
         ensure!(
             probe.get("tcpSocket").is_none() && probe.get("grpc").is_none(),
             "{kind} was not rewritten: {probe}"
         );
+        let kind = if container == 0 {
+            kind.to_owned()
+        } else {
+            format!("https {kind}")
+        };
         probes.push(KubeletProbe {
-            kind: kind.to_owned(),
+            kind,
             path: get["path"].as_str().context("no path")?.to_owned(),
             port: get["port"].as_u64().context("no port")?,
         });
@@ -169,10 +191,35 @@ async fn rewritten_probes_reach_the_app_and_fail_when_it_does() -> Result<()> {
     // The app, then the iptables step with the injected arguments, then the sidecar.
     let state = dir.path().join("state");
     std::fs::write(&state, "ok")?;
+    let (cert, key) = (dir.path().join("app.pem"), dir.path().join("app.key"));
+    let out = output(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-subj", "/CN=app", "-days", "1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    )
+    .await?;
+    ensure!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut app = net.exec(0, "python3");
     app.arg(fixture("probe_app.py"))
         .args(["0.0.0.0", &HTTP_PORT.to_string(), &GRPC_PORT.to_string()])
-        .arg(&state);
+        .arg(&state)
+        .arg(HTTPS_PORT.to_string())
+        .arg(&cert)
+        .arg(&key);
     let mut app = Daemon::spawn("probe-app", app, dir.path())?;
     let init_args: Vec<String> = template["spec"]["initContainers"][0]["args"]
         .as_array()
@@ -213,6 +260,7 @@ async fn rewritten_probes_reach_the_app_and_fail_when_it_does() -> Result<()> {
         ("readinessProbe", 200),
         ("livenessProbe", 200),
         ("startupProbe", 200),
+        ("https readinessProbe", 200),
     ];
     expect_statuses(&pod_ip, &probes, &all_ok, "healthy").await?;
 
@@ -243,6 +291,7 @@ async fn rewritten_probes_reach_the_app_and_fail_when_it_does() -> Result<()> {
         &probes,
         &[
             ("readinessProbe", 500),
+            ("https readinessProbe", 500),
             ("startupProbe", 503),
             ("livenessProbe", 200),
         ],
@@ -284,6 +333,7 @@ async fn rewritten_probes_reach_the_app_and_fail_when_it_does() -> Result<()> {
             ("readinessProbe", 503),
             ("livenessProbe", 503),
             ("startupProbe", 503),
+            ("https readinessProbe", 503),
         ],
         "app down",
     )
