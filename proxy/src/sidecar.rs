@@ -155,8 +155,19 @@ pub async fn run(
         admin_stop.clone(),
     ));
     tracing::info!(identity = %config.identity, admin = %admin_addr, "sidecar starting");
-    // The app's rewritten probes are answered from the start: they reach the app, not us.
     let mut health_tasks = Vec::new();
+    // An admin port open on the pod's address (kubelet probes, scrapers) is open on its IPv6
+    // address too, or an IPv6-only pod could never be probed.
+    if admin_addr.ip().is_unspecified()
+        && let Some(twin) = bind_ipv6_twin("admin", admin_addr).await?
+    {
+        health_tasks.push(tokio::spawn(admin::serve(
+            twin,
+            Arc::clone(&state),
+            admin_stop.clone(),
+        )));
+    }
+    // The app's rewritten probes are answered from the start: they reach the app, not us.
     let mut health_addr = None;
     if let Some(health) = &config.health {
         let listener = bind("health", health.listen).await?;

@@ -154,7 +154,16 @@ async fn start() -> Result<Mesh> {
             .arg("::")
             .arg(APP_PORT.to_string())
             .arg(format!("pod{n}"));
-        processes.push(Daemon::spawn(&format!("app-pod{n}"), app, dir.path())?);
+        let app = Daemon::spawn(&format!("app-pod{n}"), app, dir.path())?;
+        eventually(Duration::from_secs(10), async || {
+            ensure!(
+                app.log_text().contains("listening"),
+                "app-pod{n} is not listening yet"
+            );
+            Ok(())
+        })
+        .await?;
+        processes.push(app);
 
         let out = picket_iptables(&net, i, &["--exclude-inbound-ports", "7191"]).await?;
         ensure!(
@@ -189,7 +198,7 @@ outbound:
   - {{ cidr: \"{cidr4}\", ports: [{APP_PORT}], identity: any }}
   - {{ cidr: \"{cidr6}\", ports: [{APP_PORT}], identity: any }}
   passthrough: allow
-admin: {{ listen: \"127.0.0.1:7191\" }}
+admin: {{ listen: \"0.0.0.0:7191\" }}
 policy: {{ path: \"{policy}\" }}
 timeouts: {{ detect: 2s }}
 telemetry: {{ flow_log: {{ path: \"{flows}\" }} }}
@@ -296,6 +305,16 @@ async fn ipv4_ipv6_and_dual_stack_pods_are_intercepted_and_leak_nothing() -> Res
     ensure!(
         seen["app"] == "pod1" && header(&seen, "x-picket-peer-identity").is_some(),
         "{seen}"
+    );
+
+    // The kubelet reaches an IPv6-only pod's sidecar probes on the pod's IPv6 address.
+    let out =
+        output(Command::new("curl").args(["-sS", "--max-time", "5", &url(v6(1)?, 7191, "/ready")]))
+            .await?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("ready"),
+        "pod2's admin port over IPv6: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // Plaintext from the root namespace to pod3's IPv6 app port is refused (no HTTP answer).

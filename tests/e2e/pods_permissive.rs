@@ -163,7 +163,15 @@ spec:
     let mut app = net.exec(SERVER, "python3");
     app.arg(plain_app_script())
         .args(["0.0.0.0", &APP_PORT.to_string(), "server"]);
-    let _app = Daemon::spawn("app-server", app, world.dir.path())?;
+    let app = Daemon::spawn("app-server", app, world.dir.path())?;
+    eventually(Duration::from_secs(10), async || {
+        ensure!(
+            app.log_text().contains("listening"),
+            "the app is not listening yet"
+        );
+        Ok(())
+    })
+    .await?;
 
     // Step 0, no mesh: both clients reach the app in plaintext.
     for client in [MESHED_CLIENT, PLAIN_CLIENT] {
