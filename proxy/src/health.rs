@@ -312,7 +312,7 @@ fn serving_status(framed: &[u8]) -> Option<u64> {
 /// connection never leaves the pod); handshake signatures are still checked with the one
 /// provider.
 pub fn probe_tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
-    let provider = picket_ca::crypto::provider();
+    let provider = picket_common::crypto::provider();
     let verifier = Arc::new(AnyServerCert {
         algorithms: provider.signature_verification_algorithms,
     });

@@ -235,7 +235,7 @@ telemetry: {{ flow_log: {{ path: \"{flows}\" }} }}
 
 fn random_marker(prefix: &str) -> Result<String> {
     let mut bytes = [0u8; 8];
-    picket_ca::crypto::fill_random(&mut bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    picket_common::crypto::fill_random(&mut bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(format!(
         "{prefix}-{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()

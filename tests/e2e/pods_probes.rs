@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use picket_proxy::inject::{CONFIG_ANNOTATION, HEALTH_PORT};
+use picket_k8s::inject::{CONFIG_ANNOTATION, HEALTH_PORT};
 use picket_tests::netns::PodNet;
 use picket_tests::process::{Daemon, output, picket_bin};
 use picket_tests::{TestCa, eventually};

@@ -97,6 +97,9 @@ pub const INBOUND_PORT: u16 = 7143;
 pub const ADMIN_PORT: u16 = 7191;
 /// The sidecar's health port (rewritten kubelet probes); never redirected.
 pub const HEALTH_PORT: u16 = 7192;
+/// Where the sidecar's health listener serves a rewritten probe: `<prefix><container>/<kind>`
+/// (the proxy's `health::PATH_PREFIX`; a test keeps the two equal).
+pub const HEALTH_PATH_PREFIX: &str = "/app-health/";
 /// The CA API's port.
 pub const CA_PORT: u16 = 7443;
 
@@ -733,7 +736,7 @@ fn rewrite_probes(
             rewritten.insert(
                 "httpGet".to_owned(),
                 json!({
-                    "path": format!("{}{probe_name}", crate::health::PATH_PREFIX),
+                    "path": format!("{HEALTH_PATH_PREFIX}{probe_name}"),
                     "port": HEALTH_PORT,
                     "scheme": "HTTP",
                 }),
@@ -1434,7 +1437,7 @@ mod tests {
         spec["containers"][0]["ports"] = json!([{"containerPort": 8080, "protocol": "TCP"}]);
         let pod = injected(pod(json!({"labels": {"app": "web"}}), spec));
         let text = rendered_config(&pod);
-        let config = crate::config::Config::parse("sidecar.yaml", &text)
+        let config = picket_proxy::config::Config::parse("sidecar.yaml", &text)
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(config.inbound.listen.port(), INBOUND_PORT);
         assert_eq!(config.inbound.app.map(|a| a.port()), Some(8080));
@@ -1505,10 +1508,11 @@ mod tests {
                 .any(|p| p["containerPort"] == HEALTH_PORT)
         );
 
-        let config = crate::config::Config::parse("sidecar.yaml", &rendered_config(&once)).unwrap();
+        let config =
+            picket_proxy::config::Config::parse("sidecar.yaml", &rendered_config(&once)).unwrap();
         let health = config.health.expect("a health listener");
         assert_eq!(health.listen.port(), HEALTH_PORT);
-        use crate::config::ProbeCheck;
+        use picket_proxy::config::ProbeCheck;
         let live = &health.probes["app/livez"];
         assert_eq!(live.timeout, std::time::Duration::from_secs(3));
         match &live.check {
@@ -1540,6 +1544,11 @@ mod tests {
         let mut back = once;
         uninject(&mut back).unwrap();
         assert_eq!(back, original);
+    }
+
+    #[test]
+    fn the_health_path_is_the_one_the_sidecar_serves() {
+        assert_eq!(HEALTH_PATH_PREFIX, picket_proxy::health::PATH_PREFIX);
     }
 
     #[test]
@@ -1586,12 +1595,12 @@ mod tests {
                 ..settings()
             };
             inject(&mut p, &settings).unwrap();
-            crate::config::Config::parse("sidecar.yaml", &rendered_config(&p))
+            picket_proxy::config::Config::parse("sidecar.yaml", &rendered_config(&p))
                 .unwrap()
                 .inbound
                 .mode
         };
-        use crate::config::InboundMode;
+        use picket_proxy::config::InboundMode;
         assert_eq!(mode(json!({}), false), InboundMode::Strict);
         assert_eq!(mode(json!({}), true), InboundMode::Permissive);
         assert_eq!(

@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 
-use crate::iptables::{Interception, Ipv6Outcome, Runner};
+use picket_k8s::iptables::{Interception, Ipv6Outcome, Runner};
 
 /// Arguments of `picket iptables`.
 #[derive(Debug, clap::Args)]
@@ -62,7 +62,7 @@ pub fn run(args: IptablesArgs) -> anyhow::Result<()> {
                 .exclude_outbound_cidrs
                 .iter()
                 .map(|c| {
-                    crate::config::parse_cidr(c).with_context(|| {
+                    picket_proxy::config::parse_cidr(c).with_context(|| {
                         format!("--exclude-outbound-cidrs {c:?}: expected addr/len")
                     })
                 })
