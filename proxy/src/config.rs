@@ -257,7 +257,7 @@ pub struct AdminConfig {
 /// Timeouts, all with safe defaults.
 #[derive(Debug, Clone)]
 pub struct Timeouts {
-    /// TLS handshake.
+    /// TLS handshake, and the HTTP/1 request head, on every listener.
     pub handshake: Duration,
     /// Connecting to a peer sidecar or the app.
     pub connect: Duration,
@@ -277,6 +277,8 @@ pub struct Timeouts {
 pub struct Limits {
     /// Open connections per listener; more are refused.
     pub max_connections: usize,
+    /// Requests in flight per direction; more are shed with 503.
+    pub max_requests: usize,
     /// Largest request head (HTTP/1) or header list (HTTP/2) in bytes.
     pub max_header_bytes: usize,
 }
@@ -285,6 +287,19 @@ impl Limits {
     /// [`Limits::max_header_bytes`] as the HTTP/2 header list limit.
     pub fn header_list_bytes(&self) -> u32 {
         u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX)
+    }
+}
+
+impl Config {
+    /// The limits every listener of this sidecar applies (data path and admin alike): the
+    /// connection limit, `timeouts.handshake` for the TLS handshake and the HTTP/1 request
+    /// head, and the header size limit.
+    pub fn listener_settings(&self) -> picket_common::server::ListenerSettings {
+        picket_common::server::ListenerSettings {
+            max_connections: self.limits.max_connections,
+            header_timeout: self.timeouts.handshake,
+            max_header_bytes: self.limits.max_header_bytes,
+        }
     }
 }
 
@@ -509,6 +524,7 @@ struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     max_connections: Option<Spanned<usize>>,
+    max_requests: Option<Spanned<usize>>,
     max_header_bytes: Option<Spanned<usize>>,
 }
 
@@ -947,6 +963,7 @@ impl Validator<'_> {
                 10_000,
                 "limits.max_connections",
             )?,
+            max_requests: self.positive(&raw.limits.max_requests, 10_000, "limits.max_requests")?,
             max_header_bytes: self.positive(
                 &raw.limits.max_header_bytes,
                 64 * 1024,

@@ -26,8 +26,10 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use picket_common::server::{self, ListenerSettings};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{AppProbe, ProbeCheck};
 use crate::forward::{self, Body};
@@ -50,33 +52,46 @@ fn protocol(e: impl std::fmt::Display) -> ProbeError {
     ProbeError::Protocol(e.to_string())
 }
 
-/// Serves `probes` on `listener` until `shutdown`.
+/// Serves `probes` on `listener` until `shutdown`, with the connection limit and header
+/// timeout of every listener (`settings`).
 pub async fn serve(
     listener: TcpListener,
     probes: Arc<BTreeMap<String, AppProbe>>,
     tls: Arc<rustls::ClientConfig>,
+    settings: ListenerSettings,
     shutdown: CancellationToken,
 ) {
-    while let Some((tcp, _)) = crate::net::next_connection(&listener, &shutdown, "health").await {
-        let probes = Arc::clone(&probes);
-        let tls = Arc::clone(&tls);
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let probes = Arc::clone(&probes);
-                let tls = Arc::clone(&tls);
-                let method = req.method().clone();
-                let path = req.uri().path().to_owned();
-                let user_agent = req.headers().get(header::USER_AGENT).cloned();
-                async move {
-                    Ok::<_, Infallible>(answer(&probes, &tls, &method, &path, user_agent).await)
+    let http = server::http1_builder(&settings);
+    let tracker = TaskTracker::new();
+    server::accept_loop(
+        listener,
+        &settings,
+        "health",
+        &shutdown,
+        &tracker,
+        |_| {},
+        |tcp, _| {
+            let probes = Arc::clone(&probes);
+            let tls = Arc::clone(&tls);
+            let http = http.clone();
+            async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let probes = Arc::clone(&probes);
+                    let tls = Arc::clone(&tls);
+                    let method = req.method().clone();
+                    let path = req.uri().path().to_owned();
+                    let user_agent = req.headers().get(header::USER_AGENT).cloned();
+                    async move {
+                        Ok::<_, Infallible>(answer(&probes, &tls, &method, &path, user_agent).await)
+                    }
+                });
+                if let Err(e) = http.serve_connection(TokioIo::new(tcp), svc).await {
+                    tracing::debug!(error = %e, "health connection ended with an error");
                 }
-            });
-            let builder = hyper::server::conn::http1::Builder::new();
-            if let Err(e) = builder.serve_connection(TokioIo::new(tcp), svc).await {
-                tracing::debug!(error = %e, "health connection ended with an error");
             }
-        });
-    }
+        },
+    )
+    .await;
 }
 
 fn status_only(status: StatusCode) -> Response<Body> {

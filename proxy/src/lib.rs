@@ -19,6 +19,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod net;
 pub mod outbound;
+pub mod pipeline;
 pub mod sidecar;
 pub mod telemetry;
 pub mod tls;

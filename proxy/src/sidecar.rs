@@ -152,6 +152,7 @@ pub async fn run(
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         Arc::clone(&state),
+        config.listener_settings(),
         admin_stop.clone(),
     ));
     tracing::info!(identity = %config.identity, admin = %admin_addr, "sidecar starting");
@@ -164,6 +165,7 @@ pub async fn run(
         health_tasks.push(tokio::spawn(admin::serve(
             twin,
             Arc::clone(&state),
+            config.listener_settings(),
             admin_stop.clone(),
         )));
     }
@@ -181,6 +183,7 @@ pub async fn run(
                 l,
                 Arc::clone(&probes),
                 Arc::clone(&tls),
+                config.listener_settings(),
                 admin_stop.clone(),
             )));
         }

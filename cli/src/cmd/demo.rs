@@ -257,6 +257,7 @@ async fn spawn_sidecar(
         },
         limits: Limits {
             max_connections: 1000,
+            max_requests: 1000,
             max_header_bytes: 64 * 1024,
         },
         labels: [("app".to_owned(), sa.to_owned())].into_iter().collect(),
