@@ -10,6 +10,13 @@
 //!   no ALPN            -> policy decision for the connection (closed if denied)
 //!                      -> opaque TCP splice to the app
 //! ```
+//!
+//! Permissive mode (per port or for every port, for a migration into the mesh): the first
+//! byte is peeked at accept time, before TLS. A TLS handshake record (ClientHello) goes the
+//! way above; anything else is served as plaintext, HTTP or opaque TCP by detection, with no
+//! peer identity: policy sees no principal, so an ALLOW naming principals never matches it.
+//! Each plaintext connection is counted (`picket_tcp_connections_total{outcome="plaintext"}`),
+//! reported to the plaintext (unauthenticated) detector and logged.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,7 +38,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::authz::PolicyStore;
 use crate::canonical;
-use crate::config::{Config, HttpConfig, Limits, Timeouts};
+use crate::config::{Config, HttpConfig, InboundMode, Limits, Timeouts};
 use crate::forward::{
     self, Body, Connect, ForwardError, H2Client, ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1,
     PEER_IDENTITY_HEADER,
@@ -47,26 +54,35 @@ use crate::tls::{self, ALPN_H2, ALPN_HTTP1, Credentials, TlsError};
 pub struct ConnMeta {
     /// The TCP peer.
     pub client_addr: SocketAddr,
-    /// The verified identity from the peer's certificate.
-    pub peer: SpiffeId,
+    /// The verified identity from the peer's certificate; `None` for a plaintext connection
+    /// (permissive mode).
+    pub peer: Option<SpiffeId>,
     /// The identity as policy principals are written: `<trust-domain>/ns/<ns>/sa/<sa>`.
-    pub principal: String,
+    pub principal: Option<String>,
     /// The application this connection is forwarded to.
     pub app: SocketAddr,
     /// The destination port as policy sees it.
     pub destination_port: u16,
     /// The server name the peer asked for, if any.
     pub sni: Option<String>,
-    /// The key-exchange group the handshake agreed on.
-    pub kx: KxGroup,
+    /// The key-exchange group the handshake agreed on; `None` for a plaintext connection.
+    pub kx: Option<KxGroup>,
     /// `x-picket-peer-identity` value, rendered once.
-    peer_header: HeaderValue,
+    peer_header: Option<HeaderValue>,
 }
 
+/// How logs name a peer without an identity.
+const PLAINTEXT_PEER: &str = "(plaintext, no identity)";
+
 impl ConnMeta {
-    /// The peer's SPIFFE ID as text.
-    pub fn peer_header_str(&self) -> &str {
-        self.peer_header.to_str().unwrap_or_default()
+    /// The peer's SPIFFE ID as text, if it has one.
+    pub fn peer_header_str(&self) -> Option<&str> {
+        self.peer_header.as_ref().and_then(|h| h.to_str().ok())
+    }
+
+    /// The peer for log lines: its SPIFFE ID, or a note that it has none.
+    fn peer_label(&self) -> &str {
+        self.peer_header_str().unwrap_or(PLAINTEXT_PEER)
     }
 
     /// What policy decides for this connection: its L4 attributes, and `http` for a request.
@@ -75,7 +91,7 @@ impl ConnMeta {
         http: Option<picket_policy::HttpRequest<'a>>,
     ) -> picket_policy::Request<'a> {
         picket_policy::Request {
-            source_principal: Some(&self.principal),
+            source_principal: self.principal.as_deref(),
             source_ip: self.client_addr.ip(),
             destination_port: self.destination_port,
             sni: self.sni.as_deref(),
@@ -133,6 +149,7 @@ pub struct Inbound {
     limits: Limits,
     listener: ListenerSettings,
     requests: RequestLimit,
+    mode: InboundMode,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -181,6 +198,7 @@ impl Inbound {
             listener: config.listener_settings(),
             requests: RequestLimit::new(limits.max_requests, Direction::Inbound),
             limits,
+            mode: config.inbound.mode.clone(),
         })
     }
 
@@ -211,7 +229,13 @@ impl Inbound {
             && let (Some(orig), Ok(local)) = (net::original_dst(tcp), tcp.local_addr())
             && orig != local
         {
-            return Some(SocketAddr::from(([127, 0, 0, 1], orig.port())));
+            // The app is reached on the loopback address of the connection's own family.
+            let loopback: std::net::IpAddr = if orig.is_ipv6() {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            };
+            return Some(SocketAddr::new(loopback, orig.port()));
         }
         self.app
     }
@@ -244,6 +268,11 @@ impl Inbound {
             tracing::warn!(%client_addr, "inbound connection refused: not redirected and no inbound.app configured");
             return;
         };
+        if self.mode.permits_plaintext(app.port())
+            && !starts_with_tls_record(&tcp, self.timeouts.detect).await
+        {
+            return self.plaintext(tcp, client_addr, app, shutdown).await;
+        }
         let handshake =
             tokio::time::timeout(self.timeouts.handshake, self.acceptor.accept(tcp)).await;
         let tls = match handshake {
@@ -273,15 +302,15 @@ impl Inbound {
         let principal = peer.to_string().trim_start_matches("spiffe://").to_owned();
         let meta = Arc::new(ConnMeta {
             client_addr,
-            principal,
+            principal: Some(principal),
             app,
             destination_port: app.port(),
             sni,
-            kx,
-            peer,
-            peer_header,
+            kx: Some(kx),
+            peer: Some(peer),
+            peer_header: Some(peer_header),
         });
-        tracing::debug!(%client_addr, peer = %meta.peer, "inbound connection");
+        tracing::debug!(%client_addr, peer = meta.peer_label(), "inbound connection");
         let io = IdleTimeout::new(tls, self.timeouts.idle);
         match alpn.as_deref() {
             Some(ALPN_H2) | Some(ALPN_HTTP1) => {
@@ -289,6 +318,43 @@ impl Inbound {
                     .await
             }
             _ => self.splice(io, meta).await,
+        }
+    }
+
+    /// A plaintext connection on a permissive port: no identity, HTTP or opaque TCP by
+    /// detection, every request still decided by policy.
+    async fn plaintext(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        client_addr: SocketAddr,
+        app: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
+        self.metrics.connection(Direction::Inbound, "plaintext");
+        // The unauthenticated-peer detector sees it as it would in strict mode.
+        self.telemetry.handshake_failed(client_addr, "not_tls");
+        tracing::info!(
+            %client_addr,
+            port = app.port(),
+            "inbound plaintext connection accepted (permissive mode): no peer identity"
+        );
+        let meta = Arc::new(ConnMeta {
+            client_addr,
+            peer: None,
+            principal: None,
+            app,
+            destination_port: app.port(),
+            sni: None,
+            kx: None,
+            peer_header: None,
+        });
+        let detected = net::detect(&tcp, self.timeouts.detect).await;
+        let mut preface = [0u8; 3];
+        let h2 = matches!(tcp.peek(&mut preface).await, Ok(3) if &preface == b"PRI");
+        let io = IdleTimeout::new(tcp, self.timeouts.idle);
+        match detected {
+            net::Detected::Http => self.http(io, h2, meta, shutdown).await,
+            net::Detected::Opaque => self.splice(io, meta).await,
         }
     }
 
@@ -338,7 +404,7 @@ impl Inbound {
         let mut ctx = RequestCtx::new(Direction::Inbound, &parts, self.ends(meta));
         let resp = match canonical::canonicalize(&mut parts, &self.http_cfg) {
             Err(e) => {
-                tracing::info!(peer = %meta.peer, reason = %e, "inbound request refused as malformed");
+                tracing::info!(peer = meta.peer_label(), reason = %e, "inbound request refused as malformed");
                 forward::error_response(StatusCode::BAD_REQUEST, &e.0)
             }
             Ok(canonical) => {
@@ -349,7 +415,7 @@ impl Inbound {
                         path: &canonical.path,
                         server_address: Some(&canonical.host),
                         peer_address: Some(meta.client_addr),
-                        source_identity: Some(meta.peer_header_str()),
+                        source_identity: meta.peer_header_str(),
                         destination_identity: Some(&self.own_identity),
                     },
                 );
@@ -380,12 +446,12 @@ impl Inbound {
     /// The two ends of a request or connection from `meta`'s peer to this workload's app.
     fn ends<'a>(&'a self, meta: &'a ConnMeta) -> Endpoints<'a> {
         Endpoints {
-            source_identity: Some(meta.peer_header_str().into()),
+            source_identity: meta.peer_header_str().map(Into::into),
             source_address: Some(meta.client_addr),
             destination_identity: Some(self.own_identity.as_str().into()),
             destination_address: Some(meta.app),
             destination_port: Some(meta.destination_port),
-            kx: Some(meta.kx),
+            kx: meta.kx,
         }
     }
 
@@ -429,9 +495,9 @@ impl Inbound {
         parts.headers.remove(&ORIG_PROTO_HEADER);
         // `remove` drops every copy a client may have sent.
         parts.headers.remove(&PEER_IDENTITY_HEADER);
-        parts
-            .headers
-            .insert(PEER_IDENTITY_HEADER, meta.peer_header.clone());
+        if let Some(peer) = &meta.peer_header {
+            parts.headers.insert(PEER_IDENTITY_HEADER, peer.clone());
+        }
         let authority = parts
             .uri
             .authority()
@@ -505,12 +571,12 @@ impl Inbound {
         if enforced.allowed() {
             match connect_app(meta.app, &self.timeouts).await {
                 Err(e) => {
-                    tracing::info!(peer = %meta.peer, error = %e, "inbound TCP: application unreachable");
+                    tracing::info!(peer = meta.peer_label(), error = %e, "inbound TCP: application unreachable");
                 }
                 Ok(mut app) => match tokio::io::copy_bidirectional(&mut io, &mut app).await {
                     Ok(bytes) => flow.bytes = Some(bytes),
                     Err(e) => {
-                        tracing::debug!(peer = %meta.peer, error = %e, "inbound TCP connection ended");
+                        tracing::debug!(peer = meta.peer_label(), error = %e, "inbound TCP connection ended");
                     }
                 },
             }
@@ -519,3 +585,17 @@ impl Inbound {
         flow.finish(&self.metrics, &self.telemetry);
     }
 }
+
+/// Whether a connection opens with a TLS handshake record (a ClientHello): its first byte is
+/// 0x16, which no HTTP request or other plaintext greeting starts with. Silence until
+/// `timeout` is not TLS (a TLS client always speaks first).
+async fn starts_with_tls_record(tcp: &TcpStream, timeout: std::time::Duration) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(timeout, tcp.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD
+    )
+}
+
+/// The TLS record type of handshake messages.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;

@@ -13,6 +13,7 @@ pub mod canonical;
 pub mod config;
 pub mod echo;
 pub mod forward;
+pub mod health;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;

@@ -149,7 +149,8 @@ pub fn enforce(policy: &PolicyStore, req: &picket_policy::Request<'_>) -> Enforc
             Some(h) => format!("{} {}", h.method, h.path),
             None => "tcp connection".to_owned(),
         };
-        let peer = req.source_principal.unwrap_or_default();
+        // A plaintext caller (permissive inbound) has no principal; say so in the log.
+        let peer = req.source_principal.unwrap_or("(plaintext, no identity)");
         authz::log_decision(&decision, peer, &what, request_id.as_deref());
     }
     Enforced {

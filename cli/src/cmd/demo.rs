@@ -237,6 +237,7 @@ async fn spawn_sidecar(
             listen: any,
             app: Some(app),
             transparent: false,
+            mode: picket_proxy::config::InboundMode::Strict,
         },
         outbound: OutboundConfig {
             listen: any,
@@ -271,6 +272,7 @@ async fn spawn_sidecar(
             allow_header_underscores: false,
         },
         telemetry: picket_proxy::telemetry::TelemetryConfig::default(),
+        health: None,
     };
     let (tx, rx) = oneshot::channel();
     let stop = shutdown.clone();
