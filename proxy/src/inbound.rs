@@ -65,7 +65,8 @@ pub struct ConnMeta {
     pub destination_port: u16,
     /// The server name the peer asked for, if any.
     pub sni: Option<String>,
-    /// The key-exchange group the handshake agreed on; `None` for a plaintext connection.
+    /// The key-exchange group the handshake agreed on; `None` for a plaintext connection in
+    /// permissive mode.
     pub kx: Option<KxGroup>,
     /// `x-picket-peer-identity` value, rendered once.
     peer_header: Option<HeaderValue>,
