@@ -11,6 +11,7 @@ pub mod client;
 pub mod crypto;
 pub mod duration;
 pub mod identity;
+pub mod rotation;
 pub mod server;
 pub mod state;
 pub mod svid;

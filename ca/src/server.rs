@@ -56,7 +56,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::api;
 use crate::authority::{Authority, CaError, Credential, IssueError, ServerNames};
-use crate::crypto::{PROTOCOL_VERSIONS, provider};
+use crate::crypto::{self, PROTOCOL_VERSIONS, provider};
 use crate::svid;
 use crate::token::TokenError;
 use crate::tokenreview::{self, ReviewError, TokenReviewer};
@@ -240,6 +240,9 @@ fn tls_config(authority: &Authority, names: &[String]) -> Result<ServerConfig, C
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // A renewal is authorised by the client certificate: a resumed session would let a
+    // certificate renew itself after it expired.
+    crypto::no_server_resumption(&mut config);
     Ok(config)
 }
 

@@ -28,10 +28,16 @@ pub enum TokenError {
     #[error("unknown join token")]
     Unknown,
     /// The token's lifetime is over.
-    #[error("join token has expired")]
+    #[error(
+        "join token has expired; create a new one for this workload with `picket ca token create`"
+    )]
     Expired,
     /// The token has no uses left.
-    #[error("join token has already been used")]
+    #[error(
+        "join token has already been used; a workload whose certificate expired (a renewal \
+         needs a valid certificate) enrolls again with a new join token for its identity: \
+         `picket ca token create --identity ns/<namespace>/sa/<service-account>`"
+    )]
     Used,
 }
 
