@@ -7,7 +7,6 @@
 //! confused or hostile client learns it at once. DNS, IP and e-mail SANs in a CSR are ignored:
 //! an SVID carries exactly one URI SAN and nothing else.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -36,10 +35,11 @@ use x509_parser::x509::AlgorithmIdentifier;
 use crate::crypto::{self, RandomError};
 use crate::identity::{SpiffeId, TrustDomain, WorkloadName};
 use crate::state::{
-    self, CredentialKind, IssuanceLog, IssuedRecord, PUBLIC_MODE, SECRET_MODE, StateDir, StateError,
+    self, CredentialKind, IssuedRecord, PUBLIC_MODE, SECRET_MODE, StateDir, StateError,
 };
+use crate::store::{Redemption, Store};
 use crate::svid::hex_lower;
-use crate::token::{self, TokenError, TokenFile};
+use crate::token::{self, TokenError};
 
 /// Leaf lifetime unless configured otherwise.
 pub const DEFAULT_LEAF_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -312,22 +312,16 @@ struct CaConfig {
     max_leaf_ttl_secs: u64,
 }
 
-/// Issued serials and the log they are recorded in.
-#[derive(Debug)]
-struct Ledger {
-    serials: HashSet<String>,
-    log: IssuanceLog,
-}
-
-impl Ledger {
-    /// A random serial never used by this issuer, reserved from now on.
-    fn fresh_serial(&mut self) -> Result<(SerialNumber, String), RandomError> {
-        loop {
-            let bytes = random_serial()?;
-            let hex = hex_lower(&bytes);
-            if self.serials.insert(hex.clone()) {
-                return Ok((SerialNumber::from_slice(&bytes), hex));
-            }
+/// A random serial the store has not recorded (`taken` asks it, inside the issuance's
+/// transaction).
+fn fresh_serial(
+    taken: &mut dyn FnMut(&str) -> Result<bool, StateError>,
+) -> Result<(SerialNumber, String), IssueError> {
+    loop {
+        let bytes = random_serial()?;
+        let hex = hex_lower(&bytes);
+        if !taken(&hex)? {
+            return Ok((SerialNumber::from_slice(&bytes), hex));
         }
     }
 }
@@ -345,8 +339,9 @@ pub struct Authority {
     root_name: String,
     bundle_pem: String,
     trust_anchors: Vec<CertificateDer<'static>>,
-    /// Held for the whole of an issuance, which is synchronous; never across an `.await`.
-    ledger: Mutex<Ledger>,
+    /// Tokens and issuance records. Held for the whole of an issuance, which is synchronous;
+    /// never across an `.await`.
+    store: Mutex<Store>,
 }
 
 impl fmt::Debug for Authority {
@@ -392,7 +387,7 @@ impl Authority {
         )?;
         dir.write(state::ISSUER_CERT, issuer_pem.as_bytes(), PUBLIC_MODE)?;
         dir.write(state::BUNDLE, bundle_pem.as_bytes(), PUBLIC_MODE)?;
-        dir.write_json(state::TOKENS, &TokenFile::default())?;
+        Store::open(&dir)?;
         // Written last: its presence is what makes the directory an initialised CA.
         dir.write_json(
             state::CONFIG,
@@ -467,9 +462,8 @@ impl Authority {
             return Err(corrupt(&dir, state::BUNDLE, "holds no certificate".into()).into());
         }
 
-        let (log, records) = IssuanceLog::open(&dir)?;
+        let store = Store::open(&dir)?;
         drop(lock);
-        let serials = records.into_iter().map(|r| r.serial).collect();
 
         Ok(Self {
             dir,
@@ -482,8 +476,17 @@ impl Authority {
             root_name,
             bundle_pem,
             trust_anchors,
-            ledger: Mutex::new(Ledger { serials, log }),
+            store: Mutex::new(store),
         })
+    }
+
+    /// Every serial the store has recorded (for tests).
+    #[cfg(test)]
+    pub(crate) fn issued_serials(&self) -> Vec<String> {
+        self.store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .serials()
     }
 
     /// The trust domain of every identity this CA issues.
@@ -526,11 +529,10 @@ impl Authority {
             .ok_or_else(|| CaError::InvalidOption("token lifetime is too long".into()))?;
         let identity = SpiffeId::new(self.trust_domain.clone(), workload.clone());
         let token = token::generate()?;
-        let _lock = self.dir.lock()?;
-        let mut tokens: TokenFile = self.dir.read_json(state::TOKENS)?;
-        tokens.prune(now);
-        tokens.add(&token, identity.clone(), expires_at, uses);
-        self.dir.write_json(state::TOKENS, &tokens)?;
+        self.store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add_token(&token, &identity, expires_at, uses, now)?;
         tracing::info!(%identity, uses, expires_at = %expires_at, "created join token");
         Ok(token)
     }
@@ -566,77 +568,82 @@ impl Authority {
         if now >= self.issuer_not_after {
             return Err(IssueError::IssuerExpired(self.issuer_not_after));
         }
-        // The ledger's contents stay consistent even if a holder panicked: a serial is
-        // reserved before use and a log line is either written or not.
-        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
-        let _lock = self.dir.lock()?;
-        let (spiffe_id, kind, tokens) = match credential {
+        let (redemption, kind, known) = match &credential {
             Credential::JoinToken(token) => {
-                let mut tokens: TokenFile = self.dir.read_json(state::TOKENS)?;
-                let id = tokens.redeem(&token, now)?;
-                (id, CredentialKind::JoinToken, Some(tokens))
+                (Redemption::Token(token), CredentialKind::JoinToken, None)
             }
             Credential::Renewal(id) if id.trust_domain() == &self.trust_domain => {
-                (id, CredentialKind::Renewal, None)
+                (Redemption::None, CredentialKind::Renewal, Some(id.clone()))
             }
-            Credential::Renewal(id) => return Err(IssueError::ForeignTrustDomain(id)),
+            Credential::Renewal(id) => return Err(IssueError::ForeignTrustDomain(id.clone())),
             Credential::ServiceAccount(name) => (
-                SpiffeId::new(self.trust_domain.clone(), name),
+                Redemption::None,
                 CredentialKind::ServiceAccountToken,
-                None,
+                Some(SpiffeId::new(self.trust_domain.clone(), name.clone())),
             ),
         };
-        let (subject_alt_names, extended_key_usages) = match profile {
-            Profile::Svid => {
-                check_requested_identity(&csr, &spiffe_id)?;
-                let uri = Ia5String::try_from(spiffe_id.to_uri())?;
-                (
-                    vec![SanType::URI(uri)],
-                    vec![
-                        ExtendedKeyUsagePurpose::ServerAuth,
-                        ExtendedKeyUsagePurpose::ClientAuth,
-                    ],
-                )
-            }
-            Profile::Server(allowed) => {
-                let names = allowed
-                    .for_workload(spiffe_id.workload())
-                    .ok_or_else(|| IssueError::ServerNamesNotAllowed(spiffe_id.clone()))?;
-                check_requested_server_names(&csr, names, &spiffe_id)?;
-                (
-                    CertificateParams::new(names.to_vec())?.subject_alt_names,
-                    vec![ExtendedKeyUsagePurpose::ServerAuth],
-                )
-            }
-        };
-
-        let (serial, serial_hex) = ledger.fresh_serial()?;
-        let not_after = self.not_after(exact_now, self.leaf_lifetime);
-        let mut params = end_entity_params(serial, now, not_after);
-        params.subject_alt_names = subject_alt_names;
-        params.extended_key_usages = extended_key_usages;
-        let leaf = params.signed_by(&csr.public_key, &self.issuer)?;
-
-        if let Some(mut tokens) = tokens {
-            tokens.prune(now);
-            self.dir.write_json(state::TOKENS, &tokens)?;
-        }
-        ledger.log.append(&IssuedRecord {
-            serial: serial_hex.clone(),
-            spiffe_id: spiffe_id.clone(),
-            not_after,
-            credential: kind,
-            issued_at: now,
-            root: Some(self.root_name.clone()),
+        // One transaction: the token's use, the serial's uniqueness and the record commit
+        // together or not at all; any error below rolls the token's use back. The store stays
+        // consistent even if a holder of the lock panicked (its transaction rolled back).
+        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        let issued = store.issue(redemption, now, |granted, serial_taken| {
+            let spiffe_id = known
+                .or(granted)
+                .ok_or(IssueError::Token(TokenError::Unknown))?;
+            let (subject_alt_names, extended_key_usages) = match profile {
+                Profile::Svid => {
+                    check_requested_identity(&csr, &spiffe_id)?;
+                    let uri = Ia5String::try_from(spiffe_id.to_uri())?;
+                    (
+                        vec![SanType::URI(uri)],
+                        vec![
+                            ExtendedKeyUsagePurpose::ServerAuth,
+                            ExtendedKeyUsagePurpose::ClientAuth,
+                        ],
+                    )
+                }
+                Profile::Server(allowed) => {
+                    let names = allowed
+                        .for_workload(spiffe_id.workload())
+                        .ok_or_else(|| IssueError::ServerNamesNotAllowed(spiffe_id.clone()))?;
+                    check_requested_server_names(&csr, names, &spiffe_id)?;
+                    (
+                        CertificateParams::new(names.to_vec())?.subject_alt_names,
+                        vec![ExtendedKeyUsagePurpose::ServerAuth],
+                    )
+                }
+            };
+            let (serial, serial_hex) = fresh_serial(serial_taken)?;
+            let not_after = self.not_after(exact_now, self.leaf_lifetime);
+            let mut params = end_entity_params(serial, now, not_after);
+            params.subject_alt_names = subject_alt_names;
+            params.extended_key_usages = extended_key_usages;
+            let leaf = params.signed_by(&csr.public_key, &self.issuer)?;
+            let record = IssuedRecord {
+                serial: serial_hex.clone(),
+                spiffe_id: spiffe_id.clone(),
+                not_after,
+                credential: kind,
+                issued_at: now,
+                root: Some(self.root_name.clone()),
+            };
+            let issued = Issued {
+                chain_pem: format!("{}{}", leaf.pem(), self.issuer_pem),
+                trust_bundle_pem: self.bundle_pem.clone(),
+                spiffe_id,
+                serial: serial_hex,
+                not_after,
+            };
+            Ok::<_, IssueError>((issued, record))
         })?;
-        tracing::info!(%spiffe_id, serial = %serial_hex, credential = ?kind, "issued certificate");
-        Ok(Issued {
-            chain_pem: format!("{}{}", leaf.pem(), self.issuer_pem),
-            trust_bundle_pem: self.bundle_pem.clone(),
-            spiffe_id,
-            serial: serial_hex,
-            not_after,
-        })
+        drop(store);
+        tracing::info!(
+            spiffe_id = %issued.spiffe_id,
+            serial = %issued.serial,
+            credential = ?kind,
+            "issued certificate"
+        );
+        Ok(issued)
     }
 
     /// A short-lived TLS server certificate for the CA's own API, valid for the DNS names and
@@ -652,11 +659,9 @@ impl Authority {
         }
         let names = CertificateParams::new(sans.to_vec())?.subject_alt_names;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let (serial, _) = self
-            .ledger
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .fresh_serial()?;
+        // Never recorded (it is made at each start and never leaves the CA): 127 random bits
+        // make a repeat of any recorded serial as likely as guessing a key.
+        let serial = SerialNumber::from_slice(&random_serial()?);
         let exact_now = OffsetDateTime::now_utc();
         let mut params = end_entity_params(
             serial,

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod rotation;
 pub mod server;
 pub mod state;
+pub(crate) mod store;
 pub mod svid;
 #[cfg(test)]
 mod test_support;

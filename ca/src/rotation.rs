@@ -33,7 +33,8 @@ use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::authority::{self, CaError};
-use crate::state::{self, IssuanceLog, PUBLIC_MODE, SECRET_MODE, StateDir, StateError};
+use crate::state::{self, PUBLIC_MODE, SECRET_MODE, StateDir, StateError};
+use crate::store::Store;
 
 /// A stage of a root rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,18 +335,14 @@ fn remove_root(dir: &StateDir, now: OffsetDateTime, force: bool) -> Result<Rotat
             "a new root is staged but not switched to: run --stage switch first".into(),
         ));
     }
-    let (_log, records) = IssuanceLog::open(dir)?;
-    let old: Vec<_> = records
-        .iter()
-        .filter(|r| r.not_after > now && r.root.as_deref() != Some(root.as_str()))
-        .collect();
-    if let Some(last) = old.iter().map(|r| r.not_after).max()
+    let (old, last) = Store::open(dir)?.valid_under_other_roots(&root, now)?;
+    if let Some(last) = last
+        && old > 0
         && !force
     {
         return Err(CaError::InvalidOption(format!(
-            "{} certificate(s) issued under the previous root are still valid, the last until \
-             {last}; they would stop verifying. Wait until then (or pass --force)",
-            old.len()
+            "{old} certificate(s) issued under the previous root are still valid, the last \
+             until {last}; they would stop verifying. Wait until then (or pass --force)"
         )));
     }
     let bundle = keep.concat();

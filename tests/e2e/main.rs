@@ -8,6 +8,7 @@ mod authn;
 mod bypass;
 mod ca;
 mod ca_rotation;
+mod ca_store;
 mod demo;
 mod failures;
 mod k8s_chart;
