@@ -76,7 +76,7 @@ fn issue(c: &mut Criterion) {
     let state = dir.path().join("state");
     let mut tokens = Vec::with_capacity(OUTSTANDING);
     for i in 0..OUTSTANDING {
-        let digest = picket_ca::crypto::sha256(format!("outstanding token {i}").as_bytes());
+        let digest = picket_common::crypto::sha256(format!("outstanding token {i}").as_bytes());
         tokens.push(serde_json::json!({
             "sha256": base64_url(&digest),
             "identity": format!("spiffe://{TRUST_DOMAIN}/ns/shop/sa/w{i}"),

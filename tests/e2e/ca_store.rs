@@ -26,14 +26,14 @@ const MAX_KILL_DELAY_MS: u64 = 300;
 
 fn random_below(n: u64) -> u64 {
     let mut b = [0u8; 8];
-    if picket_ca::crypto::fill_random(&mut b).is_err() {
+    if picket_common::crypto::fill_random(&mut b).is_err() {
         return n / 2;
     }
     u64::from_le_bytes(b) % n.max(1)
 }
 
 fn digest(token: &str) -> String {
-    URL_SAFE_NO_PAD.encode(picket_ca::crypto::sha256(token.as_bytes()))
+    URL_SAFE_NO_PAD.encode(picket_common::crypto::sha256(token.as_bytes()))
 }
 
 #[tokio::test]

@@ -1,0 +1,23 @@
+//! picket-common: the small utilities every Picket crate shares, in one home.
+//!
+//! Durations as written in flags and files ([`duration`]), IP blocks ([`cidr::Cidr`], the one
+//! CIDR type for policy `ipBlocks`, the sidecar's `meshed:` destinations and the Kubernetes
+//! opt-outs), and, with the `runtime` feature, the one crypto provider with the system random
+//! generator ([`crypto`]), retry timing ([`backoff`]) and the one listener skeleton every
+//! server uses ([`server`]: connection limit, header timeout, HTTP settings, bounded body
+//! reading). The pure parts build without the feature, so the policy engine can use them and
+//! stay free of I/O and crypto.
+//!
+//! It must not depend on any other Picket crate.
+
+pub mod cidr;
+pub mod duration;
+
+#[cfg(feature = "runtime")]
+pub mod backoff;
+#[cfg(feature = "runtime")]
+pub mod crypto;
+#[cfg(feature = "runtime")]
+pub mod server;
+
+pub use cidr::{Cidr, CidrError};
