@@ -8,6 +8,9 @@
 //! - `join_token_tmpfs` / `renewal_tmpfs`: the same with the state in /dev/shm, where fsync costs
 //!   next to nothing, so `renewal_tmpfs` is close to the pure CPU cost of an issuance.
 //!
+//! - `join_token_100k_disk`: the first-issuance path with 100,000 other outstanding tokens, so
+//!   a redemption's cost shows whether it grows with the number of tokens.
+//!
 //! The same CSR is sent every time: the CA keeps no record of public keys, so this signs a fresh
 //! certificate (new serial) on each call exactly as for distinct workloads.
 
@@ -65,6 +68,49 @@ fn issue(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // 100,000 outstanding tokens, written in the CA's token file format before the CA opens
+    // its state (a CA that keeps tokens elsewhere takes them over from this file at start).
+    let dir = tempfile::tempdir().unwrap();
+    drop(authority(dir.path()));
+    let state = dir.path().join("state");
+    let mut tokens = Vec::with_capacity(OUTSTANDING);
+    for i in 0..OUTSTANDING {
+        let digest = picket_common::crypto::sha256(format!("outstanding token {i}").as_bytes());
+        tokens.push(serde_json::json!({
+            "sha256": base64_url(&digest),
+            "identity": format!("spiffe://{TRUST_DOMAIN}/ns/shop/sa/w{i}"),
+            "expires_at": "2099-01-01T00:00:00Z",
+            "uses_left": 1,
+        }));
+    }
+    std::fs::write(
+        state.join("tokens.json"),
+        serde_json::to_vec(&serde_json::json!({ "tokens": tokens })).unwrap(),
+    )
+    .unwrap();
+    let ca = Authority::open(&state).unwrap();
+    let token = ca
+        .create_token(&workload, Duration::from_secs(24 * 3600), u32::MAX)
+        .unwrap();
+    let mut group = c.benchmark_group("ca_issue_outstanding");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    group.bench_function("join_token_100k_disk", |b| {
+        b.iter(|| {
+            ca.issue(&csr, Credential::JoinToken(token.clone()))
+                .unwrap()
+        });
+    });
+    group.finish();
+}
+
+/// Outstanding tokens in the `join_token_100k_disk` case.
+const OUTSTANDING: usize = 100_000;
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 criterion_group!(benches, issue);

@@ -7,7 +7,6 @@
 //! confused or hostile client learns it at once. DNS, IP and e-mail SANs in a CSR are ignored:
 //! an SVID carries exactly one URI SAN and nothing else.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,16 +34,22 @@ use x509_parser::x509::AlgorithmIdentifier;
 
 use crate::identity::{SpiffeId, TrustDomain, WorkloadName};
 use crate::state::{
-    self, CredentialKind, IssuanceLog, IssuedRecord, PUBLIC_MODE, SECRET_MODE, StateDir, StateError,
+    self, CredentialKind, IssuedRecord, PUBLIC_MODE, SECRET_MODE, StateDir, StateError,
 };
+use crate::store::{Redemption, Store};
 use crate::svid::hex_lower;
-use crate::token::{self, TokenError, TokenFile};
+use crate::token::{self, TokenError};
 use picket_common::crypto::{self, RandomError};
 
 /// Leaf lifetime unless configured otherwise.
 pub const DEFAULT_LEAF_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Ceiling on the leaf lifetime unless configured otherwise.
 pub const DEFAULT_MAX_LEAF_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The shortest leaf lifetime the CA issues. A sidecar renews at about two thirds of the
+/// lifetime and retries a failed renewal with backoff (0.5 s doubling up to 30 s); below a
+/// minute, one lost CA round trip or a strict client's clock a second ahead would see the
+/// certificate expire before its successor arrives.
+pub const MIN_LEAF_TTL: Duration = Duration::from_secs(60);
 
 const ROOT_LIFETIME: time::Duration = time::Duration::days(3650);
 const ISSUER_LIFETIME: time::Duration = time::Duration::days(365);
@@ -307,22 +312,16 @@ struct CaConfig {
     max_leaf_ttl_secs: u64,
 }
 
-/// Issued serials and the log they are recorded in.
-#[derive(Debug)]
-struct Ledger {
-    serials: HashSet<String>,
-    log: IssuanceLog,
-}
-
-impl Ledger {
-    /// A random serial never used by this issuer, reserved from now on.
-    fn fresh_serial(&mut self) -> Result<(SerialNumber, String), RandomError> {
-        loop {
-            let bytes = random_serial()?;
-            let hex = hex_lower(&bytes);
-            if self.serials.insert(hex.clone()) {
-                return Ok((SerialNumber::from_slice(&bytes), hex));
-            }
+/// A random serial the store has not recorded (`taken` asks it, inside the issuance's
+/// transaction).
+fn fresh_serial(
+    taken: &mut dyn FnMut(&str) -> Result<bool, StateError>,
+) -> Result<(SerialNumber, String), IssueError> {
+    loop {
+        let bytes = random_serial()?;
+        let hex = hex_lower(&bytes);
+        if !taken(&hex)? {
+            return Ok((SerialNumber::from_slice(&bytes), hex));
         }
     }
 }
@@ -336,10 +335,13 @@ pub struct Authority {
     issuer_der: CertificateDer<'static>,
     issuer_pem: String,
     issuer_not_after: OffsetDateTime,
+    /// The subject of the root the issuer chains to.
+    root_name: String,
     bundle_pem: String,
     trust_anchors: Vec<CertificateDer<'static>>,
-    /// Held for the whole of an issuance, which is synchronous; never across an `.await`.
-    ledger: Mutex<Ledger>,
+    /// Tokens and issuance records. Held for the whole of an issuance, which is synchronous;
+    /// never across an `.await`.
+    store: Mutex<Store>,
 }
 
 impl fmt::Debug for Authority {
@@ -369,48 +371,31 @@ impl Authority {
 
         let (root, root_not_after, bundle_pem) = match &opts.root {
             None => {
-                let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-                let not_after = now.saturating_add(ROOT_LIFETIME);
-                let params =
-                    ca_params("Picket root CA", 1, now.saturating_sub(BACKDATE), not_after)?;
-                let cert = params.self_signed(&key)?;
+                let (key, cert_pem, params, not_after) = new_root(now)?;
                 dir.write(state::ROOT_KEY, key.serialize_pem().as_bytes(), SECRET_MODE)?;
-                dir.write(state::ROOT_CERT, cert.pem().as_bytes(), PUBLIC_MODE)?;
-                (Issuer::new(params, key), not_after, cert.pem())
+                dir.write(state::ROOT_CERT, cert_pem.as_bytes(), PUBLIC_MODE)?;
+                (Issuer::new(params, key), not_after, cert_pem)
             }
             Some((cert_path, key_path)) => import_root(cert_path, key_path, now)?,
         };
 
-        let issuer_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut issuer_params = ca_params(
-            "Picket issuer CA",
-            0,
-            now.saturating_sub(BACKDATE),
-            now.saturating_add(ISSUER_LIFETIME).min(root_not_after),
-        )?;
-        issuer_params.use_authority_key_identifier_extension = true;
-        let issuer_cert = issuer_params.signed_by(&issuer_key, &root)?;
-
+        let (issuer_key, issuer_pem) = new_issuer(&root, root_not_after, now)?;
         dir.write(
             state::ISSUER_KEY,
             issuer_key.serialize_pem().as_bytes(),
             SECRET_MODE,
         )?;
-        dir.write(
-            state::ISSUER_CERT,
-            issuer_cert.pem().as_bytes(),
-            PUBLIC_MODE,
-        )?;
+        dir.write(state::ISSUER_CERT, issuer_pem.as_bytes(), PUBLIC_MODE)?;
         dir.write(state::BUNDLE, bundle_pem.as_bytes(), PUBLIC_MODE)?;
-        dir.write_json(state::TOKENS, &TokenFile::default())?;
+        Store::open(&dir)?;
         // Written last: its presence is what makes the directory an initialised CA.
         dir.write_json(
             state::CONFIG,
             &CaConfig {
                 format: FORMAT_VERSION,
                 trust_domain: opts.trust_domain.clone(),
-                leaf_ttl_secs: opts.leaf_ttl.as_secs(),
-                max_leaf_ttl_secs: opts.max_leaf_ttl.as_secs(),
+                leaf_ttl_secs: whole_seconds_up(opts.leaf_ttl),
+                max_leaf_ttl_secs: whole_seconds_up(opts.max_leaf_ttl),
             },
         )?;
         drop(lock);
@@ -426,6 +411,8 @@ impl Authority {
     /// Loads the CA from `state_dir`, with the serials it has already issued.
     pub fn open(state_dir: impl AsRef<Path>) -> Result<Self, CaError> {
         let dir = StateDir::open(state_dir.as_ref())?;
+        let lock = dir.lock()?;
+        crate::rotation::finish_interrupted(&dir)?;
         let config: CaConfig = dir.read_json(state::CONFIG)?;
         if config.format != FORMAT_VERSION {
             return Err(corrupt(
@@ -436,7 +423,16 @@ impl Authority {
             .into());
         }
         let leaf_ttl = Duration::from_secs(config.leaf_ttl_secs);
-        validate_ttls(leaf_ttl, Duration::from_secs(config.max_leaf_ttl_secs))?;
+        validate_ttls(leaf_ttl, Duration::from_secs(config.max_leaf_ttl_secs)).map_err(|e| {
+            corrupt(
+                &dir,
+                state::CONFIG,
+                format!(
+                    "{e}; set leaf_ttl_secs to at least {}",
+                    MIN_LEAF_TTL.as_secs()
+                ),
+            )
+        })?;
         let leaf_lifetime = time::Duration::try_from(leaf_ttl)
             .map_err(|e| corrupt(&dir, state::CONFIG, e.to_string()))?;
 
@@ -454,6 +450,7 @@ impl Authority {
         }
         let issuer_not_after = unix_time(parsed.validity().not_after.timestamp())
             .ok_or_else(|| corrupt(&dir, state::ISSUER_CERT, "bad not-after".into()))?;
+        let root_name = parsed.issuer().to_string();
         let issuer = Issuer::from_ca_cert_der(&issuer_der, issuer_key)
             .map_err(|e| corrupt(&dir, state::ISSUER_CERT, e.to_string()))?;
 
@@ -465,10 +462,8 @@ impl Authority {
             return Err(corrupt(&dir, state::BUNDLE, "holds no certificate".into()).into());
         }
 
-        let lock = dir.lock()?;
-        let (log, records) = IssuanceLog::open(&dir)?;
+        let store = Store::open(&dir)?;
         drop(lock);
-        let serials = records.into_iter().map(|r| r.serial).collect();
 
         Ok(Self {
             dir,
@@ -478,10 +473,20 @@ impl Authority {
             issuer_pem: pem_certificate(&issuer_der),
             issuer_der,
             issuer_not_after,
+            root_name,
             bundle_pem,
             trust_anchors,
-            ledger: Mutex::new(Ledger { serials, log }),
+            store: Mutex::new(store),
         })
+    }
+
+    /// Every serial the store has recorded (for tests).
+    #[cfg(test)]
+    pub(crate) fn issued_serials(&self) -> Vec<String> {
+        self.store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .serials()
     }
 
     /// The trust domain of every identity this CA issues.
@@ -524,11 +529,10 @@ impl Authority {
             .ok_or_else(|| CaError::InvalidOption("token lifetime is too long".into()))?;
         let identity = SpiffeId::new(self.trust_domain.clone(), workload.clone());
         let token = token::generate()?;
-        let _lock = self.dir.lock()?;
-        let mut tokens: TokenFile = self.dir.read_json(state::TOKENS)?;
-        tokens.prune(now);
-        tokens.add(&token, identity.clone(), expires_at, uses);
-        self.dir.write_json(state::TOKENS, &tokens)?;
+        self.store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add_token(&token, &identity, expires_at, uses, now)?;
         tracing::info!(%identity, uses, expires_at = %expires_at, "created join token");
         Ok(token)
     }
@@ -559,80 +563,87 @@ impl Authority {
         profile: Profile<'_>,
     ) -> Result<Issued, IssueError> {
         let csr = parse_csr(csr_pem)?;
-        let now = now();
+        let exact_now = OffsetDateTime::now_utc();
+        let now = exact_now.truncate_to_second();
         if now >= self.issuer_not_after {
             return Err(IssueError::IssuerExpired(self.issuer_not_after));
         }
-        // The ledger's contents stay consistent even if a holder panicked: a serial is
-        // reserved before use and a log line is either written or not.
-        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
-        let _lock = self.dir.lock()?;
-        let (spiffe_id, kind, tokens) = match credential {
+        let (redemption, kind, known) = match &credential {
             Credential::JoinToken(token) => {
-                let mut tokens: TokenFile = self.dir.read_json(state::TOKENS)?;
-                let id = tokens.redeem(&token, now)?;
-                (id, CredentialKind::JoinToken, Some(tokens))
+                (Redemption::Token(token), CredentialKind::JoinToken, None)
             }
             Credential::Renewal(id) if id.trust_domain() == &self.trust_domain => {
-                (id, CredentialKind::Renewal, None)
+                (Redemption::None, CredentialKind::Renewal, Some(id.clone()))
             }
-            Credential::Renewal(id) => return Err(IssueError::ForeignTrustDomain(id)),
+            Credential::Renewal(id) => return Err(IssueError::ForeignTrustDomain(id.clone())),
             Credential::ServiceAccount(name) => (
-                SpiffeId::new(self.trust_domain.clone(), name),
+                Redemption::None,
                 CredentialKind::ServiceAccountToken,
-                None,
+                Some(SpiffeId::new(self.trust_domain.clone(), name.clone())),
             ),
         };
-        let (subject_alt_names, extended_key_usages) = match profile {
-            Profile::Svid => {
-                check_requested_identity(&csr, &spiffe_id)?;
-                let uri = Ia5String::try_from(spiffe_id.to_uri())?;
-                (
-                    vec![SanType::URI(uri)],
-                    vec![
-                        ExtendedKeyUsagePurpose::ServerAuth,
-                        ExtendedKeyUsagePurpose::ClientAuth,
-                    ],
-                )
-            }
-            Profile::Server(allowed) => {
-                let names = allowed
-                    .for_workload(spiffe_id.workload())
-                    .ok_or_else(|| IssueError::ServerNamesNotAllowed(spiffe_id.clone()))?;
-                check_requested_server_names(&csr, names, &spiffe_id)?;
-                (
-                    CertificateParams::new(names.to_vec())?.subject_alt_names,
-                    vec![ExtendedKeyUsagePurpose::ServerAuth],
-                )
-            }
-        };
-
-        let (serial, serial_hex) = ledger.fresh_serial()?;
-        let not_after = self.not_after(now, self.leaf_lifetime);
-        let mut params = end_entity_params(serial, now, not_after);
-        params.subject_alt_names = subject_alt_names;
-        params.extended_key_usages = extended_key_usages;
-        let leaf = params.signed_by(&csr.public_key, &self.issuer)?;
-
-        if let Some(mut tokens) = tokens {
-            tokens.prune(now);
-            self.dir.write_json(state::TOKENS, &tokens)?;
-        }
-        ledger.log.append(&IssuedRecord {
-            serial: serial_hex.clone(),
-            spiffe_id: spiffe_id.clone(),
-            not_after,
-            credential: kind,
-            issued_at: now,
+        // One transaction: the token's use, the serial's uniqueness and the record commit
+        // together or not at all; any error below rolls the token's use back. The store stays
+        // consistent even if a holder of the lock panicked (its transaction rolled back).
+        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        let issued = store.issue(redemption, now, |granted, serial_taken| {
+            let spiffe_id = known
+                .or(granted)
+                .ok_or(IssueError::Token(TokenError::Unknown))?;
+            let (subject_alt_names, extended_key_usages) = match profile {
+                Profile::Svid => {
+                    check_requested_identity(&csr, &spiffe_id)?;
+                    let uri = Ia5String::try_from(spiffe_id.to_uri())?;
+                    (
+                        vec![SanType::URI(uri)],
+                        vec![
+                            ExtendedKeyUsagePurpose::ServerAuth,
+                            ExtendedKeyUsagePurpose::ClientAuth,
+                        ],
+                    )
+                }
+                Profile::Server(allowed) => {
+                    let names = allowed
+                        .for_workload(spiffe_id.workload())
+                        .ok_or_else(|| IssueError::ServerNamesNotAllowed(spiffe_id.clone()))?;
+                    check_requested_server_names(&csr, names, &spiffe_id)?;
+                    (
+                        CertificateParams::new(names.to_vec())?.subject_alt_names,
+                        vec![ExtendedKeyUsagePurpose::ServerAuth],
+                    )
+                }
+            };
+            let (serial, serial_hex) = fresh_serial(serial_taken)?;
+            let not_after = self.not_after(exact_now, self.leaf_lifetime);
+            let mut params = end_entity_params(serial, now, not_after);
+            params.subject_alt_names = subject_alt_names;
+            params.extended_key_usages = extended_key_usages;
+            let leaf = params.signed_by(&csr.public_key, &self.issuer)?;
+            let record = IssuedRecord {
+                serial: serial_hex.clone(),
+                spiffe_id: spiffe_id.clone(),
+                not_after,
+                credential: kind,
+                issued_at: now,
+                root: Some(self.root_name.clone()),
+            };
+            let issued = Issued {
+                chain_pem: format!("{}{}", leaf.pem(), self.issuer_pem),
+                trust_bundle_pem: self.bundle_pem.clone(),
+                spiffe_id,
+                serial: serial_hex,
+                not_after,
+            };
+            Ok::<_, IssueError>((issued, record))
         })?;
-        tracing::info!(%spiffe_id, serial = %serial_hex, credential = ?kind, "issued certificate");
-        Ok(Issued {
-            chain_pem: format!("{}{}", leaf.pem(), self.issuer_pem),
-            trust_bundle_pem: self.bundle_pem.clone(),
-            spiffe_id,
-            serial: serial_hex,
-            not_after,
-        })
+        drop(store);
+        tracing::info!(
+            spiffe_id = %issued.spiffe_id,
+            serial = %issued.serial,
+            credential = ?kind,
+            "issued certificate"
+        );
+        Ok(issued)
     }
 
     /// A short-lived TLS server certificate for the CA's own API, valid for the DNS names and
@@ -648,13 +659,15 @@ impl Authority {
         }
         let names = CertificateParams::new(sans.to_vec())?.subject_alt_names;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let (serial, _) = self
-            .ledger
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .fresh_serial()?;
-        let now = now();
-        let mut params = end_entity_params(serial, now, self.not_after(now, SERVER_CERT_LIFETIME));
+        // Never recorded (it is made at each start and never leaves the CA): 127 random bits
+        // make a repeat of any recorded serial as likely as guessing a key.
+        let serial = SerialNumber::from_slice(&random_serial()?);
+        let exact_now = OffsetDateTime::now_utc();
+        let mut params = end_entity_params(
+            serial,
+            exact_now.truncate_to_second(),
+            self.not_after(exact_now, SERVER_CERT_LIFETIME),
+        );
         params.subject_alt_names = names;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -664,26 +677,35 @@ impl Authority {
         ))
     }
 
-    /// `now + lifetime`, but never past the issuer's own end of validity.
+    /// `now + lifetime` rounded up to the whole second a certificate can record (so the
+    /// certificate is never shorter than promised), but never past the issuer's own end of
+    /// validity.
     fn not_after(&self, now: OffsetDateTime, lifetime: time::Duration) -> OffsetDateTime {
-        now.saturating_add(lifetime).min(self.issuer_not_after)
+        ceil_to_second(now.saturating_add(lifetime)).min(self.issuer_not_after)
     }
 }
 
 fn validate_ttls(leaf: Duration, max: Duration) -> Result<(), CaError> {
-    if leaf < Duration::from_secs(1) {
-        return Err(CaError::InvalidOption(
-            "leaf lifetime must be at least 1s".into(),
-        ));
+    if leaf < MIN_LEAF_TTL {
+        return Err(CaError::InvalidOption(format!(
+            "leaf lifetime {leaf:?} is shorter than the minimum of {}s: sidecars renew at two \
+             thirds of the lifetime and need time to retry a failed renewal",
+            MIN_LEAF_TTL.as_secs()
+        )));
     }
     if leaf > max {
         return Err(CaError::InvalidOption(format!(
             "leaf lifetime {}s is longer than the maximum leaf lifetime {}s",
-            leaf.as_secs(),
-            max.as_secs()
+            whole_seconds_up(leaf),
+            whole_seconds_up(max)
         )));
     }
     Ok(())
+}
+
+/// `d` in whole seconds, a started second counting as one: a lifetime is never shortened.
+fn whole_seconds_up(d: Duration) -> u64 {
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 /// Parses and checks a CSR; see the module documentation for what is refused.
@@ -790,6 +812,45 @@ fn end_entity_params(
     params
 }
 
+/// A short name for a CA key: the first four bytes of the SHA-256 of its public key, in hex.
+/// It goes into the CA's common name, so every root and intermediate generation has its own
+/// subject and chains stay unambiguous while two of them overlap.
+pub(crate) fn key_generation(key: &KeyPair) -> String {
+    hex_lower(&crypto::sha256(key.subject_public_key_info().as_slice())[..4])
+}
+
+/// A new self-signed root valid from `now` for ten years: key, certificate PEM, the
+/// parameters it was made with, and its end of validity.
+pub(crate) fn new_root(
+    now: OffsetDateTime,
+) -> Result<(KeyPair, String, CertificateParams, OffsetDateTime), CaError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let not_after = now.saturating_add(ROOT_LIFETIME);
+    let name = format!("Picket root CA {}", key_generation(&key));
+    let params = ca_params(&name, 1, now.saturating_sub(BACKDATE), not_after)?;
+    let cert = params.self_signed(&key)?;
+    Ok((key, cert.pem(), params, not_after))
+}
+
+/// A new intermediate issuer signed by `root` (which ends at `root_not_after`), valid for a
+/// year or until the root ends: its key and certificate PEM.
+pub(crate) fn new_issuer(
+    root: &Issuer<'_, KeyPair>,
+    root_not_after: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<(KeyPair, String), CaError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = ca_params(
+        &format!("Picket issuer CA {}", key_generation(&key)),
+        0,
+        now.saturating_sub(BACKDATE),
+        now.saturating_add(ISSUER_LIFETIME).min(root_not_after),
+    )?;
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, root)?;
+    Ok((key, cert.pem()))
+}
+
 fn ca_params(
     common_name: &str,
     path_len: u8,
@@ -814,7 +875,7 @@ fn ca_params(
 
 /// Loads and checks an organisation CA: one CA certificate, currently valid, allowed to sign
 /// certificates and to have a CA below it, and the key that goes with it.
-fn import_root(
+pub(crate) fn import_root(
     cert_path: &Path,
     key_path: &Path,
     now: OffsetDateTime,
@@ -884,23 +945,33 @@ fn random_serial() -> Result<[u8; SERIAL_BYTES], RandomError> {
     }
 }
 
+/// `t` rounded up to a whole second.
+fn ceil_to_second(t: OffsetDateTime) -> OffsetDateTime {
+    let floor = t.truncate_to_second();
+    if floor == t {
+        t
+    } else {
+        floor.saturating_add(time::Duration::SECOND)
+    }
+}
+
 /// The current time, whole seconds (as certificates record it).
-fn now() -> OffsetDateTime {
+pub(crate) fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc().truncate_to_second()
 }
 
-fn unix_time(secs: i64) -> Option<OffsetDateTime> {
+pub(crate) fn unix_time(secs: i64) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp(secs).ok()
 }
 
-fn corrupt(dir: &StateDir, name: &str, reason: String) -> StateError {
+pub(crate) fn corrupt(dir: &StateDir, name: &str, reason: String) -> StateError {
     StateError::Corrupt {
         path: dir.file(name),
         reason,
     }
 }
 
-fn pem_certificate(der: &[u8]) -> String {
+pub(crate) fn pem_certificate(der: &[u8]) -> String {
     let b64 = STANDARD.encode(der);
     let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
     for line in b64.as_bytes().chunks(64) {
@@ -913,592 +984,4 @@ fn pem_certificate(der: &[u8]) -> String {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
-    use base64::engine::general_purpose::STANDARD;
-    use x509_parser::extensions::{GeneralName, ParsedExtension};
-
-    use super::*;
-    use crate::test_support::{
-        certs, csr, new_ca, options, p256, spiffe_id, verify_chain, workload,
-    };
-
-    const HOUR: Duration = Duration::from_secs(3600);
-
-    #[test]
-    fn server_names_parse_identity_and_dns_names() {
-        let mut names: ServerNames = "ns/picket/sa/injector=injector.picket.svc,injector"
-            .parse()
-            .unwrap();
-        names.merge("ns/picket/sa/injector=injector.picket.svc".parse().unwrap());
-        assert_eq!(
-            names.for_workload(&workload("picket", "injector")),
-            Some(&["injector.picket.svc".to_owned(), "injector".to_owned()][..])
-        );
-        assert_eq!(names.for_workload(&workload("shop", "orders")), None);
-        for bad in [
-            "injector.picket.svc",
-            "ns/picket/sa/injector=",
-            "ns/picket/sa/injector=Injector.svc",
-            "ns/picket/sa/injector=*.picket.svc",
-            "ns/picket/sa/injector=-a.svc",
-            "picket/injector=a.svc",
-        ] {
-            assert!(bad.parse::<ServerNames>().is_err(), "{bad}");
-        }
-    }
-
-    fn token(authority: &Authority, uses: u32) -> String {
-        authority
-            .create_token(&workload("shop", "orders"), HOUR, uses)
-            .unwrap()
-    }
-
-    fn issue_with_token(authority: &Authority, csr_pem: &str) -> Result<Issued, IssueError> {
-        authority.issue(csr_pem, Credential::JoinToken(token(authority, 1)))
-    }
-
-    fn leaf(issued: &Issued) -> CertificateDer<'static> {
-        certs(&issued.chain_pem).remove(0)
-    }
-
-    fn mode(path: &Path) -> u32 {
-        fs::metadata(path).unwrap().permissions().mode() & 0o777
-    }
-
-    #[test]
-    fn issued_leaf_follows_the_svid_rules() {
-        let (_dir, ca) = new_ca();
-        let issued = issue_with_token(&ca, &csr(&p256(), &[])).unwrap();
-        let der = leaf(&issued);
-        let (_, cert) = X509Certificate::from_der(&der).unwrap();
-
-        let san = cert.subject_alternative_name().unwrap().unwrap();
-        assert_eq!(
-            san.value.general_names,
-            [GeneralName::URI("spiffe://example.org/ns/shop/sa/orders")]
-        );
-        assert!(san.critical, "SAN is critical since the subject is empty");
-        assert_eq!(cert.subject().iter().count(), 0);
-
-        let bc = cert
-            .basic_constraints()
-            .unwrap()
-            .expect("basic constraints");
-        assert!(!bc.value.ca);
-
-        let ku = cert.key_usage().unwrap().expect("key usage").value;
-        assert!(ku.digital_signature());
-        assert!(
-            !(ku.non_repudiation()
-                || ku.key_encipherment()
-                || ku.data_encipherment()
-                || ku.key_agreement()
-                || ku.key_cert_sign()
-                || ku.crl_sign()
-                || ku.encipher_only()
-                || ku.decipher_only())
-        );
-
-        let eku = cert.extended_key_usage().unwrap().expect("EKU").value;
-        assert!(eku.server_auth && eku.client_auth);
-        assert!(
-            !(eku.any
-                || eku.code_signing
-                || eku.email_protection
-                || eku.time_stamping
-                || eku.ocsp_signing)
-                && eku.other.is_empty()
-        );
-        assert!(cert.extensions().iter().any(|e| matches!(
-            e.parsed_extension(),
-            ParsedExtension::AuthorityKeyIdentifier(_)
-        )));
-
-        assert_eq!(certs(&issued.chain_pem).len(), 2, "leaf then issuer");
-        verify_chain(ca.trust_bundle_pem(), &issued.chain_pem).unwrap();
-        let info = crate::svid::inspect_leaf(&der).unwrap();
-        assert_eq!(info.id, issued.spiffe_id);
-        assert_eq!(info.serial_hex, issued.serial);
-        assert_eq!(issued.trust_bundle_pem, ca.trust_bundle_pem());
-    }
-
-    #[test]
-    fn serials_are_random_positive_at_least_64_bits_and_unique() {
-        let (_dir, ca) = new_ca();
-        let token = token(&ca, 20);
-        let mut seen = HashSet::new();
-        for _ in 0..20 {
-            let issued = ca
-                .issue(&csr(&p256(), &[]), Credential::JoinToken(token.clone()))
-                .unwrap();
-            let der = leaf(&issued);
-            let (_, cert) = X509Certificate::from_der(&der).unwrap();
-            let raw = cert.raw_serial();
-            assert!(raw[0] < 0x80, "serial is a positive integer");
-            assert!(raw.len() <= 17);
-            assert!(
-                issued.serial.len() >= 16,
-                "at least 64 bits: {}",
-                issued.serial
-            );
-            assert!(seen.insert(issued.serial), "serial repeated");
-        }
-    }
-
-    #[test]
-    fn leaf_is_backdated_60s_and_lives_24h_by_default() {
-        let (_dir, ca) = new_ca();
-        let before = OffsetDateTime::now_utc().unix_timestamp();
-        let issued = issue_with_token(&ca, &csr(&p256(), &[])).unwrap();
-        let info = crate::svid::inspect_leaf(&leaf(&issued)).unwrap();
-        assert!((before - 62..=before - 58).contains(&info.not_before));
-        assert_eq!(info.not_after - info.not_before, 24 * 3600 + 60);
-        assert_eq!(issued.not_after.unix_timestamp(), info.not_after);
-    }
-
-    #[test]
-    fn configured_leaf_ttl_is_used() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut opts = options(dir.path());
-        opts.leaf_ttl = Duration::from_secs(90);
-        let ca = Authority::init(opts).unwrap();
-        let info =
-            crate::svid::inspect_leaf(&leaf(&issue_with_token(&ca, &csr(&p256(), &[])).unwrap()))
-                .unwrap();
-        assert_eq!(info.not_after - info.not_before, 90 + 60);
-    }
-
-    #[test]
-    fn leaf_ttl_above_the_maximum_is_refused_at_init() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut opts = options(dir.path());
-        opts.leaf_ttl = Duration::from_secs(8 * 24 * 3600);
-        assert!(matches!(
-            Authority::init(opts.clone()),
-            Err(CaError::InvalidOption(_))
-        ));
-        opts.leaf_ttl = Duration::ZERO;
-        assert!(matches!(
-            Authority::init(opts),
-            Err(CaError::InvalidOption(_))
-        ));
-    }
-
-    #[test]
-    fn leaf_never_outlives_its_issuer() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut opts = options(dir.path());
-        opts.leaf_ttl = Duration::from_secs(400 * 24 * 3600);
-        opts.max_leaf_ttl = opts.leaf_ttl;
-        let ca = Authority::init(opts).unwrap();
-        let issued = issue_with_token(&ca, &csr(&p256(), &[])).unwrap();
-        let chain = certs(&issued.chain_pem);
-        let (_, issuer) = X509Certificate::from_der(&chain[1]).unwrap();
-        assert_eq!(
-            issued.not_after.unix_timestamp(),
-            issuer.validity().not_after.timestamp()
-        );
-    }
-
-    #[test]
-    fn identity_comes_from_the_token_not_the_csr() {
-        let (_dir, ca) = new_ca();
-        // The CSR's subject claims something else; only the credential counts.
-        let key = p256();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(
-            DnType::CommonName,
-            "spiffe://example.org/ns/kube-system/sa/admin",
-        );
-        let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
-        let issued = issue_with_token(&ca, &csr_pem).unwrap();
-        assert_eq!(issued.spiffe_id, spiffe_id("shop", "orders"));
-        let der = leaf(&issued);
-        let (_, cert) = X509Certificate::from_der(&der).unwrap();
-        assert_eq!(cert.subject().iter().count(), 0);
-    }
-
-    #[test]
-    fn csr_naming_its_own_identity_is_accepted_and_dns_sans_are_dropped() {
-        let (_dir, ca) = new_ca();
-        let key = p256();
-        let mut params = CertificateParams::new(vec!["orders.shop.svc".to_owned()]).unwrap();
-        params.subject_alt_names.push(SanType::URI(
-            "spiffe://example.org/ns/shop/sa/orders".try_into().unwrap(),
-        ));
-        let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
-        let issued = issue_with_token(&ca, &csr_pem).unwrap();
-        let der = leaf(&issued);
-        let (_, cert) = X509Certificate::from_der(&der).unwrap();
-        let san = cert.subject_alternative_name().unwrap().unwrap();
-        assert_eq!(
-            san.value.general_names,
-            [GeneralName::URI("spiffe://example.org/ns/shop/sa/orders")]
-        );
-    }
-
-    #[test]
-    fn csr_asking_for_another_identity_is_refused_without_using_the_token() {
-        let (_dir, ca) = new_ca();
-        let token = token(&ca, 1);
-        let other = csr(&p256(), &["spiffe://example.org/ns/kube-system/sa/admin"]);
-        let err = ca
-            .issue(&other, Credential::JoinToken(token.clone()))
-            .unwrap_err();
-        assert!(matches!(err, IssueError::IdentityMismatch { .. }), "{err}");
-        let two = csr(
-            &p256(),
-            &[
-                "spiffe://example.org/ns/shop/sa/orders",
-                "spiffe://example.org/ns/shop/sa/payments",
-            ],
-        );
-        let err = ca
-            .issue(&two, Credential::JoinToken(token.clone()))
-            .unwrap_err();
-        assert!(matches!(err, IssueError::IdentityMismatch { .. }), "{err}");
-        ca.issue(&csr(&p256(), &[]), Credential::JoinToken(token))
-            .expect("the refused attempts did not use the token");
-    }
-
-    #[test]
-    fn csr_asking_for_a_ca_certificate_is_refused() {
-        let (_dir, ca) = new_ca();
-        let key = p256();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
-        assert!(matches!(
-            issue_with_token(&ca, &csr_pem),
-            Err(IssueError::CaRequested)
-        ));
-    }
-
-    #[test]
-    fn malformed_or_mis_signed_csr_is_refused() {
-        let (_dir, ca) = new_ca();
-        for bad in [
-            "",
-            "not a csr",
-            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
-        ] {
-            assert!(
-                matches!(issue_with_token(&ca, bad), Err(IssueError::MalformedCsr(_))),
-                "{bad:?}"
-            );
-        }
-        let good = csr(&p256(), &[]);
-        let mut der = CertificateSigningRequestDer::from_pem_slice(good.as_bytes())
-            .unwrap()
-            .as_ref()
-            .to_vec();
-        let last = der.len() - 1;
-        der[last] ^= 0x01;
-        let tampered = format!(
-            "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
-            STANDARD.encode(&der)
-        );
-        assert!(matches!(
-            issue_with_token(&ca, &tampered),
-            Err(IssueError::MalformedCsr(_))
-        ));
-    }
-
-    #[test]
-    fn only_p256_p384_and_ed25519_keys_are_accepted() {
-        let (_dir, ca) = new_ca();
-        for alg in [
-            &rcgen::PKCS_ECDSA_P256_SHA256,
-            &rcgen::PKCS_ECDSA_P384_SHA384,
-            &rcgen::PKCS_ED25519,
-        ] {
-            let key = KeyPair::generate_for(alg).unwrap();
-            issue_with_token(&ca, &csr(&key, &[])).unwrap();
-        }
-        let p521 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P521_SHA512).unwrap();
-        assert!(matches!(
-            issue_with_token(&ca, &csr(&p521, &[])),
-            Err(IssueError::UnsupportedKey)
-        ));
-    }
-
-    #[test]
-    fn single_use_token_is_refused_the_second_time() {
-        let (_dir, ca) = new_ca();
-        let token = token(&ca, 1);
-        ca.issue(&csr(&p256(), &[]), Credential::JoinToken(token.clone()))
-            .unwrap();
-        assert!(matches!(
-            ca.issue(&csr(&p256(), &[]), Credential::JoinToken(token)),
-            Err(IssueError::Token(TokenError::Used))
-        ));
-    }
-
-    #[test]
-    fn token_with_two_uses_issues_twice() {
-        let (_dir, ca) = new_ca();
-        let token = token(&ca, 2);
-        for _ in 0..2 {
-            ca.issue(&csr(&p256(), &[]), Credential::JoinToken(token.clone()))
-                .unwrap();
-        }
-        assert!(matches!(
-            ca.issue(&csr(&p256(), &[]), Credential::JoinToken(token)),
-            Err(IssueError::Token(TokenError::Used))
-        ));
-    }
-
-    #[test]
-    fn unknown_token_is_refused() {
-        let (_dir, ca) = new_ca();
-        token(&ca, 1);
-        assert!(matches!(
-            ca.issue(
-                &csr(&p256(), &[]),
-                Credential::JoinToken(token::generate().unwrap())
-            ),
-            Err(IssueError::Token(TokenError::Unknown))
-        ));
-    }
-
-    #[test]
-    fn expired_token_is_refused() {
-        let (_dir, ca) = new_ca();
-        let expired = token::generate().unwrap();
-        let mut tokens: TokenFile = ca.dir.read_json(state::TOKENS).unwrap();
-        tokens.add(
-            &expired,
-            spiffe_id("shop", "orders"),
-            now().saturating_sub(time::Duration::minutes(1)),
-            1,
-        );
-        ca.dir.write_json(state::TOKENS, &tokens).unwrap();
-        assert!(matches!(
-            ca.issue(&csr(&p256(), &[]), Credential::JoinToken(expired)),
-            Err(IssueError::Token(TokenError::Expired))
-        ));
-    }
-
-    #[test]
-    fn concurrent_redemptions_of_a_single_use_token_issue_once() {
-        let (_dir, ca) = new_ca();
-        let token = token(&ca, 1);
-        let successes = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..8)
-                .map(|_| {
-                    s.spawn(|| {
-                        ca.issue(&csr(&p256(), &[]), Credential::JoinToken(token.clone()))
-                            .is_ok()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .filter(|ok| *ok)
-                .count()
-        });
-        assert_eq!(successes, 1);
-    }
-
-    #[test]
-    fn token_options_must_be_positive() {
-        let (_dir, ca) = new_ca();
-        let w = workload("shop", "orders");
-        assert!(matches!(
-            ca.create_token(&w, Duration::ZERO, 1),
-            Err(CaError::InvalidOption(_))
-        ));
-        assert!(matches!(
-            ca.create_token(&w, HOUR, 0),
-            Err(CaError::InvalidOption(_))
-        ));
-    }
-
-    #[test]
-    fn renewal_keeps_the_identity_of_the_presented_certificate() {
-        let (_dir, ca) = new_ca();
-        let id = spiffe_id("shop", "payments");
-        let issued = ca
-            .issue(&csr(&p256(), &[]), Credential::Renewal(id.clone()))
-            .unwrap();
-        assert_eq!(issued.spiffe_id, id);
-        let foreign: SpiffeId = "spiffe://other.org/ns/shop/sa/payments".parse().unwrap();
-        assert!(matches!(
-            ca.issue(&csr(&p256(), &[]), Credential::Renewal(foreign)),
-            Err(IssueError::ForeignTrustDomain(_))
-        ));
-        let other = csr(&p256(), &["spiffe://example.org/ns/shop/sa/orders"]);
-        assert!(matches!(
-            ca.issue(&other, Credential::Renewal(id)),
-            Err(IssueError::IdentityMismatch { .. })
-        ));
-    }
-
-    #[test]
-    fn restart_keeps_root_and_issuer_and_never_reuses_a_serial() {
-        let (dir, ca) = new_ca();
-        let first = issue_with_token(&ca, &csr(&p256(), &[])).unwrap();
-        let bundle = ca.trust_bundle_pem().to_owned();
-        drop(ca);
-
-        let ca = Authority::open(dir.path().join("state")).unwrap();
-        assert_eq!(ca.trust_bundle_pem(), bundle);
-        let second = issue_with_token(&ca, &csr(&p256(), &[])).unwrap();
-        assert_eq!(certs(&first.chain_pem)[1], certs(&second.chain_pem)[1]);
-        verify_chain(&bundle, &second.chain_pem).unwrap();
-        drop(ca);
-
-        let ca = Authority::open(dir.path().join("state")).unwrap();
-        let serials = &ca.ledger.lock().unwrap().serials;
-        assert!(serials.contains(&first.serial) && serials.contains(&second.serial));
-        let log = fs::read_to_string(dir.path().join("state").join(state::ISSUED_LOG)).unwrap();
-        assert_eq!(log.lines().count(), 2);
-        assert!(log.contains(&first.serial) && log.contains("\"credential\":\"join_token\""));
-    }
-
-    #[test]
-    fn used_token_is_refused_after_restart() {
-        let (dir, ca) = new_ca();
-        let token = token(&ca, 1);
-        ca.issue(&csr(&p256(), &[]), Credential::JoinToken(token.clone()))
-            .unwrap();
-        drop(ca);
-        let ca = Authority::open(dir.path().join("state")).unwrap();
-        assert!(matches!(
-            ca.issue(&csr(&p256(), &[]), Credential::JoinToken(token)),
-            Err(IssueError::Token(TokenError::Used))
-        ));
-    }
-
-    #[test]
-    fn keys_are_owner_only_and_tokens_are_stored_hashed() {
-        let (dir, ca) = new_ca();
-        let token = token(&ca, 1);
-        let state = dir.path().join("state");
-        assert_eq!(mode(&state), 0o700);
-        assert_eq!(mode(&state.join(state::ROOT_KEY)), 0o600);
-        assert_eq!(mode(&state.join(state::ISSUER_KEY)), 0o600);
-        for entry in fs::read_dir(&state).unwrap() {
-            let content = fs::read(entry.unwrap().path()).unwrap();
-            assert!(!content.windows(token.len()).any(|w| w == token.as_bytes()));
-        }
-    }
-
-    #[test]
-    fn init_refuses_a_directory_that_holds_state() {
-        let (dir, ca) = new_ca();
-        let bundle = ca.trust_bundle_pem().to_owned();
-        assert!(matches!(
-            Authority::init(options(dir.path())),
-            Err(CaError::AlreadyInitialised(_))
-        ));
-        assert_eq!(
-            Authority::open(dir.path().join("state"))
-                .unwrap()
-                .trust_bundle_pem(),
-            bundle
-        );
-    }
-
-    #[test]
-    fn open_refuses_a_directory_without_state() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            Authority::open(dir.path()),
-            Err(CaError::State(StateError::Corrupt { .. }))
-        ));
-    }
-
-    fn organisation_root(dir: &Path) -> (PathBuf, PathBuf, String) {
-        let key = p256();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Example Org Root");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).unwrap();
-        let cert_path = dir.join("org-root.pem");
-        let key_path = dir.join("org-root.key");
-        fs::write(&cert_path, cert.pem()).unwrap();
-        fs::write(&key_path, key.serialize_pem()).unwrap();
-        (cert_path, key_path, cert.pem())
-    }
-
-    #[test]
-    fn imported_organisation_root_signs_the_issuer_and_stays_outside_the_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert_path, key_path, root_pem) = organisation_root(dir.path());
-        let mut opts = options(dir.path());
-        opts.root = Some((cert_path, key_path));
-        let ca = Authority::init(opts).unwrap();
-
-        assert_eq!(certs(ca.trust_bundle_pem()), certs(&root_pem));
-        let state = dir.path().join("state");
-        assert!(!state.join(state::ROOT_KEY).exists());
-        assert!(!state.join(state::ROOT_CERT).exists());
-
-        let issued = issue_with_token(&ca, &csr(&p256(), &[])).unwrap();
-        verify_chain(&root_pem, &issued.chain_pem).unwrap();
-        let chain = certs(&issued.chain_pem);
-        let (_, issuer) = X509Certificate::from_der(&chain[1]).unwrap();
-        assert_eq!(issuer.issuer().to_string(), "CN=Example Org Root");
-        let bc = issuer.basic_constraints().unwrap().unwrap().value;
-        assert!(bc.ca && bc.path_len_constraint == Some(0));
-    }
-
-    #[test]
-    fn imported_root_must_be_a_ca_with_its_own_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert_path, _, _) = organisation_root(dir.path());
-        let stranger = dir.path().join("stranger.key");
-        fs::write(&stranger, p256().serialize_pem()).unwrap();
-        let mut opts = options(dir.path());
-        opts.root = Some((cert_path, stranger.clone()));
-        assert!(matches!(
-            Authority::init(opts.clone()),
-            Err(CaError::ImportedRoot(_))
-        ));
-
-        let key = p256();
-        let leaf = CertificateParams::new(vec!["example.org".to_owned()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let leaf_path = dir.path().join("leaf.pem");
-        fs::write(&leaf_path, leaf.pem()).unwrap();
-        fs::write(&stranger, key.serialize_pem()).unwrap();
-        opts.root = Some((leaf_path, stranger));
-        assert!(matches!(
-            Authority::init(opts),
-            Err(CaError::ImportedRoot(_))
-        ));
-    }
-
-    #[test]
-    fn server_certificate_names_the_given_hosts_for_server_auth_only() {
-        let (_dir, ca) = new_ca();
-        let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
-        let (chain, _key) = ca.server_certificate(&names).unwrap();
-        assert_eq!(chain.len(), 2);
-        let (_, cert) = X509Certificate::from_der(&chain[0]).unwrap();
-        let san = cert.subject_alternative_name().unwrap().unwrap();
-        assert_eq!(
-            san.value.general_names,
-            [
-                GeneralName::DNSName("localhost"),
-                GeneralName::IPAddress(&[127, 0, 0, 1])
-            ]
-        );
-        let eku = cert.extended_key_usage().unwrap().unwrap().value;
-        assert!(eku.server_auth && !eku.client_auth);
-        assert!(!cert.basic_constraints().unwrap().unwrap().value.ca);
-        let validity = cert.validity();
-        assert!(validity.not_after.timestamp() - validity.not_before.timestamp() <= 31 * 86_400);
-        assert!(ca.server_certificate(&[]).is_err());
-    }
-}
+mod tests;

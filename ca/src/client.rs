@@ -8,6 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -20,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::api;
-use picket_common::crypto::{KxGroup, PROTOCOL_VERSIONS, provider};
+use picket_common::crypto::{self, KxGroup, PROTOCOL_VERSIONS, provider};
 
 /// Longest one call may take, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,13 +83,29 @@ pub enum ClientError {
 /// Told the key-exchange group of every TLS handshake a [`CaClient`] completes.
 pub type HandshakeObserver = Arc<dyn Fn(KxGroup) + Send + Sync>;
 
-/// A client of one CA.
+/// A client of one CA. Clones share the trust: [`CaClient::set_trust`] on one reaches all.
 #[derive(Clone)]
 pub struct CaClient {
     origin: HttpsOrigin,
+    trust: Arc<ArcSwap<Trust>>,
+    observer: Option<HandshakeObserver>,
+}
+
+/// The roots the CA's server certificate must chain to, and the configuration for calls
+/// without a client certificate, replaced together.
+struct Trust {
     roots: Arc<RootCertStore>,
     anonymous: Arc<ClientConfig>,
-    observer: Option<HandshakeObserver>,
+}
+
+impl Trust {
+    fn new(pem: &[u8]) -> Result<Self, ClientError> {
+        let roots = Arc::new(root_store(pem).map_err(ClientError::InvalidTrust)?);
+        Ok(Self {
+            anonymous: Arc::new(client_config(Arc::clone(&roots), None)?),
+            roots,
+        })
+    }
 }
 
 impl fmt::Debug for CaClient {
@@ -105,11 +122,9 @@ impl CaClient {
     pub fn new(url: &str, ca_trust_pem: &[u8]) -> Result<Self, ClientError> {
         let origin =
             HttpsOrigin::parse(url).ok_or_else(|| ClientError::InvalidUrl(url.to_owned()))?;
-        let roots = Arc::new(root_store(ca_trust_pem).map_err(ClientError::InvalidTrust)?);
         Ok(Self {
             origin,
-            anonymous: Arc::new(client_config(Arc::clone(&roots), None)?),
-            roots,
+            trust: Arc::new(ArcSwap::from_pointee(Trust::new(ca_trust_pem)?)),
             observer: None,
         })
     }
@@ -119,6 +134,18 @@ impl CaClient {
     pub fn with_handshake_observer(mut self, observer: HandshakeObserver) -> Self {
         self.observer = Some(observer);
         self
+    }
+
+    /// Trusts the roots in `ca_trust_pem` from the next call on (a root rotation changes them
+    /// while the workload runs). On error the current trust stays.
+    pub fn set_trust(&self, ca_trust_pem: &[u8]) -> Result<(), ClientError> {
+        self.trust.store(Arc::new(Trust::new(ca_trust_pem)?));
+        Ok(())
+    }
+
+    /// How many roots the client trusts now.
+    pub fn trusted_roots(&self) -> usize {
+        self.trust.load().roots.len()
     }
 
     /// Asks for a certificate for the public key in `csr_pem`, proving identity with a join
@@ -184,9 +211,10 @@ impl CaClient {
         request: Request<Full<Bytes>>,
         client_cert: Option<Arc<CertifiedKey>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let trust = self.trust.load_full();
         let config = match client_cert {
-            None => Arc::clone(&self.anonymous),
-            Some(cert) => Arc::new(client_config(Arc::clone(&self.roots), Some(cert))?),
+            None => Arc::clone(&trust.anonymous),
+            Some(cert) => Arc::new(client_config(Arc::clone(&trust.roots), Some(cert))?),
         };
         let exchange =
             self.origin
@@ -331,6 +359,7 @@ fn client_config(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    crypto::no_client_resumption(&mut config);
     Ok(config)
 }
 

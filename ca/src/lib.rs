@@ -9,8 +9,10 @@ pub mod api;
 pub mod authority;
 pub mod client;
 pub mod identity;
+pub mod rotation;
 pub mod server;
 pub mod state;
+pub(crate) mod store;
 pub mod svid;
 #[cfg(test)]
 mod test_support;

@@ -10,9 +10,13 @@
 //! | `issuer.pem`   | the online intermediate certificate                            |
 //! | `issuer.key`   | the intermediate key, 0600                                     |
 //! | `bundle.pem`   | the trust bundle handed to workloads                           |
-//! | `tokens.json`  | join tokens: SHA-256 digest, identity, expiry, uses left       |
-//! | `issued.jsonl` | append-only issuance log, one fsynced JSON line per certificate |
-//! | `lock`         | empty; locked while tokens or the log are being changed         |
+//! | `ca.db`        | SQLite: join tokens (SHA-256 digest, identity, expiry, uses left) and the issuance record ([`crate::store`]) |
+//! | `tokens.json`, `issued.jsonl` | where earlier versions kept tokens and the issuance log; taken over into `ca.db` and renamed `*.migrated` |
+//! | `lock`         | empty; locked while the state is created, opened or rotated     |
+//! | `root.next.pem`, `root.next.key` | a new root staged by `rotate root --stage add`       |
+//! | `root.prev.pem`, `root.prev.key` | the root replaced by `--stage switch`, kept in the bundle until `--stage remove` |
+//! | `issuer.next.pem`, `issuer.next.key` | a new issuer being installed (only during a rotation command) |
+//! | `rotation.json` | when the last certificate signed under the previous root expires |
 //!
 //! Every file but the log is replaced atomically: written to a temporary file in the same
 //! directory, fsynced, renamed over the old one, and the directory fsynced. The `lock` file lets
@@ -37,6 +41,13 @@ pub(crate) const ISSUER_KEY: &str = "issuer.key";
 pub(crate) const BUNDLE: &str = "bundle.pem";
 pub(crate) const TOKENS: &str = "tokens.json";
 pub(crate) const ISSUED_LOG: &str = "issued.jsonl";
+pub(crate) const NEXT_ROOT_CERT: &str = "root.next.pem";
+pub(crate) const NEXT_ROOT_KEY: &str = "root.next.key";
+pub(crate) const PREV_ROOT_CERT: &str = "root.prev.pem";
+pub(crate) const PREV_ROOT_KEY: &str = "root.prev.key";
+pub(crate) const NEXT_ISSUER_CERT: &str = "issuer.next.pem";
+pub(crate) const NEXT_ISSUER_KEY: &str = "issuer.next.key";
+pub(crate) const ROTATION: &str = "rotation.json";
 const LOCK: &str = "lock";
 
 /// Every file that makes a directory hold CA state; init refuses to run over any of them.
@@ -49,6 +60,14 @@ pub(crate) const STATE_FILES: &[&str] = &[
     BUNDLE,
     TOKENS,
     ISSUED_LOG,
+    NEXT_ROOT_CERT,
+    NEXT_ROOT_KEY,
+    PREV_ROOT_CERT,
+    PREV_ROOT_KEY,
+    NEXT_ISSUER_CERT,
+    NEXT_ISSUER_KEY,
+    ROTATION,
+    crate::store::DATABASE,
 ];
 
 /// Mode of files holding private keys.
@@ -195,6 +214,29 @@ impl StateDir {
         self.write(name, &bytes, PUBLIC_MODE)
     }
 
+    /// Renames `from` to `to` (replacing `to`) and makes the change durable.
+    pub(crate) fn rename(&self, from: &str, to: &str) -> Result<(), StateError> {
+        let target = self.file(to);
+        fs::rename(self.file(from), &target).map_err(io_error(&target))?;
+        self.sync()
+    }
+
+    /// Removes `name` if it exists and makes the change durable.
+    pub(crate) fn remove(&self, name: &str) -> Result<(), StateError> {
+        let path = self.file(name);
+        match fs::remove_file(&path) {
+            Ok(()) => self.sync(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(&path)(e)),
+        }
+    }
+
+    fn sync(&self) -> Result<(), StateError> {
+        File::open(&self.path)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(&self.path))
+    }
+
     /// Takes the directory's exclusive lock, blocking until other processes release it. The lock
     /// is held until the returned guard is dropped.
     pub(crate) fn lock(&self) -> Result<DirLock, StateError> {
@@ -249,10 +291,17 @@ pub(crate) struct IssuedRecord {
     pub(crate) credential: CredentialKind,
     #[serde(with = "time::serde::rfc3339")]
     pub(crate) issued_at: OffsetDateTime,
+    /// The subject of the root the certificate chains to (absent in records written before
+    /// root rotation existed): `rotate root --stage remove` waits until no certificate of the
+    /// previous root is still valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) root: Option<String>,
 }
 
-/// The append-only issuance log, open for appending.
+/// The issuance log of earlier versions, read once when the store takes it over.
 #[derive(Debug)]
+// Only the tests append to it (to make a log to take over).
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) struct IssuanceLog {
     path: PathBuf,
     file: File,
@@ -303,7 +352,9 @@ impl IssuanceLog {
         Ok((Self { path, file }, records))
     }
 
-    /// Appends one record and waits until it is on disk. The caller holds the directory lock.
+    /// Appends one record and waits until it is on disk (only earlier versions wrote the
+    /// log; the tests write one to take over).
+    #[cfg(test)]
     pub(crate) fn append(&mut self, record: &IssuedRecord) -> Result<(), StateError> {
         let mut line = serde_json::to_vec(record).map_err(|e| StateError::Corrupt {
             path: self.path.clone(),
@@ -327,6 +378,7 @@ mod tests {
             not_after: OffsetDateTime::UNIX_EPOCH,
             credential: CredentialKind::JoinToken,
             issued_at: OffsetDateTime::UNIX_EPOCH,
+            root: None,
         }
     }
 

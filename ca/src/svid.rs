@@ -56,6 +56,8 @@ pub struct SvidInfo {
     pub not_before: i64,
     /// Not-after, seconds since the Unix epoch.
     pub not_after: i64,
+    /// The issuer's distinguished name, as text (e.g. `O=Picket, CN=Picket issuer CA 1a2b3c4d`).
+    pub issuer: String,
 }
 
 /// Checks the SPIFFE rules for a leaf certificate of `trust_domain` at time `now_unix` and
@@ -102,6 +104,7 @@ pub fn inspect_leaf(der: &[u8]) -> Result<SvidInfo, SvidError> {
         serial_hex: hex_lower(cert.raw_serial()),
         not_before: validity.not_before.timestamp(),
         not_after: validity.not_after.timestamp(),
+        issuer: cert.issuer().to_string(),
     })
 }
 

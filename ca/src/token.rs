@@ -1,10 +1,10 @@
 //! Join tokens: short-lived bootstrap credentials that name the identity a workload gets.
 //!
 //! A token is 32 random bytes, base64url without padding, shown once when created. The CA keeps
-//! only its SHA-256 digest, with the identity it grants, its expiry and how many uses are left,
-//! so reading the state directory does not reveal a usable token. Redeeming a token takes one
-//! use; a token with no uses left stays on file as used until well after it expires, so the
-//! answer to a replay is "used", not "unknown".
+//! only its SHA-256 digest, with the identity it grants, its expiry and how many uses are left
+//! (in [`crate::store`]), so reading the state directory does not reveal a usable token.
+//! Redeeming a token takes one use; a token with no uses left stays on record as used until a
+//! day after it expires, so the answer to a replay is "used", not "unknown".
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,9 +17,6 @@ use picket_common::crypto::{self, RandomError};
 /// Random bytes in a token.
 const TOKEN_BYTES: usize = 32;
 
-/// How long an expired or used-up token is kept on file before it is forgotten.
-const KEEP_AFTER_EXPIRY: time::Duration = time::Duration::days(1);
-
 /// Why a join token was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -28,10 +25,16 @@ pub enum TokenError {
     #[error("unknown join token")]
     Unknown,
     /// The token's lifetime is over.
-    #[error("join token has expired")]
+    #[error(
+        "join token has expired; create a new one for this workload with `picket ca token create`"
+    )]
     Expired,
     /// The token has no uses left.
-    #[error("join token has already been used")]
+    #[error(
+        "join token has already been used; a workload whose certificate expired (a renewal \
+         needs a valid certificate) enrolls again with a new join token for its identity: \
+         `picket ca token create --identity ns/<namespace>/sa/<service-account>`"
+    )]
     Used,
 }
 
@@ -42,72 +45,35 @@ pub(crate) fn generate() -> Result<String, RandomError> {
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
-fn digest(token: &str) -> String {
+/// The SHA-256 of `token`, base64url: what the store keeps.
+pub(crate) fn digest(token: &str) -> String {
     URL_SAFE_NO_PAD.encode(crypto::sha256(token.as_bytes()))
 }
 
-/// The content of `tokens.json`.
+/// The content of `tokens.json`, where earlier versions kept tokens; read once, when the store
+/// takes it over.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TokenFile {
-    tokens: Vec<TokenRecord>,
+    tokens: Vec<TokenRow>,
 }
 
+/// One token as `tokens.json` held it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TokenRecord {
+pub(crate) struct TokenRow {
     /// SHA-256 of the token, base64url.
-    sha256: String,
-    identity: SpiffeId,
+    pub(crate) sha256: String,
+    pub(crate) identity: SpiffeId,
     #[serde(with = "time::serde::rfc3339")]
-    expires_at: OffsetDateTime,
-    uses_left: u32,
+    pub(crate) expires_at: OffsetDateTime,
+    pub(crate) uses_left: u32,
 }
 
 impl TokenFile {
-    /// Records `token` as granting `identity` `uses` times until `expires_at`.
-    pub(crate) fn add(
-        &mut self,
-        token: &str,
-        identity: SpiffeId,
-        expires_at: OffsetDateTime,
-        uses: u32,
-    ) {
-        self.tokens.push(TokenRecord {
-            sha256: digest(token),
-            identity,
-            expires_at,
-            uses_left: uses,
-        });
-    }
-
-    /// Takes one use of `token` at time `now` and returns the identity it grants. The change is
-    /// in memory only: the caller persists the file before acting on the answer.
-    pub(crate) fn redeem(
-        &mut self,
-        token: &str,
-        now: OffsetDateTime,
-    ) -> Result<SpiffeId, TokenError> {
-        let wanted = digest(token);
-        let record = self
-            .tokens
-            .iter_mut()
-            .find(|r| r.sha256 == wanted)
-            .ok_or(TokenError::Unknown)?;
-        if now >= record.expires_at {
-            return Err(TokenError::Expired);
-        }
-        if record.uses_left == 0 {
-            return Err(TokenError::Used);
-        }
-        record.uses_left -= 1;
-        Ok(record.identity.clone())
-    }
-
-    /// Forgets tokens that expired more than a day before `now`.
-    pub(crate) fn prune(&mut self, now: OffsetDateTime) {
+    /// The tokens it holds.
+    pub(crate) fn into_rows(self) -> Vec<TokenRow> {
         self.tokens
-            .retain(|r| r.expires_at.saturating_add(KEEP_AFTER_EXPIRY) > now);
     }
 }
 
@@ -134,62 +100,25 @@ mod tests {
     }
 
     #[test]
-    fn only_the_digest_is_stored() {
+    fn the_digest_does_not_reveal_the_token() {
         let token = generate().unwrap();
-        let mut file = TokenFile::default();
-        file.add(&token, id(), at(100), 1);
-        let json = serde_json::to_string(&file).unwrap();
-        assert!(!json.contains(&token));
-        assert!(json.contains(&digest(&token)));
+        let d = digest(&token);
+        assert_ne!(d, token);
+        assert_eq!(URL_SAFE_NO_PAD.decode(&d).unwrap().len(), 32);
+        assert_eq!(d, digest(&token));
     }
 
     #[test]
-    fn single_use_token_is_used_after_one_redemption() {
-        let token = generate().unwrap();
-        let mut file = TokenFile::default();
-        file.add(&token, id(), at(100), 1);
-        assert_eq!(file.redeem(&token, at(50)).unwrap(), id());
-        assert_eq!(file.redeem(&token, at(51)), Err(TokenError::Used));
-    }
-
-    #[test]
-    fn token_with_three_uses_grants_exactly_three() {
-        let token = generate().unwrap();
-        let mut file = TokenFile::default();
-        file.add(&token, id(), at(100), 3);
-        for _ in 0..3 {
-            assert_eq!(file.redeem(&token, at(50)).unwrap(), id());
-        }
-        assert_eq!(file.redeem(&token, at(50)), Err(TokenError::Used));
-    }
-
-    #[test]
-    fn expired_token_is_refused() {
-        let token = generate().unwrap();
-        let mut file = TokenFile::default();
-        file.add(&token, id(), at(100), 1);
-        assert_eq!(file.redeem(&token, at(100)), Err(TokenError::Expired));
-    }
-
-    #[test]
-    fn unknown_token_is_refused() {
-        let mut file = TokenFile::default();
-        file.add(&generate().unwrap(), id(), at(100), 1);
-        assert_eq!(
-            file.redeem(&generate().unwrap(), at(50)),
-            Err(TokenError::Unknown)
+    fn the_old_token_file_reads() {
+        let json = format!(
+            r#"{{"tokens":[{{"sha256":"abc","identity":"{}","expires_at":"2030-01-01T00:00:00Z","uses_left":1}}]}}"#,
+            id()
         );
-    }
-
-    #[test]
-    fn used_tokens_are_kept_until_a_day_after_expiry() {
-        let token = generate().unwrap();
-        let mut file = TokenFile::default();
-        file.add(&token, id(), at(100), 1);
-        file.redeem(&token, at(50)).unwrap();
-        file.prune(at(100 + 3600));
-        assert_eq!(file.redeem(&token, at(50)), Err(TokenError::Used));
-        file.prune(at(100 + 86_400));
-        assert_eq!(file.redeem(&token, at(50)), Err(TokenError::Unknown));
+        let rows = serde_json::from_str::<TokenFile>(&json)
+            .unwrap()
+            .into_rows();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].identity, id());
+        assert_eq!(rows[0].expires_at, at(1_893_456_000));
     }
 }

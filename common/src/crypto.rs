@@ -107,6 +107,29 @@ impl std::fmt::Display for KxGroup {
 /// TLS protocol versions Picket speaks: TLS 1.3 only.
 pub static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
+/// No session resumption on a TLS server: no session cache and no TLS 1.3 session tickets.
+///
+/// A resumed session skips the certificate exchange, so it would outlive the peer
+/// certificate (and the trust bundle) it was made with; short-lived certificates are the
+/// mesh's only revocation. Every connection is a full handshake that verifies the peer's
+/// current certificate against the current bundle. rustls' default ticketer is never enabled,
+/// so with no cache and no tickets sent nothing can be resumed (ARCHITECTURE.md, "Session
+/// resumption").
+pub fn no_server_resumption(config: &mut rustls::ServerConfig) {
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+}
+
+/// No session resumption on a TLS client: no sessions kept, none offered.
+pub fn no_client_resumption(config: &mut rustls::ClientConfig) {
+    config.resumption = rustls::client::Resumption::disabled();
+}
+
+/// Whether `config` can resume a session (for tests and start-up checks).
+pub fn server_can_resume(config: &rustls::ServerConfig) -> bool {
+    config.session_storage.can_cache() || config.ticketer.enabled() || config.send_tls13_tickets > 0
+}
+
 /// Fills `buf` from the operating system's secure random generator.
 pub fn fill_random(buf: &mut [u8]) -> Result<(), RandomError> {
     aws_lc_rs::rand::fill(buf).map_err(|_| RandomError)

@@ -230,6 +230,9 @@ pub struct CertificateSource {
     /// The bearer credential: a projected service-account token (re-read at every request,
     /// since the kubelet rotates it) or a join token.
     pub token_file: PathBuf,
+    /// The PEM roots the CA's certificate chains to, re-read before every request so a root
+    /// rotation (a ConfigMap update) reaches the client without a restart.
+    pub trust_file: PathBuf,
 }
 
 impl CertificateSource {
@@ -241,6 +244,16 @@ impl CertificateSource {
         params.distinguished_name = rcgen::DistinguishedName::new();
         let csr = params.serialize_request(&key)?.pem()?;
         let token = read_token(&self.token_file)?;
+        match std::fs::read(&self.trust_file) {
+            Ok(pem) => {
+                if let Err(e) = self.ca.set_trust(&pem) {
+                    tracing::warn!(path = %self.trust_file.display(), error = %e, "the trust bundle file is unusable; keeping the current trust");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.trust_file.display(), error = %e, "cannot read the trust bundle file; keeping the current trust");
+            }
+        }
         let answer = self.ca.issue_server_certificate(&csr, &token).await?;
         let chain = CertificateDer::pem_slice_iter(answer.chain_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()

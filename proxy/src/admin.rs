@@ -109,6 +109,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
                     "serial": snap.leaf.serial_hex,
                     "not_before": rfc3339(snap.leaf.not_before),
                     "not_after": rfc3339(snap.leaf.not_after),
+                    "issuer": snap.leaf.issuer,
                     "trust_bundle_roots": snap.roots.len(),
                 });
                 text(StatusCode::OK, format!("{body}\n"), "application/json")

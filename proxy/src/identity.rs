@@ -3,6 +3,11 @@
 //! current certificate. A fresh key pair is made in memory for every certificate and never
 //! written anywhere. On renewal failure the current certificate keeps serving until it
 //! expires; after expiry the join token file is tried again.
+//!
+//! Trust follows a root rotation without a restart: the trust bundle in force, for the data
+//! path and for calls to the CA alike, is the one most recently received, either in a CA
+//! answer (which arrived over a connection verified with the previous trust) or from the
+//! trust bundle file, which is read again whenever its content changes ([`BundleWatch`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +46,23 @@ pub enum IdentityError {
     /// The CA refused the request; retrying will not help.
     #[error("the CA refused the certificate request: {0}")]
     Refused(ClientError),
+    /// The CA refused the join token: enrolling (again) needs a new one.
+    #[error(
+        "the CA refused the join token in {path} ({code}), and {identity} has no valid \
+         certificate to renew with; create a new join token with `picket ca token create \
+         --identity {workload}` and write it to {path}: the sidecar reads it again at its next \
+         attempt (at most 30 s later), no restart needed"
+    )]
+    NeedsJoinToken {
+        /// The token file.
+        path: PathBuf,
+        /// The CA's error code (`token_used`, `token_expired`, `token_unknown`).
+        code: String,
+        /// This workload's SPIFFE ID.
+        identity: String,
+        /// `ns/<namespace>/sa/<service-account>`.
+        workload: String,
+    },
     /// Making the key pair or the CSR failed.
     #[error("cannot make key pair or CSR: {0}")]
     Csr(#[from] rcgen::Error),
@@ -63,8 +85,13 @@ pub struct IdentityManager {
     identity: SpiffeId,
     ca: CaClient,
     token_file: PathBuf,
+    bundle_file: PathBuf,
     metrics: Arc<Metrics>,
 }
+
+/// How often the trust bundle file is read to see whether it changed. Reading is cheap, and
+/// polling sees every way a file can change (a Kubernetes ConfigMap volume swaps a symlink).
+const BUNDLE_POLL: Duration = Duration::from_secs(2);
 
 /// A new key and a CSR for it.
 struct KeyAndCsr {
@@ -109,8 +136,41 @@ impl IdentityManager {
             identity,
             ca: client,
             token_file: ca.join_token_file.clone(),
+            bundle_file: ca.trust_bundle.clone(),
             metrics,
         })
+    }
+
+    /// The watcher of the trust bundle file, for [`BundleWatch::run`].
+    pub fn bundle_watch(&self) -> BundleWatch {
+        BundleWatch {
+            ca: self.ca.clone(),
+            path: self.bundle_file.clone(),
+        }
+    }
+
+    /// The CA's answer's bundle becomes the CA client's trust too: it came over a connection
+    /// the current trust verified, and a root switch needs it there.
+    fn adopt_ca_bundle(&self, resp: &CertificateResponse) {
+        if let Err(e) = self.ca.set_trust(resp.trust_bundle_pem.as_bytes()) {
+            tracing::warn!(error = %e, "the CA's trust bundle is unusable for CA calls; keeping the current one");
+        }
+    }
+
+    /// A refusal of the join token becomes [`IdentityError::NeedsJoinToken`], which tells the
+    /// operator how to enroll the workload again; other errors are kept.
+    fn token_refused(&self, e: ClientError) -> IdentityError {
+        match e {
+            ClientError::Rejected { code, .. } if code.starts_with("token_") => {
+                IdentityError::NeedsJoinToken {
+                    path: self.token_file.clone(),
+                    code,
+                    workload: self.identity.workload().to_string(),
+                    identity: self.identity.to_string(),
+                }
+            }
+            other => IdentityError::Refused(other),
+        }
     }
 
     fn read_token(&self) -> Result<String, IdentityError> {
@@ -144,10 +204,11 @@ impl IdentityManager {
                         fresh.key,
                         resp.trust_bundle_pem.as_bytes(),
                     )?;
+                    self.adopt_ca_bundle(&resp);
                     self.installed(&resp);
                     return Ok(Arc::new(creds));
                 }
-                Err(e @ ClientError::Rejected { .. }) => return Err(IdentityError::Refused(e)),
+                Err(e @ ClientError::Rejected { .. }) => return Err(self.token_refused(e)),
                 Err(e) => {
                     let wait = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?wait, "CA unreachable, will retry");
@@ -180,21 +241,25 @@ impl IdentityManager {
         let current = creds.current();
         let fresh = key_and_csr(&self.identity)?;
         let expired = unix_now() > current.leaf.not_after;
-        let result = if expired {
+        let resp = if expired {
             // The certificate can no longer authenticate; only a (new) join token can.
             let token = self.read_token()?;
-            self.ca.issue_with_token(&fresh.csr_pem, &token).await
+            self.ca
+                .issue_with_token(&fresh.csr_pem, &token)
+                .await
+                .map_err(|e| self.token_refused(e))?
         } else {
             self.ca
                 .renew(&fresh.csr_pem, Arc::clone(&current.certified))
                 .await
+                .map_err(IdentityError::Refused)?
         };
-        let resp = result.map_err(IdentityError::Refused)?;
         creds.rotate(
             resp.chain_pem.as_bytes(),
             fresh.key,
             resp.trust_bundle_pem.as_bytes(),
         )?;
+        self.adopt_ca_bundle(&resp);
         self.installed(&resp);
         Ok(())
     }
@@ -230,12 +295,17 @@ impl IdentityManager {
                             .inc();
                         let remaining = creds.current().leaf.not_after - unix_now();
                         let wait = backoff.next_delay();
-                        tracing::warn!(
-                            error = %e,
-                            seconds_left = remaining,
-                            retry_in = ?wait,
-                            "certificate renewal failed; the current certificate stays in use"
-                        );
+                        if matches!(e, IdentityError::NeedsJoinToken { .. }) {
+                            // Only the operator can fix this: say so at error level.
+                            tracing::error!(error = %e, retry_in = ?wait, "certificate expired");
+                        } else {
+                            tracing::warn!(
+                                error = %e,
+                                seconds_left = remaining,
+                                retry_in = ?wait,
+                                "certificate renewal failed; the current certificate stays in use"
+                            );
+                        }
                         tokio::select! {
                             () = tokio::time::sleep(wait) => {}
                             () = shutdown.cancelled() => return,
@@ -243,6 +313,71 @@ impl IdentityManager {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Reads the trust bundle file whenever its content changes and hands it to every trust
+/// consumer: the CA client (first issuance, renewal) and the data path's credentials.
+#[derive(Debug)]
+pub struct BundleWatch {
+    ca: CaClient,
+    path: PathBuf,
+}
+
+impl BundleWatch {
+    /// Polls the file until `shutdown`. The content read at start is the baseline: the CA
+    /// client was built from it.
+    pub async fn run(self, creds: Arc<Credentials>, shutdown: CancellationToken) {
+        let mut last = std::fs::read(&self.path).ok();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(BUNDLE_POLL) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let read = match tokio::fs::read(&self.path).await {
+                Ok(read) => read,
+                Err(e) => {
+                    // A ConfigMap update briefly removes the link; the next poll reads it.
+                    tracing::debug!(path = %self.path.display(), error = %e, "cannot read the trust bundle file");
+                    continue;
+                }
+            };
+            if last.as_deref() == Some(read.as_slice()) {
+                continue;
+            }
+            self.apply(&creds, &read);
+            last = Some(read);
+        }
+    }
+
+    /// Installs `pem` everywhere it is usable; each consumer keeps its current trust if not.
+    fn apply(&self, creds: &Credentials, pem: &[u8]) {
+        let path = self.path.display();
+        match self.ca.set_trust(pem) {
+            Ok(()) => tracing::info!(
+                path = %path,
+                roots = self.ca.trusted_roots(),
+                "trust bundle file changed: CA calls use it"
+            ),
+            Err(e) => tracing::warn!(
+                path = %path,
+                error = %e,
+                "trust bundle file changed but is unusable; CA calls keep the current trust"
+            ),
+        }
+        match creds.set_bundle(pem) {
+            Ok(()) => tracing::info!(
+                path = %path,
+                roots = creds.current().roots.len(),
+                "trust bundle file changed: the data path uses it"
+            ),
+            Err(e) => tracing::warn!(
+                path = %path,
+                error = %e,
+                "trust bundle file changed but the data path keeps the current bundle until \
+                 the next renewal"
+            ),
         }
     }
 }

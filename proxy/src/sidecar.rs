@@ -282,6 +282,11 @@ pub async fn run(
             ));
         }
     }
+    let bundle_watch = tokio::spawn(
+        identity
+            .bundle_watch()
+            .run(Arc::clone(&creds), shutdown.clone()),
+    );
     let renewals = {
         let creds = Arc::clone(&creds);
         let shutdown = shutdown.clone();
@@ -314,6 +319,7 @@ pub async fn run(
         );
     }
     renewals.abort();
+    bundle_watch.abort();
     if !telemetry.shutdown(Duration::from_secs(5)).await {
         tracing::warn!("telemetry export did not finish within 5 s; the rest is dropped");
     }

@@ -134,7 +134,9 @@ impl Credentials {
         bundle_pem: &[u8],
     ) -> Result<Self, TlsError> {
         let provider = crypto::provider();
-        let snapshot = build_snapshot(&identity, &provider, chain_pem, key, bundle_pem)?;
+        let chain = parse_certs("certificate chain", chain_pem)?;
+        let key = load_key(&provider, key)?;
+        let snapshot = build_snapshot(&identity, &provider, chain, key, bundle_pem)?;
         Ok(Self {
             identity,
             provider,
@@ -150,8 +152,31 @@ impl Credentials {
         key: PrivateKeyDer<'static>,
         bundle_pem: &[u8],
     ) -> Result<(), TlsError> {
-        let snapshot = build_snapshot(&self.identity, &self.provider, chain_pem, key, bundle_pem)?;
+        let chain = parse_certs("certificate chain", chain_pem)?;
+        let key = load_key(&self.provider, key)?;
+        let snapshot = build_snapshot(&self.identity, &self.provider, chain, key, bundle_pem)?;
         self.current.store(Arc::new(snapshot));
+        Ok(())
+    }
+
+    /// Replaces the trust bundle and keeps the certificate (the bundle file changed during a
+    /// root rotation). Refused, and the current bundle kept, if this workload's own
+    /// certificate does not chain to the new bundle: peers would refuse it anyway, and its
+    /// next renewal brings a certificate that does.
+    pub fn set_bundle(&self, bundle_pem: &[u8]) -> Result<(), TlsError> {
+        let current = self.current.load_full();
+        let snapshot = build_snapshot(
+            &self.identity,
+            &self.provider,
+            current.certified.cert.clone(),
+            Arc::clone(&current.certified.key),
+            bundle_pem,
+        )?;
+        // A renewal that landed meanwhile is kept: its bundle came from the CA.
+        let previous = self.current.compare_and_swap(&current, Arc::new(snapshot));
+        if !Arc::ptr_eq(&*previous, &current) {
+            tracing::debug!("credentials changed while the bundle was being replaced; kept them");
+        }
         Ok(())
     }
 
@@ -183,6 +208,7 @@ impl Credentials {
                 creds: Arc::clone(self),
             }));
         config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+        crypto::no_server_resumption(&mut config);
         Ok(Arc::new(config))
     }
 
@@ -206,6 +232,7 @@ impl Credentials {
                 creds: Arc::clone(self),
             }));
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        crypto::no_client_resumption(&mut config);
         Ok(Arc::new(config))
     }
 
@@ -214,14 +241,23 @@ impl Credentials {
     }
 }
 
+fn load_key(
+    provider: &CryptoProvider,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<dyn rustls::sign::SigningKey>, TlsError> {
+    provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(TlsError::Key)
+}
+
 fn build_snapshot(
     identity: &SpiffeId,
     provider: &Arc<CryptoProvider>,
-    chain_pem: &[u8],
-    key: PrivateKeyDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    signing_key: Arc<dyn rustls::sign::SigningKey>,
     bundle_pem: &[u8],
 ) -> Result<Snapshot, TlsError> {
-    let chain = parse_certs("certificate chain", chain_pem)?;
     let mut roots = RootCertStore::empty();
     let (added, _ignored) =
         roots.add_parsable_certificates(parse_certs("trust bundle", bundle_pem)?);
@@ -252,10 +288,6 @@ fn build_snapshot(
             expected: identity.to_string(),
         });
     }
-    let signing_key = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(TlsError::Key)?;
     let certified = CertifiedKey::new(chain, signing_key);
     certified.keys_match().map_err(TlsError::Key)?;
     let client_chain =
@@ -704,5 +736,78 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, TlsError::WrongIdentity { .. }), "{err}");
         assert_eq!(c.current().leaf.serial_hex, before);
+    }
+
+    /// Runs one TLS handshake in memory (and delivers what follows it, such as session
+    /// tickets) and returns how the client saw it: full or resumed.
+    fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>) -> rustls::HandshakeKind {
+        let name = ServerName::try_from("orders.shop").unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::clone(client), name).unwrap();
+        let mut s = rustls::ServerConnection::new(Arc::clone(server)).unwrap();
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            c.write_tls(&mut wire).unwrap();
+            let mut rest = &wire[..];
+            while !rest.is_empty() {
+                s.read_tls(&mut rest).unwrap();
+                s.process_new_packets().unwrap();
+            }
+            let mut wire = Vec::new();
+            s.write_tls(&mut wire).unwrap();
+            let mut rest = &wire[..];
+            while !rest.is_empty() {
+                c.read_tls(&mut rest).unwrap();
+                c.process_new_packets().unwrap();
+            }
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+        c.handshake_kind().unwrap()
+    }
+
+    #[test]
+    fn data_path_connections_are_never_resumed() {
+        let r = root("mesh");
+        let server = creds(&r, ORDERS);
+        let client = creds(&r, FRONTEND);
+        let server_config = server.server_config().unwrap();
+        let client_config = client
+            .client_config(PeerIdentity::Exact(ORDERS.parse().unwrap()), &[ALPN_H2])
+            .unwrap();
+        assert!(!crypto::server_can_resume(&server_config));
+        for _ in 0..3 {
+            assert_eq!(
+                handshake(&client_config, &server_config),
+                rustls::HandshakeKind::Full
+            );
+        }
+
+        // The same handshake with rustls' default session cache and client resumption does
+        // resume: the check above would see it.
+        let mut resuming_server = (*server_config).clone();
+        resuming_server.session_storage = rustls::server::ServerSessionMemoryCache::new(16);
+        resuming_server.send_tls13_tickets = 2;
+        let resuming_server = Arc::new(resuming_server);
+        let mut resuming_client = (*client_config).clone();
+        resuming_client.resumption = rustls::client::Resumption::default();
+        let resuming_client = Arc::new(resuming_client);
+        assert_eq!(
+            handshake(&resuming_client, &resuming_server),
+            rustls::HandshakeKind::Full
+        );
+        assert_eq!(
+            handshake(&resuming_client, &resuming_server),
+            rustls::HandshakeKind::Resumed
+        );
+        // Each side alone refuses: a resuming client against the data-path server, and the
+        // data-path client against a resuming server.
+        assert_eq!(
+            handshake(&resuming_client, &server_config),
+            rustls::HandshakeKind::Full
+        );
+        handshake(&client_config, &resuming_server);
+        assert_eq!(
+            handshake(&client_config, &resuming_server),
+            rustls::HandshakeKind::Full
+        );
     }
 }

@@ -23,8 +23,8 @@ pub(crate) fn not_after(identity: &serde_json::Value) -> Result<OffsetDateTime> 
         .with_context(|| format!("not_after {text:?} is not RFC 3339"))
 }
 
-/// Lifetime of the certificates in the rotation tests.
-const LEAF_TTL: Duration = Duration::from_secs(30);
+/// Lifetime of the certificates in the rotation tests: the shortest the CA issues.
+const LEAF_TTL: Duration = Duration::from_secs(60);
 
 /// A mesh whose CA issues certificates valid for [`LEAF_TTL`].
 async fn short_lived_mesh() -> Result<Mesh> {
@@ -65,8 +65,8 @@ async fn short_lived_certificates_rotate_without_failed_requests() -> Result<()>
     }
     let mut h2 = HttpClient::connect(mesh.outbound(), Version::HTTP_2).await?;
 
-    // Renewal is due at about two thirds of the 30 s lifetime; allow for jitter and backoff.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Renewal is due at about two thirds of the lifetime; allow for jitter and backoff.
+    let deadline = Instant::now() + LEAF_TTL + Duration::from_secs(30);
     let mut tick = interval(TRAFFIC_PERIOD);
     let mut round = 0;
     loop {
@@ -85,7 +85,8 @@ async fn short_lived_certificates_rotate_without_failed_requests() -> Result<()>
         }
         ensure!(
             Instant::now() < deadline,
-            "no rotation within 60 s: serials {first:?} -> {now:?}"
+            "no rotation within {:?}: serials {first:?} -> {now:?}",
+            LEAF_TTL + Duration::from_secs(30)
         );
     }
     // The connection opened before the rotation keeps working after it.
@@ -120,5 +121,50 @@ async fn traffic_flows_while_ca_is_down_and_certificates_are_valid() -> Result<(
         one_round(&mesh, &mut h2, round).await?;
     }
     ensure!(round > 0, "no request was sent");
+    Ok(())
+}
+
+#[tokio::test]
+async fn expired_workload_enrolls_again_with_a_new_join_token() -> Result<()> {
+    let mut mesh = short_lived_mesh().await?;
+    mesh.ca.stop().await?;
+    // The CA stays down past the orders certificate's end of validity.
+    let expiry = not_after(&mesh.orders.identity().await?)?;
+    let wait: Duration = (expiry - OffsetDateTime::now_utc() + Duration::from_secs(2))
+        .try_into()
+        .context("the certificate has already expired")?;
+    tokio::time::sleep(wait).await;
+    mesh.ca.restart().await?;
+
+    // The spent join token is refused, and the sidecar says what to do.
+    picket_tests::assert_eventually!(
+        Duration::from_secs(40),
+        mesh.orders
+            .daemon()
+            .log_text()
+            .contains("picket ca token create --identity ns/shop/sa/orders"),
+        "the sidecar did not tell the operator to create a new join token:\n{}",
+        mesh.orders.daemon().log_text()
+    );
+
+    // A new token for the same identity, written to the same file: each sidecar enrolls
+    // again by itself.
+    for (sidecar, identity) in [
+        (&mesh.orders, "ns/shop/sa/orders"),
+        (&mesh.frontend, "ns/shop/sa/frontend"),
+    ] {
+        let expired_serial = sidecar.serial().await?;
+        let token = mesh.ca.token(identity).await?;
+        std::fs::write(sidecar.token_file(), token)?;
+        picket_tests::assert_eventually!(
+            Duration::from_secs(40),
+            sidecar.serial().await? != expired_serial
+                && not_after(&sidecar.identity().await?)? > OffsetDateTime::now_utc(),
+            "{identity} did not enroll again with the new token"
+        );
+    }
+    described(get(mesh.outbound(), Version::HTTP_11, "orders", "/again").await?)
+        .await
+        .context("a request after enrolling again failed")?;
     Ok(())
 }

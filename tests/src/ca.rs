@@ -45,7 +45,7 @@ impl TestCa {
     }
 
     /// Like [`TestCa::start`], with extra `picket ca init` arguments such as
-    /// `["--leaf-ttl", "30s"]`.
+    /// `["--leaf-ttl", "60s"]`.
     pub async fn start_with(init_args: &[&str]) -> Result<Self> {
         Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), init_args).await
     }

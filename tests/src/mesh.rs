@@ -12,7 +12,7 @@ use crate::proxy::{Sidecar, TestProxy, Upstream};
 /// How to build a [`Mesh`].
 #[derive(Debug, Default, Clone)]
 pub struct MeshOptions {
-    /// Extra `picket ca init` arguments, such as `--leaf-ttl 30s`.
+    /// Extra `picket ca init` arguments, such as `--leaf-ttl 60s`.
     pub ca_init_args: Vec<String>,
     /// Carry `orders` as opaque TCP to a TCP echo instead of HTTP to the echo app.
     pub tcp: bool,

@@ -238,6 +238,11 @@ impl TestProxy {
         })
     }
 
+    /// The sidecar's join token file (`ca.join_token_file`).
+    pub fn token_file(&self) -> std::path::PathBuf {
+        self._dir.path().join("join-token")
+    }
+
     /// The directory the sidecar loads its policy from (watched for changes).
     pub fn policy_dir(&self) -> &std::path::Path {
         &self.policy_dir

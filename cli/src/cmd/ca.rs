@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use picket_ca::authority::{Authority, CaError, InitOptions};
+use picket_ca::rotation::{self, GivenRoot};
 use picket_ca::server::ServeOptions;
 use picket_ca::tokenreview::{TokenReviewConfig, TokenReviewer};
 use picket_ca::{ServerNames, TrustDomain, WorkloadName};
@@ -25,6 +26,57 @@ pub enum CaCommand {
     Serve(ServeArgs),
     /// Print the trust bundle (PEM) workloads should trust.
     Bundle(BundleArgs),
+    /// Rotate the intermediate or the root (see docs/rotation.md).
+    #[command(subcommand)]
+    Rotate(RotateCommand),
+}
+
+/// `picket ca rotate` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum RotateCommand {
+    /// Sign a new intermediate under the current root; the CA issues with it once restarted.
+    Intermediate(RotateIntermediateArgs),
+    /// One stage of a root rotation: add (new root into the bundle), switch (issue under the
+    /// new root), remove (old root out of the bundle).
+    Root(RotateRootArgs),
+}
+
+/// Arguments of `picket ca rotate intermediate`.
+#[derive(Debug, clap::Args)]
+pub struct RotateIntermediateArgs {
+    /// The CA's state directory.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// For a CA whose root was imported: the organisation root's certificate (PEM).
+    #[arg(long, requires = "root_key")]
+    root_cert: Option<PathBuf>,
+    /// For a CA whose root was imported: the organisation root's key (PEM); used once, not
+    /// copied.
+    #[arg(long, requires = "root_cert")]
+    root_key: Option<PathBuf>,
+}
+
+/// Arguments of `picket ca rotate root`.
+#[derive(Debug, clap::Args)]
+pub struct RotateRootArgs {
+    /// The CA's state directory.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// For a CA whose root was imported: the new organisation root's certificate (PEM), at
+    /// --stage add and --stage switch.
+    #[arg(long)]
+    root_cert: Option<PathBuf>,
+    /// For a CA whose root was imported: the new organisation root's key (PEM), at --stage
+    /// switch only; used once, not copied.
+    #[arg(long, requires = "root_cert")]
+    root_key: Option<PathBuf>,
+    /// add, switch or remove, in that order.
+    #[arg(long)]
+    stage: rotation::RootStage,
+    /// With --stage remove: go ahead even though certificates of the old root are still
+    /// valid (they stop verifying at once).
+    #[arg(long)]
+    force: bool,
 }
 
 /// `picket ca token` subcommands.
@@ -137,7 +189,34 @@ pub async fn run(cmd: CaCommand) -> anyhow::Result<()> {
         CaCommand::Token(TokenCommand::Create(args)) => create_token(args),
         CaCommand::Serve(args) => serve(args).await,
         CaCommand::Bundle(args) => bundle(args),
+        CaCommand::Rotate(RotateCommand::Intermediate(args)) => {
+            let given = GivenRoot {
+                cert: args.root_cert,
+                key: args.root_key,
+            };
+            rotated(rotation::rotate_intermediate(&args.state_dir, &given))
+        }
+        CaCommand::Rotate(RotateCommand::Root(args)) => {
+            let given = GivenRoot {
+                cert: args.root_cert,
+                key: args.root_key,
+            };
+            rotated(rotation::rotate_root(
+                &args.state_dir,
+                args.stage,
+                &given,
+                args.force,
+            ))
+        }
     }
+}
+
+fn rotated(result: Result<rotation::Rotated, CaError>) -> anyhow::Result<()> {
+    let done = result.context("cannot rotate")?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", done.summary)?;
+    stdout.flush()?;
+    Ok(())
 }
 
 fn init(args: InitArgs) -> anyhow::Result<()> {

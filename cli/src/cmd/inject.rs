@@ -256,6 +256,7 @@ pub async fn run_injector(cmd: InjectorCommand) -> anyhow::Result<()> {
     let source = CertificateSource {
         ca,
         token_file: args.token_file,
+        trust_file: args.trust_bundle,
     };
     let shutdown = CancellationToken::new();
     super::cancel_on_signal(shutdown.clone())?;
