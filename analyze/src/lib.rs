@@ -478,7 +478,7 @@ pub(crate) mod tests {
     use std::io::Write;
 
     use super::*;
-    use picket_proxy::metrics::Direction;
+    use picket_proxy::direction::Direction;
     use picket_proxy::telemetry::flow::{FlowProtocol, FlowRecord, Verdict};
 
     pub(crate) const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use picket_proxy::metrics::Direction;
+use picket_proxy::direction::Direction;
 use picket_proxy::telemetry::alert::{Alert, AlertKind, Severity};
 use picket_proxy::telemetry::detect::{BaselineEdge, host_only};
 use picket_proxy::telemetry::flow::{FlowProtocol, FlowRecord, LineType, Verdict, route_template};

@@ -91,8 +91,23 @@ fn main() -> ExitCode {
         // A policy check or test that found problems, already reported.
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("picket: {e:#}");
+            eprintln!("picket: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes on one line, `outer: cause: cause`, each cause printed once: a
+/// message that already quotes its cause (`cannot read x: No such file`) is not followed by
+/// that cause again.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
 }

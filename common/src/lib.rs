@@ -5,7 +5,7 @@
 //! opt-outs), and, with the `runtime` feature, the one crypto provider with the system random
 //! generator ([`crypto`]), retry timing ([`backoff`]) and the one listener skeleton every
 //! server uses ([`server`]: connection limit, header timeout, HTTP settings, bounded body
-//! reading). The pure parts build without the feature, so the policy engine can use them and
+//! reading), and bounded UTF-8 text files with byte offsets for bad bytes ([`text`]). The pure parts build without the feature, so the policy engine can use them and
 //! stay free of I/O and crypto.
 //!
 //! It must not depend on any other Picket crate.
@@ -19,5 +19,7 @@ pub mod backoff;
 pub mod crypto;
 #[cfg(feature = "runtime")]
 pub mod server;
+#[cfg(feature = "runtime")]
+pub mod text;
 
 pub use cidr::{Cidr, CidrError};

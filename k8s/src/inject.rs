@@ -33,7 +33,7 @@
 //! `picket.dev/inbound-mode: permissive` (or `picket.dev/permissive-ports`) accepts plaintext
 //! as well as mTLS for a migration.
 
-use std::fmt;
+pub use picket_common::Cidr;
 use std::net::IpAddr;
 
 use serde_json::{Map, Value, json};
@@ -205,7 +205,7 @@ impl Settings {
             exclude_outbound_cidrs: Vec::new(),
             meshed_cidrs: PRIVATE_NETWORKS
                 .iter()
-                .map(|&(address, prefix)| Cidr { address, prefix })
+                .filter_map(|&(address, prefix)| Cidr::new(address, prefix).ok())
                 .collect(),
             egress_allowed: true,
             proxy_cpu_request: "10m".to_owned(),
@@ -214,35 +214,6 @@ impl Settings {
             rewrite_probes: true,
             scrape_annotations: true,
         }
-    }
-}
-
-/// An IPv4 or IPv6 network, `address/prefix`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    address: IpAddr,
-    prefix: u8,
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{s:?} is not a CIDR such as 10.0.0.0/8 or fd00::/8");
-        let (address, prefix) = s.split_once('/').ok_or_else(bad)?;
-        let address: IpAddr = address.parse().map_err(|_| bad())?;
-        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
-        let max = if address.is_ipv4() { 32 } else { 128 };
-        if prefix > max {
-            return Err(bad());
-        }
-        Ok(Self { address, prefix })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.address, self.prefix)
     }
 }
 
@@ -1128,10 +1099,10 @@ fn outbound_cidrs<'a>(
     };
     split_list(value)
         .map(|cidr| {
-            cidr.parse().map_err(|reason| InjectError::Annotation {
+            Cidr::parse(cidr).map_err(|e| InjectError::Annotation {
                 workload: workload.to_owned(),
                 annotation: EXCLUDE_OUTBOUND_CIDRS_ANNOTATION,
-                reason,
+                reason: e.to_string(),
             })
         })
         .collect()
@@ -1347,7 +1318,8 @@ mod tests {
             (EXCLUDE_OUTBOUND_PORTS_ANNOTATION, "0"),
             (EXCLUDE_OUTBOUND_PORTS_ANNOTATION, "70000"),
             (EXCLUDE_OUTBOUND_CIDRS_ANNOTATION, "10.0.0.0/33"),
-            (EXCLUDE_OUTBOUND_CIDRS_ANNOTATION, "10.0.0.0"),
+            // Parsed as policy ipBlocks are: host bits set is an error (a bare address is one host).
+            (EXCLUDE_OUTBOUND_CIDRS_ANNOTATION, "10.0.0.1/8"),
         ] {
             let mut pod = pod(json!({"annotations": {key: value}}), app_spec());
             let err = inject(&mut pod, &settings()).unwrap_err();

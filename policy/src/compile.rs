@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::evaluate::{HttpRequest, PolicyRef, Request};
+use crate::decision::{HttpRequest, PolicyRef, Request};
 use crate::model::{Action, Mode, Policy};
 use crate::pattern::{Cidr, HostMatch, StrMatch, namespace_of, strip_spiffe};
 

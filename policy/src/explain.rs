@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::DefaultAction;
 use crate::compile::{Attrs, CompiledRule, Field};
-use crate::evaluate::{Decision, PolicyRef, Request};
+use crate::decision::{Decision, PolicyRef, Request};
 use crate::model::{Action, Mode};
 use crate::set::WorkloadPolicies;
 

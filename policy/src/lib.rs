@@ -42,6 +42,7 @@
 //! ```
 
 mod compile;
+mod decision;
 mod decode;
 mod error;
 mod evaluate;
@@ -62,8 +63,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use decision::{Decision, HttpRequest, PolicyRef, Reason, Request, Shadow, Verdict};
 pub use error::{LoadError, LoadErrors};
-pub use evaluate::{Decision, HttpRequest, PolicyRef, Reason, Request, Shadow, Verdict};
 pub use explain::{Explanation, PolicyTrace, RuleTrace};
 pub use model::{Action, Mode};
 pub use normalize::{NormalizeError, PathOptions};

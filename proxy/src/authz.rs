@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use picket_common::text::{TextError, read_text};
 use picket_policy::{Decision, LoadOptions, PolicySet, Workload, WorkloadPolicies};
 use tokio_util::sync::CancellationToken;
 
@@ -35,8 +36,8 @@ pub enum PolicyLoadError {
     Read {
         /// The path.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// Why: I/O, too large, or not UTF-8 (with the byte offset).
+        source: TextError,
     },
     /// The policy text is invalid; every problem is listed with its location.
     #[error("{0}")]
@@ -57,9 +58,9 @@ pub struct PolicyStore {
 /// directory, sorted, skipping dot-entries (Kubernetes ConfigMap mounts keep their versioned
 /// data behind `..data`; the visible names are symlinks into it).
 pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyLoadError> {
-    let read_err = |source| PolicyLoadError::Read {
+    let read_err = |source: std::io::Error| PolicyLoadError::Read {
         path: path.to_owned(),
-        source,
+        source: source.into(),
     };
     let meta = std::fs::metadata(path).map_err(read_err)?;
     if meta.is_file() {
@@ -91,10 +92,11 @@ pub fn load_policy(
     let files = policy_files(path)?;
     let mut texts = Vec::with_capacity(files.len());
     for f in &files {
-        let text = std::fs::read_to_string(f).map_err(|source| PolicyLoadError::Read {
-            path: f.clone(),
-            source,
-        })?;
+        let text = read_text(f, u64::try_from(options.max_file_bytes).unwrap_or(u64::MAX))
+            .map_err(|source| PolicyLoadError::Read {
+                path: f.clone(),
+                source,
+            })?;
         texts.push((f.display().to_string(), text));
     }
     let sources: Vec<picket_policy::Source<'_>> = texts

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use picket_ca::{SpiffeId, TrustDomain, WorkloadName};
+use picket_common::text::{MAX_TEXT_BYTES, TextError, read_text};
 use serde::Deserialize;
 
 use crate::yaml::{self, Spanned, YamlError};
@@ -175,50 +176,51 @@ pub struct OutboundConfig {
     pub opaque_ports: Vec<u16>,
 }
 
+/// Which server identity an outbound connection accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerIdentity {
+    /// Exactly this workload.
+    Exact(picket_ca::SpiffeId),
+    /// Any workload of this trust domain (transparent destinations configured without a pinned
+    /// identity: the chain and trust domain are checked, the workload is not).
+    AnyIn(picket_ca::TrustDomain),
+}
+
+impl PeerIdentity {
+    /// The trust domain the peer must belong to.
+    pub fn trust_domain(&self) -> &picket_ca::TrustDomain {
+        match self {
+            Self::Exact(id) => id.trust_domain(),
+            Self::AnyIn(td) => td,
+        }
+    }
+}
+
+impl std::fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(id) => write!(f, "{id}"),
+            Self::AnyIn(td) => write!(f, "any identity of {td}"),
+        }
+    }
+}
+
 /// A set of transparent destinations that are inside the mesh.
 #[derive(Debug, Clone)]
 pub struct MeshedDestination {
-    /// Network, as address and prefix length.
-    pub network: (std::net::IpAddr, u8),
+    /// Network (parsed like a policy `ipBlocks` entry).
+    pub network: picket_common::Cidr,
     /// Ports; empty means every port.
     pub ports: Vec<u16>,
     /// What the destination's sidecar must present.
-    pub identity: crate::tls::PeerIdentity,
+    pub identity: PeerIdentity,
 }
 
 impl MeshedDestination {
     /// Whether `addr` falls in this set.
     pub fn contains(&self, addr: SocketAddr) -> bool {
         (self.ports.is_empty() || self.ports.contains(&addr.port()))
-            && prefix_contains(self.network, addr.ip())
-    }
-}
-
-/// Parses `addr/len` (a bare address means a single host).
-pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
-    let (addr, len) = s.split_once('/').unwrap_or((s, ""));
-    let addr: std::net::IpAddr = addr.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = if len.is_empty() {
-        max
-    } else {
-        len.parse::<u8>().ok()?
-    };
-    (len <= max).then_some((addr, len))
-}
-
-fn prefix_contains((net, len): (std::net::IpAddr, u8), ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
-    match (net, ip) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            u32::from(n) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            u128::from(n) & mask == u128::from(a) & mask
-        }
-        _ => false,
+            && self.network.contains(addr.ip().to_canonical())
     }
 }
 
@@ -232,7 +234,7 @@ pub struct Upstream {
     /// The remote sidecar's inbound address.
     pub address: SocketAddr,
     /// The identity the remote sidecar must present.
-    pub identity: crate::tls::PeerIdentity,
+    pub identity: PeerIdentity,
     /// How traffic is carried.
     pub protocol: Protocol,
 }
@@ -312,8 +314,8 @@ pub enum ConfigError {
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// Why: I/O, larger than 1 MiB (as a policy file), or not UTF-8 (with the byte offset).
+        source: TextError,
     },
     /// The YAML is malformed or a value is invalid; the error says where.
     #[error("{0}")]
@@ -542,7 +544,7 @@ const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 impl Config {
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path, identity: &IdentityOverride) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = read_text(path, MAX_TEXT_BYTES).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -887,20 +889,16 @@ impl Validator<'_> {
                 name,
                 listen,
                 address: self.addr(&u.address, "outbound.upstreams.address")?,
-                identity: crate::tls::PeerIdentity::Exact(peer),
+                identity: PeerIdentity::Exact(peer),
                 protocol: u.protocol,
             });
         }
         let mut meshed = Vec::with_capacity(raw.outbound.meshed.len());
         for m in &raw.outbound.meshed {
-            let network = parse_cidr(&m.cidr.value).ok_or_else(|| {
-                self.err(
-                    &m.cidr,
-                    format!("outbound.meshed.cidr: {:?} is not addr/len", m.cidr.value),
-                )
-            })?;
+            let network = picket_common::Cidr::parse(&m.cidr.value)
+                .map_err(|e| self.err(&m.cidr, format!("outbound.meshed.cidr: {e}")))?;
             let identity = if m.identity.value == "any" {
-                crate::tls::PeerIdentity::AnyIn(td.clone())
+                PeerIdentity::AnyIn(td.clone())
             } else {
                 let id: SpiffeId = m.identity.value.parse().map_err(|e| {
                     self.err(
@@ -914,7 +912,7 @@ impl Validator<'_> {
                         format!("outbound.meshed.identity: {id} is outside this workload's trust domain {td}"),
                     ));
                 }
-                crate::tls::PeerIdentity::Exact(id)
+                PeerIdentity::Exact(id)
             };
             meshed.push(MeshedDestination {
                 network,

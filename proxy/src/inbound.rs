@@ -39,11 +39,12 @@ use tokio_util::task::TaskTracker;
 use crate::authz::PolicyStore;
 use crate::canonical;
 use crate::config::{Config, HttpConfig, InboundMode, Limits, Timeouts};
+use crate::direction::Direction;
 use crate::forward::{
     self, Body, Connect, ForwardError, H2Client, ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1,
     PEER_IDENTITY_HEADER,
 };
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::Metrics;
 use crate::net::{self, IdleTimeout};
 use crate::pipeline::{self, Endpoints, RequestCtx, RequestLimit, TcpFlow};
 use crate::telemetry::{SpanAttrs, Telemetry};

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod authz;
 pub mod canonical;
 pub mod config;
+pub mod direction;
 pub mod echo;
 pub mod forward;
 pub mod health;

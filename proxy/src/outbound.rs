@@ -29,16 +29,18 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::PeerIdentity;
 use crate::config::{Config, Limits, MeshedDestination, Protocol, Timeouts, Upstream};
+use crate::direction::Direction;
 use crate::forward::{
     self, Body, Connect, ForwardError, H2Client, ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1,
     PEER_IDENTITY_HEADER,
 };
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::Metrics;
 use crate::net::{self, IdleTimeout};
 use crate::pipeline::{self, Endpoints, RequestCtx, RequestLimit, TcpFlow};
 use crate::telemetry::{Parent, SpanAttrs, Telemetry};
-use crate::tls::{self, ALPN_H2, Credentials, PeerIdentity, TlsError};
+use crate::tls::{self, ALPN_H2, Credentials, TlsError};
 
 /// Opens mTLS connections to one peer sidecar.
 #[derive(Clone)]

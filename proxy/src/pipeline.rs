@@ -35,8 +35,9 @@ use picket_policy::{Decision, Verdict};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::authz::{self, PolicyStore};
+use crate::direction::Direction;
 use crate::forward::{self, Body, ForwardError};
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::Metrics;
 use crate::telemetry::{self, FlowProtocol, FlowRecord, RequestSpan, Telemetry};
 
 /// The requests one direction serves at once. A request past the limit is answered 503 at

@@ -27,6 +27,8 @@ use rustls::{
 };
 use rustls_pki_types::pem::PemObject;
 
+use crate::config::PeerIdentity;
+
 /// ALPN for HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN for HTTP/1.1.
@@ -382,34 +384,6 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.creds.algorithms().supported_schemes()
-    }
-}
-
-/// Which server identity an outbound connection accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerIdentity {
-    /// Exactly this workload.
-    Exact(SpiffeId),
-    /// Any workload of this trust domain (transparent destinations configured without a pinned
-    /// identity: the chain and trust domain are checked, the workload is not).
-    AnyIn(TrustDomain),
-}
-
-impl PeerIdentity {
-    fn trust_domain(&self) -> &TrustDomain {
-        match self {
-            Self::Exact(id) => id.trust_domain(),
-            Self::AnyIn(td) => td,
-        }
-    }
-}
-
-impl fmt::Display for PeerIdentity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Exact(id) => write!(f, "{id}"),
-            Self::AnyIn(td) => write!(f, "any identity of {td}"),
-        }
     }
 }
 

@@ -196,3 +196,47 @@ async fn requests_past_the_in_flight_limit_are_shed_with_503() -> Result<()> {
     );
     Ok(())
 }
+
+/// A sidecar configuration that cannot be read as text is refused before anything starts:
+/// exit 2, the message names the file and the problem (the byte offset of invalid UTF-8, the
+/// 1 MiB limit), and each cause appears once.
+#[tokio::test]
+async fn unreadable_sidecar_config_exits_2_naming_the_problem_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let not_utf8 = dir.path().join("not-utf8.yaml");
+    std::fs::write(&not_utf8, b"identity:\n  namespace: sh\xffop\n")?;
+    let huge = dir.path().join("huge.yaml");
+    std::fs::write(&huge, vec![b'#'; 1024 * 1024 + 1])?;
+    let missing = dir.path().join("missing.yaml");
+    for (path, expected) in [
+        (&not_utf8, "not UTF-8: invalid byte at offset 25".to_owned()),
+        (&huge, "larger than 1048576 bytes".to_owned()),
+        (&missing, "No such file or directory".to_owned()),
+    ] {
+        let out = picket_tests::process::output(
+            picket_tests::process::picket()?
+                .arg("proxy")
+                .arg("--config")
+                .arg(path),
+        )
+        .await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(2),
+            "{}: exit {:?}\n{stderr}",
+            path.display(),
+            out.status.code()
+        );
+        ensure!(
+            stderr.contains(&expected) && stderr.contains(&path.display().to_string()),
+            "{}: stderr does not say {expected:?}:\n{stderr}",
+            path.display()
+        );
+        ensure!(
+            stderr.matches(&expected).count() == 1,
+            "{}: the cause is printed more than once:\n{stderr}",
+            path.display()
+        );
+    }
+    Ok(())
+}

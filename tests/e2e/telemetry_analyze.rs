@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
-use picket_proxy::metrics::Direction;
+use picket_proxy::direction::Direction;
 use picket_proxy::telemetry::{FlowProtocol, FlowRecord, Verdict};
 use picket_tests::process::{picket, run_ok};
 use picket_tests::spiffe_id;

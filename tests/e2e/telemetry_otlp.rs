@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use http::HeaderMap;
 use picket_ca::SpiffeId;
-use picket_proxy::metrics::Direction;
+use picket_proxy::direction::Direction;
 use picket_proxy::telemetry::metrics::{DropReason, Sink};
 use picket_proxy::telemetry::{
     AlertKind, DetectorConfig, FlowProtocol, FlowRecord, OtlpConfig, Parent, SpanAttrs, Telemetry,

@@ -11,7 +11,8 @@ use picket_ca::TrustDomain;
 use picket_ca::client::CaClient;
 use tokio_util::sync::CancellationToken;
 
-use picket_k8s::inject::{self, Cidr, Outcome, Settings};
+use picket_common::Cidr;
+use picket_k8s::inject::{self, Outcome, Settings};
 use picket_k8s::webhook::{self, CertificateSource};
 
 /// What the injector puts into pods (shared by `picket inject` and `picket injector serve`).

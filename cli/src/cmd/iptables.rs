@@ -3,8 +3,6 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use anyhow::Context;
-
 use picket_k8s::iptables::{Interception, Ipv6Outcome, Runner};
 
 /// Arguments of `picket iptables`.
@@ -25,9 +23,10 @@ pub struct IptablesArgs {
     /// Outbound destination ports not to intercept.
     #[arg(long, value_delimiter = ',')]
     exclude_outbound_ports: Vec<u16>,
-    /// Outbound destination networks not to intercept, `addr/len` (IPv4 or IPv6).
+    /// Outbound destination networks not to intercept, `addr/len` (IPv4 or IPv6), parsed as
+    /// policy `ipBlocks` are (a bare address is one host; host bits set is an error).
     #[arg(long, value_delimiter = ',')]
-    exclude_outbound_cidrs: Vec<String>,
+    exclude_outbound_cidrs: Vec<picket_common::Cidr>,
     /// The IPv4 tool family: iptables, iptables-nft or iptables-legacy (`<name>-save` and
     /// `<name>-restore` are run; IPv6 uses the matching ip6tables ones).
     #[arg(long, default_value = "iptables")]
@@ -61,12 +60,8 @@ pub fn run(args: IptablesArgs) -> anyhow::Result<()> {
             exclude_outbound_cidrs: args
                 .exclude_outbound_cidrs
                 .iter()
-                .map(|c| {
-                    picket_proxy::config::parse_cidr(c).with_context(|| {
-                        format!("--exclude-outbound-cidrs {c:?}: expected addr/len")
-                    })
-                })
-                .collect::<anyhow::Result<_>>()?,
+                .map(|c| (c.addr(), c.prefix_len()))
+                .collect(),
         };
         runner.apply(&interception)?
     };

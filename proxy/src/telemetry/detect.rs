@@ -33,7 +33,7 @@ use time::OffsetDateTime;
 use super::alert::{Alert, AlertKind, Severity};
 use super::config::DetectorConfig;
 use super::flow::{FlowProtocol, FlowRecord, LineType};
-use crate::metrics::Direction;
+use crate::direction::Direction;
 
 /// One known edge in a baseline file (`"type":"edge"` lines, written by `picket analyze
 /// --write-baseline`). A baseline may also be a flow log: every flow line is an edge.

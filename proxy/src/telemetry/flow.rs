@@ -14,7 +14,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use time::OffsetDateTime;
 
-use crate::metrics::Direction;
+use crate::direction::Direction;
 
 /// The application protocol of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -42,25 +42,9 @@ impl FlowProtocol {
     }
 }
 
-/// The authorization verdict a flow got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// Admitted.
-    Allow,
-    /// Refused (403 or a refused connection).
-    Deny,
-}
-
-impl Verdict {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allow => "allow",
-            Self::Deny => "deny",
-        }
-    }
-}
+/// The authorization verdict a flow got: the policy engine's own type, serialized as
+/// `allow` / `deny`.
+pub use picket_policy::Verdict;
 
 impl Serialize for Direction {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -395,10 +379,7 @@ pub fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
 /// reason, and the dry-run shadows as `would:ns/name`.
 pub fn fill_decision(record: &mut FlowRecord<'_>, decision: Option<&picket_policy::Decision>) {
     let Some(d) = decision else { return };
-    record.verdict = Some(match d.verdict {
-        picket_policy::Verdict::Allow => Verdict::Allow,
-        picket_policy::Verdict::Deny => Verdict::Deny,
-    });
+    record.verdict = Some(d.verdict);
     record.policy = d.policy.as_ref().map(|p| p.to_string().into());
     record.rule = d.rule.and_then(|r| u32::try_from(r).ok());
     record.reason = Some(d.reason.as_str().into());

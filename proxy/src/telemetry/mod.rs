@@ -428,7 +428,7 @@ fn emit_log(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::metrics::Direction;
+    use crate::direction::Direction;
 
     fn identity() -> SpiffeId {
         "spiffe://cluster.local/ns/shop/sa/orders".parse().unwrap()
