@@ -59,6 +59,25 @@ pub struct HttpConfig {
     /// Accept header names containing `_` (rejected by default: some servers fold `_` into
     /// `-`, which would let a client smuggle a header past policy).
     pub allow_header_underscores: bool,
+    /// Headers removed from every request the app receives (mesh identity and routing
+    /// headers; [`crate::forward::DEFAULT_STRIP_HEADERS`] by default).
+    pub strip_headers: Vec<crate::forward::HeaderPattern>,
+    /// What the app receives of `Forwarded`, `X-Forwarded-For` and `X-Real-IP`.
+    pub forwarded: crate::forward::ForwardedMode,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            path: picket_policy::normalize::PathOptions::default(),
+            allow_header_underscores: false,
+            strip_headers: crate::forward::DEFAULT_STRIP_HEADERS
+                .iter()
+                .filter_map(|p| crate::forward::HeaderPattern::parse(p).ok())
+                .collect(),
+            forwarded: crate::forward::ForwardedMode::Drop,
+        }
+    }
 }
 
 /// How the sidecar reaches the CA.
@@ -279,6 +298,8 @@ struct RawPolicy {
 struct RawHttp {
     encoded_slashes: Option<Spanned<String>>,
     header_underscores: Option<Spanned<String>>,
+    strip_headers: Option<Vec<Spanned<String>>>,
+    forwarded: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -742,16 +763,40 @@ impl Validator<'_> {
                 }
             },
         };
+        let mut http = HttpConfig {
+            path: path_opts,
+            allow_header_underscores,
+            ..HttpConfig::default()
+        };
+        if let Some(list) = &raw.http.strip_headers {
+            http.strip_headers = list
+                .iter()
+                .map(|p| {
+                    crate::forward::HeaderPattern::parse(&p.value)
+                        .map_err(|e| self.err(p, format!("http.strip_headers: {e}")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = &raw.http.forwarded {
+            http.forwarded = match v.value.as_str() {
+                "drop" => crate::forward::ForwardedMode::Drop,
+                "append" => crate::forward::ForwardedMode::Append,
+                "keep" => crate::forward::ForwardedMode::Keep,
+                other => {
+                    return Err(self.err(
+                        v,
+                        format!("http.forwarded: {other:?} is not drop, append or keep"),
+                    ));
+                }
+            };
+        }
 
         let telemetry = crate::telemetry::validate(raw.telemetry, self.source_name)?;
         Ok(Config {
             telemetry,
             labels: raw.workload.labels,
             policy,
-            http: HttpConfig {
-                path: path_opts,
-                allow_header_underscores,
-            },
+            http,
             identity,
             ca: CaConfig {
                 url: raw.ca.url.value,

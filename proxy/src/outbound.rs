@@ -27,6 +27,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::canonical;
 use crate::config::{Config, Limits, MeshedDestination, Protocol, Timeouts, Upstream};
 use crate::forward::{
     self, Body, Connect, ForwardError, H2Client, ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1,
@@ -400,26 +401,33 @@ impl Outbound {
 
     async fn forward(&self, req: Request<Incoming>, route: &Route) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            });
-        let upstream = match self.resolve(route, authority.as_deref()) {
+        // The same syntax rules as the receiving side, so that what leaves here is one
+        // unambiguous request (the receiving side decides on it).
+        let authority =
+            match canonical::check_head(&parts).and_then(|()| canonical::raw_host(&parts)) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::info!(reason = %e, "outbound request refused as malformed");
+                    return forward::error_response_close(e.status, &e.reason);
+                }
+            };
+        let upstream = match self.resolve(route, Some(&authority)) {
             Ok(u) => u,
             Err(resp) => return *resp,
         };
-        let Some(authority) = authority else {
-            return forward::error_response(StatusCode::BAD_REQUEST, "request has no host");
-        };
         let from_http1 = parts.version != Version::HTTP_2;
+        let had_body = forward::declares_body(&parts.headers, &body);
+        let mut body = match forward::body_for_forwarding(body).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::info!(error = %e, "outbound request refused: malformed body");
+                return forward::error_response_close(StatusCode::BAD_REQUEST, &e.to_string());
+            }
+        };
         forward::strip_hop_by_hop(&mut parts.headers);
+        forward::frame_request(&mut parts.headers, &mut body, had_body, false);
+        let body_failed = body.failure_flag();
+        let body = forward::boxed(body);
         parts.headers.remove(&PEER_IDENTITY_HEADER);
         parts.headers.remove(&ORIG_PROTO_HEADER);
         if from_http1 {
@@ -430,10 +438,13 @@ impl Outbound {
         }
         parts.headers.remove(header::HOST);
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = match format!("http://{authority}{pq}").parse() {
+        parts.uri = match forward::absolute_uri(&authority, pq) {
             Ok(u) => u,
             Err(_) => {
-                return forward::error_response(StatusCode::BAD_REQUEST, "invalid request target");
+                return forward::error_response_close(
+                    StatusCode::BAD_REQUEST,
+                    "invalid request target",
+                );
             }
         };
         parts.version = Version::HTTP_2;
@@ -467,7 +478,7 @@ impl Outbound {
             tokio::time::timeout(timeout, upstream.h2.send(Request::from_parts(parts, body))).await;
         let result = match sent {
             Err(_) => Err(ForwardError::Timeout(timeout)),
-            Ok(r) => r,
+            Ok(r) => r.map_err(|e| forward::blame(e, &body_failed)),
         };
         let resp = match result {
             Ok(resp) => {
@@ -482,6 +493,12 @@ impl Outbound {
                         StatusCode::SERVICE_UNAVAILABLE
                     }
                     ForwardError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                    ForwardError::RequestBody(_) => {
+                        return forward::error_response_close(
+                            StatusCode::BAD_REQUEST,
+                            &e.to_string(),
+                        );
+                    }
                     _ => StatusCode::BAD_GATEWAY,
                 };
                 forward::error_response(status, &e.to_string())

@@ -263,10 +263,7 @@ async fn spawn_sidecar(
             load: picket_policy::LoadOptions::default(),
             deny_details: true,
         },
-        http: HttpConfig {
-            path: picket_policy::normalize::PathOptions::default(),
-            allow_header_underscores: false,
-        },
+        http: HttpConfig::default(),
         telemetry: crate::telemetry::TelemetryConfig::default(),
     };
     let (tx, rx) = oneshot::channel();
