@@ -424,8 +424,8 @@ def markdown(results) -> str:
         "",
         *utilisation_table(results),
         "",
-        "## Latency at a fixed rate (W6, oha `--latency-correction`; a quick run uses h2load "
-        "`--rps`, which reports no percentiles)",
+        "## Latency at a fixed rate (W6, oha `--latency-correction`; a quick run paces wrk "
+        "instead and reports no percentiles)",
         "",
         "![latency percentiles](latency.svg)",
         "",
