@@ -624,9 +624,196 @@ async fn wait_for_app_connection(edge: &Edge, before: usize) -> Result<()> {
     .await
 }
 
+/// An HTTP/2 case: method, `:authority`, `:path`, extra header fields and body.
+struct H2Case {
+    name: &'static str,
+    method: &'static str,
+    authority: &'static str,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static [u8])],
+    body: &'static [u8],
+    /// `Ok(fields)`: 200, and the app received exactly these regular fields (besides the peer
+    /// identity) and `body`; `Err(status)`: that status and nothing reached the app.
+    want: Result<&'static [&'static str], u16>,
+}
+
+fn h2_cases() -> Vec<H2Case> {
+    let base = H2Case {
+        name: "control",
+        method: "GET",
+        authority: "orders",
+        path: "/public/x",
+        headers: &[],
+        body: b"",
+        want: Ok(&[]),
+    };
+    vec![
+        H2Case { ..base },
+        H2Case {
+            name: "host naming another host than :authority",
+            headers: &[("host", b"evil")],
+            want: Err(400),
+            ..base
+        },
+        H2Case {
+            name: "host naming :authority's host",
+            headers: &[("host", b"Orders.")],
+            want: Ok(&[]),
+            ..base
+        },
+        H2Case {
+            name: "obs-text in a value",
+            headers: &[("x-role", b"\xa0admin\xa0")],
+            want: Err(400),
+            ..base
+        },
+        H2Case {
+            name: "a list naming admin",
+            headers: &[("x-role", b"user, admin")],
+            want: Err(403),
+            ..base
+        },
+        H2Case {
+            name: "foreign identity headers are removed",
+            headers: &[
+                (
+                    "x-forwarded-client-cert",
+                    b"URI=spiffe://cluster.local/ns/ops/sa/admin",
+                ),
+                ("l5d-client-id", b"admin.ops"),
+                ("x-envoy-original-path", b"/admin"),
+                ("x-forwarded-for", b"10.1.2.3"),
+                ("x-note", b"kept"),
+            ],
+            want: Ok(&["x-note: kept"]),
+            ..base
+        },
+        H2Case {
+            name: "asterisk with GET",
+            path: "*",
+            want: Err(400),
+            ..base
+        },
+        H2Case {
+            name: "GET with a body keeps it, framed by length",
+            body: b"abc",
+            want: Ok(&["content-length: 3"]),
+            ..base
+        },
+        H2Case {
+            name: "POST with a body",
+            method: "POST",
+            body: b"hello",
+            want: Ok(&["content-length: 5"]),
+            ..base
+        },
+    ]
+}
+
+/// Sends one HTTP/2 case along `path`: h2c prior knowledge to the caller's sidecar, or h2 over
+/// mTLS to the inbound port. Returns the status.
+async fn send_h2(edge: &Edge, path: Path, case: &H2Case) -> Result<u16> {
+    use picket_tests::clients::{HttpClient, full};
+    let mut req = http::Request::builder()
+        .method(case.method)
+        .version(http::Version::HTTP_2)
+        .uri(
+            http::Uri::builder()
+                .scheme("http")
+                .authority(case.authority)
+                .path_and_query(case.path)
+                .build()?,
+        )
+        .body(full(case.body.to_vec()))?;
+    for (n, v) in case.headers {
+        req.headers_mut().append(
+            http::HeaderName::from_static(n),
+            http::HeaderValue::from_bytes(v)?,
+        );
+    }
+    let mut client = match path {
+        Path::Caller => {
+            HttpClient::connect(edge.frontend.addrs().outbound, http::Version::HTTP_2).await?
+        }
+        Path::Inbound => {
+            let tls = picket_tests::clients::tls_connect(
+                edge.orders.addrs().inbound,
+                Arc::clone(&edge.h2),
+            )
+            .await?;
+            HttpClient::handshake(tls, http::Version::HTTP_2).await?
+        }
+    };
+    let resp = client.send(req).await?;
+    let status = resp.status().as_u16();
+    let _ = picket_tests::clients::body_text(resp).await;
+    Ok(status)
+}
+
+#[tokio::test]
+async fn http2_host_bytes_lists_and_bodies_on_both_paths() -> Result<()> {
+    let mut edge = Edge::start().await?;
+    let identity = format!("x-picket-peer-identity: {}", spiffe_id("shop", "frontend"));
+    let mut failures = Vec::new();
+    for path in [Path::Inbound, Path::Caller] {
+        for case in h2_cases() {
+            let outcome = async {
+                let status = send_h2(&edge, path, &case).await?;
+                let events = edge.app.since()?;
+                match case.want {
+                    Err(want) => {
+                        ensure!(status == want, "expected {want}, got {status}");
+                        ensure!(events.is_empty(), "the app received {events:#?}");
+                    }
+                    Ok(fields) => {
+                        ensure!(status == 200, "expected 200, got {status}");
+                        let [event] = events.as_slice() else {
+                            bail!("the app logged {events:#?}");
+                        };
+                        ensure!(
+                            event.proto == "HTTP/2" && event.flags.is_empty(),
+                            "{event:#?}"
+                        );
+                        ensure!(
+                            event.method == case.method
+                                && event.target == case.path
+                                && event.host == "orders",
+                            "{event:#?}"
+                        );
+                        let mut got: Vec<String> = event
+                            .headers
+                            .iter()
+                            .filter(|(n, _)| n != ":authority")
+                            .map(|(n, v)| format!("{n}: {v}"))
+                            .collect();
+                        got.sort_unstable();
+                        let mut want: Vec<String> =
+                            fields.iter().map(|f| (*f).to_owned()).collect();
+                        want.push(identity.clone());
+                        want.sort_unstable();
+                        ensure!(got == want, "fields {got:?}, expected {want:?}");
+                        ensure!(event.body_bytes()? == case.body, "body {:?}", event.body);
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = outcome {
+                failures.push(format!("{path:?} {}: {e:#}", case.name));
+            }
+        }
+    }
+    edge.app.assert_no_flags()?;
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
 /// Every case of the corpus, counted.
 #[test]
 fn corpus_covers_every_class() {
-    let total = framing_cases().len() + target_and_host_cases().len() + header_cases().len();
+    let total = framing_cases().len()
+        + target_and_host_cases().len()
+        + header_cases().len()
+        + h2_cases().len();
     assert!(total >= 35, "the edge corpus has {total} cases");
 }

@@ -308,13 +308,31 @@ fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// Sends a raw HTTP/2 exchange straight at the inbound port and reads until stream 1 is
-/// answered or reset, the connection closes, or two seconds pass (the status itself is not
-/// judged here: what the app received is).
-async fn h2_exchange(edge: &Edge, bytes: &[u8]) -> Result<()> {
-    let mut tls =
-        picket_tests::clients::tls_connect(edge.orders.addrs().inbound, Arc::clone(&edge.h2))
+/// Sends a raw HTTP/2 exchange along `path` (h2c prior knowledge to the caller's sidecar, or
+/// h2 over mTLS to the inbound port) and reads until stream 1 is answered or reset, the
+/// connection closes, or two seconds pass (the status itself is not judged here: what the app
+/// received is).
+async fn h2_exchange(edge: &Edge, path: Path, bytes: &[u8]) -> Result<()> {
+    match path {
+        Path::Caller => {
+            let tcp = tokio::net::TcpStream::connect(edge.frontend.addrs().outbound).await?;
+            h2_frames(tcp, bytes).await
+        }
+        Path::Inbound => {
+            let tls = picket_tests::clients::tls_connect(
+                edge.orders.addrs().inbound,
+                Arc::clone(&edge.h2),
+            )
             .await?;
+            h2_frames(tls, bytes).await
+        }
+    }
+}
+
+async fn h2_frames<S>(mut tls: S, bytes: &[u8]) -> Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let _ = tls.write_all(bytes).await;
     let _ = tls.flush().await;
     let mut buf = Vec::new();
@@ -436,7 +454,12 @@ async fn garden_differential_check_against_an_independent_strict_parser() -> Res
             if rng.chance(25) {
                 let (bytes, fields) = generate_h2(&mut rng);
                 h2_sent += 1;
-                h2_exchange(&edge, &bytes).await?;
+                let path = if rng.chance(50) {
+                    Path::Inbound
+                } else {
+                    Path::Caller
+                };
+                h2_exchange(&edge, path, &bytes).await?;
                 let events = edge.app.since()?;
                 let sent: BTreeSet<(String, String)> = fields
                     .iter()
@@ -448,7 +471,8 @@ async fn garden_differential_check_against_an_independent_strict_parser() -> Res
                     })
                     .collect();
                 for e in &events {
-                    check_event(e, &sent).with_context(|| format!("HTTP/2 fields {fields:?}"))?;
+                    check_event(e, &sent)
+                        .with_context(|| format!("{path:?} HTTP/2 fields {fields:?}"))?;
                 }
                 Ok(events)
             } else {
