@@ -7,9 +7,10 @@
 //! the app received a header the client never sent (other than the sidecar's own).
 //!
 //! It runs for `PICKET_GARDEN_SECONDS` seconds (default 20) from seed `PICKET_GARDEN_SEED`
-//! (default fixed, so a CI failure can be replayed); longer runs are for by hand:
-//! `PICKET_GARDEN_SECONDS=600 cargo nextest run -p picket-tests -E 'test(/garden/)'`. The
-//! figures are printed at the end (shown with `--no-capture`).
+//! (default fixed, so a CI failure can be replayed); longer runs are for by hand, with the test
+//! binary itself (nextest ends a test after three minutes):
+//! `PICKET_GARDEN_SECONDS=600 PICKET_GARDEN_SEED=7 target/debug/deps/e2e-<hash> garden:: --nocapture`
+//! run from `tests/`. The figures are printed at the end.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
