@@ -211,6 +211,9 @@ pub struct Timeouts {
     pub request: Duration,
     /// An idle connection (no bytes either way) is closed after this.
     pub idle: Duration,
+    /// An app connection whose reader has not taken response data handed to it for this long
+    /// (a full TCP send buffer, or an HTTP/2 window left at zero) is closed.
+    pub stall: Duration,
     /// How long in-flight work may finish after SIGTERM.
     pub drain: Duration,
     /// How long a transparent outbound connection may stay silent before it is treated as
@@ -393,6 +396,7 @@ struct RawTimeouts {
     connect: Option<Spanned<String>>,
     request: Option<Spanned<String>>,
     idle: Option<Spanned<String>>,
+    stall: Option<Spanned<String>>,
     drain: Option<Spanned<String>>,
     detect: Option<Spanned<String>>,
 }
@@ -693,6 +697,7 @@ impl Validator<'_> {
             connect: self.duration(&t.connect, Duration::from_secs(5), "timeouts.connect")?,
             request: self.duration(&t.request, Duration::from_secs(30), "timeouts.request")?,
             idle: self.duration(&t.idle, Duration::from_secs(300), "timeouts.idle")?,
+            stall: self.duration(&t.stall, Duration::from_secs(30), "timeouts.stall")?,
             drain: self.duration(&t.drain, Duration::from_secs(30), "timeouts.drain")?,
             detect: self.duration(&t.detect, Duration::from_secs(1), "timeouts.detect")?,
         };

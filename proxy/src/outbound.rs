@@ -349,10 +349,18 @@ impl Outbound {
     async fn http(self: Arc<Self>, tcp: TcpStream, route: Route, shutdown: CancellationToken) {
         let this = Arc::clone(&self);
         let route = Arc::new(route);
+        // The app is the reader of these responses: one that stops taking data is closed
+        // after `timeouts.stall`, which resets its streams towards the peer sidecar too.
+        let watch = Arc::new(net::StallWatch::default());
+        let guard = Arc::clone(&watch);
         let svc = hyper::service::service_fn(move |req| {
             let this = Arc::clone(&this);
             let route = Arc::clone(&route);
-            net::small_future(async move { Ok::<_, Infallible>(this.request(req, &route).await) })
+            let guard = Arc::clone(&guard);
+            net::small_future(async move {
+                let resp = this.request(req, &route).await;
+                Ok::<_, Infallible>(resp.map(|b| guard.guard(b)))
+            })
         });
         let io = TokioIo::new(IdleTimeout::new(tcp, self.timeouts.idle));
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -367,8 +375,16 @@ impl Outbound {
             .max_header_list_size(self.limits.header_list_bytes())
             .adaptive_window(true);
         let conn = builder.serve_connection(io, svc);
-        if let Err(e) = net::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await {
-            tracing::debug!(error = %e, "outbound HTTP connection ended with an error");
+        tokio::select! {
+            r = net::drain_on(conn, &shutdown, |c| c.graceful_shutdown()) => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "outbound HTTP connection ended with an error");
+                }
+            }
+            () = watch.stalled(self.timeouts.stall) => {
+                self.metrics.connection(Direction::Outbound, "closed_stalled");
+                tracing::info!(stall = ?self.timeouts.stall, "outbound connection closed: the app stopped reading a response");
+            }
         }
     }
 

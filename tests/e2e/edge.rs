@@ -64,6 +64,11 @@ impl Edge {
 
     /// As [`Edge::start`], with extra YAML for the orders sidecar.
     pub(crate) async fn start_with(orders_yaml: &str) -> Result<Self> {
+        Self::start_both(orders_yaml, "").await
+    }
+
+    /// As [`Edge::start`], with extra YAML for each sidecar.
+    pub(crate) async fn start_both(orders_yaml: &str, frontend_yaml: &str) -> Result<Self> {
         let ca = TestCa::start().await?;
         let app = StrictApp::start().await?;
         let orders = TestProxy::spawn(
@@ -75,13 +80,13 @@ impl Edge {
         .await?;
         let frontend = TestProxy::spawn(
             &ca,
-            Sidecar::new("shop", "frontend", picket_tests::closed_port().await?).upstream(
-                Upstream::http(
+            Sidecar::new("shop", "frontend", picket_tests::closed_port().await?)
+                .upstream(Upstream::http(
                     "orders",
                     orders.addrs().inbound,
                     &spiffe_id("shop", "orders"),
-                ),
-            ),
+                ))
+                .yaml(frontend_yaml),
         )
         .await?;
         let svid = ca.issue("ns/shop/sa/frontend").await?;
@@ -805,6 +810,60 @@ async fn http2_host_bytes_lists_and_bodies_on_both_paths() -> Result<()> {
     }
     edge.app.assert_no_flags()?;
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// An app that opens an HTTP/2 stream with a zero flow-control window and never reads is
+/// closed after `timeouts.stall` (2 s here), long before the idle timeout (300 s).
+#[tokio::test]
+async fn a_reader_that_never_opens_its_window_is_closed_after_the_stall_timeout() -> Result<()> {
+    use crate::garden::{frame, hpack_len};
+    let edge = Edge::start_both("", "timeouts:\n  stall: 2s\n").await?;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0, then an early ACK of the server's settings.
+    frame(&mut out, 0x4, 0, 0, &[0, 4, 0, 0, 0, 0]);
+    frame(&mut out, 0x4, 0x1, 0, &[]);
+    let mut block = Vec::new();
+    for (n, v) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "orders"),
+        (":path", "/public/x"),
+    ] {
+        block.push(0x10);
+        hpack_len(&mut block, n.len());
+        block.extend_from_slice(n.as_bytes());
+        hpack_len(&mut block, v.len());
+        block.extend_from_slice(v.as_bytes());
+    }
+    frame(&mut out, 0x1, 0x4 | 0x1, 1, &block);
+    let mut tcp = tokio::net::TcpStream::connect(edge.frontend.addrs().outbound).await?;
+    let sent = std::time::Instant::now();
+    tcp.write_all(&out).await?;
+    let mut sink = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tcp.read_to_end(&mut sink),
+    )
+    .await
+    .context("the stalled connection was not closed within 20 s")?
+    .or_else(|e| {
+        if e.kind() == std::io::ErrorKind::ConnectionReset {
+            Ok(0)
+        } else {
+            Err(e)
+        }
+    })?;
+    let after = sent.elapsed();
+    ensure!(
+        after >= std::time::Duration::from_millis(1500),
+        "closed after {after:?}, before the stall timeout"
+    );
+    let events = edge.app.events()?;
+    ensure!(
+        events.iter().filter(|e| e.event == "request").count() == 1,
+        "the app should have answered the request once: {events:?}"
+    );
     Ok(())
 }
 

@@ -285,7 +285,7 @@ fn generate_h2(rng: &mut Rng) -> (Vec<u8>, Fields) {
     (out, fields)
 }
 
-fn hpack_len(out: &mut Vec<u8>, n: usize) {
+pub(crate) fn hpack_len(out: &mut Vec<u8>, n: usize) {
     // 7-bit prefix integer, Huffman bit clear.
     if n < 127 {
         out.push(u8::try_from(n).unwrap_or(0));
@@ -300,7 +300,7 @@ fn hpack_len(out: &mut Vec<u8>, n: usize) {
     }
 }
 
-fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+pub(crate) fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     let len = u32::try_from(payload.len()).unwrap_or(0);
     out.extend_from_slice(&len.to_be_bytes()[1..]);
     out.push(kind);

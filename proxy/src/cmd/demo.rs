@@ -250,6 +250,7 @@ async fn spawn_sidecar(
             connect: Duration::from_secs(5),
             request: Duration::from_secs(30),
             idle: Duration::from_secs(300),
+            stall: Duration::from_secs(30),
             drain: Duration::from_secs(5),
             detect: Duration::from_secs(1),
         },
