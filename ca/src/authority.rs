@@ -33,13 +33,13 @@ use x509_parser::oid_registry::{
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::x509::AlgorithmIdentifier;
 
-use crate::crypto::{self, RandomError};
 use crate::identity::{SpiffeId, TrustDomain, WorkloadName};
 use crate::state::{
     self, CredentialKind, IssuanceLog, IssuedRecord, PUBLIC_MODE, SECRET_MODE, StateDir, StateError,
 };
 use crate::svid::hex_lower;
 use crate::token::{self, TokenError, TokenFile};
+use picket_common::crypto::{self, RandomError};
 
 /// Leaf lifetime unless configured otherwise.
 pub const DEFAULT_LEAF_TTL: Duration = Duration::from_secs(24 * 3600);

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::api;
-use crate::crypto::{PROTOCOL_VERSIONS, provider};
+use picket_common::crypto::{PROTOCOL_VERSIONS, provider};
 
 /// Longest one call may take, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

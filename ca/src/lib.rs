@@ -8,8 +8,6 @@
 pub mod api;
 pub mod authority;
 pub mod client;
-pub mod crypto;
-pub mod duration;
 pub mod identity;
 pub mod server;
 pub mod state;

@@ -56,10 +56,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::api;
 use crate::authority::{Authority, CaError, Credential, IssueError, ServerNames};
-use crate::crypto::{PROTOCOL_VERSIONS, provider};
 use crate::svid;
 use crate::token::TokenError;
 use crate::tokenreview::{self, ReviewError, TokenReviewer};
+use picket_common::crypto::{PROTOCOL_VERSIONS, provider};
 
 /// Path of the liveness endpoint.
 pub const HEALTH_PATH: &str = "/healthz";

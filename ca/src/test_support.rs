@@ -67,7 +67,7 @@ pub(crate) fn verify_chain(bundle_pem: &str, chain_pem: &str) -> Result<(), rust
     }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         std::sync::Arc::new(roots),
-        crate::crypto::provider(),
+        picket_common::crypto::provider(),
     )
     .build()
     .unwrap();

@@ -11,8 +11,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::crypto::{self, RandomError};
 use crate::identity::SpiffeId;
+use picket_common::crypto::{self, RandomError};
 
 /// Random bytes in a token.
 const TOKEN_BYTES: usize = 32;

@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::authority::CaError;
 use crate::client::{ExchangeError, HttpsOrigin, root_store};
-use crate::crypto::provider;
 use crate::identity::WorkloadName;
+use picket_common::crypto::provider;
 
 /// The audience a workload's projected token must carry unless configured otherwise.
 pub const DEFAULT_AUDIENCE: &str = "picket-ca";

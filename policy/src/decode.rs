@@ -322,11 +322,11 @@ impl<'a> Decoder<'a> {
     }
 
     /// A list of strings, each checked by `parse`.
-    fn patterns<T>(
+    fn patterns<T, E: std::fmt::Display>(
         &mut self,
         node: Option<&Yaml>,
         path: &str,
-        parse: impl Fn(&str) -> Result<T, String>,
+        parse: impl Fn(&str) -> Result<T, E>,
     ) -> Vec<Item<T>> {
         let Some(node) = node else {
             return Vec::new();

@@ -267,7 +267,7 @@ fn watch_dir(path: &Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::R
 pub fn request_id() -> String {
     let mut b = [0u8; 8];
     // A failed draw leaves zeros; the id only correlates a 403 with its log line.
-    let _ = picket_ca::crypto::fill_random(&mut b);
+    let _ = picket_common::crypto::fill_random(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

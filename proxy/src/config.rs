@@ -487,7 +487,7 @@ impl Validator<'_> {
         field: &str,
     ) -> Result<Duration, YamlError> {
         let Some(v) = v else { return Ok(default) };
-        let d = picket_ca::duration::parse(&v.value)
+        let d = picket_common::duration::parse(&v.value)
             .map_err(|e| self.err(v, format!("{field}: {e}")))?;
         if d.is_zero() {
             return Err(self.err(v, format!("{field}: must be greater than zero")));

@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use picket_ca::SpiffeId;
 use picket_ca::api::CertificateResponse;
 use picket_ca::client::{CaClient, ClientError};
+use picket_common::backoff::{Backoff, renewal_delay};
+use picket_common::crypto::random_unit;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +52,11 @@ pub enum IdentityError {
     Cancelled,
 }
 
+/// The first retry waits up to this long (full jitter), doubling per failure up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(500);
+/// The longest wait between retries.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// Gets certificates from the CA and keeps them fresh.
 #[derive(Debug)]
 pub struct IdentityManager {
@@ -81,24 +88,6 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// A random fraction in [0, 1).
-fn random_unit() -> f64 {
-    let mut b = [0u8; 4];
-    if picket_ca::crypto::fill_random(&mut b).is_err() {
-        return 0.5;
-    }
-    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
-}
-
-/// When to renew a certificate usable from `start` to `not_after`: at two thirds of that
-/// lifetime, moved by up to ±5 % of it so a fleet started together spreads out.
-pub fn renewal_delay(start: i64, not_after: i64, now: i64, jitter_unit: f64) -> Duration {
-    let lifetime = (not_after - start).max(1) as f64;
-    let at = start as f64 + lifetime * (2.0 / 3.0) + lifetime * 0.1 * (jitter_unit - 0.5);
-    let secs = (at - now as f64).max(0.0);
-    Duration::from_secs_f64(secs)
 }
 
 impl IdentityManager {
@@ -140,7 +129,7 @@ impl IdentityManager {
         &self,
         shutdown: &CancellationToken,
     ) -> Result<Arc<Credentials>, IdentityError> {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         loop {
             let token = self.read_token()?;
             let fresh = key_and_csr(&self.identity)?;
@@ -221,7 +210,7 @@ impl IdentityManager {
                 () = tokio::time::sleep(delay) => {}
                 () = shutdown.cancelled() => return,
             }
-            let mut backoff = Backoff::new();
+            let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
             loop {
                 match self.renew_once(&creds).await {
                     Ok(()) => {
@@ -251,55 +240,6 @@ impl IdentityManager {
                     }
                 }
             }
-        }
-    }
-}
-
-/// Exponential backoff from 500 ms to 30 s with full jitter.
-#[derive(Debug)]
-struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self { attempt: 0 }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let base = 0.5 * 2f64.powi(self.attempt.min(6) as i32);
-        self.attempt = self.attempt.saturating_add(1);
-        let capped = base.min(30.0);
-        Duration::from_secs_f64(capped * (0.5 + random_unit() / 2.0))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renews_at_two_thirds_of_lifetime_within_jitter() {
-        let d = renewal_delay(0, 30, 0, 0.5);
-        assert_eq!(d, Duration::from_secs(20));
-        let early = renewal_delay(0, 3000, 0, 0.0);
-        let late = renewal_delay(0, 3000, 0, 1.0);
-        assert_eq!(early, Duration::from_secs(1850));
-        assert_eq!(late, Duration::from_secs(2150));
-    }
-
-    #[test]
-    fn overdue_renewal_is_immediate() {
-        assert_eq!(renewal_delay(0, 30, 100, 0.5), Duration::ZERO);
-    }
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let mut b = Backoff::new();
-        let first = b.next_delay();
-        assert!(first <= Duration::from_millis(500));
-        for _ in 0..20 {
-            assert!(b.next_delay() <= Duration::from_secs(30));
         }
     }
 }

@@ -12,9 +12,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use picket_ca::crypto::{self, PROTOCOL_VERSIONS};
 use picket_ca::svid::{self, SvidError, SvidInfo};
 use picket_ca::{SpiffeId, TrustDomain};
+use picket_common::crypto::{self, PROTOCOL_VERSIONS};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
-use picket_proxy::inject::{ADMIN_PORT, CA_PORT, INBOUND_PORT, OUTBOUND_PORT};
+use picket_k8s::inject::{ADMIN_PORT, CA_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use picket_tests::k8s::{
     chart_dir, documents, golden_path, helm_lint, helm_template, helm_template_error,
     kubernetes_validate, picket_inject_ok,

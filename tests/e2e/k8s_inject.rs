@@ -4,7 +4,7 @@
 //! output is valid for Kubernetes 1.30 (`kubernetes-validate --strict`).
 
 use anyhow::{Context, Result, ensure};
-use picket_proxy::inject::{
+use picket_k8s::inject::{
     ADMIN_PORT, CONFIG_ANNOTATION, INBOUND_PORT, INIT_CONTAINER, OUTBOUND_PORT, PROXY_CONTAINER,
     STATUS_ANNOTATION,
 };

@@ -263,7 +263,7 @@ async fn pods_talk_through_transparent_mtls_with_policy_and_egress_control() -> 
 
     // pod1 -> pod2: plaintext for the apps, mTLS on the wire, identity delivered.
     let mut marker = [0u8; 8];
-    picket_ca::crypto::fill_random(&mut marker).map_err(|e| anyhow::anyhow!("{e}"))?;
+    picket_common::crypto::fill_random(&mut marker).map_err(|e| anyhow::anyhow!("{e}"))?;
     let secret: String = marker.iter().map(|b| format!("{b:02x}")).collect();
     let secret = format!("picket-secret-{secret}");
     let seen = seen_by_app(net, 0, pod(1), &secret).await?;

@@ -200,7 +200,7 @@ impl Svid {
 
     /// The chain and key as rustls uses them to sign.
     pub fn certified_key(&self) -> Result<Arc<CertifiedKey>> {
-        let signer = picket_ca::crypto::provider()
+        let signer = picket_common::crypto::provider()
             .key_provider
             .load_private_key(self.private_key())?;
         Ok(Arc::new(CertifiedKey::new(self.chain()?, signer)))

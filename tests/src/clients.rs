@@ -242,9 +242,9 @@ pub fn tls_client_config(
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     alpn: &[&[u8]],
 ) -> Result<Arc<ClientConfig>> {
-    let provider = picket_ca::crypto::provider();
+    let provider = picket_common::crypto::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(picket_ca::crypto::PROTOCOL_VERSIONS)?
+        .with_protocol_versions(picket_common::crypto::PROTOCOL_VERSIONS)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)));
     let mut config = match identity {

@@ -139,14 +139,14 @@ pub async fn kubernetes_validate(what: &str, yaml: &str) -> Result<()> {
 
 /// Every document of a YAML stream, read as `picket inject` reads them.
 pub fn documents(yaml: &str) -> Result<Vec<Value>> {
-    Ok(picket_proxy::inject::parse_manifests("yaml", yaml)?)
+    Ok(picket_k8s::inject::parse_manifests("yaml", yaml)?)
 }
 
 /// `value` as one YAML document, printed as `picket inject` prints.
 pub fn print_yaml(value: &Value) -> Result<String> {
-    Ok(picket_proxy::inject::print_manifests(
-        std::slice::from_ref(value),
-    )?)
+    Ok(picket_k8s::inject::print_manifests(std::slice::from_ref(
+        value,
+    ))?)
 }
 
 /// What one `picket inject` run printed.
@@ -444,7 +444,7 @@ impl TokenReviewDouble {
         let key = rcgen::KeyPair::generate()?;
         let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?
             .signed_by(&key, &issuer)?;
-        let config = rustls::ServerConfig::builder_with_provider(picket_ca::crypto::provider())
+        let config = rustls::ServerConfig::builder_with_provider(picket_common::crypto::provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(

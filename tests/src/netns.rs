@@ -57,7 +57,7 @@ impl PodNet {
     pub async fn create(n: usize) -> Result<Self> {
         require_root().await?;
         let mut rnd = [0u8; 3];
-        picket_ca::crypto::fill_random(&mut rnd).map_err(|e| anyhow::anyhow!("{e}"))?;
+        picket_common::crypto::fill_random(&mut rnd).map_err(|e| anyhow::anyhow!("{e}"))?;
         let id = format!("{:02x}{:02x}", rnd[0], rnd[1]);
         // 10.231.X.0/24, X from 1 to 250: test hosts that exist only in these namespaces.
         let prefix = [10, 231, 1 + rnd[2] % 250];

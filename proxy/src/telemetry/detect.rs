@@ -271,7 +271,7 @@ fn duration_ms(d: std::time::Duration) -> i64 {
 }
 
 /// The host part of `host`, `host:port`, `ip:port` or `[v6]:port`, lowercased.
-pub(crate) fn host_only(addr: &str) -> String {
+pub fn host_only(addr: &str) -> String {
     if let Ok(sa) = addr.parse::<SocketAddr>() {
         return sa.ip().to_string();
     }

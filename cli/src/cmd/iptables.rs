@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 
-use crate::iptables::{Interception, Runner};
+use picket_k8s::iptables::{Interception, Runner};
 
 /// Arguments of `picket iptables`.
 #[derive(Debug, clap::Args)]
@@ -58,7 +58,7 @@ pub fn run(args: IptablesArgs) -> anyhow::Result<()> {
                 .exclude_outbound_cidrs
                 .iter()
                 .map(|c| {
-                    crate::config::parse_cidr(c)
+                    picket_proxy::config::parse_cidr(c)
                         .with_context(|| format!("{c:?}: expected addr/len"))
                 })
                 .collect::<anyhow::Result<_>>()?,

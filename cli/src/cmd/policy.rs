@@ -12,7 +12,7 @@ use picket_policy::normalize::{self, PathOptions};
 use picket_policy::{LoadOptions, PolicySet, Workload};
 use serde::Deserialize;
 
-use crate::authz;
+use picket_proxy::authz;
 
 /// `picket policy` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -416,7 +416,7 @@ struct Expect {
 fn run_cases(set: &PolicySet, cases_path: &Path) -> anyhow::Result<bool> {
     let text = std::fs::read_to_string(cases_path)
         .with_context(|| format!("cannot read {}", cases_path.display()))?;
-    let file: CasesFile = crate::yaml::parse(&cases_path.display().to_string(), &text)?;
+    let file: CasesFile = picket_proxy::yaml::parse(&cases_path.display().to_string(), &text)?;
     let (mut passed, mut failed) = (0usize, 0usize);
     for case in &file.cases {
         let owned = OwnedRequest::from_spec(&case.request)

@@ -50,10 +50,10 @@ pub struct InitArgs {
     #[arg(long, requires = "root_cert")]
     root_key: Option<PathBuf>,
     /// Lifetime of issued certificates [default: 24h].
-    #[arg(long, value_parser = picket_ca::duration::parse)]
+    #[arg(long, value_parser = picket_common::duration::parse)]
     leaf_ttl: Option<Duration>,
     /// Longest lifetime the CA may be configured to issue [default: 168h].
-    #[arg(long, value_parser = picket_ca::duration::parse)]
+    #[arg(long, value_parser = picket_common::duration::parse)]
     max_leaf_ttl: Option<Duration>,
     /// If the state directory already holds a CA of the same trust domain, keep it and succeed
     /// (for an init step that runs at every start); the root options are then not needed.
@@ -71,7 +71,7 @@ pub struct TokenCreateArgs {
     #[arg(long)]
     identity: WorkloadName,
     /// How long the token can be used.
-    #[arg(long, default_value = "1h", value_parser = picket_ca::duration::parse)]
+    #[arg(long, default_value = "1h", value_parser = picket_common::duration::parse)]
     ttl: Duration,
     /// How many certificates the token can obtain.
     #[arg(long, default_value_t = 1)]

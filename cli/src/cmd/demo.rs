@@ -21,11 +21,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{
+use picket_proxy::config::{
     AdminConfig, CaConfig, Config, HttpConfig, InboundConfig, Limits, OutboundConfig, PolicyConfig,
     Protocol, Timeouts, Upstream,
 };
-use crate::sidecar::{self, BoundAddrs};
+use picket_proxy::sidecar::{self, BoundAddrs};
 
 /// Arguments of `picket demo`.
 #[derive(Debug, clap::Args)]
@@ -147,7 +147,8 @@ async fn start(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<Mesh> 
         let app_name = format!("{name}-app");
         tasks.push(tokio::spawn(async move {
             if let Err(e) =
-                crate::echo::serve_http(l, app_name, async move { stop.cancelled().await }).await
+                picket_proxy::echo::serve_http(l, app_name, async move { stop.cancelled().await })
+                    .await
             {
                 tracing::error!(error = %e, "demo app failed");
             }
@@ -173,7 +174,7 @@ async fn start(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<Mesh> 
         name: "orders".into(),
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         address: orders.inbound,
-        identity: crate::tls::PeerIdentity::Exact(orders_id),
+        identity: picket_proxy::tls::PeerIdentity::Exact(orders_id),
         protocol: Protocol::Http,
     };
     let frontend = spawn_sidecar(
@@ -265,7 +266,7 @@ async fn spawn_sidecar(
             deny_details: true,
         },
         http: HttpConfig::default(),
-        telemetry: crate::telemetry::TelemetryConfig::default(),
+        telemetry: picket_proxy::telemetry::TelemetryConfig::default(),
     };
     let (tx, rx) = oneshot::channel();
     let stop = shutdown.clone();
@@ -442,7 +443,7 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
 /// The explanation of the refused POST, from the same policy files the sidecar loaded.
 fn explain_refund(dir: &Path) -> anyhow::Result<String> {
     let options = picket_policy::LoadOptions::default();
-    let (set, _) = crate::authz::load_policy(&dir.join("policy"), &options)?;
+    let (set, _) = picket_proxy::authz::load_policy(&dir.join("policy"), &options)?;
     let compiled = set.for_workload(&picket_policy::Workload {
         namespace: "shop".into(),
         labels: [("app".to_owned(), "orders".to_owned())]
@@ -487,7 +488,7 @@ async fn foreign_client(mesh: &Mesh, dir: &Path) -> anyhow::Result<String> {
     let issued = foreign.issue(&csr, picket_ca::authority::Credential::JoinToken(token))?;
     let mesh_bundle = std::fs::read_to_string(dir.join("bundle.pem"))?;
     let both_roots = format!("{}{}", foreign.trust_bundle_pem(), mesh_bundle);
-    let creds = Arc::new(crate::tls::Credentials::new(
+    let creds = Arc::new(picket_proxy::tls::Credentials::new(
         id,
         issued.chain_pem.as_bytes(),
         rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
@@ -495,8 +496,8 @@ async fn foreign_client(mesh: &Mesh, dir: &Path) -> anyhow::Result<String> {
     )?);
     let orders: SpiffeId = "spiffe://cluster.local/ns/shop/sa/orders".parse()?;
     let connector = tokio_rustls::TlsConnector::from(creds.client_config(
-        crate::tls::PeerIdentity::Exact(orders),
-        &[crate::tls::ALPN_HTTP1],
+        picket_proxy::tls::PeerIdentity::Exact(orders),
+        &[picket_proxy::tls::ALPN_HTTP1],
     )?);
     let tcp = TcpStream::connect(mesh.orders.inbound).await?;
     let name = rustls::pki_types::ServerName::IpAddress(mesh.orders.inbound.ip().into());

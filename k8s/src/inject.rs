@@ -1051,7 +1051,7 @@ mod tests {
         spec["containers"][0]["ports"] = json!([{"containerPort": 8080, "protocol": "TCP"}]);
         let pod = injected(pod(json!({"labels": {"app": "web"}}), spec));
         let text = rendered_config(&pod);
-        let config = crate::config::Config::parse("sidecar.yaml", &text)
+        let config = picket_proxy::config::Config::parse("sidecar.yaml", &text)
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(config.inbound.listen.port(), INBOUND_PORT);
         assert_eq!(config.inbound.app.map(|a| a.port()), Some(8080));

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use crate::telemetry::detect::BaselineEdge;
-use crate::telemetry::flow::LineType;
+use picket_proxy::telemetry::detect::BaselineEdge;
+use picket_proxy::telemetry::flow::LineType;
 
 use super::policy::{principal, workload};
 use super::read::Aggregate;

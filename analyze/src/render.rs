@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 
 use super::{FlagKind, PolicyAnswer, Report, rfc3339, short_name};
-use crate::telemetry::alert::Severity;
+use picket_proxy::telemetry::alert::Severity;
 
 fn opt_time(t: Option<time::OffsetDateTime>) -> String {
     t.map_or_else(|| "-".to_owned(), rfc3339)
 }
 
-fn alerts_text(alerts: &BTreeMap<crate::telemetry::AlertKind, u64>) -> String {
+fn alerts_text(alerts: &BTreeMap<picket_proxy::telemetry::AlertKind, u64>) -> String {
     alerts
         .iter()
         .map(|(k, n)| format!("{}x{n}", k.as_str()))

@@ -35,7 +35,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use picket_ca::client::{CaClient, ClientError};
-use picket_ca::crypto::{PROTOCOL_VERSIONS, provider};
+use picket_common::backoff::{Backoff, renewal_delay};
+use picket_common::crypto::{PROTOCOL_VERSIONS, provider};
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
@@ -294,17 +295,17 @@ async fn obtain_with_retry(
     source: &CertificateSource,
     shutdown: &CancellationToken,
 ) -> Result<(Arc<CertifiedKey>, i64), WebhookError> {
-    let mut wait = RETRY_MIN;
+    let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
     loop {
         match source.obtain().await {
             Ok(issued) => return Ok(issued),
             Err(e) => {
+                let wait = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?wait, "cannot obtain the webhook's server certificate");
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = shutdown.cancelled() => return Err(WebhookError::Cancelled),
                 }
-                wait = (wait * 2).min(RETRY_MAX);
             }
         }
     }
@@ -323,7 +324,7 @@ async fn renew(
 ) {
     loop {
         let now = unix_now();
-        let delay = crate::identity::renewal_delay(now, not_after, now, 0.5);
+        let delay = renewal_delay(now, not_after, now, 0.5);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.cancelled() => return,

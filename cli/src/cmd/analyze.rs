@@ -8,7 +8,7 @@ use anyhow::Context;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::analyze::{self, AnalyzeOptions, SuggestOptions};
+use picket_analyze::{self as analyze, AnalyzeOptions, SuggestOptions};
 
 /// Report formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use picket_proxy::cmd;
+use picket_cli::cmd;
 
 /// mimalloc: measured 5-10 % less CPU time per proxied request than glibc's malloc, for about
 /// 0.4 MiB more private memory (see ARCHITECTURE.md, "Runtime and memory").

@@ -9,10 +9,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::metrics::Direction;
-use crate::telemetry::alert::{Alert, AlertKind, Severity};
-use crate::telemetry::detect::{BaselineEdge, host_only};
-use crate::telemetry::flow::{FlowProtocol, FlowRecord, LineType, Verdict, route_template};
+use picket_proxy::metrics::Direction;
+use picket_proxy::telemetry::alert::{Alert, AlertKind, Severity};
+use picket_proxy::telemetry::detect::{BaselineEdge, host_only};
+use picket_proxy::telemetry::flow::{FlowProtocol, FlowRecord, LineType, Verdict, route_template};
 
 use super::AnalyzeError;
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, IdentityOverride};
+use picket_proxy::config::{Config, IdentityOverride};
 
 /// Arguments of `picket proxy`.
 #[derive(Debug, clap::Args)]
@@ -37,7 +37,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     super::cancel_on_signal(shutdown.clone())?;
     let ready_file = args.ready_file.clone();
     let mut ready_error = None;
-    crate::sidecar::run(config, shutdown, |addrs| {
+    picket_proxy::sidecar::run(config, shutdown, |addrs| {
         if let Some(path) = &ready_file
             && let Err(e) = serde_json::to_value(addrs)
                 .map_err(anyhow::Error::from)

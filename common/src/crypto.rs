@@ -32,3 +32,13 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the system random number generator failed")]
 pub struct RandomError;
+
+/// A uniformly random fraction in `[0, 1)` for jitter; 0.5 if the random generator fails,
+/// since jitter only spreads load and must never stop a retry.
+pub fn random_unit() -> f64 {
+    let mut b = [0u8; 4];
+    if fill_random(&mut b).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}

@@ -8,8 +8,9 @@
 //! outbound record carries the port dialled, the peer sidecar's, and is used only for edges
 //! with no inbound record.
 //!
-//! This module reads files and evaluates policies through picket-policy; it must not depend
-//! on the data path.
+//! picket-analyze reads files and evaluates policies through picket-policy. It reads the
+//! sidecar's own record types (`picket_proxy::telemetry`) so writer and reader cannot drift
+//! apart, and must not use the data path itself (listeners, forwarding, TLS).
 
 mod paths;
 mod policy;
@@ -23,7 +24,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::telemetry::alert::{AlertKind, Severity};
+use picket_proxy::telemetry::alert::{AlertKind, Severity};
 
 pub use paths::collapse;
 pub use render::{render_html, render_text};
@@ -477,8 +478,8 @@ pub(crate) mod tests {
     use std::io::Write;
 
     use super::*;
-    use crate::metrics::Direction;
-    use crate::telemetry::flow::{FlowProtocol, FlowRecord, Verdict};
+    use picket_proxy::metrics::Direction;
+    use picket_proxy::telemetry::flow::{FlowProtocol, FlowRecord, Verdict};
 
     pub(crate) const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
     pub(crate) const ORDERS: &str = "spiffe://cluster.local/ns/shop/sa/orders";
@@ -658,8 +659,8 @@ pub(crate) mod tests {
     }
 
     fn alert_line() -> String {
-        let a = crate::telemetry::Alert {
-            line_type: crate::telemetry::LineType::Alert,
+        let a = picket_proxy::telemetry::Alert {
+            line_type: picket_proxy::telemetry::LineType::Alert,
             kind: AlertKind::SensitivePath,
             severity: Severity::Medium,
             source_identity: Some(FRONTEND.into()),
@@ -929,10 +930,11 @@ pub(crate) mod tests {
     fn baseline_edges_feed_the_detectors() {
         let a = run(None);
         let edges = a.baseline_edges();
-        let mut d = crate::telemetry::Detectors::new(&crate::telemetry::DetectorConfig {
-            learning_window: std::time::Duration::ZERO,
-            ..Default::default()
-        });
+        let mut d =
+            picket_proxy::telemetry::Detectors::new(&picket_proxy::telemetry::DetectorConfig {
+                learning_window: std::time::Duration::ZERO,
+                ..Default::default()
+            });
         let n = d.load_baseline(edges.as_bytes()).unwrap();
         assert!(n >= 6, "{edges}");
         let known = &recorded()[0];
@@ -1150,10 +1152,11 @@ spec:
     fn baseline_keeps_both_sides_ports_for_both_sidecars_detectors() {
         let flows = both_sides(0, "/api/orders/1", Verdict::Allow);
         let edges = analyze_flows(&flows, None, None).baseline_edges();
-        let mut d = crate::telemetry::Detectors::new(&crate::telemetry::DetectorConfig {
-            learning_window: std::time::Duration::ZERO,
-            ..Default::default()
-        });
+        let mut d =
+            picket_proxy::telemetry::Detectors::new(&picket_proxy::telemetry::DetectorConfig {
+                learning_window: std::time::Duration::ZERO,
+                ..Default::default()
+            });
         assert_eq!(d.load_baseline(edges.as_bytes()).unwrap(), 2, "{edges}");
         // The caller's sidecar sees the outbound record, the callee's the inbound one.
         for r in both_sides(10, "/api/orders/2", Verdict::Allow) {

@@ -1,5 +1,5 @@
 //! `picket inject` (manifests in, manifests out) and `picket injector serve` (the admission
-//! webhook). Both take the same settings and call the same [`crate::inject::inject`].
+//! webhook). Both take the same settings and call the same [`picket_k8s::inject::inject`].
 
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
@@ -11,8 +11,8 @@ use picket_ca::TrustDomain;
 use picket_ca::client::CaClient;
 use tokio_util::sync::CancellationToken;
 
-use crate::inject::{self, Cidr, Outcome, Settings};
-use crate::webhook::{self, CertificateSource};
+use picket_k8s::inject::{self, Cidr, Outcome, Settings};
+use picket_k8s::webhook::{self, CertificateSource};
 
 /// What the injector puts into pods (shared by `picket inject` and `picket injector serve`).
 #[derive(Debug, Clone, clap::Args)]

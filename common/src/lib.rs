@@ -1,0 +1,19 @@
+//! picket-common: the small utilities every Picket crate shares, in one home.
+//!
+//! Durations as written in flags and files ([`duration`]), IP blocks ([`cidr::Cidr`], the one
+//! CIDR type for policy `ipBlocks`, the sidecar's `meshed:` destinations and the Kubernetes
+//! opt-outs), and, with the `runtime` feature (on by default), the one crypto provider with
+//! the system random generator ([`crypto`]) and retry timing ([`backoff`]). The pure parts build
+//! without the feature, so the policy engine can use them and stay free of I/O and crypto.
+//!
+//! It must not depend on any other Picket crate.
+
+pub mod cidr;
+pub mod duration;
+
+#[cfg(feature = "runtime")]
+pub mod backoff;
+#[cfg(feature = "runtime")]
+pub mod crypto;
+
+pub use cidr::{Cidr, CidrError};
