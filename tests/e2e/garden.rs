@@ -388,13 +388,12 @@ where
     }
 }
 
-/// The header lines of a raw HTTP/1 request as a lenient reader would see them: lowercased
-/// names and trimmed values.
+/// Every line of the bytes sent that could be a header line, as a lenient reader would see it
+/// (lowercased name, trimmed value): a mutation may have put a whole second request, with its
+/// own head, anywhere in the bytes.
 fn sent_headers(bytes: &[u8]) -> BTreeSet<(String, String)> {
     let text = String::from_utf8_lossy(bytes);
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
-    head.split('\n')
-        .skip(1)
+    text.split('\n')
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| {
             (
