@@ -39,12 +39,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use picket_common::server::{self, BodyError, ListenerSettings, TlsServer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::CertificateDer;
@@ -53,6 +51,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::api;
 use crate::authority::{Authority, CaError, Credential, IssueError, ServerNames};
@@ -64,8 +63,6 @@ use picket_common::crypto::{PROTOCOL_VERSIONS, provider};
 /// Path of the liveness endpoint.
 pub const HEALTH_PATH: &str = "/healthz";
 
-/// Longest a client may take to finish the TLS handshake, and to send request headers.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a client may take to send a request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a connection may stay open. Every API call is one short request, so an older
@@ -73,8 +70,6 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Longest open connections may take to finish after shutdown is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves the CA API on `listener` until `shutdown` completes, then lets open connections
 /// finish. The server certificate names `localhost`, `127.0.0.1`, `::1` and the listener's
@@ -130,12 +125,6 @@ pub async fn serve_with(
     let local = listener.local_addr().map_err(CaError::Listener)?;
     let names = server_names(local, options.extra_names);
     let acceptor = TlsAcceptor::from(Arc::new(tls_config(&authority, &names)?));
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT);
-    let http = Arc::new(http);
-    let graceful = GracefulShutdown::new();
     tracing::info!(
         listen = %local,
         ?names,
@@ -148,66 +137,32 @@ pub async fn serve_with(
         token_review: options.token_review,
         server_names: options.server_names,
     });
-
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "CA server cannot accept a connection");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
-        let http = Arc::clone(&http);
+    let server = TlsServer {
+        settings: ListenerSettings::control(),
+        side: "CA server",
+        drain_timeout: DRAIN_TIMEOUT,
+        max_connection_age: Some(CONNECTION_LIFETIME),
+    };
+    let stop = CancellationToken::new();
+    let serving = server::serve_tls(listener, acceptor, &server, &stop, move |tls| {
+        let client_cert: Option<Arc<CertificateDer<'static>>> = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| Arc::new(leaf.clone()));
         let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "CA server TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "CA server TLS handshake timed out");
-                    return;
-                }
-            };
-            let client_cert: Option<Arc<CertificateDer<'static>>> = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .map(|leaf| Arc::new(leaf.clone()));
-            let service = service_fn(move |request| {
-                let shared = Arc::clone(&shared);
-                let client_cert = client_cert.clone();
-                async move { Ok::<_, Infallible>(route(&shared, client_cert.as_deref(), request).await) }
-            });
-            let connection = watcher.watch(http.serve_connection(TokioIo::new(tls), service));
-            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "CA server connection ended with an error");
-                }
-                Err(_) => tracing::debug!(%peer, "CA server closed a connection open too long"),
-            }
-        });
-    }
-
-    drop(listener);
-    tracing::info!("CA server draining connections");
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
-            tracing::warn!("CA server connections still open after the drain timeout");
-        }
-    }
+        service_fn(move |request| {
+            let shared = Arc::clone(&shared);
+            let client_cert = client_cert.clone();
+            async move { Ok::<_, Infallible>(route(&shared, client_cert.as_deref(), request).await) }
+        })
+    });
+    let cancel = async {
+        shutdown.await;
+        stop.cancel();
+    };
+    tokio::join!(cancel, serving);
     Ok(())
 }
 
@@ -258,7 +213,12 @@ async fn route(
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let authority = &shared.authority;
-    let endpoint = match (request.method(), request.uri().path()) {
+    // The body is read (or, past the limit, read and discarded) before any answer: an answer
+    // sent while the client is still sending reaches an HTTP/2 client as a reset stream and an
+    // HTTP/1.1 client as a reset connection, instead of the status.
+    let (request, body) = request.into_parts();
+    let body = server::read_body(body, api::MAX_BODY_BYTES, BODY_TIMEOUT).await;
+    let endpoint = match (&request.method, request.uri.path()) {
         (&Method::POST, api::CERTIFICATES_PATH) => Endpoint::Certificates,
         (&Method::POST, api::SERVER_CERTIFICATES_PATH) => Endpoint::ServerCertificates,
         (&Method::GET, api::TRUST_BUNDLE_PATH) => Endpoint::TrustBundle,
@@ -270,9 +230,11 @@ async fn route(
         _ => Endpoint::Unknown,
     };
     let result = match endpoint {
-        Endpoint::Certificates => certificates(shared, client_cert, request, Kind::Svid).await,
+        Endpoint::Certificates => {
+            certificates(shared, client_cert, &request.headers, body, Kind::Svid).await
+        }
         Endpoint::ServerCertificates => {
-            certificates(shared, client_cert, request, Kind::Server).await
+            certificates(shared, client_cert, &request.headers, body, Kind::Server).await
         }
         Endpoint::TrustBundle => Ok(response(
             StatusCode::OK,
@@ -315,18 +277,24 @@ enum Presented {
 async fn certificates(
     shared: &Arc<Shared>,
     client_cert: Option<&CertificateDer<'static>>,
-    request: Request<Incoming>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BodyError>,
     kind: Kind,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let authority = &shared.authority;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > api::MAX_BODY_BYTES as u64) {
-        return Err(ApiError::too_large());
-    }
+    let body = body.map_err(|e| match e {
+        BodyError::TooLarge(_) => ApiError::too_large(),
+        BodyError::Timeout => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive in time",
+        ),
+        other => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "body_unreadable",
+            other.to_string(),
+        ),
+    })?;
     let credential = match client_cert {
         Some(der) => {
             let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -339,28 +307,7 @@ async fn certificates(
             })?;
             Presented::Certificate(info.id)
         }
-        None => Presented::Bearer(bearer_token(request.headers())?),
-    };
-    let body = Limited::new(request.into_body(), api::MAX_BODY_BYTES).collect();
-    let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(ApiError::too_large());
-        }
-        Ok(Err(e)) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "body_unreadable",
-                e.to_string(),
-            ));
-        }
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                "the request body did not arrive in time",
-            ));
-        }
+        None => Presented::Bearer(bearer_token(headers)?),
     };
     let body: api::CertificateRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;

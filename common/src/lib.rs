@@ -2,9 +2,11 @@
 //!
 //! Durations as written in flags and files ([`duration`]), IP blocks ([`cidr::Cidr`], the one
 //! CIDR type for policy `ipBlocks`, the sidecar's `meshed:` destinations and the Kubernetes
-//! opt-outs), and, with the `runtime` feature (on by default), the one crypto provider with
-//! the system random generator ([`crypto`]) and retry timing ([`backoff`]). The pure parts build
-//! without the feature, so the policy engine can use them and stay free of I/O and crypto.
+//! opt-outs), and, with the `runtime` feature, the one crypto provider with the system random
+//! generator ([`crypto`]), retry timing ([`backoff`]) and the one listener skeleton every
+//! server uses ([`server`]: connection limit, header timeout, HTTP settings, bounded body
+//! reading). The pure parts build without the feature, so the policy engine can use them and
+//! stay free of I/O and crypto.
 //!
 //! It must not depend on any other Picket crate.
 
@@ -15,5 +17,7 @@ pub mod duration;
 pub mod backoff;
 #[cfg(feature = "runtime")]
 pub mod crypto;
+#[cfg(feature = "runtime")]
+pub mod server;
 
 pub use cidr::{Cidr, CidrError};

@@ -18,6 +18,8 @@
 //! | volume `picket-trust-bundle` (ConfigMap `picket-trust-bundle`) | the roots that sign the CA's certificate and every peer's |
 //! | volume `picket-policy` (ConfigMap `picket-policy`) | the authorization policy |
 //! | annotation `picket.dev/injected: <version>` | marks the pod as injected: injecting again first removes the old sidecar, so injecting twice equals injecting once |
+//! | the app's `httpGet`, `tcpSocket` and `grpc` probes rewritten to the sidecar's health listener (port 7192), originals in `picket.dev/original-probes` | the kubelet probes from outside the pod, where the app's ports accept only mTLS; the health listener carries each probe to the app inside the pod |
+//! | annotations `prometheus.io/scrape`, `/port`, `/path` (listed in `picket.dev/added-annotations`) | scrapers find the sidecar's metrics; added only to pods with no `prometheus.io/*` annotation |
 //!
 //! The sidecar learns its namespace and service account from the downward API
 //! (`PICKET_NAMESPACE`, `PICKET_SERVICE_ACCOUNT`), so one rendering serves a manifest whatever
@@ -27,6 +29,9 @@
 //! label) or uses the host's network namespace (the iptables step would rewrite the node's
 //! rules). `picket.dev/exclude-inbound-ports`, `picket.dev/exclude-outbound-ports` and
 //! `picket.dev/exclude-outbound-cidrs` (comma-separated) keep traffic out of the redirect.
+//! `picket.dev/rewrite-probes: "false"` keeps the app's probes as they are;
+//! `picket.dev/inbound-mode: permissive` (or `picket.dev/permissive-ports`) accepts plaintext
+//! as well as mTLS for a migration.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -48,6 +53,24 @@ pub const EXCLUDE_INBOUND_PORTS_ANNOTATION: &str = "picket.dev/exclude-inbound-p
 pub const EXCLUDE_OUTBOUND_PORTS_ANNOTATION: &str = "picket.dev/exclude-outbound-ports";
 /// Outbound destinations (comma-separated CIDRs) that bypass the sidecar.
 pub const EXCLUDE_OUTBOUND_CIDRS_ANNOTATION: &str = "picket.dev/exclude-outbound-cidrs";
+
+/// `"false"` keeps the app's probes as they are.
+pub const REWRITE_PROBES_ANNOTATION: &str = "picket.dev/rewrite-probes";
+/// The app's probes as they were before rewriting (JSON: container -> probe kind -> probe),
+/// restored exactly by [`uninject`].
+pub const ORIGINAL_PROBES_ANNOTATION: &str = "picket.dev/original-probes";
+/// `strict` (mTLS only) or `permissive` (plaintext as well) for the whole pod.
+pub const INBOUND_MODE_ANNOTATION: &str = "picket.dev/inbound-mode";
+/// Ports (comma-separated) that accept plaintext as well as mTLS.
+pub const PERMISSIVE_PORTS_ANNOTATION: &str = "picket.dev/permissive-ports";
+/// The other annotations injection added (comma-separated keys), removed by [`uninject`].
+pub const ADDED_ANNOTATIONS_ANNOTATION: &str = "picket.dev/added-annotations";
+/// The scrape annotations added to pods that have none of their own.
+const SCRAPE_ANNOTATIONS: [(&str, &str); 3] = [
+    ("prometheus.io/scrape", "true"),
+    ("prometheus.io/port", "7191"),
+    ("prometheus.io/path", "/metrics"),
+];
 
 /// The sidecar container.
 pub const PROXY_CONTAINER: &str = "picket-proxy";
@@ -72,6 +95,11 @@ pub const OUTBOUND_PORT: u16 = 7140;
 pub const INBOUND_PORT: u16 = 7143;
 /// The sidecar's admin port (probes, metrics); never redirected.
 pub const ADMIN_PORT: u16 = 7191;
+/// The sidecar's health port (rewritten kubelet probes); never redirected.
+pub const HEALTH_PORT: u16 = 7192;
+/// Where the sidecar's health listener serves a rewritten probe: `<prefix><container>/<kind>`
+/// (the proxy's `health::PATH_PREFIX`; a test keeps the two equal).
+pub const HEALTH_PATH_PREFIX: &str = "/app-health/";
 /// The CA API's port.
 pub const CA_PORT: u16 = 7443;
 
@@ -95,7 +123,17 @@ const RESERVED_VOLUMES: [&str; 4] = [
     TRUST_BUNDLE_VOLUME,
     POLICY_VOLUME,
 ];
-const ADDED_ANNOTATIONS: [&str; 2] = [STATUS_ANNOTATION, CONFIG_ANNOTATION];
+const ADDED_ANNOTATIONS: [&str; 4] = [
+    STATUS_ANNOTATION,
+    CONFIG_ANNOTATION,
+    ORIGINAL_PROBES_ANNOTATION,
+    ADDED_ANNOTATIONS_ANNOTATION,
+];
+const PROBE_KINDS: [(&str, &str); 3] = [
+    ("livenessProbe", "livez"),
+    ("readinessProbe", "readyz"),
+    ("startupProbe", "startupz"),
+];
 
 /// What the injector puts into pods.
 #[derive(Debug, Clone)]
@@ -129,6 +167,12 @@ pub struct Settings {
     pub proxy_cpu_request: String,
     /// The sidecar's memory request.
     pub proxy_memory_request: String,
+    /// Accept plaintext as well as mTLS in every pod (for a migration into the mesh).
+    pub permissive: bool,
+    /// Rewrite the app's kubelet probes to the sidecar's health listener.
+    pub rewrite_probes: bool,
+    /// Add `prometheus.io/*` scrape annotations for the sidecar's metrics.
+    pub scrape_annotations: bool,
 }
 
 /// The private address ranges (RFC 1918, RFC 4193), where clusters put pods and Services:
@@ -166,6 +210,9 @@ impl Settings {
             egress_allowed: true,
             proxy_cpu_request: "10m".to_owned(),
             proxy_memory_request: "32Mi".to_owned(),
+            permissive: false,
+            rewrite_probes: true,
+            scrape_annotations: true,
         }
     }
 }
@@ -442,21 +489,65 @@ fn inject_pod(
     )?);
     let mut cidrs = settings.exclude_outbound_cidrs.clone();
     cidrs.extend(outbound_cidrs(workload, annotation)?);
-    let exclusions = Exclusions {
+    let mut exclusions = Exclusions {
         inbound: dedup(inbound),
         outbound: dedup(outbound),
         cidrs: dedup(cidrs),
     };
+    let mode = inbound_mode(workload, settings, annotation)?;
+    let rewrite = settings.rewrite_probes
+        && match annotation(REWRITE_PROBES_ANNOTATION) {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(InjectError::Annotation {
+                    workload: workload.to_owned(),
+                    annotation: REWRITE_PROBES_ANNOTATION,
+                    reason: format!("{other:?} is not \"true\" or \"false\""),
+                });
+            }
+        };
+    let scrape = settings.scrape_annotations
+        && !annotations.is_some_and(|a| a.keys().any(|k| k.starts_with("prometheus.io/")));
 
-    let config = print_yaml(&sidecar_config(settings, template))?;
+    let rewritten = if rewrite {
+        rewrite_probes(workload, template, &exclusions.inbound)?
+    } else {
+        RewrittenProbes::default()
+    };
+    if !rewritten.health.is_empty() {
+        exclusions.inbound.push(HEALTH_PORT);
+    }
+
+    let config = print_yaml(&sidecar_config(
+        settings,
+        template,
+        &mode,
+        &rewritten.health,
+    ))?;
     let metadata = object_field(workload, template, "metadata")?;
     let annotations = object_field(workload, metadata, "annotations")?;
     annotations.insert(STATUS_ANNOTATION.to_owned(), json!(VERSION));
     annotations.insert(CONFIG_ANNOTATION.to_owned(), json!(config));
+    if !rewritten.originals.is_empty() {
+        let originals = serde_json::to_string(&rewritten.originals)
+            .map_err(|e| malformed(workload, format!("cannot record the original probes: {e}")))?;
+        annotations.insert(ORIGINAL_PROBES_ANNOTATION.to_owned(), json!(originals));
+    }
+    if scrape {
+        for (key, value) in SCRAPE_ANNOTATIONS {
+            annotations.insert(key.to_owned(), json!(value));
+        }
+        let keys: Vec<&str> = SCRAPE_ANNOTATIONS.iter().map(|(k, _)| *k).collect();
+        annotations.insert(
+            ADDED_ANNOTATIONS_ANNOTATION.to_owned(),
+            json!(keys.join(",")),
+        );
+    }
 
     let spec = object_field(workload, template, "spec")?;
     let init = array_field(workload, spec, "initContainers")?;
-    init.insert(0, proxy_container(settings));
+    init.insert(0, proxy_container(settings, !rewritten.health.is_empty()));
     init.insert(0, init_container(settings, &exclusions));
     array_field(workload, spec, "volumes")?.extend(volumes(settings));
     Ok(Outcome::Injected)
@@ -468,9 +559,33 @@ fn remove_sidecar(workload: &str, template: &mut Map<String, Value>) -> Result<b
     if !injected {
         return Ok(false);
     }
+    let originals = match annotations(template).and_then(|a| a.get(ORIGINAL_PROBES_ANNOTATION)) {
+        None => None,
+        Some(text) => {
+            let parsed = text
+                .as_str()
+                .and_then(|t| serde_json::from_str::<Map<String, Value>>(t).ok())
+                .ok_or_else(|| {
+                    malformed(
+                        workload,
+                        format!(
+                            "annotation {ORIGINAL_PROBES_ANNOTATION} is not the JSON Picket wrote"
+                        ),
+                    )
+                })?;
+            Some(parsed)
+        }
+    };
+    let added: Vec<String> = annotations(template)
+        .and_then(|a| a.get(ADDED_ANNOTATIONS_ANNOTATION)?.as_str())
+        .map(|v| split_list(v).map(str::to_owned).collect())
+        .unwrap_or_default();
     if let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut) {
         remove_named(workload, spec, "initContainers", &RESERVED_CONTAINERS)?;
         remove_named(workload, spec, "volumes", &RESERVED_VOLUMES)?;
+        if let Some(originals) = originals {
+            restore_probes(workload, spec, &originals)?;
+        }
     }
     if let Some(metadata) = template.get_mut("metadata").and_then(Value::as_object_mut) {
         if let Some(annotations) = metadata
@@ -478,6 +593,9 @@ fn remove_sidecar(workload: &str, template: &mut Map<String, Value>) -> Result<b
             .and_then(Value::as_object_mut)
         {
             for key in ADDED_ANNOTATIONS {
+                annotations.remove(key);
+            }
+            for key in &added {
                 annotations.remove(key);
             }
             if annotations.is_empty() {
@@ -513,6 +631,252 @@ fn skip_reason(template: &Map<String, Value>) -> Option<String> {
     host_network.then(|| {
         "uses the host network (the iptables step would rewrite the node's rules)".to_owned()
     })
+}
+
+/// The pod's inbound mode: its annotations, else the injector's setting.
+fn inbound_mode<'a>(
+    workload: &str,
+    settings: &Settings,
+    annotation: impl Fn(&'static str) -> Option<&'a str> + Copy,
+) -> Result<PodMode, InjectError> {
+    let permissive = match annotation(INBOUND_MODE_ANNOTATION) {
+        None => settings.permissive,
+        Some("strict") => false,
+        Some("permissive") => true,
+        Some(other) => {
+            return Err(InjectError::Annotation {
+                workload: workload.to_owned(),
+                annotation: INBOUND_MODE_ANNOTATION,
+                reason: format!("{other:?} is not strict or permissive"),
+            });
+        }
+    };
+    let ports = dedup(ports(workload, PERMISSIVE_PORTS_ANNOTATION, annotation)?);
+    Ok(if permissive {
+        PodMode::Permissive
+    } else if ports.is_empty() {
+        PodMode::Strict
+    } else {
+        PodMode::PermissivePorts(ports)
+    })
+}
+
+/// A pod's inbound mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PodMode {
+    Strict,
+    Permissive,
+    PermissivePorts(Vec<u16>),
+}
+
+/// The probes [`rewrite_probes`] changed.
+#[derive(Debug, Default)]
+struct RewrittenProbes {
+    /// container -> probe kind -> the original probe.
+    originals: Map<String, Value>,
+    /// The health listener's probe entries (sidecar configuration).
+    health: Vec<Value>,
+}
+
+/// Rewrites the app containers' `httpGet`, `tcpSocket` and `grpc` probes on intercepted
+/// ports to `GET /app-health/<container>/<kind>` on the health port, keeping every other
+/// field (periods, thresholds, timeout). Probes naming a `host` (they do not probe the pod),
+/// `exec` probes and probes on excluded ports stay as they are.
+fn rewrite_probes(
+    workload: &str,
+    template: &mut Map<String, Value>,
+    excluded: &[u16],
+) -> Result<RewrittenProbes, InjectError> {
+    let mut out = RewrittenProbes::default();
+    let Some(containers) = template
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("containers"))
+        .and_then(Value::as_array_mut)
+    else {
+        return Ok(out);
+    };
+    for container in containers.iter_mut() {
+        let Some(container) = container.as_object_mut() else {
+            continue;
+        };
+        let name = container
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let declared = container.get("ports").cloned().unwrap_or(Value::Null);
+        for (kind, short) in PROBE_KINDS {
+            let Some(probe) = container.get(kind).and_then(Value::as_object) else {
+                continue;
+            };
+            let place = format!("container {name:?} {kind}");
+            let Some(check) = probe_check(workload, &place, probe, &declared)? else {
+                continue;
+            };
+            let port = check.get("port").and_then(Value::as_u64).unwrap_or(0);
+            if excluded.iter().any(|p| u64::from(*p) == port) {
+                continue;
+            }
+            let probe_name = format!("{name}/{short}");
+            let timeout = probe
+                .get("timeoutSeconds")
+                .and_then(Value::as_u64)
+                .filter(|t| *t > 0)
+                .unwrap_or(1);
+            let mut entry = json!({"name": probe_name, "timeout": format!("{timeout}s")});
+            if let (Some(e), Some(c)) = (entry.as_object_mut(), check["check"].as_object()) {
+                e.extend(c.clone());
+            }
+            out.health.push(entry);
+            let original = Value::Object(probe.clone());
+            let mut rewritten = probe.clone();
+            for handler in ["httpGet", "tcpSocket", "grpc"] {
+                rewritten.remove(handler);
+            }
+            rewritten.insert(
+                "httpGet".to_owned(),
+                json!({
+                    "path": format!("{HEALTH_PATH_PREFIX}{probe_name}"),
+                    "port": HEALTH_PORT,
+                    "scheme": "HTTP",
+                }),
+            );
+            container.insert(kind.to_owned(), Value::Object(rewritten));
+            if let Value::Object(by_kind) = out
+                .originals
+                .entry(name.clone())
+                .or_insert_with(|| json!({}))
+            {
+                by_kind.insert(kind.to_owned(), original);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the health listener must check for one probe, as `{"port": N, "check": {...}}`
+/// (the check in sidecar-configuration form), or `None` when the probe is not rewritten.
+fn probe_check(
+    workload: &str,
+    place: &str,
+    probe: &Map<String, Value>,
+    declared_ports: &Value,
+) -> Result<Option<Value>, InjectError> {
+    let bad = |reason: String| malformed(workload, format!("{place}: {reason}"));
+    if let Some(http) = probe.get("httpGet") {
+        if http
+            .get("host")
+            .and_then(Value::as_str)
+            .is_some_and(|h| !h.is_empty())
+        {
+            return Ok(None);
+        }
+        let port = resolve_port(http.get("port"), declared_ports).map_err(bad)?;
+        let scheme = http.get("scheme").and_then(Value::as_str).unwrap_or("HTTP");
+        if scheme != "HTTP" && scheme != "HTTPS" {
+            return Err(bad(format!(
+                "httpGet.scheme {scheme:?} is not HTTP or HTTPS"
+            )));
+        }
+        let path = http.get("path").and_then(Value::as_str).unwrap_or("/");
+        let path = if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("/{path}")
+        };
+        let headers: Vec<Value> = http
+            .get("httpHeaders")
+            .and_then(Value::as_array)
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| json!({"name": h.get("name").cloned().unwrap_or(json!("")), "value": h.get("value").cloned().unwrap_or(json!(""))}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut check = json!({"port": port, "path": path, "scheme": scheme});
+        if !headers.is_empty() {
+            check["headers"] = json!(headers);
+        }
+        return Ok(Some(json!({"port": port, "check": {"http": check}})));
+    }
+    if let Some(tcp) = probe.get("tcpSocket") {
+        if tcp
+            .get("host")
+            .and_then(Value::as_str)
+            .is_some_and(|h| !h.is_empty())
+        {
+            return Ok(None);
+        }
+        let port = resolve_port(tcp.get("port"), declared_ports).map_err(bad)?;
+        return Ok(Some(
+            json!({"port": port, "check": {"tcp": {"port": port}}}),
+        ));
+    }
+    if let Some(grpc) = probe.get("grpc") {
+        let port = resolve_port(grpc.get("port"), declared_ports).map_err(bad)?;
+        let service = grpc.get("service").and_then(Value::as_str).unwrap_or("");
+        return Ok(Some(
+            json!({"port": port, "check": {"grpc": {"port": port, "service": service}}}),
+        ));
+    }
+    Ok(None)
+}
+
+/// A probe's port: a number, or the name of one of the container's ports.
+fn resolve_port(port: Option<&Value>, declared: &Value) -> Result<u16, String> {
+    match port {
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("port {n} is not a port number (1-65535)")),
+        Some(Value::String(name)) => {
+            if let Ok(n) = name.parse::<u16>() {
+                return if n > 0 {
+                    Ok(n)
+                } else {
+                    Err("port 0 is not a port".into())
+                };
+            }
+            declared
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
+                .and_then(|p| p.get("containerPort")?.as_u64())
+                .and_then(|n| u16::try_from(n).ok())
+                .ok_or_else(|| format!("port {name:?} is not one of the container's named ports"))
+        }
+        _ => Err("the probe has no port".into()),
+    }
+}
+
+/// Puts the probes recorded in [`ORIGINAL_PROBES_ANNOTATION`] back.
+fn restore_probes(
+    workload: &str,
+    spec: &mut Map<String, Value>,
+    originals: &Map<String, Value>,
+) -> Result<(), InjectError> {
+    let containers = spec
+        .get_mut("containers")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| malformed(workload, "spec.containers is not a list"))?;
+    for (name, by_kind) in originals {
+        let container = containers
+            .iter_mut()
+            .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| {
+                malformed(
+                    workload,
+                    format!("{ORIGINAL_PROBES_ANNOTATION} names container {name:?}, which the pod does not have"),
+                )
+            })?;
+        for (kind, probe) in by_kind.as_object().into_iter().flatten() {
+            container.insert(kind.clone(), probe.clone());
+        }
+    }
+    Ok(())
 }
 
 /// The ports and CIDRs that bypass the sidecar in one pod.
@@ -573,7 +937,7 @@ fn init_container(settings: &Settings, exclusions: &Exclusions) -> Value {
 }
 
 /// The sidecar, as a native sidecar container.
-fn proxy_container(settings: &Settings) -> Value {
+fn proxy_container(settings: &Settings, health: bool) -> Value {
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
             "httpGet": {"path": path, "port": ADMIN_PORT},
@@ -584,6 +948,15 @@ fn proxy_container(settings: &Settings) -> Value {
     };
     let from_field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     let mount = |name: &str, path: &str| json!({"name": name, "mountPath": path, "readOnly": true});
+    let mut ports = vec![
+        json!({"name": "picket-inbound", "containerPort": INBOUND_PORT, "protocol": "TCP"}),
+        json!({"name": "picket-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}),
+    ];
+    if health {
+        ports.push(
+            json!({"name": "picket-health", "containerPort": HEALTH_PORT, "protocol": "TCP"}),
+        );
+    }
     json!({
         "name": PROXY_CONTAINER,
         "image": settings.image,
@@ -594,10 +967,7 @@ fn proxy_container(settings: &Settings) -> Value {
             from_field("PICKET_NAMESPACE", "metadata.namespace"),
             from_field("PICKET_SERVICE_ACCOUNT", "spec.serviceAccountName"),
         ],
-        "ports": [
-            {"name": "picket-inbound", "containerPort": INBOUND_PORT, "protocol": "TCP"},
-            {"name": "picket-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
-        ],
+        "ports": ports,
         // Up to two minutes to obtain the first certificate before the kubelet restarts it.
         "startupProbe": probe("/ready", 1, 120),
         "readinessProbe": probe("/ready", 5, 3),
@@ -654,8 +1024,18 @@ fn volumes(settings: &Settings) -> [Value; 4] {
 /// (namespace and service account) is not in it: the sidecar takes it from
 /// `PICKET_NAMESPACE` and `PICKET_SERVICE_ACCOUNT`, and the CA grants it from the
 /// service-account token.
-pub fn sidecar_config(settings: &Settings, template: &Map<String, Value>) -> Value {
+fn sidecar_config(
+    settings: &Settings,
+    template: &Map<String, Value>,
+    mode: &PodMode,
+    health_probes: &[Value],
+) -> Value {
     let mut inbound = json!({"listen": format!("0.0.0.0:{INBOUND_PORT}"), "transparent": true});
+    match mode {
+        PodMode::Strict => {}
+        PodMode::Permissive => inbound["mode"] = json!("permissive"),
+        PodMode::PermissivePorts(ports) => inbound["permissive_ports"] = json!(ports),
+    }
     // Connections made straight to the inbound port (not redirected) go to the first port
     // the pod declares.
     if let Some(port) = first_container_port(template) {
@@ -690,6 +1070,12 @@ pub fn sidecar_config(settings: &Settings, template: &Map<String, Value>) -> Val
         .filter(|l| l.as_object().is_some_and(|l| !l.is_empty()))
     {
         config["workload"] = json!({"labels": labels});
+    }
+    if !health_probes.is_empty() {
+        config["health"] = json!({
+            "listen": format!("0.0.0.0:{HEALTH_PORT}"),
+            "probes": health_probes,
+        });
     }
     config
 }
@@ -1063,6 +1449,209 @@ mod tests {
         assert_eq!(
             config.policy.path.as_deref(),
             Some(std::path::Path::new("/etc/picket/policy/policy.yaml"))
+        );
+    }
+
+    fn probed_spec() -> Value {
+        json!({"containers": [{
+            "name": "app",
+            "image": "shop:1",
+            "ports": [{"name": "http", "containerPort": 8080}, {"containerPort": 9000}, {"containerPort": 9090}],
+            "livenessProbe": {"httpGet": {"path": "/healthz?deep=1", "port": "http", "scheme": "HTTPS",
+                "httpHeaders": [{"name": "X-Probe", "value": "yes"}]}, "periodSeconds": 7, "timeoutSeconds": 3},
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "failureThreshold": 5},
+            "startupProbe": {"grpc": {"port": 9000, "service": "orders"}},
+        }, {
+            "name": "metrics",
+            "image": "exporter:1",
+            "livenessProbe": {"httpGet": {"path": "/", "port": 9090}},
+            "readinessProbe": {"exec": {"command": ["true"]}},
+        }]})
+    }
+
+    #[test]
+    fn probes_are_rewritten_to_the_health_listener_and_restored_exactly() {
+        let original = pod(
+            json!({"annotations": {EXCLUDE_INBOUND_PORTS_ANNOTATION: "9090"}}),
+            probed_spec(),
+        );
+        let once = injected(original.clone());
+        let app = &once["spec"]["containers"][0];
+        for (kind, short) in PROBE_KINDS {
+            assert_eq!(
+                app[kind]["httpGet"],
+                json!({"path": format!("/app-health/app/{short}"), "port": HEALTH_PORT, "scheme": "HTTP"}),
+                "{kind}"
+            );
+            assert!(app[kind].get("tcpSocket").is_none() && app[kind].get("grpc").is_none());
+        }
+        // Other probe fields are kept.
+        assert_eq!(app["livenessProbe"]["periodSeconds"], 7);
+        assert_eq!(app["readinessProbe"]["failureThreshold"], 5);
+        // An excluded port and an exec probe are left alone.
+        assert_eq!(
+            once["spec"]["containers"][1],
+            probed_spec()["containers"][1]
+        );
+        // The health port is never intercepted, and the sidecar declares it.
+        assert!(
+            init_args(&once)
+                .join(" ")
+                .contains("--exclude-inbound-ports 7191,9090,7192")
+        );
+        let ports = &once["spec"]["initContainers"][1]["ports"];
+        assert!(
+            ports
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["containerPort"] == HEALTH_PORT)
+        );
+
+        let config =
+            picket_proxy::config::Config::parse("sidecar.yaml", &rendered_config(&once)).unwrap();
+        let health = config.health.expect("a health listener");
+        assert_eq!(health.listen.port(), HEALTH_PORT);
+        use picket_proxy::config::ProbeCheck;
+        let live = &health.probes["app/livez"];
+        assert_eq!(live.timeout, std::time::Duration::from_secs(3));
+        match &live.check {
+            ProbeCheck::Http {
+                port,
+                path,
+                https,
+                headers,
+            } => {
+                assert_eq!(
+                    (*port, path.as_str(), *https),
+                    (8080, "/healthz?deep=1", true)
+                );
+                assert_eq!(headers, &[("X-Probe".to_owned(), "yes".to_owned())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            health.probes["app/readyz"].check,
+            ProbeCheck::Tcp { port: 8080 }
+        ));
+        assert!(matches!(
+            &health.probes["app/startupz"].check,
+            ProbeCheck::Grpc { port: 9000, service } if service == "orders"
+        ));
+        assert_eq!(health.probes.len(), 3);
+
+        assert_eq!(injected(once.clone()), once, "injecting twice equals once");
+        let mut back = once;
+        uninject(&mut back).unwrap();
+        assert_eq!(back, original);
+    }
+
+    #[test]
+    fn the_health_path_is_the_one_the_sidecar_serves() {
+        assert_eq!(HEALTH_PATH_PREFIX, picket_proxy::health::PATH_PREFIX);
+    }
+
+    #[test]
+    fn probe_rewriting_can_be_turned_off_per_pod_and_by_setting() {
+        let original = pod(
+            json!({"annotations": {REWRITE_PROBES_ANNOTATION: "false"}}),
+            probed_spec(),
+        );
+        let pod1 = injected(original.clone());
+        assert_eq!(pod1["spec"]["containers"], probed_spec()["containers"]);
+        assert!(!rendered_config(&pod1).contains("health"));
+        let mut pod2 = pod(json!({}), probed_spec());
+        let settings = Settings {
+            rewrite_probes: false,
+            ..settings()
+        };
+        inject(&mut pod2, &settings).unwrap();
+        assert_eq!(pod2["spec"]["containers"], probed_spec()["containers"]);
+        let mut bad = pod(
+            json!({"annotations": {REWRITE_PROBES_ANNOTATION: "no"}}),
+            probed_spec(),
+        );
+        assert!(inject(&mut bad, &super::tests::settings()).is_err());
+    }
+
+    #[test]
+    fn a_probe_on_an_undeclared_named_port_is_an_error_naming_it() {
+        let mut spec = app_spec();
+        spec["containers"][0]["readinessProbe"] = json!({"httpGet": {"path": "/", "port": "web"}});
+        let err = inject(&mut pod(json!({}), spec), &settings()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("container \"app\" readinessProbe: port \"web\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn inbound_mode_comes_from_the_annotation_or_the_setting() {
+        let mode = |annotations: Value, permissive: bool| {
+            let mut p = pod(json!({"annotations": annotations}), app_spec());
+            let settings = Settings {
+                permissive,
+                ..settings()
+            };
+            inject(&mut p, &settings).unwrap();
+            picket_proxy::config::Config::parse("sidecar.yaml", &rendered_config(&p))
+                .unwrap()
+                .inbound
+                .mode
+        };
+        use picket_proxy::config::InboundMode;
+        assert_eq!(mode(json!({}), false), InboundMode::Strict);
+        assert_eq!(mode(json!({}), true), InboundMode::Permissive);
+        assert_eq!(
+            mode(json!({INBOUND_MODE_ANNOTATION: "strict"}), true),
+            InboundMode::Strict
+        );
+        assert_eq!(
+            mode(json!({INBOUND_MODE_ANNOTATION: "permissive"}), false),
+            InboundMode::Permissive
+        );
+        assert_eq!(
+            mode(json!({PERMISSIVE_PORTS_ANNOTATION: "8080, 9000"}), false),
+            InboundMode::PermissivePorts(vec![8080, 9000])
+        );
+        let mut bad = pod(
+            json!({"annotations": {INBOUND_MODE_ANNOTATION: "open"}}),
+            app_spec(),
+        );
+        assert!(inject(&mut bad, &settings()).is_err());
+    }
+
+    #[test]
+    fn scrape_annotations_are_added_unless_the_pod_has_its_own_and_removed_exactly() {
+        let plain = injected(pod(json!({}), app_spec()));
+        let a = &plain["metadata"]["annotations"];
+        assert_eq!(a["prometheus.io/scrape"], "true");
+        assert_eq!(a["prometheus.io/port"], "7191");
+        assert_eq!(a["prometheus.io/path"], "/metrics");
+        let own = pod(
+            json!({"annotations": {"prometheus.io/port": "9100"}}),
+            app_spec(),
+        );
+        let injected_own = injected(own.clone());
+        assert!(
+            injected_own["metadata"]["annotations"]
+                .get("prometheus.io/scrape")
+                .is_none()
+        );
+        let mut back = injected_own;
+        uninject(&mut back).unwrap();
+        assert_eq!(back, own);
+        let mut off = pod(json!({}), app_spec());
+        let settings = Settings {
+            scrape_annotations: false,
+            ..settings()
+        };
+        inject(&mut off, &settings).unwrap();
+        assert!(
+            off["metadata"]["annotations"]
+                .get("prometheus.io/scrape")
+                .is_none()
         );
     }
 

@@ -1,4 +1,5 @@
-//! Transparent interception: the nat-table rules that send a pod's TCP through its sidecar.
+//! Transparent interception: the nat-table rules that send a pod's TCP through its sidecar,
+//! for IPv4 (`iptables`) and IPv6 (`ip6tables`).
 //!
 //! ```text
 //! PREROUTING -> PICKET_INBOUND  : excluded inbound ports RETURN, everything else REDIRECT :7143
@@ -6,18 +7,54 @@
 //!                                 excluded ports and CIDRs RETURN, everything else REDIRECT :7140
 //! ```
 //!
-//! Applying is idempotent: the chains are flushed and refilled, and the jumps into them are
-//! added only when missing. Cleanup removes the jumps and the chains. Rules are built here as
-//! plain argument lists (tested without root), and run through whichever `iptables` binary is
-//! given, so both iptables-nft and iptables-legacy work.
+//! Each family's rules are applied in ONE `iptables-restore --noflush` run (one kernel table
+//! replacement with iptables-legacy, one nft transaction with iptables-nft): it either takes
+//! effect whole or not at all. The restore input is computed as the transition from the rules
+//! in force (read with `iptables-save -t nat`) to the wanted ones, so that applying twice
+//! leaves the same rules (the jumps into Picket's chains are added only when missing, extra
+//! copies are removed), and cleanup is the transition to "no Picket rules". Only Picket's
+//! chains and its two jumps are touched; other rules of the table are left alone.
+//!
+//! IPv6 rules are installed whenever the kernel has IPv6. If they cannot be installed in a
+//! namespace that has IPv6 addresses beyond loopback and link-local, the step fails closed:
+//! the IPv4 change made just before is rolled back to the rules that were in force, and the
+//! error says why (the pod does not start rather than leak IPv6 traffic past the sidecar).
 
-use std::net::IpAddr;
-use std::process::Command;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{IpAddr, Ipv6Addr};
+use std::process::{Command, Stdio};
 
 /// Chain for inbound redirection.
 pub const INBOUND_CHAIN: &str = "PICKET_INBOUND";
 /// Chain for outbound redirection.
 pub const OUTPUT_CHAIN: &str = "PICKET_OUTPUT";
+const CHAINS: [&str; 2] = [INBOUND_CHAIN, OUTPUT_CHAIN];
+
+/// An address family, with the table tools that serve it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4, `iptables`.
+    V4,
+    /// IPv6, `ip6tables`.
+    V6,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+
+    fn matches(self, addr: IpAddr) -> bool {
+        matches!(
+            (self, addr),
+            (Self::V4, IpAddr::V4(_)) | (Self::V6, IpAddr::V6(_))
+        )
+    }
+}
 
 /// What to redirect and what to leave alone.
 #[derive(Debug, Clone)]
@@ -32,100 +69,167 @@ pub struct Interception {
     pub exclude_inbound_ports: Vec<u16>,
     /// Outbound destination ports left alone.
     pub exclude_outbound_ports: Vec<u16>,
-    /// Outbound destination networks left alone, as `addr/len`.
+    /// Outbound destination networks left alone, as `addr/len` (either family; each
+    /// family's rules take the networks of that family).
     pub exclude_outbound_cidrs: Vec<(IpAddr, u8)>,
 }
 
-/// One `iptables -t nat ...` invocation, as its arguments after `-t nat`.
-pub type Rule = Vec<String>;
-
-fn rule(parts: &[&str]) -> Rule {
-    parts.iter().map(|s| (*s).to_owned()).collect()
-}
+/// One rule line of the restore input, as `iptables-save` writes it (`-A CHAIN ...`).
+pub type Rule = String;
 
 impl Interception {
-    /// The rules that fill the two chains (after they are created and flushed).
-    pub fn chain_rules(&self) -> Vec<Rule> {
+    /// The rules that fill the two chains for `family`, in order.
+    pub fn chain_rules(&self, family: Family) -> Vec<Rule> {
         let mut rules = Vec::new();
         // Inbound: leave excluded ports alone, and connections made straight to the sidecar.
         let mut skip_in = self.exclude_inbound_ports.clone();
         skip_in.push(self.inbound_port);
         for p in &skip_in {
-            rules.push(rule(&[
-                "-A",
-                INBOUND_CHAIN,
-                "-p",
-                "tcp",
-                "--dport",
-                &p.to_string(),
-                "-j",
-                "RETURN",
-            ]));
+            rules.push(format!(
+                "-A {INBOUND_CHAIN} -p tcp -m tcp --dport {p} -j RETURN"
+            ));
         }
-        rules.push(rule(&[
-            "-A",
-            INBOUND_CHAIN,
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &self.inbound_port.to_string(),
-        ]));
+        rules.push(format!(
+            "-A {INBOUND_CHAIN} -p tcp -j REDIRECT --to-ports {}",
+            self.inbound_port
+        ));
         // Outbound: the sidecar's own connections must leave untouched, or they would loop.
-        rules.push(rule(&[
-            "-A",
-            OUTPUT_CHAIN,
-            "-m",
-            "owner",
-            "--uid-owner",
-            &self.proxy_uid.to_string(),
-            "-j",
-            "RETURN",
-        ]));
-        rules.push(rule(&["-A", OUTPUT_CHAIN, "-o", "lo", "-j", "RETURN"]));
+        rules.push(format!(
+            "-A {OUTPUT_CHAIN} -m owner --uid-owner {} -j RETURN",
+            self.proxy_uid
+        ));
+        rules.push(format!("-A {OUTPUT_CHAIN} -o lo -j RETURN"));
         for p in &self.exclude_outbound_ports {
-            rules.push(rule(&[
-                "-A",
-                OUTPUT_CHAIN,
-                "-p",
-                "tcp",
-                "--dport",
-                &p.to_string(),
-                "-j",
-                "RETURN",
-            ]));
+            rules.push(format!(
+                "-A {OUTPUT_CHAIN} -p tcp -m tcp --dport {p} -j RETURN"
+            ));
         }
         for (addr, len) in &self.exclude_outbound_cidrs {
-            rules.push(rule(&[
-                "-A",
-                OUTPUT_CHAIN,
-                "-d",
-                &format!("{addr}/{len}"),
-                "-j",
-                "RETURN",
-            ]));
+            if family.matches(*addr) {
+                rules.push(format!("-A {OUTPUT_CHAIN} -d {addr}/{len} -j RETURN"));
+            }
         }
-        rules.push(rule(&[
-            "-A",
-            OUTPUT_CHAIN,
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &self.outbound_port.to_string(),
-        ]));
+        rules.push(format!(
+            "-A {OUTPUT_CHAIN} -p tcp -j REDIRECT --to-ports {}",
+            self.outbound_port
+        ));
         rules
     }
 }
 
-/// The jumps from the built-in chains into Picket's, as `(built-in chain, rule spec)`.
-pub fn jumps() -> [(&'static str, Rule); 2] {
+/// The jumps from the built-in chains into Picket's, as `iptables-save` writes them.
+pub fn jumps() -> [String; 2] {
     [
-        ("PREROUTING", rule(&["-p", "tcp", "-j", INBOUND_CHAIN])),
-        ("OUTPUT", rule(&["-p", "tcp", "-j", OUTPUT_CHAIN])),
+        format!("-A PREROUTING -p tcp -j {INBOUND_CHAIN}"),
+        format!("-A OUTPUT -p tcp -j {OUTPUT_CHAIN}"),
     ]
+}
+
+/// Picket's part of one family's nat table: its chains (with their rules) and how many
+/// copies of each jump into them exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PicketRules {
+    /// Chain name -> rule lines, for the chains that exist.
+    pub chains: BTreeMap<String, Vec<Rule>>,
+    /// How many copies of each of [`jumps`] exist.
+    pub jumps: [usize; 2],
+}
+
+impl PicketRules {
+    /// The rules `interception` wants for `family`, with one jump each.
+    pub fn wanted(interception: &Interception, family: Family) -> Self {
+        let mut chains: BTreeMap<String, Vec<Rule>> = CHAINS
+            .iter()
+            .map(|c| ((*c).to_owned(), Vec::new()))
+            .collect();
+        for rule in interception.chain_rules(family) {
+            let chain = rule
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned();
+            chains.entry(chain).or_default().push(rule);
+        }
+        Self {
+            chains,
+            jumps: [1, 1],
+        }
+    }
+
+    /// Picket's part of `iptables-save -t nat` output.
+    pub fn from_save(save: &str) -> Self {
+        let mut rules = Self::default();
+        let jumps = jumps();
+        let mut in_nat = false;
+        for line in save.lines().map(str::trim) {
+            if let Some(table) = line.strip_prefix('*') {
+                in_nat = table == "nat";
+                continue;
+            }
+            if !in_nat {
+                continue;
+            }
+            if let Some(decl) = line.strip_prefix(':') {
+                let name = decl.split_whitespace().next().unwrap_or_default();
+                if CHAINS.contains(&name) {
+                    rules.chains.entry(name.to_owned()).or_default();
+                }
+                continue;
+            }
+            if let Some(i) = jumps.iter().position(|j| j == line) {
+                rules.jumps[i] += 1;
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            if words.next() == Some("-A")
+                && let Some(chain) = words.next()
+                && CHAINS.contains(&chain)
+            {
+                rules
+                    .chains
+                    .entry(chain.to_owned())
+                    .or_default()
+                    .push(line.to_owned());
+            }
+        }
+        rules
+    }
+}
+
+/// The `iptables-restore --noflush` input that turns `current` into `target`: Picket's
+/// chains declared (created or flushed) and refilled, jumps added or removed to the wanted
+/// count, chains no longer wanted flushed and deleted. Other rules are not mentioned, so
+/// they stay as they are.
+pub fn transition(current: &PicketRules, target: &PicketRules) -> String {
+    let mut out = String::from("*nat\n");
+    for chain in target.chains.keys() {
+        out.push_str(&format!(":{chain} - [0:0]\n"));
+    }
+    for rules in target.chains.values() {
+        for rule in rules {
+            out.push_str(rule);
+            out.push('\n');
+        }
+    }
+    for (i, jump) in jumps().iter().enumerate() {
+        let (have, want) = (current.jumps[i], target.jumps[i]);
+        for _ in have..want {
+            out.push_str(jump);
+            out.push('\n');
+        }
+        let delete = jump.replacen("-A ", "-D ", 1);
+        for _ in want..have {
+            out.push_str(&delete);
+            out.push('\n');
+        }
+    }
+    for chain in current.chains.keys() {
+        if !target.chains.contains_key(chain) {
+            out.push_str(&format!("-F {chain}\n-X {chain}\n"));
+        }
+    }
+    out.push_str("COMMIT\n");
+    out
 }
 
 /// Why the rules could not be applied or removed.
@@ -148,93 +252,225 @@ pub enum IptablesError {
         /// What it printed.
         stderr: String,
     },
+    /// The IPv6 rules could not be installed in a namespace with IPv6 addresses; nothing was
+    /// changed (the IPv4 rules were rolled back).
+    #[error(
+        "the namespace has IPv6 addresses ({addresses}) but the IPv6 rules cannot be installed, \
+         so IPv6 traffic would bypass the sidecar; nothing was changed: {source}"
+    )]
+    Ipv6Required {
+        /// The addresses found.
+        addresses: String,
+        /// Why the IPv6 rules failed.
+        source: Box<IptablesError>,
+    },
+    /// A family's change failed after the other family's had been applied, and undoing that
+    /// one failed too: the rules are in an unknown state.
+    #[error("{source}; rolling back the {family} rules also failed: {rollback}")]
+    RollbackFailed {
+        /// The family whose rollback failed.
+        family: &'static str,
+        /// The first failure.
+        source: Box<IptablesError>,
+        /// The rollback failure.
+        rollback: Box<IptablesError>,
+    },
 }
 
-/// Runs iptables commands, or prints them.
+/// The IPv6 addresses of this network namespace other than loopback and link-local (from
+/// `/proc/net/if_inet6`); `None` when the kernel has no IPv6 at all.
+pub fn routable_ipv6_addresses() -> Option<Vec<Ipv6Addr>> {
+    let text = std::fs::read_to_string("/proc/net/if_inet6").ok()?;
+    Some(parse_if_inet6(&text))
+}
+
+fn parse_if_inet6(text: &str) -> Vec<Ipv6Addr> {
+    text.lines()
+        .filter_map(|line| {
+            let hex = line.split_whitespace().next()?;
+            let bits = u128::from_str_radix(hex, 16).ok()?;
+            let addr = Ipv6Addr::from(bits);
+            let link_local = addr.segments()[0] & 0xffc0 == 0xfe80;
+            (!addr.is_loopback() && !link_local).then_some(addr)
+        })
+        .collect()
+}
+
+/// Applies, prints or removes the rules of both families.
 #[derive(Debug)]
 pub struct Runner {
-    /// `iptables`, `iptables-nft` or `iptables-legacy` (or the ip6tables variants).
-    pub binary: String,
-    /// Print instead of running.
+    /// `iptables`, `iptables-nft` or `iptables-legacy`: `<binary>-save` and
+    /// `<binary>-restore` are run for IPv4.
+    pub iptables: String,
+    /// The same for IPv6 (`ip6tables`, `ip6tables-nft`, `ip6tables-legacy`).
+    pub ip6tables: String,
+    /// Print the restore input instead of running it.
     pub dry_run: bool,
-    /// Commands printed in dry-run mode, in order.
+    /// What a dry run would feed to each restore, in order (comment lines name the tool).
     pub printed: Vec<String>,
+    /// IPv6 addresses beyond loopback and link-local (`None`: the kernel has no IPv6).
+    pub ipv6_addresses: Option<Vec<Ipv6Addr>>,
+}
+
+/// What happened to IPv6.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ipv6Outcome {
+    /// IPv6 rules were applied (or removed).
+    Applied,
+    /// The kernel has no IPv6.
+    NoIpv6,
+    /// The IPv6 tools failed in a namespace with no IPv6 address beyond loopback and
+    /// link-local; only IPv4 was intercepted. The text says why.
+    Skipped(String),
 }
 
 impl Runner {
-    fn command_line(&self, args: &[String]) -> String {
-        format!("{} -t nat {}", self.binary, args.join(" "))
+    /// A runner for `iptables` (`iptables`, `iptables-nft` or `iptables-legacy`); the IPv6
+    /// binary is the matching `ip6tables` one.
+    pub fn new(iptables: &str, dry_run: bool) -> Self {
+        let ip6tables = match iptables.rsplit_once('/') {
+            Some((dir, base)) => format!("{dir}/{}", base.replacen("iptables", "ip6tables", 1)),
+            None => iptables.replacen("iptables", "ip6tables", 1),
+        };
+        Self {
+            iptables: iptables.to_owned(),
+            ip6tables,
+            dry_run,
+            printed: Vec::new(),
+            ipv6_addresses: routable_ipv6_addresses(),
+        }
     }
 
-    /// Runs one command; `Ok(false)` when it exited non-zero and `tolerate` is set.
-    fn run(&mut self, args: &[String], tolerate: bool) -> Result<bool, IptablesError> {
-        if self.dry_run {
-            self.printed.push(self.command_line(args));
-            return Ok(true);
+    fn binary(&self, family: Family) -> &str {
+        match family {
+            Family::V4 => &self.iptables,
+            Family::V6 => &self.ip6tables,
         }
-        let out = Command::new(&self.binary)
-            .arg("-t")
-            .arg("nat")
-            .args(args)
+    }
+
+    fn save(&self, family: Family) -> Result<PicketRules, IptablesError> {
+        let binary = format!("{}-save", self.binary(family));
+        let out = Command::new(&binary)
+            .args(["-t", "nat"])
             .output()
             .map_err(|source| IptablesError::Spawn {
-                binary: self.binary.clone(),
+                binary: binary.clone(),
                 source,
             })?;
-        if out.status.success() {
-            return Ok(true);
+        if !out.status.success() {
+            return Err(IptablesError::Failed {
+                command: format!("{binary} -t nat"),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
         }
-        if tolerate {
-            return Ok(false);
+        Ok(PicketRules::from_save(&String::from_utf8_lossy(
+            &out.stdout,
+        )))
+    }
+
+    fn restore_command(&self, family: Family) -> String {
+        format!("{}-restore --noflush --wait 10", self.binary(family))
+    }
+
+    fn restore(&mut self, family: Family, input: &str) -> Result<(), IptablesError> {
+        if self.dry_run {
+            self.printed
+                .push(format!("# {}\n{input}", self.restore_command(family)));
+            return Ok(());
+        }
+        let binary = format!("{}-restore", self.binary(family));
+        let spawn_err = |source| IptablesError::Spawn {
+            binary: binary.clone(),
+            source,
+        };
+        let mut child = Command::new(&binary)
+            .args(["--noflush", "--wait", "10"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).map_err(spawn_err)?;
+        }
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        if out.status.success() {
+            return Ok(());
         }
         Err(IptablesError::Failed {
-            command: self.command_line(args),
+            command: self.restore_command(family),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         })
     }
 
-    /// Creates (or flushes) the chains, fills them, and adds the jumps that are missing.
-    /// Running it twice leaves the same rules.
-    pub fn apply(&mut self, rules: &Interception) -> Result<(), IptablesError> {
-        for chain in [INBOUND_CHAIN, OUTPUT_CHAIN] {
-            // -N fails when the chain exists; then it is flushed instead.
-            if !self.run(&["-N".into(), chain.into()], true)? {
-                self.run(&["-F".into(), chain.into()], false)?;
+    /// The rules in force, for a dry run that may lack the rights to read them: then an
+    /// empty table is assumed and the printed input says so.
+    fn current(&mut self, family: Family) -> Result<PicketRules, IptablesError> {
+        match self.save(family) {
+            Ok(rules) => Ok(rules),
+            Err(e) if self.dry_run => {
+                self.printed.push(format!(
+                    "# cannot read the {} rules in force ({e}); shown as for a table without Picket's rules",
+                    family.name()
+                ));
+                Ok(PicketRules::default())
             }
+            Err(e) => Err(e),
         }
-        for r in rules.chain_rules() {
-            self.run(&r, false)?;
-        }
-        for (builtin, spec) in jumps() {
-            let mut check = vec!["-C".to_owned(), builtin.to_owned()];
-            check.extend(spec.iter().cloned());
-            let present = !self.dry_run && self.run(&check, true)?;
-            if !present {
-                let mut add = vec!["-A".to_owned(), builtin.to_owned()];
-                add.extend(spec);
-                self.run(&add, false)?;
-            }
-        }
-        Ok(())
     }
 
-    /// Removes the jumps and the chains; missing pieces are not an error.
-    pub fn cleanup(&mut self) -> Result<(), IptablesError> {
-        for (builtin, spec) in jumps() {
-            let mut del = vec!["-D".to_owned(), builtin.to_owned()];
-            del.extend(spec);
-            // Delete every copy, should an older run have added more than one.
-            for _ in 0..16 {
-                if !self.run(&del, true)? || self.dry_run {
-                    break;
-                }
+    /// Moves both families to the rules `target` gives, IPv4 first. If IPv6 then fails, the
+    /// IPv4 change is undone; the failure is an error when the namespace has routable IPv6
+    /// addresses (fail closed), and reported as [`Ipv6Outcome::Skipped`] otherwise.
+    fn change(
+        &mut self,
+        target: impl Fn(Family) -> PicketRules,
+    ) -> Result<Ipv6Outcome, IptablesError> {
+        let v4_before = self.current(Family::V4)?;
+        let v4_after = target(Family::V4);
+        self.restore(Family::V4, &transition(&v4_before, &v4_after))?;
+        let Some(addresses) = self.ipv6_addresses.clone() else {
+            return Ok(Ipv6Outcome::NoIpv6);
+        };
+        let v6 = match self.current(Family::V6) {
+            Ok(v6_before) => {
+                let input = transition(&v6_before, &target(Family::V6));
+                self.restore(Family::V6, &input)
             }
+            Err(e) => Err(e),
+        };
+        let Err(v6_error) = v6 else {
+            return Ok(Ipv6Outcome::Applied);
+        };
+        if addresses.is_empty() {
+            return Ok(Ipv6Outcome::Skipped(v6_error.to_string()));
         }
-        for chain in [INBOUND_CHAIN, OUTPUT_CHAIN] {
-            self.run(&["-F".into(), chain.into()], true)?;
-            self.run(&["-X".into(), chain.into()], true)?;
+        // Fail closed, and leave IPv4 as it was.
+        if let Err(rollback) = self.restore(Family::V4, &transition(&v4_after, &v4_before)) {
+            return Err(IptablesError::RollbackFailed {
+                family: Family::V4.name(),
+                source: Box::new(v6_error),
+                rollback: Box::new(rollback),
+            });
         }
-        Ok(())
+        Err(IptablesError::Ipv6Required {
+            addresses: addresses
+                .iter()
+                .map(Ipv6Addr::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            source: Box::new(v6_error),
+        })
+    }
+
+    /// Installs the rules for both families. Running it twice leaves the same rules.
+    pub fn apply(&mut self, rules: &Interception) -> Result<Ipv6Outcome, IptablesError> {
+        self.change(|family| PicketRules::wanted(rules, family))
+    }
+
+    /// Removes Picket's jumps and chains from both families; missing pieces are not an error.
+    pub fn cleanup(&mut self) -> Result<Ipv6Outcome, IptablesError> {
+        self.change(|_| PicketRules::default())
     }
 }
 
@@ -250,62 +486,146 @@ mod tests {
             outbound_port: 7140,
             exclude_inbound_ports: vec![7191],
             exclude_outbound_ports: vec![7443],
-            exclude_outbound_cidrs: vec![("169.254.0.0".parse().unwrap(), 16)],
+            exclude_outbound_cidrs: vec![
+                ("169.254.0.0".parse().unwrap(), 16),
+                ("fd00:ec2::".parse().unwrap(), 64),
+            ],
         }
-    }
-
-    fn lines(rules: &[Rule]) -> Vec<String> {
-        rules.iter().map(|r| r.join(" ")).collect()
     }
 
     #[test]
     fn proxy_uid_returns_before_any_redirect() {
-        let l = lines(&sample().chain_rules());
-        let uid = l
-            .iter()
-            .position(|r| r.contains("--uid-owner 1337"))
-            .unwrap();
-        let redirect = l
-            .iter()
-            .position(|r| r.starts_with("-A PICKET_OUTPUT") && r.contains("REDIRECT"))
-            .unwrap();
-        assert!(uid < redirect, "{l:#?}");
+        for family in [Family::V4, Family::V6] {
+            let l = sample().chain_rules(family);
+            let uid = l
+                .iter()
+                .position(|r| r.contains("--uid-owner 1337"))
+                .unwrap();
+            let redirect = l
+                .iter()
+                .position(|r| r.starts_with("-A PICKET_OUTPUT") && r.contains("REDIRECT"))
+                .unwrap();
+            assert!(uid < redirect, "{l:#?}");
+        }
     }
 
     #[test]
-    fn exclusions_come_before_redirects() {
-        let l = lines(&sample().chain_rules());
+    fn exclusions_come_before_redirects_and_cidrs_go_to_their_family() {
+        let v4 = sample().chain_rules(Family::V4);
         assert_eq!(
-            l,
+            v4,
             vec![
-                "-A PICKET_INBOUND -p tcp --dport 7191 -j RETURN",
-                "-A PICKET_INBOUND -p tcp --dport 7143 -j RETURN",
+                "-A PICKET_INBOUND -p tcp -m tcp --dport 7191 -j RETURN",
+                "-A PICKET_INBOUND -p tcp -m tcp --dport 7143 -j RETURN",
                 "-A PICKET_INBOUND -p tcp -j REDIRECT --to-ports 7143",
                 "-A PICKET_OUTPUT -m owner --uid-owner 1337 -j RETURN",
                 "-A PICKET_OUTPUT -o lo -j RETURN",
-                "-A PICKET_OUTPUT -p tcp --dport 7443 -j RETURN",
+                "-A PICKET_OUTPUT -p tcp -m tcp --dport 7443 -j RETURN",
                 "-A PICKET_OUTPUT -d 169.254.0.0/16 -j RETURN",
                 "-A PICKET_OUTPUT -p tcp -j REDIRECT --to-ports 7140",
             ]
         );
+        let v6 = sample().chain_rules(Family::V6);
+        assert!(v6.contains(&"-A PICKET_OUTPUT -d fd00:ec2::/64 -j RETURN".to_owned()));
+        assert!(!v6.iter().any(|r| r.contains("169.254")), "{v6:#?}");
+    }
+
+    const SAVED: &str = "# Generated by iptables-save
+*filter
+:INPUT ACCEPT [0:0]
+-A INPUT -j PICKET_INBOUND
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:PICKET_INBOUND - [0:0]
+:PICKET_OUTPUT - [0:0]
+:OTHER - [0:0]
+-A PREROUTING -p tcp -j PICKET_INBOUND
+-A PREROUTING -p tcp -j PICKET_INBOUND
+-A OUTPUT -p udp -j OTHER
+-A PICKET_INBOUND -p tcp -j REDIRECT --to-ports 7143
+-A OTHER -j RETURN
+COMMIT
+";
+
+    #[test]
+    fn reads_picket_rules_from_save_output_only_in_nat() {
+        let rules = PicketRules::from_save(SAVED);
+        assert_eq!(rules.jumps, [2, 0]);
+        assert_eq!(
+            rules.chains.keys().collect::<Vec<_>>(),
+            ["PICKET_INBOUND", "PICKET_OUTPUT"]
+        );
+        assert_eq!(
+            rules.chains["PICKET_INBOUND"],
+            ["-A PICKET_INBOUND -p tcp -j REDIRECT --to-ports 7143"]
+        );
     }
 
     #[test]
-    fn dry_run_prints_the_exact_commands() {
-        let mut r = Runner {
-            binary: "iptables".into(),
-            dry_run: true,
-            printed: Vec::new(),
-        };
-        r.apply(&sample()).unwrap();
-        assert_eq!(r.printed[0], "iptables -t nat -N PICKET_INBOUND");
-        assert!(
-            r.printed
-                .contains(&"iptables -t nat -A PREROUTING -p tcp -j PICKET_INBOUND".to_owned())
+    fn apply_input_adds_missing_jumps_and_drops_extra_copies() {
+        let current = PicketRules::from_save(SAVED);
+        let input = transition(&current, &PicketRules::wanted(&sample(), Family::V4));
+        assert!(input.starts_with("*nat\n:PICKET_INBOUND - [0:0]\n:PICKET_OUTPUT - [0:0]\n"));
+        assert!(input.ends_with("COMMIT\n"));
+        assert_eq!(
+            input
+                .matches("-D PREROUTING -p tcp -j PICKET_INBOUND")
+                .count(),
+            1
         );
-        assert!(
-            r.printed
-                .contains(&"iptables -t nat -A OUTPUT -p tcp -j PICKET_OUTPUT".to_owned())
+        assert_eq!(input.matches("-A PREROUTING").count(), 0);
+        assert_eq!(
+            input.matches("-A OUTPUT -p tcp -j PICKET_OUTPUT").count(),
+            1
         );
+        assert!(!input.contains("OTHER"), "foreign rules are not mentioned");
+    }
+
+    #[test]
+    fn applying_the_wanted_state_again_changes_no_jump() {
+        let wanted = PicketRules::wanted(&sample(), Family::V4);
+        let input = transition(&wanted, &wanted);
+        assert!(
+            !input.contains("PREROUTING") && !input.contains("-A OUTPUT "),
+            "{input}"
+        );
+    }
+
+    #[test]
+    fn cleanup_removes_jumps_before_deleting_the_chains() {
+        let wanted = PicketRules::wanted(&sample(), Family::V4);
+        let input = transition(&wanted, &PicketRules::default());
+        assert_eq!(
+            input,
+            "*nat\n-D PREROUTING -p tcp -j PICKET_INBOUND\n-D OUTPUT -p tcp -j PICKET_OUTPUT\n\
+             -F PICKET_INBOUND\n-X PICKET_INBOUND\n-F PICKET_OUTPUT\n-X PICKET_OUTPUT\nCOMMIT\n"
+        );
+        // Nothing installed: nothing to do.
+        let nothing = transition(&PicketRules::default(), &PicketRules::default());
+        assert_eq!(nothing, "*nat\nCOMMIT\n");
+    }
+
+    #[test]
+    fn ipv6_addresses_skip_loopback_and_link_local() {
+        let text = "fe8000000000000000fc00fffe000001 04 40 20 80     eth0\n\
+                    00000000000000000000000000000001 01 80 10 80       lo\n\
+                    fd000000000000000000000000000002 04 40 00 82     eth0\n";
+        assert_eq!(
+            parse_if_inet6(text),
+            vec!["fd00::2".parse::<Ipv6Addr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn the_ipv6_tools_match_the_ipv4_ones() {
+        for (v4, v6) in [
+            ("iptables", "ip6tables"),
+            ("iptables-nft", "ip6tables-nft"),
+            ("/usr/sbin/iptables-legacy", "/usr/sbin/ip6tables-legacy"),
+        ] {
+            assert_eq!(Runner::new(v4, true).ip6tables, v6);
+        }
     }
 }

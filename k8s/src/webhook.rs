@@ -28,15 +28,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use picket_ca::client::{CaClient, ClientError};
 use picket_common::backoff::{Backoff, renewal_delay};
 use picket_common::crypto::{PROTOCOL_VERSIONS, provider};
+use picket_common::server::{self, BodyError, ListenerSettings, TlsServer};
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
@@ -55,7 +53,8 @@ pub const HEALTH_PATH: &str = "/healthz";
 
 /// Largest review read (a pod is at most about 1.5 MB in etcd).
 const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
-/// Longest a client may take for the handshake and request head, and for the body.
+/// Longest a client may take to send a request body (the handshake and head have the listener's
+/// header timeout).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest open connections may take to finish after shutdown is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -364,74 +363,43 @@ pub async fn serve(
         shutdown.clone(),
     ));
 
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(REQUEST_TIMEOUT);
-    let http = Arc::new(http);
-    let graceful = GracefulShutdown::new();
     let local = listener.local_addr().map_err(WebhookError::Listener)?;
     tracing::info!(listen = %local, "admission webhook listening");
     on_listening();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook cannot accept a connection");
-                    tokio::time::sleep(RETRY_MIN).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let http = Arc::clone(&http);
+    let server = TlsServer {
+        settings: ListenerSettings::control(),
+        side: "webhook",
+        drain_timeout: DRAIN_TIMEOUT,
+        max_connection_age: None,
+    };
+    server::serve_tls(listener, acceptor, &server, &shutdown, move |_tls| {
         let settings = Arc::clone(&settings);
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(REQUEST_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "webhook TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = service_fn(move |request| {
-                let settings = Arc::clone(&settings);
-                async move { Ok::<_, Infallible>(route(&settings, request).await) }
-            });
-            if let Err(e) = watcher
-                .watch(http.serve_connection(TokioIo::new(tls), service))
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
-            tracing::warn!("webhook connections still open after the drain timeout");
-        }
-    }
+        service_fn(move |request| {
+            let settings = Arc::clone(&settings);
+            async move { Ok::<_, Infallible>(route(&settings, request).await) }
+        })
+    })
+    .await;
     Ok(())
 }
 
 async fn route(settings: &Settings, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    match (request.method(), request.uri().path()) {
+    // The body is read (or discarded) before any answer, so the client reads the status
+    // instead of a reset stream.
+    let (request, body) = request.into_parts();
+    let body = server::read_body(body, MAX_REVIEW_BYTES, REQUEST_TIMEOUT).await;
+    match (&request.method, request.uri.path()) {
         (&Method::GET, HEALTH_PATH) => plain(StatusCode::OK, "ok"),
         (&Method::POST, INJECT_PATH) => {
-            let body = Limited::new(request.into_body(), MAX_REVIEW_BYTES).collect();
-            let body = match tokio::time::timeout(REQUEST_TIMEOUT, body).await {
-                Ok(Ok(body)) => body.to_bytes(),
-                Ok(Err(e)) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
-                Err(_) => return plain(StatusCode::REQUEST_TIMEOUT, "body timeout"),
+            let body = match body {
+                Ok(body) => body,
+                Err(e @ BodyError::TooLarge(_)) => {
+                    return plain(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
+                }
+                Err(e @ BodyError::Timeout) => {
+                    return plain(StatusCode::REQUEST_TIMEOUT, &e.to_string());
+                }
+                Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
             };
             match review(&body, settings) {
                 Ok(answer) => match serde_json::to_vec(&answer) {

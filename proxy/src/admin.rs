@@ -12,9 +12,11 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+use picket_common::server::{self, ListenerSettings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::authz::PolicyStore;
 use crate::forward::{self, Body};
@@ -161,24 +163,42 @@ fn rfc3339(unix: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Serves the admin endpoints until `shutdown`.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
-    while let Some((tcp, _)) = crate::net::next_connection(&listener, &shutdown, "admin").await {
-        let state = Arc::clone(&state);
-        // The address the client connected to: on a listener bound to 0.0.0.0, a connection to
-        // 127.0.0.1 sees every endpoint and one to the pod's address only the public ones.
-        let loopback = tcp
-            .local_addr()
-            .is_ok_and(|a| a.ip().to_canonical().is_loopback());
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let resp = route(&state, &req, loopback);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(tcp), svc).await {
-                tracing::debug!(error = %e, "admin connection ended with an error");
+/// Serves the admin endpoints until `shutdown`, with the same connection limit and header
+/// timeout as every other listener (`settings`).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    settings: ListenerSettings,
+    shutdown: CancellationToken,
+) {
+    let http = server::http_builder(&settings);
+    let tracker = TaskTracker::new();
+    server::accept_loop(
+        listener,
+        &settings,
+        "admin",
+        &shutdown,
+        &tracker,
+        |_| {},
+        |tcp, _| {
+            let state = Arc::clone(&state);
+            let http = http.clone();
+            // The address the client connected to: on a listener bound to 0.0.0.0, a
+            // connection to 127.0.0.1 sees every endpoint and one to the pod's address only
+            // the public ones.
+            let loopback = tcp
+                .local_addr()
+                .is_ok_and(|a| a.ip().to_canonical().is_loopback());
+            async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let resp = route(&state, &req, loopback);
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                if let Err(e) = http.serve_connection(TokioIo::new(tcp), svc).await {
+                    tracing::debug!(error = %e, "admin connection ended with an error");
+                }
             }
-        });
-    }
+        },
+    )
+    .await;
 }

@@ -37,6 +37,77 @@ pub struct Config {
     pub http: HttpConfig,
     /// Traces, flow records and lateral-movement detectors.
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// The health listener that carries rewritten kubelet probes to the app.
+    pub health: Option<HealthConfig>,
+}
+
+/// The health listener: kubelet probes rewritten by the injector arrive here, never
+/// intercepted, and are carried to the app from inside the pod.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Where the rewritten probes arrive.
+    pub listen: SocketAddr,
+    /// The app's probes, by name (served at `/app-health/<name>`).
+    pub probes: BTreeMap<String, AppProbe>,
+}
+
+/// One of the app's probes, as the health listener runs it.
+#[derive(Debug, Clone)]
+pub struct AppProbe {
+    /// What to check.
+    pub check: ProbeCheck,
+    /// How long the app may take to answer (the probe's `timeoutSeconds`).
+    pub timeout: Duration,
+}
+
+/// What a probe checks, against the app on loopback.
+#[derive(Debug, Clone)]
+pub enum ProbeCheck {
+    /// An HTTP GET; succeeds with a status from 200 to 399, as the kubelet's.
+    Http {
+        /// The app's port.
+        port: u16,
+        /// Path and query.
+        path: String,
+        /// HTTPS (the certificate is not verified, as the kubelet does not verify it).
+        https: bool,
+        /// Extra request headers, in order.
+        headers: Vec<(String, String)>,
+    },
+    /// A TCP connect to the app's port.
+    Tcp {
+        /// The app's port.
+        port: u16,
+    },
+    /// The app's `grpc.health.v1.Health/Check`.
+    Grpc {
+        /// The app's port.
+        port: u16,
+        /// The service name asked about (empty: the whole server).
+        service: String,
+    },
+}
+
+/// Which inbound connections may arrive in plaintext (migration from no mesh).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundMode {
+    /// mTLS only (the default).
+    Strict,
+    /// Plaintext accepted on every port, told apart from mTLS by its first bytes.
+    Permissive,
+    /// Plaintext accepted on these destination ports only.
+    PermissivePorts(Vec<u16>),
+}
+
+impl InboundMode {
+    /// Whether plaintext is accepted for connections to `port`.
+    pub fn permits_plaintext(&self, port: u16) -> bool {
+        match self {
+            Self::Strict => false,
+            Self::Permissive => true,
+            Self::PermissivePorts(ports) => ports.contains(&port),
+        }
+    }
 }
 
 /// Authorization policy settings.
@@ -99,8 +170,10 @@ pub struct InboundConfig {
     /// The local application, plaintext, for connections that were not redirected. Optional in
     /// transparent mode, where such connections are then refused.
     pub app: Option<SocketAddr>,
-    /// Redirected connections (iptables) go to `127.0.0.1:<original port>`.
+    /// Redirected connections (iptables) go to `127.0.0.1:<original port>` (`[::1]` for IPv6).
     pub transparent: bool,
+    /// Strict (mTLS only) or permissive (plaintext also accepted) for migration.
+    pub mode: InboundMode,
 }
 
 /// Outbound side.
@@ -203,7 +276,7 @@ pub struct AdminConfig {
 /// Timeouts, all with safe defaults.
 #[derive(Debug, Clone)]
 pub struct Timeouts {
-    /// TLS handshake.
+    /// TLS handshake, and the HTTP/1 request head, on every listener.
     pub handshake: Duration,
     /// Connecting to a peer sidecar or the app.
     pub connect: Duration,
@@ -226,6 +299,8 @@ pub struct Timeouts {
 pub struct Limits {
     /// Open connections per listener; more are refused.
     pub max_connections: usize,
+    /// Requests in flight per direction; more are shed with 503.
+    pub max_requests: usize,
     /// Largest request head (HTTP/1) or header list (HTTP/2) in bytes.
     pub max_header_bytes: usize,
 }
@@ -234,6 +309,19 @@ impl Limits {
     /// [`Limits::max_header_bytes`] as the HTTP/2 header list limit.
     pub fn header_list_bytes(&self) -> u32 {
         u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX)
+    }
+}
+
+impl Config {
+    /// The limits every listener of this sidecar applies (data path and admin alike): the
+    /// connection limit, `timeouts.handshake` for the TLS handshake and the HTTP/1 request
+    /// head, and the header size limit.
+    pub fn listener_settings(&self) -> picket_common::server::ListenerSettings {
+        picket_common::server::ListenerSettings {
+            max_connections: self.limits.max_connections,
+            header_timeout: self.timeouts.handshake,
+            max_header_bytes: self.limits.max_header_bytes,
+        }
     }
 }
 
@@ -276,6 +364,59 @@ struct RawConfig {
     http: RawHttp,
     #[serde(default)]
     telemetry: crate::telemetry::RawTelemetry,
+    #[serde(default)]
+    health: Option<RawHealth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    probes: Vec<RawProbe>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    name: Spanned<String>,
+    http: Option<RawHttpProbe>,
+    tcp: Option<RawPortProbe>,
+    grpc: Option<RawGrpcProbe>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpProbe {
+    port: Spanned<u16>,
+    #[serde(default)]
+    path: Option<Spanned<String>>,
+    #[serde(default)]
+    scheme: Option<Spanned<String>>,
+    #[serde(default)]
+    headers: Vec<RawProbeHeader>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbeHeader {
+    name: Spanned<String>,
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPortProbe {
+    port: Spanned<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrpcProbe {
+    port: Spanned<u16>,
+    #[serde(default)]
+    service: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -339,6 +480,9 @@ struct RawInbound {
     app: Option<Spanned<String>>,
     #[serde(default)]
     transparent: bool,
+    mode: Option<Spanned<String>>,
+    #[serde(default)]
+    permissive_ports: Vec<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -405,6 +549,7 @@ struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     max_connections: Option<Spanned<usize>>,
+    max_requests: Option<Spanned<usize>>,
     max_header_bytes: Option<Spanned<usize>>,
 }
 
@@ -414,6 +559,10 @@ pub const DEFAULT_INBOUND: &str = "0.0.0.0:7143";
 pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:7140";
 /// Default admin listener.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:7191";
+/// Default health listener (rewritten kubelet probes).
+pub const DEFAULT_HEALTH: &str = "0.0.0.0:7192";
+/// A probe's timeout when none is given (the kubelet's default `timeoutSeconds`).
+const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Config {
     /// Reads and validates the configuration file at `path`.
@@ -493,6 +642,134 @@ impl Validator<'_> {
             return Err(self.err(v, format!("{field}: must be greater than zero")));
         }
         Ok(d)
+    }
+
+    fn inbound_mode(&self, raw: &RawInbound) -> Result<InboundMode, YamlError> {
+        let ports = || {
+            if raw.permissive_ports.contains(&0) {
+                Err(YamlError {
+                    source_name: self.source_name.to_owned(),
+                    line: None,
+                    column: None,
+                    message: "inbound.permissive_ports: 0 is not a port".into(),
+                })
+            } else {
+                Ok(raw.permissive_ports.clone())
+            }
+        };
+        match raw.mode.as_ref().map(|m| (m, m.value.as_str())) {
+            None | Some((_, "strict")) if raw.permissive_ports.is_empty() => {
+                Ok(InboundMode::Strict)
+            }
+            None | Some((_, "strict")) => Ok(InboundMode::PermissivePorts(ports()?)),
+            Some((m, "permissive")) => {
+                if raw.permissive_ports.is_empty() {
+                    Ok(InboundMode::Permissive)
+                } else {
+                    Err(self.err(
+                        m,
+                        "inbound.permissive_ports: mode permissive already accepts plaintext on \
+                         every port; list ports with mode strict",
+                    ))
+                }
+            }
+            Some((m, other)) => Err(self.err(
+                m,
+                format!("inbound.mode: {other:?} is not strict or permissive"),
+            )),
+        }
+    }
+
+    fn health(&self, raw: &RawHealth) -> Result<HealthConfig, YamlError> {
+        let listen = self.addr_or(&raw.listen, DEFAULT_HEALTH, "health.listen")?;
+        let mut probes = BTreeMap::new();
+        for p in &raw.probes {
+            let name = p.name.value.clone();
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._/".contains(&b));
+            if !valid {
+                return Err(self.err(
+                    &p.name,
+                    "health.probes.name: use lowercase letters, digits, '-', '.', '_' and '/'",
+                ));
+            }
+            let port = |port: &Spanned<u16>| {
+                if port.value == 0 {
+                    Err(self.err(port, "health.probes: port 0 is not a port"))
+                } else {
+                    Ok(port.value)
+                }
+            };
+            let check = match (&p.http, &p.tcp, &p.grpc) {
+                (Some(h), None, None) => {
+                    let path = h.path.as_ref().map_or("/", |p| p.value.as_str());
+                    if let Some(at) = h.path.as_ref().filter(|p| !p.value.starts_with('/')) {
+                        return Err(self.err(at, "health.probes.http.path: must start with '/'"));
+                    }
+                    if let Some(at) = h
+                        .path
+                        .as_ref()
+                        .filter(|p| p.value.parse::<http::uri::PathAndQuery>().is_err())
+                    {
+                        return Err(self.err(at, "health.probes.http.path: not a valid URL path"));
+                    }
+                    let https = match h.scheme.as_ref().map(|s| (s, s.value.as_str())) {
+                        None | Some((_, "HTTP")) => false,
+                        Some((_, "HTTPS")) => true,
+                        Some((at, other)) => {
+                            return Err(self.err(
+                                at,
+                                format!(
+                                    "health.probes.http.scheme: {other:?} is not HTTP or HTTPS"
+                                ),
+                            ));
+                        }
+                    };
+                    let mut headers = Vec::with_capacity(h.headers.len());
+                    for header in &h.headers {
+                        let ok = http::HeaderName::from_bytes(header.name.value.as_bytes()).is_ok()
+                            && http::HeaderValue::from_str(&header.value).is_ok();
+                        if !ok {
+                            return Err(self.err(
+                                &header.name,
+                                "health.probes.http.headers: not a valid header name and value",
+                            ));
+                        }
+                        headers.push((header.name.value.clone(), header.value.clone()));
+                    }
+                    ProbeCheck::Http {
+                        port: port(&h.port)?,
+                        path: path.to_owned(),
+                        https,
+                        headers,
+                    }
+                }
+                (None, Some(t), None) => ProbeCheck::Tcp {
+                    port: port(&t.port)?,
+                },
+                (None, None, Some(g)) => ProbeCheck::Grpc {
+                    port: port(&g.port)?,
+                    service: g.service.clone(),
+                },
+                _ => {
+                    return Err(self.err(
+                        &p.name,
+                        "health.probes: give exactly one of http, tcp and grpc",
+                    ));
+                }
+            };
+            let timeout =
+                self.duration(&p.timeout, DEFAULT_PROBE_TIMEOUT, "health.probes.timeout")?;
+            if probes
+                .insert(name.clone(), AppProbe { check, timeout })
+                .is_some()
+            {
+                return Err(self.err(&p.name, format!("health.probes: duplicate name {name:?}")));
+            }
+        }
+        Ok(HealthConfig { listen, probes })
     }
 
     fn positive(
@@ -583,6 +860,11 @@ impl Validator<'_> {
                 }
             },
             transparent: raw.inbound.transparent,
+            mode: self.inbound_mode(&raw.inbound)?,
+        };
+        let health = match &raw.health {
+            Some(h) => Some(self.health(h)?),
+            None => None,
         };
 
         let mut upstreams: Vec<Upstream> = Vec::with_capacity(raw.outbound.upstreams.len());
@@ -707,6 +989,7 @@ impl Validator<'_> {
                 10_000,
                 "limits.max_connections",
             )?,
+            max_requests: self.positive(&raw.limits.max_requests, 10_000, "limits.max_requests")?,
             max_header_bytes: self.positive(
                 &raw.limits.max_header_bytes,
                 64 * 1024,
@@ -799,6 +1082,7 @@ impl Validator<'_> {
         let telemetry = crate::telemetry::validate(raw.telemetry, self.source_name)?;
         Ok(Config {
             telemetry,
+            health,
             labels: raw.workload.labels,
             policy,
             http,
@@ -918,5 +1202,57 @@ outbound:
                 .replacen("orders\n", "orders\n    protocol: tcp\n", 1),
         );
         assert!(e.message.contains("tcp upstream needs"), "{e}");
+    }
+
+    #[test]
+    fn inbound_mode_and_health_probes_are_validated() {
+        let c = Config::parse("s.yaml", GOOD).unwrap();
+        assert_eq!(c.inbound.mode, InboundMode::Strict);
+        assert!(c.health.is_none());
+        let with = |inbound_extra: &str| {
+            GOOD.replacen("inbound: {", &format!("inbound: {{ {inbound_extra}"), 1)
+        };
+        let c = Config::parse("s.yaml", &with("mode: permissive,")).unwrap();
+        assert!(c.inbound.mode.permits_plaintext(1));
+        let c = Config::parse("s.yaml", &with("permissive_ports: [8080],")).unwrap();
+        assert!(c.inbound.mode.permits_plaintext(8080) && !c.inbound.mode.permits_plaintext(8081));
+        for (text, needle) in [
+            (with("mode: open,"), "inbound.mode"),
+            (
+                with("mode: permissive, permissive_ports: [1],"),
+                "permissive_ports",
+            ),
+            (
+                format!("{GOOD}health: {{ probes: [{{ name: a/livez }}] }}\n"),
+                "exactly one of",
+            ),
+            (
+                format!("{GOOD}health: {{ probes: [{{ name: A, tcp: {{ port: 1 }} }}] }}\n"),
+                "health.probes.name",
+            ),
+            (
+                format!(
+                    "{GOOD}health: {{ probes: [{{ name: a, http: {{ port: 1, scheme: FTP }} }}] }}\n"
+                ),
+                "scheme",
+            ),
+            (
+                format!(
+                    "{GOOD}health: {{ probes: [{{ name: a, tcp: {{ port: 1 }} }}, {{ name: a, tcp: {{ port: 2 }} }}] }}\n"
+                ),
+                "duplicate",
+            ),
+        ] {
+            let e = error(&text);
+            assert!(e.message.contains(needle), "{needle}: {e}");
+        }
+        let c = Config::parse(
+            "s.yaml",
+            &format!("{GOOD}health: {{ probes: [{{ name: app/readyz, grpc: {{ port: 9000 }}, timeout: 2s }}] }}\n"),
+        )
+        .unwrap();
+        let health = c.health.unwrap();
+        assert_eq!(health.listen.to_string(), DEFAULT_HEALTH);
+        assert_eq!(health.probes["app/readyz"].timeout, Duration::from_secs(2));
     }
 }

@@ -451,6 +451,10 @@ pub enum ForwardError {
     /// The connection failed while the request was in flight.
     #[error("connection failed: {0}")]
     Broken(String),
+    /// The destination is shutting down (HTTP/2 GOAWAY, or a refused stream) and did not
+    /// process the request, so it is safe to send it elsewhere.
+    #[error("the destination is shutting down and did not take the request")]
+    Draining,
     /// The request body's framing is malformed (or the client stopped sending it); nothing of
     /// the request was forwarded.
     #[error("malformed request body: {0}")]
@@ -511,18 +515,18 @@ impl<C: Connect> H2Client<C> {
         }
     }
 
-    async fn sender(&self) -> Result<SendRequest<Body>, ForwardError> {
-        if let Some(s) = self.current.load().as_deref()
+    async fn sender(&self) -> Result<Arc<SendRequest<Body>>, ForwardError> {
+        if let Some(s) = self.current.load_full()
             && !s.is_closed()
         {
-            return Ok(s.clone());
+            return Ok(s);
         }
         let _guard = self.connecting.lock().await;
         // Another request may have connected while this one waited.
-        if let Some(s) = self.current.load().as_deref()
+        if let Some(s) = self.current.load_full()
             && !s.is_closed()
         {
-            return Ok(s.clone());
+            return Ok(s);
         }
         let io = self.connector.connect().await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -539,20 +543,60 @@ impl<C: Connect> H2Client<C> {
                 tracing::debug!(error = %e, "http/2 client connection ended");
             }
         });
-        self.current.store(Some(Arc::new(sender.clone())));
+        let sender = Arc::new(sender);
+        self.current.store(Some(Arc::clone(&sender)));
         Ok(sender)
     }
 
-    /// Sends `req` and waits for the response head.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ForwardError> {
-        let mut sender = self.sender().await?;
-        sender
-            .ready()
-            .await
-            .map_err(|e| ForwardError::Broken(e.to_string()))?;
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| ForwardError::Broken(e.to_string()))
+    /// Stops using `stale` for new requests, unless another request already replaced it.
+    fn forget(&self, stale: &Arc<SendRequest<Body>>) {
+        self.current.rcu(|cur| match cur {
+            Some(c) if Arc::ptr_eq(c, stale) => None,
+            other => other.clone(),
+        });
     }
+
+    /// Sends `req` and waits for the response head. A request the connection did not take
+    /// (closed, or going away because the destination is draining: HTTP/2 GOAWAY) was never
+    /// sent, so it is sent once more on a fresh connection; when that one does not take it
+    /// either the answer is [`ForwardError::Draining`], and when no connection can be made,
+    /// [`ForwardError::Unreachable`].
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ForwardError> {
+        let mut req = req;
+        for _ in 0..2 {
+            let sender = self.sender().await?;
+            let mut send = SendRequest::clone(&sender);
+            if send.ready().await.is_err() {
+                self.forget(&sender);
+                continue;
+            }
+            match send.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => {
+                        self.forget(&sender);
+                        req = unsent;
+                    }
+                    None => return Err(sent_error(&e.into_error())),
+                },
+            }
+        }
+        Err(ForwardError::Draining)
+    }
+}
+
+/// Classifies a failure of a request that was handed to the connection: a stream the peer
+/// refused (REFUSED_STREAM) or cut off by its GOAWAY was not processed (RFC 9113 section 8.7),
+/// so it is [`ForwardError::Draining`]; anything else broke in flight.
+fn sent_error(e: &hyper::Error) -> ForwardError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>()
+            && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+        {
+            return ForwardError::Draining;
+        }
+        source = s.source();
+    }
+    ForwardError::Broken(e.to_string())
 }

@@ -2,18 +2,25 @@
 //!
 //! ```text
 //! accept -> limit -> TLS 1.3 (client SVID required) -> peer SpiffeId
-//!   ALPN h2 / http/1.1 -> hyper server -> canonical request (400 if it cannot be made)
-//!                      -> policy decision per request (403 / gRPC PERMISSION_DENIED)
+//!   ALPN h2 / http/1.1 -> hyper server -> the request pipeline (crate::pipeline):
+//!                         admit -> canonical request (400 if it cannot be made) -> span
+//!                      -> enforce per request (403 / gRPC PERMISSION_DENIED)
 //!                      -> strip hop-by-hop and identity headers, set x-picket-peer-identity
-//!                      -> app (HTTP/1.1 pool or one h2c conn)
+//!                      -> app (HTTP/1.1 pool or one h2c conn) -> finish (metrics, flow record)
 //!   no ALPN            -> policy decision for the connection (closed if denied)
 //!                      -> opaque TCP splice to the app
 //! ```
+//!
+//! Permissive mode (per port or for every port, for a migration into the mesh): the first
+//! byte is peeked at accept time, before TLS. A TLS handshake record (ClientHello) goes the
+//! way above; anything else is served as plaintext, HTTP or opaque TCP by detection, with no
+//! peer identity: policy sees no principal, so an ALLOW naming principals never matches it.
+//! Each plaintext connection is counted (`picket_tcp_connections_total{outcome="plaintext"}`),
+//! reported to the plaintext (unauthenticated) detector and logged.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
@@ -22,22 +29,23 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use picket_ca::SpiffeId;
-use picket_policy::Verdict;
+use picket_common::server::{self, ListenerSettings};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::authz::{self, PolicyStore};
+use crate::authz::PolicyStore;
 use crate::canonical;
-use crate::config::{Config, HttpConfig, Limits, Timeouts};
+use crate::config::{Config, HttpConfig, InboundMode, Limits, Timeouts};
 use crate::forward::{
     self, Body, Connect, ForwardError, H2Client, ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1,
     PEER_IDENTITY_HEADER,
 };
 use crate::metrics::{Direction, Metrics};
 use crate::net::{self, IdleTimeout};
-use crate::telemetry::{self, FlowProtocol, FlowRecord, RequestSpan, SpanAttrs, Telemetry};
+use crate::pipeline::{self, Endpoints, RequestCtx, RequestLimit, TcpFlow};
+use crate::telemetry::{SpanAttrs, Telemetry};
 use crate::tls::{self, ALPN_H2, ALPN_HTTP1, Credentials, TlsError};
 
 /// What every layer may know about an inbound connection; derived once at accept.
@@ -45,10 +53,11 @@ use crate::tls::{self, ALPN_H2, ALPN_HTTP1, Credentials, TlsError};
 pub struct ConnMeta {
     /// The TCP peer.
     pub client_addr: SocketAddr,
-    /// The verified identity from the peer's certificate.
-    pub peer: SpiffeId,
+    /// The verified identity from the peer's certificate; `None` for a plaintext connection
+    /// (permissive mode).
+    pub peer: Option<SpiffeId>,
     /// The identity as policy principals are written: `<trust-domain>/ns/<ns>/sa/<sa>`.
-    pub principal: String,
+    pub principal: Option<String>,
     /// The application this connection is forwarded to.
     pub app: SocketAddr,
     /// The destination port as policy sees it.
@@ -56,13 +65,35 @@ pub struct ConnMeta {
     /// The server name the peer asked for, if any.
     pub sni: Option<String>,
     /// `x-picket-peer-identity` value, rendered once.
-    peer_header: HeaderValue,
+    peer_header: Option<HeaderValue>,
 }
 
+/// How logs name a peer without an identity.
+const PLAINTEXT_PEER: &str = "(plaintext, no identity)";
+
 impl ConnMeta {
-    /// The peer's SPIFFE ID as text.
-    pub fn peer_header_str(&self) -> &str {
-        self.peer_header.to_str().unwrap_or_default()
+    /// The peer's SPIFFE ID as text, if it has one.
+    pub fn peer_header_str(&self) -> Option<&str> {
+        self.peer_header.as_ref().and_then(|h| h.to_str().ok())
+    }
+
+    /// The peer for log lines: its SPIFFE ID, or a note that it has none.
+    fn peer_label(&self) -> &str {
+        self.peer_header_str().unwrap_or(PLAINTEXT_PEER)
+    }
+
+    /// What policy decides for this connection: its L4 attributes, and `http` for a request.
+    pub fn policy_request<'a>(
+        &'a self,
+        http: Option<picket_policy::HttpRequest<'a>>,
+    ) -> picket_policy::Request<'a> {
+        picket_policy::Request {
+            source_principal: self.principal.as_deref(),
+            source_ip: self.client_addr.ip(),
+            destination_port: self.destination_port,
+            sni: self.sni.as_deref(),
+            http,
+        }
     }
 }
 
@@ -113,6 +144,9 @@ pub struct Inbound {
     deny_details: bool,
     timeouts: Timeouts,
     limits: Limits,
+    listener: ListenerSettings,
+    requests: RequestLimit,
+    mode: InboundMode,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -158,7 +192,10 @@ impl Inbound {
             http_cfg: config.http.clone(),
             deny_details: config.policy.deny_details,
             timeouts,
+            listener: config.listener_settings(),
+            requests: RequestLimit::new(limits.max_requests, Direction::Inbound),
             limits,
+            mode: config.inbound.mode.clone(),
         })
     }
 
@@ -169,14 +206,14 @@ impl Inbound {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) {
-        let limit = self.limits.max_connections;
-        net::accept_loop(
+        let metrics = Arc::clone(&self.metrics);
+        server::accept_loop(
             listener,
-            limit,
-            Direction::Inbound,
-            &self.metrics,
+            &self.listener,
+            "inbound",
             &shutdown,
             &tracker,
+            |_| metrics.connection(Direction::Inbound, "refused_limit"),
             |tcp, client_addr| Arc::clone(&self).connection(tcp, client_addr, shutdown.clone()),
         )
         .await;
@@ -189,7 +226,13 @@ impl Inbound {
             && let (Some(orig), Ok(local)) = (net::original_dst(tcp), tcp.local_addr())
             && orig != local
         {
-            return Some(SocketAddr::from(([127, 0, 0, 1], orig.port())));
+            // The app is reached on the loopback address of the connection's own family.
+            let loopback: std::net::IpAddr = if orig.is_ipv6() {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            };
+            return Some(SocketAddr::new(loopback, orig.port()));
         }
         self.app
     }
@@ -222,6 +265,11 @@ impl Inbound {
             tracing::warn!(%client_addr, "inbound connection refused: not redirected and no inbound.app configured");
             return;
         };
+        if self.mode.permits_plaintext(app.port())
+            && !starts_with_tls_record(&tcp, self.timeouts.detect).await
+        {
+            return self.plaintext(tcp, client_addr, app, shutdown).await;
+        }
         let handshake =
             tokio::time::timeout(self.timeouts.handshake, self.acceptor.accept(tcp)).await;
         let tls = match handshake {
@@ -248,14 +296,14 @@ impl Inbound {
         let principal = peer.to_string().trim_start_matches("spiffe://").to_owned();
         let meta = Arc::new(ConnMeta {
             client_addr,
-            principal,
+            principal: Some(principal),
             app,
             destination_port: app.port(),
             sni,
-            peer,
-            peer_header,
+            peer: Some(peer),
+            peer_header: Some(peer_header),
         });
-        tracing::debug!(%client_addr, peer = %meta.peer, "inbound connection");
+        tracing::debug!(%client_addr, peer = meta.peer_label(), "inbound connection");
         let io = IdleTimeout::new(tls, self.timeouts.idle);
         match alpn.as_deref() {
             Some(ALPN_H2) | Some(ALPN_HTTP1) => {
@@ -263,6 +311,42 @@ impl Inbound {
                     .await
             }
             _ => self.splice(io, meta).await,
+        }
+    }
+
+    /// A plaintext connection on a permissive port: no identity, HTTP or opaque TCP by
+    /// detection, every request still decided by policy.
+    async fn plaintext(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        client_addr: SocketAddr,
+        app: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
+        self.metrics.connection(Direction::Inbound, "plaintext");
+        // The unauthenticated-peer detector sees it as it would in strict mode.
+        self.telemetry.handshake_failed(client_addr, "not_tls");
+        tracing::info!(
+            %client_addr,
+            port = app.port(),
+            "inbound plaintext connection accepted (permissive mode): no peer identity"
+        );
+        let meta = Arc::new(ConnMeta {
+            client_addr,
+            peer: None,
+            principal: None,
+            app,
+            destination_port: app.port(),
+            sni: None,
+            peer_header: None,
+        });
+        let detected = net::detect(&tcp, self.timeouts.detect).await;
+        let mut preface = [0u8; 3];
+        let h2 = matches!(tcp.peek(&mut preface).await, Ok(3) if &preface == b"PRI");
+        let io = IdleTimeout::new(tcp, self.timeouts.idle);
+        match detected {
+            net::Detected::Http => self.http(io, h2, meta, shutdown).await,
+            net::Detected::Opaque => self.splice(io, meta).await,
         }
     }
 
@@ -290,157 +374,107 @@ impl Inbound {
         });
         let io = TokioIo::new(io);
         let result = if h2 {
-            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            builder
-                .timer(TokioTimer::new())
-                .max_header_list_size(self.limits.header_list_bytes())
-                .adaptive_window(true);
-            let conn = builder.serve_connection(io, svc);
-            net::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
+            let conn = server::http2_builder(&self.listener).serve_connection(io, svc);
+            server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
         } else {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(self.timeouts.request)
-                .max_buf_size(self.limits.max_header_bytes.max(8192));
-            let conn = builder.serve_connection(io, svc);
-            net::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
+            let conn = server::http1_builder(&self.listener).serve_connection(io, svc);
+            server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "inbound HTTP connection ended with an error");
         }
     }
 
-    /// One request: made canonical, decided, forwarded (or answered), counted and recorded.
-    /// The request forwarded is exactly the one policy judged.
+    /// One request through the pipeline ([`crate::pipeline`]): admitted, made canonical,
+    /// traced, enforced, forwarded (or answered), counted and recorded. The request forwarded
+    /// is exactly the one policy judged.
     async fn request(&self, req: Request<Incoming>, meta: &ConnMeta) -> Response<Body> {
-        let start = Instant::now();
+        let Some(_permit) = self.requests.admit(&self.metrics) else {
+            return pipeline::shed_response();
+        };
         let (mut parts, body) = req.into_parts();
-        let protocol = telemetry::protocol_of(parts.version, &parts.headers);
-        let method = parts.method.clone();
-        let bytes_in = telemetry::content_length(&parts.headers);
-        let mut span = RequestSpan::none();
-        let mut decision = None;
-        let mut request_id = None;
-        let (resp, canonical) = match canonical::canonicalize(&mut parts, &self.http_cfg) {
+        let mut ctx = RequestCtx::new(Direction::Inbound, &parts, self.ends(meta));
+        let resp = match canonical::canonicalize(&mut parts, &self.http_cfg) {
             Err(e) => {
-                tracing::info!(peer = %meta.peer, reason = %e, "inbound request refused as malformed");
-                (forward::error_response_close(e.status, &e.reason), None)
+                tracing::info!(peer = meta.peer_label(), reason = %e, "inbound request refused as malformed");
+                forward::error_response_close(e.status, &e.reason)
             }
             Ok(canonical) => {
-                span = self.telemetry.server_span(
+                ctx.span = self.telemetry.server_span(
                     &parts.headers,
                     &SpanAttrs {
-                        method: method.as_str(),
+                        method: parts.method.as_str(),
                         path: &canonical.path,
                         server_address: Some(&canonical.host),
                         peer_address: Some(meta.client_addr),
-                        source_identity: Some(meta.peer_header_str()),
+                        source_identity: meta.peer_header_str(),
                         destination_identity: Some(&self.own_identity),
                     },
                 );
-                let d = self.decide(&parts, &canonical, meta);
-                let resp = if d.verdict == Verdict::Allow {
-                    span.inject(&mut parts.headers);
-                    self.proxy(parts, body, meta).await
-                } else {
-                    let id = authz::request_id();
-                    let what = format!("{method} {}", canonical.path);
-                    authz::log_decision(&d, &meta.principal, &what, Some(&id));
-                    let grpc = protocol == FlowProtocol::Grpc;
-                    let resp = authz::deny_response(&d, &id, grpc, self.deny_details);
-                    request_id = Some(id);
-                    resp
-                };
-                decision = Some(d);
-                (resp, Some(canonical))
+                let deny = self.enforce(&mut ctx, &parts, &canonical, meta);
+                ctx.path = Some(canonical.path);
+                ctx.host = Some(canonical.host);
+                match deny {
+                    Some(deny) => deny,
+                    None => {
+                        ctx.span.inject(&mut parts.headers);
+                        match self.forward(parts, body, meta).await {
+                            Ok(resp) => resp,
+                            Err(ForwardError::RequestBody(reason)) => {
+                                tracing::info!(peer = meta.peer_label(), %reason, "inbound request refused: malformed body");
+                                forward::error_response_close(
+                                    StatusCode::BAD_REQUEST,
+                                    &format!("malformed request body: {reason}"),
+                                )
+                            }
+                            Err(e) => pipeline::error_response(
+                                Direction::Inbound,
+                                &format!("application at {}", meta.app),
+                                &e,
+                            ),
+                        }
+                    }
+                }
             }
         };
-        self.metrics
-            .request(Direction::Inbound, resp.status(), start.elapsed());
-        if self.telemetry.is_enabled() {
-            let mut record = FlowRecord::new(
-                time::OffsetDateTime::now_utc(),
-                Direction::Inbound,
-                protocol,
-            );
-            record.source_identity = Some(meta.peer_header_str().into());
-            record.source_address = Some(meta.client_addr);
-            record.destination_identity = Some(self.own_identity.as_str().into());
-            record.destination_address = Some(meta.app);
-            record.destination_port = Some(meta.destination_port);
-            record.method = Some(method.as_str().into());
-            if let Some(c) = &canonical {
-                record.path = Some(c.path.as_str().into());
-                record.host = Some(c.host.as_str().into());
-            }
-            record.status = Some(resp.status().as_u16());
-            record.grpc_status = telemetry::grpc_status(resp.headers());
-            telemetry::fill_decision(&mut record, decision.as_ref());
-            record.request_id = request_id.map(Into::into);
-            record.bytes_in = bytes_in;
-            record.bytes_out = telemetry::content_length(resp.headers());
-            record.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
-            self.telemetry.record_request(span, record);
-        }
+        ctx.finish(&resp, &self.metrics, &self.telemetry);
         resp
     }
 
-    /// The policy decision for a canonical request.
-    fn decide(
+    /// The two ends of a request or connection from `meta`'s peer to this workload's app.
+    fn ends<'a>(&'a self, meta: &'a ConnMeta) -> Endpoints<'a> {
+        Endpoints {
+            source_identity: meta.peer_header_str().map(Into::into),
+            source_address: Some(meta.client_addr),
+            destination_identity: Some(self.own_identity.as_str().into()),
+            destination_address: Some(meta.app),
+            destination_port: Some(meta.destination_port),
+        }
+    }
+
+    /// Enforces the policy for a canonical request: the deny response, if denied.
+    fn enforce(
         &self,
+        ctx: &mut RequestCtx<'_>,
         parts: &http::request::Parts,
         canonical: &canonical::Canonical,
         meta: &ConnMeta,
-    ) -> picket_policy::Decision {
+    ) -> Option<Response<Body>> {
         let headers: Vec<(&str, &str)> = parts
             .headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or("\u{fffd}")))
             .collect();
-        let decision = self.policy.decide(&picket_policy::Request {
-            source_principal: Some(&meta.principal),
-            source_ip: meta.client_addr.ip(),
-            destination_port: meta.destination_port,
-            sni: meta.sni.as_deref(),
-            http: Some(picket_policy::HttpRequest {
+        ctx.enforce(
+            &self.policy,
+            &meta.policy_request(Some(picket_policy::HttpRequest {
                 method: parts.method.as_str(),
                 path: &canonical.path,
                 host: &canonical.host,
                 headers: &headers,
-            }),
-        });
-        if decision.verdict == Verdict::Allow && !decision.shadows.is_empty() {
-            let what = format!("{} {}", parts.method, canonical.path);
-            authz::log_decision(&decision, &meta.principal, &what, None);
-        }
-        decision
-    }
-
-    async fn proxy(
-        &self,
-        parts: http::request::Parts,
-        body: Incoming,
-        meta: &ConnMeta,
-    ) -> Response<Body> {
-        match self.forward(parts, body, meta).await {
-            Ok(resp) => resp,
-            Err(ForwardError::RequestBody(reason)) => {
-                tracing::info!(peer = %meta.peer, %reason, "inbound request refused: malformed body");
-                forward::error_response_close(
-                    StatusCode::BAD_REQUEST,
-                    &format!("malformed request body: {reason}"),
-                )
-            }
-            Err(e) => {
-                tracing::info!(peer = %meta.peer, error = %e, "inbound request failed");
-                let status = match e {
-                    ForwardError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                    _ => StatusCode::BAD_GATEWAY,
-                };
-                forward::error_response(status, &e.to_string())
-            }
-        }
+            })),
+            self.deny_details,
+        )
     }
 
     async fn forward(
@@ -470,9 +504,9 @@ impl Inbound {
             self.http_cfg.forwarded,
             meta.client_addr.ip(),
         );
-        parts
-            .headers
-            .insert(PEER_IDENTITY_HEADER, meta.peer_header.clone());
+        if let Some(peer) = &meta.peer_header {
+            parts.headers.insert(PEER_IDENTITY_HEADER, peer.clone());
+        }
         let authority = parts
             .uri
             .authority()
@@ -553,56 +587,36 @@ impl Inbound {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let start = Instant::now();
-        let decision = self.policy.decide(&picket_policy::Request {
-            source_principal: Some(&meta.principal),
-            source_ip: meta.client_addr.ip(),
-            destination_port: meta.destination_port,
-            sni: meta.sni.as_deref(),
-            http: None,
-        });
-        let mut bytes = (0, 0);
-        let mut request_id = None;
-        if decision.verdict != Verdict::Allow {
-            let id = authz::request_id();
-            authz::log_decision(&decision, &meta.principal, "tcp connection", Some(&id));
-            request_id = Some(id);
-        } else {
-            if !decision.shadows.is_empty() {
-                authz::log_decision(&decision, &meta.principal, "tcp connection", None);
-            }
+        let mut flow = TcpFlow::new(Direction::Inbound, self.ends(&meta));
+        let enforced = pipeline::enforce(&self.policy, &meta.policy_request(None));
+        if enforced.allowed() {
             match connect_app(meta.app, &self.timeouts).await {
                 Err(e) => {
-                    tracing::info!(peer = %meta.peer, error = %e, "inbound TCP: application unreachable");
+                    tracing::info!(peer = meta.peer_label(), error = %e, "inbound TCP: application unreachable");
                 }
                 Ok(mut app) => match tokio::io::copy_bidirectional(&mut io, &mut app).await {
-                    Ok((from_peer, to_peer)) => {
-                        self.metrics
-                            .tcp_bytes(Direction::Inbound, from_peer + to_peer);
-                        bytes = (from_peer, to_peer);
-                    }
+                    Ok(bytes) => flow.bytes = Some(bytes),
                     Err(e) => {
-                        tracing::debug!(peer = %meta.peer, error = %e, "inbound TCP connection ended");
+                        tracing::debug!(peer = meta.peer_label(), error = %e, "inbound TCP connection ended");
                     }
                 },
             }
         }
-        if self.telemetry.is_enabled() {
-            let mut record = FlowRecord::new(
-                time::OffsetDateTime::now_utc(),
-                Direction::Inbound,
-                FlowProtocol::Tcp,
-            );
-            record.source_identity = Some(meta.peer_header_str().into());
-            record.source_address = Some(meta.client_addr);
-            record.destination_identity = Some(self.own_identity.as_str().into());
-            record.destination_address = Some(meta.app);
-            record.destination_port = Some(meta.destination_port);
-            telemetry::fill_decision(&mut record, Some(&decision));
-            record.request_id = request_id.map(Into::into);
-            (record.bytes_in, record.bytes_out) = bytes;
-            record.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
-            self.telemetry.record_flow(&record);
-        }
+        flow.enforced = Some(enforced);
+        flow.finish(&self.metrics, &self.telemetry);
     }
 }
+
+/// Whether a connection opens with a TLS handshake record (a ClientHello): its first byte is
+/// 0x16, which no HTTP request or other plaintext greeting starts with. Silence until
+/// `timeout` is not TLS (a TLS client always speaks first).
+async fn starts_with_tls_record(tcp: &TcpStream, timeout: std::time::Duration) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(timeout, tcp.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD
+    )
+}
+
+/// The TLS record type of handshake messages.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub handshake_failures: Family<HandshakeLabels, Counter>,
     /// Bytes spliced on opaque TCP connections, by direction.
     tcp_bytes: Family<DirectionLabels, Counter>,
+    /// Requests shed because too many were in flight, by direction.
+    requests_shed: Family<DirectionLabels, Counter>,
     /// Not-after of the current certificate, Unix seconds.
     pub cert_expiry: Gauge<i64, AtomicI64>,
     /// Renewal attempts by result.
@@ -157,6 +159,7 @@ impl Metrics {
             Family::<DirectionLabels, Histogram>::new_with_constructor(duration_histogram);
         let handshake_failures = Family::<HandshakeLabels, Counter>::default();
         let tcp_bytes = Family::<DirectionLabels, Counter>::default();
+        let requests_shed = Family::<DirectionLabels, Counter>::default();
         let cert_expiry = Gauge::<i64, AtomicI64>::default();
         let cert_renewals = Family::<RenewalLabels, Counter>::default();
         let authz_decisions = Family::<DecisionLabels, Counter>::default();
@@ -185,6 +188,11 @@ impl Metrics {
             "picket_tcp_bytes",
             "Bytes copied on opaque TCP connections, by direction",
             tcp_bytes.clone(),
+        );
+        registry.register(
+            "picket_requests_shed",
+            "HTTP requests answered 503 at once because too many were in flight, by direction",
+            requests_shed.clone(),
         );
         registry.register(
             "picket_cert_expiry_timestamp_seconds",
@@ -217,6 +225,7 @@ impl Metrics {
             request_duration,
             handshake_failures,
             tcp_bytes,
+            requests_shed,
             cert_expiry,
             cert_renewals,
         }
@@ -282,6 +291,13 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts a request shed by the per-direction request limit.
+    pub fn request_shed(&self, direction: Direction) {
+        self.requests_shed
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
     }
 
     /// Counts bytes spliced on an opaque TCP connection.

@@ -1,5 +1,7 @@
-//! Small networking pieces shared by the listeners: the idle timeout wrapper and the
-//! per-listener connection limit.
+//! Small networking pieces of the data path: the idle timeout wrapper, socket tuning, the
+//! boxed request future, the original destination of a redirected connection, and protocol
+//! detection. The listener skeleton (accept, connection limit, header timeout, drain) is
+//! `picket_common::server`, shared with every other server.
 
 use std::future::Future;
 use std::io;
@@ -9,9 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
 
 pin_project_lite::pin_project! {
     /// Fails reads and writes with `TimedOut` once no byte has moved in either direction for
@@ -127,83 +127,6 @@ impl<T: AsyncWrite> AsyncWrite for IdleTimeout<T> {
     }
 }
 
-/// Caps the open connections of one listener.
-#[derive(Debug, Clone)]
-pub struct ConnectionLimit {
-    permits: Arc<Semaphore>,
-}
-
-impl ConnectionLimit {
-    /// At most `max` connections at once.
-    pub fn new(max: usize) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(max)),
-        }
-    }
-
-    /// A permit held for the life of a connection, or `None` when the listener is full.
-    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.permits).try_acquire_owned().ok()
-    }
-}
-
-/// Accepts on `listener` until `shutdown`: refuses (and counts) connections past `limit`,
-/// tunes each socket, and runs `handle` for it on `tracker` while holding its permit.
-pub async fn accept_loop<F, Fut>(
-    listener: tokio::net::TcpListener,
-    limit: usize,
-    direction: crate::metrics::Direction,
-    metrics: &crate::metrics::Metrics,
-    shutdown: &CancellationToken,
-    tracker: &tokio_util::task::TaskTracker,
-    handle: F,
-) where
-    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let limit = ConnectionLimit::new(limit);
-    let side = direction.as_str();
-    while let Some((tcp, client_addr)) = next_connection(&listener, shutdown, side).await {
-        let Some(permit) = limit.try_acquire() else {
-            metrics.connection(direction, "refused_limit");
-            tracing::warn!(%client_addr, "{side} connection refused: connection limit reached");
-            continue;
-        };
-        tune(&tcp);
-        let work = handle(tcp, client_addr);
-        tracker.spawn(async move {
-            work.await;
-            drop(permit);
-        });
-    }
-}
-
-/// The next connection on `listener`, or `None` once `shutdown` fires. A failed accept is
-/// logged (naming `side`) and retried after a short pause: when the process is out of file
-/// descriptors every accept fails at once, and retrying without a pause would spin a core.
-pub async fn next_connection(
-    listener: &tokio::net::TcpListener,
-    shutdown: &CancellationToken,
-    side: &str,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => return Some(c),
-                Err(e) => tracing::warn!(error = %e, "{side} accept failed"),
-            },
-            () = shutdown.cancelled() => return None,
-        }
-        tokio::select! {
-            () = tokio::time::sleep(ACCEPT_RETRY) => {}
-            () = shutdown.cancelled() => return None,
-        }
-    }
-}
-
-/// The pause after a failed accept.
-const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
-
 /// Disables Nagle's algorithm; the proxy writes whole frames and records.
 pub fn tune(stream: &tokio::net::TcpStream) {
     let _ = stream.set_nodelay(true);
@@ -217,25 +140,6 @@ pub fn small_future<F: Future + Send + 'static>(
     f: F,
 ) -> std::pin::Pin<Box<dyn Future<Output = F::Output> + Send>> {
     Box::pin(f)
-}
-
-/// Runs a hyper connection; on shutdown asks it to finish in-flight requests and close.
-pub async fn drain_on<C, T, E>(
-    conn: C,
-    shutdown: &CancellationToken,
-    graceful: impl FnOnce(std::pin::Pin<&mut C>),
-) -> Result<T, E>
-where
-    C: std::future::Future<Output = Result<T, E>>,
-{
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => r,
-        () = shutdown.cancelled() => {
-            graceful(conn.as_mut());
-            conn.await
-        }
-    }
 }
 
 /// The destination a redirected connection was originally sent to (`SO_ORIGINAL_DST`), or

@@ -14,12 +14,12 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use picket_common::server::{self, ListenerSettings};
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
@@ -35,7 +35,8 @@ use crate::forward::{
 };
 use crate::metrics::{Direction, Metrics};
 use crate::net::{self, IdleTimeout};
-use crate::telemetry::{self, FlowRecord, Parent, SpanAttrs, Telemetry};
+use crate::pipeline::{self, Endpoints, RequestCtx, RequestLimit, TcpFlow};
+use crate::telemetry::{Parent, SpanAttrs, Telemetry};
 use crate::tls::{self, ALPN_H2, Credentials, PeerIdentity, TlsError};
 
 /// Opens mTLS connections to one peer sidecar.
@@ -141,6 +142,10 @@ pub struct Outbound {
     own_identity: String,
     timeouts: Timeouts,
     limits: Limits,
+    listener: ListenerSettings,
+    /// The HTTP server of every outbound listener, built once from `listener`.
+    http: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    requests: RequestLimit,
 }
 
 /// Transparent-mode settings of the shared outbound listener.
@@ -187,6 +192,9 @@ impl Outbound {
             destinations: std::sync::Mutex::new(HashMap::new()),
             metrics,
             timeouts,
+            http: server::http_builder(&full.listener_settings()),
+            listener: full.listener_settings(),
+            requests: RequestLimit::new(limits.max_requests, Direction::Outbound),
             limits,
         };
         for u in &config.upstreams {
@@ -316,14 +324,14 @@ impl Outbound {
         tracker: TaskTracker,
     ) {
         let listen = listener.local_addr().ok();
-        let limit = self.limits.max_connections;
-        net::accept_loop(
+        let metrics = Arc::clone(&self.metrics);
+        server::accept_loop(
             listener,
-            limit,
-            Direction::Outbound,
-            &self.metrics,
+            &self.listener,
+            "outbound",
             &shutdown,
             &tracker,
+            |_| metrics.connection(Direction::Outbound, "refused_limit"),
             |tcp, _client_addr| {
                 let this = Arc::clone(&self);
                 let route = route.clone();
@@ -363,20 +371,9 @@ impl Outbound {
             })
         });
         let io = TokioIo::new(IdleTimeout::new(tcp, self.timeouts.idle));
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.timeouts.request)
-            .max_buf_size(self.limits.max_header_bytes.max(8192));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(self.limits.header_list_bytes())
-            .adaptive_window(true);
-        let conn = builder.serve_connection(io, svc);
+        let conn = self.http.serve_connection(io, svc);
         tokio::select! {
-            r = net::drain_on(conn, &shutdown, |c| c.graceful_shutdown()) => {
+            r = server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()) => {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "outbound HTTP connection ended with an error");
                 }
@@ -407,16 +404,21 @@ impl Outbound {
         }
     }
 
+    /// One request through the pipeline ([`crate::pipeline`]): admitted, routed, traced,
+    /// forwarded over the upstream's HTTP/2 mTLS connection, counted and recorded.
     async fn request(&self, req: Request<Incoming>, route: &Route) -> Response<Body> {
-        let start = Instant::now();
-        let resp = self.forward(req, route).await;
-        self.metrics
-            .request(Direction::Outbound, resp.status(), start.elapsed());
-        resp
-    }
-
-    async fn forward(&self, req: Request<Incoming>, route: &Route) -> Response<Body> {
+        let Some(_permit) = self.requests.admit(&self.metrics) else {
+            return pipeline::shed_response();
+        };
         let (mut parts, body) = req.into_parts();
+        let mut ctx = RequestCtx::new(
+            Direction::Outbound,
+            &parts,
+            Endpoints {
+                source_identity: Some(self.own_identity.as_str().into()),
+                ..Endpoints::default()
+            },
+        );
         // The same syntax rules as the receiving side, so that what leaves here is one
         // unambiguous request (the receiving side decides on it).
         let authority =
@@ -424,129 +426,83 @@ impl Outbound {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::info!(reason = %e, "outbound request refused as malformed");
-                    return forward::error_response_close(e.status, &e.reason);
+                    let resp = forward::error_response_close(e.status, &e.reason);
+                    return ctx.unrouted(resp, &self.metrics);
                 }
             };
         let upstream = match self.resolve(route, Some(&authority)) {
             Ok(u) => u,
-            Err(resp) => return *resp,
+            Err(resp) => return ctx.unrouted(*resp, &self.metrics),
         };
-        let from_http1 = parts.version != Version::HTTP_2;
         let had_body = forward::declares_body(&parts.headers, &body);
         let mut body = match forward::body_for_forwarding(body).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::info!(error = %e, "outbound request refused: malformed body");
-                return forward::error_response_close(StatusCode::BAD_REQUEST, &e.to_string());
+                let resp = forward::error_response_close(StatusCode::BAD_REQUEST, &e.to_string());
+                return ctx.unrouted(resp, &self.metrics);
             }
         };
-        forward::strip_hop_by_hop(&mut parts.headers);
+        if let Err(bad) = prepare(&mut parts, &authority) {
+            return ctx.unrouted(*bad, &self.metrics);
+        }
         forward::frame_request(&mut parts.headers, &mut body, had_body, false);
         let body_failed = body.failure_flag();
         let body = forward::boxed(body);
-        parts.headers.remove(&PEER_IDENTITY_HEADER);
-        parts.headers.remove(&ORIG_PROTO_HEADER);
-        if from_http1 {
-            parts.headers.insert(
-                ORIG_PROTO_HEADER,
-                HeaderValue::from_static(ORIG_PROTO_HTTP1),
-            );
-        }
-        parts.headers.remove(header::HOST);
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = match forward::absolute_uri(&authority, pq) {
-            Ok(u) => u,
-            Err(_) => {
-                return forward::error_response_close(
-                    StatusCode::BAD_REQUEST,
-                    "invalid request target",
-                );
-            }
-        };
-        parts.version = Version::HTTP_2;
-        let protocol = telemetry::protocol_of(
-            if from_http1 {
-                Version::HTTP_11
-            } else {
-                Version::HTTP_2
-            },
-            &parts.headers,
-        );
-        let method = parts.method.clone();
+        ctx.ends.destination_identity = Some(upstream.cfg.identity.to_string().into());
+        ctx.ends.destination_address = Some(upstream.cfg.address);
+        ctx.ends.destination_port = Some(upstream.cfg.address.port());
         let path = parts.uri.path().to_owned();
-        let destination = upstream.cfg.identity.to_string();
-        let bytes_in = telemetry::content_length(&parts.headers);
-        let start = Instant::now();
-        let span = self.telemetry.client_span(
+        ctx.span = self.telemetry.client_span(
             Parent::Headers(&parts.headers),
             &SpanAttrs {
-                method: method.as_str(),
+                method: parts.method.as_str(),
                 path: &path,
                 server_address: Some(&authority),
                 peer_address: Some(upstream.cfg.address),
                 source_identity: Some(&self.own_identity),
-                destination_identity: Some(&destination),
+                destination_identity: ctx.ends.destination_identity.as_deref(),
             },
         );
-        span.inject(&mut parts.headers);
+        ctx.span.inject(&mut parts.headers);
+        ctx.path = Some(path);
+        ctx.host = Some(authority);
         let timeout = self.timeouts.request;
         let sent =
             tokio::time::timeout(timeout, upstream.h2.send(Request::from_parts(parts, body))).await;
-        let result = match sent {
+        let resp = match sent {
             Err(_) => Err(ForwardError::Timeout(timeout)),
             Ok(r) => r.map_err(|e| forward::blame(e, &body_failed)),
-        };
-        let resp = match result {
-            Ok(resp) => {
+        }
+        .map_or_else(
+            |e| match e {
+                ForwardError::RequestBody(_) => {
+                    tracing::info!(error = %e, "outbound request refused: malformed body");
+                    forward::error_response_close(StatusCode::BAD_REQUEST, &e.to_string())
+                }
+                e => pipeline::error_response(Direction::Outbound, &upstream.cfg.name, &e),
+            },
+            |resp| {
                 let (mut parts, body) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, forward::boxed(body))
-            }
-            Err(e) => {
-                tracing::info!(upstream = %upstream.cfg.name, error = %e, "outbound request failed");
-                let status = match e {
-                    ForwardError::Unreachable { .. } | ForwardError::Handshake { .. } => {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    }
-                    ForwardError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                    ForwardError::RequestBody(_) => {
-                        return forward::error_response_close(
-                            StatusCode::BAD_REQUEST,
-                            &e.to_string(),
-                        );
-                    }
-                    _ => StatusCode::BAD_GATEWAY,
-                };
-                forward::error_response(status, &e.to_string())
-            }
-        };
-        if self.telemetry.is_enabled() {
-            let mut record = FlowRecord::new(
-                time::OffsetDateTime::now_utc(),
-                Direction::Outbound,
-                protocol,
-            );
-            record.source_identity = Some(self.own_identity.as_str().into());
-            record.destination_identity = Some(destination.as_str().into());
-            record.destination_address = Some(upstream.cfg.address);
-            record.destination_port = Some(upstream.cfg.address.port());
-            record.method = Some(method.as_str().into());
-            record.path = Some(path.as_str().into());
-            record.host = Some(authority.as_str().into());
-            record.status = Some(resp.status().as_u16());
-            record.grpc_status = telemetry::grpc_status(resp.headers());
-            record.bytes_in = bytes_in;
-            record.bytes_out = telemetry::content_length(resp.headers());
-            record.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
-            self.telemetry.record_request(span, record);
-        }
+            },
+        );
+        ctx.finish(&resp, &self.metrics, &self.telemetry);
         resp
     }
 
     async fn splice(&self, tcp: TcpStream, upstream: &UpstreamCtx) {
-        let start = Instant::now();
-        let client_addr = tcp.peer_addr().ok();
-        let mut bytes = (0, 0);
+        let mut flow = TcpFlow::new(
+            Direction::Outbound,
+            Endpoints {
+                source_identity: Some(self.own_identity.as_str().into()),
+                source_address: tcp.peer_addr().ok(),
+                destination_identity: Some(upstream.cfg.identity.to_string().into()),
+                destination_address: Some(upstream.cfg.address),
+                destination_port: Some(upstream.cfg.address.port()),
+            },
+        );
         match upstream.tcp.open().await {
             Err(e) => {
                 tracing::info!(upstream = %upstream.cfg.name, error = %e, "outbound TCP: peer unreachable");
@@ -554,32 +510,41 @@ impl Outbound {
             Ok(mut peer) => {
                 let mut client = IdleTimeout::new(tcp, self.timeouts.idle);
                 match tokio::io::copy_bidirectional(&mut client, &mut peer).await {
-                    Ok((up, down)) => {
-                        self.metrics.tcp_bytes(Direction::Outbound, up + down);
-                        bytes = (up, down);
-                    }
+                    Ok(bytes) => flow.bytes = Some(bytes),
                     Err(e) => {
                         tracing::debug!(upstream = %upstream.cfg.name, error = %e, "outbound TCP connection ended");
                     }
                 }
             }
         }
-        if self.telemetry.is_enabled() {
-            let mut record = FlowRecord::new(
-                time::OffsetDateTime::now_utc(),
-                Direction::Outbound,
-                telemetry::FlowProtocol::Tcp,
-            );
-            record.source_identity = Some(self.own_identity.as_str().into());
-            record.source_address = client_addr;
-            record.destination_identity = Some(upstream.cfg.identity.to_string().into());
-            record.destination_address = Some(upstream.cfg.address);
-            record.destination_port = Some(upstream.cfg.address.port());
-            (record.bytes_in, record.bytes_out) = bytes;
-            record.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
-            self.telemetry.record_flow(&record);
-        }
+        flow.finish(&self.metrics, &self.telemetry);
     }
+}
+
+/// Readies a request's head for the peer sidecar: hop-by-hop and identity headers removed,
+/// the caller's HTTP version recorded in `x-picket-orig-proto`, the target made absolute
+/// (`http://<authority><path>`) for HTTP/2. A target that cannot be made is a 400.
+fn prepare(parts: &mut http::request::Parts, authority: &str) -> Result<(), Box<Response<Body>>> {
+    let from_http1 = parts.version != Version::HTTP_2;
+    forward::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(&PEER_IDENTITY_HEADER);
+    parts.headers.remove(&ORIG_PROTO_HEADER);
+    if from_http1 {
+        parts.headers.insert(
+            ORIG_PROTO_HEADER,
+            HeaderValue::from_static(ORIG_PROTO_HTTP1),
+        );
+    }
+    parts.headers.remove(header::HOST);
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = forward::absolute_uri(authority, pq).map_err(|_| {
+        Box::new(forward::error_response_close(
+            StatusCode::BAD_REQUEST,
+            "invalid request target",
+        ))
+    })?;
+    parts.version = Version::HTTP_2;
+    Ok(())
 }
 
 /// The host part of an authority, lowercased, without port or trailing dot.

@@ -62,6 +62,8 @@ pub struct BoundAddrs {
     pub admin: SocketAddr,
     /// Each upstream's own listener.
     pub upstreams: BTreeMap<String, SocketAddr>,
+    /// The health listener (rewritten kubelet probes), when configured.
+    pub health: Option<SocketAddr>,
 }
 
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, SidecarError> {
@@ -77,6 +79,58 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, SidecarError>
 fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
     l.local_addr().unwrap_or(fallback)
 }
+
+/// The IPv6 twin of a transparent listener bound to the IPv4 wildcard or loopback address:
+/// IPv6 connections redirected by ip6tables arrive at the same port on `::` (inbound) or `::1`
+/// (outbound). `None` when `bound` has no twin or the host has no IPv6.
+async fn bind_ipv6_twin(
+    what: &str,
+    bound: SocketAddr,
+) -> Result<Option<TcpListener>, SidecarError> {
+    use std::net::{IpAddr, Ipv6Addr};
+    let ip = match bound.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => Ipv6Addr::UNSPECIFIED,
+        IpAddr::V4(v4) if v4.is_loopback() => Ipv6Addr::LOCALHOST,
+        _ => return Ok(None),
+    };
+    let addr = SocketAddr::from((ip, bound.port()));
+    let bind_err = |source| SidecarError::Bind {
+        what: format!("{what} (IPv6)"),
+        addr,
+        source,
+    };
+    let socket = match socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    ) {
+        Ok(s) => s,
+        Err(e) if e.raw_os_error() == Some(EAFNOSUPPORT) => {
+            tracing::info!(listener = what, "no IPv6 on this host: IPv4 listener only");
+            return Ok(None);
+        }
+        Err(e) => return Err(bind_err(e)),
+    };
+    // IPv4 stays on its own socket, so each connection keeps its family's original destination.
+    socket.set_only_v6(true).map_err(bind_err)?;
+    socket.set_reuse_address(true).map_err(bind_err)?;
+    socket.set_nonblocking(true).map_err(bind_err)?;
+    match socket.bind(&addr.into()) {
+        Ok(()) => {}
+        // IPv6 disabled in this namespace (no ::1 / no IPv6 address at all).
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+            tracing::info!(listener = what, %addr, "IPv6 unavailable in this namespace: IPv4 listener only");
+            return Ok(None);
+        }
+        Err(e) => return Err(bind_err(e)),
+    }
+    socket.listen(1024).map_err(bind_err)?;
+    let listener = TcpListener::from_std(socket.into()).map_err(bind_err)?;
+    Ok(Some(listener))
+}
+
+/// `EAFNOSUPPORT` on Linux: the kernel was built without IPv6.
+const EAFNOSUPPORT: i32 = 97;
 
 /// Runs a sidecar until `shutdown` is cancelled. `on_ready` is called once, when the
 /// certificate is installed and every listener is bound.
@@ -98,9 +152,42 @@ pub async fn run(
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         Arc::clone(&state),
+        config.listener_settings(),
         admin_stop.clone(),
     ));
     tracing::info!(identity = %config.identity, admin = %admin_addr, "sidecar starting");
+    let mut health_tasks = Vec::new();
+    // An admin port open on the pod's address (kubelet probes, scrapers) is open on its IPv6
+    // address too, or an IPv6-only pod could never be probed.
+    if admin_addr.ip().is_unspecified()
+        && let Some(twin) = bind_ipv6_twin("admin", admin_addr).await?
+    {
+        health_tasks.push(tokio::spawn(admin::serve(
+            twin,
+            Arc::clone(&state),
+            config.listener_settings(),
+            admin_stop.clone(),
+        )));
+    }
+    // The app's rewritten probes are answered from the start: they reach the app, not us.
+    let mut health_addr = None;
+    if let Some(health) = &config.health {
+        let listener = bind("health", health.listen).await?;
+        let bound = local(&listener, health.listen);
+        health_addr = Some(bound);
+        let probes = Arc::new(health.probes.clone());
+        let tls = Arc::new(crate::health::probe_tls_config().map_err(TlsError::from)?);
+        let twin = bind_ipv6_twin("health", bound).await?;
+        for l in std::iter::once(listener).chain(twin) {
+            health_tasks.push(tokio::spawn(crate::health::serve(
+                l,
+                Arc::clone(&probes),
+                Arc::clone(&tls),
+                config.listener_settings(),
+                admin_stop.clone(),
+            )));
+        }
+    }
 
     let policy = Arc::new(PolicyStore::new(
         config.policy.path.clone(),
@@ -145,6 +232,17 @@ pub async fn run(
         outbound: local(&out_listener, config.outbound.listen),
         admin: admin_addr,
         upstreams: BTreeMap::new(),
+        health: health_addr,
+    };
+    let in_twin = if config.inbound.transparent {
+        bind_ipv6_twin("inbound", addrs.inbound).await?
+    } else {
+        None
+    };
+    let out_twin = if config.outbound.transparent {
+        bind_ipv6_twin("outbound", addrs.outbound).await?
+    } else {
+        None
     };
     let mut upstream_listeners = Vec::new();
     for u in &config.outbound.upstreams {
@@ -157,6 +255,17 @@ pub async fn run(
 
     let accept_tasks = TaskTracker::new();
     accept_tasks.spawn(Arc::clone(&inbound).serve(in_listener, shutdown.clone(), tracker.clone()));
+    if let Some(l) = in_twin {
+        accept_tasks.spawn(Arc::clone(&inbound).serve(l, shutdown.clone(), tracker.clone()));
+    }
+    if let Some(l) = out_twin {
+        accept_tasks.spawn(Arc::clone(&outbound).serve(
+            l,
+            Route::ByHost,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
     accept_tasks.spawn(Arc::clone(&outbound).serve(
         out_listener,
         Route::ByHost,
@@ -211,6 +320,9 @@ pub async fn run(
     policy_watch.abort();
     admin_stop.cancel();
     let _ = admin_task.await;
+    for task in health_tasks {
+        let _ = task.await;
+    }
     tracing::info!("sidecar stopped");
     Ok(())
 }

@@ -3,7 +3,10 @@
 use anyhow::{Context, Result, ensure};
 use http::{StatusCode, Version};
 use picket_tests::clients::{body_text, curl, get};
-use picket_tests::{App, Mesh, Sidecar, TestCa, TestProxy, spiffe_id};
+use picket_tests::wait::READY_TIMEOUT;
+use picket_tests::{
+    App, Mesh, Sidecar, TestCa, TestProxy, assert_eventually, closed_port, spiffe_id,
+};
 
 #[tokio::test]
 async fn admin_reports_health_metrics_and_identity_without_secrets() -> Result<()> {
@@ -102,5 +105,106 @@ async fn admin_on_a_non_loopback_address_serves_only_health_and_metrics() -> Res
             resp.status()
         );
     }
+    Ok(())
+}
+
+/// Reads from `tcp` until the server closes it; `Ok(bytes)` when it did within `deadline`.
+async fn closed_within(
+    tcp: &mut tokio::net::TcpStream,
+    deadline: std::time::Duration,
+) -> Result<usize> {
+    use tokio::io::AsyncReadExt as _;
+    let mut seen = 0;
+    let mut buf = [0u8; 1024];
+    let read_all = async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return seen,
+                Ok(n) => seen += n,
+            }
+        }
+    };
+    tokio::time::timeout(deadline, read_all)
+        .await
+        .map_err(|_| anyhow::anyhow!("the connection was still open after {deadline:?}"))
+}
+
+/// The admin listener has the same header timeout as the data path: a client that trickles
+/// its request head a byte at a time is closed once `timeouts.handshake` has passed, however
+/// often it sends.
+#[tokio::test]
+async fn admin_closes_a_connection_that_trickles_its_request_head() -> Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let ca = TestCa::start().await?;
+    let proxy = TestProxy::spawn(
+        &ca,
+        Sidecar::new("shop", "orders", closed_port().await?).yaml("timeouts: { handshake: 1s }"),
+    )
+    .await?;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addrs().admin).await?;
+    let (mut reader, mut writer) = tcp.split();
+    let started = std::time::Instant::now();
+    let trickle = async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        for byte in b"GET /live HTTP/1.1\r\nHost: admin\r\nX-Slow: "
+            .iter()
+            .cycle()
+        {
+            tick.tick().await;
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let closed = async {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = [0u8; 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        () = closed => {}
+        () = trickle => {}
+        () = tokio::time::sleep(std::time::Duration::from_secs(20)) => {
+            anyhow::bail!("a trickling admin client was still connected after 20 s");
+        }
+    }
+    let took = started.elapsed();
+    ensure!(
+        took >= std::time::Duration::from_millis(900),
+        "closed after {took:?}, before the 1 s header timeout"
+    );
+    Ok(())
+}
+
+/// The admin listener has the same connection limit as the data path: past
+/// `limits.max_connections` a connection is closed at once, and a freed slot is usable again.
+#[tokio::test]
+async fn admin_refuses_connections_past_the_limit() -> Result<()> {
+    let ca = TestCa::start().await?;
+    let proxy = TestProxy::spawn(
+        &ca,
+        Sidecar::new("shop", "orders", closed_port().await?).yaml("limits: { max_connections: 2 }"),
+    )
+    .await?;
+    let admin = proxy.addrs().admin;
+    let first = tokio::net::TcpStream::connect(admin).await?;
+    let _second = tokio::net::TcpStream::connect(admin).await?;
+    let mut third = tokio::net::TcpStream::connect(admin).await?;
+    let seen = closed_within(&mut third, std::time::Duration::from_secs(10)).await?;
+    ensure!(seen == 0, "the refused connection received {seen} bytes");
+    drop(first);
+    assert_eventually!(
+        READY_TIMEOUT,
+        proxy
+            .admin_get("/live")
+            .await
+            .is_ok_and(|(s, _)| s == StatusCode::OK),
+        "the admin listener did not serve again after a connection closed"
+    );
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{Result, ensure};
 use picket_ca::client::ClientError;
 use picket_tests::ca::{Svid, csr_pem};
+use picket_tests::clients::curl;
 use picket_tests::process::{output, picket};
 use picket_tests::{TRUST_DOMAIN, TestCa, spiffe_id};
 
@@ -196,6 +197,63 @@ fn visit_files(dir: &Path, f: &mut impl FnMut(&Path) -> Result<()>) -> Result<()
             visit_files(&path, f)?;
         } else {
             f(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The CA API answers with the right status over HTTP/1.1 and HTTP/2 alike, with real curl:
+/// an answer that does not need the body (no credential, wrong path) still comes after the
+/// body was read, so an HTTP/2 client sees the status and not a reset stream, and a body over
+/// the limit is a 413 on both versions.
+#[tokio::test]
+async fn api_statuses_are_the_same_over_http1_and_http2() -> Result<()> {
+    let ca = TestCa::start().await?;
+    let bundle = ca.bundle_path().display().to_string();
+    let big = tempfile::NamedTempFile::new()?;
+    std::fs::write(big.path(), vec![b'{'; 100 * 1024])?;
+    let big_body = format!("@{}", big.path().display());
+    let certificates = format!("{}{}", ca.url(), picket_ca::api::CERTIFICATES_PATH);
+    let unknown = format!("{}/v1/nothing-here", ca.url());
+    let cases: [(&str, Vec<&str>, u16); 4] = [
+        (
+            "a 100 KiB body",
+            vec![
+                "-H",
+                "Authorization: Bearer x",
+                "--data-binary",
+                &big_body,
+                &certificates,
+            ],
+            413,
+        ),
+        (
+            "a body and no credential",
+            vec!["--data-binary", "{\"csr\":\"x\"}", &certificates],
+            401,
+        ),
+        (
+            "a 100 KiB body to an unknown path",
+            vec!["--data-binary", &big_body, &unknown],
+            404,
+        ),
+        ("a GET of a POST endpoint", vec![&certificates], 405),
+    ];
+    for version in ["--http1.1", "--http2"] {
+        for (what, args, want) in &cases {
+            let mut all = vec![version, "--cacert", &bundle];
+            all.extend(args.iter().copied());
+            let got = curl(&all).await?;
+            ensure!(
+                got.exit_code == Some(0) && got.status == *want,
+                "{what} over {version}: expected {want}, got {got:?}"
+            );
+            let expected_version = if version == "--http2" { "2" } else { "1.1" };
+            ensure!(
+                got.http_version == expected_version,
+                "{what}: curl spoke HTTP/{} instead of {version}",
+                got.http_version
+            );
         }
     }
     Ok(())

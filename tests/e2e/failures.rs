@@ -113,3 +113,86 @@ async fn sigterm_on_server_sidecar_lets_in_flight_request_finish() -> Result<()>
 async fn sigterm_on_client_sidecar_lets_in_flight_request_finish() -> Result<()> {
     sigterm_lets_in_flight_request_finish(Side::Client).await
 }
+
+/// A peer sidecar that is draining (SIGTERM, a slow request still in flight) no longer takes
+/// new requests: its GOAWAY or refused stream, or its closed listener, reaches the caller as
+/// 503 (the peer is unavailable), never as 502.
+#[tokio::test]
+async fn draining_peer_sidecar_answers_new_requests_503() -> Result<()> {
+    let mut mesh = Mesh::start_with(MeshOptions {
+        extra_yaml: "timeouts: { drain: 20s }".to_owned(),
+        ..MeshOptions::default()
+    })
+    .await?;
+    let outbound = mesh.outbound();
+    let in_flight = tokio::spawn(async move {
+        described(get(outbound, Version::HTTP_11, "orders", "/slow?ms=4000").await?).await
+    });
+    let app = mesh.app.addr();
+    assert_eventually!(
+        READY_TIMEOUT,
+        app_in_flight(app).await? > 0,
+        "the slow request never reached the app"
+    );
+    mesh.orders.terminate().await?;
+    assert_eventually!(
+        READY_TIMEOUT,
+        mesh.orders.admin_get("/ready").await?.0 == StatusCode::SERVICE_UNAVAILABLE,
+        "the orders sidecar never reported draining"
+    );
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let resp = get(outbound, version, "orders", "/").await?;
+        let status = resp.status();
+        let body = body_text(resp).await?;
+        ensure!(
+            status == StatusCode::SERVICE_UNAVAILABLE,
+            "a request to the draining peer ({version:?}) answered {status}: {body}"
+        );
+    }
+    let seen = in_flight.await??;
+    ensure!(seen.path == "/slow?ms=4000", "{seen:?}");
+    let status = mesh.orders.wait_exit(Duration::from_secs(30)).await?;
+    ensure!(status.success(), "the orders sidecar exited with {status}");
+    Ok(())
+}
+
+/// Past `limits.max_requests` requests in flight, a direction sheds the next request with 503
+/// at once and counts it; once the slow request ends, requests pass again.
+#[tokio::test]
+async fn requests_past_the_in_flight_limit_are_shed_with_503() -> Result<()> {
+    let mesh = Mesh::start_with(MeshOptions {
+        frontend_yaml: "limits: { max_requests: 1 }".to_owned(),
+        ..MeshOptions::default()
+    })
+    .await?;
+    let outbound = mesh.outbound();
+    let in_flight = tokio::spawn(async move {
+        described(get(outbound, Version::HTTP_11, "orders", "/slow?ms=3000").await?).await
+    });
+    let app = mesh.app.addr();
+    assert_eventually!(
+        READY_TIMEOUT,
+        app_in_flight(app).await? > 0,
+        "the slow request never reached the app"
+    );
+    let resp = get(outbound, Version::HTTP_11, "orders", "/").await?;
+    let status = resp.status();
+    let body = body_text(resp).await?;
+    ensure!(
+        status == StatusCode::SERVICE_UNAVAILABLE && body.contains("too many requests in flight"),
+        "the second request answered {status}: {body}"
+    );
+    let (_, metrics) = mesh.frontend.admin_get("/metrics").await?;
+    ensure!(
+        metrics.contains("picket_requests_shed_total{direction=\"outbound\"} 1"),
+        "the shed request is not counted:\n{metrics}"
+    );
+    in_flight.await??;
+    let resp = get(outbound, Version::HTTP_11, "orders", "/").await?;
+    ensure!(
+        resp.status() == StatusCode::OK,
+        "after the slow request, a request answered {}",
+        resp.status()
+    );
+    Ok(())
+}

@@ -284,6 +284,14 @@ async fn the_injectors_settings_make_valid_pods_with_the_default_ports() -> Resu
             .filter_map(|p| p["containerPort"].as_u64())
             .collect();
         ensure!(ports == [u64::from(INBOUND_PORT), u64::from(ADMIN_PORT)]);
+        // Scrape annotations point at the sidecar's metrics when the chart turns them on;
+        // the workload's own prometheus.io annotation keeps them off (it has one).
+        let annotations = &pod["metadata"]["annotations"];
+        ensure!(annotations["prometheus.io/scrape"] == "true");
+        ensure!(
+            annotations.get("prometheus.io/port").is_none(),
+            "{annotations}"
+        );
         let config = pod["metadata"]["annotations"]["picket.dev/sidecar-config"]
             .as_str()
             .context("no config")?;
@@ -378,5 +386,175 @@ async fn the_policy_configmaps_hold_policies_the_sidecar_loads() -> Result<()> {
                 .with_context(|| format!("the policy of {}", values.display()))?;
         }
     }
+    Ok(())
+}
+
+fn chart_values(name: &str) -> PathBuf {
+    chart_dir().join("ci").join(format!("{name}.values.yaml"))
+}
+
+fn check_placement(
+    label: &str,
+    deployment: &Value,
+    priority: Option<&str>,
+    spread: &[(&str, u64, &str)],
+) -> Result<()> {
+    let name = deployment["metadata"]["name"].as_str().unwrap_or("?");
+    let pod = &deployment["spec"]["template"];
+    ensure!(
+        pod["spec"]["priorityClassName"].as_str() == priority,
+        "{label}: {name} priorityClassName {}",
+        pod["spec"]["priorityClassName"]
+    );
+    let constraints = pod["spec"]["topologySpreadConstraints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        constraints.len() == spread.len(),
+        "{label}: {name} spread {constraints:?}"
+    );
+    for (c, (key, skew, when)) in constraints.iter().zip(spread) {
+        ensure!(
+            c["topologyKey"] == *key && c["maxSkew"] == *skew && c["whenUnsatisfiable"] == *when,
+            "{label}: {name} {c}"
+        );
+        // The constraint counts exactly this component's pods, of the same revision.
+        ensure!(
+            c["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"],
+            "{label}: {name} spread selector {c}"
+        );
+        let selector = c["labelSelector"]["matchLabels"]
+            .as_object()
+            .context("no selector")?;
+        for (k, v) in selector {
+            ensure!(
+                pod["metadata"]["labels"][k] == *v,
+                "{label}: {name} pods lack {k}={v}"
+            );
+        }
+        ensure!(
+            c["matchLabelKeys"] == json!(["pod-template-hash"]),
+            "{label}: {name} {c}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn placement_scrape_settings_and_pod_monitor_follow_the_values() -> Result<()> {
+    // Defaults: both Deployments get the critical priority, one replica per node (hard) and
+    // zone spread (soft); injected pods get scrape annotations, strict mode, probe rewriting;
+    // no PodMonitor.
+    let label = "minimal";
+    let manifests = documents(&helm_template(&chart_values("minimal")).await?)?;
+    let spread = [
+        ("kubernetes.io/hostname", 1, "DoNotSchedule"),
+        ("topology.kubernetes.io/zone", 1, "ScheduleAnyway"),
+    ];
+    for name in ["picket-ca", "picket-injector"] {
+        check_placement(
+            label,
+            named(&manifests, "Deployment", name)?,
+            Some("system-cluster-critical"),
+            &spread,
+        )?;
+    }
+    let injector = named(&manifests, "Deployment", "picket-injector")?;
+    let args = strings(&injector["spec"]["template"]["spec"]["containers"][0]["args"]);
+    ensure!(
+        flag(&args, "--scrape-annotations") == Some("true"),
+        "{args:?}"
+    );
+    ensure!(flag(&args, "--rewrite-probes") == Some("true"), "{args:?}");
+    ensure!(flag(&args, "--inbound-mode") == Some("strict"), "{args:?}");
+    ensure!(
+        of_kind(&manifests, "PodMonitor").is_empty(),
+        "{label}: PodMonitor is opt-in"
+    );
+
+    // Everything turned: no CA priority, zone-only CA spread, a custom injector priority and
+    // no injector spread, no scrape annotations, permissive, no rewriting, a PodMonitor.
+    let label = "full";
+    let manifests = documents(&helm_template(&chart_values("full")).await?)?;
+    check_placement(
+        label,
+        named(&manifests, "Deployment", "picket-ca")?,
+        None,
+        &[("topology.kubernetes.io/zone", 2, "DoNotSchedule")],
+    )?;
+    check_placement(
+        label,
+        named(&manifests, "Deployment", "picket-injector")?,
+        Some("mesh-critical"),
+        &[],
+    )?;
+    let injector = named(&manifests, "Deployment", "picket-injector")?;
+    let args = strings(&injector["spec"]["template"]["spec"]["containers"][0]["args"]);
+    ensure!(
+        flag(&args, "--scrape-annotations") == Some("false"),
+        "{args:?}"
+    );
+    ensure!(flag(&args, "--rewrite-probes") == Some("false"), "{args:?}");
+    ensure!(
+        flag(&args, "--inbound-mode") == Some("permissive"),
+        "{args:?}"
+    );
+    let monitor = named(&manifests, "PodMonitor", "picket-sidecars")?;
+    ensure!(monitor["apiVersion"] == "monitoring.coreos.com/v1");
+    ensure!(
+        monitor["metadata"]["labels"]["release"] == "prometheus",
+        "{monitor}"
+    );
+    ensure!(
+        monitor["spec"]["namespaceSelector"]["matchNames"] == json!(["shop", "payments"]),
+        "{monitor}"
+    );
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    // The port name only injected sidecars declare, and the path the admin listener serves.
+    ensure!(
+        endpoint["port"] == "picket-admin" && endpoint["path"] == "/metrics",
+        "{endpoint}"
+    );
+    ensure!(endpoint["interval"] == "15s", "{endpoint}");
+
+    // What the injector does with those flags: the sidecar declares picket-admin on the
+    // admin port the annotations and the PodMonitor name.
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "shop"},
+        "spec": {"containers": [{"name": "app", "image": "app:1", "ports": [{"containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}}}]}});
+    let text = picket_tests::k8s::print_yaml(&pod)?;
+    let injected = documents(&picket_inject_ok(&[], &text).await?)?;
+    let annotations = &injected[0]["metadata"]["annotations"];
+    ensure!(
+        annotations["prometheus.io/port"].as_str() == Some(ADMIN_PORT.to_string().as_str()),
+        "{annotations}"
+    );
+    ensure!(annotations["prometheus.io/path"] == "/metrics");
+    let sidecar = &injected[0]["spec"]["initContainers"][1];
+    ensure!(
+        sidecar["ports"]
+            .as_array()
+            .context("no ports")?
+            .iter()
+            .any(|p| p["name"] == "picket-admin" && p["containerPort"] == ADMIN_PORT),
+        "{sidecar}"
+    );
+    let off = documents(
+        &picket_inject_ok(
+            &["--scrape-annotations", "false", "--rewrite-probes", "false"],
+            &text,
+        )
+        .await?,
+    )?;
+    ensure!(
+        off[0]["metadata"]["annotations"]
+            .get("prometheus.io/scrape")
+            .is_none()
+    );
+    ensure!(
+        off[0]["spec"]["containers"][0]["readinessProbe"]
+            == pod["spec"]["containers"][0]["readinessProbe"]
+    );
     Ok(())
 }

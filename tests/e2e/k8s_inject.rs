@@ -25,6 +25,7 @@ const CASES: &[&str] = &[
     "list",
     "opt-outs",
     "port-opt-outs",
+    "probes",
 ];
 
 /// Non-default settings, as the chart's `full` values pass them.

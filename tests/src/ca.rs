@@ -29,6 +29,7 @@ pub fn spiffe_id(namespace: &str, service_account: &str) -> String {
 pub struct TestCa {
     dir: TempDir,
     listen: SocketAddr,
+    names: Vec<String>,
     daemon: Option<Daemon>,
 }
 
@@ -52,6 +53,16 @@ impl TestCa {
     /// A CA serving on `listen` (port 0 picks one), e.g. a bridge address that test network
     /// namespaces can reach.
     pub async fn start_at(listen: SocketAddr, init_args: &[&str]) -> Result<Self> {
+        Self::start_at_with_names(listen, &[], init_args).await
+    }
+
+    /// [`TestCa::start_at`] with extra names (`--san`) on the CA's serving certificate, e.g.
+    /// the IPv4 and IPv6 bridge addresses of a CA listening on `[::]` for both families.
+    pub async fn start_at_with_names(
+        listen: SocketAddr,
+        names: &[String],
+        init_args: &[&str],
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let state = dir.path().join("state");
         run_ok(
@@ -69,6 +80,7 @@ impl TestCa {
         let mut ca = Self {
             dir,
             listen,
+            names: names.to_vec(),
             daemon: None,
         };
         ca.serve().await?;
@@ -86,6 +98,9 @@ impl TestCa {
             .arg(self.listen.to_string())
             .arg("--ready-file")
             .arg(&ready_file);
+        for name in &self.names {
+            cmd.arg("--san").arg(name);
+        }
         let mut daemon = Daemon::spawn("ca", cmd, self.dir.path())?;
         let ready: CaReady = daemon.wait_ready(&ready_file).await?;
         self.listen = ready.listen;
@@ -116,6 +131,11 @@ impl TestCa {
     /// `https://IP:PORT` of the CA API.
     pub fn url(&self) -> String {
         format!("https://{}", self.listen)
+    }
+
+    /// `https://IP:PORT` of the CA API reached at `ip` (one of its names), on its port.
+    pub fn url_at(&self, ip: std::net::IpAddr) -> String {
+        format!("https://{}", SocketAddr::new(ip, self.listen.port()))
     }
 
     /// A PEM file with the trust bundle, as printed by `picket ca bundle` at start.

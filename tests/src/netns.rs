@@ -2,20 +2,56 @@
 //! veth pairs to one bridge in the root namespace, each with its own address. Root is required
 //! (CI runs as root); without it the tests fail with a clear message instead of skipping.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result, bail, ensure};
 use tokio::process::Command;
 
 use crate::process::output;
 
+/// Which address families a pod has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    /// IPv4 only.
+    V4,
+    /// IPv6 only (loopback still has 127.0.0.1, as in any Linux namespace).
+    V6,
+    /// Both.
+    Dual,
+}
+
+impl Stack {
+    fn has_v4(self) -> bool {
+        self != Self::V6
+    }
+
+    fn has_v6(self) -> bool {
+        self != Self::V4
+    }
+}
+
 /// One namespace ("pod").
 #[derive(Debug, Clone)]
 pub struct Pod {
     /// The network namespace name.
     pub netns: String,
-    /// Its address on the bridge.
+    /// Its IPv4 address on the bridge (configured unless the pod is [`Stack::V6`]).
     pub ip: Ipv4Addr,
+    /// Its IPv6 address on the bridge (unless the pod is [`Stack::V4`]).
+    pub ip6: Option<Ipv6Addr>,
+    /// Its families.
+    pub stack: Stack,
+}
+
+impl Pod {
+    /// Its address of the family asked for, if it has one.
+    pub fn addr(&self, v6: bool) -> Option<IpAddr> {
+        match (v6, self.stack.has_v4()) {
+            (true, _) => self.ip6.map(IpAddr::V6),
+            (false, true) => Some(IpAddr::V4(self.ip)),
+            (false, false) => None,
+        }
+    }
 }
 
 /// A bridge with pods attached; everything is removed on drop.
@@ -24,6 +60,7 @@ pub struct PodNet {
     bridge: String,
     gateway: Ipv4Addr,
     prefix: [u8; 3],
+    prefix6: [u16; 3],
     /// The pods.
     pub pods: Vec<Pod>,
 }
@@ -53,8 +90,14 @@ pub async fn require_root() -> Result<()> {
 }
 
 impl PodNet {
-    /// Creates a bridge and `n` pods on a fresh /24.
+    /// Creates a bridge and `n` IPv4 pods on a fresh /24.
     pub async fn create(n: usize) -> Result<Self> {
+        Self::create_stacks(&vec![Stack::V4; n]).await
+    }
+
+    /// Creates a bridge (with a fresh IPv4 /24 and a fresh IPv6 ULA /64) and one pod per
+    /// entry of `stacks`, with the families it names.
+    pub async fn create_stacks(stacks: &[Stack]) -> Result<Self> {
         require_root().await?;
         let mut rnd = [0u8; 3];
         picket_common::crypto::fill_random(&mut rnd).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -63,10 +106,13 @@ impl PodNet {
         let prefix = [10, 231, 1 + rnd[2] % 250];
         let gateway = Ipv4Addr::new(prefix[0], prefix[1], prefix[2], 1);
         let bridge = format!("pk{id}br");
+        // fd00:231:<id>::/64: inside the chart's default meshed fd00::/8, unique per run.
+        let prefix6 = [0xfd00, 0x0231, u16::from_be_bytes([rnd[0], rnd[1]])];
         let mut net = Self {
             bridge: bridge.clone(),
             gateway,
             prefix,
+            prefix6,
             pods: Vec::new(),
         };
         run(&["ip", "link", "add", &bridge, "type", "bridge"]).await?;
@@ -79,16 +125,32 @@ impl PodNet {
             &bridge,
         ])
         .await?;
+        // No duplicate address detection: the addresses are usable at once.
+        run(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", net.gateway6()),
+            "dev",
+            &bridge,
+            "nodad",
+        ])
+        .await?;
         run(&["ip", "link", "set", &bridge, "up"]).await?;
-        for i in 1..=n {
+        for (index, stack) in stacks.iter().copied().enumerate() {
+            let i = index + 1;
             let netns = format!("pk{id}n{i}");
             let host_if = format!("pk{id}h{i}");
             let pod_if = format!("pk{id}p{i}");
             let ip = Ipv4Addr::new(prefix[0], prefix[1], prefix[2], 10 + i as u8);
+            let ip6 = stack.has_v6().then(|| net.host6(10 + i as u16));
             run(&["ip", "netns", "add", &netns]).await?;
             net.pods.push(Pod {
                 netns: netns.clone(),
                 ip,
+                ip6,
+                stack,
             });
             run(&[
                 "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &pod_if,
@@ -102,12 +164,45 @@ impl PodNet {
                 v.extend_from_slice(rest);
                 v.into_iter().map(str::to_owned).collect::<Vec<_>>()
             };
-            for cmd in [
-                in_ns(&["ip", "link", "set", "lo", "up"]),
-                in_ns(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &pod_if]),
-                in_ns(&["ip", "link", "set", &pod_if, "up"]),
-                in_ns(&["ip", "route", "add", "default", "via", &gateway.to_string()]),
-            ] {
+            let mut cmds = vec![in_ns(&["ip", "link", "set", "lo", "up"])];
+            if stack.has_v4() {
+                cmds.push(in_ns(&[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{ip}/24"),
+                    "dev",
+                    &pod_if,
+                ]));
+            }
+            if let Some(ip6) = ip6 {
+                cmds.push(in_ns(&[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{ip6}/64"),
+                    "dev",
+                    &pod_if,
+                    "nodad",
+                ]));
+            }
+            cmds.push(in_ns(&["ip", "link", "set", &pod_if, "up"]));
+            if stack.has_v4() {
+                cmds.push(in_ns(&[
+                    "ip",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &gateway.to_string(),
+                ]));
+            }
+            if stack.has_v6() {
+                let gw6 = net.gateway6().to_string();
+                cmds.push(in_ns(&["ip", "-6", "route", "add", "default", "via", &gw6]));
+            }
+            for cmd in cmds {
                 let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
                 run(&args).await?;
             }
@@ -118,6 +213,22 @@ impl PodNet {
     /// The bridge's address in the root namespace.
     pub fn gateway(&self) -> Ipv4Addr {
         self.gateway
+    }
+
+    /// The bridge's IPv6 address in the root namespace.
+    pub fn gateway6(&self) -> Ipv6Addr {
+        self.host6(1)
+    }
+
+    fn host6(&self, host: u16) -> Ipv6Addr {
+        let [a, b, c] = self.prefix6;
+        Ipv6Addr::new(a, b, c, 0, 0, 0, 0, host)
+    }
+
+    /// The IPv6 network as `fd00:231:X::/64`.
+    pub fn cidr6(&self) -> String {
+        let [a, b, c] = self.prefix6;
+        format!("{a:x}:{b:x}:{c:x}::/64")
     }
 
     /// The bridge interface name (for packet capture).

@@ -125,6 +125,12 @@ capabilities:
 - {{ .Values.proxy.resources.requests.cpu | quote }}
 - --proxy-memory-request
 - {{ .Values.proxy.resources.requests.memory | quote }}
+- --inbound-mode
+- {{ .Values.proxy.inboundMode | default "strict" | quote }}
+- --rewrite-probes
+- {{ ternary "true" "false" (ne .Values.proxy.rewriteProbes false) | quote }}
+- --scrape-annotations
+- {{ ternary "true" "false" .Values.metrics.scrapeAnnotations | quote }}
 {{- with .Values.proxy.excludeInboundPorts }}
 - --exclude-inbound-ports
 - {{ join "," . | quote }}
@@ -136,5 +142,28 @@ capabilities:
 {{- with .Values.proxy.excludeOutboundCIDRs }}
 - --exclude-outbound-cidrs
 - {{ join "," . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Placement shared by the CA and the injector: priority class and topology spread.
+Call with (dict "root" . "component" "ca" "values" .Values.ca).
+*/}}
+{{- define "picket.placement" -}}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- with .values.topologySpread }}
+topologySpreadConstraints:
+{{- range . }}
+  - topologyKey: {{ .topologyKey | quote }}
+    maxSkew: {{ .maxSkew }}
+    whenUnsatisfiable: {{ .whenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- include "picket.selectorLabels" (dict "root" $.root "component" $.component) | nindent 8 }}
+    matchLabelKeys:
+      - pod-template-hash
+{{- end }}
 {{- end }}
 {{- end -}}

@@ -236,6 +236,7 @@ async fn spawn_sidecar(
             listen: any,
             app: Some(app),
             transparent: false,
+            mode: picket_proxy::config::InboundMode::Strict,
         },
         outbound: OutboundConfig {
             listen: any,
@@ -257,6 +258,7 @@ async fn spawn_sidecar(
         },
         limits: Limits {
             max_connections: 1000,
+            max_requests: 1000,
             max_header_bytes: 64 * 1024,
         },
         labels: [("app".to_owned(), sa.to_owned())].into_iter().collect(),
@@ -267,6 +269,7 @@ async fn spawn_sidecar(
         },
         http: HttpConfig::default(),
         telemetry: picket_proxy::telemetry::TelemetryConfig::default(),
+        health: None,
     };
     let (tx, rx) = oneshot::channel();
     let stop = shutdown.clone();

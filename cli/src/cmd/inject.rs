@@ -63,6 +63,27 @@ pub struct SettingsArgs {
     /// The sidecar's memory request.
     #[arg(long, default_value = "32Mi")]
     proxy_memory_request: String,
+    /// Inbound mode of every pod: `strict` accepts mTLS only, `permissive` also plaintext
+    /// (for a migration). A pod's `picket.dev/inbound-mode` annotation overrides it.
+    #[arg(long, value_enum, default_value_t = Mode::Strict)]
+    inbound_mode: Mode,
+    /// Rewrite the app's kubelet probes to go through the sidecar's health listener
+    /// (`picket.dev/rewrite-probes: "false"` turns it off for one pod).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    rewrite_probes: bool,
+    /// Add `prometheus.io/scrape`, `/port` and `/path` annotations for the sidecar's metrics
+    /// to pods that carry no `prometheus.io/*` annotation of their own.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    scrape_annotations: bool,
+}
+
+/// The inbound mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    /// mTLS only.
+    Strict,
+    /// mTLS and plaintext.
+    Permissive,
 }
 
 /// What happens to destinations outside the meshed networks.
@@ -122,6 +143,9 @@ impl SettingsArgs {
         settings
             .proxy_memory_request
             .clone_from(&self.proxy_memory_request);
+        settings.permissive = self.inbound_mode == Mode::Permissive;
+        settings.rewrite_probes = self.rewrite_probes;
+        settings.scrape_annotations = self.scrape_annotations;
         settings
     }
 }

@@ -1,0 +1,326 @@
+//! The one request pipeline both directions run, as plain async functions.
+//!
+//! ```text
+//! hyper service_fn (one per connection; inbound: ConnMeta, outbound: Route)
+//!   -> RequestLimit::admit  per-direction concurrency limit; past it the request is shed: 503
+//!   -> RequestCtx::new      the per-request context, made once: start, protocol, method,
+//!                           bytes in, the two endpoints (identities, addresses, port)
+//!   -> canonical            inbound: the one canonical request (400 if it cannot be made)
+//!   -> span                 inbound: server span; outbound: client span; injected on forward
+//!   -> RequestCtx::enforce  inbound: decide (counted), log once, build the deny once
+//!   -> forward              hop-by-hop hygiene, identity headers, to the app / the peer
+//!   -> error_response       the one map from a forwarding error to 502 / 503 / 504
+//!   -> RequestCtx::finish   metrics, and the flow record built once from the context,
+//!                           handed with the span to telemetry (detectors, flow log, span end)
+//! ```
+//!
+//! Opaque TCP connections run the same [`enforce`] and build their record with the same
+//! [`Endpoints::record`], through [`TcpFlow`].
+//!
+//! Why plain functions and not tower layers: every stage needs the same few values (the
+//! connection's metadata, the canonical request, the decision) and the two directions run the
+//! stages in a fixed order; as `Service`s each stage would re-derive or carry them through
+//! request extensions and add a boxed future per stage per request, and nothing composes
+//! stacks at run time. The concurrency limit and load shedding that a tower stack would provide
+//! are [`RequestLimit`]: one semaphore permit per request, taken without waiting.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, Response, StatusCode};
+use picket_policy::{Decision, Verdict};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::authz::{self, PolicyStore};
+use crate::forward::{self, Body, ForwardError};
+use crate::metrics::{Direction, Metrics};
+use crate::telemetry::{self, FlowProtocol, FlowRecord, RequestSpan, Telemetry};
+
+/// The requests one direction serves at once. A request past the limit is answered 503 at
+/// once (shed) rather than queued, so an overloaded sidecar answers fast and sheds load
+/// instead of building a queue no caller will wait for.
+#[derive(Debug, Clone)]
+pub struct RequestLimit {
+    permits: Arc<Semaphore>,
+    direction: Direction,
+}
+
+impl RequestLimit {
+    /// A limit of `max` requests in flight for `direction`.
+    pub fn new(max: usize, direction: Direction) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            direction,
+        }
+    }
+
+    /// A permit held while the request is served, or `None` (counted and logged) when the
+    /// request is to be shed: answer it with [`shed_response`].
+    pub fn admit(&self, metrics: &Metrics) -> Option<OwnedSemaphorePermit> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok();
+        if permit.is_none() {
+            metrics.request_shed(self.direction);
+            tracing::debug!(
+                direction = self.direction.as_str(),
+                "request shed: too many requests in flight"
+            );
+        }
+        permit
+    }
+}
+
+/// The answer to a shed request: 503, at once.
+pub fn shed_response() -> Response<Body> {
+    forward::error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many requests in flight; try again",
+    )
+}
+
+/// The two ends of a request or connection, as the flow record names them.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoints<'a> {
+    /// The caller's SPIFFE ID (on outbound flows, this workload's own).
+    pub source_identity: Option<Cow<'a, str>>,
+    /// The caller's address.
+    pub source_address: Option<SocketAddr>,
+    /// The called workload's SPIFFE ID.
+    pub destination_identity: Option<Cow<'a, str>>,
+    /// The called address (the peer sidecar outbound, the application inbound).
+    pub destination_address: Option<SocketAddr>,
+    /// The destination port the authorization policy saw (or the peer's port, outbound).
+    pub destination_port: Option<u16>,
+}
+
+impl<'a> Endpoints<'a> {
+    /// The one place a flow record starts: the direction, protocol and these ends.
+    pub fn record(&self, direction: Direction, protocol: FlowProtocol) -> FlowRecord<'a> {
+        let mut record = FlowRecord::new(time::OffsetDateTime::now_utc(), direction, protocol);
+        record.source_identity.clone_from(&self.source_identity);
+        record.source_address = self.source_address;
+        record
+            .destination_identity
+            .clone_from(&self.destination_identity);
+        record.destination_address = self.destination_address;
+        record.destination_port = self.destination_port;
+        record
+    }
+}
+
+/// One authorization, enforced: the decision (counted by the policy store) and, for a denial,
+/// the request id that ties the deny response to its log record.
+#[derive(Debug)]
+pub struct Enforced {
+    /// The decision, with dry-run shadows.
+    pub decision: Decision,
+    /// Set when denied.
+    pub request_id: Option<String>,
+}
+
+impl Enforced {
+    /// Whether the request or connection may go on.
+    pub fn allowed(&self) -> bool {
+        self.decision.verdict == Verdict::Allow
+    }
+
+    /// Copies the decision into a flow record.
+    fn fill(&self, record: &mut FlowRecord<'_>) {
+        telemetry::fill_decision(record, Some(&self.decision));
+        record.request_id = self.request_id.clone().map(Into::into);
+    }
+}
+
+/// Decides `req` with the policy in force (which counts the decision), and logs the one
+/// explained record: every denial with a fresh request id, and an allow only when a dry-run
+/// policy would have decided otherwise.
+pub fn enforce(policy: &PolicyStore, req: &picket_policy::Request<'_>) -> Enforced {
+    let decision = policy.decide(req);
+    let denied = decision.verdict != Verdict::Allow;
+    let request_id = denied.then(authz::request_id);
+    if denied || !decision.shadows.is_empty() {
+        let what = match &req.http {
+            Some(h) => format!("{} {}", h.method, h.path),
+            None => "tcp connection".to_owned(),
+        };
+        // A plaintext caller (permissive inbound) has no principal; say so in the log.
+        let peer = req.source_principal.unwrap_or("(plaintext, no identity)");
+        authz::log_decision(&decision, peer, &what, request_id.as_deref());
+    }
+    Enforced {
+        decision,
+        request_id,
+    }
+}
+
+/// The status a forwarding failure answers with, in one place:
+///
+/// | failure | inbound (to the app) | outbound (to a peer sidecar) |
+/// | --- | --- | --- |
+/// | no response in time | 504 | 504 |
+/// | cannot connect, handshake refused, peer draining | 502 | 503 |
+/// | connection broke with the request in flight | 502 | 502 |
+pub fn error_status(direction: Direction, e: &ForwardError) -> StatusCode {
+    match (e, direction) {
+        (ForwardError::Timeout(_), _) => StatusCode::GATEWAY_TIMEOUT,
+        (
+            ForwardError::Unreachable { .. }
+            | ForwardError::Handshake { .. }
+            | ForwardError::Draining,
+            Direction::Outbound,
+        ) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// The response for a forwarding failure, logged once with `target` naming what was called.
+pub fn error_response(direction: Direction, target: &str, e: &ForwardError) -> Response<Body> {
+    tracing::info!(
+        direction = direction.as_str(),
+        target,
+        error = %e,
+        "request could not be forwarded"
+    );
+    forward::error_response(error_status(direction, e), &e.to_string())
+}
+
+/// The per-request context: made once when the request arrives, filled as the stages run,
+/// and turned into the metrics and the one flow record by [`RequestCtx::finish`].
+#[derive(Debug)]
+pub struct RequestCtx<'a> {
+    start: Instant,
+    direction: Direction,
+    /// The application protocol (HTTP/1, HTTP/2, gRPC) as the caller spoke it.
+    pub protocol: FlowProtocol,
+    /// The request method.
+    pub method: Method,
+    bytes_in: u64,
+    /// The two ends.
+    pub ends: Endpoints<'a>,
+    /// The path as policy and the receiver see it (canonical inbound), without the query.
+    pub path: Option<String>,
+    /// `Host` / `:authority`.
+    pub host: Option<String>,
+    /// The request's span (none when tracing and flow records are off).
+    pub span: RequestSpan,
+    /// The authorization, inbound.
+    pub enforced: Option<Enforced>,
+}
+
+impl<'a> RequestCtx<'a> {
+    /// The context of a request whose head is `parts`, as the caller sent it.
+    pub fn new(direction: Direction, parts: &http::request::Parts, ends: Endpoints<'a>) -> Self {
+        Self {
+            start: Instant::now(),
+            direction,
+            protocol: telemetry::protocol_of(parts.version, &parts.headers),
+            method: parts.method.clone(),
+            bytes_in: telemetry::content_length(&parts.headers),
+            ends,
+            path: None,
+            host: None,
+            span: RequestSpan::none(),
+            enforced: None,
+        }
+    }
+
+    /// Enforces the policy for this request ([`enforce`]) and keeps the decision; for a
+    /// denial, returns the response to send instead of forwarding: 403 with a JSON body, or
+    /// for gRPC PERMISSION_DENIED. `details` adds policy, rule and reason to it.
+    pub fn enforce(
+        &mut self,
+        policy: &PolicyStore,
+        req: &picket_policy::Request<'_>,
+        details: bool,
+    ) -> Option<Response<Body>> {
+        let enforced = enforce(policy, req);
+        let deny = match &enforced.request_id {
+            Some(id) if !enforced.allowed() => Some(authz::deny_response(
+                &enforced.decision,
+                id,
+                self.protocol == FlowProtocol::Grpc,
+                details,
+            )),
+            _ => None,
+        };
+        self.enforced = Some(enforced);
+        deny
+    }
+
+    /// Counts a request the sidecar answered before it had a destination (no route, no host,
+    /// a target it cannot forward) and returns `resp`; such a request is no flow, as it never
+    /// left the sidecar.
+    pub fn unrouted(self, resp: Response<Body>, metrics: &Metrics) -> Response<Body> {
+        tracing::debug!(direction = self.direction.as_str(), method = %self.method, status = %resp.status(), "request answered without a destination");
+        metrics.request(self.direction, resp.status(), self.start.elapsed());
+        resp
+    }
+
+    /// Counts the request and, when telemetry is on, builds its flow record once from this
+    /// context and `resp`, and hands it with the span to telemetry.
+    pub fn finish(self, resp: &Response<Body>, metrics: &Metrics, telemetry: &Telemetry) {
+        let elapsed = self.start.elapsed();
+        metrics.request(self.direction, resp.status(), elapsed);
+        if !telemetry.is_enabled() {
+            return;
+        }
+        let mut record = self.ends.record(self.direction, self.protocol);
+        record.method = Some(self.method.as_str().to_owned().into());
+        record.path = self.path.map(Into::into);
+        record.host = self.host.map(Into::into);
+        record.status = Some(resp.status().as_u16());
+        record.grpc_status = telemetry::grpc_status(resp.headers());
+        if let Some(e) = &self.enforced {
+            e.fill(&mut record);
+        }
+        record.bytes_in = self.bytes_in;
+        record.bytes_out = telemetry::content_length(resp.headers());
+        record.duration_ms = elapsed.as_secs_f64() * 1000.0;
+        telemetry.record_request(self.span, record);
+    }
+}
+
+/// One opaque TCP connection's flow: its ends, its authorization (inbound) and bytes.
+#[derive(Debug)]
+pub struct TcpFlow<'a> {
+    start: Instant,
+    direction: Direction,
+    /// The two ends.
+    pub ends: Endpoints<'a>,
+    /// The connection's authorization, inbound.
+    pub enforced: Option<Enforced>,
+    /// Bytes from the caller and to the caller, once the splice has ended.
+    pub bytes: Option<(u64, u64)>,
+}
+
+impl<'a> TcpFlow<'a> {
+    /// A connection starting now.
+    pub fn new(direction: Direction, ends: Endpoints<'a>) -> Self {
+        Self {
+            start: Instant::now(),
+            direction,
+            ends,
+            enforced: None,
+            bytes: None,
+        }
+    }
+
+    /// Counts the bytes and, when telemetry is on, records the connection's flow.
+    pub fn finish(self, metrics: &Metrics, telemetry: &Telemetry) {
+        let (bytes_in, bytes_out) = self.bytes.unwrap_or_default();
+        if self.bytes.is_some() {
+            metrics.tcp_bytes(self.direction, bytes_in + bytes_out);
+        }
+        if !telemetry.is_enabled() {
+            return;
+        }
+        let mut record = self.ends.record(self.direction, FlowProtocol::Tcp);
+        if let Some(e) = &self.enforced {
+            e.fill(&mut record);
+        }
+        (record.bytes_in, record.bytes_out) = (bytes_in, bytes_out);
+        record.duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        telemetry.record_flow(&record);
+    }
+}
