@@ -26,6 +26,8 @@ from .procs import BenchError, run, stop_all
 from .systems import Backend, Collector, Direct, HaproxyPair, NginxPair, Picket, System
 
 ROOT = Path(__file__).resolve().parents[2]
+# What `--only` can name besides workload ids: the parts of a run that are not workloads.
+PARTS = ["startup", "w7", "w8", "ca"]
 # The Picket system runs with this many authorization policies (issue 6: "a realistic policy
 # set"); W8 varies it.
 MAIN_POLICIES = 100
@@ -81,6 +83,9 @@ def workloads(upload_script: Path) -> list[Workload]:
         Workload("w3_full_hs", "W3b new client connection and new sidecar mTLS connection per "
                  "request", "fullhs",
                  lambda url, d: load.wrk(url + "/1k", 16, d, headers=["Connection: close"])),
+        Workload("w3_burst64", "W3c burst of 64 new client connections, each a new sidecar mTLS "
+                 "connection, opened at once", "fullhs",
+                 lambda url, d: load.burst(url + "/1k", 64, d)),
         Workload("w4_1mib", "W4 1 MiB request and 1 MiB response, 8 connections", "bulk",
                  lambda url, d: with_mib(load.wrk(url + "/1m", 8, d, script=upload_script))),
         Workload("w5_stream", "W5 opaque TCP stream, 1 connection, echoed", "tcp",
@@ -125,7 +130,10 @@ class Bench:
             "startup": {},
             "ca": {},
             "w8": {"available": False, "reason": "not run"},
+            "wire": {},
+            "kx": {},
         }
+        self.only = set(filter(None, args.only.split(","))) if args.only else None
 
     def fail(self, what: str, e: BaseException) -> None:
         msg = f"{what}: {e}"
@@ -137,20 +145,28 @@ class Bench:
 
     # -----------------------------------------------------------------------------------------
 
+    def runs(self, part: str) -> bool:
+        """Whether `--only` (if given) selects this part or workload."""
+        return self.only is None or part in self.only
+
     def main(self) -> int:
         t0 = time.monotonic()
         try:
             self.setup()
-            self.startup_figures()
+            if self.runs("startup"):
+                self.startup_figures()
             self.rounds()
-            self.w8()
+            self.handshake_facts()
+            if self.runs("w8"):
+                self.w8()
         except BenchError as e:
             self.fail("setup", e)
         except KeyboardInterrupt:
             self.fail("run", RuntimeError("interrupted"))
         finally:
             stop_all()
-        self.ca_rate()
+        if self.runs("ca"):
+            self.ca_rate()
         self.results["elapsed_s"] = time.monotonic() - t0
         self.results["machine"]["load_end"] = load_average()
         self.results["failures"] = self.failures
@@ -177,12 +193,26 @@ class Bench:
         self.picket_sys = Picket(self.picket, self.pki, self.backend, self.work, self.logs,
                                  policies=MAIN_POLICIES if self.has_policy else None,
                                  overlay=overlay)
-        self.systems: list[System] = [
-            Direct(self.backend),
-            self.picket_sys,
+        self.systems: list[System] = [Direct(self.backend), self.picket_sys]
+        if self.args.baseline:
+            # Another Picket build, run alternately with this one (e.g. before a change).
+            baseline = Path(self.args.baseline).resolve()
+            self.results["machine"]["baseline_binary"] = binary_info(baseline)
+            self.results["baseline_label"] = self.args.baseline_label
+            self.systems.append(Picket(baseline, self.pki, self.backend, self.work, self.logs,
+                                       policies=MAIN_POLICIES if self.has_policy else None,
+                                       overlay=overlay, name="picket-base",
+                                       label=f"Picket pair, {self.args.baseline_label}"))
+        self.systems += [
             NginxPair(self.pki, self.backend, self.work, self.logs),
             HaproxyPair(self.pki, self.backend, self.work, self.logs),
         ]
+        if self.args.systems:
+            wanted = set(self.args.systems.split(","))
+            unknown = wanted - {s.name for s in self.systems}
+            if unknown:
+                raise BenchError(f"--systems names unknown systems {sorted(unknown)}")
+            self.systems = [s for s in self.systems if s.name in wanted]
         # Memory of fresh processes, before any traffic.
         for s in self.systems:
             s.start()
@@ -191,6 +221,12 @@ class Bench:
         self.step("systems up: " + ", ".join(s.name for s in self.systems))
         self.results["titles"]["systems"] = {s.name: s.label for s in self.systems}
         self.workloads = workloads(load.write_upload_script(self.work / "upload.lua"))
+        if self.only is not None:
+            known = {w.id for w in self.workloads} | set(PARTS)
+            if self.only - known:
+                raise BenchError(f"--only names unknown parts {sorted(self.only - known)}; "
+                                 f"known: {', '.join(sorted(known))}")
+            self.workloads = [w for w in self.workloads if w.id in self.only]
         for w in self.workloads:
             self.results["titles"][w.id] = w.title
         self.smoke()
@@ -257,6 +293,9 @@ class Bench:
             self.results["runs"].setdefault(w.id, {}).setdefault(s.name, []).append(r)
             headline = r.get("mib_per_s") or r.get("round_trips_per_s") or r.get("rps")
             extra = f" p99 {r['p99_ms']:.2f} ms" if "p99_ms" in r else ""
+            if headline is None:  # a burst: its median time, ms
+                headline = r["p50_ms"]
+                extra = f" ms p90 {r['p90_ms']:.2f} ms"
             self.step(f"  {w.id:12} {s.name:8} {headline:12.1f}{extra}"
                       + (f"  errors {r['errors']}" if r.get("errors") else ""))
 
@@ -271,12 +310,13 @@ class Bench:
             for w in self.workloads:
                 for s in self.systems:
                     self.run_one(w, s, getattr(self.d, w.duration), keep=True)
-            self.memory_round()
+            if self.runs("w7"):
+                self.memory_round()
 
     def memory_round(self) -> None:
         """W7 on fresh processes: RSS fresh, at 2,000 RPS, then with 1,000 and 5,000 idle
         keep-alive client connections (each has carried one request)."""
-        for s in self.systems[1:]:
+        for s in [s for s in self.systems if s.pair()]:
             try:
                 s.restart()
                 self.isolate(s.pair())
@@ -316,6 +356,28 @@ class Bench:
                     s.restart()
                 except BenchError as e2:
                     self.fail(f"restart of {s.name}", e2)
+
+    def handshake_facts(self) -> None:
+        """For each Picket system: the key-exchange groups its frontend negotiated during the
+        run, and the TCP payload bytes of one burst of 64 new sidecar-to-sidecar connections
+        (tcpdump on the orders sidecar's inbound port)."""
+        for s in self.systems:
+            if not isinstance(s, Picket):
+                continue
+            try:
+                self.isolate(s.accounted("fullhs"))
+                self.results["kx"][s.name] = s.handshake_groups()
+                r, wire = load.tcp_payload_bytes(
+                    s.inbound_port("fullhs"),
+                    lambda: load.burst(s.targets["fullhs"] + "/1k", 64, 0), self.work)
+                wire["connections"] = r["requests"]
+                self.results["wire"][s.name] = wire
+                self.step(f"  {s.name}: groups {self.results['kx'][s.name] or 'not exported'}; "
+                          f"{wire['to_port'] / max(1, r['requests']):.0f} B to and "
+                          f"{wire['from_port'] / max(1, r['requests']):.0f} B from the inbound "
+                          "side per connection")
+            except BenchError as e:
+                self.fail(f"handshake facts of {s.name}", e)
 
     # -----------------------------------------------------------------------------------------
 
@@ -519,6 +581,14 @@ def main() -> int:
     parser.add_argument("--profile", default="release", help="the cargo profile Picket was built with")
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--overlay", default="")
+    parser.add_argument("--only", default="",
+                        help="comma-separated workload ids and parts (startup, w7, w8, ca) to run")
+    parser.add_argument("--systems", default="",
+                        help="comma-separated systems to run (direct, picket, picket-base, "
+                             "nginx, haproxy); default all")
+    parser.add_argument("--baseline", default="",
+                        help="another picket binary, run as the system picket-base")
+    parser.add_argument("--baseline-label", default="baseline build")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite report.md and latency.svg from OUT/results.json")
     args = parser.parse_args()

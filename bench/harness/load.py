@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -170,6 +172,76 @@ def tcptool(mode: str, addr: str, seconds: float) -> dict:
     out = run([sys.executable, str(TOOLS / "tcptool.py"), mode, addr, f"{seconds:g}"],
               timeout=seconds + 60)
     return json.loads(out.strip().splitlines()[-1])
+
+
+def burst(url: str, connections: int, seconds: float) -> dict:
+    """Bursts of `connections` new connections opened at once (tcptool burst), back to back
+    for `seconds`; figures per burst (p50/p90/max ms) and per connection (CPU)."""
+    out = run([sys.executable, str(TOOLS / "tcptool.py"), "burst", url, str(connections),
+               f"{seconds:g}"], timeout=seconds + 90)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def tcp_payload_bytes(port: int, fn, work: Path) -> tuple[object, dict]:
+    """Runs `fn()` while tcpdump records TCP on loopback port `port`; returns fn's result and
+    the TCP payload bytes sent to the port and from it (headers not counted)."""
+    pcap = work / f"capture-{port}.pcap"
+    pcap.unlink(missing_ok=True)
+    dump = subprocess.Popen(
+        ["taskset", "-c", LOAD_CORE, "tcpdump", "-i", "lo", "-nn", "-s", "128", "-U",
+         "--immediate-mode", "-w",
+         str(pcap), f"tcp port {port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = dump.stderr.readline()
+        if "listening on" not in line:
+            raise BenchError(f"tcpdump did not start: {line}{dump.stderr.read()[-500:]}")
+        result = fn()
+        # Let the last segments (FIN, close) reach the capture.
+        time.sleep(0.5)
+    finally:
+        dump.send_signal(signal.SIGINT)
+        try:
+            dump.wait(10)
+        except subprocess.TimeoutExpired:
+            dump.kill()
+            dump.wait()
+    return result, pcap_payload(pcap.read_bytes(), port)
+
+
+def pcap_payload(data: bytes, port: int) -> dict:
+    """TCP payload bytes to and from `port` in a pcap file of IPv4 over Ethernet framing, as
+    tcpdump writes for the loopback device."""
+    if len(data) < 24:
+        raise BenchError("the capture is empty")
+    magic = struct.unpack("<I", data[:4])[0]
+    if magic not in (0xA1B2C3D4, 0xA1B23C4D):
+        raise BenchError(f"not a little-endian pcap file (magic {magic:#x})")
+    linktype = struct.unpack("<I", data[20:24])[0]
+    if linktype != 1:
+        raise BenchError(f"unexpected pcap link type {linktype}")
+    to_port = from_port = packets = 0
+    off = 24
+    while off + 16 <= len(data):
+        incl = struct.unpack("<I", data[off + 8:off + 12])[0]
+        frame = data[off + 16:off + 16 + incl]
+        off += 16 + incl
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+            continue
+        ip = frame[14:]
+        ihl = (ip[0] & 0x0F) * 4
+        total = struct.unpack(">H", ip[2:4])[0]
+        tcp = ip[ihl:]
+        if len(tcp) < 14:
+            continue
+        sport, dport = struct.unpack(">HH", tcp[:4])
+        payload = total - ihl - (tcp[12] >> 4) * 4
+        packets += 1
+        if dport == port:
+            to_port += payload
+        elif sport == port:
+            from_port += payload
+    return {"to_port": to_port, "from_port": from_port, "packets": packets}
 
 
 class IdleClients:

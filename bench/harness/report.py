@@ -92,8 +92,8 @@ def throughput_table(results) -> list[str]:
     return out
 
 
-CPU_ROWS = ["w1_c16", "w1_c64", "w2_h2", "w3_new_conn", "w3_full_hs", "w4_1mib", "w6_1000",
-            "w6_2000"]
+CPU_ROWS = ["w1_c16", "w1_c64", "w2_h2", "w3_new_conn", "w3_full_hs", "w3_burst64", "w4_1mib",
+            "w6_1000", "w6_2000"]
 
 
 def cpu_table(results) -> list[str]:
@@ -134,6 +134,74 @@ def latency_table(results, wid) -> list[str]:
                    + " | ".join(cell(results, wid, s, k, 3) for k in
                                 ["p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms"])
                    + f" | {fmt(added, 3)} | {errors} |")
+    return out
+
+
+def burst_table(results) -> list[str]:
+    wid = "w3_burst64"
+    out = ["| system | bursts | p50 ms | p90 ms | max ms | CPU µs per connection |",
+           "|---|---|---|---|---|---|"]
+    for s in SYSTEMS:
+        if series(results, wid, s, "p50_ms"):
+            out.append(f"| {NAMES[s]} | {fmt(med(series(results, wid, s, 'bursts')), 0)} | "
+                       + " | ".join(cell(results, wid, s, k, 2) for k in
+                                    ["p50_ms", "p90_ms", "max_ms"])
+                       + f" | {cell(results, wid, s, 'cpu_us_per_req', 1)} |")
+    return out
+
+
+def change(before, after):
+    if before in (None, 0) or after is None:
+        return "–"
+    return f"{(after / before - 1) * 100:+.1f} %"
+
+
+def kx_section(results) -> list[str]:
+    """This build against the `--baseline` build (system picket-base), when one ran."""
+    base, this = "picket-base", "picket"
+    if not any(base in by_s for by_s in results["runs"].values()):
+        return []
+    label = results.get("baseline_label", "baseline build")
+
+    def groups(system):
+        g = results.get("kx", {}).get(system)
+        if g is None:
+            return "–"
+        if not g:
+            return "not exported by this build"
+        return ", ".join(f"{k} × {v:,.0f}" for k, v in sorted(g.items()))
+
+    rows = [
+        ("W3b connections/s (each a full sidecar handshake)", "w3_full_hs", "rps", 0),
+        ("W3b sidecar CPU per connection, both sidecars (µs)", "w3_full_hs", "cpu_us_per_req",
+         1),
+        ("W3c 64-connection burst, p50 (ms)", "w3_burst64", "p50_ms", 2),
+        ("W3c 64-connection burst, p90 (ms)", "w3_burst64", "p90_ms", 2),
+        ("W3c sidecar CPU per connection in bursts, both sidecars (µs)", "w3_burst64",
+         "cpu_us_per_req", 1),
+    ]
+    out = [f"| figure | {label} | this build | change |", "|---|---|---|---|"]
+    for title, wid, key, digits in rows:
+        out.append(f"| {title} | {cell(results, wid, base, key, digits)} | "
+                   f"{cell(results, wid, this, key, digits)} | "
+                   f"{change(m(results, wid, base, key), m(results, wid, this, key))} |")
+    wire = results.get("wire", {})
+    for direction, key in (("client to server", "to_port"), ("server to client", "from_port")):
+        per = {}
+        for system in (base, this):
+            w = wire.get(system)
+            per[system] = w[key] / w["connections"] if w and w.get("connections") else None
+        out.append(f"| TCP payload per sidecar-to-sidecar connection, {direction} (bytes; "
+                   f"one burst of 64, tcpdump) | {fmt(per[base], 0)} | {fmt(per[this], 0)} | "
+                   f"{change(per[base], per[this])} |")
+    for direction, key in (("client to server", "to_port"), ("server to client", "from_port")):
+        tot = {s: (wire.get(s) or {}).get(key) for s in (base, this)}
+        out.append(f"| TCP payload of the whole 64-connection burst, {direction} (KiB) | "
+                   f"{fmt(None if tot[base] is None else tot[base] / 1024, 1)} | "
+                   f"{fmt(None if tot[this] is None else tot[this] / 1024, 1)} | "
+                   f"{change(tot[base], tot[this])} |")
+    out.append(f"| key-exchange groups the frontend sidecar negotiated (its "
+               f"`picket_tls_handshakes_total`) | {groups(base)} | {groups(this)} | |")
     return out
 
 
@@ -433,6 +501,15 @@ def markdown(results) -> str:
     for wid in ("w6_1000", "w6_2000"):
         if wid in results["runs"]:
             L += [f"### {results['titles'].get(wid, wid)}", "", *latency_table(results, wid), ""]
+    if "w3_burst64" in results["runs"]:
+        L += ["### W3c burst: 64 new connections opened at once (Python client), one "
+              "`Connection: close` GET each; the time from the first connect to the last answer",
+              "", *burst_table(results), ""]
+    kx = kx_section(results)
+    if kx:
+        L += ["## Picket against a baseline build (`bench/run --baseline`)", "",
+              "Both builds run alternately in the same rounds, on the same CA, backend and "
+              "cores; \"change\" is this build against the baseline.", "", *kx, ""]
     L += [
         "### W5 ping-pong round trip (64 B, one connection, Python client)",
         "",

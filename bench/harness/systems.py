@@ -11,9 +11,11 @@ Every system offers the same targets:
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 from .certs import FRONTEND, ORDERS, TRUST_DOMAIN, Pki, spiffe
@@ -221,8 +223,13 @@ class Picket(System):
     label = "Picket pair"
 
     def __init__(self, picket: Path, pki: Pki, backend: Backend, work: Path, log_dir: Path,
-                 policies: int | None, overlay: str = ""):
+                 policies: int | None, overlay: str = "", name: str = "picket",
+                 label: str = "Picket pair"):
         super().__init__()
+        # A second Picket system (another build, `--baseline`) has its own name, which also
+        # prefixes its processes, configuration files and logs.
+        self.name = name
+        self.label = label
         self.picket = picket
         self.pki = pki
         self.backend = backend
@@ -310,21 +317,22 @@ class Picket(System):
 
     def start(self) -> None:
         b = self.backend
-        for name, app, label in (("picket-orders", b.h1, "orders"),
-                                 ("picket-orders-h2c", b.h2c, "orders"),
-                                 ("picket-orders-tcp", b.echo, "orders-tcp"),
-                                 ("picket-orders-raw", b.h1, "orders-tcp")):
+        n = self.name
+        for name, app, label in ((f"{n}-orders", b.h1, "orders"),
+                                 (f"{n}-orders-h2c", b.h2c, "orders"),
+                                 (f"{n}-orders-tcp", b.echo, "orders-tcp"),
+                                 (f"{n}-orders-raw", b.h1, "orders-tcp")):
             self.start_sidecar(name, self.config("orders", app, [], label, name))
-        inbound = {n: self.ready[n]["inbound"] for n in self.ready}
+        inbound = {k: self.ready[k]["inbound"] for k in self.ready}
         upstreams = [
-            {"name": "orders", "address": inbound["picket-orders"], "protocol": "http"},
-            {"name": "orders-raw", "address": inbound["picket-orders-raw"], "protocol": "tcp"},
-            {"name": "orders-h2c", "address": inbound["picket-orders-h2c"], "protocol": "http"},
-            {"name": "echo", "address": inbound["picket-orders-tcp"], "protocol": "tcp"},
+            {"name": "orders", "address": inbound[f"{n}-orders"], "protocol": "http"},
+            {"name": "orders-raw", "address": inbound[f"{n}-orders-raw"], "protocol": "tcp"},
+            {"name": "orders-h2c", "address": inbound[f"{n}-orders-h2c"], "protocol": "http"},
+            {"name": "echo", "address": inbound[f"{n}-orders-tcp"], "protocol": "tcp"},
         ]
-        self.start_sidecar("picket-frontend", self.config("frontend", b.h1, upstreams,
-                                                          "frontend", "picket-frontend"))
-        up = self.ready["picket-frontend"]["upstreams"]
+        self.start_sidecar(f"{n}-frontend", self.config("frontend", b.h1, upstreams,
+                                                        "frontend", f"{n}-frontend"))
+        up = self.ready[f"{n}-frontend"]["upstreams"]
         self.targets = {
             "http1": f"http://{up['orders']}",
             "h2c": f"http://{up['orders-h2c']}",
@@ -340,12 +348,36 @@ class Picket(System):
         self.ready.clear()
 
     def accounted(self, target: str) -> list[Proc]:
-        back = {"h2c": "picket-orders-h2c", "tcp": "picket-orders-tcp",
-                "fullhs": "picket-orders-raw"}.get(target, "picket-orders")
-        return [self.sidecars["picket-frontend"], self.sidecars[back]]
+        back = {"h2c": "orders-h2c", "tcp": "orders-tcp",
+                "fullhs": "orders-raw"}.get(target, "orders")
+        return [self.sidecars[f"{self.name}-frontend"], self.sidecars[f"{self.name}-{back}"]]
+
+    def inbound_port(self, target: str) -> int:
+        """The port of the inbound mTLS listener that carries `target`'s sidecar-to-sidecar
+        connections."""
+        back = {"h2c": "orders-h2c", "tcp": "orders-tcp",
+                "fullhs": "orders-raw"}.get(target, "orders")
+        return int(self.ready[f"{self.name}-{back}"]["inbound"].rpartition(":")[2])
 
     def pair(self) -> list[Proc]:
-        return [self.sidecars["picket-frontend"], self.sidecars["picket-orders"]]
+        return [self.sidecars[f"{self.name}-frontend"], self.sidecars[f"{self.name}-orders"]]
+
+    def handshake_groups(self) -> dict[str, float]:
+        """The frontend sidecar's outbound handshakes by key-exchange group, from its
+        `picket_tls_handshakes_total`; empty for a build that does not export it."""
+        admin = self.ready[f"{self.name}-frontend"]["admin"]
+        try:
+            with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError as e:
+            raise BenchError(f"{self.name}: cannot read /metrics: {e}") from e
+        groups: dict[str, float] = {}
+        for line in text.splitlines():
+            m = re.match(r'picket_tls_handshakes_total\{direction="outbound",kx="([a-z0-9]+)"\} '
+                         r'(\S+)', line)
+            if m:
+                groups[m.group(1)] = float(m.group(2))
+        return groups
 
     def processes(self) -> list[Proc]:
         return list(self.sidecars.values())
@@ -357,10 +389,10 @@ class Picket(System):
         for i in range(runs):
             admin = free_port()
             config = self.config("orders", self.backend.h1, [], "orders",
-                                 f"picket-startup-{i}", admin=f"127.0.0.1:{admin}")
+                                 f"{self.name}-startup-{i}", admin=f"127.0.0.1:{admin}")
             url = f"http://127.0.0.1:{admin}/ready"
             t0 = time.monotonic()
-            proc, _ = self.spawn(f"picket-startup-{i}", config)
+            proc, _ = self.spawn(f"{self.name}-startup-{i}", config)
             try:
                 wait_for("/ready", lambda: http_status(url, timeout=0.5) == 200, timeout=30,
                          interval=0.001, proc=proc)

@@ -6,6 +6,9 @@
     tcptool.py idle URL COUNT [COUNT...]   open COUNT keep-alive HTTP/1.1 connections, one request
                                            each, then hold them; prints a JSON line per step and
                                            waits for a line on stdin before the next step
+    tcptool.py burst URL N SECONDS         bursts of N new connections opened at once, one
+                                           `Connection: close` GET each; the time from the first
+                                           connect to the last complete answer, burst after burst
 
 Each client prints one JSON object on stdout. Only loopback addresses are accepted.
 """
@@ -232,6 +235,95 @@ def idle(url: str, counts: list[int]) -> None:
         s.close()
 
 
+# ---------------------------------------------------------------------------------------------
+# burst: N new connections at once, as when a workload starts and opens its pool
+
+
+def one_burst(addr: tuple[str, int], request: bytes, n: int) -> tuple[float, int]:
+    """Opens `n` connections at once, sends `request` on each and reads each answer to the end
+    of the response. Returns the seconds from the first connect to the last answer and the
+    number of connections that failed."""
+    sel = selectors.DefaultSelector()
+    start = time.perf_counter()
+    pending = 0
+    failures = 0
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        err = s.connect_ex(addr)
+        if err not in (0, 115):  # EINPROGRESS
+            failures += 1
+            s.close()
+            continue
+        sel.register(s, selectors.EVENT_WRITE, bytearray())
+        pending += 1
+    deadline = time.monotonic() + 30
+    while pending and time.monotonic() < deadline:
+        for key, events in sel.select(timeout=1):
+            s, data = key.fileobj, key.data
+            if events & selectors.EVENT_WRITE:
+                try:
+                    s.sendall(request)
+                    sel.modify(s, selectors.EVENT_READ, data)
+                except OSError:
+                    failures += 1
+                    pending -= 1
+                    sel.unregister(s)
+                    s.close()
+                continue
+            try:
+                chunk = s.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if chunk:
+                data += chunk
+                if not response_complete(data):
+                    continue
+            elif not data.startswith(b"HTTP/1.1 200"):
+                failures += 1
+            pending -= 1
+            sel.unregister(s)
+            s.close()
+    elapsed = time.perf_counter() - start
+    for key in list(sel.get_map().values()):
+        key.fileobj.close()
+    sel.close()
+    return elapsed, failures + pending
+
+
+def burst(url: str, n: int, seconds: float) -> dict:
+    parts = urllib.parse.urlsplit(url)
+    addr = (loopback(parts.hostname or ""), parts.port or 80)
+    request = (f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.hostname}\r\n"
+               "Connection: close\r\n\r\n").encode()
+    times: list[float] = []
+    failures = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end or not times:
+        elapsed, failed = one_burst(addr, request, n)
+        times.append(elapsed)
+        failures += failed
+        # Let the closed connections settle so that bursts do not overlap.
+        time.sleep(0.05)
+    times.sort()
+
+    def pct(p: float) -> float:
+        return times[min(len(times) - 1, int(len(times) * p / 100))] * 1000
+
+    return {
+        "bursts": len(times),
+        "connections": n,
+        "requests": len(times) * n - failures,
+        "errors": failures,
+        "p50_ms": pct(50),
+        "p90_ms": pct(90),
+        "max_ms": times[-1] * 1000,
+    }
+
+
 def response_complete(data: bytearray) -> bool:
     head_end = data.find(b"\r\n\r\n")
     if head_end < 0:
@@ -254,6 +346,8 @@ def main() -> None:
         print(json.dumps(pingpong(parse_addr(args[0]), float(args[1]))), flush=True)
     elif cmd == "idle":
         idle(args[0], [int(c) for c in args[1:]])
+    elif cmd == "burst":
+        print(json.dumps(burst(args[0], int(args[1]), float(args[2]))), flush=True)
     else:
         raise SystemExit(f"tcptool: unknown command {cmd}")
 

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::api;
-use picket_common::crypto::{PROTOCOL_VERSIONS, provider};
+use picket_common::crypto::{KxGroup, PROTOCOL_VERSIONS, provider};
 
 /// Longest one call may take, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,12 +79,16 @@ pub enum ClientError {
     InvalidResponse(String),
 }
 
+/// Told the key-exchange group of every TLS handshake a [`CaClient`] completes.
+pub type HandshakeObserver = Arc<dyn Fn(KxGroup) + Send + Sync>;
+
 /// A client of one CA.
 #[derive(Clone)]
 pub struct CaClient {
     origin: HttpsOrigin,
     roots: Arc<RootCertStore>,
     anonymous: Arc<ClientConfig>,
+    observer: Option<HandshakeObserver>,
 }
 
 impl fmt::Debug for CaClient {
@@ -106,7 +110,15 @@ impl CaClient {
             origin,
             anonymous: Arc::new(client_config(Arc::clone(&roots), None)?),
             roots,
+            observer: None,
         })
+    }
+
+    /// Calls `observer` with the key-exchange group of each handshake with the CA (the
+    /// sidecar counts them in its metrics).
+    pub fn with_handshake_observer(mut self, observer: HandshakeObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Asks for a certificate for the public key in `csr_pem`, proving identity with a join
@@ -176,7 +188,9 @@ impl CaClient {
             None => Arc::clone(&self.anonymous),
             Some(cert) => Arc::new(client_config(Arc::clone(&self.roots), Some(cert))?),
         };
-        let exchange = self.origin.round_trip(config, request, MAX_RESPONSE_BYTES);
+        let exchange =
+            self.origin
+                .round_trip(config, request, MAX_RESPONSE_BYTES, self.observer.as_ref());
         match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
             Err(_) => Err(ClientError::Timeout),
             Ok(Ok(answer)) => Ok(answer),
@@ -240,12 +254,14 @@ impl HttpsOrigin {
     }
 
     /// Sends `request` (its URI holds only the path) on a new TLS connection made with
-    /// `config`, and reads at most `max_body` bytes of the answer. The caller bounds the time.
+    /// `config`, and reads at most `max_body` bytes of the answer; `observer` learns the
+    /// connection's key-exchange group. The caller bounds the time.
     pub(crate) async fn round_trip(
         &self,
         config: Arc<ClientConfig>,
         mut request: Request<Full<Bytes>>,
         max_body: usize,
+        observer: Option<&HandshakeObserver>,
     ) -> Result<(StatusCode, Bytes), ExchangeError> {
         request
             .headers_mut()
@@ -257,6 +273,9 @@ impl HttpsOrigin {
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(ExchangeError::Connect)?;
+        if let (Some(observe), Some(group)) = (observer, KxGroup::of(tls.get_ref().1)) {
+            observe(group);
+        }
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(ExchangeError::Http)?;

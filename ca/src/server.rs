@@ -52,13 +52,14 @@ use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::api;
 use crate::authority::{Authority, CaError, Credential, IssueError, ServerNames};
 use crate::svid;
 use crate::token::TokenError;
 use crate::tokenreview::{self, ReviewError, TokenReviewer};
-use picket_common::crypto::{PROTOCOL_VERSIONS, provider};
+use picket_common::crypto::{KxGroup, PROTOCOL_VERSIONS, provider};
 
 /// Path of the liveness endpoint.
 pub const HEALTH_PATH: &str = "/healthz";
@@ -152,10 +153,20 @@ pub async fn serve_with(
             .and_then(|chain| chain.first())
             .map(|leaf| Arc::new(leaf.clone()));
         let shared = Arc::clone(&shared);
+        // Every log line of a request (issuance included) names the connection's client
+        // and key-exchange group, so an operator can see which clients are post-quantum.
+        let kx = KxGroup::of(tls.get_ref().1).unwrap_or(KxGroup::Other);
+        let peer = tls
+            .get_ref()
+            .0
+            .peer_addr()
+            .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
+        let span = tracing::info_span!("ca_connection", %peer, %kx);
         service_fn(move |request| {
             let shared = Arc::clone(&shared);
             let client_cert = client_cert.clone();
             async move { Ok::<_, Infallible>(route(&shared, client_cert.as_deref(), request).await) }
+                .instrument(span.clone())
         })
     });
     let cancel = async {
@@ -330,12 +341,16 @@ async fn certificates(
 
     // Issuance signs and fsyncs: keep it off the async worker threads.
     let shared = Arc::clone(shared);
-    let issued = tokio::task::spawn_blocking(move || match kind {
-        Kind::Svid => shared.authority.issue(&body.csr, credential),
-        Kind::Server => {
-            shared
-                .authority
-                .issue_server_certificate(&body.csr, credential, &shared.server_names)
+    let span = tracing::Span::current();
+    let issued = tokio::task::spawn_blocking(move || {
+        let _in_request = span.enter();
+        match kind {
+            Kind::Svid => shared.authority.issue(&body.csr, credential),
+            Kind::Server => shared.authority.issue_server_certificate(
+                &body.csr,
+                credential,
+                &shared.server_names,
+            ),
         }
     })
     .await
@@ -826,6 +841,31 @@ mod tests {
         let info = svid::inspect_leaf(&certs(&response.chain_pem)[0]).unwrap();
         assert_eq!(not_after.unix_timestamp(), info.not_after);
         assert_eq!(info.serial_hex, response.serial);
+        ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_ca_and_its_client_agree_on_the_hybrid_group_for_issuance_and_renewal() {
+        let ca = Running::start().await;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let client = ca.client.clone().with_handshake_observer(Arc::new(
+            move |kx: picket_common::crypto::KxGroup| record.lock().unwrap().push(kx),
+        ));
+        let key = p256();
+        let first = client
+            .issue_with_token(&csr(&key, &[]), &ca.token())
+            .await
+            .unwrap();
+        client
+            .renew(&csr(&p256(), &[]), certified_key(&first, &key))
+            .await
+            .unwrap();
+        client.trust_bundle().await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [picket_common::crypto::KxGroup::X25519Mlkem768; 3]
+        );
         ca.stop().await;
     }
 

@@ -202,9 +202,9 @@ impl TokenReviewer {
     /// Asks the API server who `token` belongs to, and returns the service account.
     pub async fn review(&self, token: &str) -> Result<WorkloadName, ReviewError> {
         let request = self.request(token)?;
-        let exchange = self
-            .origin
-            .round_trip(Arc::clone(&self.tls), request, MAX_ANSWER_BYTES);
+        let exchange =
+            self.origin
+                .round_trip(Arc::clone(&self.tls), request, MAX_ANSWER_BYTES, None);
         let (status, body) = match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => return Err(ReviewError::Timeout(self.timeout)),
             Ok(Err(ExchangeError::Connect(e))) => {

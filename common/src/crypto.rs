@@ -1,15 +1,107 @@
-//! The one crypto provider: aws-lc-rs, passed explicitly to every rustls builder.
+//! The one crypto provider: aws-lc-rs, passed explicitly to every rustls builder, and the one
+//! list of key-exchange groups every Picket TLS endpoint offers.
 //!
 //! Nothing in Picket installs a process-wide default provider; every `ServerConfig` and
 //! `ClientConfig` is built with [`provider`] so the choice is visible at each use.
 
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::aws_lc_rs::kx_group;
+use rustls::crypto::{CryptoProvider, SupportedKxGroup};
+use rustls::{CommonState, NamedGroup};
 
-/// The crypto provider every TLS configuration in Picket uses.
+/// Key-exchange groups in order of preference, for every server and client Picket builds: the
+/// sidecars' inbound and outbound sides, the CA API and its client, the admission webhook and
+/// the CA's Kubernetes API client.
+///
+/// The post-quantum hybrid X25519MLKEM768 (ML-KEM-768 with X25519, the IETF's hybrid
+/// design) comes first, so two Picket endpoints always agree on it and traffic recorded today
+/// stays secret from a future quantum computer ("harvest now, decrypt later"). The classical
+/// groups follow, in aws-lc-rs' own order, for peers without ML-KEM (OpenSSL 3.0, older Go).
+///
+/// A TLS 1.3 client's order decides: a rustls server takes the first group of the client's
+/// list that it supports, so the order matters on Picket's clients and the membership on its
+/// servers. A Picket client sends key shares for X25519MLKEM768 and for X25519 (the hybrid's
+/// own X25519 half, at no extra cost), so a classical server picks X25519 without a
+/// HelloRetryRequest round trip.
+///
+/// The order is written here rather than taken from rustls' `prefer-post-quantum` feature:
+/// the provider's default list depends on rustls' version and on features any crate in the
+/// build may switch on, while this list is what Picket promises and is checked by a test.
+pub static KX_GROUPS: &[&dyn SupportedKxGroup] = &[
+    kx_group::X25519MLKEM768,
+    kx_group::X25519,
+    kx_group::SECP256R1,
+    kx_group::SECP384R1,
+];
+
+/// The crypto provider every TLS configuration in Picket uses: aws-lc-rs with [`KX_GROUPS`].
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    Arc::new(CryptoProvider {
+        kx_groups: KX_GROUPS.to_vec(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    })
+}
+
+/// The key-exchange group a TLS handshake agreed on, as metrics labels, flow records, logs and
+/// `picket demo` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KxGroup {
+    /// X25519MLKEM768: post-quantum hybrid.
+    X25519Mlkem768,
+    /// X25519: classical.
+    X25519,
+    /// NIST P-256 (secp256r1): classical.
+    Secp256r1,
+    /// NIST P-384 (secp384r1): classical.
+    Secp384r1,
+    /// Any other group. Picket offers none, so this only names what a future provider might
+    /// add, keeping label values bounded.
+    Other,
+}
+
+impl KxGroup {
+    /// The group of a finished handshake; `None` while the handshake is not complete.
+    pub fn of(connection: &CommonState) -> Option<Self> {
+        connection
+            .negotiated_key_exchange_group()
+            .map(|group| Self::from_named(group.name()))
+    }
+
+    /// The group for a TLS `NamedGroup` code point.
+    pub fn from_named(group: NamedGroup) -> Self {
+        match group {
+            NamedGroup::X25519MLKEM768 => Self::X25519Mlkem768,
+            NamedGroup::X25519 => Self::X25519,
+            NamedGroup::secp256r1 => Self::Secp256r1,
+            NamedGroup::secp384r1 => Self::Secp384r1,
+            _ => Self::Other,
+        }
+    }
+
+    /// The lowercase name used in every output: `x25519mlkem768`, `x25519`, `secp256r1`,
+    /// `secp384r1`, `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::X25519Mlkem768 => "x25519mlkem768",
+            Self::X25519 => "x25519",
+            Self::Secp256r1 => "secp256r1",
+            Self::Secp384r1 => "secp384r1",
+            Self::Other => "other",
+        }
+    }
+
+    /// Whether the group resists a quantum computer (a hybrid with ML-KEM).
+    pub fn is_post_quantum(self) -> bool {
+        matches!(self, Self::X25519Mlkem768)
+    }
+}
+
+impl std::fmt::Display for KxGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// TLS protocol versions Picket speaks: TLS 1.3 only.
@@ -41,4 +133,135 @@ pub fn random_unit() -> f64 {
         return 0.5;
     }
     f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+
+    use super::*;
+
+    /// Runs one in-memory TLS 1.3 handshake between a server built with [`provider`] and a
+    /// client offering `client_groups`; returns the group each side saw.
+    fn handshake(client_groups: &[&'static dyn SupportedKxGroup]) -> (KxGroup, KxGroup) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["picket.test".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let server = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(PROTOCOL_VERSIONS)
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client_provider = CryptoProvider {
+            kx_groups: client_groups.to_vec(),
+            ..rustls::crypto::aws_lc_rs::default_provider()
+        };
+        let client = ClientConfig::builder_with_provider(Arc::new(client_provider))
+            .with_protocol_versions(PROTOCOL_VERSIONS)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("picket.test").unwrap();
+        let mut c = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = ServerConnection::new(Arc::new(server)).unwrap();
+        let mut wire = Vec::new();
+        for _ in 0..10 {
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+            wire.clear();
+            c.write_tls(&mut wire).unwrap();
+            s.read_tls(&mut wire.as_slice()).unwrap();
+            s.process_new_packets().unwrap();
+            wire.clear();
+            s.write_tls(&mut wire).unwrap();
+            c.read_tls(&mut wire.as_slice()).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        assert!(
+            !c.is_handshaking() && !s.is_handshaking(),
+            "handshake did not finish"
+        );
+        (KxGroup::of(&c).unwrap(), KxGroup::of(&s).unwrap())
+    }
+
+    #[test]
+    fn two_picket_endpoints_agree_on_the_hybrid_group() {
+        assert_eq!(
+            handshake(KX_GROUPS),
+            (KxGroup::X25519Mlkem768, KxGroup::X25519Mlkem768)
+        );
+    }
+
+    #[test]
+    fn classical_clients_still_get_a_classical_group() {
+        assert_eq!(
+            handshake(&[kx_group::X25519]),
+            (KxGroup::X25519, KxGroup::X25519)
+        );
+        assert_eq!(
+            handshake(&[kx_group::SECP256R1]),
+            (KxGroup::Secp256r1, KxGroup::Secp256r1)
+        );
+    }
+
+    #[test]
+    fn the_hybrid_group_comes_first_and_the_classical_ones_stay() {
+        let names: Vec<NamedGroup> = provider().kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(
+            names,
+            [
+                NamedGroup::X25519MLKEM768,
+                NamedGroup::X25519,
+                NamedGroup::secp256r1,
+                NamedGroup::secp384r1
+            ]
+        );
+        // Every other field is aws-lc-rs' own.
+        let ours = provider();
+        let stock = rustls::crypto::aws_lc_rs::default_provider();
+        assert_eq!(
+            ours.cipher_suites
+                .iter()
+                .map(|s| s.suite())
+                .collect::<Vec<_>>(),
+            stock
+                .cipher_suites
+                .iter()
+                .map(|s| s.suite())
+                .collect::<Vec<_>>()
+        );
+        assert!(ours.fips() == stock.fips());
+    }
+
+    #[test]
+    fn group_names_are_bounded_and_only_the_hybrid_is_post_quantum() {
+        let all = [
+            (NamedGroup::X25519MLKEM768, "x25519mlkem768", true),
+            (NamedGroup::X25519, "x25519", false),
+            (NamedGroup::secp256r1, "secp256r1", false),
+            (NamedGroup::secp384r1, "secp384r1", false),
+            (NamedGroup::secp521r1, "other", false),
+            (NamedGroup::Unknown(0x1234), "other", false),
+        ];
+        for (named, text, pq) in all {
+            let group = KxGroup::from_named(named);
+            assert_eq!(
+                (group.as_str(), group.is_post_quantum()),
+                (text, pq),
+                "{named:?}"
+            );
+        }
+    }
 }

@@ -12,7 +12,7 @@ use picket_ca::SpiffeId;
 use picket_ca::api::CertificateResponse;
 use picket_ca::client::{CaClient, ClientError};
 use picket_common::backoff::{Backoff, renewal_delay};
-use picket_common::crypto::random_unit;
+use picket_common::crypto::{KxGroup, random_unit};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_util::sync::CancellationToken;
 
@@ -101,7 +101,10 @@ impl IdentityManager {
             path: ca.trust_bundle.clone(),
             source,
         })?;
-        let client = CaClient::new(&ca.url, &trust).map_err(IdentityError::Client)?;
+        let counted = Arc::clone(&metrics);
+        let client = CaClient::new(&ca.url, &trust)
+            .map_err(IdentityError::Client)?
+            .with_handshake_observer(Arc::new(move |kx: KxGroup| counted.ca_handshake(kx)));
         Ok(Self {
             identity,
             ca: client,

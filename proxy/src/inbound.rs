@@ -29,6 +29,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use picket_ca::SpiffeId;
+use picket_common::crypto::KxGroup;
 use picket_common::server::{self, ListenerSettings};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -64,6 +65,9 @@ pub struct ConnMeta {
     pub destination_port: u16,
     /// The server name the peer asked for, if any.
     pub sni: Option<String>,
+    /// The key-exchange group the handshake agreed on; `None` for a plaintext connection in
+    /// permissive mode.
+    pub kx: Option<KxGroup>,
     /// `x-picket-peer-identity` value, rendered once.
     peer_header: Option<HeaderValue>,
 }
@@ -289,10 +293,13 @@ impl Inbound {
         };
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
         let sni = session.server_name().map(str::to_owned);
+        // A finished handshake always has a group; `Other` keeps the label bounded anyway.
+        let kx = KxGroup::of(session).unwrap_or(KxGroup::Other);
         let Ok(peer_header) = HeaderValue::from_str(&peer.to_string()) else {
             return;
         };
         self.metrics.connection(Direction::Inbound, "accepted");
+        self.metrics.handshake(Direction::Inbound, kx);
         let principal = peer.to_string().trim_start_matches("spiffe://").to_owned();
         let meta = Arc::new(ConnMeta {
             client_addr,
@@ -300,6 +307,7 @@ impl Inbound {
             app,
             destination_port: app.port(),
             sni,
+            kx: Some(kx),
             peer: Some(peer),
             peer_header: Some(peer_header),
         });
@@ -338,6 +346,7 @@ impl Inbound {
             app,
             destination_port: app.port(),
             sni: None,
+            kx: None,
             peer_header: None,
         });
         let detected = net::detect(&tcp, self.timeouts.detect).await;
@@ -449,6 +458,7 @@ impl Inbound {
             destination_identity: Some(self.own_identity.as_str().into()),
             destination_address: Some(meta.app),
             destination_port: Some(meta.destination_port),
+            kx: meta.kx,
         }
     }
 

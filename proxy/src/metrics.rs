@@ -70,6 +70,22 @@ pub struct HandshakeLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `picket_tls_handshakes_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KxLabels {
+    /// Side.
+    pub direction: Direction,
+    /// The negotiated key-exchange group, see [`picket_common::crypto::KxGroup::as_str`].
+    pub kx: &'static str,
+}
+
+/// Labels of `picket_ca_tls_handshakes_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CaKxLabels {
+    /// The negotiated key-exchange group.
+    pub kx: &'static str,
+}
+
 /// Labels of `picket_cert_renewals_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RenewalLabels {
@@ -114,6 +130,10 @@ pub struct Metrics {
     pub request_duration: Family<DirectionLabels, Histogram>,
     /// Failed TLS handshakes by reason.
     pub handshake_failures: Family<HandshakeLabels, Counter>,
+    /// Completed data-path TLS handshakes by key-exchange group.
+    handshakes: Family<KxLabels, Counter>,
+    /// Completed TLS handshakes with the CA by key-exchange group.
+    ca_handshakes: Family<CaKxLabels, Counter>,
     /// Bytes spliced on opaque TCP connections, by direction.
     tcp_bytes: Family<DirectionLabels, Counter>,
     /// Requests shed because too many were in flight, by direction.
@@ -158,6 +178,8 @@ impl Metrics {
         let request_duration =
             Family::<DirectionLabels, Histogram>::new_with_constructor(duration_histogram);
         let handshake_failures = Family::<HandshakeLabels, Counter>::default();
+        let handshakes = Family::<KxLabels, Counter>::default();
+        let ca_handshakes = Family::<CaKxLabels, Counter>::default();
         let tcp_bytes = Family::<DirectionLabels, Counter>::default();
         let requests_shed = Family::<DirectionLabels, Counter>::default();
         let cert_expiry = Gauge::<i64, AtomicI64>::default();
@@ -183,6 +205,16 @@ impl Metrics {
             "picket_tls_handshake_failures",
             "Failed TLS handshakes by direction and reason",
             handshake_failures.clone(),
+        );
+        registry.register(
+            "picket_tls_handshakes",
+            "Completed mTLS handshakes with peers by direction and negotiated key-exchange group",
+            handshakes.clone(),
+        );
+        registry.register(
+            "picket_ca_tls_handshakes",
+            "Completed TLS handshakes with the CA by negotiated key-exchange group",
+            ca_handshakes.clone(),
         );
         registry.register(
             "picket_tcp_bytes",
@@ -224,6 +256,8 @@ impl Metrics {
             requests,
             request_duration,
             handshake_failures,
+            handshakes,
+            ca_handshakes,
             tcp_bytes,
             requests_shed,
             cert_expiry,
@@ -244,6 +278,23 @@ impl Metrics {
             .get_or_create(&HandshakeLabels { direction, reason })
             .inc();
         self.connection(direction, "tls_failed");
+    }
+
+    /// Counts a completed mTLS handshake with a peer and the group it agreed on.
+    pub fn handshake(&self, direction: Direction, kx: picket_common::crypto::KxGroup) {
+        self.handshakes
+            .get_or_create(&KxLabels {
+                direction,
+                kx: kx.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a completed TLS handshake with the CA and the group it agreed on.
+    pub fn ca_handshake(&self, kx: picket_common::crypto::KxGroup) {
+        self.ca_handshakes
+            .get_or_create(&CaKxLabels { kx: kx.as_str() })
+            .inc();
     }
 
     /// Records a finished request.

@@ -14,11 +14,13 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use picket_common::crypto::KxGroup;
 use picket_common::server::{self, ListenerSettings};
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
@@ -47,6 +49,40 @@ struct PeerConnector {
     tls: TlsConnector,
     timeouts: Timeouts,
     metrics: Arc<Metrics>,
+    /// The group of the newest connection this connector opened.
+    last_kx: Arc<LastKx>,
+}
+
+/// The key-exchange group of the newest connection to an upstream: the HTTP/2 connection
+/// its requests travel on, named in their flow records.
+#[derive(Debug, Default)]
+struct LastKx(AtomicU8);
+
+/// `LastKx` stores the position in this list plus one; 0 is "no connection yet".
+const KX_CODES: [KxGroup; 5] = [
+    KxGroup::X25519Mlkem768,
+    KxGroup::X25519,
+    KxGroup::Secp256r1,
+    KxGroup::Secp384r1,
+    KxGroup::Other,
+];
+
+impl LastKx {
+    fn set(&self, kx: KxGroup) {
+        let code = KX_CODES
+            .iter()
+            .position(|g| *g == kx)
+            .map_or(KX_CODES.len(), |i| i + 1);
+        self.0
+            .store(u8::try_from(code).unwrap_or(0), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<KxGroup> {
+        let code = self.0.load(Ordering::Relaxed);
+        code.checked_sub(1)
+            .and_then(|i| KX_CODES.get(usize::from(i)))
+            .copied()
+    }
 }
 
 impl PeerConnector {
@@ -81,6 +117,10 @@ impl PeerConnector {
         match result {
             Ok(s) => {
                 self.metrics.connection(Direction::Outbound, "accepted");
+                // A finished handshake always has a group; `Other` keeps the label bounded.
+                let kx = KxGroup::of(s.get_ref().1).unwrap_or(KxGroup::Other);
+                self.metrics.handshake(Direction::Outbound, kx);
+                self.last_kx.set(kx);
                 Ok(s)
             }
             Err(e) => {
@@ -109,6 +149,8 @@ impl Connect for PeerConnector {
 pub struct UpstreamCtx {
     cfg: Upstream,
     h2: H2Client<PeerConnector>,
+    /// The group of the HTTP/2 connection requests currently travel on.
+    h2_kx: Arc<LastKx>,
     tcp: PeerConnector,
 }
 
@@ -205,18 +247,25 @@ impl Outbound {
     }
 
     fn upstream_ctx(&self, cfg: Upstream) -> Result<UpstreamCtx, TlsError> {
-        let connector = |alpn: &[&[u8]]| -> Result<PeerConnector, TlsError> {
-            Ok(PeerConnector {
-                name: cfg.name.clone(),
-                addr: cfg.address,
-                tls: TlsConnector::from(self.creds.client_config(cfg.identity.clone(), alpn)?),
-                timeouts: self.timeouts.clone(),
-                metrics: Arc::clone(&self.metrics),
-            })
-        };
+        let connector =
+            |alpn: &[&[u8]], last_kx: &Arc<LastKx>| -> Result<PeerConnector, TlsError> {
+                Ok(PeerConnector {
+                    name: cfg.name.clone(),
+                    addr: cfg.address,
+                    tls: TlsConnector::from(self.creds.client_config(cfg.identity.clone(), alpn)?),
+                    timeouts: self.timeouts.clone(),
+                    metrics: Arc::clone(&self.metrics),
+                    last_kx: Arc::clone(last_kx),
+                })
+            };
+        let h2_kx = Arc::new(LastKx::default());
         Ok(UpstreamCtx {
-            h2: H2Client::new(connector(&[ALPN_H2])?, self.limits.header_list_bytes()),
-            tcp: connector(&[])?,
+            h2: H2Client::new(
+                connector(&[ALPN_H2], &h2_kx)?,
+                self.limits.header_list_bytes(),
+            ),
+            h2_kx,
+            tcp: connector(&[], &Arc::new(LastKx::default()))?,
             cfg,
         })
     }
@@ -483,6 +532,8 @@ impl Outbound {
                 e => pipeline::error_response(Direction::Outbound, &upstream.cfg.name, &e),
             },
             |resp| {
+                // The answer came over the upstream's current HTTP/2 connection.
+                ctx.ends.kx = upstream.h2_kx.get();
                 let (mut parts, body) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, forward::boxed(body))
@@ -501,6 +552,7 @@ impl Outbound {
                 destination_identity: Some(upstream.cfg.identity.to_string().into()),
                 destination_address: Some(upstream.cfg.address),
                 destination_port: Some(upstream.cfg.address.port()),
+                kx: None,
             },
         );
         match upstream.tcp.open().await {
@@ -508,6 +560,7 @@ impl Outbound {
                 tracing::info!(upstream = %upstream.cfg.name, error = %e, "outbound TCP: peer unreachable");
             }
             Ok(mut peer) => {
+                flow.ends.kx = KxGroup::of(peer.get_ref().1);
                 let mut client = IdleTimeout::new(tcp, self.timeouts.idle);
                 match tokio::io::copy_bidirectional(&mut client, &mut peer).await {
                     Ok(bytes) => flow.bytes = Some(bytes),
@@ -553,4 +606,19 @@ fn host_name(authority: &str) -> String {
         .parse::<http::uri::Authority>()
         .map(|a| a.host().trim_end_matches('.').to_ascii_lowercase())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_kx_is_empty_until_set_and_keeps_every_group() {
+        let cell = LastKx::default();
+        assert_eq!(cell.get(), None);
+        for kx in KX_CODES {
+            cell.set(kx);
+            assert_eq!(cell.get(), Some(kx));
+        }
+    }
 }

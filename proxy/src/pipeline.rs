@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, Response, StatusCode};
+use picket_common::crypto::KxGroup;
 use picket_policy::{Decision, Verdict};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -92,6 +93,9 @@ pub struct Endpoints<'a> {
     pub destination_address: Option<SocketAddr>,
     /// The destination port the authorization policy saw (or the peer's port, outbound).
     pub destination_port: Option<u16>,
+    /// The key-exchange group of the mTLS connection between the sidecars that carried the
+    /// flow (inbound: the one it arrived on; outbound: the one that carried the answer).
+    pub kx: Option<KxGroup>,
 }
 
 impl<'a> Endpoints<'a> {
@@ -105,6 +109,7 @@ impl<'a> Endpoints<'a> {
             .clone_from(&self.destination_identity);
         record.destination_address = self.destination_address;
         record.destination_port = self.destination_port;
+        record.kx = self.kx.map(|k| k.as_str().into());
         record
     }
 }

@@ -22,5 +22,13 @@ async fn demo_runs_to_completion() -> Result<()> {
         !out.stdout.is_empty(),
         "`picket demo` printed nothing on stdout:\n{printed}"
     );
+    // The demo shows the key exchange the sidecars, and a sidecar and the CA, agreed on.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "key exchange between the sidecars: x25519mlkem768 (post-quantum hybrid",
+        "key exchange of the frontend sidecar with the CA: x25519mlkem768",
+    ] {
+        ensure!(stdout.contains(line), "no {line:?} in:\n{printed}");
+    }
     Ok(())
 }

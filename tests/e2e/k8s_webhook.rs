@@ -7,7 +7,8 @@
 use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use picket_tests::clients::curl;
+use picket_common::crypto::KxGroup;
+use picket_tests::clients::{curl, tls_client_config, tls_connect};
 use picket_tests::k8s::{
     INJECTOR_HOST, KubeCa, TestInjector, admission_review, documents, golden_path,
     picket_inject_ok, print_yaml,
@@ -224,5 +225,10 @@ async fn the_webhook_certificate_names_only_its_service() -> Result<()> {
     .await?;
     // curl 60 (51 in older versions): the certificate does not match the name.
     ensure!(matches!(other.exit_code, Some(51 | 60)), "{other:?}");
+
+    // A client that offers the post-quantum hybrid (as a current API server does) gets it.
+    let tls = tls_connect(injector.addr(), tls_client_config(None, &[])?).await?;
+    let kx = KxGroup::of(tls.get_ref().1);
+    ensure!(kx == Some(KxGroup::X25519Mlkem768), "key exchange {kx:?}");
     Ok(())
 }

@@ -15,6 +15,7 @@ mod k8s_chart;
 mod k8s_inject;
 mod k8s_tokenreview;
 mod k8s_webhook;
+mod kx;
 mod pods;
 mod pods_dualstack;
 mod pods_permissive;

@@ -123,6 +123,14 @@ impl TestCa {
         self.serve().await
     }
 
+    /// What the running CA process has logged so far (empty when it is stopped).
+    pub fn log_text(&self) -> String {
+        self.daemon
+            .as_ref()
+            .map(Daemon::log_text)
+            .unwrap_or_default()
+    }
+
     /// The CA's state directory.
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")

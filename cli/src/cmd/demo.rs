@@ -16,6 +16,7 @@ use anyhow::{Context, anyhow};
 use http_body_util::{BodyExt, Empty};
 use picket_ca::authority::{Authority, InitOptions};
 use picket_ca::{SpiffeId, TrustDomain, WorkloadName};
+use picket_common::crypto::KxGroup;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -366,6 +367,28 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
         peer == "spiffe://cluster.local/ns/shop/sa/frontend",
         "orders app saw {peer}, expected the frontend identity"
     );
+    let (_, metrics) = http_get(mesh.orders.admin, "admin", "/metrics", &[]).await?;
+    let mesh_kx = kx_label(
+        &metrics,
+        "picket_tls_handshakes_total{direction=\"inbound\",",
+    )
+    .ok_or_else(|| anyhow!("the orders sidecar counted no inbound handshake"))?;
+    let (_, metrics) = http_get(mesh.frontend.admin, "admin", "/metrics", &[]).await?;
+    let ca_kx = kx_label(&metrics, "picket_ca_tls_handshakes_total{")
+        .ok_or_else(|| anyhow!("the frontend sidecar counted no handshake with the CA"))?;
+    println!(
+        "   key exchange between the sidecars: {}",
+        describe_kx(&mesh_kx)
+    );
+    println!(
+        "   key exchange of the frontend sidecar with the CA: {}",
+        describe_kx(&ca_kx)
+    );
+    let hybrid = KxGroup::X25519Mlkem768.as_str();
+    anyhow::ensure!(
+        mesh_kx == hybrid && ca_kx == hybrid,
+        "expected the post-quantum hybrid {hybrid} between sidecars and with the CA, got {mesh_kx} and {ca_kx}"
+    );
 
     step("4. Policy: only GET /api/orders/* from frontend is allowed");
     let (status, body) = http_call(
@@ -434,6 +457,7 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
     let (_, metrics) = http_get(mesh.orders.admin, "admin", "/metrics", &[]).await?;
     for line in metrics.lines().filter(|l| {
         l.starts_with("picket_tls_handshake_failures_total")
+            || l.starts_with("picket_tls_handshakes_total")
             || l.starts_with("picket_requests_total")
             || l.starts_with("picket_authz_decisions_total")
             || l.starts_with("picket_alerts_total")
@@ -441,6 +465,26 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
         println!("   {line}");
     }
     Ok(())
+}
+
+/// The `kx` label of the first sample in a metrics text whose line starts with `prefix`.
+fn kx_label(metrics: &str, prefix: &str) -> Option<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .find_map(|l| {
+            let (_, rest) = l.split_once("kx=\"")?;
+            rest.split_once('"').map(|(kx, _)| kx.to_owned())
+        })
+}
+
+/// A group name with what it means.
+fn describe_kx(kx: &str) -> String {
+    if kx == KxGroup::X25519Mlkem768.as_str() {
+        format!("{kx} (post-quantum hybrid: ML-KEM-768 with X25519)")
+    } else {
+        format!("{kx} (classical)")
+    }
 }
 
 /// The explanation of the refused POST, from the same policy files the sidecar loaded.

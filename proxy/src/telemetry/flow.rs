@@ -142,6 +142,16 @@ pub struct FlowRecord<'a> {
     /// The destination port the authorization policy saw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_port: Option<u16>,
+    /// The key-exchange group of the mTLS connection between the sidecars that carried the
+    /// flow (`x25519mlkem768` post-quantum hybrid; `x25519`, `secp256r1`, `secp384r1`
+    /// classical); absent when no such connection carried it.
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kx: Option<Cow<'a, str>>,
     /// HTTP method.
     #[serde(
         default,
@@ -245,6 +255,7 @@ impl<'a> FlowRecord<'a> {
             destination_identity: None,
             destination_address: None,
             destination_port: None,
+            kx: None,
             method: None,
             path: None,
             host: None,
@@ -409,6 +420,7 @@ mod tests {
             source_address: Some("127.0.0.1:5000".parse().unwrap()),
             destination_identity: Some("spiffe://cluster.local/ns/shop/sa/orders".into()),
             destination_port: Some(8080),
+            kx: Some("x25519mlkem768".into()),
             method: Some("GET".into()),
             path: Some("/api/orders/42".into()),
             status: Some(200),
