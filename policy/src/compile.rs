@@ -316,23 +316,35 @@ pub(crate) struct Condition {
 }
 
 impl Condition {
-    /// Whether any of the attribute's values matches `set`; `None` when the attribute is
-    /// absent. A header may appear several times: each value is matched on its own.
+    /// Whether the attribute matches `set`, read the way `reading` says; `None` when the
+    /// attribute is absent. A header may appear several times and each value may be a
+    /// comma-separated list: see [`Reading`].
     #[inline]
-    fn hits(&self, set: &CondValues, a: &Attrs<'_>) -> Option<bool> {
+    fn hits(&self, set: &CondValues, a: &Attrs<'_>, reading: Reading) -> Option<bool> {
         match (&self.key, set) {
             (CondKey::Header(name), CondValues::Str(patterns)) => {
                 let http = a.http?;
+                let matches = |v: &str| patterns.iter().any(|p| p.matches(v));
                 let mut present = false;
                 for (n, v) in http.headers {
-                    if n.eq_ignore_ascii_case(name) {
-                        present = true;
-                        if patterns.iter().any(|p| p.matches(v)) {
-                            return Some(true);
+                    if !n.eq_ignore_ascii_case(name) {
+                        continue;
+                    }
+                    present = true;
+                    match reading {
+                        Reading::Any => {
+                            if matches(v) || list_elements(v).any(matches) {
+                                return Some(true);
+                            }
+                        }
+                        Reading::Every => {
+                            if !matches(v) || !list_elements(v).all(matches) {
+                                return Some(false);
+                            }
                         }
                     }
                 }
-                present.then_some(false)
+                present.then_some(reading == Reading::Every)
             }
             (CondKey::SourceIp, CondValues::Ip(blocks)) => {
                 Some(blocks.iter().any(|c| c.contains(a.ip)))
@@ -352,18 +364,26 @@ impl Condition {
         }
     }
 
-    /// `values` needs the attribute present and one value matching; `notValues` fails when one
-    /// value matches (an absent attribute passes it).
+    /// `values` needs the attribute present and matching; `notValues` fails when it matches (an
+    /// absent attribute passes it). A header is read so that the rule fails safe for its
+    /// `action`: a DENY or AUDIT rule's `values` match when any reading matches (and its
+    /// `notValues` fail only when every reading matches); an ALLOW rule's `values` match only
+    /// when every reading matches (and its `notValues` fail when any reading matches).
     #[inline]
-    pub(crate) fn check(&self, a: &Attrs<'_>) -> Result<(), Field> {
+    pub(crate) fn check(&self, a: &Attrs<'_>, action: Action) -> Result<(), Field> {
         if a.http.is_none() && self.is_http_only() {
             // Only DENY and AUDIT rules reach here on TCP: skipping is the restrictive reading.
             return Ok(());
         }
-        if !self.values.is_empty() && self.hits(&self.values, a) != Some(true) {
+        let (values, not_values) = if action == Action::Allow {
+            (Reading::Every, Reading::Any)
+        } else {
+            (Reading::Any, Reading::Every)
+        };
+        if !self.values.is_empty() && self.hits(&self.values, a, values) != Some(true) {
             return Err(Field::Values);
         }
-        if !self.not_values.is_empty() && self.hits(&self.not_values, a) == Some(true) {
+        if !self.not_values.is_empty() && self.hits(&self.not_values, a, not_values) == Some(true) {
             return Err(Field::NotValues);
         }
         Ok(())
@@ -395,6 +415,28 @@ impl Condition {
     }
 }
 
+/// How a header's values are read against a pattern list. A header may appear several times,
+/// and many frameworks split a value on commas (`X-Role: user, admin` read as two roles), so a
+/// header has several readings: each occurrence's whole value, and each non-empty element of
+/// its comma-separated list (trimmed of spaces and tabs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// Matches when any reading matches.
+    Any,
+    /// Matches when every reading matches.
+    Every,
+}
+
+/// The non-empty elements of a comma-separated field value; nothing for a value without a
+/// comma (its only element is the whole value, already read).
+fn list_elements(v: &str) -> impl Iterator<Item = &str> {
+    let listed = v.contains(',');
+    v.split(',')
+        .filter(move |_| listed)
+        .map(|e| e.trim_matches([' ', '\t']))
+        .filter(|e| !e.is_empty())
+}
+
 impl CompiledRule {
     /// Whether the rule matches. On a TCP connection (no HTTP request) an ALLOW rule with
     /// HTTP-only fields never matches; DENY and AUDIT rules match on their other fields.
@@ -405,7 +447,7 @@ impl CompiledRule {
         }
         (self.to.is_empty() || self.to.iter().any(|o| o.check(a).is_ok()))
             && (self.from.is_empty() || self.from.iter().any(|p| p.check(a).is_ok()))
-            && self.when.iter().all(|c| c.check(a).is_ok())
+            && self.when.iter().all(|c| c.check(a, action).is_ok())
     }
 
     /// The attribute values one of which a request must have for this rule to match, used to

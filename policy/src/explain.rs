@@ -158,7 +158,7 @@ fn misses(rule: &CompiledRule, a: &Attrs<'_>, action: Action) -> Vec<String> {
         }
     }
     for (i, cond) in rule.when.iter().enumerate() {
-        if let Err(field) = cond.check(a) {
+        if let Err(field) = cond.check(a, action) {
             let got = cond.request_values(a);
             let set = if field == Field::Values {
                 &cond.values

@@ -18,7 +18,8 @@ fn allow_path_evaluation_does_not_allocate() {
         let i = (n / 2) / 20 * 20 + 1;
         let principal = support::principal(i);
         let path = support::path(i, "orders/42");
-        let headers = [("x-tenant", "acme"), ("x-tenant", "other")];
+        // Two lines, each allowed: an ALLOW condition needs every line to match.
+        let headers = [("x-tenant", "acme"), ("x-tenant", "beta-7")];
         let http = Request {
             source_principal: Some(&principal),
             source_ip: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),

@@ -1,5 +1,6 @@
 //! The admin server: `/live`, `/ready`, `/metrics`, `/identity`, `/policy`, `/alerts`. Bind it to loopback unless a
-//! scraper elsewhere needs it; it never shows key material.
+//! scraper elsewhere needs it: connections to a non-loopback address get only `/live`, `/ready`
+//! and `/metrics`. It never shows key material.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -81,9 +82,19 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
     resp
 }
 
-fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
+/// The endpoints served on every address; the others (`/identity`, `/policy`, `/alerts`) only
+/// to connections made to a loopback address.
+pub const PUBLIC_PATHS: &[&str] = &["/live", "/ready", "/metrics"];
+
+fn route(state: &AdminState, req: &Request<Incoming>, loopback: bool) -> Response<Body> {
     if req.method() != Method::GET {
         return forward::error_response(StatusCode::METHOD_NOT_ALLOWED, "admin endpoints take GET");
+    }
+    if !loopback && !PUBLIC_PATHS.contains(&req.uri().path()) {
+        return forward::error_response(
+            StatusCode::NOT_FOUND,
+            "only /live, /ready and /metrics are served on a non-loopback address",
+        );
     }
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n".into(), "text/plain"),
@@ -173,9 +184,15 @@ pub async fn serve(
         |tcp, _| {
             let state = Arc::clone(&state);
             let http = http.clone();
+            // The address the client connected to: on a listener bound to 0.0.0.0, a
+            // connection to 127.0.0.1 sees every endpoint and one to the pod's address only
+            // the public ones.
+            let loopback = tcp
+                .local_addr()
+                .is_ok_and(|a| a.ip().to_canonical().is_loopback());
             async move {
                 let svc = hyper::service::service_fn(move |req| {
-                    let resp = route(&state, &req);
+                    let resp = route(&state, &req, loopback);
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 if let Err(e) = http.serve_connection(TokioIo::new(tcp), svc).await {

@@ -1,17 +1,18 @@
 //! One canonical request: made once, used for the policy decision AND for what the app
 //! receives, so the proxy and the app can never read two different requests.
 //!
-//! Method must be an uppercase token; the path is normalized by
+//! [`check_head`] applies the syntax rules of RFC 9112 and RFC 9113 that both directions
+//! enforce (the caller's sidecar and the callee's): the request-target form, `Host`, header
+//! values and framing headers. [`canonicalize`] adds what only the deciding (inbound) side
+//! does: the method must be an uppercase token; the path is normalized by
 //! [`picket_policy::normalize::normalize_path`] (decode once, dot segments, merged slashes,
 //! encoded separators per config); the query is kept verbatim; the host comes from the
 //! request-target when it is in absolute form (overriding `Host`, as RFC 9112 section 3.2.2
-//! requires) and is lowercased; several `Host` headers, header names with `_` (unless allowed),
-//! header values with leading or trailing whitespace and conflicting Content-Length values are
-//! refused.
+//! requires) and is lowercased; header names with `_` are refused unless allowed.
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{Uri, Version};
+use http::{Method, StatusCode, Uri, Version};
 use picket_policy::normalize;
 
 use crate::config::HttpConfig;
@@ -19,45 +20,98 @@ use crate::config::HttpConfig;
 /// The canonical view of a request, as policy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Canonical {
-    /// Normalized path, without query.
+    /// Normalized path, without query; `*` for `OPTIONS *` (asterisk form).
     pub path: String,
     /// Lowercased host, with port if one was given.
     pub host: String,
 }
 
-/// A request refused before policy, with the reason given to the client (400).
+/// A request refused before policy: the status (400, or 405 for CONNECT) and the reason given
+/// to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Rejection(pub String);
+#[error("{reason}")]
+pub struct Rejection {
+    /// The status of the answer.
+    pub status: StatusCode,
+    /// Why, for the client and the log.
+    pub reason: String,
+}
 
-/// Makes `parts` canonical in place and returns the canonical view.
-pub fn canonicalize(parts: &mut Parts, cfg: &HttpConfig) -> Result<Canonical, Rejection> {
-    normalize::normalize_method(parts.method.as_str())
-        .map_err(|e| Rejection(format!("invalid method: {e}")))?;
+impl Rejection {
+    /// A 400 with `reason`.
+    pub fn bad_request(reason: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            reason: reason.into(),
+        }
+    }
+}
 
-    if !cfg.allow_header_underscores
-        && let Some(name) = parts.headers.keys().find(|n| n.as_str().contains('_'))
-    {
-        return Err(Rejection(format!(
-            "header name {:?} contains '_'; refused so that no server can read it as another header",
-            name.as_str()
-        )));
+/// The request-target of `OPTIONS *`.
+pub const ASTERISK: &str = "*";
+
+/// Whether the request-target is the asterisk form (`OPTIONS *`; in HTTP/2 a `:path` of `*`).
+pub fn is_asterisk(parts: &Parts) -> bool {
+    parts.uri.path() == ASTERISK && parts.uri.query().is_none()
+}
+
+/// The syntax rules both directions enforce, in place of any lenient reading:
+///
+/// - CONNECT is refused with 405: Picket opens no tunnels on a client's request;
+/// - an HTTP/1 request-target is origin form (starting with `/`), absolute form, or `*` with
+///   OPTIONS only; an HTTP/2 `:path` starts with `/`, or is `*` with OPTIONS only;
+/// - one `Host` at most; in HTTP/2, a `host` header must name what `:authority` names;
+/// - header values are visible ASCII, space and tab only (no obs-text: an app that trims
+///   Unicode whitespace would read another value than the one policy matched), without
+///   leading or trailing whitespace;
+/// - `Content-Length` values agree.
+pub fn check_head(parts: &Parts) -> Result<(), Rejection> {
+    if parts.method == Method::CONNECT {
+        return Err(Rejection {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            reason: "CONNECT is not supported: the sidecar opens no tunnels on request".into(),
+        });
+    }
+    if is_asterisk(parts) {
+        if parts.method != Method::OPTIONS {
+            return Err(Rejection::bad_request(format!(
+                "the asterisk request-target is only allowed with OPTIONS, not {}",
+                parts.method
+            )));
+        }
+    } else if parts.version == Version::HTTP_2 || parts.uri.scheme().is_none() {
+        // HTTP/2 always has a scheme and authority here; its path must still be origin form.
+        // HTTP/1 without a scheme: only origin form is left (authority form is CONNECT's).
+        let target = parts.uri.path_and_query().map_or("", |p| p.as_str());
+        if !target.starts_with('/')
+            || (parts.uri.scheme().is_none() && parts.uri.authority().is_some())
+        {
+            return Err(Rejection::bad_request(
+                "the request-target must start with '/' (origin form) or be an absolute URI",
+            ));
+        }
+    }
+    for (name, value) in &parts.headers {
+        let b = value.as_bytes();
+        if let Some(pos) = b.iter().position(|&c| c >= 0x80) {
+            return Err(Rejection::bad_request(format!(
+                "header {:?} has a byte above 0x7F at offset {pos}; only ASCII is accepted",
+                name.as_str()
+            )));
+        }
+        if matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t')) {
+            // HTTP/1 parsers strip this whitespace and HTTP/2 does not: policy and app could
+            // read two different values.
+            return Err(Rejection::bad_request(format!(
+                "header {:?} has leading or trailing whitespace",
+                name.as_str()
+            )));
+        }
     }
     // HTTP/1 framing conflicts never get this far: the HTTP/1 parser refuses differing
     // Content-Length values, and for Content-Length with Transfer-Encoding it frames by
     // Transfer-Encoding alone, drops Content-Length and closes the connection after the
     // response (RFC 9112 section 6.3), so nothing can be smuggled behind the request.
-    if let Some((name, _)) = parts.headers.iter().find(|(_, v)| {
-        let b = v.as_bytes();
-        matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
-    }) {
-        // HTTP/1 parsers strip this whitespace and HTTP/2 does not: policy and app could read
-        // two different values.
-        return Err(Rejection(format!(
-            "header {:?} has leading or trailing whitespace",
-            name.as_str()
-        )));
-    }
     let mut lengths = parts.headers.get_all(header::CONTENT_LENGTH).iter();
     if let (Some(first), Some(_)) = (lengths.next(), lengths.next()) {
         let all_same = parts
@@ -66,44 +120,85 @@ pub fn canonicalize(parts: &mut Parts, cfg: &HttpConfig) -> Result<Canonical, Re
             .iter()
             .all(|v| v == first);
         if !all_same {
-            return Err(Rejection("conflicting Content-Length values".into()));
+            return Err(Rejection::bad_request("conflicting Content-Length values"));
         }
     }
-
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
-        return Err(Rejection("more than one Host header".into()));
+        return Err(Rejection::bad_request("more than one Host header"));
     }
-    let raw_host = match (parts.uri.authority(), host_header) {
-        (Some(a), _) => a.as_str().to_owned(),
+    if parts.version == Version::HTTP_2
+        && let (Some(authority), Some(host)) = (parts.uri.authority(), host_header)
+    {
+        // RFC 9113 section 8.3.1: compared after normalization.
+        let same = host.to_str().ok().is_some_and(|h| {
+            matches!(
+                (normalize::normalize_host(h), normalize::normalize_host(authority.as_str())),
+                (Ok(a), Ok(b)) if a == b
+            )
+        });
+        if !same {
+            return Err(Rejection::bad_request(
+                "the host header names another host than :authority",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The host a request names: the authority of an absolute target (or `:authority`), else the
+/// `Host` header. Refused when neither is present or the `Host` header is not ASCII.
+pub fn raw_host(parts: &Parts) -> Result<String, Rejection> {
+    match (parts.uri.authority(), parts.headers.get(header::HOST)) {
+        (Some(a), _) => Ok(a.as_str().to_owned()),
         (None, Some(h)) => h
             .to_str()
-            .map_err(|_| Rejection("Host header is not visible ASCII".into()))?
-            .to_owned(),
-        (None, None) => return Err(Rejection("request has no host".into())),
-    };
+            .map(str::to_owned)
+            .map_err(|_| Rejection::bad_request("Host header is not visible ASCII")),
+        (None, None) => Err(Rejection::bad_request("request has no host")),
+    }
+}
+
+/// Makes `parts` canonical in place and returns the canonical view.
+pub fn canonicalize(parts: &mut Parts, cfg: &HttpConfig) -> Result<Canonical, Rejection> {
+    check_head(parts)?;
+    normalize::normalize_method(parts.method.as_str())
+        .map_err(|e| Rejection::bad_request(format!("invalid method: {e}")))?;
+
+    if !cfg.allow_header_underscores
+        && let Some(name) = parts.headers.keys().find(|n| n.as_str().contains('_'))
+    {
+        return Err(Rejection::bad_request(format!(
+            "header name {:?} contains '_'; refused so that no server can read it as another header",
+            name.as_str()
+        )));
+    }
+
+    let raw_host = raw_host(parts)?;
     if raw_host.contains('@') {
-        return Err(Rejection(
-            "user info in the authority is not allowed".into(),
+        return Err(Rejection::bad_request(
+            "user info in the authority is not allowed",
         ));
     }
     let host = normalize::normalize_host(&raw_host)
-        .map_err(|e| Rejection(format!("invalid host: {e}")))?;
+        .map_err(|e| Rejection::bad_request(format!("invalid host: {e}")))?;
 
-    let (raw_path, query) = match parts.uri.path_and_query() {
-        Some(pq) => (pq.path(), pq.query()),
-        None => ("/", None),
-    };
-    if parts.method == http::Method::OPTIONS && raw_path == "*" {
-        return Err(Rejection("OPTIONS * is not forwarded".into()));
-    }
-    let path = normalize::normalize_path(raw_path, &cfg.path)
-        .map_err(|e| Rejection(format!("invalid path: {e}")))?;
-
-    let target = match query {
-        Some(q) => format!("{path}?{q}"),
-        None => path.clone(),
+    let asterisk = is_asterisk(parts);
+    let (path, target) = if asterisk {
+        (ASTERISK.to_owned(), ASTERISK.to_owned())
+    } else {
+        let (raw_path, query) = match parts.uri.path_and_query() {
+            Some(pq) => (pq.path(), pq.query()),
+            None => ("/", None),
+        };
+        let path = normalize::normalize_path(raw_path, &cfg.path)
+            .map_err(|e| Rejection::bad_request(format!("invalid path: {e}")))?;
+        let target = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        (path, target)
     };
     let mut builder = Uri::builder().path_and_query(target.as_str());
     if parts.version == Version::HTTP_2 {
@@ -111,12 +206,89 @@ pub fn canonicalize(parts: &mut Parts, cfg: &HttpConfig) -> Result<Canonical, Re
     }
     parts.uri = builder
         .build()
-        .map_err(|e| Rejection(format!("invalid request target: {e}")))?;
-    let host_value = HeaderValue::from_str(&host).map_err(|_| Rejection("invalid host".into()))?;
+        .map_err(|e| Rejection::bad_request(format!("invalid request target: {e}")))?;
+    let host_value =
+        HeaderValue::from_str(&host).map_err(|_| Rejection::bad_request("invalid host"))?;
     if parts.version == Version::HTTP_2 {
         parts.headers.remove(header::HOST);
     } else {
         parts.headers.insert(header::HOST, host_value);
     }
     Ok(Canonical { path, host })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn parts(version: Version, method: &str, uri: &str, headers: &[(&str, &[u8])]) -> Parts {
+        let mut req = http::Request::builder()
+            .version(version)
+            .method(method)
+            .uri(uri);
+        for (n, v) in headers {
+            req = req.header(*n, HeaderValue::from_bytes(v).unwrap());
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    fn h1(method: &str, uri: &str, headers: &[(&str, &[u8])]) -> Result<Canonical, Rejection> {
+        let mut with_host = vec![("host", b"orders".as_slice())];
+        with_host.extend_from_slice(headers);
+        let mut p = parts(Version::HTTP_11, method, uri, &with_host);
+        canonicalize(&mut p, &cfg())
+    }
+
+    fn cfg() -> HttpConfig {
+        HttpConfig::default()
+    }
+
+    #[test]
+    fn request_target_forms() {
+        assert_eq!(h1("GET", "/a", &[]).unwrap().path, "/a");
+        // `GET admin HTTP/1.1` parses as authority form: never a host.
+        let e = h1("GET", "admin", &[]).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST, "{e}");
+        assert!(h1("GET", "*", &[]).is_err());
+        assert!(h1("POST", "*", &[]).is_err());
+        let options = h1("OPTIONS", "*", &[]).unwrap();
+        assert_eq!(options.path, "*");
+        let connect = h1("CONNECT", "orders:443", &[]).unwrap_err();
+        assert_eq!(connect.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(h1("GET", "http://orders/a", &[]).unwrap().host, "orders");
+    }
+
+    #[test]
+    fn header_values_are_ascii_without_edge_whitespace() {
+        let e = h1("GET", "/a", &[("x-role", b"\xa0admin\xa0")]).unwrap_err();
+        assert!(e.reason.contains("0x7F"), "{e}");
+        assert!(h1("GET", "/a", &[("x-role", b"adm\xc3\xa9")]).is_err());
+        assert!(h1("GET", "/a", &[("x-role", b" admin")]).is_err());
+        assert!(h1("GET", "/a", &[("x-role", b"a b\tc")]).is_ok());
+    }
+
+    #[test]
+    fn http2_host_must_agree_with_authority() {
+        let check = |host: &[u8]| {
+            let mut p = parts(
+                Version::HTTP_2,
+                "GET",
+                "http://orders:8080/a",
+                &[("host", host)],
+            );
+            canonicalize(&mut p, &cfg())
+        };
+        assert!(check(b"orders:8080").is_ok());
+        assert!(check(b"ORDERS.:8080").is_ok());
+        assert!(check(b"evil").is_err());
+        assert!(check(b"orders").is_err());
+        let mut two = parts(
+            Version::HTTP_2,
+            "GET",
+            "http://orders/a",
+            &[("host", b"orders"), ("host", b"orders")],
+        );
+        assert!(canonicalize(&mut two, &cfg()).is_err());
+    }
 }

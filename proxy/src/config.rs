@@ -131,6 +131,25 @@ pub struct HttpConfig {
     /// Accept header names containing `_` (rejected by default: some servers fold `_` into
     /// `-`, which would let a client smuggle a header past policy).
     pub allow_header_underscores: bool,
+    /// Headers removed from every request the app receives (mesh identity and routing
+    /// headers; [`crate::forward::DEFAULT_STRIP_HEADERS`] by default).
+    pub strip_headers: Vec<crate::forward::HeaderPattern>,
+    /// What the app receives of `Forwarded`, `X-Forwarded-For` and `X-Real-IP`.
+    pub forwarded: crate::forward::ForwardedMode,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            path: picket_policy::normalize::PathOptions::default(),
+            allow_header_underscores: false,
+            strip_headers: crate::forward::DEFAULT_STRIP_HEADERS
+                .iter()
+                .filter_map(|p| crate::forward::HeaderPattern::parse(p).ok())
+                .collect(),
+            forwarded: crate::forward::ForwardedMode::Drop,
+        }
+    }
 }
 
 /// How the sidecar reaches the CA.
@@ -267,6 +286,9 @@ pub struct Timeouts {
     pub request: Duration,
     /// An idle connection (no bytes either way) is closed after this.
     pub idle: Duration,
+    /// An app connection whose reader has not taken response data handed to it for this long
+    /// (a full TCP send buffer, or an HTTP/2 window left at zero) is closed.
+    pub stall: Duration,
     /// How long in-flight work may finish after SIGTERM.
     pub drain: Duration,
     /// How long a transparent outbound connection may stay silent before it is treated as
@@ -422,6 +444,8 @@ struct RawPolicy {
 struct RawHttp {
     encoded_slashes: Option<Spanned<String>>,
     header_underscores: Option<Spanned<String>>,
+    strip_headers: Option<Vec<Spanned<String>>>,
+    forwarded: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -518,6 +542,7 @@ struct RawTimeouts {
     connect: Option<Spanned<String>>,
     request: Option<Spanned<String>>,
     idle: Option<Spanned<String>>,
+    stall: Option<Spanned<String>>,
     drain: Option<Spanned<String>>,
     detect: Option<Spanned<String>>,
 }
@@ -952,6 +977,7 @@ impl Validator<'_> {
             connect: self.duration(&t.connect, Duration::from_secs(5), "timeouts.connect")?,
             request: self.duration(&t.request, Duration::from_secs(30), "timeouts.request")?,
             idle: self.duration(&t.idle, Duration::from_secs(300), "timeouts.idle")?,
+            stall: self.duration(&t.stall, Duration::from_secs(30), "timeouts.stall")?,
             drain: self.duration(&t.drain, Duration::from_secs(30), "timeouts.drain")?,
             detect: self.duration(&t.detect, Duration::from_secs(1), "timeouts.detect")?,
         };
@@ -1023,6 +1049,33 @@ impl Validator<'_> {
                 }
             },
         };
+        let mut http = HttpConfig {
+            path: path_opts,
+            allow_header_underscores,
+            ..HttpConfig::default()
+        };
+        if let Some(list) = &raw.http.strip_headers {
+            http.strip_headers = list
+                .iter()
+                .map(|p| {
+                    crate::forward::HeaderPattern::parse(&p.value)
+                        .map_err(|e| self.err(p, format!("http.strip_headers: {e}")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = &raw.http.forwarded {
+            http.forwarded = match v.value.as_str() {
+                "drop" => crate::forward::ForwardedMode::Drop,
+                "append" => crate::forward::ForwardedMode::Append,
+                "keep" => crate::forward::ForwardedMode::Keep,
+                other => {
+                    return Err(self.err(
+                        v,
+                        format!("http.forwarded: {other:?} is not drop, append or keep"),
+                    ));
+                }
+            };
+        }
 
         let telemetry = crate::telemetry::validate(raw.telemetry, self.source_name)?;
         Ok(Config {
@@ -1030,10 +1083,7 @@ impl Validator<'_> {
             health,
             labels: raw.workload.labels,
             policy,
-            http: HttpConfig {
-                path: path_opts,
-                allow_header_underscores,
-            },
+            http,
             identity,
             ca: CaConfig {
                 url: raw.ca.url.value,

@@ -2,14 +2,18 @@
 //! error responses, and the multiplexed HTTP/2 client that keeps one connection per
 //! destination.
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -48,6 +52,341 @@ pub fn error_response(status: StatusCode, reason: &str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+/// As [`error_response`], and asks the server to close the connection after it: for requests
+/// whose framing or head was refused, so nothing that follows on the connection is read.
+pub fn error_response_close(status: StatusCode, reason: &str) -> Response<Body> {
+    let mut resp = error_response(status, reason);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// How much of a request body is read before the request head is forwarded.
+pub const READ_AHEAD_BYTES: usize = 64 * 1024;
+/// How long reading ahead waits for the next part of a body before it forwards what it has.
+/// Read-ahead exists to refuse malformed framing before anything reaches the app; it must not
+/// hold up a body the client streams slowly (gRPC streams, uploads waiting for the response).
+pub const READ_AHEAD_WAIT: Duration = Duration::from_millis(20);
+/// The longest reading ahead may take in all, however the body trickles in.
+pub const READ_AHEAD_TOTAL: Duration = Duration::from_millis(100);
+
+/// A request body as forwarded: the frames read ahead, then the rest of the received body.
+/// An error in the rest is passed on as a body error, which makes the forwarding client abort
+/// the request (HTTP/1: the connection is closed before the length or last chunk is complete;
+/// HTTP/2: the stream is reset), so the app never sees a complete-looking body.
+#[derive(Debug)]
+pub struct ReadAhead {
+    frames: VecDeque<Frame<Bytes>>,
+    /// Data bytes in `frames` not yet passed on.
+    buffered: u64,
+    has_trailers: bool,
+    rest: Option<Incoming>,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+    /// The received request declared a body (a length, chunked, or DATA frames). An empty body
+    /// that was not declared announces no length, so hyper adds no `content-length: 0` on the
+    /// way (it does for OPTIONS over HTTP/2) and the app sees the request without one.
+    declared: bool,
+}
+
+impl ReadAhead {
+    /// Set once the rest of the body failed after the head was forwarded, so the caller can
+    /// tell a malformed request body from a failing destination.
+    pub fn failure_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        Arc::clone(&self.failed)
+    }
+
+    /// The exact length of what is left of the body (before forwarding: the whole body) when
+    /// it is known (read completely, or announced by the sender) and no trailers were read.
+    pub fn exact_len(&self) -> Option<u64> {
+        if self.has_trailers {
+            return None;
+        }
+        match &self.rest {
+            None => Some(self.buffered),
+            Some(rest) => rest
+                .size_hint()
+                .exact()
+                .and_then(|n| n.checked_add(self.buffered)),
+        }
+    }
+
+    /// Whether the whole body was read.
+    pub fn is_complete(&self) -> bool {
+        self.rest.is_none()
+    }
+}
+
+impl http_body::Body for ReadAhead {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(frame) = self.frames.pop_front() {
+            if let Some(data) = frame.data_ref() {
+                self.buffered = self.buffered.saturating_sub(data.len() as u64);
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let Some(rest) = self.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(rest).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.rest = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::info!(error = %e, "request body failed after its head was forwarded; aborting the forwarded request");
+                self.failed
+                    .store(true, std::sync::atomic::Ordering::Release);
+                self.rest = None;
+                Poll::Ready(Some(Err(BoxError::from(e))))
+            }
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if !self.declared && self.frames.is_empty() && self.rest.is_none() {
+            return SizeHint::new();
+        }
+        match self.exact_len() {
+            Some(n) => SizeHint::with_exact(n),
+            None => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(self.buffered);
+                hint
+            }
+        }
+    }
+}
+
+/// Reads the start of a request body: until its end, [`READ_AHEAD_BYTES`],
+/// [`READ_AHEAD_WAIT`] without a new frame, or [`READ_AHEAD_TOTAL`] in all. A framing error found meanwhile (a malformed chunk
+/// line, a length the stream does not keep) is returned, and the caller answers 400 before
+/// anything of the request reaches the app.
+pub async fn read_ahead(mut body: Incoming) -> Result<ReadAhead, hyper::Error> {
+    let mut frames = VecDeque::new();
+    let mut buffered: u64 = 0;
+    let mut has_trailers = false;
+    let mut done = body.is_end_stream();
+    let deadline = tokio::time::Instant::now() + READ_AHEAD_TOTAL;
+    while !done && usize::try_from(buffered).is_ok_and(|b| b < READ_AHEAD_BYTES) {
+        let wait = (tokio::time::Instant::now() + READ_AHEAD_WAIT).min(deadline);
+        match tokio::time::timeout_at(wait, body.frame()).await {
+            Err(_) => break,
+            Ok(None) => done = true,
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    buffered += data.len() as u64;
+                } else if frame.is_trailers() {
+                    has_trailers = true;
+                }
+                frames.push_back(frame);
+                done = body.is_end_stream();
+            }
+        }
+    }
+    Ok(ReadAhead {
+        frames,
+        buffered,
+        has_trailers,
+        rest: (!done).then_some(body),
+        failed: Arc::default(),
+        declared: true,
+    })
+}
+
+/// Sets the framing headers of a forwarded request from its body, so they are always written
+/// one canonical way (`Content-Length: 3`, never `003` or a list), whatever the sender wrote:
+/// a known length becomes `Content-Length`; an unknown one `Transfer-Encoding: chunked` for an
+/// HTTP/1.1 receiver (for every method: GET and HEAD bodies are carried like any other) and
+/// nothing for HTTP/2. `had_body` says whether the received request declared a body (a
+/// length, chunked, or DATA frames); a request that declared none gets no framing header.
+pub fn frame_request(
+    headers: &mut HeaderMap,
+    body: &mut ReadAhead,
+    had_body: bool,
+    to_http1: bool,
+) {
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::TRANSFER_ENCODING);
+    body.declared = had_body;
+    if !had_body {
+        return;
+    }
+    match body.exact_len() {
+        Some(n) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        None if to_http1 => {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
+        None => {}
+    }
+}
+
+/// The error to report when forwarding failed: a body that failed after its head was
+/// forwarded is the client's malformed request, not the destination's failure.
+pub fn blame(e: ForwardError, body_failed: &std::sync::atomic::AtomicBool) -> ForwardError {
+    if body_failed.load(std::sync::atomic::Ordering::Acquire) {
+        ForwardError::RequestBody(
+            "the body failed after the request head was forwarded; the forwarded request was aborted"
+                .into(),
+        )
+    } else {
+        e
+    }
+}
+
+/// Whether a received request declared a body.
+pub fn declares_body(headers: &HeaderMap, body: &Incoming) -> bool {
+    headers.contains_key(header::CONTENT_LENGTH)
+        || headers.contains_key(header::TRANSFER_ENCODING)
+        || !body.is_end_stream()
+}
+
+/// A header the sidecar removes from what the app receives: a name, or a prefix written with a
+/// trailing `*` (`l5d-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderPattern {
+    /// Exactly this name.
+    Exact(HeaderName),
+    /// Every name starting with this (lowercase) prefix.
+    Prefix(String),
+}
+
+impl HeaderPattern {
+    /// Parses `name` or `prefix*`; names are case-insensitive.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let lower = text.to_ascii_lowercase();
+        if let Some(prefix) = lower.strip_suffix('*') {
+            if prefix.is_empty() || HeaderName::from_bytes(prefix.as_bytes()).is_err() {
+                return Err(format!(
+                    "{text:?} is not a header name prefix followed by '*'"
+                ));
+            }
+            return Ok(Self::Prefix(prefix.to_owned()));
+        }
+        HeaderName::from_bytes(lower.as_bytes())
+            .map(Self::Exact)
+            .map_err(|_| format!("{text:?} is not a header name"))
+    }
+
+    fn matches(&self, name: &HeaderName) -> bool {
+        match self {
+            Self::Exact(n) => n == name,
+            Self::Prefix(p) => name.as_str().starts_with(p.as_str()),
+        }
+    }
+}
+
+/// The mesh-internal identity and routing headers of Picket, Istio/Envoy and Linkerd, removed
+/// from every request the app receives unless `http.strip_headers` says otherwise: a client
+/// must not be able to claim an identity or a route that an app trusting another mesh would
+/// believe.
+pub const DEFAULT_STRIP_HEADERS: &[&str] = &[
+    "x-picket-*",
+    "x-forwarded-client-cert",
+    "x-envoy-*",
+    "x-istio-*",
+    "l5d-*",
+];
+
+/// Removes every header matching one of `patterns`.
+pub fn strip_headers(headers: &mut HeaderMap, patterns: &[HeaderPattern]) {
+    if patterns.is_empty() {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| patterns.iter().any(|p| p.matches(n)))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// What the app receives of `Forwarded`, `X-Forwarded-For` and `X-Real-IP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedMode {
+    /// Remove them, and `X-Forwarded-Host`, `-Proto` and `-Port` (the default): nothing a
+    /// client wrote about addresses reaches the app.
+    #[default]
+    Drop,
+    /// Append the peer address the sidecar saw to `Forwarded` (`for=`) and `X-Forwarded-For`
+    /// (creating them when absent) and set `X-Real-IP` to it; the app must read the last entry.
+    Append,
+    /// Pass them as the client sent them.
+    Keep,
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Applies `mode` to the forwarding headers; `peer` is the address of the connection.
+pub fn forwarding_headers(headers: &mut HeaderMap, mode: ForwardedMode, peer: std::net::IpAddr) {
+    let peer = match peer {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    match mode {
+        ForwardedMode::Keep => {}
+        ForwardedMode::Drop => {
+            for name in [
+                header::FORWARDED.as_str(),
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-forwarded-port",
+                "x-real-ip",
+            ] {
+                headers.remove(name);
+            }
+        }
+        ForwardedMode::Append => {
+            let node = match peer {
+                std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+                v4 => format!("for={v4}"),
+            };
+            append_list(headers, header::FORWARDED, &node);
+            append_list(headers, X_FORWARDED_FOR, &peer.to_string());
+            if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
+                headers.insert(X_REAL_IP, v);
+            }
+        }
+    }
+}
+
+/// Joins every line of `name` into one and appends `element`.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, element: &str) {
+    let mut joined: Vec<String> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    joined.push(element.to_owned());
+    if let Ok(v) = HeaderValue::from_str(&joined.join(", ")) {
+        headers.insert(name, v);
+    }
 }
 
 /// Removes connection-specific headers (RFC 9110 section 7.6.1), including any header named by
@@ -116,6 +455,30 @@ pub enum ForwardError {
     /// process the request, so it is safe to send it elsewhere.
     #[error("the destination is shutting down and did not take the request")]
     Draining,
+    /// The request body's framing is malformed (or the client stopped sending it); nothing of
+    /// the request was forwarded.
+    #[error("malformed request body: {0}")]
+    RequestBody(String),
+}
+
+/// Reads ahead into a request body (see [`read_ahead`]); a framing error becomes
+/// [`ForwardError::RequestBody`].
+pub async fn body_for_forwarding(body: Incoming) -> Result<ReadAhead, ForwardError> {
+    read_ahead(body).await.map_err(|e| {
+        let detail = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        ForwardError::RequestBody(detail)
+    })
+}
+
+/// `http://<authority><path-and-query>`, built from parts so that the asterisk form (`*`)
+/// survives.
+pub fn absolute_uri(authority: &str, path_and_query: &str) -> Result<http::Uri, ForwardError> {
+    http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| ForwardError::Broken(format!("invalid request target: {e}")))
 }
 
 /// Opens new connections for an [`H2Client`].
@@ -130,7 +493,7 @@ pub trait Connect: Send + Sync + 'static {
 /// re-opened when it closes. Concurrent requests share it; a lock is taken only to connect.
 pub struct H2Client<C> {
     connector: C,
-    current: ArcSwapOption<SendRequest<Incoming>>,
+    current: ArcSwapOption<SendRequest<Body>>,
     connecting: tokio::sync::Mutex<()>,
     max_header_list_size: u32,
 }
@@ -152,7 +515,7 @@ impl<C: Connect> H2Client<C> {
         }
     }
 
-    async fn sender(&self) -> Result<Arc<SendRequest<Incoming>>, ForwardError> {
+    async fn sender(&self) -> Result<Arc<SendRequest<Body>>, ForwardError> {
         if let Some(s) = self.current.load_full()
             && !s.is_closed()
         {
@@ -186,7 +549,7 @@ impl<C: Connect> H2Client<C> {
     }
 
     /// Stops using `stale` for new requests, unless another request already replaced it.
-    fn forget(&self, stale: &Arc<SendRequest<Incoming>>) {
+    fn forget(&self, stale: &Arc<SendRequest<Body>>) {
         self.current.rcu(|cur| match cur {
             Some(c) if Arc::ptr_eq(c, stale) => None,
             other => other.clone(),
@@ -198,7 +561,7 @@ impl<C: Connect> H2Client<C> {
     /// sent, so it is sent once more on a fresh connection; when that one does not take it
     /// either the answer is [`ForwardError::Draining`], and when no connection can be made,
     /// [`ForwardError::Unreachable`].
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, ForwardError> {
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ForwardError> {
         let mut req = req;
         for _ in 0..2 {
             let sender = self.sender().await?;

@@ -136,7 +136,7 @@ async fn connect_app(addr: SocketAddr, timeouts: &Timeouts) -> Result<TcpStream,
 pub struct Inbound {
     acceptor: TlsAcceptor,
     app: Option<SocketAddr>,
-    http1: Client<HttpConnector, Incoming>,
+    http1: Client<HttpConnector, Body>,
     /// One multiplexed h2c connection per application address.
     h2: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<H2Client<AppConnector>>>>,
     transparent: bool,
@@ -407,7 +407,7 @@ impl Inbound {
         let resp = match canonical::canonicalize(&mut parts, &self.http_cfg) {
             Err(e) => {
                 tracing::info!(peer = meta.peer_label(), reason = %e, "inbound request refused as malformed");
-                forward::error_response(StatusCode::BAD_REQUEST, &e.0)
+                forward::error_response_close(e.status, &e.reason)
             }
             Ok(canonical) => {
                 ctx.span = self.telemetry.server_span(
@@ -428,15 +428,21 @@ impl Inbound {
                     Some(deny) => deny,
                     None => {
                         ctx.span.inject(&mut parts.headers);
-                        self.forward(Request::from_parts(parts, body), meta)
-                            .await
-                            .unwrap_or_else(|e| {
-                                pipeline::error_response(
-                                    Direction::Inbound,
-                                    &format!("application at {}", meta.app),
-                                    &e,
+                        match self.forward(parts, body, meta).await {
+                            Ok(resp) => resp,
+                            Err(ForwardError::RequestBody(reason)) => {
+                                tracing::info!(peer = meta.peer_label(), %reason, "inbound request refused: malformed body");
+                                forward::error_response_close(
+                                    StatusCode::BAD_REQUEST,
+                                    &format!("malformed request body: {reason}"),
                                 )
-                            })
+                            }
+                            Err(e) => pipeline::error_response(
+                                Direction::Inbound,
+                                &format!("application at {}", meta.app),
+                                &e,
+                            ),
+                        }
                     }
                 }
             }
@@ -484,19 +490,31 @@ impl Inbound {
 
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        mut parts: http::request::Parts,
+        body: Incoming,
         meta: &ConnMeta,
     ) -> Result<Response<Body>, ForwardError> {
-        let (mut parts, body) = req.into_parts();
         let to_http1 = parts.version != Version::HTTP_2
             || parts
                 .headers
                 .get(&ORIG_PROTO_HEADER)
                 .is_some_and(|v| v.as_bytes() == ORIG_PROTO_HTTP1.as_bytes());
+        let had_body = forward::declares_body(&parts.headers, &body);
+        let mut body = forward::body_for_forwarding(body).await?;
         forward::strip_hop_by_hop(&mut parts.headers);
+        forward::frame_request(&mut parts.headers, &mut body, had_body, to_http1);
+        let body_failed = body.failure_flag();
+        let body = forward::boxed(body);
         parts.headers.remove(&ORIG_PROTO_HEADER);
-        // `remove` drops every copy a client may have sent.
+        // Removes every copy a client may have sent of x-picket-peer-identity (always) and of
+        // the other meshes' identity and routing headers (as configured).
         parts.headers.remove(&PEER_IDENTITY_HEADER);
+        forward::strip_headers(&mut parts.headers, &self.http_cfg.strip_headers);
+        forward::forwarding_headers(
+            &mut parts.headers,
+            self.http_cfg.forwarded,
+            meta.client_addr.ip(),
+        );
         if let Some(peer) = &meta.peer_header {
             parts.headers.insert(PEER_IDENTITY_HEADER, peer.clone());
         }
@@ -517,12 +535,28 @@ impl Inbound {
             .map(|p| p.as_str())
             .unwrap_or("/")
             .to_owned();
-        let timeout = self.timeouts.request;
         let app = meta.app;
+        let resp = self
+            .send_to_app(parts, body, authority, &pq, app, to_http1)
+            .await
+            .map_err(|e| forward::blame(e, &body_failed))?;
+        let (mut parts, body) = resp.into_parts();
+        forward::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, forward::boxed(body)))
+    }
+
+    async fn send_to_app(
+        &self,
+        mut parts: http::request::Parts,
+        body: Body,
+        authority: Option<String>,
+        pq: &str,
+        app: SocketAddr,
+        to_http1: bool,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let timeout = self.timeouts.request;
         let resp = if to_http1 {
-            parts.uri = format!("http://{app}{pq}")
-                .parse()
-                .map_err(|e: http::uri::InvalidUri| ForwardError::Broken(e.to_string()))?;
+            parts.uri = forward::absolute_uri(&app.to_string(), pq)?;
             parts.version = Version::HTTP_11;
             if !parts.headers.contains_key(header::HOST) {
                 let host = authority.unwrap_or_else(|| app.to_string());
@@ -545,9 +579,7 @@ impl Inbound {
             }
         } else {
             let host = authority.unwrap_or_else(|| app.to_string());
-            parts.uri = format!("http://{host}{pq}")
-                .parse()
-                .map_err(|e: http::uri::InvalidUri| ForwardError::Broken(e.to_string()))?;
+            parts.uri = forward::absolute_uri(&host, pq)?;
             parts.headers.remove(header::HOST);
             match tokio::time::timeout(
                 timeout,
@@ -559,9 +591,7 @@ impl Inbound {
                 Ok(r) => r?,
             }
         };
-        let (mut parts, body) = resp.into_parts();
-        forward::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, forward::boxed(body)))
+        Ok(resp)
     }
 
     async fn splice<I>(&self, mut io: I, meta: Arc<ConnMeta>)

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -231,5 +232,102 @@ mod tests {
         assert_eq!(classify(b"\x16\x03\x01"), Some(Detected::Opaque));
         assert_eq!(classify(b"SSH-2.0-"), Some(Detected::Opaque));
         assert_eq!(classify(b"GETX"), Some(Detected::Opaque));
+    }
+}
+
+/// Watches the response bodies of one connection for a reader that stopped taking data: a body
+/// that handed data to the server and has not been asked for more since (the server asks again
+/// only once the data could be written: TCP room, or HTTP/2 window). Distinct from the idle
+/// timeout: a response waiting on a slow upstream is being asked, so it never counts.
+#[derive(Debug, Default)]
+pub struct StallWatch {
+    start: std::sync::OnceLock<Instant>,
+    bodies: std::sync::Mutex<Vec<std::sync::Weak<std::sync::atomic::AtomicU64>>>,
+}
+
+impl StallWatch {
+    fn now_ms(&self) -> u64 {
+        let start = *self.start.get_or_init(Instant::now);
+        u64::try_from(start.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Wraps a response body so this watch sees it.
+    pub fn guard<B>(self: &Arc<Self>, body: B) -> StallGuard<B> {
+        let waiting = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut bodies = self
+            .bodies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        bodies.retain(|w| w.strong_count() > 0);
+        bodies.push(Arc::downgrade(&waiting));
+        StallGuard {
+            inner: body,
+            watch: Arc::clone(self),
+            waiting,
+        }
+    }
+
+    /// Resolves once some body has waited for the reader longer than `stall`.
+    pub async fn stalled(&self, stall: Duration) {
+        let limit = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX);
+        let tick = (stall / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = self.now_ms();
+            let bodies = self
+                .bodies
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let stalled = bodies.iter().filter_map(std::sync::Weak::upgrade).any(|w| {
+                let since = w.load(std::sync::atomic::Ordering::Acquire);
+                since != 0 && now.saturating_sub(since) > limit
+            });
+            if stalled {
+                return;
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body seen by a [`StallWatch`].
+    #[derive(Debug)]
+    pub struct StallGuard<B> {
+        #[pin]
+        inner: B,
+        watch: Arc<StallWatch>,
+        waiting: Arc<std::sync::atomic::AtomicU64>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for StallGuard<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        // Asked again: whatever was handed over before has been taken.
+        this.waiting.store(0, std::sync::atomic::Ordering::Release);
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.is_data()
+        {
+            this.waiting
+                .store(this.watch.now_ms(), std::sync::atomic::Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -29,6 +29,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::canonical;
 use crate::config::PeerIdentity;
 use crate::config::{Config, Limits, MeshedDestination, Protocol, Timeouts, Upstream};
 use crate::direction::Direction;
@@ -407,15 +408,31 @@ impl Outbound {
     async fn http(self: Arc<Self>, tcp: TcpStream, route: Route, shutdown: CancellationToken) {
         let this = Arc::clone(&self);
         let route = Arc::new(route);
+        // The app is the reader of these responses: one that stops taking data is closed
+        // after `timeouts.stall`, which resets its streams towards the peer sidecar too.
+        let watch = Arc::new(net::StallWatch::default());
+        let guard = Arc::clone(&watch);
         let svc = hyper::service::service_fn(move |req| {
             let this = Arc::clone(&this);
             let route = Arc::clone(&route);
-            net::small_future(async move { Ok::<_, Infallible>(this.request(req, &route).await) })
+            let guard = Arc::clone(&guard);
+            net::small_future(async move {
+                let resp = this.request(req, &route).await;
+                Ok::<_, Infallible>(resp.map(|b| guard.guard(b)))
+            })
         });
         let io = TokioIo::new(IdleTimeout::new(tcp, self.timeouts.idle));
         let conn = self.http.serve_connection(io, svc);
-        if let Err(e) = server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await {
-            tracing::debug!(error = %e, "outbound HTTP connection ended with an error");
+        tokio::select! {
+            r = server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()) => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "outbound HTTP connection ended with an error");
+                }
+            }
+            () = watch.stalled(self.timeouts.stall) => {
+                self.metrics.connection(Direction::Outbound, "closed_stalled");
+                tracing::info!(stall = ?self.timeouts.stall, "outbound connection closed: the app stopped reading a response");
+            }
         }
     }
 
@@ -445,17 +462,6 @@ impl Outbound {
             return pipeline::shed_response();
         };
         let (mut parts, body) = req.into_parts();
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            });
         let mut ctx = RequestCtx::new(
             Direction::Outbound,
             &parts,
@@ -464,17 +470,36 @@ impl Outbound {
                 ..Endpoints::default()
             },
         );
-        let upstream = match self.resolve(route, authority.as_deref()) {
+        // The same syntax rules as the receiving side, so that what leaves here is one
+        // unambiguous request (the receiving side decides on it).
+        let authority =
+            match canonical::check_head(&parts).and_then(|()| canonical::raw_host(&parts)) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::info!(reason = %e, "outbound request refused as malformed");
+                    let resp = forward::error_response_close(e.status, &e.reason);
+                    return ctx.unrouted(resp, &self.metrics);
+                }
+            };
+        let upstream = match self.resolve(route, Some(&authority)) {
             Ok(u) => u,
             Err(resp) => return ctx.unrouted(*resp, &self.metrics),
         };
-        let Some(authority) = authority else {
-            let resp = forward::error_response(StatusCode::BAD_REQUEST, "request has no host");
-            return ctx.unrouted(resp, &self.metrics);
+        let had_body = forward::declares_body(&parts.headers, &body);
+        let mut body = match forward::body_for_forwarding(body).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::info!(error = %e, "outbound request refused: malformed body");
+                let resp = forward::error_response_close(StatusCode::BAD_REQUEST, &e.to_string());
+                return ctx.unrouted(resp, &self.metrics);
+            }
         };
         if let Err(bad) = prepare(&mut parts, &authority) {
             return ctx.unrouted(*bad, &self.metrics);
         }
+        forward::frame_request(&mut parts.headers, &mut body, had_body, false);
+        let body_failed = body.failure_flag();
+        let body = forward::boxed(body);
         ctx.ends.destination_identity = Some(upstream.cfg.identity.to_string().into());
         ctx.ends.destination_address = Some(upstream.cfg.address);
         ctx.ends.destination_port = Some(upstream.cfg.address.port());
@@ -498,10 +523,16 @@ impl Outbound {
             tokio::time::timeout(timeout, upstream.h2.send(Request::from_parts(parts, body))).await;
         let resp = match sent {
             Err(_) => Err(ForwardError::Timeout(timeout)),
-            Ok(r) => r,
+            Ok(r) => r.map_err(|e| forward::blame(e, &body_failed)),
         }
         .map_or_else(
-            |e| pipeline::error_response(Direction::Outbound, &upstream.cfg.name, &e),
+            |e| match e {
+                ForwardError::RequestBody(_) => {
+                    tracing::info!(error = %e, "outbound request refused: malformed body");
+                    forward::error_response_close(StatusCode::BAD_REQUEST, &e.to_string())
+                }
+                e => pipeline::error_response(Direction::Outbound, &upstream.cfg.name, &e),
+            },
             |resp| {
                 // The answer came over the upstream's current HTTP/2 connection.
                 ctx.ends.kx = upstream.h2_kx.get();
@@ -561,9 +592,12 @@ fn prepare(parts: &mut http::request::Parts, authority: &str) -> Result<(), Box<
     }
     parts.headers.remove(header::HOST);
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = format!("http://{authority}{pq}")
-        .parse()
-        .map_err(|_| forward::error_response(StatusCode::BAD_REQUEST, "invalid request target"))?;
+    parts.uri = forward::absolute_uri(authority, pq).map_err(|_| {
+        Box::new(forward::error_response_close(
+            StatusCode::BAD_REQUEST,
+            "invalid request target",
+        ))
+    })?;
     parts.version = Version::HTTP_2;
     Ok(())
 }

@@ -57,6 +57,8 @@ enum Want {
     Denied(&'static str),
     /// 400, refused before policy; the app received nothing.
     Refused,
+    /// This status from the sidecar before policy (405 for CONNECT); the app received nothing.
+    Status(u16),
 }
 
 /// The request the app must have received.
@@ -336,6 +338,10 @@ fn judge(outcome: Result<(u16, String)>, reached: u64, want: Want) -> Result<()>
             ensure!(reached == 0, "the app received {reached} request(s)");
             ensure!(status == 400, "expected 400, got {status}: {body}");
         }
+        Want::Status(want) => {
+            ensure!(reached == 0, "the app received {reached} request(s)");
+            ensure!(status == want, "expected {want}, got {status}: {body}");
+        }
     }
     Ok(())
 }
@@ -396,7 +402,12 @@ fn path_cases() -> Vec<H1> {
         get("fragment hides nothing", "/admin#/public/x", NO_MATCH),
         get("case-sensitive prefix", "/PUBLIC/x", NO_MATCH),
         get("prefix without its slash", "/public", NO_MATCH),
-        get("asterisk target", "*", NO_MATCH),
+        get("asterisk target without OPTIONS", "*", Want::Refused),
+        get(
+            "target without a slash read as a host",
+            "admin",
+            Want::Refused,
+        ),
         get("target without a leading slash", "public/x", Want::Refused),
         h1(
             "tab in the request line",
@@ -609,9 +620,14 @@ fn header_cases() -> Vec<H1> {
             DENY,
         ),
         get_with(
-            "one value with a comma is one value",
+            "a list naming the denied value is denied",
             "x-debug: 0, 1\r\n",
-            seen_with("/public/x", &[("x-debug", &["0, 1"])]),
+            DENY,
+        ),
+        get_with(
+            "a harmless list reaches the app as sent",
+            "x-debug: 0, 2\r\n",
+            seen_with("/public/x", &[("x-debug", &["0, 2"])]),
         ),
         get_with(
             "harmless duplicates reach the app as sent",
@@ -671,14 +687,14 @@ fn method_cases() -> Vec<H1> {
             NO_MATCH,
         ),
         h1(
-            "OPTIONS *",
+            "OPTIONS * is decided as path *",
             "OPTIONS * HTTP/1.1\r\nHost: orders\r\n",
-            Want::Refused,
+            NO_MATCH,
         ),
         h1(
             "CONNECT",
             "CONNECT orders:443 HTTP/1.1\r\nHost: orders:443\r\n",
-            NO_MATCH,
+            Want::Status(405),
         ),
         h1_body(
             "POST with a body",
@@ -919,9 +935,9 @@ fn http2_cases() -> Vec<H2> {
             headers: &[("host", "evil")],
             to_http1: true,
             ..h2(
-                ":authority wins over a different host header",
+                "a host header naming another host than :authority",
                 "http://orders/public/x",
-                seen_with("/public/x", HOST_ORDERS),
+                Want::Refused,
             )
         },
         H2 {
@@ -929,7 +945,16 @@ fn http2_cases() -> Vec<H2> {
             ..h2(
                 ":authority of another host with host: orders",
                 "http://evil/public/x",
-                NO_MATCH,
+                Want::Refused,
+            )
+        },
+        H2 {
+            headers: &[("host", "ORDERS.")],
+            to_http1: true,
+            ..h2(
+                "a host header naming :authority's host, spelled otherwise",
+                "http://orders/public/x",
+                seen_with("/public/x", HOST_ORDERS),
             )
         },
         H2 {

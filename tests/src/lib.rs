@@ -19,6 +19,7 @@ pub mod otlp;
 pub mod process;
 pub mod prom;
 pub mod proxy;
+pub mod strict;
 pub mod telemetry;
 pub mod wait;
 

@@ -67,6 +67,8 @@ pub struct Sidecar {
     pub policy: String,
     /// Workload labels.
     pub labels: Vec<(String, String)>,
+    /// The admin listener's address (`127.0.0.1:0` by default).
+    pub admin_listen: String,
 }
 
 /// A policy admitting every authenticated peer to the workloads of `namespace`.
@@ -87,7 +89,14 @@ impl Sidecar {
             extra_yaml: String::new(),
             policy: allow_authenticated(namespace),
             labels: Vec::new(),
+            admin_listen: "127.0.0.1:0".to_owned(),
         }
+    }
+
+    /// Binds the admin listener to `addr` (such as `0.0.0.0:0`).
+    pub fn admin_listen(mut self, addr: &str) -> Self {
+        addr.clone_into(&mut self.admin_listen);
+        self
     }
 
     /// Replaces the policy documents.
@@ -154,7 +163,7 @@ impl Sidecar {
             writeln!(y, "    protocol: {}", u.protocol)?;
         }
         writeln!(y, "admin:")?;
-        writeln!(y, "  listen: \"127.0.0.1:0\"")?;
+        writeln!(y, "  listen: \"{}\"", self.admin_listen)?;
         writeln!(y, "workload:")?;
         writeln!(
             y,

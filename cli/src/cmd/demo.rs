@@ -253,6 +253,7 @@ async fn spawn_sidecar(
             connect: Duration::from_secs(5),
             request: Duration::from_secs(30),
             idle: Duration::from_secs(300),
+            stall: Duration::from_secs(30),
             drain: Duration::from_secs(5),
             detect: Duration::from_secs(1),
         },
@@ -267,10 +268,7 @@ async fn spawn_sidecar(
             load: picket_policy::LoadOptions::default(),
             deny_details: true,
         },
-        http: HttpConfig {
-            path: picket_policy::normalize::PathOptions::default(),
-            allow_header_underscores: false,
-        },
+        http: HttpConfig::default(),
         telemetry: picket_proxy::telemetry::TelemetryConfig::default(),
         health: None,
     };

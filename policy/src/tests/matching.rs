@@ -223,11 +223,18 @@ fn header_conditions() {
             false,
         ),
         (&values, Req::http(FRONTEND), false),
-        // Duplicates are matched value by value, never joined.
+        // An ALLOW rule needs every occurrence to match (see `header_lists_fail_safe`).
         (
             &values,
             Req::http(FRONTEND)
                 .header("x-tenant", "other")
+                .header("x-tenant", "acme"),
+            false,
+        ),
+        (
+            &values,
+            Req::http(FRONTEND)
+                .header("x-tenant", "beta-1")
                 .header("x-tenant", "acme"),
             true,
         ),
@@ -258,6 +265,74 @@ fn header_conditions() {
         (&present, Req::http(FRONTEND).header("x-tenant", "x"), true),
         (&present, Req::http(FRONTEND).header("X-Tenant", "x"), true),
     ]);
+}
+
+/// The truth table of `policy/README.md` ("Header values that are lists"), both ways: each row
+/// is the header lines sent, the condition, whether an ALLOW rule with it matches and whether
+/// a DENY rule (and so an AUDIT rule) with it matches.
+#[test]
+fn header_lists_fail_safe() {
+    let admin = "values: [admin]";
+    let not_admin = "notValues: [admin]";
+    let prefix = "values: [\"acme*\"]";
+    let rows: &[(&[&str], &str, bool, bool)] = &[
+        (&["admin"], admin, true, true),
+        (&["user"], admin, false, false),
+        (&["user, admin"], admin, false, true),
+        (&["user,admin"], admin, false, true),
+        (&["admin, admin"], admin, false, true),
+        (&["admin,"], admin, false, true),
+        (&["admin", "user"], admin, false, true),
+        (&["user", "admin"], admin, false, true),
+        (&["admin", "admin"], admin, true, true),
+        (&[], admin, false, false),
+        (&["admin"], not_admin, false, false),
+        (&["user"], not_admin, true, true),
+        (&["user, admin"], not_admin, false, true),
+        (&["admin, user"], not_admin, false, true),
+        (&["admin", "user"], not_admin, false, true),
+        (&["admin", "admin"], not_admin, false, false),
+        (&[], not_admin, true, true),
+        (&["acme, acme-2"], prefix, true, true),
+        (&["acme, beta"], prefix, false, true),
+        (&["beta, acme"], prefix, false, true),
+    ];
+    for (lines, cond, allow_matches, deny_matches) in rows {
+        let mut req = Req::http(FRONTEND);
+        for line in *lines {
+            req = req.header("x-role", line);
+        }
+        let rule = when("request.headers[x-role]", cond);
+        let allow = orders_policies(&doc("p", &format!("  rules:\n  - {{{rule}}}\n")));
+        let decision = req.evaluate(&allow);
+        assert_eq!(
+            decision.verdict == Verdict::Allow,
+            *allow_matches,
+            "ALLOW {cond} with x-role {lines:?}: {decision:?}"
+        );
+        let explained = req.explain(&allow);
+        assert_eq!(explained.policies[0].rules[0].matched, *allow_matches);
+        for action in ["DENY", "AUDIT"] {
+            let text = format!(
+                "{}---\n{}",
+                doc(
+                    "d",
+                    &format!("  action: {action}\n  rules:\n  - {{{rule}}}\n")
+                ),
+                doc("z", "  rules: [{}]\n")
+            );
+            let decision = req.evaluate(&orders_policies(&text));
+            let matched = if action == "DENY" {
+                decision.verdict == Verdict::Deny
+            } else {
+                !decision.audit.is_empty()
+            };
+            assert_eq!(
+                matched, *deny_matches,
+                "{action} {cond} with x-role {lines:?}: {decision:?}"
+            );
+        }
+    }
 }
 
 #[test]
