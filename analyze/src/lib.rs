@@ -466,7 +466,8 @@ impl Analysis {
     }
 
     /// A baseline for the detectors: one `"type":"edge"` JSON line per (source, destination,
-    /// port, route) observed (in the baseline period, when one was given).
+    /// port, route) observed, and one `"type":"rate"` line per burst counter key with the
+    /// events per second it saw (in the baseline period, when one was given).
     pub fn baseline_edges(&self) -> String {
         suggest::baseline(&self.agg)
     }
@@ -949,6 +950,88 @@ pub(crate) mod tests {
         let alerts = d.observe_flow(&attack, at(2000));
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].kind, AlertKind::NewEdge);
+    }
+
+    /// A steady benign 404 rate in the reviewed logs becomes a learned rate in the baseline:
+    /// detectors seeded with it stay quiet at that rate from the first request, without a
+    /// learning window, and still alert at the floor on a key the baseline does not know.
+    #[test]
+    fn baseline_rates_seed_the_burst_detectors() {
+        let mut flows = Vec::new();
+        // Ten minutes, 45 missing-asset requests a minute, as both sidecars record them.
+        for i in 0..450 {
+            let ts = i * 4 / 3;
+            for direction in [Direction::Outbound, Direction::Inbound] {
+                flows.push(flow(
+                    ts,
+                    direction,
+                    FRONTEND,
+                    ORDERS,
+                    Some("GET"),
+                    Some("/favicon.ico".into()),
+                    Some(404),
+                    Verdict::Allow,
+                ));
+            }
+        }
+        let baseline = analyze_flows(&flows, None, None).baseline_edges();
+        let rate: picket_proxy::telemetry::detect::BaselineRate = serde_json::from_str(
+            baseline
+                .lines()
+                .find(|l| l.starts_with(r#"{"type":"rate""#))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(rate.counter, "not_found");
+        assert_eq!(
+            (rate.source.as_str(), rate.destination.as_str()),
+            (FRONTEND, ORDERS)
+        );
+        assert!((0.7..0.8).contains(&rate.per_second), "{rate:?}");
+
+        let mut d =
+            picket_proxy::telemetry::Detectors::new(&picket_proxy::telemetry::DetectorConfig {
+                learning_window: std::time::Duration::from_secs(600),
+                ..Default::default()
+            });
+        d.load_baseline(baseline.as_bytes()).unwrap();
+        let mut alerts = Vec::new();
+        for i in 0..(60 * 45) {
+            let now = at(5000) + time::Duration::milliseconds(i * 1333);
+            let f = flow(
+                0,
+                Direction::Inbound,
+                FRONTEND,
+                ORDERS,
+                Some("GET"),
+                Some("/favicon.ico".into()),
+                Some(404),
+                Verdict::Allow,
+            );
+            alerts.extend(d.observe_flow(&f, now));
+        }
+        assert!(alerts.is_empty(), "{alerts:#?}");
+        assert!(d.take_learning_started().is_empty(), "the source is known");
+        // Another destination has nothing learned: 20 404s a minute are a burst there.
+        let mut raised = Vec::new();
+        for i in 0..20 {
+            let now = at(9000) + time::Duration::seconds(i);
+            let f = flow(
+                0,
+                Direction::Inbound,
+                FRONTEND,
+                PAYMENTS,
+                Some("GET"),
+                Some("/favicon.ico".into()),
+                Some(404),
+                Verdict::Allow,
+            );
+            raised.extend(d.observe_flow(&f, now));
+        }
+        assert!(
+            raised.iter().any(|a| a.kind == AlertKind::NotFoundBurst),
+            "{raised:#?}"
+        );
     }
 
     /// The application's port, which inbound records carry and policy evaluates.

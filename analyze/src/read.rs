@@ -11,8 +11,11 @@ use std::time::Instant;
 
 use picket_proxy::direction::Direction;
 use picket_proxy::telemetry::alert::{Alert, AlertKind, Severity};
+use picket_proxy::telemetry::baseline::{Counter, Scope};
 use picket_proxy::telemetry::detect::{BaselineEdge, host_only};
-use picket_proxy::telemetry::flow::{FlowProtocol, FlowRecord, LineType, Verdict, route_template};
+use picket_proxy::telemetry::flow::{
+    FlowPhase, FlowProtocol, FlowRecord, LineType, Verdict, route_template,
+};
 
 use super::AnalyzeError;
 
@@ -224,8 +227,16 @@ pub(crate) struct Aggregate {
     pub(crate) first_error: Option<String>,
     pub(crate) first_ts: Option<i64>,
     pub(crate) last_ts: Option<i64>,
+    /// Burst counter events of the baseline period per key, inbound and outbound side.
+    pub(crate) rates: HashMap<RateKey, [u64; 2]>,
+    /// The last record of the baseline period, Unix ms.
+    pub(crate) baseline_last_ts: Option<i64>,
     route_buf: String,
 }
+
+/// A burst counter key as the detectors key it: counter, source node, destination node
+/// (`u32::MAX` when the counter is per source) and route (empty unless per route).
+pub(crate) type RateKey = (Counter, u32, u32, Box<str>);
 
 fn millis(t: time::OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
@@ -280,6 +291,25 @@ impl Aggregate {
         self.last_ts = Some(self.last_ts.map_or(ts, |t| t.max(ts)));
         let src = self.node_of_source(r);
         let dst = self.node_of_destination(r);
+        // A connection recorded while open counts once, by its `open` record; its `end`
+        // record adds the bytes, and `interim` records only show it was still open.
+        match r.phase {
+            Some(FlowPhase::Interim) => return,
+            Some(FlowPhase::End) => {
+                if let Some(edge) = self.edges.get_mut(&(src, dst)) {
+                    let side = if r.direction == Direction::Inbound {
+                        &mut edge.inbound
+                    } else {
+                        &mut edge.outbound
+                    };
+                    side.bytes_in += r.bytes_in;
+                    side.bytes_out += r.bytes_out;
+                    edge.last_seen = edge.last_seen.max(ts);
+                }
+                return;
+            }
+            Some(FlowPhase::Open) | None => {}
+        }
         let before = cutoff.is_none_or(|c| ts <= c);
         let edge = self.edges.entry((src, dst)).or_insert_with(|| EdgeAgg {
             first_seen: ts,
@@ -360,6 +390,22 @@ impl Aggregate {
             edge.routes_overflow_in += 1;
         } else {
             edge.routes_overflow_out += 1;
+        }
+
+        // Burst counter events, for the baseline's learned rates.
+        if before {
+            self.baseline_last_ts = Some(self.baseline_last_ts.map_or(ts, |t| t.max(ts)));
+            for counter in Counter::ALL {
+                if !counter.counts(r) {
+                    continue;
+                }
+                let key: RateKey = match counter.scope() {
+                    Scope::Source => (counter, src, u32::MAX, "".into()),
+                    Scope::Edge => (counter, src, dst, "".into()),
+                    Scope::Route => (counter, src, dst, buf.as_str().into()),
+                };
+                self.rates.entry(key).or_default()[usize::from(!inbound)] += 1;
+            }
         }
 
         // What a least-privilege policy must keep allowing: admitted, existing routes, from

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use picket_proxy::telemetry::detect::BaselineEdge;
+use picket_proxy::telemetry::detect::{BaselineEdge, BaselineRate};
 use picket_proxy::telemetry::flow::LineType;
 
 use super::policy::{principal, workload};
@@ -262,6 +262,33 @@ pub(crate) fn baseline(agg: &Aggregate) -> String {
                     lines.insert(line);
                 }
             }
+        }
+    }
+    // Burst rates over the baseline period (at least a minute, so that a short log does
+    // not make a few events look like a high rate): the side that saw more.
+    let span_ms = match (agg.first_ts, agg.baseline_last_ts) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => 0,
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let span_secs = (span_ms.max(60_000) as f64) / 1000.0;
+    for ((counter, s, d, route), sides) in &agg.rates {
+        let events = sides[0].max(sides[1]);
+        #[allow(clippy::cast_precision_loss)]
+        let rate = BaselineRate {
+            line_type: LineType::Rate,
+            counter: counter.as_str().to_owned(),
+            source: agg.nodes.name(*s).to_owned(),
+            destination: if *d == u32::MAX {
+                String::new()
+            } else {
+                agg.nodes.name(*d).to_owned()
+            },
+            route: route.to_string(),
+            per_second: events as f64 / span_secs,
+        };
+        if let Ok(line) = serde_json::to_string(&rate) {
+            lines.insert(line);
         }
     }
     let mut out = String::new();

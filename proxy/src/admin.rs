@@ -1,4 +1,5 @@
-//! The admin server: `/live`, `/ready`, `/metrics`, `/identity`, `/policy`, `/alerts`. Bind it to loopback unless a
+//! The admin server: `/live`, `/ready`, `/metrics`, `/identity`, `/policy`, `/alerts`,
+//! `/detectors`. Bind it to loopback unless a
 //! scraper elsewhere needs it: connections to a non-loopback address get only `/live`, `/ready`
 //! and `/metrics`. It never shows key material.
 
@@ -82,7 +83,8 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
     resp
 }
 
-/// The endpoints served on every address; the others (`/identity`, `/policy`, `/alerts`) only
+/// The endpoints served on every address; the others (`/identity`, `/policy`, `/alerts`,
+/// `/detectors`) only
 /// to connections made to a loopback address.
 pub const PUBLIC_PATHS: &[&str] = &["/live", "/ready", "/metrics"];
 
@@ -129,6 +131,11 @@ fn route(state: &AdminState, req: &Request<Incoming>, loopback: bool) -> Respons
         "/alerts" => text(
             StatusCode::OK,
             state.telemetry.recent_alerts_json(),
+            "application/json",
+        ),
+        "/detectors" => text(
+            StatusCode::OK,
+            state.telemetry.detector_state_json(),
             "application/json",
         ),
         "/policy" => match state.policy.load_full() {

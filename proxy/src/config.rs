@@ -213,6 +213,23 @@ impl PeerIdentity {
             Self::AnyIn(td) => td,
         }
     }
+
+    /// The one identity this expectation names, when it pins one.
+    pub fn exact(&self) -> Option<&picket_ca::SpiffeId> {
+        match self {
+            Self::Exact(id) => Some(id),
+            Self::AnyIn(_) => None,
+        }
+    }
+
+    /// The expectation as flow records and spans name it: the SPIFFE ID, or
+    /// `spiffe://<trust domain>/*` for any workload of the trust domain.
+    pub fn expectation(&self) -> String {
+        match self {
+            Self::Exact(id) => id.to_string(),
+            Self::AnyIn(td) => format!("spiffe://{td}/*"),
+        }
+    }
 }
 
 impl std::fmt::Display for PeerIdentity {

@@ -299,8 +299,19 @@ impl Inbound {
         let Ok(peer_header) = HeaderValue::from_str(&peer.to_string()) else {
             return;
         };
-        self.metrics.connection(Direction::Inbound, "accepted");
         self.metrics.handshake(Direction::Inbound, kx);
+        // An identity bound to its addresses, presented from another one: alerted, and
+        // refused when the binding says deny.
+        if !self
+            .telemetry
+            .peer_connected(&peer.to_string(), client_addr)
+        {
+            self.metrics
+                .connection(Direction::Inbound, "refused_foreign_address");
+            tracing::warn!(%client_addr, peer = %peer, "inbound connection refused: the identity is bound to other addresses");
+            return;
+        }
+        self.metrics.connection(Direction::Inbound, "accepted");
         let principal = peer.to_string().trim_start_matches("spiffe://").to_owned();
         let meta = Arc::new(ConnMeta {
             client_addr,
@@ -457,6 +468,7 @@ impl Inbound {
             source_identity: meta.peer_header_str().map(Into::into),
             source_address: Some(meta.client_addr),
             destination_identity: Some(self.own_identity.as_str().into()),
+            expected_identity: None,
             destination_address: Some(meta.app),
             destination_port: Some(meta.destination_port),
             kx: meta.kx,
@@ -600,12 +612,16 @@ impl Inbound {
     {
         let mut flow = TcpFlow::new(Direction::Inbound, self.ends(&meta));
         let enforced = pipeline::enforce(&self.policy, &meta.policy_request(None));
-        if enforced.allowed() {
+        let allowed = enforced.allowed();
+        flow.enforced = Some(enforced);
+        // Decided: the open record goes to the detectors now, not when the connection ends.
+        flow.open(&self.telemetry);
+        if allowed {
             match connect_app(meta.app, &self.timeouts).await {
                 Err(e) => {
                     tracing::info!(peer = meta.peer_label(), error = %e, "inbound TCP: application unreachable");
                 }
-                Ok(mut app) => match tokio::io::copy_bidirectional(&mut io, &mut app).await {
+                Ok(mut app) => match flow.splice(&mut io, &mut app, &self.telemetry).await {
                     Ok(bytes) => flow.bytes = Some(bytes),
                     Err(e) => {
                         tracing::debug!(peer = meta.peer_label(), error = %e, "inbound TCP connection ended");
@@ -613,7 +629,6 @@ impl Inbound {
                 },
             }
         }
-        flow.enforced = Some(enforced);
         flow.finish(&self.metrics, &self.telemetry);
     }
 }

@@ -14,12 +14,13 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 
+use arc_swap::ArcSwapOption;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use picket_ca::SpiffeId;
 use picket_common::crypto::KxGroup;
 use picket_common::server::{self, ListenerSettings};
 use rustls::pki_types::ServerName;
@@ -51,39 +52,52 @@ struct PeerConnector {
     tls: TlsConnector,
     timeouts: Timeouts,
     metrics: Arc<Metrics>,
-    /// The group of the newest connection this connector opened.
-    last_kx: Arc<LastKx>,
+    /// The newest connection this connector opened.
+    last_peer: Arc<LastPeer>,
 }
 
-/// The key-exchange group of the newest connection to an upstream: the HTTP/2 connection
-/// its requests travel on, named in their flow records.
+/// The newest connection to an upstream: the key-exchange group it negotiated and the
+/// identity the peer presented in its certificate. Its HTTP/2 connection is the one the
+/// upstream's requests travel on, and its flow records name both.
 #[derive(Debug, Default)]
-struct LastKx(AtomicU8);
+struct LastPeer(ArcSwapOption<ConnPeer>);
 
-/// `LastKx` stores the position in this list plus one; 0 is "no connection yet".
-const KX_CODES: [KxGroup; 5] = [
-    KxGroup::X25519Mlkem768,
-    KxGroup::X25519,
-    KxGroup::Secp256r1,
-    KxGroup::Secp384r1,
-    KxGroup::Other,
-];
+/// What one mTLS connection to a peer sidecar established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ConnPeer {
+    kx: KxGroup,
+    /// The SPIFFE ID in the peer's verified certificate.
+    identity: Option<SpiffeId>,
+}
 
-impl LastKx {
-    fn set(&self, kx: KxGroup) {
-        let code = KX_CODES
-            .iter()
-            .position(|g| *g == kx)
-            .map_or(KX_CODES.len(), |i| i + 1);
-        self.0
-            .store(u8::try_from(code).unwrap_or(0), Ordering::Relaxed);
+impl ConnPeer {
+    fn of(conn: &rustls::ClientConnection) -> Self {
+        Self {
+            // A finished handshake always has a group; `Other` keeps the label bounded.
+            kx: KxGroup::of(conn).unwrap_or(KxGroup::Other),
+            identity: tls::peer_identity(conn.peer_certificates()),
+        }
     }
 
-    fn get(&self) -> Option<KxGroup> {
-        let code = self.0.load(Ordering::Relaxed);
-        code.checked_sub(1)
-            .and_then(|i| KX_CODES.get(usize::from(i)))
-            .copied()
+    /// Names the peer in `ends`: the identity it presented, and the configured expectation
+    /// beside it when that is not exactly the presented identity.
+    fn name_in(&self, ends: &mut Endpoints<'_>, expected: &PeerIdentity) {
+        ends.kx = Some(self.kx);
+        ends.destination_identity = self.identity.as_ref().map(|id| id.to_string().into());
+        ends.expected_identity = match (&self.identity, expected.exact()) {
+            (Some(presented), Some(pinned)) if presented == pinned => None,
+            _ => Some(expected.expectation().into()),
+        };
+    }
+}
+
+impl LastPeer {
+    fn set(&self, peer: ConnPeer) {
+        self.0.store(Some(Arc::new(peer)));
+    }
+
+    fn get(&self) -> Option<Arc<ConnPeer>> {
+        self.0.load_full()
     }
 }
 
@@ -119,10 +133,9 @@ impl PeerConnector {
         match result {
             Ok(s) => {
                 self.metrics.connection(Direction::Outbound, "accepted");
-                // A finished handshake always has a group; `Other` keeps the label bounded.
-                let kx = KxGroup::of(s.get_ref().1).unwrap_or(KxGroup::Other);
-                self.metrics.handshake(Direction::Outbound, kx);
-                self.last_kx.set(kx);
+                let peer = ConnPeer::of(s.get_ref().1);
+                self.metrics.handshake(Direction::Outbound, peer.kx);
+                self.last_peer.set(peer);
                 Ok(s)
             }
             Err(e) => {
@@ -151,8 +164,8 @@ impl Connect for PeerConnector {
 pub struct UpstreamCtx {
     cfg: Upstream,
     h2: H2Client<PeerConnector>,
-    /// The group of the HTTP/2 connection requests currently travel on.
-    h2_kx: Arc<LastKx>,
+    /// The HTTP/2 connection requests currently travel on: its group and peer identity.
+    h2_peer: Arc<LastPeer>,
     tcp: PeerConnector,
 }
 
@@ -250,24 +263,24 @@ impl Outbound {
 
     fn upstream_ctx(&self, cfg: Upstream) -> Result<UpstreamCtx, TlsError> {
         let connector =
-            |alpn: &[&[u8]], last_kx: &Arc<LastKx>| -> Result<PeerConnector, TlsError> {
+            |alpn: &[&[u8]], last_peer: &Arc<LastPeer>| -> Result<PeerConnector, TlsError> {
                 Ok(PeerConnector {
                     name: cfg.name.clone(),
                     addr: cfg.address,
                     tls: TlsConnector::from(self.creds.client_config(cfg.identity.clone(), alpn)?),
                     timeouts: self.timeouts.clone(),
                     metrics: Arc::clone(&self.metrics),
-                    last_kx: Arc::clone(last_kx),
+                    last_peer: Arc::clone(last_peer),
                 })
             };
-        let h2_kx = Arc::new(LastKx::default());
+        let h2_peer = Arc::new(LastPeer::default());
         Ok(UpstreamCtx {
             h2: H2Client::new(
-                connector(&[ALPN_H2], &h2_kx)?,
+                connector(&[ALPN_H2], &h2_peer)?,
                 self.limits.header_list_bytes(),
             ),
-            h2_kx,
-            tcp: connector(&[], &Arc::new(LastKx::default()))?,
+            h2_peer,
+            tcp: connector(&[], &Arc::new(LastPeer::default()))?,
             cfg,
         })
     }
@@ -500,7 +513,12 @@ impl Outbound {
         forward::frame_request(&mut parts.headers, &mut body, had_body, false);
         let body_failed = body.failure_flag();
         let body = forward::boxed(body);
-        ctx.ends.destination_identity = Some(upstream.cfg.identity.to_string().into());
+        // Until a peer answers, only a pinned identity is known to be the destination.
+        let expected = &upstream.cfg.identity;
+        ctx.ends.destination_identity = expected.exact().map(|id| id.to_string().into());
+        if expected.exact().is_none() {
+            ctx.ends.expected_identity = Some(expected.expectation().into());
+        }
         ctx.ends.destination_address = Some(upstream.cfg.address);
         ctx.ends.destination_port = Some(upstream.cfg.address.port());
         let path = parts.uri.path().to_owned();
@@ -512,7 +530,8 @@ impl Outbound {
                 server_address: Some(&authority),
                 peer_address: Some(upstream.cfg.address),
                 source_identity: Some(&self.own_identity),
-                destination_identity: ctx.ends.destination_identity.as_deref(),
+                // Named when the span ends: the identity the peer presented.
+                destination_identity: None,
             },
         );
         ctx.span.inject(&mut parts.headers);
@@ -534,8 +553,11 @@ impl Outbound {
                 e => pipeline::error_response(Direction::Outbound, &upstream.cfg.name, &e),
             },
             |resp| {
-                // The answer came over the upstream's current HTTP/2 connection.
-                ctx.ends.kx = upstream.h2_kx.get();
+                // The answer came over the upstream's current HTTP/2 connection: its group,
+                // and the identity that peer presented.
+                if let Some(peer) = upstream.h2_peer.get() {
+                    peer.name_in(&mut ctx.ends, expected);
+                }
                 let (mut parts, body) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, forward::boxed(body))
@@ -551,7 +573,12 @@ impl Outbound {
             Endpoints {
                 source_identity: Some(self.own_identity.as_str().into()),
                 source_address: tcp.peer_addr().ok(),
-                destination_identity: Some(upstream.cfg.identity.to_string().into()),
+                destination_identity: upstream
+                    .cfg
+                    .identity
+                    .exact()
+                    .map(|id| id.to_string().into()),
+                expected_identity: None,
                 destination_address: Some(upstream.cfg.address),
                 destination_port: Some(upstream.cfg.address.port()),
                 kx: None,
@@ -562,9 +589,11 @@ impl Outbound {
                 tracing::info!(upstream = %upstream.cfg.name, error = %e, "outbound TCP: peer unreachable");
             }
             Ok(mut peer) => {
-                flow.ends.kx = KxGroup::of(peer.get_ref().1);
+                ConnPeer::of(peer.get_ref().1).name_in(&mut flow.ends, &upstream.cfg.identity);
+                // The peer is known: the open record goes to the detectors now.
+                flow.open(&self.telemetry);
                 let mut client = IdleTimeout::new(tcp, self.timeouts.idle);
-                match tokio::io::copy_bidirectional(&mut client, &mut peer).await {
+                match flow.splice(&mut client, &mut peer, &self.telemetry).await {
                     Ok(bytes) => flow.bytes = Some(bytes),
                     Err(e) => {
                         tracing::debug!(upstream = %upstream.cfg.name, error = %e, "outbound TCP connection ended");
@@ -611,16 +640,43 @@ fn host_name(authority: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
-    fn last_kx_is_empty_until_set_and_keeps_every_group() {
-        let cell = LastKx::default();
+    fn last_peer_is_empty_until_set_and_keeps_the_newest() {
+        let cell = LastPeer::default();
         assert_eq!(cell.get(), None);
-        for kx in KX_CODES {
-            cell.set(kx);
-            assert_eq!(cell.get(), Some(kx));
+        for kx in [KxGroup::X25519Mlkem768, KxGroup::X25519, KxGroup::Other] {
+            let peer = ConnPeer { kx, identity: None };
+            cell.set(peer.clone());
+            assert_eq!(cell.get().as_deref(), Some(&peer));
         }
+    }
+
+    #[test]
+    fn the_presented_identity_names_the_peer_and_a_differing_expectation_is_kept() {
+        let orders: SpiffeId = "spiffe://cluster.local/ns/shop/sa/orders".parse().unwrap();
+        let peer = ConnPeer {
+            kx: KxGroup::X25519Mlkem768,
+            identity: Some(orders.clone()),
+        };
+        let mut ends = Endpoints::default();
+        let any = PeerIdentity::AnyIn(orders.trust_domain().clone());
+        peer.name_in(&mut ends, &any);
+        let name = orders.to_string();
+        assert_eq!(ends.destination_identity.as_deref(), Some(name.as_str()));
+        assert_eq!(
+            ends.expected_identity.as_deref(),
+            Some("spiffe://cluster.local/*")
+        );
+        assert_eq!(ends.kx, Some(KxGroup::X25519Mlkem768));
+        peer.name_in(&mut ends, &PeerIdentity::Exact(orders.clone()));
+        assert_eq!(ends.destination_identity.as_deref(), Some(name.as_str()));
+        assert_eq!(
+            ends.expected_identity, None,
+            "no expectation when it is what was presented"
+        );
     }
 }

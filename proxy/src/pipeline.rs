@@ -26,19 +26,23 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{Method, Response, StatusCode};
 use picket_common::crypto::KxGroup;
 use picket_policy::{Decision, Verdict};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::authz::{self, PolicyStore};
 use crate::direction::Direction;
 use crate::forward::{self, Body, ForwardError};
 use crate::metrics::Metrics;
-use crate::telemetry::{self, FlowProtocol, FlowRecord, RequestSpan, Telemetry};
+use crate::telemetry::{self, FlowPhase, FlowProtocol, FlowRecord, RequestSpan, Telemetry};
 
 /// The requests one direction serves at once. A request past the limit is answered 503 at
 /// once (shed) rather than queued, so an overloaded sidecar answers fast and sheds load
@@ -88,8 +92,10 @@ pub struct Endpoints<'a> {
     pub source_identity: Option<Cow<'a, str>>,
     /// The caller's address.
     pub source_address: Option<SocketAddr>,
-    /// The called workload's SPIFFE ID.
+    /// The called workload's SPIFFE ID (outbound: the one the peer presented).
     pub destination_identity: Option<Cow<'a, str>>,
+    /// Outbound: the configured expectation, when it differs from what the peer presented.
+    pub expected_identity: Option<Cow<'a, str>>,
     /// The called address (the peer sidecar outbound, the application inbound).
     pub destination_address: Option<SocketAddr>,
     /// The destination port the authorization policy saw (or the peer's port, outbound).
@@ -108,6 +114,7 @@ impl<'a> Endpoints<'a> {
         record
             .destination_identity
             .clone_from(&self.destination_identity);
+        record.expected_identity.clone_from(&self.expected_identity);
         record.destination_address = self.destination_address;
         record.destination_port = self.destination_port;
         record.kx = self.kx.map(|k| k.as_str().into());
@@ -287,7 +294,9 @@ impl<'a> RequestCtx<'a> {
     }
 }
 
-/// One opaque TCP connection's flow: its ends, its authorization (inbound) and bytes.
+/// One opaque TCP connection's flow: its ends, its authorization (inbound) and bytes. It is
+/// recorded when it opens ([`TcpFlow::open`], which the detectors act on), every active
+/// timeout while it lasts ([`TcpFlow::splice`]) and when it ends ([`TcpFlow::finish`]).
 #[derive(Debug)]
 pub struct TcpFlow<'a> {
     start: Instant,
@@ -298,6 +307,9 @@ pub struct TcpFlow<'a> {
     pub enforced: Option<Enforced>,
     /// Bytes from the caller and to the caller, once the splice has ended.
     pub bytes: Option<(u64, u64)>,
+    /// Whether the open record went out: the detectors looked at the flow then, so the
+    /// interim and final records only go to the flow log.
+    opened: bool,
 }
 
 impl<'a> TcpFlow<'a> {
@@ -309,24 +321,132 @@ impl<'a> TcpFlow<'a> {
             ends,
             enforced: None,
             bytes: None,
+            opened: false,
         }
     }
 
-    /// Counts the bytes and, when telemetry is on, records the connection's flow.
-    pub fn finish(self, metrics: &Metrics, telemetry: &Telemetry) {
-        let (bytes_in, bytes_out) = self.bytes.unwrap_or_default();
-        if self.bytes.is_some() {
-            metrics.tcp_bytes(self.direction, bytes_in + bytes_out);
-        }
-        if !telemetry.is_enabled() {
-            return;
-        }
+    fn record(
+        &self,
+        phase: Option<FlowPhase>,
+        (bytes_in, bytes_out): (u64, u64),
+    ) -> FlowRecord<'a> {
         let mut record = self.ends.record(self.direction, FlowProtocol::Tcp);
+        record.phase = phase;
         if let Some(e) = &self.enforced {
             e.fill(&mut record);
         }
         (record.bytes_in, record.bytes_out) = (bytes_in, bytes_out);
         record.duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        telemetry.record_flow(&record);
+        record
+    }
+
+    /// Records the connection as open (after its decision, inbound; once the peer is known,
+    /// outbound): the detectors act on this record, so a connection that never closes is
+    /// seen at once.
+    pub fn open(&mut self, telemetry: &Telemetry) {
+        if !telemetry.is_enabled() {
+            return;
+        }
+        self.opened = true;
+        telemetry.record_flow(&self.record(Some(FlowPhase::Open), (0, 0)));
+    }
+
+    /// Splices `client` (the side the flow's bytes in come from) and `server` until either
+    /// closes, writing an interim record every active timeout. Returns the bytes each way,
+    /// as `copy_bidirectional` does.
+    pub async fn splice<A, B>(
+        &mut self,
+        client: &mut A,
+        server: &mut B,
+        telemetry: &Telemetry,
+    ) -> std::io::Result<(u64, u64)>
+    where
+        A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let Some(every) = telemetry.active_timeout() else {
+            return tokio::io::copy_bidirectional(client, server).await;
+        };
+        let (read, written) = (AtomicU64::new(0), AtomicU64::new(0));
+        let mut counted = Counted {
+            inner: client,
+            read: &read,
+            written: &written,
+        };
+        let copy = tokio::io::copy_bidirectional(&mut counted, server);
+        tokio::pin!(copy);
+        let mut next = tokio::time::Instant::now() + every;
+        loop {
+            tokio::select! {
+                r = &mut copy => return r,
+                () = tokio::time::sleep_until(next) => {
+                    let so_far = (read.load(Ordering::Relaxed), written.load(Ordering::Relaxed));
+                    telemetry.record_flow_seen(&self.record(Some(FlowPhase::Interim), so_far));
+                    next += every;
+                }
+            }
+        }
+    }
+
+    /// Counts the bytes and, when telemetry is on, records the connection's final flow.
+    pub fn finish(self, metrics: &Metrics, telemetry: &Telemetry) {
+        let bytes = self.bytes.unwrap_or_default();
+        if self.bytes.is_some() {
+            metrics.tcp_bytes(self.direction, bytes.0 + bytes.1);
+        }
+        if !telemetry.is_enabled() {
+            return;
+        }
+        let record = self.record(self.opened.then_some(FlowPhase::End), bytes);
+        if self.opened {
+            telemetry.record_flow_seen(&record);
+        } else {
+            telemetry.record_flow(&record);
+        }
+    }
+}
+
+/// A stream that counts the bytes read from and written to it.
+struct Counted<'c, S: ?Sized> {
+    inner: &'c mut S,
+    read: &'c AtomicU64,
+    written: &'c AtomicU64,
+}
+
+impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            let n = buf.filled().len().saturating_sub(before);
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }

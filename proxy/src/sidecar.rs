@@ -145,6 +145,7 @@ pub async fn run(
         &config.identity,
         metrics.telemetry.clone(),
     )?;
+    let state_saver = telemetry.spawn_state_saver(shutdown.clone());
     let state = Arc::new(AdminState::new(Arc::clone(&metrics), telemetry.clone()));
     let admin_listener = bind("admin", config.admin.listen).await?;
     let admin_addr = local(&admin_listener, config.admin.listen);
@@ -320,6 +321,9 @@ pub async fn run(
     }
     renewals.abort();
     bundle_watch.abort();
+    if let Some(saver) = state_saver {
+        let _ = saver.await;
+    }
     if !telemetry.shutdown(Duration::from_secs(5)).await {
         tracing::warn!("telemetry export did not finish within 5 s; the rest is dropped");
     }

@@ -157,8 +157,15 @@ async fn an_opaque_tcp_connection_between_sidecars_is_hybrid_in_both_flow_record
         &[("direction=outbound,kx=x25519mlkem768", 1.0)],
     )
     .await?;
-    let inbound = wait_for_flows(&dir.path().join("orders.jsonl"), 1, WAIT).await?;
-    let outbound = wait_for_flows(&dir.path().join("frontend.jsonl"), 1, WAIT).await?;
+    // The connection's open and end records.
+    let inbound = wait_for_flows(&dir.path().join("orders.jsonl"), 2, WAIT).await?;
+    let outbound = wait_for_flows(&dir.path().join("frontend.jsonl"), 2, WAIT).await?;
+    for flows in [&inbound, &outbound] {
+        ensure!(
+            flows[0]["phase"] == "open" && flows[1]["phase"] == "end",
+            "{flows:#?}"
+        );
+    }
     for f in inbound.iter().chain(&outbound) {
         ensure!(f["protocol"] == "tcp" && f["kx"] == HYBRID, "{f:#}");
     }
@@ -223,7 +230,8 @@ async fn a_classical_only_openssl_client_still_connects_and_is_recorded_as_class
         );
     }
     handshakes(&mesh.orders, &[("direction=inbound,kx=x25519", 2.0)]).await?;
-    let flows = wait_for_flows(&dir.path().join("orders.jsonl"), 2, WAIT).await?;
-    ensure!(kx_of(&flows) == [CLASSICAL, CLASSICAL], "{flows:#?}");
+    // Without ALPN each is an opaque TCP connection: an open and an end record each.
+    let flows = wait_for_flows(&dir.path().join("orders.jsonl"), 4, WAIT).await?;
+    ensure!(kx_of(&flows) == [CLASSICAL; 4], "{flows:#?}");
     Ok(())
 }

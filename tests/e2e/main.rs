@@ -10,6 +10,8 @@ mod ca;
 mod ca_rotation;
 mod ca_store;
 mod demo;
+mod detect_pods;
+mod detect_state;
 mod edge;
 mod failures;
 mod garden;

@@ -39,6 +39,7 @@ fn config(endpoint: &str, timeout: Duration, detectors: bool) -> TelemetryConfig
             learning_window: Duration::ZERO,
             ..DetectorConfig::default()
         },
+        ..TelemetryConfig::default()
     }
 }
 

@@ -52,9 +52,10 @@ pub struct AnalyzeArgs {
     /// The label that selects a workload; its value is the workload's service account.
     #[arg(long, default_value = "app", value_name = "KEY")]
     workload_label: String,
-    /// Write a detector baseline (one edge per line) for `telemetry.detectors.baseline_file`.
-    #[arg(long, value_name = "EDGES.jsonl")]
-    write_baseline: Option<PathBuf>,
+    /// Write a detector baseline for `telemetry.detectors.baseline_file`: one edge per line,
+    /// then the observed rate of every burst counter key (`--write-baseline` is the old name).
+    #[arg(long, alias = "write-baseline", value_name = "BASELINE.jsonl")]
+    baseline_out: Option<PathBuf>,
     /// Report format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -144,7 +145,7 @@ fn run_blocking(args: AnalyzeArgs) -> anyhow::Result<()> {
         write_to(path, &yaml)?;
         eprintln!("suggested policy written to {}", path.display());
     }
-    if let Some(path) = &args.write_baseline {
+    if let Some(path) = &args.baseline_out {
         write_to(path, &analysis.baseline_edges())?;
         eprintln!("detector baseline written to {}", path.display());
     }

@@ -26,10 +26,16 @@ pub enum AlertKind {
     DenyBurst,
     /// Many 404 answers to one source.
     NotFoundBurst,
+    /// Many authentication failures (401, or 403 from the application) of one source on one
+    /// route: credential stuffing or a stolen credential tried out.
+    AuthFailureBurst,
     /// Plaintext, certificate-less or foreign-certificate connection attempts on the meshed port.
     Unauthenticated,
     /// A known identity connected from an address it was never seen at.
     NewSourceAddress,
+    /// An identity bound to known addresses was presented from another address: a stolen
+    /// credential used elsewhere.
+    ForeignAddress,
     /// A request for a sensitive path (`/admin`, `/.env`, ...).
     SensitivePath,
     /// An outbound call to a cloud metadata address.
@@ -38,15 +44,17 @@ pub enum AlertKind {
 
 impl AlertKind {
     /// Every kind, in a stable order.
-    pub const ALL: [AlertKind; 10] = [
+    pub const ALL: [AlertKind; 12] = [
         Self::NewEdge,
         Self::PortScan,
         Self::PathScan,
         Self::FanOut,
         Self::DenyBurst,
         Self::NotFoundBurst,
+        Self::AuthFailureBurst,
         Self::Unauthenticated,
         Self::NewSourceAddress,
+        Self::ForeignAddress,
         Self::SensitivePath,
         Self::MetadataAccess,
     ];
@@ -60,8 +68,10 @@ impl AlertKind {
             Self::FanOut => "fan_out",
             Self::DenyBurst => "deny_burst",
             Self::NotFoundBurst => "not_found_burst",
+            Self::AuthFailureBurst => "auth_failure_burst",
             Self::Unauthenticated => "unauthenticated",
             Self::NewSourceAddress => "new_source_address",
+            Self::ForeignAddress => "foreign_address",
             Self::SensitivePath => "sensitive_path",
             Self::MetadataAccess => "metadata_access",
         }

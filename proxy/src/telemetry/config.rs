@@ -46,6 +46,52 @@ pub struct FlowLogConfig {
     pub max_files: u32,
 }
 
+/// What to do when an identity is presented from an address that is not its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForeignAddressAction {
+    /// Raise a high-severity `foreign_address` alert; the connection goes on.
+    #[default]
+    Alert,
+    /// Raise the alert and close the connection before any request is read.
+    Deny,
+}
+
+/// Which addresses belong to which identities (a static map, for VMs), and what a
+/// connection from another address gets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AddressBinding {
+    /// Each bound identity with the networks its workloads connect from.
+    pub identities: Vec<(picket_ca::SpiffeId, Vec<picket_common::Cidr>)>,
+    /// What a foreign address gets.
+    pub action: ForeignAddressAction,
+}
+
+/// How a peer's address relates to its identity's binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// The identity has no binding.
+    Unknown,
+    /// The address is one of the identity's.
+    Own,
+    /// The identity is bound and the address is not one of its own.
+    Foreign,
+}
+
+impl AddressBinding {
+    /// How `ip` relates to `identity`'s binding.
+    pub fn check(&self, identity: &str, ip: std::net::IpAddr) -> Bound {
+        match self
+            .identities
+            .iter()
+            .find(|(id, _)| id.to_string() == identity)
+        {
+            None => Bound::Unknown,
+            Some((_, nets)) if nets.iter().any(|n| n.contains(ip)) => Bound::Own,
+            Some(_) => Bound::Foreign,
+        }
+    }
+}
+
 /// Lateral-movement detectors. Every threshold counts events from one source inside `window`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DetectorConfig {
@@ -55,14 +101,25 @@ pub struct DetectorConfig {
     pub learning_window: Duration,
     /// Edges known in advance: a flow JSONL or an edges file written by `picket analyze`.
     pub baseline_file: Option<PathBuf>,
+    /// Where the learned state is kept across restarts (written atomically every
+    /// `state_interval` and at shutdown, read at start).
+    pub state_file: Option<PathBuf>,
+    /// How often the state file is written.
+    pub state_interval: Duration,
     /// The sliding window of the scan and burst detectors.
     pub window: Duration,
     /// Distinct ports, failing routes or destinations from one source that make a scan.
     pub fanout_threshold: usize,
     /// Denied requests or connections from one source that make a burst.
     pub deny_burst_threshold: usize,
-    /// 404 answers to one source that make a burst.
+    /// 404 answers to one source from one destination that make a burst.
     pub not_found_burst_threshold: usize,
+    /// Authentication failures (401, and 403 sent by the application rather than by policy)
+    /// of one source on one route that make a burst.
+    pub auth_failure_burst_threshold: usize,
+    /// A burst counter alerts at this many times the rate it learned for its key (per
+    /// window), or at its threshold above, whichever is higher: the thresholds are floors.
+    pub baseline_factor: u32,
     /// Path prefixes (matched at a segment boundary; a trailing `*` matches any continuation)
     /// whose requests are probes.
     pub sensitive_paths: Vec<String>,
@@ -74,17 +131,36 @@ pub struct DetectorConfig {
     /// Cap of every detector table (edges, sources, addresses, rate-limit keys); the oldest
     /// entry is evicted first.
     pub max_tracked: usize,
+    /// The addresses each identity may connect from, when known.
+    pub address_binding: AddressBinding,
 }
 
 /// Everything the `telemetry:` section configures.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryConfig {
+    /// A TCP connection still open gets an interim flow record this often (IPFIX's active
+    /// timeout), besides its open and final records.
+    pub active_timeout: Duration,
     /// Trace and alert-log export; `None` turns both off.
     pub otlp: Option<OtlpConfig>,
     /// Flow records; `None` turns them off.
     pub flow_log: Option<FlowLogConfig>,
     /// Detectors.
     pub detectors: DetectorConfig,
+}
+
+/// Default active timeout of long-lived flows.
+pub const DEFAULT_ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            active_timeout: DEFAULT_ACTIVE_TIMEOUT,
+            otlp: None,
+            flow_log: None,
+            detectors: DetectorConfig::default(),
+        }
+    }
 }
 
 /// Default sensitive path prefixes.
@@ -122,10 +198,14 @@ impl Default for DetectorConfig {
             enabled: true,
             learning_window: Duration::from_secs(600),
             baseline_file: None,
+            state_file: None,
+            state_interval: Duration::from_secs(30),
             window: Duration::from_secs(60),
             fanout_threshold: 10,
             deny_burst_threshold: 10,
             not_found_burst_threshold: 20,
+            auth_failure_burst_threshold: 10,
+            baseline_factor: 3,
             sensitive_paths: DEFAULT_SENSITIVE_PATHS
                 .iter()
                 .map(|s| (*s).to_owned())
@@ -136,6 +216,7 @@ impl Default for DetectorConfig {
                 .collect(),
             rate_limit: Duration::from_secs(300),
             max_tracked: 10_000,
+            address_binding: AddressBinding::default(),
         }
     }
 }
@@ -144,6 +225,8 @@ impl Default for DetectorConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTelemetry {
+    #[serde(default)]
+    active_timeout: Option<Spanned<String>>,
     #[serde(default)]
     otlp: Option<RawOtlp>,
     #[serde(default)]
@@ -186,6 +269,10 @@ struct RawDetectors {
     #[serde(default)]
     baseline_file: Option<PathBuf>,
     #[serde(default)]
+    state_file: Option<PathBuf>,
+    #[serde(default)]
+    state_interval: Option<Spanned<String>>,
+    #[serde(default)]
     window: Option<Spanned<String>>,
     #[serde(default)]
     fanout_threshold: Option<Spanned<usize>>,
@@ -194,6 +281,10 @@ struct RawDetectors {
     #[serde(default)]
     not_found_burst_threshold: Option<Spanned<usize>>,
     #[serde(default)]
+    auth_failure_burst_threshold: Option<Spanned<usize>>,
+    #[serde(default)]
+    baseline_factor: Option<Spanned<usize>>,
+    #[serde(default)]
     sensitive_paths: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     metadata_addresses: Option<Vec<Spanned<String>>>,
@@ -201,6 +292,16 @@ struct RawDetectors {
     rate_limit: Option<Spanned<String>>,
     #[serde(default)]
     max_tracked: Option<Spanned<usize>>,
+    #[serde(default)]
+    address_binding: Option<RawBinding>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBinding {
+    identities: BTreeMap<String, Vec<Spanned<String>>>,
+    #[serde(default)]
+    action: Option<Spanned<String>>,
 }
 
 /// Default flow log size before rotation: 100 MiB.
@@ -215,6 +316,12 @@ pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn validate(raw: RawTelemetry, source_name: &str) -> Result<TelemetryConfig, YamlError> {
     let v = Validator { source_name };
     Ok(TelemetryConfig {
+        active_timeout: v.duration(
+            raw.active_timeout.as_ref(),
+            DEFAULT_ACTIVE_TIMEOUT,
+            "telemetry.active_timeout",
+            false,
+        )?,
         otlp: raw.otlp.map(|o| v.otlp(o)).transpose()?,
         flow_log: raw.flow_log.map(|f| v.flow_log(f)).transpose()?,
         detectors: match raw.detectors {
@@ -400,6 +507,13 @@ impl Validator<'_> {
                 true,
             )?,
             baseline_file: raw.baseline_file,
+            state_file: raw.state_file,
+            state_interval: self.duration(
+                raw.state_interval.as_ref(),
+                d.state_interval,
+                "telemetry.detectors.state_interval",
+                false,
+            )?,
             window: self.duration(
                 raw.window.as_ref(),
                 d.window,
@@ -421,6 +535,21 @@ impl Validator<'_> {
                 d.not_found_burst_threshold,
                 "telemetry.detectors.not_found_burst_threshold",
             )?,
+            auth_failure_burst_threshold: self.positive(
+                raw.auth_failure_burst_threshold.as_ref(),
+                d.auth_failure_burst_threshold,
+                "telemetry.detectors.auth_failure_burst_threshold",
+            )?,
+            baseline_factor: match &raw.baseline_factor {
+                Some(f) if f.value == 0 || f.value > 1000 => {
+                    return Err(self.err(
+                        f,
+                        "telemetry.detectors.baseline_factor: must be between 1 and 1000",
+                    ));
+                }
+                Some(f) => u32::try_from(f.value).unwrap_or(d.baseline_factor),
+                None => d.baseline_factor,
+            },
             sensitive_paths: self
                 .strings(
                     raw.sensitive_paths,
@@ -459,7 +588,50 @@ impl Validator<'_> {
                 d.max_tracked,
                 "telemetry.detectors.max_tracked",
             )?,
+            address_binding: raw
+                .address_binding
+                .map(|b| self.binding(b))
+                .transpose()?
+                .unwrap_or_default(),
         })
+    }
+
+    fn binding(&self, raw: RawBinding) -> Result<AddressBinding, YamlError> {
+        const FIELD: &str = "telemetry.detectors.address_binding";
+        let action = match &raw.action {
+            None => ForeignAddressAction::Alert,
+            Some(a) if a.value == "alert" => ForeignAddressAction::Alert,
+            Some(a) if a.value == "deny" => ForeignAddressAction::Deny,
+            Some(a) => {
+                return Err(self.err(
+                    a,
+                    format!("{FIELD}.action: write alert or deny, not {:?}", a.value),
+                ));
+            }
+        };
+        let mut identities = Vec::with_capacity(raw.identities.len());
+        for (id, nets) in raw.identities {
+            let Some(first) = nets.first() else {
+                return Err(YamlError {
+                    source_name: self.source_name.to_owned(),
+                    line: None,
+                    column: None,
+                    message: format!("{FIELD}.identities.{id}: list at least one network"),
+                });
+            };
+            let spiffe: picket_ca::SpiffeId = id
+                .parse()
+                .map_err(|e| self.err(first, format!("{FIELD}.identities: {id:?}: {e}")))?;
+            let mut cidrs = Vec::with_capacity(nets.len());
+            for n in &nets {
+                cidrs.push(
+                    picket_common::Cidr::parse(&n.value)
+                        .map_err(|e| self.err(n, format!("{FIELD}.identities.{id}: {e}")))?,
+                );
+            }
+            identities.push((spiffe, cidrs));
+        }
+        Ok(AddressBinding { identities, action })
     }
 }
 
@@ -504,10 +676,13 @@ mod tests {
     learning_window: 0s
     window: 30s
     fanout_threshold: 5
+    auth_failure_burst_threshold: 7
+    baseline_factor: 4
     sensitive_paths: [/secret]
     metadata_addresses: [Metadata.Example]
     rate_limit: 1m
     max_tracked: 100
+  active_timeout: 10s
 ",
         )
         .unwrap();
@@ -526,6 +701,9 @@ mod tests {
             vec!["metadata.example".to_owned()]
         );
         assert_eq!(c.detectors.max_tracked, 100);
+        assert_eq!(c.active_timeout, Duration::from_secs(10));
+        assert_eq!(c.detectors.auth_failure_burst_threshold, 7);
+        assert_eq!(c.detectors.baseline_factor, 4);
     }
 
     #[test]
@@ -563,10 +741,59 @@ mod tests {
                 "sensitive_paths",
                 3,
             ),
+            (
+                "telemetry:\n  detectors:\n    baseline_factor: 0",
+                "baseline_factor",
+                3,
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.message.contains(needle), "{text}: {e}");
             assert_eq!(e.line, Some(line), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn address_bindings_parse_and_check() {
+        let c = parse(
+            "telemetry:
+  detectors:
+    address_binding:
+      action: deny
+      identities:
+        \"spiffe://cluster.local/ns/vm/sa/billing\": [10.1.0.0/16, \"fd00::/8\"]
+",
+        )
+        .unwrap();
+        let b = &c.detectors.address_binding;
+        assert_eq!(b.action, ForeignAddressAction::Deny);
+        let id = "spiffe://cluster.local/ns/vm/sa/billing";
+        assert_eq!(b.check(id, "10.1.2.3".parse().unwrap()), Bound::Own);
+        assert_eq!(b.check(id, "10.2.0.1".parse().unwrap()), Bound::Foreign);
+        assert_eq!(
+            b.check(
+                "spiffe://cluster.local/ns/vm/sa/x",
+                "10.2.0.1".parse().unwrap()
+            ),
+            Bound::Unknown
+        );
+        for (text, needle) in [
+            ("action: block\n      identities: {}", "write alert or deny"),
+            (
+                "identities: { \"spiffe://cluster.local/ns/a/sa/b\": [10.0.0.1/8] }",
+                "identities.spiffe",
+            ),
+            ("identities: { \"not-an-id\": [10.0.0.0/8] }", "not-an-id"),
+            (
+                "identities: { \"spiffe://cluster.local/ns/a/sa/b\": [] }",
+                "at least one network",
+            ),
+        ] {
+            let e = parse(&format!(
+                "telemetry:\n  detectors:\n    address_binding:\n      {text}\n"
+            ))
+            .unwrap_err();
+            assert!(e.message.contains(needle), "{text}: {e}");
         }
     }
 

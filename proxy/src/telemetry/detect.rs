@@ -11,8 +11,9 @@
 //! | `port_scan` | `fanout_threshold` distinct destination ports |
 //! | `path_scan` | `fanout_threshold` distinct routes answered 4xx or denied |
 //! | `fan_out` | `fanout_threshold` distinct destinations |
-//! | `deny_burst` | `deny_burst_threshold` denials |
-//! | `not_found_burst` | `not_found_burst_threshold` 404s |
+//! | `deny_burst` | denials past the source's learned rate, `deny_burst_threshold` at least |
+//! | `not_found_burst` | 404s from one destination past the edge's learned rate, `not_found_burst_threshold` at least |
+//! | `auth_failure_burst` | 401s and application 403s on one route past the route's learned rate, `auth_failure_burst_threshold` at least |
 //! | `unauthenticated` | a handshake failure `not_tls`, `no_client_cert`, `untrusted`, `foreign_trust_domain` |
 //! | `new_source_address` | after the learning window, a known identity from an IP it never used |
 //! | `sensitive_path` | a request for a configured sensitive path prefix |
@@ -20,10 +21,13 @@
 //!
 //! Each alert is rate-limited per (kind, source, destination): repeats within `rate_limit`
 //! are counted and reported as `suppressed` in the next alert.
+//!
+//! Learning is per source identity: the first `learning_window` after an identity is first
+//! seen (sources without an identity: after the sidecar started) its edges and burst rates
+//! are learned, not reported. Identities in the baseline are known from the start.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
 
@@ -31,9 +35,13 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::alert::{Alert, AlertKind, Severity};
-use super::config::DetectorConfig;
+use super::baseline::{Counter, Rate, Scope};
+use super::config::{Bound, DetectorConfig, ForeignAddressAction};
 use super::flow::{FlowProtocol, FlowRecord, LineType};
 use crate::direction::Direction;
+
+mod persist;
+pub use persist::{Restored, STATE_VERSION};
 
 /// One known edge in a baseline file (`"type":"edge"` lines, written by `picket analyze
 /// --write-baseline`). A baseline may also be a flow log: every flow line is an edge.
@@ -51,6 +59,27 @@ pub struct BaselineEdge {
     pub port: Option<u16>,
     /// `METHOD /path/template`, or `tcp`.
     pub route: String,
+}
+
+/// A burst counter's observed rate in a baseline file (`"type":"rate"` lines, written by
+/// `picket analyze --baseline-out`): the key starts with this rate learned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineRate {
+    /// Always [`LineType::Rate`].
+    #[serde(rename = "type")]
+    pub line_type: LineType,
+    /// `denied`, `not_found` or `auth_failed`.
+    pub counter: String,
+    /// Source SPIFFE ID (or IP).
+    pub source: String,
+    /// Destination, for counters keyed by edge or route.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub destination: String,
+    /// Route, for counters keyed by route.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub route: String,
+    /// Events per second over the observed period.
+    pub per_second: f64,
 }
 
 /// Handshake failure reasons that mean someone tried the meshed port without a valid mesh
@@ -123,6 +152,13 @@ impl<V> Bounded<V> {
         self.map.entry(key).or_insert_with(make)
     }
 
+    /// The entries, oldest first.
+    fn in_order(&self) -> impl Iterator<Item = (u64, &V)> {
+        self.order
+            .iter()
+            .filter_map(|k| self.map.get(k).map(|v| (*k, v)))
+    }
+
     fn heap_bytes(&self) -> usize {
         // hashbrown: one control byte per bucket plus the slots; the deque's ring buffer.
         self.map.capacity() * (size_of::<(u64, V)>() + 1) + self.order.capacity() * 8
@@ -162,33 +198,137 @@ impl Distinct {
     }
 }
 
-/// Event times inside the window, at most `cap` kept.
-#[derive(Debug, Default)]
-struct Burst {
-    times: VecDeque<i64>,
-}
-
-impl Burst {
-    fn observe(&mut self, now: i64, window: i64, cap: usize) -> usize {
-        while self.times.front().is_some_and(|t| now - *t >= window) {
-            self.times.pop_front();
-        }
-        if self.times.len() >= cap {
-            self.times.pop_front();
-        }
-        self.times.push_back(now);
-        self.times.len()
-    }
-}
-
 /// Windowed counters of one source.
 #[derive(Debug, Default)]
 struct SourceState {
     ports: Distinct,
     failing_routes: Distinct,
     destinations: Distinct,
-    denials: Burst,
-    not_found: Burst,
+}
+
+/// One burst counter's key, spelled out, and its rate.
+#[derive(Debug, Clone)]
+struct RateEntry {
+    counter: Counter,
+    source: Box<str>,
+    destination: Box<str>,
+    route: Box<str>,
+    rate: Rate,
+}
+
+/// A source identity the detectors know, and since when.
+#[derive(Debug, Clone)]
+struct KnownIdentity {
+    name: Box<str>,
+    /// First seen, Unix milliseconds; `i64::MIN` when known from a baseline.
+    first_seen: i64,
+}
+
+/// The detectors' parameters and learned state, as admin `/detectors` shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct DetectorState {
+    /// The configuration in force.
+    pub parameters: Parameters,
+    /// How full each table is.
+    pub tables: Tables,
+    /// Identities still in their learning window.
+    pub learning: Vec<IdentityView>,
+    /// Every burst counter key with its learned rate and threshold.
+    pub burst_counters: Vec<CounterView>,
+}
+
+/// The detector configuration in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct Parameters {
+    /// `learning_window`, seconds.
+    pub learning_window_secs: u64,
+    /// `window`, seconds.
+    pub window_secs: u64,
+    /// `fanout_threshold`.
+    pub fanout_threshold: usize,
+    /// `deny_burst_threshold` (a floor).
+    pub deny_burst_threshold: usize,
+    /// `not_found_burst_threshold` (a floor).
+    pub not_found_burst_threshold: usize,
+    /// `auth_failure_burst_threshold` (a floor).
+    pub auth_failure_burst_threshold: usize,
+    /// `baseline_factor`.
+    pub baseline_factor: u32,
+    /// `rate_limit`, seconds.
+    pub rate_limit_secs: u64,
+    /// `max_tracked`.
+    pub max_tracked: usize,
+    /// `sensitive_paths`.
+    pub sensitive_paths: Vec<String>,
+    /// `metadata_addresses`.
+    pub metadata_addresses: Vec<String>,
+}
+
+/// Entries in each detector table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tables {
+    /// Learned edges.
+    pub edges: usize,
+    /// Edges of the baseline file.
+    pub baseline_edges: usize,
+    /// Sources with scan windows.
+    pub sources: usize,
+    /// Identities with remembered addresses.
+    pub identities_with_addresses: usize,
+    /// Addresses with handshake failures.
+    pub handshake_sources: usize,
+    /// Alert rate-limit keys.
+    pub rate_limit_keys: usize,
+    /// Burst counter keys.
+    pub burst_counters: usize,
+    /// Source identities known (learning or learned).
+    pub known_identities: usize,
+}
+
+/// An identity in its learning window.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityView {
+    /// The SPIFFE ID.
+    pub identity: String,
+    /// When its learning window closes.
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
+}
+
+/// One burst counter key.
+#[derive(Debug, Clone, Serialize)]
+pub struct CounterView {
+    /// `denied`, `not_found`, `auth_failed`.
+    pub counter: &'static str,
+    /// The alert it raises.
+    pub alert: AlertKind,
+    /// What it is keyed by.
+    pub scope: Scope,
+    /// The source.
+    pub source: String,
+    /// The destination (edge and route scopes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// The route (route scope).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Learned events per window.
+    pub learned_per_window: f64,
+    /// Windows that taught the learned rate.
+    pub windows_learned: u32,
+    /// Events in the window ending now (sliding estimate).
+    pub last_window_count: u64,
+    /// The count that alerts.
+    pub threshold: u64,
+}
+
+/// A source identity whose learning window opened: logged and counted by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LearningStarted {
+    /// The SPIFFE ID.
+    pub identity: String,
+    /// When its learning window closes.
+    pub until: OffsetDateTime,
 }
 
 /// Handshake failures from one IP.
@@ -244,11 +384,16 @@ pub struct Detectors {
     sensitive: Vec<PathRule>,
     /// `metadata_addresses` that are IP addresses, parsed once.
     metadata_ips: Vec<IpAddr>,
-    hasher: RandomState,
+    /// The SipHash key of every digest: random per installation, kept in the state file so
+    /// that persisted digests stay valid.
+    key: [u64; 2],
     started: Option<i64>,
     baseline: HashSet<u64, BuildHasherDefault<DigestHasher>>,
     edges: Bounded<()>,
     sources: Bounded<SourceState>,
+    identities: Bounded<KnownIdentity>,
+    rates: Bounded<RateEntry>,
+    learning_started: Vec<LearningStarted>,
     addresses: Bounded<Vec<IpAddr>>,
     handshakes: Bounded<HandshakeState>,
     rate: Bounded<RateState>,
@@ -256,6 +401,20 @@ pub struct Detectors {
 
 /// Source addresses remembered per identity.
 const ADDRESSES_PER_IDENTITY: usize = 16;
+
+/// A fresh digest key from the system random generator. Should it fail (it does not on any
+/// supported system), the key is derived from the clock and the process id: digests then
+/// stay correct, only less secret.
+fn random_key() -> [u64; 2] {
+    let mut bytes = [0u8; 16];
+    if picket_common::crypto::fill_random(&mut bytes).is_err() {
+        let t = OffsetDateTime::now_utc().unix_timestamp_nanos();
+        bytes = (t ^ i128::from(std::process::id())).to_le_bytes();
+    }
+    let (a, b) = bytes.split_at(8);
+    let word = |s: &[u8]| u64::from_le_bytes(<[u8; 8]>::try_from(s).unwrap_or_default());
+    [word(a), word(b)]
+}
 
 fn millis(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
@@ -331,30 +490,24 @@ impl Detectors {
                 .filter_map(|m| m.parse().ok())
                 .collect(),
             cfg: cfg.clone(),
-            hasher: RandomState::new(),
+            key: random_key(),
             started: None,
             baseline: HashSet::default(),
             edges: Bounded::new(cap),
             sources: Bounded::new(cap),
+            identities: Bounded::new(cap),
+            rates: Bounded::new(cap),
+            learning_started: Vec::new(),
             addresses: Bounded::new(cap),
             handshakes: Bounded::new(cap),
             rate: Bounded::new(cap),
         }
     }
 
-    /// Detectors with `cfg`, loading `cfg.baseline_file` when set.
-    pub fn from_config(cfg: &DetectorConfig) -> std::io::Result<Self> {
-        let mut this = Self::new(cfg);
-        if let Some(path) = &cfg.baseline_file {
-            let file = std::fs::File::open(path)?;
-            let n = this.load_baseline(std::io::BufReader::new(file))?;
-            tracing::info!(path = %path.display(), edges = n, "detector baseline loaded");
-        }
-        Ok(this)
-    }
-
     /// Adds every edge of a baseline (flow lines and `"type":"edge"` lines; alerts and
-    /// unreadable lines are skipped) and returns how many distinct edges it holds now.
+    /// unreadable lines are skipped) and every burst rate (`"type":"rate"` lines), and returns
+    /// how many distinct edges it holds now. The sources it names are known: they do not
+    /// learn.
     pub fn load_baseline(&mut self, reader: impl BufRead) -> std::io::Result<usize> {
         for line in reader.lines() {
             let line = line?;
@@ -362,19 +515,31 @@ impl Detectors {
                 if flow.line_type == LineType::Flow {
                     let key = self.flow_edge_key(&flow);
                     self.baseline.insert(key);
+                    if let Some(id) = flow.source_identity.as_deref() {
+                        self.know_identity(id);
+                    }
                 }
             } else if let Ok(edge) = serde_json::from_str::<BaselineEdge>(&line)
                 && edge.line_type == LineType::Edge
             {
                 let key = self.edge_key(&edge.source, &edge.destination, edge.port, &edge.route);
                 self.baseline.insert(key);
+                self.know_identity(&edge.source);
+            } else if let Ok(rate) = serde_json::from_str::<BaselineRate>(&line)
+                && rate.line_type == LineType::Rate
+            {
+                self.seed_rate(&rate);
             }
         }
         Ok(self.baseline.len())
     }
 
     fn digest(&self, parts: &[&str], n: u64) -> u64 {
-        let mut h = self.hasher.build_hasher();
+        // SipHash-2-4 with this installation's key: `std::hash::SipHasher` is deprecated in
+        // favour of hashers whose algorithm may change between Rust releases, and digests
+        // kept in the state file must mean the same after an upgrade.
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new_with_keys(self.key[0], self.key[1]);
         for p in parts {
             h.write(p.as_bytes());
             h.write_u8(0xff);
@@ -412,18 +577,83 @@ impl Detectors {
         self.edge_key(&source, &destination, flow.destination_port, &flow.route())
     }
 
-    fn learning(&mut self, now: i64) -> bool {
+    /// Starts the burst counter of `rate` with its rate learned, as if it had been learning for
+    /// [`MEAN_WINDOWS`](super::baseline::MEAN_WINDOWS) windows. Unknown counters are skipped.
+    fn seed_rate(&mut self, rate: &BaselineRate) {
+        let Some(counter) = Counter::parse(&rate.counter) else {
+            return;
+        };
+        if !rate.per_second.is_finite() || rate.per_second < 0.0 {
+            return;
+        }
+        self.know_identity(&rate.source);
+        let (dest, route) = match counter.scope() {
+            Scope::Source => ("", ""),
+            Scope::Edge => (rate.destination.as_str(), ""),
+            Scope::Route => (rate.destination.as_str(), rate.route.as_str()),
+        };
+        let key = self.digest(&["rate", counter.as_str(), &rate.source, dest, route], 0);
+        let learned = rate.per_second * self.cfg.window.as_secs_f64();
+        let entry = self.rates.entry(key, || RateEntry {
+            counter,
+            source: rate.source.as_str().into(),
+            destination: dest.into(),
+            route: route.into(),
+            rate: Rate::seeded(learned, super::baseline::MEAN_WINDOWS),
+        });
+        entry.rate.learned = learned;
+        entry.rate.windows = entry.rate.windows.max(super::baseline::MEAN_WINDOWS);
+    }
+
+    /// Marks `identity` as known: it learns nothing more and is reported from the start.
+    fn know_identity(&mut self, identity: &str) {
+        let key = self.digest(&["identity", identity], 0);
+        let entry = self.identities.entry(key, || KnownIdentity {
+            name: identity.into(),
+            first_seen: i64::MIN,
+        });
+        entry.first_seen = i64::MIN;
+    }
+
+    /// Whether flows of `identity` (or, without one, of this sidecar's unauthenticated
+    /// sources) are learned rather than reported at `now`. The first flow of an identity
+    /// opens its learning window.
+    fn learning(&mut self, identity: Option<&str>, now: i64) -> bool {
+        let window = duration_ms(self.cfg.learning_window);
         let start = *self.started.get_or_insert(now);
-        now - start < duration_ms(self.cfg.learning_window)
+        let Some(id) = identity else {
+            return now.saturating_sub(start) < window;
+        };
+        let key = self.digest(&["identity", id], 0);
+        let fresh = !self.identities.contains(key);
+        let first = self
+            .identities
+            .entry(key, || KnownIdentity {
+                name: id.into(),
+                first_seen: now,
+            })
+            .first_seen;
+        if fresh && window > 0 {
+            self.learning_started.push(LearningStarted {
+                identity: id.to_owned(),
+                until: from_millis(now.saturating_add(window)),
+            });
+        }
+        now.saturating_sub(first) < window
+    }
+
+    /// The identities whose learning window opened since the last call.
+    pub fn take_learning_started(&mut self) -> Vec<LearningStarted> {
+        std::mem::take(&mut self.learning_started)
     }
 
     /// Looks at one finished request or connection; returns the alerts it raises.
     pub fn observe_flow(&mut self, flow: &FlowRecord<'_>, now: OffsetDateTime) -> Vec<Alert> {
         let now = millis(now);
-        let learning = self.learning(now);
+        let src = Self::flow_source(flow);
+        let learning = self.learning(src.identity, now);
         let window = duration_ms(self.cfg.window);
         let threshold = self.cfg.fanout_threshold;
-        let src = Self::flow_source(flow);
         let source_label = src.label();
         let destination = Self::flow_destination(flow);
         let route = flow.route();
@@ -453,8 +683,10 @@ impl Detectors {
         }
 
         // A known identity from a new address (inbound: the peer's address is meaningful).
+        // Identities bound to their addresses are checked when they connect instead.
         if flow.direction == Direction::Inbound
             && let (Some(id), Some(ip)) = (src.identity, src.ip)
+            && self.cfg.address_binding.check(id, ip) == Bound::Unknown
         {
             let key = self.digest(&["addr", id], 0);
             let known = self.addresses.contains(key);
@@ -485,8 +717,6 @@ impl Detectors {
         let failed = flow.denied() || flow.status.is_some_and(|s| (400..500).contains(&s));
         let route_item = (failed && flow.protocol != FlowProtocol::Tcp)
             .then(|| self.digest(&["route", &route], 0));
-        let deny_cap = self.cfg.deny_burst_threshold;
-        let nf_cap = self.cfg.not_found_burst_threshold;
         let state = self.sources.entry(skey, SourceState::default);
         if let Some(p) = port_item {
             let n = state.ports.observe(p, now, window, threshold);
@@ -532,32 +762,18 @@ impl Detectors {
                 summary: format!("{source_label} reached {n} distinct destinations"),
             });
         }
-        if flow.denied() {
-            let n = state.denials.observe(now, window, deny_cap);
-            if n >= deny_cap {
-                pending.push(Pending {
-                    kind: AlertKind::DenyBurst,
-                    severity: Severity::High,
-                    destination: Some(destination.clone()),
-                    evidence: vec![("denied", n as u64)],
-                    window: true,
-                    first_seen: state.denials.times.front().copied().unwrap_or(now),
-                    summary: format!("{source_label} was denied {n} times"),
-                });
-            }
-        }
-        if flow.status == Some(404) {
-            let n = state.not_found.observe(now, window, nf_cap);
-            if n >= nf_cap {
-                pending.push(Pending {
-                    kind: AlertKind::NotFoundBurst,
-                    severity: Severity::Medium,
-                    destination: Some(destination.clone()),
-                    evidence: vec![("not_found", n as u64)],
-                    window: true,
-                    first_seen: state.not_found.times.front().copied().unwrap_or(now),
-                    summary: format!("{source_label} got {n} answers 404 Not Found"),
-                });
+
+        // Burst counters, each against the rate its key learned.
+        for counter in Counter::ALL {
+            if counter.counts(flow) {
+                pending.extend(self.count_burst(
+                    counter,
+                    &source_label,
+                    &destination,
+                    &route,
+                    now,
+                    learning,
+                ));
             }
         }
 
@@ -607,6 +823,67 @@ impl Detectors {
         self.emit(&src, &source_label, pending, now)
     }
 
+    /// Counts one event of `counter` and returns the burst alert when the key's sliding count
+    /// reached its threshold (never while the source learns).
+    fn count_burst(
+        &mut self,
+        counter: Counter,
+        source: &str,
+        destination: &str,
+        route: &str,
+        now: i64,
+        learning: bool,
+    ) -> Option<Pending> {
+        let (dest, route) = match counter.scope() {
+            Scope::Source => ("", ""),
+            Scope::Edge => (destination, ""),
+            Scope::Route => (destination, route),
+        };
+        let key = self.digest(&["rate", counter.as_str(), source, dest, route], 0);
+        let window = duration_ms(self.cfg.window);
+        let floor = counter.floor(&self.cfg);
+        let factor = self.cfg.baseline_factor;
+        let entry = self.rates.entry(key, || RateEntry {
+            counter,
+            source: source.into(),
+            destination: dest.into(),
+            route: route.into(),
+            rate: Rate::new(now),
+        });
+        let (n, threshold) = entry.rate.observe(now, window, learning, floor, factor);
+        if learning || n < threshold {
+            return None;
+        }
+        let first_seen = if entry.rate.previous > 0 {
+            now.saturating_sub(window)
+        } else {
+            entry.rate.window_start
+        };
+        let learned = entry.rate.learned.round();
+        let learned = if learned.is_finite() && learned > 0.0 {
+            learned as u64
+        } else {
+            0
+        };
+        let label = match counter.scope() {
+            Scope::Source | Scope::Edge => destination.to_owned(),
+            Scope::Route => format!("{destination} {route}"),
+        };
+        Some(Pending {
+            kind: counter.kind(),
+            severity: counter.severity(),
+            destination: Some(label),
+            evidence: vec![
+                (counter.evidence(), n),
+                ("threshold", threshold),
+                ("learned_per_window", learned),
+            ],
+            window: true,
+            first_seen,
+            summary: counter.summary(source, n, destination, route),
+        })
+    }
+
     /// Whether `host` (as [`host_only`] gives it) is a configured metadata address: the same
     /// IP address in any spelling, or the same name.
     fn is_metadata(&self, host: &str) -> bool {
@@ -647,6 +924,39 @@ impl Detectors {
             ip: None,
         };
         self.emit(&src, own_identity, vec![p], now)
+    }
+
+    /// A peer presented `identity` from `source`, an address its binding does not hold.
+    pub fn observe_foreign_address(
+        &mut self,
+        identity: &str,
+        source: SocketAddr,
+        now: OffsetDateTime,
+    ) -> Vec<Alert> {
+        let now = millis(now);
+        let ip = source.ip();
+        let denied = self.cfg.address_binding.action == ForeignAddressAction::Deny;
+        let pending = Pending {
+            kind: AlertKind::ForeignAddress,
+            severity: Severity::High,
+            destination: None,
+            evidence: vec![("denied", u64::from(denied))],
+            window: false,
+            first_seen: now,
+            summary: format!(
+                "{identity} was presented from {ip}, which is not one of its addresses{}",
+                if denied {
+                    "; the connection was closed"
+                } else {
+                    ""
+                }
+            ),
+        };
+        let src = Source {
+            identity: Some(identity),
+            ip: Some(ip),
+        };
+        self.emit(&src, identity, vec![pending], now)
     }
 
     /// A failed inbound TLS handshake from `source` with `reason` (see `tls::failure_reason`).
@@ -767,15 +1077,100 @@ impl Detectors {
     }
 
     /// Entries in the detector tables: (edges, sources, identities with addresses, handshake
-    /// sources, rate-limit keys).
-    pub fn tracked(&self) -> [usize; 5] {
+    /// sources, rate-limit keys, burst counter keys, known identities).
+    pub fn tracked(&self) -> [usize; 7] {
         [
             self.edges.len(),
             self.sources.len(),
             self.addresses.len(),
             self.handshakes.len(),
             self.rate.len(),
+            self.rates.len(),
+            self.identities.len(),
         ]
+    }
+
+    /// The parameters and learned state at `now`: the body of admin `/detectors`.
+    pub fn state(&self, now: OffsetDateTime) -> DetectorState {
+        let now_ms = millis(now);
+        let window = duration_ms(self.cfg.window);
+        let learning_window = duration_ms(self.cfg.learning_window);
+        let mut learning: Vec<IdentityView> = self
+            .identities
+            .map
+            .values()
+            .filter(|i| i.first_seen != i64::MIN)
+            .filter(|i| now_ms.saturating_sub(i.first_seen) < learning_window)
+            .map(|i| IdentityView {
+                identity: i.name.to_string(),
+                until: from_millis(i.first_seen.saturating_add(learning_window)),
+            })
+            .collect();
+        learning.sort_by(|a, b| a.identity.cmp(&b.identity));
+        let mut burst_counters: Vec<CounterView> = self
+            .rates
+            .map
+            .values()
+            .map(|r| CounterView {
+                counter: r.counter.as_str(),
+                alert: r.counter.kind(),
+                scope: r.counter.scope(),
+                source: r.source.to_string(),
+                destination: (!r.destination.is_empty()).then(|| r.destination.to_string()),
+                route: (!r.route.is_empty()).then(|| r.route.to_string()),
+                learned_per_window: r.rate.learned,
+                windows_learned: r.rate.windows,
+                last_window_count: r.rate.estimate(now_ms, window),
+                threshold: r
+                    .rate
+                    .threshold(r.counter.floor(&self.cfg), self.cfg.baseline_factor),
+            })
+            .collect();
+        burst_counters.sort_by(|a, b| {
+            (a.counter, &a.source, &a.destination, &a.route).cmp(&(
+                b.counter,
+                &b.source,
+                &b.destination,
+                &b.route,
+            ))
+        });
+        let [
+            edges,
+            sources,
+            addresses,
+            handshakes,
+            rate_limits,
+            counters,
+            identities,
+        ] = self.tracked();
+        let c = &self.cfg;
+        DetectorState {
+            parameters: Parameters {
+                learning_window_secs: c.learning_window.as_secs(),
+                window_secs: c.window.as_secs(),
+                fanout_threshold: c.fanout_threshold,
+                deny_burst_threshold: c.deny_burst_threshold,
+                not_found_burst_threshold: c.not_found_burst_threshold,
+                auth_failure_burst_threshold: c.auth_failure_burst_threshold,
+                baseline_factor: c.baseline_factor,
+                rate_limit_secs: c.rate_limit.as_secs(),
+                max_tracked: c.max_tracked,
+                sensitive_paths: c.sensitive_paths.clone(),
+                metadata_addresses: c.metadata_addresses.clone(),
+            },
+            tables: Tables {
+                edges,
+                baseline_edges: self.baseline.len(),
+                sources,
+                identities_with_addresses: addresses,
+                handshake_sources: handshakes,
+                rate_limit_keys: rate_limits,
+                burst_counters: counters,
+                known_identities: identities,
+            },
+            learning,
+            burst_counters,
+        }
     }
 
     /// Heap bytes held by the tables, from their capacities (an estimate that ignores
@@ -786,7 +1181,6 @@ impl Detectors {
                 + s.failing_routes.items.capacity()
                 + s.destinations.items.capacity())
                 * 16
-                + (s.denials.times.capacity() + s.not_found.times.capacity()) * 8
         };
         self.edges.heap_bytes()
             + self.sources.heap_bytes()
@@ -800,6 +1194,20 @@ impl Detectors {
                 .sum::<usize>()
             + self.handshakes.heap_bytes()
             + self.rate.heap_bytes()
+            + self.rates.heap_bytes()
+            + self
+                .rates
+                .map
+                .values()
+                .map(|r| r.source.len() + r.destination.len() + r.route.len())
+                .sum::<usize>()
+            + self.identities.heap_bytes()
+            + self
+                .identities
+                .map
+                .values()
+                .map(|i| i.name.len())
+                .sum::<usize>()
             + self.baseline.capacity() * 9
     }
 
@@ -1149,6 +1557,212 @@ mod tests {
         let alerts = d.observe_flow(&record(&other, at(2)), at(2));
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].kind, AlertKind::NewEdge);
+    }
+
+    #[test]
+    fn credential_stuffing_is_an_auth_failure_burst_per_route() {
+        let mut d = trained();
+        let mut raised = Vec::new();
+        for i in 0..50 {
+            let now = at(200) + time::Duration::milliseconds(200 * i);
+            raised.extend(d.observe_flow(&record(&http(ORDERS, "POST", "/login", 401), now), now));
+        }
+        let got: BTreeSet<AlertKind> = raised.iter().map(|a| a.kind).collect();
+        assert_eq!(
+            got,
+            kinds(&[AlertKind::AuthFailureBurst, AlertKind::NewEdge])
+        );
+        let burst = raised
+            .iter()
+            .find(|a| a.kind == AlertKind::AuthFailureBurst)
+            .unwrap();
+        assert_eq!(burst.severity, Severity::High);
+        assert_eq!(burst.evidence.get("auth_failures"), Some(&10));
+        assert_eq!(burst.evidence.get("threshold"), Some(&10));
+        assert_eq!(
+            burst.destination.as_deref(),
+            Some(&*format!("{ORDERS} POST /login"))
+        );
+        // A policy denial is a denial, not an authentication failure.
+        let mut d = trained();
+        let denied: Vec<F> = (0..20)
+            .map(|_| F {
+                verdict: Verdict::Deny,
+                ..http(ORDERS, "POST", "/login", 403)
+            })
+            .collect();
+        assert_eq!(
+            replay(&mut d, &denied),
+            kinds(&[AlertKind::DenyBurst, AlertKind::NewEdge])
+        );
+    }
+
+    /// Two missing static assets asked for at 0.75 a second, on both sides, for ten minutes of
+    /// learning and then an hour: quiet. A scan from the same source afterwards is not.
+    #[test]
+    fn a_steady_benign_404_rate_stays_quiet_for_an_hour() {
+        let c = DetectorConfig {
+            learning_window: Duration::from_secs(600),
+            ..DetectorConfig::default()
+        };
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            let mut d = Detectors::new(&c);
+            let mut alerts = Vec::new();
+            // One request every 1333 ms for 70 minutes.
+            for i in 0..(70 * 45) {
+                let now = at(0) + time::Duration::milliseconds(i * 1333);
+                let asset = if i % 2 == 0 {
+                    "/static/logo.png"
+                } else {
+                    "/favicon.ico"
+                };
+                let miss = http(ORDERS, "GET", asset, 404);
+                let mut f = record(&miss, now);
+                f.direction = direction;
+                alerts.extend(d.observe_flow(&f, now));
+                let read = http(ORDERS, "GET", format!("/api/orders/{i}"), 200);
+                let ok = record(&read, now);
+                alerts.extend(d.observe_flow(&ok, now));
+            }
+            assert!(alerts.is_empty(), "{direction:?}: {alerts:#?}");
+            let state = d.state(at(70 * 60));
+            let nf = state
+                .burst_counters
+                .iter()
+                .find(|c| c.counter == "not_found")
+                .unwrap();
+            assert!((40.0..50.0).contains(&nf.learned_per_window), "{nf:?}");
+            assert!(nf.threshold >= 120, "{nf:?}");
+            // Ten times the learned rate is a burst.
+            let start = at(71 * 60);
+            let mut raised = BTreeSet::new();
+            for i in 0..600 {
+                let now = start + time::Duration::milliseconds(i * 100);
+                let miss = http(ORDERS, "GET", "/favicon.ico", 404);
+                let mut f = record(&miss, now);
+                f.direction = direction;
+                raised.extend(d.observe_flow(&f, now).into_iter().map(|a| a.kind));
+            }
+            assert_eq!(raised, kinds(&[AlertKind::NotFoundBurst]), "{direction:?}");
+        }
+    }
+
+    #[test]
+    fn a_new_identity_learns_visibly_and_a_known_one_does_not() {
+        let c = DetectorConfig {
+            learning_window: Duration::from_secs(60),
+            ..DetectorConfig::default()
+        };
+        let mut d = Detectors::new(&c);
+        let edge = serde_json::to_string(&BaselineEdge {
+            line_type: LineType::Edge,
+            source: FRONTEND.into(),
+            destination: ORDERS.into(),
+            port: Some(8080),
+            route: "GET /api/orders".into(),
+        })
+        .unwrap();
+        d.load_baseline(edge.as_bytes()).unwrap();
+        // The known identity reaches a new route: reported at once.
+        let alerts = d.observe_flow(
+            &record(&http(ORDERS, "DELETE", "/api/orders/1", 200), at(0)),
+            at(0),
+        );
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert!(d.take_learning_started().is_empty());
+        // A new identity learns for a minute, and says so once.
+        let read = http(ORDERS, "GET", "/api/orders", 200);
+        let mut f = record(&read, at(1));
+        let newcomer = "spiffe://cluster.local/ns/shop/sa/reports";
+        f.source_identity = Some(newcomer.into());
+        assert!(d.observe_flow(&f, at(1)).is_empty());
+        assert!(d.observe_flow(&f, at(2)).is_empty());
+        let started = d.take_learning_started();
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].identity, newcomer);
+        assert_eq!(started[0].until, at(61));
+        let state = d.state(at(30));
+        assert_eq!(state.learning.len(), 1);
+        assert_eq!(state.learning[0].identity, newcomer);
+        assert!(d.state(at(62)).learning.is_empty());
+        f.method = Some("PUT".into());
+        assert_eq!(d.observe_flow(&f, at(62)).len(), 1, "learned by then");
+    }
+
+    #[test]
+    fn learned_state_survives_a_restart_without_a_new_learning_window() {
+        let c = DetectorConfig {
+            learning_window: Duration::from_secs(120),
+            ..DetectorConfig::default()
+        };
+        let mut d = Detectors::new(&c);
+        for i in 0..240 {
+            let f = http(ORDERS, "GET", "/static/missing.png", 404);
+            d.observe_flow(&record(&f, at(i)), at(i));
+            let f = http(ORDERS, "GET", format!("/api/orders/{i}"), 200);
+            d.observe_flow(&record(&f, at(i)), at(i));
+        }
+        // A new edge after learning: reported, and rate-limited.
+        let probe = http(PAYMENTS, "POST", "/api/charge", 200);
+        assert_eq!(d.observe_flow(&record(&probe, at(300)), at(300)).len(), 1);
+        let saved = d.save_state(at(301)).unwrap();
+
+        // A fresh process: everything learned is back, nothing learns again.
+        let mut e = Detectors::new(&c);
+        let r = e.restore_state(&saved).unwrap();
+        assert_eq!(r.identities, 1);
+        assert_eq!(r.edges, d.tracked()[0]);
+        assert_eq!(r.burst_counters, 1);
+        assert!(
+            e.observe_flow(
+                &record(&http(ORDERS, "GET", "/api/orders/9", 200), at(302)),
+                at(302)
+            )
+            .is_empty()
+        );
+        let alerts = e.observe_flow(
+            &record(&http(PAYMENTS, "GET", "/api/refunds", 200), at(303)),
+            at(303),
+        );
+        assert_eq!(
+            alerts.len(),
+            0,
+            "the rate limit of the first new edge came back too"
+        );
+        let alerts = e.observe_flow(
+            &record(&http(CATALOG, "DELETE", "/api/items/1", 200), at(303)),
+            at(303),
+        );
+        assert_eq!(
+            alerts.len(),
+            1,
+            "a new edge at once after the restart: {alerts:?}"
+        );
+        assert!(e.take_learning_started().is_empty());
+        let nf = e
+            .state(at(303))
+            .burst_counters
+            .into_iter()
+            .find(|c| c.counter == "not_found")
+            .unwrap();
+        assert!(nf.learned_per_window > 50.0, "{nf:?}");
+
+        // What is not a state file is refused with a reason, and changes nothing.
+        let edges_now = e.tracked()[0];
+        for (bad, why) in [(&b"{}"[..], "missing field"), (b"not json", "expected")] {
+            let err = e.restore_state(bad).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        let v2 =
+            String::from_utf8(saved.clone())
+                .unwrap()
+                .replacen("\"version\":1", "\"version\":2", 1);
+        assert!(
+            e.restore_state(v2.as_bytes())
+                .unwrap_err()
+                .contains("version 2")
+        );
+        assert_eq!(e.tracked()[0], edges_now);
     }
 
     #[test]

@@ -72,6 +72,21 @@ impl<'de> Deserialize<'de> for Direction {
     }
 }
 
+/// Which record of a long-lived flow a line is: TCP connections get one when they are
+/// accepted and decided (`open`), one every `telemetry.active_timeout` while open
+/// (`interim`), and one when they close (`end`). A record without a phase is a whole flow: an
+/// HTTP request, or a connection that ended before it could be recorded as open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowPhase {
+    /// The connection was accepted (and decided, inbound); bytes are zero.
+    Open,
+    /// The connection is still open; bytes and duration so far.
+    Interim,
+    /// The connection closed; its bytes and duration. Its `open` record counted it.
+    End,
+}
+
 /// The `"type"` tag of a line in the flow log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -81,8 +96,10 @@ pub enum LineType {
     Flow,
     /// An [`Alert`](super::Alert).
     Alert,
-    /// An edge of a baseline written by `picket analyze --write-baseline`.
+    /// An edge of a baseline written by `picket analyze --baseline-out`.
     Edge,
+    /// A burst counter's rate in a baseline written by `picket analyze --baseline-out`.
+    Rate,
 }
 
 /// One HTTP request or TCP connection as seen by one sidecar.
@@ -101,6 +118,10 @@ pub struct FlowRecord<'a> {
     pub direction: Direction,
     /// Application protocol.
     pub protocol: FlowProtocol,
+    /// `open`, `interim` or `end` for a connection recorded while open; absent on a whole
+    /// flow (see [`FlowPhase`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<FlowPhase>,
     /// The caller's SPIFFE ID (on outbound flows, this workload's own).
     #[serde(
         default,
@@ -112,7 +133,8 @@ pub struct FlowRecord<'a> {
     /// The caller's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_address: Option<SocketAddr>,
-    /// The called workload's SPIFFE ID.
+    /// The called workload's SPIFFE ID: inbound this workload's own, outbound the one the peer
+    /// presented in its certificate (absent when no peer answered and none was pinned).
     #[serde(
         default,
         borrow,
@@ -120,6 +142,15 @@ pub struct FlowRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub destination_identity: Option<Cow<'a, str>>,
+    /// Outbound: the configured expectation of the peer, when it differs from what the peer
+    /// presented (`spiffe://<trust domain>/*` for "any workload of the trust domain").
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expected_identity: Option<Cow<'a, str>>,
     /// The called address (the peer sidecar outbound, the application inbound).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_address: Option<SocketAddr>,
@@ -234,9 +265,11 @@ impl<'a> FlowRecord<'a> {
             ts,
             direction,
             protocol,
+            phase: None,
             source_identity: None,
             source_address: None,
             destination_identity: None,
+            expected_identity: None,
             destination_address: None,
             destination_port: None,
             kx: None,

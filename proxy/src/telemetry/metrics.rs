@@ -1,5 +1,6 @@
-//! The telemetry metric families: `picket_alerts_total{kind,severity}` and
-//! `picket_telemetry_dropped_total{sink,reason}`. Labels come from fixed sets.
+//! The telemetry metric families: `picket_alerts_total{kind,severity}`,
+//! `picket_telemetry_dropped_total{sink,reason}` and
+//! `picket_detector_identities_learning_total`. Labels come from fixed sets.
 
 use std::fmt;
 
@@ -85,6 +86,7 @@ pub struct DroppedLabels {
 pub struct TelemetryMetrics {
     alerts: Family<AlertLabels, Counter>,
     dropped: Family<DroppedLabels, Counter>,
+    learning: Counter,
 }
 
 impl TelemetryMetrics {
@@ -101,7 +103,17 @@ impl TelemetryMetrics {
             "Flow records, spans and log records lost because a queue was full or a sink failed",
             this.dropped.clone(),
         );
+        registry.register(
+            "picket_detector_identities_learning",
+            "Source identities whose detector learning window opened (new identities learn, known ones do not)",
+            this.learning.clone(),
+        );
         this
+    }
+
+    /// Counts one identity whose learning window opened.
+    pub fn learning_started(&self) {
+        self.learning.inc();
     }
 
     /// Counts one raised alert.

@@ -20,6 +20,7 @@
 //! other way round.
 
 pub mod alert;
+pub mod baseline;
 pub mod config;
 pub mod detect;
 pub mod export;
@@ -46,13 +47,14 @@ pub use config::{
 };
 pub use detect::Detectors;
 pub use flow::{
-    FlowProtocol, FlowRecord, LineType, Verdict, content_length, fill_decision, grpc_status,
-    protocol_of, route_template,
+    FlowPhase, FlowProtocol, FlowRecord, LineType, Verdict, content_length, fill_decision,
+    grpc_status, protocol_of, route_template,
 };
 pub use flow_log::FlowLog;
 pub use metrics::TelemetryMetrics;
 pub use trace::{Parent, RequestSpan, SpanAttrs, SpanOutcome};
 
+use crate::direction::Direction;
 use export::Otlp;
 
 /// Why telemetry could not start.
@@ -65,6 +67,14 @@ pub enum TelemetryError {
     /// The detector baseline file could not be read.
     #[error("cannot read the detector baseline: {0}")]
     Baseline(std::io::Error),
+    /// The detector state file could not be read or is not a state file.
+    #[error("cannot load the detector state {}: {reason} (remove the file to start learning afresh)", path.display())]
+    State {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The OTLP exporter could not be built from the configuration.
     #[error("cannot set up the OTLP exporter: {0}")]
     Exporter(String),
@@ -79,6 +89,12 @@ struct Inner {
     otlp: Option<Otlp>,
     flow_log: Option<FlowLog>,
     detectors: Option<Mutex<Detectors>>,
+    /// Where the detectors' learned state is kept, and how often.
+    state_file: Option<std::path::PathBuf>,
+    state_interval: Duration,
+    active_timeout: Duration,
+    /// Which addresses belong to which identities.
+    binding: config::AddressBinding,
     recent: RecentAlerts,
 }
 
@@ -129,9 +145,7 @@ impl Telemetry {
             .transpose()
             .map_err(TelemetryError::FlowLog)?;
         let detectors = if cfg.detectors.enabled {
-            Some(Mutex::new(
-                Detectors::from_config(&cfg.detectors).map_err(TelemetryError::Baseline)?,
-            ))
+            Some(Mutex::new(start_detectors(&cfg.detectors)?))
         } else {
             None
         };
@@ -154,6 +168,14 @@ impl Telemetry {
                 otlp,
                 flow_log,
                 detectors,
+                state_file: cfg
+                    .detectors
+                    .state_file
+                    .clone()
+                    .filter(|_| cfg.detectors.enabled),
+                state_interval: cfg.detectors.state_interval,
+                active_timeout: cfg.active_timeout,
+                binding: cfg.detectors.address_binding.clone(),
                 recent: RecentAlerts::default(),
             })),
         })
@@ -233,13 +255,31 @@ impl Telemetry {
             bytes_in: record.bytes_in,
             bytes_out: record.bytes_out,
             error: None,
+            // A client span names its peer once the peer answered (see `client_span`).
+            peer_identity: (record.direction == Direction::Outbound)
+                .then_some(record.destination_identity.as_deref())
+                .flatten(),
+            expected_identity: record.expected_identity.as_deref(),
         });
         inner.write_flow(&record);
         inner.raise(&alerts, trace_ids(&record));
     }
 
-    /// Records a finished TCP connection, or a request without a span: detectors, alerts,
-    /// flow line.
+    /// Writes the flow line of a record the detectors already looked at (the interim and
+    /// final records of a connection whose open record went to them).
+    pub fn record_flow_seen(&self, record: &FlowRecord<'_>) {
+        if let Some(inner) = &self.inner {
+            inner.write_flow(record);
+        }
+    }
+
+    /// How often a connection still open gets an interim record; `None` when telemetry is off.
+    pub fn active_timeout(&self) -> Option<Duration> {
+        self.inner.as_ref().map(|i| i.active_timeout)
+    }
+
+    /// Records a TCP connection (open, or finished), or a request without a span: detectors,
+    /// alerts, flow line.
     pub fn record_flow(&self, record: &FlowRecord<'_>) {
         let Some(inner) = &self.inner else {
             return;
@@ -264,6 +304,27 @@ impl Telemetry {
         inner.raise(&alerts, None);
     }
 
+    /// A peer connected (inbound, after its handshake) with `identity` from `source`. Returns
+    /// whether the connection may go on: not when the identity is bound to other addresses
+    /// (`telemetry.detectors.address_binding`) and the action is `deny`. A foreign address
+    /// raises a `foreign_address` alert either way.
+    pub fn peer_connected(&self, identity: &str, source: SocketAddr) -> bool {
+        let Some(inner) = &self.inner else {
+            return true;
+        };
+        if inner.binding.check(identity, source.ip()) != config::Bound::Foreign {
+            return true;
+        }
+        if let Some(d) = &inner.detectors {
+            let alerts = match d.lock() {
+                Ok(mut d) => d.observe_foreign_address(identity, source, OffsetDateTime::now_utc()),
+                Err(_) => Vec::new(),
+            };
+            inner.raise(&alerts, None);
+        }
+        inner.binding.action != config::ForeignAddressAction::Deny
+    }
+
     /// An outbound call or connection attempt to `host` (`ip[:port]` or a host name), before
     /// or without a flow record (for example one that failed to connect).
     pub fn outbound_destination(&self, host: &str) {
@@ -280,6 +341,21 @@ impl Telemetry {
             Err(_) => return,
         };
         inner.raise(&alerts, None);
+    }
+
+    /// The detectors' parameters and learned state as JSON: the body of admin `/detectors`
+    /// (`{"enabled":false}` when they are off).
+    pub fn detector_state_json(&self) -> String {
+        let state = self
+            .inner
+            .as_ref()
+            .and_then(|i| i.detectors.as_ref())
+            .and_then(|d| d.lock().ok().map(|d| d.state(OffsetDateTime::now_utc())));
+        match state {
+            Some(s) => serde_json::to_string(&s)
+                .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string())),
+            None => "{\"enabled\":false}".to_owned(),
+        }
     }
 
     /// The recent alerts as JSON, `{"alerts":[...]}` oldest first: the body of admin `/alerts`.
@@ -310,10 +386,61 @@ impl Telemetry {
         self.drain(deadline, true).await
     }
 
+    /// Writes the detectors' learned state to the state file (atomically, mode 0600) now.
+    /// Returns whether it was written; without a state file there is nothing to write.
+    pub fn save_detector_state(&self) -> bool {
+        let Some(inner) = &self.inner else {
+            return false;
+        };
+        let (Some(path), Some(d)) = (&inner.state_file, &inner.detectors) else {
+            return false;
+        };
+        let bytes = match d.lock() {
+            Ok(d) => d.save_state(OffsetDateTime::now_utc()),
+            Err(_) => return false,
+        };
+        let written = bytes.map_err(|e| e.to_string()).and_then(|b| {
+            picket_ca::state::write_file_atomic(path, &b, 0o600).map_err(|e| e.to_string())
+        });
+        match written {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the detector state");
+                false
+            }
+        }
+    }
+
+    /// Writes the detector state every `state_interval` until `stop` is cancelled (then the
+    /// caller saves once more, see [`Telemetry::shutdown`]). `None` without a state file.
+    pub fn spawn_state_saver(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let inner = self.inner.as_ref()?;
+        inner.state_file.as_ref()?;
+        let interval = inner.state_interval;
+        let this = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(interval) => {}
+                }
+                let t = this.clone();
+                let _ = tokio::task::spawn_blocking(move || t.save_detector_state()).await;
+            }
+        }))
+    }
+
     async fn drain(&self, deadline: Duration, stop_export: bool) -> bool {
         let Some(inner) = &self.inner else {
             return true;
         };
+        if stop_export && inner.state_file.is_some() {
+            let t = self.clone();
+            let _ = tokio::task::spawn_blocking(move || t.save_detector_state()).await;
+        }
         let flows = async {
             match &inner.flow_log {
                 Some(f) => f.flush(deadline).await,
@@ -332,6 +459,42 @@ impl Telemetry {
     }
 }
 
+/// Detectors as `cfg` says: the learned state of the state file (when there is one), then the
+/// baseline's edges and identities.
+fn start_detectors(cfg: &DetectorConfig) -> Result<Detectors, TelemetryError> {
+    let mut d = Detectors::new(cfg);
+    if let Some(path) = &cfg.state_file {
+        let state_err = |reason: String| TelemetryError::State {
+            path: path.clone(),
+            reason,
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let r = d.restore_state(&bytes).map_err(state_err)?;
+                tracing::info!(
+                    path = %path.display(),
+                    identities = r.identities,
+                    edges = r.edges,
+                    burst_counters = r.burst_counters,
+                    "detector state loaded: known identities do not learn again"
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(path = %path.display(), "no detector state yet: every identity learns");
+            }
+            Err(e) => return Err(state_err(e.to_string())),
+        }
+    }
+    if let Some(path) = &cfg.baseline_file {
+        let file = std::fs::File::open(path).map_err(TelemetryError::Baseline)?;
+        let n = d
+            .load_baseline(std::io::BufReader::new(file))
+            .map_err(TelemetryError::Baseline)?;
+        tracing::info!(path = %path.display(), edges = n, "detector baseline loaded");
+    }
+    Ok(d)
+}
+
 /// The trace context of a record, for log records correlated with a request.
 fn trace_ids<'r>(record: &'r FlowRecord<'_>) -> Option<(&'r str, &'r str)> {
     record.trace_id.as_deref().zip(record.span_id.as_deref())
@@ -339,13 +502,25 @@ fn trace_ids<'r>(record: &'r FlowRecord<'_>) -> Option<(&'r str, &'r str)> {
 
 impl Inner {
     fn detect(&self, record: &FlowRecord<'_>) -> Vec<Alert> {
-        match &self.detectors {
-            Some(d) => match d.lock() {
-                Ok(mut d) => d.observe_flow(record, OffsetDateTime::now_utc()),
-                Err(_) => Vec::new(),
-            },
-            None => Vec::new(),
+        let Some(d) = &self.detectors else {
+            return Vec::new();
+        };
+        let (alerts, learning) = match d.lock() {
+            Ok(mut d) => (
+                d.observe_flow(record, OffsetDateTime::now_utc()),
+                d.take_learning_started(),
+            ),
+            Err(_) => return Vec::new(),
+        };
+        for l in learning {
+            self.metrics.learning_started();
+            tracing::info!(
+                identity = %l.identity,
+                until = %l.until,
+                "detectors: a new source identity is learning; its edges and rates are learned, not reported, until then"
+            );
         }
+        alerts
     }
 
     fn write_flow(&self, record: &FlowRecord<'_>) {
@@ -428,7 +603,6 @@ fn emit_log(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::direction::Direction;
 
     fn identity() -> SpiffeId {
         "spiffe://cluster.local/ns/shop/sa/orders".parse().unwrap()

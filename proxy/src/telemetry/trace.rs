@@ -25,6 +25,9 @@ pub const IDENTITY_ATTRIBUTE: &str = "picket.identity";
 pub const SOURCE_IDENTITY: &str = "picket.source.identity";
 /// Span attribute: the called workload's SPIFFE ID.
 pub const DESTINATION_IDENTITY: &str = "picket.destination.identity";
+/// Span attribute: the configured expectation of the peer, when it differs from the identity
+/// the peer presented (client spans).
+pub const EXPECTED_IDENTITY: &str = "picket.destination.expected_identity";
 /// Span attribute: `allow` or `deny`.
 pub const AUTHZ_VERDICT: &str = "picket.authz.verdict";
 /// Span attribute: the deciding policy.
@@ -66,6 +69,11 @@ pub struct SpanOutcome<'a> {
     pub bytes_out: u64,
     /// Why the proxy failed the request itself (timeout, unreachable), if it did.
     pub error: Option<&'a str>,
+    /// Client spans: the identity the peer presented (known only once it answered), set
+    /// here rather than when the span starts.
+    pub peer_identity: Option<&'a str>,
+    /// Client spans: the configured expectation, when it differs from the presented identity.
+    pub expected_identity: Option<&'a str>,
 }
 
 /// Where a client span's parent comes from.
@@ -350,6 +358,12 @@ impl RequestSpan {
             }
             if let Some(p) = outcome.policy {
                 span.set_attribute(KeyValue::new(AUTHZ_POLICY, p.to_owned()));
+            }
+            if let Some(id) = outcome.peer_identity {
+                span.set_attribute(KeyValue::new(DESTINATION_IDENTITY, id.to_owned()));
+            }
+            if let Some(id) = outcome.expected_identity {
+                span.set_attribute(KeyValue::new(EXPECTED_IDENTITY, id.to_owned()));
             }
             span.set_attribute(KeyValue::new(
                 "http.request.body.size",

@@ -1,0 +1,231 @@
+//! The detectors' learned state in a small JSON file, so that a restart inherits what the
+//! sidecar learned instead of opening a new learning window.
+//!
+//! Kept: the digest key (edge and rate-limit keys are keyed SipHash digests, so they stay
+//! valid only with the same key), when the sidecar first started, the known identities with
+//! when each was first seen, the learned edges, the addresses each identity used, the alert
+//! rate limits and every burst counter with its learned rate. Not kept: the scan windows and
+//! handshake failure counts, which cover at most one `window`. Tables keep their insertion
+//! order, so eviction continues where it left off.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{Detectors, KnownIdentity, RateEntry, RateState};
+use crate::telemetry::baseline::{Counter, Rate};
+
+/// The state file's format version.
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Saved {
+    version: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    saved: OffsetDateTime,
+    /// The digest key, 32 hex digits.
+    key: String,
+    /// When the detectors first observed anything, Unix milliseconds.
+    started: Option<i64>,
+    identities: Vec<SavedIdentity>,
+    edges: Vec<u64>,
+    addresses: Vec<SavedAddresses>,
+    rate_limits: Vec<SavedRateLimit>,
+    burst_counters: Vec<SavedCounter>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedIdentity {
+    identity: String,
+    /// Unix milliseconds; absent when known from a baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    first_seen: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedAddresses {
+    key: u64,
+    ips: Vec<IpAddr>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedRateLimit {
+    key: u64,
+    last: i64,
+    suppressed: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedCounter {
+    counter: String,
+    source: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    destination: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    route: String,
+    rate: Rate,
+}
+
+/// What a state file held, for the start-up log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Known identities.
+    pub identities: usize,
+    /// Learned edges.
+    pub edges: usize,
+    /// Burst counter keys.
+    pub burst_counters: usize,
+}
+
+fn key_hex(key: [u64; 2]) -> String {
+    format!("{:016x}{:016x}", key[0], key[1])
+}
+
+fn parse_key(s: &str) -> Option<[u64; 2]> {
+    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let a = u64::from_str_radix(s.get(..16)?, 16).ok()?;
+    let b = u64::from_str_radix(s.get(16..)?, 16).ok()?;
+    Some([a, b])
+}
+
+impl Detectors {
+    /// The learned state as the JSON of a state file.
+    pub fn save_state(&self, now: OffsetDateTime) -> Result<Vec<u8>, serde_json::Error> {
+        let saved = Saved {
+            version: STATE_VERSION,
+            saved: now,
+            key: key_hex(self.key),
+            started: self.started,
+            identities: self
+                .identities
+                .in_order()
+                .map(|(_, i)| SavedIdentity {
+                    identity: i.name.to_string(),
+                    first_seen: (i.first_seen != i64::MIN).then_some(i.first_seen),
+                })
+                .collect(),
+            edges: self.edges.in_order().map(|(k, ())| k).collect(),
+            addresses: self
+                .addresses
+                .in_order()
+                .map(|(key, ips)| SavedAddresses {
+                    key,
+                    ips: ips.clone(),
+                })
+                .collect(),
+            rate_limits: self
+                .rate
+                .in_order()
+                .map(|(key, r)| SavedRateLimit {
+                    key,
+                    last: r.last,
+                    suppressed: r.suppressed,
+                })
+                .collect(),
+            burst_counters: self
+                .rates
+                .in_order()
+                .map(|(_, r)| SavedCounter {
+                    counter: r.counter.as_str().to_owned(),
+                    source: r.source.to_string(),
+                    destination: r.destination.to_string(),
+                    route: r.route.to_string(),
+                    rate: r.rate.clone(),
+                })
+                .collect(),
+        };
+        let mut out = serde_json::to_vec(&saved)?;
+        out.push(b'\n');
+        Ok(out)
+    }
+
+    /// Replaces everything learned with the state in `json` (what [`Detectors::save_state`]
+    /// wrote). Call before loading a baseline: the digest key changes. An error names what
+    /// is wrong; the detectors are then unchanged.
+    pub fn restore_state(&mut self, json: &[u8]) -> Result<Restored, String> {
+        let saved: Saved = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        if saved.version != STATE_VERSION {
+            return Err(format!(
+                "version {} is not the supported version {STATE_VERSION}",
+                saved.version
+            ));
+        }
+        let key = parse_key(&saved.key).ok_or("key: write 32 hex digits")?;
+        let mut counters = Vec::with_capacity(saved.burst_counters.len());
+        for c in &saved.burst_counters {
+            let counter = Counter::parse(&c.counter)
+                .ok_or_else(|| format!("burst_counters: unknown counter {:?}", c.counter))?;
+            counters.push((counter, c));
+        }
+        let mut fresh = Detectors::new(&self.cfg);
+        fresh.key = key;
+        fresh.started = saved.started;
+        for i in &saved.identities {
+            let k = fresh.digest(&["identity", &i.identity], 0);
+            fresh.identities.entry(k, || KnownIdentity {
+                name: i.identity.as_str().into(),
+                first_seen: i.first_seen.unwrap_or(i64::MIN),
+            });
+        }
+        for e in &saved.edges {
+            fresh.edges.entry(*e, || ());
+        }
+        for a in saved.addresses {
+            *fresh.addresses.entry(a.key, Vec::new) = a.ips;
+        }
+        for r in &saved.rate_limits {
+            fresh.rate.entry(r.key, || RateState {
+                last: r.last,
+                suppressed: r.suppressed,
+            });
+        }
+        for (counter, c) in counters {
+            let k = fresh.digest(
+                &[
+                    "rate",
+                    counter.as_str(),
+                    &c.source,
+                    &c.destination,
+                    &c.route,
+                ],
+                0,
+            );
+            fresh.rates.entry(k, || RateEntry {
+                counter,
+                source: c.source.as_str().into(),
+                destination: c.destination.as_str().into(),
+                route: c.route.as_str().into(),
+                rate: c.rate.clone(),
+            });
+        }
+        let restored = Restored {
+            identities: fresh.identities.len(),
+            edges: fresh.edges.len(),
+            burst_counters: fresh.rates.len(),
+        };
+        *self = fresh;
+        Ok(restored)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_bad_keys_are_refused() {
+        let k = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
+        assert_eq!(parse_key(&key_hex(k)), Some(k));
+        assert_eq!(parse_key("xyz"), None);
+        assert_eq!(parse_key(&"g".repeat(32)), None);
+    }
+}
