@@ -252,3 +252,137 @@ async fn an_identity_presented_from_a_foreign_address_is_refused_and_alerted() -
     );
     Ok(())
 }
+
+/// A webhook receiver: answers 503 to the first POST (the sidecar must retry), then 200, and
+/// writes every body it accepted as one line of `bodies`.
+const RECEIVER: &str = r#"
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+seen = {"n": 0}
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        seen["n"] += 1
+        if seen["n"] == 1:
+            self.send_response(503); self.send_header("content-length", "0"); self.end_headers(); return
+        with open(sys.argv[1], "ab") as f:
+            f.write(body + b"\n")
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *a):
+        pass
+s = HTTPServer(("127.0.0.1", 0), H)
+print("port", s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+fn check_falco(line: &str) -> Result<picket_proxy::telemetry::sink::FalcoAlert> {
+    let v: Value = serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+    for (field, ok) in [
+        ("output", v["output"].is_string()),
+        ("priority", v["priority"].is_string()),
+        ("rule", v["rule"].is_string()),
+        ("time", v["time"].is_string()),
+        ("output_fields", v["output_fields"].is_object()),
+        ("source", v["source"].is_string()),
+        ("tags", v["tags"].is_array()),
+        ("hostname", v["hostname"].is_string()),
+    ] {
+        ensure!(ok, "Falco field {field} missing or mistyped: {line}");
+    }
+    ensure!(
+        [
+            "Emergency",
+            "Alert",
+            "Critical",
+            "Error",
+            "Warning",
+            "Notice",
+            "Informational",
+            "Debug"
+        ]
+        .contains(&v["priority"].as_str().unwrap_or_default()),
+        "not a Falco priority: {line}"
+    );
+    let time = v["time"].as_str().unwrap_or_default();
+    time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("time is not RFC 3339: {time}"))?;
+    Ok(serde_json::from_value(v)?)
+}
+
+/// Alerts go to their own JSON-lines file and to a webhook (retried after a failure), both
+/// in Falco's JSON output format.
+#[tokio::test]
+async fn alerts_reach_their_own_file_and_a_webhook_as_falco_json() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let bodies = dir.path().join("webhook.jsonl");
+    let mut receiver = tokio::process::Command::new("python3");
+    receiver.arg("-c").arg(RECEIVER).arg(&bodies);
+    let receiver = picket_tests::Daemon::spawn("receiver", receiver, dir.path())?;
+    let port: u16 = eventually(WAIT, async || {
+        let log = receiver.log_text();
+        let port = log
+            .lines()
+            .find_map(|l| l.strip_prefix("port "))
+            .context("the receiver has not started")?;
+        Ok(port.trim().parse()?)
+    })
+    .await?;
+    let alert_file = dir.path().join("alerts.jsonl");
+    let yaml = format!(
+        "telemetry:
+  alerts:
+    path: \"{}\"
+    format: falco
+    webhook: {{ url: \"http://127.0.0.1:{port}/picket\", retries: 3, timeout: 2s }}
+",
+        alert_file.display()
+    );
+    let mesh = picket_tests::Mesh::start_with(picket_tests::MeshOptions {
+        orders_yaml: yaml,
+        ..Default::default()
+    })
+    .await?;
+    let req = request(Method::GET, Version::HTTP_11, "orders", "/admin", empty())?;
+    let resp = send(mesh.outbound(), req).await?;
+    body_text(resp).await?;
+
+    let lines = eventually(WAIT, async || {
+        let text = std::fs::read_to_string(&alert_file).unwrap_or_default();
+        ensure!(
+            text.ends_with('\n') && !text.is_empty(),
+            "no alert line yet"
+        );
+        Ok(text)
+    })
+    .await?;
+    let first = lines.lines().next().context("empty")?;
+    let alert = check_falco(first)?;
+    ensure!(alert.rule == "picket_sensitive_path", "{first}");
+    ensure!(alert.source == "picket", "{first}");
+    ensure!(
+        alert.output_fields["picket.source_identity"] == spiffe_id("shop", "frontend").as_str(),
+        "{first}"
+    );
+    ensure!(
+        alert.output_fields["picket.identity"] == spiffe_id("shop", "orders").as_str(),
+        "{first}"
+    );
+    ensure!(
+        !lines.contains("\"type\":\"flow\""),
+        "flows in the alert file: {lines}"
+    );
+
+    // The webhook refused the first POST; the retry delivered the same alert.
+    let posted = eventually(WAIT, async || {
+        let text = std::fs::read_to_string(&bodies).unwrap_or_default();
+        ensure!(!text.is_empty(), "nothing delivered yet");
+        Ok(text)
+    })
+    .await?;
+    let delivered = check_falco(posted.lines().next().context("empty")?)?;
+    ensure!(
+        delivered.rule == alert.rule && delivered.time == alert.time,
+        "{posted}"
+    );
+    Ok(())
+}

@@ -46,6 +46,47 @@ pub struct FlowLogConfig {
     pub max_files: u32,
 }
 
+/// How an alert sink writes alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlertFormat {
+    /// Falco's JSON output fields (`output`, `priority`, `rule`, `time`, `output_fields`,
+    /// `source`, `tags`, `hostname`).
+    #[default]
+    Falco,
+    /// Picket's alert line, as at admin `/alerts`.
+    Picket,
+}
+
+/// An HTTP webhook that receives each alert as one JSON POST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// The URL as written.
+    pub url: String,
+    /// `host:port` to connect to.
+    pub authority: String,
+    /// Path and query to POST to.
+    pub path: String,
+    /// The format of the body.
+    pub format: AlertFormat,
+    /// Alerts waiting to be posted at most; past it they are dropped and counted.
+    pub queue: usize,
+    /// Further attempts after a failed one.
+    pub retries: u32,
+    /// Deadline of one attempt.
+    pub timeout: Duration,
+}
+
+/// The alert sinks besides the flow log, OTLP and `/alerts`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AlertSinkConfig {
+    /// A JSON-lines stream of alerts only: standard output or a rotated file.
+    pub stream: Option<FlowLogConfig>,
+    /// The stream's format.
+    pub format: AlertFormat,
+    /// An HTTP webhook.
+    pub webhook: Option<WebhookConfig>,
+}
+
 /// What to do when an identity is presented from an address that is not its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ForeignAddressAction {
@@ -147,6 +188,8 @@ pub struct TelemetryConfig {
     pub flow_log: Option<FlowLogConfig>,
     /// Detectors.
     pub detectors: DetectorConfig,
+    /// Alert sinks of their own.
+    pub alerts: AlertSinkConfig,
 }
 
 /// Default active timeout of long-lived flows.
@@ -159,6 +202,7 @@ impl Default for TelemetryConfig {
             otlp: None,
             flow_log: None,
             detectors: DetectorConfig::default(),
+            alerts: AlertSinkConfig::default(),
         }
     }
 }
@@ -233,6 +277,37 @@ pub struct RawTelemetry {
     flow_log: Option<RawFlowLog>,
     #[serde(default)]
     detectors: Option<RawDetectors>,
+    #[serde(default)]
+    alerts: Option<RawAlerts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    #[serde(default)]
+    path: Option<Spanned<String>>,
+    #[serde(default)]
+    format: Option<Spanned<String>>,
+    #[serde(default)]
+    max_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    max_files: Option<Spanned<u32>>,
+    #[serde(default)]
+    webhook: Option<RawWebhook>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Spanned<String>,
+    #[serde(default)]
+    format: Option<Spanned<String>>,
+    #[serde(default)]
+    queue: Option<Spanned<usize>>,
+    #[serde(default)]
+    retries: Option<Spanned<u32>>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,6 +403,11 @@ pub fn validate(raw: RawTelemetry, source_name: &str) -> Result<TelemetryConfig,
             Some(d) => v.detectors(d)?,
             None => DetectorConfig::default(),
         },
+        alerts: raw
+            .alerts
+            .map(|a| v.alerts(a))
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -596,6 +676,90 @@ impl Validator<'_> {
         })
     }
 
+    fn format(&self, v: Option<&Spanned<String>>, field: &str) -> Result<AlertFormat, YamlError> {
+        match v {
+            None => Ok(AlertFormat::Falco),
+            Some(f) if f.value == "falco" => Ok(AlertFormat::Falco),
+            Some(f) if f.value == "picket" => Ok(AlertFormat::Picket),
+            Some(f) => Err(self.err(
+                f,
+                format!("{field}: write falco or picket, not {:?}", f.value),
+            )),
+        }
+    }
+
+    fn alerts(&self, raw: RawAlerts) -> Result<AlertSinkConfig, YamlError> {
+        let stream = match raw.path {
+            None => None,
+            Some(path) => Some(self.flow_log(RawFlowLog {
+                path,
+                max_bytes: raw.max_bytes,
+                max_files: raw.max_files,
+            })?),
+        };
+        let webhook = match raw.webhook {
+            None => None,
+            Some(w) => {
+                const FIELD: &str = "telemetry.alerts.webhook.url";
+                let uri: http::Uri = w
+                    .url
+                    .value
+                    .parse()
+                    .map_err(|_| self.err(&w.url, format!("{FIELD}: not a URL")))?;
+                if uri.scheme_str() != Some("http") {
+                    return Err(self.err(
+                        &w.url,
+                        format!("{FIELD}: write http://HOST:PORT/PATH (plaintext; send to a node-local forwarder such as Falcosidekick for TLS)"),
+                    ));
+                }
+                let Some(authority) = uri.authority() else {
+                    return Err(self.err(&w.url, format!("{FIELD}: no host")));
+                };
+                let authority = if authority.port().is_some() {
+                    authority.to_string()
+                } else {
+                    format!("{authority}:80")
+                };
+                let queue = match w.queue {
+                    Some(q) if q.value == 0 || q.value > 1_000_000 => {
+                        return Err(self.err(
+                            &q,
+                            "telemetry.alerts.webhook.queue: must be between 1 and 1000000",
+                        ));
+                    }
+                    Some(q) => q.value,
+                    None => 1024,
+                };
+                let retries = match w.retries {
+                    Some(r) if r.value > 10 => {
+                        return Err(self.err(&r, "telemetry.alerts.webhook.retries: at most 10"));
+                    }
+                    Some(r) => r.value,
+                    None => 3,
+                };
+                Some(WebhookConfig {
+                    path: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+                    url: w.url.value.clone(),
+                    authority,
+                    format: self.format(w.format.as_ref(), "telemetry.alerts.webhook.format")?,
+                    queue,
+                    retries,
+                    timeout: self.duration(
+                        w.timeout.as_ref(),
+                        Duration::from_secs(5),
+                        "telemetry.alerts.webhook.timeout",
+                        false,
+                    )?,
+                })
+            }
+        };
+        Ok(AlertSinkConfig {
+            stream,
+            format: self.format(raw.format.as_ref(), "telemetry.alerts.format")?,
+            webhook,
+        })
+    }
+
     fn binding(&self, raw: RawBinding) -> Result<AddressBinding, YamlError> {
         const FIELD: &str = "telemetry.detectors.address_binding";
         let action = match &raw.action {
@@ -795,6 +959,30 @@ mod tests {
             .unwrap_err();
             assert!(e.message.contains(needle), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn alert_sinks_parse() {
+        let c = parse(
+            "telemetry:
+  alerts:
+    path: stdout
+    webhook: { url: \"http://127.0.0.1:2801/\", retries: 2, queue: 10, format: picket }
+",
+        )
+        .unwrap();
+        assert_eq!(c.alerts.stream.unwrap().target, FlowLogTarget::Stdout);
+        assert_eq!(c.alerts.format, AlertFormat::Falco);
+        let w = c.alerts.webhook.unwrap();
+        assert_eq!(
+            (w.authority.as_str(), w.path.as_str()),
+            ("127.0.0.1:2801", "/")
+        );
+        assert_eq!((w.retries, w.queue, w.format), (2, 10, AlertFormat::Picket));
+        let e = parse("telemetry:\n  alerts:\n    webhook: { url: \"https://x/\" }").unwrap_err();
+        assert!(e.message.contains("plaintext"), "{e}");
+        let e = parse("telemetry:\n  alerts: { path: stdout, format: cef }").unwrap_err();
+        assert!(e.message.contains("falco or picket"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,8 @@ enum Msg {
 pub struct FlowLog {
     tx: SyncSender<Msg>,
     metrics: TelemetryMetrics,
+    /// Whose drops the metrics count: the flow log, or the alert stream that shares the writer.
+    sink: Sink,
     /// Lines queued and not yet taken by the writer.
     queued: Arc<AtomicUsize>,
     /// Queue length at which a writer is woken before its interval is up.
@@ -57,13 +59,24 @@ impl std::fmt::Debug for FlowLog {
 impl FlowLog {
     /// Opens the target (so a bad path fails at start, not later) and starts the writer thread.
     pub fn start(cfg: &FlowLogConfig, metrics: TelemetryMetrics) -> io::Result<Self> {
-        Self::start_with_capacity(cfg, metrics, QUEUE_LINES)
+        Self::start_with_capacity(cfg, metrics, QUEUE_LINES, Sink::FlowLog)
+    }
+
+    /// A writer of the same kind for another stream of lines (the alert stream), its drops
+    /// counted under `sink`.
+    pub fn start_for(
+        cfg: &FlowLogConfig,
+        metrics: TelemetryMetrics,
+        sink: Sink,
+    ) -> io::Result<Self> {
+        Self::start_with_capacity(cfg, metrics, QUEUE_LINES, sink)
     }
 
     fn start_with_capacity(
         cfg: &FlowLogConfig,
         metrics: TelemetryMetrics,
         capacity: usize,
+        sink: Sink,
     ) -> io::Result<Self> {
         let out = match &cfg.target {
             FlowLogTarget::Stdout => Output::Stdout,
@@ -77,10 +90,11 @@ impl FlowLog {
         let writer_queued = Arc::clone(&queued);
         let thread = std::thread::Builder::new()
             .name("picket-flow-log".into())
-            .spawn(move || write_loop(&rx, out, &writer_metrics, &writer_queued))?;
+            .spawn(move || write_loop(&rx, out, &writer_metrics, &writer_queued, sink))?;
         Ok(Self {
             tx,
             metrics,
+            sink,
             queued,
             wake_at: (capacity / 2).max(1),
             writer: thread.thread().clone(),
@@ -103,13 +117,11 @@ impl FlowLog {
                 true
             }
             Err(TrySendError::Full(_)) => {
-                self.metrics
-                    .dropped(Sink::FlowLog, DropReason::QueueFull, 1);
+                self.metrics.dropped(self.sink, DropReason::QueueFull, 1);
                 false
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.metrics
-                    .dropped(Sink::FlowLog, DropReason::SinkFailed, 1);
+                self.metrics.dropped(self.sink, DropReason::SinkFailed, 1);
                 false
             }
         }
@@ -171,12 +183,13 @@ fn write_loop(
     mut out: Output,
     metrics: &TelemetryMetrics,
     queued: &AtomicUsize,
+    sink: Sink,
 ) {
     let mut failing = false;
     let mut note = |r: io::Result<()>, n: u64| match r {
         Ok(()) => failing = false,
         Err(e) => {
-            metrics.dropped(Sink::FlowLog, DropReason::SinkFailed, n);
+            metrics.dropped(sink, DropReason::SinkFailed, n);
             if !failing {
                 tracing::warn!(error = %e, "flow log write failed; lines are dropped until it recovers");
             }
@@ -339,7 +352,7 @@ mod tests {
         // Holding stdout's lock stalls the writer at the first line it takes, so the queue of
         // four fills and stays full: every later line must be dropped, not waited for.
         let stdout = io::stdout().lock();
-        let log = FlowLog::start_with_capacity(&cfg, metrics.clone(), 4).unwrap();
+        let log = FlowLog::start_with_capacity(&cfg, metrics.clone(), 4, Sink::FlowLog).unwrap();
         let mut accepted = 0u64;
         for _ in 0..1000 {
             accepted += u64::from(log.write(&serde_json::json!({ "x": "y" })));

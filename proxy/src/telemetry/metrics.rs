@@ -20,6 +20,10 @@ pub enum Sink {
     Traces,
     /// OTLP log records (alerts).
     Logs,
+    /// The alert stream (`telemetry.alerts.path`).
+    AlertLog,
+    /// The alert webhook (`telemetry.alerts.webhook`).
+    AlertWebhook,
 }
 
 impl Sink {
@@ -29,6 +33,8 @@ impl Sink {
             Self::FlowLog => "flow_log",
             Self::Traces => "traces",
             Self::Logs => "logs",
+            Self::AlertLog => "alert_log",
+            Self::AlertWebhook => "alert_webhook",
         }
     }
 }

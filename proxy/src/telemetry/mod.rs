@@ -27,6 +27,7 @@ pub mod export;
 pub mod flow;
 pub mod flow_log;
 pub mod metrics;
+pub mod sink;
 pub mod trace;
 
 use std::net::SocketAddr;
@@ -78,6 +79,9 @@ pub enum TelemetryError {
     /// The OTLP exporter could not be built from the configuration.
     #[error("cannot set up the OTLP exporter: {0}")]
     Exporter(String),
+    /// An alert sink could not start.
+    #[error(transparent)]
+    AlertSink(#[from] sink::SinkError),
     /// OTLP export needs a tokio runtime and none is running.
     #[error("OTLP export must be started inside a tokio runtime")]
     NoRuntime,
@@ -95,6 +99,8 @@ struct Inner {
     active_timeout: Duration,
     /// Which addresses belong to which identities.
     binding: config::AddressBinding,
+    /// The alert stream and webhook.
+    sinks: Option<sink::AlertSinks>,
     recent: RecentAlerts,
 }
 
@@ -157,6 +163,15 @@ impl Telemetry {
         if flow_log.is_some() {
             metrics.declare_sink(metrics::Sink::FlowLog);
         }
+        let sinks = if cfg.alerts.stream.is_some() || cfg.alerts.webhook.is_some() {
+            Some(sink::AlertSinks::start(
+                &cfg.alerts,
+                &identity.to_string(),
+                &metrics,
+            )?)
+        } else {
+            None
+        };
         if otlp.is_some() {
             metrics.declare_sink(metrics::Sink::Traces);
             metrics.declare_sink(metrics::Sink::Logs);
@@ -176,6 +191,7 @@ impl Telemetry {
                 state_interval: cfg.detectors.state_interval,
                 active_timeout: cfg.active_timeout,
                 binding: cfg.detectors.address_binding.clone(),
+                sinks,
                 recent: RecentAlerts::default(),
             })),
         })
@@ -454,8 +470,14 @@ impl Telemetry {
                 None => true,
             }
         };
-        let (a, b) = tokio::join!(flows, otlp);
-        a && b
+        let alerts = async {
+            match &inner.sinks {
+                Some(s) => s.flush(deadline).await,
+                None => true,
+            }
+        };
+        let (a, b, c) = tokio::join!(flows, otlp, alerts);
+        a && b && c
     }
 }
 
@@ -546,6 +568,9 @@ impl Inner {
             );
             if let Some(f) = &self.flow_log {
                 f.write(alert);
+            }
+            if let Some(s) = &self.sinks {
+                s.send(alert);
             }
             if let Some(o) = &self.otlp {
                 emit_log(&o.logger, alert, trace);
