@@ -193,6 +193,10 @@ pub struct OutboundConfig {
     pub passthrough: bool,
     /// Transparent destination ports carrying opaque TCP: no protocol detection.
     pub opaque_ports: Vec<u16>,
+    /// Whether passthrough connections to a cloud metadata address
+    /// (`telemetry.detectors.metadata_addresses`) are refused (`block`, the default) or only
+    /// alerted (`alert`).
+    pub block_metadata: bool,
 }
 
 /// Which server identity an outbound connection accepts.
@@ -518,6 +522,8 @@ struct RawOutbound {
     passthrough: Option<Spanned<String>>,
     #[serde(default)]
     opaque_ports: Vec<u16>,
+    #[serde(default)]
+    metadata: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -975,7 +981,21 @@ impl Validator<'_> {
                 }
             },
         };
+        let block_metadata = match &raw.outbound.metadata {
+            None => true,
+            Some(v) => match v.value.as_str() {
+                "block" => true,
+                "alert" => false,
+                other => {
+                    return Err(self.err(
+                        v,
+                        format!("outbound.metadata: {other:?} is not block or alert"),
+                    ));
+                }
+            },
+        };
         let outbound = OutboundConfig {
+            block_metadata,
             listen: self.addr_or(&raw.outbound.listen, DEFAULT_OUTBOUND, "outbound.listen")?,
             upstreams,
             transparent: raw.outbound.transparent,

@@ -211,6 +211,8 @@ struct Transparent {
     meshed: Vec<MeshedDestination>,
     passthrough: bool,
     opaque_ports: Vec<u16>,
+    /// Cloud metadata IP addresses that passthrough refuses (empty: alert only).
+    blocked: Vec<std::net::IpAddr>,
 }
 
 /// At most this many transparent destinations keep a connection context; past it the cache is
@@ -245,6 +247,16 @@ impl Outbound {
                 meshed: config.meshed.clone(),
                 passthrough: config.passthrough,
                 opaque_ports: config.opaque_ports.clone(),
+                blocked: if config.block_metadata {
+                    full.telemetry
+                        .detectors
+                        .metadata_addresses
+                        .iter()
+                        .filter_map(|a| a.parse().ok())
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             }),
             destinations: std::sync::Mutex::new(HashMap::new()),
             metrics,
@@ -327,6 +339,14 @@ impl Outbound {
             _ => return self.http(tcp, Route::ByHost, shutdown).await,
         };
         let Some(meshed) = t.meshed.iter().find(|m| m.contains(orig)) else {
+            if t.passthrough && t.blocked.contains(&orig.ip()) {
+                // The detectors alert (critical); the connection goes no further.
+                self.telemetry.outbound_destination(&orig.ip().to_string());
+                self.metrics
+                    .connection(Direction::Outbound, "refused_metadata");
+                tracing::warn!(destination = %orig, "outbound connection refused: a cloud metadata address (outbound.metadata: block)");
+                return;
+            }
             if t.passthrough {
                 return self.passthrough(tcp, orig).await;
             }
@@ -367,10 +387,26 @@ impl Outbound {
             }
         };
         self.metrics.connection(Direction::Outbound, "passthrough");
+        // An egress flow: recorded like a meshed one, with no destination identity.
+        let mut flow = TcpFlow::new(
+            Direction::Outbound,
+            Endpoints {
+                source_identity: Some(self.own_identity.as_str().into()),
+                source_address: tcp.peer_addr().ok(),
+                destination_address: Some(orig),
+                destination_port: Some(orig.port()),
+                ..Endpoints::default()
+            },
+        );
+        flow.open_egress(&self.telemetry);
         let mut client = IdleTimeout::new(tcp, self.timeouts.idle);
-        if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            self.metrics.tcp_bytes(Direction::Outbound, up + down);
+        if let Ok(bytes) = flow
+            .splice(&mut client, &mut upstream, &self.telemetry)
+            .await
+        {
+            flow.bytes = Some(bytes);
         }
+        flow.finish(&self.metrics, &self.telemetry);
     }
 
     /// The upstream named `name`.

@@ -351,6 +351,16 @@ impl<'a> TcpFlow<'a> {
         telemetry.record_flow(&self.record(Some(FlowPhase::Open), (0, 0)));
     }
 
+    /// Records an egress connection as open. Its destination was already shown to the
+    /// detectors (`Telemetry::outbound_destination`), so this record goes to the flow log only.
+    pub fn open_egress(&mut self, telemetry: &Telemetry) {
+        if !telemetry.is_enabled() {
+            return;
+        }
+        self.opened = true;
+        telemetry.record_flow_seen(&self.record(Some(FlowPhase::Open), (0, 0)));
+    }
+
     /// Splices `client` (the side the flow's bytes in come from) and `server` until either
     /// closes, writing an interim record every active timeout. Returns the bytes each way,
     /// as `copy_bidirectional` does.

@@ -38,7 +38,18 @@ impl Pods {
     /// `n` pods whose sidecars admit any mesh identity and run the detectors with
     /// `detectors` (lines under `telemetry.detectors`, indented by four spaces).
     async fn start(n: usize, detectors: &str) -> Result<Self> {
+        Self::start_with(n, &|_| detectors.to_owned(), &[]).await
+    }
+
+    /// [`Pods::start`] with the detector lines made from the bridge's gateway address, and
+    /// extra `outbound:` lines for each pod (`outbound[i]`, when given).
+    async fn start_with(
+        n: usize,
+        detectors: &dyn Fn(Ipv4Addr) -> String,
+        outbound: &[&str],
+    ) -> Result<Self> {
         let net = PodNet::create(n).await?;
+        let detectors = detectors(net.gateway());
         let ca = TestCa::start_at(SocketAddr::from((net.gateway(), 0)), &[]).await?;
         let dir = tempfile::tempdir()?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
@@ -89,7 +100,7 @@ outbound:
   transparent: true
   meshed: [{{ cidr: \"{cidr}\", ports: [{APP_PORT}], identity: any }}]
   passthrough: allow
-admin: {{ listen: \"127.0.0.1:7191\" }}
+{outbound_extra}admin: {{ listen: \"127.0.0.1:7191\" }}
 policy: {{ path: \"{policy}\" }}
 timeouts: {{ detect: 2s }}
 telemetry:
@@ -102,6 +113,7 @@ telemetry:
                     cidr = net.cidr(),
                     policy = policy.display(),
                     flows = dir.path().join(format!("{name}.jsonl")).display(),
+                    outbound_extra = outbound.get(i).map(|l| format!("  {l}\n")).unwrap_or_default(),
                 ),
             )?;
             let ready = dir.path().join(format!("{name}.ready"));
@@ -324,5 +336,91 @@ async fn a_credential_stuffing_burst_is_an_auth_failure_burst_on_both_sides() ->
         );
         ensure!(burst.evidence.get("threshold") == Some(&10), "{burst:?}");
     }
+    Ok(())
+}
+
+/// A compromised pod fetches the cloud metadata service (here a server on the bridge's
+/// gateway, configured as the metadata address). With the default `outbound.metadata: block`
+/// the connection is refused and a critical alert raised; with `alert` it goes through,
+/// alerted, and its egress flow is recorded with address, port and bytes.
+#[tokio::test]
+async fn a_metadata_fetch_is_blocked_or_alerted_per_the_setting() -> Result<()> {
+    const METADATA_PORT: u16 = 9090;
+    let pods = Pods::start_with(
+        2,
+        &|gateway| format!("    learning_window: 0s\n    metadata_addresses: [\"{gateway}\"]\n"),
+        &["metadata: block", "metadata: alert"],
+    )
+    .await?;
+    let gateway = pods.net.gateway();
+    let mut server = tokio::process::Command::new("python3");
+    server
+        .arg(plain_app_script())
+        .arg(gateway.to_string())
+        .arg(METADATA_PORT.to_string())
+        .arg("metadata");
+    let server = Daemon::spawn("metadata", server, pods.dir.path())?;
+    eventually(WAIT, async || {
+        ensure!(
+            server.log_text().contains("listening"),
+            "metadata server not up"
+        );
+        Ok(())
+    })
+    .await?;
+    let url = format!("http://{gateway}:{METADATA_PORT}/latest/meta-data/iam/");
+    // pod1 blocks: curl gets no answer.
+    let mut cmd = pods.net.exec(0, "curl");
+    cmd.args(["-sS", "--max-time", "5", &url]);
+    let out = output(&mut cmd).await?;
+    ensure!(
+        !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("metadata"),
+        "pod1 reached the metadata service: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // pod2 only alerts: the answer comes back.
+    let (code, body) = pods.curl(1, &[], &url).await?;
+    ensure!(
+        code == 200 && body.contains("\"metadata\""),
+        "pod2: {code} {body}"
+    );
+    for i in [0, 1] {
+        let alerts = eventually(WAIT, async || {
+            let alerts = pods.alerts(i).await?;
+            ensure!(
+                count(&alerts, AlertKind::MetadataAccess) == 1,
+                "pod{}: {alerts:#?}",
+                i + 1
+            );
+            Ok(alerts)
+        })
+        .await?;
+        let a = alerts
+            .iter()
+            .find(|a| a.kind == AlertKind::MetadataAccess)
+            .context("no alert")?;
+        ensure!(
+            a.severity == picket_proxy::telemetry::Severity::Critical,
+            "{a:?}"
+        );
+    }
+    let (_, metrics) = pods.curl(0, &[], "http://127.0.0.1:7191/metrics").await?;
+    ensure!(
+        metrics.contains("outcome=\"refused_metadata\""),
+        "{metrics}"
+    );
+    // pod2's egress flow: open and end, address, port, bytes.
+    let flows = pods.flows(1, 2).await?;
+    let end = flows
+        .iter()
+        .find(|f| f["phase"] == "end")
+        .context("no end record")?;
+    ensure!(
+        end["destination_address"] == format!("{gateway}:{METADATA_PORT}").as_str()
+            && end["destination_port"] == METADATA_PORT
+            && end["bytes_out"].as_u64().unwrap_or(0) > 0
+            && end.get("destination_identity").is_none(),
+        "{end}"
+    );
     Ok(())
 }

@@ -246,6 +246,7 @@ async fn spawn_sidecar(
             meshed: Vec::new(),
             passthrough: false,
             opaque_ports: Vec::new(),
+            block_metadata: true,
         },
         admin: AdminConfig { listen: any },
         timeouts: Timeouts {
