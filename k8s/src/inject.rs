@@ -163,6 +163,9 @@ pub struct Settings {
     pub meshed_cidrs: Vec<Cidr>,
     /// Whether other destinations pass as plain TCP (`true`) or are refused.
     pub egress_allowed: bool,
+    /// Whether passthrough to a cloud metadata address is refused (`true`, the sidecar's
+    /// default) or only alerted (`outbound.metadata: alert`).
+    pub block_metadata: bool,
     /// The sidecar's CPU request.
     pub proxy_cpu_request: String,
     /// The sidecar's memory request.
@@ -208,6 +211,7 @@ impl Settings {
                 .filter_map(|&(address, prefix)| Cidr::new(address, prefix).ok())
                 .collect(),
             egress_allowed: true,
+            block_metadata: true,
             proxy_cpu_request: "10m".to_owned(),
             proxy_memory_request: "32Mi".to_owned(),
             permissive: false,
@@ -1035,6 +1039,13 @@ fn sidecar_config(
         "admin": {"listen": format!("0.0.0.0:{ADMIN_PORT}")},
         "policy": {"path": format!("{POLICY_DIR}/{POLICY_FILE}")},
     });
+    // The sidecar blocks the metadata service unless told otherwise: the key is written only
+    // for `alert`, so the default configuration stays as it was.
+    if !settings.block_metadata
+        && let Some(outbound) = config.get_mut("outbound").and_then(Value::as_object_mut)
+    {
+        outbound.insert("metadata".to_owned(), json!("alert"));
+    }
     if let Some(labels) = template
         .get("metadata")
         .and_then(|m| m.get("labels"))
@@ -1404,6 +1415,18 @@ mod tests {
     }
 
     #[test]
+    fn the_metadata_setting_reaches_the_sidecar_config() {
+        let mut settings = settings();
+        settings.block_metadata = false;
+        let mut pod = pod(json!({"labels": {"app": "web"}}), app_spec());
+        inject(&mut pod, &settings).unwrap();
+        let text = rendered_config(&pod);
+        let config = picket_proxy::config::Config::parse("sidecar.yaml", &text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(!config.outbound.block_metadata, "{text}");
+    }
+
+    #[test]
     fn rendered_config_is_a_valid_transparent_sidecar_config() {
         let mut spec = app_spec();
         spec["containers"][0]["ports"] = json!([{"containerPort": 8080, "protocol": "TCP"}]);
@@ -1417,6 +1440,7 @@ mod tests {
         assert_eq!(config.outbound.listen.port(), OUTBOUND_PORT);
         assert_eq!(config.outbound.meshed.len(), 4);
         assert!(config.outbound.passthrough);
+        assert!(config.outbound.block_metadata, "blocked by default");
         assert_eq!(config.admin.listen.port(), ADMIN_PORT);
         assert_eq!(
             config.policy.path.as_deref(),

@@ -58,6 +58,10 @@ pub struct SettingsArgs {
     /// Other destinations: `allow` passes them as plain TCP, `deny` refuses them.
     #[arg(long, value_enum, default_value_t = Egress::Allow)]
     egress: Egress,
+    /// Passthrough to a cloud metadata address: `block` refuses it (and alerts), `alert` only
+    /// alerts.
+    #[arg(long, value_enum, default_value_t = Metadata::Block)]
+    metadata: Metadata,
     /// The sidecar's CPU request.
     #[arg(long, default_value = "10m")]
     proxy_cpu_request: String,
@@ -85,6 +89,15 @@ enum Mode {
     Strict,
     /// mTLS and plaintext.
     Permissive,
+}
+
+/// What happens to passthrough connections to a cloud metadata address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Metadata {
+    /// Refuse, and alert.
+    Block,
+    /// Alert only.
+    Alert,
 }
 
 /// What happens to destinations outside the meshed networks.
@@ -138,6 +151,7 @@ impl SettingsArgs {
             settings.meshed_cidrs.clone_from(&self.meshed_cidrs);
         }
         settings.egress_allowed = self.egress == Egress::Allow;
+        settings.block_metadata = self.metadata == Metadata::Block;
         settings
             .proxy_cpu_request
             .clone_from(&self.proxy_cpu_request);
