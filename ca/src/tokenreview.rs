@@ -330,5 +330,8 @@ fn judge(status: StatusCode, body: &[u8], audience: &str) -> Result<WorkloadName
     name.ok_or(ReviewError::NotServiceAccount(username))
 }
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
 #[cfg(test)]
 pub(crate) mod tests;

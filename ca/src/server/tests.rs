@@ -10,9 +10,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use super::*;
 use crate::client::{CaClient, ClientError};
 use crate::test_support::{certs, csr, new_ca, p256, verify_chain, workload};
-use crate::tokenreview::tests::{
-    AUDIENCE_MISMATCH, EXPIRED, TokenReviewDouble, Verdict, reviewer, verdicts,
-};
+use crate::tokenreview::testing::{EXPIRED, Review, TokenReviewDouble};
+use crate::tokenreview::tests::{AUDIENCE_MISMATCH, reviewer, start_double};
 
 /// A CA served on a loopback port for the length of a test.
 struct Running {
@@ -126,11 +125,8 @@ async fn kubernetes_ca(double: &TokenReviewDouble, dir: &std::path::Path) -> Run
 
 #[tokio::test]
 async fn service_account_token_gets_the_reviewed_identity() {
-    let double = TokenReviewDouble::start(verdicts(&[(
-        "valid.sa.token",
-        Verdict::ServiceAccount("shop", "orders"),
-    )]))
-    .await;
+    let double =
+        start_double(&[("valid.sa.token", Review::ServiceAccount("shop", "orders"))]).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = kubernetes_ca(&double, dir.path()).await;
     let issued = ca
@@ -159,22 +155,22 @@ async fn service_account_token_gets_the_reviewed_identity() {
 
 #[tokio::test]
 async fn refused_or_failed_token_reviews_issue_nothing() {
-    let double = TokenReviewDouble::start(verdicts(&[
-        ("expired.sa.token", Verdict::Rejected(EXPIRED)),
-        ("audience.sa.token", Verdict::Rejected(AUDIENCE_MISMATCH)),
+    let double = start_double(&[
+        ("expired.sa.token", Review::Rejected(EXPIRED)),
+        ("audience.sa.token", Review::Rejected(AUDIENCE_MISMATCH)),
         (
             "unaware.sa.token",
-            Verdict::AuthenticatedFor("shop", "orders", vec!["api"]),
+            Review::AuthenticatedFor("shop", "orders", vec!["api"]),
         ),
-        ("user.sa.token", Verdict::User("kubernetes-admin")),
+        ("user.sa.token", Review::User("kubernetes-admin")),
         (
             "deleted.sa.token",
-            Verdict::Rejected(
+            Review::Rejected(
                 "[invalid bearer token, service account shop/orders has been deleted]",
             ),
         ),
-        ("denied.sa.token", Verdict::Status(403)),
-    ]))
+        ("denied.sa.token", Review::Status(403)),
+    ])
     .await;
     let dir = tempfile::tempdir().unwrap();
     let ca = kubernetes_ca(&double, dir.path()).await;
@@ -202,7 +198,7 @@ async fn refused_or_failed_token_reviews_issue_nothing() {
 
 #[tokio::test]
 async fn unreachable_api_server_is_503_and_disabled_review_is_401() {
-    let double = TokenReviewDouble::start(verdicts(&[])).await;
+    let double = start_double(&[]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut reviewer = reviewer(&double, dir.path());
     drop(double);
@@ -239,13 +235,13 @@ async fn unreachable_api_server_is_503_and_disabled_review_is_401() {
 
 #[tokio::test]
 async fn server_certificate_carries_only_the_allowed_dns_names() {
-    let double = TokenReviewDouble::start(verdicts(&[
+    let double = start_double(&[
         (
             "injector.sa.token",
-            Verdict::ServiceAccount("picket", "injector"),
+            Review::ServiceAccount("picket", "injector"),
         ),
-        ("orders.sa.token", Verdict::ServiceAccount("shop", "orders")),
-    ]))
+        ("orders.sa.token", Review::ServiceAccount("shop", "orders")),
+    ])
     .await;
     let dir = tempfile::tempdir().unwrap();
     let ca = kubernetes_ca(&double, dir.path()).await;
