@@ -11,7 +11,7 @@ use serde::Serialize;
 /// column. Lines and columns start at 1 and count characters, not bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LoadError {
-    /// The source name given to [`crate::load`], usually the file path.
+    /// The source name given to `load`, usually the file path.
     pub file: String,
     /// 1-based line.
     pub line: u64,
@@ -70,7 +70,7 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
-/// Every problem found in one [`crate::load`] call, in source order.
+/// Every problem found in one `load` call, in source order.
 ///
 /// `Display` prints one [`LoadError`] block per problem; `Serialize` gives a JSON array of
 /// `{file, line, column, message}` objects for `--format json`.

@@ -17,7 +17,7 @@ pub enum Action {
     /// A match denies the request.
     #[serde(rename = "DENY")]
     Deny,
-    /// A match is recorded in [`crate::Decision::audit`]; the verdict never changes.
+    /// A match is recorded in `Decision::audit`; the verdict never changes.
     #[serde(rename = "AUDIT")]
     Audit,
 }
