@@ -45,14 +45,7 @@ impl FromStr for TrustDomain {
     type Err = IdentityError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let ok = !s.is_empty()
-            && s.len() <= 255
-            && s.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-            })
-            && !s.starts_with('.')
-            && !s.ends_with('.');
-        if ok {
+        if picket_common::spiffe::is_trust_domain(s) {
             Ok(Self(s.to_owned()))
         } else {
             Err(IdentityError::TrustDomain(s.to_owned()))
@@ -212,17 +205,7 @@ impl<'de> serde::Deserialize<'de> for TrustDomain {
 }
 
 fn validate_name(name: &str) -> Result<&str, IdentityError> {
-    let bytes = name.as_bytes();
-    let edge_ok = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && edge_ok(bytes.first())
-        && edge_ok(bytes.last())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
-        && !name.contains("..");
-    if ok {
+    if picket_common::spiffe::is_name(name) {
         Ok(name)
     } else {
         Err(IdentityError::Name(name.to_owned()))

@@ -1001,19 +1001,143 @@ fn no_space_or_control(s: &str, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A principal pattern; a leading `spiffe://` is dropped so both spellings compare equal.
+/// A principal pattern; a leading `spiffe://` is dropped so both spellings compare equal. What
+/// remains must be an identity's shape, `<trust-domain>/ns/<namespace>/sa/<service-account>`,
+/// or (with `*`) a prefix or suffix of one: a principal no identity can have is an error.
 pub(crate) fn parse_principal(s: &str) -> Result<StrMatch, String> {
     no_space_or_control(s, "a principal")?;
-    match StrMatch::parse(s)? {
+    let m = match StrMatch::parse(s)? {
         StrMatch::Exact(p) => match strip_spiffe(&p) {
-            "" => Err(format!("`{s}` names no principal")),
-            rest => Ok(StrMatch::Exact(rest.into())),
+            "" => return Err(format!("`{s}` names no principal")),
+            rest => StrMatch::Exact(rest.into()),
         },
         StrMatch::Prefix(p) => match strip_spiffe(&p) {
-            "" => Ok(StrMatch::Present),
-            rest => Ok(StrMatch::Prefix(rest.into())),
+            "" => StrMatch::Present,
+            rest => StrMatch::Prefix(rest.into()),
         },
-        other => Ok(other),
+        other => other,
+    };
+    principal_shape(&m).map_err(|why| {
+        format!(
+            "`{s}` is not a principal: {why}; write \
+             <trust-domain>/ns/<namespace>/sa/<service-account>, or `*` before or after a \
+             part of one"
+        )
+    })?;
+    Ok(m)
+}
+
+/// One `/`-separated part of a principal.
+#[derive(Clone, Copy)]
+enum PrincipalPart {
+    TrustDomain,
+    Literal(&'static str),
+    Name(&'static str),
+}
+
+/// `<trust-domain>/ns/<namespace>/sa/<service-account>`, part by part.
+const PRINCIPAL_PARTS: [PrincipalPart; 5] = [
+    PrincipalPart::TrustDomain,
+    PrincipalPart::Literal("ns"),
+    PrincipalPart::Name("namespace"),
+    PrincipalPart::Literal("sa"),
+    PrincipalPart::Name("service account"),
+];
+
+/// How much of a part a pattern holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Whole,
+    /// Its beginning (the part before a trailing `*`).
+    Start,
+    /// Its end (the part after a leading `*`).
+    End,
+}
+
+impl PrincipalPart {
+    fn check(self, text: &str, held: Held) -> Result<(), String> {
+        use picket_common::spiffe::{is_name, is_trust_domain, name_byte, trust_domain_byte};
+        let ok = match (self, held) {
+            (PrincipalPart::Literal(l), Held::Whole) => text == l,
+            (PrincipalPart::Literal(l), Held::Start) => l.starts_with(text),
+            (PrincipalPart::Literal(l), Held::End) => l.ends_with(text),
+            (PrincipalPart::TrustDomain, Held::Whole) => is_trust_domain(text),
+            (PrincipalPart::TrustDomain, _) => {
+                text.bytes().all(trust_domain_byte)
+                    && !(held == Held::Start && text.starts_with('.'))
+                    && !(held == Held::End && text.ends_with('.'))
+            }
+            (PrincipalPart::Name(_), Held::Whole) => is_name(text),
+            (PrincipalPart::Name(_), _) => {
+                let edge = if held == Held::Start {
+                    text.bytes().next()
+                } else {
+                    text.bytes().last()
+                };
+                text.bytes().all(name_byte)
+                    && edge.is_none_or(|b| b.is_ascii_alphanumeric())
+                    && !text.contains("..")
+            }
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(match self {
+            PrincipalPart::Literal(l) => format!("`{text}` stands where `{l}` belongs"),
+            PrincipalPart::TrustDomain if text.is_empty() => "the trust domain is empty".into(),
+            PrincipalPart::TrustDomain => {
+                format!("`{text}` is not a trust domain (lowercase letters, digits, `.`, `-`, `_`)")
+            }
+            PrincipalPart::Name(what) if text.is_empty() => format!("the {what} is empty"),
+            PrincipalPart::Name(what) => format!(
+                "`{text}` is not a {what} (lowercase letters, digits, `-` and `.`, a letter or \
+                 digit at each end)"
+            ),
+        })
+    }
+}
+
+/// Whether a principal pattern (the `spiffe://` dropped) can match an identity.
+fn principal_shape(m: &StrMatch) -> Result<(), String> {
+    let too_many = || "it has more than five `/`-separated parts".to_owned();
+    match m {
+        StrMatch::Present => Ok(()),
+        StrMatch::Exact(p) => {
+            let parts: Vec<&str> = p.split('/').collect();
+            if parts.len() != PRINCIPAL_PARTS.len() {
+                return Err(format!(
+                    "it has {} `/`-separated parts, not five",
+                    parts.len()
+                ));
+            }
+            for (text, part) in parts.into_iter().zip(PRINCIPAL_PARTS) {
+                part.check(text, Held::Whole)?;
+            }
+            Ok(())
+        }
+        StrMatch::Prefix(p) => {
+            let parts: Vec<&str> = p.split('/').collect();
+            if parts.len() > PRINCIPAL_PARTS.len() {
+                return Err(too_many());
+            }
+            let last = parts.len() - 1;
+            for (i, (text, part)) in parts.into_iter().zip(PRINCIPAL_PARTS).enumerate() {
+                part.check(text, if i == last { Held::Start } else { Held::Whole })?;
+            }
+            Ok(())
+        }
+        StrMatch::Suffix(p) => {
+            let parts: Vec<&str> = p.rsplit('/').collect();
+            if parts.len() > PRINCIPAL_PARTS.len() {
+                return Err(too_many());
+            }
+            let last = parts.len() - 1;
+            let from_end = PRINCIPAL_PARTS.iter().rev().copied();
+            for (i, (text, part)) in parts.into_iter().zip(from_end).enumerate() {
+                part.check(text, if i == last { Held::End } else { Held::Whole })?;
+            }
+            Ok(())
+        }
     }
 }
 

@@ -163,6 +163,72 @@ async fn check_json_lists_errors_with_file_line_and_column() -> Result<()> {
     Ok(())
 }
 
+/// A principal is an identity's shape, `<trust-domain>/ns/<ns>/sa/<sa>` (or `*` before or
+/// after a part of one): anything else is refused at load with its line and column.
+#[tokio::test]
+async fn check_refuses_principals_no_identity_can_have() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("shapes.yaml");
+    let principals = [
+        ("cluster.local/ns/shop/sa/frontend", None),
+        ("spiffe://cluster.local/ns/shop/sa/*", None),
+        ("*/sa/frontend", None),
+        (
+            "cluster.local/ns//sa/frontend",
+            Some("the namespace is empty"),
+        ),
+        (
+            "cluster.local/ns/shop/sa/",
+            Some("the service account is empty"),
+        ),
+        ("cluster.local/shop/frontend", Some("3 `/`-separated parts")),
+        (
+            "Cluster.Local/ns/shop/sa/frontend",
+            Some("`Cluster.Local` is not a trust domain"),
+        ),
+        (
+            "cluster.local/namespace/shop/*",
+            Some("`namespace` stands where `ns` belongs"),
+        ),
+        (
+            "cluster.local/ns/Shop/sa/*",
+            Some("`Shop` is not a namespace"),
+        ),
+        (
+            "*/sa/front_end",
+            Some("`front_end` is not a service account"),
+        ),
+        ("/ns/shop/sa/frontend", Some("the trust domain is empty")),
+    ];
+    let mut text = String::from(
+        "apiVersion: picket.dev/v1\nkind: AuthorizationPolicy\n\
+         metadata: { name: shapes, namespace: shop }\nspec:\n  rules:\n\
+         \x20 - from:\n    - source:\n        principals:\n",
+    );
+    for (principal, _) in &principals {
+        text.push_str(&format!("        - \"{principal}\"\n"));
+    }
+    std::fs::write(&file, &text)?;
+    let out = policy(&["check", path_str(&file)?]).await?;
+    exit_code(&out, 1)?;
+    let err = stderr(&out);
+    let first_line = 9;
+    for (i, (principal, want)) in principals.iter().enumerate() {
+        let header = format!("{}:{}:11: ", file.display(), first_line + i);
+        let line = err.lines().find(|l| l.starts_with(&header));
+        match (want, line) {
+            (None, None) => {}
+            (None, Some(line)) => anyhow::bail!("{principal} was refused: {line}"),
+            (Some(want), Some(line)) => ensure!(
+                line.contains(&format!("`{principal}` is not a principal: {want}")),
+                "{principal}: {line}"
+            ),
+            (Some(_), None) => anyhow::bail!("{principal}: no error at {header}:\n{err}"),
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn test_passing_cases_exit_0() -> Result<()> {
     let out = policy(&[

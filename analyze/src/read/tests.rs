@@ -1,4 +1,3 @@
-
 use super::leading_type;
 
 #[test]

@@ -1,4 +1,3 @@
-
 #![allow(clippy::unwrap_used)]
 
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};

@@ -72,3 +72,51 @@ fn principals_drop_the_spiffe_scheme() {
     assert!(parse_principal("spiffe://").is_err());
     assert!(parse_principal("a b").is_err());
 }
+
+#[test]
+fn principals_must_have_an_identity_shape() {
+    for ok in [
+        "cluster.local/ns/shop/sa/frontend",
+        "spiffe://cluster.local/ns/shop/sa/frontend",
+        "cluster.local/ns/shop/sa/*",
+        "cluster.local/ns/shop/*",
+        "cluster.local/ns/sh*",
+        "cluster.local/*",
+        "cluster.*",
+        "*/sa/frontend",
+        "*/ns/shop/sa/frontend",
+        "*end",
+        "*",
+        "spiffe://*",
+    ] {
+        assert!(
+            parse_principal(ok).is_ok(),
+            "{ok}: {:?}",
+            parse_principal(ok)
+        );
+    }
+    for (bad, why) in [
+        ("cluster.local/ns//sa/frontend", "the namespace is empty"),
+        ("cluster.local/ns/shop/sa/", "the service account is empty"),
+        ("cluster.local/ns/shop", "3 `/`-separated parts"),
+        (
+            "cluster.local/ns/shop/sa/frontend/x",
+            "6 `/`-separated parts",
+        ),
+        ("cluster.local/ns/a/sa/b/*", "more than five"),
+        ("*/x/ns/a/sa/b", "more than five"),
+        (".local/ns/shop/sa/frontend", "is not a trust domain"),
+        ("cluster.local/nz/shop/*", "`nz` stands where `ns` belongs"),
+        ("cluster.local/ns/-shop*", "`-shop` is not a namespace"),
+        ("cluster.local/ns/a..b/*", "`a..b` is not a namespace"),
+        ("*/sa/front-", "`front-` is not a service account"),
+        ("*_end", "`_end` is not a service account"),
+        ("*/ns/shop/x/frontend", "`x` stands where `sa` belongs"),
+    ] {
+        let e = parse_principal(bad).unwrap_err();
+        assert!(
+            e.contains(why) && e.contains("is not a principal"),
+            "{bad}: {e}"
+        );
+    }
+}
