@@ -148,3 +148,40 @@ fn inbound_mode_and_health_probes_are_validated() {
     assert_eq!(health.listen.to_string(), DEFAULT_HEALTH);
     assert_eq!(health.probes["app/readyz"].timeout, Duration::from_secs(2));
 }
+
+/// Errors about a missing value point at the section it belongs in; none is without a place.
+#[test]
+fn every_error_has_a_line_and_column() {
+    for (text, line, needle) in [
+        (
+            GOOD.replace(", service_account: frontend", ""),
+            1,
+            "identity.service_account is missing",
+        ),
+        (
+            GOOD.replace("inbound: { app: \"127.0.0.1:8080\" }", "inbound: { }"),
+            3,
+            "inbound.app is missing",
+        ),
+        (
+            GOOD.replace(
+                "inbound: { app: \"127.0.0.1:8080\" }",
+                "inbound: { app: \"127.0.0.1:8080\", permissive_ports: [8080, 0] }",
+            ),
+            3,
+            "inbound.permissive_ports: 0 is not a port",
+        ),
+        (
+            format!("{GOOD}policy: {{ root_namespace: Shop }}\n"),
+            10,
+            "policy.root_namespace",
+        ),
+        (format!("{GOOD}outbound_extra: 1\n"), 10, "outbound_extra"),
+    ] {
+        let e = Config::parse("s.yaml", &text).unwrap_err();
+        assert_eq!(e.line, Some(line), "{needle}: {e}");
+        assert!(e.column.is_some(), "{needle}: {e}");
+        assert!(e.message.contains(needle), "{needle}: {e}");
+        assert!(e.to_string().starts_with(&format!("s.yaml:{line}:")), "{e}");
+    }
+}

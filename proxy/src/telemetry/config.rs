@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::yaml::{self, Spanned, YamlError};
+use crate::validate::{Validator, Zero};
+use crate::yaml::{Spanned, YamlError};
 
 /// Where the OTLP exporter sends spans and alert log records.
 #[derive(Debug, Clone, PartialEq)]
@@ -213,53 +214,21 @@ pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Validates the `telemetry:` section; `source_name` (the file) prefixes error locations.
 /// An absent section is `RawTelemetry::default()`.
 pub fn validate(raw: RawTelemetry, source_name: &str) -> Result<TelemetryConfig, YamlError> {
-    let v = Validator { source_name };
-    Ok(TelemetryConfig {
-        otlp: raw.otlp.map(|o| v.otlp(o)).transpose()?,
-        flow_log: raw.flow_log.map(|f| v.flow_log(f)).transpose()?,
-        detectors: match raw.detectors {
-            Some(d) => v.detectors(d)?,
-            None => DetectorConfig::default(),
-        },
-    })
+    Validator { source_name }.telemetry(raw)
 }
 
-struct Validator<'a> {
-    source_name: &'a str,
-}
-
+/// The `telemetry:` section's part of the one configuration validator.
 impl Validator<'_> {
-    fn err<T>(&self, at: &Spanned<T>, msg: impl Into<String>) -> YamlError {
-        yaml::error_at(self.source_name, at, msg)
-    }
-
-    fn duration(
-        &self,
-        v: Option<&Spanned<String>>,
-        default: Duration,
-        field: &str,
-        allow_zero: bool,
-    ) -> Result<Duration, YamlError> {
-        let Some(v) = v else { return Ok(default) };
-        let d = picket_common::duration::parse(&v.value)
-            .map_err(|e| self.err(v, format!("{field}: {e}")))?;
-        if d.is_zero() && !allow_zero {
-            return Err(self.err(v, format!("{field}: must be greater than zero")));
-        }
-        Ok(d)
-    }
-
-    fn positive(
-        &self,
-        v: Option<&Spanned<usize>>,
-        default: usize,
-        field: &str,
-    ) -> Result<usize, YamlError> {
-        match v {
-            Some(v) if v.value == 0 => Err(self.err(v, format!("{field}: must be at least 1"))),
-            Some(v) => Ok(v.value),
-            None => Ok(default),
-        }
+    /// The `telemetry:` section.
+    pub(crate) fn telemetry(&self, raw: RawTelemetry) -> Result<TelemetryConfig, YamlError> {
+        Ok(TelemetryConfig {
+            otlp: raw.otlp.map(|o| self.otlp(o)).transpose()?,
+            flow_log: raw.flow_log.map(|f| self.flow_log(f)).transpose()?,
+            detectors: match raw.detectors {
+                Some(d) => self.detectors(d)?,
+                None => DetectorConfig::default(),
+            },
+        })
     }
 
     fn otlp(&self, raw: RawOtlp) -> Result<OtlpConfig, YamlError> {
@@ -329,7 +298,7 @@ impl Validator<'_> {
                 raw.timeout.as_ref(),
                 DEFAULT_OTLP_TIMEOUT,
                 "telemetry.otlp.timeout",
-                false,
+                Zero::Refused,
             )?,
         })
     }
@@ -397,14 +366,14 @@ impl Validator<'_> {
                 raw.learning_window.as_ref(),
                 learning_window_default,
                 "telemetry.detectors.learning_window",
-                true,
+                Zero::Allowed,
             )?,
             baseline_file: raw.baseline_file,
             window: self.duration(
                 raw.window.as_ref(),
                 d.window,
                 "telemetry.detectors.window",
-                false,
+                Zero::Refused,
             )?,
             fanout_threshold: self.positive(
                 raw.fanout_threshold.as_ref(),
@@ -452,7 +421,7 @@ impl Validator<'_> {
                 raw.rate_limit.as_ref(),
                 d.rate_limit,
                 "telemetry.detectors.rate_limit",
-                true,
+                Zero::Allowed,
             )?,
             max_tracked: self.positive(
                 raw.max_tracked.as_ref(),

@@ -314,6 +314,130 @@ struct Pending {
     summary: String,
 }
 
+/// One flow as every detector reads it, worked out once.
+struct Seen<'f, 'r> {
+    flow: &'f FlowRecord<'r>,
+    now: i64,
+    learning: bool,
+    src: Source<'f>,
+    source_label: String,
+    destination: String,
+    route: std::borrow::Cow<'f, str>,
+}
+
+/// What one flow adds to its source's distinct-item windows (digests; a port as itself).
+struct ScanItems {
+    port: Option<u64>,
+    route: Option<u64>,
+    destination: u64,
+}
+
+/// The window and thresholds of the scan and burst detectors.
+struct Limits {
+    window: i64,
+    fanout: usize,
+    deny: usize,
+    not_found: usize,
+}
+
+/// `port_scan`, `path_scan` and `fan_out`: distinct ports, failing routes and destinations
+/// of one source inside the window.
+fn scans(
+    state: &mut SourceState,
+    seen: &Seen<'_, '_>,
+    items: &ScanItems,
+    limits: &Limits,
+    pending: &mut Vec<Pending>,
+) {
+    let (now, window, threshold) = (seen.now, limits.window, limits.fanout);
+    let label = &seen.source_label;
+    if let Some(p) = items.port {
+        let n = state.ports.observe(p, now, window, threshold);
+        if n >= threshold {
+            pending.push(Pending {
+                kind: AlertKind::PortScan,
+                severity: Severity::High,
+                destination: None,
+                evidence: vec![("distinct_ports", n as u64)],
+                window: true,
+                first_seen: state.ports.oldest().unwrap_or(now),
+                summary: format!("{label} reached {n} distinct ports"),
+            });
+        }
+    }
+    if let Some(r) = items.route {
+        let n = state.failing_routes.observe(r, now, window, threshold);
+        if n >= threshold {
+            pending.push(Pending {
+                kind: AlertKind::PathScan,
+                severity: Severity::High,
+                destination: Some(seen.destination.clone()),
+                evidence: vec![("distinct_failing_routes", n as u64)],
+                window: true,
+                first_seen: state.failing_routes.oldest().unwrap_or(now),
+                summary: format!(
+                    "{label} tried {n} distinct routes of {} that failed",
+                    seen.destination
+                ),
+            });
+        }
+    }
+    let n = state
+        .destinations
+        .observe(items.destination, now, window, threshold);
+    if n >= threshold {
+        pending.push(Pending {
+            kind: AlertKind::FanOut,
+            severity: Severity::High,
+            destination: None,
+            evidence: vec![("distinct_destinations", n as u64)],
+            window: true,
+            first_seen: state.destinations.oldest().unwrap_or(now),
+            summary: format!("{label} reached {n} distinct destinations"),
+        });
+    }
+}
+
+/// `deny_burst` and `not_found_burst`: denials and 404 answers of one source inside the
+/// window.
+fn bursts(
+    state: &mut SourceState,
+    seen: &Seen<'_, '_>,
+    limits: &Limits,
+    pending: &mut Vec<Pending>,
+) {
+    let (flow, now, window) = (seen.flow, seen.now, limits.window);
+    let label = &seen.source_label;
+    if flow.denied() {
+        let n = state.denials.observe(now, window, limits.deny);
+        if n >= limits.deny {
+            pending.push(Pending {
+                kind: AlertKind::DenyBurst,
+                severity: Severity::High,
+                destination: Some(seen.destination.clone()),
+                evidence: vec![("denied", n as u64)],
+                window: true,
+                first_seen: state.denials.times.front().copied().unwrap_or(now),
+                summary: format!("{label} was denied {n} times"),
+            });
+        }
+    }
+    if flow.status == Some(404) {
+        let n = state.not_found.observe(now, window, limits.not_found);
+        if n >= limits.not_found {
+            pending.push(Pending {
+                kind: AlertKind::NotFoundBurst,
+                severity: Severity::Medium,
+                destination: Some(seen.destination.clone()),
+                evidence: vec![("not_found", n as u64)],
+                window: true,
+                first_seen: state.not_found.times.front().copied().unwrap_or(now),
+                summary: format!("{label} got {n} answers 404 Not Found"),
+            });
+        }
+    }
+}
+
 impl Detectors {
     /// Detectors with `cfg` and no baseline. The learning window starts at the first
     /// observation.
@@ -417,194 +541,172 @@ impl Detectors {
         now - start < duration_ms(self.cfg.learning_window)
     }
 
-    /// Looks at one finished request or connection; returns the alerts it raises.
+    /// Looks at one finished request or connection; returns the alerts it raises. Each
+    /// detector is one method below, reading the same [`Seen`] (worked out once per flow) and
+    /// adding what it finds to one list, which [`Self::emit`] rate-limits. They are methods,
+    /// not implementations of a trait: they share the per-source tables and the rate limiter,
+    /// and there is no second set of detectors to choose between at run time.
     pub fn observe_flow(&mut self, flow: &FlowRecord<'_>, now: OffsetDateTime) -> Vec<Alert> {
         let now = millis(now);
-        let learning = self.learning(now);
-        let window = duration_ms(self.cfg.window);
-        let threshold = self.cfg.fanout_threshold;
         let src = Self::flow_source(flow);
-        let source_label = src.label();
-        let destination = Self::flow_destination(flow);
-        let route = flow.route();
+        let seen = Seen {
+            flow,
+            now,
+            learning: self.learning(now),
+            source_label: src.label(),
+            src,
+            destination: Self::flow_destination(flow),
+            route: flow.route(),
+        };
         let mut pending: Vec<Pending> = Vec::new();
+        self.new_edge(&seen, &mut pending);
+        self.new_source_address(&seen, &mut pending);
+        self.windowed(&seen, &mut pending);
+        self.sensitive_path(&seen, &mut pending);
+        self.metadata_call(&seen, &mut pending);
+        self.emit(&seen.src, &seen.source_label, pending, now)
+    }
 
-        // First-seen edge.
-        let edge = self.edge_key(&source_label, &destination, flow.destination_port, &route);
-        if !self.baseline.contains(&edge) && !self.edges.contains(edge) {
-            self.edges.entry(edge, || ());
-            if !learning {
-                let port = flow
-                    .destination_port
-                    .map(|p| format!(":{p}"))
-                    .unwrap_or_default();
-                pending.push(Pending {
-                    kind: AlertKind::NewEdge,
-                    severity: Severity::Medium,
-                    destination: Some(destination.clone()),
-                    evidence: vec![("requests", 1)],
-                    window: false,
-                    first_seen: now,
-                    summary: format!(
-                        "{source_label} reached {destination}{port} {route} for the first time"
-                    ),
-                });
-            }
+    /// `new_edge`: a (source, destination, port, route) never seen before or in the baseline.
+    fn new_edge(&mut self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
+        let flow = seen.flow;
+        let edge = self.edge_key(
+            &seen.source_label,
+            &seen.destination,
+            flow.destination_port,
+            &seen.route,
+        );
+        if self.baseline.contains(&edge) || self.edges.contains(edge) {
+            return;
         }
+        self.edges.entry(edge, || ());
+        if seen.learning {
+            return;
+        }
+        let port = flow
+            .destination_port
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        pending.push(Pending {
+            kind: AlertKind::NewEdge,
+            severity: Severity::Medium,
+            destination: Some(seen.destination.clone()),
+            evidence: vec![("requests", 1)],
+            window: false,
+            first_seen: seen.now,
+            summary: format!(
+                "{} reached {}{port} {} for the first time",
+                seen.source_label, seen.destination, seen.route
+            ),
+        });
+    }
 
-        // A known identity from a new address (inbound: the peer's address is meaningful).
-        if flow.direction == Direction::Inbound
-            && let (Some(id), Some(ip)) = (src.identity, src.ip)
-        {
-            let key = self.digest(&["addr", id], 0);
-            let known = self.addresses.contains(key);
-            let addrs = self.addresses.entry(key, Vec::new);
-            if !addrs.contains(&ip) {
-                if addrs.len() >= ADDRESSES_PER_IDENTITY {
-                    addrs.remove(0);
-                }
-                addrs.push(ip);
-                if known && !learning {
-                    pending.push(Pending {
-                        kind: AlertKind::NewSourceAddress,
-                        severity: Severity::Low,
-                        destination: None,
-                        evidence: vec![("known_addresses", addrs.len() as u64 - 1)],
-                        window: false,
-                        first_seen: now,
-                        summary: format!("{id} connected from {ip}, an address it never used"),
-                    });
-                }
-            }
+    /// `new_source_address`: a known identity from an address it never used (inbound only,
+    /// where the peer's address is meaningful).
+    fn new_source_address(&mut self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
+        if seen.flow.direction != Direction::Inbound {
+            return;
         }
-
-        // Windowed counters of this source.
-        let skey = self.digest(&["source", &source_label], 0);
-        let port_item = flow.destination_port.map(u64::from);
-        let dest_item = self.digest(&["dest", &destination], 0);
-        let failed = flow.denied() || flow.status.is_some_and(|s| (400..500).contains(&s));
-        let route_item = (failed && flow.protocol != FlowProtocol::Tcp)
-            .then(|| self.digest(&["route", &route], 0));
-        let deny_cap = self.cfg.deny_burst_threshold;
-        let nf_cap = self.cfg.not_found_burst_threshold;
-        let state = self.sources.entry(skey, SourceState::default);
-        if let Some(p) = port_item {
-            let n = state.ports.observe(p, now, window, threshold);
-            if n >= threshold {
-                pending.push(Pending {
-                    kind: AlertKind::PortScan,
-                    severity: Severity::High,
-                    destination: None,
-                    evidence: vec![("distinct_ports", n as u64)],
-                    window: true,
-                    first_seen: state.ports.oldest().unwrap_or(now),
-                    summary: format!("{source_label} reached {n} distinct ports"),
-                });
-            }
+        let (Some(id), Some(ip)) = (seen.src.identity, seen.src.ip) else {
+            return;
+        };
+        let key = self.digest(&["addr", id], 0);
+        let known = self.addresses.contains(key);
+        let addrs = self.addresses.entry(key, Vec::new);
+        if addrs.contains(&ip) {
+            return;
         }
-        if let Some(r) = route_item {
-            let n = state.failing_routes.observe(r, now, window, threshold);
-            if n >= threshold {
-                pending.push(Pending {
-                    kind: AlertKind::PathScan,
-                    severity: Severity::High,
-                    destination: Some(destination.clone()),
-                    evidence: vec![("distinct_failing_routes", n as u64)],
-                    window: true,
-                    first_seen: state.failing_routes.oldest().unwrap_or(now),
-                    summary: format!(
-                        "{source_label} tried {n} distinct routes of {destination} that failed"
-                    ),
-                });
-            }
+        if addrs.len() >= ADDRESSES_PER_IDENTITY {
+            addrs.remove(0);
         }
-        let n = state
-            .destinations
-            .observe(dest_item, now, window, threshold);
-        if n >= threshold {
+        addrs.push(ip);
+        if known && !seen.learning {
             pending.push(Pending {
-                kind: AlertKind::FanOut,
-                severity: Severity::High,
+                kind: AlertKind::NewSourceAddress,
+                severity: Severity::Low,
                 destination: None,
-                evidence: vec![("distinct_destinations", n as u64)],
-                window: true,
-                first_seen: state.destinations.oldest().unwrap_or(now),
-                summary: format!("{source_label} reached {n} distinct destinations"),
-            });
-        }
-        if flow.denied() {
-            let n = state.denials.observe(now, window, deny_cap);
-            if n >= deny_cap {
-                pending.push(Pending {
-                    kind: AlertKind::DenyBurst,
-                    severity: Severity::High,
-                    destination: Some(destination.clone()),
-                    evidence: vec![("denied", n as u64)],
-                    window: true,
-                    first_seen: state.denials.times.front().copied().unwrap_or(now),
-                    summary: format!("{source_label} was denied {n} times"),
-                });
-            }
-        }
-        if flow.status == Some(404) {
-            let n = state.not_found.observe(now, window, nf_cap);
-            if n >= nf_cap {
-                pending.push(Pending {
-                    kind: AlertKind::NotFoundBurst,
-                    severity: Severity::Medium,
-                    destination: Some(destination.clone()),
-                    evidence: vec![("not_found", n as u64)],
-                    window: true,
-                    first_seen: state.not_found.times.front().copied().unwrap_or(now),
-                    summary: format!("{source_label} got {n} answers 404 Not Found"),
-                });
-            }
-        }
-
-        // Sensitive paths.
-        if let Some(path) = flow.path.as_deref()
-            && let Some(rule) = self.sensitive.iter().find(|r| r.matches(path))
-        {
-            let succeeded = !flow.denied() && flow.status.is_some_and(|s| s < 400);
-            let mut evidence = vec![("requests", 1)];
-            if let Some(s) = flow.status {
-                evidence.push(("status", u64::from(s)));
-            }
-            pending.push(Pending {
-                kind: AlertKind::SensitivePath,
-                severity: if succeeded {
-                    Severity::High
-                } else {
-                    Severity::Medium
-                },
-                destination: Some(format!("{destination} {}", rule.prefix)),
-                evidence,
+                evidence: vec![("known_addresses", addrs.len() as u64 - 1)],
                 window: false,
-                first_seen: now,
-                summary: format!(
-                    "{source_label} requested {path} on {destination}{}",
-                    if succeeded { " and it succeeded" } else { "" }
-                ),
+                first_seen: seen.now,
+                summary: format!("{id} connected from {ip}, an address it never used"),
             });
         }
+    }
 
-        // Cloud metadata.
-        if flow.direction == Direction::Outbound {
-            let by_address = flow
-                .destination_address
-                .map(|a| a.ip())
-                .filter(|ip| self.metadata_ips.contains(ip))
-                .map(|ip| ip.to_string());
-            let host = by_address.or_else(|| {
-                let host = host_only(flow.host.as_deref()?);
-                self.is_metadata(&host).then_some(host)
-            });
-            if let Some(host) = host {
-                pending.push(self.metadata_alert(&source_label, host, now));
-            }
+    /// The windowed counters of the flow's source: the scans and the bursts.
+    fn windowed(&mut self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
+        let flow = seen.flow;
+        let skey = self.digest(&["source", &seen.source_label], 0);
+        let failed = flow.denied() || flow.status.is_some_and(|s| (400..500).contains(&s));
+        let items = ScanItems {
+            port: flow.destination_port.map(u64::from),
+            route: (failed && flow.protocol != FlowProtocol::Tcp)
+                .then(|| self.digest(&["route", &seen.route], 0)),
+            destination: self.digest(&["dest", &seen.destination], 0),
+        };
+        let limits = Limits {
+            window: duration_ms(self.cfg.window),
+            fanout: self.cfg.fanout_threshold,
+            deny: self.cfg.deny_burst_threshold,
+            not_found: self.cfg.not_found_burst_threshold,
+        };
+        let state = self.sources.entry(skey, SourceState::default);
+        scans(state, seen, &items, &limits, pending);
+        bursts(state, seen, &limits, pending);
+    }
+
+    /// `sensitive_path`: a request for a configured sensitive path prefix.
+    fn sensitive_path(&self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
+        let flow = seen.flow;
+        let Some(path) = flow.path.as_deref() else {
+            return;
+        };
+        let Some(rule) = self.sensitive.iter().find(|r| r.matches(path)) else {
+            return;
+        };
+        let succeeded = !flow.denied() && flow.status.is_some_and(|s| s < 400);
+        let mut evidence = vec![("requests", 1)];
+        if let Some(s) = flow.status {
+            evidence.push(("status", u64::from(s)));
         }
+        pending.push(Pending {
+            kind: AlertKind::SensitivePath,
+            severity: if succeeded {
+                Severity::High
+            } else {
+                Severity::Medium
+            },
+            destination: Some(format!("{} {}", seen.destination, rule.prefix)),
+            evidence,
+            window: false,
+            first_seen: seen.now,
+            summary: format!(
+                "{} requested {path} on {}{}",
+                seen.source_label,
+                seen.destination,
+                if succeeded { " and it succeeded" } else { "" }
+            ),
+        });
+    }
 
-        self.emit(&src, &source_label, pending, now)
+    /// `metadata_access`: an outbound call to a cloud metadata address or name.
+    fn metadata_call(&self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
+        let flow = seen.flow;
+        if flow.direction != Direction::Outbound {
+            return;
+        }
+        let by_address = flow
+            .destination_address
+            .map(|a| a.ip())
+            .filter(|ip| self.metadata_ips.contains(ip))
+            .map(|ip| ip.to_string());
+        let host = by_address.or_else(|| {
+            let host = host_only(flow.host.as_deref()?);
+            self.is_metadata(&host).then_some(host)
+        });
+        if let Some(host) = host {
+            pending.push(self.metadata_alert(&seen.source_label, host, seen.now));
+        }
     }
 
     /// Whether `host` (as [`host_only`] gives it) is a configured metadata address: the same
