@@ -59,7 +59,7 @@ async fn check_accepts_valid_policies() -> Result<()> {
         "{line}"
     );
 
-    let json = policy(&["check", "--format", "json", path_str(&orders)?]).await?;
+    let json = policy(&["check", "-o", "json", path_str(&orders)?]).await?;
     exit_code(&json, 0)?;
     let value: serde_json::Value = serde_json::from_str(&stdout(&json))?;
     ensure!(
@@ -141,7 +141,7 @@ async fn check_reports_every_error_with_location_and_caret() -> Result<()> {
 #[tokio::test]
 async fn check_json_lists_errors_with_file_line_and_column() -> Result<()> {
     let dir = fixture("broken");
-    let out = policy(&["check", "--format", "json", path_str(&dir)?]).await?;
+    let out = policy(&["check", "-o", "json", path_str(&dir)?]).await?;
     exit_code(&out, 1)?;
     let errors: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out))
         .with_context(|| format!("not a JSON array: {}", stdout(&out)))?;
@@ -278,6 +278,44 @@ async fn test_failing_case_exits_1_with_a_readable_diff() -> Result<()> {
 }
 
 #[tokio::test]
+async fn test_json_lists_each_case_with_its_diffs() -> Result<()> {
+    let out = policy(&[
+        "test",
+        path_str(&fixture("orders.yaml"))?,
+        "--cases",
+        path_str(&fixture("failing-cases.yaml"))?,
+        "-o",
+        "json",
+    ])
+    .await?;
+    exit_code(&out, 1)?;
+    let value: serde_json::Value = serde_json::from_str(&stdout(&out))
+        .with_context(|| format!("not JSON: {}", stdout(&out)))?;
+    ensure!(value["passed"] == 1 && value["failed"] == 1, "{value}");
+    let cases = value["cases"].as_array().context("cases")?;
+    ensure!(cases.len() == 2, "{value}");
+    ensure!(
+        cases[0]["name"] == "frontend reads an order" && cases[0]["passed"] == true,
+        "{value}"
+    );
+    ensure!(cases[0]["diffs"] == serde_json::json!([]), "{value}");
+    ensure!(
+        cases[1]["name"] == "frontend may delete orders" && cases[1]["passed"] == false,
+        "{value}"
+    );
+    ensure!(
+        cases[1]["diffs"]
+            == serde_json::json!([
+                "verdict: expected allow, got deny",
+                "policy: expected shop/orders-read, got none",
+                "reason: expected allow-match, got no-allow-match",
+            ]),
+        "{value}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn test_with_a_broken_policy_exits_1_with_the_load_errors() -> Result<()> {
     let broken = fixture("broken/orders.yaml");
     let out = policy(&[
@@ -367,7 +405,7 @@ async fn explain_text_names_the_decider_every_policy_and_the_dry_run_shadows() -
 #[tokio::test]
 async fn explain_json_has_the_decision_every_policy_and_each_rule() -> Result<()> {
     let out = explain(&[
-        "--format",
+        "-o",
         "json",
         "--method",
         "DELETE",

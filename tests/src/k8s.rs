@@ -277,7 +277,7 @@ impl KubeCa {
         if let Some(kube) = kube {
             std::fs::write(dir.path().join("kube-ca.pem"), kube.ca_pem)?;
             std::fs::write(dir.path().join("own-token"), kube.own_token)?;
-            cmd.args(["--kube-api", kube.url, "--kube-ca"])
+            cmd.args(["--kube-api", kube.url, "--kube-ca-file"])
                 .arg(dir.path().join("kube-ca.pem"))
                 .arg("--kube-token-file")
                 .arg(dir.path().join("own-token"));

@@ -156,7 +156,7 @@ pub struct ServeArgs {
         requires = "kube_api",
         default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     )]
-    kube_ca: PathBuf,
+    kube_ca_file: PathBuf,
     /// The CA's own service-account token, sent with every review (re-read each time).
     #[arg(
         long,
@@ -264,7 +264,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(api_url) => Some(
             TokenReviewer::new(&TokenReviewConfig {
                 api_url: api_url.clone(),
-                api_ca_file: args.kube_ca.clone(),
+                api_ca_file: args.kube_ca_file.clone(),
                 token_file: args.kube_token_file.clone(),
                 audience: args.token_audience.clone(),
             })
