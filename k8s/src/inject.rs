@@ -735,11 +735,7 @@ fn probe_check(
 ) -> Result<Option<Value>, InjectError> {
     let bad = |reason: String| malformed(workload, format!("{place}: {reason}"));
     if let Some(http) = probe.get("httpGet") {
-        if http
-            .get("host")
-            .and_then(Value::as_str)
-            .is_some_and(|h| !h.is_empty())
-        {
+        if names_a_host(http) {
             return Ok(None);
         }
         let port = resolve_port(http.get("port"), declared_ports).map_err(bad)?;
@@ -771,11 +767,7 @@ fn probe_check(
         return Ok(Some(json!({"port": port, "check": {"http": check}})));
     }
     if let Some(tcp) = probe.get("tcpSocket") {
-        if tcp
-            .get("host")
-            .and_then(Value::as_str)
-            .is_some_and(|h| !h.is_empty())
-        {
+        if names_a_host(tcp) {
             return Ok(None);
         }
         let port = resolve_port(tcp.get("port"), declared_ports).map_err(bad)?;
@@ -791,6 +783,15 @@ fn probe_check(
         ));
     }
     Ok(None)
+}
+
+/// Whether a probe's `httpGet` or `tcpSocket` names a host: the kubelet then checks another
+/// machine, which the sidecar cannot stand in for, so the probe is left as written.
+fn names_a_host(action: &Value) -> bool {
+    action
+        .get("host")
+        .and_then(Value::as_str)
+        .is_some_and(|h| !h.is_empty())
 }
 
 /// A probe's port: a number, or the name of one of the container's ports.

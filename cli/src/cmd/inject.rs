@@ -261,16 +261,12 @@ pub async fn run_injector(cmd: InjectorCommand) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     super::cancel_on_signal(shutdown.clone())?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener.local_addr()?;
+    let (listener, local) = super::bind(args.listen).await?;
     let mut ready_error = None;
     let ready_file = args.ready_file;
     webhook::serve(listener, settings, source, shutdown, || {
         if let Some(path) = &ready_file
-            && let Err(e) =
-                super::write_ready_file(path, &serde_json::json!({ "listen": local.to_string() }))
+            && let Err(e) = super::announce_listener(path, local)
         {
             ready_error = Some(e);
         }
@@ -278,7 +274,7 @@ pub async fn run_injector(cmd: InjectorCommand) -> anyhow::Result<()> {
     .await
     .context("admission webhook failed")?;
     if let Some(e) = ready_error {
-        return Err(e.context("cannot write the ready file"));
+        return Err(e);
     }
     Ok(())
 }
