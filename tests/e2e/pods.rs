@@ -97,13 +97,7 @@ async fn start() -> Result<Pods> {
     std::fs::write(dir.path().join("bundle.pem"), ca.bundle_pem()?)?;
     let mut processes = Vec::new();
 
-    let mut outside = Command::new("python3");
-    outside
-        .arg(plain_app_script())
-        .arg(net.gateway().to_string())
-        .arg(OUTSIDE_PORT.to_string())
-        .arg("outside");
-    processes.push(Daemon::spawn("outside-app", outside, dir.path())?);
+    processes.push(net.outside_app(net.gateway().into(), OUTSIDE_PORT, dir.path())?);
 
     for i in 0..3 {
         let mut app = net.exec(i, "python3");

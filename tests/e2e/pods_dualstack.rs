@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use picket_tests::netns::{PodNet, Stack, plain_app_script, seen_header, shared_dir};
+use picket_tests::netns::{PodNet, Stack, seen_header, shared_dir};
 use picket_tests::process::{Daemon, output};
 use picket_tests::{TestCa, eventually};
 use serde_json::Value;
@@ -89,13 +89,7 @@ async fn start() -> Result<Mesh> {
     let mut processes = Vec::new();
 
     // A plaintext server outside the mesh, on the bridge's IPv6 address.
-    let mut outside = Command::new("python3");
-    outside
-        .arg(plain_app_script())
-        .arg(net.gateway6().to_string())
-        .arg(OUTSIDE_PORT.to_string())
-        .arg("outside");
-    processes.push(Daemon::spawn("outside-app", outside, dir.path())?);
+    processes.push(net.outside_app(net.gateway6().into(), OUTSIDE_PORT, dir.path())?);
 
     for i in 0..3 {
         let n = i + 1;

@@ -181,7 +181,10 @@ async fn check_refuses_principals_no_identity_can_have() -> Result<()> {
             "cluster.local/ns/shop/sa/",
             Some("the service account is empty"),
         ),
-        ("cluster.local/shop/frontend", Some("3 `/`-separated parts")),
+        (
+            "cluster.local/shop/frontend",
+            Some("it has 3 `/`-separated parts"),
+        ),
         (
             "Cluster.Local/ns/shop/sa/frontend",
             Some("`Cluster.Local` is not a trust domain"),
@@ -308,6 +311,7 @@ async fn test_json_lists_each_case_with_its_diffs() -> Result<()> {
             == serde_json::json!([
                 "verdict: expected allow, got deny",
                 "policy: expected shop/orders-read, got none",
+                "rule: expected 0, got none",
                 "reason: expected allow-match, got no-allow-match",
             ]),
         "{value}"

@@ -321,6 +321,18 @@ impl PodNet {
             .join("\n"))
     }
 
+    /// Starts the plain app in the root namespace on `ip`:`port`, outside the mesh, answering
+    /// as `outside`; logs go under `dir`.
+    pub fn outside_app(&self, ip: IpAddr, port: u16, dir: &Path) -> Result<Daemon> {
+        let mut outside = Command::new("python3");
+        outside
+            .arg(plain_app_script())
+            .arg(ip.to_string())
+            .arg(port.to_string())
+            .arg("outside");
+        Daemon::spawn("outside-app", outside, dir)
+    }
+
     /// Starts the plain app in pod `i` on `bind`:`port`, answering as `name`, and waits until
     /// it listens; logs go under `dir`.
     pub async fn plain_app(
