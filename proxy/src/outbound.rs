@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -656,8 +657,15 @@ fn prepare(parts: &mut http::request::Parts, authority: &str) -> Result<(), Box<
         );
     }
     parts.headers.remove(header::HOST);
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = forward::absolute_uri(authority, pq).map_err(|_| {
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = http::uri::Authority::try_from(authority)
+        .map_err(|e| ForwardError::Broken(e.to_string()))
+        .and_then(|authority| forward::absolute_uri(authority, pq));
+    parts.uri = uri.map_err(|_| {
         Box::new(forward::error_response_close(
             StatusCode::BAD_REQUEST,
             "invalid request target",
@@ -676,43 +684,4 @@ fn host_name(authority: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn last_peer_is_empty_until_set_and_keeps_the_newest() {
-        let cell = LastPeer::default();
-        assert_eq!(cell.get(), None);
-        for kx in [KxGroup::X25519Mlkem768, KxGroup::X25519, KxGroup::Other] {
-            let peer = ConnPeer { kx, identity: None };
-            cell.set(peer.clone());
-            assert_eq!(cell.get().as_deref(), Some(&peer));
-        }
-    }
-
-    #[test]
-    fn the_presented_identity_names_the_peer_and_a_differing_expectation_is_kept() {
-        let orders: SpiffeId = "spiffe://cluster.local/ns/shop/sa/orders".parse().unwrap();
-        let peer = ConnPeer {
-            kx: KxGroup::X25519Mlkem768,
-            identity: Some(orders.clone()),
-        };
-        let mut ends = Endpoints::default();
-        let any = PeerIdentity::AnyIn(orders.trust_domain().clone());
-        peer.name_in(&mut ends, &any);
-        let name = orders.to_string();
-        assert_eq!(ends.destination_identity.as_deref(), Some(name.as_str()));
-        assert_eq!(
-            ends.expected_identity.as_deref(),
-            Some("spiffe://cluster.local/*")
-        );
-        assert_eq!(ends.kx, Some(KxGroup::X25519Mlkem768));
-        peer.name_in(&mut ends, &PeerIdentity::Exact(orders.clone()));
-        assert_eq!(ends.destination_identity.as_deref(), Some(name.as_str()));
-        assert_eq!(
-            ends.expected_identity, None,
-            "no expectation when it is what was presented"
-        );
-    }
-}
+mod tests;

@@ -267,7 +267,7 @@ async fn a_sweep_seen_from_the_callers_side_names_true_peers_and_raises_fan_out(
         picket()?
             .arg("analyze")
             .args(&files)
-            .args(["--format", "json"]),
+            .args(["--output", "json"]),
     )
     .await?;
     ensure!(
