@@ -72,16 +72,22 @@ pub const READ_AHEAD_WAIT: Duration = Duration::from_millis(20);
 /// The longest reading ahead may take in all, however the body trickles in.
 pub const READ_AHEAD_TOTAL: Duration = Duration::from_millis(100);
 
-/// A request body as forwarded: the frames read ahead, then the rest of the received body.
+/// A request body as forwarded: the data read ahead, then the rest of the received body.
 /// An error in the rest is passed on as a body error, which makes the forwarding client abort
 /// the request (HTTP/1: the connection is closed before the length or last chunk is complete;
 /// HTTP/2: the stream is reset), so the app never sees a complete-looking body.
+///
+/// Request trailers (fields after a chunked body or a body's last HTTP/2 HEADERS) are dropped,
+/// wherever they arrive: policy decided on the header section before any trailer existed, so a
+/// trailer is a field no rule has seen, and an app that merges trailers into headers (or a
+/// header-stripping rule that never looks at them) would read an `x-role: admin` or a foreign
+/// identity header past the policy. RFC 9110 section 6.5.1 lets a recipient discard trailers;
+/// no common request protocol needs them (gRPC sends trailers only in responses).
 #[derive(Debug)]
 pub struct ReadAhead {
     frames: VecDeque<Frame<Bytes>>,
     /// Data bytes in `frames` not yet passed on.
     buffered: u64,
-    has_trailers: bool,
     rest: Option<Incoming>,
     failed: Arc<std::sync::atomic::AtomicBool>,
     /// The received request declared a body (a length, chunked, or DATA frames). An empty body
@@ -98,11 +104,8 @@ impl ReadAhead {
     }
 
     /// The exact length of what is left of the body (before forwarding: the whole body) when
-    /// it is known (read completely, or announced by the sender) and no trailers were read.
+    /// it is known: read completely, or announced by the sender.
     pub fn exact_len(&self) -> Option<u64> {
-        if self.has_trailers {
-            return None;
-        }
         match &self.rest {
             None => Some(self.buffered),
             Some(rest) => rest
@@ -135,7 +138,15 @@ impl http_body::Body for ReadAhead {
         let Some(rest) = self.rest.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(rest).poll_frame(cx) {
+        let polled = loop {
+            match Pin::new(&mut *rest).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                    tracing::debug!("request trailers dropped");
+                }
+                other => break other,
+            }
+        };
+        match polled {
             Poll::Ready(None) => {
                 self.rest = None;
                 Poll::Ready(None)
@@ -178,7 +189,6 @@ impl http_body::Body for ReadAhead {
 pub async fn read_ahead(mut body: Incoming) -> Result<ReadAhead, hyper::Error> {
     let mut frames = VecDeque::new();
     let mut buffered: u64 = 0;
-    let mut has_trailers = false;
     let mut done = body.is_end_stream();
     let deadline = tokio::time::Instant::now() + READ_AHEAD_TOTAL;
     while !done && usize::try_from(buffered).is_ok_and(|b| b < READ_AHEAD_BYTES) {
@@ -188,12 +198,13 @@ pub async fn read_ahead(mut body: Incoming) -> Result<ReadAhead, hyper::Error> {
             Ok(None) => done = true,
             Ok(Some(Err(e))) => return Err(e),
             Ok(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
+                // Only data is kept: trailers are dropped (see `ReadAhead`).
+                if let Ok(data) = frame.into_data() {
                     buffered += data.len() as u64;
-                } else if frame.is_trailers() {
-                    has_trailers = true;
+                    frames.push_back(Frame::data(data));
+                } else {
+                    tracing::debug!("request trailers dropped");
                 }
-                frames.push_back(frame);
                 done = body.is_end_stream();
             }
         }
@@ -201,7 +212,6 @@ pub async fn read_ahead(mut body: Incoming) -> Result<ReadAhead, hyper::Error> {
     Ok(ReadAhead {
         frames,
         buffered,
-        has_trailers,
         rest: (!done).then_some(body),
         failed: Arc::default(),
         declared: true,
@@ -214,6 +224,8 @@ pub async fn read_ahead(mut body: Incoming) -> Result<ReadAhead, hyper::Error> {
 /// HTTP/1.1 receiver (for every method: GET and HEAD bodies are carried like any other) and
 /// nothing for HTTP/2. `had_body` says whether the received request declared a body (a
 /// length, chunked, or DATA frames); a request that declared none gets no framing header.
+/// A body read completely always has a known length, trailers or not (they are dropped), so it
+/// is always forwarded with `Content-Length`; `Trailer`, which announces trailers, goes too.
 pub fn frame_request(
     headers: &mut HeaderMap,
     body: &mut ReadAhead,
@@ -222,6 +234,7 @@ pub fn frame_request(
 ) {
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::TRAILER);
     body.declared = had_body;
     if !had_body {
         return;
@@ -599,4 +612,179 @@ fn sent_error(e: &hyper::Error) -> ForwardError {
         source = s.source();
     }
     ForwardError::Broken(e.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::canonical::canonicalize;
+    use crate::config::HttpConfig;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// What the forwarding steps made of one request: the framing headers and the body as
+    /// the destination would receive them.
+    #[derive(Debug, Default, Clone)]
+    struct Framed {
+        content_length: Option<String>,
+        chunked: bool,
+        trailer_header: bool,
+        complete: bool,
+        had_body: bool,
+        body: Option<Vec<u8>>,
+        trailers: bool,
+    }
+
+    /// Serves `raw` as one HTTP/1.1 connection and runs, for each request, the steps both
+    /// directions run before forwarding (canonical head, read-ahead, canonical framing), then
+    /// reads the body as the forwarding client would. The fuzz target `body_framing` runs the
+    /// same steps.
+    async fn frame_connection(raw: &[u8], to_http1: bool) -> Vec<Framed> {
+        frame_connection_split(raw, raw.len(), to_http1).await
+    }
+
+    /// As [`frame_connection`], sending `raw[..split]` first and the rest only after reading
+    /// ahead has given up waiting, so the rest of the body arrives after the head went on.
+    async fn frame_connection_split(raw: &[u8], split: usize, to_http1: bool) -> Vec<Framed> {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let record = Arc::clone(&record);
+            async move {
+                let (mut parts, body) = req.into_parts();
+                if canonicalize(&mut parts, &HttpConfig::default()).is_ok() {
+                    let had_body = declares_body(&parts.headers, &body);
+                    if let Ok(mut ahead) = read_ahead(body).await {
+                        let complete = ahead.is_complete();
+                        frame_request(&mut parts.headers, &mut ahead, had_body, to_http1);
+                        let collected = ahead.collect().await.ok();
+                        let header = |h| {
+                            parts
+                                .headers
+                                .get(h)
+                                .and_then(|v: &HeaderValue| v.to_str().ok())
+                        };
+                        let framed = Framed {
+                            content_length: header(header::CONTENT_LENGTH).map(str::to_owned),
+                            chunked: parts.headers.contains_key(header::TRANSFER_ENCODING),
+                            trailer_header: parts.headers.contains_key(header::TRAILER),
+                            complete,
+                            had_body,
+                            trailers: collected.as_ref().is_some_and(|c| c.trailers().is_some()),
+                            body: collected.map(|c| c.to_bytes().to_vec()),
+                        };
+                        record
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(framed);
+                    }
+                }
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+            }
+        });
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        // The client's end of input must not cancel a request still being read.
+        let conn = hyper::server::conn::http1::Builder::new()
+            .half_close(true)
+            .serve_connection(hyper_util::rt::TokioIo::new(server), svc);
+        let task = tokio::spawn(conn);
+        let (first, rest) = raw.split_at(split.min(raw.len()));
+        let _ = client.write_all(first).await;
+        if !rest.is_empty() {
+            tokio::time::sleep(READ_AHEAD_TOTAL + READ_AHEAD_WAIT * 5).await;
+            let _ = client.write_all(rest).await;
+        }
+        let _ = client.shutdown().await;
+        let mut sink = Vec::new();
+        let _ = client.read_to_end(&mut sink).await;
+        let _ = task.await;
+        let out = seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        out
+    }
+
+    /// The properties the fuzz target checks, for one request.
+    fn check(f: &Framed) {
+        assert!(!(f.content_length.is_some() && f.chunked), "{f:?}");
+        assert!(
+            !f.trailer_header && !f.trailers,
+            "trailers forwarded: {f:?}"
+        );
+        if let Some(cl) = &f.content_length {
+            assert!(cl == "0" || !cl.starts_with('0'), "{f:?}");
+        }
+        if !f.had_body {
+            assert!(f.content_length.is_none() && !f.chunked, "{f:?}");
+        }
+        if f.complete && f.had_body {
+            assert!(
+                f.content_length.is_some(),
+                "a complete body without a length: {f:?}"
+            );
+        }
+        if let (Some(cl), Some(body)) = (&f.content_length, &f.body) {
+            assert_eq!(cl.parse::<usize>().ok(), Some(body.len()), "{f:?}");
+        }
+        if f.complete {
+            assert!(
+                f.body.is_some(),
+                "a body read completely failed later: {f:?}"
+            );
+        }
+    }
+
+    /// Every input the `body_framing` fuzz target ever failed on (`fuzz/crashes/body_framing`)
+    /// keeps its properties here, in the ordinary test run.
+    #[tokio::test]
+    async fn body_framing_fuzz_findings_keep_their_properties() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/crashes/body_framing");
+        let mut requests = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.map(|e| e.path()).unwrap_or_default();
+            let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for to_http1 in [true, false] {
+                for framed in frame_connection(&raw, to_http1).await {
+                    check(&framed);
+                    requests += 1;
+                }
+            }
+        }
+        assert!(requests > 0, "no request read from {}", dir.display());
+    }
+
+    /// The first finding: a chunked body with a trailer section was read completely, yet
+    /// forwarded chunked (the trailer made its length "unknown"), with the trailer passed on to
+    /// an HTTP/2 destination. Trailers are dropped, so a complete body always has a length.
+    #[tokio::test]
+    async fn request_trailers_are_dropped_and_the_body_keeps_its_length() {
+        let raw = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+                    Trailer: x-role\r\n\r\n3;e=1\r\nabc\r\n0\r\nx-role: admin\r\n\r\n";
+        for to_http1 in [true, false] {
+            let framed = frame_connection(raw, to_http1).await;
+            let [f] = framed.as_slice() else {
+                panic!("{framed:?}");
+            };
+            check(f);
+            assert_eq!(f.content_length.as_deref(), Some("3"));
+            assert_eq!(f.body.as_deref(), Some(&b"abc"[..]));
+        }
+    }
+
+    /// Trailers that arrive after the head was forwarded (the body streamed) are dropped too.
+    #[tokio::test]
+    async fn late_request_trailers_are_dropped() {
+        let raw = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                    3\r\nabc\r\n0\r\nx-role: admin\r\n\r\n";
+        let split = raw.len() - 20;
+        let framed = frame_connection_split(raw, split, true).await;
+        let [f] = framed.as_slice() else {
+            panic!("{framed:?}");
+        };
+        check(f);
+        assert!(!f.complete && f.chunked, "{f:?}");
+        assert_eq!(f.body.as_deref(), Some(&b"abc"[..]));
+    }
 }

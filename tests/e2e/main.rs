@@ -30,3 +30,4 @@ mod telemetry_analyze;
 mod telemetry_mesh;
 mod telemetry_otlp;
 mod traffic;
+mod websocket;
