@@ -698,11 +698,9 @@ mod tests {
         let mut sink = Vec::new();
         let _ = client.read_to_end(&mut sink).await;
         let _ = task.await;
-        let out = seen
-            .lock()
+        seen.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        out
+            .clone()
     }
 
     /// The properties the fuzz target checks, for one request.
