@@ -494,6 +494,18 @@ pub fn absolute_uri(authority: &str, path_and_query: &str) -> Result<http::Uri, 
         .map_err(|e| ForwardError::Broken(format!("invalid request target: {e}")))
 }
 
+/// The most unread data one HTTP/2 stream may hold on a sidecar's connections (its receive
+/// window): a stream whose reader stalls stops at this, whatever it carries.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// The most streams one connection between sidecars carries at once (the inbound server's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`).
+pub const MAX_STREAMS: u32 = 256;
+/// The connection's receive window: every stream's full window at once (64 MiB), so streams
+/// stalled with unread data can never use up the window the other streams need. Adaptive
+/// (BDP) windows are off: they grow each stream's window to the connection's, which lets one
+/// stalled stream take the whole connection.
+pub const CONNECTION_WINDOW: u32 = STREAM_WINDOW * MAX_STREAMS;
+
 /// Opens new connections for an [`H2Client`].
 pub trait Connect: Send + Sync + 'static {
     /// The connection type.
@@ -545,7 +557,8 @@ impl<C: Connect> H2Client<C> {
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(self.max_header_list_size)
-            .adaptive_window(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(false)
             .handshake(io)

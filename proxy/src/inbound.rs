@@ -399,7 +399,11 @@ impl Inbound {
         let served = async {
             if h2 {
                 let mut builder = server::http2_builder(&self.listener);
-                builder.enable_connect_protocol();
+                builder
+                    .enable_connect_protocol()
+                    .max_concurrent_streams(forward::MAX_STREAMS)
+                    .initial_stream_window_size(forward::STREAM_WINDOW)
+                    .initial_connection_window_size(forward::CONNECTION_WINDOW);
                 let conn = builder.serve_connection(io, svc);
                 server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
             } else {

@@ -12,6 +12,7 @@ mod ca_store;
 mod demo;
 mod edge;
 mod failures;
+mod fairness;
 mod garden;
 mod k8s_chart;
 mod k8s_inject;
