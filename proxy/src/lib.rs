@@ -25,4 +25,5 @@ pub mod sidecar;
 pub mod telemetry;
 pub mod tls;
 pub mod tunnel;
+mod validate;
 pub mod yaml;
