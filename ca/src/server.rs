@@ -37,15 +37,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use picket_common::server::{self, BodyError, ListenerSettings, TlsServer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
-use rustls_pki_types::CertificateDer;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -55,7 +61,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::api;
-use crate::authority::{Authority, CaError, Credential, IssueError, ServerNames};
+use crate::authority::{Authority, CaError, Credential, IssueError, Reloaded, ServerNames};
 use crate::svid;
 use crate::token::TokenError;
 use crate::tokenreview::{self, ReviewError, TokenReviewer};
@@ -97,8 +103,11 @@ pub async fn serve_with_names(
     serve_with(authority, listener, options, shutdown).await
 }
 
+/// How often a running CA looks for signing material a rotation command changed.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What the CA server does beyond join tokens and renewals.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServeOptions {
     /// DNS names or IP addresses added to the CA's own server certificate.
     pub extra_names: Vec<String>,
@@ -106,6 +115,20 @@ pub struct ServeOptions {
     pub token_review: Option<TokenReviewer>,
     /// The DNS names identities may obtain TLS server certificates for.
     pub server_names: ServerNames,
+    /// How often the state directory is read for a rotated intermediate or trust bundle
+    /// ([`Authority::reload`]).
+    pub reload_interval: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            extra_names: Vec::new(),
+            token_review: None,
+            server_names: ServerNames::default(),
+            reload_interval: DEFAULT_RELOAD_INTERVAL,
+        }
+    }
 }
 
 /// What one request's handler needs, shared by every connection.
@@ -125,7 +148,8 @@ pub async fn serve_with(
 ) -> Result<(), CaError> {
     let local = listener.local_addr().map_err(CaError::Listener)?;
     let names = server_names(local, options.extra_names);
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&authority, &names)?));
+    let tls = Arc::new(ServerTls::new(&authority, names.clone())?);
+    let acceptor = TlsAcceptor::from(Arc::new(tls.config()?));
     tracing::info!(
         listen = %local,
         ?names,
@@ -133,6 +157,13 @@ pub async fn serve_with(
         server_names = ?options.server_names,
         "CA server listening"
     );
+    let stop = CancellationToken::new();
+    let reloads = tokio::spawn(reload_loop(
+        Arc::clone(&authority),
+        Arc::clone(&tls),
+        options.reload_interval,
+        stop.clone(),
+    ));
     let shared = Arc::new(Shared {
         authority,
         token_review: options.token_review,
@@ -144,7 +175,6 @@ pub async fn serve_with(
         drain_timeout: DRAIN_TIMEOUT,
         max_connection_age: Some(CONNECTION_LIFETIME),
     };
-    let stop = CancellationToken::new();
     let serving = server::serve_tls(listener, acceptor, &server, &stop, move |tls| {
         let client_cert: Option<Arc<CertificateDer<'static>>> = tls
             .get_ref()
@@ -174,7 +204,173 @@ pub async fn serve_with(
         stop.cancel();
     };
     tokio::join!(cancel, serving);
+    stop.cancel();
+    if let Err(e) = reloads.await {
+        tracing::warn!(error = %e, "the CA's reload task ended abnormally");
+    }
     Ok(())
+}
+
+/// Reads the state directory every `interval` until `stop`; when a rotation command changed
+/// the signing material, puts it in force for issuance and for the CA's own TLS: a new server
+/// certificate from the new intermediate, client certificates checked against the new
+/// bundle. Connections and requests in flight keep what they started with.
+async fn reload_loop(
+    authority: Arc<Authority>,
+    tls: Arc<ServerTls>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return,
+        }
+        // The directory lock may be held by a rotation command for a moment: wait for it off
+        // the async workers.
+        let reading = Arc::clone(&authority);
+        let reloaded = match tokio::task::spawn_blocking(move || reading.reload()).await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the CA state failed; keeping the signing material in force");
+                continue;
+            }
+        };
+        match reloaded {
+            Ok(Reloaded::Unchanged) => {}
+            Ok(Reloaded::Changed {
+                issuer,
+                root,
+                bundle_roots,
+            }) => match tls.refresh(&authority) {
+                Ok(()) => tracing::info!(
+                    %issuer,
+                    %root,
+                    bundle_roots,
+                    "signing material changed on disk: issuing with it and serving TLS with it"
+                ),
+                Err(e) => tracing::error!(
+                    %issuer,
+                    error = %e,
+                    "issuing with the new signing material, but the CA's TLS keeps the previous \
+                     certificate and trust"
+                ),
+            },
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the CA state cannot be read; keeping the signing material in force"
+            ),
+        }
+    }
+}
+
+/// The CA's own TLS: its server certificate and the verifier of client certificates, each
+/// replaced when the signing material changes ([`ServerTls::refresh`]).
+#[derive(Debug)]
+struct ServerTls {
+    names: Vec<String>,
+    certificate: Arc<CurrentCertificate>,
+    verifier: Arc<CurrentClientVerifier>,
+}
+
+impl ServerTls {
+    fn new(authority: &Authority, names: Vec<String>) -> Result<Self, CaError> {
+        let certificate = Arc::new(CurrentCertificate(ArcSwap::from_pointee(
+            server_certified_key(authority, &names)?,
+        )));
+        let verifier = Arc::new(CurrentClientVerifier(ArcSwap::from_pointee(
+            client_verifier(authority)?,
+        )));
+        Ok(Self {
+            names,
+            certificate,
+            verifier,
+        })
+    }
+
+    fn refresh(&self, authority: &Authority) -> Result<(), CaError> {
+        let certified = server_certified_key(authority, &self.names)?;
+        let verifier = client_verifier(authority)?;
+        self.certificate.0.store(Arc::new(certified));
+        self.verifier.0.store(Arc::new(verifier));
+        Ok(())
+    }
+
+    fn config(&self) -> Result<ServerConfig, CaError> {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(PROTOCOL_VERSIONS)?
+            .with_client_cert_verifier(Arc::clone(&self.verifier) as Arc<dyn ClientCertVerifier>)
+            .with_cert_resolver(Arc::clone(&self.certificate) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // A renewal is authorised by the client certificate: a resumed session would let a
+        // certificate renew itself after it expired.
+        crypto::no_server_resumption(&mut config);
+        Ok(config)
+    }
+}
+
+/// The CA's server certificate in force.
+#[derive(Debug)]
+struct CurrentCertificate(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for CurrentCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// The client-certificate verifier in force: webpki against the current trust bundle,
+/// client certificates optional.
+#[derive(Debug)]
+struct CurrentClientVerifier(ArcSwap<Arc<dyn ClientCertVerifier>>);
+
+impl ClientCertVerifier for CurrentClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    /// No hints: they would have to outlive a swap of the bundle. Clients present the one
+    /// certificate they have either way.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .load()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.load().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.load().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.load().supported_verify_schemes()
+    }
 }
 
 fn server_names(local: SocketAddr, extra: Vec<String>) -> Vec<String> {
@@ -192,24 +388,28 @@ fn server_names(local: SocketAddr, extra: Vec<String>) -> Vec<String> {
     names
 }
 
-fn tls_config(authority: &Authority, names: &[String]) -> Result<ServerConfig, CaError> {
+/// A server certificate for `names` from the issuer in force.
+fn server_certified_key(authority: &Authority, names: &[String]) -> Result<CertifiedKey, CaError> {
     let (chain, key) = authority.server_certificate(names)?;
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(CaError::Tls)?;
+    Ok(CertifiedKey::new(chain, signing_key))
+}
+
+/// webpki against the trust bundle in force; a client certificate is optional (join tokens
+/// and service-account tokens come without one).
+fn client_verifier(authority: &Authority) -> Result<Arc<dyn ClientCertVerifier>, CaError> {
     let mut roots = RootCertStore::empty();
     for anchor in authority.trust_anchors() {
-        roots.add(anchor.clone())?;
+        roots.add(anchor)?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .allow_unauthenticated()
-        .build()?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(PROTOCOL_VERSIONS)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // A renewal is authorised by the client certificate: a resumed session would let a
-    // certificate renew itself after it expired.
-    crypto::no_server_resumption(&mut config);
-    Ok(config)
+    Ok(
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()?,
+    )
 }
 
 enum Endpoint {
@@ -253,7 +453,7 @@ async fn route(
         Endpoint::TrustBundle => Ok(response(
             StatusCode::OK,
             "application/x-pem-file",
-            Bytes::copy_from_slice(authority.trust_bundle_pem().as_bytes()),
+            Bytes::from(authority.trust_bundle_pem()),
         )),
         Endpoint::Health => Ok(response(
             StatusCode::OK,
@@ -562,7 +762,14 @@ mod tests {
 
         async fn start_with(options: ServeOptions) -> Self {
             let (dir, authority) = new_ca();
-            let authority = Arc::new(authority);
+            Self::serve(Arc::new(authority), dir, options).await
+        }
+
+        async fn serve(
+            authority: Arc<Authority>,
+            dir: tempfile::TempDir,
+            options: ServeOptions,
+        ) -> Self {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("https://{}", listener.local_addr().unwrap());
             let (stop, stopped) = oneshot::channel::<()>();
@@ -826,6 +1033,99 @@ mod tests {
             .await;
         assert_eq!(rejected_code(refused), (403, "server_name_mismatch".into()));
         ca.stop().await;
+    }
+
+    /// Polls `check` every 20 ms until it holds, for at most 10 s.
+    async fn within_10s<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check().await {
+            assert!(tokio::time::Instant::now() < deadline, "not within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The subject of the intermediate in a chain (leaf first).
+    fn chain_issuer(chain_pem: &str) -> String {
+        let chain = certs(chain_pem);
+        let (_, intermediate) = X509Certificate::from_der(&chain[1]).unwrap();
+        intermediate.subject().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_running_ca_takes_up_every_rotation_step_without_a_restart() {
+        use crate::rotation::{GivenRoot, RootStage, rotate_intermediate, rotate_root};
+        let ca = Running::start_with(ServeOptions {
+            reload_interval: Duration::from_millis(20),
+            ..ServeOptions::default()
+        })
+        .await;
+        let state = ca._dir.path().join("state");
+        let key = p256();
+        let first = ca
+            .client
+            .issue_with_token(&csr(&key, &[]), &ca.token())
+            .await
+            .unwrap();
+        let first_issuer = chain_issuer(&first.chain_pem);
+
+        // A new intermediate: the next issuance uses it, with no restart.
+        rotate_intermediate(&state, &GivenRoot::default()).unwrap();
+        within_10s(|| async { ca.authority.issuer_subject() != first_issuer }).await;
+        let second_issuer = ca.authority.issuer_subject();
+        let renewed = ca
+            .client
+            .renew(&csr(&p256(), &[]), certified_key(&first, &key))
+            .await
+            .unwrap();
+        assert_eq!(chain_issuer(&renewed.chain_pem), second_issuer);
+
+        // add, switch: the bundle grows to two roots, then issuance moves to the new root.
+        let added = rotate_root(&state, RootStage::Add, &GivenRoot::default(), false).unwrap();
+        within_10s(|| async { certs(&ca.client.trust_bundle().await.unwrap()).len() == 2 }).await;
+        // Clients take the two-root bundle before the switch, as sidecars do.
+        ca.client.set_trust(added.bundle_pem.as_bytes()).unwrap();
+        let switched =
+            rotate_root(&state, RootStage::Switch, &GivenRoot::default(), false).unwrap();
+        within_10s(|| async { ca.authority.issuer_subject() != second_issuer }).await;
+        let new_key = p256();
+        let under_new_root = ca
+            .client
+            .issue_with_token(&csr(&new_key, &[]), &ca.token())
+            .await
+            .unwrap();
+        assert_ne!(chain_issuer(&under_new_root.chain_pem), second_issuer);
+        verify_chain(&switched.bundle_pem, &under_new_root.chain_pem).unwrap();
+
+        // remove (forced: the first certificates are still valid): a client that trusts only
+        // the new root reaches the CA, whose own certificate moved to the new intermediate,
+        // and the CA stops accepting certificates of the old root for renewal.
+        let removed = rotate_root(&state, RootStage::Remove, &GivenRoot::default(), true).unwrap();
+        assert_eq!(certs(&removed.bundle_pem).len(), 1);
+        let new_only = CaClient::new(&ca.url, removed.bundle_pem.as_bytes()).unwrap();
+        within_10s(|| async {
+            new_only
+                .trust_bundle()
+                .await
+                .is_ok_and(|bundle| bundle == removed.bundle_pem)
+        })
+        .await;
+        let old_root_renewal = new_only
+            .renew(&csr(&p256(), &[]), certified_key(&renewed, &key))
+            .await;
+        assert!(old_root_renewal.is_err(), "{old_root_renewal:?}");
+        new_only
+            .renew(&csr(&p256(), &[]), certified_key(&under_new_root, &new_key))
+            .await
+            .unwrap();
+        ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_finds_nothing_new_changes_nothing() {
+        let (_dir, authority) = new_ca();
+        let before = authority.issuer_subject();
+        assert_eq!(authority.reload().unwrap(), Reloaded::Unchanged);
+        assert_eq!(authority.issuer_subject(), before);
     }
 
     #[tokio::test]

@@ -102,7 +102,7 @@ fn issued_leaf_follows_the_svid_rules() {
     )));
 
     assert_eq!(certs(&issued.chain_pem).len(), 2, "leaf then issuer");
-    verify_chain(ca.trust_bundle_pem(), &issued.chain_pem).unwrap();
+    verify_chain(&ca.trust_bundle_pem(), &issued.chain_pem).unwrap();
     let info = crate::svid::inspect_leaf(&der).unwrap();
     assert_eq!(info.id, issued.spiffe_id);
     assert_eq!(info.serial_hex, issued.serial);
@@ -593,7 +593,7 @@ fn imported_organisation_root_signs_the_issuer_and_stays_outside_the_state() {
     opts.root = Some((cert_path, key_path));
     let ca = Authority::init(opts).unwrap();
 
-    assert_eq!(certs(ca.trust_bundle_pem()), certs(&root_pem));
+    assert_eq!(certs(&ca.trust_bundle_pem()), certs(&root_pem));
     let state = dir.path().join("state");
     assert!(!state.join(state::ROOT_KEY).exists());
     assert!(!state.join(state::ROOT_CERT).exists());
@@ -656,4 +656,23 @@ fn server_certificate_names_the_given_hosts_for_server_auth_only() {
     let validity = cert.validity();
     assert!(validity.not_after.timestamp() - validity.not_before.timestamp() <= 31 * 86_400);
     assert!(ca.server_certificate(&[]).is_err());
+}
+
+#[test]
+fn a_reload_of_unreadable_material_keeps_the_material_in_force() {
+    let (dir, ca) = new_ca();
+    let before = ca.issuer_subject();
+    let state = dir.path().join("state");
+    let key_path = state.join(state::ISSUER_KEY);
+    let good_key = fs::read(&key_path).unwrap();
+    // A key that does not belong to issuer.pem: refused, nothing changes.
+    fs::write(&key_path, p256().serialize_pem()).unwrap();
+    let refused = ca.reload().unwrap_err().to_string();
+    assert!(refused.contains("does not match issuer.pem"), "{refused}");
+    assert_eq!(ca.issuer_subject(), before);
+    ca.issue(&csr(&p256(), &[]), Credential::JoinToken(token(&ca, 1)))
+        .unwrap();
+    // Put back: the next reload sees the same material as before.
+    fs::write(&key_path, good_key).unwrap();
+    assert_eq!(ca.reload().unwrap(), Reloaded::Unchanged);
 }

@@ -34,7 +34,8 @@ pub enum CaCommand {
 /// `picket ca rotate` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum RotateCommand {
-    /// Sign a new intermediate under the current root; the CA issues with it once restarted.
+    /// Sign a new intermediate under the current root; a running CA issues with it within a
+    /// second.
     Intermediate(RotateIntermediateArgs),
     /// One stage of a root rotation: add (new root into the bundle), switch (issue under the
     /// new root), remove (old root out of the bundle).
@@ -279,6 +280,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         extra_names: args.sans,
         token_review,
         server_names,
+        reload_interval: picket_ca::server::DEFAULT_RELOAD_INTERVAL,
     };
     // Signals are hooked before the ready file appears, so none sent after it is missed.
     let shutdown = CancellationToken::new();
