@@ -136,6 +136,12 @@ pub enum IssueError {
     /// The join token was refused.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// This CA is a replica signing with shared material and redeems no join tokens.
+    #[error(
+        "this CA replica redeems no join tokens: their single-use state has one writer, the \
+         enrollment CA (the state directory the shared signing material comes from)"
+    )]
+    JoinTokensNotServed,
     /// The issuer CA certificate has expired; the CA cannot issue until it is replaced.
     #[error("the issuer CA certificate expired at {0}")]
     IssuerExpired(OffsetDateTime),
@@ -164,6 +170,12 @@ pub struct InitOptions {
     pub leaf_ttl: Duration,
     /// Ceiling on `leaf_ttl`.
     pub max_leaf_ttl: Duration,
+    /// Sign with the intermediate and trust bundle in this directory (`issuer.pem`,
+    /// `issuer.key`, `bundle.pem`; on Kubernetes a Secret volume shared by every CA replica)
+    /// instead of making a root and an intermediate in the state directory. The material
+    /// stays there and is read again when it changes. Such a CA is one of several replicas: it
+    /// redeems no join tokens (each replica's token store would be its own).
+    pub signer_dir: Option<PathBuf>,
 }
 
 impl InitOptions {
@@ -175,6 +187,7 @@ impl InitOptions {
             root: None,
             leaf_ttl: DEFAULT_LEAF_TTL,
             max_leaf_ttl: DEFAULT_MAX_LEAF_TTL,
+            signer_dir: None,
         }
     }
 }
@@ -311,6 +324,10 @@ struct CaConfig {
     trust_domain: TrustDomain,
     leaf_ttl_secs: u64,
     max_leaf_ttl_secs: u64,
+    /// Where the signing material lives when it is not in the state directory
+    /// ([`InitOptions::signer_dir`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signer_dir: Option<PathBuf>,
 }
 
 /// A random serial the store has not recorded (`taken` asks it, inside the issuance's
@@ -332,6 +349,9 @@ pub struct Authority {
     dir: StateDir,
     trust_domain: TrustDomain,
     leaf_lifetime: time::Duration,
+    /// The directory the signing material is read from when it is not the state directory
+    /// ([`InitOptions::signer_dir`]).
+    signer_dir: Option<StateDir>,
     /// The issuer and the trust bundle in force. Replaced as a whole by [`Authority::reload`]
     /// when a rotation command changed them on disk; an issuance loads it once, so a request
     /// in flight finishes with the material it started with.
@@ -461,6 +481,37 @@ impl Authority {
         }
         let now = now();
 
+        if let Some(signer_dir) = &opts.signer_dir {
+            if opts.root.is_some() {
+                return Err(CaError::InvalidOption(
+                    "a CA that signs with shared material (--signer-dir) makes no intermediate: \
+                     it takes no root"
+                        .into(),
+                ));
+            }
+            // Checked now, so that a replica with unusable material never starts.
+            Signer::load(&StateDir::signing_material(signer_dir))?;
+            Store::open(&dir)?;
+            dir.write_json(
+                state::CONFIG,
+                &CaConfig {
+                    format: FORMAT_VERSION,
+                    trust_domain: opts.trust_domain.clone(),
+                    leaf_ttl_secs: whole_seconds_up(opts.leaf_ttl),
+                    max_leaf_ttl_secs: whole_seconds_up(opts.max_leaf_ttl),
+                    signer_dir: Some(signer_dir.clone()),
+                },
+            )?;
+            drop(lock);
+            tracing::info!(
+                state_dir = %opts.state_dir.display(),
+                signer_dir = %signer_dir.display(),
+                trust_domain = %opts.trust_domain,
+                "initialised a CA replica signing with shared material"
+            );
+            return Self::open(&opts.state_dir);
+        }
+
         let (root, root_not_after, bundle_pem) = match &opts.root {
             None => {
                 let (key, cert_pem, params, not_after) = new_root(now)?;
@@ -488,6 +539,7 @@ impl Authority {
                 trust_domain: opts.trust_domain.clone(),
                 leaf_ttl_secs: whole_seconds_up(opts.leaf_ttl),
                 max_leaf_ttl_secs: whole_seconds_up(opts.max_leaf_ttl),
+                signer_dir: None,
             },
         )?;
         drop(lock);
@@ -528,12 +580,14 @@ impl Authority {
         let leaf_lifetime = time::Duration::try_from(leaf_ttl)
             .map_err(|e| corrupt(&dir, state::CONFIG, e.to_string()))?;
 
-        let signer = Signer::load(&dir)?;
+        let signer_dir = config.signer_dir.as_deref().map(StateDir::signing_material);
+        let signer = Signer::load(signer_dir.as_ref().unwrap_or(&dir))?;
         let store = Store::open(&dir)?;
         drop(lock);
 
         Ok(Self {
             dir,
+            signer_dir,
             trust_domain: config.trust_domain,
             leaf_lifetime,
             signer: ArcSwap::from_pointee(signer),
@@ -546,10 +600,18 @@ impl Authority {
     /// in flight finish with the material they started with. On error the material in force
     /// stays.
     pub fn reload(&self) -> Result<Reloaded, CaError> {
-        let lock = self.dir.lock()?;
-        crate::rotation::finish_interrupted(&self.dir)?;
-        let fresh = Signer::load(&self.dir)?;
-        drop(lock);
+        let fresh = match &self.signer_dir {
+            // A Secret volume is swapped as a whole; a read that straddles a swap fails the
+            // pairing checks and is tried again at the next reload.
+            Some(shared) => Signer::load(shared)?,
+            None => {
+                let lock = self.dir.lock()?;
+                crate::rotation::finish_interrupted(&self.dir)?;
+                let fresh = Signer::load(&self.dir)?;
+                drop(lock);
+                fresh
+            }
+        };
         if fresh.same_as(&self.signer.load()) {
             return Ok(Reloaded::Unchanged);
         }
@@ -599,6 +661,11 @@ impl Authority {
         ttl: Duration,
         uses: u32,
     ) -> Result<String, CaError> {
+        if let Some(shared) = &self.signer_dir {
+            return Err(CaError::InvalidOption(join_tokens_not_served(
+                shared.path(),
+            )));
+        }
         if ttl < Duration::from_secs(1) {
             return Err(CaError::InvalidOption(
                 "token lifetime must be at least 1s".into(),
@@ -658,6 +725,9 @@ impl Authority {
             return Err(IssueError::IssuerExpired(signer.issuer_not_after));
         }
         let (redemption, kind, known) = match &credential {
+            Credential::JoinToken(_) if self.signer_dir.is_some() => {
+                return Err(IssueError::JoinTokensNotServed);
+            }
             Credential::JoinToken(token) => {
                 (Redemption::Token(token), CredentialKind::JoinToken, None)
             }
@@ -766,6 +836,22 @@ impl Authority {
             PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         ))
     }
+}
+
+/// Why a CA replica signing with shared material makes no join token.
+fn join_tokens_not_served(signer_dir: &Path) -> String {
+    format!(
+        "this CA signs with the shared material in {} and is one of several replicas: a join \
+         token made here would be known to this replica only. Create join tokens at the \
+         enrollment CA, whose state directory the material comes from",
+        signer_dir.display()
+    )
+}
+
+/// Whether the CA in `dir` signs with shared material, and where it lives.
+pub(crate) fn shared_signer_dir(dir: &StateDir) -> Result<Option<PathBuf>, StateError> {
+    let config: CaConfig = dir.read_json(state::CONFIG)?;
+    Ok(config.signer_dir)
 }
 
 /// The subject of a certificate, as text (empty if it does not parse: only certificates this

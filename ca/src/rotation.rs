@@ -95,6 +95,7 @@ struct CaCert {
 /// in the trust bundle) and issues with it from the next CA start.
 pub fn rotate_intermediate(state_dir: &Path, given: &GivenRoot) -> Result<Rotated, CaError> {
     let dir = StateDir::open(state_dir)?;
+    refuse_shared_signer(&dir)?;
     let _lock = dir.lock()?;
     finish_interrupted(&dir)?;
     let now = authority::now();
@@ -124,6 +125,7 @@ pub fn rotate_root(
     force: bool,
 ) -> Result<Rotated, CaError> {
     let dir = StateDir::open(state_dir)?;
+    refuse_shared_signer(&dir)?;
     let _lock = dir.lock()?;
     finish_interrupted(&dir)?;
     let now = authority::now();
@@ -139,6 +141,22 @@ pub fn rotate_root(
             None => switch_root(&dir, now),
         },
         RootStage::Remove => remove_root(&dir, now, force),
+    }
+}
+
+/// A replica signing with shared material is not rotated itself: the CA the material comes
+/// from is, and the material is handed to every replica again.
+fn refuse_shared_signer(dir: &StateDir) -> Result<(), CaError> {
+    match authority::shared_signer_dir(dir)? {
+        None => Ok(()),
+        Some(shared) => Err(CaError::InvalidOption(format!(
+            "{} is a CA replica signing with the shared material in {}: rotate the CA that \
+             material comes from (the enrollment CA's state directory), then update the shared \
+             material (on Kubernetes, the signer Secret); every replica takes it up without a \
+             restart",
+            dir.path().display(),
+            shared.display()
+        ))),
     }
 }
 

@@ -27,7 +27,7 @@
 //! | 408    | `body_timeout`                                                                 |
 //! | 413    | `body_too_large`                                                               |
 //! | 500    | `internal`                                                                     |
-//! | 503    | `token_review_unavailable` (the API server could not be asked, refused the CA's own credential, or did not answer within 5 s; nothing was issued and a retry may succeed) |
+//! | 503    | `token_review_unavailable` (the API server could not be asked, refused the CA's own credential, or did not answer within 5 s; nothing was issued and a retry may succeed), `join_tokens_not_served` (a replica signing with shared material: the enrollment CA redeems join tokens; a client with several CA URLs tries the next) |
 //!
 //! Tokens and keys are never logged.
 
@@ -673,6 +673,10 @@ impl From<IssueError> for ApiError {
             IssueError::Token(TokenError::Unknown) => (StatusCode::UNAUTHORIZED, "token_unknown"),
             IssueError::Token(TokenError::Expired) => (StatusCode::UNAUTHORIZED, "token_expired"),
             IssueError::Token(TokenError::Used) => (StatusCode::UNAUTHORIZED, "token_used"),
+            // 503: another CA URL (the enrollment CA) can redeem it, so clients try the next.
+            IssueError::JoinTokensNotServed => {
+                (StatusCode::SERVICE_UNAVAILABLE, "join_tokens_not_served")
+            }
             IssueError::IssuerExpired(_)
             | IssueError::State(_)
             | IssueError::Random(_)
@@ -1118,6 +1122,69 @@ mod tests {
             .await
             .unwrap();
         ca.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_client_of_several_urls_moves_past_a_stopped_ca_and_a_replica_without_tokens() {
+        let enrollment = Running::start().await;
+        let replica_dir = tempfile::tempdir().unwrap();
+        let mut options = crate::test_support::options(replica_dir.path());
+        options.signer_dir = Some(enrollment._dir.path().join("state"));
+        let replica_authority = Arc::new(Authority::init(options).unwrap());
+        let replica = Running::serve(replica_authority, replica_dir, ServeOptions::default()).await;
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed_url = format!("https://{}", closed.local_addr().unwrap());
+        drop(closed);
+
+        // A replica redeems no join token: 503, so a client goes on to its next URL.
+        let refused = replica
+            .client
+            .issue_with_token(&csr(&p256(), &[]), &enrollment.token())
+            .await;
+        assert!(
+            matches!(refused, Err(ClientError::Unavailable { status: 503, ref message }) if message.contains("redeems no join tokens")),
+            "{refused:?}"
+        );
+        let bundle = enrollment.authority.trust_bundle_pem();
+        let client = CaClient::with_urls(
+            &[
+                closed_url.clone(),
+                replica.url.clone(),
+                enrollment.url.clone(),
+            ],
+            bundle.as_bytes(),
+        )
+        .unwrap();
+        let key = p256();
+        let first = client
+            .issue_with_token(&csr(&key, &[]), &enrollment.token())
+            .await
+            .unwrap();
+        assert_eq!(client.current_url(), enrollment.url);
+
+        // The enrollment CA goes away: a renewal moves on (past the closed port) to the
+        // replica, which signs with the same intermediate.
+        enrollment.stop().await;
+        let renewed = client
+            .renew(&csr(&p256(), &[]), certified_key(&first, &key))
+            .await
+            .unwrap();
+        assert_eq!(client.current_url(), replica.url);
+        assert_eq!(
+            chain_issuer(&renewed.chain_pem),
+            chain_issuer(&first.chain_pem)
+        );
+
+        // A refusal (4xx) is final: it is not sent on to another URL.
+        let other = csr(&p256(), &["spiffe://example.org/ns/kube-system/sa/admin"]);
+        let refused = client.renew(&other, certified_key(&first, &key)).await;
+        assert_eq!(rejected_code(refused), (403, "identity_mismatch".into()));
+        assert_eq!(client.current_url(), replica.url);
+
+        // Every URL down: the last error, for the caller's backoff.
+        replica.stop().await;
+        let down = client.trust_bundle().await;
+        assert!(matches!(down, Err(ClientError::Connect(_))), "{down:?}");
     }
 
     #[tokio::test]

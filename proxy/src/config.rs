@@ -155,8 +155,9 @@ impl Default for HttpConfig {
 /// How the sidecar reaches the CA.
 #[derive(Debug, Clone)]
 pub struct CaConfig {
-    /// Base URL, `https://host:port`.
-    pub url: String,
+    /// Base URLs, `https://host:port`: `ca.url` first, then `ca.fallback_urls`. Calls go to
+    /// the one that answered last and move to the next when it is unreachable or unavailable.
+    pub urls: Vec<String>,
     /// PEM file with the roots that sign the CA's serving certificate (the trust bundle).
     pub trust_bundle: PathBuf,
     /// File holding the join token for the first issuance.
@@ -470,6 +471,8 @@ pub struct IdentityOverride {
 #[serde(deny_unknown_fields)]
 struct RawCa {
     url: Spanned<String>,
+    #[serde(default)]
+    fallback_urls: Vec<Spanned<String>>,
     trust_bundle: PathBuf,
     join_token_file: PathBuf,
 }
@@ -846,6 +849,22 @@ impl Validator<'_> {
         if !raw.ca.url.value.starts_with("https://") {
             return Err(self.err(&raw.ca.url, "ca.url: must be an https:// URL"));
         }
+        let mut ca_urls = vec![raw.ca.url.value.clone()];
+        for (i, url) in raw.ca.fallback_urls.iter().enumerate() {
+            if !url.value.starts_with("https://") {
+                return Err(self.err(
+                    url,
+                    format!("ca.fallback_urls[{i}]: must be an https:// URL"),
+                ));
+            }
+            if ca_urls.contains(&url.value) {
+                return Err(self.err(
+                    url,
+                    format!("ca.fallback_urls[{i}]: {:?} is already listed", url.value),
+                ));
+            }
+            ca_urls.push(url.value.clone());
+        }
 
         let inbound = InboundConfig {
             listen: self.addr_or(&raw.inbound.listen, DEFAULT_INBOUND, "inbound.listen")?,
@@ -1086,7 +1105,7 @@ impl Validator<'_> {
             http,
             identity,
             ca: CaConfig {
-                url: raw.ca.url.value,
+                urls: ca_urls,
                 trust_bundle: raw.ca.trust_bundle,
                 join_token_file: raw.ca.join_token_file,
             },
@@ -1135,6 +1154,30 @@ outbound:
 
     fn error(text: &str) -> YamlError {
         Config::parse("s.yaml", text).unwrap_err()
+    }
+
+    #[test]
+    fn fallback_ca_urls_follow_the_first_and_are_checked() {
+        let c = Config::parse("s.yaml", GOOD).unwrap();
+        assert_eq!(c.ca.urls, ["https://127.0.0.1:7443"]);
+        let more = GOOD.replace(
+            "join_token_file: /t }",
+            "join_token_file: /t,\n  fallback_urls: [\"https://10.0.0.9:7443\", \"https://ca-b:7443\"] }",
+        );
+        let c = Config::parse("s.yaml", &more).unwrap();
+        assert_eq!(
+            c.ca.urls,
+            [
+                "https://127.0.0.1:7443",
+                "https://10.0.0.9:7443",
+                "https://ca-b:7443"
+            ]
+        );
+        let e = error(&more.replace("https://ca-b", "http://ca-b"));
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("ca.fallback_urls[1]"), "{e}");
+        let e = error(&more.replace("https://ca-b:7443", "https://127.0.0.1:7443"));
+        assert!(e.message.contains("already listed"), "{e}");
     }
 
     #[test]

@@ -112,6 +112,12 @@ pub struct InitArgs {
     /// (for an init step that runs at every start); the root options are then not needed.
     #[arg(long)]
     keep_existing: bool,
+    /// Make a CA replica that signs with the shared material in this directory (issuer.pem,
+    /// issuer.key, bundle.pem: another CA's, e.g. a Kubernetes Secret volume), read again
+    /// whenever it changes. No root or intermediate is made; the replica redeems no join
+    /// tokens (the CA the material comes from does).
+    #[arg(long, conflicts_with_all = ["root_cert", "root_key"])]
+    signer_dir: Option<PathBuf>,
 }
 
 /// Arguments of `picket ca token create`.
@@ -224,6 +230,7 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
     let trust_domain = args.trust_domain.clone();
     let mut options = InitOptions::new(args.state_dir, args.trust_domain);
     options.root = args.root_cert.zip(args.root_key);
+    options.signer_dir = args.signer_dir;
     if let Some(ttl) = args.leaf_ttl {
         options.leaf_ttl = ttl;
     }
