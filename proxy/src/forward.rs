@@ -472,7 +472,10 @@ pub async fn body_for_forwarding(body: Incoming) -> Result<ReadAhead, ForwardErr
 
 /// `http://<authority><path-and-query>`, built from parts so that the asterisk form (`*`)
 /// survives.
-pub fn absolute_uri(authority: &str, path_and_query: &str) -> Result<http::Uri, ForwardError> {
+pub fn absolute_uri(
+    authority: http::uri::Authority,
+    path_and_query: http::uri::PathAndQuery,
+) -> Result<http::Uri, ForwardError> {
     http::Uri::builder()
         .scheme("http")
         .authority(authority)

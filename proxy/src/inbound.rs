@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -62,6 +63,8 @@ pub struct ConnMeta {
     pub principal: Option<String>,
     /// The application this connection is forwarded to.
     pub app: SocketAddr,
+    /// `app` as a request target's authority, made once per connection.
+    app_authority: Option<Authority>,
     /// The destination port as policy sees it.
     pub destination_port: u16,
     /// The server name the peer asked for, if any.
@@ -306,6 +309,7 @@ impl Inbound {
             client_addr,
             principal: Some(principal),
             app,
+            app_authority: Authority::try_from(app.to_string()).ok(),
             destination_port: app.port(),
             sni,
             kx: Some(kx),
@@ -345,6 +349,7 @@ impl Inbound {
             peer: None,
             principal: None,
             app,
+            app_authority: Authority::try_from(app.to_string()).ok(),
             destination_port: app.port(),
             sni: None,
             kx: None,
@@ -518,26 +523,18 @@ impl Inbound {
         if let Some(peer) = &meta.peer_header {
             parts.headers.insert(PEER_IDENTITY_HEADER, peer.clone());
         }
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            });
+        // The caller's authority: cheap clones of what the canonical head already holds.
+        let authority = parts.uri.authority().cloned().or_else(|| {
+            let host = parts.headers.get(header::HOST)?;
+            Authority::try_from(host.as_bytes()).ok()
+        });
         let pq = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_owned();
-        let app = meta.app;
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let resp = self
-            .send_to_app(parts, body, authority, &pq, app, to_http1)
+            .send_to_app(parts, body, authority, pq, meta, to_http1)
             .await
             .map_err(|e| forward::blame(e, &body_failed))?;
         let (mut parts, body) = resp.into_parts();
@@ -549,21 +546,26 @@ impl Inbound {
         &self,
         mut parts: http::request::Parts,
         body: Body,
-        authority: Option<String>,
-        pq: &str,
-        app: SocketAddr,
+        authority: Option<Authority>,
+        pq: PathAndQuery,
+        meta: &ConnMeta,
         to_http1: bool,
     ) -> Result<Response<Incoming>, ForwardError> {
+        let app = meta.app;
+        let app_authority = meta
+            .app_authority
+            .clone()
+            .ok_or_else(|| ForwardError::Broken(format!("{app} is not a request authority")))?;
         let timeout = self.timeouts.request;
         let resp = if to_http1 {
-            parts.uri = forward::absolute_uri(&app.to_string(), pq)?;
             parts.version = Version::HTTP_11;
             if !parts.headers.contains_key(header::HOST) {
-                let host = authority.unwrap_or_else(|| app.to_string());
-                if let Ok(v) = HeaderValue::from_str(&host) {
+                let host = authority.as_ref().unwrap_or(&app_authority);
+                if let Ok(v) = HeaderValue::from_str(host.as_str()) {
                     parts.headers.insert(header::HOST, v);
                 }
             }
+            parts.uri = forward::absolute_uri(app_authority, pq)?;
             let fut = self.http1.request(Request::from_parts(parts, body));
             match tokio::time::timeout(timeout, fut).await {
                 Err(_) => return Err(ForwardError::Timeout(timeout)),
@@ -578,8 +580,7 @@ impl Inbound {
                 Ok(Ok(resp)) => resp,
             }
         } else {
-            let host = authority.unwrap_or_else(|| app.to_string());
-            parts.uri = forward::absolute_uri(&host, pq)?;
+            parts.uri = forward::absolute_uri(authority.unwrap_or(app_authority), pq)?;
             parts.headers.remove(header::HOST);
             match tokio::time::timeout(
                 timeout,

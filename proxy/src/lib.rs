@@ -24,4 +24,5 @@ pub mod pipeline;
 pub mod sidecar;
 pub mod telemetry;
 pub mod tls;
+mod validate;
 pub mod yaml;

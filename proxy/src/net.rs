@@ -220,21 +220,6 @@ pub async fn detect(stream: &tokio::net::TcpStream, timeout: Duration) -> Detect
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classifies_http_and_opaque_prefixes() {
-        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Detected::Http));
-        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), Some(Detected::Http));
-        assert_eq!(classify(b"POS"), None);
-        assert_eq!(classify(b"\x16\x03\x01"), Some(Detected::Opaque));
-        assert_eq!(classify(b"SSH-2.0-"), Some(Detected::Opaque));
-        assert_eq!(classify(b"GETX"), Some(Detected::Opaque));
-    }
-}
-
 /// Watches the response bodies of one connection for a reader that stopped taking data: a body
 /// that handed data to the server and has not been asked for more since (the server asks again
 /// only once the data could be written: TCP room, or HTTP/2 window). Distinct from the idle
@@ -331,3 +316,6 @@ impl<B: http_body::Body> http_body::Body for StallGuard<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -591,8 +592,15 @@ fn prepare(parts: &mut http::request::Parts, authority: &str) -> Result<(), Box<
         );
     }
     parts.headers.remove(header::HOST);
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = forward::absolute_uri(authority, pq).map_err(|_| {
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = http::uri::Authority::try_from(authority)
+        .map_err(|e| ForwardError::Broken(e.to_string()))
+        .and_then(|authority| forward::absolute_uri(authority, pq));
+    parts.uri = uri.map_err(|_| {
         Box::new(forward::error_response_close(
             StatusCode::BAD_REQUEST,
             "invalid request target",
@@ -611,16 +619,4 @@ fn host_name(authority: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn last_kx_is_empty_until_set_and_keeps_every_group() {
-        let cell = LastKx::default();
-        assert_eq!(cell.get(), None);
-        for kx in KX_CODES {
-            cell.set(kx);
-            assert_eq!(cell.get(), Some(kx));
-        }
-    }
-}
+mod tests;

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use picket_ca::client::{CaClient, ClientError};
-use picket_tests::k8s::{KubeApi, Review, TokenReviewDouble};
+use picket_ca::tokenreview::testing::Review;
+use picket_tests::k8s::KubeApi;
+
+use crate::k8s_tokenreview::{kube_api, start_double};
 use picket_tests::process::{Daemon, output, picket, run_ok};
 use picket_tests::proxy::allow_authenticated;
 use picket_tests::{App, CaAccess, Sidecar, TRUST_DOMAIN, TestProxy, eventually};
@@ -55,7 +58,7 @@ impl Replica {
             .arg(&state)
             .arg("--ready-file")
             .arg(&ready_file)
-            .args(["--kube-api", api.url, "--kube-ca"])
+            .args(["--kube-api", api.url, "--kube-ca-file"])
             .arg(&kube_ca)
             .arg("--kube-token-file")
             .arg(&own_token);
@@ -106,7 +109,7 @@ async fn shared_material(dir: &Path) -> Result<PathBuf> {
 
 #[tokio::test]
 async fn issuance_and_renewal_continue_through_the_other_replica() -> Result<()> {
-    let api = TokenReviewDouble::start(&[
+    let api = start_double(&[
         ("eyJh.orders.sig", Review::ServiceAccount("shop", "orders")),
         (
             "eyJh.frontend.sig",
@@ -117,8 +120,8 @@ async fn issuance_and_renewal_continue_through_the_other_replica() -> Result<()>
     let dir = tempfile::tempdir()?;
     let signer = shared_material(dir.path()).await?;
     let bundle = signer.join("bundle.pem");
-    let mut first = Replica::start(dir.path(), "ca-a", &signer, &api.api()).await?;
-    let second = Replica::start(dir.path(), "ca-b", &signer, &api.api()).await?;
+    let mut first = Replica::start(dir.path(), "ca-a", &signer, &kube_api(&api)).await?;
+    let second = Replica::start(dir.path(), "ca-b", &signer, &kube_api(&api)).await?;
     let urls = vec![first.url.clone(), second.url.clone()];
 
     // A replica redeems no join tokens: 503 with its own code, so a client tries its next URL.
