@@ -7,6 +7,7 @@ mod apps;
 mod authn;
 mod bypass;
 mod ca;
+mod ca_replicas;
 mod ca_rotation;
 mod ca_store;
 mod demo;
