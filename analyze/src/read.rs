@@ -248,6 +248,7 @@ fn protocol_bit(p: FlowProtocol) -> u8 {
         FlowProtocol::H2 => 2,
         FlowProtocol::Grpc => 4,
         FlowProtocol::Tcp => 8,
+        FlowProtocol::WebSocket => 16,
     }
 }
 
@@ -258,6 +259,7 @@ pub(crate) fn protocol_names(bits: u8) -> Vec<&'static str> {
         FlowProtocol::H2,
         FlowProtocol::Grpc,
         FlowProtocol::Tcp,
+        FlowProtocol::WebSocket,
     ]
     .into_iter()
     .filter(|p| bits & protocol_bit(*p) != 0)

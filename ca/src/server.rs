@@ -27,7 +27,7 @@
 //! | 408    | `body_timeout`                                                                 |
 //! | 413    | `body_too_large`                                                               |
 //! | 500    | `internal`                                                                     |
-//! | 503    | `token_review_unavailable` (the API server could not be asked, refused the CA's own credential, or did not answer within 5 s; nothing was issued and a retry may succeed) |
+//! | 503    | `token_review_unavailable` (the API server could not be asked, refused the CA's own credential, or did not answer within 5 s; nothing was issued and a retry may succeed), `join_tokens_not_served` (a replica signing with shared material: the enrollment CA redeems join tokens; a client with several CA URLs tries the next) |
 //!
 //! Tokens and keys are never logged.
 
@@ -37,15 +37,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use picket_common::server::{self, BodyError, ListenerSettings, TlsServer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
-use rustls_pki_types::CertificateDer;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -55,7 +61,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::api;
-use crate::authority::{Authority, CaError, Credential, IssueError, ServerNames};
+use crate::authority::{Authority, CaError, Credential, IssueError, Reloaded, ServerNames};
 use crate::svid;
 use crate::token::TokenError;
 use crate::tokenreview::{self, ReviewError, TokenReviewer};
@@ -97,8 +103,11 @@ pub async fn serve_with_names(
     serve_with(authority, listener, options, shutdown).await
 }
 
+/// How often a running CA looks for signing material a rotation command changed.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What the CA server does beyond join tokens and renewals.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServeOptions {
     /// DNS names or IP addresses added to the CA's own server certificate.
     pub extra_names: Vec<String>,
@@ -106,6 +115,20 @@ pub struct ServeOptions {
     pub token_review: Option<TokenReviewer>,
     /// The DNS names identities may obtain TLS server certificates for.
     pub server_names: ServerNames,
+    /// How often the state directory is read for a rotated intermediate or trust bundle
+    /// ([`Authority::reload`]).
+    pub reload_interval: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            extra_names: Vec::new(),
+            token_review: None,
+            server_names: ServerNames::default(),
+            reload_interval: DEFAULT_RELOAD_INTERVAL,
+        }
+    }
 }
 
 /// What one request's handler needs, shared by every connection.
@@ -125,7 +148,8 @@ pub async fn serve_with(
 ) -> Result<(), CaError> {
     let local = listener.local_addr().map_err(CaError::Listener)?;
     let names = server_names(local, options.extra_names);
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&authority, &names)?));
+    let tls = Arc::new(ServerTls::new(&authority, names.clone())?);
+    let acceptor = TlsAcceptor::from(Arc::new(tls.config()?));
     tracing::info!(
         listen = %local,
         ?names,
@@ -133,6 +157,13 @@ pub async fn serve_with(
         server_names = ?options.server_names,
         "CA server listening"
     );
+    let stop = CancellationToken::new();
+    let reloads = tokio::spawn(reload_loop(
+        Arc::clone(&authority),
+        Arc::clone(&tls),
+        options.reload_interval,
+        stop.clone(),
+    ));
     let shared = Arc::new(Shared {
         authority,
         token_review: options.token_review,
@@ -144,7 +175,6 @@ pub async fn serve_with(
         drain_timeout: DRAIN_TIMEOUT,
         max_connection_age: Some(CONNECTION_LIFETIME),
     };
-    let stop = CancellationToken::new();
     let serving = server::serve_tls(listener, acceptor, &server, &stop, move |tls| {
         let client_cert: Option<Arc<CertificateDer<'static>>> = tls
             .get_ref()
@@ -174,7 +204,173 @@ pub async fn serve_with(
         stop.cancel();
     };
     tokio::join!(cancel, serving);
+    stop.cancel();
+    if let Err(e) = reloads.await {
+        tracing::warn!(error = %e, "the CA's reload task ended abnormally");
+    }
     Ok(())
+}
+
+/// Reads the state directory every `interval` until `stop`; when a rotation command changed
+/// the signing material, puts it in force for issuance and for the CA's own TLS: a new server
+/// certificate from the new intermediate, client certificates checked against the new
+/// bundle. Connections and requests in flight keep what they started with.
+async fn reload_loop(
+    authority: Arc<Authority>,
+    tls: Arc<ServerTls>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return,
+        }
+        // The directory lock may be held by a rotation command for a moment: wait for it off
+        // the async workers.
+        let reading = Arc::clone(&authority);
+        let reloaded = match tokio::task::spawn_blocking(move || reading.reload()).await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the CA state failed; keeping the signing material in force");
+                continue;
+            }
+        };
+        match reloaded {
+            Ok(Reloaded::Unchanged) => {}
+            Ok(Reloaded::Changed {
+                issuer,
+                root,
+                bundle_roots,
+            }) => match tls.refresh(&authority) {
+                Ok(()) => tracing::info!(
+                    %issuer,
+                    %root,
+                    bundle_roots,
+                    "signing material changed on disk: issuing with it and serving TLS with it"
+                ),
+                Err(e) => tracing::error!(
+                    %issuer,
+                    error = %e,
+                    "issuing with the new signing material, but the CA's TLS keeps the previous \
+                     certificate and trust"
+                ),
+            },
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the CA state cannot be read; keeping the signing material in force"
+            ),
+        }
+    }
+}
+
+/// The CA's own TLS: its server certificate and the verifier of client certificates, each
+/// replaced when the signing material changes ([`ServerTls::refresh`]).
+#[derive(Debug)]
+struct ServerTls {
+    names: Vec<String>,
+    certificate: Arc<CurrentCertificate>,
+    verifier: Arc<CurrentClientVerifier>,
+}
+
+impl ServerTls {
+    fn new(authority: &Authority, names: Vec<String>) -> Result<Self, CaError> {
+        let certificate = Arc::new(CurrentCertificate(ArcSwap::from_pointee(
+            server_certified_key(authority, &names)?,
+        )));
+        let verifier = Arc::new(CurrentClientVerifier(ArcSwap::from_pointee(
+            client_verifier(authority)?,
+        )));
+        Ok(Self {
+            names,
+            certificate,
+            verifier,
+        })
+    }
+
+    fn refresh(&self, authority: &Authority) -> Result<(), CaError> {
+        let certified = server_certified_key(authority, &self.names)?;
+        let verifier = client_verifier(authority)?;
+        self.certificate.0.store(Arc::new(certified));
+        self.verifier.0.store(Arc::new(verifier));
+        Ok(())
+    }
+
+    fn config(&self) -> Result<ServerConfig, CaError> {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(PROTOCOL_VERSIONS)?
+            .with_client_cert_verifier(Arc::clone(&self.verifier) as Arc<dyn ClientCertVerifier>)
+            .with_cert_resolver(Arc::clone(&self.certificate) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // A renewal is authorised by the client certificate: a resumed session would let a
+        // certificate renew itself after it expired.
+        crypto::no_server_resumption(&mut config);
+        Ok(config)
+    }
+}
+
+/// The CA's server certificate in force.
+#[derive(Debug)]
+struct CurrentCertificate(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for CurrentCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// The client-certificate verifier in force: webpki against the current trust bundle,
+/// client certificates optional.
+#[derive(Debug)]
+struct CurrentClientVerifier(ArcSwap<Arc<dyn ClientCertVerifier>>);
+
+impl ClientCertVerifier for CurrentClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    /// No hints: they would have to outlive a swap of the bundle. Clients present the one
+    /// certificate they have either way.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .load()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.load().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.load().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.load().supported_verify_schemes()
+    }
 }
 
 fn server_names(local: SocketAddr, extra: Vec<String>) -> Vec<String> {
@@ -192,24 +388,28 @@ fn server_names(local: SocketAddr, extra: Vec<String>) -> Vec<String> {
     names
 }
 
-fn tls_config(authority: &Authority, names: &[String]) -> Result<ServerConfig, CaError> {
+/// A server certificate for `names` from the issuer in force.
+fn server_certified_key(authority: &Authority, names: &[String]) -> Result<CertifiedKey, CaError> {
     let (chain, key) = authority.server_certificate(names)?;
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(CaError::Tls)?;
+    Ok(CertifiedKey::new(chain, signing_key))
+}
+
+/// webpki against the trust bundle in force; a client certificate is optional (join tokens
+/// and service-account tokens come without one).
+fn client_verifier(authority: &Authority) -> Result<Arc<dyn ClientCertVerifier>, CaError> {
     let mut roots = RootCertStore::empty();
     for anchor in authority.trust_anchors() {
-        roots.add(anchor.clone())?;
+        roots.add(anchor)?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .allow_unauthenticated()
-        .build()?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(PROTOCOL_VERSIONS)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // A renewal is authorised by the client certificate: a resumed session would let a
-    // certificate renew itself after it expired.
-    crypto::no_server_resumption(&mut config);
-    Ok(config)
+    Ok(
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()?,
+    )
 }
 
 enum Endpoint {
@@ -253,7 +453,7 @@ async fn route(
         Endpoint::TrustBundle => Ok(response(
             StatusCode::OK,
             "application/x-pem-file",
-            Bytes::copy_from_slice(authority.trust_bundle_pem().as_bytes()),
+            Bytes::from(authority.trust_bundle_pem()),
         )),
         Endpoint::Health => Ok(response(
             StatusCode::OK,
@@ -473,6 +673,10 @@ impl From<IssueError> for ApiError {
             IssueError::Token(TokenError::Unknown) => (StatusCode::UNAUTHORIZED, "token_unknown"),
             IssueError::Token(TokenError::Expired) => (StatusCode::UNAUTHORIZED, "token_expired"),
             IssueError::Token(TokenError::Used) => (StatusCode::UNAUTHORIZED, "token_used"),
+            // 503: another CA URL (the enrollment CA) can redeem it, so clients try the next.
+            IssueError::JoinTokensNotServed => {
+                (StatusCode::SERVICE_UNAVAILABLE, "join_tokens_not_served")
+            }
             IssueError::IssuerExpired(_)
             | IssueError::State(_)
             | IssueError::Random(_)

@@ -175,6 +175,15 @@ impl StateDir {
         Ok(dir)
     }
 
+    /// A directory that holds only signing material (`issuer.pem`, `issuer.key`,
+    /// `bundle.pem`), such as a Kubernetes Secret volume: no `ca.json` is required, and it is
+    /// only read.
+    pub(crate) fn signing_material(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+        }
+    }
+
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }

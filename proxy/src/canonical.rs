@@ -20,6 +20,10 @@ use crate::config::HttpConfig;
 /// The canonical view of a request, as policy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Canonical {
+    /// The method as policy sees it: the request's, except `GET` for the extended CONNECT of
+    /// a WebSocket (RFC 8441), which stands for the HTTP/1.1 `GET` upgrade: one WebSocket is
+    /// the same request for policy whichever HTTP version carried it.
+    pub method: Method,
     /// Normalized path, without query; `*` for `OPTIONS *` (asterisk form).
     pub path: String,
     /// Lowercased host, with port if one was given.
@@ -57,7 +61,9 @@ pub fn is_asterisk(parts: &Parts) -> bool {
 
 /// The syntax rules both directions enforce, in place of any lenient reading:
 ///
-/// - CONNECT is refused with 405: Picket opens no tunnels on a client's request;
+/// - CONNECT is refused with 405: Picket opens no tunnels on a client's request; the one
+///   exception is HTTP/2's extended CONNECT for a WebSocket (`:protocol websocket`, RFC 8441),
+///   which is a WebSocket upgrade decided like its HTTP/1.1 `GET` ([`crate::tunnel`]);
 /// - an HTTP/1 request-target is origin form (starting with `/`), absolute form, or `*` with
 ///   OPTIONS only; an HTTP/2 `:path` starts with `/`, or is `*` with OPTIONS only;
 /// - one `Host` at most; in HTTP/2, a `host` header must name what `:authority` names;
@@ -66,10 +72,15 @@ pub fn is_asterisk(parts: &Parts) -> bool {
 ///   leading or trailing whitespace;
 /// - `Content-Length` values agree.
 pub fn check_head(parts: &Parts) -> Result<(), Rejection> {
-    if parts.method == Method::CONNECT {
+    if parts.method == Method::CONNECT && crate::tunnel::form(parts).is_none() {
+        let reason = if crate::tunnel::is_extended_connect(parts) {
+            "extended CONNECT is supported for the websocket protocol only"
+        } else {
+            "CONNECT is not supported: the sidecar opens no tunnels on request"
+        };
         return Err(Rejection {
             status: StatusCode::METHOD_NOT_ALLOWED,
-            reason: "CONNECT is not supported: the sidecar opens no tunnels on request".into(),
+            reason: reason.into(),
         });
     }
     if is_asterisk(parts) {
@@ -214,7 +225,11 @@ pub fn canonicalize(parts: &mut Parts, cfg: &HttpConfig) -> Result<Canonical, Re
     } else {
         parts.headers.insert(header::HOST, host_value);
     }
-    Ok(Canonical { path, host })
+    let method = match crate::tunnel::form(parts) {
+        Some(crate::tunnel::Form::ExtendedConnect) => Method::GET,
+        _ => parts.method.clone(),
+    };
+    Ok(Canonical { method, path, host })
 }
 
 #[cfg(test)]

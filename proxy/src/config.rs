@@ -157,8 +157,9 @@ impl Default for HttpConfig {
 /// How the sidecar reaches the CA.
 #[derive(Debug, Clone)]
 pub struct CaConfig {
-    /// Base URL, `https://host:port`.
-    pub url: String,
+    /// Base URLs, `https://host:port`: `ca.url` first, then `ca.fallback_urls`. Calls go to
+    /// the one that answered last and move to the next when it is unreachable or unavailable.
+    pub urls: Vec<String>,
     /// PEM file with the roots that sign the CA's serving certificate (the trust bundle).
     pub trust_bundle: PathBuf,
     /// File holding the join token for the first issuance.
@@ -493,6 +494,8 @@ pub struct IdentityOverride {
 #[serde(deny_unknown_fields)]
 struct RawCa {
     url: Spanned<String>,
+    #[serde(default)]
+    fallback_urls: Vec<Spanned<String>>,
     trust_bundle: PathBuf,
     join_token_file: PathBuf,
 }

@@ -14,7 +14,7 @@ const WRONG_AUDIENCE: &str = "[invalid bearer token, token audiences [\"https://
 const POD_DELETED: &str = "[invalid bearer token, pod \"orders-7d9f\" not found, unknown]";
 
 /// How the CA reaches `double`.
-fn kube_api(double: &TokenReviewDouble) -> KubeApi<'_> {
+pub(crate) fn kube_api(double: &TokenReviewDouble) -> KubeApi<'_> {
     KubeApi {
         url: &double.url,
         ca_pem: &double.ca_pem,
@@ -23,7 +23,7 @@ fn kube_api(double: &TokenReviewDouble) -> KubeApi<'_> {
 }
 
 /// Starts the test double with `answers`.
-async fn start_double(answers: &[(&str, Review)]) -> Result<TokenReviewDouble> {
+pub(crate) async fn start_double(answers: &[(&str, Review)]) -> Result<TokenReviewDouble> {
     TokenReviewDouble::start(answers)
         .await
         .map_err(|e| anyhow::anyhow!("the TokenReview double did not start: {e}"))

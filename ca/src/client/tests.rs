@@ -5,7 +5,8 @@ use crate::test_support::new_ca;
 #[test]
 fn accepts_only_https_base_urls() {
     let (_dir, ca) = new_ca();
-    let trust = ca.trust_bundle_pem().as_bytes();
+    let bundle = ca.trust_bundle_pem();
+    let trust = bundle.as_bytes();
     for good in [
         "https://127.0.0.1:7443",
         "https://[::1]:7443",

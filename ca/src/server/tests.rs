@@ -30,7 +30,14 @@ impl Running {
 
     async fn start_with(options: ServeOptions) -> Self {
         let (dir, authority) = new_ca();
-        let authority = Arc::new(authority);
+        Self::serve(Arc::new(authority), dir, options).await
+    }
+
+    async fn serve(
+        authority: Arc<Authority>,
+        dir: tempfile::TempDir,
+        options: ServeOptions,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -288,6 +295,161 @@ async fn server_certificate_carries_only_the_allowed_dns_names() {
         .await;
     assert_eq!(rejected_code(refused), (403, "server_name_mismatch".into()));
     ca.stop().await;
+}
+
+/// Polls `check` every 20 ms until it holds, for at most 10 s.
+async fn within_10s<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "not within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The subject of the intermediate in a chain (leaf first).
+fn chain_issuer(chain_pem: &str) -> String {
+    let chain = certs(chain_pem);
+    let (_, intermediate) = X509Certificate::from_der(&chain[1]).unwrap();
+    intermediate.subject().to_string()
+}
+
+#[tokio::test]
+async fn a_running_ca_takes_up_every_rotation_step_without_a_restart() {
+    use crate::rotation::{GivenRoot, RootStage, rotate_intermediate, rotate_root};
+    let ca = Running::start_with(ServeOptions {
+        reload_interval: Duration::from_millis(20),
+        ..ServeOptions::default()
+    })
+    .await;
+    let state = ca._dir.path().join("state");
+    let key = p256();
+    let first = ca
+        .client
+        .issue_with_token(&csr(&key, &[]), &ca.token())
+        .await
+        .unwrap();
+    let first_issuer = chain_issuer(&first.chain_pem);
+
+    // A new intermediate: the next issuance uses it, with no restart.
+    rotate_intermediate(&state, &GivenRoot::default()).unwrap();
+    within_10s(|| async { ca.authority.issuer_subject() != first_issuer }).await;
+    let second_issuer = ca.authority.issuer_subject();
+    let renewed = ca
+        .client
+        .renew(&csr(&p256(), &[]), certified_key(&first, &key))
+        .await
+        .unwrap();
+    assert_eq!(chain_issuer(&renewed.chain_pem), second_issuer);
+
+    // add, switch: the bundle grows to two roots, then issuance moves to the new root.
+    let added = rotate_root(&state, RootStage::Add, &GivenRoot::default(), false).unwrap();
+    within_10s(|| async { certs(&ca.client.trust_bundle().await.unwrap()).len() == 2 }).await;
+    // Clients take the two-root bundle before the switch, as sidecars do.
+    ca.client.set_trust(added.bundle_pem.as_bytes()).unwrap();
+    let switched = rotate_root(&state, RootStage::Switch, &GivenRoot::default(), false).unwrap();
+    within_10s(|| async { ca.authority.issuer_subject() != second_issuer }).await;
+    let new_key = p256();
+    let under_new_root = ca
+        .client
+        .issue_with_token(&csr(&new_key, &[]), &ca.token())
+        .await
+        .unwrap();
+    assert_ne!(chain_issuer(&under_new_root.chain_pem), second_issuer);
+    verify_chain(&switched.bundle_pem, &under_new_root.chain_pem).unwrap();
+
+    // remove (forced: the first certificates are still valid): a client that trusts only
+    // the new root reaches the CA, whose own certificate moved to the new intermediate,
+    // and the CA stops accepting certificates of the old root for renewal.
+    let removed = rotate_root(&state, RootStage::Remove, &GivenRoot::default(), true).unwrap();
+    assert_eq!(certs(&removed.bundle_pem).len(), 1);
+    let new_only = CaClient::new(&ca.url, removed.bundle_pem.as_bytes()).unwrap();
+    within_10s(|| async {
+        new_only
+            .trust_bundle()
+            .await
+            .is_ok_and(|bundle| bundle == removed.bundle_pem)
+    })
+    .await;
+    let old_root_renewal = new_only
+        .renew(&csr(&p256(), &[]), certified_key(&renewed, &key))
+        .await;
+    assert!(old_root_renewal.is_err(), "{old_root_renewal:?}");
+    new_only
+        .renew(&csr(&p256(), &[]), certified_key(&under_new_root, &new_key))
+        .await
+        .unwrap();
+    ca.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_of_several_urls_moves_past_a_stopped_ca_and_a_replica_without_tokens() {
+    let enrollment = Running::start().await;
+    let replica_dir = tempfile::tempdir().unwrap();
+    let mut options = crate::test_support::options(replica_dir.path());
+    options.signer_dir = Some(enrollment._dir.path().join("state"));
+    let replica_authority = Arc::new(Authority::init(options).unwrap());
+    let replica = Running::serve(replica_authority, replica_dir, ServeOptions::default()).await;
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_url = format!("https://{}", closed.local_addr().unwrap());
+    drop(closed);
+
+    // A replica redeems no join token: 503, so a client goes on to its next URL.
+    let refused = replica
+        .client
+        .issue_with_token(&csr(&p256(), &[]), &enrollment.token())
+        .await;
+    assert!(
+        matches!(refused, Err(ClientError::Unavailable { status: 503, ref message }) if message.contains("redeems no join tokens")),
+        "{refused:?}"
+    );
+    let bundle = enrollment.authority.trust_bundle_pem();
+    let client = CaClient::with_urls(
+        &[
+            closed_url.clone(),
+            replica.url.clone(),
+            enrollment.url.clone(),
+        ],
+        bundle.as_bytes(),
+    )
+    .unwrap();
+    let key = p256();
+    let first = client
+        .issue_with_token(&csr(&key, &[]), &enrollment.token())
+        .await
+        .unwrap();
+    assert_eq!(client.current_url(), enrollment.url);
+
+    // The enrollment CA goes away: a renewal moves on (past the closed port) to the
+    // replica, which signs with the same intermediate.
+    enrollment.stop().await;
+    let renewed = client
+        .renew(&csr(&p256(), &[]), certified_key(&first, &key))
+        .await
+        .unwrap();
+    assert_eq!(client.current_url(), replica.url);
+    assert_eq!(
+        chain_issuer(&renewed.chain_pem),
+        chain_issuer(&first.chain_pem)
+    );
+
+    // A refusal (4xx) is final: it is not sent on to another URL.
+    let other = csr(&p256(), &["spiffe://example.org/ns/kube-system/sa/admin"]);
+    let refused = client.renew(&other, certified_key(&first, &key)).await;
+    assert_eq!(rejected_code(refused), (403, "identity_mismatch".into()));
+    assert_eq!(client.current_url(), replica.url);
+
+    // Every URL down: the last error, for the caller's backoff.
+    replica.stop().await;
+    let down = client.trust_bundle().await;
+    assert!(matches!(down, Err(ClientError::Connect(_))), "{down:?}");
+}
+
+#[tokio::test]
+async fn a_reload_that_finds_nothing_new_changes_nothing() {
+    let (_dir, authority) = new_ca();
+    let before = authority.issuer_subject();
+    assert_eq!(authority.reload().unwrap(), Reloaded::Unchanged);
+    assert_eq!(authority.issuer_subject(), before);
 }
 
 #[tokio::test]

@@ -34,7 +34,8 @@ pub enum CaCommand {
 /// `picket ca rotate` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum RotateCommand {
-    /// Sign a new intermediate under the current root; the CA issues with it once restarted.
+    /// Sign a new intermediate under the current root; a running CA issues with it within a
+    /// second.
     Intermediate(RotateIntermediateArgs),
     /// One stage of a root rotation: add (new root into the bundle), switch (issue under the
     /// new root), remove (old root out of the bundle).
@@ -115,6 +116,12 @@ pub struct InitArgs {
     /// (for an init step that runs at every start); the root options are then not needed.
     #[arg(long)]
     keep_existing: bool,
+    /// Make a CA replica that signs with the shared material in this directory (issuer.pem,
+    /// issuer.key, bundle.pem: another CA's, e.g. a Kubernetes Secret volume), read again
+    /// whenever it changes. No root or intermediate is made; the replica redeems no join
+    /// tokens (the CA the material comes from does).
+    #[arg(long, conflicts_with_all = ["root_cert", "root_key"])]
+    signer_dir: Option<PathBuf>,
 }
 
 /// Arguments of `picket ca token create`.
@@ -227,6 +234,7 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
     let trust_domain = args.trust_domain.clone();
     let mut options = InitOptions::new(args.state_dir, args.trust_domain);
     options.root = args.root.root_cert.zip(args.root.root_key);
+    options.signer_dir = args.signer_dir;
     if let Some(ttl) = args.leaf_ttl {
         options.leaf_ttl = ttl;
     }
@@ -283,6 +291,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         extra_names: args.sans,
         token_review,
         server_names,
+        reload_interval: picket_ca::server::DEFAULT_RELOAD_INTERVAL,
     };
     // Signals are hooked before the ready file appears, so none sent after it is missed.
     let shutdown = CancellationToken::new();

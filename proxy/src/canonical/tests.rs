@@ -35,6 +35,24 @@ fn request_target_forms() {
     assert_eq!(options.path, "*");
     let connect = h1("CONNECT", "orders:443", &[]).unwrap_err();
     assert_eq!(connect.status, StatusCode::METHOD_NOT_ALLOWED);
+    let mut plain = parts(Version::HTTP_2, "CONNECT", "http://orders/ws", &[]);
+    assert_eq!(
+        canonicalize(&mut plain, &cfg()).unwrap_err().status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    let mut udp = parts(Version::HTTP_2, "CONNECT", "http://orders/ws", &[]);
+    udp.extensions
+        .insert(hyper::ext::Protocol::from_static("connect-udp"));
+    assert_eq!(
+        canonicalize(&mut udp, &cfg()).unwrap_err().status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    let mut ws = parts(Version::HTTP_2, "CONNECT", "http://orders/ws", &[]);
+    ws.extensions
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let c = canonicalize(&mut ws, &cfg()).unwrap();
+    assert_eq!((c.method, c.path.as_str()), (Method::GET, "/ws"));
+    assert_eq!(h1("POST", "/a", &[]).unwrap().method, Method::POST);
     assert_eq!(h1("GET", "http://orders/a", &[]).unwrap().host, "orders");
 }
 

@@ -20,9 +20,7 @@ impl Validator<'_> {
     ) -> Result<Config, YamlError> {
         let identity = self.identity(&raw.identity, given)?;
         let td = identity.trust_domain().clone();
-        if !raw.ca.url.value.starts_with("https://") {
-            return Err(self.err(&raw.ca.url, "ca.url: must be an https:// URL"));
-        }
+        let ca = self.ca(&raw.ca)?;
         Ok(Config {
             inbound: self.inbound(&raw.inbound)?,
             health: raw.health.as_ref().map(|h| self.health(h)).transpose()?,
@@ -34,14 +32,38 @@ impl Validator<'_> {
             telemetry: self.telemetry(raw.telemetry)?,
             labels: raw.workload.labels,
             identity,
-            ca: CaConfig {
-                url: raw.ca.url.value,
-                trust_bundle: raw.ca.trust_bundle,
-                join_token_file: raw.ca.join_token_file,
-            },
+            ca,
             admin: AdminConfig {
                 listen: self.addr_or(raw.admin.listen.as_ref(), DEFAULT_ADMIN, "admin.listen")?,
             },
+        })
+    }
+
+    /// `ca:`: the CA's URL first, then `fallback_urls`, each `https://` and listed once.
+    fn ca(&self, raw: &RawCa) -> Result<CaConfig, YamlError> {
+        if !raw.url.value.starts_with("https://") {
+            return Err(self.err(&raw.url, "ca.url: must be an https:// URL"));
+        }
+        let mut urls = vec![raw.url.value.clone()];
+        for (i, url) in raw.fallback_urls.iter().enumerate() {
+            if !url.value.starts_with("https://") {
+                return Err(self.err(
+                    url,
+                    format!("ca.fallback_urls[{i}]: must be an https:// URL"),
+                ));
+            }
+            if urls.contains(&url.value) {
+                return Err(self.err(
+                    url,
+                    format!("ca.fallback_urls[{i}]: {:?} is already listed", url.value),
+                ));
+            }
+            urls.push(url.value.clone());
+        }
+        Ok(CaConfig {
+            urls,
+            trust_bundle: raw.trust_bundle.clone(),
+            join_token_file: raw.join_token_file.clone(),
         })
     }
 

@@ -33,6 +33,30 @@ fn error(text: &str) -> YamlError {
 }
 
 #[test]
+fn fallback_ca_urls_follow_the_first_and_are_checked() {
+    let c = Config::parse("s.yaml", GOOD).unwrap();
+    assert_eq!(c.ca.urls, ["https://127.0.0.1:7443"]);
+    let more = GOOD.replace(
+        "join_token_file: /t }",
+        "join_token_file: /t,\n  fallback_urls: [\"https://10.0.0.9:7443\", \"https://ca-b:7443\"] }",
+    );
+    let c = Config::parse("s.yaml", &more).unwrap();
+    assert_eq!(
+        c.ca.urls,
+        [
+            "https://127.0.0.1:7443",
+            "https://10.0.0.9:7443",
+            "https://ca-b:7443"
+        ]
+    );
+    let e = error(&more.replace("https://ca-b", "http://ca-b"));
+    assert_eq!(e.line, Some(3), "{e}");
+    assert!(e.message.contains("ca.fallback_urls[1]"), "{e}");
+    let e = error(&more.replace("https://ca-b:7443", "https://127.0.0.1:7443"));
+    assert!(e.message.contains("already listed"), "{e}");
+}
+
+#[test]
 fn unknown_field_is_an_error_with_location() {
     let e = error(&GOOD.replace("inbound: {", "inbound: { color: red,"));
     assert_eq!(e.line, Some(3), "{e}");

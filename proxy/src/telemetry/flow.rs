@@ -28,6 +28,9 @@ pub enum FlowProtocol {
     Grpc,
     /// Opaque TCP: one record per connection.
     Tcp,
+    /// A WebSocket: the upgrade request's record, written when the tunnel ends, with the
+    /// tunnel's bytes.
+    WebSocket,
 }
 
 impl FlowProtocol {
@@ -38,6 +41,7 @@ impl FlowProtocol {
             Self::H2 => "h2",
             Self::Grpc => "grpc",
             Self::Tcp => "tcp",
+            Self::WebSocket => "websocket",
         }
     }
 }
