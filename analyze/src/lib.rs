@@ -706,6 +706,7 @@ pub(crate) mod tests {
                 host: "x",
                 headers: &[],
             }),
+            auth: None,
         };
         set.for_workload(&w).evaluate(&req).is_allowed()
     }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::authn::{ClaimToHeader, JwksSource, JwtRule, RequestAuthentication, TokenHeader};
 use crate::compile::{CompiledRule, CondKey, CondValues, Condition, Operation, Peer};
 use crate::error::LoadError;
 use crate::model::{
@@ -70,13 +71,12 @@ const SOURCE_FIELDS: &[&str] = &[
     "notNamespaces",
     "ipBlocks",
     "notIpBlocks",
+    "requestPrincipals",
+    "notRequestPrincipals",
 ];
-const JWT: &str = "request principals come from JWT authentication, which Picket does not do";
 const REMOTE_IP: &str = "the remote IP is read from X-Forwarded-For, which Picket does not trust; \
                          use `ipBlocks` (the peer address)";
 const SOURCE_UNSUPPORTED: &[(&str, &str)] = &[
-    ("requestPrincipals", JWT),
-    ("notRequestPrincipals", JWT),
     ("remoteIpBlocks", REMOTE_IP),
     ("notRemoteIpBlocks", REMOTE_IP),
 ];
@@ -100,7 +100,33 @@ const HTTP_FIELDS: &[&str] = &[
 ];
 const CONDITION_FIELDS: &[&str] = &["key", "values", "notValues"];
 const WHEN_KEYS: &str = "request.headers[NAME], source.ip, source.namespace, source.principal, \
-                         destination.port, connection.sni";
+                         destination.port, connection.sni, request.auth.principal, \
+                         request.auth.audiences, request.auth.presenter, \
+                         request.auth.claims[NAME]";
+const AUTHN_SPEC_FIELDS: &[&str] = &["selector", "jwtRules"];
+const JWT_RULE_FIELDS: &[&str] = &[
+    "issuer",
+    "audiences",
+    "jwksUri",
+    "jwks",
+    "fromHeaders",
+    "fromParams",
+    "outputPayloadToHeader",
+    "forwardOriginalToken",
+    "outputClaimToHeaders",
+];
+const JWT_RULE_UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "fromCookies",
+        "tokens are read from headers and query parameters only",
+    ),
+    (
+        "timeout",
+        "the JWKS fetch timeout is the sidecar's `jwt.fetchTimeout` setting",
+    ),
+];
+const FROM_HEADER_FIELDS: &[&str] = &["name", "prefix"];
+const CLAIM_TO_HEADER_FIELDS: &[&str] = &["header", "claim"];
 
 /// The options policy paths are checked with: the most permissive reading that still yields
 /// a canonical form, so a policy written for any proxy setting is accepted.
@@ -165,6 +191,8 @@ pub(crate) struct Decoder<'a> {
     text: &'a str,
     opaque_ports: &'a [u16],
     pub(crate) errors: Vec<LoadError>,
+    /// The `RequestAuthentication` documents decoded, with where their name is written.
+    pub(crate) authentications: Vec<(RequestAuthentication, Pos)>,
 }
 
 impl<'a> Decoder<'a> {
@@ -174,6 +202,7 @@ impl<'a> Decoder<'a> {
             text,
             opaque_ports,
             errors: Vec::new(),
+            authentications: Vec::new(),
         }
     }
 
@@ -425,9 +454,16 @@ impl<'a> Decoder<'a> {
             && let Some(k) = self.string(kind, "kind")
             && k != "AuthorizationPolicy"
         {
+            if k == "RequestAuthentication" {
+                self.authentication(doc, &f, api_version);
+                return None;
+            }
             self.error(
                 kind.pos,
-                format!("unsupported kind `{k}`: Picket reads AuthorizationPolicy documents only"),
+                format!(
+                    "unsupported kind `{k}`: Picket reads AuthorizationPolicy and \
+                     RequestAuthentication documents only"
+                ),
             );
         }
         let metadata = self
@@ -502,6 +538,261 @@ impl<'a> Decoder<'a> {
             rules: spec.rules.into_iter().map(|(_, c)| c).collect(),
             pos: doc.pos,
             name_pos,
+        })
+    }
+
+    /// A `RequestAuthentication` document (its kind already read); kept in
+    /// `self.authentications` when it has no errors.
+    fn authentication(&mut self, doc: &Yaml, f: &Fields<'_>, api_version: Option<ApiVersion>) {
+        let before = self.errors.len();
+        let metadata = self
+            .required(f, doc, "", "metadata")
+            .and_then(|n| self.metadata(n));
+        let spec = self
+            .required(f, doc, "", "spec")
+            .and_then(|n| self.authn_spec(n));
+        let (
+            Some(api_version),
+            Some((name, namespace, labels, annotations, name_pos)),
+            Some((selector, rules)),
+        ) = (api_version, metadata, spec)
+        else {
+            return;
+        };
+        if self.errors.len() > before {
+            return;
+        }
+        self.authentications.push((
+            RequestAuthentication {
+                api_version,
+                namespace,
+                name,
+                labels,
+                annotations,
+                selector,
+                rules,
+                source: self.file.to_owned(),
+                line: doc.pos.line,
+            },
+            name_pos,
+        ));
+    }
+
+    fn authn_spec(&mut self, node: &Yaml) -> Option<(BTreeMap<String, String>, Vec<JwtRule>)> {
+        let f = self.fields(node, "spec", AUTHN_SPEC_FIELDS, SPEC_UNSUPPORTED)?;
+        let selector = match f.get("selector") {
+            None => BTreeMap::new(),
+            Some(sel) => match self.fields(sel, "spec.selector", SELECTOR_FIELDS, &[]) {
+                None => BTreeMap::new(),
+                Some(sf) => sf
+                    .get("matchLabels")
+                    .map(|m| self.string_map(m, "spec.selector.matchLabels"))
+                    .unwrap_or_default(),
+            },
+        };
+        let Some(rules_node) = f.get("jwtRules") else {
+            self.error(
+                node.pos,
+                "a RequestAuthentication without `spec.jwtRules` validates nothing; list at \
+                 least one rule",
+            );
+            return None;
+        };
+        let rules = self.list(rules_node, "spec.jwtRules", |d, item, item_path| {
+            d.jwt_rule(item, item_path)
+        });
+        // One issuer, one rule: a token is matched to its rule by `iss`.
+        if let Value::Seq(items) = &rules_node.value {
+            for (i, rule) in rules.iter().enumerate() {
+                if rules[..i].iter().any(|r| r.issuer == rule.issuer) {
+                    let pos = items.get(i).map_or(rules_node.pos, |n| n.pos);
+                    self.error(
+                        pos,
+                        format!(
+                            "`spec.jwtRules[{i}]`: issuer `{}` has an earlier rule; a token is \
+                             matched to its rule by issuer, so each issuer has one rule",
+                            rule.issuer
+                        ),
+                    );
+                }
+            }
+        }
+        Some((selector, rules))
+    }
+
+    fn jwt_rule(&mut self, node: &Yaml, path: &str) -> Option<JwtRule> {
+        let f = self.fields(node, path, JWT_RULE_FIELDS, JWT_RULE_UNSUPPORTED)?;
+        let p = |name: &str| format!("{path}.{name}");
+        let issuer = self
+            .required(&f, node, path, "issuer")
+            .and_then(|n| self.string(n, &p("issuer")).map(|s| (n.pos, s.to_owned())));
+        if let Some((pos, iss)) = &issuer
+            && (iss.is_empty() || iss.chars().any(char::is_control))
+        {
+            self.error(
+                *pos,
+                format!(
+                    "`{}`: an issuer is a non-empty string without control characters",
+                    p("issuer")
+                ),
+            );
+        }
+        let audiences = self.patterns(f.get("audiences"), &p("audiences"), |s: &str| {
+            if s.is_empty() || s.chars().any(char::is_control) {
+                Err(format!(
+                    "`{s}` is not an audience (non-empty, no control characters)"
+                ))
+            } else {
+                Ok(s.to_owned())
+            }
+        });
+        let jwks = match (f.get("jwksUri"), f.get("jwks")) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    f.key_pos("jwks").unwrap_or(node.pos),
+                    format!("`{path}` gives both `jwksUri` and `jwks`; keep one"),
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    node.pos,
+                    format!(
+                        "`{path}` needs `jwksUri` or `jwks`: Picket does not discover keys \
+                         through the issuer's OpenID configuration"
+                    ),
+                );
+                None
+            }
+            (Some(n), None) => {
+                self.string(n, &p("jwksUri"))
+                    .and_then(|uri| match check_jwks_uri(uri) {
+                        Ok(()) => Some(JwksSource::Uri(uri.to_owned())),
+                        Err(why) => {
+                            self.error(n.pos, format!("`{}`: {why}", p("jwksUri")));
+                            None
+                        }
+                    })
+            }
+            (None, Some(n)) => self
+                .string(n, &p("jwks"))
+                .and_then(|text| match check_inline_jwks(text) {
+                    Ok(()) => Some(JwksSource::Inline(text.to_owned())),
+                    Err(why) => {
+                        self.error(n.pos, format!("`{}`: {why}", p("jwks")));
+                        None
+                    }
+                }),
+        };
+        let from_headers = match f.get("fromHeaders") {
+            None => Vec::new(),
+            Some(n) => self.list(n, &p("fromHeaders"), |d, item, item_path| {
+                let hf = d.fields(item, item_path, FROM_HEADER_FIELDS, &[])?;
+                let name_node = d.required(&hf, item, item_path, "name")?;
+                let name = d.string(name_node, &format!("{item_path}.name"))?;
+                if let Err(why) = check_header_name(name) {
+                    d.error(name_node.pos, format!("`{item_path}.name`: {why}"));
+                    return None;
+                }
+                let prefix = match hf.get("prefix") {
+                    None => String::new(),
+                    Some(pn) => {
+                        let prefix = d.string(pn, &format!("{item_path}.prefix"))?;
+                        if prefix.chars().any(char::is_control) {
+                            d.error(
+                                pn.pos,
+                                format!("`{item_path}.prefix` cannot contain control characters"),
+                            );
+                            return None;
+                        }
+                        prefix.to_owned()
+                    }
+                };
+                Some(TokenHeader {
+                    name: name.to_ascii_lowercase(),
+                    prefix,
+                })
+            }),
+        };
+        let from_params = self.patterns(f.get("fromParams"), &p("fromParams"), |s: &str| {
+            if s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+            {
+                Err(format!(
+                    "`{s}` is not a query parameter name (letters, digits, `-._~`)"
+                ))
+            } else {
+                Ok(s.to_owned())
+            }
+        });
+        let output_payload_to_header = f.get("outputPayloadToHeader").and_then(|n| {
+            let name = self.string(n, &p("outputPayloadToHeader"))?;
+            match check_output_header(name) {
+                Ok(()) => Some(name.to_ascii_lowercase()),
+                Err(why) => {
+                    self.error(n.pos, format!("`{}`: {why}", p("outputPayloadToHeader")));
+                    None
+                }
+            }
+        });
+        let forward_original_token = match f.get("forwardOriginalToken") {
+            None => false,
+            Some(n) => match &n.value {
+                Value::Bool(b) => *b,
+                other => {
+                    self.error(
+                        n.pos,
+                        format!(
+                            "`{}`: expected true or false, found {}",
+                            p("forwardOriginalToken"),
+                            other.kind()
+                        ),
+                    );
+                    false
+                }
+            },
+        };
+        let output_claim_to_headers = match f.get("outputClaimToHeaders") {
+            None => Vec::new(),
+            Some(n) => self.list(n, &p("outputClaimToHeaders"), |d, item, item_path| {
+                let cf = d.fields(item, item_path, CLAIM_TO_HEADER_FIELDS, &[])?;
+                let header_node = d.required(&cf, item, item_path, "header");
+                let claim_node = d.required(&cf, item, item_path, "claim");
+                let header = header_node.and_then(|h| d.string(h, &format!("{item_path}.header")));
+                let claim = claim_node.and_then(|c| d.string(c, &format!("{item_path}.claim")));
+                let (header_node, claim_node, header, claim) =
+                    (header_node?, claim_node?, header?, claim?);
+                if let Err(why) = check_output_header(header) {
+                    d.error(header_node.pos, format!("`{item_path}.header`: {why}"));
+                    return None;
+                }
+                if claim.is_empty()
+                    || claim.split('.').any(str::is_empty)
+                    || claim.chars().any(char::is_control)
+                {
+                    d.error(
+                        claim_node.pos,
+                        format!("`{item_path}.claim`: `{claim}` is not a claim name (`sub`, or `realm.role` for a nested claim)"),
+                    );
+                    return None;
+                }
+                Some(ClaimToHeader {
+                    header: header.to_ascii_lowercase(),
+                    claim: claim.to_owned(),
+                })
+            }),
+        };
+        Some(JwtRule {
+            issuer: issuer?.1,
+            audiences: values(&audiences),
+            jwks: jwks?,
+            from_headers,
+            from_params: values(&from_params),
+            output_payload_to_header,
+            forward_original_token,
+            output_claim_to_headers,
         })
     }
 
@@ -714,7 +1005,8 @@ impl<'a> Decoder<'a> {
                 compiled.when.push(cond);
             }
         }
-        compiled.http_only = compiled.to.iter().any(Operation::has_http_fields)
+        compiled.http_only = compiled.from.iter().any(Peer::has_http_fields)
+            || compiled.to.iter().any(Operation::has_http_fields)
             || compiled.when.iter().any(Condition::is_http_only);
 
         // HTTP-only fields where every port the request could arrive on is opaque TCP.
@@ -776,7 +1068,7 @@ impl<'a> Decoder<'a> {
                 node.pos,
                 format!(
                     "`{path}` has no fields: remove the entry to match any source, or give it \
-                     principals, namespaces or ipBlocks"
+                     principals, requestPrincipals, namespaces or ipBlocks"
                 ),
             );
         }
@@ -789,6 +1081,21 @@ impl<'a> Decoder<'a> {
             self.patterns(f.get("notNamespaces"), &p("notNamespaces"), parse_namespace);
         let ip_blocks = self.patterns(f.get("ipBlocks"), &p("ipBlocks"), Cidr::parse);
         let not_ip_blocks = self.patterns(f.get("notIpBlocks"), &p("notIpBlocks"), Cidr::parse);
+        let request_principals = self.patterns(
+            f.get("requestPrincipals"),
+            &p("requestPrincipals"),
+            parse_request_principal,
+        );
+        let not_request_principals = self.patterns(
+            f.get("notRequestPrincipals"),
+            &p("notRequestPrincipals"),
+            parse_request_principal,
+        );
+        self.contradiction(
+            path,
+            ("requestPrincipals", &request_principals),
+            ("notRequestPrincipals", &not_request_principals),
+        );
         self.contradiction(
             path,
             ("principals", &principals),
@@ -811,6 +1118,8 @@ impl<'a> Decoder<'a> {
             not_namespaces: raws(&not_namespaces),
             ip_blocks: raws(&ip_blocks),
             not_ip_blocks: raws(&not_ip_blocks),
+            request_principals: raws(&request_principals),
+            not_request_principals: raws(&not_request_principals),
         };
         let peer = Peer {
             principals: values(&principals),
@@ -819,6 +1128,8 @@ impl<'a> Decoder<'a> {
             not_namespaces: values(&not_namespaces),
             ip_blocks: values(&ip_blocks),
             not_ip_blocks: values(&not_ip_blocks),
+            request_principals: values(&request_principals),
+            not_request_principals: values(&not_request_principals),
         };
         Some((spec, peer))
     }
@@ -924,11 +1235,16 @@ impl<'a> Decoder<'a> {
             CondKey::Header(_)
             | CondKey::SourceNamespace
             | CondKey::SourcePrincipal
-            | CondKey::Sni => {
+            | CondKey::Sni
+            | CondKey::RequestPrincipal
+            | CondKey::RequestAudiences
+            | CondKey::RequestPresenter
+            | CondKey::RequestClaim(_) => {
                 let parse: fn(&str) -> Result<StrMatch, String> = match &key {
                     CondKey::SourceNamespace => parse_namespace,
                     CondKey::SourcePrincipal => parse_principal,
                     CondKey::Sni => parse_sni,
+                    CondKey::RequestPrincipal => parse_request_principal,
                     _ => parse_header_value,
                 };
                 let v = self.patterns(values_node, &vp, parse);
@@ -999,6 +1315,130 @@ fn no_space_or_control(s: &str, what: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A header name (an RFC 9110 token).
+fn check_header_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        return Err(format!("`{name}` is not a header name"));
+    }
+    Ok(())
+}
+
+/// A header the sidecar writes for the application: a header name that is neither a
+/// connection-level header nor one of the mesh's own.
+fn check_output_header(name: &str) -> Result<(), String> {
+    check_header_name(name)?;
+    let lower = name.to_ascii_lowercase();
+    let reserved = [
+        "host",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "content-length",
+        "traceparent",
+        "tracestate",
+    ];
+    if reserved.contains(&lower.as_str()) || lower.starts_with("x-picket-") {
+        return Err(format!(
+            "`{name}` is a header the sidecar manages; choose another name"
+        ));
+    }
+    Ok(())
+}
+
+/// `jwksUri`: an `https://` URL with a host. Keys fetched over plain HTTP could be replaced
+/// by anyone on the path, so that scheme is refused.
+pub(crate) fn check_jwks_uri(uri: &str) -> Result<(), String> {
+    let Some(rest) = uri.strip_prefix("https://") else {
+        return Err(format!(
+            "`{uri}` is not an https:// URL; keys are fetched over HTTPS only"
+        ));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty()
+        || authority.contains('@')
+        || uri.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "`{uri}` is not a URL with a host (and no user info)"
+        ));
+    }
+    Ok(())
+}
+
+/// `jwks`: a JSON object with a non-empty `keys` list of objects that each have `kty`. The
+/// sidecar turns the keys into verification keys at load and refuses unusable ones.
+pub(crate) fn check_inline_jwks(text: &str) -> Result<(), String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not a JSON JWK set: {e}"))?;
+    let keys = value
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .ok_or("a JWK set is a JSON object with a `keys` list")?;
+    if keys.is_empty() {
+        return Err("the JWK set has no keys".into());
+    }
+    for (i, key) in keys.iter().enumerate() {
+        if key.get("kty").and_then(serde_json::Value::as_str).is_none() {
+            return Err(format!("key {i} of the JWK set has no `kty`"));
+        }
+    }
+    Ok(())
+}
+
+/// `[a][b]` after `request.auth.claims`: one or more non-empty claim names in brackets.
+fn parse_claim_path(key: &str, mut rest: &str) -> Result<Box<[Box<str>]>, String> {
+    let mut path: Vec<Box<str>> = Vec::new();
+    while !rest.is_empty() {
+        let Some(inner) = rest.strip_prefix('[') else {
+            return Err(format!(
+                "`{key}`: expected `[claim]` after `request.auth.claims`"
+            ));
+        };
+        let Some(end) = inner.find(']') else {
+            return Err(format!("`{key}`: missing `]`"));
+        };
+        let name = &inner[..end];
+        if name.is_empty() || name.contains('[') || name.chars().any(char::is_control) {
+            return Err(format!("`{key}`: `{name}` is not a claim name"));
+        }
+        path.push(name.into());
+        rest = &inner[end + 1..];
+    }
+    if path.is_empty() {
+        return Err(format!(
+            "`{key}`: name the claim, as in `request.auth.claims[groups]`"
+        ));
+    }
+    if path.len() > MAX_CLAIM_DEPTH {
+        return Err(format!(
+            "`{key}`: claims are read at most {MAX_CLAIM_DEPTH} levels deep"
+        ));
+    }
+    Ok(path.into_boxed_slice())
+}
+
+/// How deep a `request.auth.claims[a][b]...` key may reach.
+const MAX_CLAIM_DEPTH: usize = 8;
+
+/// A request principal pattern: `iss/sub` of a JWT, in the four string forms (`*`,
+/// `iss/*`, `*/sub`, exact).
+fn parse_request_principal(s: &str) -> Result<StrMatch, String> {
+    no_space_or_control(s, "a request principal")?;
+    let m = StrMatch::parse(s)?;
+    if let StrMatch::Exact(p) = &m
+        && !p.contains('/')
+    {
+        return Err(format!(
+            "`{s}` is not a request principal: write `issuer/subject` (or `issuer/*`, `*/subject`, `*`)"
+        ));
+    }
+    Ok(m)
 }
 
 /// A principal pattern; a leading `spiffe://` is dropped so both spellings compare equal.
@@ -1185,10 +1625,19 @@ fn parse_condition_key(key: &str) -> Result<CondKey, String> {
         "source.principal" => return Ok(CondKey::SourcePrincipal),
         "destination.port" => return Ok(CondKey::DestinationPort),
         "connection.sni" => return Ok(CondKey::Sni),
+        "request.auth.principal" => return Ok(CondKey::RequestPrincipal),
+        "request.auth.audiences" => return Ok(CondKey::RequestAudiences),
+        "request.auth.presenter" => return Ok(CondKey::RequestPresenter),
         _ => {}
     }
+    if let Some(rest) = key.strip_prefix("request.auth.claims") {
+        return parse_claim_path(key, rest).map(CondKey::RequestClaim);
+    }
     let why = if key.starts_with("request.auth.") {
-        Some("JWT request authentication is not supported")
+        Some(
+            "the JWT attributes are request.auth.principal, request.auth.audiences, \
+             request.auth.presenter and request.auth.claims[NAME]",
+        )
     } else if key == "remote.ip" {
         Some(
             "the remote IP is read from X-Forwarded-For, which Picket does not trust; use `source.ip`",
@@ -1256,11 +1705,26 @@ mod tests {
         );
         assert!(parse_condition_key("request.headers[]").is_err());
         assert!(parse_condition_key("request.headers[a b]").is_err());
-        assert!(
-            parse_condition_key("request.auth.claims[iss]")
-                .unwrap_err()
-                .contains("not supported")
+        assert_eq!(
+            parse_condition_key("request.auth.claims[iss]"),
+            Ok(CondKey::RequestClaim(vec!["iss".into()].into_boxed_slice()))
         );
+        assert_eq!(
+            parse_condition_key("request.auth.claims[realm][roles]"),
+            Ok(CondKey::RequestClaim(
+                vec!["realm".into(), "roles".into()].into_boxed_slice()
+            ))
+        );
+        for bad in [
+            "request.auth.claims",
+            "request.auth.claims[]",
+            "request.auth.claims[a",
+            "request.auth.claims.a",
+            "request.auth.claims[a]x",
+            "request.auth.subject",
+        ] {
+            assert!(parse_condition_key(bad).is_err(), "{bad}");
+        }
         assert!(
             parse_condition_key("source.port")
                 .unwrap_err()

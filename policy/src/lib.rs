@@ -37,10 +37,12 @@
 //!     destination_port: 8080,
 //!     sni: None,
 //!     http: Some(HttpRequest { method: "GET", path: "/api/orders/7", host: "orders", headers: &[] }),
+//!     auth: None,
 //! };
 //! assert_eq!(policies.evaluate(&req).verdict, Verdict::Allow);
 //! ```
 
+pub mod authn;
 mod compile;
 mod decision;
 mod decode;
@@ -63,7 +65,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use decision::{Decision, HttpRequest, PolicyRef, Reason, Request, Shadow, Verdict};
+pub use authn::{ClaimToHeader, JwksSource, JwtRule, RequestAuthentication, TokenHeader};
+pub use decision::{
+    Decision, HttpRequest, PolicyRef, Reason, Request, RequestAuth, Shadow, Verdict,
+};
 pub use error::{LoadError, LoadErrors};
 pub use explain::{Explanation, PolicyTrace, RuleTrace};
 pub use model::{Action, Mode};
@@ -158,6 +163,7 @@ pub struct Source<'a> {
 pub fn load(sources: &[Source<'_>], opts: &LoadOptions) -> Result<PolicySet, LoadErrors> {
     let mut errors: Vec<LoadError> = Vec::new();
     let mut decoded: Vec<(usize, decode::Decoded)> = Vec::new();
+    let mut authentications: Vec<(usize, RequestAuthentication, yaml::Pos)> = Vec::new();
     for (si, source) in sources.iter().enumerate() {
         match yaml::parse_documents(source.name, source.text, opts.max_file_bytes) {
             Err(e) => errors.push(e),
@@ -169,6 +175,12 @@ pub fn load(sources: &[Source<'_>], opts: &LoadOptions) -> Result<PolicySet, Loa
                         decoded.push((si, d));
                     }
                 }
+                authentications.extend(
+                    decoder
+                        .authentications
+                        .drain(..)
+                        .map(|(a, pos)| (si, a, pos)),
+                );
                 let mut file_errors = decoder.errors;
                 file_errors.sort_by_key(|e| (e.line, e.column));
                 errors.extend(file_errors);
@@ -177,15 +189,31 @@ pub fn load(sources: &[Source<'_>], opts: &LoadOptions) -> Result<PolicySet, Loa
     }
 
     // Namespace and name identify a policy: a second definition is an error, not an override.
-    let mut seen: HashMap<(String, String), (usize, u64, u64)> = HashMap::new();
+    let mut seen: HashMap<(&str, String, String), (usize, u64, u64)> = HashMap::new();
     let mut duplicates = Vec::new();
-    for (si, d) in &decoded {
-        let key = (d.policy.namespace.clone(), d.policy.name.clone());
-        let here = (*si, d.name_pos.line, d.name_pos.column);
+    let named = decoded
+        .iter()
+        .map(|(si, d)| {
+            (
+                "policy",
+                *si,
+                &d.policy.namespace,
+                &d.policy.name,
+                d.name_pos,
+            )
+        })
+        .chain(
+            authentications
+                .iter()
+                .map(|(si, a, pos)| ("RequestAuthentication", *si, &a.namespace, &a.name, *pos)),
+        );
+    for (kind, si, namespace, name, pos) in named {
+        let key = (kind, namespace.clone(), name.clone());
+        let here = (si, pos.line, pos.column);
         if let Some((first_si, line, column)) = seen.get(&key) {
             let first = sources.get(*first_si).map(|s| s.name).unwrap_or("");
             let source = sources
-                .get(*si)
+                .get(si)
                 .copied()
                 .unwrap_or(Source { name: "", text: "" });
             duplicates.push(LoadError::at(
@@ -194,8 +222,8 @@ pub fn load(sources: &[Source<'_>], opts: &LoadOptions) -> Result<PolicySet, Loa
                 here.1,
                 here.2,
                 format!(
-                    "policy `{}/{}` is already defined at {first}:{line}:{column}",
-                    key.0, key.1
+                    "{} `{}/{}` is already defined at {first}:{line}:{column}",
+                    key.0, key.1, key.2
                 ),
             ));
         } else {
@@ -239,7 +267,13 @@ pub fn load(sources: &[Source<'_>], opts: &LoadOptions) -> Result<PolicySet, Loa
             line: p.line,
         })
         .collect();
+    let mut authentications: Vec<Arc<RequestAuthentication>> = authentications
+        .into_iter()
+        .map(|(_, a, _)| Arc::new(a))
+        .collect();
+    authentications.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Ok(PolicySet {
+        authentications,
         policies: policies.into_iter().map(Arc::new).collect(),
         summaries,
         root_namespace: opts.root_namespace.clone(),

@@ -40,6 +40,8 @@ pub struct Config {
     pub telemetry: crate::telemetry::TelemetryConfig,
     /// The health listener that carries rewritten kubelet probes to the app.
     pub health: Option<HealthConfig>,
+    /// End-user request authentication (JWT): JWKS fetching, skew, logging.
+    pub jwt: crate::jwt::JwtSettings,
 }
 
 /// The health listener: kubelet probes rewritten by the injector arrive here, never
@@ -368,6 +370,20 @@ struct RawConfig {
     telemetry: crate::telemetry::RawTelemetry,
     #[serde(default)]
     health: Option<RawHealth>,
+    #[serde(default)]
+    jwt: RawJwt,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    trust_roots: Option<PathBuf>,
+    fetch_timeout: Option<Spanned<String>>,
+    refresh_interval: Option<Spanned<String>>,
+    refetch_min_interval: Option<Spanned<String>>,
+    clock_skew: Option<Spanned<String>>,
+    log_token: Option<Spanned<String>>,
+    max_principal_bytes: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -774,6 +790,58 @@ impl Validator<'_> {
         Ok(HealthConfig { listen, probes })
     }
 
+    fn jwt(&self, raw: &RawJwt) -> Result<crate::jwt::JwtSettings, YamlError> {
+        let d = crate::jwt::JwtSettings::default();
+        let clock_skew = match &raw.clock_skew {
+            None => d.clock_skew,
+            Some(v) => {
+                let skew = picket_common::duration::parse(&v.value)
+                    .map_err(|e| self.err(v, format!("jwt.clock_skew: {e}")))?;
+                if skew > Duration::from_secs(300) {
+                    return Err(self.err(v, "jwt.clock_skew: at most 5m"));
+                }
+                skew
+            }
+        };
+        let log_token = match raw.log_token.as_ref().map(|v| (v, v.value.as_str())) {
+            None => d.log_token,
+            Some((_, "off")) => crate::jwt::TokenLog::Off,
+            Some((_, "hash")) => crate::jwt::TokenLog::Hash,
+            Some((_, "sub")) => crate::jwt::TokenLog::Subject,
+            Some((v, other)) => {
+                return Err(self.err(
+                    v,
+                    format!("jwt.log_token: {other:?} is not off, hash or sub"),
+                ));
+            }
+        };
+        Ok(crate::jwt::JwtSettings {
+            trust_roots: raw.trust_roots.clone().unwrap_or(d.trust_roots),
+            fetch_timeout: self.duration(
+                &raw.fetch_timeout,
+                d.fetch_timeout,
+                "jwt.fetch_timeout",
+            )?,
+            refresh_interval: self.duration(
+                &raw.refresh_interval,
+                d.refresh_interval,
+                "jwt.refresh_interval",
+            )?,
+            refetch_min_interval: self.duration(
+                &raw.refetch_min_interval,
+                d.refetch_min_interval,
+                "jwt.refetch_min_interval",
+            )?,
+            clock_skew,
+            log_token,
+            max_principal_bytes: self.positive(
+                &raw.max_principal_bytes,
+                d.max_principal_bytes,
+                "jwt.max_principal_bytes",
+            )?,
+        })
+    }
+
     fn positive(
         &self,
         v: &Option<Spanned<usize>>,
@@ -1077,8 +1145,10 @@ impl Validator<'_> {
             };
         }
 
+        let jwt = self.jwt(&raw.jwt)?;
         let telemetry = crate::telemetry::validate(raw.telemetry, self.source_name)?;
         Ok(Config {
+            jwt,
             telemetry,
             health,
             labels: raw.workload.labels,

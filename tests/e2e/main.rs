@@ -13,6 +13,7 @@ mod demo;
 mod edge;
 mod failures;
 mod garden;
+mod jwt;
 mod k8s_chart;
 mod k8s_inject;
 mod k8s_tokenreview;

@@ -34,11 +34,14 @@ pub enum AlertKind {
     SensitivePath,
     /// An outbound call to a cloud metadata address.
     MetadataAccess,
+    /// Many requests with an invalid end-user token from one source (a stolen or forged
+    /// token being tried, or a broken client).
+    InvalidTokenBurst,
 }
 
 impl AlertKind {
     /// Every kind, in a stable order.
-    pub const ALL: [AlertKind; 10] = [
+    pub const ALL: [AlertKind; 11] = [
         Self::NewEdge,
         Self::PortScan,
         Self::PathScan,
@@ -49,6 +52,7 @@ impl AlertKind {
         Self::NewSourceAddress,
         Self::SensitivePath,
         Self::MetadataAccess,
+        Self::InvalidTokenBurst,
     ];
 
     /// The wire name (also the metric label).
@@ -64,6 +68,7 @@ impl AlertKind {
             Self::NewSourceAddress => "new_source_address",
             Self::SensitivePath => "sensitive_path",
             Self::MetadataAccess => "metadata_access",
+            Self::InvalidTokenBurst => "invalid_token_burst",
         }
     }
 }

@@ -17,6 +17,7 @@
 //! | `new_source_address` | after the learning window, a known identity from an IP it never used |
 //! | `sensitive_path` | a request for a configured sensitive path prefix |
 //! | `metadata_access` | an outbound call to a cloud metadata address |
+//! | `invalid_token_burst` | `deny_burst_threshold` requests whose end-user token was refused (401) |
 //!
 //! Each alert is rate-limited per (kind, source, destination): repeats within `rate_limit`
 //! are counted and reported as `suppressed` in the next alert.
@@ -189,6 +190,7 @@ struct SourceState {
     destinations: Distinct,
     denials: Burst,
     not_found: Burst,
+    invalid_tokens: Burst,
 }
 
 /// Handshake failures from one IP.
@@ -543,6 +545,22 @@ impl Detectors {
                     window: true,
                     first_seen: state.denials.times.front().copied().unwrap_or(now),
                     summary: format!("{source_label} was denied {n} times"),
+                });
+            }
+        }
+        if let Some(reason) = flow.token_error.as_deref() {
+            let n = state.invalid_tokens.observe(now, window, deny_cap);
+            if n >= deny_cap {
+                pending.push(Pending {
+                    kind: AlertKind::InvalidTokenBurst,
+                    severity: Severity::High,
+                    destination: Some(destination.clone()),
+                    evidence: vec![("invalid_tokens", n as u64)],
+                    window: true,
+                    first_seen: state.invalid_tokens.times.front().copied().unwrap_or(now),
+                    summary: format!(
+                        "{source_label} sent {n} requests with a refused token (last: {reason})"
+                    ),
                 });
             }
         }
@@ -1022,6 +1040,29 @@ mod tests {
             .collect();
         let mut d = trained();
         assert_eq!(replay(&mut d, &flows), kinds(&[AlertKind::DenyBurst]));
+    }
+
+    #[test]
+    fn refused_tokens_from_one_source_are_an_invalid_token_burst() {
+        let mut d = trained();
+        let f = http(ORDERS, "GET", "/api/orders/1007", 401);
+        let mut raised = BTreeSet::new();
+        for i in 0..20 {
+            let now = at(120) + time::Duration::milliseconds(100 * i);
+            let mut r = record(&f, now);
+            r.verdict = None;
+            r.token_error = Some("bad_signature".into());
+            for a in d.observe_flow(&r, now) {
+                raised.insert(a.kind);
+            }
+        }
+        assert!(raised.contains(&AlertKind::InvalidTokenBurst), "{raised:?}");
+        // The same 401s without a refused token (the app's own) are no such burst.
+        let mut d = trained();
+        let flows: Vec<F> = (0..20)
+            .map(|_| http(ORDERS, "GET", "/api/orders/1007", 401))
+            .collect();
+        assert!(!replay(&mut d, &flows).contains(&AlertKind::InvalidTokenBurst));
     }
 
     #[test]
