@@ -185,6 +185,16 @@ pub fn hmac_token(secret: &[u8], kid: &str, claims: &Value) -> String {
     format!("{input}.{}", B64.encode(tag.as_ref()))
 }
 
+/// `token` with one character of its signature changed (still valid base64url).
+pub fn tamper(token: &str) -> String {
+    let mut bytes = token.as_bytes().to_vec();
+    let i = bytes.len().saturating_sub(10);
+    if let Some(b) = bytes.get_mut(i) {
+        *b = if *b == b'A' { b'B' } else { b'A' };
+    }
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
 /// A JWK set of `keys`.
 pub fn jwks(keys: &[&TestKey]) -> String {
     json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()}).to_string()

@@ -548,7 +548,13 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
         "   GET /api/reports/q3 with bob's token (roles: [clerk]) -> {status} {}",
         body.trim()
     );
-    let forged = format!("{}x", &alice[..alice.len() - 2]);
+    // One character of the signature changed.
+    let mut forged = alice.clone().into_bytes();
+    let at = forged.len().saturating_sub(10);
+    if let Some(b) = forged.get_mut(at) {
+        *b = if *b == b'A' { b'B' } else { b'A' };
+    }
+    let forged = String::from_utf8(forged)?;
     let (status, _) = http_get(
         via,
         "orders",
