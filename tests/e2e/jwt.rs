@@ -379,3 +379,73 @@ async fn a_policy_without_request_authentication_is_unchanged() -> Result<()> {
     );
     Ok(())
 }
+
+/// A RequestAuthentication with the key set inline for `issuer`, and an ALLOW for its users.
+fn inline_policy(issuer: &str, key: &TestKey) -> Result<String> {
+    Ok(format!(
+        r#"
+apiVersion: picket.dev/v1
+kind: RequestAuthentication
+metadata: {{name: idp, namespace: shop}}
+spec:
+  jwtRules:
+  - issuer: "{issuer}"
+    jwks: {}
+---
+apiVersion: picket.dev/v1
+kind: AuthorizationPolicy
+metadata: {{name: users, namespace: shop}}
+spec:
+  rules:
+  - from: [{{source: {{requestPrincipals: ["*"]}}}}]
+"#,
+        serde_json::to_string(&jwks(&[key]))?
+    ))
+}
+
+#[tokio::test]
+async fn request_authentication_hot_reloads_with_the_policies() -> Result<()> {
+    let key = TestKey::ed25519("k1")?;
+    let mesh = Mesh::start_with(MeshOptions {
+        orders_policy: Some(inline_policy("https://a.test", &key)?),
+        ..MeshOptions::default()
+    })
+    .await?;
+    let mut for_a = claims("alice");
+    for_a["iss"] = json!("https://a.test");
+    let mut for_b = claims("bob");
+    for_b["iss"] = json!("https://b.test");
+    let (a, b) = (key.token(&for_a)?, key.token(&for_b)?);
+    let (s, _, body) = call(&mesh, "/x", &[("authorization", &bearer(&a))]).await?;
+    ensure!(s == StatusCode::OK, "{s} {body}");
+    let (s, h, body) = call(&mesh, "/x", &[("authorization", &bearer(&b))]).await?;
+    assert_401(s, &h, &body, "unknown_issuer")?;
+    // The issuer changes in the policy directory: the sidecar follows without a restart.
+    let dir = mesh.orders.policy_dir();
+    std::fs::write(dir.join(".next"), inline_policy("https://b.test", &key)?)?;
+    std::fs::rename(dir.join(".next"), dir.join("policy.yaml"))?;
+    eventually(Duration::from_secs(10), async || {
+        let (s, _, body) = call(&mesh, "/x", &[("authorization", &bearer(&b))]).await?;
+        ensure!(s == StatusCode::OK, "{s} {body}");
+        Ok(())
+    })
+    .await?;
+    let (s, h, body) = call(&mesh, "/x", &[("authorization", &bearer(&a))]).await?;
+    assert_401(s, &h, &body, "unknown_issuer")?;
+    // A key set with no usable key is a reload error: the last good rules stay in force.
+    let broken = inline_policy("https://c.test", &key)?.replace("OKP", "oct");
+    std::fs::write(dir.join(".next"), broken)?;
+    std::fs::rename(dir.join(".next"), dir.join("policy.yaml"))?;
+    let admin = mesh.orders.addrs().admin;
+    assert_eventually!(
+        Duration::from_secs(10),
+        scrape(admin)
+            .await?
+            .value("picket_policy_reload_failures_total", &[])
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    let (s, _, body) = call(&mesh, "/x", &[("authorization", &bearer(&b))]).await?;
+    ensure!(s == StatusCode::OK, "{s} {body}");
+    Ok(())
+}
