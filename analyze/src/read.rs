@@ -237,6 +237,7 @@ fn protocol_bit(p: FlowProtocol) -> u8 {
         FlowProtocol::H2 => 2,
         FlowProtocol::Grpc => 4,
         FlowProtocol::Tcp => 8,
+        FlowProtocol::WebSocket => 16,
     }
 }
 
@@ -247,6 +248,7 @@ pub(crate) fn protocol_names(bits: u8) -> Vec<&'static str> {
         FlowProtocol::H2,
         FlowProtocol::Grpc,
         FlowProtocol::Tcp,
+        FlowProtocol::WebSocket,
     ]
     .into_iter()
     .filter(|p| bits & protocol_bit(*p) != 0)
@@ -598,17 +600,4 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::leading_type;
-
-    #[test]
-    fn reads_the_leading_type_with_any_spacing() {
-        assert_eq!(
-            leading_type(br#"{"type":"alert","kind":1}"#),
-            Some(&b"alert"[..])
-        );
-        assert_eq!(leading_type(br#" { "type" : "edge" }"#), Some(&b"edge"[..]));
-        assert_eq!(leading_type(br#"{"ts":"x","type":"alert"}"#), None);
-        assert_eq!(leading_type(b"garbage"), None);
-    }
-}
+mod tests;

@@ -10,9 +10,10 @@
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rcgen::string::Ia5String;
@@ -135,6 +136,12 @@ pub enum IssueError {
     /// The join token was refused.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// This CA is a replica signing with shared material and redeems no join tokens.
+    #[error(
+        "this CA replica redeems no join tokens: their single-use state has one writer, the \
+         enrollment CA (the state directory the shared signing material comes from)"
+    )]
+    JoinTokensNotServed,
     /// The issuer CA certificate has expired; the CA cannot issue until it is replaced.
     #[error("the issuer CA certificate expired at {0}")]
     IssuerExpired(OffsetDateTime),
@@ -163,6 +170,12 @@ pub struct InitOptions {
     pub leaf_ttl: Duration,
     /// Ceiling on `leaf_ttl`.
     pub max_leaf_ttl: Duration,
+    /// Sign with the intermediate and trust bundle in this directory (`issuer.pem`,
+    /// `issuer.key`, `bundle.pem`; on Kubernetes a Secret volume shared by every CA replica)
+    /// instead of making a root and an intermediate in the state directory. The material
+    /// stays there and is read again when it changes. Such a CA is one of several replicas: it
+    /// redeems no join tokens (each replica's token store would be its own).
+    pub signer_dir: Option<PathBuf>,
 }
 
 impl InitOptions {
@@ -174,6 +187,7 @@ impl InitOptions {
             root: None,
             leaf_ttl: DEFAULT_LEAF_TTL,
             max_leaf_ttl: DEFAULT_MAX_LEAF_TTL,
+            signer_dir: None,
         }
     }
 }
@@ -310,6 +324,10 @@ struct CaConfig {
     trust_domain: TrustDomain,
     leaf_ttl_secs: u64,
     max_leaf_ttl_secs: u64,
+    /// Where the signing material lives when it is not in the state directory
+    /// ([`InitOptions::signer_dir`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signer_dir: Option<PathBuf>,
 }
 
 /// A random serial the store has not recorded (`taken` asks it, inside the issuance's
@@ -331,6 +349,21 @@ pub struct Authority {
     dir: StateDir,
     trust_domain: TrustDomain,
     leaf_lifetime: time::Duration,
+    /// The directory the signing material is read from when it is not the state directory
+    /// ([`InitOptions::signer_dir`]).
+    signer_dir: Option<StateDir>,
+    /// The issuer and the trust bundle in force. Replaced as a whole by [`Authority::reload`]
+    /// when a rotation command changed them on disk; an issuance loads it once, so a request
+    /// in flight finishes with the material it started with.
+    signer: ArcSwap<Signer>,
+    /// Tokens and issuance records. Held for the whole of an issuance, which is synchronous;
+    /// never across an `.await`.
+    store: Mutex<Store>,
+}
+
+/// The signing material read from the state directory: the intermediate and its key, the
+/// root it chains to, and the trust bundle. Rotation changes all of it together.
+struct Signer {
     issuer: Issuer<'static, KeyPair>,
     issuer_der: CertificateDer<'static>,
     issuer_pem: String,
@@ -339,9 +372,88 @@ pub struct Authority {
     root_name: String,
     bundle_pem: String,
     trust_anchors: Vec<CertificateDer<'static>>,
-    /// Tokens and issuance records. Held for the whole of an issuance, which is synchronous;
-    /// never across an `.await`.
-    store: Mutex<Store>,
+}
+
+impl Signer {
+    /// Reads and checks `issuer.pem`, `issuer.key` and `bundle.pem`. The caller holds the
+    /// directory lock, so a rotation command is never seen half done.
+    fn load(dir: &StateDir) -> Result<Self, CaError> {
+        let issuer_pem = dir.read_string(state::ISSUER_CERT)?;
+        let issuer_der = CertificateDer::from_pem_slice(issuer_pem.as_bytes())
+            .map_err(|e| corrupt(dir, state::ISSUER_CERT, e.to_string()))?;
+        let issuer_key = KeyPair::from_pem(&dir.read_string(state::ISSUER_KEY)?)
+            .map_err(|e| corrupt(dir, state::ISSUER_KEY, e.to_string()))?;
+        let (_, parsed) = X509Certificate::from_der(&issuer_der)
+            .map_err(|e| corrupt(dir, state::ISSUER_CERT, e.to_string()))?;
+        if parsed.public_key().raw != issuer_key.subject_public_key_info().as_slice() {
+            return Err(corrupt(dir, state::ISSUER_KEY, "does not match issuer.pem".into()).into());
+        }
+        let issuer_not_after = unix_time(parsed.validity().not_after.timestamp())
+            .ok_or_else(|| corrupt(dir, state::ISSUER_CERT, "bad not-after".into()))?;
+        let root_name = parsed.issuer().to_string();
+        let issuer = Issuer::from_ca_cert_der(&issuer_der, issuer_key)
+            .map_err(|e| corrupt(dir, state::ISSUER_CERT, e.to_string()))?;
+
+        let bundle_pem = dir.read_string(state::BUNDLE)?;
+        let trust_anchors = CertificateDer::pem_slice_iter(bundle_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| corrupt(dir, state::BUNDLE, e.to_string()))?;
+        if trust_anchors.is_empty() {
+            return Err(corrupt(dir, state::BUNDLE, "holds no certificate".into()).into());
+        }
+        // The bundle and the intermediate change together in a rotation; material read while
+        // a Secret volume was being swapped could pair them wrongly.
+        let root_in_bundle = trust_anchors.iter().any(|anchor| {
+            X509Certificate::from_der(anchor)
+                .is_ok_and(|(_, root)| root.subject().as_raw() == parsed.issuer().as_raw())
+        });
+        if !root_in_bundle {
+            return Err(corrupt(
+                dir,
+                state::BUNDLE,
+                format!("does not hold {root_name:?}, the root issuer.pem chains to"),
+            )
+            .into());
+        }
+        Ok(Self {
+            issuer,
+            issuer_pem: pem_certificate(&issuer_der),
+            issuer_der,
+            issuer_not_after,
+            root_name,
+            bundle_pem,
+            trust_anchors,
+        })
+    }
+
+    /// Whether `other` is the same material (same intermediate, same bundle).
+    fn same_as(&self, other: &Self) -> bool {
+        self.issuer_der == other.issuer_der && self.trust_anchors == other.trust_anchors
+    }
+
+    /// `now + lifetime` rounded up to the whole second a certificate can record (so the
+    /// certificate is never shorter than promised), but never past the issuer's own end of
+    /// validity.
+    fn not_after(&self, now: OffsetDateTime, lifetime: time::Duration) -> OffsetDateTime {
+        ceil_to_second(now.saturating_add(lifetime)).min(self.issuer_not_after)
+    }
+}
+
+/// What [`Authority::reload`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The state directory holds the material already in force.
+    Unchanged,
+    /// New material is in force: the subjects of the new intermediate and of its root, and
+    /// the number of roots in the trust bundle.
+    Changed {
+        /// The new intermediate's subject.
+        issuer: String,
+        /// The subject of the root it chains to.
+        root: String,
+        /// How many roots the trust bundle holds.
+        bundle_roots: usize,
+    },
 }
 
 impl fmt::Debug for Authority {
@@ -368,6 +480,37 @@ impl Authority {
             }
         }
         let now = now();
+
+        if let Some(signer_dir) = &opts.signer_dir {
+            if opts.root.is_some() {
+                return Err(CaError::InvalidOption(
+                    "a CA that signs with shared material (--signer-dir) makes no intermediate: \
+                     it takes no root"
+                        .into(),
+                ));
+            }
+            // Checked now, so that a replica with unusable material never starts.
+            Signer::load(&StateDir::signing_material(signer_dir))?;
+            Store::open(&dir)?;
+            dir.write_json(
+                state::CONFIG,
+                &CaConfig {
+                    format: FORMAT_VERSION,
+                    trust_domain: opts.trust_domain.clone(),
+                    leaf_ttl_secs: whole_seconds_up(opts.leaf_ttl),
+                    max_leaf_ttl_secs: whole_seconds_up(opts.max_leaf_ttl),
+                    signer_dir: Some(signer_dir.clone()),
+                },
+            )?;
+            drop(lock);
+            tracing::info!(
+                state_dir = %opts.state_dir.display(),
+                signer_dir = %signer_dir.display(),
+                trust_domain = %opts.trust_domain,
+                "initialised a CA replica signing with shared material"
+            );
+            return Self::open(&opts.state_dir);
+        }
 
         let (root, root_not_after, bundle_pem) = match &opts.root {
             None => {
@@ -396,6 +539,7 @@ impl Authority {
                 trust_domain: opts.trust_domain.clone(),
                 leaf_ttl_secs: whole_seconds_up(opts.leaf_ttl),
                 max_leaf_ttl_secs: whole_seconds_up(opts.max_leaf_ttl),
+                signer_dir: None,
             },
         )?;
         drop(lock);
@@ -436,48 +580,48 @@ impl Authority {
         let leaf_lifetime = time::Duration::try_from(leaf_ttl)
             .map_err(|e| corrupt(&dir, state::CONFIG, e.to_string()))?;
 
-        let issuer_pem = dir.read_string(state::ISSUER_CERT)?;
-        let issuer_der = CertificateDer::from_pem_slice(issuer_pem.as_bytes())
-            .map_err(|e| corrupt(&dir, state::ISSUER_CERT, e.to_string()))?;
-        let issuer_key = KeyPair::from_pem(&dir.read_string(state::ISSUER_KEY)?)
-            .map_err(|e| corrupt(&dir, state::ISSUER_KEY, e.to_string()))?;
-        let (_, parsed) = X509Certificate::from_der(&issuer_der)
-            .map_err(|e| corrupt(&dir, state::ISSUER_CERT, e.to_string()))?;
-        if parsed.public_key().raw != issuer_key.subject_public_key_info().as_slice() {
-            return Err(
-                corrupt(&dir, state::ISSUER_KEY, "does not match issuer.pem".into()).into(),
-            );
-        }
-        let issuer_not_after = unix_time(parsed.validity().not_after.timestamp())
-            .ok_or_else(|| corrupt(&dir, state::ISSUER_CERT, "bad not-after".into()))?;
-        let root_name = parsed.issuer().to_string();
-        let issuer = Issuer::from_ca_cert_der(&issuer_der, issuer_key)
-            .map_err(|e| corrupt(&dir, state::ISSUER_CERT, e.to_string()))?;
-
-        let bundle_pem = dir.read_string(state::BUNDLE)?;
-        let trust_anchors = CertificateDer::pem_slice_iter(bundle_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| corrupt(&dir, state::BUNDLE, e.to_string()))?;
-        if trust_anchors.is_empty() {
-            return Err(corrupt(&dir, state::BUNDLE, "holds no certificate".into()).into());
-        }
-
+        let signer_dir = config.signer_dir.as_deref().map(StateDir::signing_material);
+        let signer = Signer::load(signer_dir.as_ref().unwrap_or(&dir))?;
         let store = Store::open(&dir)?;
         drop(lock);
 
         Ok(Self {
             dir,
+            signer_dir,
             trust_domain: config.trust_domain,
             leaf_lifetime,
-            issuer,
-            issuer_pem: pem_certificate(&issuer_der),
-            issuer_der,
-            issuer_not_after,
-            root_name,
-            bundle_pem,
-            trust_anchors,
+            signer: ArcSwap::from_pointee(signer),
             store: Mutex::new(store),
         })
+    }
+
+    /// Reads the signing material again (under the directory lock, so a rotation command is
+    /// never seen half done) and puts it in force if a rotation command changed it. Issuances
+    /// in flight finish with the material they started with. On error the material in force
+    /// stays.
+    pub fn reload(&self) -> Result<Reloaded, CaError> {
+        let fresh = match &self.signer_dir {
+            // A Secret volume is swapped as a whole; a read that straddles a swap fails the
+            // pairing checks and is tried again at the next reload.
+            Some(shared) => Signer::load(shared)?,
+            None => {
+                let lock = self.dir.lock()?;
+                crate::rotation::finish_interrupted(&self.dir)?;
+                let fresh = Signer::load(&self.dir)?;
+                drop(lock);
+                fresh
+            }
+        };
+        if fresh.same_as(&self.signer.load()) {
+            return Ok(Reloaded::Unchanged);
+        }
+        let changed = Reloaded::Changed {
+            issuer: x509_subject(&fresh.issuer_der),
+            root: fresh.root_name.clone(),
+            bundle_roots: fresh.trust_anchors.len(),
+        };
+        self.signer.store(Arc::new(fresh));
+        Ok(changed)
     }
 
     /// Every serial the store has recorded (for tests).
@@ -494,14 +638,19 @@ impl Authority {
         &self.trust_domain
     }
 
-    /// The roots workloads should trust, PEM.
-    pub fn trust_bundle_pem(&self) -> &str {
-        &self.bundle_pem
+    /// The roots workloads should trust now, PEM.
+    pub fn trust_bundle_pem(&self) -> String {
+        self.signer.load().bundle_pem.clone()
     }
 
-    /// The roots workloads should trust, DER.
-    pub fn trust_anchors(&self) -> &[CertificateDer<'static>] {
-        &self.trust_anchors
+    /// The roots workloads should trust now, DER.
+    pub fn trust_anchors(&self) -> Vec<CertificateDer<'static>> {
+        self.signer.load().trust_anchors.clone()
+    }
+
+    /// The subject of the intermediate issuing now.
+    pub fn issuer_subject(&self) -> String {
+        x509_subject(&self.signer.load().issuer_der)
     }
 
     /// Creates a join token that grants `workload` in this trust domain up to `uses`
@@ -512,6 +661,11 @@ impl Authority {
         ttl: Duration,
         uses: u32,
     ) -> Result<String, CaError> {
+        if let Some(shared) = &self.signer_dir {
+            return Err(CaError::InvalidOption(join_tokens_not_served(
+                shared.path(),
+            )));
+        }
         if ttl < Duration::from_secs(1) {
             return Err(CaError::InvalidOption(
                 "token lifetime must be at least 1s".into(),
@@ -563,12 +717,17 @@ impl Authority {
         profile: Profile<'_>,
     ) -> Result<Issued, IssueError> {
         let csr = parse_csr(csr_pem)?;
+        // Loaded once: a reload during this issuance does not mix two generations.
+        let signer = self.signer.load_full();
         let exact_now = OffsetDateTime::now_utc();
         let now = exact_now.truncate_to_second();
-        if now >= self.issuer_not_after {
-            return Err(IssueError::IssuerExpired(self.issuer_not_after));
+        if now >= signer.issuer_not_after {
+            return Err(IssueError::IssuerExpired(signer.issuer_not_after));
         }
         let (redemption, kind, known) = match &credential {
+            Credential::JoinToken(_) if self.signer_dir.is_some() => {
+                return Err(IssueError::JoinTokensNotServed);
+            }
             Credential::JoinToken(token) => {
                 (Redemption::Token(token), CredentialKind::JoinToken, None)
             }
@@ -614,22 +773,22 @@ impl Authority {
                 }
             };
             let (serial, serial_hex) = fresh_serial(serial_taken)?;
-            let not_after = self.not_after(exact_now, self.leaf_lifetime);
+            let not_after = signer.not_after(exact_now, self.leaf_lifetime);
             let mut params = end_entity_params(serial, now, not_after);
             params.subject_alt_names = subject_alt_names;
             params.extended_key_usages = extended_key_usages;
-            let leaf = params.signed_by(&csr.public_key, &self.issuer)?;
+            let leaf = params.signed_by(&csr.public_key, &signer.issuer)?;
             let record = IssuedRecord {
                 serial: serial_hex.clone(),
                 spiffe_id: spiffe_id.clone(),
                 not_after,
                 credential: kind,
                 issued_at: now,
-                root: Some(self.root_name.clone()),
+                root: Some(signer.root_name.clone()),
             };
             let issued = Issued {
-                chain_pem: format!("{}{}", leaf.pem(), self.issuer_pem),
-                trust_bundle_pem: self.bundle_pem.clone(),
+                chain_pem: format!("{}{}", leaf.pem(), signer.issuer_pem),
+                trust_bundle_pem: signer.bundle_pem.clone(),
                 spiffe_id,
                 serial: serial_hex,
                 not_after,
@@ -662,27 +821,45 @@ impl Authority {
         // Never recorded (it is made at each start and never leaves the CA): 127 random bits
         // make a repeat of any recorded serial as likely as guessing a key.
         let serial = SerialNumber::from_slice(&random_serial()?);
+        let signer = self.signer.load_full();
         let exact_now = OffsetDateTime::now_utc();
         let mut params = end_entity_params(
             serial,
             exact_now.truncate_to_second(),
-            self.not_after(exact_now, SERVER_CERT_LIFETIME),
+            signer.not_after(exact_now, SERVER_CERT_LIFETIME),
         );
         params.subject_alt_names = names;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert = params.signed_by(&key, &signer.issuer)?;
         Ok((
-            vec![cert.der().clone(), self.issuer_der.clone()],
+            vec![cert.der().clone(), signer.issuer_der.clone()],
             PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         ))
     }
+}
 
-    /// `now + lifetime` rounded up to the whole second a certificate can record (so the
-    /// certificate is never shorter than promised), but never past the issuer's own end of
-    /// validity.
-    fn not_after(&self, now: OffsetDateTime, lifetime: time::Duration) -> OffsetDateTime {
-        ceil_to_second(now.saturating_add(lifetime)).min(self.issuer_not_after)
-    }
+/// Why a CA replica signing with shared material makes no join token.
+fn join_tokens_not_served(signer_dir: &Path) -> String {
+    format!(
+        "this CA signs with the shared material in {} and is one of several replicas: a join \
+         token made here would be known to this replica only. Create join tokens at the \
+         enrollment CA, whose state directory the material comes from",
+        signer_dir.display()
+    )
+}
+
+/// Whether the CA in `dir` signs with shared material, and where it lives.
+pub(crate) fn shared_signer_dir(dir: &StateDir) -> Result<Option<PathBuf>, StateError> {
+    let config: CaConfig = dir.read_json(state::CONFIG)?;
+    Ok(config.signer_dir)
+}
+
+/// The subject of a certificate, as text (empty if it does not parse: only certificates this
+/// module already parsed are passed).
+fn x509_subject(der: &CertificateDer<'_>) -> String {
+    X509Certificate::from_der(der)
+        .map(|(_, cert)| cert.subject().to_string())
+        .unwrap_or_default()
 }
 
 fn validate_ttls(leaf: Duration, max: Duration) -> Result<(), CaError> {

@@ -2,10 +2,18 @@
 //!
 //! Each call opens one TLS 1.3 connection, verifies the CA's server certificate against the
 //! given trust PEM and the URL's host name (or IP address), sends one HTTP/1.1 request and
-//! closes. A call that takes longer than ten seconds fails with [`ClientError::Timeout`].
+//! closes. An attempt that takes longer than ten seconds fails with [`ClientError::Timeout`].
+//!
+//! A client may know several CA URLs (replicas, [`CaClient::with_urls`]). A call goes to the
+//! URL that answered last; when that CA cannot be reached, times out, breaks the exchange or
+//! answers 5xx (unavailable, or a replica that redeems no join tokens), the same call is sent
+//! to the next URL in turn, once each. Only when every URL failed does the call fail, with the
+//! last error, and the caller's backoff applies. A 4xx answer is final: another replica would
+//! refuse the same credential the same way.
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -83,10 +91,14 @@ pub enum ClientError {
 /// Told the key-exchange group of every TLS handshake a [`CaClient`] completes.
 pub type HandshakeObserver = Arc<dyn Fn(KxGroup) + Send + Sync>;
 
-/// A client of one CA. Clones share the trust: [`CaClient::set_trust`] on one reaches all.
+/// A client of one CA (reached at one or more URLs). Clones share the trust:
+/// [`CaClient::set_trust`] on one reaches all.
 #[derive(Clone)]
 pub struct CaClient {
-    origin: HttpsOrigin,
+    /// Never empty.
+    origins: Arc<[HttpsOrigin]>,
+    /// The index of the origin that answered last: calls start there.
+    preferred: Arc<AtomicUsize>,
     trust: Arc<ArcSwap<Trust>>,
     observer: Option<HandshakeObserver>,
 }
@@ -110,8 +122,9 @@ impl Trust {
 
 impl fmt::Debug for CaClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<&str> = self.origins.iter().map(HttpsOrigin::url).collect();
         f.debug_struct("CaClient")
-            .field("url", &self.origin.url)
+            .field("urls", &urls)
             .finish_non_exhaustive()
     }
 }
@@ -120,10 +133,26 @@ impl CaClient {
     /// A client of the CA at `url` (`https://host[:port]`), whose server certificate must chain
     /// to a certificate in `ca_trust_pem`.
     pub fn new(url: &str, ca_trust_pem: &[u8]) -> Result<Self, ClientError> {
-        let origin =
-            HttpsOrigin::parse(url).ok_or_else(|| ClientError::InvalidUrl(url.to_owned()))?;
+        Self::with_urls(&[url], ca_trust_pem)
+    }
+
+    /// A client of the CA replicas at `urls` (each `https://host[:port]`, at least one), tried
+    /// in turn as the module documentation says; every replica's server certificate must chain
+    /// to a certificate in `ca_trust_pem`.
+    pub fn with_urls(urls: &[impl AsRef<str>], ca_trust_pem: &[u8]) -> Result<Self, ClientError> {
+        let origins = urls
+            .iter()
+            .map(|url| {
+                let url = url.as_ref();
+                HttpsOrigin::parse(url).ok_or_else(|| ClientError::InvalidUrl(url.to_owned()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if origins.is_empty() {
+            return Err(ClientError::InvalidUrl(String::new()));
+        }
         Ok(Self {
-            origin,
+            origins: origins.into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
             trust: Arc::new(ArcSwap::from_pointee(Trust::new(ca_trust_pem)?)),
             observer: None,
         })
@@ -204,8 +233,15 @@ impl CaClient {
         String::from_utf8(body.to_vec()).map_err(|e| ClientError::InvalidResponse(e.to_string()))
     }
 
+    /// The URL calls go to first: the one that answered last.
+    pub fn current_url(&self) -> &str {
+        let index = self.preferred.load(Ordering::Relaxed) % self.origins.len();
+        self.origins.get(index).map_or("", HttpsOrigin::url)
+    }
+
     /// Sends `request` on a new connection, presenting `client_cert` if given, and returns the
-    /// status and body of the answer.
+    /// status and body of the answer: from the preferred URL, or the next that answers (see
+    /// the module documentation).
     pub(crate) async fn exchange(
         &self,
         request: Request<Full<Bytes>>,
@@ -216,9 +252,66 @@ impl CaClient {
             None => Arc::clone(&trust.anonymous),
             Some(cert) => Arc::new(client_config(Arc::clone(&trust.roots), Some(cert))?),
         };
+        let count = self.origins.len();
+        if count == 1 {
+            return self.attempt(0, Arc::clone(&config), request).await;
+        }
+        let (parts, body) = request.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+            .unwrap_or_else(|never| match never {});
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut last = None;
+        for step in 0..count {
+            let index = (first + step) % count;
+            let mut attempt = Request::new(Full::new(body.clone()));
+            *attempt.method_mut() = parts.method.clone();
+            *attempt.uri_mut() = parts.uri.clone();
+            *attempt.headers_mut() = parts.headers.clone();
+            let result = self.attempt(index, Arc::clone(&config), attempt).await;
+            let failed_over = match &result {
+                Ok((status, _)) if status.is_server_error() => {
+                    Some(format!("the CA answered {status}"))
+                }
+                Ok(_) => None,
+                Err(
+                    e @ (ClientError::Connect(_) | ClientError::Timeout | ClientError::Http(_)),
+                ) => Some(e.to_string()),
+                Err(_) => None,
+            };
+            let Some(reason) = failed_over else {
+                self.preferred.store(index, Ordering::Relaxed);
+                return result;
+            };
+            if let Some(next) = self.origins.get((index + 1) % count)
+                && step + 1 < count
+            {
+                tracing::warn!(
+                    url = self.origins.get(index).map_or("", HttpsOrigin::url),
+                    error = %reason,
+                    next = next.url(),
+                    "CA replica unavailable; trying the next CA URL"
+                );
+            }
+            last = Some(result);
+        }
+        last.unwrap_or(Err(ClientError::InvalidUrl(String::new())))
+    }
+
+    /// One exchange with the origin at `index`, within [`REQUEST_TIMEOUT`].
+    async fn attempt(
+        &self,
+        index: usize,
+        config: Arc<ClientConfig>,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let Some(origin) = self.origins.get(index) else {
+            return Err(ClientError::InvalidUrl(String::new()));
+        };
         let exchange =
-            self.origin
-                .round_trip(config, request, MAX_RESPONSE_BYTES, self.observer.as_ref());
+            origin.round_trip(config, request, MAX_RESPONSE_BYTES, self.observer.as_ref());
         match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
             Err(_) => Err(ClientError::Timeout),
             Ok(Ok(answer)) => Ok(answer),
@@ -415,61 +508,4 @@ fn check_status(status: StatusCode, body: &[u8]) -> Result<(), ClientError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use crate::test_support::new_ca;
-
-    #[test]
-    fn accepts_only_https_base_urls() {
-        let (_dir, ca) = new_ca();
-        let trust = ca.trust_bundle_pem().as_bytes();
-        for good in [
-            "https://127.0.0.1:7443",
-            "https://[::1]:7443",
-            "https://ca.example.org",
-            "https://ca.example.org/",
-        ] {
-            CaClient::new(good, trust).unwrap();
-        }
-        for bad in [
-            "http://127.0.0.1:7443",
-            "127.0.0.1:7443",
-            "https://127.0.0.1:7443/v1",
-            "https://127.0.0.1:7443/?x=1",
-            "https://user@ca.example.org",
-            "",
-        ] {
-            assert!(
-                matches!(CaClient::new(bad, trust), Err(ClientError::InvalidUrl(_))),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn needs_at_least_one_trusted_certificate() {
-        assert!(matches!(
-            CaClient::new("https://127.0.0.1:7443", b"no pem here"),
-            Err(ClientError::InvalidTrust(_))
-        ));
-    }
-
-    #[test]
-    fn error_answers_are_classified_by_status() {
-        let body = br#"{"error":"token_used","message":"join token has already been used"}"#;
-        assert!(matches!(
-            check_status(StatusCode::UNAUTHORIZED, body),
-            Err(ClientError::Rejected { status: 401, code, .. }) if code == "token_used"
-        ));
-        assert!(matches!(
-            check_status(StatusCode::BAD_GATEWAY, b"<html>"),
-            Err(ClientError::Unavailable { status: 502, .. })
-        ));
-        assert!(matches!(
-            check_status(StatusCode::FORBIDDEN, b"<html>"),
-            Err(ClientError::Rejected { code, .. }) if code == "unknown"
-        ));
-        check_status(StatusCode::OK, b"").unwrap();
-    }
-}
+mod tests;

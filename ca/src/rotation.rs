@@ -18,7 +18,9 @@
 //!
 //! Each root and intermediate has its own subject (its key's generation in the common name),
 //! a subject key identifier and an authority key identifier, so chains are unambiguous while
-//! two generations overlap. The running CA server reads the new state when it is restarted.
+//! two generations overlap. A running CA server (`picket ca serve`) reads the state directory
+//! every second and puts a changed intermediate or trust bundle in force for issuance and for
+//! its own TLS, with no restart ([`crate::authority::Authority::reload`]).
 //!
 //! Every file is replaced atomically, and the directory lock is held throughout. A command
 //! interrupted by a crash leaves state that [`finish_interrupted`] completes (at the next
@@ -93,6 +95,7 @@ struct CaCert {
 /// in the trust bundle) and issues with it from the next CA start.
 pub fn rotate_intermediate(state_dir: &Path, given: &GivenRoot) -> Result<Rotated, CaError> {
     let dir = StateDir::open(state_dir)?;
+    refuse_shared_signer(&dir)?;
     let _lock = dir.lock()?;
     finish_interrupted(&dir)?;
     let now = authority::now();
@@ -103,8 +106,8 @@ pub fn rotate_intermediate(state_dir: &Path, given: &GivenRoot) -> Result<Rotate
     let subject = install_issuer(&dir, &root, now)?;
     Ok(Rotated {
         summary: format!(
-            "new intermediate {subject:?} under {:?}; restart the CA to issue with it (the \
-             trust bundle is unchanged)",
+            "new intermediate {subject:?} under {:?}; a running CA issues with it within a \
+             second (the trust bundle is unchanged)",
             root.subject
         ),
         bundle_pem: dir.read_string(state::BUNDLE)?,
@@ -122,6 +125,7 @@ pub fn rotate_root(
     force: bool,
 ) -> Result<Rotated, CaError> {
     let dir = StateDir::open(state_dir)?;
+    refuse_shared_signer(&dir)?;
     let _lock = dir.lock()?;
     finish_interrupted(&dir)?;
     let now = authority::now();
@@ -137,6 +141,22 @@ pub fn rotate_root(
             None => switch_root(&dir, now),
         },
         RootStage::Remove => remove_root(&dir, now, force),
+    }
+}
+
+/// A replica signing with shared material is not rotated itself: the CA the material comes
+/// from is, and the material is handed to every replica again.
+fn refuse_shared_signer(dir: &StateDir) -> Result<(), CaError> {
+    match authority::shared_signer_dir(dir)? {
+        None => Ok(()),
+        Some(shared) => Err(CaError::InvalidOption(format!(
+            "{} is a CA replica signing with the shared material in {}: rotate the CA that \
+             material comes from (the enrollment CA's state directory), then update the shared \
+             material (on Kubernetes, the signer Secret); every replica takes it up without a \
+             restart",
+            dir.path().display(),
+            shared.display()
+        ))),
     }
 }
 
@@ -223,8 +243,9 @@ fn add_given_root(
     dir.write(state::BUNDLE, bundle.as_bytes(), PUBLIC_MODE)?;
     Ok(Rotated {
         summary: format!(
-            "added root {subject:?} to the trust bundle; restart the CA, give every workload \
-             the new trust bundle, then run --stage switch with the root's certificate and key"
+            "added root {subject:?} to the trust bundle (a running CA serves it within a \
+             second); give every workload the new trust bundle, then run --stage switch with \
+             the root's certificate and key"
         ),
         bundle_pem: bundle,
     })
@@ -233,8 +254,8 @@ fn add_given_root(
 fn switched(dir: &StateDir, subject: &str, root: &CaCert) -> Result<Rotated, CaError> {
     Ok(Rotated {
         summary: format!(
-            "issuing with {subject:?} under the new root {:?}; restart the CA; run --stage \
-             remove once every certificate of the old root has expired",
+            "issuing with {subject:?} under the new root {:?} (a running CA within a second); \
+             run --stage remove once every certificate of the old root has expired",
             root.subject
         ),
         bundle_pem: dir.read_string(state::BUNDLE)?,
@@ -267,8 +288,8 @@ fn add_root(dir: &StateDir, now: OffsetDateTime) -> Result<Rotated, CaError> {
     dir.write(state::BUNDLE, bundle.as_bytes(), PUBLIC_MODE)?;
     Ok(Rotated {
         summary: format!(
-            "added root {:?} next to {:?}; restart the CA, give every workload the new trust \
-             bundle, then run --stage switch",
+            "added root {:?} next to {:?} (a running CA serves it within a second); give \
+             every workload the new trust bundle, then run --stage switch",
             next.subject, current.subject
         ),
         bundle_pem: bundle,
@@ -351,8 +372,8 @@ fn remove_root(dir: &StateDir, now: OffsetDateTime, force: bool) -> Result<Rotat
     dir.remove(state::PREV_ROOT_CERT)?;
     Ok(Rotated {
         summary: format!(
-            "removed {dropped} root(s); the trust bundle holds only {root:?}; restart the CA \
-             and give every workload the new trust bundle"
+            "removed {dropped} root(s); the trust bundle holds only {root:?} (a running CA \
+             serves it within a second); give every workload the new trust bundle"
         ),
         bundle_pem: bundle,
     })

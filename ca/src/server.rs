@@ -27,7 +27,7 @@
 //! | 408    | `body_timeout`                                                                 |
 //! | 413    | `body_too_large`                                                               |
 //! | 500    | `internal`                                                                     |
-//! | 503    | `token_review_unavailable` (the API server could not be asked, refused the CA's own credential, or did not answer within 5 s; nothing was issued and a retry may succeed) |
+//! | 503    | `token_review_unavailable` (the API server could not be asked, refused the CA's own credential, or did not answer within 5 s; nothing was issued and a retry may succeed), `join_tokens_not_served` (a replica signing with shared material: the enrollment CA redeems join tokens; a client with several CA URLs tries the next) |
 //!
 //! Tokens and keys are never logged.
 
@@ -37,15 +37,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use picket_common::server::{self, BodyError, ListenerSettings, TlsServer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
-use rustls_pki_types::CertificateDer;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -55,7 +61,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::api;
-use crate::authority::{Authority, CaError, Credential, IssueError, ServerNames};
+use crate::authority::{Authority, CaError, Credential, IssueError, Reloaded, ServerNames};
 use crate::svid;
 use crate::token::TokenError;
 use crate::tokenreview::{self, ReviewError, TokenReviewer};
@@ -97,8 +103,11 @@ pub async fn serve_with_names(
     serve_with(authority, listener, options, shutdown).await
 }
 
+/// How often a running CA looks for signing material a rotation command changed.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What the CA server does beyond join tokens and renewals.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServeOptions {
     /// DNS names or IP addresses added to the CA's own server certificate.
     pub extra_names: Vec<String>,
@@ -106,6 +115,20 @@ pub struct ServeOptions {
     pub token_review: Option<TokenReviewer>,
     /// The DNS names identities may obtain TLS server certificates for.
     pub server_names: ServerNames,
+    /// How often the state directory is read for a rotated intermediate or trust bundle
+    /// ([`Authority::reload`]).
+    pub reload_interval: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            extra_names: Vec::new(),
+            token_review: None,
+            server_names: ServerNames::default(),
+            reload_interval: DEFAULT_RELOAD_INTERVAL,
+        }
+    }
 }
 
 /// What one request's handler needs, shared by every connection.
@@ -125,7 +148,8 @@ pub async fn serve_with(
 ) -> Result<(), CaError> {
     let local = listener.local_addr().map_err(CaError::Listener)?;
     let names = server_names(local, options.extra_names);
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&authority, &names)?));
+    let tls = Arc::new(ServerTls::new(&authority, names.clone())?);
+    let acceptor = TlsAcceptor::from(Arc::new(tls.config()?));
     tracing::info!(
         listen = %local,
         ?names,
@@ -133,6 +157,13 @@ pub async fn serve_with(
         server_names = ?options.server_names,
         "CA server listening"
     );
+    let stop = CancellationToken::new();
+    let reloads = tokio::spawn(reload_loop(
+        Arc::clone(&authority),
+        Arc::clone(&tls),
+        options.reload_interval,
+        stop.clone(),
+    ));
     let shared = Arc::new(Shared {
         authority,
         token_review: options.token_review,
@@ -144,7 +175,6 @@ pub async fn serve_with(
         drain_timeout: DRAIN_TIMEOUT,
         max_connection_age: Some(CONNECTION_LIFETIME),
     };
-    let stop = CancellationToken::new();
     let serving = server::serve_tls(listener, acceptor, &server, &stop, move |tls| {
         let client_cert: Option<Arc<CertificateDer<'static>>> = tls
             .get_ref()
@@ -174,7 +204,173 @@ pub async fn serve_with(
         stop.cancel();
     };
     tokio::join!(cancel, serving);
+    stop.cancel();
+    if let Err(e) = reloads.await {
+        tracing::warn!(error = %e, "the CA's reload task ended abnormally");
+    }
     Ok(())
+}
+
+/// Reads the state directory every `interval` until `stop`; when a rotation command changed
+/// the signing material, puts it in force for issuance and for the CA's own TLS: a new server
+/// certificate from the new intermediate, client certificates checked against the new
+/// bundle. Connections and requests in flight keep what they started with.
+async fn reload_loop(
+    authority: Arc<Authority>,
+    tls: Arc<ServerTls>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return,
+        }
+        // The directory lock may be held by a rotation command for a moment: wait for it off
+        // the async workers.
+        let reading = Arc::clone(&authority);
+        let reloaded = match tokio::task::spawn_blocking(move || reading.reload()).await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the CA state failed; keeping the signing material in force");
+                continue;
+            }
+        };
+        match reloaded {
+            Ok(Reloaded::Unchanged) => {}
+            Ok(Reloaded::Changed {
+                issuer,
+                root,
+                bundle_roots,
+            }) => match tls.refresh(&authority) {
+                Ok(()) => tracing::info!(
+                    %issuer,
+                    %root,
+                    bundle_roots,
+                    "signing material changed on disk: issuing with it and serving TLS with it"
+                ),
+                Err(e) => tracing::error!(
+                    %issuer,
+                    error = %e,
+                    "issuing with the new signing material, but the CA's TLS keeps the previous \
+                     certificate and trust"
+                ),
+            },
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the CA state cannot be read; keeping the signing material in force"
+            ),
+        }
+    }
+}
+
+/// The CA's own TLS: its server certificate and the verifier of client certificates, each
+/// replaced when the signing material changes ([`ServerTls::refresh`]).
+#[derive(Debug)]
+struct ServerTls {
+    names: Vec<String>,
+    certificate: Arc<CurrentCertificate>,
+    verifier: Arc<CurrentClientVerifier>,
+}
+
+impl ServerTls {
+    fn new(authority: &Authority, names: Vec<String>) -> Result<Self, CaError> {
+        let certificate = Arc::new(CurrentCertificate(ArcSwap::from_pointee(
+            server_certified_key(authority, &names)?,
+        )));
+        let verifier = Arc::new(CurrentClientVerifier(ArcSwap::from_pointee(
+            client_verifier(authority)?,
+        )));
+        Ok(Self {
+            names,
+            certificate,
+            verifier,
+        })
+    }
+
+    fn refresh(&self, authority: &Authority) -> Result<(), CaError> {
+        let certified = server_certified_key(authority, &self.names)?;
+        let verifier = client_verifier(authority)?;
+        self.certificate.0.store(Arc::new(certified));
+        self.verifier.0.store(Arc::new(verifier));
+        Ok(())
+    }
+
+    fn config(&self) -> Result<ServerConfig, CaError> {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(PROTOCOL_VERSIONS)?
+            .with_client_cert_verifier(Arc::clone(&self.verifier) as Arc<dyn ClientCertVerifier>)
+            .with_cert_resolver(Arc::clone(&self.certificate) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // A renewal is authorised by the client certificate: a resumed session would let a
+        // certificate renew itself after it expired.
+        crypto::no_server_resumption(&mut config);
+        Ok(config)
+    }
+}
+
+/// The CA's server certificate in force.
+#[derive(Debug)]
+struct CurrentCertificate(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for CurrentCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// The client-certificate verifier in force: webpki against the current trust bundle,
+/// client certificates optional.
+#[derive(Debug)]
+struct CurrentClientVerifier(ArcSwap<Arc<dyn ClientCertVerifier>>);
+
+impl ClientCertVerifier for CurrentClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    /// No hints: they would have to outlive a swap of the bundle. Clients present the one
+    /// certificate they have either way.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .load()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.load().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.load().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.load().supported_verify_schemes()
+    }
 }
 
 fn server_names(local: SocketAddr, extra: Vec<String>) -> Vec<String> {
@@ -192,24 +388,28 @@ fn server_names(local: SocketAddr, extra: Vec<String>) -> Vec<String> {
     names
 }
 
-fn tls_config(authority: &Authority, names: &[String]) -> Result<ServerConfig, CaError> {
+/// A server certificate for `names` from the issuer in force.
+fn server_certified_key(authority: &Authority, names: &[String]) -> Result<CertifiedKey, CaError> {
     let (chain, key) = authority.server_certificate(names)?;
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(CaError::Tls)?;
+    Ok(CertifiedKey::new(chain, signing_key))
+}
+
+/// webpki against the trust bundle in force; a client certificate is optional (join tokens
+/// and service-account tokens come without one).
+fn client_verifier(authority: &Authority) -> Result<Arc<dyn ClientCertVerifier>, CaError> {
     let mut roots = RootCertStore::empty();
     for anchor in authority.trust_anchors() {
-        roots.add(anchor.clone())?;
+        roots.add(anchor)?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .allow_unauthenticated()
-        .build()?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(PROTOCOL_VERSIONS)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // A renewal is authorised by the client certificate: a resumed session would let a
-    // certificate renew itself after it expired.
-    crypto::no_server_resumption(&mut config);
-    Ok(config)
+    Ok(
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()?,
+    )
 }
 
 enum Endpoint {
@@ -253,7 +453,7 @@ async fn route(
         Endpoint::TrustBundle => Ok(response(
             StatusCode::OK,
             "application/x-pem-file",
-            Bytes::copy_from_slice(authority.trust_bundle_pem().as_bytes()),
+            Bytes::from(authority.trust_bundle_pem()),
         )),
         Endpoint::Health => Ok(response(
             StatusCode::OK,
@@ -473,6 +673,10 @@ impl From<IssueError> for ApiError {
             IssueError::Token(TokenError::Unknown) => (StatusCode::UNAUTHORIZED, "token_unknown"),
             IssueError::Token(TokenError::Expired) => (StatusCode::UNAUTHORIZED, "token_expired"),
             IssueError::Token(TokenError::Used) => (StatusCode::UNAUTHORIZED, "token_used"),
+            // 503: another CA URL (the enrollment CA) can redeem it, so clients try the next.
+            IssueError::JoinTokensNotServed => {
+                (StatusCode::SERVICE_UNAVAILABLE, "join_tokens_not_served")
+            }
             IssueError::IssuerExpired(_)
             | IssueError::State(_)
             | IssueError::Random(_)
@@ -528,534 +732,4 @@ fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa};
-    use rustls::sign::CertifiedKey;
-    use rustls_pki_types::PrivateKeyDer;
-    use tokio::sync::oneshot;
-    use tokio::task::JoinHandle;
-
-    use x509_parser::prelude::{FromDer, X509Certificate};
-
-    use super::*;
-    use crate::client::{CaClient, ClientError};
-    use crate::test_support::{certs, csr, new_ca, p256, verify_chain, workload};
-    use crate::tokenreview::tests::{
-        AUDIENCE_MISMATCH, EXPIRED, TokenReviewDouble, Verdict, reviewer, verdicts,
-    };
-
-    /// A CA served on a loopback port for the length of a test.
-    struct Running {
-        authority: Arc<Authority>,
-        client: CaClient,
-        url: String,
-        stop: oneshot::Sender<()>,
-        task: JoinHandle<Result<(), CaError>>,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Running {
-        async fn start() -> Self {
-            Self::start_with(ServeOptions::default()).await
-        }
-
-        async fn start_with(options: ServeOptions) -> Self {
-            let (dir, authority) = new_ca();
-            let authority = Arc::new(authority);
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let url = format!("https://{}", listener.local_addr().unwrap());
-            let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(serve_with(
-                Arc::clone(&authority),
-                listener,
-                options,
-                async move {
-                    let _ = stopped.await;
-                },
-            ));
-            let client = CaClient::new(&url, authority.trust_bundle_pem().as_bytes()).unwrap();
-            Self {
-                authority,
-                client,
-                url,
-                stop,
-                task,
-                _dir: dir,
-            }
-        }
-
-        fn token(&self) -> String {
-            self.authority
-                .create_token(&workload("shop", "orders"), Duration::from_secs(3600), 1)
-                .unwrap()
-        }
-
-        /// Sends a raw request and returns the status and decoded error body.
-        async fn raw(
-            &self,
-            method: Method,
-            path: &'static str,
-            headers: &[(header::HeaderName, &str)],
-            body: Vec<u8>,
-        ) -> (StatusCode, Bytes) {
-            let mut request = Request::new(Full::new(Bytes::from(body)));
-            *request.method_mut() = method;
-            *request.uri_mut() = http::Uri::from_static(path);
-            for (name, value) in headers {
-                request
-                    .headers_mut()
-                    .insert(name.clone(), HeaderValue::from_str(value).unwrap());
-            }
-            self.client.exchange(request, None).await.unwrap()
-        }
-
-        async fn stop(self) {
-            self.stop.send(()).unwrap();
-            self.task.await.unwrap().unwrap();
-        }
-    }
-
-    fn error_code(body: &[u8]) -> String {
-        serde_json::from_slice::<api::ErrorResponse>(body)
-            .unwrap()
-            .error
-    }
-
-    fn rejected_code(result: Result<api::CertificateResponse, ClientError>) -> (u16, String) {
-        match result {
-            Err(ClientError::Rejected { status, code, .. }) => (status, code),
-            other => panic!("expected a rejection, got {other:?}"),
-        }
-    }
-
-    fn certified_key(
-        response: &api::CertificateResponse,
-        key: &rcgen::KeyPair,
-    ) -> Arc<CertifiedKey> {
-        let signer = provider()
-            .key_provider
-            .load_private_key(PrivateKeyDer::Pkcs8(key.serialize_der().into()))
-            .unwrap();
-        Arc::new(CertifiedKey::new(certs(&response.chain_pem), signer))
-    }
-
-    /// A CA whose token review asks `double`, and allows `ns/picket/sa/injector` a server
-    /// certificate for `injector.picket.svc`.
-    async fn kubernetes_ca(double: &TokenReviewDouble, dir: &std::path::Path) -> Running {
-        let mut server_names = ServerNames::default();
-        server_names
-            .allow(
-                workload("picket", "injector"),
-                &["injector.picket.svc".to_owned()],
-            )
-            .unwrap();
-        Running::start_with(ServeOptions {
-            token_review: Some(reviewer(double, dir)),
-            server_names,
-            ..ServeOptions::default()
-        })
-        .await
-    }
-
-    #[tokio::test]
-    async fn service_account_token_gets_the_reviewed_identity() {
-        let double = TokenReviewDouble::start(verdicts(&[(
-            "valid.sa.token",
-            Verdict::ServiceAccount("shop", "orders"),
-        )]))
-        .await;
-        let dir = tempfile::tempdir().unwrap();
-        let ca = kubernetes_ca(&double, dir.path()).await;
-        let issued = ca
-            .client
-            .issue_with_token(
-                &csr(&p256(), &["spiffe://example.org/ns/shop/sa/orders"]),
-                "valid.sa.token",
-            )
-            .await
-            .unwrap();
-        assert_eq!(issued.spiffe_id, "spiffe://example.org/ns/shop/sa/orders");
-        verify_chain(&issued.trust_bundle_pem, &issued.chain_pem).unwrap();
-
-        // The review decides the identity; a CSR asking for another is refused.
-        let other = csr(&p256(), &["spiffe://example.org/ns/shop/sa/admin"]);
-        let refused = ca.client.issue_with_token(&other, "valid.sa.token").await;
-        assert_eq!(rejected_code(refused), (403, "identity_mismatch".into()));
-
-        // Join tokens keep working beside service-account tokens.
-        ca.client
-            .issue_with_token(&csr(&p256(), &[]), &ca.token())
-            .await
-            .unwrap();
-        ca.stop().await;
-    }
-
-    #[tokio::test]
-    async fn refused_or_failed_token_reviews_issue_nothing() {
-        let double = TokenReviewDouble::start(verdicts(&[
-            ("expired.sa.token", Verdict::Rejected(EXPIRED)),
-            ("audience.sa.token", Verdict::Rejected(AUDIENCE_MISMATCH)),
-            (
-                "unaware.sa.token",
-                Verdict::AuthenticatedFor("shop", "orders", vec!["api"]),
-            ),
-            ("user.sa.token", Verdict::User("kubernetes-admin")),
-            (
-                "deleted.sa.token",
-                Verdict::Rejected(
-                    "[invalid bearer token, service account shop/orders has been deleted]",
-                ),
-            ),
-            ("denied.sa.token", Verdict::Status(403)),
-        ]))
-        .await;
-        let dir = tempfile::tempdir().unwrap();
-        let ca = kubernetes_ca(&double, dir.path()).await;
-        for (token, status, code) in [
-            ("expired.sa.token", 401, "service_account_token_rejected"),
-            ("audience.sa.token", 401, "service_account_token_rejected"),
-            ("unaware.sa.token", 401, "service_account_token_audience"),
-            ("user.sa.token", 403, "not_a_service_account"),
-            ("deleted.sa.token", 401, "service_account_token_rejected"),
-            ("denied.sa.token", 503, "token_review_unavailable"),
-        ] {
-            let result = ca.client.issue_with_token(&csr(&p256(), &[]), token).await;
-            let (got_status, got_code) = match result {
-                Err(ClientError::Rejected { status, code, .. }) => (status, code),
-                Err(ClientError::Unavailable { status, .. }) => {
-                    (status, "token_review_unavailable".to_owned())
-                }
-                other => panic!("{token}: expected a refusal, got {other:?}"),
-            };
-            assert_eq!((got_status, got_code.as_str()), (status, code), "{token}");
-        }
-        assert!(ca.authority.issued_serials().is_empty());
-        ca.stop().await;
-    }
-
-    #[tokio::test]
-    async fn unreachable_api_server_is_503_and_disabled_review_is_401() {
-        let double = TokenReviewDouble::start(verdicts(&[])).await;
-        let dir = tempfile::tempdir().unwrap();
-        let mut reviewer = reviewer(&double, dir.path());
-        drop(double);
-        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("https://{}", closed.local_addr().unwrap());
-        drop(closed);
-        reviewer = reviewer.pointed_at(&url);
-        let ca = Running::start_with(ServeOptions {
-            token_review: Some(reviewer),
-            ..ServeOptions::default()
-        })
-        .await;
-        let refused = ca
-            .client
-            .issue_with_token(&csr(&p256(), &[]), "a.b.c")
-            .await;
-        assert!(
-            matches!(refused, Err(ClientError::Unavailable { status: 503, .. })),
-            "{refused:?}"
-        );
-        ca.stop().await;
-
-        let plain = Running::start().await;
-        let refused = plain
-            .client
-            .issue_with_token(&csr(&p256(), &[]), "a.b.c")
-            .await;
-        assert_eq!(
-            rejected_code(refused),
-            (401, "service_account_tokens_disabled".into())
-        );
-        plain.stop().await;
-    }
-
-    #[tokio::test]
-    async fn server_certificate_carries_only_the_allowed_dns_names() {
-        let double = TokenReviewDouble::start(verdicts(&[
-            (
-                "injector.sa.token",
-                Verdict::ServiceAccount("picket", "injector"),
-            ),
-            ("orders.sa.token", Verdict::ServiceAccount("shop", "orders")),
-        ]))
-        .await;
-        let dir = tempfile::tempdir().unwrap();
-        let ca = kubernetes_ca(&double, dir.path()).await;
-        let key = p256();
-        let issued = ca
-            .client
-            .issue_server_certificate(&csr(&p256(), &[]), "injector.sa.token")
-            .await
-            .unwrap();
-        assert_eq!(
-            issued.spiffe_id,
-            "spiffe://example.org/ns/picket/sa/injector"
-        );
-        let chain = certs(&issued.chain_pem);
-        let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
-        let sans: Vec<String> = leaf
-            .subject_alternative_name()
-            .unwrap()
-            .unwrap()
-            .value
-            .general_names
-            .iter()
-            .map(|n| format!("{n:?}"))
-            .collect();
-        assert_eq!(sans, ["DNSName(\"injector.picket.svc\")"]);
-        let eku = leaf.extended_key_usage().unwrap().unwrap().value;
-        assert!(eku.server_auth && !eku.client_auth);
-        drop(key);
-
-        let refused = ca
-            .client
-            .issue_server_certificate(&csr(&p256(), &[]), "orders.sa.token")
-            .await;
-        assert_eq!(
-            rejected_code(refused),
-            (403, "server_names_not_allowed".into())
-        );
-        let mut params = CertificateParams::new(vec!["kubernetes.default.svc".to_owned()]).unwrap();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        let wrong_name = params.serialize_request(&p256()).unwrap().pem().unwrap();
-        let refused = ca
-            .client
-            .issue_server_certificate(&wrong_name, "injector.sa.token")
-            .await;
-        assert_eq!(rejected_code(refused), (403, "server_name_mismatch".into()));
-        ca.stop().await;
-    }
-
-    #[tokio::test]
-    async fn issues_a_certificate_for_a_join_token_over_tls() {
-        let ca = Running::start().await;
-        let response = ca
-            .client
-            .issue_with_token(&csr(&p256(), &[]), &ca.token())
-            .await
-            .unwrap();
-        assert_eq!(response.spiffe_id, "spiffe://example.org/ns/shop/sa/orders");
-        assert_eq!(response.trust_bundle_pem, ca.authority.trust_bundle_pem());
-        verify_chain(&response.trust_bundle_pem, &response.chain_pem).unwrap();
-        let not_after = OffsetDateTime::parse(&response.not_after, &Rfc3339).unwrap();
-        let info = svid::inspect_leaf(&certs(&response.chain_pem)[0]).unwrap();
-        assert_eq!(not_after.unix_timestamp(), info.not_after);
-        assert_eq!(info.serial_hex, response.serial);
-        ca.stop().await;
-    }
-
-    #[tokio::test]
-    async fn the_ca_and_its_client_agree_on_the_hybrid_group_for_issuance_and_renewal() {
-        let ca = Running::start().await;
-        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let record = Arc::clone(&seen);
-        let client = ca.client.clone().with_handshake_observer(Arc::new(
-            move |kx: picket_common::crypto::KxGroup| record.lock().unwrap().push(kx),
-        ));
-        let key = p256();
-        let first = client
-            .issue_with_token(&csr(&key, &[]), &ca.token())
-            .await
-            .unwrap();
-        client
-            .renew(&csr(&p256(), &[]), certified_key(&first, &key))
-            .await
-            .unwrap();
-        client.trust_bundle().await.unwrap();
-        assert_eq!(
-            *seen.lock().unwrap(),
-            [picket_common::crypto::KxGroup::X25519Mlkem768; 3]
-        );
-        ca.stop().await;
-    }
-
-    #[tokio::test]
-    async fn renews_with_the_issued_certificate_as_client_certificate() {
-        let ca = Running::start().await;
-        let key = p256();
-        let first = ca
-            .client
-            .issue_with_token(&csr(&key, &[]), &ca.token())
-            .await
-            .unwrap();
-        let renewed = ca
-            .client
-            .renew(&csr(&p256(), &[]), certified_key(&first, &key))
-            .await
-            .unwrap();
-        assert_eq!(renewed.spiffe_id, first.spiffe_id);
-        assert_ne!(renewed.serial, first.serial);
-
-        let other = csr(&p256(), &["spiffe://example.org/ns/kube-system/sa/admin"]);
-        let refused = ca.client.renew(&other, certified_key(&first, &key)).await;
-        assert_eq!(rejected_code(refused), (403, "identity_mismatch".into()));
-        ca.stop().await;
-    }
-
-    #[tokio::test]
-    async fn token_problems_are_401_with_distinct_codes() {
-        let ca = Running::start().await;
-        let token = ca.token();
-        let unknown = ca
-            .client
-            .issue_with_token(&csr(&p256(), &[]), "not-a-token")
-            .await;
-        assert_eq!(rejected_code(unknown), (401, "token_unknown".into()));
-        ca.client
-            .issue_with_token(&csr(&p256(), &[]), &token)
-            .await
-            .unwrap();
-        let used = ca.client.issue_with_token(&csr(&p256(), &[]), &token).await;
-        assert_eq!(rejected_code(used), (401, "token_used".into()));
-
-        let body = serde_json::to_vec(&api::CertificateRequest {
-            csr: csr(&p256(), &[]),
-        })
-        .unwrap();
-        let (status, body) = ca
-            .raw(Method::POST, api::CERTIFICATES_PATH, &[], body)
-            .await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert_eq!(error_code(&body), "token_missing");
-        ca.stop().await;
-    }
-
-    #[tokio::test]
-    async fn csr_for_another_identity_or_a_ca_is_403() {
-        let ca = Running::start().await;
-        let other = csr(&p256(), &["spiffe://example.org/ns/kube-system/sa/admin"]);
-        let refused = ca.client.issue_with_token(&other, &ca.token()).await;
-        assert_eq!(rejected_code(refused), (403, "identity_mismatch".into()));
-
-        let key = p256();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_csr = params.serialize_request(&key).unwrap().pem().unwrap();
-        let refused = ca.client.issue_with_token(&ca_csr, &ca.token()).await;
-        assert_eq!(rejected_code(refused), (403, "csr_requests_ca".into()));
-        ca.stop().await;
-    }
-
-    #[tokio::test]
-    async fn malformed_csr_or_json_is_400() {
-        let ca = Running::start().await;
-        let refused = ca.client.issue_with_token("garbage", &ca.token()).await;
-        assert_eq!(rejected_code(refused), (400, "csr_malformed".into()));
-
-        let bearer = format!("Bearer {}", ca.token());
-        let (status, body) = ca
-            .raw(
-                Method::POST,
-                api::CERTIFICATES_PATH,
-                &[(header::AUTHORIZATION, &bearer)],
-                b"{\"csr\": 42}".to_vec(),
-            )
-            .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert_eq!(error_code(&body), "invalid_json");
-        ca.stop().await;
-    }
-
-    #[tokio::test]
-    async fn body_over_64_kib_is_413() {
-        let ca = Running::start().await;
-        let bearer = format!("Bearer {}", ca.token());
-        let body = vec![b' '; api::MAX_BODY_BYTES + 1];
-        let (status, body) = ca
-            .raw(
-                Method::POST,
-                api::CERTIFICATES_PATH,
-                &[(header::AUTHORIZATION, &bearer)],
-                body,
-            )
-            .await;
-        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(error_code(&body), "body_too_large");
-        ca.stop().await;
-    }
-
-    #[tokio::test]
-    async fn wrong_method_is_405_and_unknown_path_is_404() {
-        let ca = Running::start().await;
-        let (status, body) = ca
-            .raw(Method::GET, api::CERTIFICATES_PATH, &[], Vec::new())
-            .await;
-        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(error_code(&body), "method_not_allowed");
-        let (status, body) = ca.raw(Method::GET, "/v1/nothing", &[], Vec::new()).await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
-        assert_eq!(error_code(&body), "not_found");
-        ca.stop().await;
-    }
-
-    #[tokio::test]
-    async fn serves_trust_bundle_and_health() {
-        let ca = Running::start().await;
-        assert_eq!(
-            ca.client.trust_bundle().await.unwrap(),
-            ca.authority.trust_bundle_pem()
-        );
-        let (status, body) = ca.raw(Method::GET, HEALTH_PATH, &[], Vec::new()).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(&body[..], b"ok");
-        ca.stop().await;
-    }
-
-    #[tokio::test]
-    async fn server_certificate_is_valid_for_localhost() {
-        let ca = Running::start().await;
-        let port = ca.url.rsplit(':').next().unwrap();
-        let by_name = CaClient::new(
-            &format!("https://localhost:{port}"),
-            ca.authority.trust_bundle_pem().as_bytes(),
-        )
-        .unwrap();
-        by_name.trust_bundle().await.unwrap();
-        ca.stop().await;
-    }
-
-    #[tokio::test]
-    async fn client_refuses_a_ca_it_does_not_trust() {
-        let ca = Running::start().await;
-        let (_dir, stranger) = new_ca();
-        let client = CaClient::new(&ca.url, stranger.trust_bundle_pem().as_bytes()).unwrap();
-        assert!(matches!(
-            client.trust_bundle().await,
-            Err(ClientError::Connect(_))
-        ));
-        ca.stop().await;
-    }
-
-    #[tokio::test]
-    async fn renewal_with_a_certificate_from_another_ca_is_refused() {
-        let ca = Running::start().await;
-        let (_dir, stranger) = new_ca();
-        let key = p256();
-        let token = stranger
-            .create_token(&workload("shop", "orders"), Duration::from_secs(60), 1)
-            .unwrap();
-        let issued = stranger
-            .issue(&csr(&key, &[]), Credential::JoinToken(token))
-            .unwrap();
-        let response = api::CertificateResponse {
-            chain_pem: issued.chain_pem,
-            trust_bundle_pem: issued.trust_bundle_pem,
-            spiffe_id: issued.spiffe_id.to_string(),
-            serial: issued.serial,
-            not_after: String::new(),
-        };
-        // In TLS 1.3 the server judges the client certificate after the client has finished
-        // its side of the handshake, so the refusal shows up on the HTTP exchange.
-        let result = ca
-            .client
-            .renew(&csr(&p256(), &[]), certified_key(&response, &key))
-            .await;
-        assert!(
-            matches!(result, Err(ClientError::Http(_) | ClientError::Connect(_))),
-            "{result:?}"
-        );
-        ca.stop().await;
-    }
-}
+mod tests;

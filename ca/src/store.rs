@@ -14,7 +14,7 @@
 //! State written by earlier versions (`tokens.json`, `issued.jsonl`) is taken over on first
 //! open, in one transaction, and the old files are renamed to `*.migrated`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -89,6 +89,16 @@ impl Store {
         move |e| db_error(&self.path, e)
     }
 
+    /// Begins an IMMEDIATE transaction (the write lock is taken at once, so two writers never
+    /// deadlock upgrading a read lock); the database path is for error messages.
+    fn begin(&mut self) -> Result<(rusqlite::Transaction<'_>, &Path), StateError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| db_error(&self.path, e))?;
+        Ok((tx, &self.path))
+    }
+
     /// Records a join token (by digest) granting `identity` `uses` times until `expires_at`,
     /// and forgets tokens expired more than a day ago.
     pub(crate) fn add_token(
@@ -99,12 +109,8 @@ impl Store {
         uses: u32,
         now: OffsetDateTime,
     ) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let fail = |e| db_error(&path, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail)?;
+        let (tx, path) = self.begin()?;
+        let fail = |e| db_error(path, e);
         tx.execute(
             "INSERT INTO tokens (sha256, identity, expires_at, uses_left) VALUES (?1, ?2, ?3, ?4)",
             params![
@@ -139,12 +145,8 @@ impl Store {
     where
         E: From<StateError> + From<TokenError>,
     {
-        let path = self.path.clone();
-        let fail = |e| db_error(&path, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail)?;
+        let (tx, path) = self.begin()?;
+        let fail = |e| db_error(path, e);
         let (granted, digest) = match redemption {
             Redemption::None => (None, None),
             Redemption::Token(token) => {
@@ -170,7 +172,7 @@ impl Store {
                 )
                 .map_err(fail)?;
                 let identity: SpiffeId = identity.parse().map_err(|e| StateError::Corrupt {
-                    path: path.clone(),
+                    path: path.to_owned(),
                     reason: format!("token identity {identity:?}: {e}"),
                 })?;
                 (Some(identity), Some(digest))
@@ -234,12 +236,8 @@ impl Store {
         } else {
             Vec::new()
         };
-        let path = self.path.clone();
-        let fail = |e| db_error(&path, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail)?;
+        let (tx, path) = self.begin()?;
+        let fail = |e| db_error(path, e);
         for t in &tokens {
             tx.execute(
                 "INSERT OR IGNORE INTO tokens (sha256, identity, expires_at, uses_left)

@@ -5,13 +5,15 @@
 //! opt-outs), and, with the `runtime` feature, the one crypto provider with the system random
 //! generator ([`crypto`]), retry timing ([`backoff`]) and the one listener skeleton every
 //! server uses ([`server`]: connection limit, header timeout, HTTP settings, bounded body
-//! reading), and bounded UTF-8 text files with byte offsets for bad bytes ([`text`]). The pure parts build without the feature, so the policy engine can use them and
-//! stay free of I/O and crypto.
+//! reading), and bounded UTF-8 text files with byte offsets for bad bytes ([`text`]). The
+//! spelling rules of a SPIFFE ID's parts ([`spiffe`]) are pure too. The pure parts build
+//! without the feature, so the policy engine can use them and stay free of I/O and crypto.
 //!
 //! It must not depend on any other Picket crate.
 
 pub mod cidr;
 pub mod duration;
+pub mod spiffe;
 
 #[cfg(feature = "runtime")]
 pub mod backoff;

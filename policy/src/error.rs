@@ -11,7 +11,7 @@ use serde::Serialize;
 /// column. Lines and columns start at 1 and count characters, not bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LoadError {
-    /// The source name given to [`crate::load`], usually the file path.
+    /// The source name given to `load`, usually the file path.
     pub file: String,
     /// 1-based line.
     pub line: u64,
@@ -70,7 +70,7 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
-/// Every problem found in one [`crate::load`] call, in source order.
+/// Every problem found in one `load` call, in source order.
 ///
 /// `Display` prints one [`LoadError`] block per problem; `Serialize` gives a JSON array of
 /// `{file, line, column, message}` objects for `--format json`.
@@ -127,38 +127,4 @@ impl fmt::Display for LoadErrors {
 impl std::error::Error for LoadErrors {}
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn display_puts_caret_under_column() {
-        let e = LoadError::at(
-            "p.yaml",
-            "a: 1\n  bad: x\n",
-            2,
-            3,
-            "unknown field `bad`".into(),
-        );
-        assert_eq!(
-            e.to_string(),
-            "p.yaml:2:3: unknown field `bad`\n    bad: x\n    ^\n"
-        );
-    }
-
-    #[test]
-    fn caret_keeps_tabs_aligned() {
-        let e = LoadError::at("p", "\tx: y", 1, 2, "m".into());
-        assert_eq!(e.to_string(), "p:1:2: m\n  \tx: y\n  \t^\n");
-    }
-
-    #[test]
-    fn json_has_file_line_column_message() {
-        let errs = LoadErrors::new(vec![LoadError::at("f", "x", 1, 1, "bad".into())]);
-        let json = serde_json::to_string(&errs).unwrap();
-        assert_eq!(
-            json,
-            r#"[{"file":"f","line":1,"column":1,"message":"bad"}]"#
-        );
-    }
-}
+mod tests;

@@ -14,10 +14,10 @@
 //! Evaluation allocates nothing when the verdict is allow and no dry-run or AUDIT policy
 //! matched: the decision's lists stay empty and policy names are shared `Arc<str>`s.
 
-use crate::DefaultAction;
 use crate::compile::Attrs;
 use crate::decision::{Decision, PolicyRef, Reason, Request, Shadow, Verdict};
 use crate::model::Action;
+use crate::options::DefaultAction;
 use crate::set::{Buckets, RuleId, WorkloadPolicies};
 
 impl WorkloadPolicies {

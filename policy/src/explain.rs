@@ -6,10 +6,10 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::DefaultAction;
 use crate::compile::{Attrs, CompiledRule, Field};
 use crate::decision::{Decision, PolicyRef, Request};
 use crate::model::{Action, Mode};
+use crate::options::DefaultAction;
 use crate::set::WorkloadPolicies;
 
 /// Why a request got its decision.

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::DefaultAction;
 use crate::authn::RequestAuthentication;
 use crate::compile::{Attrs, CompiledPolicy, IndexKey};
+use crate::decision::PolicyRef;
 use crate::model::{Action, Mode};
+use crate::options::{DefaultAction, LoadOptions, Source};
 
 /// What `picket policy check` and the admin page list about one policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -76,7 +77,7 @@ impl PartialEq for PolicySet {
 
 impl PolicySet {
     /// A set with no policies: every workload gets the mesh default.
-    pub fn empty(opts: &crate::LoadOptions) -> PolicySet {
+    pub fn empty(opts: &LoadOptions) -> PolicySet {
         PolicySet {
             policies: Vec::new(),
             summaries: Vec::new(),
@@ -187,7 +188,7 @@ fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
 
 /// See [`PolicySet::sources_hash`]. Lengths are hashed before contents so moving bytes from
 /// one source to the next changes the hash.
-pub(crate) fn sources_hash(sources: &[crate::Source<'_>]) -> String {
+pub(crate) fn sources_hash(sources: &[Source<'_>]) -> String {
     let mut h = FNV_OFFSET;
     for s in sources {
         h = fnv(h, &(s.name.len() as u64).to_le_bytes());
@@ -351,7 +352,7 @@ impl WorkloadPolicies {
     }
 
     /// The policies that apply, in set order.
-    pub fn policy_refs(&self) -> impl Iterator<Item = &crate::PolicyRef> {
+    pub fn policy_refs(&self) -> impl Iterator<Item = &PolicyRef> {
         self.policies.iter().map(|p| &p.reference)
     }
 

@@ -127,27 +127,52 @@ pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyLoadError> {
     Ok(files)
 }
 
+/// The policy files under some paths, read: each at most `LoadOptions::max_file_bytes` and
+/// UTF-8 (a bad byte is reported with its offset). The sidecar and the `picket policy` and
+/// `picket analyze` commands read policies through this one function.
+#[derive(Debug, Default)]
+pub struct PolicyTexts {
+    /// The files, in the order read.
+    pub files: Vec<PathBuf>,
+    /// Each file's name (its path, as errors show it) and text.
+    texts: Vec<(String, String)>,
+}
+
+impl PolicyTexts {
+    /// Reads every policy file of each path in `paths` (see [`policy_files`]).
+    pub fn read(paths: &[PathBuf], options: &LoadOptions) -> Result<Self, PolicyLoadError> {
+        let limit = u64::try_from(options.max_file_bytes).unwrap_or(u64::MAX);
+        let mut this = Self::default();
+        for path in paths {
+            for f in policy_files(path)? {
+                let text = read_text(&f, limit).map_err(|source| PolicyLoadError::Read {
+                    path: f.clone(),
+                    source,
+                })?;
+                this.texts.push((f.display().to_string(), text));
+                this.files.push(f);
+            }
+        }
+        Ok(this)
+    }
+
+    /// The texts as the policy loader takes them.
+    pub fn sources(&self) -> Vec<picket_policy::Source<'_>> {
+        self.texts
+            .iter()
+            .map(|(name, text)| picket_policy::Source { name, text })
+            .collect()
+    }
+}
+
 /// Reads and compiles every policy file under `path`.
 pub fn load_policy(
     path: &Path,
     options: &LoadOptions,
 ) -> Result<(PolicySet, Vec<PathBuf>), PolicyLoadError> {
-    let files = policy_files(path)?;
-    let mut texts = Vec::with_capacity(files.len());
-    for f in &files {
-        let text = read_text(f, u64::try_from(options.max_file_bytes).unwrap_or(u64::MAX))
-            .map_err(|source| PolicyLoadError::Read {
-                path: f.clone(),
-                source,
-            })?;
-        texts.push((f.display().to_string(), text));
-    }
-    let sources: Vec<picket_policy::Source<'_>> = texts
-        .iter()
-        .map(|(name, text)| picket_policy::Source { name, text })
-        .collect();
-    let set = picket_policy::load(&sources, options).map_err(PolicyLoadError::Invalid)?;
-    Ok((set, files))
+    let texts = PolicyTexts::read(&[path.to_owned()], options)?;
+    let set = picket_policy::load(&texts.sources(), options).map_err(PolicyLoadError::Invalid)?;
+    Ok((set, texts.files))
 }
 
 impl PolicyStore {

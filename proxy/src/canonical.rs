@@ -20,6 +20,10 @@ use crate::config::HttpConfig;
 /// The canonical view of a request, as policy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Canonical {
+    /// The method as policy sees it: the request's, except `GET` for the extended CONNECT of
+    /// a WebSocket (RFC 8441), which stands for the HTTP/1.1 `GET` upgrade: one WebSocket is
+    /// the same request for policy whichever HTTP version carried it.
+    pub method: Method,
     /// Normalized path, without query; `*` for `OPTIONS *` (asterisk form).
     pub path: String,
     /// Lowercased host, with port if one was given.
@@ -57,7 +61,9 @@ pub fn is_asterisk(parts: &Parts) -> bool {
 
 /// The syntax rules both directions enforce, in place of any lenient reading:
 ///
-/// - CONNECT is refused with 405: Picket opens no tunnels on a client's request;
+/// - CONNECT is refused with 405: Picket opens no tunnels on a client's request; the one
+///   exception is HTTP/2's extended CONNECT for a WebSocket (`:protocol websocket`, RFC 8441),
+///   which is a WebSocket upgrade decided like its HTTP/1.1 `GET` ([`crate::tunnel`]);
 /// - an HTTP/1 request-target is origin form (starting with `/`), absolute form, or `*` with
 ///   OPTIONS only; an HTTP/2 `:path` starts with `/`, or is `*` with OPTIONS only;
 /// - one `Host` at most; in HTTP/2, a `host` header must name what `:authority` names;
@@ -66,10 +72,15 @@ pub fn is_asterisk(parts: &Parts) -> bool {
 ///   leading or trailing whitespace;
 /// - `Content-Length` values agree.
 pub fn check_head(parts: &Parts) -> Result<(), Rejection> {
-    if parts.method == Method::CONNECT {
+    if parts.method == Method::CONNECT && crate::tunnel::form(parts).is_none() {
+        let reason = if crate::tunnel::is_extended_connect(parts) {
+            "extended CONNECT is supported for the websocket protocol only"
+        } else {
+            "CONNECT is not supported: the sidecar opens no tunnels on request"
+        };
         return Err(Rejection {
             status: StatusCode::METHOD_NOT_ALLOWED,
-            reason: "CONNECT is not supported: the sidecar opens no tunnels on request".into(),
+            reason: reason.into(),
         });
     }
     if is_asterisk(parts) {
@@ -214,81 +225,12 @@ pub fn canonicalize(parts: &mut Parts, cfg: &HttpConfig) -> Result<Canonical, Re
     } else {
         parts.headers.insert(header::HOST, host_value);
     }
-    Ok(Canonical { path, host })
+    let method = match crate::tunnel::form(parts) {
+        Some(crate::tunnel::Form::ExtendedConnect) => Method::GET,
+        _ => parts.method.clone(),
+    };
+    Ok(Canonical { method, path, host })
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    fn parts(version: Version, method: &str, uri: &str, headers: &[(&str, &[u8])]) -> Parts {
-        let mut req = http::Request::builder()
-            .version(version)
-            .method(method)
-            .uri(uri);
-        for (n, v) in headers {
-            req = req.header(*n, HeaderValue::from_bytes(v).unwrap());
-        }
-        req.body(()).unwrap().into_parts().0
-    }
-
-    fn h1(method: &str, uri: &str, headers: &[(&str, &[u8])]) -> Result<Canonical, Rejection> {
-        let mut with_host = vec![("host", b"orders".as_slice())];
-        with_host.extend_from_slice(headers);
-        let mut p = parts(Version::HTTP_11, method, uri, &with_host);
-        canonicalize(&mut p, &cfg())
-    }
-
-    fn cfg() -> HttpConfig {
-        HttpConfig::default()
-    }
-
-    #[test]
-    fn request_target_forms() {
-        assert_eq!(h1("GET", "/a", &[]).unwrap().path, "/a");
-        // `GET admin HTTP/1.1` parses as authority form: never a host.
-        let e = h1("GET", "admin", &[]).unwrap_err();
-        assert_eq!(e.status, StatusCode::BAD_REQUEST, "{e}");
-        assert!(h1("GET", "*", &[]).is_err());
-        assert!(h1("POST", "*", &[]).is_err());
-        let options = h1("OPTIONS", "*", &[]).unwrap();
-        assert_eq!(options.path, "*");
-        let connect = h1("CONNECT", "orders:443", &[]).unwrap_err();
-        assert_eq!(connect.status, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(h1("GET", "http://orders/a", &[]).unwrap().host, "orders");
-    }
-
-    #[test]
-    fn header_values_are_ascii_without_edge_whitespace() {
-        let e = h1("GET", "/a", &[("x-role", b"\xa0admin\xa0")]).unwrap_err();
-        assert!(e.reason.contains("0x7F"), "{e}");
-        assert!(h1("GET", "/a", &[("x-role", b"adm\xc3\xa9")]).is_err());
-        assert!(h1("GET", "/a", &[("x-role", b" admin")]).is_err());
-        assert!(h1("GET", "/a", &[("x-role", b"a b\tc")]).is_ok());
-    }
-
-    #[test]
-    fn http2_host_must_agree_with_authority() {
-        let check = |host: &[u8]| {
-            let mut p = parts(
-                Version::HTTP_2,
-                "GET",
-                "http://orders:8080/a",
-                &[("host", host)],
-            );
-            canonicalize(&mut p, &cfg())
-        };
-        assert!(check(b"orders:8080").is_ok());
-        assert!(check(b"ORDERS.:8080").is_ok());
-        assert!(check(b"evil").is_err());
-        assert!(check(b"orders").is_err());
-        let mut two = parts(
-            Version::HTTP_2,
-            "GET",
-            "http://orders/a",
-            &[("host", b"orders"), ("host", b"orders")],
-        );
-        assert!(canonicalize(&mut two, &cfg()).is_err());
-    }
-}
+mod tests;

@@ -72,16 +72,22 @@ pub const READ_AHEAD_WAIT: Duration = Duration::from_millis(20);
 /// The longest reading ahead may take in all, however the body trickles in.
 pub const READ_AHEAD_TOTAL: Duration = Duration::from_millis(100);
 
-/// A request body as forwarded: the frames read ahead, then the rest of the received body.
+/// A request body as forwarded: the data read ahead, then the rest of the received body.
 /// An error in the rest is passed on as a body error, which makes the forwarding client abort
 /// the request (HTTP/1: the connection is closed before the length or last chunk is complete;
 /// HTTP/2: the stream is reset), so the app never sees a complete-looking body.
+///
+/// Request trailers (fields after a chunked body or a body's last HTTP/2 HEADERS) are dropped,
+/// wherever they arrive: policy decided on the header section before any trailer existed, so a
+/// trailer is a field no rule has seen, and an app that merges trailers into headers (or a
+/// header-stripping rule that never looks at them) would read an `x-role: admin` or a foreign
+/// identity header past the policy. RFC 9110 section 6.5.1 lets a recipient discard trailers;
+/// no common request protocol needs them (gRPC sends trailers only in responses).
 #[derive(Debug)]
 pub struct ReadAhead {
     frames: VecDeque<Frame<Bytes>>,
     /// Data bytes in `frames` not yet passed on.
     buffered: u64,
-    has_trailers: bool,
     rest: Option<Incoming>,
     failed: Arc<std::sync::atomic::AtomicBool>,
     /// The received request declared a body (a length, chunked, or DATA frames). An empty body
@@ -98,11 +104,8 @@ impl ReadAhead {
     }
 
     /// The exact length of what is left of the body (before forwarding: the whole body) when
-    /// it is known (read completely, or announced by the sender) and no trailers were read.
+    /// it is known: read completely, or announced by the sender.
     pub fn exact_len(&self) -> Option<u64> {
-        if self.has_trailers {
-            return None;
-        }
         match &self.rest {
             None => Some(self.buffered),
             Some(rest) => rest
@@ -135,7 +138,15 @@ impl http_body::Body for ReadAhead {
         let Some(rest) = self.rest.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(rest).poll_frame(cx) {
+        let polled = loop {
+            match Pin::new(&mut *rest).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                    tracing::debug!("request trailers dropped");
+                }
+                other => break other,
+            }
+        };
+        match polled {
             Poll::Ready(None) => {
                 self.rest = None;
                 Poll::Ready(None)
@@ -178,7 +189,6 @@ impl http_body::Body for ReadAhead {
 pub async fn read_ahead(mut body: Incoming) -> Result<ReadAhead, hyper::Error> {
     let mut frames = VecDeque::new();
     let mut buffered: u64 = 0;
-    let mut has_trailers = false;
     let mut done = body.is_end_stream();
     let deadline = tokio::time::Instant::now() + READ_AHEAD_TOTAL;
     while !done && usize::try_from(buffered).is_ok_and(|b| b < READ_AHEAD_BYTES) {
@@ -188,12 +198,13 @@ pub async fn read_ahead(mut body: Incoming) -> Result<ReadAhead, hyper::Error> {
             Ok(None) => done = true,
             Ok(Some(Err(e))) => return Err(e),
             Ok(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
+                // Only data is kept: trailers are dropped (see `ReadAhead`).
+                if let Ok(data) = frame.into_data() {
                     buffered += data.len() as u64;
-                } else if frame.is_trailers() {
-                    has_trailers = true;
+                    frames.push_back(Frame::data(data));
+                } else {
+                    tracing::debug!("request trailers dropped");
                 }
-                frames.push_back(frame);
                 done = body.is_end_stream();
             }
         }
@@ -201,7 +212,6 @@ pub async fn read_ahead(mut body: Incoming) -> Result<ReadAhead, hyper::Error> {
     Ok(ReadAhead {
         frames,
         buffered,
-        has_trailers,
         rest: (!done).then_some(body),
         failed: Arc::default(),
         declared: true,
@@ -214,6 +224,8 @@ pub async fn read_ahead(mut body: Incoming) -> Result<ReadAhead, hyper::Error> {
 /// HTTP/1.1 receiver (for every method: GET and HEAD bodies are carried like any other) and
 /// nothing for HTTP/2. `had_body` says whether the received request declared a body (a
 /// length, chunked, or DATA frames); a request that declared none gets no framing header.
+/// A body read completely always has a known length, trailers or not (they are dropped), so it
+/// is always forwarded with `Content-Length`; `Trailer`, which announces trailers, goes too.
 pub fn frame_request(
     headers: &mut HeaderMap,
     body: &mut ReadAhead,
@@ -222,6 +234,7 @@ pub fn frame_request(
 ) {
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::TRAILER);
     body.declared = had_body;
     if !had_body {
         return;
@@ -472,7 +485,10 @@ pub async fn body_for_forwarding(body: Incoming) -> Result<ReadAhead, ForwardErr
 
 /// `http://<authority><path-and-query>`, built from parts so that the asterisk form (`*`)
 /// survives.
-pub fn absolute_uri(authority: &str, path_and_query: &str) -> Result<http::Uri, ForwardError> {
+pub fn absolute_uri(
+    authority: http::uri::Authority,
+    path_and_query: http::uri::PathAndQuery,
+) -> Result<http::Uri, ForwardError> {
     http::Uri::builder()
         .scheme("http")
         .authority(authority)
@@ -480,6 +496,18 @@ pub fn absolute_uri(authority: &str, path_and_query: &str) -> Result<http::Uri, 
         .build()
         .map_err(|e| ForwardError::Broken(format!("invalid request target: {e}")))
 }
+
+/// The most unread data one HTTP/2 stream may hold on a sidecar's connections (its receive
+/// window): a stream whose reader stalls stops at this, whatever it carries.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// The most streams one connection between sidecars carries at once (the inbound server's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`).
+pub const MAX_STREAMS: u32 = 256;
+/// The connection's receive window: every stream's full window at once (64 MiB), so streams
+/// stalled with unread data can never use up the window the other streams need. Adaptive
+/// (BDP) windows are off: they grow each stream's window to the connection's, which lets one
+/// stalled stream take the whole connection.
+pub const CONNECTION_WINDOW: u32 = STREAM_WINDOW * MAX_STREAMS;
 
 /// Opens new connections for an [`H2Client`].
 pub trait Connect: Send + Sync + 'static {
@@ -532,7 +560,8 @@ impl<C: Connect> H2Client<C> {
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(self.max_header_list_size)
-            .adaptive_window(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(false)
             .handshake(io)
@@ -600,3 +629,6 @@ fn sent_error(e: &hyper::Error) -> ForwardError {
     }
     ForwardError::Broken(e.to_string())
 }
+
+#[cfg(test)]
+mod tests;

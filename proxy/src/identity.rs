@@ -129,7 +129,7 @@ impl IdentityManager {
             source,
         })?;
         let counted = Arc::clone(&metrics);
-        let client = CaClient::new(&ca.url, &trust)
+        let client = CaClient::with_urls(&ca.urls, &trust)
             .map_err(IdentityError::Client)?
             .with_handshake_observer(Arc::new(move |kx: KxGroup| counted.ca_handshake(kx)));
         Ok(Self {

@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -49,6 +50,7 @@ use crate::net::{self, IdleTimeout};
 use crate::pipeline::{self, Endpoints, RequestCtx, RequestLimit, TcpFlow};
 use crate::telemetry::{SpanAttrs, Telemetry};
 use crate::tls::{self, ALPN_H2, ALPN_HTTP1, Credentials, TlsError};
+use crate::tunnel;
 
 /// What every layer may know about an inbound connection; derived once at accept.
 #[derive(Debug, Clone)]
@@ -62,6 +64,8 @@ pub struct ConnMeta {
     pub principal: Option<String>,
     /// The application this connection is forwarded to.
     pub app: SocketAddr,
+    /// `app` as a request target's authority, made once per connection.
+    app_authority: Option<Authority>,
     /// The destination port as policy sees it.
     pub destination_port: u16,
     /// The server name the peer asked for, if any.
@@ -307,6 +311,7 @@ impl Inbound {
             client_addr,
             principal: Some(principal),
             app,
+            app_authority: Authority::try_from(app.to_string()).ok(),
             destination_port: app.port(),
             sni,
             kx: Some(kx),
@@ -346,6 +351,7 @@ impl Inbound {
             peer: None,
             principal: None,
             app,
+            app_authority: Authority::try_from(app.to_string()).ok(),
             destination_port: app.port(),
             sni: None,
             kx: None,
@@ -377,29 +383,68 @@ impl Inbound {
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let meta_label = meta.peer_label().to_owned();
         let this = Arc::clone(&self);
+        // A WebSocket's client end is taken from the connection's own stream type.
+        let client_end: tunnel::ClientEnd = tunnel::client_end::<I>;
+        // The peer is the reader of these responses. One connection from a peer sidecar
+        // carries many callers' streams, so it is closed only when it is stuck as a whole
+        // (`StallWatch::stuck`): a stream stalled behind a slow caller leaves the others alone.
+        let watch = Arc::new(net::StallWatch::default());
+        let guard = Arc::clone(&watch);
         let svc = hyper::service::service_fn(move |req| {
             let this = Arc::clone(&this);
             let meta = Arc::clone(&meta);
-            net::small_future(async move { Ok::<_, Infallible>(this.request(req, &meta).await) })
+            let guard = Arc::clone(&guard);
+            net::small_future(async move {
+                let resp = this.request(req, &meta, client_end).await;
+                Ok::<_, Infallible>(resp.map(|b| guard.guard(b)))
+            })
         });
         let io = TokioIo::new(io);
-        let result = if h2 {
-            let conn = server::http2_builder(&self.listener).serve_connection(io, svc);
-            server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
-        } else {
-            let conn = server::http1_builder(&self.listener).serve_connection(io, svc);
-            server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
+        let served = async {
+            if h2 {
+                let mut builder = server::http2_builder(&self.listener);
+                builder
+                    .enable_connect_protocol()
+                    .max_concurrent_streams(forward::MAX_STREAMS)
+                    .initial_stream_window_size(forward::STREAM_WINDOW)
+                    .initial_connection_window_size(forward::CONNECTION_WINDOW);
+                let conn = builder.serve_connection(io, svc);
+                server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
+            } else {
+                let conn = server::http1_builder(&self.listener)
+                    .serve_connection(io, svc)
+                    .with_upgrades();
+                server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
+            }
         };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "inbound HTTP connection ended with an error");
+        tokio::select! {
+            result = served => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "inbound HTTP connection ended with an error");
+                }
+            }
+            () = watch.stuck(self.timeouts.stall) => {
+                self.metrics.connection(Direction::Inbound, "closed_stalled");
+                tracing::info!(
+                    peer = meta_label,
+                    stall = ?self.timeouts.stall,
+                    "inbound connection closed: the peer took no response data"
+                );
+            }
         }
     }
 
     /// One request through the pipeline ([`crate::pipeline`]): admitted, made canonical,
     /// traced, enforced, forwarded (or answered), counted and recorded. The request forwarded
     /// is exactly the one policy judged.
-    async fn request(&self, req: Request<Incoming>, meta: &ConnMeta) -> Response<Body> {
+    async fn request(
+        &self,
+        req: Request<Incoming>,
+        meta: &ConnMeta,
+        client_end: tunnel::ClientEnd,
+    ) -> Response<Body> {
         let Some(_permit) = self.requests.admit(&self.metrics) else {
             return pipeline::shed_response();
         };
@@ -411,10 +456,12 @@ impl Inbound {
                 forward::error_response_close(e.status, &e.reason)
             }
             Ok(canonical) => {
+                // A WebSocket's extended CONNECT is recorded as the GET policy decided on.
+                ctx.method = canonical.method.clone();
                 ctx.span = self.telemetry.server_span(
                     &parts.headers,
                     &SpanAttrs {
-                        method: parts.method.as_str(),
+                        method: canonical.method.as_str(),
                         path: &canonical.path,
                         server_address: Some(&canonical.host),
                         peer_address: Some(meta.client_addr),
@@ -444,8 +491,23 @@ impl Inbound {
                         active.authn.prepare_forward(&mut parts, auth.as_ref());
                         drop(active);
                         ctx.span.inject(&mut parts.headers);
-                        match self.forward(parts, body, meta).await {
-                            Ok(resp) => resp,
+                        let forwarded = match tunnel::form(&parts) {
+                            Some(form) => self.websocket(parts, body, meta, form).await,
+                            None => self.forward(parts, body, meta).await.map(|r| (r, None)),
+                        };
+                        match forwarded {
+                            Ok((resp, Some(pending))) => {
+                                let flow = ctx.into_tunnel(resp.status(), &self.metrics);
+                                tunnel::spawn(
+                                    pending,
+                                    client_end,
+                                    self.timeouts.idle,
+                                    flow,
+                                    self.telemetry.clone(),
+                                );
+                                return resp;
+                            }
+                            Ok((resp, None)) => resp,
                             Err(ForwardError::RequestBody(reason)) => {
                                 tracing::info!(peer = meta.peer_label(), %reason, "inbound request refused: malformed body");
                                 forward::error_response_close(
@@ -494,7 +556,7 @@ impl Inbound {
             .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or("\u{fffd}")))
             .collect();
         let mut req = meta.policy_request(Some(picket_policy::HttpRequest {
-            method: parts.method.as_str(),
+            method: canonical.method.as_str(),
             path: &canonical.path,
             host: &canonical.host,
             headers: &headers,
@@ -520,39 +582,19 @@ impl Inbound {
         forward::frame_request(&mut parts.headers, &mut body, had_body, to_http1);
         let body_failed = body.failure_flag();
         let body = forward::boxed(body);
-        parts.headers.remove(&ORIG_PROTO_HEADER);
-        // Removes every copy a client may have sent of x-picket-peer-identity (always) and of
-        // the other meshes' identity and routing headers (as configured).
-        parts.headers.remove(&PEER_IDENTITY_HEADER);
-        forward::strip_headers(&mut parts.headers, &self.http_cfg.strip_headers);
-        forward::forwarding_headers(
-            &mut parts.headers,
-            self.http_cfg.forwarded,
-            meta.client_addr.ip(),
-        );
-        if let Some(peer) = &meta.peer_header {
-            parts.headers.insert(PEER_IDENTITY_HEADER, peer.clone());
-        }
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            });
+        self.app_headers(&mut parts.headers, meta);
+        // The caller's authority: cheap clones of what the canonical head already holds.
+        let authority = parts.uri.authority().cloned().or_else(|| {
+            let host = parts.headers.get(header::HOST)?;
+            Authority::try_from(host.as_bytes()).ok()
+        });
         let pq = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_owned();
-        let app = meta.app;
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let resp = self
-            .send_to_app(parts, body, authority, &pq, app, to_http1)
+            .send_to_app(parts, body, authority, pq, meta, to_http1)
             .await
             .map_err(|e| forward::blame(e, &body_failed))?;
         let (mut parts, body) = resp.into_parts();
@@ -560,25 +602,147 @@ impl Inbound {
         Ok(Response::from_parts(parts, forward::boxed(body)))
     }
 
+    /// The identity and forwarding headers of what the app receives: every copy a client may
+    /// have sent of `x-picket-peer-identity` (always) and of the other meshes' identity and
+    /// routing headers (as configured) removed, the forwarding headers as configured, and the
+    /// verified peer identity set.
+    fn app_headers(&self, headers: &mut http::HeaderMap, meta: &ConnMeta) {
+        headers.remove(&ORIG_PROTO_HEADER);
+        headers.remove(&PEER_IDENTITY_HEADER);
+        forward::strip_headers(headers, &self.http_cfg.strip_headers);
+        forward::forwarding_headers(headers, self.http_cfg.forwarded, meta.client_addr.ip());
+        if let Some(peer) = &meta.peer_header {
+            headers.insert(PEER_IDENTITY_HEADER, peer.clone());
+        }
+    }
+
+    /// A WebSocket request, allowed by policy: asked of the app in the form it speaks (an
+    /// HTTP/1.1 upgrade on a connection of its own, or an extended CONNECT to an h2c app). The
+    /// tunnel is [`tunnel::Pending`] only when the app agreed (101, or 2xx over HTTP/2); any
+    /// other answer goes back as an ordinary response and no tunnel opens.
+    async fn websocket(
+        &self,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        meta: &ConnMeta,
+        form: tunnel::Form,
+    ) -> Result<(Response<Body>, Option<tunnel::Pending>), ForwardError> {
+        let refuse = |reason: &str| {
+            Ok((
+                forward::error_response_close(StatusCode::BAD_REQUEST, reason),
+                None,
+            ))
+        };
+        if forward::declares_body(&parts.headers, &body) {
+            return refuse("a WebSocket upgrade request has no body");
+        }
+        let Some(client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            return refuse("this connection cannot be upgraded");
+        };
+        let to_http1 = parts.version != Version::HTTP_2
+            || parts
+                .headers
+                .get(&ORIG_PROTO_HEADER)
+                .is_some_and(|v| v.as_bytes() == ORIG_PROTO_HTTP1.as_bytes());
+        forward::strip_hop_by_hop(&mut parts.headers);
+        for framing in [
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+            header::TRAILER,
+        ] {
+            parts.headers.remove(framing);
+        }
+        self.app_headers(&mut parts.headers, meta);
+        let (authority, pq) = target_of(&parts);
+        let app = meta.app;
+        let host = authority.unwrap_or_else(|| app.to_string());
+        let timeout = self.timeouts.request;
+        let empty = || forward::boxed(http_body_util::Empty::<bytes::Bytes>::new());
+        let (app_form, sent) = if to_http1 {
+            tunnel::as_upgrade(&mut parts);
+            parts.uri = pq
+                .parse()
+                .map_err(|e| ForwardError::Broken(format!("invalid request target: {e}")))?;
+            if !parts.headers.contains_key(header::HOST)
+                && let Ok(v) = HeaderValue::from_str(&host)
+            {
+                parts.headers.insert(header::HOST, v);
+            }
+            let tcp = connect_app(app, &self.timeouts).await?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| ForwardError::Broken(e.to_string()))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "WebSocket connection to the app ended");
+                }
+            });
+            let sent = tokio::time::timeout(
+                timeout,
+                sender.send_request(Request::from_parts(parts, empty())),
+            )
+            .await;
+            let sent = match sent {
+                Err(_) => Err(ForwardError::Timeout(timeout)),
+                Ok(r) => r.map_err(|e| ForwardError::Broken(e.to_string())),
+            };
+            (tunnel::Form::Upgrade, sent)
+        } else {
+            tunnel::as_extended_connect(&mut parts);
+            let target = |e: http::uri::InvalidUri| {
+                ForwardError::Broken(format!("invalid request target: {e}"))
+            };
+            parts.uri = forward::absolute_uri(
+                host.parse::<Authority>().map_err(target)?,
+                pq.parse::<PathAndQuery>().map_err(target)?,
+            )?;
+            parts.headers.remove(header::HOST);
+            let h2 = self.h2_for(app);
+            let send = h2.send(Request::from_parts(parts, empty()));
+            let sent = match tokio::time::timeout(timeout, send).await {
+                Err(_) => Err(ForwardError::Timeout(timeout)),
+                Ok(r) => r,
+            };
+            (tunnel::Form::ExtendedConnect, sent)
+        };
+        let mut resp = sent?;
+        if tunnel::agreed(app_form, resp.status()) {
+            let server = hyper::upgrade::on(&mut resp);
+            let (mut head, _) = resp.into_parts();
+            forward::strip_hop_by_hop(&mut head.headers);
+            let answer = tunnel::agreement(form, head.headers);
+            return Ok((answer, Some(tunnel::Pending { client, server })));
+        }
+        tracing::info!(peer = meta.peer_label(), status = %resp.status(), "WebSocket refused by the app; no tunnel");
+        let (mut head, body) = resp.into_parts();
+        forward::strip_hop_by_hop(&mut head.headers);
+        Ok((Response::from_parts(head, forward::boxed(body)), None))
+    }
+
     async fn send_to_app(
         &self,
         mut parts: http::request::Parts,
         body: Body,
-        authority: Option<String>,
-        pq: &str,
-        app: SocketAddr,
+        authority: Option<Authority>,
+        pq: PathAndQuery,
+        meta: &ConnMeta,
         to_http1: bool,
     ) -> Result<Response<Incoming>, ForwardError> {
+        let app = meta.app;
+        let app_authority = meta
+            .app_authority
+            .clone()
+            .ok_or_else(|| ForwardError::Broken(format!("{app} is not a request authority")))?;
         let timeout = self.timeouts.request;
         let resp = if to_http1 {
-            parts.uri = forward::absolute_uri(&app.to_string(), pq)?;
             parts.version = Version::HTTP_11;
             if !parts.headers.contains_key(header::HOST) {
-                let host = authority.unwrap_or_else(|| app.to_string());
-                if let Ok(v) = HeaderValue::from_str(&host) {
+                let host = authority.as_ref().unwrap_or(&app_authority);
+                if let Ok(v) = HeaderValue::from_str(host.as_str()) {
                     parts.headers.insert(header::HOST, v);
                 }
             }
+            parts.uri = forward::absolute_uri(app_authority, pq)?;
             let fut = self.http1.request(Request::from_parts(parts, body));
             match tokio::time::timeout(timeout, fut).await {
                 Err(_) => return Err(ForwardError::Timeout(timeout)),
@@ -593,8 +757,7 @@ impl Inbound {
                 Ok(Ok(resp)) => resp,
             }
         } else {
-            let host = authority.unwrap_or_else(|| app.to_string());
-            parts.uri = forward::absolute_uri(&host, pq)?;
+            parts.uri = forward::absolute_uri(authority.unwrap_or(app_authority), pq)?;
             parts.headers.remove(header::HOST);
             match tokio::time::timeout(
                 timeout,
@@ -631,6 +794,28 @@ impl Inbound {
         flow.enforced = Some(enforced);
         flow.finish(&self.metrics, &self.telemetry);
     }
+}
+
+/// The authority a request names (`:authority`, or `Host`) and its path and query.
+fn target_of(parts: &http::request::Parts) -> (Option<String>, String) {
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
+    (authority, pq)
 }
 
 /// Whether a connection opens with a TLS handshake record (a ClientHello): its first byte is

@@ -25,4 +25,6 @@ pub mod pipeline;
 pub mod sidecar;
 pub mod telemetry;
 pub mod tls;
+pub mod tunnel;
+mod validate;
 pub mod yaml;

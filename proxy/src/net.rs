@@ -220,29 +220,22 @@ pub async fn detect(stream: &tokio::net::TcpStream, timeout: Duration) -> Detect
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classifies_http_and_opaque_prefixes() {
-        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Detected::Http));
-        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), Some(Detected::Http));
-        assert_eq!(classify(b"POS"), None);
-        assert_eq!(classify(b"\x16\x03\x01"), Some(Detected::Opaque));
-        assert_eq!(classify(b"SSH-2.0-"), Some(Detected::Opaque));
-        assert_eq!(classify(b"GETX"), Some(Detected::Opaque));
-    }
-}
-
 /// Watches the response bodies of one connection for a reader that stopped taking data: a body
 /// that handed data to the server and has not been asked for more since (the server asks again
 /// only once the data could be written: TCP room, or HTTP/2 window). Distinct from the idle
 /// timeout: a response waiting on a slow upstream is being asked, so it never counts.
+///
+/// Two readings: [`StallWatch::stalled`] fires when any one body has waited longer than the
+/// limit (a connection with one reader: the app on the outbound side); [`StallWatch::stuck`]
+/// only when, besides, the reader took no response data on the whole connection for as long
+/// (a connection that may carry many readers' streams: a peer sidecar on the inbound side,
+/// where one stalled stream must not close the others).
 #[derive(Debug, Default)]
 pub struct StallWatch {
     start: std::sync::OnceLock<Instant>,
     bodies: std::sync::Mutex<Vec<std::sync::Weak<std::sync::atomic::AtomicU64>>>,
+    /// When the reader last took data handed to it, on any body (ms since `start`).
+    progress: std::sync::atomic::AtomicU64,
 }
 
 impl StallWatch {
@@ -271,6 +264,16 @@ impl StallWatch {
 
     /// Resolves once some body has waited for the reader longer than `stall`.
     pub async fn stalled(&self, stall: Duration) {
+        self.watch(stall, false).await;
+    }
+
+    /// Resolves once some body has waited for the reader longer than `stall` and the reader
+    /// has taken no data on any body for as long: the connection as a whole is stuck.
+    pub async fn stuck(&self, stall: Duration) {
+        self.watch(stall, true).await;
+    }
+
+    async fn watch(&self, stall: Duration, whole_connection: bool) {
         let limit = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX);
         let tick = (stall / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         loop {
@@ -284,7 +287,10 @@ impl StallWatch {
                 let since = w.load(std::sync::atomic::Ordering::Acquire);
                 since != 0 && now.saturating_sub(since) > limit
             });
-            if stalled {
+            let idle_reader = !whole_connection
+                || now.saturating_sub(self.progress.load(std::sync::atomic::Ordering::Acquire))
+                    > limit;
+            if stalled && idle_reader {
                 return;
             }
         }
@@ -312,7 +318,11 @@ impl<B: http_body::Body> http_body::Body for StallGuard<B> {
     ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
         let this = self.project();
         // Asked again: whatever was handed over before has been taken.
-        this.waiting.store(0, std::sync::atomic::Ordering::Release);
+        if this.waiting.swap(0, std::sync::atomic::Ordering::AcqRel) != 0 {
+            this.watch
+                .progress
+                .store(this.watch.now_ms(), std::sync::atomic::Ordering::Release);
+        }
         let polled = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && frame.is_data()
@@ -331,3 +341,6 @@ impl<B: http_body::Body> http_body::Body for StallGuard<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests;

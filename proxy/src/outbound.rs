@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use picket_common::crypto::KxGroup;
 use picket_common::server::{self, ListenerSettings};
 use rustls::pki_types::ServerName;
@@ -42,6 +43,7 @@ use crate::net::{self, IdleTimeout};
 use crate::pipeline::{self, Endpoints, RequestCtx, RequestLimit, TcpFlow};
 use crate::telemetry::{Parent, SpanAttrs, Telemetry};
 use crate::tls::{self, ALPN_H2, Credentials, TlsError};
+use crate::tunnel;
 
 /// Opens mTLS connections to one peer sidecar.
 #[derive(Clone)]
@@ -187,8 +189,6 @@ pub struct Outbound {
     timeouts: Timeouts,
     limits: Limits,
     listener: ListenerSettings,
-    /// The HTTP server of every outbound listener, built once from `listener`.
-    http: hyper_util::server::conn::auto::Builder<TokioExecutor>,
     requests: RequestLimit,
 }
 
@@ -236,7 +236,6 @@ impl Outbound {
             destinations: std::sync::Mutex::new(HashMap::new()),
             metrics,
             timeouts,
-            http: server::http_builder(&full.listener_settings()),
             listener: full.listener_settings(),
             requests: RequestLimit::new(limits.max_requests, Direction::Outbound),
             limits,
@@ -412,19 +411,40 @@ impl Outbound {
         // after `timeouts.stall`, which resets its streams towards the peer sidecar too.
         let watch = Arc::new(net::StallWatch::default());
         let guard = Arc::clone(&watch);
+        // A WebSocket's client end is taken from this connection's stream (see `tunnel`).
+        let client_end: tunnel::ClientEnd = tunnel::client_end::<IdleTimeout<TcpStream>>;
         let svc = hyper::service::service_fn(move |req| {
             let this = Arc::clone(&this);
             let route = Arc::clone(&route);
             let guard = Arc::clone(&guard);
             net::small_future(async move {
-                let resp = this.request(req, &route).await;
+                let resp = this.request(req, &route, client_end).await;
                 Ok::<_, Infallible>(resp.map(|b| guard.guard(b)))
             })
         });
+        // The version is chosen here from the HTTP/2 preface rather than by hyper-util's
+        // automatic server, whose stream wrapper would hide how many bytes a WebSocket client
+        // sent before its 101 (`tunnel::client_end`).
+        let Some(h2) = starts_with_h2_preface(&tcp, self.listener.header_timeout).await else {
+            tracing::debug!("outbound connection closed: nothing sent within the header timeout");
+            return;
+        };
         let io = TokioIo::new(IdleTimeout::new(tcp, self.timeouts.idle));
-        let conn = self.http.serve_connection(io, svc);
+        let served = async {
+            if h2 {
+                let mut builder = server::http2_builder(&self.listener);
+                builder.enable_connect_protocol();
+                let conn = builder.serve_connection(io, svc);
+                server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
+            } else {
+                let conn = server::http1_builder(&self.listener)
+                    .serve_connection(io, svc)
+                    .with_upgrades();
+                server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
+            }
+        };
         tokio::select! {
-            r = server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()) => {
+            r = served => {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "outbound HTTP connection ended with an error");
                 }
@@ -457,7 +477,12 @@ impl Outbound {
 
     /// One request through the pipeline ([`crate::pipeline`]): admitted, routed, traced,
     /// forwarded over the upstream's HTTP/2 mTLS connection, counted and recorded.
-    async fn request(&self, req: Request<Incoming>, route: &Route) -> Response<Body> {
+    async fn request(
+        &self,
+        req: Request<Incoming>,
+        route: &Route,
+        client_end: tunnel::ClientEnd,
+    ) -> Response<Body> {
         let Some(_permit) = self.requests.admit(&self.metrics) else {
             return pipeline::shed_response();
         };
@@ -485,6 +510,11 @@ impl Outbound {
             Ok(u) => u,
             Err(resp) => return ctx.unrouted(*resp, &self.metrics),
         };
+        if let Some(form) = tunnel::form(&parts) {
+            return self
+                .websocket(parts, &body, form, ctx, &upstream, &authority, client_end)
+                .await;
+        }
         let had_body = forward::declares_body(&parts.headers, &body);
         let mut body = match forward::body_for_forwarding(body).await {
             Ok(b) => b,
@@ -545,6 +575,99 @@ impl Outbound {
         resp
     }
 
+    /// A WebSocket request from the app: carried to the peer sidecar as an extended CONNECT
+    /// stream (RFC 8441) on the upstream's shared HTTP/2 connection, whatever form the app
+    /// used; the peer sidecar's policy decides on it. The tunnel opens only when the peer
+    /// answers 2xx, which it does only once its app agreed; then the app gets its 101 (or 200
+    /// over h2c). Any other answer is passed back as an ordinary response.
+    #[allow(clippy::too_many_arguments)]
+    async fn websocket(
+        &self,
+        mut parts: http::request::Parts,
+        body: &Incoming,
+        form: tunnel::Form,
+        mut ctx: RequestCtx<'_>,
+        upstream: &UpstreamCtx,
+        authority: &str,
+        client_end: tunnel::ClientEnd,
+    ) -> Response<Body> {
+        let refuse = |reason: &str| forward::error_response_close(StatusCode::BAD_REQUEST, reason);
+        if forward::declares_body(&parts.headers, body) {
+            return ctx.unrouted(
+                refuse("a WebSocket upgrade request has no body"),
+                &self.metrics,
+            );
+        }
+        let Some(client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            return ctx.unrouted(refuse("this connection cannot be upgraded"), &self.metrics);
+        };
+        if let Err(bad) = prepare(&mut parts, authority) {
+            return ctx.unrouted(*bad, &self.metrics);
+        }
+        for framing in [
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+            header::TRAILER,
+        ] {
+            parts.headers.remove(framing);
+        }
+        tunnel::as_extended_connect(&mut parts);
+        ctx.ends.destination_identity = Some(upstream.cfg.identity.to_string().into());
+        ctx.ends.destination_address = Some(upstream.cfg.address);
+        ctx.ends.destination_port = Some(upstream.cfg.address.port());
+        let path = parts.uri.path().to_owned();
+        ctx.span = self.telemetry.client_span(
+            Parent::Headers(&parts.headers),
+            &SpanAttrs {
+                method: http::Method::GET.as_str(),
+                path: &path,
+                server_address: Some(authority),
+                peer_address: Some(upstream.cfg.address),
+                source_identity: Some(&self.own_identity),
+                destination_identity: ctx.ends.destination_identity.as_deref(),
+            },
+        );
+        ctx.span.inject(&mut parts.headers);
+        ctx.path = Some(path);
+        ctx.host = Some(authority.to_owned());
+        let empty = forward::boxed(http_body_util::Empty::<bytes::Bytes>::new());
+        let timeout = self.timeouts.request;
+        let sent =
+            tokio::time::timeout(timeout, upstream.h2.send(Request::from_parts(parts, empty)))
+                .await;
+        let resp = match sent {
+            Err(_) => Err(ForwardError::Timeout(timeout)),
+            Ok(r) => r,
+        };
+        let resp = match resp {
+            Err(e) => pipeline::error_response(Direction::Outbound, &upstream.cfg.name, &e),
+            Ok(mut resp) if resp.status().is_success() => {
+                ctx.ends.kx = upstream.h2_kx.get();
+                let server = hyper::upgrade::on(&mut resp);
+                let (mut head, _) = resp.into_parts();
+                forward::strip_hop_by_hop(&mut head.headers);
+                let answer = tunnel::agreement(form, head.headers);
+                let flow = ctx.into_tunnel(answer.status(), &self.metrics);
+                tunnel::spawn(
+                    tunnel::Pending { client, server },
+                    client_end,
+                    self.timeouts.idle,
+                    flow,
+                    self.telemetry.clone(),
+                );
+                return answer;
+            }
+            Ok(resp) => {
+                ctx.ends.kx = upstream.h2_kx.get();
+                let (mut head, body) = resp.into_parts();
+                forward::strip_hop_by_hop(&mut head.headers);
+                Response::from_parts(head, forward::boxed(body))
+            }
+        };
+        ctx.finish(&resp, &self.metrics, &self.telemetry);
+        resp
+    }
+
     async fn splice(&self, tcp: TcpStream, upstream: &UpstreamCtx) {
         let mut flow = TcpFlow::new(
             Direction::Outbound,
@@ -591,8 +714,15 @@ fn prepare(parts: &mut http::request::Parts, authority: &str) -> Result<(), Box<
         );
     }
     parts.headers.remove(header::HOST);
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = forward::absolute_uri(authority, pq).map_err(|_| {
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = http::uri::Authority::try_from(authority)
+        .map_err(|e| ForwardError::Broken(e.to_string()))
+        .and_then(|authority| forward::absolute_uri(authority, pq));
+    parts.uri = uri.map_err(|_| {
         Box::new(forward::error_response_close(
             StatusCode::BAD_REQUEST,
             "invalid request target",
@@ -600,6 +730,36 @@ fn prepare(parts: &mut http::request::Parts, authority: &str) -> Result<(), Box<
     })?;
     parts.version = Version::HTTP_2;
     Ok(())
+}
+
+/// Whether a plaintext connection opens with the HTTP/2 preface (h2c with prior knowledge) or
+/// with anything else (HTTP/1); `None` when it sends nothing within `timeout` (the header
+/// timeout, which the request head would have had to meet anyway) or closes.
+async fn starts_with_h2_preface(tcp: &TcpStream, timeout: std::time::Duration) -> Option<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        let seen = buf.get(..n).unwrap_or_default();
+        if n >= PREFACE.len() || !PREFACE.starts_with(seen) {
+            return Some(seen == PREFACE);
+        }
+        // A partial preface: peek returns at once while bytes are buffered, so wait a little
+        // for the rest instead of spinning.
+        if tokio::time::timeout_at(
+            deadline,
+            tokio::time::sleep(std::time::Duration::from_millis(2)),
+        )
+        .await
+        .is_err()
+        {
+            return None;
+        }
+    }
 }
 
 /// The host part of an authority, lowercased, without port or trailing dot.
@@ -611,16 +771,4 @@ fn host_name(authority: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn last_kx_is_empty_until_set_and_keeps_every_group() {
-        let cell = LastKx::default();
-        assert_eq!(cell.get(), None);
-        for kx in KX_CODES {
-            cell.set(kx);
-            assert_eq!(cell.get(), Some(kx));
-        }
-    }
-}
+mod tests;

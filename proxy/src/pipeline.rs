@@ -372,6 +372,70 @@ impl<'a> RequestCtx<'a> {
     }
 }
 
+impl RequestCtx<'_> {
+    /// The request opened a tunnel (a WebSocket): it is counted now, with the status that
+    /// agreed to the tunnel, and its flow record waits for the tunnel's end
+    /// ([`TunnelFlow::finish`]), so that it carries the tunnel's bytes and life.
+    pub fn into_tunnel(self, status: StatusCode, metrics: &Metrics) -> TunnelFlow {
+        metrics.request(self.direction, status, self.start.elapsed());
+        let owned = |c: Option<Cow<'_, str>>| c.map(|c| Cow::Owned(c.into_owned()));
+        TunnelFlow {
+            ctx: RequestCtx {
+                start: self.start,
+                direction: self.direction,
+                protocol: FlowProtocol::WebSocket,
+                method: self.method,
+                bytes_in: 0,
+                ends: Endpoints {
+                    source_identity: owned(self.ends.source_identity),
+                    source_address: self.ends.source_address,
+                    destination_identity: owned(self.ends.destination_identity),
+                    destination_address: self.ends.destination_address,
+                    destination_port: self.ends.destination_port,
+                    kx: self.ends.kx,
+                },
+                path: self.path,
+                host: self.host,
+                span: self.span,
+                enforced: self.enforced,
+                request_principal: self.request_principal,
+                token_error: self.token_error,
+            },
+            status,
+        }
+    }
+}
+
+/// A request that became a tunnel, until the tunnel ends.
+#[derive(Debug)]
+pub struct TunnelFlow {
+    ctx: RequestCtx<'static>,
+    status: StatusCode,
+}
+
+impl TunnelFlow {
+    /// Records the tunnel's flow once it has ended: the request's record (decision, path,
+    /// the status that opened the tunnel) with protocol `websocket`, the bytes from and to the
+    /// client (`None` when the tunnel never carried any), and the tunnel's whole life.
+    pub fn finish(self, bytes: Option<(u64, u64)>, telemetry: &Telemetry) {
+        if !telemetry.is_enabled() {
+            return;
+        }
+        let ctx = self.ctx;
+        let mut record = ctx.ends.record(ctx.direction, ctx.protocol);
+        record.method = Some(ctx.method.as_str().to_owned().into());
+        record.path = ctx.path.map(Into::into);
+        record.host = ctx.host.map(Into::into);
+        record.status = Some(self.status.as_u16());
+        if let Some(e) = &ctx.enforced {
+            e.fill(&mut record);
+        }
+        (record.bytes_in, record.bytes_out) = bytes.unwrap_or_default();
+        record.duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0;
+        telemetry.record_request(ctx.span, record);
+    }
+}
+
 /// One opaque TCP connection's flow: its ends, its authorization (inbound) and bytes.
 #[derive(Debug)]
 pub struct TcpFlow<'a> {

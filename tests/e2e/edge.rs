@@ -243,6 +243,14 @@ fn framing_cases() -> Vec<Case> {
             delivered("POST /public/x HTTP/1.1", &["content-length: 0"], b""),
         ),
         case(
+            "request trailers are dropped and the body keeps its length",
+            "POST /public/x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\n\
+             Trailer: x-role, x-forwarded-client-cert\r\n",
+            b"3;e=1\r\nabc\r\n0\r\nx-role: admin\r\n\
+              x-forwarded-client-cert: URI=spiffe://cluster.local/ns/ops/sa/admin\r\n\r\n",
+            delivered("POST /public/x HTTP/1.1", &["content-length: 3"], b"abc"),
+        ),
+        case(
             "GET without a body gets no framing header",
             "GET /public/x HTTP/1.1\r\nHost: orders\r\n",
             b"",
@@ -813,12 +821,14 @@ async fn http2_host_bytes_lists_and_bodies_on_both_paths() -> Result<()> {
     Ok(())
 }
 
-/// An app that opens an HTTP/2 stream with a zero flow-control window and never reads is
-/// closed after `timeouts.stall` (2 s here), long before the idle timeout (300 s).
+/// A reader that opens an HTTP/2 stream with a zero flow-control window and never reads is
+/// closed after `timeouts.stall` (2 s here), long before the idle timeout (300 s): an app on
+/// the caller's outbound side, and a peer straight at the inbound port.
 #[tokio::test]
 async fn a_reader_that_never_opens_its_window_is_closed_after_the_stall_timeout() -> Result<()> {
     use crate::garden::{frame, hpack_len};
-    let edge = Edge::start_both("", "timeouts:\n  stall: 2s\n").await?;
+    let stall = "timeouts:\n  stall: 2s\n";
+    let mut edge = Edge::start_both(stall, stall).await?;
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     // SETTINGS_INITIAL_WINDOW_SIZE = 0, then an early ACK of the server's settings.
     frame(&mut out, 0x4, 0, 0, &[0, 4, 0, 0, 0, 0]);
@@ -837,33 +847,45 @@ async fn a_reader_that_never_opens_its_window_is_closed_after_the_stall_timeout(
         block.extend_from_slice(v.as_bytes());
     }
     frame(&mut out, 0x1, 0x4 | 0x1, 1, &block);
-    let mut tcp = tokio::net::TcpStream::connect(edge.frontend.addrs().outbound).await?;
-    let sent = std::time::Instant::now();
-    tcp.write_all(&out).await?;
-    let mut sink = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(20),
-        tcp.read_to_end(&mut sink),
-    )
-    .await
-    .context("the stalled connection was not closed within 20 s")?
-    .or_else(|e| {
-        if e.kind() == std::io::ErrorKind::ConnectionReset {
-            Ok(0)
-        } else {
-            Err(e)
+    for path in [Path::Caller, Path::Inbound] {
+        let sent = std::time::Instant::now();
+        match path {
+            Path::Caller => {
+                let mut tcp =
+                    tokio::net::TcpStream::connect(edge.frontend.addrs().outbound).await?;
+                tcp.write_all(&out).await?;
+                let mut sink = Vec::new();
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(20),
+                    tcp.read_to_end(&mut sink),
+                )
+                .await
+                .context("the stalled connection was not closed within 20 s")?
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::ConnectionReset {
+                        Ok(0)
+                    } else {
+                        Err(e)
+                    }
+                })?;
+            }
+            Path::Inbound => {
+                // Reads until the sidecar closes (at most a minute).
+                raw_tls_exchange(edge.orders.addrs().inbound, Arc::clone(&edge.h2), &out).await?;
+            }
         }
-    })?;
-    let after = sent.elapsed();
-    ensure!(
-        after >= std::time::Duration::from_millis(1500),
-        "closed after {after:?}, before the stall timeout"
-    );
-    let events = edge.app.events()?;
-    ensure!(
-        events.iter().filter(|e| e.event == "request").count() == 1,
-        "the app should have answered the request once: {events:?}"
-    );
+        let after = sent.elapsed();
+        ensure!(
+            after >= std::time::Duration::from_millis(1500)
+                && after < std::time::Duration::from_secs(20),
+            "{path:?}: closed after {after:?}, not after the stall timeout"
+        );
+        let events = edge.app.since()?;
+        ensure!(
+            events.iter().filter(|e| e.event == "request").count() == 1,
+            "{path:?}: the app should have answered the request once: {events:?}"
+        );
+    }
     Ok(())
 }
 

@@ -148,11 +148,40 @@ async fn workloads_are_non_root_read_only_probed_and_versioned() -> Result<()> {
             check_containers(&label, deployment)?;
         }
         let ca = named(&manifests, "Deployment", "picket-ca")?;
+        // Replicas that survive a node loss, rolled one at a time, never all disrupted.
+        let replicas = ca["spec"]["replicas"].as_u64().unwrap_or(0);
+        ensure!(replicas >= 2, "{label}: {replicas} CA replica(s)");
+        ensure!(ca["spec"]["strategy"]["type"] == "RollingUpdate");
+        ensure!(ca["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0);
+        let budget = named(&manifests, "PodDisruptionBudget", "picket-ca")?;
+        ensure!(budget["spec"]["minAvailable"] == 1);
         ensure!(
-            ca["spec"]["replicas"] == 1,
-            "{label}: the CA is single-replica"
+            budget["spec"]["selector"]["matchLabels"] == ca["spec"]["selector"]["matchLabels"],
+            "{label}: the CA's disruption budget selects other pods"
         );
-        ensure!(ca["spec"]["strategy"]["type"] == "Recreate");
+        // No shared writable state: each replica's state is its own, the signing material a
+        // Secret every replica mounts.
+        ensure!(
+            of_kind(&manifests, "PersistentVolumeClaim").is_empty(),
+            "{label}: the CA still claims a volume"
+        );
+        let pod = &ca["spec"]["template"]["spec"];
+        let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
+        ensure!(
+            volumes
+                .iter()
+                .any(|v| v["name"] == "state" && v["emptyDir"].is_object()),
+            "{label}: {volumes:?}"
+        );
+        ensure!(
+            volumes.iter().any(|v| v["name"] == "signer"
+                && v["secret"]["secretName"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("ca-signer"))),
+            "{label}: {volumes:?}"
+        );
+        let init_args = strings(&pod["initContainers"][0]["args"]);
+        ensure!(flag(&init_args, "--signer-dir") == Some("/etc/picket/signer"));
         let ca_container = &ca["spec"]["template"]["spec"]["containers"][0];
         ensure!(ca_container["ports"][0]["containerPort"] == CA_PORT);
         let ca_args = strings(&ca_container["args"]);
@@ -163,8 +192,6 @@ async fn workloads_are_non_root_read_only_probed_and_versioned() -> Result<()> {
         );
         let service = named(&manifests, "Service", "picket-ca")?;
         ensure!(service["spec"]["ports"][0]["port"] == CA_PORT);
-        let claim = named(&manifests, "PersistentVolumeClaim", "picket-ca-state")?;
-        ensure!(claim["spec"]["accessModes"] == json!(["ReadWriteOnce"]));
     }
     Ok(())
 }
@@ -326,6 +353,25 @@ async fn the_chart_refuses_latest_and_a_missing_trust_bundle() -> Result<()> {
 async fn the_ca_init_step_keeps_the_existing_ca_on_every_later_start() -> Result<()> {
     use picket_tests::process::{output, picket, run_ok};
     let dir = tempfile::tempdir()?;
+    // The signer Secret, as the operator makes it from an offline CA.
+    let offline = dir.path().join("offline");
+    run_ok(
+        picket()?
+            .args([
+                "ca",
+                "init",
+                "--trust-domain",
+                "cluster.local",
+                "--state-dir",
+            ])
+            .arg(&offline),
+    )
+    .await?;
+    let signer = dir.path().join("signer");
+    std::fs::create_dir(&signer)?;
+    for file in ["issuer.pem", "issuer.key", "bundle.pem"] {
+        std::fs::copy(offline.join(file), signer.join(file))?;
+    }
     let state = dir.path().join("ca");
     let init = |trust_domain: &str| {
         let mut cmd = picket()?;
@@ -337,23 +383,25 @@ async fn the_ca_init_step_keeps_the_existing_ca_on_every_later_start() -> Result
             trust_domain,
         ])
         .arg("--state-dir")
-        .arg(&state);
+        .arg(&state)
+        .arg("--signer-dir")
+        .arg(&signer);
         Ok::<_, anyhow::Error>(cmd)
     };
     run_ok(&mut init("cluster.local")?).await?;
-    let bundle = std::fs::read(state.join("bundle.pem"))?;
-    // The pod restarts: the root Secret may be gone, the CA stays as it was.
-    run_ok(init("cluster.local")?.args([
-        "--root-cert",
-        "/nonexistent",
-        "--root-key",
-        "/nonexistent",
-    ]))
-    .await?;
+    let settings = std::fs::read(state.join("ca.json"))?;
     ensure!(
-        std::fs::read(state.join("bundle.pem"))? == bundle,
+        !state.join("issuer.key").exists() && !state.join("root.key").exists(),
+        "a replica made signing keys of its own"
+    );
+    // The container restarts: the replica's state stays as it was.
+    run_ok(&mut init("cluster.local")?).await?;
+    ensure!(
+        std::fs::read(state.join("ca.json"))? == settings,
         "the CA was replaced"
     );
+    let bundle = run_ok(picket()?.args(["ca", "bundle", "--state-dir"]).arg(&state)).await?;
+    ensure!(bundle == std::fs::read_to_string(signer.join("bundle.pem"))?);
     let other = output(&mut init("other.example")?).await?;
     ensure!(!other.status.success(), "kept a CA of another trust domain");
     ensure!(String::from_utf8_lossy(&other.stderr).contains("trust domain"));

@@ -5,15 +5,29 @@
 
 use anyhow::{Result, bail, ensure};
 use picket_ca::client::ClientError;
-use picket_tests::k8s::{KubeApi, KubeCa, Review, TokenReviewDouble};
+use picket_ca::tokenreview::testing::{EXPIRED, Review, TokenReviewDouble};
+use picket_tests::k8s::{KubeApi, KubeCa};
 use picket_tests::{TRUST_DOMAIN, closed_port};
-
-/// What the API server says about an expired token.
-const EXPIRED: &str = "[invalid bearer token, service account token has expired, unknown]";
 /// What it says about a token for another audience.
 const WRONG_AUDIENCE: &str = "[invalid bearer token, token audiences [\"https://kubernetes.default.svc\"] is invalid for the target audiences [\"picket-ca\"], unknown]";
 /// What it says about the token of a deleted pod.
 const POD_DELETED: &str = "[invalid bearer token, pod \"orders-7d9f\" not found, unknown]";
+
+/// How the CA reaches `double`.
+pub(crate) fn kube_api(double: &TokenReviewDouble) -> KubeApi<'_> {
+    KubeApi {
+        url: &double.url,
+        ca_pem: &double.ca_pem,
+        own_token: &double.own_token,
+    }
+}
+
+/// Starts the test double with `answers`.
+pub(crate) async fn start_double(answers: &[(&str, Review)]) -> Result<TokenReviewDouble> {
+    TokenReviewDouble::start(answers)
+        .await
+        .map_err(|e| anyhow::anyhow!("the TokenReview double did not start: {e}"))
+}
 
 fn csr(identity: &str) -> Result<String> {
     let key = rcgen::KeyPair::generate()?;
@@ -34,9 +48,8 @@ async fn refusal(ca: &KubeCa, identity: &str, token: &str) -> Result<(u16, Strin
 #[tokio::test]
 async fn a_reviewed_service_account_token_gets_its_identity() -> Result<()> {
     let api =
-        TokenReviewDouble::start(&[("eyJh.orders.sig", Review::ServiceAccount("shop", "orders"))])
-            .await?;
-    let ca = KubeCa::start(Some(api.api())).await?;
+        start_double(&[("eyJh.orders.sig", Review::ServiceAccount("shop", "orders"))]).await?;
+    let ca = KubeCa::start(Some(kube_api(&api))).await?;
     let client = picket_ca::CaClient::new(&ca.url(), &std::fs::read(ca.bundle_path())?)?;
     let issued = client
         .issue_with_token(&csr("ns/shop/sa/orders")?, "eyJh.orders.sig")
@@ -64,16 +77,19 @@ async fn a_reviewed_service_account_token_gets_its_identity() -> Result<()> {
 
 #[tokio::test]
 async fn refused_reviews_issue_nothing() -> Result<()> {
-    let api = TokenReviewDouble::start(&[
+    let api = start_double(&[
         ("eyJh.expired.sig", Review::Rejected(EXPIRED)),
         ("eyJh.audience.sig", Review::Rejected(WRONG_AUDIENCE)),
-        ("eyJh.unaware.sig", Review::OtherAudience("shop", "orders")),
+        (
+            "eyJh.unaware.sig",
+            Review::AuthenticatedFor("shop", "orders", vec!["https://kubernetes.default.svc"]),
+        ),
         ("eyJh.deleted.sig", Review::Rejected(POD_DELETED)),
         ("eyJh.forbidden.sig", Review::Status(403)),
         ("eyJh.slow.sig", Review::Hang),
     ])
     .await?;
-    let ca = KubeCa::start(Some(api.api())).await?;
+    let ca = KubeCa::start(Some(kube_api(&api))).await?;
     for (token, want) in [
         ("eyJh.expired.sig", (401, "service_account_token_rejected")),
         ("eyJh.audience.sig", (401, "service_account_token_rejected")),
@@ -96,7 +112,7 @@ async fn refused_reviews_issue_nothing() -> Result<()> {
 
 #[tokio::test]
 async fn an_unreachable_api_server_is_503_and_issues_nothing() -> Result<()> {
-    let api = TokenReviewDouble::start(&[]).await?;
+    let api = start_double(&[]).await?;
     let url = format!("https://{}", closed_port().await?);
     let ca = KubeCa::start(Some(KubeApi {
         url: &url,
@@ -114,5 +130,42 @@ async fn without_kube_api_service_account_tokens_are_refused() -> Result<()> {
     let ca = KubeCa::start(None).await?;
     let (status, code) = refusal(&ca, "ns/shop/sa/orders", "eyJh.orders.sig").await?;
     ensure!((status, code.as_str()) == (401, "service_account_tokens_disabled"));
+    Ok(())
+}
+
+/// The double is behind picket-ca's `testing` feature, which only the end-to-end tests enable,
+/// as a dev-dependency: the build of the binary these tests run (`cargo build --workspace
+/// --bins`, no dev-dependencies) resolves picket-ca without it, while a build with
+/// dev-dependencies has it.
+#[tokio::test]
+async fn the_binary_has_no_test_double() -> Result<()> {
+    // The cargo that built this test (cargo tells the compiler where it is).
+    let cargo = option_env!("CARGO").unwrap_or("cargo").to_owned();
+    let features = |edges: &'static str| {
+        let cargo = cargo.clone();
+        async move {
+            let out = tokio::process::Command::new(&cargo)
+                .args(["tree", "--workspace", "--locked", "--offline", "-e", edges])
+                .args(["-i", "picket-ca", "--prefix", "none", "--format", "{p} {f}"])
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                .output()
+                .await?;
+            ensure!(
+                out.status.success(),
+                "cargo tree: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8(out.stdout)?;
+            let ca = text
+                .lines()
+                .find(|l| l.starts_with("picket-ca "))
+                .map(str::to_owned);
+            ca.ok_or_else(|| anyhow::anyhow!("no picket-ca in cargo tree:\n{text}"))
+        }
+    };
+    let production = features("normal,build").await?;
+    ensure!(!production.contains("testing"), "{production}");
+    let with_dev = features("normal,build,dev").await?;
+    ensure!(with_dev.contains("testing"), "{with_dev}");
     Ok(())
 }

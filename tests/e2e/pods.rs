@@ -4,25 +4,19 @@
 //! 7191): the namespace is private, and the iptables rules name those ports.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use picket_tests::netns::PodNet;
-use picket_tests::process::{Daemon, output, picket_bin};
+use picket_tests::netns::{PodNet, plain_app_script, seen_header, shared_dir};
+use picket_tests::process::Daemon;
 use picket_tests::{TestCa, eventually};
 use serde_json::Value;
 use tokio::process::Command;
 
-const PROXY_UID: &str = "1337";
 const APP_PORT: u16 = 8080;
 /// A server in the root namespace, outside the mesh.
 const OUTSIDE_PORT: u16 = 9090;
-
-fn plain_app_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/plain_app.py")
-}
 
 /// Everything one test run keeps alive; dropped in reverse order of creation.
 struct Pods {
@@ -30,11 +24,6 @@ struct Pods {
     _ca: TestCa,
     net: PodNet,
     dir: tempfile::TempDir,
-}
-
-fn world_writable(path: &Path) -> Result<()> {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
-    Ok(())
 }
 
 fn sidecar_config(
@@ -86,33 +75,13 @@ spec:
     )
 }
 
-async fn curl_in(net: &PodNet, i: usize, url: &str, headers: &[&str]) -> Result<(i32, String)> {
-    let mut cmd = net.exec(i, "curl");
-    cmd.args(["-sS", "--max-time", "10"]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    cmd.arg(url);
-    let out = output(&mut cmd).await?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    ))
-}
-
 async fn iptables(net: &PodNet, i: usize, binary: &str, extra: &[&str]) -> Result<String> {
-    let mut cmd = net.exec(i, &picket_bin()?.display().to_string());
-    cmd.args([
-        "iptables",
-        "--proxy-uid",
-        PROXY_UID,
-        "--exclude-inbound-ports",
-        "7191",
-        "--iptables",
-        binary,
-    ])
-    .args(extra);
-    let out = output(&mut cmd).await?;
+    let args = [
+        &["--exclude-inbound-ports", "7191", "--iptables", binary],
+        extra,
+    ]
+    .concat();
+    let out = net.picket_iptables(i, &args).await?;
     ensure!(
         out.status.success(),
         "picket iptables failed: {}",
@@ -121,34 +90,14 @@ async fn iptables(net: &PodNet, i: usize, binary: &str, extra: &[&str]) -> Resul
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-async fn nat_rules(net: &PodNet, i: usize, binary: &str) -> Result<String> {
-    let save = format!("{binary}-save");
-    let out = output(net.exec(i, &save).args(["-t", "nat"])).await?;
-    ensure!(out.status.success(), "{save} failed");
-    // Drop counters and comments so two dumps compare by rules alone.
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| l.split(" [").next().unwrap_or(l).to_owned())
-        .collect::<Vec<_>>()
-        .join("\n"))
-}
-
 async fn start() -> Result<Pods> {
     let net = PodNet::create(3).await?;
     let ca = TestCa::start_at(SocketAddr::from((net.gateway(), 0)), &[]).await?;
-    let dir = tempfile::tempdir()?;
-    world_writable(dir.path())?;
+    let dir = shared_dir()?;
     std::fs::write(dir.path().join("bundle.pem"), ca.bundle_pem()?)?;
     let mut processes = Vec::new();
 
-    let mut outside = Command::new("python3");
-    outside
-        .arg(plain_app_script())
-        .arg(net.gateway().to_string())
-        .arg(OUTSIDE_PORT.to_string())
-        .arg("outside");
-    processes.push(Daemon::spawn("outside-app", outside, dir.path())?);
+    processes.push(net.outside_app(net.gateway().into(), OUTSIDE_PORT, dir.path())?);
 
     for i in 0..3 {
         let mut app = net.exec(i, "python3");
@@ -175,18 +124,8 @@ async fn start() -> Result<Pods> {
             &config,
             sidecar_config(&net, &ca, dir.path(), i, passthrough)?,
         )?;
-        let ready = dir.path().join(format!("pod{}.ready", i + 1));
-        let mut sidecar = net.exec(i, "setpriv");
-        sidecar
-            .args(["--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups"])
-            .arg(picket_bin()?)
-            .args(["proxy", "--config"])
-            .arg(&config)
-            .arg("--ready-file")
-            .arg(&ready);
-        let mut daemon = Daemon::spawn(&format!("sidecar-pod{}", i + 1), sidecar, dir.path())?;
-        let _: Value = daemon.wait_ready(&ready).await?;
-        processes.push(daemon);
+        let label = format!("sidecar-pod{}", i + 1);
+        processes.push(net.sidecar(i, &config, &label, dir.path()).await?);
     }
     Ok(Pods {
         _processes: processes,
@@ -200,17 +139,11 @@ fn app_url(ip: Ipv4Addr, path: &str) -> String {
     format!("http://{ip}:{APP_PORT}{path}")
 }
 
-fn header<'a>(seen: &'a Value, name: &str) -> Option<&'a str> {
-    seen["headers"]
-        .as_array()?
-        .iter()
-        .find(|h| h[0].as_str() == Some(name))
-        .and_then(|h| h[1].as_str())
-}
-
 async fn seen_by_app(net: &PodNet, from: usize, to: Ipv4Addr, marker: &str) -> Result<Value> {
     let marker_header = format!("x-marker: {marker}");
-    let (code, body) = curl_in(net, from, &app_url(to, "/hello"), &[&marker_header]).await?;
+    let (code, body) = net
+        .curl(from, &app_url(to, "/hello"), &[&marker_header])
+        .await?;
     ensure!(
         code == 0,
         "curl from pod{} to {to} exited {code}: {body}",
@@ -234,10 +167,10 @@ async fn pods_talk_through_transparent_mtls_with_policy_and_egress_control() -> 
             "dry run printed:\n{printed}"
         );
         iptables(net, i, binary, &[]).await?;
-        let first = nat_rules(net, i, binary).await?;
+        let first = net.nat_rules(i, &format!("{binary}-save")).await?;
         iptables(net, i, binary, &[]).await?;
         ensure!(
-            first == nat_rules(net, i, binary).await?,
+            first == net.nat_rules(i, &format!("{binary}-save")).await?,
             "second run changed the rules"
         );
     }
@@ -269,15 +202,19 @@ async fn pods_talk_through_transparent_mtls_with_policy_and_egress_control() -> 
     let seen = seen_by_app(net, 0, pod(1), &secret).await?;
     ensure!(seen["app"] == "pod2", "{seen}");
     ensure!(
-        header(&seen, "x-picket-peer-identity") == Some("spiffe://cluster.local/ns/pods/sa/pod1"),
+        seen_header(&seen, "x-picket-peer-identity")
+            == Some("spiffe://cluster.local/ns/pods/sa/pod1"),
         "pod2 saw {seen}"
     );
-    ensure!(header(&seen, "x-marker") == Some(secret.as_str()), "{seen}");
+    ensure!(
+        seen_header(&seen, "x-marker") == Some(secret.as_str()),
+        "{seen}"
+    );
 
     // pod3 admits only pod1.
     let seen = seen_by_app(net, 0, pod(2), "allowed").await?;
     ensure!(seen["app"] == "pod3", "{seen}");
-    let (code, body) = curl_in(net, 1, &app_url(pod(2), "/hello"), &[]).await?;
+    let (code, body) = net.curl(1, &app_url(pod(2), "/hello"), &[]).await?;
     ensure!(
         code == 0 && body.contains("forbidden"),
         "pod2 -> pod3: {code} {body}"
@@ -287,7 +224,7 @@ async fn pods_talk_through_transparent_mtls_with_policy_and_egress_control() -> 
     let outside = format!("http://{}:{OUTSIDE_PORT}/out", net.gateway());
     let control = "picket-plaintext-control";
     let control_header = format!("x-marker: {control}");
-    let (code, body) = curl_in(net, 0, &outside, &[&control_header]).await?;
+    let (code, body) = net.curl(0, &outside, &[&control_header]).await?;
     ensure!(
         code == 0 && body.contains("\"outside\""),
         "pod1 -> outside: {code} {body}"
@@ -296,7 +233,7 @@ async fn pods_talk_through_transparent_mtls_with_policy_and_egress_control() -> 
         !body.contains("x-picket-peer-identity"),
         "passthrough must not add identity: {body}"
     );
-    let (code, body) = curl_in(net, 1, &outside, &[]).await?;
+    let (code, body) = net.curl(1, &outside, &[]).await?;
     ensure!(
         code != 0 && !body.contains("\"outside\""),
         "pod2 -> outside should be refused: {code} {body}"
@@ -319,7 +256,7 @@ async fn pods_talk_through_transparent_mtls_with_policy_and_egress_control() -> 
 
     // No loop: pod1's sidecar handled exactly the two meshed requests its app made (a
     // redirect loop would multiply them, or hang).
-    let (code, metrics) = curl_in(net, 0, "http://127.0.0.1:7191/metrics", &[]).await?;
+    let (code, metrics) = net.curl(0, "http://127.0.0.1:7191/metrics", &[]).await?;
     ensure!(code == 0, "pod1 admin: {code}");
     let outbound_requests: u64 = metrics
         .lines()
@@ -338,7 +275,7 @@ async fn pods_talk_through_transparent_mtls_with_policy_and_egress_control() -> 
     let seen = seen_by_app(net, 0, pod(1), "direct").await?;
     ensure!(seen["app"] == "pod2", "{seen}");
     ensure!(
-        header(&seen, "x-picket-peer-identity").is_none(),
+        seen_header(&seen, "x-picket-peer-identity").is_none(),
         "still through the mesh: {seen}"
     );
     Ok(())

@@ -6,48 +6,20 @@
 //! IPv6 addresses fails closed.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use picket_tests::netns::{PodNet, Stack};
-use picket_tests::process::{Daemon, output, picket_bin};
+use picket_tests::netns::{PodNet, Stack, seen_header, shared_dir};
+use picket_tests::process::{Daemon, output};
 use picket_tests::{TestCa, eventually};
 use serde_json::Value;
 use tokio::process::Command;
 
-const PROXY_UID: &str = "1337";
 const APP_PORT: u16 = 8080;
 const OUTSIDE_PORT: u16 = 9090;
 
-fn plain_app_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/plain_app.py")
-}
-
 fn url(ip: IpAddr, port: u16, path: &str) -> String {
     format!("http://{}{path}", SocketAddr::new(ip, port))
-}
-
-async fn curl_in(net: &PodNet, i: usize, url: &str, headers: &[&str]) -> Result<(i32, String)> {
-    let mut cmd = net.exec(i, "curl");
-    cmd.args(["-sS", "--max-time", "10"]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    cmd.arg(url);
-    let out = output(&mut cmd).await?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    ))
-}
-
-fn header<'a>(seen: &'a Value, name: &str) -> Option<&'a str> {
-    seen["headers"]
-        .as_array()?
-        .iter()
-        .find(|h| h[0].as_str() == Some(name))
-        .and_then(|h| h[1].as_str())
 }
 
 async fn seen_by_app(
@@ -58,7 +30,9 @@ async fn seen_by_app(
     marker: &str,
 ) -> Result<Value> {
     let marker_header = format!("x-marker: {marker}");
-    let (code, body) = curl_in(net, from, &url(to, APP_PORT, path), &[&marker_header]).await?;
+    let (code, body) = net
+        .curl(from, &url(to, APP_PORT, path), &[&marker_header])
+        .await?;
     ensure!(
         code == 0,
         "curl from pod{} to {to} exited {code}: {body}",
@@ -67,30 +41,10 @@ async fn seen_by_app(
     serde_json::from_str(&body).with_context(|| format!("not JSON: {body}"))
 }
 
+/// `picket iptables` in pod `i` with the nft binaries (both families).
 async fn picket_iptables(net: &PodNet, i: usize, args: &[&str]) -> Result<std::process::Output> {
-    output(
-        net.exec(i, &picket_bin()?.display().to_string())
-            .args([
-                "iptables",
-                "--proxy-uid",
-                PROXY_UID,
-                "--iptables",
-                "iptables-nft",
-            ])
-            .args(args),
-    )
-    .await
-}
-
-async fn nat_rules(net: &PodNet, i: usize, save: &str) -> Result<String> {
-    let out = output(net.exec(i, save).args(["-t", "nat"])).await?;
-    ensure!(out.status.success(), "{save} failed");
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| l.split(" [").next().unwrap_or(l).to_owned())
-        .collect::<Vec<_>>()
-        .join("\n"))
+    let args = [&["--iptables", "iptables-nft"], args].concat();
+    net.picket_iptables(i, &args).await
 }
 
 /// pod3 (dual-stack) admits pod1 by identity, and pod2's IPv6 address on `/by-address` only.
@@ -130,40 +84,19 @@ async fn start() -> Result<Mesh> {
     // on its IPv6 address.
     let names = [net.gateway().to_string(), net.gateway6().to_string()];
     let ca = TestCa::start_at_with_names("[::]:0".parse()?, &names, &[]).await?;
-    let dir = tempfile::tempdir()?;
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )?;
+    let dir = shared_dir()?;
     std::fs::write(dir.path().join("bundle.pem"), ca.bundle_pem()?)?;
     let mut processes = Vec::new();
 
     // A plaintext server outside the mesh, on the bridge's IPv6 address.
-    let mut outside = Command::new("python3");
-    outside
-        .arg(plain_app_script())
-        .arg(net.gateway6().to_string())
-        .arg(OUTSIDE_PORT.to_string())
-        .arg("outside");
-    processes.push(Daemon::spawn("outside-app", outside, dir.path())?);
+    processes.push(net.outside_app(net.gateway6().into(), OUTSIDE_PORT, dir.path())?);
 
     for i in 0..3 {
         let n = i + 1;
-        let mut app = net.exec(i, "python3");
-        app.arg(plain_app_script())
-            .arg("::")
-            .arg(APP_PORT.to_string())
-            .arg(format!("pod{n}"));
-        let app = Daemon::spawn(&format!("app-pod{n}"), app, dir.path())?;
-        eventually(Duration::from_secs(10), async || {
-            ensure!(
-                app.log_text().contains("listening"),
-                "app-pod{n} is not listening yet"
-            );
-            Ok(())
-        })
-        .await?;
-        processes.push(app);
+        processes.push(
+            net.plain_app(i, "::", APP_PORT, &format!("pod{n}"), dir.path())
+                .await?,
+        );
 
         let out = picket_iptables(&net, i, &["--exclude-inbound-ports", "7191"]).await?;
         ensure!(
@@ -171,7 +104,7 @@ async fn start() -> Result<Mesh> {
             "picket iptables in pod{n}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let v6_rules = nat_rules(&net, i, "ip6tables-nft-save").await?;
+        let v6_rules = net.nat_rules(i, "ip6tables-nft-save").await?;
         ensure!(
             v6_rules.contains("-A PICKET_OUTPUT -p tcp -j REDIRECT --to-ports 7140"),
             "pod{n} has no IPv6 rules:\n{v6_rules}"
@@ -212,18 +145,8 @@ telemetry: {{ flow_log: {{ path: \"{flows}\" }} }}
         );
         let config_file = dir.path().join(format!("pod{n}.yaml"));
         std::fs::write(&config_file, config)?;
-        let ready = dir.path().join(format!("pod{n}.ready"));
-        let mut sidecar = net.exec(i, "setpriv");
-        sidecar
-            .args(["--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups"])
-            .arg(picket_bin()?)
-            .args(["proxy", "--config"])
-            .arg(&config_file)
-            .arg("--ready-file")
-            .arg(&ready);
-        let mut daemon = Daemon::spawn(&format!("sidecar-pod{n}"), sidecar, dir.path())?;
-        let _: Value = daemon.wait_ready(&ready).await?;
-        processes.push(daemon);
+        let label = format!("sidecar-pod{n}");
+        processes.push(net.sidecar(i, &config_file, &label, dir.path()).await?);
     }
     Ok(Mesh {
         _processes: processes,
@@ -271,14 +194,15 @@ async fn ipv4_ipv6_and_dual_stack_pods_are_intercepted_and_leak_nothing() -> Res
     let seen = seen_by_app(net, 1, v6(2)?, "/by-address", &secret6).await?;
     ensure!(seen["app"] == "pod3", "{seen}");
     ensure!(
-        header(&seen, "x-picket-peer-identity") == Some("spiffe://cluster.local/ns/pods/sa/pod2"),
+        seen_header(&seen, "x-picket-peer-identity")
+            == Some("spiffe://cluster.local/ns/pods/sa/pod2"),
         "pod3 saw {seen}"
     );
     ensure!(
-        header(&seen, "x-marker") == Some(secret6.as_str()),
+        seen_header(&seen, "x-marker") == Some(secret6.as_str()),
         "{seen}"
     );
-    let (code, body) = curl_in(net, 1, &url(v6(2)?, APP_PORT, "/other"), &[]).await?;
+    let (code, body) = net.curl(1, &url(v6(2)?, APP_PORT, "/other"), &[]).await?;
     ensure!(
         code == 0 && body.contains("forbidden"),
         "pod2 -> pod3 /other should be denied by policy: {code} {body}"
@@ -289,7 +213,7 @@ async fn ipv4_ipv6_and_dual_stack_pods_are_intercepted_and_leak_nothing() -> Res
     let seen = seen_by_app(net, 2, v6(1)?, "/hello", &secret6b).await?;
     ensure!(
         seen["app"] == "pod2"
-            && header(&seen, "x-picket-peer-identity")
+            && seen_header(&seen, "x-picket-peer-identity")
                 == Some("spiffe://cluster.local/ns/pods/sa/pod3"),
         "{seen}"
     );
@@ -297,13 +221,13 @@ async fn ipv4_ipv6_and_dual_stack_pods_are_intercepted_and_leak_nothing() -> Res
     let seen = seen_by_app(net, 0, v4(2)?, "/hello", &secret4).await?;
     ensure!(
         seen["app"] == "pod3"
-            && header(&seen, "x-picket-peer-identity")
+            && seen_header(&seen, "x-picket-peer-identity")
                 == Some("spiffe://cluster.local/ns/pods/sa/pod1"),
         "{seen}"
     );
     let seen = seen_by_app(net, 2, v4(0)?, "/hello", "v4").await?;
     ensure!(
-        seen["app"] == "pod1" && header(&seen, "x-picket-peer-identity").is_some(),
+        seen["app"] == "pod1" && seen_header(&seen, "x-picket-peer-identity").is_some(),
         "{seen}"
     );
 
@@ -338,13 +262,13 @@ async fn ipv4_ipv6_and_dual_stack_pods_are_intercepted_and_leak_nothing() -> Res
     // capture's control, proving it sees IPv6 payloads.
     let control = "picket-plaintext-v6-control";
     let control_header = format!("x-marker: {control}");
-    let (code, body) = curl_in(
-        net,
-        1,
-        &url(net.gateway6().into(), OUTSIDE_PORT, "/out"),
-        &[&control_header],
-    )
-    .await?;
+    let (code, body) = net
+        .curl(
+            1,
+            &url(net.gateway6().into(), OUTSIDE_PORT, "/out"),
+            &[&control_header],
+        )
+        .await?;
     ensure!(
         code == 0 && body.contains("\"outside\""),
         "pod2 -> outside: {code} {body}"
@@ -409,7 +333,7 @@ async fn rules_apply_atomically_and_fail_closed_when_ipv6_cannot_be_intercepted(
     );
     let printed = String::from_utf8_lossy(&dry.stdout).into_owned();
     ensure!(
-        nat_rules(&net, dual, "iptables-nft-save")
+        net.nat_rules(dual, "iptables-nft-save")
             .await?
             .lines()
             .all(|l| !l.contains("PICKET")),
@@ -435,8 +359,8 @@ async fn rules_apply_atomically_and_fail_closed_when_ipv6_cannot_be_intercepted(
         );
     }
     let by_hand = (
-        nat_rules(&net, dual, "iptables-nft-save").await?,
-        nat_rules(&net, dual, "ip6tables-nft-save").await?,
+        net.nat_rules(dual, "iptables-nft-save").await?,
+        net.nat_rules(dual, "ip6tables-nft-save").await?,
     );
     ensure!(
         by_hand.1.contains("REDIRECT --to-ports 7143"),
@@ -449,7 +373,7 @@ async fn rules_apply_atomically_and_fail_closed_when_ipv6_cannot_be_intercepted(
         String::from_utf8_lossy(&out.stderr)
     );
     for save in ["iptables-nft-save", "ip6tables-nft-save"] {
-        let rules = nat_rules(&net, dual, save).await?;
+        let rules = net.nat_rules(dual, save).await?;
         ensure!(
             !rules.contains("PICKET"),
             "cleanup left rules in {save}:\n{rules}"
@@ -462,8 +386,8 @@ async fn rules_apply_atomically_and_fail_closed_when_ipv6_cannot_be_intercepted(
         String::from_utf8_lossy(&out.stderr)
     );
     let applied = (
-        nat_rules(&net, dual, "iptables-nft-save").await?,
-        nat_rules(&net, dual, "ip6tables-nft-save").await?,
+        net.nat_rules(dual, "iptables-nft-save").await?,
+        net.nat_rules(dual, "ip6tables-nft-save").await?,
     );
     ensure!(
         applied == by_hand,
@@ -474,8 +398,8 @@ async fn rules_apply_atomically_and_fail_closed_when_ipv6_cannot_be_intercepted(
     ensure!(out.status.success());
     ensure!(
         (
-            nat_rules(&net, dual, "iptables-nft-save").await?,
-            nat_rules(&net, dual, "ip6tables-nft-save").await?,
+            net.nat_rules(dual, "iptables-nft-save").await?,
+            net.nat_rules(dual, "ip6tables-nft-save").await?,
         ) == applied,
         "a second apply changed the rules"
     );
@@ -517,8 +441,8 @@ async fn rules_apply_atomically_and_fail_closed_when_ipv6_cannot_be_intercepted(
     };
     sabotage(dual).await?;
     let before = (
-        nat_rules(&net, dual, "iptables-nft-save").await?,
-        nat_rules(&net, dual, "ip6tables-nft-save").await?,
+        net.nat_rules(dual, "iptables-nft-save").await?,
+        net.nat_rules(dual, "ip6tables-nft-save").await?,
     );
     let out = picket_iptables(&net, dual, &["--exclude-inbound-ports", "7191,9999"]).await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -532,8 +456,8 @@ async fn rules_apply_atomically_and_fail_closed_when_ipv6_cannot_be_intercepted(
         "{stderr}"
     );
     let after = (
-        nat_rules(&net, dual, "iptables-nft-save").await?,
-        nat_rules(&net, dual, "ip6tables-nft-save").await?,
+        net.nat_rules(dual, "iptables-nft-save").await?,
+        net.nat_rules(dual, "ip6tables-nft-save").await?,
     );
     ensure!(
         after == before,
@@ -562,7 +486,7 @@ async fn rules_apply_atomically_and_fail_closed_when_ipv6_cannot_be_intercepted(
     ensure!(out.status.success(), "{stderr}");
     ensure!(stderr.contains("IPv6 rules not installed"), "{stderr}");
     ensure!(
-        nat_rules(&net, v4_only, "iptables-nft-save")
+        net.nat_rules(v4_only, "iptables-nft-save")
             .await?
             .contains("--dport 9999")
     );

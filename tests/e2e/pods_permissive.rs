@@ -5,65 +5,34 @@
 //! unmeshed one has no principal, so only a rule on its address admits it.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use picket_tests::netns::PodNet;
-use picket_tests::process::{Daemon, output, picket_bin};
+use picket_tests::netns::{PodNet, seen_header, shared_dir};
+use picket_tests::process::{Daemon, output};
 use picket_tests::{TestCa, eventually};
 use serde_json::Value;
 use tokio::process::Command;
 
-const PROXY_UID: &str = "1337";
 const APP_PORT: u16 = 8080;
 const SERVER: usize = 0;
 const MESHED_CLIENT: usize = 1;
 const PLAIN_CLIENT: usize = 2;
 
-fn plain_app_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/plain_app.py")
-}
-
-async fn curl_in(net: &PodNet, i: usize, url: &str, headers: &[&str]) -> Result<(i32, String)> {
-    let mut cmd = net.exec(i, "curl");
-    cmd.args(["-sS", "--max-time", "10"]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    cmd.arg(url);
-    let out = output(&mut cmd).await?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    ))
-}
-
 fn app_url(ip: Ipv4Addr, path: &str) -> String {
     format!("http://{ip}:{APP_PORT}{path}")
 }
 
-fn header<'a>(seen: &'a Value, name: &str) -> Option<&'a str> {
-    seen["headers"]
-        .as_array()?
-        .iter()
-        .find(|h| h[0].as_str() == Some(name))
-        .and_then(|h| h[1].as_str())
-}
-
 async fn iptables(net: &PodNet, i: usize) -> Result<()> {
-    let out = output(net.exec(i, &picket_bin()?.display().to_string()).args([
-        "iptables",
-        "--proxy-uid",
-        PROXY_UID,
+    let args = [
         "--exclude-inbound-ports",
         "7191",
         "--iptables",
         "iptables-nft",
-    ]))
-    .await?;
+    ];
+    let out = net.picket_iptables(i, &args).await?;
     ensure!(
         out.status.success(),
         "picket iptables: {}",
@@ -105,22 +74,15 @@ policy: {{ path: \"{policy}\" }}
         );
         let file = dir.join(format!("pod{n}.{}.yaml", inbound_extra.len()));
         std::fs::write(&file, config)?;
-        let ready = dir.join(format!("pod{n}.{}.ready", inbound_extra.len()));
-        let mut cmd = self.net.exec(i, "setpriv");
-        cmd.args(["--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups"])
-            .arg(picket_bin()?)
-            .args(["proxy", "--config"])
-            .arg(&file)
-            .arg("--ready-file")
-            .arg(&ready);
-        let mut daemon =
-            Daemon::spawn(&format!("sidecar-pod{n}-{}", inbound_extra.len()), cmd, dir)?;
-        let _: Value = daemon.wait_ready(&ready).await?;
-        Ok(daemon)
+        let label = format!("sidecar-pod{n}-{}", inbound_extra.len());
+        self.net.sidecar(i, &file, &label, dir).await
     }
 
     async fn metric(&self, i: usize, needle: &str) -> Result<u64> {
-        let (code, metrics) = curl_in(&self.net, i, "http://127.0.0.1:7191/metrics", &[]).await?;
+        let (code, metrics) = self
+            .net
+            .curl(i, "http://127.0.0.1:7191/metrics", &[])
+            .await?;
         ensure!(code == 0, "admin: {code}");
         Ok(metrics
             .lines()
@@ -134,11 +96,7 @@ policy: {{ path: \"{policy}\" }}
 async fn a_namespace_migrates_from_no_mesh_through_permissive_to_strict() -> Result<()> {
     let net = PodNet::create(3).await?;
     let ca = TestCa::start_at((net.gateway(), 0).into(), &[]).await?;
-    let dir = tempfile::tempdir()?;
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )?;
+    let dir = shared_dir()?;
     std::fs::write(dir.path().join("bundle.pem"), ca.bundle_pem()?)?;
     let plain_client = net.pods[PLAIN_CLIENT].ip;
     // pod1 admits pod2 by identity everywhere, and pod3 by address on /public only.
@@ -160,23 +118,14 @@ spec:
     let world = World { net, ca, dir };
     let net = &world.net;
     let server = net.pods[SERVER].ip;
-    let mut app = net.exec(SERVER, "python3");
-    app.arg(plain_app_script())
-        .args(["0.0.0.0", &APP_PORT.to_string(), "server"]);
-    let app = Daemon::spawn("app-server", app, world.dir.path())?;
-    eventually(Duration::from_secs(10), async || {
-        ensure!(
-            app.log_text().contains("listening"),
-            "the app is not listening yet"
-        );
-        Ok(())
-    })
-    .await?;
+    let _app = net
+        .plain_app(SERVER, "0.0.0.0", APP_PORT, "server", world.dir.path())
+        .await?;
 
     // Step 0, no mesh: both clients reach the app in plaintext.
     for client in [MESHED_CLIENT, PLAIN_CLIENT] {
         eventually(Duration::from_secs(10), async || {
-            let (code, body) = curl_in(net, client, &app_url(server, "/private"), &[]).await?;
+            let (code, body) = net.curl(client, &app_url(server, "/private"), &[]).await?;
             ensure!(code == 0 && body.contains("\"server\""), "{code} {body}");
             Ok(())
         })
@@ -238,13 +187,17 @@ spec:
     // reaches the app (a forged one is removed), policy admits /public by address and
     // refuses /private, which only names a principal.
     let forged = "x-picket-peer-identity: spiffe://cluster.local/ns/pods/sa/pod2";
-    let (code, body) = curl_in(net, PLAIN_CLIENT, &app_url(server, "/public"), &[forged]).await?;
+    let (code, body) = net
+        .curl(PLAIN_CLIENT, &app_url(server, "/public"), &[forged])
+        .await?;
     let seen: Value = serde_json::from_str(&body).with_context(|| format!("{code} {body}"))?;
     ensure!(
-        header(&seen, "x-picket-peer-identity").is_none(),
+        seen_header(&seen, "x-picket-peer-identity").is_none(),
         "identity on plaintext: {seen}"
     );
-    let (code, body) = curl_in(net, PLAIN_CLIENT, &app_url(server, "/private"), &[forged]).await?;
+    let (code, body) = net
+        .curl(PLAIN_CLIENT, &app_url(server, "/private"), &[forged])
+        .await?;
     ensure!(
         code == 0 && body.contains("forbidden"),
         "unmeshed /private: {code} {body}"
@@ -253,7 +206,9 @@ spec:
         world.metric(SERVER, "outcome=\"plaintext\"").await? >= 2,
         "plaintext connections are not counted"
     );
-    let (_, alerts) = curl_in(net, SERVER, "http://127.0.0.1:7191/alerts", &[]).await?;
+    let (_, alerts) = net
+        .curl(SERVER, "http://127.0.0.1:7191/alerts", &[])
+        .await?;
     ensure!(
         alerts.contains("plaintext connection") && alerts.contains(&plain_client.to_string()),
         "the plaintext detector did not flag the unmeshed client: {alerts}"
@@ -263,10 +218,13 @@ spec:
     // now arrive over mTLS on the same port, with its identity, and policy admits /private.
     let _client_sidecar = world.sidecar(MESHED_CLIENT, "").await?;
     iptables(net, MESHED_CLIENT).await?;
-    let (code, body) = curl_in(net, MESHED_CLIENT, &app_url(server, "/private"), &[]).await?;
+    let (code, body) = net
+        .curl(MESHED_CLIENT, &app_url(server, "/private"), &[])
+        .await?;
     let seen: Value = serde_json::from_str(&body).with_context(|| format!("{code} {body}"))?;
     ensure!(
-        header(&seen, "x-picket-peer-identity") == Some("spiffe://cluster.local/ns/pods/sa/pod2"),
+        seen_header(&seen, "x-picket-peer-identity")
+            == Some("spiffe://cluster.local/ns/pods/sa/pod2"),
         "the meshed client's call: {seen}"
     );
     let handshakes_before = world.metric(SERVER, "outcome=\"accepted\"").await?;
@@ -276,12 +234,16 @@ spec:
     // would): the meshed client still gets through, the unmeshed one is refused.
     drop(_server_sidecar);
     let _strict = world.sidecar(SERVER, ", mode: strict").await?;
-    let (code, body) = curl_in(net, MESHED_CLIENT, &app_url(server, "/private"), &[]).await?;
+    let (code, body) = net
+        .curl(MESHED_CLIENT, &app_url(server, "/private"), &[])
+        .await?;
     ensure!(
         code == 0 && body.contains("\"server\""),
         "meshed client in strict: {code} {body}"
     );
-    let (code, body) = curl_in(net, PLAIN_CLIENT, &app_url(server, "/public"), &[]).await?;
+    let (code, body) = net
+        .curl(PLAIN_CLIENT, &app_url(server, "/public"), &[])
+        .await?;
     ensure!(
         code != 0 && !body.contains("\"server\""),
         "the unmeshed client got through in strict mode: {code} {body}"

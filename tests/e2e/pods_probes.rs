@@ -13,10 +13,9 @@ use picket_k8s::inject::{CONFIG_ANNOTATION, HEALTH_PORT};
 use picket_tests::netns::PodNet;
 use picket_tests::process::{Daemon, output, picket_bin};
 use picket_tests::{TestCa, eventually};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::process::Command;
 
-const PROXY_UID: &str = "1337";
 const HTTP_PORT: u16 = 8080;
 const GRPC_PORT: u16 = 9000;
 const HTTPS_PORT: u16 = 8443;
@@ -250,17 +249,7 @@ async fn rewritten_probes_reach_the_app_and_fail_when_it_does() -> Result<()> {
         "picket iptables: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let ready = dir.path().join("sidecar.ready");
-    let mut sidecar = net.exec(0, "setpriv");
-    sidecar
-        .args(["--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups"])
-        .arg(picket_bin()?)
-        .args(["proxy", "--config"])
-        .arg(&config_file)
-        .arg("--ready-file")
-        .arg(&ready);
-    let mut sidecar = Daemon::spawn("sidecar", sidecar, dir.path())?;
-    let _: Value = sidecar.wait_ready(&ready).await?;
+    let sidecar = net.sidecar(0, &config_file, "sidecar", dir.path()).await?;
 
     // Healthy: every probe passes, carried to the app (the HTTP one keeps its path, query
     // and header, or the app would answer 400), with no body.

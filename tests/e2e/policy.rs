@@ -1300,12 +1300,7 @@ async fn admin_policy_page_shows_active_policies_and_sources_hash() -> Result<()
     let mesh = mesh_with(ORDERS_POLICY).await?;
     let dir = mesh.orders.policy_dir().to_owned();
     let check_hash = async || -> Result<String> {
-        let out = run_ok(
-            picket()?
-                .args(["policy", "check", "--format", "json"])
-                .arg(&dir),
-        )
-        .await?;
+        let out = run_ok(picket()?.args(["policy", "check", "-o", "json"]).arg(&dir)).await?;
         let json: serde_json::Value = serde_json::from_str(&out)?;
         json["sources_hash"]
             .as_str()

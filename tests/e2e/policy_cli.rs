@@ -59,7 +59,7 @@ async fn check_accepts_valid_policies() -> Result<()> {
         "{line}"
     );
 
-    let json = policy(&["check", "--format", "json", path_str(&orders)?]).await?;
+    let json = policy(&["check", "-o", "json", path_str(&orders)?]).await?;
     exit_code(&json, 0)?;
     let value: serde_json::Value = serde_json::from_str(&stdout(&json))?;
     ensure!(
@@ -141,7 +141,7 @@ async fn check_reports_every_error_with_location_and_caret() -> Result<()> {
 #[tokio::test]
 async fn check_json_lists_errors_with_file_line_and_column() -> Result<()> {
     let dir = fixture("broken");
-    let out = policy(&["check", "--format", "json", path_str(&dir)?]).await?;
+    let out = policy(&["check", "-o", "json", path_str(&dir)?]).await?;
     exit_code(&out, 1)?;
     let errors: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out))
         .with_context(|| format!("not a JSON array: {}", stdout(&out)))?;
@@ -159,6 +159,75 @@ async fn check_json_lists_errors_with_file_line_and_column() -> Result<()> {
             e["message"].as_str().is_some_and(|m| m.contains(message)),
             "{e}"
         );
+    }
+    Ok(())
+}
+
+/// A principal is an identity's shape, `<trust-domain>/ns/<ns>/sa/<sa>` (or `*` before or
+/// after a part of one): anything else is refused at load with its line and column.
+#[tokio::test]
+async fn check_refuses_principals_no_identity_can_have() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("shapes.yaml");
+    let principals = [
+        ("cluster.local/ns/shop/sa/frontend", None),
+        ("spiffe://cluster.local/ns/shop/sa/*", None),
+        ("*/sa/frontend", None),
+        (
+            "cluster.local/ns//sa/frontend",
+            Some("the namespace is empty"),
+        ),
+        (
+            "cluster.local/ns/shop/sa/",
+            Some("the service account is empty"),
+        ),
+        (
+            "cluster.local/shop/frontend",
+            Some("it has 3 `/`-separated parts"),
+        ),
+        (
+            "Cluster.Local/ns/shop/sa/frontend",
+            Some("`Cluster.Local` is not a trust domain"),
+        ),
+        (
+            "cluster.local/namespace/shop/*",
+            Some("`namespace` stands where `ns` belongs"),
+        ),
+        (
+            "cluster.local/ns/Shop/sa/*",
+            Some("`Shop` is not a namespace"),
+        ),
+        (
+            "*/sa/front_end",
+            Some("`front_end` is not a service account"),
+        ),
+        ("/ns/shop/sa/frontend", Some("the trust domain is empty")),
+    ];
+    let mut text = String::from(
+        "apiVersion: picket.dev/v1\nkind: AuthorizationPolicy\n\
+         metadata: { name: shapes, namespace: shop }\nspec:\n  rules:\n\
+         \x20 - from:\n    - source:\n        principals:\n",
+    );
+    for (principal, _) in &principals {
+        text.push_str(&format!("        - \"{principal}\"\n"));
+    }
+    std::fs::write(&file, &text)?;
+    let out = policy(&["check", path_str(&file)?]).await?;
+    exit_code(&out, 1)?;
+    let err = stderr(&out);
+    let first_line = 9;
+    for (i, (principal, want)) in principals.iter().enumerate() {
+        let header = format!("{}:{}:11: ", file.display(), first_line + i);
+        let line = err.lines().find(|l| l.starts_with(&header));
+        match (want, line) {
+            (None, None) => {}
+            (None, Some(line)) => anyhow::bail!("{principal} was refused: {line}"),
+            (Some(want), Some(line)) => ensure!(
+                line.contains(&format!("`{principal}` is not a principal: {want}")),
+                "{principal}: {line}"
+            ),
+            (Some(_), None) => anyhow::bail!("{principal}: no error at {header}:\n{err}"),
+        }
     }
     Ok(())
 }
@@ -208,6 +277,45 @@ async fn test_failing_case_exits_1_with_a_readable_diff() -> Result<()> {
             "missing {line:?} in:\n{text}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn test_json_lists_each_case_with_its_diffs() -> Result<()> {
+    let out = policy(&[
+        "test",
+        path_str(&fixture("orders.yaml"))?,
+        "--cases",
+        path_str(&fixture("failing-cases.yaml"))?,
+        "-o",
+        "json",
+    ])
+    .await?;
+    exit_code(&out, 1)?;
+    let value: serde_json::Value = serde_json::from_str(&stdout(&out))
+        .with_context(|| format!("not JSON: {}", stdout(&out)))?;
+    ensure!(value["passed"] == 1 && value["failed"] == 1, "{value}");
+    let cases = value["cases"].as_array().context("cases")?;
+    ensure!(cases.len() == 2, "{value}");
+    ensure!(
+        cases[0]["name"] == "frontend reads an order" && cases[0]["passed"] == true,
+        "{value}"
+    );
+    ensure!(cases[0]["diffs"] == serde_json::json!([]), "{value}");
+    ensure!(
+        cases[1]["name"] == "frontend may delete orders" && cases[1]["passed"] == false,
+        "{value}"
+    );
+    ensure!(
+        cases[1]["diffs"]
+            == serde_json::json!([
+                "verdict: expected allow, got deny",
+                "policy: expected shop/orders-read, got none",
+                "rule: expected 0, got none",
+                "reason: expected allow-match, got no-allow-match",
+            ]),
+        "{value}"
+    );
     Ok(())
 }
 
@@ -301,7 +409,7 @@ async fn explain_text_names_the_decider_every_policy_and_the_dry_run_shadows() -
 #[tokio::test]
 async fn explain_json_has_the_decision_every_policy_and_each_rule() -> Result<()> {
     let out = explain(&[
-        "--format",
+        "-o",
         "json",
         "--method",
         "DELETE",

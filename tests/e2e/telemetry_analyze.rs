@@ -174,7 +174,7 @@ async fn analyze_reports_graph_flags_blast_radius_and_a_policy_that_passes_check
             .arg("analyze")
             .args(&files)
             .args([
-                "--format",
+                "--output",
                 "json",
                 "--baseline-until",
                 "2023-11-14T22:23:20Z",
@@ -185,7 +185,7 @@ async fn analyze_reports_graph_flags_blast_radius_and_a_policy_that_passes_check
             .arg(&baseline_out),
     )
     .await?;
-    let report: Value = serde_json::from_str(&json).context("analyze --format json")?;
+    let report: Value = serde_json::from_str(&json).context("analyze -o json")?;
 
     // The graph: three identities; frontend -> orders counted once although both sidecars
     // logged it.
@@ -321,7 +321,7 @@ async fn analyze_reports_graph_flags_blast_radius_and_a_policy_that_passes_check
         picket()?
             .arg("analyze")
             .args(&files)
-            .args(["--format", "html", "--out"])
+            .args(["-o", "html", "--output-file"])
             .arg(&html_out),
     )
     .await?;

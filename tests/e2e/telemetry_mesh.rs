@@ -1035,12 +1035,12 @@ async fn analyze_on_the_sidecars_flow_logs_suggests_a_policy_that_admits_normal_
         picket()?
             .arg("analyze")
             .args(&logs)
-            .args(["--format", "json", "--baseline-until", &until])
+            .args(["-o", "json", "--baseline-until", &until])
             .arg("--suggest-policy")
             .arg(&suggested),
     )
     .await?;
-    let report: Value = serde_json::from_str(&json).context("analyze --format json")?;
+    let report: Value = serde_json::from_str(&json).context("analyze -o json")?;
     ensure!(
         names(&report["nodes"]) == ["shop/frontend", "shop/orders", "shop/payments"],
         "{report:#}"
@@ -1135,7 +1135,7 @@ async fn analyze_on_the_sidecars_flow_logs_suggests_a_policy_that_admits_normal_
         picket()?
             .arg("analyze")
             .args(&logs)
-            .args(["--format", "html", "--baseline-until", &until, "--out"])
+            .args(["-o", "html", "--baseline-until", &until, "--output-file"])
             .arg(&html),
     )
     .await?;

@@ -123,6 +123,11 @@ impl TestCa {
         self.serve().await
     }
 
+    /// The process id of the running CA, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Daemon::pid)
+    }
+
     /// What the running CA process has logged so far (empty when it is stopped).
     pub fn log_text(&self) -> String {
         self.daemon

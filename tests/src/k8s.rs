@@ -5,28 +5,16 @@
 //! The tools come from `scripts/install-k8s-test-deps` (pinned, in [`TOOLS_DIR`]); a test that
 //! needs one fails, never skips, when it is missing.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpListener;
 use tokio::process::Command;
-use tokio_rustls::TlsAcceptor;
 
 use crate::ca::TRUST_DOMAIN;
 use crate::process::{Daemon, output, picket, picket_bin, run_ok};
@@ -289,7 +277,7 @@ impl KubeCa {
         if let Some(kube) = kube {
             std::fs::write(dir.path().join("kube-ca.pem"), kube.ca_pem)?;
             std::fs::write(dir.path().join("own-token"), kube.own_token)?;
-            cmd.args(["--kube-api", kube.url, "--kube-ca"])
+            cmd.args(["--kube-api", kube.url, "--kube-ca-file"])
                 .arg(dir.path().join("kube-ca.pem"))
                 .arg("--kube-token-file")
                 .arg(dir.path().join("own-token"));
@@ -395,193 +383,4 @@ pub fn admission_review(uid: &str, namespace: &str, operation: &str, pod: &Value
             "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
         },
     })
-}
-
-/// What the test double answers for one workload token, as the API server would.
-#[derive(Debug, Clone)]
-pub enum Review {
-    /// `authenticated: true` as `system:serviceaccount:<ns>:<sa>` for the asked audiences.
-    ServiceAccount(&'static str, &'static str),
-    /// `authenticated: true` but for other audiences (an audience-unaware authenticator).
-    OtherAudience(&'static str, &'static str),
-    /// `authenticated: false` with this error.
-    Rejected(&'static str),
-    /// The API server refuses the CA's own request with this status.
-    Status(u16),
-    /// Never answers (the CA gives up after five seconds).
-    Hang,
-}
-
-/// A stand-in for the API server's TokenReview endpoint (a test double): HTTPS on a loopback
-/// port with a throwaway CA, answering workload tokens from a table and recording each review.
-#[derive(Debug)]
-pub struct TokenReviewDouble {
-    /// `https://127.0.0.1:PORT`.
-    pub url: String,
-    /// The certificate to trust for it, PEM.
-    pub ca_pem: String,
-    /// The token the CA must present.
-    pub own_token: String,
-    /// Every review received (the JSON body).
-    pub reviews: Arc<Mutex<Vec<Value>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TokenReviewDouble {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl TokenReviewDouble {
-    /// Starts the double with its answers.
-    pub async fn start(answers: &[(&str, Review)]) -> Result<Self> {
-        let ca_key = rcgen::KeyPair::generate()?;
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate()?;
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?
-            .signed_by(&key, &issuer)?;
-        let config = rustls::ServerConfig::builder_with_provider(picket_common::crypto::provider())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )?;
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("https://{}", listener.local_addr()?);
-        let own_token = "the-ca.own.token".to_owned();
-        let answers: Arc<HashMap<String, Review>> = Arc::new(
-            answers
-                .iter()
-                .map(|(token, review)| ((*token).to_owned(), review.clone()))
-                .collect(),
-        );
-        let reviews = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn({
-            let reviews = Arc::clone(&reviews);
-            let own_token = own_token.clone();
-            async move {
-                while let Ok((tcp, _)) = listener.accept().await {
-                    let acceptor = acceptor.clone();
-                    let answers = Arc::clone(&answers);
-                    let reviews = Arc::clone(&reviews);
-                    let own_token = own_token.clone();
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(tcp).await else {
-                            return;
-                        };
-                        let service = service_fn(move |request| {
-                            let answers = Arc::clone(&answers);
-                            let reviews = Arc::clone(&reviews);
-                            let own_token = own_token.clone();
-                            async move {
-                                Ok::<_, Infallible>(
-                                    answer(request, &answers, &reviews, &own_token).await,
-                                )
-                            }
-                        });
-                        let _ = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(tls), service)
-                            .await;
-                    });
-                }
-            }
-        });
-        Ok(Self {
-            url,
-            ca_pem: ca_cert.pem(),
-            own_token,
-            reviews,
-            task,
-        })
-    }
-
-    /// How the CA reaches this double.
-    pub fn api(&self) -> KubeApi<'_> {
-        KubeApi {
-            url: &self.url,
-            ca_pem: &self.ca_pem,
-            own_token: &self.own_token,
-        }
-    }
-
-    /// The reviews received so far.
-    pub fn reviews(&self) -> Vec<Value> {
-        self.reviews.lock().map(|r| r.clone()).unwrap_or_default()
-    }
-}
-
-async fn answer(
-    request: Request<Incoming>,
-    answers: &HashMap<String, Review>,
-    reviews: &Mutex<Vec<Value>>,
-    own_token: &str,
-) -> Response<Full<Bytes>> {
-    let respond = |status: StatusCode, body: Value| {
-        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-        *response.status_mut() = status;
-        response
-    };
-    let status_body = |code: u16| json!({"kind": "Status", "apiVersion": "v1", "code": code});
-    if request.method() != Method::POST
-        || request.uri().path() != picket_ca::tokenreview::TOKEN_REVIEW_PATH
-    {
-        return respond(StatusCode::NOT_FOUND, status_body(404));
-    }
-    let authorized = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .is_some_and(|v| v.as_bytes() == format!("Bearer {own_token}").as_bytes());
-    if !authorized {
-        return respond(StatusCode::UNAUTHORIZED, status_body(401));
-    }
-    let Ok(body) = request.into_body().collect().await else {
-        return respond(StatusCode::BAD_REQUEST, status_body(400));
-    };
-    let Ok(review) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
-        return respond(StatusCode::BAD_REQUEST, status_body(400));
-    };
-    if let Ok(mut seen) = reviews.lock() {
-        seen.push(review.clone());
-    }
-    let token = review["spec"]["token"].as_str().unwrap_or_default();
-    let audiences = review["spec"]["audiences"].clone();
-    let status = match answers.get(token) {
-        None => json!({"authenticated": false, "error": "[invalid bearer token, unknown]"}),
-        Some(Review::ServiceAccount(ns, sa)) => json!({
-            "authenticated": true,
-            "user": {
-                "username": format!("system:serviceaccount:{ns}:{sa}"),
-                "uid": "7d5c4a0e-1111-4c1e-9f00-000000000001",
-                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"],
-            },
-            "audiences": audiences,
-        }),
-        Some(Review::OtherAudience(ns, sa)) => json!({
-            "authenticated": true,
-            "user": {"username": format!("system:serviceaccount:{ns}:{sa}")},
-            "audiences": ["https://kubernetes.default.svc"],
-        }),
-        Some(Review::Rejected(error)) => json!({"authenticated": false, "error": error}),
-        Some(Review::Status(code)) => {
-            let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return respond(status, status_body(*code));
-        }
-        Some(Review::Hang) => std::future::pending().await,
-    };
-    respond(
-        StatusCode::CREATED,
-        json!({
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenReview",
-            "metadata": {"creationTimestamp": null},
-            "spec": review["spec"],
-            "status": status,
-        }),
-    )
 }

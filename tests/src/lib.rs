@@ -28,5 +28,5 @@ pub use apps::{App, closed_port};
 pub use ca::{TRUST_DOMAIN, TestCa, spiffe_id};
 pub use mesh::{Mesh, MeshOptions};
 pub use process::{Daemon, picket_bin};
-pub use proxy::{ProxyAddrs, Sidecar, TestProxy, Upstream};
+pub use proxy::{CaAccess, ProxyAddrs, Sidecar, TestProxy, Upstream};
 pub use wait::eventually;

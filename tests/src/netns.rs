@@ -3,11 +3,41 @@
 //! (CI runs as root); without it the tests fail with a clear message instead of skipping.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
 use tokio::process::Command;
 
-use crate::process::output;
+use crate::process::{Daemon, output, picket_bin};
+
+/// The sidecar's user and group id in the pods (what `picket iptables --proxy-uid` exempts).
+pub const PROXY_UID: &str = "1337";
+
+/// `tests/fixtures/plain_app.py`: a plain HTTP app that answers with what it saw as JSON.
+pub fn plain_app_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/plain_app.py")
+}
+
+/// A temporary directory every pod's processes may write (the sidecar runs as [`PROXY_UID`]).
+pub fn shared_dir() -> Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )?;
+    Ok(dir)
+}
+
+/// The value of header `name` in what the plain app saw (`{"headers": [[name, value]...]}`).
+pub fn seen_header<'a>(seen: &'a Value, name: &str) -> Option<&'a str> {
+    seen["headers"]
+        .as_array()?
+        .iter()
+        .find(|h| h[0].as_str() == Some(name))
+        .and_then(|h| h[1].as_str())
+}
 
 /// Which address families a pod has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +279,105 @@ impl PodNet {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.pods[i].netns, program]);
         cmd
+    }
+
+    /// `curl -sS` in pod `i` with extra `headers`: its exit code, and its standard output
+    /// followed by its standard error (empty unless curl failed).
+    pub async fn curl(&self, i: usize, url: &str, headers: &[&str]) -> Result<(i32, String)> {
+        let mut cmd = self.exec(i, "curl");
+        cmd.args(["-sS", "--max-time", "10"]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        cmd.arg(url);
+        let out = output(&mut cmd).await?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        ))
+    }
+
+    /// `picket iptables --proxy-uid 1337 ARGS` in pod `i`.
+    pub async fn picket_iptables(&self, i: usize, args: &[&str]) -> Result<std::process::Output> {
+        output(
+            self.exec(i, &picket_bin()?.display().to_string())
+                .args(["iptables", "--proxy-uid", PROXY_UID])
+                .args(args),
+        )
+        .await
+    }
+
+    /// Pod `i`'s nat table as `save` (`iptables-nft-save`, ...) prints it, without counters
+    /// and comments, so two dumps compare by rules alone.
+    pub async fn nat_rules(&self, i: usize, save: &str) -> Result<String> {
+        let out = output(self.exec(i, save).args(["-t", "nat"])).await?;
+        ensure!(out.status.success(), "{save} failed");
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(" [").next().unwrap_or(l).to_owned())
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    /// Starts the plain app in the root namespace on `ip`:`port`, outside the mesh, answering
+    /// as `outside`; logs go under `dir`.
+    pub fn outside_app(&self, ip: IpAddr, port: u16, dir: &Path) -> Result<Daemon> {
+        let mut outside = Command::new("python3");
+        outside
+            .arg(plain_app_script())
+            .arg(ip.to_string())
+            .arg(port.to_string())
+            .arg("outside");
+        Daemon::spawn("outside-app", outside, dir)
+    }
+
+    /// Starts the plain app in pod `i` on `bind`:`port`, answering as `name`, and waits until
+    /// it listens; logs go under `dir`.
+    pub async fn plain_app(
+        &self,
+        i: usize,
+        bind: &str,
+        port: u16,
+        name: &str,
+        dir: &Path,
+    ) -> Result<Daemon> {
+        let mut app = self.exec(i, "python3");
+        app.arg(plain_app_script())
+            .args([bind, &port.to_string(), name]);
+        let app = Daemon::spawn(&format!("app-{name}"), app, dir)?;
+        crate::eventually(Duration::from_secs(10), async || {
+            ensure!(
+                app.log_text().contains("listening"),
+                "app-{name} is not listening yet"
+            );
+            Ok(())
+        })
+        .await?;
+        Ok(app)
+    }
+
+    /// Starts `picket proxy --config CONFIG` in pod `i` as [`PROXY_UID`] (as the injected
+    /// sidecar runs) and waits for its ready file; `label` names its log under `dir`.
+    pub async fn sidecar(
+        &self,
+        i: usize,
+        config: &Path,
+        label: &str,
+        dir: &Path,
+    ) -> Result<Daemon> {
+        let ready = dir.join(format!("{label}.ready"));
+        let mut cmd = self.exec(i, "setpriv");
+        cmd.args(["--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups"])
+            .arg(picket_bin()?)
+            .args(["proxy", "--config"])
+            .arg(config)
+            .arg("--ready-file")
+            .arg(&ready);
+        let mut daemon = Daemon::spawn(label, cmd, dir)?;
+        let _: Value = daemon.wait_ready(&ready).await?;
+        Ok(daemon)
     }
 }
 

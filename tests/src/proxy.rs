@@ -130,7 +130,7 @@ impl Sidecar {
     }
 
     /// The configuration file for a sidecar that reaches `ca`.
-    fn config_yaml(&self, ca: &TestCa, token_file: &str, policy_dir: &str) -> Result<String> {
+    fn config_yaml(&self, ca: &CaAccess, token_file: &str, policy_dir: &str) -> Result<String> {
         let q = |s: &str| serde_json::to_string(s);
         let mut y = String::new();
         writeln!(y, "identity:")?;
@@ -138,11 +138,15 @@ impl Sidecar {
         writeln!(y, "  namespace: {}", q(&self.namespace)?)?;
         writeln!(y, "  service_account: {}", q(&self.service_account)?)?;
         writeln!(y, "ca:")?;
-        writeln!(y, "  url: {}", q(&ca.url())?)?;
+        let (first, fallbacks) = ca.urls.split_first().context("no CA URL")?;
+        writeln!(y, "  url: {}", q(first)?)?;
+        if !fallbacks.is_empty() {
+            writeln!(y, "  fallback_urls: {}", serde_json::to_string(fallbacks)?)?;
+        }
         writeln!(
             y,
             "  trust_bundle: {}",
-            q(&ca.bundle_path().display().to_string())?
+            q(&ca.bundle.display().to_string())?
         )?;
         writeln!(y, "  join_token_file: {}", q(token_file)?)?;
         writeln!(y, "inbound:")?;
@@ -183,6 +187,18 @@ impl Sidecar {
     }
 }
 
+/// How a sidecar reaches its CA: `ca.url` and `ca.fallback_urls`, the trust bundle file, and
+/// the credential for its first certificate (a join token or a service-account token).
+#[derive(Debug, Clone)]
+pub struct CaAccess {
+    /// The CA URLs, the first is `ca.url`.
+    pub urls: Vec<String>,
+    /// The trust bundle file.
+    pub bundle: std::path::PathBuf,
+    /// What the token file holds.
+    pub token: String,
+}
+
 /// The addresses a sidecar reports in its ready file once it holds a certificate and every
 /// listener is bound.
 #[derive(Debug, Clone, Deserialize)]
@@ -211,10 +227,21 @@ impl TestProxy {
     /// Writes the configuration and a fresh join token, starts `picket proxy`, and waits for
     /// its ready file.
     pub async fn spawn(ca: &TestCa, sidecar: Sidecar) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
         let identity = format!("ns/{}/sa/{}", sidecar.namespace, sidecar.service_account);
+        let access = CaAccess {
+            urls: vec![ca.url()],
+            bundle: ca.bundle_path(),
+            token: ca.token(&identity).await?,
+        };
+        Self::spawn_with(&access, sidecar).await
+    }
+
+    /// Like [`TestProxy::spawn`], for a CA reached as `ca` says (several replicas, a
+    /// service-account token).
+    pub async fn spawn_with(ca: &CaAccess, sidecar: Sidecar) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
         let token_file = dir.path().join("join-token");
-        std::fs::write(&token_file, ca.token(&identity).await?)?;
+        std::fs::write(&token_file, &ca.token)?;
         let policy_dir = dir.path().join("policy");
         std::fs::create_dir(&policy_dir)?;
         std::fs::write(policy_dir.join("policy.yaml"), &sidecar.policy)?;

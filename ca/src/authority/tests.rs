@@ -102,7 +102,7 @@ fn issued_leaf_follows_the_svid_rules() {
     )));
 
     assert_eq!(certs(&issued.chain_pem).len(), 2, "leaf then issuer");
-    verify_chain(ca.trust_bundle_pem(), &issued.chain_pem).unwrap();
+    verify_chain(&ca.trust_bundle_pem(), &issued.chain_pem).unwrap();
     let info = crate::svid::inspect_leaf(&der).unwrap();
     assert_eq!(info.id, issued.spiffe_id);
     assert_eq!(info.serial_hex, issued.serial);
@@ -593,7 +593,7 @@ fn imported_organisation_root_signs_the_issuer_and_stays_outside_the_state() {
     opts.root = Some((cert_path, key_path));
     let ca = Authority::init(opts).unwrap();
 
-    assert_eq!(certs(ca.trust_bundle_pem()), certs(&root_pem));
+    assert_eq!(certs(&ca.trust_bundle_pem()), certs(&root_pem));
     let state = dir.path().join("state");
     assert!(!state.join(state::ROOT_KEY).exists());
     assert!(!state.join(state::ROOT_CERT).exists());
@@ -656,4 +656,92 @@ fn server_certificate_names_the_given_hosts_for_server_auth_only() {
     let validity = cert.validity();
     assert!(validity.not_after.timestamp() - validity.not_before.timestamp() <= 31 * 86_400);
     assert!(ca.server_certificate(&[]).is_err());
+}
+
+#[test]
+fn a_reload_of_unreadable_material_keeps_the_material_in_force() {
+    let (dir, ca) = new_ca();
+    let before = ca.issuer_subject();
+    let state = dir.path().join("state");
+    let key_path = state.join(state::ISSUER_KEY);
+    let good_key = fs::read(&key_path).unwrap();
+    // A key that does not belong to issuer.pem: refused, nothing changes.
+    fs::write(&key_path, p256().serialize_pem()).unwrap();
+    let refused = ca.reload().unwrap_err().to_string();
+    assert!(refused.contains("does not match issuer.pem"), "{refused}");
+    assert_eq!(ca.issuer_subject(), before);
+    ca.issue(&csr(&p256(), &[]), Credential::JoinToken(token(&ca, 1)))
+        .unwrap();
+    // Put back: the next reload sees the same material as before.
+    fs::write(&key_path, good_key).unwrap();
+    assert_eq!(ca.reload().unwrap(), Reloaded::Unchanged);
+}
+
+#[test]
+fn a_replica_signs_with_shared_material_follows_it_and_redeems_no_join_token() {
+    let (source_dir, source) = new_ca();
+    let source_state = source_dir.path().join("state");
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path());
+    opts.signer_dir = Some(source_state.clone());
+    let replica = Authority::init(opts).unwrap();
+    let replica_state = dir.path().join("state");
+    assert_eq!(replica.issuer_subject(), source.issuer_subject());
+    assert!(!replica_state.join(state::ISSUER_KEY).exists());
+    assert!(!replica_state.join(state::ROOT_KEY).exists());
+
+    // Join tokens have one writer, the source: a replica neither makes nor redeems them.
+    let made = replica.create_token(&workload("shop", "orders"), HOUR, 1);
+    assert!(
+        made.unwrap_err().to_string().contains("enrollment CA"),
+        "a replica made a join token"
+    );
+    let redeemed = replica.issue(&csr(&p256(), &[]), Credential::JoinToken(token(&source, 1)));
+    assert!(matches!(redeemed, Err(IssueError::JoinTokensNotServed)));
+
+    // Renewals and reviewed service accounts: issued, chaining to the shared bundle, and
+    // recorded in the replica's own store.
+    let renewed = replica
+        .issue(
+            &csr(&p256(), &[]),
+            Credential::Renewal(spiffe_id("shop", "orders")),
+        )
+        .unwrap();
+    verify_chain(&source.trust_bundle_pem(), &renewed.chain_pem).unwrap();
+    assert_eq!(
+        replica.issued_serials(),
+        std::slice::from_ref(&renewed.serial)
+    );
+
+    // The replica is not rotated itself; the source is, and the replica follows.
+    let refused = crate::rotation::rotate_intermediate(&replica_state, &Default::default());
+    assert!(
+        refused.unwrap_err().to_string().contains("signer Secret"),
+        "a replica was rotated"
+    );
+    crate::rotation::rotate_intermediate(&source_state, &Default::default()).unwrap();
+    assert!(matches!(source.reload().unwrap(), Reloaded::Changed { .. }));
+    assert!(matches!(
+        replica.reload().unwrap(),
+        Reloaded::Changed { .. }
+    ));
+    assert_eq!(replica.issuer_subject(), source.issuer_subject());
+
+    // A bundle without the intermediate's root (a half-updated Secret) is refused.
+    let bundle_path = source_state.join(state::BUNDLE);
+    let good_bundle = fs::read(&bundle_path).unwrap();
+    let (_other_dir, other) = new_ca();
+    fs::write(&bundle_path, other.trust_bundle_pem()).unwrap();
+    let refused = replica.reload().unwrap_err().to_string();
+    assert!(
+        refused.contains("the root issuer.pem chains to"),
+        "{refused}"
+    );
+    fs::write(&bundle_path, good_bundle).unwrap();
+    assert_eq!(replica.reload().unwrap(), Reloaded::Unchanged);
+
+    // Opened again from its state directory, it still signs with the shared material.
+    drop(replica);
+    let reopened = Authority::open(&replica_state).unwrap();
+    assert_eq!(reopened.issuer_subject(), source.issuer_subject());
 }

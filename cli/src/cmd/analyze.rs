@@ -10,9 +10,9 @@ use time::format_description::well_known::Rfc3339;
 
 use picket_analyze::{self as analyze, AnalyzeOptions, SuggestOptions};
 
-/// Report formats.
+/// Report formats (`-o, --output`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub enum Output {
     /// Plain text for a terminal.
     Text,
     /// Everything as one JSON document.
@@ -56,46 +56,24 @@ pub struct AnalyzeArgs {
     #[arg(long, value_name = "EDGES.jsonl")]
     write_baseline: Option<PathBuf>,
     /// Report format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
-    /// Write the report here instead of standard output.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Write the report to this file instead of standard output.
     #[arg(long, value_name = "FILE")]
-    out: Option<PathBuf>,
-}
-
-fn policy_files(path: &PathBuf) -> anyhow::Result<Vec<PathBuf>> {
-    if path.is_file() {
-        return Ok(vec![path.clone()]);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("cannot read the policy directory {}", path.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
-    Ok(files)
+    output_file: Option<PathBuf>,
 }
 
 fn load_policies(args: &AnalyzeArgs) -> anyhow::Result<Option<picket_policy::PolicySet>> {
     let Some(dir) = &args.policy else {
         return Ok(None);
     };
-    let mut texts = Vec::new();
-    for f in policy_files(dir)? {
-        let text =
-            std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
-        texts.push((f.display().to_string(), text));
-    }
-    let sources: Vec<picket_policy::Source<'_>> = texts
-        .iter()
-        .map(|(name, text)| picket_policy::Source { name, text })
-        .collect();
     let opts = picket_policy::LoadOptions {
         root_namespace: args.root_namespace.clone(),
         default_action: args.default_action,
         ..picket_policy::LoadOptions::default()
     };
-    picket_policy::load(&sources, &opts)
+    let texts = picket_proxy::authz::PolicyTexts::read(std::slice::from_ref(dir), &opts)?;
+    picket_policy::load(&texts.sources(), &opts)
         .map(Some)
         .map_err(|e| anyhow::Error::new(analyze::AnalyzeError::Policy(e.to_string())))
 }
@@ -148,16 +126,16 @@ fn run_blocking(args: AnalyzeArgs) -> anyhow::Result<()> {
         write_to(path, &analysis.baseline_edges())?;
         eprintln!("detector baseline written to {}", path.display());
     }
-    let text = match args.format {
-        Format::Text => analyze::render_text(report),
-        Format::Json => {
+    let text = match args.output {
+        Output::Text => analyze::render_text(report),
+        Output::Json => {
             let mut s = serde_json::to_string_pretty(report)?;
             s.push('\n');
             s
         }
-        Format::Html => analyze::render_html(report),
+        Output::Html => analyze::render_html(report),
     };
-    match &args.out {
+    match &args.output_file {
         Some(path) => write_to(path, &text)?,
         None => {
             let mut out = std::io::stdout().lock();

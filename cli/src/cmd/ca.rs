@@ -34,7 +34,8 @@ pub enum CaCommand {
 /// `picket ca rotate` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum RotateCommand {
-    /// Sign a new intermediate under the current root; the CA issues with it once restarted.
+    /// Sign a new intermediate under the current root; a running CA issues with it within a
+    /// second.
     Intermediate(RotateIntermediateArgs),
     /// One stage of a root rotation: add (new root into the bundle), switch (issue under the
     /// new root), remove (old root out of the bundle).
@@ -47,11 +48,18 @@ pub struct RotateIntermediateArgs {
     /// The CA's state directory.
     #[arg(long)]
     state_dir: PathBuf,
-    /// For a CA whose root was imported: the organisation root's certificate (PEM).
+    #[command(flatten)]
+    root: OrgRoot,
+}
+
+/// An organisation root that signs the CA's issuer (`ca init`, `ca rotate intermediate`).
+#[derive(Debug, clap::Args)]
+pub struct OrgRoot {
+    /// For a CA under an organisation root: that root's certificate (PEM).
     #[arg(long, requires = "root_key")]
     root_cert: Option<PathBuf>,
-    /// For a CA whose root was imported: the organisation root's key (PEM); used once, not
-    /// copied.
+    /// For a CA under an organisation root: that root's private key (PEM); used to sign the
+    /// issuer, never copied into the state directory.
     #[arg(long, requires = "root_cert")]
     root_key: Option<PathBuf>,
 }
@@ -95,12 +103,9 @@ pub struct InitArgs {
     /// Directory for the CA's state (created with mode 0700; must not hold a CA already).
     #[arg(long)]
     state_dir: PathBuf,
-    /// An organisation CA certificate (PEM) to sign the issuer with instead of a new root.
-    #[arg(long, requires = "root_key")]
-    root_cert: Option<PathBuf>,
-    /// The organisation CA's private key (PEM); it is not copied into the state directory.
-    #[arg(long, requires = "root_cert")]
-    root_key: Option<PathBuf>,
+    /// Without these, a new root is made.
+    #[command(flatten)]
+    root: OrgRoot,
     /// Lifetime of issued certificates [default: 24h].
     #[arg(long, value_parser = picket_common::duration::parse)]
     leaf_ttl: Option<Duration>,
@@ -111,6 +116,12 @@ pub struct InitArgs {
     /// (for an init step that runs at every start); the root options are then not needed.
     #[arg(long)]
     keep_existing: bool,
+    /// Make a CA replica that signs with the shared material in this directory (issuer.pem,
+    /// issuer.key, bundle.pem: another CA's, e.g. a Kubernetes Secret volume), read again
+    /// whenever it changes. No root or intermediate is made; the replica redeems no join
+    /// tokens (the CA the material comes from does).
+    #[arg(long, conflicts_with_all = ["root_cert", "root_key"])]
+    signer_dir: Option<PathBuf>,
 }
 
 /// Arguments of `picket ca token create`.
@@ -156,7 +167,7 @@ pub struct ServeArgs {
         requires = "kube_api",
         default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     )]
-    kube_ca: PathBuf,
+    kube_ca_file: PathBuf,
     /// The CA's own service-account token, sent with every review (re-read each time).
     #[arg(
         long,
@@ -191,8 +202,8 @@ pub async fn run(cmd: CaCommand) -> anyhow::Result<()> {
         CaCommand::Bundle(args) => bundle(args),
         CaCommand::Rotate(RotateCommand::Intermediate(args)) => {
             let given = GivenRoot {
-                cert: args.root_cert,
-                key: args.root_key,
+                cert: args.root.root_cert,
+                key: args.root.root_key,
             };
             rotated(rotation::rotate_intermediate(&args.state_dir, &given))
         }
@@ -222,7 +233,8 @@ fn rotated(result: Result<rotation::Rotated, CaError>) -> anyhow::Result<()> {
 fn init(args: InitArgs) -> anyhow::Result<()> {
     let trust_domain = args.trust_domain.clone();
     let mut options = InitOptions::new(args.state_dir, args.trust_domain);
-    options.root = args.root_cert.zip(args.root_key);
+    options.root = args.root.root_cert.zip(args.root.root_key);
+    options.signer_dir = args.signer_dir;
     if let Some(ttl) = args.leaf_ttl {
         options.leaf_ttl = ttl;
     }
@@ -264,7 +276,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(api_url) => Some(
             TokenReviewer::new(&TokenReviewConfig {
                 api_url: api_url.clone(),
-                api_ca_file: args.kube_ca.clone(),
+                api_ca_file: args.kube_ca_file.clone(),
                 token_file: args.kube_token_file.clone(),
                 audience: args.token_audience.clone(),
             })
@@ -279,17 +291,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         extra_names: args.sans,
         token_review,
         server_names,
+        reload_interval: picket_ca::server::DEFAULT_RELOAD_INTERVAL,
     };
     // Signals are hooked before the ready file appears, so none sent after it is missed.
     let shutdown = CancellationToken::new();
     super::cancel_on_signal(shutdown.clone())?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener.local_addr()?;
+    let (listener, local) = super::bind(args.listen).await?;
     if let Some(path) = &args.ready_file {
-        super::write_ready_file(path, &serde_json::json!({ "listen": local.to_string() }))
-            .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+        super::announce_listener(path, local)?;
     }
     picket_ca::server::serve_with(authority, listener, options, async move {
         shutdown.cancelled().await

@@ -183,6 +183,7 @@ async fn start(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<Mesh> 
         root: None,
         leaf_ttl: Duration::from_secs(24 * 3600),
         max_leaf_ttl: Duration::from_secs(7 * 24 * 3600),
+        signer_dir: None,
     })?;
     let authority = Arc::new(authority);
     let bundle_path = dir.join("bundle.pem");
@@ -311,7 +312,7 @@ async fn spawn_sidecar(
     let config = Config {
         identity: SpiffeId::new(TRUST_DOMAIN.parse()?, workload),
         ca: CaConfig {
-            url: ca_url.to_owned(),
+            urls: vec![ca_url.to_owned()],
             trust_bundle: bundle.to_owned(),
             join_token_file: token_file,
         },
@@ -671,6 +672,7 @@ async fn foreign_client(mesh: &Mesh, dir: &Path) -> anyhow::Result<String> {
         root: None,
         leaf_ttl: Duration::from_secs(3600),
         max_leaf_ttl: Duration::from_secs(3600),
+        signer_dir: None,
     })?;
     let frontend = WorkloadName::new("shop", "frontend")?;
     let id = SpiffeId::new(TRUST_DOMAIN.parse()?, frontend.clone());

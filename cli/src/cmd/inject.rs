@@ -261,16 +261,12 @@ pub async fn run_injector(cmd: InjectorCommand) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     super::cancel_on_signal(shutdown.clone())?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener.local_addr()?;
+    let (listener, local) = super::bind(args.listen).await?;
     let mut ready_error = None;
     let ready_file = args.ready_file;
     webhook::serve(listener, settings, source, shutdown, || {
         if let Some(path) = &ready_file
-            && let Err(e) =
-                super::write_ready_file(path, &serde_json::json!({ "listen": local.to_string() }))
+            && let Err(e) = super::announce_listener(path, local)
         {
             ready_error = Some(e);
         }
@@ -278,32 +274,10 @@ pub async fn run_injector(cmd: InjectorCommand) -> anyhow::Result<()> {
     .await
     .context("admission webhook failed")?;
     if let Some(e) = ready_error {
-        return Err(e.context("cannot write the ready file"));
+        return Err(e);
     }
     Ok(())
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn images_must_name_a_version() {
-        for good in [
-            "picket/picket:0.1.0",
-            "registry.local:5000/picket:1.2",
-            "picket@sha256:0123456789abcdef",
-        ] {
-            assert_eq!(parse_image(good).unwrap(), good);
-        }
-        for bad in [
-            "picket/picket",
-            "picket/picket:latest",
-            "registry.local:5000/picket",
-            "picket:",
-        ] {
-            assert!(parse_image(bad).is_err(), "{bad}");
-        }
-    }
-}
+mod tests;

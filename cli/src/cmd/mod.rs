@@ -11,6 +11,8 @@ pub mod proxy;
 
 use std::path::Path;
 
+use anyhow::Context as _;
+
 /// How logs are written on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -40,6 +42,23 @@ pub fn write_ready_file(path: &Path, value: &serde_json::Value) -> anyhow::Resul
     std::fs::write(&tmp, serde_json::to_vec(value)?)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+/// Binds a server's listener; the address it got (port 0 picks one).
+pub async fn bind(
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Writes the ready file of a server with one listener: `{"listen": "IP:PORT"}`.
+pub fn announce_listener(path: &Path, local: std::net::SocketAddr) -> anyhow::Result<()> {
+    write_ready_file(path, &serde_json::json!({ "listen": local.to_string() }))
+        .with_context(|| format!("cannot write the ready file {}", path.display()))
 }
 
 /// Cancels `token` on the first SIGTERM or SIGINT.

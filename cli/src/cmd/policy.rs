@@ -12,6 +12,7 @@ use picket_policy::normalize::{self, PathOptions};
 use picket_policy::{LoadOptions, PolicySet, Workload};
 use serde::Deserialize;
 
+use picket_common::text::{MAX_TEXT_BYTES, read_text};
 use picket_proxy::authz;
 
 /// `picket policy` subcommands.
@@ -25,8 +26,8 @@ pub enum PolicyCommand {
         #[command(flatten)]
         load: LoadArgs,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Run table tests: each case describes a request and the expected decision.
     Test {
@@ -38,6 +39,9 @@ pub enum PolicyCommand {
         cases: PathBuf,
         #[command(flatten)]
         load: LoadArgs,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Explain how one request is decided: every policy considered and why.
     Explain {
@@ -49,8 +53,8 @@ pub enum PolicyCommand {
         #[command(flatten)]
         request: Box<RequestArgs>,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Print the policies in canonical form.
     Fmt {
@@ -62,9 +66,9 @@ pub enum PolicyCommand {
     },
 }
 
-/// Output format.
+/// Output format (`-o, --output`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub enum Output {
     /// For people.
     Text,
     /// For programs.
@@ -77,32 +81,23 @@ pub struct LoadArgs {
     /// Namespace whose policies apply mesh-wide.
     #[arg(long, default_value = "picket-system")]
     root_namespace: String,
-    /// What applies when no ALLOW policy selects the workload: deny, allow or audit-only.
-    #[arg(long, default_value = "deny")]
-    default_action: String,
+    /// What applies when no ALLOW policy selects the workload.
+    #[arg(long, default_value = "deny", value_name = "deny|allow|audit-only")]
+    default_action: picket_policy::DefaultAction,
     /// Ports carrying opaque TCP (HTTP-only fields in rules for them are errors).
     #[arg(long = "opaque-port")]
     opaque_ports: Vec<u16>,
 }
 
 impl LoadArgs {
-    fn options(&self) -> anyhow::Result<LoadOptions> {
-        Ok(LoadOptions {
+    fn options(&self) -> LoadOptions {
+        LoadOptions {
             root_namespace: self.root_namespace.clone(),
-            default_action: parse_default_action(&self.default_action)?,
+            default_action: self.default_action,
             opaque_tcp_ports: self.opaque_ports.clone(),
             ..LoadOptions::default()
-        })
+        }
     }
-}
-
-fn parse_default_action(s: &str) -> anyhow::Result<picket_policy::DefaultAction> {
-    Ok(match s {
-        "deny" => picket_policy::DefaultAction::Deny,
-        "allow" => picket_policy::DefaultAction::Allow,
-        "audit-only" => picket_policy::DefaultAction::AuditOnly,
-        other => bail!("--default-action {other:?}: expected deny, allow or audit-only"),
-    })
 }
 
 /// One request, as given on the command line.
@@ -290,26 +285,15 @@ fn split_kv(s: &str, what: &str) -> anyhow::Result<(String, String)> {
 fn load(
     paths: &[PathBuf],
     options: &LoadOptions,
-    format: Format,
+    output: Output,
 ) -> anyhow::Result<Option<PolicySet>> {
-    let mut texts = Vec::new();
-    for p in paths {
-        for f in authz::policy_files(p)? {
-            let text = std::fs::read_to_string(&f)
-                .with_context(|| format!("cannot read {}", f.display()))?;
-            texts.push((f.display().to_string(), text));
-        }
-    }
-    let sources: Vec<picket_policy::Source<'_>> = texts
-        .iter()
-        .map(|(name, text)| picket_policy::Source { name, text })
-        .collect();
-    match picket_policy::load(&sources, options) {
+    let texts = authz::PolicyTexts::read(paths, options)?;
+    match picket_policy::load(&texts.sources(), options) {
         Ok(set) => Ok(Some(set)),
         Err(errors) => {
-            match format {
-                Format::Text => eprint!("{errors}"),
-                Format::Json => println!("{}", serde_json::to_string_pretty(&errors)?),
+            match output {
+                Output::Text => eprint!("{errors}"),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&errors)?),
             }
             Ok(None)
         }
@@ -322,15 +306,15 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<bool> {
         PolicyCommand::Check {
             paths,
             load: l,
-            format,
+            output,
         } => {
-            let Some(set) = load(&paths, &l.options()?, format)? else {
+            let Some(set) = load(&paths, &l.options(), output)? else {
                 return Ok(false);
             };
             let n = set.policies().count();
-            match format {
-                Format::Text => println!("ok: {n} policies, sources hash {}", set.sources_hash()),
-                Format::Json => println!(
+            match output {
+                Output::Text => println!("ok: {n} policies, sources hash {}", set.sources_hash()),
+                Output::Json => println!(
                     "{}",
                     serde_json::json!({ "ok": true, "policies": n, "sources_hash": set.sources_hash() })
                 ),
@@ -338,7 +322,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<bool> {
             Ok(true)
         }
         PolicyCommand::Fmt { paths, load: l } => {
-            let Some(set) = load(&paths, &l.options()?, Format::Text)? else {
+            let Some(set) = load(&paths, &l.options(), Output::Text)? else {
                 return Ok(false);
             };
             print!("{}", set.to_yaml());
@@ -348,9 +332,9 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<bool> {
             paths,
             load: l,
             request,
-            format,
+            output,
         } => {
-            let Some(set) = load(&paths, &l.options()?, format)? else {
+            let Some(set) = load(&paths, &l.options(), output)? else {
                 return Ok(false);
             };
             let mut labels = BTreeMap::new();
@@ -386,9 +370,9 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<bool> {
                 labels,
             });
             let explanation = owned.evaluate_with(|r| compiled.explain(r));
-            match format {
-                Format::Text => print!("{explanation}"),
-                Format::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
+            match output {
+                Output::Text => print!("{explanation}"),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
             }
             Ok(true)
         }
@@ -396,11 +380,12 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<bool> {
             paths,
             cases,
             load: l,
+            output,
         } => {
-            let Some(set) = load(&paths, &l.options()?, Format::Text)? else {
+            let Some(set) = load(&paths, &l.options(), output)? else {
                 return Ok(false);
             };
-            run_cases(&set, &cases)
+            run_cases(&set, &cases, output)
         }
     }
 }
@@ -440,11 +425,19 @@ struct Expect {
     reason: Option<String>,
 }
 
-fn run_cases(set: &PolicySet, cases_path: &Path) -> anyhow::Result<bool> {
-    let text = std::fs::read_to_string(cases_path)
+/// One case's outcome: its name and what differed from the expectation (nothing: passed).
+#[derive(Debug, serde::Serialize)]
+struct CaseResult<'a> {
+    name: &'a str,
+    passed: bool,
+    diffs: Vec<String>,
+}
+
+fn run_cases(set: &PolicySet, cases_path: &Path, output: Output) -> anyhow::Result<bool> {
+    let text = read_text(cases_path, MAX_TEXT_BYTES)
         .with_context(|| format!("cannot read {}", cases_path.display()))?;
     let file: CasesFile = picket_proxy::yaml::parse(&cases_path.display().to_string(), &text)?;
-    let (mut passed, mut failed) = (0usize, 0usize);
+    let mut results = Vec::with_capacity(file.cases.len());
     for case in &file.cases {
         let owned = OwnedRequest::from_spec(&case.request)
             .with_context(|| format!("case {:?}", case.name))?;
@@ -480,17 +473,32 @@ fn run_cases(set: &PolicySet, cases_path: &Path) -> anyhow::Result<bool> {
         {
             diffs.push(format!("reason: expected {r}, got {}", d.reason));
         }
-        if diffs.is_empty() {
-            passed += 1;
-            println!("PASS  {}", case.name);
-        } else {
-            failed += 1;
-            println!("FAIL  {}", case.name);
-            for diff in diffs {
-                println!("      {diff}");
-            }
-        }
+        results.push(CaseResult {
+            name: &case.name,
+            passed: diffs.is_empty(),
+            diffs,
+        });
     }
-    println!("{passed} passed, {failed} failed");
+    let passed = results.iter().filter(|r| r.passed).count();
+    let failed = results.len() - passed;
+    match output {
+        Output::Text => {
+            for r in &results {
+                println!("{}  {}", if r.passed { "PASS" } else { "FAIL" }, r.name);
+                for diff in &r.diffs {
+                    println!("      {diff}");
+                }
+            }
+            println!("{passed} passed, {failed} failed");
+        }
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "passed": passed,
+                "failed": failed,
+                "cases": results,
+            }))?
+        ),
+    }
     Ok(failed == 0)
 }

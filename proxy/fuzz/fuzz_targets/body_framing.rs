@@ -1,7 +1,10 @@
 //! Arbitrary bytes as an HTTP/1.1 connection to a hyper server whose service does what the
 //! sidecar does before forwarding: canonical head, read-ahead of the body, canonical framing
-//! headers. Nothing may panic; a body read completely has exactly the length the forwarded
-//! `Content-Length` says; a framing error is reported as an error, never as a short body.
+//! headers. Nothing may panic; a body read completely is forwarded with a `Content-Length`
+//! (trailers or not: request trailers are dropped, never forwarded), and carries exactly that
+//! many bytes; a framing error is reported as an error, never as a short body. Every input this
+//! target ever failed on is kept in `crashes/body_framing/` and replayed by the proxy crate's
+//! unit test `body_framing_fuzz_findings_keep_their_properties`.
 
 #![no_main]
 
@@ -53,6 +56,7 @@ async fn service(req: http::Request<Incoming>) -> Result<Response<Full<Bytes>>, 
         !(parts.headers.contains_key(header::CONTENT_LENGTH)
             && parts.headers.contains_key(header::TRANSFER_ENCODING))
     );
+    assert!(!parts.headers.contains_key(header::TRAILER));
     if !had_body {
         assert!(declared.is_none() && !parts.headers.contains_key(header::TRANSFER_ENCODING));
     }
@@ -61,6 +65,7 @@ async fn service(req: http::Request<Incoming>) -> Result<Response<Full<Bytes>>, 
     }
     match ahead.collect().await {
         Ok(collected) => {
+            assert!(collected.trailers().is_none(), "request trailers forwarded");
             let n = collected.to_bytes().len() as u64;
             if let Some(d) = declared {
                 assert_eq!(d, n, "declared {d}, carried {n}");
@@ -74,7 +79,10 @@ async fn service(req: http::Request<Incoming>) -> Result<Response<Full<Bytes>>, 
 fuzz_target!(|data: &[u8]| {
     runtime().block_on(async {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
+        // The end of input must not cancel a request still being read (hyper closes on EOF
+        // otherwise, and the properties would be checked only when the race goes one way).
         let conn = hyper::server::conn::http1::Builder::new()
+            .half_close(true)
             .serve_connection(TokioIo::new(server), hyper::service::service_fn(service));
         let task = tokio::spawn(conn);
         let _ = client.write_all(data).await;

@@ -316,6 +316,144 @@ struct Pending {
     summary: String,
 }
 
+/// One flow as every detector reads it, worked out once.
+struct Seen<'f, 'r> {
+    flow: &'f FlowRecord<'r>,
+    now: i64,
+    learning: bool,
+    src: Source<'f>,
+    source_label: String,
+    destination: String,
+    route: std::borrow::Cow<'f, str>,
+}
+
+/// What one flow adds to its source's distinct-item windows (digests; a port as itself).
+struct ScanItems {
+    port: Option<u64>,
+    route: Option<u64>,
+    destination: u64,
+}
+
+/// The window and thresholds of the scan and burst detectors.
+struct Limits {
+    window: i64,
+    fanout: usize,
+    deny: usize,
+    not_found: usize,
+}
+
+/// `port_scan`, `path_scan` and `fan_out`: distinct ports, failing routes and destinations
+/// of one source inside the window.
+fn scans(
+    state: &mut SourceState,
+    seen: &Seen<'_, '_>,
+    items: &ScanItems,
+    limits: &Limits,
+    pending: &mut Vec<Pending>,
+) {
+    let (now, window, threshold) = (seen.now, limits.window, limits.fanout);
+    let label = &seen.source_label;
+    if let Some(p) = items.port {
+        let n = state.ports.observe(p, now, window, threshold);
+        if n >= threshold {
+            pending.push(Pending {
+                kind: AlertKind::PortScan,
+                severity: Severity::High,
+                destination: None,
+                evidence: vec![("distinct_ports", n as u64)],
+                window: true,
+                first_seen: state.ports.oldest().unwrap_or(now),
+                summary: format!("{label} reached {n} distinct ports"),
+            });
+        }
+    }
+    if let Some(r) = items.route {
+        let n = state.failing_routes.observe(r, now, window, threshold);
+        if n >= threshold {
+            pending.push(Pending {
+                kind: AlertKind::PathScan,
+                severity: Severity::High,
+                destination: Some(seen.destination.clone()),
+                evidence: vec![("distinct_failing_routes", n as u64)],
+                window: true,
+                first_seen: state.failing_routes.oldest().unwrap_or(now),
+                summary: format!(
+                    "{label} tried {n} distinct routes of {} that failed",
+                    seen.destination
+                ),
+            });
+        }
+    }
+    let n = state
+        .destinations
+        .observe(items.destination, now, window, threshold);
+    if n >= threshold {
+        pending.push(Pending {
+            kind: AlertKind::FanOut,
+            severity: Severity::High,
+            destination: None,
+            evidence: vec![("distinct_destinations", n as u64)],
+            window: true,
+            first_seen: state.destinations.oldest().unwrap_or(now),
+            summary: format!("{label} reached {n} distinct destinations"),
+        });
+    }
+}
+
+/// `deny_burst`, `invalid_token_burst` and `not_found_burst`: denials, refused end-user
+/// tokens and 404 answers of one source inside the window.
+fn bursts(
+    state: &mut SourceState,
+    seen: &Seen<'_, '_>,
+    limits: &Limits,
+    pending: &mut Vec<Pending>,
+) {
+    let (flow, now, window) = (seen.flow, seen.now, limits.window);
+    let label = &seen.source_label;
+    if flow.denied() {
+        let n = state.denials.observe(now, window, limits.deny);
+        if n >= limits.deny {
+            pending.push(Pending {
+                kind: AlertKind::DenyBurst,
+                severity: Severity::High,
+                destination: Some(seen.destination.clone()),
+                evidence: vec![("denied", n as u64)],
+                window: true,
+                first_seen: state.denials.times.front().copied().unwrap_or(now),
+                summary: format!("{label} was denied {n} times"),
+            });
+        }
+    }
+    if let Some(reason) = flow.token_error.as_deref() {
+        let n = state.invalid_tokens.observe(now, window, limits.deny);
+        if n >= limits.deny {
+            pending.push(Pending {
+                kind: AlertKind::InvalidTokenBurst,
+                severity: Severity::High,
+                destination: Some(seen.destination.clone()),
+                evidence: vec![("invalid_tokens", n as u64)],
+                window: true,
+                first_seen: state.invalid_tokens.times.front().copied().unwrap_or(now),
+                summary: format!("{label} sent {n} requests with a refused token (last: {reason})"),
+            });
+        }
+    }
+    if flow.status == Some(404) {
+        let n = state.not_found.observe(now, window, limits.not_found);
+        if n >= limits.not_found {
+            pending.push(Pending {
+                kind: AlertKind::NotFoundBurst,
+                severity: Severity::Medium,
+                destination: Some(seen.destination.clone()),
+                evidence: vec![("not_found", n as u64)],
+                window: true,
+                first_seen: state.not_found.times.front().copied().unwrap_or(now),
+                summary: format!("{label} got {n} answers 404 Not Found"),
+            });
+        }
+    }
+}
+
 impl Detectors {
     /// Detectors with `cfg` and no baseline. The learning window starts at the first
     /// observation.
@@ -419,210 +557,172 @@ impl Detectors {
         now - start < duration_ms(self.cfg.learning_window)
     }
 
-    /// Looks at one finished request or connection; returns the alerts it raises.
+    /// Looks at one finished request or connection; returns the alerts it raises. Each
+    /// detector is one method below, reading the same [`Seen`] (worked out once per flow) and
+    /// adding what it finds to one list, which [`Self::emit`] rate-limits. They are methods,
+    /// not implementations of a trait: they share the per-source tables and the rate limiter,
+    /// and there is no second set of detectors to choose between at run time.
     pub fn observe_flow(&mut self, flow: &FlowRecord<'_>, now: OffsetDateTime) -> Vec<Alert> {
         let now = millis(now);
-        let learning = self.learning(now);
-        let window = duration_ms(self.cfg.window);
-        let threshold = self.cfg.fanout_threshold;
         let src = Self::flow_source(flow);
-        let source_label = src.label();
-        let destination = Self::flow_destination(flow);
-        let route = flow.route();
+        let seen = Seen {
+            flow,
+            now,
+            learning: self.learning(now),
+            source_label: src.label(),
+            src,
+            destination: Self::flow_destination(flow),
+            route: flow.route(),
+        };
         let mut pending: Vec<Pending> = Vec::new();
+        self.new_edge(&seen, &mut pending);
+        self.new_source_address(&seen, &mut pending);
+        self.windowed(&seen, &mut pending);
+        self.sensitive_path(&seen, &mut pending);
+        self.metadata_call(&seen, &mut pending);
+        self.emit(&seen.src, &seen.source_label, pending, now)
+    }
 
-        // First-seen edge.
-        let edge = self.edge_key(&source_label, &destination, flow.destination_port, &route);
-        if !self.baseline.contains(&edge) && !self.edges.contains(edge) {
-            self.edges.entry(edge, || ());
-            if !learning {
-                let port = flow
-                    .destination_port
-                    .map(|p| format!(":{p}"))
-                    .unwrap_or_default();
-                pending.push(Pending {
-                    kind: AlertKind::NewEdge,
-                    severity: Severity::Medium,
-                    destination: Some(destination.clone()),
-                    evidence: vec![("requests", 1)],
-                    window: false,
-                    first_seen: now,
-                    summary: format!(
-                        "{source_label} reached {destination}{port} {route} for the first time"
-                    ),
-                });
-            }
+    /// `new_edge`: a (source, destination, port, route) never seen before or in the baseline.
+    fn new_edge(&mut self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
+        let flow = seen.flow;
+        let edge = self.edge_key(
+            &seen.source_label,
+            &seen.destination,
+            flow.destination_port,
+            &seen.route,
+        );
+        if self.baseline.contains(&edge) || self.edges.contains(edge) {
+            return;
         }
+        self.edges.entry(edge, || ());
+        if seen.learning {
+            return;
+        }
+        let port = flow
+            .destination_port
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        pending.push(Pending {
+            kind: AlertKind::NewEdge,
+            severity: Severity::Medium,
+            destination: Some(seen.destination.clone()),
+            evidence: vec![("requests", 1)],
+            window: false,
+            first_seen: seen.now,
+            summary: format!(
+                "{} reached {}{port} {} for the first time",
+                seen.source_label, seen.destination, seen.route
+            ),
+        });
+    }
 
-        // A known identity from a new address (inbound: the peer's address is meaningful).
-        if flow.direction == Direction::Inbound
-            && let (Some(id), Some(ip)) = (src.identity, src.ip)
-        {
-            let key = self.digest(&["addr", id], 0);
-            let known = self.addresses.contains(key);
-            let addrs = self.addresses.entry(key, Vec::new);
-            if !addrs.contains(&ip) {
-                if addrs.len() >= ADDRESSES_PER_IDENTITY {
-                    addrs.remove(0);
-                }
-                addrs.push(ip);
-                if known && !learning {
-                    pending.push(Pending {
-                        kind: AlertKind::NewSourceAddress,
-                        severity: Severity::Low,
-                        destination: None,
-                        evidence: vec![("known_addresses", addrs.len() as u64 - 1)],
-                        window: false,
-                        first_seen: now,
-                        summary: format!("{id} connected from {ip}, an address it never used"),
-                    });
-                }
-            }
+    /// `new_source_address`: a known identity from an address it never used (inbound only,
+    /// where the peer's address is meaningful).
+    fn new_source_address(&mut self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
+        if seen.flow.direction != Direction::Inbound {
+            return;
         }
-
-        // Windowed counters of this source.
-        let skey = self.digest(&["source", &source_label], 0);
-        let port_item = flow.destination_port.map(u64::from);
-        let dest_item = self.digest(&["dest", &destination], 0);
-        let failed = flow.denied() || flow.status.is_some_and(|s| (400..500).contains(&s));
-        let route_item = (failed && flow.protocol != FlowProtocol::Tcp)
-            .then(|| self.digest(&["route", &route], 0));
-        let deny_cap = self.cfg.deny_burst_threshold;
-        let nf_cap = self.cfg.not_found_burst_threshold;
-        let state = self.sources.entry(skey, SourceState::default);
-        if let Some(p) = port_item {
-            let n = state.ports.observe(p, now, window, threshold);
-            if n >= threshold {
-                pending.push(Pending {
-                    kind: AlertKind::PortScan,
-                    severity: Severity::High,
-                    destination: None,
-                    evidence: vec![("distinct_ports", n as u64)],
-                    window: true,
-                    first_seen: state.ports.oldest().unwrap_or(now),
-                    summary: format!("{source_label} reached {n} distinct ports"),
-                });
-            }
+        let (Some(id), Some(ip)) = (seen.src.identity, seen.src.ip) else {
+            return;
+        };
+        let key = self.digest(&["addr", id], 0);
+        let known = self.addresses.contains(key);
+        let addrs = self.addresses.entry(key, Vec::new);
+        if addrs.contains(&ip) {
+            return;
         }
-        if let Some(r) = route_item {
-            let n = state.failing_routes.observe(r, now, window, threshold);
-            if n >= threshold {
-                pending.push(Pending {
-                    kind: AlertKind::PathScan,
-                    severity: Severity::High,
-                    destination: Some(destination.clone()),
-                    evidence: vec![("distinct_failing_routes", n as u64)],
-                    window: true,
-                    first_seen: state.failing_routes.oldest().unwrap_or(now),
-                    summary: format!(
-                        "{source_label} tried {n} distinct routes of {destination} that failed"
-                    ),
-                });
-            }
+        if addrs.len() >= ADDRESSES_PER_IDENTITY {
+            addrs.remove(0);
         }
-        let n = state
-            .destinations
-            .observe(dest_item, now, window, threshold);
-        if n >= threshold {
+        addrs.push(ip);
+        if known && !seen.learning {
             pending.push(Pending {
-                kind: AlertKind::FanOut,
-                severity: Severity::High,
+                kind: AlertKind::NewSourceAddress,
+                severity: Severity::Low,
                 destination: None,
-                evidence: vec![("distinct_destinations", n as u64)],
-                window: true,
-                first_seen: state.destinations.oldest().unwrap_or(now),
-                summary: format!("{source_label} reached {n} distinct destinations"),
-            });
-        }
-        if flow.denied() {
-            let n = state.denials.observe(now, window, deny_cap);
-            if n >= deny_cap {
-                pending.push(Pending {
-                    kind: AlertKind::DenyBurst,
-                    severity: Severity::High,
-                    destination: Some(destination.clone()),
-                    evidence: vec![("denied", n as u64)],
-                    window: true,
-                    first_seen: state.denials.times.front().copied().unwrap_or(now),
-                    summary: format!("{source_label} was denied {n} times"),
-                });
-            }
-        }
-        if let Some(reason) = flow.token_error.as_deref() {
-            let n = state.invalid_tokens.observe(now, window, deny_cap);
-            if n >= deny_cap {
-                pending.push(Pending {
-                    kind: AlertKind::InvalidTokenBurst,
-                    severity: Severity::High,
-                    destination: Some(destination.clone()),
-                    evidence: vec![("invalid_tokens", n as u64)],
-                    window: true,
-                    first_seen: state.invalid_tokens.times.front().copied().unwrap_or(now),
-                    summary: format!(
-                        "{source_label} sent {n} requests with a refused token (last: {reason})"
-                    ),
-                });
-            }
-        }
-        if flow.status == Some(404) {
-            let n = state.not_found.observe(now, window, nf_cap);
-            if n >= nf_cap {
-                pending.push(Pending {
-                    kind: AlertKind::NotFoundBurst,
-                    severity: Severity::Medium,
-                    destination: Some(destination.clone()),
-                    evidence: vec![("not_found", n as u64)],
-                    window: true,
-                    first_seen: state.not_found.times.front().copied().unwrap_or(now),
-                    summary: format!("{source_label} got {n} answers 404 Not Found"),
-                });
-            }
-        }
-
-        // Sensitive paths.
-        if let Some(path) = flow.path.as_deref()
-            && let Some(rule) = self.sensitive.iter().find(|r| r.matches(path))
-        {
-            let succeeded = !flow.denied() && flow.status.is_some_and(|s| s < 400);
-            let mut evidence = vec![("requests", 1)];
-            if let Some(s) = flow.status {
-                evidence.push(("status", u64::from(s)));
-            }
-            pending.push(Pending {
-                kind: AlertKind::SensitivePath,
-                severity: if succeeded {
-                    Severity::High
-                } else {
-                    Severity::Medium
-                },
-                destination: Some(format!("{destination} {}", rule.prefix)),
-                evidence,
+                evidence: vec![("known_addresses", addrs.len() as u64 - 1)],
                 window: false,
-                first_seen: now,
-                summary: format!(
-                    "{source_label} requested {path} on {destination}{}",
-                    if succeeded { " and it succeeded" } else { "" }
-                ),
+                first_seen: seen.now,
+                summary: format!("{id} connected from {ip}, an address it never used"),
             });
         }
+    }
 
-        // Cloud metadata.
-        if flow.direction == Direction::Outbound {
-            let by_address = flow
-                .destination_address
-                .map(|a| a.ip())
-                .filter(|ip| self.metadata_ips.contains(ip))
-                .map(|ip| ip.to_string());
-            let host = by_address.or_else(|| {
-                let host = host_only(flow.host.as_deref()?);
-                self.is_metadata(&host).then_some(host)
-            });
-            if let Some(host) = host {
-                pending.push(self.metadata_alert(&source_label, host, now));
-            }
+    /// The windowed counters of the flow's source: the scans and the bursts.
+    fn windowed(&mut self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
+        let flow = seen.flow;
+        let skey = self.digest(&["source", &seen.source_label], 0);
+        let failed = flow.denied() || flow.status.is_some_and(|s| (400..500).contains(&s));
+        let items = ScanItems {
+            port: flow.destination_port.map(u64::from),
+            route: (failed && flow.protocol != FlowProtocol::Tcp)
+                .then(|| self.digest(&["route", &seen.route], 0)),
+            destination: self.digest(&["dest", &seen.destination], 0),
+        };
+        let limits = Limits {
+            window: duration_ms(self.cfg.window),
+            fanout: self.cfg.fanout_threshold,
+            deny: self.cfg.deny_burst_threshold,
+            not_found: self.cfg.not_found_burst_threshold,
+        };
+        let state = self.sources.entry(skey, SourceState::default);
+        scans(state, seen, &items, &limits, pending);
+        bursts(state, seen, &limits, pending);
+    }
+
+    /// `sensitive_path`: a request for a configured sensitive path prefix.
+    fn sensitive_path(&self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
+        let flow = seen.flow;
+        let Some(path) = flow.path.as_deref() else {
+            return;
+        };
+        let Some(rule) = self.sensitive.iter().find(|r| r.matches(path)) else {
+            return;
+        };
+        let succeeded = !flow.denied() && flow.status.is_some_and(|s| s < 400);
+        let mut evidence = vec![("requests", 1)];
+        if let Some(s) = flow.status {
+            evidence.push(("status", u64::from(s)));
         }
+        pending.push(Pending {
+            kind: AlertKind::SensitivePath,
+            severity: if succeeded {
+                Severity::High
+            } else {
+                Severity::Medium
+            },
+            destination: Some(format!("{} {}", seen.destination, rule.prefix)),
+            evidence,
+            window: false,
+            first_seen: seen.now,
+            summary: format!(
+                "{} requested {path} on {}{}",
+                seen.source_label,
+                seen.destination,
+                if succeeded { " and it succeeded" } else { "" }
+            ),
+        });
+    }
 
-        self.emit(&src, &source_label, pending, now)
+    /// `metadata_access`: an outbound call to a cloud metadata address or name.
+    fn metadata_call(&self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
+        let flow = seen.flow;
+        if flow.direction != Direction::Outbound {
+            return;
+        }
+        let by_address = flow
+            .destination_address
+            .map(|a| a.ip())
+            .filter(|ip| self.metadata_ips.contains(ip))
+            .map(|ip| ip.to_string());
+        let host = by_address.or_else(|| {
+            let host = host_only(flow.host.as_deref()?);
+            self.is_metadata(&host).then_some(host)
+        });
+        if let Some(host) = host {
+            pending.push(self.metadata_alert(&seen.source_label, host, seen.now));
+        }
     }
 
     /// Whether `host` (as [`host_only`] gives it) is a configured metadata address: the same
@@ -804,7 +904,10 @@ impl Detectors {
                 + s.failing_routes.items.capacity()
                 + s.destinations.items.capacity())
                 * 16
-                + (s.denials.times.capacity() + s.not_found.times.capacity()) * 8
+                + (s.denials.times.capacity()
+                    + s.not_found.times.capacity()
+                    + s.invalid_tokens.times.capacity())
+                    * 8
         };
         self.edges.heap_bytes()
             + self.sources.heap_bytes()
@@ -828,457 +931,4 @@ impl Detectors {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use std::collections::BTreeSet;
-    use std::time::Duration;
-
-    use super::*;
-    use crate::telemetry::flow::Verdict;
-
-    const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
-    const ORDERS: &str = "spiffe://cluster.local/ns/shop/sa/orders";
-    const CATALOG: &str = "spiffe://cluster.local/ns/shop/sa/catalog";
-    const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
-
-    fn at(secs: i64) -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp(1_700_000_000 + secs).unwrap()
-    }
-
-    fn cfg() -> DetectorConfig {
-        DetectorConfig {
-            learning_window: Duration::from_secs(60),
-            ..DetectorConfig::default()
-        }
-    }
-
-    struct F {
-        dst: &'static str,
-        port: u16,
-        method: Option<&'static str>,
-        path: String,
-        status: Option<u16>,
-        verdict: Verdict,
-        from: &'static str,
-    }
-
-    fn http(dst: &'static str, method: &'static str, path: impl Into<String>, status: u16) -> F {
-        F {
-            dst,
-            port: 8080,
-            method: Some(method),
-            path: path.into(),
-            status: Some(status),
-            verdict: Verdict::Allow,
-            from: "10.0.0.1:40000",
-        }
-    }
-
-    fn record(f: &F, ts: OffsetDateTime) -> FlowRecord<'_> {
-        FlowRecord {
-            source_identity: Some(FRONTEND.into()),
-            source_address: Some(f.from.parse().unwrap()),
-            destination_identity: Some(f.dst.into()),
-            destination_port: Some(f.port),
-            method: f.method.map(Into::into),
-            path: (!f.path.is_empty()).then(|| f.path.as_str().into()),
-            status: f.status,
-            verdict: Some(f.verdict),
-            ..FlowRecord::new(
-                ts,
-                Direction::Inbound,
-                if f.method.is_some() {
-                    FlowProtocol::Http1
-                } else {
-                    FlowProtocol::Tcp
-                },
-            )
-        }
-    }
-
-    /// The normal life of the frontend: orders and catalog reads, order creation.
-    fn benign(n: usize) -> Vec<F> {
-        (0..n)
-            .map(|i| match i % 4 {
-                0 => http(ORDERS, "GET", format!("/api/orders/{}", 1000 + i), 200),
-                1 => http(ORDERS, "POST", "/api/orders", 201),
-                2 => http(CATALOG, "GET", format!("/api/items/{}", i % 7 + 1), 200),
-                _ => http(CATALOG, "GET", "/api/items", 200),
-            })
-            .collect()
-    }
-
-    /// Detectors that learned the benign traffic during the first minute.
-    fn trained() -> Detectors {
-        let mut d = Detectors::new(&cfg());
-        for (i, f) in benign(120).iter().enumerate() {
-            let alerts = d.observe_flow(&record(f, at(0)), at(i as i64 / 4));
-            assert!(alerts.is_empty(), "alert while learning: {alerts:?}");
-        }
-        d
-    }
-
-    /// Replays `flows` one every 100 ms after learning; returns the alert kinds raised.
-    fn replay(d: &mut Detectors, flows: &[F]) -> BTreeSet<AlertKind> {
-        let mut kinds = BTreeSet::new();
-        for (i, f) in flows.iter().enumerate() {
-            let now = at(120) + time::Duration::milliseconds(100 * i as i64);
-            for a in d.observe_flow(&record(f, now), now) {
-                kinds.insert(a.kind);
-            }
-        }
-        kinds
-    }
-
-    fn kinds(list: &[AlertKind]) -> BTreeSet<AlertKind> {
-        list.iter().copied().collect()
-    }
-
-    #[test]
-    fn benign_replay_raises_nothing() {
-        let mut d = trained();
-        assert_eq!(replay(&mut d, &benign(20)), kinds(&[]));
-        // Same length as the longest attack below, with new IDs in the paths.
-        let longer: Vec<F> = benign(200).into_iter().skip(100).collect();
-        assert_eq!(replay(&mut d, &longer), kinds(&[]));
-    }
-
-    #[test]
-    fn scan_of_twenty_ports_is_a_port_scan_and_a_new_edge() {
-        let flows: Vec<F> = (0..20)
-            .map(|p| F {
-                port: 8000 + p,
-                method: None,
-                path: String::new(),
-                status: None,
-                ..http(ORDERS, "GET", "", 0)
-            })
-            .collect();
-        let mut d = trained();
-        assert_eq!(
-            replay(&mut d, &flows),
-            kinds(&[AlertKind::PortScan, AlertKind::NewEdge])
-        );
-    }
-
-    #[test]
-    fn scan_of_twenty_paths_is_a_path_scan_with_404_burst() {
-        let flows: Vec<F> = (0..20)
-            .map(|i| http(ORDERS, "GET", format!("/probe{i}/x"), 404))
-            .collect();
-        let mut d = trained();
-        assert_eq!(
-            replay(&mut d, &flows),
-            kinds(&[
-                AlertKind::PathScan,
-                AlertKind::NotFoundBurst,
-                AlertKind::NewEdge
-            ])
-        );
-    }
-
-    #[test]
-    fn calling_a_service_never_called_is_a_new_edge() {
-        let mut d = trained();
-        let alerts = d.observe_flow(
-            &record(&http(PAYMENTS, "POST", "/api/charge", 200), at(200)),
-            at(200),
-        );
-        assert_eq!(alerts.len(), 1, "{alerts:?}");
-        let a = &alerts[0];
-        assert_eq!(a.kind, AlertKind::NewEdge);
-        assert_eq!(a.source_identity.as_deref(), Some(FRONTEND));
-        assert_eq!(a.source_address, Some("10.0.0.1".parse().unwrap()));
-        assert_eq!(a.destination.as_deref(), Some(PAYMENTS));
-        assert!(a.summary.contains("POST /api/charge"), "{}", a.summary);
-        assert_eq!(a.last_seen, at(200));
-    }
-
-    #[test]
-    fn new_edges_are_learned_not_reported_during_the_learning_window() {
-        let mut d = Detectors::new(&cfg());
-        let f = http(PAYMENTS, "POST", "/api/charge", 200);
-        assert!(d.observe_flow(&record(&f, at(0)), at(0)).is_empty());
-        assert!(d.observe_flow(&record(&f, at(59)), at(59)).is_empty());
-        assert!(d.observe_flow(&record(&f, at(61)), at(61)).is_empty());
-        let g = http(PAYMENTS, "GET", "/api/refunds", 200);
-        let alerts = d.observe_flow(&record(&g, at(61)), at(61));
-        assert_eq!(alerts.len(), 1);
-        assert_eq!(alerts[0].kind, AlertKind::NewEdge);
-    }
-
-    #[test]
-    fn admin_probe_is_a_sensitive_path() {
-        let mut d = trained();
-        assert_eq!(
-            replay(&mut d, &[http(ORDERS, "GET", "/admin", 404)]),
-            kinds(&[AlertKind::SensitivePath, AlertKind::NewEdge])
-        );
-        let mut d = trained();
-        let alerts = d.observe_flow(
-            &record(&http(ORDERS, "GET", "/.env.local", 200), at(300)),
-            at(300),
-        );
-        let probe = alerts
-            .iter()
-            .find(|a| a.kind == AlertKind::SensitivePath)
-            .unwrap();
-        assert_eq!(probe.severity, Severity::High, "a probe that succeeded");
-        // Segment boundary: /administrator is not /admin.
-        assert!(!d.is_sensitive_path("/administrator"));
-        assert!(d.is_sensitive_path("/Admin/users"));
-        assert!(d.is_sensitive_path("/.git/config"));
-    }
-
-    #[test]
-    fn replayed_denied_calls_are_a_deny_burst() {
-        let flows: Vec<F> = (0..20)
-            .map(|_| F {
-                verdict: Verdict::Deny,
-                ..http(ORDERS, "GET", "/api/orders/1007", 403)
-            })
-            .collect();
-        let mut d = trained();
-        assert_eq!(replay(&mut d, &flows), kinds(&[AlertKind::DenyBurst]));
-    }
-
-    #[test]
-    fn refused_tokens_from_one_source_are_an_invalid_token_burst() {
-        let mut d = trained();
-        let f = http(ORDERS, "GET", "/api/orders/1007", 401);
-        let mut raised = BTreeSet::new();
-        for i in 0..20 {
-            let now = at(120) + time::Duration::milliseconds(100 * i);
-            let mut r = record(&f, now);
-            r.verdict = None;
-            r.token_error = Some("bad_signature".into());
-            for a in d.observe_flow(&r, now) {
-                raised.insert(a.kind);
-            }
-        }
-        assert!(raised.contains(&AlertKind::InvalidTokenBurst), "{raised:?}");
-        // The same 401s without a refused token (the app's own) are no such burst.
-        let mut d = trained();
-        let flows: Vec<F> = (0..20)
-            .map(|_| http(ORDERS, "GET", "/api/orders/1007", 401))
-            .collect();
-        assert!(!replay(&mut d, &flows).contains(&AlertKind::InvalidTokenBurst));
-    }
-
-    #[test]
-    fn bursts_are_counted_inside_the_window_only() {
-        let mut d = trained();
-        let denied = F {
-            verdict: Verdict::Deny,
-            ..http(ORDERS, "GET", "/api/orders/1007", 403)
-        };
-        // Nine denials a minute apart never make ten inside one minute.
-        for i in 0..30 {
-            let now = at(120 + 61 * i);
-            let alerts = d.observe_flow(&record(&denied, now), now);
-            assert!(alerts.is_empty(), "{alerts:?}");
-        }
-    }
-
-    #[test]
-    fn metadata_address_calls_are_critical() {
-        let mut d = trained();
-        let probe = http(ORDERS, "GET", "/latest/meta-data/", 200);
-        let mut f = record(&probe, at(130));
-        f.direction = Direction::Outbound;
-        f.destination_identity = None;
-        f.destination_address = Some("169.254.169.254:80".parse().unwrap());
-        let got: BTreeSet<_> = d
-            .observe_flow(&f, at(130))
-            .into_iter()
-            .map(|a| (a.kind, a.severity))
-            .collect();
-        assert!(
-            got.contains(&(AlertKind::MetadataAccess, Severity::Critical)),
-            "{got:?}"
-        );
-        let alerts =
-            d.observe_outbound_destination(FRONTEND, "metadata.google.internal:80", at(131));
-        assert_eq!(alerts.len(), 1);
-        assert_eq!(
-            alerts[0].destination.as_deref(),
-            Some("metadata.google.internal")
-        );
-        assert!(
-            d.observe_outbound_destination(FRONTEND, "[fd00:ec2::254]:80", at(131))
-                .len()
-                == 1
-        );
-        assert!(
-            d.observe_outbound_destination(FRONTEND, "10.0.0.2:80", at(131))
-                .is_empty()
-        );
-    }
-
-    #[test]
-    fn unauthenticated_attempts_are_reported_once_per_rate_limit_period() {
-        let mut d = Detectors::new(&cfg());
-        let src: SocketAddr = "10.9.9.9:5555".parse().unwrap();
-        assert!(d.observe_handshake_failure(src, "closed", at(0)).is_empty());
-        let first = d.observe_handshake_failure(src, "not_tls", at(0));
-        assert_eq!(first.len(), 1);
-        assert_eq!(first[0].kind, AlertKind::Unauthenticated);
-        assert_eq!(first[0].severity, Severity::Medium);
-        assert_eq!(first[0].evidence.get("not_tls"), Some(&1));
-        for i in 1..5 {
-            assert!(
-                d.observe_handshake_failure(src, "not_tls", at(i))
-                    .is_empty()
-            );
-        }
-        // After the rate limit, the next one reports the suppressed repeats; a foreign
-        // certificate raises the severity.
-        let later = d.observe_handshake_failure(src, "foreign_trust_domain", at(400));
-        assert_eq!(later.len(), 1);
-        assert_eq!(later[0].severity, Severity::High);
-        assert_eq!(later[0].evidence.get("suppressed"), Some(&4));
-    }
-
-    #[test]
-    fn a_known_identity_from_a_new_address_is_reported() {
-        let mut d = trained();
-        let f = F {
-            from: "10.0.0.99:40000",
-            ..http(ORDERS, "POST", "/api/orders", 201)
-        };
-        assert_eq!(replay(&mut d, &[f]), kinds(&[AlertKind::NewSourceAddress]));
-    }
-
-    #[test]
-    fn duplicates_are_rate_limited_per_kind_source_and_destination() {
-        let mut d = trained();
-        let mut raised = 0;
-        for i in 0..50 {
-            let f = http(PAYMENTS, "GET", format!("/p{i}"), 200);
-            raised += d.observe_flow(&record(&f, at(200 + i)), at(200 + i)).len();
-        }
-        assert_eq!(raised, 1, "one new_edge alert per source and destination");
-        let f = http(PAYMENTS, "GET", "/p-late", 200);
-        let later = d.observe_flow(&record(&f, at(600)), at(600));
-        assert_eq!(later.len(), 1);
-        assert_eq!(later[0].evidence.get("suppressed"), Some(&49));
-    }
-
-    #[test]
-    fn baseline_edges_are_known_from_the_start() {
-        let c = DetectorConfig {
-            learning_window: Duration::ZERO,
-            ..DetectorConfig::default()
-        };
-        let mut d = Detectors::new(&c);
-        let known = http(ORDERS, "GET", "/api/orders/5", 200);
-        let flow_line = serde_json::to_string(&record(&known, at(0))).unwrap();
-        let edge_line = serde_json::to_string(&BaselineEdge {
-            line_type: LineType::Edge,
-            source: FRONTEND.into(),
-            destination: CATALOG.into(),
-            port: Some(8080),
-            route: "GET /api/items".into(),
-        })
-        .unwrap();
-        let text = format!("{flow_line}\n{edge_line}\nnot json\n");
-        assert_eq!(d.load_baseline(text.as_bytes()).unwrap(), 2);
-        assert!(d.observe_flow(&record(&known, at(1)), at(1)).is_empty());
-        let items = http(CATALOG, "GET", "/api/items", 200);
-        assert!(d.observe_flow(&record(&items, at(1)), at(1)).is_empty());
-        let other = http(ORDERS, "DELETE", "/api/orders/5", 200);
-        let alerts = d.observe_flow(&record(&other, at(2)), at(2));
-        assert_eq!(alerts.len(), 1);
-        assert_eq!(alerts[0].kind, AlertKind::NewEdge);
-    }
-
-    #[test]
-    fn tables_stay_within_max_tracked() {
-        let c = DetectorConfig {
-            max_tracked: 100,
-            learning_window: Duration::ZERO,
-            rate_limit: Duration::ZERO,
-            ..DetectorConfig::default()
-        };
-        let mut d = Detectors::new(&c);
-        for i in 0..5000 {
-            let f = F {
-                from: "10.0.0.1:1",
-                ..http(ORDERS, "GET", format!("/r{i}"), 200)
-            };
-            let mut r = record(&f, at(i));
-            let id = format!("spiffe://cluster.local/ns/n{i}/sa/s");
-            r.source_identity = Some(id.as_str().into());
-            d.observe_flow(&r, at(i));
-            d.observe_handshake_failure(
-                SocketAddr::from(([10, 1, (i / 256) as u8, (i % 256) as u8], 1)),
-                "not_tls",
-                at(i),
-            );
-        }
-        for n in d.tracked() {
-            assert!(n <= 100, "{:?}", d.tracked());
-        }
-    }
-
-    fn vm_rss_kib() -> Option<u64> {
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    }
-
-    /// The figure reported in docs/telemetry.md: run with
-    /// `cargo test -p picket-proxy --release detector_memory -- --ignored --nocapture --test-threads=1`.
-    #[test]
-    #[ignore = "a measurement, not a check"]
-    #[allow(clippy::print_stdout)]
-    fn detector_memory_per_10k_edges() {
-        for sources in [100usize, 1000] {
-            let c = DetectorConfig {
-                learning_window: Duration::from_secs(3600),
-                max_tracked: 1_000_000,
-                ..DetectorConfig::default()
-            };
-            let mut d = Detectors::new(&c);
-            // `sources` x 100 routes distinct edges, all learned (no alerts).
-            let ids: Vec<String> = (0..sources)
-                .map(|i| format!("spiffe://cluster.local/ns/team{i}/sa/client{i}"))
-                .collect();
-            let paths: Vec<String> = (0..100).map(|i| format!("/api/v1/resource{i}")).collect();
-            let before_rss = vm_rss_kib().unwrap_or(0);
-            for (s, src) in ids.iter().enumerate() {
-                for (p, path) in paths.iter().enumerate() {
-                    let f = FlowRecord {
-                        source_identity: Some(src.as_str().into()),
-                        source_address: Some(SocketAddr::from((
-                            [10, (s / 65536) as u8, (s / 256) as u8, s as u8],
-                            40000,
-                        ))),
-                        destination_identity: Some(ORDERS.into()),
-                        destination_port: Some(8080),
-                        method: Some("GET".into()),
-                        path: Some(path.as_str().into()),
-                        status: Some(200),
-                        ..FlowRecord::new(at(0), Direction::Inbound, FlowProtocol::Http1)
-                    };
-                    d.observe_flow(&f, at((s * 100 + p) as i64 / 1000));
-                }
-            }
-            let after_rss = vm_rss_kib().unwrap_or(0);
-            let edges = d.tracked()[0];
-            let heap = d.heap_bytes();
-            println!(
-                "detectors, {edges} distinct edges from {sources} sources: tables {:?}; \
-                 heap by capacity {} KiB = {} KiB per 10,000 edges ({} bytes/edge); \
-                 VmRSS delta {} KiB = {} KiB per 10,000 edges",
-                d.tracked(),
-                heap / 1024,
-                heap * 10_000 / edges / 1024,
-                heap / edges,
-                after_rss.saturating_sub(before_rss),
-                after_rss.saturating_sub(before_rss) * 10_000 / edges as u64,
-            );
-            assert_eq!(edges, sources * 100);
-        }
-    }
-}
+mod tests;

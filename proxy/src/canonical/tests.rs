@@ -1,0 +1,90 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::*;
+
+fn parts(version: Version, method: &str, uri: &str, headers: &[(&str, &[u8])]) -> Parts {
+    let mut req = http::Request::builder()
+        .version(version)
+        .method(method)
+        .uri(uri);
+    for (n, v) in headers {
+        req = req.header(*n, HeaderValue::from_bytes(v).unwrap());
+    }
+    req.body(()).unwrap().into_parts().0
+}
+
+fn h1(method: &str, uri: &str, headers: &[(&str, &[u8])]) -> Result<Canonical, Rejection> {
+    let mut with_host = vec![("host", b"orders".as_slice())];
+    with_host.extend_from_slice(headers);
+    let mut p = parts(Version::HTTP_11, method, uri, &with_host);
+    canonicalize(&mut p, &cfg())
+}
+
+fn cfg() -> HttpConfig {
+    HttpConfig::default()
+}
+
+#[test]
+fn request_target_forms() {
+    assert_eq!(h1("GET", "/a", &[]).unwrap().path, "/a");
+    // `GET admin HTTP/1.1` parses as authority form: never a host.
+    let e = h1("GET", "admin", &[]).unwrap_err();
+    assert_eq!(e.status, StatusCode::BAD_REQUEST, "{e}");
+    assert!(h1("GET", "*", &[]).is_err());
+    assert!(h1("POST", "*", &[]).is_err());
+    let options = h1("OPTIONS", "*", &[]).unwrap();
+    assert_eq!(options.path, "*");
+    let connect = h1("CONNECT", "orders:443", &[]).unwrap_err();
+    assert_eq!(connect.status, StatusCode::METHOD_NOT_ALLOWED);
+    let mut plain = parts(Version::HTTP_2, "CONNECT", "http://orders/ws", &[]);
+    assert_eq!(
+        canonicalize(&mut plain, &cfg()).unwrap_err().status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    let mut udp = parts(Version::HTTP_2, "CONNECT", "http://orders/ws", &[]);
+    udp.extensions
+        .insert(hyper::ext::Protocol::from_static("connect-udp"));
+    assert_eq!(
+        canonicalize(&mut udp, &cfg()).unwrap_err().status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    let mut ws = parts(Version::HTTP_2, "CONNECT", "http://orders/ws", &[]);
+    ws.extensions
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let c = canonicalize(&mut ws, &cfg()).unwrap();
+    assert_eq!((c.method, c.path.as_str()), (Method::GET, "/ws"));
+    assert_eq!(h1("POST", "/a", &[]).unwrap().method, Method::POST);
+    assert_eq!(h1("GET", "http://orders/a", &[]).unwrap().host, "orders");
+}
+
+#[test]
+fn header_values_are_ascii_without_edge_whitespace() {
+    let e = h1("GET", "/a", &[("x-role", b"\xa0admin\xa0")]).unwrap_err();
+    assert!(e.reason.contains("0x7F"), "{e}");
+    assert!(h1("GET", "/a", &[("x-role", b"adm\xc3\xa9")]).is_err());
+    assert!(h1("GET", "/a", &[("x-role", b" admin")]).is_err());
+    assert!(h1("GET", "/a", &[("x-role", b"a b\tc")]).is_ok());
+}
+
+#[test]
+fn http2_host_must_agree_with_authority() {
+    let check = |host: &[u8]| {
+        let mut p = parts(
+            Version::HTTP_2,
+            "GET",
+            "http://orders:8080/a",
+            &[("host", host)],
+        );
+        canonicalize(&mut p, &cfg())
+    };
+    assert!(check(b"orders:8080").is_ok());
+    assert!(check(b"ORDERS.:8080").is_ok());
+    assert!(check(b"evil").is_err());
+    assert!(check(b"orders").is_err());
+    let mut two = parts(
+        Version::HTTP_2,
+        "GET",
+        "http://orders/a",
+        &[("host", b"orders"), ("host", b"orders")],
+    );
+    assert!(canonicalize(&mut two, &cfg()).is_err());
+}

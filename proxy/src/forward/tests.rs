@@ -1,0 +1,168 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+use super::*;
+use crate::canonical::canonicalize;
+use crate::config::HttpConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the forwarding steps made of one request: the framing headers and the body as
+/// the destination would receive them.
+#[derive(Debug, Default, Clone)]
+struct Framed {
+    content_length: Option<String>,
+    chunked: bool,
+    trailer_header: bool,
+    complete: bool,
+    had_body: bool,
+    body: Option<Vec<u8>>,
+    trailers: bool,
+}
+
+/// Serves `raw` as one HTTP/1.1 connection and runs, for each request, the steps both
+/// directions run before forwarding (canonical head, read-ahead, canonical framing), then
+/// reads the body as the forwarding client would. The fuzz target `body_framing` runs the
+/// same steps.
+async fn frame_connection(raw: &[u8], to_http1: bool) -> Vec<Framed> {
+    frame_connection_split(raw, raw.len(), to_http1).await
+}
+
+/// As [`frame_connection`], sending `raw[..split]` first and the rest only after reading
+/// ahead has given up waiting, so the rest of the body arrives after the head went on.
+async fn frame_connection_split(raw: &[u8], split: usize, to_http1: bool) -> Vec<Framed> {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let record = Arc::clone(&record);
+        async move {
+            let (mut parts, body) = req.into_parts();
+            if canonicalize(&mut parts, &HttpConfig::default()).is_ok() {
+                let had_body = declares_body(&parts.headers, &body);
+                if let Ok(mut ahead) = read_ahead(body).await {
+                    let complete = ahead.is_complete();
+                    frame_request(&mut parts.headers, &mut ahead, had_body, to_http1);
+                    let collected = ahead.collect().await.ok();
+                    let header = |h| {
+                        parts
+                            .headers
+                            .get(h)
+                            .and_then(|v: &HeaderValue| v.to_str().ok())
+                    };
+                    let framed = Framed {
+                        content_length: header(header::CONTENT_LENGTH).map(str::to_owned),
+                        chunked: parts.headers.contains_key(header::TRANSFER_ENCODING),
+                        trailer_header: parts.headers.contains_key(header::TRAILER),
+                        complete,
+                        had_body,
+                        trailers: collected.as_ref().is_some_and(|c| c.trailers().is_some()),
+                        body: collected.map(|c| c.to_bytes().to_vec()),
+                    };
+                    record
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(framed);
+                }
+            }
+            Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+        }
+    });
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    // The client's end of input must not cancel a request still being read.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .half_close(true)
+        .serve_connection(hyper_util::rt::TokioIo::new(server), svc);
+    let task = tokio::spawn(conn);
+    let (first, rest) = raw.split_at(split.min(raw.len()));
+    let _ = client.write_all(first).await;
+    if !rest.is_empty() {
+        tokio::time::sleep(READ_AHEAD_TOTAL + READ_AHEAD_WAIT * 5).await;
+        let _ = client.write_all(rest).await;
+    }
+    let _ = client.shutdown().await;
+    let mut sink = Vec::new();
+    let _ = client.read_to_end(&mut sink).await;
+    let _ = task.await;
+    seen.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// The properties the fuzz target checks, for one request.
+fn check(f: &Framed) {
+    assert!(!(f.content_length.is_some() && f.chunked), "{f:?}");
+    assert!(
+        !f.trailer_header && !f.trailers,
+        "trailers forwarded: {f:?}"
+    );
+    if let Some(cl) = &f.content_length {
+        assert!(cl == "0" || !cl.starts_with('0'), "{f:?}");
+    }
+    if !f.had_body {
+        assert!(f.content_length.is_none() && !f.chunked, "{f:?}");
+    }
+    if f.complete && f.had_body {
+        assert!(
+            f.content_length.is_some(),
+            "a complete body without a length: {f:?}"
+        );
+    }
+    if let (Some(cl), Some(body)) = (&f.content_length, &f.body) {
+        assert_eq!(cl.parse::<usize>().ok(), Some(body.len()), "{f:?}");
+    }
+    if f.complete {
+        assert!(
+            f.body.is_some(),
+            "a body read completely failed later: {f:?}"
+        );
+    }
+}
+
+/// Every input the `body_framing` fuzz target ever failed on (`fuzz/crashes/body_framing`)
+/// keeps its properties here, in the ordinary test run.
+#[tokio::test]
+async fn body_framing_fuzz_findings_keep_their_properties() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/crashes/body_framing");
+    let mut requests = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.map(|e| e.path()).unwrap_or_default();
+        let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for to_http1 in [true, false] {
+            for framed in frame_connection(&raw, to_http1).await {
+                check(&framed);
+                requests += 1;
+            }
+        }
+    }
+    assert!(requests > 0, "no request read from {}", dir.display());
+}
+
+/// The first finding: a chunked body with a trailer section was read completely, yet
+/// forwarded chunked (the trailer made its length "unknown"), with the trailer passed on to
+/// an HTTP/2 destination. Trailers are dropped, so a complete body always has a length.
+#[tokio::test]
+async fn request_trailers_are_dropped_and_the_body_keeps_its_length() {
+    let raw = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+                Trailer: x-role\r\n\r\n3;e=1\r\nabc\r\n0\r\nx-role: admin\r\n\r\n";
+    for to_http1 in [true, false] {
+        let framed = frame_connection(raw, to_http1).await;
+        let [f] = framed.as_slice() else {
+            panic!("{framed:?}");
+        };
+        check(f);
+        assert_eq!(f.content_length.as_deref(), Some("3"));
+        assert_eq!(f.body.as_deref(), Some(&b"abc"[..]));
+    }
+}
+
+/// Trailers that arrive after the head was forwarded (the body streamed) are dropped too.
+#[tokio::test]
+async fn late_request_trailers_are_dropped() {
+    let raw = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                3\r\nabc\r\n0\r\nx-role: admin\r\n\r\n";
+    let split = raw.len() - 20;
+    let framed = frame_connection_split(raw, split, true).await;
+    let [f] = framed.as_slice() else {
+        panic!("{framed:?}");
+    };
+    check(f);
+    assert!(!f.complete && f.chunked, "{f:?}");
+    assert_eq!(f.body.as_deref(), Some(&b"abc"[..]));
+}

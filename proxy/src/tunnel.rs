@@ -1,0 +1,277 @@
+//! WebSocket through the mesh: the two ways a request asks for one, and the tunnel that carries
+//! it once the app has agreed.
+//!
+//! ```text
+//! app --HTTP/1.1 GET + Upgrade: websocket (RFC 6455)--> outbound   | or h2c extended CONNECT
+//!   -> policy-free syntax checks, then one extended CONNECT stream (RFC 8441, :protocol
+//!      websocket) on the upstream's shared HTTP/2 mTLS connection
+//! inbound <-- that stream (or an HTTP/1.1 upgrade straight at the inbound port)
+//!   -> canonical request (method GET for policy) -> policy decides -> the app:
+//!      HTTP/1.1 app: GET + Upgrade on a connection of its own; h2c app: extended CONNECT
+//!   app answers 101 (h2c: 200) -> only then: 2xx back over the stream, 101 to the caller,
+//!   and bytes are spliced both ways with the idle timeout; one flow record with the bytes
+//!   when the tunnel ends. Any other answer is an ordinary response and no tunnel opens.
+//! ```
+//!
+//! A client must wait for the 101 before it sends (RFC 6455 section 4.1). Bytes it sent
+//! earlier would otherwise reach the app as tunnel data, so a tunnel whose client had sent
+//! bytes the sidecar already holds when the 101 goes out is closed at once and nothing of it
+//! reaches the app ([`client_end`]).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Method, Version};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::net::IdleTimeout;
+
+/// The upgrade token and `:protocol` of WebSocket.
+pub const WEBSOCKET: &str = "websocket";
+
+/// How a request asks for a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// HTTP/1.1 `GET` with `Connection: upgrade` and `Upgrade: websocket` (RFC 6455); the
+    /// server agrees with 101.
+    Upgrade,
+    /// HTTP/2 extended CONNECT with `:protocol websocket` (RFC 8441); the server agrees with 2xx.
+    ExtendedConnect,
+}
+
+/// Whether `parts` asks for a WebSocket, and how. An HTTP/1.1 upgrade to anything else (such
+/// as `h2c`) is no WebSocket: its `Upgrade` and `Connection` headers are removed as hop-by-hop
+/// and it is forwarded as an ordinary request.
+pub fn form(parts: &Parts) -> Option<Form> {
+    if parts.version == Version::HTTP_2 {
+        let protocol = parts.extensions.get::<hyper::ext::Protocol>()?;
+        return (parts.method == Method::CONNECT
+            && protocol.as_str().eq_ignore_ascii_case(WEBSOCKET))
+        .then_some(Form::ExtendedConnect);
+    }
+    let upgrade = parts.version == Version::HTTP_11
+        && parts.method == Method::GET
+        && has_token(&parts.headers, header::CONNECTION, "upgrade")
+        && has_token(&parts.headers, header::UPGRADE, WEBSOCKET);
+    upgrade.then_some(Form::Upgrade)
+}
+
+/// Whether an HTTP/2 request is an extended CONNECT (carries `:protocol`).
+pub fn is_extended_connect(parts: &Parts) -> bool {
+    parts.method == Method::CONNECT && parts.extensions.get::<hyper::ext::Protocol>().is_some()
+}
+
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Marks `parts` as the extended CONNECT of a WebSocket (over HTTP/2).
+pub fn as_extended_connect(parts: &mut Parts) {
+    parts.method = Method::CONNECT;
+    parts.version = Version::HTTP_2;
+    parts
+        .extensions
+        .insert(hyper::ext::Protocol::from_static(WEBSOCKET));
+    parts.headers.remove(header::CONNECTION);
+    parts.headers.remove(header::UPGRADE);
+}
+
+/// Marks `parts` as the HTTP/1.1 upgrade request of a WebSocket.
+pub fn as_upgrade(parts: &mut Parts) {
+    parts.method = Method::GET;
+    parts.version = Version::HTTP_11;
+    parts.extensions.remove::<hyper::ext::Protocol>();
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static(WEBSOCKET));
+}
+
+/// The answer that opens the tunnel towards a client that asked in `form`, from the headers of
+/// the app's (or peer sidecar's) agreement: 101 with `Upgrade: websocket` for an HTTP/1.1
+/// upgrade, 200 for an extended CONNECT. `headers` have had their hop-by-hop fields removed.
+pub fn agreement(form: Form, headers: HeaderMap) -> http::Response<crate::forward::Body> {
+    let mut resp = http::Response::new(crate::forward::boxed(http_body_util::Empty::new()));
+    *resp.headers_mut() = headers;
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    match form {
+        Form::Upgrade => {
+            *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            resp.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static(WEBSOCKET));
+        }
+        Form::ExtendedConnect => *resp.status_mut() = http::StatusCode::OK,
+    }
+    resp
+}
+
+/// Whether a response agrees to open the tunnel: 101 to an HTTP/1.1 upgrade, 2xx to an
+/// extended CONNECT.
+pub fn agreed(form: Form, status: http::StatusCode) -> bool {
+    match form {
+        Form::Upgrade => status == http::StatusCode::SWITCHING_PROTOCOLS,
+        Form::ExtendedConnect => status.is_success(),
+    }
+}
+
+/// One end of a tunnel as a tokio stream.
+pub trait TunnelIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> TunnelIo for T {}
+
+/// Turns the client's side of an upgraded connection into a tunnel end, or refuses it with
+/// the number of bytes the client sent before the agreement went out.
+///
+/// `I` is the stream the HTTP/1 server was given (wrapped in `TokioIo`): from it the bytes the
+/// server had read beyond the request head are known exactly, and any is a client that did not
+/// wait. Over HTTP/2 (the request was a stream) the stream is asked once, without waiting, for
+/// data already received: the agreement was only queued, so such data was sent before it.
+/// Data still in flight when the agreement leaves cannot be told from tunnel data; a client
+/// that follows RFC 6455 never sends any.
+pub fn client_end<I>(upgraded: Upgraded) -> Result<Box<dyn TunnelIo>, usize>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match upgraded.downcast::<TokioIo<I>>() {
+        Ok(parts) if parts.read_buf.is_empty() => Ok(Box::new(parts.io.into_inner())),
+        Ok(parts) => Err(parts.read_buf.len()),
+        Err(upgraded) => {
+            let mut io = TokioIo::new(upgraded);
+            let mut first = [0u8; 1];
+            let mut buf = ReadBuf::new(&mut first);
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            match Pin::new(&mut io).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => Err(buf.filled().len()),
+                _ => Ok(Box::new(io)),
+            }
+        }
+    }
+}
+
+/// [`client_end`] for the stream type of one server connection.
+pub type ClientEnd = fn(Upgraded) -> Result<Box<dyn TunnelIo>, usize>;
+
+/// A tunnel agreed to and answered, waiting for both connections to be handed over.
+#[derive(Debug)]
+pub struct Pending {
+    /// The caller's connection (or stream), once the agreement has been written to it.
+    pub client: hyper::upgrade::OnUpgrade,
+    /// The app's connection (inbound) or the stream to the peer sidecar (outbound).
+    pub server: hyper::upgrade::OnUpgrade,
+}
+
+/// Runs a tunnel once its agreement has been sent: both ends handed over, the client end
+/// checked ([`client_end`]), bytes spliced until both sides finish or the tunnel idles for
+/// `idle`, then the flow recorded with the bytes that moved.
+pub fn spawn(
+    pending: Pending,
+    client_end: ClientEnd,
+    idle: Duration,
+    flow: crate::pipeline::TunnelFlow,
+    telemetry: crate::telemetry::Telemetry,
+) {
+    tokio::spawn(async move {
+        let bytes = match (pending.client.await, pending.server.await) {
+            (Ok(client), Ok(server)) => match client_end(client) {
+                Ok(client) => Some(splice(client, server_end(server), idle).await),
+                Err(early) => {
+                    tracing::info!(
+                        bytes = early,
+                        "WebSocket closed: the client sent data before the server agreed; none of it reached the server"
+                    );
+                    None
+                }
+            },
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(error = %e, "WebSocket tunnel not opened: a connection was not handed over");
+                None
+            }
+        };
+        flow.finish(bytes, &telemetry);
+    });
+}
+
+/// The app's (or the peer sidecar's) side of an upgraded connection as a tunnel end.
+pub fn server_end(upgraded: Upgraded) -> Box<dyn TunnelIo> {
+    Box::new(TokioIo::new(upgraded))
+}
+
+/// Carries bytes both ways until both sides have finished, one side fails, or nothing has
+/// moved either way for `idle`. Returns the bytes from the client and to the client, counted
+/// as they move (so a tunnel cut by its idle timeout still reports what it carried).
+pub async fn splice(
+    client: Box<dyn TunnelIo>,
+    mut server: Box<dyn TunnelIo>,
+    idle: Duration,
+) -> (u64, u64) {
+    let mut client = Counted {
+        inner: IdleTimeout::new(client, idle),
+        read: 0,
+        written: 0,
+    };
+    if let Err(e) =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, 64 * 1024, 64 * 1024)
+            .await
+    {
+        tracing::debug!(error = %e, "WebSocket tunnel ended with an error");
+    }
+    (client.read, client.written)
+}
+
+/// A stream that counts the bytes read from and written to it.
+struct Counted<T> {
+    inner: T,
+    read: u64,
+    written: u64,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += buf.filled().len().saturating_sub(before) as u64;
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.written += *n as u64;
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;

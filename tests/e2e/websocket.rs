@@ -1,0 +1,300 @@
+//! WebSocket through the mesh, with Python's `websockets` as the app and the client
+//! (`tests/fixtures/ws_app.py`, `ws_client.py`): the app behind an `orders` sidecar, the client
+//! on the upstream listener of a `frontend` sidecar, so every WebSocket is an HTTP/1.1 upgrade
+//! at both ends and an extended CONNECT stream (RFC 8441) on the HTTP/2 mTLS connection between
+//! the sidecars. Policy decides on the upgrade; the tunnel opens only after the app's 101; bytes
+//! a client sends before the 101 never reach the app; an idle tunnel is closed; every tunnel is
+//! one flow record with its bytes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use picket_proxy::telemetry::LineType;
+use picket_tests::process::output_within;
+use picket_tests::telemetry::{TelemetryYaml, log_lines};
+use picket_tests::wait::{READY_TIMEOUT, eventually};
+use picket_tests::{Sidecar, TestCa, TestProxy, Upstream, spiffe_id};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The frontend may open WebSockets (GET) on `/public/*`; nothing else is allowed.
+const POLICY: &str = r#"
+apiVersion: picket.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: public-ws, namespace: shop }
+spec:
+  rules:
+  - from: [{ source: { principals: ["cluster.local/ns/shop/sa/frontend"] } }]
+    to: [{ operation: { methods: ["GET"], paths: ["/public/*"] } }]
+"#;
+
+/// The `websockets` server, logging what it receives.
+struct WsApp {
+    _child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl WsApp {
+    async fn start(dir: &Path) -> Result<Self> {
+        let log = dir.join("ws-app.jsonl");
+        std::fs::write(&log, b"")?;
+        let script = picket_tests::k8s::repo_root().join("tests/fixtures/ws_app.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context(
+                "cannot run python3 (scripts/install-test-deps installs it with websockets)",
+            )?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let line = tokio::time::timeout(READY_TIMEOUT, BufReader::new(stdout).lines().next_line())
+            .await
+            .context("the WebSocket app did not start")??
+            .context("the WebSocket app exited before listening (is websockets installed?)")?;
+        let port: u16 = line
+            .strip_prefix("listening ")
+            .and_then(|p| p.trim().parse().ok())
+            .with_context(|| format!("unexpected first line {line:?}"))?;
+        Ok(Self {
+            _child: child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+        })
+    }
+
+    fn events(&self) -> Result<Vec<Value>> {
+        std::fs::read_to_string(&self.log)?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).with_context(|| format!("bad log line {l}")))
+            .collect()
+    }
+}
+
+/// The app behind `orders`, and `frontend` calling it; both write flow logs.
+struct Mesh {
+    _ca: TestCa,
+    app: WsApp,
+    _orders: TestProxy,
+    frontend: TestProxy,
+    orders_flows: PathBuf,
+    frontend_flows: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    async fn start(frontend_yaml: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ca = TestCa::start().await?;
+        let app = WsApp::start(dir.path()).await?;
+        let orders_flows = dir.path().join("orders-flows.jsonl");
+        let frontend_flows = dir.path().join("frontend-flows.jsonl");
+        let orders = TestProxy::spawn(
+            &ca,
+            Sidecar::new("shop", "orders", app.addr)
+                .policy(POLICY)
+                .yaml(&TelemetryYaml::new().flow_log(&orders_flows).to_yaml()),
+        )
+        .await?;
+        let frontend = TestProxy::spawn(
+            &ca,
+            Sidecar::new("shop", "frontend", picket_tests::closed_port().await?)
+                .upstream(Upstream::http(
+                    "orders",
+                    orders.addrs().inbound,
+                    &spiffe_id("shop", "orders"),
+                ))
+                .yaml(&TelemetryYaml::new().flow_log(&frontend_flows).to_yaml())
+                .yaml(frontend_yaml),
+        )
+        .await?;
+        Ok(Self {
+            _ca: ca,
+            app,
+            _orders: orders,
+            frontend,
+            orders_flows,
+            frontend_flows,
+            _dir: dir,
+        })
+    }
+
+    /// The frontend's listener for `orders`.
+    fn entry(&self) -> Result<SocketAddr> {
+        self.frontend.upstream("orders")
+    }
+
+    fn url(&self, path: &str) -> Result<String> {
+        Ok(format!("ws://{}{path}", self.entry()?))
+    }
+}
+
+/// Runs the client with `args` and parses what it prints.
+async fn client(args: &[&str]) -> Result<Value> {
+    let script = picket_tests::k8s::repo_root().join("tests/fixtures/ws_client.py");
+    let out = output_within(
+        Command::new("python3").arg(script).args(args),
+        Duration::from_secs(90),
+    )
+    .await?;
+    ensure!(
+        out.status.success(),
+        "ws_client.py {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "ws_client.py printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The WebSocket flow records of a flow log, once there are `n`.
+async fn websocket_flows(path: &Path, n: usize) -> Result<Vec<Value>> {
+    eventually(Duration::from_secs(20), async || {
+        let flows: Vec<Value> = log_lines(path, LineType::Flow)?
+            .into_iter()
+            .filter(|f| f["protocol"] == "websocket")
+            .collect();
+        ensure!(
+            flows.len() >= n,
+            "{} of {n} WebSocket flow records: {flows:#?}",
+            flows.len()
+        );
+        Ok(flows)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn websocket_through_two_sidecars_obeys_policy_and_carries_64_mib() -> Result<()> {
+    let mesh = Mesh::start("").await?;
+
+    let allowed = client(&["echo", &mesh.url("/public/ws")?, "hello"]).await?;
+    ensure!(
+        allowed["status"] == 101 && allowed["echo"] == "hello",
+        "{allowed}"
+    );
+    let denied = client(&["echo", &mesh.url("/private/ws")?, "hello"]).await?;
+    ensure!(
+        denied["status"] == 403,
+        "a denied upgrade answered {denied}"
+    );
+
+    let bulk = client(&["bulk", &mesh.url("/public/bulk")?, "64"]).await?;
+    ensure!(
+        bulk["match"] == true && bulk["received"] == 64u64 << 20,
+        "64 MiB there and back: {bulk}"
+    );
+    eprintln!(
+        "64 MiB each way through two sidecars in {}s",
+        bulk["seconds"]
+    );
+
+    let events = mesh.app.events()?;
+    let opened: Vec<&Value> = events.iter().filter(|e| e["event"] == "open").collect();
+    ensure!(
+        opened.len() == 2
+            && opened
+                .iter()
+                .all(|e| e["identity"] == spiffe_id("shop", "frontend"))
+            && opened.iter().all(|e| e["path"] != "/private/ws"),
+        "the app saw these WebSockets open: {opened:#?}"
+    );
+
+    // One record per tunnel on each side, written when the tunnel ended, with its bytes (the
+    // WebSocket frames: a little more than the payload).
+    for (side, path, status) in [
+        ("orders", &mesh.orders_flows, 200),
+        ("frontend", &mesh.frontend_flows, 101),
+    ] {
+        let flows = websocket_flows(path, 2).await?;
+        let bulk_flow = flows
+            .iter()
+            .find(|f| f["path"] == "/public/bulk")
+            .with_context(|| format!("{side}: no record of the bulk tunnel: {flows:#?}"))?;
+        let bytes = |k: &str| bulk_flow[k].as_u64().unwrap_or_default();
+        ensure!(
+            bulk_flow["status"] == status
+                && bulk_flow["method"] == "GET"
+                && bytes("bytes_in") >= 64 << 20
+                && bytes("bytes_out") >= 64 << 20,
+            "{side}: {bulk_flow:#}"
+        );
+    }
+    let orders_flows = log_lines(&mesh.orders_flows, LineType::Flow)?;
+    ensure!(
+        orders_flows.iter().any(|f| f["path"] == "/private/ws"
+            && f["status"] == 403
+            && f["protocol"] != "websocket"),
+        "no deny record for /private/ws: {orders_flows:#?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn websocket_bytes_sent_before_the_101_never_reach_the_app() -> Result<()> {
+    let mesh = Mesh::start("").await?;
+    let entry = mesh.entry()?;
+    let (host, port) = (entry.ip().to_string(), entry.port().to_string());
+
+    // The handshake and a frame in one write: the tunnel is closed, the frame goes nowhere.
+    let early = client(&["early", &host, &port, "/public/early"]).await?;
+    ensure!(
+        early["closed"] == true,
+        "the connection stayed open: {early}"
+    );
+    // The app refuses the handshake (404): no tunnel, and the GET that followed it on the
+    // connection is an ordinary request that policy decides (403), never tunnel data.
+    let refused = client(&["refused", &host, &port, "/public/refuse", "/private/x"]).await?;
+    let statuses: Vec<u64> = refused["statuses"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    ensure!(
+        statuses.first() == Some(&404) && statuses.get(1).is_none_or(|s| *s == 403),
+        "{refused}"
+    );
+
+    let frontend = websocket_flows(&mesh.frontend_flows, 1).await?;
+    ensure!(
+        frontend
+            .iter()
+            .all(|f| f["bytes_in"] == 0 && f["bytes_out"] == 0),
+        "a refused tunnel carried bytes: {frontend:#?}"
+    );
+    let events = mesh.app.events()?;
+    ensure!(
+        events.iter().all(|e| e["event"] != "message"),
+        "data sent before the 101 reached the app: {events:#?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_websocket_tunnel_is_closed_and_recorded() -> Result<()> {
+    let mesh = Mesh::start("timeouts:\n  idle: 1s\n").await?;
+    let url = mesh.url("/public/idle")?;
+    let closed = client(&["idle", &url]).await?;
+    let after = closed["closed_after"].as_f64().unwrap_or(f64::MAX);
+    ensure!(
+        (0.5..30.0).contains(&after),
+        "closed after {after}s: {closed}"
+    );
+    let flows = websocket_flows(&mesh.frontend_flows, 1).await?;
+    ensure!(
+        flows.iter().any(|f| f["path"] == "/public/idle"),
+        "{flows:#?}"
+    );
+    Ok(())
+}
