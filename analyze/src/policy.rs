@@ -83,6 +83,7 @@ impl<'p> Checker<'p> {
                 host,
                 headers: &[],
             }),
+            auth: None,
         };
         policies.evaluate(&req)
     }

@@ -227,6 +227,7 @@ fn allowed(
             host: "x",
             headers: &[],
         }),
+        auth: None,
     };
     set.for_workload(&w).evaluate(&req).is_allowed()
 }

@@ -32,6 +32,7 @@ fn evaluate(c: &mut Criterion) {
                 host: "orders.shop",
                 headers: &headers,
             }),
+            auth: None,
         };
         assert_eq!(policies.evaluate(&allowed).verdict, Verdict::Allow);
         group.bench_with_input(BenchmarkId::new("allow", n), &allowed, |b, req| {

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::decision::{HttpRequest, PolicyRef, Request};
+use crate::decision::{HttpRequest, PolicyRef, Request, RequestAuth};
 use crate::model::{Action, Mode, Policy};
 use crate::pattern::{Cidr, HostMatch, StrMatch, namespace_of, strip_spiffe};
 
@@ -48,6 +48,8 @@ pub(crate) enum Field {
     NotNamespaces,
     IpBlocks,
     NotIpBlocks,
+    RequestPrincipals,
+    NotRequestPrincipals,
     Hosts,
     NotHosts,
     Ports,
@@ -69,6 +71,8 @@ impl Field {
             Field::NotNamespaces => "notNamespaces",
             Field::IpBlocks => "ipBlocks",
             Field::NotIpBlocks => "notIpBlocks",
+            Field::RequestPrincipals => "requestPrincipals",
+            Field::NotRequestPrincipals => "notRequestPrincipals",
             Field::Hosts => "hosts",
             Field::NotHosts => "notHosts",
             Field::Ports => "ports",
@@ -88,6 +92,7 @@ impl Field {
             Field::NotPrincipals
                 | Field::NotNamespaces
                 | Field::NotIpBlocks
+                | Field::NotRequestPrincipals
                 | Field::NotHosts
                 | Field::NotPorts
                 | Field::NotMethods
@@ -106,6 +111,10 @@ pub(crate) struct Attrs<'a> {
     pub(crate) port: u16,
     pub(crate) sni: Option<&'a str>,
     pub(crate) http: Option<&'a HttpRequest<'a>>,
+    /// The end user of a validated JWT; HTTP requests only.
+    pub(crate) auth: Option<&'a RequestAuth>,
+    /// `iss/sub` of the JWT, when it has both.
+    pub(crate) request_principal: Option<&'a str>,
 }
 
 impl<'a> Attrs<'a> {
@@ -122,6 +131,11 @@ impl<'a> Attrs<'a> {
             port: req.destination_port,
             sni: req.sni.filter(|s| !s.is_empty()),
             http: req.http.as_ref(),
+            auth: req.auth,
+            request_principal: req
+                .auth
+                .and_then(|a| a.principal.as_deref())
+                .filter(|p| !p.is_empty()),
         }
     }
 }
@@ -157,6 +171,8 @@ pub(crate) struct Peer {
     pub(crate) not_namespaces: Vec<StrMatch>,
     pub(crate) ip_blocks: Vec<Cidr>,
     pub(crate) not_ip_blocks: Vec<Cidr>,
+    pub(crate) request_principals: Vec<StrMatch>,
+    pub(crate) not_request_principals: Vec<StrMatch>,
 }
 
 impl Peer {
@@ -173,7 +189,27 @@ impl Peer {
         if self.not_ip_blocks.iter().any(|c| c.contains(a.ip)) {
             return Err(Field::NotIpBlocks);
         }
+        // Request principals come from a JWT, which only HTTP requests carry: on a TCP
+        // connection they are skipped like the other HTTP-only fields (only DENY and AUDIT
+        // rules get here then; see `CompiledRule::matches`).
+        if a.http.is_some() {
+            any_of(
+                &self.request_principals,
+                a.request_principal,
+                Field::RequestPrincipals,
+            )?;
+            none_of(
+                &self.not_request_principals,
+                a.request_principal,
+                Field::NotRequestPrincipals,
+            )?;
+        }
         Ok(())
+    }
+
+    /// Whether the source names request principals (HTTP-only).
+    pub(crate) fn has_http_fields(&self) -> bool {
+        !(self.request_principals.is_empty() && self.not_request_principals.is_empty())
     }
 
     /// The patterns of one field, for explanations.
@@ -185,6 +221,8 @@ impl Peer {
             Field::NotNamespaces => show(&self.not_namespaces),
             Field::IpBlocks => show(&self.ip_blocks),
             Field::NotIpBlocks => show(&self.not_ip_blocks),
+            Field::RequestPrincipals => show(&self.request_principals),
+            Field::NotRequestPrincipals => show(&self.not_request_principals),
             _ => Vec::new(),
         }
     }
@@ -265,6 +303,14 @@ pub(crate) enum CondKey {
     SourcePrincipal,
     DestinationPort,
     Sni,
+    /// `request.auth.principal`: the JWT's `iss/sub`.
+    RequestPrincipal,
+    /// `request.auth.audiences`: the JWT's `aud`, one value or each of a list.
+    RequestAudiences,
+    /// `request.auth.presenter`: the JWT's `azp`.
+    RequestPresenter,
+    /// `request.auth.claims[a][b]`: the claim at that path; a list is read element by element.
+    RequestClaim(Box<[Box<str>]>),
 }
 
 impl fmt::Display for CondKey {
@@ -276,6 +322,16 @@ impl fmt::Display for CondKey {
             CondKey::SourcePrincipal => f.write_str("source.principal"),
             CondKey::DestinationPort => f.write_str("destination.port"),
             CondKey::Sni => f.write_str("connection.sni"),
+            CondKey::RequestPrincipal => f.write_str("request.auth.principal"),
+            CondKey::RequestAudiences => f.write_str("request.auth.audiences"),
+            CondKey::RequestPresenter => f.write_str("request.auth.presenter"),
+            CondKey::RequestClaim(path) => {
+                f.write_str("request.auth.claims")?;
+                for key in path.iter() {
+                    write!(f, "[{key}]")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -359,6 +415,35 @@ impl Condition {
             (CondKey::Sni, CondValues::Str(patterns)) => a
                 .sni
                 .map(|v| patterns.iter().any(|p| p.matches_ignore_case(v))),
+            (CondKey::RequestPrincipal, CondValues::Str(patterns)) => a
+                .request_principal
+                .map(|v| patterns.iter().any(|p| p.matches(v))),
+            (CondKey::RequestPresenter, CondValues::Str(patterns)) => a
+                .auth
+                .and_then(|x| x.presenter.as_deref())
+                .map(|v| patterns.iter().any(|p| p.matches(v))),
+            (CondKey::RequestAudiences, CondValues::Str(patterns)) => {
+                let auth = a.auth?;
+                if auth.audiences.is_empty() {
+                    return None;
+                }
+                Some(
+                    auth.audiences
+                        .iter()
+                        .any(|v| patterns.iter().any(|p| p.matches(v))),
+                )
+            }
+            (CondKey::RequestClaim(path), CondValues::Str(patterns)) => {
+                let readings = claim_readings(a.auth?.claim(path)?);
+                if readings.is_empty() {
+                    return None;
+                }
+                Some(
+                    readings
+                        .iter()
+                        .any(|v| patterns.iter().any(|p| p.matches(v))),
+                )
+            }
             // The decoder never pairs a key with values of another type.
             _ => None,
         }
@@ -390,7 +475,26 @@ impl Condition {
     }
 
     pub(crate) fn is_http_only(&self) -> bool {
-        matches!(self.key, CondKey::Header(_))
+        matches!(
+            self.key,
+            CondKey::Header(_)
+                | CondKey::RequestPrincipal
+                | CondKey::RequestAudiences
+                | CondKey::RequestPresenter
+                | CondKey::RequestClaim(_)
+        )
+    }
+
+    /// Whether the condition can only match a request that carries a validated JWT.
+    pub(crate) fn requires_request_auth(&self) -> bool {
+        !self.values.is_empty()
+            && matches!(
+                self.key,
+                CondKey::RequestPrincipal
+                    | CondKey::RequestAudiences
+                    | CondKey::RequestPresenter
+                    | CondKey::RequestClaim(_)
+            )
     }
 
     /// The request's value(s) for this key, for explanations.
@@ -411,7 +515,38 @@ impl Condition {
             CondKey::SourcePrincipal => a.principal.map(str::to_owned).into_iter().collect(),
             CondKey::DestinationPort => vec![a.port.to_string()],
             CondKey::Sni => a.sni.map(str::to_owned).into_iter().collect(),
+            CondKey::RequestPrincipal => {
+                a.request_principal.map(str::to_owned).into_iter().collect()
+            }
+            CondKey::RequestAudiences => a.auth.map(|x| x.audiences.clone()).unwrap_or_default(),
+            CondKey::RequestPresenter => a
+                .auth
+                .and_then(|x| x.presenter.clone())
+                .into_iter()
+                .collect(),
+            CondKey::RequestClaim(path) => a
+                .auth
+                .and_then(|x| x.claim(path))
+                .map(claim_readings)
+                .unwrap_or_default(),
         }
+    }
+}
+
+/// How a claim is matched: a string as itself, a number or boolean as its JSON text, a list
+/// element by element (strings, numbers and booleans in it); objects and null give nothing.
+pub(crate) fn claim_readings(value: &serde_json::Value) -> Vec<String> {
+    fn scalar(v: &serde_json::Value) -> Option<String> {
+        match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+    match value {
+        serde_json::Value::Array(items) => items.iter().filter_map(scalar).collect(),
+        other => scalar(other).into_iter().collect(),
     }
 }
 
@@ -480,6 +615,13 @@ impl CompiledRule {
                 && !c.values.is_empty()
         });
         from || when
+    }
+
+    /// The rule cannot match a request without a validated JWT.
+    pub(crate) fn requires_request_auth(&self) -> bool {
+        let from =
+            !self.from.is_empty() && self.from.iter().all(|p| !p.request_principals.is_empty());
+        from || self.when.iter().any(Condition::requires_request_auth)
     }
 }
 

@@ -22,6 +22,61 @@ pub struct Request<'a> {
     pub sni: Option<&'a str>,
     /// The HTTP request; `None` for an opaque TCP connection or the connection-level check.
     pub http: Option<HttpRequest<'a>>,
+    /// The end user, from a validated JWT; `None` when the request carried no token (it is
+    /// then unauthenticated, not refused: policy decides what such a request may do).
+    pub auth: Option<&'a RequestAuth>,
+}
+
+/// The end user a request acts for: the claims of a JWT the sidecar has validated
+/// (signature, `exp`/`nbf`, `iss`, `aud`) against a `RequestAuthentication` rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestAuth {
+    /// `iss/sub` (Istio's request principal); `None` when the token has no `sub`.
+    pub principal: Option<String>,
+    /// The `aud` claim: one string or a list of strings.
+    pub audiences: Vec<String>,
+    /// The `azp` claim (authorized presenter).
+    pub presenter: Option<String>,
+    /// Every claim of the token's payload.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl RequestAuth {
+    /// The attributes of a token whose payload is `claims`: principal `iss/sub` (both must be
+    /// strings), audiences from `aud`, presenter from `azp`.
+    pub fn from_claims(claims: serde_json::Map<String, serde_json::Value>) -> RequestAuth {
+        let text = |k: &str| claims.get(k).and_then(serde_json::Value::as_str);
+        let principal = match (text("iss"), text("sub")) {
+            (Some(iss), Some(sub)) => Some(format!("{iss}/{sub}")),
+            _ => None,
+        };
+        let audiences = match claims.get("aud") {
+            Some(serde_json::Value::String(a)) => vec![a.clone()],
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let presenter = text("azp").map(str::to_owned);
+        RequestAuth {
+            principal,
+            audiences,
+            presenter,
+            claims,
+        }
+    }
+
+    /// The claim at `path` (`["realm", "roles"]` is `claims.realm.roles`).
+    pub fn claim(&self, path: &[Box<str>]) -> Option<&serde_json::Value> {
+        let (first, rest) = path.split_first()?;
+        let mut value = self.claims.get(&**first)?;
+        for key in rest {
+            value = value.as_object()?.get(&**key)?;
+        }
+        Some(value)
+    }
 }
 
 /// The HTTP part of a request, already normalized by the proxy ([`crate::normalize`]).

@@ -2,6 +2,7 @@
 //! or unsupported field, invalid value, empty list and contradiction is an error that points
 //! at the offending key or value. Errors are collected; decoding goes on to find the others.
 
+use crate::authn::{ClaimToHeader, JwksSource, JwtRule, RequestAuthentication, TokenHeader};
 use crate::compile::{CompiledRule, CondKey, CondValues, Condition, Operation, Peer};
 use crate::error::LoadError;
 use crate::model::{
@@ -68,13 +69,12 @@ const SOURCE_FIELDS: &[&str] = &[
     "notNamespaces",
     "ipBlocks",
     "notIpBlocks",
+    "requestPrincipals",
+    "notRequestPrincipals",
 ];
-const JWT: &str = "request principals come from JWT authentication, which Picket does not do";
 const REMOTE_IP: &str = "the remote IP is read from X-Forwarded-For, which Picket does not trust; \
                          use `ipBlocks` (the peer address)";
 const SOURCE_UNSUPPORTED: &[(&str, &str)] = &[
-    ("requestPrincipals", JWT),
-    ("notRequestPrincipals", JWT),
     ("remoteIpBlocks", REMOTE_IP),
     ("notRemoteIpBlocks", REMOTE_IP),
 ];
@@ -98,7 +98,33 @@ const HTTP_FIELDS: &[&str] = &[
 ];
 const CONDITION_FIELDS: &[&str] = &["key", "values", "notValues"];
 const WHEN_KEYS: &str = "request.headers[NAME], source.ip, source.namespace, source.principal, \
-                         destination.port, connection.sni";
+                         destination.port, connection.sni, request.auth.principal, \
+                         request.auth.audiences, request.auth.presenter, \
+                         request.auth.claims[NAME]";
+const AUTHN_SPEC_FIELDS: &[&str] = &["selector", "jwtRules"];
+const JWT_RULE_FIELDS: &[&str] = &[
+    "issuer",
+    "audiences",
+    "jwksUri",
+    "jwks",
+    "fromHeaders",
+    "fromParams",
+    "outputPayloadToHeader",
+    "forwardOriginalToken",
+    "outputClaimToHeaders",
+];
+const JWT_RULE_UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "fromCookies",
+        "tokens are read from headers and query parameters only",
+    ),
+    (
+        "timeout",
+        "the JWKS fetch timeout is the sidecar's `jwt.fetchTimeout` setting",
+    ),
+];
+const FROM_HEADER_FIELDS: &[&str] = &["name", "prefix"];
+const CLAIM_TO_HEADER_FIELDS: &[&str] = &["header", "claim"];
 
 /// The options policy paths are checked with: the most permissive reading that still yields
 /// a canonical form, so a policy written for any proxy setting is accepted.
@@ -117,6 +143,8 @@ pub(crate) struct Decoder<'a> {
     text: &'a str,
     opaque_ports: &'a [u16],
     pub(crate) errors: Vec<LoadError>,
+    /// The `RequestAuthentication` documents decoded, with where their name is written.
+    pub(crate) authentications: Vec<(RequestAuthentication, Pos)>,
 }
 
 impl<'a> Decoder<'a> {
@@ -126,6 +154,7 @@ impl<'a> Decoder<'a> {
             text,
             opaque_ports,
             errors: Vec::new(),
+            authentications: Vec::new(),
         }
     }
 

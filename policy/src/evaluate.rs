@@ -42,7 +42,9 @@ impl WorkloadPolicies {
             (verdict, Reason::Default, None)
         } else if let Some(id) = allow {
             (Verdict::Allow, Reason::AllowMatch, Some(id))
-        } else if a.principal.is_none() && self.allow_requires_principal {
+        } else if (a.principal.is_none() && self.allow_requires_principal)
+            || (a.auth.is_none() && self.allow_requires_request_auth)
+        {
             (Verdict::Deny, Reason::Unauthenticated, None)
         } else {
             (Verdict::Deny, Reason::NoAllowMatch, None)

@@ -130,6 +130,10 @@ fn misses(rule: &CompiledRule, a: &Attrs<'_>, action: Action) -> Vec<String> {
                         a.namespace.map(str::to_owned),
                         "namespace (unauthenticated)",
                     ),
+                    Field::RequestPrincipals | Field::NotRequestPrincipals => (
+                        a.request_principal.map(str::to_owned),
+                        "request principal (no validated JWT with iss and sub)",
+                    ),
                     _ => (Some(a.ip.to_string()), "address"),
                 };
                 out.push(format!(

@@ -37,10 +37,12 @@
 //!     destination_port: 8080,
 //!     sni: None,
 //!     http: Some(HttpRequest { method: "GET", path: "/api/orders/7", host: "orders", headers: &[] }),
+//!     auth: None,
 //! };
 //! assert_eq!(policies.evaluate(&req).verdict, Verdict::Allow);
 //! ```
 
+pub mod authn;
 mod compile;
 mod decision;
 mod decode;
@@ -58,7 +60,10 @@ mod yaml;
 #[cfg(test)]
 mod tests;
 
-pub use decision::{Decision, HttpRequest, PolicyRef, Reason, Request, Shadow, Verdict};
+pub use authn::{ClaimToHeader, JwksSource, JwtRule, RequestAuthentication, TokenHeader};
+pub use decision::{
+    Decision, HttpRequest, PolicyRef, Reason, Request, RequestAuth, Shadow, Verdict,
+};
 pub use error::{LoadError, LoadErrors};
 pub use explain::{Explanation, PolicyTrace, RuleTrace};
 pub use load::load;

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::authn::RequestAuthentication;
 use crate::decision::PolicyRef;
 use crate::error::{LoadError, LoadErrors};
 use crate::options::{LoadOptions, Source};
@@ -18,6 +19,7 @@ use crate::{compile, decode, yaml};
 pub fn load(sources: &[Source<'_>], opts: &LoadOptions) -> Result<PolicySet, LoadErrors> {
     let mut errors: Vec<LoadError> = Vec::new();
     let mut decoded: Vec<(usize, decode::Decoded)> = Vec::new();
+    let mut authentications: Vec<(usize, RequestAuthentication, yaml::Pos)> = Vec::new();
     for (si, source) in sources.iter().enumerate() {
         match yaml::parse_documents(source.name, source.text, opts.max_file_bytes) {
             Err(e) => errors.push(e),
@@ -29,6 +31,12 @@ pub fn load(sources: &[Source<'_>], opts: &LoadOptions) -> Result<PolicySet, Loa
                         decoded.push((si, d));
                     }
                 }
+                authentications.extend(
+                    decoder
+                        .authentications
+                        .drain(..)
+                        .map(|(a, pos)| (si, a, pos)),
+                );
                 let mut file_errors = decoder.errors;
                 file_errors.sort_by_key(|e| (e.line, e.column));
                 errors.extend(file_errors);
@@ -37,15 +45,31 @@ pub fn load(sources: &[Source<'_>], opts: &LoadOptions) -> Result<PolicySet, Loa
     }
 
     // Namespace and name identify a policy: a second definition is an error, not an override.
-    let mut seen: HashMap<(String, String), (usize, u64, u64)> = HashMap::new();
+    let mut seen: HashMap<(&str, String, String), (usize, u64, u64)> = HashMap::new();
     let mut duplicates = Vec::new();
-    for (si, d) in &decoded {
-        let key = (d.policy.namespace.clone(), d.policy.name.clone());
-        let here = (*si, d.name_pos.line, d.name_pos.column);
+    let named = decoded
+        .iter()
+        .map(|(si, d)| {
+            (
+                "policy",
+                *si,
+                &d.policy.namespace,
+                &d.policy.name,
+                d.name_pos,
+            )
+        })
+        .chain(
+            authentications
+                .iter()
+                .map(|(si, a, pos)| ("RequestAuthentication", *si, &a.namespace, &a.name, *pos)),
+        );
+    for (kind, si, namespace, name, pos) in named {
+        let key = (kind, namespace.clone(), name.clone());
+        let here = (si, pos.line, pos.column);
         if let Some((first_si, line, column)) = seen.get(&key) {
             let first = sources.get(*first_si).map(|s| s.name).unwrap_or("");
             let source = sources
-                .get(*si)
+                .get(si)
                 .copied()
                 .unwrap_or(Source { name: "", text: "" });
             duplicates.push(LoadError::at(
@@ -54,8 +78,8 @@ pub fn load(sources: &[Source<'_>], opts: &LoadOptions) -> Result<PolicySet, Loa
                 here.1,
                 here.2,
                 format!(
-                    "policy `{}/{}` is already defined at {first}:{line}:{column}",
-                    key.0, key.1
+                    "{} `{}/{}` is already defined at {first}:{line}:{column}",
+                    key.0, key.1, key.2
                 ),
             ));
         } else {
@@ -99,7 +123,13 @@ pub fn load(sources: &[Source<'_>], opts: &LoadOptions) -> Result<PolicySet, Loa
             line: p.line,
         })
         .collect();
+    let mut authentications: Vec<Arc<RequestAuthentication>> = authentications
+        .into_iter()
+        .map(|(_, a, _)| Arc::new(a))
+        .collect();
+    authentications.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Ok(PolicySet {
+        authentications,
         policies: policies.into_iter().map(Arc::new).collect(),
         summaries,
         root_namespace: opts.root_namespace.clone(),

@@ -140,6 +140,8 @@ pub(crate) struct PeerSpec {
     pub(crate) not_namespaces: Vec<String>,
     pub(crate) ip_blocks: Vec<String>,
     pub(crate) not_ip_blocks: Vec<String>,
+    pub(crate) request_principals: Vec<String>,
+    pub(crate) not_request_principals: Vec<String>,
 }
 
 /// `to[].operation`. Empty lists are absent fields.
@@ -210,9 +212,11 @@ fn write_rule(out: &mut String, rule: &Rule) -> fmt::Result {
         lead = "    ";
         for peer in &rule.from {
             writeln!(out, "    - source:")?;
-            let fields: [(&str, &[String]); 6] = [
+            let fields: [(&str, &[String]); 8] = [
                 ("principals", &peer.principals),
                 ("notPrincipals", &peer.not_principals),
+                ("requestPrincipals", &peer.request_principals),
+                ("notRequestPrincipals", &peer.not_request_principals),
                 ("namespaces", &peer.namespaces),
                 ("notNamespaces", &peer.not_namespaces),
                 ("ipBlocks", &peer.ip_blocks),
@@ -265,7 +269,7 @@ fn write_fields(out: &mut String, fields: &[(&str, &[String])]) -> fmt::Result {
     Ok(())
 }
 
-fn write_string_map(
+pub(crate) fn write_string_map(
     out: &mut String,
     indent: &str,
     name: &str,
@@ -281,13 +285,13 @@ fn write_string_map(
     Ok(())
 }
 
-fn flow_list(values: &[String]) -> String {
+pub(crate) fn flow_list(values: &[String]) -> String {
     let items: Vec<String> = values.iter().map(|v| quoted(v)).collect();
     format!("[{}]", items.join(", "))
 }
 
 /// A plain scalar when it cannot be read back as anything but this string, else double-quoted.
-fn scalar(s: &str) -> String {
+pub(crate) fn scalar(s: &str) -> String {
     let mut bytes = s.bytes();
     let plain = matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'/')
         && s.bytes()
@@ -303,7 +307,7 @@ fn scalar(s: &str) -> String {
 /// A YAML double-quoted scalar. Everything outside YAML's printable set, and the characters
 /// some readers take for line breaks or byte-order marks, is escaped, so reading it back gives
 /// the same string.
-fn quoted(s: &str) -> String {
+pub(crate) fn quoted(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::authn::RequestAuthentication;
 use crate::compile::{Attrs, CompiledPolicy, IndexKey};
 use crate::decision::PolicyRef;
 use crate::model::{Action, Mode};
@@ -46,12 +47,14 @@ pub struct PolicySet {
     pub(crate) root_namespace: String,
     pub(crate) default_action: DefaultAction,
     pub(crate) hash: String,
+    pub(crate) authentications: Vec<Arc<RequestAuthentication>>,
 }
 
 impl fmt::Debug for PolicySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PolicySet")
             .field("policies", &self.policies.len())
+            .field("authentications", &self.authentications.len())
             .field("root_namespace", &self.root_namespace)
             .field("default_action", &self.default_action)
             .field("sources_hash", &self.hash)
@@ -68,6 +71,7 @@ impl PartialEq for PolicySet {
                 .iter()
                 .zip(&other.policies)
                 .all(|(a, b)| a.model == b.model)
+            && self.authentications == other.authentications
     }
 }
 
@@ -80,6 +84,7 @@ impl PolicySet {
             root_namespace: opts.root_namespace.clone(),
             default_action: opts.default_action,
             hash: sources_hash(&[]),
+            authentications: Vec::new(),
         }
     }
 
@@ -98,12 +103,24 @@ impl PolicySet {
             })
             .cloned()
             .collect();
-        WorkloadPolicies::new(selected, self.default_action)
+        let mut policies = WorkloadPolicies::new(selected, self.default_action);
+        policies.authentications = self
+            .authentications
+            .iter()
+            .filter(|a| a.applies_to(w, &self.root_namespace))
+            .cloned()
+            .collect();
+        policies
     }
 
     /// A summary of every policy, in set order.
     pub fn policies(&self) -> impl Iterator<Item = &PolicySummary> {
         self.summaries.iter()
+    }
+
+    /// Every `RequestAuthentication` document, sorted by namespace then name.
+    pub fn authentications(&self) -> &[Arc<RequestAuthentication>] {
+        &self.authentications
     }
 
     /// How many policies the set holds.
@@ -131,7 +148,12 @@ impl PolicySet {
     /// Every policy as canonical YAML, one document each, separated by `---`, in set order.
     /// Loading the output gives an equal set.
     pub fn to_yaml(&self) -> String {
-        let docs: Vec<String> = self.policies.iter().map(|p| p.model.to_yaml()).collect();
+        let docs: Vec<String> = self
+            .policies
+            .iter()
+            .map(|p| p.model.to_yaml())
+            .chain(self.authentications.iter().map(|a| a.to_yaml()))
+            .collect();
         docs.join("---\n")
     }
 
@@ -142,6 +164,12 @@ impl PolicySet {
             .iter()
             .filter(|p| &*p.source == name)
             .map(|p| p.model.to_yaml())
+            .chain(
+                self.authentications
+                    .iter()
+                    .filter(|a| a.source == name)
+                    .map(|a| a.to_yaml()),
+            )
             .collect();
         docs.join("---\n")
     }
@@ -232,6 +260,8 @@ pub struct WorkloadPolicies {
     pub(crate) has_dry_run: bool,
     pub(crate) has_audit: bool,
     pub(crate) allow_requires_principal: bool,
+    pub(crate) allow_requires_request_auth: bool,
+    pub(crate) authentications: Vec<Arc<RequestAuthentication>>,
 }
 
 impl fmt::Debug for WorkloadPolicies {
@@ -260,6 +290,8 @@ impl WorkloadPolicies {
             has_dry_run: false,
             has_audit: false,
             allow_requires_principal: false,
+            allow_requires_request_auth: false,
+            authentications: Vec::new(),
         };
         for (pi, policy) in policies.iter().enumerate() {
             let enforced = policy.mode == Mode::Enforce;
@@ -279,6 +311,9 @@ impl WorkloadPolicies {
                 };
                 if policy.action == Action::Allow && enforced && rule.requires_principal() {
                     w.allow_requires_principal = true;
+                }
+                if policy.action == Action::Allow && enforced && rule.requires_request_auth() {
+                    w.allow_requires_request_auth = true;
                 }
                 let role = (policy.action, enforced);
                 match rule.index_key() {
@@ -319,5 +354,11 @@ impl WorkloadPolicies {
     /// The policies that apply, in set order.
     pub fn policy_refs(&self) -> impl Iterator<Item = &PolicyRef> {
         self.policies.iter().map(|p| &p.reference)
+    }
+
+    /// The `RequestAuthentication` documents that apply to the workload, in set order
+    /// (namespace, then name).
+    pub fn authentications(&self) -> &[Arc<RequestAuthentication>] {
+        &self.authentications
     }
 }

@@ -31,6 +31,7 @@ fn allow_path_evaluation_does_not_allocate() {
                 host: "orders.shop:8080",
                 headers: &headers,
             }),
+            auth: None,
         };
         let get = Request {
             http: Some(HttpRequest {
@@ -78,6 +79,7 @@ fn matches_of_dry_run_and_audit_policies_are_the_only_allocations() {
             host: "orders.shop",
             headers: &[("x-debug", "1")],
         }),
+        auth: None,
     };
     let mut decision = None;
     let info = allocation_counter::measure(|| decision = Some(policies.evaluate(&req)));

@@ -25,6 +25,8 @@ pub struct ActivePolicy {
     pub set: PolicySet,
     /// The files read.
     pub files: Vec<PathBuf>,
+    /// The `RequestAuthentication` rules that select this workload, ready for requests.
+    pub authn: crate::jwt::Authenticator,
 }
 
 /// Why the policy files could not be loaded.
@@ -42,6 +44,9 @@ pub enum PolicyLoadError {
     /// The policy text is invalid; every problem is listed with its location.
     #[error("{0}")]
     Invalid(picket_policy::LoadErrors),
+    /// The `RequestAuthentication` documents for this workload cannot be put in force.
+    #[error("{0}")]
+    Authn(#[from] crate::jwt::AuthnError),
 }
 
 /// Loads, holds and reloads the workload's policy.
@@ -52,6 +57,44 @@ pub struct PolicyStore {
     options: LoadOptions,
     active: ArcSwap<ActivePolicy>,
     metrics: Arc<Metrics>,
+    jwt: Jwt,
+}
+
+/// What request authentication is built with.
+#[derive(Debug, Clone)]
+pub struct Jwt {
+    /// The sidecar's `jwt:` settings.
+    pub settings: Arc<crate::jwt::JwtSettings>,
+    /// The JWKS fetcher, or why there is none (a `jwksUri` is then a load error).
+    pub registry: Result<Arc<crate::jwt::JwksRegistry>, String>,
+}
+
+impl Jwt {
+    /// Request authentication with inline key sets only (`jwksUri` is a load error).
+    pub fn inline_only(settings: crate::jwt::JwtSettings) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            registry: Err("this program does not fetch keys".into()),
+        }
+    }
+
+    /// Request authentication fetching keys with `settings`; when its trust roots cannot be
+    /// read, `jwksUri` rules are load errors that say why.
+    pub fn fetching(settings: crate::jwt::JwtSettings, metrics: &Arc<Metrics>) -> Self {
+        let settings = Arc::new(settings);
+        let registry = std::fs::read(&settings.trust_roots)
+            .map_err(|e| format!("cannot read {}: {e}", settings.trust_roots.display()))
+            .and_then(|pem| crate::jwt::jwks::client_config(&pem))
+            .map(|tls| {
+                crate::jwt::JwksRegistry::new(
+                    Arc::clone(&settings),
+                    Arc::new(tls),
+                    Arc::clone(metrics),
+                )
+            })
+            .map_err(|e| format!("jwt.trust_roots: {e}"));
+        Self { settings, registry }
+    }
 }
 
 /// Lists the policy files under `path`: the file itself, or the `.yaml`/`.yml` files of a
@@ -140,14 +183,16 @@ impl PolicyStore {
         workload: Workload,
         options: LoadOptions,
         metrics: Arc<Metrics>,
+        jwt: Jwt,
     ) -> Result<Self, PolicyLoadError> {
-        let active = Self::build(path.as_deref(), &workload, &options)?;
+        let active = Self::build(path.as_deref(), &workload, &options, &jwt)?;
         let store = Self {
             path,
             workload,
             options,
             active: ArcSwap::from_pointee(active),
             metrics,
+            jwt,
         };
         store.log_active("policy loaded");
         Ok(store)
@@ -157,15 +202,23 @@ impl PolicyStore {
         path: Option<&Path>,
         workload: &Workload,
         options: &LoadOptions,
+        jwt: &Jwt,
     ) -> Result<ActivePolicy, PolicyLoadError> {
         let (set, files) = match path {
             Some(p) => load_policy(p, options)?,
             None => (PolicySet::empty(options), Vec::new()),
         };
+        let compiled = set.for_workload(workload);
+        let authn = crate::jwt::Authenticator::build(
+            compiled.authentications(),
+            jwt.registry.as_deref().map_err(String::as_str),
+            Arc::clone(&jwt.settings),
+        )?;
         Ok(ActivePolicy {
-            compiled: set.for_workload(workload),
+            compiled,
             set,
             files,
+            authn,
         })
     }
 
@@ -194,7 +247,12 @@ impl PolicyStore {
     /// Re-reads the policy. On error the policy in force stays, the failure is counted and
     /// logged with its location, and the error is returned.
     pub fn reload(&self) -> Result<(), PolicyLoadError> {
-        match Self::build(self.path.as_deref(), &self.workload, &self.options) {
+        match Self::build(
+            self.path.as_deref(),
+            &self.workload,
+            &self.options,
+            &self.jwt,
+        ) {
             Ok(active) => {
                 let changed = active.set.sources_hash() != self.active.load().set.sources_hash();
                 self.active.store(Arc::new(active));

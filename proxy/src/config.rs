@@ -42,6 +42,8 @@ pub struct Config {
     pub telemetry: crate::telemetry::TelemetryConfig,
     /// The health listener that carries rewritten kubelet probes to the app.
     pub health: Option<HealthConfig>,
+    /// End-user request authentication (JWT): JWKS fetching, skew, logging.
+    pub jwt: crate::jwt::JwtSettings,
 }
 
 /// The health listener: kubelet probes rewritten by the injector arrive here, never
@@ -392,6 +394,20 @@ pub(crate) struct RawConfig {
     telemetry: crate::telemetry::RawTelemetry,
     #[serde(default)]
     health: Option<RawHealth>,
+    #[serde(default)]
+    jwt: RawJwt,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    trust_roots: Option<PathBuf>,
+    fetch_timeout: Option<Spanned<String>>,
+    refresh_interval: Option<Spanned<String>>,
+    refetch_min_interval: Option<Spanned<String>>,
+    clock_skew: Option<Spanned<String>>,
+    log_token: Option<Spanned<String>>,
+    max_principal_bytes: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]

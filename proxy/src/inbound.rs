@@ -102,6 +102,7 @@ impl ConnMeta {
             destination_port: self.destination_port,
             sni: self.sni.as_deref(),
             http,
+            auth: None,
         }
     }
 }
@@ -479,12 +480,27 @@ impl Inbound {
                         destination_identity: Some(&self.own_identity),
                     },
                 );
-                let deny = self.enforce(&mut ctx, &parts, &canonical, meta);
+                // One load of the policy in force for authentication and forwarding.
+                let active = Arc::clone(&self.policy.current());
+                let outcome =
+                    match ctx.authenticate(&active.authn, &parts, &self.metrics, meta.peer_label())
+                    {
+                        Err(refused) => Err(ctx.unauthenticated(refused)),
+                        Ok(auth) => {
+                            let end_user = auth.as_ref().map(|a| &a.auth);
+                            match self.enforce(&mut ctx, &parts, &canonical, meta, end_user) {
+                                Some(deny) => Err(deny),
+                                None => Ok(auth),
+                            }
+                        }
+                    };
                 ctx.path = Some(canonical.path);
                 ctx.host = Some(canonical.host);
-                match deny {
-                    Some(deny) => deny,
-                    None => {
+                match outcome {
+                    Err(answer) => answer,
+                    Ok(auth) => {
+                        active.authn.prepare_forward(&mut parts, auth.as_ref());
+                        drop(active);
                         ctx.span.inject(&mut parts.headers);
                         let forwarded = match tunnel::form(&parts) {
                             Some(form) => self.websocket(parts, body, meta, form).await,
@@ -544,22 +560,21 @@ impl Inbound {
         parts: &http::request::Parts,
         canonical: &canonical::Canonical,
         meta: &ConnMeta,
+        auth: Option<&picket_policy::RequestAuth>,
     ) -> Option<Response<Body>> {
         let headers: Vec<(&str, &str)> = parts
             .headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or("\u{fffd}")))
             .collect();
-        ctx.enforce(
-            &self.policy,
-            &meta.policy_request(Some(picket_policy::HttpRequest {
-                method: canonical.method.as_str(),
-                path: &canonical.path,
-                host: &canonical.host,
-                headers: &headers,
-            })),
-            self.deny_details,
-        )
+        let mut req = meta.policy_request(Some(picket_policy::HttpRequest {
+            method: canonical.method.as_str(),
+            path: &canonical.path,
+            host: &canonical.host,
+            headers: &headers,
+        }));
+        req.auth = auth;
+        ctx.enforce(&self.policy, &req, self.deny_details)
     }
 
     async fn forward(

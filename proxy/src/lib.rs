@@ -17,6 +17,7 @@ pub mod forward;
 pub mod health;
 pub mod identity;
 pub mod inbound;
+pub mod jwt;
 pub mod metrics;
 pub mod net;
 pub mod outbound;

@@ -96,6 +96,32 @@ pub struct DecisionLabels {
     pub mode: &'static str,
 }
 
+/// Labels of `picket_jwt_validations_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwtLabels {
+    /// `ok`, or the reason a token was refused (`crate::jwt::TokenError::as_str`).
+    pub result: &'static str,
+}
+
+/// Labels of `picket_jwt_jwks_fetches_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksFetchLabels {
+    /// The `jwksUri` (bounded by the policy files).
+    pub jwks: String,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// Labels of `picket_jwt_jwks_key_age_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksLabels {
+    /// The `jwksUri`.
+    pub jwks: String,
+}
+
+/// Called before each exposition, to set gauges that are computed rather than counted.
+pub type BeforeEncode = Box<dyn Fn(&Metrics) + Send + Sync>;
+
 /// All metric handles of one sidecar.
 pub struct Metrics {
     registry: Registry,
@@ -123,6 +149,13 @@ pub struct Metrics {
     authz_decisions: Family<DecisionLabels, Counter>,
     /// Policy reloads that failed (the last good policy stayed in force).
     pub policy_reload_failures: Counter,
+    /// Tokens validated or refused, by result.
+    jwt_validations: Family<JwtLabels, Counter>,
+    /// JWKS fetches by URL and result.
+    jwks_fetches: Family<JwksFetchLabels, Counter>,
+    /// Age of the keys in force per JWKS URL (-1 while there are none).
+    jwks_key_age: Family<JwksLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    before_encode: std::sync::Mutex<Vec<BeforeEncode>>,
     /// Alert and dropped-telemetry families, handed to the telemetry pipeline.
     pub telemetry: crate::telemetry::TelemetryMetrics,
 }
@@ -163,6 +196,25 @@ impl Metrics {
         let cert_renewals = Family::<RenewalLabels, Counter>::default();
         let authz_decisions = Family::<DecisionLabels, Counter>::default();
         let policy_reload_failures = Counter::default();
+        let jwt_validations = Family::<JwtLabels, Counter>::default();
+        let jwks_fetches = Family::<JwksFetchLabels, Counter>::default();
+        let jwks_key_age =
+            Family::<JwksLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "picket_jwt_validations",
+            "Request tokens validated (ok) or refused, by reason",
+            jwt_validations.clone(),
+        );
+        registry.register(
+            "picket_jwt_jwks_fetches",
+            "JWKS fetches by URL and result; on error the last good keys stay in force",
+            jwks_fetches.clone(),
+        );
+        registry.register(
+            "picket_jwt_jwks_key_age_seconds",
+            "Seconds since the JWKS keys in force were fetched, by URL; -1 while there are none",
+            jwks_key_age.clone(),
+        );
         registry.register(
             "picket_tcp_connections",
             "TCP connections by direction and outcome",
@@ -229,6 +281,10 @@ impl Metrics {
             registry,
             authz_decisions,
             policy_reload_failures,
+            jwt_validations,
+            jwks_fetches,
+            jwks_key_age,
+            before_encode: std::sync::Mutex::new(Vec::new()),
             connections,
             requests,
             request_duration,
@@ -335,8 +391,50 @@ impl Metrics {
             .inc_by(n);
     }
 
+    /// Counts a token validated (`ok`) or refused (the reason).
+    pub fn jwt_validation(&self, result: &'static str) {
+        self.jwt_validations
+            .get_or_create(&JwtLabels { result })
+            .inc();
+    }
+
+    /// Counts a JWKS fetch of `jwks` with `result` (`ok` or `error`).
+    pub fn jwks_fetch(&self, jwks: &str, result: &'static str) {
+        self.jwks_fetches
+            .get_or_create(&JwksFetchLabels {
+                jwks: jwks.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Sets the age of the keys of `jwks` (`None`: no keys yet).
+    pub fn jwks_key_age(&self, jwks: &str, age: Option<std::time::Duration>) {
+        self.jwks_key_age
+            .get_or_create(&JwksLabels {
+                jwks: jwks.to_owned(),
+            })
+            .set(age.map_or(-1.0, |a| a.as_secs_f64()));
+    }
+
+    /// Registers `f` to run before each exposition.
+    pub fn before_encode(&self, f: BeforeEncode) {
+        self.before_encode
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(f);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        for f in self
+            .before_encode
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            f(self);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -7,6 +7,8 @@
 //!                           bytes in, the two endpoints (identities, addresses, port)
 //!   -> canonical            inbound: the one canonical request (400 if it cannot be made)
 //!   -> span                 inbound: server span; outbound: client span; injected on forward
+//!   -> RequestCtx::authenticate  inbound: the request's JWT, if any, validated against the
+//!                           workload's RequestAuthentication rules (401 if invalid)
 //!   -> RequestCtx::enforce  inbound: decide (counted), log once, build the deny once
 //!   -> forward              hop-by-hop hygiene, identity headers, to the app / the peer
 //!   -> error_response       the one map from a forwarding error to 502 / 503 / 504
@@ -41,6 +43,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::authz::{self, PolicyStore};
 use crate::direction::Direction;
 use crate::forward::{self, Body, ForwardError};
+use crate::jwt::{Authenticated, Authenticator, TokenError};
 use crate::metrics::Metrics;
 use crate::telemetry::{self, FlowPhase, FlowProtocol, FlowRecord, RequestSpan, Telemetry};
 
@@ -167,6 +170,42 @@ pub fn enforce(policy: &PolicyStore, req: &picket_policy::Request<'_>) -> Enforc
     }
 }
 
+/// The answer to a request whose token was refused: 401 with
+/// `WWW-Authenticate: Bearer realm="picket", error="invalid_token", error_description="..."`
+/// and a JSON body naming the reason, or for gRPC a trailers-only UNAUTHENTICATED (16). The
+/// token itself is never echoed.
+pub fn unauthenticated_response(e: TokenError, grpc: bool) -> Response<Body> {
+    use bytes::Bytes;
+    use http::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+    use http_body_util::{Empty, Full};
+
+    let challenge = format!(
+        "Bearer realm=\"picket\", error=\"invalid_token\", error_description=\"{}\"",
+        e.description()
+    );
+    let mut resp = if grpc {
+        let mut resp = Response::new(forward::boxed(Empty::<Bytes>::new()));
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from_static("16"));
+        if let Ok(v) = HeaderValue::from_str(&format!("picket: {}", e.description())) {
+            h.insert("grpc-message", v);
+        }
+        resp
+    } else {
+        let body = serde_json::json!({ "error": "unauthenticated", "reason": e.as_str() });
+        let mut resp = Response::new(forward::boxed(Full::new(Bytes::from(format!("{body}\n")))));
+        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp
+    };
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
 /// The status a forwarding failure answers with, in one place:
 ///
 /// | failure | inbound (to the app) | outbound (to a peer sidecar) |
@@ -219,6 +258,10 @@ pub struct RequestCtx<'a> {
     pub span: RequestSpan,
     /// The authorization, inbound.
     pub enforced: Option<Enforced>,
+    /// The end user of a validated token (for the flow record, already cut to length).
+    pub request_principal: Option<String>,
+    /// Why the request's token was refused.
+    pub token_error: Option<TokenError>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -235,7 +278,47 @@ impl<'a> RequestCtx<'a> {
             host: None,
             span: RequestSpan::none(),
             enforced: None,
+            request_principal: None,
+            token_error: None,
         }
+    }
+
+    /// Validates the request's token with `authn` ([`crate::jwt::Authenticator`]): the
+    /// validated end user (or `None` for a request without a token, which goes on
+    /// unauthenticated), or why it was refused: answer with [`RequestCtx::unauthenticated`].
+    /// Counted and, when refused, logged once, with the token named only as `jwt.log_token`
+    /// allows.
+    pub fn authenticate(
+        &mut self,
+        authn: &Authenticator,
+        parts: &http::request::Parts,
+        metrics: &Metrics,
+        peer: &str,
+    ) -> Result<Option<Authenticated>, TokenError> {
+        match authn.authenticate(parts) {
+            Ok(None) => Ok(None),
+            Ok(Some(auth)) => {
+                metrics.jwt_validation("ok");
+                self.request_principal = authn.flow_principal(&auth);
+                Ok(Some(auth))
+            }
+            Err(refused) => {
+                metrics.jwt_validation(refused.error.as_str());
+                tracing::info!(
+                    peer,
+                    reason = refused.error.as_str(),
+                    token = refused.token.as_deref(),
+                    "request token refused"
+                );
+                self.token_error = Some(refused.error);
+                Err(refused.error)
+            }
+        }
+    }
+
+    /// The answer to a request whose token was refused ([`unauthenticated_response`]).
+    pub fn unauthenticated(&self, e: TokenError) -> Response<Body> {
+        unauthenticated_response(e, self.protocol == FlowProtocol::Grpc)
     }
 
     /// Enforces the policy for this request ([`enforce`]) and keeps the decision; for a
@@ -287,6 +370,8 @@ impl<'a> RequestCtx<'a> {
         if let Some(e) = &self.enforced {
             e.fill(&mut record);
         }
+        record.request_principal = self.request_principal.map(Into::into);
+        record.token_error = self.token_error.map(|e| e.as_str().into());
         record.bytes_in = self.bytes_in;
         record.bytes_out = telemetry::content_length(resp.headers());
         record.duration_ms = elapsed.as_secs_f64() * 1000.0;
@@ -321,6 +406,8 @@ impl RequestCtx<'_> {
                 host: self.host,
                 span: self.span,
                 enforced: self.enforced,
+                request_principal: self.request_principal,
+                token_error: self.token_error,
             },
             status,
         }

@@ -198,6 +198,7 @@ pub async fn run(
         },
         config.policy.load.clone(),
         Arc::clone(&metrics),
+        crate::authz::Jwt::fetching(config.jwt.clone(), &metrics),
     )?);
     state.policy.store(Some(Arc::clone(&policy)));
     if config.policy.path.is_none() {

@@ -27,6 +27,10 @@ async fn demo_runs_to_completion() -> Result<()> {
     for line in [
         "key exchange between the sidecars: x25519mlkem768 (post-quantum hybrid",
         "key exchange of the frontend sidecar with the CA: x25519mlkem768",
+        // One request allowed for a user claim, one denied.
+        "GET /api/reports/q3 with alice's token (roles: [auditor]) -> 200: allowed for the claim",
+        "GET /api/reports/q3 with bob's token (roles: [clerk]) -> 403",
+        "the same with a tampered signature -> 401",
     ] {
         ensure!(stdout.contains(line), "no {line:?} in:\n{printed}");
     }

@@ -17,6 +17,7 @@ mod edge;
 mod failures;
 mod fairness;
 mod garden;
+mod jwt;
 mod k8s_chart;
 mod k8s_inject;
 mod k8s_tokenreview;

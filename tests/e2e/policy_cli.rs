@@ -535,3 +535,65 @@ async fn documented_example_cases_pass() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn test_and_explain_take_the_claims_of_a_token() -> Result<()> {
+    let policies = fixture("jwt.yaml");
+    let out = policy(&[
+        "test",
+        path_str(&policies)?,
+        "--cases",
+        path_str(&fixture("jwt-cases.yaml"))?,
+    ])
+    .await?;
+    exit_code(&out, 0)?;
+    ensure!(
+        stdout(&out).ends_with("3 passed, 0 failed\n"),
+        "{}",
+        stdout(&out)
+    );
+    let out = policy(&[
+        "explain",
+        path_str(&policies)?,
+        "--workload",
+        "foo",
+        "--label",
+        "app=httpbin",
+        "--port",
+        "8000",
+        "--method",
+        "GET",
+        "--path",
+        "/headers",
+        "--claims",
+        r#"{"iss": "testing@secure.istio.io", "sub": "testing@secure.istio.io", "groups": ["group2"]}"#,
+    ])
+    .await?;
+    exit_code(&out, 0)?;
+    let text = stdout(&out);
+    ensure!(
+        text.contains(
+            "when[0] (request.auth.claims[groups]) values: `group2` matches none of [group1]"
+        ),
+        "{text}"
+    );
+    // Claims without an HTTP request are refused: tokens travel in HTTP requests only.
+    let out = policy(&[
+        "explain",
+        path_str(&policies)?,
+        "--workload",
+        "foo",
+        "--port",
+        "8000",
+        "--claims",
+        "{}",
+    ])
+    .await?;
+    exit_code(&out, 2)?;
+    ensure!(
+        stderr(&out).contains("claims need a method"),
+        "{}",
+        stderr(&out)
+    );
+    Ok(())
+}

@@ -157,6 +157,7 @@ fn evaluate(
             host: dst_sa,
             headers: &[],
         }),
+        auth: None,
     };
     set.for_workload(&w).evaluate(&req).is_allowed()
 }

@@ -12,6 +12,7 @@ pub mod apps;
 pub mod browser;
 pub mod ca;
 pub mod clients;
+pub mod jwt;
 pub mod k8s;
 pub mod mesh;
 pub mod netns;

@@ -60,13 +60,90 @@ spec:
   mode: dry-run
   rules:
   - to: [{ operation: { paths: [/api/orders/legacy/*] } }]
+---
+apiVersion: picket.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: reports-for-auditors, namespace: shop }
+spec:
+  selector: { matchLabels: { app: orders } }
+  action: ALLOW
+  rules:
+  - from: [{ source: { principals: [cluster.local/ns/shop/sa/frontend], requestPrincipals: [\"https://idp.demo/*\"] } }]
+    to: [{ operation: { methods: [GET], paths: [/api/reports/*] } }]
+    when: [{ key: \"request.auth.claims[roles]\", values: [auditor] }]
 ";
+
+/// The demo's identity provider: its issuer, and a RequestAuthentication for orders with the
+/// provider's public key inline (`jwks`).
+const DEMO_ISSUER: &str = "https://idp.demo";
+
+fn demo_authn(jwks: &str) -> anyhow::Result<String> {
+    Ok(format!(
+        "---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{ name: idp, namespace: shop }}
+spec:
+  selector: {{ matchLabels: {{ app: orders }} }}
+  jwtRules:
+  - issuer: {DEMO_ISSUER}
+    audiences: [orders]
+    jwks: {}
+    outputClaimToHeaders: [{{ header: x-user, claim: sub }}]
+",
+        serde_json::to_string(jwks)?
+    ))
+}
+
+/// The demo identity provider's signing key (Ed25519), made at start.
+struct DemoIdp {
+    key: aws_lc_rs::signature::Ed25519KeyPair,
+}
+
+impl DemoIdp {
+    fn new() -> anyhow::Result<Self> {
+        let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .map_err(|_| anyhow!("cannot make the demo identity provider's key"))?;
+        let key = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+            .map_err(|_| anyhow!("cannot read the demo identity provider's key"))?;
+        Ok(Self { key })
+    }
+
+    fn jwks(&self) -> String {
+        use aws_lc_rs::signature::KeyPair as _;
+        use base64::Engine as _;
+        let x =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.key.public_key().as_ref());
+        serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "demo-1", "use": "sig", "x": x}]})
+            .to_string()
+    }
+
+    /// A token for `sub` with `roles`, valid for ten minutes.
+    fn token(&self, sub: &str, roles: &[&str]) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let header = serde_json::json!({"alg": "EdDSA", "kid": "demo-1", "typ": "JWT"});
+        let claims = serde_json::json!({"iss": DEMO_ISSUER, "sub": sub, "aud": "orders",
+                                        "roles": roles, "iat": now, "exp": now + 600});
+        let input = format!(
+            "{}.{}",
+            b64.encode(header.to_string()),
+            b64.encode(claims.to_string())
+        );
+        let sig = self.key.sign(input.as_bytes());
+        format!("{input}.{}", b64.encode(sig.as_ref()))
+    }
+}
 
 struct Mesh {
     shutdown: CancellationToken,
     ca_url: String,
     frontend: BoundAddrs,
     orders: BoundAddrs,
+    idp: DemoIdp,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -138,7 +215,11 @@ async fn start(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<Mesh> 
     );
 
     std::fs::create_dir_all(dir.join("policy"))?;
-    std::fs::write(dir.join("policy").join("shop.yaml"), DEMO_POLICY)?;
+    let idp = DemoIdp::new()?;
+    std::fs::write(
+        dir.join("policy").join("shop.yaml"),
+        format!("{DEMO_POLICY}{}", demo_authn(&idp.jwks())?),
+    )?;
     println!("   policies written to {}", dir.join("policy").display());
 
     let mut apps = Vec::new();
@@ -206,6 +287,7 @@ async fn start(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<Mesh> 
         ca_url,
         frontend,
         orders,
+        idp,
         tasks,
     })
 }
@@ -273,6 +355,7 @@ async fn spawn_sidecar(
         http: HttpConfig::default(),
         telemetry: picket_proxy::telemetry::TelemetryConfig::default(),
         health: None,
+        jwt: picket_proxy::jwt::JwtSettings::default(),
     };
     let (tx, rx) = oneshot::channel();
     let stop = shutdown.clone();
@@ -420,7 +503,71 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
         "   GET /api/orders/legacy/7 -> {status}: allowed, but the dry-run policy retire-legacy-api recorded \"would deny\""
     );
 
-    step("5. Lateral movement: frontend probes a sensitive path");
+    step("5. End users: a JWT from the identity provider, checked by the orders sidecar");
+    let alice = mesh.idp.token("alice", &["auditor"]);
+    let bob = mesh.idp.token("bob", &["clerk"]);
+    let (status, body) = http_get(
+        via,
+        "orders",
+        "/api/reports/q3",
+        &[("authorization", &format!("Bearer {alice}"))],
+    )
+    .await?;
+    anyhow::ensure!(
+        status == 200,
+        "alice's report request answered {status}: {body}"
+    );
+    let seen: serde_json::Value = serde_json::from_str(&body)?;
+    let headers = seen["headers"].as_array().cloned().unwrap_or_default();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h[0].as_str() == Some(name))
+            .and_then(|h| h[1].as_str().map(str::to_owned))
+    };
+    anyhow::ensure!(
+        header("x-user").as_deref() == Some("alice") && header("authorization").is_none(),
+        "the orders app saw x-user {:?} and authorization {:?}",
+        header("x-user"),
+        header("authorization")
+    );
+    println!(
+        "   GET /api/reports/q3 with alice's token (roles: [auditor]) -> {status}: allowed for the claim"
+    );
+    println!("   the orders app saw x-user: alice, and not the token (removed by the sidecar)");
+    let (status, body) = http_get(
+        via,
+        "orders",
+        "/api/reports/q3",
+        &[("authorization", &format!("Bearer {bob}"))],
+    )
+    .await?;
+    anyhow::ensure!(
+        status == 403,
+        "bob's report request answered {status}: {body}"
+    );
+    println!(
+        "   GET /api/reports/q3 with bob's token (roles: [clerk]) -> {status} {}",
+        body.trim()
+    );
+    // One character of the signature changed.
+    let mut forged = alice.clone().into_bytes();
+    let at = forged.len().saturating_sub(10);
+    if let Some(b) = forged.get_mut(at) {
+        *b = if *b == b'A' { b'B' } else { b'A' };
+    }
+    let forged = String::from_utf8(forged)?;
+    let (status, _) = http_get(
+        via,
+        "orders",
+        "/api/reports/q3",
+        &[("authorization", &format!("Bearer {forged}"))],
+    )
+    .await?;
+    anyhow::ensure!(status == 401, "a forged token answered {status}");
+    println!("   the same with a tampered signature -> {status} (invalid token)");
+
+    step("6. Lateral movement: frontend probes a sensitive path");
     let (status, _) = http_get(via, "orders", "/.env", &[]).await?;
     println!("   GET /.env -> {status} (denied by policy, and flagged)");
     let alerts = admin_json(mesh.orders.admin, "/alerts").await?;
@@ -438,7 +585,7 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
         );
     }
 
-    step("6. A plaintext client on the orders inbound port");
+    step("7. A plaintext client on the orders inbound port");
     let mut tcp = TcpStream::connect(mesh.orders.inbound).await?;
     tcp.write_all(b"GET /api/orders/42 HTTP/1.1\r\nhost: orders\r\n\r\n")
         .await?;
@@ -451,11 +598,11 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
         if read.is_ok() { "closed" } else { "timed out" }
     );
 
-    step("7. A client with a certificate from a foreign certificate authority");
+    step("8. A client with a certificate from a foreign certificate authority");
     let refused = foreign_client(mesh, dir).await?;
     println!("   {refused}");
 
-    step("8. What the orders sidecar counted");
+    step("9. What the orders sidecar counted");
     let (_, metrics) = http_get(mesh.orders.admin, "admin", "/metrics", &[]).await?;
     for line in metrics.lines().filter(|l| {
         l.starts_with("picket_tls_handshake_failures_total")
@@ -463,6 +610,7 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
             || l.starts_with("picket_requests_total")
             || l.starts_with("picket_authz_decisions_total")
             || l.starts_with("picket_alerts_total")
+            || l.starts_with("picket_jwt_validations_total")
     }) {
         println!("   {line}");
     }
@@ -511,6 +659,7 @@ fn explain_refund(dir: &Path) -> anyhow::Result<String> {
             host: "orders",
             headers: &headers,
         }),
+        auth: None,
     });
     Ok(explanation.to_string())
 }

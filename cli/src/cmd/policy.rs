@@ -51,7 +51,7 @@ pub enum PolicyCommand {
         #[command(flatten)]
         load: LoadArgs,
         #[command(flatten)]
-        request: RequestArgs,
+        request: Box<RequestArgs>,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -133,6 +133,10 @@ pub struct RequestArgs {
     /// TLS server name.
     #[arg(long)]
     sni: Option<String>,
+    /// The claims of a validated JWT the request carries, as a JSON object
+    /// (`{"iss": "...", "sub": "...", "groups": [...]}`); absent means no token.
+    #[arg(long)]
+    claims: Option<String>,
 }
 
 /// A request description shared by `explain` and the cases file.
@@ -154,6 +158,9 @@ struct RequestSpec {
     headers: Vec<(String, String)>,
     #[serde(default)]
     sni: Option<String>,
+    /// The payload of a validated JWT (needs an HTTP request).
+    #[serde(default)]
+    claims: Option<serde_json::Value>,
 }
 
 fn default_ip() -> IpAddr {
@@ -167,6 +174,7 @@ struct OwnedRequest {
     port: u16,
     sni: Option<String>,
     http: Option<OwnedHttp>,
+    auth: Option<picket_policy::RequestAuth>,
 }
 
 /// Method, normalized path, normalized host, lowercased headers.
@@ -219,12 +227,23 @@ impl OwnedRequest {
                 })
             }
         };
+        let auth = match &spec.claims {
+            None => None,
+            Some(_) if http.is_none() => {
+                bail!("claims need a method: tokens travel only in HTTP requests")
+            }
+            Some(serde_json::Value::Object(map)) => {
+                Some(picket_policy::RequestAuth::from_claims(map.clone()))
+            }
+            Some(_) => bail!("claims: expected a JSON object (the token's payload)"),
+        };
         Ok(Self {
             principal,
             source_ip: spec.source_ip,
             port: spec.port,
             sni: spec.sni.clone(),
             http,
+            auth,
         })
     }
 
@@ -250,6 +269,7 @@ impl OwnedRequest {
                 host: &h.host,
                 headers: &headers,
             }),
+            auth: self.auth.as_ref(),
         };
         f(&req)
     }
@@ -336,6 +356,13 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<bool> {
                 host: request.host.clone(),
                 headers,
                 sni: request.sni.clone(),
+                claims: match &request.claims {
+                    None => None,
+                    Some(text) => Some(
+                        serde_json::from_str(text)
+                            .with_context(|| format!("--claims {text:?}: not JSON"))?,
+                    ),
+                },
             };
             let owned = OwnedRequest::from_spec(&spec)?;
             let compiled = set.for_workload(&Workload {

@@ -67,6 +67,7 @@ fuzz_target!(|data: &[u8]| {
                 destination_port: 8080,
                 sni: Some("orders.shop"),
                 http,
+                auth: None,
             };
             let decision = policies.evaluate(&req);
             let explanation = policies.explain(&req);

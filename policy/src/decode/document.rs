@@ -15,9 +15,16 @@ impl Decoder<'_> {
             && let Some(k) = self.string(kind, "kind")
             && k != "AuthorizationPolicy"
         {
+            if k == "RequestAuthentication" {
+                self.authentication(doc, &f, api_version);
+                return None;
+            }
             self.error(
                 kind.pos,
-                format!("unsupported kind `{k}`: Picket reads AuthorizationPolicy documents only"),
+                format!(
+                    "unsupported kind `{k}`: Picket reads AuthorizationPolicy and \
+                     RequestAuthentication documents only"
+                ),
             );
         }
         let metadata = self
@@ -92,6 +99,261 @@ impl Decoder<'_> {
             rules: spec.rules.into_iter().map(|(_, c)| c).collect(),
             pos: doc.pos,
             name_pos,
+        })
+    }
+
+    /// A `RequestAuthentication` document (its kind already read); kept in
+    /// `self.authentications` when it has no errors.
+    fn authentication(&mut self, doc: &Yaml, f: &Fields<'_>, api_version: Option<ApiVersion>) {
+        let before = self.errors.len();
+        let metadata = self
+            .required(f, doc, "", "metadata")
+            .and_then(|n| self.metadata(n));
+        let spec = self
+            .required(f, doc, "", "spec")
+            .and_then(|n| self.authn_spec(n));
+        let (
+            Some(api_version),
+            Some((name, namespace, labels, annotations, name_pos)),
+            Some((selector, rules)),
+        ) = (api_version, metadata, spec)
+        else {
+            return;
+        };
+        if self.errors.len() > before {
+            return;
+        }
+        self.authentications.push((
+            RequestAuthentication {
+                api_version,
+                namespace,
+                name,
+                labels,
+                annotations,
+                selector,
+                rules,
+                source: self.file.to_owned(),
+                line: doc.pos.line,
+            },
+            name_pos,
+        ));
+    }
+
+    fn authn_spec(&mut self, node: &Yaml) -> Option<(BTreeMap<String, String>, Vec<JwtRule>)> {
+        let f = self.fields(node, "spec", AUTHN_SPEC_FIELDS, SPEC_UNSUPPORTED)?;
+        let selector = match f.get("selector") {
+            None => BTreeMap::new(),
+            Some(sel) => match self.fields(sel, "spec.selector", SELECTOR_FIELDS, &[]) {
+                None => BTreeMap::new(),
+                Some(sf) => sf
+                    .get("matchLabels")
+                    .map(|m| self.string_map(m, "spec.selector.matchLabels"))
+                    .unwrap_or_default(),
+            },
+        };
+        let Some(rules_node) = f.get("jwtRules") else {
+            self.error(
+                node.pos,
+                "a RequestAuthentication without `spec.jwtRules` validates nothing; list at \
+                 least one rule",
+            );
+            return None;
+        };
+        let rules = self.list(rules_node, "spec.jwtRules", |d, item, item_path| {
+            d.jwt_rule(item, item_path)
+        });
+        // One issuer, one rule: a token is matched to its rule by `iss`.
+        if let Value::Seq(items) = &rules_node.value {
+            for (i, rule) in rules.iter().enumerate() {
+                if rules[..i].iter().any(|r| r.issuer == rule.issuer) {
+                    let pos = items.get(i).map_or(rules_node.pos, |n| n.pos);
+                    self.error(
+                        pos,
+                        format!(
+                            "`spec.jwtRules[{i}]`: issuer `{}` has an earlier rule; a token is \
+                             matched to its rule by issuer, so each issuer has one rule",
+                            rule.issuer
+                        ),
+                    );
+                }
+            }
+        }
+        Some((selector, rules))
+    }
+
+    fn jwt_rule(&mut self, node: &Yaml, path: &str) -> Option<JwtRule> {
+        let f = self.fields(node, path, JWT_RULE_FIELDS, JWT_RULE_UNSUPPORTED)?;
+        let p = |name: &str| format!("{path}.{name}");
+        let issuer = self
+            .required(&f, node, path, "issuer")
+            .and_then(|n| self.string(n, &p("issuer")).map(|s| (n.pos, s.to_owned())));
+        if let Some((pos, iss)) = &issuer
+            && (iss.is_empty() || iss.chars().any(char::is_control))
+        {
+            self.error(
+                *pos,
+                format!(
+                    "`{}`: an issuer is a non-empty string without control characters",
+                    p("issuer")
+                ),
+            );
+        }
+        let audiences = self.patterns(f.get("audiences"), &p("audiences"), |s: &str| {
+            if s.is_empty() || s.chars().any(char::is_control) {
+                Err(format!(
+                    "`{s}` is not an audience (non-empty, no control characters)"
+                ))
+            } else {
+                Ok(s.to_owned())
+            }
+        });
+        let jwks = match (f.get("jwksUri"), f.get("jwks")) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    f.key_pos("jwks").unwrap_or(node.pos),
+                    format!("`{path}` gives both `jwksUri` and `jwks`; keep one"),
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    node.pos,
+                    format!(
+                        "`{path}` needs `jwksUri` or `jwks`: Picket does not discover keys \
+                         through the issuer's OpenID configuration"
+                    ),
+                );
+                None
+            }
+            (Some(n), None) => {
+                self.string(n, &p("jwksUri"))
+                    .and_then(|uri| match check_jwks_uri(uri) {
+                        Ok(()) => Some(JwksSource::Uri(uri.to_owned())),
+                        Err(why) => {
+                            self.error(n.pos, format!("`{}`: {why}", p("jwksUri")));
+                            None
+                        }
+                    })
+            }
+            (None, Some(n)) => self
+                .string(n, &p("jwks"))
+                .and_then(|text| match check_inline_jwks(text) {
+                    Ok(()) => Some(JwksSource::Inline(text.to_owned())),
+                    Err(why) => {
+                        self.error(n.pos, format!("`{}`: {why}", p("jwks")));
+                        None
+                    }
+                }),
+        };
+        let from_headers = match f.get("fromHeaders") {
+            None => Vec::new(),
+            Some(n) => self.list(n, &p("fromHeaders"), |d, item, item_path| {
+                let hf = d.fields(item, item_path, FROM_HEADER_FIELDS, &[])?;
+                let name_node = d.required(&hf, item, item_path, "name")?;
+                let name = d.string(name_node, &format!("{item_path}.name"))?;
+                if let Err(why) = check_header_name(name) {
+                    d.error(name_node.pos, format!("`{item_path}.name`: {why}"));
+                    return None;
+                }
+                let prefix = match hf.get("prefix") {
+                    None => String::new(),
+                    Some(pn) => {
+                        let prefix = d.string(pn, &format!("{item_path}.prefix"))?;
+                        if prefix.chars().any(char::is_control) {
+                            d.error(
+                                pn.pos,
+                                format!("`{item_path}.prefix` cannot contain control characters"),
+                            );
+                            return None;
+                        }
+                        prefix.to_owned()
+                    }
+                };
+                Some(TokenHeader {
+                    name: name.to_ascii_lowercase(),
+                    prefix,
+                })
+            }),
+        };
+        let from_params = self.patterns(f.get("fromParams"), &p("fromParams"), |s: &str| {
+            if s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+            {
+                Err(format!(
+                    "`{s}` is not a query parameter name (letters, digits, `-._~`)"
+                ))
+            } else {
+                Ok(s.to_owned())
+            }
+        });
+        let output_payload_to_header = f.get("outputPayloadToHeader").and_then(|n| {
+            let name = self.string(n, &p("outputPayloadToHeader"))?;
+            match check_output_header(name) {
+                Ok(()) => Some(name.to_ascii_lowercase()),
+                Err(why) => {
+                    self.error(n.pos, format!("`{}`: {why}", p("outputPayloadToHeader")));
+                    None
+                }
+            }
+        });
+        let forward_original_token = match f.get("forwardOriginalToken") {
+            None => false,
+            Some(n) => match &n.value {
+                Value::Bool(b) => *b,
+                other => {
+                    self.error(
+                        n.pos,
+                        format!(
+                            "`{}`: expected true or false, found {}",
+                            p("forwardOriginalToken"),
+                            other.kind()
+                        ),
+                    );
+                    false
+                }
+            },
+        };
+        let output_claim_to_headers = match f.get("outputClaimToHeaders") {
+            None => Vec::new(),
+            Some(n) => self.list(n, &p("outputClaimToHeaders"), |d, item, item_path| {
+                let cf = d.fields(item, item_path, CLAIM_TO_HEADER_FIELDS, &[])?;
+                let header_node = d.required(&cf, item, item_path, "header");
+                let claim_node = d.required(&cf, item, item_path, "claim");
+                let header = header_node.and_then(|h| d.string(h, &format!("{item_path}.header")));
+                let claim = claim_node.and_then(|c| d.string(c, &format!("{item_path}.claim")));
+                let (header_node, claim_node, header, claim) =
+                    (header_node?, claim_node?, header?, claim?);
+                if let Err(why) = check_output_header(header) {
+                    d.error(header_node.pos, format!("`{item_path}.header`: {why}"));
+                    return None;
+                }
+                if claim.is_empty()
+                    || claim.split('.').any(str::is_empty)
+                    || claim.chars().any(char::is_control)
+                {
+                    d.error(
+                        claim_node.pos,
+                        format!("`{item_path}.claim`: `{claim}` is not a claim name (`sub`, or `realm.role` for a nested claim)"),
+                    );
+                    return None;
+                }
+                Some(ClaimToHeader {
+                    header: header.to_ascii_lowercase(),
+                    claim: claim.to_owned(),
+                })
+            }),
+        };
+        Some(JwtRule {
+            issuer: issuer?.1,
+            audiences: values(&audiences),
+            jwks: jwks?,
+            from_headers,
+            from_params: values(&from_params),
+            output_payload_to_header,
+            forward_original_token,
+            output_claim_to_headers,
         })
     }
 

@@ -20,7 +20,8 @@ impl Decoder<'_> {
             Some(when) => self.rule_when(when, path, &mut rule, &mut compiled),
             None => (None, Vec::new()),
         };
-        compiled.http_only = compiled.to.iter().any(Operation::has_http_fields)
+        compiled.http_only = compiled.from.iter().any(Peer::has_http_fields)
+            || compiled.to.iter().any(Operation::has_http_fields)
             || compiled.when.iter().any(Condition::is_http_only);
         self.http_fields_on_opaque_ports(&op_http, when_ports.as_deref(), &header_conditions);
         Some((rule, compiled))
@@ -161,7 +162,7 @@ impl Decoder<'_> {
                 node.pos,
                 format!(
                     "`{path}` has no fields: remove the entry to match any source, or give it \
-                     principals, namespaces or ipBlocks"
+                     principals, requestPrincipals, namespaces or ipBlocks"
                 ),
             );
         }
@@ -174,6 +175,21 @@ impl Decoder<'_> {
             self.patterns(f.get("notNamespaces"), &p("notNamespaces"), parse_namespace);
         let ip_blocks = self.patterns(f.get("ipBlocks"), &p("ipBlocks"), Cidr::parse);
         let not_ip_blocks = self.patterns(f.get("notIpBlocks"), &p("notIpBlocks"), Cidr::parse);
+        let request_principals = self.patterns(
+            f.get("requestPrincipals"),
+            &p("requestPrincipals"),
+            parse_request_principal,
+        );
+        let not_request_principals = self.patterns(
+            f.get("notRequestPrincipals"),
+            &p("notRequestPrincipals"),
+            parse_request_principal,
+        );
+        self.contradiction(
+            path,
+            ("requestPrincipals", &request_principals),
+            ("notRequestPrincipals", &not_request_principals),
+        );
         self.contradiction(
             path,
             ("principals", &principals),
@@ -196,6 +212,8 @@ impl Decoder<'_> {
             not_namespaces: raws(&not_namespaces),
             ip_blocks: raws(&ip_blocks),
             not_ip_blocks: raws(&not_ip_blocks),
+            request_principals: raws(&request_principals),
+            not_request_principals: raws(&not_request_principals),
         };
         let peer = Peer {
             principals: values(&principals),
@@ -204,6 +222,8 @@ impl Decoder<'_> {
             not_namespaces: values(&not_namespaces),
             ip_blocks: values(&ip_blocks),
             not_ip_blocks: values(&not_ip_blocks),
+            request_principals: values(&request_principals),
+            not_request_principals: values(&not_request_principals),
         };
         Some((spec, peer))
     }
@@ -317,11 +337,16 @@ impl Decoder<'_> {
             CondKey::Header(_)
             | CondKey::SourceNamespace
             | CondKey::SourcePrincipal
-            | CondKey::Sni => {
+            | CondKey::Sni
+            | CondKey::RequestPrincipal
+            | CondKey::RequestAudiences
+            | CondKey::RequestPresenter
+            | CondKey::RequestClaim(_) => {
                 let parse: fn(&str) -> Result<StrMatch, String> = match &key {
                     CondKey::SourceNamespace => parse_namespace,
                     CondKey::SourcePrincipal => parse_principal,
                     CondKey::Sni => parse_sni,
+                    CondKey::RequestPrincipal => parse_request_principal,
                     _ => parse_header_value,
                 };
                 let v = self.patterns(values_node, &vp, parse);

@@ -47,11 +47,26 @@ fn condition_keys() {
     );
     assert!(parse_condition_key("request.headers[]").is_err());
     assert!(parse_condition_key("request.headers[a b]").is_err());
-    assert!(
-        parse_condition_key("request.auth.claims[iss]")
-            .unwrap_err()
-            .contains("not supported")
+    assert_eq!(
+        parse_condition_key("request.auth.claims[iss]"),
+        Ok(CondKey::RequestClaim(vec!["iss".into()].into_boxed_slice()))
     );
+    assert_eq!(
+        parse_condition_key("request.auth.claims[realm][roles]"),
+        Ok(CondKey::RequestClaim(
+            vec!["realm".into(), "roles".into()].into_boxed_slice()
+        ))
+    );
+    for bad in [
+        "request.auth.claims",
+        "request.auth.claims[]",
+        "request.auth.claims[a",
+        "request.auth.claims.a",
+        "request.auth.claims[a]x",
+        "request.auth.subject",
+    ] {
+        assert!(parse_condition_key(bad).is_err(), "{bad}");
+    }
     assert!(
         parse_condition_key("source.port")
             .unwrap_err()

@@ -308,6 +308,130 @@ pub(super) fn no_space_or_control(s: &str, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A header name (an RFC 9110 token).
+pub(super) fn check_header_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        return Err(format!("`{name}` is not a header name"));
+    }
+    Ok(())
+}
+
+/// A header the sidecar writes for the application: a header name that is neither a
+/// connection-level header nor one of the mesh's own.
+pub(super) fn check_output_header(name: &str) -> Result<(), String> {
+    check_header_name(name)?;
+    let lower = name.to_ascii_lowercase();
+    let reserved = [
+        "host",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "content-length",
+        "traceparent",
+        "tracestate",
+    ];
+    if reserved.contains(&lower.as_str()) || lower.starts_with("x-picket-") {
+        return Err(format!(
+            "`{name}` is a header the sidecar manages; choose another name"
+        ));
+    }
+    Ok(())
+}
+
+/// `jwksUri`: an `https://` URL with a host. Keys fetched over plain HTTP could be replaced
+/// by anyone on the path, so that scheme is refused.
+pub(crate) fn check_jwks_uri(uri: &str) -> Result<(), String> {
+    let Some(rest) = uri.strip_prefix("https://") else {
+        return Err(format!(
+            "`{uri}` is not an https:// URL; keys are fetched over HTTPS only"
+        ));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty()
+        || authority.contains('@')
+        || uri.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "`{uri}` is not a URL with a host (and no user info)"
+        ));
+    }
+    Ok(())
+}
+
+/// `jwks`: a JSON object with a non-empty `keys` list of objects that each have `kty`. The
+/// sidecar turns the keys into verification keys at load and refuses unusable ones.
+pub(crate) fn check_inline_jwks(text: &str) -> Result<(), String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not a JSON JWK set: {e}"))?;
+    let keys = value
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .ok_or("a JWK set is a JSON object with a `keys` list")?;
+    if keys.is_empty() {
+        return Err("the JWK set has no keys".into());
+    }
+    for (i, key) in keys.iter().enumerate() {
+        if key.get("kty").and_then(serde_json::Value::as_str).is_none() {
+            return Err(format!("key {i} of the JWK set has no `kty`"));
+        }
+    }
+    Ok(())
+}
+
+/// `[a][b]` after `request.auth.claims`: one or more non-empty claim names in brackets.
+pub(super) fn parse_claim_path(key: &str, mut rest: &str) -> Result<Box<[Box<str>]>, String> {
+    let mut path: Vec<Box<str>> = Vec::new();
+    while !rest.is_empty() {
+        let Some(inner) = rest.strip_prefix('[') else {
+            return Err(format!(
+                "`{key}`: expected `[claim]` after `request.auth.claims`"
+            ));
+        };
+        let Some(end) = inner.find(']') else {
+            return Err(format!("`{key}`: missing `]`"));
+        };
+        let name = &inner[..end];
+        if name.is_empty() || name.contains('[') || name.chars().any(char::is_control) {
+            return Err(format!("`{key}`: `{name}` is not a claim name"));
+        }
+        path.push(name.into());
+        rest = &inner[end + 1..];
+    }
+    if path.is_empty() {
+        return Err(format!(
+            "`{key}`: name the claim, as in `request.auth.claims[groups]`"
+        ));
+    }
+    if path.len() > MAX_CLAIM_DEPTH {
+        return Err(format!(
+            "`{key}`: claims are read at most {MAX_CLAIM_DEPTH} levels deep"
+        ));
+    }
+    Ok(path.into_boxed_slice())
+}
+
+/// How deep a `request.auth.claims[a][b]...` key may reach.
+const MAX_CLAIM_DEPTH: usize = 8;
+
+/// A request principal pattern: `iss/sub` of a JWT, in the four string forms (`*`,
+/// `iss/*`, `*/sub`, exact).
+pub(super) fn parse_request_principal(s: &str) -> Result<StrMatch, String> {
+    no_space_or_control(s, "a request principal")?;
+    let m = StrMatch::parse(s)?;
+    if let StrMatch::Exact(p) = &m
+        && !p.contains('/')
+    {
+        return Err(format!(
+            "`{s}` is not a request principal: write `issuer/subject` (or `issuer/*`, `*/subject`, `*`)"
+        ));
+    }
+    Ok(m)
+}
+
 /// A principal pattern; a leading `spiffe://` is dropped so both spellings compare equal. What
 /// remains must be an identity's shape, `<trust-domain>/ns/<namespace>/sa/<service-account>`,
 /// or (with `*`) a prefix or suffix of one: a principal no identity can have is an error.
@@ -616,10 +740,19 @@ pub(super) fn parse_condition_key(key: &str) -> Result<CondKey, String> {
         "source.principal" => return Ok(CondKey::SourcePrincipal),
         "destination.port" => return Ok(CondKey::DestinationPort),
         "connection.sni" => return Ok(CondKey::Sni),
+        "request.auth.principal" => return Ok(CondKey::RequestPrincipal),
+        "request.auth.audiences" => return Ok(CondKey::RequestAudiences),
+        "request.auth.presenter" => return Ok(CondKey::RequestPresenter),
         _ => {}
     }
+    if let Some(rest) = key.strip_prefix("request.auth.claims") {
+        return parse_claim_path(key, rest).map(CondKey::RequestClaim);
+    }
     let why = if key.starts_with("request.auth.") {
-        Some("JWT request authentication is not supported")
+        Some(
+            "the JWT attributes are request.auth.principal, request.auth.audiences, \
+             request.auth.presenter and request.auth.claims[NAME]",
+        )
     } else if key == "remote.ip" {
         Some(
             "the remote IP is read from X-Forwarded-For, which Picket does not trust; use `source.ip`",

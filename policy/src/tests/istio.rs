@@ -200,22 +200,19 @@ fn istio_semantics_hold() {
 fn unsupported_istio_fields_are_refused_by_name() {
     let jwt = r#"
 apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
+kind: RequestAuthentication
 metadata:
-  name: require-jwt
+  name: jwt-example
   namespace: foo
 spec:
-  selector:
-    matchLabels:
-      app: httpbin
-  action: ALLOW
-  rules:
-  - from:
-    - source:
-        requestPrincipals: ["testing@secure.istio.io/testing@secure.istio.io"]
-    when:
-    - key: request.auth.claims[groups]
-      values: ["group1"]
+  targetRef:
+    kind: Gateway
+    group: gateway.networking.k8s.io
+    name: waypoint
+  jwtRules:
+  - issuer: "testing@secure.istio.io"
+    jwksUri: "https://example.com/jwks.json"
+    fromCookies: ["session"]
 "#;
     let custom = r#"
 apiVersion: security.istio.io/v1
@@ -256,8 +253,8 @@ spec:
         (
             jwt,
             &[
-                "`spec.rules[0].from[0].source.requestPrincipals` is not supported by Picket",
-                "`request.auth.claims[groups]` is not supported by Picket",
+                "`spec.targetRef` is not supported by Picket",
+                "`spec.jwtRules[0].fromCookies` is not supported by Picket",
             ],
         ),
         (

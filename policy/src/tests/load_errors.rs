@@ -281,8 +281,12 @@ fn every_load_error_names_its_location_and_cause() {
             "unknown key `source.port`; supported keys: request.headers[NAME]",
         ),
         (
-            rule("when: [{key: »\"request.auth.claims[iss]\", values: [x]}]"),
-            "`request.auth.claims[iss]` is not supported by Picket: JWT",
+            rule("when: [{key: »\"request.auth.subject\", values: [x]}]"),
+            "`request.auth.subject` is not supported by Picket: the JWT attributes are",
+        ),
+        (
+            rule("when: [{key: »\"request.auth.claims[a]x\", values: [x]}]"),
+            "expected `[claim]` after `request.auth.claims`",
         ),
         (
             rule("when: [{key: »remote.ip, values: [10.0.0.1]}]"),
@@ -314,12 +318,8 @@ fn every_load_error_names_its_location_and_cause() {
         ),
         // Unsupported Istio source fields.
         (
-            rule("from: [{source: {»requestPrincipals: [\"*\"]}}]"),
-            "`spec.rules[0].from[0].source.requestPrincipals` is not supported by Picket: request principals come from JWT",
-        ),
-        (
-            rule("from: [{source: {»notRequestPrincipals: [\"*\"]}}]"),
-            "`spec.rules[0].from[0].source.notRequestPrincipals` is not supported by Picket",
+            rule("from: [{source: {requestPrincipals: [»issuer]}}]"),
+            "`issuer` is not a request principal",
         ),
         (
             rule("from: [{source: {»remoteIpBlocks: [10.0.0.0/8]}}]"),

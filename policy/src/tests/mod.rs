@@ -4,6 +4,7 @@
 
 mod evaluation;
 mod istio;
+mod jwt;
 mod load_errors;
 mod matching;
 mod properties;
@@ -68,6 +69,7 @@ pub(crate) struct Req {
     pub(crate) port: u16,
     pub(crate) sni: Option<String>,
     pub(crate) http: Option<Http>,
+    pub(crate) auth: Option<crate::RequestAuth>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,7 +94,17 @@ impl Req {
                 host: "orders".into(),
                 headers: Vec::new(),
             }),
+            auth: None,
         }
+    }
+
+    /// The request carrying a validated JWT whose payload is `claims` (a JSON object).
+    pub(crate) fn jwt(mut self, claims: serde_json::Value) -> Req {
+        let serde_json::Value::Object(map) = claims else {
+            panic!("claims must be a JSON object")
+        };
+        self.auth = Some(crate::RequestAuth::from_claims(map));
+        self
     }
 
     /// A TCP connection on port 8080 from 10.0.0.1 as `principal`.
@@ -176,6 +188,7 @@ impl Req {
                 host: &h.host,
                 headers: &headers,
             }),
+            auth: self.auth.as_ref(),
         };
         f(&req)
     }

@@ -26,6 +26,7 @@ const PRINCIPALS: &[&str] = &[
     "*",
 ];
 const NAMESPACES: &[&str] = &["shop", "ops", "sh*"];
+const REQUEST_PRINCIPALS: &[&str] = &["https://idp/alice", "https://idp/*", "*/bob", "*"];
 const BLOCKS: &[&str] = &["10.0.0.0/8", "10.1.2.3", "192.168.0.0/16", "2001:db8::/32"];
 const HOSTS: &[&str] = &["orders", "orders:8080", "*.shop", "admin.*"];
 const PORTS: &[u16] = &[8080, 9090, 5432];
@@ -71,20 +72,28 @@ fn strings(v: Vec<&str>) -> Vec<String> {
 }
 
 fn peer() -> impl Strategy<Value = PeerSpec> {
-    (pair(PRINCIPALS), pair(NAMESPACES), pair(BLOCKS)).prop_map(|(p, n, b)| {
-        let mut peer = PeerSpec {
-            principals: strings(p.0),
-            not_principals: strings(p.1),
-            namespaces: strings(n.0),
-            not_namespaces: strings(n.1),
-            ip_blocks: strings(b.0),
-            not_ip_blocks: strings(b.1),
-        };
-        if peer == PeerSpec::default() {
-            peer.principals = vec![PRINCIPALS[0].to_owned()];
-        }
-        peer
-    })
+    (
+        pair(PRINCIPALS),
+        pair(NAMESPACES),
+        pair(BLOCKS),
+        pair(REQUEST_PRINCIPALS),
+    )
+        .prop_map(|(p, n, b, r)| {
+            let mut peer = PeerSpec {
+                principals: strings(p.0),
+                not_principals: strings(p.1),
+                namespaces: strings(n.0),
+                not_namespaces: strings(n.1),
+                ip_blocks: strings(b.0),
+                not_ip_blocks: strings(b.1),
+                request_principals: strings(r.0),
+                not_request_principals: strings(r.1),
+            };
+            if peer == PeerSpec::default() {
+                peer.principals = vec![PRINCIPALS[0].to_owned()];
+            }
+            peer
+        })
 }
 
 fn operation() -> impl Strategy<Value = OperationSpec> {
@@ -114,6 +123,11 @@ fn condition() -> impl Strategy<Value = ConditionSpec> {
         ("source.principal", &["cluster.local/ns/ops/sa/admin", "*"]),
         ("destination.port", &["8080", "9090"]),
         ("connection.sni", &["orders.shop", "*.shop"]),
+        ("request.auth.principal", &["https://idp/alice", "*"]),
+        ("request.auth.audiences", &["orders", "b*"]),
+        ("request.auth.presenter", &["web"]),
+        ("request.auth.claims[groups]", &["buyers", "st*"]),
+        ("request.auth.claims[realm][role]", &["admin", "true"]),
     ];
     (0..cases.len(), any::<u8>(), any::<bool>()).prop_map(move |(i, bits, negative)| {
         let (key, pool) = cases[i];
@@ -276,13 +290,33 @@ fn request() -> impl Strategy<Value = Req> {
             })),
     ];
     let sni = prop_oneof![Just(None), Just(Some("orders.shop")), Just(Some("x.other"))];
-    (principal, ip, prop::sample::select(PORTS), sni, http).prop_map(
-        |(principal, ip, port, sni, http)| Req {
-            principal: principal.map(str::to_owned),
-            ip: ip.to_owned(),
-            port,
-            sni: sni.map(str::to_owned),
-            http,
+    let auth = prop_oneof![
+        Just(None),
+        Just(Some(
+            serde_json::json!({"iss": "https://idp", "sub": "alice", "aud": "orders",
+                                     "groups": ["staff", "buyers"], "realm": {"role": "admin"}})
+        )),
+        Just(Some(
+            serde_json::json!({"iss": "https://other", "sub": "bob", "aud": ["x", "billing"],
+                                     "azp": "web", "groups": "staff", "realm": {"role": true}})
+        )),
+        Just(Some(serde_json::json!({"iss": "https://idp"}))),
+    ];
+    (principal, ip, prop::sample::select(PORTS), sni, http, auth).prop_map(
+        |(principal, ip, port, sni, http, auth)| {
+            let req = Req {
+                principal: principal.map(str::to_owned),
+                ip: ip.to_owned(),
+                port,
+                sni: sni.map(str::to_owned),
+                auth: None,
+                http,
+            };
+            match auth {
+                // Tokens travel in HTTP requests only.
+                Some(claims) if req.http.is_some() => req.jwt(claims),
+                _ => req,
+            }
         },
     )
 }

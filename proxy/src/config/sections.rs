@@ -29,6 +29,7 @@ impl Validator<'_> {
             limits: self.limits(&raw.limits)?,
             policy: self.policy(&raw.policy)?,
             http: self.http(&raw.http)?,
+            jwt: self.jwt(&raw.jwt)?,
             telemetry: self.telemetry(raw.telemetry)?,
             labels: raw.workload.labels,
             identity,
@@ -383,6 +384,56 @@ impl Validator<'_> {
             stall: d(&t.stall, 30, "timeouts.stall")?,
             drain: d(&t.drain, 30, "timeouts.drain")?,
             detect: d(&t.detect, 1, "timeouts.detect")?,
+        })
+    }
+
+    /// `jwt:`: fetching and caching key sets, clock skew, how logs name a refused token.
+    fn jwt(&self, raw: &RawJwt) -> Result<crate::jwt::JwtSettings, YamlError> {
+        use crate::jwt::{JwtSettings, TokenLog};
+        let d = JwtSettings::default();
+        let clock_skew = self.duration(
+            raw.clock_skew.as_ref(),
+            d.clock_skew,
+            "jwt.clock_skew",
+            Zero::Allowed,
+        )?;
+        if let Some(v) = raw.clock_skew.as_ref()
+            && clock_skew > Duration::from_secs(300)
+        {
+            return Err(self.err(v, "jwt.clock_skew: at most 5m"));
+        }
+        let d_refused = |v: &Option<Spanned<String>>, default: Duration, field: &str| {
+            self.duration(v.as_ref(), default, field, Zero::Refused)
+        };
+        Ok(JwtSettings {
+            trust_roots: raw.trust_roots.clone().unwrap_or(d.trust_roots),
+            fetch_timeout: d_refused(&raw.fetch_timeout, d.fetch_timeout, "jwt.fetch_timeout")?,
+            refresh_interval: d_refused(
+                &raw.refresh_interval,
+                d.refresh_interval,
+                "jwt.refresh_interval",
+            )?,
+            refetch_min_interval: d_refused(
+                &raw.refetch_min_interval,
+                d.refetch_min_interval,
+                "jwt.refetch_min_interval",
+            )?,
+            clock_skew,
+            log_token: self.choice(
+                raw.log_token.as_ref(),
+                d.log_token,
+                "jwt.log_token",
+                &[
+                    ("off", TokenLog::Off),
+                    ("hash", TokenLog::Hash),
+                    ("sub", TokenLog::Subject),
+                ],
+            )?,
+            max_principal_bytes: self.positive(
+                raw.max_principal_bytes.as_ref(),
+                d.max_principal_bytes,
+                "jwt.max_principal_bytes",
+            )?,
         })
     }
 

@@ -40,11 +40,14 @@ pub enum AlertKind {
     SensitivePath,
     /// An outbound call to a cloud metadata address.
     MetadataAccess,
+    /// Many requests with an invalid end-user token from one source (a stolen or forged
+    /// token being tried, or a broken client).
+    InvalidTokenBurst,
 }
 
 impl AlertKind {
     /// Every kind, in a stable order.
-    pub const ALL: [AlertKind; 12] = [
+    pub const ALL: [AlertKind; 13] = [
         Self::NewEdge,
         Self::PortScan,
         Self::PathScan,
@@ -57,6 +60,7 @@ impl AlertKind {
         Self::ForeignAddress,
         Self::SensitivePath,
         Self::MetadataAccess,
+        Self::InvalidTokenBurst,
     ];
 
     /// The wire name (also the metric label).
@@ -74,6 +78,7 @@ impl AlertKind {
             Self::ForeignAddress => "foreign_address",
             Self::SensitivePath => "sensitive_path",
             Self::MetadataAccess => "metadata_access",
+            Self::InvalidTokenBurst => "invalid_token_burst",
         }
     }
 }

@@ -41,11 +41,18 @@ pub enum Counter {
     NotFound,
     /// Answers 401, and 403 sent by the application (a policy denial is [`Counter::Denied`]).
     AuthFailed,
+    /// Requests whose end-user token was refused.
+    InvalidToken,
 }
 
 impl Counter {
     /// Every counter.
-    pub const ALL: [Counter; 3] = [Self::Denied, Self::NotFound, Self::AuthFailed];
+    pub const ALL: [Counter; 4] = [
+        Self::Denied,
+        Self::NotFound,
+        Self::AuthFailed,
+        Self::InvalidToken,
+    ];
 
     /// The wire name (admin `/detectors`, state file).
     pub fn as_str(self) -> &'static str {
@@ -53,6 +60,7 @@ impl Counter {
             Self::Denied => "denied",
             Self::NotFound => "not_found",
             Self::AuthFailed => "auth_failed",
+            Self::InvalidToken => "invalid_token",
         }
     }
 
@@ -67,13 +75,14 @@ impl Counter {
             Self::Denied => AlertKind::DenyBurst,
             Self::NotFound => AlertKind::NotFoundBurst,
             Self::AuthFailed => AlertKind::AuthFailureBurst,
+            Self::InvalidToken => AlertKind::InvalidTokenBurst,
         }
     }
 
     /// How urgent a burst is.
     pub fn severity(self) -> Severity {
         match self {
-            Self::Denied | Self::AuthFailed => Severity::High,
+            Self::Denied | Self::AuthFailed | Self::InvalidToken => Severity::High,
             Self::NotFound => Severity::Medium,
         }
     }
@@ -81,7 +90,7 @@ impl Counter {
     /// What the counter is keyed by.
     pub fn scope(self) -> Scope {
         match self {
-            Self::Denied => Scope::Source,
+            Self::Denied | Self::InvalidToken => Scope::Source,
             Self::NotFound => Scope::Edge,
             Self::AuthFailed => Scope::Route,
         }
@@ -90,7 +99,7 @@ impl Counter {
     /// The configured floor.
     pub fn floor(self, cfg: &DetectorConfig) -> usize {
         match self {
-            Self::Denied => cfg.deny_burst_threshold,
+            Self::Denied | Self::InvalidToken => cfg.deny_burst_threshold,
             Self::NotFound => cfg.not_found_burst_threshold,
             Self::AuthFailed => cfg.auth_failure_burst_threshold,
         }
@@ -108,6 +117,7 @@ impl Counter {
                 Some(403) => flow.verdict == Some(Verdict::Allow),
                 _ => false,
             },
+            Self::InvalidToken => flow.token_error.is_some(),
         }
     }
 
@@ -117,6 +127,7 @@ impl Counter {
             Self::Denied => "denied",
             Self::NotFound => "not_found",
             Self::AuthFailed => "auth_failures",
+            Self::InvalidToken => "invalid_tokens",
         }
     }
 
@@ -130,6 +141,7 @@ impl Counter {
             Self::AuthFailed => format!(
                 "{source} failed to authenticate {n} times on {destination} {route} (401/403)"
             ),
+            Self::InvalidToken => format!("{source} sent {n} requests with a refused token"),
         }
     }
 }

@@ -18,6 +18,7 @@
 //! | `new_source_address` | after the learning window, a known identity from an IP it never used |
 //! | `sensitive_path` | a request for a configured sensitive path prefix |
 //! | `metadata_access` | an outbound call to a cloud metadata address |
+//! | `invalid_token_burst` | `deny_burst_threshold` requests whose end-user token was refused (401) |
 //!
 //! Each alert is rate-limited per (kind, source, destination): repeats within `rate_limit`
 //! are counted and reported as `suppressed` in the next alert.
@@ -298,7 +299,7 @@ pub struct IdentityView {
 /// One burst counter key.
 #[derive(Debug, Clone, Serialize)]
 pub struct CounterView {
-    /// `denied`, `not_found`, `auth_failed`.
+    /// `denied`, `not_found`, `auth_failed`, `invalid_token`.
     pub counter: &'static str,
     /// The alert it raises.
     pub alert: AlertKind,

@@ -259,6 +259,22 @@ pub struct FlowRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub request_id: Option<Cow<'a, str>>,
+    /// The end user of a validated JWT, `iss/sub` (cut to `jwt.max_principal_bytes`).
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_principal: Option<Cow<'a, str>>,
+    /// Why the request's token was refused (answered 401), e.g. `expired`.
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub token_error: Option<Cow<'a, str>>,
 }
 
 impl<'a> FlowRecord<'a> {
@@ -293,6 +309,8 @@ impl<'a> FlowRecord<'a> {
             trace_id: None,
             span_id: None,
             request_id: None,
+            request_principal: None,
+            token_error: None,
         }
     }
 

@@ -212,6 +212,29 @@ fn replayed_denied_calls_are_a_deny_burst() {
 }
 
 #[test]
+fn refused_tokens_from_one_source_are_an_invalid_token_burst() {
+    let mut d = trained();
+    let f = http(ORDERS, "GET", "/api/orders/1007", 401);
+    let mut raised = BTreeSet::new();
+    for i in 0..20 {
+        let now = at(120) + time::Duration::milliseconds(100 * i);
+        let mut r = record(&f, now);
+        r.verdict = None;
+        r.token_error = Some("bad_signature".into());
+        for a in d.observe_flow(&r, now) {
+            raised.insert(a.kind);
+        }
+    }
+    assert!(raised.contains(&AlertKind::InvalidTokenBurst), "{raised:?}");
+    // The same 401s without a refused token (the app's own) are no such burst.
+    let mut d = trained();
+    let flows: Vec<F> = (0..20)
+        .map(|_| http(ORDERS, "GET", "/api/orders/1007", 401))
+        .collect();
+    assert!(!replay(&mut d, &flows).contains(&AlertKind::InvalidTokenBurst));
+}
+
+#[test]
 fn bursts_are_counted_inside_the_window_only() {
     let mut d = trained();
     let denied = F {
