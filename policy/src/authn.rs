@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
-use crate::model::{ApiVersion, flow_list, quoted, scalar, write_string_map};
+use crate::model::{ApiVersion, Header, flow_list, quoted, write_header};
 use crate::set::Workload;
 
 /// The header Istio reads a token from when a rule names no location.
@@ -152,18 +152,18 @@ impl RequestAuthentication {
     }
 
     fn write_yaml(&self, out: &mut String) -> fmt::Result {
-        writeln!(out, "apiVersion: {}", self.api_version.as_str())?;
-        writeln!(out, "kind: RequestAuthentication")?;
-        writeln!(out, "metadata:")?;
-        writeln!(out, "  name: {}", scalar(&self.name))?;
-        writeln!(out, "  namespace: {}", scalar(&self.namespace))?;
-        write_string_map(out, "  ", "labels", &self.labels)?;
-        write_string_map(out, "  ", "annotations", &self.annotations)?;
-        writeln!(out, "spec:")?;
-        if !self.selector.is_empty() {
-            writeln!(out, "  selector:")?;
-            write_string_map(out, "    ", "matchLabels", &self.selector)?;
-        }
+        write_header(
+            out,
+            Header {
+                api_version: self.api_version.as_str(),
+                kind: "RequestAuthentication",
+                name: &self.name,
+                namespace: &self.namespace,
+                labels: &self.labels,
+                annotations: &self.annotations,
+                selector: &self.selector,
+            },
+        )?;
         writeln!(out, "  jwtRules:")?;
         for rule in &self.rules {
             writeln!(out, "  - issuer: {}", quoted(&rule.issuer))?;

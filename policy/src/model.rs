@@ -174,18 +174,18 @@ impl Policy {
     }
 
     fn write_yaml(&self, out: &mut String) -> fmt::Result {
-        writeln!(out, "apiVersion: {}", self.api_version.as_str())?;
-        writeln!(out, "kind: AuthorizationPolicy")?;
-        writeln!(out, "metadata:")?;
-        writeln!(out, "  name: {}", scalar(&self.name))?;
-        writeln!(out, "  namespace: {}", scalar(&self.namespace))?;
-        write_string_map(out, "  ", "labels", &self.labels)?;
-        write_string_map(out, "  ", "annotations", &self.annotations)?;
-        writeln!(out, "spec:")?;
-        if !self.selector.is_empty() {
-            writeln!(out, "  selector:")?;
-            write_string_map(out, "    ", "matchLabels", &self.selector)?;
-        }
+        write_header(
+            out,
+            Header {
+                api_version: self.api_version.as_str(),
+                kind: "AuthorizationPolicy",
+                name: &self.name,
+                namespace: &self.namespace,
+                labels: &self.labels,
+                annotations: &self.annotations,
+                selector: &self.selector,
+            },
+        )?;
         writeln!(out, "  action: {}", self.action)?;
         if let Some(mode) = self.spec_mode {
             writeln!(out, "  mode: {mode}")?;
@@ -265,6 +265,35 @@ fn write_fields(out: &mut String, fields: &[(&str, &[String])]) -> fmt::Result {
         if !values.is_empty() {
             writeln!(out, "        {name}: {}", flow_list(values))?;
         }
+    }
+    Ok(())
+}
+
+/// The parts every canonical document starts with: `apiVersion`, `kind`, `metadata` and the
+/// selector under `spec`.
+pub(crate) struct Header<'a> {
+    pub(crate) api_version: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) namespace: &'a str,
+    pub(crate) labels: &'a BTreeMap<String, String>,
+    pub(crate) annotations: &'a BTreeMap<String, String>,
+    pub(crate) selector: &'a BTreeMap<String, String>,
+}
+
+/// Writes `h` as the opening of a canonical document, up to and including `spec.selector`.
+pub(crate) fn write_header(out: &mut String, h: Header<'_>) -> fmt::Result {
+    writeln!(out, "apiVersion: {}", h.api_version)?;
+    writeln!(out, "kind: {}", h.kind)?;
+    writeln!(out, "metadata:")?;
+    writeln!(out, "  name: {}", scalar(h.name))?;
+    writeln!(out, "  namespace: {}", scalar(h.namespace))?;
+    write_string_map(out, "  ", "labels", h.labels)?;
+    write_string_map(out, "  ", "annotations", h.annotations)?;
+    writeln!(out, "spec:")?;
+    if !h.selector.is_empty() {
+        writeln!(out, "  selector:")?;
+        write_string_map(out, "    ", "matchLabels", h.selector)?;
     }
     Ok(())
 }
