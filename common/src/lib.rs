@@ -9,9 +9,14 @@
 //! spelling rules of a SPIFFE ID's parts ([`spiffe`]) are pure too. The pure parts build
 //! without the feature, so the policy engine can use them and stay free of I/O and crypto.
 //!
+//! With the `discovery` feature it holds the destination and endpoint types that discovery
+//! sources announce to sidecars ([`discovery`]).
+//!
 //! It must not depend on any other Picket crate.
 
 pub mod cidr;
+#[cfg(feature = "discovery")]
+pub mod discovery;
 pub mod duration;
 pub mod spiffe;
 

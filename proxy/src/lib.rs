@@ -12,6 +12,7 @@ pub mod authz;
 pub mod canonical;
 pub mod config;
 pub mod direction;
+pub mod discover;
 pub mod echo;
 pub mod forward;
 pub mod health;
