@@ -17,6 +17,7 @@ mod policy;
 mod read;
 mod render;
 mod suggest;
+mod users;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ use picket_proxy::telemetry::alert::{AlertKind, Severity};
 pub use paths::collapse;
 pub use render::{render_html, render_text};
 pub use suggest::SuggestOptions;
+pub use users::{DEFAULT_TOP_USERS, OtherUsers, ServiceUsers, UserEdge};
 
 /// Why an analysis failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,8 @@ pub struct AnalyzeOptions {
     pub workload_label: String,
     /// Draw a progress bar on stderr (only when it is a terminal and the input is large).
     pub progress: bool,
+    /// End-user principals listed per service in the user-level edges; the rest are summed.
+    pub top_users: usize,
 }
 
 impl Default for AnalyzeOptions {
@@ -72,6 +76,7 @@ impl Default for AnalyzeOptions {
             baseline_until: None,
             workload_label: "app".to_owned(),
             progress: false,
+            top_users: DEFAULT_TOP_USERS,
         }
     }
 }
@@ -260,6 +265,9 @@ pub struct Report {
     pub flags: Vec<Flag>,
     /// Per identity.
     pub blast_radius: Vec<BlastRadius>,
+    /// End users (`iss/sub` of a validated JWT) per service, the busiest `top_users` of each
+    /// listed and the rest summed.
+    pub user_edges: Vec<ServiceUsers>,
 }
 
 /// The aggregated input, kept for suggestions and baselines after the report is built.
@@ -449,6 +457,7 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
         edges,
         flags,
         blast_radius,
+        user_edges: users::user_edges(agg, opts.top_users),
     }
 }
 

@@ -207,6 +207,26 @@ impl EdgeAgg {
     }
 }
 
+/// Requests of one end-user principal to one destination.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct UserCounts {
+    pub(crate) requests: u64,
+    pub(crate) denied: u64,
+}
+
+/// Distinct end-user principals kept per destination; requests of further principals are
+/// summed in [`UsersOf::overflow`].
+pub(crate) const MAX_PRINCIPALS_PER_DESTINATION: usize = 10_000;
+
+/// The end users (JWT `iss/sub`) whose requests reached one destination, from inbound
+/// records: the inbound sidecar validates the token, so each request is counted once.
+#[derive(Debug, Default)]
+pub(crate) struct UsersOf {
+    pub(crate) principals: HashMap<Box<str>, UserCounts>,
+    /// Requests of principals not kept (over [`MAX_PRINCIPALS_PER_DESTINATION`]).
+    pub(crate) overflow: UserCounts,
+}
+
 /// Alerts recorded against one node.
 #[derive(Debug, Default)]
 pub(crate) struct NodeAlerts {
@@ -220,6 +240,8 @@ pub(crate) struct Aggregate {
     pub(crate) nodes: Interner,
     pub(crate) edges: HashMap<(u32, u32), EdgeAgg>,
     pub(crate) alerts: HashMap<u32, NodeAlerts>,
+    /// End users per destination node.
+    pub(crate) users: HashMap<u32, UsersOf>,
     pub(crate) records: u64,
     pub(crate) alert_lines: u64,
     pub(crate) other_lines: u64,
@@ -321,6 +343,18 @@ impl Aggregate {
         edge.first_seen = edge.first_seen.min(ts);
         edge.last_seen = edge.last_seen.max(ts);
         let inbound = r.direction == Direction::Inbound;
+        if inbound && let Some(p) = &r.request_principal {
+            let users = self.users.entry(dst).or_default();
+            let counts = match users.principals.get_mut(p.as_ref()) {
+                Some(c) => c,
+                None if users.principals.len() < MAX_PRINCIPALS_PER_DESTINATION => {
+                    users.principals.entry(p.as_ref().into()).or_default()
+                }
+                None => &mut users.overflow,
+            };
+            counts.requests += 1;
+            counts.denied += u64::from(r.verdict == Some(Verdict::Deny));
+        }
         if inbound {
             edge.inbound.add(r);
         } else {

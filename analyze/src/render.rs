@@ -138,6 +138,8 @@ pub fn render_text(r: &Report) -> String {
         );
     }
 
+    render_users_text(&mut o, r);
+
     let _ = writeln!(o, "\nBlast radius");
     for b in &r.blast_radius {
         let names = |v: &[String]| -> String {
@@ -167,6 +169,69 @@ pub fn render_text(r: &Report) -> String {
         }
     }
     o
+}
+
+/// User-level edges: per service, its busiest end users and the rest summed.
+fn render_users_text(o: &mut String, r: &Report) {
+    let _ = writeln!(o, "\nUser edges ({} services)", r.user_edges.len());
+    for u in &r.user_edges {
+        let _ = writeln!(
+            o,
+            "  -> {}  {} requests from {}{} principals",
+            short_name(&u.destination),
+            u.requests,
+            if u.principals_capped { "at least " } else { "" },
+            u.principals
+        );
+        for e in &u.top {
+            let denied = if e.denied > 0 {
+                format!("  denied {}", e.denied)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(o, "      {:>8}  {}{denied}", e.requests, e.principal);
+        }
+        if u.others.requests > 0 {
+            let _ = writeln!(
+                o,
+                "      {:>8}  ({} other principals{})",
+                u.others.requests,
+                u.others.principals,
+                if u.principals_capped { " and more" } else { "" }
+            );
+        }
+    }
+}
+
+fn render_users_html(o: &mut String, r: &Report) {
+    let _ = write!(
+        o,
+        "<h2>User edges ({})</h2><table><tr><th>end user (iss/sub)</th><th>service</th><th>requests</th><th>denied</th></tr>",
+        r.user_edges.len()
+    );
+    for u in &r.user_edges {
+        let dest = esc(&short_name(&u.destination));
+        for e in &u.top {
+            let _ = write!(
+                o,
+                "<tr class=\"user\"><td>{}</td><td>{dest}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                esc(&e.principal),
+                e.requests,
+                e.denied
+            );
+        }
+        if u.others.requests > 0 {
+            let _ = write!(
+                o,
+                "<tr class=\"user-others\"><td>{} other principals{}</td><td>{dest}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                u.others.principals,
+                if u.principals_capped { " and more" } else { "" },
+                u.others.requests,
+                u.others.denied
+            );
+        }
+    }
+    o.push_str("</table>");
 }
 
 fn esc(s: &str) -> String {
@@ -566,6 +631,8 @@ pub fn render_html(r: &Report) -> String {
         );
     }
     o.push_str("</table>");
+
+    render_users_html(&mut o, r);
 
     o.push_str("<h2>Blast radius</h2><table><tr><th>identity</th><th>reached</th><th>reached transitively</th><th>policy allows</th><th>policy allows transitively</th></tr>");
     for b in &r.blast_radius {

@@ -850,3 +850,62 @@ fn analyze_one_million_records() {
     );
     assert_eq!(a.report.summary.records, 1_000_000);
 }
+
+#[test]
+fn user_edges_list_the_busiest_principals_per_service_and_sum_the_rest() {
+    let mut flows = Vec::new();
+    // User i makes i + 1 requests to orders; both sidecars log each, only the inbound side
+    // validated the token.
+    for i in 0..12u64 {
+        for n in 0..=i {
+            let [mut outbound, mut inbound] =
+                both_sides(n as i64, "/api/orders/1", Verdict::Allow);
+            let p = format!("https://idp.example/user-{i:02}");
+            inbound.request_principal = Some(p.clone().into());
+            outbound.request_principal = Some(p.into());
+            flows.push(outbound);
+            flows.push(inbound);
+        }
+    }
+    let [_, mut denied] = both_sides(100, "/api/orders/1", Verdict::Deny);
+    denied.request_principal = Some("https://idp.example/user-11".into());
+    flows.push(denied);
+    let file = write_flows(&flows, &[]);
+    let a = analyze(AnalyzeOptions {
+        files: vec![file.path().to_owned()],
+        top_users: 3,
+        ..AnalyzeOptions::default()
+    })
+    .unwrap();
+    let users = &a.report.user_edges;
+    assert_eq!(users.len(), 1, "{users:?}");
+    let u = &users[0];
+    assert_eq!(u.destination, ORDERS);
+    assert_eq!((u.principals, u.requests), (12, 78 + 1));
+    let top: Vec<(&str, u64, u64)> = u
+        .top
+        .iter()
+        .map(|e| (e.principal.as_str(), e.requests, e.denied))
+        .collect();
+    assert_eq!(
+        top,
+        [
+            ("https://idp.example/user-11", 13, 1),
+            ("https://idp.example/user-10", 11, 0),
+            ("https://idp.example/user-09", 10, 0),
+        ]
+    );
+    assert_eq!((u.others.principals, u.others.requests), (9, 45));
+    assert!(!u.principals_capped);
+    let text = render_text(&a.report);
+    assert!(
+        text.contains("-> shop/orders  79 requests from 12 principals")
+            && text.contains("13  https://idp.example/user-11  denied 1")
+            && text.contains("45  (9 other principals)"),
+        "{text}"
+    );
+    let html = render_html(&a.report);
+    assert!(html.contains("<td>https://idp.example/user-10</td><td>shop/orders</td>"));
+    let json = serde_json::to_value(&a.report).unwrap();
+    assert_eq!(json["user_edges"][0]["others"]["requests"], 45);
+}

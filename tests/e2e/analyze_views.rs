@@ -1,0 +1,124 @@
+//! `picket analyze` views beyond the service graph, through the real binary on flow logs
+//! written with the sidecar's own record type: user-level edges (end users per service).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use picket_proxy::direction::Direction;
+use picket_proxy::telemetry::{FlowProtocol, FlowRecord, Verdict};
+use picket_tests::process::{picket, run_ok};
+use picket_tests::spiffe_id;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+fn at(ms: i64) -> Result<OffsetDateTime> {
+    Ok(OffsetDateTime::from_unix_timestamp_nanos(
+        (1_700_000_000_000 + i128::from(ms)) * 1_000_000,
+    )?)
+}
+
+/// An HTTP request from `src` to `dst` as one sidecar records it.
+fn request<'a>(ms: i64, direction: Direction, src: &'a str, dst: &'a str) -> Result<FlowRecord<'a>> {
+    let inbound = direction == Direction::Inbound;
+    Ok(FlowRecord {
+        source_identity: Some(src.into()),
+        source_address: Some("10.1.0.7:41000".parse()?),
+        destination_identity: Some(dst.into()),
+        destination_port: Some(if inbound { 8080 } else { 7143 }),
+        method: Some("GET".into()),
+        path: Some("/api/items/7".into()),
+        status: Some(200),
+        verdict: inbound.then_some(Verdict::Allow),
+        ..FlowRecord::new(at(ms)?, direction, FlowProtocol::Http1)
+    })
+}
+
+fn write_log(path: &Path, flows: &[FlowRecord<'_>]) -> Result<PathBuf> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for r in flows {
+        serde_json::to_writer(&mut f, r)?;
+        f.write_all(b"\n")?;
+    }
+    f.flush()?;
+    Ok(path.to_owned())
+}
+
+async fn analyze_json(files: &[PathBuf], extra: &[&str]) -> Result<Value> {
+    let out = run_ok(
+        picket()?
+            .arg("analyze")
+            .args(files)
+            .args(["-o", "json"])
+            .args(extra),
+    )
+    .await?;
+    serde_json::from_str(&out).context("analyze -o json")
+}
+
+#[tokio::test]
+async fn analyze_shows_end_users_per_service_bounded_to_the_busiest() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let frontend = spiffe_id("shop", "frontend");
+    let catalog = spiffe_id("shop", "catalog");
+    let mut inbound = Vec::new();
+    let mut outbound = Vec::new();
+    // User k makes k requests; both sidecars log each request, the callee's with the
+    // principal of the token it validated.
+    let principals: Vec<String> = (1..=6).map(|k| format!("https://idp.test/u{k}")).collect();
+    let mut ms = 0;
+    for (k, p) in principals.iter().enumerate() {
+        for _ in 0..=k {
+            ms += 1;
+            outbound.push(request(ms, Direction::Outbound, &frontend, &catalog)?);
+            inbound.push(FlowRecord {
+                request_principal: Some(p.as_str().into()),
+                ..request(ms, Direction::Inbound, &frontend, &catalog)?
+            });
+        }
+    }
+    let files = [
+        write_log(&dir.path().join("frontend.jsonl"), &outbound)?,
+        write_log(&dir.path().join("catalog.jsonl"), &inbound)?,
+    ];
+    let report = analyze_json(&files, &["--top-users", "2"]).await?;
+    let users = report["user_edges"].as_array().context("user_edges")?;
+    ensure!(users.len() == 1, "{users:#?}");
+    let u = &users[0];
+    ensure!(u["destination"] == catalog.as_str(), "{u:#}");
+    ensure!(u["principals"] == 6 && u["requests"] == 21, "{u:#}");
+    let top: Vec<(&str, u64)> = u["top"]
+        .as_array()
+        .context("top")?
+        .iter()
+        .map(|e| {
+            (
+                e["principal"].as_str().unwrap_or_default(),
+                e["requests"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    ensure!(
+        top == [("https://idp.test/u6", 6), ("https://idp.test/u5", 5)],
+        "{top:?}"
+    );
+    ensure!(
+        u["others"]["principals"] == 4 && u["others"]["requests"] == 10,
+        "{u:#}"
+    );
+
+    let text = run_ok(
+        picket()?
+            .arg("analyze")
+            .args(&files)
+            .args(["--top-users", "2"]),
+    )
+    .await?;
+    ensure!(
+        text.contains("-> shop/catalog  21 requests from 6 principals")
+            && text.contains("6  https://idp.test/u6")
+            && text.contains("10  (4 other principals)"),
+        "{text}"
+    );
+    Ok(())
+}
