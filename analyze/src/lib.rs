@@ -109,11 +109,27 @@ pub struct Summary {
     pub policies: Option<usize>,
 }
 
+/// What a node of the graph stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    /// A workload of the mesh, named by its SPIFFE ID.
+    Workload,
+    /// A destination outside the mesh, reached by a passthrough connection (egress): its IP
+    /// address.
+    Egress,
+    /// Any other address or host without an identity (a plaintext caller on a permissive
+    /// port, a host that was called by name).
+    Address,
+}
+
 /// One identity (or address or host) in the graph.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeReport {
     /// SPIFFE ID, IP address or host name.
     pub id: String,
+    /// What it stands for.
+    pub kind: NodeKind,
     /// Short name: `namespace/service-account` for identities.
     pub name: String,
     /// Requests this node made.
@@ -198,6 +214,9 @@ pub struct EdgeReport {
     /// Routes not kept (over the per-edge cap).
     #[serde(skip_serializing_if = "is_zero")]
     pub routes_dropped: u64,
+    /// The destination is outside the mesh (passthrough): `requests` counts connections,
+    /// `ports` the ports dialled, and no policy of the mesh decides it.
+    pub egress: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -250,6 +269,10 @@ pub struct BlastRadius {
     /// Transitive closure of `reachable`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reachable_transitive: Option<Vec<String>>,
+    /// Destinations outside the mesh in `reached_transitive`: what a compromised workload
+    /// could reach beyond the mesh, itself or through the workloads it calls. They are not in
+    /// `reachable`, which asks the mesh's (inbound) authorization policies.
+    pub egress: Vec<String>,
 }
 
 /// The result of an analysis.
@@ -408,6 +431,7 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
             policy,
             routes,
             routes_dropped: e.routes_overflow(),
+            egress: agg.egress.contains(&d),
         });
     }
     edges.sort_by(|a, b| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)));
@@ -429,6 +453,7 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
             let alerts = agg.alerts.get(&i);
             NodeReport {
                 id: id.to_string(),
+                kind: node_kind(agg, i, id),
                 name: short_name(id),
                 requests_out: reqs_out.get(&i).copied().unwrap_or(0),
                 requests_in: reqs_in.get(&i).copied().unwrap_or(0),
@@ -458,6 +483,16 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
         flags,
         blast_radius,
         user_edges: users::user_edges(agg, opts.top_users),
+    }
+}
+
+fn node_kind(agg: &read::Aggregate, node: u32, id: &str) -> NodeKind {
+    if agg.egress.contains(&node) {
+        NodeKind::Egress
+    } else if id.starts_with("spiffe://") {
+        NodeKind::Workload
+    } else {
+        NodeKind::Address
     }
 }
 

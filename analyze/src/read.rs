@@ -240,6 +240,8 @@ pub(crate) struct Aggregate {
     pub(crate) nodes: Interner,
     pub(crate) edges: HashMap<(u32, u32), EdgeAgg>,
     pub(crate) alerts: HashMap<u32, NodeAlerts>,
+    /// Destinations outside the mesh, reached by passthrough connections.
+    pub(crate) egress: HashSet<u32>,
     /// End users per destination node.
     pub(crate) users: HashMap<u32, UsersOf>,
     pub(crate) records: u64,
@@ -307,6 +309,17 @@ impl Aggregate {
         }
     }
 
+    /// Whether a record is of a passthrough connection to a destination outside the mesh: an
+    /// outbound record with an address dialled and no identity, neither presented nor
+    /// expected (a meshed destination that did not answer keeps its expectation).
+    fn is_egress(r: &FlowRecord<'_>) -> bool {
+        r.direction == Direction::Outbound
+            && r.destination_identity.is_none()
+            && r.expected_identity.is_none()
+            && r.host.is_none()
+            && r.destination_address.is_some()
+    }
+
     /// Adds one flow record. `cutoff` is the end of the baseline period, in Unix ms.
     pub(crate) fn add_flow(&mut self, r: &FlowRecord<'_>, cutoff: Option<i64>) {
         self.records += 1;
@@ -315,6 +328,9 @@ impl Aggregate {
         self.last_ts = Some(self.last_ts.map_or(ts, |t| t.max(ts)));
         let src = self.node_of_source(r);
         let dst = self.node_of_destination(r);
+        if Self::is_egress(r) {
+            self.egress.insert(dst);
+        }
         // A connection recorded while open counts once, by its `open` record; its `end`
         // record adds the bytes, and `interim` records only show it was still open.
         match r.phase {

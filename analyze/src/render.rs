@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 
-use super::{FlagKind, PolicyAnswer, Report, rfc3339, short_name};
+use super::{FlagKind, NodeKind, PolicyAnswer, Report, rfc3339, short_name};
 use picket_proxy::telemetry::alert::Severity;
 
 fn opt_time(t: Option<time::OffsetDateTime>) -> String {
@@ -58,9 +58,14 @@ pub fn render_text(r: &Report) -> String {
                 n.max_severity.map_or("-", Severity::as_str)
             )
         };
+        let kind = match n.kind {
+            NodeKind::Workload => "",
+            NodeKind::Egress => "  [egress]",
+            NodeKind::Address => "  [address]",
+        };
         let _ = writeln!(
             o,
-            "  {:width$}  out {:>8}  in {:>8}{alerts}",
+            "  {:width$}  out {:>8}  in {:>8}{kind}{alerts}",
             n.name, n.requests_out, n.requests_in
         );
     }
@@ -138,6 +143,7 @@ pub fn render_text(r: &Report) -> String {
         );
     }
 
+    render_egress_text(&mut o, r);
     render_users_text(&mut o, r);
 
     let _ = writeln!(o, "\nBlast radius");
@@ -159,6 +165,9 @@ pub fn render_text(r: &Report) -> String {
             names(&b.reached),
             names(&b.reached_transitive)
         );
+        if !b.egress.is_empty() {
+            let _ = writeln!(o, "      egress:        {}", names(&b.egress));
+        }
         if let (Some(d), Some(t)) = (&b.reachable, &b.reachable_transitive) {
             let _ = writeln!(
                 o,
@@ -169,6 +178,55 @@ pub fn render_text(r: &Report) -> String {
         }
     }
     o
+}
+
+/// Connections to destinations outside the mesh, by source.
+fn render_egress_text(o: &mut String, r: &Report) {
+    let egress: Vec<&super::EdgeReport> = r.edges.iter().filter(|e| e.egress).collect();
+    let _ = writeln!(o, "\nEgress, outside the mesh ({})", egress.len());
+    for e in egress {
+        let ports: Vec<String> = e.ports.iter().map(u16::to_string).collect();
+        let _ = writeln!(
+            o,
+            "  {} -> {}  connections {}  ports {}  bytes sent {} received {}{}",
+            short_name(&e.source),
+            e.destination,
+            e.requests,
+            if ports.is_empty() {
+                "-".to_owned()
+            } else {
+                ports.join(",")
+            },
+            e.bytes_in,
+            e.bytes_out,
+            if e.new { "  NEW" } else { "" }
+        );
+    }
+}
+
+fn render_egress_html(o: &mut String, r: &Report) {
+    let egress: Vec<&super::EdgeReport> = r.edges.iter().filter(|e| e.egress).collect();
+    let _ = write!(
+        o,
+        "<h2>Egress, outside the mesh ({})</h2><table><tr><th>source</th><th>destination</th><th>connections</th><th>ports</th><th>bytes sent</th><th>bytes received</th><th>first seen</th><th>last seen</th></tr>",
+        egress.len()
+    );
+    for e in egress {
+        let ports: Vec<String> = e.ports.iter().map(u16::to_string).collect();
+        let _ = write!(
+            o,
+            "<tr class=\"egress\"><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&short_name(&e.source)),
+            esc(&e.destination),
+            e.requests,
+            ports.join(", "),
+            e.bytes_in,
+            e.bytes_out,
+            esc(&rfc3339(e.first_seen)),
+            esc(&rfc3339(e.last_seen))
+        );
+    }
+    o.push_str("</table>");
 }
 
 /// User-level edges: per service, its busiest end users and the rest summed.
@@ -497,6 +555,11 @@ fn svg(r: &Report) -> String {
     for (i, n) in r.nodes.iter().enumerate() {
         let (x, y) = pos[i];
         let (fill, ink) = severity_fill(n.max_severity);
+        let (stroke, dash, kind) = match n.kind {
+            NodeKind::Workload => ("#495057", "", ""),
+            NodeKind::Egress => ("#0b7285", r#" stroke-dasharray="6 3" stroke-width="2""#, "egress · "),
+            NodeKind::Address => ("#868e96", r#" stroke-dasharray="2 2""#, ""),
+        };
         let alerts = if n.alerts.is_empty() {
             String::new()
         } else {
@@ -504,7 +567,12 @@ fn svg(r: &Report) -> String {
         };
         let _ = write!(
             o,
-            r##"<g class="node" data-id="{id}"><title>{id}{alerts_t}</title><rect x="{x}" y="{y}" width="{NODE_W}" height="{NODE_H}" rx="8" fill="{fill}" stroke="#495057"/><text x="{tx}" y="{ty}" fill="{ink}" font-size="14" font-weight="600" text-anchor="middle">{name}</text><text x="{tx}" y="{ty2}" fill="{ink}" font-size="11" text-anchor="middle">out {out} · in {inn}{sev}</text></g>"##,
+            r##"<g class="node node-{kind_class}" data-id="{id}"><title>{id}{alerts_t}</title><rect x="{x}" y="{y}" width="{NODE_W}" height="{NODE_H}" rx="8" fill="{fill}" stroke="{stroke}"{dash}/><text x="{tx}" y="{ty}" fill="{ink}" font-size="14" font-weight="600" text-anchor="middle">{name}</text><text x="{tx}" y="{ty2}" fill="{ink}" font-size="11" text-anchor="middle">{kind}out {out} · in {inn}{sev}</text></g>"##,
+            kind_class = match n.kind {
+                NodeKind::Workload => "workload",
+                NodeKind::Egress => "egress",
+                NodeKind::Address => "address",
+            },
             id = esc(&n.id),
             alerts_t = esc(&alerts),
             tx = x + NODE_W / 2,
@@ -564,7 +632,7 @@ pub fn render_html(r: &Report) -> String {
             "<span><i class=\"sw\" style=\"background:{color}\"></i>{label}</span>"
         );
     }
-    o.push_str("<span>dashed: new after the baseline</span>");
+    o.push_str("<span>dashed: new after the baseline</span><span><i class=\"sw\" style=\"border:2px dashed #0b7285\"></i>egress: outside the mesh</span>");
     for (sev, label) in [
         (None, "no alerts"),
         (Some(Severity::Low), "low"),
@@ -632,9 +700,10 @@ pub fn render_html(r: &Report) -> String {
     }
     o.push_str("</table>");
 
+    render_egress_html(&mut o, r);
     render_users_html(&mut o, r);
 
-    o.push_str("<h2>Blast radius</h2><table><tr><th>identity</th><th>reached</th><th>reached transitively</th><th>policy allows</th><th>policy allows transitively</th></tr>");
+    o.push_str("<h2>Blast radius</h2><table><tr><th>identity</th><th>reached</th><th>reached transitively</th><th>egress reached</th><th>policy allows</th><th>policy allows transitively</th></tr>");
     for b in &r.blast_radius {
         let names = |v: &[String]| -> String {
             v.iter()
@@ -644,10 +713,11 @@ pub fn render_html(r: &Report) -> String {
         };
         let _ = write!(
             o,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&short_name(&b.identity)),
             names(&b.reached),
             names(&b.reached_transitive),
+            names(&b.egress),
             b.reachable.as_deref().map_or("-".to_owned(), names),
             b.reachable_transitive
                 .as_deref()

@@ -909,3 +909,89 @@ fn user_edges_list_the_busiest_principals_per_service_and_sum_the_rest() {
     let json = serde_json::to_value(&a.report).unwrap();
     assert_eq!(json["user_edges"][0]["others"]["requests"], 45);
 }
+
+/// A passthrough connection from `src` to an address outside the mesh, as the caller's sidecar
+/// records it: open, then end with the bytes.
+fn egress(ts: i64, src: &'static str, to: &str) -> [FlowRecord<'static>; 2] {
+    use picket_proxy::telemetry::flow::FlowPhase;
+    let addr: std::net::SocketAddr = to.parse().unwrap();
+    let open = FlowRecord {
+        source_identity: Some(src.into()),
+        source_address: Some("10.0.0.1:40000".parse().unwrap()),
+        destination_address: Some(addr),
+        destination_port: Some(addr.port()),
+        phase: Some(FlowPhase::Open),
+        ..FlowRecord::new(at(ts), Direction::Outbound, FlowProtocol::Tcp)
+    };
+    let end = FlowRecord {
+        phase: Some(FlowPhase::End),
+        bytes_in: 300,
+        bytes_out: 5000,
+        ..open.clone()
+    };
+    [open, end]
+}
+
+#[test]
+fn egress_destinations_are_nodes_of_their_own_in_every_view() {
+    let mut flows = Vec::new();
+    flows.extend(both_sides(0, "/api/orders/1", Verdict::Allow));
+    for i in 0..3 {
+        flows.extend(egress(10 + i, ORDERS, "203.0.113.9:443"));
+    }
+    // A meshed destination that did not answer keeps its expectation: not egress.
+    flows.push(FlowRecord {
+        source_identity: Some(ORDERS.into()),
+        destination_address: Some("10.0.0.9:7143".parse().unwrap()),
+        expected_identity: Some("spiffe://cluster.local/*".into()),
+        ..FlowRecord::new(at(20), Direction::Outbound, FlowProtocol::Tcp)
+    });
+    let a = analyze_flows(&flows, None, None);
+    let r = &a.report;
+    let kinds: Vec<(&str, NodeKind)> = r.nodes.iter().map(|n| (n.id.as_str(), n.kind)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("10.0.0.9", NodeKind::Address),
+            ("203.0.113.9", NodeKind::Egress),
+            (FRONTEND, NodeKind::Workload),
+            (ORDERS, NodeKind::Workload),
+        ]
+    );
+    let e = r
+        .edges
+        .iter()
+        .find(|e| e.destination == "203.0.113.9")
+        .unwrap();
+    assert!(e.egress);
+    assert_eq!((e.requests, e.ports.as_slice()), (3, &[443u16][..]));
+    assert_eq!((e.bytes_in, e.bytes_out), (900, 15_000));
+    assert!(!orders_edge(&a).egress);
+    // The frontend reaches the outside through orders.
+    let fr = r
+        .blast_radius
+        .iter()
+        .find(|b| b.identity == FRONTEND)
+        .unwrap();
+    assert_eq!(fr.egress, ["203.0.113.9"]);
+    assert!(fr.reached_transitive.contains(&"203.0.113.9".to_owned()));
+    let text = render_text(r);
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("203.0.113.9") && l.ends_with("in        3  [egress]"))
+            && text.contains("Egress, outside the mesh (1)")
+            && text.contains(
+                "shop/orders -> 203.0.113.9  connections 3  ports 443  bytes sent 900 received 15000"
+            )
+            && text.contains("egress:        203.0.113.9"),
+        "{text}"
+    );
+    let json = serde_json::to_value(r).unwrap();
+    assert_eq!(json["nodes"][1]["kind"], "egress");
+    let html = render_html(r);
+    assert!(html.contains(r#"<g class="node node-egress" data-id="203.0.113.9">"#));
+    assert!(html.contains("<tr class=\"egress\"><td>shop/orders</td><td>203.0.113.9</td>"));
+    // No policy of the mesh decides egress: the suggestion has nothing for it.
+    let yaml = a.suggest_policy(&SuggestOptions::default());
+    assert!(!yaml.contains("203.0.113.9"), "{yaml}");
+}

@@ -1,5 +1,6 @@
 //! `picket analyze` views beyond the service graph, through the real binary on flow logs
-//! written with the sidecar's own record type: user-level edges (end users per service).
+//! written with the sidecar's own record type: user-level edges (end users per service) and
+//! egress destinations (passthrough connections out of the mesh).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -120,5 +121,85 @@ async fn analyze_shows_end_users_per_service_bounded_to_the_busiest() -> Result<
             && text.contains("10  (4 other principals)"),
         "{text}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn analyze_shows_egress_destinations_as_nodes_of_their_own() -> Result<()> {
+    use picket_proxy::telemetry::flow::FlowPhase;
+    let dir = tempfile::tempdir()?;
+    let frontend = spiffe_id("shop", "frontend");
+    let catalog = spiffe_id("shop", "catalog");
+    let outside: std::net::SocketAddr = "198.51.100.20:443".parse()?;
+    let mut caller = vec![request(1, Direction::Outbound, &frontend, &catalog)?];
+    let callee = vec![request(1, Direction::Inbound, &frontend, &catalog)?];
+    // The catalog fetches from outside the mesh twice, through passthrough.
+    for ms in [10, 20] {
+        let open = FlowRecord {
+            source_identity: Some(catalog.as_str().into()),
+            source_address: Some("10.1.0.8:50000".parse()?),
+            destination_address: Some(outside),
+            destination_port: Some(outside.port()),
+            phase: Some(FlowPhase::Open),
+            ..FlowRecord::new(at(ms)?, Direction::Outbound, FlowProtocol::Tcp)
+        };
+        let end = FlowRecord {
+            phase: Some(FlowPhase::End),
+            bytes_in: 40,
+            bytes_out: 1000,
+            ..open.clone()
+        };
+        caller.extend([open, end]);
+    }
+    let files = [
+        write_log(&dir.path().join("frontend-and-catalog-out.jsonl"), &caller)?,
+        write_log(&dir.path().join("catalog-in.jsonl"), &callee)?,
+    ];
+    let report = analyze_json(&files, &[]).await?;
+    let node = report["nodes"]
+        .as_array()
+        .context("nodes")?
+        .iter()
+        .find(|n| n["id"] == "198.51.100.20")
+        .context("the egress destination is no node")?;
+    ensure!(node["kind"] == "egress" && node["requests_in"] == 2, "{node:#}");
+    let edge = report["edges"]
+        .as_array()
+        .context("edges")?
+        .iter()
+        .find(|e| e["destination"] == "198.51.100.20")
+        .context("no egress edge")?;
+    ensure!(
+        edge["egress"] == true
+            && edge["source"] == catalog.as_str()
+            && edge["requests"] == 2
+            && edge["ports"] == serde_json::json!([443])
+            && edge["bytes_out"] == 2000,
+        "{edge:#}"
+    );
+    let fr = report["blast_radius"]
+        .as_array()
+        .context("blast_radius")?
+        .iter()
+        .find(|b| b["identity"] == frontend.as_str())
+        .context("frontend blast radius")?;
+    ensure!(fr["egress"] == serde_json::json!(["198.51.100.20"]), "{fr:#}");
+
+    let text = run_ok(picket()?.arg("analyze").args(&files)).await?;
+    ensure!(
+        text.contains("shop/catalog -> 198.51.100.20  connections 2  ports 443"),
+        "{text}"
+    );
+    let html_out = dir.path().join("report.html");
+    run_ok(
+        picket()?
+            .arg("analyze")
+            .args(&files)
+            .args(["-o", "html", "--output-file"])
+            .arg(&html_out),
+    )
+    .await?;
+    let html = std::fs::read_to_string(&html_out)?;
+    ensure!(html.contains(r#"<g class="node node-egress" data-id="198.51.100.20">"#));
     Ok(())
 }
