@@ -2,8 +2,10 @@
 //! policy suggestion, from flow logs.
 //!
 //! Input is any number of flow logs (JSON lines; alert lines colour the graph, edge lines are
-//! ignored). A request that crossed two sidecars appears in both logs; edge and route counts
-//! take the larger side, and verdicts come from the inbound side, which enforces policy. Policy
+//! ignored). A request that crossed two sidecars appears in both logs: its two records are
+//! paired by trace context (the caller sidecar's span is the callee sidecar's parent) and
+//! count once, on the edge the inbound record names; records that cannot be paired count by
+//! the side that saw more. Verdicts come from the inbound side, which enforces policy. Policy
 //! questions (checks and suggestions) use the inbound side's ports, the application's: an
 //! outbound record carries the port dialled, the peer sidecar's, and is used only for edges
 //! with no inbound record.
@@ -88,6 +90,9 @@ pub struct Summary {
     pub files: Vec<String>,
     /// Flow records read.
     pub records: u64,
+    /// Requests whose outbound and inbound records were paired by trace context (each
+    /// counted once).
+    pub paired: u64,
     /// Alert lines read.
     pub alerts: u64,
     /// Lines that were neither a flow, an alert nor an edge.
@@ -341,7 +346,14 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
         .policy
         .as_ref()
         .map(|p| policy::Checker::new(p, &opts.workload_label));
+    let mut live: std::collections::HashSet<u32> = agg.alerts.keys().copied().collect();
+    live.extend(agg.users.keys().copied());
     for (&(s, d), e) in &agg.edges {
+        // All of its requests were paired with records that name another edge.
+        if !e.counted() {
+            continue;
+        }
+        live.extend([s, d]);
         let c = e.counts();
         *reqs_out.entry(s).or_default() += c.requests;
         *reqs_in.entry(d).or_default() += c.requests;
@@ -351,6 +363,7 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
         let mut routes: Vec<RouteReport> = e
             .routes
             .iter()
+            .filter(|(_, r)| r.counts().requests > 0)
             .map(|(route, r)| {
                 let (answer, detail) = match &checker {
                     Some(ch) => ch.route(&source, &destination, route, r, e),
@@ -448,8 +461,9 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
         .names
         .iter()
         .enumerate()
+        .map(|(i, id)| (i as u32, id))
+        .filter(|(i, _)| live.contains(i))
         .map(|(i, id)| {
-            let i = i as u32;
             let alerts = agg.alerts.get(&i);
             NodeReport {
                 id: id.to_string(),
@@ -470,6 +484,7 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
         summary: Summary {
             files: opts.files.iter().map(|f| f.display().to_string()).collect(),
             records: agg.records,
+            paired: agg.paired,
             alerts: agg.alert_lines,
             bad_lines: agg.bad_lines,
             first_error: agg.first_error.clone(),

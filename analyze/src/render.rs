@@ -30,6 +30,11 @@ pub fn render_text(r: &Report) -> String {
         "  records:  {} flows, {} alerts, {} unreadable lines",
         s.records, s.alerts, s.bad_lines
     );
+    let _ = writeln!(
+        o,
+        "  paired:   {} requests recorded by both sidecars, counted once",
+        s.paired
+    );
     if let Some(e) = &s.first_error {
         let _ = writeln!(o, "  first unreadable line: {e}");
     }

@@ -995,3 +995,123 @@ fn egress_destinations_are_nodes_of_their_own_in_every_view() {
     let yaml = a.suggest_policy(&SuggestOptions::default());
     assert!(!yaml.contains("203.0.113.9"), "{yaml}");
 }
+
+/// `r` with trace context: its trace, its own span (a sidecar that traces) and its parent.
+fn traced(
+    r: FlowRecord<'static>,
+    trace: u128,
+    span: Option<u64>,
+    parent: Option<u64>,
+) -> FlowRecord<'static> {
+    FlowRecord {
+        trace_id: Some(format!("{trace:032x}").into()),
+        span_id: span.map(|s| format!("{s:016x}").into()),
+        parent_span_id: parent.map(|p| format!("{p:016x}").into()),
+        ..r
+    }
+}
+
+/// The caller's sidecar names the callee by its configured expectation (as it did for
+/// `identity: any`); the callee's sidecar names itself.
+fn mismatched_pair(i: u64) -> [FlowRecord<'static>; 2] {
+    let [outbound, inbound] = both_sides(i as i64, "/api/orders/1", Verdict::Allow);
+    let outbound = FlowRecord {
+        destination_identity: Some("spiffe://cluster.local/*".into()),
+        ..outbound
+    };
+    let trace = 0xabc0_0000 + u128::from(i);
+    let client_span = 0x5000 + i;
+    [
+        traced(outbound, trace, Some(client_span), Some(0x7000 + i)),
+        traced(inbound, trace, Some(0x9000 + i), Some(client_span)),
+    ]
+}
+
+#[test]
+fn both_sides_of_a_request_pair_by_trace_context_not_by_names() {
+    let flows: Vec<FlowRecord<'static>> = (1..=10).flat_map(mismatched_pair).collect();
+    let a = analyze_flows(&flows, None, None);
+    let r = &a.report;
+    let ids: Vec<&str> = r.nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, [FRONTEND, ORDERS], "no pseudo-node");
+    assert_eq!(r.edges.len(), 1, "{:?}", r.edges);
+    let e = orders_edge(&a);
+    assert_eq!((e.requests, e.allowed), (10, 10));
+    assert_eq!(e.routes[0].requests, 10);
+    assert_eq!(r.summary.paired, 10);
+    // Whatever order the logs come in.
+    let mut reversed = flows.clone();
+    reversed.reverse();
+    let b = analyze_flows(&reversed, None, None);
+    assert_eq!(b.report.nodes.len(), 2);
+    assert_eq!(orders_edge(&b).requests, 10);
+
+    // Without trace context the names are all there is: the mismatch makes a second node.
+    let untraced: Vec<FlowRecord<'static>> = flows
+        .into_iter()
+        .map(|f| FlowRecord {
+            trace_id: None,
+            span_id: None,
+            parent_span_id: None,
+            ..f
+        })
+        .collect();
+    let c = analyze_flows(&untraced, None, None);
+    assert_eq!(c.report.nodes.len(), 3);
+    assert_eq!(c.report.summary.paired, 0);
+}
+
+#[test]
+fn unpaired_records_count_by_the_larger_side() {
+    let mut flows: Vec<FlowRecord<'static>> = (1..=4).flat_map(mismatched_pair).collect();
+    // Three requests only the callee logged (the caller's log was not given), two only the
+    // caller logged.
+    for i in 20..23 {
+        let [_, inbound] = mismatched_pair(i);
+        flows.push(inbound);
+    }
+    for i in 30..32 {
+        let [outbound, _] = both_sides(i as i64, "/api/orders/1", Verdict::Allow);
+        flows.push(traced(outbound, 0xdead, Some(0x100 + i), None));
+    }
+    let a = analyze_flows(&flows, None, None);
+    assert_eq!(a.report.summary.paired, 4);
+    assert_eq!(orders_edge(&a).requests, 4 + 3);
+    // The expectation node only ever had paired records: gone.
+    assert!(a.report.nodes.iter().all(|n| !n.id.ends_with("/*")));
+}
+
+#[test]
+fn a_caller_sidecar_that_does_not_trace_pairs_by_the_apps_span() {
+    // The app sends both calls under its own span 0x77; the caller's sidecar passes it on,
+    // so both callees got it as their parent.
+    let mut flows = Vec::new();
+    for (dst, path) in [(ORDERS, "/api/orders/1"), (CATALOG, "/api/items/1")] {
+        let inbound = flow(
+            0,
+            Direction::Inbound,
+            FRONTEND,
+            dst,
+            Some("GET"),
+            Some(path.into()),
+            Some(200),
+            Verdict::Allow,
+        );
+        let outbound = FlowRecord {
+            direction: Direction::Outbound,
+            verdict: None,
+            ..inbound.clone()
+        };
+        flows.push(traced(outbound, 0xfeed, None, Some(0x77)));
+        flows.push(traced(inbound, 0xfeed, Some(0x99), Some(0x77)));
+    }
+    let a = analyze_flows(&flows, None, None);
+    assert_eq!(a.report.summary.paired, 2);
+    let counts: Vec<(&str, u64)> = a
+        .report
+        .edges
+        .iter()
+        .map(|e| (e.destination.as_str(), e.requests))
+        .collect();
+    assert_eq!(counts, [(CATALOG, 1), (ORDERS, 1)]);
+}

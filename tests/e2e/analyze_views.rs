@@ -1,6 +1,7 @@
 //! `picket analyze` views beyond the service graph, through the real binary on flow logs
-//! written with the sidecar's own record type: user-level edges (end users per service) and
-//! egress destinations (passthrough connections out of the mesh).
+//! written with the sidecar's own record type: user-level edges (end users per service),
+//! egress destinations (passthrough connections out of the mesh), and the two sides of a
+//! request paired by trace context.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -201,5 +202,51 @@ async fn analyze_shows_egress_destinations_as_nodes_of_their_own() -> Result<()>
     .await?;
     let html = std::fs::read_to_string(&html_out)?;
     ensure!(html.contains(r#"<g class="node node-egress" data-id="198.51.100.20">"#));
+    Ok(())
+}
+
+#[tokio::test]
+async fn analyze_pairs_the_two_sides_of_a_request_by_trace_context_not_by_names() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let frontend = spiffe_id("shop", "frontend");
+    let catalog = spiffe_id("shop", "catalog");
+    // The caller's sidecar named the callee by its expectation, the callee's by itself.
+    let expectation = "spiffe://cluster.local/*";
+    let (mut caller, mut callee) = (Vec::new(), Vec::new());
+    let traces: Vec<(String, String)> = (1..=8u64)
+        .map(|i| (format!("{:032x}", 0x4bf9_0000 + i), format!("{:016x}", 0x00f0_0000 + i)))
+        .collect();
+    for (i, (trace, client_span)) in traces.iter().enumerate() {
+        let ms = i64::try_from(i)?;
+        caller.push(FlowRecord {
+            trace_id: Some(trace.as_str().into()),
+            span_id: Some(client_span.as_str().into()),
+            ..request(ms, Direction::Outbound, &frontend, expectation)?
+        });
+        callee.push(FlowRecord {
+            trace_id: Some(trace.as_str().into()),
+            span_id: Some("0000000000abcdef".into()),
+            parent_span_id: Some(client_span.as_str().into()),
+            ..request(ms, Direction::Inbound, &frontend, &catalog)?
+        });
+    }
+    let files = [
+        write_log(&dir.path().join("frontend.jsonl"), &caller)?,
+        write_log(&dir.path().join("catalog.jsonl"), &callee)?,
+    ];
+    let report = analyze_json(&files, &[]).await?;
+    let ids: Vec<&str> = report["nodes"]
+        .as_array()
+        .context("nodes")?
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    ensure!(ids == [frontend.as_str(), catalog.as_str()], "{ids:?}");
+    let edges = report["edges"].as_array().context("edges")?;
+    ensure!(
+        edges.len() == 1 && edges[0]["requests"] == 8 && edges[0]["allowed"] == 8,
+        "{edges:#?}"
+    );
+    ensure!(report["summary"]["paired"] == 8, "{:#}", report["summary"]);
     Ok(())
 }
