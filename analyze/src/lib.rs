@@ -14,6 +14,7 @@
 //! sidecar's own record types (`picket_proxy::telemetry`) so writer and reader cannot drift
 //! apart, and must not use the data path itself (listeners, forwarding, TLS).
 
+mod layout;
 mod paths;
 mod policy;
 mod read;

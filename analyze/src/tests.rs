@@ -440,11 +440,14 @@ fn renders_text_json_and_self_contained_html() {
     for name in ["shop/frontend", "shop/orders", "shop/payments", "data/db"] {
         assert!(html.contains(&format!(">{name}</text>")), "{name}");
     }
-    assert!(
-        !html.contains("http://") || !html.contains("src=\"http"),
-        "no external resources"
-    );
-    assert!(!html.contains("<script"), "no scripts");
+    // Self-contained: nothing to fetch, and a content security policy that fetches nothing.
+    assert!(!html.contains(" src=") && !html.contains(" href="), "no external resources");
+    assert!(html.contains(
+        "content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'\""
+    ));
+    assert_eq!(html.matches("<script>").count(), 1, "one inline script");
+    // The graph shrinks to the page's width.
+    assert!(html.contains("width:100%;height:auto"));
     assert!(html.contains("edge-deny") && html.contains("stroke-dasharray"));
 }
 

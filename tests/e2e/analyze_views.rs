@@ -250,3 +250,120 @@ async fn analyze_pairs_the_two_sides_of_a_request_by_trace_context_not_by_names(
     ensure!(report["summary"]["paired"] == 8, "{:#}", report["summary"]);
     Ok(())
 }
+
+/// Measures the drawn graph in the browser: every node's box on screen, before and after one
+/// click on "zoom in", and the window's size. Appended to a copy of the report; the page's
+/// own content security policy admits inline scripts.
+const PROBE: &str = r#"<script>(function(){
+function boxes(){return Array.prototype.map.call(document.querySelectorAll('#graph g.node rect'),function(r){var b=r.getBoundingClientRect();return [b.left,b.top,b.right,b.bottom];});}
+var out={width:window.innerWidth,height:window.innerHeight,before:boxes()};
+document.getElementById('zoom-in').click();
+out.zoomed=boxes();
+var pre=document.createElement('pre');pre.id='probe';pre.textContent=JSON.stringify(out);document.body.appendChild(pre);
+})();</script>"#;
+
+/// 20 services, seven columns deep: a gateway, four web frontends each calling two services
+/// of its own and one of its neighbour's, three stores, a chain of caches that calls back
+/// (a cycle), and an audit service the gateway calls directly (skipping two columns).
+fn twenty_services() -> Vec<(String, String)> {
+    let name = |s: &str| spiffe_id("shop", s);
+    let mut calls = Vec::new();
+    for f in 0..4usize {
+        let web = format!("web-{}", f + 1);
+        calls.push(("gateway".to_owned(), web.clone()));
+        for s in [2 * f, 2 * f + 1, 2 * f + 2].into_iter().filter(|s| *s < 8) {
+            calls.push((web.clone(), format!("service-{}", s + 1)));
+        }
+    }
+    for s in 0..8usize {
+        calls.push((format!("service-{}", s + 1), format!("store-{}", 1 + s * 3 / 8)));
+    }
+    for (a, b) in [
+        ("store-1", "cache-1"),
+        ("cache-1", "cache-2"),
+        ("cache-2", "cache-3"),
+        ("cache-3", "cache-1"),
+        ("service-8", "audit"),
+        ("gateway", "audit"),
+    ] {
+        calls.push((a.to_owned(), b.to_owned()));
+    }
+    calls
+        .into_iter()
+        .map(|(a, b)| (name(&a), name(&b)))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_html_graph_of_twenty_services_fits_a_1280_pixel_window_without_overlaps()
+-> Result<()> {
+    const WINDOW: (u32, u32) = (1280, 900);
+    let dir = tempfile::tempdir()?;
+    let calls = twenty_services();
+    let mut flows = Vec::new();
+    for (i, (a, b)) in calls.iter().enumerate() {
+        flows.push(request(i64::try_from(i)?, Direction::Inbound, a, b)?);
+    }
+    let services: std::collections::BTreeSet<&String> =
+        calls.iter().flat_map(|(a, b)| [a, b]).collect();
+    ensure!(services.len() == 20, "{} services", services.len());
+    let log = write_log(&dir.path().join("flows.jsonl"), &flows)?;
+    let html_out = dir.path().join("report.html");
+    run_ok(
+        picket()?
+            .arg("analyze")
+            .arg(&log)
+            .args(["-o", "html", "--output-file"])
+            .arg(&html_out),
+    )
+    .await?;
+    let html = std::fs::read_to_string(&html_out)?;
+    let probe_page = dir.path().join("probe.html");
+    std::fs::write(
+        &probe_page,
+        html.replacen("</body>", &format!("{PROBE}</body>"), 1),
+    )?;
+    let dom =
+        picket_tests::browser::dump_dom_in(&format!("file://{}", probe_page.display()), WINDOW)
+            .await?;
+    let json = dom
+        .split_once("<pre id=\"probe\">")
+        .and_then(|(_, rest)| rest.split_once("</pre>"))
+        .map(|(json, _)| json)
+        .context("the probe did not run (no <pre id=\"probe\">): is the graph there?")?;
+    let probe: Value = serde_json::from_str(json).context("probe output")?;
+    let boxes = |key: &str| -> Result<Vec<[f64; 4]>> {
+        probe[key]
+            .as_array()
+            .context("boxes")?
+            .iter()
+            .map(|b| Ok(serde_json::from_value::<[f64; 4]>(b.clone())?))
+            .collect()
+    };
+    let (width, height) = (
+        probe["width"].as_f64().context("width")?,
+        probe["height"].as_f64().context("height")?,
+    );
+    ensure!(width == 1280.0, "window {width} wide");
+    let before = boxes("before")?;
+    ensure!(before.len() == 20, "{} node boxes drawn", before.len());
+    for (i, b) in before.iter().enumerate() {
+        ensure!(
+            b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= width && b[3] <= height,
+            "node {i} at {b:?} is outside the {width}x{height} window: {probe}"
+        );
+        ensure!(b[2] - b[0] > 20.0, "node {i} is drawn too small to read: {b:?}");
+        for (j, c) in before.iter().enumerate().skip(i + 1) {
+            let apart = b[2] <= c[0] || c[2] <= b[0] || b[3] <= c[1] || c[3] <= b[1];
+            ensure!(apart, "nodes {i} {b:?} and {j} {c:?} overlap");
+        }
+    }
+    // Zooming in makes every box larger.
+    let zoomed = boxes("zoomed")?;
+    ensure!(zoomed.len() == 20);
+    for (b, z) in before.iter().zip(&zoomed) {
+        let grew = (z[2] - z[0]) / (b[2] - b[0]);
+        ensure!(grew > 1.1, "zoom in changed a box from {b:?} to {z:?}");
+    }
+    Ok(())
+}
