@@ -6,8 +6,9 @@
 //!    are drawn with the arrow at their start, so they still point at what was called).
 //! 2. Each node's column is its longest call path from a node nothing calls.
 //! 3. An edge spanning several columns gets a virtual point in each column it crosses.
-//! 4. Orders: barycentre sweeps, alternately left to right and right to left, keeping the
-//!    order with the fewest crossings (counted exactly between each pair of columns).
+//! 4. Orders: barycentre sweeps, alternately left to right and right to left, each followed
+//!    by swapping neighbours where that removes crossings, keeping the order with the fewest
+//!    crossings (counted exactly between each pair of columns).
 //! 5. Heights: each node moves towards the mean height of its neighbours, then the column is
 //!    spread so no two boxes are closer than the gap, keeping the order.
 
@@ -84,27 +85,20 @@ pub(crate) fn layout(n: usize, edges: &[(usize, usize)]) -> Layout {
         up[b].push(a);
     }
 
-    let mut order = initial_order(columns, &vlevel, &down, n);
-    let mut best = order.clone();
-    let mut best_crossings = crossings(&order, &down, nv);
+    // Sweeps from a few first orders (barycentre sweeps stop in local minima that depend on
+    // where they start), keeping the best.
     let sweeps = if nv > LARGE { SWEEPS_LARGE } else { SWEEPS };
-    for sweep in 0..sweeps {
-        if best_crossings == 0 {
-            break;
-        }
-        if sweep % 2 == 0 {
-            for l in 1..columns {
-                reorder(&mut order, l, l - 1, &up, nv);
-            }
-        } else {
-            for l in (0..columns.saturating_sub(1)).rev() {
-                reorder(&mut order, l, l + 1, &down, nv);
-            }
-        }
-        let c = crossings(&order, &down, nv);
+    let mut best: Vec<Vec<usize>> = Vec::new();
+    let mut best_crossings = usize::MAX;
+    for start in 0..STARTS {
+        let order = initial_order(columns, &vlevel, &down, n, start);
+        let (order, c) = minimize(order, &up, &down, nv, sweeps);
         if c < best_crossings {
+            best = order;
             best_crossings = c;
-            best.clone_from(&order);
+        }
+        if best_crossings == 0 || nv > LARGE {
+            break;
         }
     }
 
@@ -218,13 +212,53 @@ fn levels(n: usize, dag: &[(usize, usize, usize)]) -> Vec<usize> {
     level
 }
 
+/// Barycentre sweeps from `order`, alternately left to right and right to left, each
+/// followed by swaps of neighbours; the order with the fewest crossings and their count.
+fn minimize(
+    mut order: Vec<Vec<usize>>,
+    up: &[Vec<usize>],
+    down: &[Vec<usize>],
+    nv: usize,
+    sweeps: usize,
+) -> (Vec<Vec<usize>>, usize) {
+    let columns = order.len();
+    let mut best = order.clone();
+    let mut best_crossings = crossings(&order, down, nv);
+    for sweep in 0..sweeps {
+        if best_crossings == 0 {
+            break;
+        }
+        if sweep.is_multiple_of(2) {
+            for l in 1..columns {
+                reorder(&mut order, l, l - 1, up, nv);
+            }
+        } else {
+            for l in (0..columns.saturating_sub(1)).rev() {
+                reorder(&mut order, l, l + 1, down, nv);
+            }
+        }
+        transpose(&mut order, up, down, nv);
+        let c = crossings(&order, down, nv);
+        if c < best_crossings {
+            best_crossings = c;
+            best.clone_from(&order);
+        }
+    }
+    (best, best_crossings)
+}
+
+/// First orders tried.
+const STARTS: usize = 4;
+
 /// Columns filled in depth-first order from the nodes of the first column, so that what one
-/// node calls starts out together.
+/// node calls starts out together. `start` varies the order in which a node's callees are
+/// visited: as recorded, reversed, or by node number up or down.
 fn initial_order(
     columns: usize,
     vlevel: &[usize],
     down: &[Vec<usize>],
     n: usize,
+    start: usize,
 ) -> Vec<Vec<usize>> {
     let mut order: Vec<Vec<usize>> = vec![Vec::new(); columns];
     let mut placed = vec![false; vlevel.len()];
@@ -240,7 +274,14 @@ fn initial_order(
             }
             placed[v] = true;
             order[vlevel[v]].push(v);
-            stack.extend(down[v].iter().rev().copied());
+            let mut next = down[v].clone();
+            match start % 4 {
+                0 => next.reverse(),
+                1 => {}
+                2 => next.sort_unstable_by(|a, b| b.cmp(a)),
+                _ => next.sort_unstable(),
+            }
+            stack.extend(next);
         }
     }
     order
@@ -273,6 +314,48 @@ fn reorder(order: &mut [Vec<usize>], l: usize, by: usize, nbrs: &[Vec<usize>], n
         .collect();
     keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     order[l] = keyed.into_iter().map(|(_, _, v)| v).collect();
+}
+
+/// Crossings between the links of `u` and those of `v` (`u` left of `v` in one column) to
+/// the neighbours in `nbrs`, whose places are `at`.
+fn pair_crossings(u: usize, v: usize, nbrs: &[Vec<usize>], at: &[usize]) -> usize {
+    let mut c = 0;
+    for &a in &nbrs[u] {
+        for &b in &nbrs[v] {
+            c += usize::from(at[a] > at[b]);
+        }
+    }
+    c
+}
+
+/// Swaps neighbours within a column wherever that removes crossings, until no swap helps (at
+/// most a few rounds).
+fn transpose(order: &mut [Vec<usize>], up: &[Vec<usize>], down: &[Vec<usize>], nv: usize) {
+    let mut at = vec![0usize; nv];
+    for col in order.iter() {
+        for (i, &v) in col.iter().enumerate() {
+            at[v] = i;
+        }
+    }
+    for _ in 0..8 {
+        let mut improved = false;
+        for col in order.iter_mut() {
+            for i in 1..col.len() {
+                let (u, v) = (col[i - 1], col[i]);
+                let now = pair_crossings(u, v, up, &at) + pair_crossings(u, v, down, &at);
+                let swapped = pair_crossings(v, u, up, &at) + pair_crossings(v, u, down, &at);
+                if swapped < now {
+                    col.swap(i - 1, i);
+                    at[u] = i;
+                    at[v] = i - 1;
+                    improved = true;
+                }
+            }
+        }
+        if !improved {
+            break;
+        }
+    }
 }
 
 /// Crossings between every pair of adjacent columns: inversions of the lower ends when the
@@ -340,8 +423,8 @@ fn heights(
             at += half(v, n) + ROW_SPACE;
         }
     }
-    for round in 0..8 {
-        let cols: Vec<usize> = if round % 2 == 0 {
+    for round in 0..8usize {
+        let cols: Vec<usize> = if round.is_multiple_of(2) {
             (0..order.len()).collect()
         } else {
             (0..order.len()).rev().collect()
@@ -368,12 +451,8 @@ fn heights(
                 };
                 placed.push(want[i].max(floor));
             }
-            let shift = want
-                .iter()
-                .zip(&placed)
-                .map(|(w, p)| w - p)
-                .sum::<f64>()
-                / col.len().max(1) as f64;
+            let shift =
+                want.iter().zip(&placed).map(|(w, p)| w - p).sum::<f64>() / col.len().max(1) as f64;
             for (&v, p) in col.iter().zip(placed) {
                 y[v] = p + shift;
             }
@@ -383,7 +462,10 @@ fn heights(
 }
 
 fn column_height(col: &[usize], n: usize) -> f64 {
-    col.iter().map(|&v| 2.0 * half(v, n) + ROW_SPACE).sum::<f64>() - ROW_SPACE
+    col.iter()
+        .map(|&v| 2.0 * half(v, n) + ROW_SPACE)
+        .sum::<f64>()
+        - ROW_SPACE
 }
 
 #[cfg(test)]

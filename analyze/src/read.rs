@@ -274,6 +274,13 @@ pub(crate) struct UserCounts {
     pub(crate) denied: u64,
 }
 
+impl UserCounts {
+    fn add(&mut self, o: Self) {
+        self.requests += o.requests;
+        self.denied += o.denied;
+    }
+}
+
 /// Distinct end-user principals kept per destination; requests of further principals are
 /// summed in [`UsersOf::overflow`].
 pub(crate) const MAX_PRINCIPALS_PER_DESTINATION: usize = 10_000;
@@ -443,15 +450,17 @@ impl Aggregate {
         let inbound = r.direction == Direction::Inbound;
         if inbound && let Some(p) = &r.request_principal {
             let users = self.users.entry(dst).or_default();
-            let counts = match users.principals.get_mut(p.as_ref()) {
-                Some(c) => c,
-                None if users.principals.len() < MAX_PRINCIPALS_PER_DESTINATION => {
-                    users.principals.entry(p.as_ref().into()).or_default()
-                }
-                None => &mut users.overflow,
+            let one = UserCounts {
+                requests: 1,
+                denied: u64::from(r.verdict == Some(Verdict::Deny)),
             };
-            counts.requests += 1;
-            counts.denied += u64::from(r.verdict == Some(Verdict::Deny));
+            if let Some(c) = users.principals.get_mut(&**p) {
+                c.add(one);
+            } else if users.principals.len() < MAX_PRINCIPALS_PER_DESTINATION {
+                users.principals.insert(Box::from(&**p), one);
+            } else {
+                users.overflow.add(one);
+            }
         }
         if inbound {
             edge.inbound.add(r);

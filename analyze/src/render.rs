@@ -356,7 +356,7 @@ fn edge_path(points: &[(f64, f64)]) -> String {
     let _ = write!(d, "M{x0:.1} {y0:.1}");
     let mut prev = (x0, y0);
     for (k, &(x, y)) in points.iter().enumerate().skip(1) {
-        if k % 2 == 0 {
+        if k.is_multiple_of(2) {
             let _ = write!(d, " L{x:.1} {y:.1}");
         } else {
             let mid = (prev.0 + x) / 2.0;
@@ -662,6 +662,6 @@ pub fn render_html(r: &Report) -> String {
                 .map_or("-".to_owned(), names),
         );
     }
-    let _ = write!(o, "</table><script>{SCRIPT}</script></body></html>\n");
+    let _ = writeln!(o, "</table><script>{SCRIPT}</script></body></html>");
     o
 }

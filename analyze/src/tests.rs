@@ -441,7 +441,10 @@ fn renders_text_json_and_self_contained_html() {
         assert!(html.contains(&format!(">{name}</text>")), "{name}");
     }
     // Self-contained: nothing to fetch, and a content security policy that fetches nothing.
-    assert!(!html.contains(" src=") && !html.contains(" href="), "no external resources");
+    assert!(
+        !html.contains(" src=") && !html.contains(" href="),
+        "no external resources"
+    );
     assert!(html.contains(
         "content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'\""
     ));
@@ -861,8 +864,7 @@ fn user_edges_list_the_busiest_principals_per_service_and_sum_the_rest() {
     // validated the token.
     for i in 0..12u64 {
         for n in 0..=i {
-            let [mut outbound, mut inbound] =
-                both_sides(n as i64, "/api/orders/1", Verdict::Allow);
+            let [mut outbound, mut inbound] = both_sides(n as i64, "/api/orders/1", Verdict::Allow);
             let p = format!("https://idp.example/user-{i:02}");
             inbound.request_principal = Some(p.clone().into());
             outbound.request_principal = Some(p.into());

@@ -71,7 +71,8 @@ pub(crate) fn user_edges(agg: &Aggregate, top: usize) -> Vec<ServiceUsers> {
                 others.requests += c.requests;
                 others.denied += c.denied;
             }
-            let requests = all.iter().map(|(_, c)| c.requests).sum::<u64>() + users.overflow.requests;
+            let requests =
+                all.iter().map(|(_, c)| c.requests).sum::<u64>() + users.overflow.requests;
             ServiceUsers {
                 destination: agg.nodes.name(dst).to_owned(),
                 principals: all.len() as u64,

@@ -21,7 +21,12 @@ fn at(ms: i64) -> Result<OffsetDateTime> {
 }
 
 /// An HTTP request from `src` to `dst` as one sidecar records it.
-fn request<'a>(ms: i64, direction: Direction, src: &'a str, dst: &'a str) -> Result<FlowRecord<'a>> {
+fn request<'a>(
+    ms: i64,
+    direction: Direction,
+    src: &'a str,
+    dst: &'a str,
+) -> Result<FlowRecord<'a>> {
     let inbound = direction == Direction::Inbound;
     Ok(FlowRecord {
         source_identity: Some(src.into()),
@@ -163,7 +168,10 @@ async fn analyze_shows_egress_destinations_as_nodes_of_their_own() -> Result<()>
         .iter()
         .find(|n| n["id"] == "198.51.100.20")
         .context("the egress destination is no node")?;
-    ensure!(node["kind"] == "egress" && node["requests_in"] == 2, "{node:#}");
+    ensure!(
+        node["kind"] == "egress" && node["requests_in"] == 2,
+        "{node:#}"
+    );
     let edge = report["edges"]
         .as_array()
         .context("edges")?
@@ -184,7 +192,10 @@ async fn analyze_shows_egress_destinations_as_nodes_of_their_own() -> Result<()>
         .iter()
         .find(|b| b["identity"] == frontend.as_str())
         .context("frontend blast radius")?;
-    ensure!(fr["egress"] == serde_json::json!(["198.51.100.20"]), "{fr:#}");
+    ensure!(
+        fr["egress"] == serde_json::json!(["198.51.100.20"]),
+        "{fr:#}"
+    );
 
     let text = run_ok(picket()?.arg("analyze").args(&files)).await?;
     ensure!(
@@ -214,7 +225,12 @@ async fn analyze_pairs_the_two_sides_of_a_request_by_trace_context_not_by_names(
     let expectation = "spiffe://cluster.local/*";
     let (mut caller, mut callee) = (Vec::new(), Vec::new());
     let traces: Vec<(String, String)> = (1..=8u64)
-        .map(|i| (format!("{:032x}", 0x4bf9_0000 + i), format!("{:016x}", 0x00f0_0000 + i)))
+        .map(|i| {
+            (
+                format!("{:032x}", 0x4bf9_0000 + i),
+                format!("{:016x}", 0x00f0_0000 + i),
+            )
+        })
         .collect();
     for (i, (trace, client_span)) in traces.iter().enumerate() {
         let ms = i64::try_from(i)?;
@@ -241,7 +257,7 @@ async fn analyze_pairs_the_two_sides_of_a_request_by_trace_context_not_by_names(
         .iter()
         .filter_map(|n| n["id"].as_str())
         .collect();
-    ensure!(ids == [frontend.as_str(), catalog.as_str()], "{ids:?}");
+    ensure!(ids == [catalog.as_str(), frontend.as_str()], "{ids:?}");
     let edges = report["edges"].as_array().context("edges")?;
     ensure!(
         edges.len() == 1 && edges[0]["requests"] == 8 && edges[0]["allowed"] == 8,
@@ -276,7 +292,10 @@ fn twenty_services() -> Vec<(String, String)> {
         }
     }
     for s in 0..8usize {
-        calls.push((format!("service-{}", s + 1), format!("store-{}", 1 + s * 3 / 8)));
+        calls.push((
+            format!("service-{}", s + 1),
+            format!("store-{}", 1 + s * 3 / 8),
+        ));
     }
     for (a, b) in [
         ("store-1", "cache-1"),
@@ -295,8 +314,8 @@ fn twenty_services() -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn the_html_graph_of_twenty_services_fits_a_1280_pixel_window_without_overlaps()
--> Result<()> {
+async fn the_html_graph_of_twenty_services_fits_a_1280_pixel_window_without_overlaps() -> Result<()>
+{
     const WINDOW: (u32, u32) = (1280, 900);
     let dir = tempfile::tempdir()?;
     let calls = twenty_services();
@@ -352,7 +371,10 @@ async fn the_html_graph_of_twenty_services_fits_a_1280_pixel_window_without_over
             b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= width && b[3] <= height,
             "node {i} at {b:?} is outside the {width}x{height} window: {probe}"
         );
-        ensure!(b[2] - b[0] > 20.0, "node {i} is drawn too small to read: {b:?}");
+        ensure!(
+            b[2] - b[0] > 20.0,
+            "node {i} is drawn too small to read: {b:?}"
+        );
         for (j, c) in before.iter().enumerate().skip(i + 1) {
             let apart = b[2] <= c[0] || c[2] <= b[0] || b[3] <= c[1] || c[3] <= b[1];
             ensure!(apart, "nodes {i} {b:?} and {j} {c:?} overlap");

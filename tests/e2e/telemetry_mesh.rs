@@ -546,7 +546,10 @@ async fn metrics_of_both_sidecars_parse_with_the_prometheus_parser_and_count_the
     check_histogram(&frontend, "outbound", 9.0)?;
 
     // One flow record per request in each sidecar's log, with the alerts beside them.
-    let (orders_log, frontend_log) = (dir.path().join("orders.jsonl"), dir.path().join("frontend.jsonl"));
+    let (orders_log, frontend_log) = (
+        dir.path().join("orders.jsonl"),
+        dir.path().join("frontend.jsonl"),
+    );
     let inbound = wait_for_flows(&orders_log, 9, WAIT).await?;
     let outbound = wait_for_flows(&frontend_log, 9, WAIT).await?;
     // Each inbound record names the caller sidecar's client span as its parent, which pairs
@@ -554,7 +557,12 @@ async fn metrics_of_both_sidecars_parse_with_the_prometheus_parser_and_count_the
     let ids = |flows: &[Value], span: &str| -> BTreeSet<(String, String)> {
         flows
             .iter()
-            .filter_map(|f| Some((f["trace_id"].as_str()?.to_owned(), f[span].as_str()?.to_owned())))
+            .filter_map(|f| {
+                Some((
+                    f["trace_id"].as_str()?.to_owned(),
+                    f[span].as_str()?.to_owned(),
+                ))
+            })
             .collect()
     };
     let client_spans = ids(&outbound, "span_id");

@@ -57,7 +57,7 @@ fn twenty_services_are_laid_out_in_columns_without_overlaps_or_crossings() {
             assert!(l.pos[a].0 < l.pos[b].0, "{a} -> {b}");
         }
         let pts = &l.routes[k].points;
-        assert!(pts.len() >= 2 && pts.len() % 2 == 0, "{pts:?}");
+        assert!(pts.len() >= 2 && pts.len().is_multiple_of(2), "{pts:?}");
     }
     assert_eq!(backwards, 1);
     assert_eq!(l.crossings, 0, "{l:?}");
@@ -84,4 +84,39 @@ fn a_long_call_passes_the_columns_between_and_a_self_call_has_no_route() {
     // 0 -> 2 skips column 1: start, in and out of column 1, end.
     assert_eq!(l.routes[2].points.len(), 4);
     assert!(l.routes[3].points.is_empty());
+}
+
+#[test]
+#[ignore = "a measurement, not a check"]
+#[allow(clippy::print_stdout)]
+fn lay_out_large_graphs() {
+    for (n, per_node) in [(200usize, 3usize), (1_000, 3), (5_000, 2)] {
+        // Deterministic pseudo-random edges, mostly towards higher numbers (calls deepen).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut edges = Vec::new();
+        for a in 0..n {
+            for _ in 0..per_node {
+                let b = (a + 1 + (next() as usize) % 40).min(n - 1);
+                if a != b {
+                    edges.push((a, b));
+                }
+            }
+        }
+        let start = std::time::Instant::now();
+        let l = layout(n, &edges);
+        println!(
+            "layout: {n} nodes, {} edges in {:.3} s, {} crossings, {:.0}x{:.0}",
+            edges.len(),
+            start.elapsed().as_secs_f64(),
+            l.crossings,
+            l.width,
+            l.height
+        );
+    }
 }
