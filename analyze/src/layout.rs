@@ -25,9 +25,10 @@ const ROW_SPACE: f64 = 30.0;
 const LANE: f64 = 14.0;
 /// Empty border around the drawing.
 pub(crate) const MARGIN: f64 = 40.0;
-/// Sweeps of the ordering phase (fewer for very large graphs, where each costs more).
+/// Sweeps of the ordering phase; above `LARGE` points (nodes and the points of edges that
+/// pass columns), fewer sweeps, one first order and no swaps, to bound the time.
 const SWEEPS: usize = 24;
-const SWEEPS_LARGE: usize = 6;
+const SWEEPS_LARGE: usize = 2;
 const LARGE: usize = 2_000;
 
 /// Where everything goes.
@@ -221,23 +222,33 @@ fn minimize(
     nv: usize,
     sweeps: usize,
 ) -> (Vec<Vec<usize>>, usize) {
-    let columns = order.len();
     let mut best = order.clone();
     let mut best_crossings = crossings(&order, down, nv);
+    // Every vertex's place in its column, kept current as columns are reordered.
+    let mut at = vec![0f64; nv];
     for sweep in 0..sweeps {
         if best_crossings == 0 {
             break;
         }
-        if sweep.is_multiple_of(2) {
-            for l in 1..columns {
-                reorder(&mut order, l, l - 1, up, nv);
-            }
-        } else {
-            for l in (0..columns.saturating_sub(1)).rev() {
-                reorder(&mut order, l, l + 1, down, nv);
+        for col in &order {
+            for (i, &v) in col.iter().enumerate() {
+                at[v] = i as f64;
             }
         }
-        transpose(&mut order, up, down, nv);
+        if sweep.is_multiple_of(2) {
+            // Left to right, each column by its callers in the column before.
+            for col in order.iter_mut().skip(1) {
+                reorder(col, up, &mut at);
+            }
+        } else {
+            // Right to left, each column by its callees in the column after.
+            for col in order.iter_mut().rev().skip(1) {
+                reorder(col, down, &mut at);
+            }
+        }
+        if nv <= LARGE {
+            transpose(&mut order, up, down, nv);
+        }
         let c = crossings(&order, down, nv);
         if c < best_crossings {
             best_crossings = c;
@@ -287,14 +298,10 @@ fn initial_order(
     order
 }
 
-/// Sorts column `l` by the mean position of each vertex's neighbours in column `by`;
-/// vertices without neighbours there keep their place.
-fn reorder(order: &mut [Vec<usize>], l: usize, by: usize, nbrs: &[Vec<usize>], nv: usize) {
-    let mut at = vec![0f64; nv];
-    for (i, &v) in order[by].iter().enumerate() {
-        at[v] = i as f64;
-    }
-    let keys: Vec<(f64, usize)> = order[l]
+/// Sorts a column by the mean place of each vertex's neighbours in `nbrs` (in the adjacent
+/// column swept from); vertices without such neighbours keep their place. Updates `at`.
+fn reorder(col: &mut [usize], nbrs: &[Vec<usize>], at: &mut [f64]) {
+    let mut keyed: Vec<(f64, usize, usize)> = col
         .iter()
         .enumerate()
         .map(|(i, &v)| {
@@ -304,16 +311,14 @@ fn reorder(order: &mut [Vec<usize>], l: usize, by: usize, nbrs: &[Vec<usize>], n
             } else {
                 ns.iter().map(|&u| at[u]).sum::<f64>() / ns.len() as f64
             };
-            (key, v)
+            (key, i, v)
         })
         .collect();
-    let mut keyed: Vec<(f64, usize, usize)> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, &(k, v))| (k, i, v))
-        .collect();
     keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    order[l] = keyed.into_iter().map(|(_, _, v)| v).collect();
+    for (i, (_, _, v)) in keyed.into_iter().enumerate() {
+        col[i] = v;
+        at[v] = i as f64;
+    }
 }
 
 /// Crossings between the links of `u` and those of `v` (`u` left of `v` in one column) to
@@ -434,11 +439,11 @@ fn heights(
             let want: Vec<f64> = col
                 .iter()
                 .map(|&v| {
-                    let ns: Vec<usize> = up[v].iter().chain(&down[v]).copied().collect();
-                    if ns.is_empty() {
+                    let count = up[v].len() + down[v].len();
+                    if count == 0 {
                         y[v]
                     } else {
-                        ns.iter().map(|&u| y[u]).sum::<f64>() / ns.len() as f64
+                        up[v].iter().chain(&down[v]).map(|&u| y[u]).sum::<f64>() / count as f64
                     }
                 })
                 .collect();
