@@ -5,6 +5,7 @@
 mod admin;
 mod apps;
 mod authn;
+mod balance;
 mod bypass;
 mod ca;
 mod ca_replicas;
