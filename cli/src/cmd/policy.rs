@@ -22,50 +22,42 @@ use super::{Output, OutputArgs};
 pub enum PolicyCommand {
     /// Validate policy files; errors carry file:line:column and a snippet. Exit 1 on error.
     Check {
-        /// Policy files or directories.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
         #[command(flatten)]
-        load: LoadArgs,
-        #[command(flatten)]
-        output: OutputArgs,
+        files: PolicyFiles,
     },
     /// Run table tests: each case describes a request and the expected decision.
     Test {
-        /// Policy files or directories.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        files: PolicyFiles,
         /// The cases file (YAML).
         #[arg(long, value_name = "CASES.yaml")]
         cases_file: PathBuf,
-        #[command(flatten)]
-        load: LoadArgs,
-        #[command(flatten)]
-        output: OutputArgs,
     },
     /// Explain how one request is decided: every policy considered and why.
     Explain {
-        /// Policy files or directories.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
         #[command(flatten)]
-        load: LoadArgs,
+        files: PolicyFiles,
         #[command(flatten)]
         request: Box<RequestArgs>,
-        #[command(flatten)]
-        output: OutputArgs,
     },
     /// Print the policies in canonical form (text and yaml: the canonical YAML documents;
     /// json: those documents, as a `List` when there are several).
     Fmt {
-        /// Policy files or directories.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
         #[command(flatten)]
-        load: LoadArgs,
-        #[command(flatten)]
-        output: OutputArgs,
+        files: PolicyFiles,
     },
+}
+
+/// What every subcommand takes: the policy files, how to load them, the output format.
+#[derive(Debug, clap::Args)]
+pub struct PolicyFiles {
+    /// Policy files or directories.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 /// Loader settings shared by every subcommand (the same knobs as the sidecar's `policy:`).
@@ -295,31 +287,12 @@ fn load(
 
 /// Runs a `picket policy` subcommand. `Ok(false)` means the check or tests failed (exit 1).
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<bool> {
-    let (paths, load_args, output) = match &cmd {
-        PolicyCommand::Check {
-            paths,
-            load,
-            output,
-        }
-        | PolicyCommand::Test {
-            paths,
-            load,
-            output,
-            ..
-        }
-        | PolicyCommand::Explain {
-            paths,
-            load,
-            output,
-            ..
-        }
-        | PolicyCommand::Fmt {
-            paths,
-            load,
-            output,
-        } => (paths, load, output.output),
-    };
-    let Some(set) = load(paths, &load_args.options(), output)? else {
+    let (PolicyCommand::Check { files }
+    | PolicyCommand::Test { files, .. }
+    | PolicyCommand::Explain { files, .. }
+    | PolicyCommand::Fmt { files }) = &cmd;
+    let output = files.output.output;
+    let Some(set) = load(&files.paths, &files.load.options(), output)? else {
         return Ok(false);
     };
     match cmd {
