@@ -3,8 +3,10 @@
 //! they are killed when the test ends.
 
 mod admin;
+mod analyze_views;
 mod apps;
 mod authn;
+mod balance;
 mod bypass;
 mod ca;
 mod ca_replicas;

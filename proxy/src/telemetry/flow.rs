@@ -161,6 +161,11 @@ pub struct FlowRecord<'a> {
     /// The destination port the authorization policy saw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_port: Option<u16>,
+    /// Outbound to a destination the discovery source knows: the endpoint (`ip:port`) that
+    /// served the flow, chosen by the balancer; `destination_address` is then the address the
+    /// app dialled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<SocketAddr>,
     /// The key-exchange group of the mTLS connection between the sidecars that carried the
     /// flow (`x25519mlkem768` post-quantum hybrid; `x25519`, `secp256r1`, `secp384r1`
     /// classical); absent when no such connection carried it.
@@ -251,6 +256,17 @@ pub struct FlowRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub span_id: Option<Cow<'a, str>>,
+    /// The caller's span ID from its trace context (`traceparent` or B3), 16 hex digits:
+    /// inbound the calling sidecar's client span (or, when it does not trace, the calling
+    /// app's span), which pairs this record with the caller's outbound record of the same
+    /// request.
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub parent_span_id: Option<Cow<'a, str>>,
     /// `x-request-id`, when present.
     #[serde(
         default,
@@ -292,6 +308,7 @@ impl<'a> FlowRecord<'a> {
             expected_identity: None,
             destination_address: None,
             destination_port: None,
+            endpoint: None,
             kx: None,
             method: None,
             path: None,
@@ -308,6 +325,7 @@ impl<'a> FlowRecord<'a> {
             duration_ms: 0.0,
             trace_id: None,
             span_id: None,
+            parent_span_id: None,
             request_id: None,
             request_principal: None,
             token_error: None,
