@@ -466,6 +466,58 @@ impl fmt::Debug for Authority {
     }
 }
 
+/// The subject alternative names and extended key usages a certificate of `profile` for
+/// `spiffe_id` carries, once the CSR is checked to ask for nothing else.
+fn certificate_names(
+    profile: &Profile<'_>,
+    csr: &CertificateSigningRequestParams,
+    spiffe_id: &SpiffeId,
+) -> Result<(Vec<SanType>, Vec<ExtendedKeyUsagePurpose>), IssueError> {
+    Ok(match profile {
+        Profile::Svid => {
+            check_requested_identity(csr, spiffe_id)?;
+            let uri = Ia5String::try_from(spiffe_id.to_uri())?;
+            (
+                vec![SanType::URI(uri)],
+                vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+            )
+        }
+        Profile::Server(allowed) => {
+            let names = allowed
+                .for_workload(spiffe_id.workload())
+                .ok_or_else(|| IssueError::ServerNamesNotAllowed(spiffe_id.clone()))?;
+            check_requested_server_names(csr, names, spiffe_id)?;
+            (
+                CertificateParams::new(names.to_vec())?.subject_alt_names,
+                vec![ExtendedKeyUsagePurpose::ServerAuth],
+            )
+        }
+    })
+}
+
+/// Writes the CA's config, last in `init`: its presence is what makes the directory an
+/// initialised CA. `signer_dir` names the shared material of a replica.
+fn write_config(
+    dir: &StateDir,
+    opts: &InitOptions,
+    signer_dir: Option<&Path>,
+) -> Result<(), CaError> {
+    dir.write_json(
+        state::CONFIG,
+        &CaConfig {
+            format: FORMAT_VERSION,
+            trust_domain: opts.trust_domain.clone(),
+            leaf_ttl_secs: whole_seconds_up(opts.leaf_ttl),
+            max_leaf_ttl_secs: whole_seconds_up(opts.max_leaf_ttl),
+            signer_dir: signer_dir.map(Path::to_path_buf),
+        },
+    )?;
+    Ok(())
+}
+
 impl Authority {
     /// Creates a new CA in `opts.state_dir`: a root (unless one is imported), an intermediate
     /// issuer signed by it, and empty token and issuance files. Refuses a directory that
@@ -479,39 +531,40 @@ impl Authority {
                 return Err(CaError::AlreadyInitialised(opts.state_dir));
             }
         }
-        let now = now();
-
-        if let Some(signer_dir) = &opts.signer_dir {
-            if opts.root.is_some() {
-                return Err(CaError::InvalidOption(
-                    "a CA that signs with shared material (--signer-dir) makes no intermediate: \
-                     it takes no root"
-                        .into(),
-                ));
-            }
-            // Checked now, so that a replica with unusable material never starts.
-            Signer::load(&StateDir::signing_material(signer_dir))?;
-            Store::open(&dir)?;
-            dir.write_json(
-                state::CONFIG,
-                &CaConfig {
-                    format: FORMAT_VERSION,
-                    trust_domain: opts.trust_domain.clone(),
-                    leaf_ttl_secs: whole_seconds_up(opts.leaf_ttl),
-                    max_leaf_ttl_secs: whole_seconds_up(opts.max_leaf_ttl),
-                    signer_dir: Some(signer_dir.clone()),
-                },
-            )?;
-            drop(lock);
-            tracing::info!(
-                state_dir = %opts.state_dir.display(),
-                signer_dir = %signer_dir.display(),
-                trust_domain = %opts.trust_domain,
-                "initialised a CA replica signing with shared material"
-            );
-            return Self::open(&opts.state_dir);
+        match &opts.signer_dir {
+            Some(signer_dir) => Self::init_replica(&opts, &dir, signer_dir)?,
+            None => Self::init_issuer(&opts, &dir)?,
         }
+        drop(lock);
+        Self::open(&opts.state_dir)
+    }
 
+    /// `init` of a replica: no root and no intermediate, only the config naming the shared
+    /// signing material (checked now, so that a replica with unusable material never starts).
+    fn init_replica(opts: &InitOptions, dir: &StateDir, signer_dir: &Path) -> Result<(), CaError> {
+        if opts.root.is_some() {
+            return Err(CaError::InvalidOption(
+                "a CA that signs with shared material (--signer-dir) makes no intermediate: \
+                 it takes no root"
+                    .into(),
+            ));
+        }
+        Signer::load(&StateDir::signing_material(signer_dir))?;
+        Store::open(dir)?;
+        write_config(dir, opts, Some(signer_dir))?;
+        tracing::info!(
+            state_dir = %opts.state_dir.display(),
+            signer_dir = %signer_dir.display(),
+            trust_domain = %opts.trust_domain,
+            "initialised a CA replica signing with shared material"
+        );
+        Ok(())
+    }
+
+    /// `init` of a CA that signs with its own material: a root (made or imported), an
+    /// intermediate under it and the bundle, then the config.
+    fn init_issuer(opts: &InitOptions, dir: &StateDir) -> Result<(), CaError> {
+        let now = now();
         let (root, root_not_after, bundle_pem) = match &opts.root {
             None => {
                 let (key, cert_pem, params, not_after) = new_root(now)?;
@@ -521,7 +574,6 @@ impl Authority {
             }
             Some((cert_path, key_path)) => import_root(cert_path, key_path, now)?,
         };
-
         let (issuer_key, issuer_pem) = new_issuer(&root, root_not_after, now)?;
         dir.write(
             state::ISSUER_KEY,
@@ -530,26 +582,15 @@ impl Authority {
         )?;
         dir.write(state::ISSUER_CERT, issuer_pem.as_bytes(), PUBLIC_MODE)?;
         dir.write(state::BUNDLE, bundle_pem.as_bytes(), PUBLIC_MODE)?;
-        Store::open(&dir)?;
-        // Written last: its presence is what makes the directory an initialised CA.
-        dir.write_json(
-            state::CONFIG,
-            &CaConfig {
-                format: FORMAT_VERSION,
-                trust_domain: opts.trust_domain.clone(),
-                leaf_ttl_secs: whole_seconds_up(opts.leaf_ttl),
-                max_leaf_ttl_secs: whole_seconds_up(opts.max_leaf_ttl),
-                signer_dir: None,
-            },
-        )?;
-        drop(lock);
+        Store::open(dir)?;
+        write_config(dir, opts, None)?;
         tracing::info!(
             state_dir = %opts.state_dir.display(),
             trust_domain = %opts.trust_domain,
             imported_root = opts.root.is_some(),
             "initialised CA"
         );
-        Self::open(&opts.state_dir)
+        Ok(())
     }
 
     /// Loads the CA from `state_dir`, with the serials it has already issued.
@@ -724,23 +765,7 @@ impl Authority {
         if now >= signer.issuer_not_after {
             return Err(IssueError::IssuerExpired(signer.issuer_not_after));
         }
-        let (redemption, kind, known) = match &credential {
-            Credential::JoinToken(_) if self.signer_dir.is_some() => {
-                return Err(IssueError::JoinTokensNotServed);
-            }
-            Credential::JoinToken(token) => {
-                (Redemption::Token(token), CredentialKind::JoinToken, None)
-            }
-            Credential::Renewal(id) if id.trust_domain() == &self.trust_domain => {
-                (Redemption::None, CredentialKind::Renewal, Some(id.clone()))
-            }
-            Credential::Renewal(id) => return Err(IssueError::ForeignTrustDomain(id.clone())),
-            Credential::ServiceAccount(name) => (
-                Redemption::None,
-                CredentialKind::ServiceAccountToken,
-                Some(SpiffeId::new(self.trust_domain.clone(), name.clone())),
-            ),
-        };
+        let (redemption, kind, known) = self.redemption(&credential)?;
         // One transaction: the token's use, the serial's uniqueness and the record commit
         // together or not at all; any error below rolls the token's use back. The store stays
         // consistent even if a holder of the lock panicked (its transaction rolled back).
@@ -749,29 +774,8 @@ impl Authority {
             let spiffe_id = known
                 .or(granted)
                 .ok_or(IssueError::Token(TokenError::Unknown))?;
-            let (subject_alt_names, extended_key_usages) = match profile {
-                Profile::Svid => {
-                    check_requested_identity(&csr, &spiffe_id)?;
-                    let uri = Ia5String::try_from(spiffe_id.to_uri())?;
-                    (
-                        vec![SanType::URI(uri)],
-                        vec![
-                            ExtendedKeyUsagePurpose::ServerAuth,
-                            ExtendedKeyUsagePurpose::ClientAuth,
-                        ],
-                    )
-                }
-                Profile::Server(allowed) => {
-                    let names = allowed
-                        .for_workload(spiffe_id.workload())
-                        .ok_or_else(|| IssueError::ServerNamesNotAllowed(spiffe_id.clone()))?;
-                    check_requested_server_names(&csr, names, &spiffe_id)?;
-                    (
-                        CertificateParams::new(names.to_vec())?.subject_alt_names,
-                        vec![ExtendedKeyUsagePurpose::ServerAuth],
-                    )
-                }
-            };
+            let (subject_alt_names, extended_key_usages) =
+                certificate_names(&profile, &csr, &spiffe_id)?;
             let (serial, serial_hex) = fresh_serial(serial_taken)?;
             let not_after = signer.not_after(exact_now, self.leaf_lifetime);
             let mut params = end_entity_params(serial, now, not_after);
@@ -803,6 +807,31 @@ impl Authority {
             "issued certificate"
         );
         Ok(issued)
+    }
+
+    /// What `credential` redeems, its kind for the record, and the identity it proves when
+    /// that is known before the store is asked (a join token's identity is the token's).
+    fn redemption<'c>(
+        &self,
+        credential: &'c Credential,
+    ) -> Result<(Redemption<'c>, CredentialKind, Option<SpiffeId>), IssueError> {
+        Ok(match credential {
+            Credential::JoinToken(_) if self.signer_dir.is_some() => {
+                return Err(IssueError::JoinTokensNotServed);
+            }
+            Credential::JoinToken(token) => {
+                (Redemption::Token(token), CredentialKind::JoinToken, None)
+            }
+            Credential::Renewal(id) if id.trust_domain() == &self.trust_domain => {
+                (Redemption::None, CredentialKind::Renewal, Some(id.clone()))
+            }
+            Credential::Renewal(id) => return Err(IssueError::ForeignTrustDomain(id.clone())),
+            Credential::ServiceAccount(name) => (
+                Redemption::None,
+                CredentialKind::ServiceAccountToken,
+                Some(SpiffeId::new(self.trust_domain.clone(), name.clone())),
+            ),
+        })
     }
 
     /// A short-lived TLS server certificate for the CA's own API, valid for the DNS names and

@@ -11,10 +11,11 @@
 //!   3. `remove`: the old root leaves the bundle. Refused while a certificate issued under the
 //!      old root is still valid (the issuance log says which), unless forced.
 //!
-//! A CA whose root was imported (`picket ca init --root-cert --root-key`, as on Kubernetes)
-//! does not keep the root's key: the operator passes the new root's certificate to `add`,
-//! and its certificate and key to `switch` and `rotate intermediate` (`--root-cert`,
-//! `--root-key`); the key is used once and not copied into the state directory.
+//! A CA whose root was imported (`picket ca init --root-cert-file --root-key-file`, as on
+//! Kubernetes) does not keep the root's key: the operator passes the new root's certificate
+//! to `add`, and its certificate and key to `switch` and `rotate intermediate`
+//! (`--root-cert-file`, `--root-key-file`); the key is used once and not copied into the
+//! state directory.
 //!
 //! Each root and intermediate has its own subject (its key's generation in the common name),
 //! a subject key identifier and an authority key identifier, so chains are unambiguous while
@@ -172,7 +173,8 @@ fn given_signing_root(
         (Some(cert), Some(key)) => (cert, key),
         _ => {
             return Err(CaError::InvalidOption(
-                "signing with an organisation root needs both --root-cert and --root-key".into(),
+                "signing with an organisation root needs both --root-cert-file and --root-key-file"
+                    .into(),
             ));
         }
     };
@@ -185,7 +187,7 @@ fn given_signing_root(
     if !in_bundle {
         return Err(CaError::InvalidOption(format!(
             "{} is not in the trust bundle: run `picket ca rotate root --stage add \
-             --root-cert {}` first, and give every workload the new bundle",
+             --root-cert-file {}` first, and give every workload the new bundle",
             cert.display(),
             cert.display()
         )));
@@ -208,7 +210,9 @@ fn add_given_root(
     now: OffsetDateTime,
 ) -> Result<Rotated, CaError> {
     let Some(path) = &given.cert else {
-        return Err(CaError::InvalidOption("--root-cert is required".into()));
+        return Err(CaError::InvalidOption(
+            "--root-cert-file is required".into(),
+        ));
     };
     if given.key.is_some() {
         return Err(CaError::InvalidOption(
@@ -444,8 +448,8 @@ fn load_ca(
     if !dir.exists(key_name)? {
         return Err(CaError::InvalidOption(format!(
             "{} is missing: the root was imported from an organisation CA, whose key Picket \
-             does not keep; rotate it with that CA (a new `picket ca init --root-cert \
-             --root-key` in a new state directory)",
+             does not keep; rotate it with that CA (a new `picket ca init --root-cert-file \
+             --root-key-file` in a new state directory)",
             dir.file(key_name).display()
         )));
     }

@@ -61,7 +61,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::api;
-use crate::authority::{Authority, CaError, Credential, IssueError, Reloaded, ServerNames};
+use crate::authority::{Authority, CaError, Credential, IssueError, Issued, Reloaded, ServerNames};
 use crate::svid;
 use crate::token::TokenError;
 use crate::tokenreview::{self, ReviewError, TokenReviewer};
@@ -495,69 +495,13 @@ async fn certificates(
     body: Result<Bytes, BodyError>,
     kind: Kind,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let authority = &shared.authority;
-    let body = body.map_err(|e| match e {
-        BodyError::TooLarge(_) => ApiError::too_large(),
-        BodyError::Timeout => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            "the request body did not arrive in time",
-        ),
-        other => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "body_unreadable",
-            other.to_string(),
-        ),
-    })?;
-    let credential = match client_cert {
-        Some(der) => {
-            let now = OffsetDateTime::now_utc().unix_timestamp();
-            let info = svid::verify_leaf(der, authority.trust_domain(), now).map_err(|e| {
-                ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "client_certificate_rejected",
-                    e.to_string(),
-                )
-            })?;
-            Presented::Certificate(info.id)
-        }
-        None => Presented::Bearer(bearer_token(headers)?),
-    };
+    let body = request_body(body)?;
+    let presented = presented_credential(&shared.authority, client_cert, headers)?;
     let body: api::CertificateRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
-
     // Checked after the body so that a malformed request never costs a token review.
-    let credential = match credential {
-        Presented::Certificate(id) => Credential::Renewal(id),
-        Presented::Bearer(token) if tokenreview::looks_like_jwt(&token) => {
-            let reviewer = shared.token_review.as_ref().ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "service_account_tokens_disabled",
-                    "this CA does not accept Kubernetes service-account tokens",
-                )
-            })?;
-            Credential::ServiceAccount(reviewer.review(&token).await?)
-        }
-        Presented::Bearer(token) => Credential::JoinToken(token),
-    };
-
-    // Issuance signs and fsyncs: keep it off the async worker threads.
-    let shared = Arc::clone(shared);
-    let span = tracing::Span::current();
-    let issued = tokio::task::spawn_blocking(move || {
-        let _in_request = span.enter();
-        match kind {
-            Kind::Svid => shared.authority.issue(&body.csr, credential),
-            Kind::Server => shared.authority.issue_server_certificate(
-                &body.csr,
-                credential,
-                &shared.server_names,
-            ),
-        }
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))??;
+    let credential = checked_credential(shared, presented).await?;
+    let issued = issue_off_the_runtime(shared, body.csr, credential, kind).await?;
     let not_after = issued
         .not_after
         .format(&Rfc3339)
@@ -572,6 +516,91 @@ async fn certificates(
             not_after,
         },
     ))
+}
+
+/// The request body, or the API error a body that did not arrive whole maps to.
+fn request_body(body: Result<Bytes, BodyError>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e {
+        BodyError::TooLarge(_) => ApiError::too_large(),
+        BodyError::Timeout => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive in time",
+        ),
+        other => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "body_unreadable",
+            other.to_string(),
+        ),
+    })
+}
+
+/// The credential the client presents: its certificate (verified as an SVID of this trust
+/// domain) or, without one, its bearer token.
+fn presented_credential(
+    authority: &Authority,
+    client_cert: Option<&CertificateDer<'static>>,
+    headers: &HeaderMap,
+) -> Result<Presented, ApiError> {
+    Ok(match client_cert {
+        Some(der) => {
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            let info = svid::verify_leaf(der, authority.trust_domain(), now).map_err(|e| {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "client_certificate_rejected",
+                    e.to_string(),
+                )
+            })?;
+            Presented::Certificate(info.id)
+        }
+        None => Presented::Bearer(bearer_token(headers)?),
+    })
+}
+
+/// The credential told apart: a service-account token (a JWT) is reviewed by the API server
+/// here; a join token is checked by the issuance itself.
+async fn checked_credential(shared: &Shared, presented: Presented) -> Result<Credential, ApiError> {
+    Ok(match presented {
+        Presented::Certificate(id) => Credential::Renewal(id),
+        Presented::Bearer(token) if tokenreview::looks_like_jwt(&token) => {
+            let reviewer = shared.token_review.as_ref().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "service_account_tokens_disabled",
+                    "this CA does not accept Kubernetes service-account tokens",
+                )
+            })?;
+            Credential::ServiceAccount(reviewer.review(&token).await?)
+        }
+        Presented::Bearer(token) => Credential::JoinToken(token),
+    })
+}
+
+/// Issues on a blocking thread: issuance signs and fsyncs, which must not hold up the async
+/// workers.
+async fn issue_off_the_runtime(
+    shared: &Arc<Shared>,
+    csr: String,
+    credential: Credential,
+    kind: Kind,
+) -> Result<Issued, ApiError> {
+    let shared = Arc::clone(shared);
+    let span = tracing::Span::current();
+    let issued = tokio::task::spawn_blocking(move || {
+        let _in_request = span.enter();
+        match kind {
+            Kind::Svid => shared.authority.issue(&csr, credential),
+            Kind::Server => {
+                shared
+                    .authority
+                    .issue_server_certificate(&csr, credential, &shared.server_names)
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
+    Ok(issued)
 }
 
 /// The token of `Authorization: Bearer <token>`.

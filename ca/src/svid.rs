@@ -137,5 +137,5 @@ pub fn hex_lower(bytes: &[u8]) -> String {
         Some(i) => &bytes[i..],
         None => &bytes[bytes.len().saturating_sub(1)..],
     };
-    trimmed.iter().map(|b| format!("{b:02x}")).collect()
+    picket_common::text::hex(trimmed)
 }

@@ -43,3 +43,14 @@ pub fn read_text(path: &Path, limit: u64) -> Result<String, TextError> {
 
 #[cfg(test)]
 mod tests;
+
+/// Lowercase hex of `bytes`, two digits a byte (fingerprints, serials, ids).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}

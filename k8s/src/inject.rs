@@ -288,27 +288,30 @@ pub struct Report {
 /// kinds are left as they are. Injecting an injected workload replaces its sidecar, so the
 /// result is the same as injecting once.
 pub fn inject(object: &mut Value, settings: &Settings) -> Result<Vec<Report>, InjectError> {
-    let mut reports = Vec::new();
-    for_each_pod(object, &mut |workload, template| {
-        let outcome = inject_pod(workload, template, settings)?;
-        reports.push(Report {
-            workload: workload.to_owned(),
-            outcome,
-        });
-        Ok(())
-    })?;
-    Ok(reports)
+    report_each_pod(object, |workload, template| {
+        inject_pod(workload, template, settings)
+    })
 }
 
 /// Removes what [`inject`] added from every workload in `object`.
 pub fn uninject(object: &mut Value) -> Result<Vec<Report>, InjectError> {
-    let mut reports = Vec::new();
-    for_each_pod(object, &mut |workload, template| {
-        let outcome = if remove_sidecar(workload, template)? {
+    report_each_pod(object, |workload, template| {
+        Ok(if remove_sidecar(workload, template)? {
             Outcome::Uninjected
         } else {
             Outcome::NotInjected
-        };
+        })
+    })
+}
+
+/// Runs `change` on every pod template in `object`; one report per workload.
+fn report_each_pod(
+    object: &mut Value,
+    mut change: impl FnMut(&str, &mut Map<String, Value>) -> Result<Outcome, InjectError>,
+) -> Result<Vec<Report>, InjectError> {
+    let mut reports = Vec::new();
+    for_each_pod(object, &mut |workload, template| {
+        let outcome = change(workload, template)?;
         reports.push(Report {
             workload: workload.to_owned(),
             outcome,
@@ -427,6 +430,41 @@ fn inject_pod(
     if let Some(reason) = skip_reason(template) {
         return Ok(Outcome::Skipped(reason));
     }
+    refuse_reserved_names(workload, template)?;
+    let annotations = annotations(template);
+    let annotation = |key: &'static str| annotations.and_then(|a| a.get(key)?.as_str());
+    let mut exclusions = exclusions(workload, settings, annotation)?;
+    let mode = inbound_mode(workload, settings, annotation)?;
+    let rewrite = settings.rewrite_probes && rewrite_probes_wanted(workload, annotation)?;
+    let scrape = settings.scrape_annotations
+        && !annotations.is_some_and(|a| a.keys().any(|k| k.starts_with("prometheus.io/")));
+
+    let rewritten = if rewrite {
+        rewrite_probes(workload, template, &exclusions.inbound)?
+    } else {
+        RewrittenProbes::default()
+    };
+    if !rewritten.health.is_empty() {
+        exclusions.inbound.push(HEALTH_PORT);
+    }
+    let config = print_yaml(&sidecar_config(
+        settings,
+        template,
+        &mode,
+        &rewritten.health,
+    ))?;
+    annotate(workload, template, &config, &rewritten, scrape)?;
+
+    let spec = object_field(workload, template, "spec")?;
+    let init = array_field(workload, spec, "initContainers")?;
+    init.insert(0, proxy_container(settings, !rewritten.health.is_empty()));
+    init.insert(0, init_container(settings, &exclusions));
+    array_field(workload, spec, "volumes")?.extend(volumes(settings));
+    Ok(Outcome::Injected)
+}
+
+/// Refuses a pod that already has a container or volume of a name injection adds.
+fn refuse_reserved_names(workload: &str, template: &Map<String, Value>) -> Result<(), InjectError> {
     let spec = template
         .get("spec")
         .and_then(Value::as_object)
@@ -446,9 +484,16 @@ fn inject_pod(
             }
         }
     }
+    Ok(())
+}
 
-    let annotations = annotations(template);
-    let annotation = |key: &'static str| annotations.and_then(|a| a.get(key)?.as_str());
+/// The ports and networks that bypass the sidecar: the settings' and the pod's annotations'
+/// (the admin port always).
+fn exclusions<'a>(
+    workload: &str,
+    settings: &Settings,
+    annotation: impl Fn(&'static str) -> Option<&'a str> + Copy,
+) -> Result<Exclusions, InjectError> {
     let mut inbound = vec![ADMIN_PORT];
     inbound.extend(&settings.exclude_inbound_ports);
     inbound.extend(ports(
@@ -464,42 +509,38 @@ fn inject_pod(
     )?);
     let mut cidrs = settings.exclude_outbound_cidrs.clone();
     cidrs.extend(outbound_cidrs(workload, annotation)?);
-    let mut exclusions = Exclusions {
+    Ok(Exclusions {
         inbound: dedup(inbound),
         outbound: dedup(outbound),
         cidrs: dedup(cidrs),
-    };
-    let mode = inbound_mode(workload, settings, annotation)?;
-    let rewrite = settings.rewrite_probes
-        && match annotation(REWRITE_PROBES_ANNOTATION) {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                return Err(InjectError::Annotation {
-                    workload: workload.to_owned(),
-                    annotation: REWRITE_PROBES_ANNOTATION,
-                    reason: format!("{other:?} is not \"true\" or \"false\""),
-                });
-            }
-        };
-    let scrape = settings.scrape_annotations
-        && !annotations.is_some_and(|a| a.keys().any(|k| k.starts_with("prometheus.io/")));
+    })
+}
 
-    let rewritten = if rewrite {
-        rewrite_probes(workload, template, &exclusions.inbound)?
-    } else {
-        RewrittenProbes::default()
-    };
-    if !rewritten.health.is_empty() {
-        exclusions.inbound.push(HEALTH_PORT);
+/// The pod's `picket.dev/rewrite-probes` annotation: absent or "true" is yes.
+fn rewrite_probes_wanted<'a>(
+    workload: &str,
+    annotation: impl Fn(&'static str) -> Option<&'a str>,
+) -> Result<bool, InjectError> {
+    match annotation(REWRITE_PROBES_ANNOTATION) {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(InjectError::Annotation {
+            workload: workload.to_owned(),
+            annotation: REWRITE_PROBES_ANNOTATION,
+            reason: format!("{other:?} is not \"true\" or \"false\""),
+        }),
     }
+}
 
-    let config = print_yaml(&sidecar_config(
-        settings,
-        template,
-        &mode,
-        &rewritten.health,
-    ))?;
+/// Adds injection's annotations: the status, the sidecar config, the original probes, and the
+/// scrape annotations (with the list of them, so that uninject takes exactly those out).
+fn annotate(
+    workload: &str,
+    template: &mut Map<String, Value>,
+    config: &str,
+    rewritten: &RewrittenProbes,
+    scrape: bool,
+) -> Result<(), InjectError> {
     let metadata = object_field(workload, template, "metadata")?;
     let annotations = object_field(workload, metadata, "annotations")?;
     annotations.insert(STATUS_ANNOTATION.to_owned(), json!(VERSION));
@@ -519,13 +560,7 @@ fn inject_pod(
             json!(keys.join(",")),
         );
     }
-
-    let spec = object_field(workload, template, "spec")?;
-    let init = array_field(workload, spec, "initContainers")?;
-    init.insert(0, proxy_container(settings, !rewritten.health.is_empty()));
-    init.insert(0, init_container(settings, &exclusions));
-    array_field(workload, spec, "volumes")?.extend(volumes(settings));
-    Ok(Outcome::Injected)
+    Ok(())
 }
 
 /// Removes what injection added; says whether there was anything to remove.

@@ -306,10 +306,47 @@ pub struct Runner {
     pub ip6tables: String,
     /// Print the restore input instead of running it.
     pub dry_run: bool,
-    /// What a dry run would feed to each restore, in order (comment lines name the tool).
-    pub printed: Vec<String>,
+    /// What a dry run would do, step by step.
+    pub printed: Vec<Printed>,
     /// IPv6 addresses beyond loopback and link-local (`None`: the kernel has no IPv6).
     pub ipv6_addresses: Option<Vec<Ipv6Addr>>,
+}
+
+/// One step of a dry run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Printed {
+    /// The input a family's restore command would be fed.
+    Restore {
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+        /// The command line.
+        command: String,
+        /// Its standard input.
+        input: String,
+    },
+    /// The rules in force could not be read (no rights, for a dry run); the restore input
+    /// that follows is shown as for a table without Picket's rules.
+    Unread {
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+        /// Why they could not be read.
+        error: String,
+    },
+}
+
+impl std::fmt::Display for Printed {
+    /// As `iptables --dry-run` prints it: a comment line naming the command, then the input.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Restore { command, input, .. } => write!(f, "# {command}\n{input}"),
+            Self::Unread { family, error } => write!(
+                f,
+                "# cannot read the {family} rules in force ({error}); shown as for a table \
+                 without Picket's rules"
+            ),
+        }
+    }
 }
 
 /// What happened to IPv6.
@@ -374,8 +411,11 @@ impl Runner {
 
     fn restore(&mut self, family: Family, input: &str) -> Result<(), IptablesError> {
         if self.dry_run {
-            self.printed
-                .push(format!("# {}\n{input}", self.restore_command(family)));
+            self.printed.push(Printed::Restore {
+                family: family.name(),
+                command: self.restore_command(family),
+                input: input.to_owned(),
+            });
             return Ok(());
         }
         let binary = format!("{}-restore", self.binary(family));
@@ -409,10 +449,10 @@ impl Runner {
         match self.save(family) {
             Ok(rules) => Ok(rules),
             Err(e) if self.dry_run => {
-                self.printed.push(format!(
-                    "# cannot read the {} rules in force ({e}); shown as for a table without Picket's rules",
-                    family.name()
-                ));
+                self.printed.push(Printed::Unread {
+                    family: family.name(),
+                    error: e.to_string(),
+                });
                 Ok(PicketRules::default())
             }
             Err(e) => Err(e),

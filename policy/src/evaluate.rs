@@ -22,6 +22,10 @@ use crate::set::{Buckets, RuleId, WorkloadPolicies};
 
 impl WorkloadPolicies {
     /// Decides one request. See the module documentation for the order.
+    // Over 80 lines by choice: it is the decision order of the module documentation (deny,
+    // allow, default; then dry-run shadows, audit, the would-be verdict) read top to bottom,
+    // and it is the per-request hot path (policy/benches/evaluate.rs); a split would move
+    // state between frames without making the order clearer.
     pub fn evaluate(&self, req: &Request<'_>) -> Decision {
         let a = Attrs::new(req);
         let buckets = self.index.lookup(&a);

@@ -17,21 +17,41 @@ use crate::{compile, decode, yaml};
 /// never half-applies. Policies are identified by namespace and name, which must be unique
 /// across all sources.
 pub fn load(sources: &[Source<'_>], opts: &LoadOptions) -> Result<PolicySet, LoadErrors> {
-    let mut errors: Vec<LoadError> = Vec::new();
-    let mut decoded: Vec<(usize, decode::Decoded)> = Vec::new();
-    let mut authentications: Vec<(usize, RequestAuthentication, yaml::Pos)> = Vec::new();
+    let mut decoded = decode_sources(sources, opts);
+    let duplicates = duplicate_names(sources, &decoded);
+    decoded.errors.extend(duplicates);
+    if !decoded.errors.is_empty() {
+        return Err(LoadErrors::new(decoded.errors));
+    }
+    Ok(assemble(sources, opts, decoded))
+}
+
+/// What every source decodes to, with each item's source index, and every error in source
+/// order.
+struct DecodedSources {
+    policies: Vec<(usize, decode::Decoded)>,
+    authentications: Vec<(usize, RequestAuthentication, yaml::Pos)>,
+    errors: Vec<LoadError>,
+}
+
+fn decode_sources(sources: &[Source<'_>], opts: &LoadOptions) -> DecodedSources {
+    let mut out = DecodedSources {
+        policies: Vec::new(),
+        authentications: Vec::new(),
+        errors: Vec::new(),
+    };
     for (si, source) in sources.iter().enumerate() {
         match yaml::parse_documents(source.name, source.text, opts.max_file_bytes) {
-            Err(e) => errors.push(e),
+            Err(e) => out.errors.push(e),
             Ok(docs) => {
                 let mut decoder =
                     decode::Decoder::new(source.name, source.text, &opts.opaque_tcp_ports);
                 for doc in &docs {
                     if let Some(d) = decoder.document(doc) {
-                        decoded.push((si, d));
+                        out.policies.push((si, d));
                     }
                 }
-                authentications.extend(
+                out.authentications.extend(
                     decoder
                         .authentications
                         .drain(..)
@@ -39,15 +59,20 @@ pub fn load(sources: &[Source<'_>], opts: &LoadOptions) -> Result<PolicySet, Loa
                 );
                 let mut file_errors = decoder.errors;
                 file_errors.sort_by_key(|e| (e.line, e.column));
-                errors.extend(file_errors);
+                out.errors.extend(file_errors);
             }
         }
     }
+    out
+}
 
-    // Namespace and name identify a policy: a second definition is an error, not an override.
+/// Namespace and name identify a policy (and a RequestAuthentication): a second definition is
+/// an error, not an override. One error per later definition, naming the first.
+fn duplicate_names(sources: &[Source<'_>], decoded: &DecodedSources) -> Vec<LoadError> {
     let mut seen: HashMap<(&str, String, String), (usize, u64, u64)> = HashMap::new();
     let mut duplicates = Vec::new();
     let named = decoded
+        .policies
         .iter()
         .map(|(si, d)| {
             (
@@ -59,7 +84,8 @@ pub fn load(sources: &[Source<'_>], opts: &LoadOptions) -> Result<PolicySet, Loa
             )
         })
         .chain(
-            authentications
+            decoded
+                .authentications
                 .iter()
                 .map(|(si, a, pos)| ("RequestAuthentication", *si, &a.namespace, &a.name, *pos)),
         );
@@ -86,12 +112,14 @@ pub fn load(sources: &[Source<'_>], opts: &LoadOptions) -> Result<PolicySet, Loa
             seen.insert(key, here);
         }
     }
-    errors.extend(duplicates);
-    if !errors.is_empty() {
-        return Err(LoadErrors::new(errors));
-    }
+    duplicates
+}
 
+/// The set from sources that decoded without error: policies compiled and sorted by
+/// reference, RequestAuthentications by namespace and name.
+fn assemble(sources: &[Source<'_>], opts: &LoadOptions, decoded: DecodedSources) -> PolicySet {
     let mut policies: Vec<compile::CompiledPolicy> = decoded
+        .policies
         .into_iter()
         .map(|(si, d)| {
             let source = sources.get(si).map(|s| s.name).unwrap_or("");
@@ -123,17 +151,18 @@ pub fn load(sources: &[Source<'_>], opts: &LoadOptions) -> Result<PolicySet, Loa
             line: p.line,
         })
         .collect();
-    let mut authentications: Vec<Arc<RequestAuthentication>> = authentications
+    let mut authentications: Vec<Arc<RequestAuthentication>> = decoded
+        .authentications
         .into_iter()
         .map(|(_, a, _)| Arc::new(a))
         .collect();
     authentications.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    Ok(PolicySet {
+    PolicySet {
         authentications,
         policies: policies.into_iter().map(Arc::new).collect(),
         summaries,
         root_namespace: opts.root_namespace.clone(),
         default_action: opts.default_action,
         hash: set::sources_hash(sources),
-    })
+    }
 }

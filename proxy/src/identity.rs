@@ -204,7 +204,6 @@ impl IdentityManager {
                         fresh.key,
                         resp.trust_bundle_pem.as_bytes(),
                     )?;
-                    self.adopt_ca_bundle(&resp);
                     self.installed(&resp);
                     return Ok(Arc::new(creds));
                 }
@@ -221,7 +220,10 @@ impl IdentityManager {
         }
     }
 
+    /// After a certificate from `resp` is in force: the CA client takes the bundle it came
+    /// with, the expiry gauge and the log say so.
     fn installed(&self, resp: &CertificateResponse) {
+        self.adopt_ca_bundle(resp);
         let not_after = time::OffsetDateTime::parse(
             &resp.not_after,
             &time::format_description::well_known::Rfc3339,
@@ -259,7 +261,6 @@ impl IdentityManager {
             fresh.key,
             resp.trust_bundle_pem.as_bytes(),
         )?;
-        self.adopt_ca_bundle(&resp);
         self.installed(&resp);
         Ok(())
     }

@@ -147,71 +147,14 @@ pub async fn run(
     )?;
     let state_saver = telemetry.spawn_state_saver(shutdown.clone());
     let state = Arc::new(AdminState::new(Arc::clone(&metrics), telemetry.clone()));
-    let admin_listener = bind("admin", config.admin.listen).await?;
-    let admin_addr = local(&admin_listener, config.admin.listen);
-    let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(
-        admin_listener,
-        Arc::clone(&state),
-        config.listener_settings(),
-        admin_stop.clone(),
-    ));
-    tracing::info!(identity = %config.identity, admin = %admin_addr, "sidecar starting");
-    let mut health_tasks = Vec::new();
-    // An admin port open on the pod's address (kubelet probes, scrapers) is open on its IPv6
-    // address too, or an IPv6-only pod could never be probed.
-    if admin_addr.ip().is_unspecified()
-        && let Some(twin) = bind_ipv6_twin("admin", admin_addr).await?
-    {
-        health_tasks.push(tokio::spawn(admin::serve(
-            twin,
-            Arc::clone(&state),
-            config.listener_settings(),
-            admin_stop.clone(),
-        )));
-    }
-    // The app's rewritten probes are answered from the start: they reach the app, not us.
-    let mut health_addr = None;
-    if let Some(health) = &config.health {
-        let listener = bind("health", health.listen).await?;
-        let bound = local(&listener, health.listen);
-        health_addr = Some(bound);
-        let probes = Arc::new(health.probes.clone());
-        let tls = Arc::new(crate::health::probe_tls_config().map_err(TlsError::from)?);
-        let twin = bind_ipv6_twin("health", bound).await?;
-        for l in std::iter::once(listener).chain(twin) {
-            health_tasks.push(tokio::spawn(crate::health::serve(
-                l,
-                Arc::clone(&probes),
-                Arc::clone(&tls),
-                config.listener_settings(),
-                admin_stop.clone(),
-            )));
-        }
-    }
+    let admin = Admin::start(&config, &state).await?;
+    tracing::info!(identity = %config.identity, admin = %admin.addr, "sidecar starting");
 
-    let policy = Arc::new(PolicyStore::new(
-        config.policy.path.clone(),
-        Workload {
-            namespace: config.identity.namespace().to_owned(),
-            labels: config.labels.clone(),
-        },
-        config.policy.load.clone(),
-        Arc::clone(&metrics),
-        crate::authz::Jwt::fetching(config.jwt.clone(), &metrics),
-    )?);
+    let policy = policy_store(&config, &metrics)?;
     state.policy.store(Some(Arc::clone(&policy)));
-    if config.policy.path.is_none() {
-        tracing::warn!(
-            default = ?config.policy.load.default_action,
-            "no policy files configured: the mesh default action decides every request"
-        );
-    }
-
     let identity = IdentityManager::new(config.identity.clone(), &config.ca, Arc::clone(&metrics))?;
     let creds = identity.bootstrap(&shutdown).await?;
     state.creds.store(Some(Arc::clone(&creds)));
-
     let inbound = Arc::new(Inbound::new(
         &creds,
         &config,
@@ -226,64 +169,10 @@ pub async fn run(
         telemetry.clone(),
     )?);
 
+    let listeners = DataListeners::bind(&config, &admin).await?;
+    let addrs = listeners.addrs.clone();
     let tracker = TaskTracker::new();
-    let in_listener = bind("inbound", config.inbound.listen).await?;
-    let out_listener = bind("outbound", config.outbound.listen).await?;
-    let mut addrs = BoundAddrs {
-        inbound: local(&in_listener, config.inbound.listen),
-        outbound: local(&out_listener, config.outbound.listen),
-        admin: admin_addr,
-        upstreams: BTreeMap::new(),
-        health: health_addr,
-    };
-    let in_twin = if config.inbound.transparent {
-        bind_ipv6_twin("inbound", addrs.inbound).await?
-    } else {
-        None
-    };
-    let out_twin = if config.outbound.transparent {
-        bind_ipv6_twin("outbound", addrs.outbound).await?
-    } else {
-        None
-    };
-    let mut upstream_listeners = Vec::new();
-    for u in &config.outbound.upstreams {
-        if let Some(listen) = u.listen {
-            let l = bind(&format!("upstream {}", u.name), listen).await?;
-            addrs.upstreams.insert(u.name.clone(), local(&l, listen));
-            upstream_listeners.push((u.name.clone(), l));
-        }
-    }
-
-    let accept_tasks = TaskTracker::new();
-    accept_tasks.spawn(Arc::clone(&inbound).serve(in_listener, shutdown.clone(), tracker.clone()));
-    if let Some(l) = in_twin {
-        accept_tasks.spawn(Arc::clone(&inbound).serve(l, shutdown.clone(), tracker.clone()));
-    }
-    if let Some(l) = out_twin {
-        accept_tasks.spawn(Arc::clone(&outbound).serve(
-            l,
-            Route::ByHost,
-            shutdown.clone(),
-            tracker.clone(),
-        ));
-    }
-    accept_tasks.spawn(Arc::clone(&outbound).serve(
-        out_listener,
-        Route::ByHost,
-        shutdown.clone(),
-        tracker.clone(),
-    ));
-    for (name, listener) in upstream_listeners {
-        if let Some(ctx) = outbound.upstream(&name) {
-            accept_tasks.spawn(Arc::clone(&outbound).serve(
-                listener,
-                Route::Fixed(ctx),
-                shutdown.clone(),
-                tracker.clone(),
-            ));
-        }
-    }
+    let accept_tasks = listeners.serve(&inbound, &outbound, &shutdown, &tracker);
     let bundle_watch = tokio::spawn(
         identity
             .bundle_watch()
@@ -307,19 +196,7 @@ pub async fn run(
 
     shutdown.cancelled().await;
     state.draining.store(true, Ordering::Release);
-    accept_tasks.close();
-    accept_tasks.wait().await;
-    tracker.close();
-    tracing::info!(connections = tracker.len(), deadline = ?config.timeouts.drain, "draining");
-    if tokio::time::timeout(config.timeouts.drain, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            connections = tracker.len(),
-            "drain deadline passed; closing remaining connections"
-        );
-    }
+    drain(accept_tasks, tracker, config.timeouts.drain).await;
     renewals.abort();
     bundle_watch.abort();
     if let Some(saver) = state_saver {
@@ -329,11 +206,192 @@ pub async fn run(
         tracing::warn!("telemetry export did not finish within 5 s; the rest is dropped");
     }
     policy_watch.abort();
-    admin_stop.cancel();
-    let _ = admin_task.await;
-    for task in health_tasks {
-        let _ = task.await;
-    }
+    admin.stop().await;
     tracing::info!("sidecar stopped");
     Ok(())
+}
+
+/// The listeners that answer from the start, before the certificate: admin (with its IPv6
+/// twin when it listens on every address) and the health listener of rewritten probes.
+struct Admin {
+    addr: SocketAddr,
+    health: Option<SocketAddr>,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Admin {
+    async fn start(config: &Config, state: &Arc<AdminState>) -> Result<Self, SidecarError> {
+        let listener = bind("admin", config.admin.listen).await?;
+        let addr = local(&listener, config.admin.listen);
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        // An admin port open on the pod's address (kubelet probes, scrapers) is open on its
+        // IPv6 address too, or an IPv6-only pod could never be probed.
+        let twin = if addr.ip().is_unspecified() {
+            bind_ipv6_twin("admin", addr).await?
+        } else {
+            None
+        };
+        for l in std::iter::once(listener).chain(twin) {
+            tasks.push(tokio::spawn(admin::serve(
+                l,
+                Arc::clone(state),
+                config.listener_settings(),
+                stop.clone(),
+            )));
+        }
+        // The app's rewritten probes are answered from the start: they reach the app, not us.
+        let mut health_addr = None;
+        if let Some(health) = &config.health {
+            let listener = bind("health", health.listen).await?;
+            let bound = local(&listener, health.listen);
+            health_addr = Some(bound);
+            let probes = Arc::new(health.probes.clone());
+            let tls = Arc::new(crate::health::probe_tls_config().map_err(TlsError::from)?);
+            let twin = bind_ipv6_twin("health", bound).await?;
+            for l in std::iter::once(listener).chain(twin) {
+                tasks.push(tokio::spawn(crate::health::serve(
+                    l,
+                    Arc::clone(&probes),
+                    Arc::clone(&tls),
+                    config.listener_settings(),
+                    stop.clone(),
+                )));
+            }
+        }
+        Ok(Self {
+            addr,
+            health: health_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops the admin and health listeners, last, and waits for them.
+    async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The policy store for this workload, loaded once now (an error fails the start).
+fn policy_store(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<PolicyStore>, SidecarError> {
+    let policy = Arc::new(PolicyStore::new(
+        config.policy.path.clone(),
+        Workload {
+            namespace: config.identity.namespace().to_owned(),
+            labels: config.labels.clone(),
+        },
+        config.policy.load.clone(),
+        Arc::clone(metrics),
+        crate::authz::Jwt::fetching(config.jwt.clone(), metrics),
+    )?);
+    if config.policy.path.is_none() {
+        tracing::warn!(
+            default = ?config.policy.load.default_action,
+            "no policy files configured: the mesh default action decides every request"
+        );
+    }
+    Ok(policy)
+}
+
+/// The data path's listeners, bound once the certificate is in: inbound and outbound (each
+/// with its IPv6 twin when transparent) and each upstream's own.
+struct DataListeners {
+    addrs: BoundAddrs,
+    inbound: Vec<TcpListener>,
+    outbound: Vec<TcpListener>,
+    upstreams: Vec<(String, TcpListener)>,
+}
+
+impl DataListeners {
+    async fn bind(config: &Config, admin: &Admin) -> Result<Self, SidecarError> {
+        let in_listener = bind("inbound", config.inbound.listen).await?;
+        let out_listener = bind("outbound", config.outbound.listen).await?;
+        let mut addrs = BoundAddrs {
+            inbound: local(&in_listener, config.inbound.listen),
+            outbound: local(&out_listener, config.outbound.listen),
+            admin: admin.addr,
+            upstreams: BTreeMap::new(),
+            health: admin.health,
+        };
+        let in_twin = if config.inbound.transparent {
+            bind_ipv6_twin("inbound", addrs.inbound).await?
+        } else {
+            None
+        };
+        let out_twin = if config.outbound.transparent {
+            bind_ipv6_twin("outbound", addrs.outbound).await?
+        } else {
+            None
+        };
+        let mut upstreams = Vec::new();
+        for u in &config.outbound.upstreams {
+            if let Some(listen) = u.listen {
+                let l = bind(&format!("upstream {}", u.name), listen).await?;
+                addrs.upstreams.insert(u.name.clone(), local(&l, listen));
+                upstreams.push((u.name.clone(), l));
+            }
+        }
+        Ok(Self {
+            addrs,
+            inbound: std::iter::once(in_listener).chain(in_twin).collect(),
+            outbound: out_twin.into_iter().chain([out_listener]).collect(),
+            upstreams,
+        })
+    }
+
+    /// Spawns one accept loop per listener; connections join `tracker`.
+    fn serve(
+        self,
+        inbound: &Arc<Inbound>,
+        outbound: &Arc<Outbound>,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> TaskTracker {
+        let accept_tasks = TaskTracker::new();
+        for l in self.inbound {
+            accept_tasks.spawn(Arc::clone(inbound).serve(l, shutdown.clone(), tracker.clone()));
+        }
+        for l in self.outbound {
+            accept_tasks.spawn(Arc::clone(outbound).serve(
+                l,
+                Route::ByHost,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        for (name, listener) in self.upstreams {
+            if let Some(ctx) = outbound.upstream(&name) {
+                accept_tasks.spawn(Arc::clone(outbound).serve(
+                    listener,
+                    Route::Fixed(ctx),
+                    shutdown.clone(),
+                    tracker.clone(),
+                ));
+            }
+        }
+        accept_tasks
+    }
+}
+
+/// Stops accepting, then lets the connections in `tracker` finish until `deadline`; what is
+/// left then is closed when its tasks are dropped.
+async fn drain(accept_tasks: TaskTracker, tracker: TaskTracker, deadline: Duration) {
+    accept_tasks.close();
+    accept_tasks.wait().await;
+    tracker.close();
+    tracing::info!(connections = tracker.len(), deadline = ?deadline, "draining");
+    if tokio::time::timeout(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = tracker.len(),
+            "drain deadline passed; closing remaining connections"
+        );
+    }
 }

@@ -296,7 +296,14 @@ async fn the_injectors_settings_make_valid_pods_with_the_default_ports() -> Resu
         let mut rest = args[2..].iter();
         while let Some(arg) = rest.next() {
             let value = rest.next().context("a flag without a value")?;
-            if !["--log-format", "--listen", "--trust-bundle", "--token-file"].contains(arg) {
+            if ![
+                "--log-format",
+                "--listen",
+                "--trust-bundle-file",
+                "--token-file",
+            ]
+            .contains(arg)
+            {
                 settings.extend([*arg, *value]);
             }
         }

@@ -12,6 +12,7 @@ mod ca;
 mod ca_replicas;
 mod ca_rotation;
 mod ca_store;
+mod cli_output;
 mod demo;
 mod detect_pods;
 mod detect_state;

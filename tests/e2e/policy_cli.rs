@@ -237,7 +237,7 @@ async fn test_passing_cases_exit_0() -> Result<()> {
     let out = policy(&[
         "test",
         path_str(&fixture("orders.yaml"))?,
-        "--cases",
+        "--cases-file",
         path_str(&fixture("cases.yaml"))?,
     ])
     .await?;
@@ -257,7 +257,7 @@ async fn test_failing_case_exits_1_with_a_readable_diff() -> Result<()> {
     let out = policy(&[
         "test",
         path_str(&fixture("orders.yaml"))?,
-        "--cases",
+        "--cases-file",
         path_str(&fixture("failing-cases.yaml"))?,
     ])
     .await?;
@@ -285,7 +285,7 @@ async fn test_json_lists_each_case_with_its_diffs() -> Result<()> {
     let out = policy(&[
         "test",
         path_str(&fixture("orders.yaml"))?,
-        "--cases",
+        "--cases-file",
         path_str(&fixture("failing-cases.yaml"))?,
         "-o",
         "json",
@@ -325,7 +325,7 @@ async fn test_with_a_broken_policy_exits_1_with_the_load_errors() -> Result<()> 
     let out = policy(&[
         "test",
         path_str(&broken)?,
-        "--cases",
+        "--cases-file",
         path_str(&fixture("cases.yaml"))?,
     ])
     .await?;
@@ -493,7 +493,7 @@ async fn fmt_prints_canonical_policies_that_check_and_test_the_same() -> Result<
     let cases = policy(&[
         "test",
         path_str(&file)?,
-        "--cases",
+        "--cases-file",
         path_str(&fixture("cases.yaml"))?,
     ])
     .await?;
@@ -523,7 +523,7 @@ async fn documented_example_cases_pass() -> Result<()> {
     let out = policy(&[
         "test",
         path_str(&examples.join("orders.yaml"))?,
-        "--cases",
+        "--cases-file",
         path_str(&examples.join("cases.yaml"))?,
     ])
     .await?;
@@ -542,7 +542,7 @@ async fn test_and_explain_take_the_claims_of_a_token() -> Result<()> {
     let out = policy(&[
         "test",
         path_str(&policies)?,
-        "--cases",
+        "--cases-file",
         path_str(&fixture("jwt-cases.yaml"))?,
     ])
     .await?;

@@ -179,9 +179,9 @@ async fn analyze_reports_graph_flags_blast_radius_and_a_policy_that_passes_check
                 "--baseline-until",
                 "2023-11-14T22:23:20Z",
             ])
-            .arg("--suggest-policy")
+            .arg("--suggest-policy-file")
             .arg(&policy_out)
-            .arg("--baseline-out")
+            .arg("--baseline-file")
             .arg(&baseline_out),
     )
     .await?;

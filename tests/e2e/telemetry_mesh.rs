@@ -1071,7 +1071,7 @@ async fn analyze_on_the_sidecars_flow_logs_suggests_a_policy_that_admits_normal_
             .arg("analyze")
             .args(&logs)
             .args(["-o", "json", "--baseline-until", &until])
-            .arg("--suggest-policy")
+            .arg("--suggest-policy-file")
             .arg(&suggested),
     )
     .await?;

@@ -8,17 +8,15 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use picket_proxy::telemetry::LineType;
-use picket_tests::process::output_within;
+use picket_tests::process::{output_within, start_fixture_app};
 use picket_tests::telemetry::{TelemetryYaml, log_lines};
-use picket_tests::wait::{READY_TIMEOUT, eventually};
+use picket_tests::wait::eventually;
 use picket_tests::{Sidecar, TestCa, TestProxy, Upstream, spiffe_id};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// The frontend may open WebSockets (GET) on `/public/*`; nothing else is allowed.
@@ -43,30 +41,10 @@ impl WsApp {
     async fn start(dir: &Path) -> Result<Self> {
         let log = dir.join("ws-app.jsonl");
         std::fs::write(&log, b"")?;
-        let script = picket_tests::k8s::repo_root().join("tests/fixtures/ws_app.py");
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context(
-                "cannot run python3 (scripts/install-test-deps installs it with websockets)",
-            )?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let line = tokio::time::timeout(READY_TIMEOUT, BufReader::new(stdout).lines().next_line())
-            .await
-            .context("the WebSocket app did not start")??
-            .context("the WebSocket app exited before listening (is websockets installed?)")?;
-        let port: u16 = line
-            .strip_prefix("listening ")
-            .and_then(|p| p.trim().parse().ok())
-            .with_context(|| format!("unexpected first line {line:?}"))?;
+        let (child, addr) = start_fixture_app("ws_app.py", &log, "websockets").await?;
         Ok(Self {
             _child: child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr,
             log,
         })
     }

@@ -336,7 +336,7 @@ impl TestInjector {
         let mut cmd = picket()?;
         cmd.args(["injector", "serve", "--listen", "127.0.0.1:0"])
             .args(["--ca-url", &ca.url()])
-            .arg("--trust-bundle")
+            .arg("--trust-bundle-file")
             .arg(ca.bundle_path())
             .arg("--token-file")
             .arg(token)

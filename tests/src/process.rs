@@ -175,3 +175,37 @@ impl Drop for Daemon {
         );
     }
 }
+
+/// Starts a Python fixture app, `tests/fixtures/<script>`, that takes its event log path as
+/// its one argument and prints `listening <port>` once bound on `127.0.0.1`. Killed when the
+/// returned child is dropped. `modules` names the Python packages it needs (for the message
+/// when python3 or they are missing).
+pub async fn start_fixture_app(
+    script: &str,
+    log: &Path,
+    modules: &str,
+) -> Result<(Child, std::net::SocketAddr)> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let path = crate::k8s::repo_root().join("tests/fixtures").join(script);
+    let mut child = Command::new("python3")
+        .arg(&path)
+        .arg(log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!("cannot run python3 (scripts/install-test-deps installs it with {modules})")
+        })?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let line = tokio::time::timeout(READY_TIMEOUT, BufReader::new(stdout).lines().next_line())
+        .await
+        .with_context(|| format!("{script} did not start"))??
+        .with_context(|| format!("{script} exited before listening (is {modules} installed?)"))?;
+    let port: u16 = line
+        .strip_prefix("listening ")
+        .and_then(|p| p.trim().parse().ok())
+        .with_context(|| format!("{script}: unexpected first line {line:?}"))?;
+    Ok((child, std::net::SocketAddr::from(([127, 0, 0, 1], port))))
+}

@@ -7,15 +7,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-use crate::wait::READY_TIMEOUT;
+use tokio::process::Child;
 
 /// One event of the strict app's log.
 #[derive(Debug, Clone, Deserialize)]
@@ -89,31 +85,11 @@ impl StrictApp {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("strict-app.jsonl");
         std::fs::write(&log, b"")?;
-        let script = crate::k8s::repo_root().join("tests/fixtures/strict_app.py");
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context(
-                "cannot run python3 (scripts/install-test-deps installs it with h11 and h2)",
-            )?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(READY_TIMEOUT, lines.next_line())
-            .await
-            .context("the strict app did not start")??
-            .context("the strict app exited before listening (are h11 and h2 installed?)")?;
-        let port: u16 = line
-            .strip_prefix("listening ")
-            .and_then(|p| p.trim().parse().ok())
-            .with_context(|| format!("unexpected first line {line:?}"))?;
+        let (child, addr) =
+            crate::process::start_fixture_app("strict_app.py", &log, "h11 and h2").await?;
         Ok(Self {
             _child: child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr,
             log,
             _dir: dir,
             read: 0,

@@ -157,7 +157,7 @@ pub async fn wait_for_flows(path: &Path, n: usize, timeout: Duration) -> Result<
 }
 
 /// Writes a detector baseline (`"type":"edge"` lines, the format of `picket analyze
-/// --write-baseline`): each edge is (source SPIFFE ID, destination SPIFFE ID, port, route).
+/// --baseline-file`): each edge is (source SPIFFE ID, destination SPIFFE ID, port, route).
 pub fn write_baseline(path: &Path, edges: &[(&str, &str, u16, &str)]) -> Result<()> {
     let mut text = String::new();
     for (source, destination, port, route) in edges {

@@ -10,13 +10,16 @@ use time::format_description::well_known::Rfc3339;
 
 use picket_analyze::{self as analyze, AnalyzeOptions, SuggestOptions};
 
-/// Report formats (`-o, --output`).
+/// Report formats (`-o, --output`): the shared text, json and yaml of every command
+/// ([`super::Output`]), and html, which only this report has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
     /// Plain text for a terminal.
     Text,
     /// Everything as one JSON document.
     Json,
+    /// Everything as one YAML document.
+    Yaml,
     /// One self-contained HTML page with the graph drawn.
     Html,
 }
@@ -40,9 +43,10 @@ pub struct AnalyzeArgs {
     /// use only traffic up to it.
     #[arg(long, value_name = "RFC3339")]
     baseline_until: Option<String>,
-    /// Write a least-privilege AuthorizationPolicy YAML from the admitted traffic here.
-    #[arg(long, value_name = "OUT.yaml")]
-    suggest_policy: Option<PathBuf>,
+    /// Write a least-privilege AuthorizationPolicy YAML from the admitted traffic to this file
+    /// (`--suggest-policy` is the old name).
+    #[arg(long, alias = "suggest-policy", value_name = "OUT.yaml")]
+    suggest_policy_file: Option<PathBuf>,
     /// Suggested policies in dry-run mode instead of enforce.
     #[arg(long)]
     suggest_dry_run: bool,
@@ -53,9 +57,14 @@ pub struct AnalyzeArgs {
     #[arg(long, default_value = "app", value_name = "KEY")]
     workload_label: String,
     /// Write a detector baseline for `telemetry.detectors.baseline_file`: one edge per line,
-    /// then the observed rate of every burst counter key (`--write-baseline` is the old name).
-    #[arg(long, alias = "write-baseline", value_name = "BASELINE.jsonl")]
-    baseline_out: Option<PathBuf>,
+    /// then the observed rate of every burst counter key (`--baseline-out` and
+    /// `--write-baseline` are old names).
+    #[arg(
+        long,
+        aliases = ["baseline-out", "write-baseline"],
+        value_name = "BASELINE.jsonl"
+    )]
+    baseline_file: Option<PathBuf>,
     /// End-user principals listed per service in the user-level edges; the others are
     /// summed into one line.
     #[arg(long, default_value_t = analyze::DEFAULT_TOP_USERS, value_name = "N")]
@@ -120,7 +129,7 @@ fn run_blocking(args: AnalyzeArgs) -> anyhow::Result<()> {
             report.summary.first_error.as_deref().unwrap_or("unknown")
         );
     }
-    if let Some(path) = &args.suggest_policy {
+    if let Some(path) = &args.suggest_policy_file {
         let yaml = analysis.suggest_policy(&SuggestOptions {
             collapse_threshold: args.collapse_threshold,
             dry_run: args.suggest_dry_run,
@@ -128,17 +137,14 @@ fn run_blocking(args: AnalyzeArgs) -> anyhow::Result<()> {
         write_to(path, &yaml)?;
         eprintln!("suggested policy written to {}", path.display());
     }
-    if let Some(path) = &args.baseline_out {
+    if let Some(path) = &args.baseline_file {
         write_to(path, &analysis.baseline_edges())?;
         eprintln!("detector baseline written to {}", path.display());
     }
     let text = match args.output {
         Output::Text => analyze::render_text(report),
-        Output::Json => {
-            let mut s = serde_json::to_string_pretty(report)?;
-            s.push('\n');
-            s
-        }
+        Output::Json => super::Output::Json.render(report, String::new)?,
+        Output::Yaml => super::Output::Yaml.render(report, String::new)?,
         Output::Html => analyze::render_html(report),
     };
     match &args.output_file {

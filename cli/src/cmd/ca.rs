@@ -12,6 +12,7 @@ use picket_ca::rotation::{self, GivenRoot};
 use picket_ca::server::ServeOptions;
 use picket_ca::tokenreview::{TokenReviewConfig, TokenReviewer};
 use picket_ca::{ServerNames, TrustDomain, WorkloadName};
+use picket_common::text::hex;
 use tokio_util::sync::CancellationToken;
 
 /// `picket ca` subcommands.
@@ -24,7 +25,8 @@ pub enum CaCommand {
     Token(TokenCommand),
     /// Serve the CA's HTTPS API until SIGTERM or SIGINT.
     Serve(ServeArgs),
-    /// Print the trust bundle (PEM) workloads should trust.
+    /// Print the trust bundle workloads should trust (text: PEM; json and yaml: the PEM with
+    /// each root's SHA-256 fingerprint).
     Bundle(BundleArgs),
     /// Rotate the intermediate or the root (see docs/rotation.md).
     #[command(subcommand)]
@@ -56,11 +58,11 @@ pub struct RotateIntermediateArgs {
 #[derive(Debug, clap::Args)]
 pub struct OrgRoot {
     /// For a CA under an organisation root: that root's certificate (PEM).
-    #[arg(long, requires = "root_key")]
+    #[arg(long = "root-cert-file", value_name = "PEM", requires = "root_key")]
     root_cert: Option<PathBuf>,
     /// For a CA under an organisation root: that root's private key (PEM); used to sign the
     /// issuer, never copied into the state directory.
-    #[arg(long, requires = "root_cert")]
+    #[arg(long = "root-key-file", value_name = "PEM", requires = "root_cert")]
     root_key: Option<PathBuf>,
 }
 
@@ -72,11 +74,11 @@ pub struct RotateRootArgs {
     state_dir: PathBuf,
     /// For a CA whose root was imported: the new organisation root's certificate (PEM), at
     /// --stage add and --stage switch.
-    #[arg(long)]
+    #[arg(long = "root-cert-file", value_name = "PEM")]
     root_cert: Option<PathBuf>,
     /// For a CA whose root was imported: the new organisation root's key (PEM), at --stage
     /// switch only; used once, not copied.
-    #[arg(long, requires = "root_cert")]
+    #[arg(long = "root-key-file", value_name = "PEM", requires = "root_cert")]
     root_key: Option<PathBuf>,
     /// add, switch or remove, in that order.
     #[arg(long)]
@@ -90,7 +92,8 @@ pub struct RotateRootArgs {
 /// `picket ca token` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCommand {
-    /// Create a join token and print it (only the token, on stdout).
+    /// Create a join token and print it on stdout (text: only the token; json and yaml: the
+    /// token with the identity, uses and lifetime it grants).
     Create(TokenCreateArgs),
 }
 
@@ -139,6 +142,8 @@ pub struct TokenCreateArgs {
     /// How many certificates the token can obtain.
     #[arg(long, default_value_t = 1)]
     uses: u32,
+    #[command(flatten)]
+    output: super::OutputArgs,
 }
 
 /// Arguments of `picket ca serve`.
@@ -191,6 +196,8 @@ pub struct BundleArgs {
     /// The CA's state directory.
     #[arg(long)]
     state_dir: PathBuf,
+    #[command(flatten)]
+    output: super::OutputArgs,
 }
 
 /// Runs one `picket ca` subcommand.
@@ -258,15 +265,28 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
     }
 }
 
+/// A join token as `ca token create -o json|yaml` prints it.
+#[derive(serde::Serialize)]
+struct CreatedToken<'a> {
+    token: &'a str,
+    identity: String,
+    uses: u32,
+    ttl_seconds: u64,
+}
+
 fn create_token(args: TokenCreateArgs) -> anyhow::Result<()> {
     let authority = open(&args.state_dir)?;
     let token = authority
         .create_token(&args.identity, args.ttl, args.uses)
         .context("cannot create a join token")?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{token}")?;
-    stdout.flush()?;
-    Ok(())
+    let created = CreatedToken {
+        token: &token,
+        identity: picket_ca::SpiffeId::new(authority.trust_domain().clone(), args.identity)
+            .to_string(),
+        uses: args.uses,
+        ttl_seconds: args.ttl.as_secs(),
+    };
+    args.output.output.print(&created, || format!("{token}\n"))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -307,12 +327,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .context("CA server failed")
 }
 
+/// The trust bundle as `ca bundle -o json|yaml` prints it.
+#[derive(serde::Serialize)]
+struct Bundle {
+    trust_domain: String,
+    /// Each root's SHA-256 fingerprint (of its DER), lowercase hex, in bundle order.
+    root_sha256: Vec<String>,
+    bundle_pem: String,
+}
+
 fn bundle(args: BundleArgs) -> anyhow::Result<()> {
     let authority = open(&args.state_dir)?;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(authority.trust_bundle_pem().as_bytes())?;
-    stdout.flush()?;
-    Ok(())
+    let bundle = Bundle {
+        trust_domain: authority.trust_domain().to_string(),
+        root_sha256: authority
+            .trust_anchors()
+            .iter()
+            .map(|der| hex(&picket_common::crypto::sha256(der)))
+            .collect(),
+        bundle_pem: authority.trust_bundle_pem(),
+    };
+    args.output
+        .output
+        .print(&bundle, || bundle.bundle_pem.clone())
 }
 
 fn open(state_dir: &std::path::Path) -> anyhow::Result<Authority> {

@@ -176,44 +176,8 @@ fn step(title: &str) {
 
 async fn start(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<Mesh> {
     step("1. Certificate authority");
-    let trust_domain: TrustDomain = TRUST_DOMAIN.parse()?;
-    let authority = Authority::init(InitOptions {
-        state_dir: dir.join("ca"),
-        trust_domain: trust_domain.clone(),
-        root: None,
-        leaf_ttl: Duration::from_secs(24 * 3600),
-        max_leaf_ttl: Duration::from_secs(7 * 24 * 3600),
-        signer_dir: None,
-    })?;
-    let authority = Arc::new(authority);
-    let bundle_path = dir.join("bundle.pem");
-    std::fs::write(&bundle_path, authority.trust_bundle_pem())?;
-    let ca_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let ca_addr = ca_listener.local_addr()?;
-    let ca_url = format!("https://{ca_addr}");
     let mut tasks = Vec::new();
-    {
-        let authority = Arc::clone(&authority);
-        let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) =
-                picket_ca::server::serve(
-                    authority,
-                    ca_listener,
-                    async move { stop.cancelled().await },
-                )
-                .await
-            {
-                tracing::error!(error = %e, "CA server failed");
-            }
-        }));
-    }
-    println!("   CA for trust domain {trust_domain} serving on {ca_url}");
-    println!(
-        "   root and intermediate made in {}",
-        dir.join("ca").display()
-    );
-
+    let ca = start_ca(dir, &shutdown, &mut tasks).await?;
     std::fs::create_dir_all(dir.join("policy"))?;
     let idp = DemoIdp::new()?;
     std::fs::write(
@@ -221,38 +185,17 @@ async fn start(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<Mesh> 
         format!("{DEMO_POLICY}{}", demo_authn(&idp.jwks())?),
     )?;
     println!("   policies written to {}", dir.join("policy").display());
-
     let mut apps = Vec::new();
     for name in ["frontend", "orders"] {
-        let l = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = l.local_addr()?;
-        let stop = shutdown.clone();
-        let app_name = format!("{name}-app");
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) =
-                picket_proxy::echo::serve_http(l, app_name, async move { stop.cancelled().await })
-                    .await
-            {
-                tracing::error!(error = %e, "demo app failed");
-            }
-        }));
-        apps.push(addr);
+        apps.push(start_app(name, &shutdown, &mut tasks).await?);
     }
 
     step("2. Sidecars get their identities");
-    let orders = spawn_sidecar(
-        &authority,
-        dir,
-        &ca_url,
-        &bundle_path,
-        "orders",
-        apps[1],
-        vec![],
-        &shutdown,
-        &mut tasks,
-    )
-    .await?;
-    let orders_id = SpiffeId::new(trust_domain.clone(), WorkloadName::new("shop", "orders")?);
+    let orders = spawn_sidecar(&ca, dir, "orders", apps[1], vec![], &shutdown, &mut tasks).await?;
+    let orders_id = SpiffeId::new(
+        ca.trust_domain.clone(),
+        WorkloadName::new("shop", "orders")?,
+    );
     let upstream = Upstream {
         name: "orders".into(),
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -261,10 +204,8 @@ async fn start(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<Mesh> 
         protocol: Protocol::Http,
     };
     let frontend = spawn_sidecar(
-        &authority,
+        &ca,
         dir,
-        &ca_url,
-        &bundle_path,
         "frontend",
         apps[0],
         vec![upstream],
@@ -284,7 +225,7 @@ async fn start(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<Mesh> 
     println!("   private keys were made inside each sidecar and never left its memory");
     Ok(Mesh {
         shutdown,
-        ca_url,
+        ca_url: ca.url,
         frontend,
         orders,
         idp,
@@ -292,28 +233,90 @@ async fn start(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<Mesh> 
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn spawn_sidecar(
-    authority: &Authority,
+/// The demo's CA: made in `dir/ca`, serving on a loopback port, its bundle in `dir/bundle.pem`.
+struct DemoCa {
+    authority: Arc<Authority>,
+    trust_domain: TrustDomain,
+    url: String,
+    bundle_path: std::path::PathBuf,
+}
+
+async fn start_ca(
     dir: &Path,
-    ca_url: &str,
-    bundle: &Path,
-    sa: &str,
-    app: SocketAddr,
-    upstreams: Vec<Upstream>,
     shutdown: &CancellationToken,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> anyhow::Result<BoundAddrs> {
-    let workload = WorkloadName::new("shop", sa)?;
-    let token = authority.create_token(&workload, Duration::from_secs(600), 1)?;
-    let token_file = dir.join(format!("{sa}.token"));
-    std::fs::write(&token_file, token)?;
+) -> anyhow::Result<DemoCa> {
+    let trust_domain: TrustDomain = TRUST_DOMAIN.parse()?;
+    let authority = Arc::new(Authority::init(InitOptions {
+        state_dir: dir.join("ca"),
+        trust_domain: trust_domain.clone(),
+        root: None,
+        leaf_ttl: Duration::from_secs(24 * 3600),
+        max_leaf_ttl: Duration::from_secs(7 * 24 * 3600),
+        signer_dir: None,
+    })?);
+    let bundle_path = dir.join("bundle.pem");
+    std::fs::write(&bundle_path, authority.trust_bundle_pem())?;
+    let ca_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("https://{}", ca_listener.local_addr()?);
+    let serving = Arc::clone(&authority);
+    let stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let stopped = async move { stop.cancelled().await };
+        if let Err(e) = picket_ca::server::serve(serving, ca_listener, stopped).await {
+            tracing::error!(error = %e, "CA server failed");
+        }
+    }));
+    println!("   CA for trust domain {trust_domain} serving on {url}");
+    println!(
+        "   root and intermediate made in {}",
+        dir.join("ca").display()
+    );
+    Ok(DemoCa {
+        authority,
+        trust_domain,
+        url,
+        bundle_path,
+    })
+}
+
+/// One demo app (the echo server, named `<name>-app`) on a loopback port.
+async fn start_app(
+    name: &str,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let stop = shutdown.clone();
+    let app_name = format!("{name}-app");
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) =
+            picket_proxy::echo::serve_http(l, app_name, async move { stop.cancelled().await }).await
+        {
+            tracing::error!(error = %e, "demo app failed");
+        }
+    }));
+    Ok(addr)
+}
+
+/// A demo sidecar's configuration: loopback listeners on free ports, strict inbound, the
+/// demo's policies, the join token in `token_file`, and the default telemetry.
+fn sidecar_config(
+    ca: &DemoCa,
+    dir: &Path,
+    identity: SpiffeId,
+    token_file: std::path::PathBuf,
+    app: SocketAddr,
+    upstreams: Vec<Upstream>,
+) -> Config {
+    let identity_sa = identity.service_account().to_owned();
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let config = Config {
-        identity: SpiffeId::new(TRUST_DOMAIN.parse()?, workload),
+    Config {
+        identity,
         ca: CaConfig {
-            urls: vec![ca_url.to_owned()],
-            trust_bundle: bundle.to_owned(),
+            urls: vec![ca.url.clone()],
+            trust_bundle: ca.bundle_path.clone(),
             join_token_file: token_file,
         },
         inbound: InboundConfig {
@@ -349,7 +352,7 @@ async fn spawn_sidecar(
             max_requests: 1000,
             max_header_bytes: 64 * 1024,
         },
-        labels: [("app".to_owned(), sa.to_owned())].into_iter().collect(),
+        labels: [("app".to_owned(), identity_sa)].into_iter().collect(),
         policy: PolicyConfig {
             path: Some(dir.join("policy")),
             load: picket_policy::LoadOptions::default(),
@@ -359,7 +362,26 @@ async fn spawn_sidecar(
         telemetry: picket_proxy::telemetry::TelemetryConfig::default(),
         health: None,
         jwt: picket_proxy::jwt::JwtSettings::default(),
-    };
+    }
+}
+
+async fn spawn_sidecar(
+    ca: &DemoCa,
+    dir: &Path,
+    sa: &str,
+    app: SocketAddr,
+    upstreams: Vec<Upstream>,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<BoundAddrs> {
+    let workload = WorkloadName::new("shop", sa)?;
+    let token = ca
+        .authority
+        .create_token(&workload, Duration::from_secs(600), 1)?;
+    let token_file = dir.join(format!("{sa}.token"));
+    std::fs::write(&token_file, token)?;
+    let identity = SpiffeId::new(ca.trust_domain.clone(), workload);
+    let config = sidecar_config(ca, dir, identity, token_file, app, upstreams);
     let (tx, rx) = oneshot::channel();
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
@@ -419,6 +441,21 @@ async fn admin_json(admin: SocketAddr, path: &str) -> anyhow::Result<serde_json:
 }
 
 async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
+    let via = call_through_the_mesh(mesh).await?;
+    policy_decides(via, dir).await?;
+    end_users(mesh, via).await?;
+    lateral_movement(mesh, via).await?;
+    plaintext_client(mesh).await?;
+    step("8. A client with a certificate from a foreign certificate authority");
+    let refused = foreign_client(mesh, dir).await?;
+    println!("   {refused}");
+
+    print_counters(mesh).await
+}
+
+/// Step 3: a request through both sidecars; the app sees the caller's true identity, and the
+/// key exchange is the post-quantum hybrid. The frontend's listener for orders.
+async fn call_through_the_mesh(mesh: &Mesh) -> anyhow::Result<SocketAddr> {
     step("3. frontend calls orders through the mesh");
     let via = *mesh
         .frontend
@@ -478,6 +515,11 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
         "expected the post-quantum hybrid {hybrid} between sidecars and with the CA, got {mesh_kx} and {ca_kx}"
     );
 
+    Ok(via)
+}
+
+/// Step 4: a denied request, explained as `picket policy explain` does, and a dry-run policy.
+async fn policy_decides(via: SocketAddr, dir: &Path) -> anyhow::Result<()> {
     step("4. Policy: only GET /api/orders/* from frontend is allowed");
     let (status, body) = http_call(
         via,
@@ -506,6 +548,11 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
         "   GET /api/orders/legacy/7 -> {status}: allowed, but the dry-run policy retire-legacy-api recorded \"would deny\""
     );
 
+    Ok(())
+}
+
+/// Step 5: end-user tokens: allowed by a claim, denied without it, refused when tampered.
+async fn end_users(mesh: &Mesh, via: SocketAddr) -> anyhow::Result<()> {
     step("5. End users: a JWT from the identity provider, checked by the orders sidecar");
     let alice = mesh.idp.token("alice", &["auditor"]);
     let bob = mesh.idp.token("bob", &["clerk"]);
@@ -570,6 +617,11 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(status == 401, "a forged token answered {status}");
     println!("   the same with a tampered signature -> {status} (invalid token)");
 
+    Ok(())
+}
+
+/// Step 6: a probe of a sensitive path raises an alert.
+async fn lateral_movement(mesh: &Mesh, via: SocketAddr) -> anyhow::Result<()> {
     step("6. Lateral movement: frontend probes a sensitive path");
     let (status, _) = http_get(via, "orders", "/.env", &[]).await?;
     println!("   GET /.env -> {status} (denied by policy, and flagged)");
@@ -588,6 +640,11 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
         );
     }
 
+    Ok(())
+}
+
+/// Step 7: plaintext on the mTLS port never reaches the app.
+async fn plaintext_client(mesh: &Mesh) -> anyhow::Result<()> {
     step("7. A plaintext client on the orders inbound port");
     let mut tcp = TcpStream::connect(mesh.orders.inbound).await?;
     tcp.write_all(b"GET /api/orders/42 HTTP/1.1\r\nhost: orders\r\n\r\n")
@@ -601,10 +658,11 @@ async fn walkthrough(mesh: &Mesh, dir: &Path) -> anyhow::Result<()> {
         if read.is_ok() { "closed" } else { "timed out" }
     );
 
-    step("8. A client with a certificate from a foreign certificate authority");
-    let refused = foreign_client(mesh, dir).await?;
-    println!("   {refused}");
+    Ok(())
+}
 
+/// Step 9: the orders sidecar's counters.
+async fn print_counters(mesh: &Mesh) -> anyhow::Result<()> {
     step("9. What the orders sidecar counted");
     let (_, metrics) = http_get(mesh.orders.admin, "admin", "/metrics", &[]).await?;
     for line in metrics.lines().filter(|l| {

@@ -188,6 +188,10 @@ pub struct InjectArgs {
     /// Take the sidecar out instead (reverses `picket inject` exactly).
     #[arg(long)]
     uninject: bool,
+    /// The manifests out: text and yaml print multi-document YAML, json one JSON document
+    /// (a `List` when there are several objects).
+    #[command(flatten)]
+    output: super::OutputArgs,
     #[command(flatten)]
     settings: SettingsArgs,
 }
@@ -217,7 +221,13 @@ pub fn run(args: InjectArgs) -> anyhow::Result<()> {
             reports.extend(inject::inject(document, &settings)?);
         }
     }
-    let output = inject::print_manifests(&documents)?;
+    let output = match args.output.output {
+        super::Output::Text | super::Output::Yaml => inject::print_manifests(&documents)?,
+        super::Output::Json => {
+            let list = super::object_list(documents);
+            super::Output::Json.render(&list, String::new)?
+        }
+    };
     let mut stderr = std::io::stderr().lock();
     for report in reports {
         let outcome = match report.outcome {
@@ -228,10 +238,7 @@ pub fn run(args: InjectArgs) -> anyhow::Result<()> {
         };
         writeln!(stderr, "{}: {outcome}", report.workload)?;
     }
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(output.as_bytes())?;
-    stdout.flush()?;
-    Ok(())
+    super::print_stdout(&output)
 }
 
 /// `picket injector` subcommands.
@@ -249,7 +256,7 @@ pub struct ServeArgs {
     listen: SocketAddr,
     /// PEM roots that sign the CA's certificate (the trust bundle).
     #[arg(long, default_value = "/etc/picket/trust/bundle.pem")]
-    trust_bundle: PathBuf,
+    trust_bundle_file: PathBuf,
     /// The bearer credential for the CA: the projected service-account token (audience
     /// picket-ca), re-read at every renewal, or a join token.
     #[arg(long, default_value = "/var/run/secrets/picket/token")]
@@ -265,13 +272,13 @@ pub struct ServeArgs {
 pub async fn run_injector(cmd: InjectorCommand) -> anyhow::Result<()> {
     let InjectorCommand::Serve(args) = cmd;
     let settings = Arc::new(args.settings.settings());
-    let trust = std::fs::read(&args.trust_bundle)
-        .with_context(|| format!("cannot read {}", args.trust_bundle.display()))?;
+    let trust = std::fs::read(&args.trust_bundle_file)
+        .with_context(|| format!("cannot read {}", args.trust_bundle_file.display()))?;
     let ca = CaClient::new(&settings.ca_url, &trust).context("cannot set up the CA client")?;
     let source = CertificateSource {
         ca,
         token_file: args.token_file,
-        trust_file: args.trust_bundle,
+        trust_file: args.trust_bundle_file,
     };
     let shutdown = CancellationToken::new();
     super::cancel_on_signal(shutdown.clone())?;

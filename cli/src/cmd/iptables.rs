@@ -3,7 +3,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use picket_k8s::iptables::{Interception, Ipv6Outcome, Runner};
+use picket_k8s::iptables::{Interception, Ipv6Outcome, Printed, Runner};
 
 /// Arguments of `picket iptables`.
 #[derive(Debug, clap::Args)]
@@ -37,6 +37,10 @@ pub struct IptablesArgs {
     /// Print the exact restore input for each family instead of running it.
     #[arg(long)]
     dry_run: bool,
+    /// What is printed on stdout: text, the dry run's restore inputs as they would be fed;
+    /// json and yaml, the dry run's steps and what happened to IPv6.
+    #[command(flatten)]
+    output: super::OutputArgs,
     /// Remove the rules instead of adding them.
     #[arg(long)]
     cleanup: bool,
@@ -65,16 +69,49 @@ pub fn run(args: IptablesArgs) -> anyhow::Result<()> {
         };
         runner.apply(&interception)?
     };
-    for text in &runner.printed {
-        println!("{text}");
+    report(&args, &runner.printed, &outcome)
+}
+
+/// A run as `iptables -o json|yaml` prints it.
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    dry_run: bool,
+    cleanup: bool,
+    steps: &'a [Printed],
+    /// `applied`, `no_ipv6` (the kernel has none) or `skipped`.
+    ipv6: &'static str,
+    /// Why the IPv6 rules were skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ipv6_skipped_because: Option<&'a str>,
+}
+
+/// Prints the dry run's steps (text) or the whole report (json, yaml) on stdout; in text,
+/// what happened to IPv6 goes to stderr.
+fn report(args: &IptablesArgs, printed: &[Printed], outcome: &Ipv6Outcome) -> anyhow::Result<()> {
+    let output = args.output.output;
+    if output == super::Output::Text {
+        match outcome {
+            Ipv6Outcome::Applied => {}
+            Ipv6Outcome::NoIpv6 => eprintln!("picket iptables: the kernel has no IPv6; IPv4 only"),
+            Ipv6Outcome::Skipped(why) => eprintln!(
+                "picket iptables: IPv6 rules not installed (no IPv6 address beyond loopback and \
+                 link-local in this namespace): {why}"
+            ),
+        }
     }
-    match outcome {
-        Ipv6Outcome::Applied => {}
-        Ipv6Outcome::NoIpv6 => eprintln!("picket iptables: the kernel has no IPv6; IPv4 only"),
-        Ipv6Outcome::Skipped(why) => eprintln!(
-            "picket iptables: IPv6 rules not installed (no IPv6 address beyond loopback and \
-             link-local in this namespace): {why}"
-        ),
-    }
-    Ok(())
+    let (ipv6, ipv6_skipped_because) = match outcome {
+        Ipv6Outcome::Applied => ("applied", None),
+        Ipv6Outcome::NoIpv6 => ("no_ipv6", None),
+        Ipv6Outcome::Skipped(why) => ("skipped", Some(why.as_str())),
+    };
+    let report = Report {
+        dry_run: args.dry_run,
+        cleanup: args.cleanup,
+        steps: printed,
+        ipv6,
+        ipv6_skipped_because,
+    };
+    output.print(&report, || {
+        printed.iter().map(|p| format!("{p}\n")).collect::<String>()
+    })
 }

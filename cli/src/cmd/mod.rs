@@ -9,9 +9,11 @@ pub mod iptables;
 pub mod policy;
 pub mod proxy;
 
+use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
+use serde::Serialize;
 
 /// How logs are written on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -20,6 +22,74 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// The format of what a command prints on standard output: one definition, flattened into
+/// every command that prints data (`-o, --output`). Messages and per-item reports go to
+/// standard error in every format, so standard output holds exactly one document.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct OutputArgs {
+    /// Output format: text (for people), json or yaml (for programs).
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// The `-o, --output` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For people.
+    Text,
+    /// One JSON document.
+    Json,
+    /// One YAML document.
+    Yaml,
+}
+
+impl Output {
+    /// `value` in this format; `text` makes the text form.
+    pub fn render<T: Serialize>(
+        self,
+        value: &T,
+        text: impl FnOnce() -> String,
+    ) -> anyhow::Result<String> {
+        match self {
+            Self::Text => Ok(text()),
+            Self::Json => {
+                let mut json = serde_json::to_string_pretty(value)?;
+                json.push('\n');
+                Ok(json)
+            }
+            Self::Yaml => serde_saphyr::to_string(value).context("cannot write YAML"),
+        }
+    }
+
+    /// Prints `value` in this format on standard output.
+    pub fn print<T: Serialize>(
+        self,
+        value: &T,
+        text: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        print_stdout(&self.render(value, text)?)
+    }
+}
+
+/// Writes `text` to standard output and flushes it (a closed pipe is an error, not a panic).
+pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Kubernetes objects as one JSON document, as kubectl prints them: the object itself when
+/// there is one, else a `v1` `List` of them.
+pub fn object_list(mut objects: Vec<serde_json::Value>) -> serde_json::Value {
+    if objects.len() == 1
+        && let Some(only) = objects.pop()
+    {
+        return only;
+    }
+    serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": objects })
 }
 
 /// Sets up `tracing` on stderr. `RUST_LOG` (read here, once) overrides `default_level`.

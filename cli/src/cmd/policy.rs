@@ -15,64 +15,49 @@ use serde::Deserialize;
 use picket_common::text::{MAX_TEXT_BYTES, read_text};
 use picket_proxy::authz;
 
+use super::{Output, OutputArgs};
+
 /// `picket policy` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum PolicyCommand {
     /// Validate policy files; errors carry file:line:column and a snippet. Exit 1 on error.
     Check {
-        /// Policy files or directories.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
         #[command(flatten)]
-        load: LoadArgs,
-        /// Output format.
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
-        output: Output,
+        files: PolicyFiles,
     },
     /// Run table tests: each case describes a request and the expected decision.
     Test {
-        /// Policy files or directories.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-        /// The cases file (YAML).
-        #[arg(long)]
-        cases: PathBuf,
         #[command(flatten)]
-        load: LoadArgs,
-        /// Output format.
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
-        output: Output,
+        files: PolicyFiles,
+        /// The cases file (YAML).
+        #[arg(long, value_name = "CASES.yaml")]
+        cases_file: PathBuf,
     },
     /// Explain how one request is decided: every policy considered and why.
     Explain {
-        /// Policy files or directories.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
         #[command(flatten)]
-        load: LoadArgs,
+        files: PolicyFiles,
         #[command(flatten)]
         request: Box<RequestArgs>,
-        /// Output format.
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
-        output: Output,
     },
-    /// Print the policies in canonical form.
+    /// Print the policies in canonical form (text and yaml: the canonical YAML documents;
+    /// json: those documents, as a `List` when there are several).
     Fmt {
-        /// Policy files or directories.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
         #[command(flatten)]
-        load: LoadArgs,
+        files: PolicyFiles,
     },
 }
 
-/// Output format (`-o, --output`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// For people.
-    Text,
-    /// For programs.
-    Json,
+/// What every subcommand takes: the policy files, how to load them, the output format.
+#[derive(Debug, clap::Args)]
+pub struct PolicyFiles {
+    /// Policy files or directories.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 /// Loader settings shared by every subcommand (the same knobs as the sidecar's `policy:`).
@@ -293,7 +278,7 @@ fn load(
         Err(errors) => {
             match output {
                 Output::Text => eprint!("{errors}"),
-                Output::Json => println!("{}", serde_json::to_string_pretty(&errors)?),
+                Output::Json | Output::Yaml => output.print(&errors, String::new)?,
             }
             Ok(None)
         }
@@ -302,92 +287,80 @@ fn load(
 
 /// Runs a `picket policy` subcommand. `Ok(false)` means the check or tests failed (exit 1).
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<bool> {
+    let (PolicyCommand::Check { files }
+    | PolicyCommand::Test { files, .. }
+    | PolicyCommand::Explain { files, .. }
+    | PolicyCommand::Fmt { files }) = &cmd;
+    let output = files.output.output;
+    let Some(set) = load(&files.paths, &files.load.options(), output)? else {
+        return Ok(false);
+    };
     match cmd {
-        PolicyCommand::Check {
-            paths,
-            load: l,
-            output,
-        } => {
-            let Some(set) = load(&paths, &l.options(), output)? else {
-                return Ok(false);
-            };
+        PolicyCommand::Check { .. } => {
             let n = set.policies().count();
+            let summary = serde_json::json!({ "ok": true, "policies": n, "sources_hash": set.sources_hash() });
+            output.print(&summary, || {
+                format!("ok: {n} policies, sources hash {}\n", set.sources_hash())
+            })?;
+            Ok(true)
+        }
+        PolicyCommand::Fmt { .. } => {
+            let canonical = set.to_yaml();
             match output {
-                Output::Text => println!("ok: {n} policies, sources hash {}", set.sources_hash()),
-                Output::Json => println!(
-                    "{}",
-                    serde_json::json!({ "ok": true, "policies": n, "sources_hash": set.sources_hash() })
-                ),
+                Output::Text | Output::Yaml => super::print_stdout(&canonical)?,
+                Output::Json => {
+                    let documents: Vec<serde_json::Value> =
+                        serde_saphyr::from_str_multiple(&canonical)
+                            .context("cannot read back the canonical form")?;
+                    output.print(&super::object_list(documents), String::new)?;
+                }
             }
             Ok(true)
         }
-        PolicyCommand::Fmt { paths, load: l } => {
-            let Some(set) = load(&paths, &l.options(), Output::Text)? else {
-                return Ok(false);
-            };
-            print!("{}", set.to_yaml());
+        PolicyCommand::Explain { request, .. } => {
+            explain(&set, &request, output)?;
             Ok(true)
         }
-        PolicyCommand::Explain {
-            paths,
-            load: l,
-            request,
-            output,
-        } => {
-            let Some(set) = load(&paths, &l.options(), output)? else {
-                return Ok(false);
-            };
-            let mut labels = BTreeMap::new();
-            for kv in &request.labels {
-                let (k, v) = split_kv(kv, "--label")?;
-                labels.insert(k, v);
-            }
-            let headers = request
-                .headers
-                .iter()
-                .map(|h| split_kv(h, "--header"))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let spec = RequestSpec {
-                from: request.from.clone(),
-                source_ip: request.source_ip,
-                port: request.port,
-                method: request.method.clone(),
-                path: request.path.clone(),
-                host: request.host.clone(),
-                headers,
-                sni: request.sni.clone(),
-                claims: match &request.claims {
-                    None => None,
-                    Some(text) => Some(
-                        serde_json::from_str(text)
-                            .with_context(|| format!("--claims {text:?}: not JSON"))?,
-                    ),
-                },
-            };
-            let owned = OwnedRequest::from_spec(&spec)?;
-            let compiled = set.for_workload(&Workload {
-                namespace: request.workload.clone(),
-                labels,
-            });
-            let explanation = owned.evaluate_with(|r| compiled.explain(r));
-            match output {
-                Output::Text => print!("{explanation}"),
-                Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
-            }
-            Ok(true)
-        }
-        PolicyCommand::Test {
-            paths,
-            cases,
-            load: l,
-            output,
-        } => {
-            let Some(set) = load(&paths, &l.options(), output)? else {
-                return Ok(false);
-            };
-            run_cases(&set, &cases, output)
-        }
+        PolicyCommand::Test { cases_file, .. } => run_cases(&set, &cases_file, output),
     }
+}
+
+/// `picket policy explain`: the request from the command line, decided with every step shown.
+fn explain(set: &PolicySet, request: &RequestArgs, output: Output) -> anyhow::Result<()> {
+    let mut labels = BTreeMap::new();
+    for kv in &request.labels {
+        let (k, v) = split_kv(kv, "--label")?;
+        labels.insert(k, v);
+    }
+    let headers = request
+        .headers
+        .iter()
+        .map(|h| split_kv(h, "--header"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let spec = RequestSpec {
+        from: request.from.clone(),
+        source_ip: request.source_ip,
+        port: request.port,
+        method: request.method.clone(),
+        path: request.path.clone(),
+        host: request.host.clone(),
+        headers,
+        sni: request.sni.clone(),
+        claims: match &request.claims {
+            None => None,
+            Some(text) => Some(
+                serde_json::from_str(text)
+                    .with_context(|| format!("--claims {text:?}: not JSON"))?,
+            ),
+        },
+    };
+    let owned = OwnedRequest::from_spec(&spec)?;
+    let compiled = set.for_workload(&Workload {
+        namespace: request.workload.clone(),
+        labels,
+    });
+    let explanation = owned.evaluate_with(|r| compiled.explain(r));
+    output.print(&explanation, || explanation.to_string())
 }
 
 #[derive(Debug, Deserialize)]
@@ -481,24 +454,25 @@ fn run_cases(set: &PolicySet, cases_path: &Path, output: Output) -> anyhow::Resu
     }
     let passed = results.iter().filter(|r| r.passed).count();
     let failed = results.len() - passed;
-    match output {
-        Output::Text => {
-            for r in &results {
-                println!("{}  {}", if r.passed { "PASS" } else { "FAIL" }, r.name);
-                for diff in &r.diffs {
-                    println!("      {diff}");
-                }
+    let report = serde_json::json!({
+        "passed": passed,
+        "failed": failed,
+        "cases": results,
+    });
+    output.print(&report, || {
+        let mut text = String::new();
+        for r in &results {
+            text.push_str(&format!(
+                "{}  {}\n",
+                if r.passed { "PASS" } else { "FAIL" },
+                r.name
+            ));
+            for diff in &r.diffs {
+                text.push_str(&format!("      {diff}\n"));
             }
-            println!("{passed} passed, {failed} failed");
         }
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "passed": passed,
-                "failed": failed,
-                "cases": results,
-            }))?
-        ),
-    }
+        text.push_str(&format!("{passed} passed, {failed} failed\n"));
+        text
+    })?;
     Ok(failed == 0)
 }

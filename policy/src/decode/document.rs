@@ -36,20 +36,7 @@ impl Decoder<'_> {
         let (api_version, (name, namespace, labels, annotations, name_pos), spec) =
             (api_version?, metadata?, spec?);
 
-        let annotation_mode = match annotations.get(ISTIO_DRY_RUN).map(String::as_str) {
-            None => None,
-            Some("true") => Some(Mode::DryRun),
-            Some("false") => Some(Mode::Enforce),
-            Some(other) => {
-                self.error(
-                    name_pos,
-                    format!(
-                        "annotation `{ISTIO_DRY_RUN}` must be \"true\" or \"false\", not `{other}`"
-                    ),
-                );
-                None
-            }
-        };
+        let annotation_mode = self.dry_run_annotation(&annotations, name_pos);
         if let (Some((mode, pos)), Some(annotated)) = (spec.mode, annotation_mode)
             && mode != annotated
         {
@@ -71,7 +58,43 @@ impl Decoder<'_> {
             spec_mode: spec.mode.map(|(m, _)| m),
             rules: spec.rules.iter().map(|(r, _)| r.clone()).collect(),
         };
-        let action_pos = spec.action.1.unwrap_or(doc.pos);
+        self.check_effect(
+            &policy,
+            spec.action.1.unwrap_or(doc.pos),
+            spec.mode.map_or(name_pos, |(_, p)| p),
+        );
+        Some(Decoded {
+            policy,
+            rules: spec.rules.into_iter().map(|(_, c)| c).collect(),
+            pos: doc.pos,
+            name_pos,
+        })
+    }
+
+    /// Istio's dry-run annotation, `"true"` or `"false"`.
+    fn dry_run_annotation(
+        &mut self,
+        annotations: &BTreeMap<String, String>,
+        name_pos: Pos,
+    ) -> Option<Mode> {
+        match annotations.get(ISTIO_DRY_RUN).map(String::as_str) {
+            None => None,
+            Some("true") => Some(Mode::DryRun),
+            Some("false") => Some(Mode::Enforce),
+            Some(other) => {
+                self.error(
+                    name_pos,
+                    format!(
+                        "annotation `{ISTIO_DRY_RUN}` must be \"true\" or \"false\", not `{other}`"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Refuses a policy that can have no effect: DENY or AUDIT without rules, a dry-run AUDIT.
+    fn check_effect(&mut self, policy: &Policy, action_pos: Pos, mode_pos: Pos) {
         if policy.rules.is_empty() && policy.action != Action::Allow {
             self.error(
                 action_pos,
@@ -89,17 +112,11 @@ impl Decoder<'_> {
         }
         if policy.action == Action::Audit && policy.mode() == Mode::DryRun {
             self.error(
-                spec.mode.map(|(_, p)| p).unwrap_or(name_pos),
+                mode_pos,
                 "an AUDIT policy never changes the verdict, so `dry-run` has no meaning for it; \
                  remove the mode",
             );
         }
-        Some(Decoded {
-            policy,
-            rules: spec.rules.into_iter().map(|(_, c)| c).collect(),
-            pos: doc.pos,
-            name_pos,
-        })
     }
 
     /// A `RequestAuthentication` document (its kind already read); kept in
@@ -141,16 +158,7 @@ impl Decoder<'_> {
 
     fn authn_spec(&mut self, node: &Yaml) -> Option<(BTreeMap<String, String>, Vec<JwtRule>)> {
         let f = self.fields(node, "spec", AUTHN_SPEC_FIELDS, SPEC_UNSUPPORTED)?;
-        let selector = match f.get("selector") {
-            None => BTreeMap::new(),
-            Some(sel) => match self.fields(sel, "spec.selector", SELECTOR_FIELDS, &[]) {
-                None => BTreeMap::new(),
-                Some(sf) => sf
-                    .get("matchLabels")
-                    .map(|m| self.string_map(m, "spec.selector.matchLabels"))
-                    .unwrap_or_default(),
-            },
-        };
+        let selector = self.selector(f.get("selector"));
         let Some(rules_node) = f.get("jwtRules") else {
             self.error(
                 node.pos,
@@ -184,20 +192,7 @@ impl Decoder<'_> {
     fn jwt_rule(&mut self, node: &Yaml, path: &str) -> Option<JwtRule> {
         let f = self.fields(node, path, JWT_RULE_FIELDS, JWT_RULE_UNSUPPORTED)?;
         let p = |name: &str| format!("{path}.{name}");
-        let issuer = self
-            .required(&f, node, path, "issuer")
-            .and_then(|n| self.string(n, &p("issuer")).map(|s| (n.pos, s.to_owned())));
-        if let Some((pos, iss)) = &issuer
-            && (iss.is_empty() || iss.chars().any(char::is_control))
-        {
-            self.error(
-                *pos,
-                format!(
-                    "`{}`: an issuer is a non-empty string without control characters",
-                    p("issuer")
-                ),
-            );
-        }
+        let issuer = self.issuer(&f, node, path);
         let audiences = self.patterns(f.get("audiences"), &p("audiences"), |s: &str| {
             if s.is_empty() || s.chars().any(char::is_control) {
                 Err(format!(
@@ -207,73 +202,10 @@ impl Decoder<'_> {
                 Ok(s.to_owned())
             }
         });
-        let jwks = match (f.get("jwksUri"), f.get("jwks")) {
-            (Some(_), Some(_)) => {
-                self.error(
-                    f.key_pos("jwks").unwrap_or(node.pos),
-                    format!("`{path}` gives both `jwksUri` and `jwks`; keep one"),
-                );
-                None
-            }
-            (None, None) => {
-                self.error(
-                    node.pos,
-                    format!(
-                        "`{path}` needs `jwksUri` or `jwks`: Picket does not discover keys \
-                         through the issuer's OpenID configuration"
-                    ),
-                );
-                None
-            }
-            (Some(n), None) => {
-                self.string(n, &p("jwksUri"))
-                    .and_then(|uri| match check_jwks_uri(uri) {
-                        Ok(()) => Some(JwksSource::Uri(uri.to_owned())),
-                        Err(why) => {
-                            self.error(n.pos, format!("`{}`: {why}", p("jwksUri")));
-                            None
-                        }
-                    })
-            }
-            (None, Some(n)) => self
-                .string(n, &p("jwks"))
-                .and_then(|text| match check_inline_jwks(text) {
-                    Ok(()) => Some(JwksSource::Inline(text.to_owned())),
-                    Err(why) => {
-                        self.error(n.pos, format!("`{}`: {why}", p("jwks")));
-                        None
-                    }
-                }),
-        };
+        let jwks = self.jwks_source(&f, node, path);
         let from_headers = match f.get("fromHeaders") {
             None => Vec::new(),
-            Some(n) => self.list(n, &p("fromHeaders"), |d, item, item_path| {
-                let hf = d.fields(item, item_path, FROM_HEADER_FIELDS, &[])?;
-                let name_node = d.required(&hf, item, item_path, "name")?;
-                let name = d.string(name_node, &format!("{item_path}.name"))?;
-                if let Err(why) = check_header_name(name) {
-                    d.error(name_node.pos, format!("`{item_path}.name`: {why}"));
-                    return None;
-                }
-                let prefix = match hf.get("prefix") {
-                    None => String::new(),
-                    Some(pn) => {
-                        let prefix = d.string(pn, &format!("{item_path}.prefix"))?;
-                        if prefix.chars().any(char::is_control) {
-                            d.error(
-                                pn.pos,
-                                format!("`{item_path}.prefix` cannot contain control characters"),
-                            );
-                            return None;
-                        }
-                        prefix.to_owned()
-                    }
-                };
-                Some(TokenHeader {
-                    name: name.to_ascii_lowercase(),
-                    prefix,
-                })
-            }),
+            Some(n) => self.list(n, &p("fromHeaders"), Self::token_header),
         };
         let from_params = self.patterns(f.get("fromParams"), &p("fromParams"), |s: &str| {
             if s.is_empty()
@@ -298,55 +230,15 @@ impl Decoder<'_> {
                 }
             }
         });
-        let forward_original_token = match f.get("forwardOriginalToken") {
-            None => false,
-            Some(n) => match &n.value {
-                Value::Bool(b) => *b,
-                other => {
-                    self.error(
-                        n.pos,
-                        format!(
-                            "`{}`: expected true or false, found {}",
-                            p("forwardOriginalToken"),
-                            other.kind()
-                        ),
-                    );
-                    false
-                }
-            },
-        };
+        let forward_original_token = f
+            .get("forwardOriginalToken")
+            .is_some_and(|n| self.boolean(n, &p("forwardOriginalToken")));
         let output_claim_to_headers = match f.get("outputClaimToHeaders") {
             None => Vec::new(),
-            Some(n) => self.list(n, &p("outputClaimToHeaders"), |d, item, item_path| {
-                let cf = d.fields(item, item_path, CLAIM_TO_HEADER_FIELDS, &[])?;
-                let header_node = d.required(&cf, item, item_path, "header");
-                let claim_node = d.required(&cf, item, item_path, "claim");
-                let header = header_node.and_then(|h| d.string(h, &format!("{item_path}.header")));
-                let claim = claim_node.and_then(|c| d.string(c, &format!("{item_path}.claim")));
-                let (header_node, claim_node, header, claim) =
-                    (header_node?, claim_node?, header?, claim?);
-                if let Err(why) = check_output_header(header) {
-                    d.error(header_node.pos, format!("`{item_path}.header`: {why}"));
-                    return None;
-                }
-                if claim.is_empty()
-                    || claim.split('.').any(str::is_empty)
-                    || claim.chars().any(char::is_control)
-                {
-                    d.error(
-                        claim_node.pos,
-                        format!("`{item_path}.claim`: `{claim}` is not a claim name (`sub`, or `realm.role` for a nested claim)"),
-                    );
-                    return None;
-                }
-                Some(ClaimToHeader {
-                    header: header.to_ascii_lowercase(),
-                    claim: claim.to_owned(),
-                })
-            }),
+            Some(n) => self.list(n, &p("outputClaimToHeaders"), Self::claim_to_header),
         };
         Some(JwtRule {
-            issuer: issuer?.1,
+            issuer: issuer?,
             audiences: values(&audiences),
             jwks: jwks?,
             from_headers,
@@ -354,6 +246,135 @@ impl Decoder<'_> {
             output_payload_to_header,
             forward_original_token,
             output_claim_to_headers,
+        })
+    }
+
+    /// A JWT rule's `issuer`: a non-empty string without control characters.
+    fn issuer(&mut self, f: &Fields<'_>, node: &Yaml, path: &str) -> Option<String> {
+        let n = self.required(f, node, path, "issuer")?;
+        let iss = self.string(n, &format!("{path}.issuer"))?;
+        if iss.is_empty() || iss.chars().any(char::is_control) {
+            self.error(
+                n.pos,
+                format!(
+                    "`{path}.issuer`: an issuer is a non-empty string without control characters"
+                ),
+            );
+        }
+        Some(iss.to_owned())
+    }
+
+    /// Where a JWT rule's keys come from: exactly one of `jwksUri` and `jwks`.
+    fn jwks_source(&mut self, f: &Fields<'_>, node: &Yaml, path: &str) -> Option<JwksSource> {
+        match (f.get("jwksUri"), f.get("jwks")) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    f.key_pos("jwks").unwrap_or(node.pos),
+                    format!("`{path}` gives both `jwksUri` and `jwks`; keep one"),
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    node.pos,
+                    format!(
+                        "`{path}` needs `jwksUri` or `jwks`: Picket does not discover keys \
+                         through the issuer's OpenID configuration"
+                    ),
+                );
+                None
+            }
+            (Some(n), None) => {
+                let uri = self.string(n, &format!("{path}.jwksUri"))?;
+                match check_jwks_uri(uri) {
+                    Ok(()) => Some(JwksSource::Uri(uri.to_owned())),
+                    Err(why) => {
+                        self.error(n.pos, format!("`{path}.jwksUri`: {why}"));
+                        None
+                    }
+                }
+            }
+            (None, Some(n)) => {
+                let text = self.string(n, &format!("{path}.jwks"))?;
+                match check_inline_jwks(text) {
+                    Ok(()) => Some(JwksSource::Inline(text.to_owned())),
+                    Err(why) => {
+                        self.error(n.pos, format!("`{path}.jwks`: {why}"));
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// A boolean field: `true` or `false` (anything else is an error, read as false).
+    fn boolean(&mut self, n: &Yaml, path: &str) -> bool {
+        match &n.value {
+            Value::Bool(b) => *b,
+            other => {
+                self.error(
+                    n.pos,
+                    format!("`{path}`: expected true or false, found {}", other.kind()),
+                );
+                false
+            }
+        }
+    }
+
+    /// One item of `fromHeaders`: a header name and the prefix before the token.
+    fn token_header(&mut self, item: &Yaml, item_path: &str) -> Option<TokenHeader> {
+        let hf = self.fields(item, item_path, FROM_HEADER_FIELDS, &[])?;
+        let name_node = self.required(&hf, item, item_path, "name")?;
+        let name = self.string(name_node, &format!("{item_path}.name"))?;
+        if let Err(why) = check_header_name(name) {
+            self.error(name_node.pos, format!("`{item_path}.name`: {why}"));
+            return None;
+        }
+        let prefix = match hf.get("prefix") {
+            None => String::new(),
+            Some(pn) => {
+                let prefix = self.string(pn, &format!("{item_path}.prefix"))?;
+                if prefix.chars().any(char::is_control) {
+                    self.error(
+                        pn.pos,
+                        format!("`{item_path}.prefix` cannot contain control characters"),
+                    );
+                    return None;
+                }
+                prefix.to_owned()
+            }
+        };
+        Some(TokenHeader {
+            name: name.to_ascii_lowercase(),
+            prefix,
+        })
+    }
+
+    /// One item of `outputClaimToHeaders`: a header to set and the claim it carries.
+    fn claim_to_header(&mut self, item: &Yaml, item_path: &str) -> Option<ClaimToHeader> {
+        let cf = self.fields(item, item_path, CLAIM_TO_HEADER_FIELDS, &[])?;
+        let header_node = self.required(&cf, item, item_path, "header");
+        let claim_node = self.required(&cf, item, item_path, "claim");
+        let header = header_node.and_then(|h| self.string(h, &format!("{item_path}.header")));
+        let claim = claim_node.and_then(|c| self.string(c, &format!("{item_path}.claim")));
+        let (header_node, claim_node, header, claim) = (header_node?, claim_node?, header?, claim?);
+        if let Err(why) = check_output_header(header) {
+            self.error(header_node.pos, format!("`{item_path}.header`: {why}"));
+            return None;
+        }
+        if claim.is_empty()
+            || claim.split('.').any(str::is_empty)
+            || claim.chars().any(char::is_control)
+        {
+            self.error(
+                claim_node.pos,
+                format!("`{item_path}.claim`: `{claim}` is not a claim name (`sub`, or `realm.role` for a nested claim)"),
+            );
+            return None;
+        }
+        Some(ClaimToHeader {
+            header: header.to_ascii_lowercase(),
+            claim: claim.to_owned(),
         })
     }
 
@@ -430,45 +451,10 @@ impl Decoder<'_> {
 
     pub(super) fn spec(&mut self, node: &Yaml) -> Option<SpecParts> {
         let f = self.fields(node, "spec", SPEC_FIELDS, SPEC_UNSUPPORTED)?;
-        let selector = match f.get("selector") {
-            None => BTreeMap::new(),
-            Some(sel) => match self.fields(sel, "spec.selector", SELECTOR_FIELDS, &[]) {
-                None => BTreeMap::new(),
-                Some(sf) => sf
-                    .get("matchLabels")
-                    .map(|m| self.string_map(m, "spec.selector.matchLabels"))
-                    .unwrap_or_default(),
-            },
-        };
+        let selector = self.selector(f.get("selector"));
         let action = match f.get("action") {
             None => (Action::Allow, None),
-            Some(n) => {
-                let action = match self.string(n, "spec.action") {
-                    Some("ALLOW") => Some(Action::Allow),
-                    Some("DENY") => Some(Action::Deny),
-                    Some("AUDIT") => Some(Action::Audit),
-                    Some("CUSTOM") => {
-                        self.error(
-                            n.pos,
-                            "`spec.action: CUSTOM` is not supported by Picket: CUSTOM delegates \
-                             to an external authorization provider",
-                        );
-                        None
-                    }
-                    Some(other) => {
-                        self.error(
-                            n.pos,
-                            format!(
-                                "`spec.action`: unknown action `{other}`; expected ALLOW, DENY \
-                                 or AUDIT"
-                            ),
-                        );
-                        None
-                    }
-                    None => None,
-                };
-                (action.unwrap_or(Action::Allow), Some(n.pos))
-            }
+            Some(n) => (self.action(n).unwrap_or(Action::Allow), Some(n.pos)),
         };
         let mode = match f.get("mode") {
             None => None,
@@ -508,6 +494,48 @@ impl Decoder<'_> {
             mode,
             rules,
         })
+    }
+
+    /// `spec.selector`: its `matchLabels` (none: every workload of the namespace).
+    fn selector(&mut self, node: Option<&Yaml>) -> BTreeMap<String, String> {
+        let Some(sel) = node else {
+            return BTreeMap::new();
+        };
+        match self.fields(sel, "spec.selector", SELECTOR_FIELDS, &[]) {
+            None => BTreeMap::new(),
+            Some(sf) => sf
+                .get("matchLabels")
+                .map(|m| self.string_map(m, "spec.selector.matchLabels"))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// `spec.action`: ALLOW, DENY or AUDIT (CUSTOM is refused).
+    fn action(&mut self, n: &Yaml) -> Option<Action> {
+        match self.string(n, "spec.action") {
+            Some("ALLOW") => Some(Action::Allow),
+            Some("DENY") => Some(Action::Deny),
+            Some("AUDIT") => Some(Action::Audit),
+            Some("CUSTOM") => {
+                self.error(
+                    n.pos,
+                    "`spec.action: CUSTOM` is not supported by Picket: CUSTOM delegates \
+                     to an external authorization provider",
+                );
+                None
+            }
+            Some(other) => {
+                self.error(
+                    n.pos,
+                    format!(
+                        "`spec.action`: unknown action `{other}`; expected ALLOW, DENY \
+                         or AUDIT"
+                    ),
+                );
+                None
+            }
+            None => None,
+        }
     }
 }
 

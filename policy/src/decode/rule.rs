@@ -309,9 +309,33 @@ impl Decoder<'_> {
             );
             return None;
         }
+        let (spec_values, spec_not, values, not_values) =
+            self.condition_values(&key, values_node, not_values_node, path);
+        let spec = ConditionSpec {
+            key: key_text.to_owned(),
+            values: spec_values,
+            not_values: spec_not,
+        };
+        let condition = Condition {
+            key,
+            values,
+            not_values,
+        };
+        Some((spec, condition, key_node.pos))
+    }
+
+    /// A condition's `values` and `notValues`, parsed as its key's values are (addresses,
+    /// ports or strings), raw for the canonical form and compiled for matching.
+    fn condition_values(
+        &mut self,
+        key: &CondKey,
+        values_node: Option<&Yaml>,
+        not_values_node: Option<&Yaml>,
+        path: &str,
+    ) -> (Vec<String>, Vec<String>, CondValues, CondValues) {
         let vp = format!("{path}.values");
         let np = format!("{path}.notValues");
-        let (spec_values, spec_not, values, not_values) = match &key {
+        match key {
             CondKey::SourceIp => {
                 let v = self.patterns(values_node, &vp, Cidr::parse);
                 let n = self.patterns(not_values_node, &np, Cidr::parse);
@@ -342,7 +366,7 @@ impl Decoder<'_> {
             | CondKey::RequestAudiences
             | CondKey::RequestPresenter
             | CondKey::RequestClaim(_) => {
-                let parse: fn(&str) -> Result<StrMatch, String> = match &key {
+                let parse: fn(&str) -> Result<StrMatch, String> = match key {
                     CondKey::SourceNamespace => parse_namespace,
                     CondKey::SourcePrincipal => parse_principal,
                     CondKey::Sni => parse_sni,
@@ -359,17 +383,6 @@ impl Decoder<'_> {
                     CondValues::Str(values(&n)),
                 )
             }
-        };
-        let spec = ConditionSpec {
-            key: key_text.to_owned(),
-            values: spec_values,
-            not_values: spec_not,
-        };
-        let condition = Condition {
-            key,
-            values,
-            not_values,
-        };
-        Some((spec, condition, key_node.pos))
+        }
     }
 }

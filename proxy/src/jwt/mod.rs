@@ -166,26 +166,7 @@ impl Authenticator {
                         rule.issuer, other.document
                     )));
                 }
-                let keys = match &rule.jwks {
-                    JwksSource::Inline(text) => {
-                        let (keys, skipped) = KeySet::parse(text.as_bytes()).map_err(|e| {
-                            AuthnError(format!("{where_}: issuer `{}`: jwks: {e}", rule.issuer))
-                        })?;
-                        for s in skipped {
-                            tracing::warn!(issuer = %rule.issuer, "inline JWKS key skipped: {s}");
-                        }
-                        Keys::Inline(Arc::new(keys))
-                    }
-                    JwksSource::Uri(uri) => match registry {
-                        Ok(r) => Keys::Remote(r.get(uri)),
-                        Err(why) => {
-                            return Err(AuthnError(format!(
-                                "{where_}: issuer `{}`: jwksUri `{uri}` cannot be fetched: {why}",
-                                rule.issuer
-                            )));
-                        }
-                    },
-                };
+                let keys = rule_keys(rule, registry, &where_)?;
                 let name = |h: &str| {
                     HeaderName::from_bytes(h.as_bytes())
                         .map_err(|e| AuthnError(format!("{where_}: header `{h}`: {e}")))
@@ -462,6 +443,33 @@ fn remove_query_param(uri: &mut http::Uri, name: &str) {
         if let Ok(new) = http::Uri::from_parts(parts) {
             *uri = new;
         }
+    }
+}
+
+/// The keys a rule's tokens are checked with: an inline key set read now (an unusable one is
+/// an error), or the registry's fetcher for its `jwksUri`.
+fn rule_keys(
+    rule: &JwtRule,
+    registry: Result<&JwksRegistry, &str>,
+    where_: &str,
+) -> Result<Keys, AuthnError> {
+    match &rule.jwks {
+        JwksSource::Inline(text) => {
+            let (keys, skipped) = KeySet::parse(text.as_bytes()).map_err(|e| {
+                AuthnError(format!("{where_}: issuer `{}`: jwks: {e}", rule.issuer))
+            })?;
+            for s in skipped {
+                tracing::warn!(issuer = %rule.issuer, "inline JWKS key skipped: {s}");
+            }
+            Ok(Keys::Inline(Arc::new(keys)))
+        }
+        JwksSource::Uri(uri) => match registry {
+            Ok(r) => Ok(Keys::Remote(r.get(uri))),
+            Err(why) => Err(AuthnError(format!(
+                "{where_}: issuer `{}`: jwksUri `{uri}` cannot be fetched: {why}",
+                rule.issuer
+            ))),
+        },
     }
 }
 
