@@ -2,8 +2,10 @@
 //! policy suggestion, from flow logs.
 //!
 //! Input is any number of flow logs (JSON lines; alert lines colour the graph, edge lines are
-//! ignored). A request that crossed two sidecars appears in both logs; edge and route counts
-//! take the larger side, and verdicts come from the inbound side, which enforces policy. Policy
+//! ignored). A request that crossed two sidecars appears in both logs: its two records are
+//! paired by trace context (the caller sidecar's span is the callee sidecar's parent) and
+//! count once, on the edge the inbound record names; records that cannot be paired count by
+//! the side that saw more. Verdicts come from the inbound side, which enforces policy. Policy
 //! questions (checks and suggestions) use the inbound side's ports, the application's: an
 //! outbound record carries the port dialled, the peer sidecar's, and is used only for edges
 //! with no inbound record.
@@ -12,11 +14,13 @@
 //! sidecar's own record types (`picket_proxy::telemetry`) so writer and reader cannot drift
 //! apart, and must not use the data path itself (listeners, forwarding, TLS).
 
+mod layout;
 mod paths;
 mod policy;
 mod read;
 mod render;
 mod suggest;
+mod users;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,6 +33,7 @@ use picket_proxy::telemetry::alert::{AlertKind, Severity};
 pub use paths::collapse;
 pub use render::{render_html, render_text};
 pub use suggest::SuggestOptions;
+pub use users::{DEFAULT_TOP_USERS, OtherUsers, ServiceUsers, UserEdge};
 
 /// Why an analysis failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +67,8 @@ pub struct AnalyzeOptions {
     pub workload_label: String,
     /// Draw a progress bar on stderr (only when it is a terminal and the input is large).
     pub progress: bool,
+    /// End-user principals listed per service in the user-level edges; the rest are summed.
+    pub top_users: usize,
 }
 
 impl Default for AnalyzeOptions {
@@ -72,6 +79,7 @@ impl Default for AnalyzeOptions {
             baseline_until: None,
             workload_label: "app".to_owned(),
             progress: false,
+            top_users: DEFAULT_TOP_USERS,
         }
     }
 }
@@ -83,6 +91,9 @@ pub struct Summary {
     pub files: Vec<String>,
     /// Flow records read.
     pub records: u64,
+    /// Requests whose outbound and inbound records were paired by trace context (each
+    /// counted once).
+    pub paired: u64,
     /// Alert lines read.
     pub alerts: u64,
     /// Lines that were neither a flow, an alert nor an edge.
@@ -104,11 +115,27 @@ pub struct Summary {
     pub policies: Option<usize>,
 }
 
+/// What a node of the graph stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    /// A workload of the mesh, named by its SPIFFE ID.
+    Workload,
+    /// A destination outside the mesh, reached by a passthrough connection (egress): its IP
+    /// address.
+    Egress,
+    /// Any other address or host without an identity (a plaintext caller on a permissive
+    /// port, a host that was called by name).
+    Address,
+}
+
 /// One identity (or address or host) in the graph.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeReport {
     /// SPIFFE ID, IP address or host name.
     pub id: String,
+    /// What it stands for.
+    pub kind: NodeKind,
     /// Short name: `namespace/service-account` for identities.
     pub name: String,
     /// Requests this node made.
@@ -193,6 +220,9 @@ pub struct EdgeReport {
     /// Routes not kept (over the per-edge cap).
     #[serde(skip_serializing_if = "is_zero")]
     pub routes_dropped: u64,
+    /// The destination is outside the mesh (passthrough): `requests` counts connections,
+    /// `ports` the ports dialled, and no policy of the mesh decides it.
+    pub egress: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -245,6 +275,10 @@ pub struct BlastRadius {
     /// Transitive closure of `reachable`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reachable_transitive: Option<Vec<String>>,
+    /// Destinations outside the mesh in `reached_transitive`: what a compromised workload
+    /// could reach beyond the mesh, itself or through the workloads it calls. They are not in
+    /// `reachable`, which asks the mesh's (inbound) authorization policies.
+    pub egress: Vec<String>,
 }
 
 /// The result of an analysis.
@@ -260,6 +294,9 @@ pub struct Report {
     pub flags: Vec<Flag>,
     /// Per identity.
     pub blast_radius: Vec<BlastRadius>,
+    /// End users (`iss/sub` of a validated JWT) per service, the busiest `top_users` of each
+    /// listed and the rest summed.
+    pub user_edges: Vec<ServiceUsers>,
 }
 
 /// The aggregated input, kept for suggestions and baselines after the report is built.
@@ -310,7 +347,14 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
         .policy
         .as_ref()
         .map(|p| policy::Checker::new(p, &opts.workload_label));
+    let mut live: std::collections::HashSet<u32> = agg.alerts.keys().copied().collect();
+    live.extend(agg.users.keys().copied());
     for (&(s, d), e) in &agg.edges {
+        // All of its requests were paired with records that name another edge.
+        if !e.counted() {
+            continue;
+        }
+        live.extend([s, d]);
         let c = e.counts();
         *reqs_out.entry(s).or_default() += c.requests;
         *reqs_in.entry(d).or_default() += c.requests;
@@ -320,6 +364,7 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
         let mut routes: Vec<RouteReport> = e
             .routes
             .iter()
+            .filter(|(_, r)| r.counts().requests > 0)
             .map(|(route, r)| {
                 let (answer, detail) = match &checker {
                     Some(ch) => ch.route(&source, &destination, route, r, e),
@@ -400,6 +445,7 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
             policy,
             routes,
             routes_dropped: e.routes_overflow(),
+            egress: agg.egress.contains(&d),
         });
     }
     edges.sort_by(|a, b| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)));
@@ -416,11 +462,13 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
         .names
         .iter()
         .enumerate()
+        .map(|(i, id)| (i as u32, id))
+        .filter(|(i, _)| live.contains(i))
         .map(|(i, id)| {
-            let i = i as u32;
             let alerts = agg.alerts.get(&i);
             NodeReport {
                 id: id.to_string(),
+                kind: node_kind(agg, i, id),
                 name: short_name(id),
                 requests_out: reqs_out.get(&i).copied().unwrap_or(0),
                 requests_in: reqs_in.get(&i).copied().unwrap_or(0),
@@ -437,6 +485,7 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
         summary: Summary {
             files: opts.files.iter().map(|f| f.display().to_string()).collect(),
             records: agg.records,
+            paired: agg.paired,
             alerts: agg.alert_lines,
             bad_lines: agg.bad_lines,
             first_error: agg.first_error.clone(),
@@ -449,6 +498,17 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
         edges,
         flags,
         blast_radius,
+        user_edges: users::user_edges(agg, opts.top_users),
+    }
+}
+
+fn node_kind(agg: &read::Aggregate, node: u32, id: &str) -> NodeKind {
+    if agg.egress.contains(&node) {
+        NodeKind::Egress
+    } else if id.starts_with("spiffe://") {
+        NodeKind::Workload
+    } else {
+        NodeKind::Address
     }
 }
 

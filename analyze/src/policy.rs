@@ -219,6 +219,12 @@ pub(crate) fn blast_radius(
                 .as_ref()
                 .map(|r| list(r.get(&s).cloned().unwrap_or_default())),
             reachable_transitive: reachable.as_ref().map(|r| list(closure(r, s))),
+            egress: list(
+                closure(&reached, s)
+                    .into_iter()
+                    .filter(|n| agg.egress.contains(n))
+                    .collect(),
+            ),
         })
         .collect();
     out.sort_by(|a, b| a.identity.cmp(&b.identity));

@@ -59,6 +59,28 @@ pub(crate) struct Counts {
 }
 
 impl Counts {
+    fn plus(self, o: Self) -> Self {
+        Self {
+            requests: self.requests + o.requests,
+            allowed: self.allowed + o.allowed,
+            denied: self.denied + o.denied,
+            errors: self.errors + o.errors,
+            bytes_in: self.bytes_in + o.bytes_in,
+            bytes_out: self.bytes_out + o.bytes_out,
+        }
+    }
+
+    fn minus(self, o: Self) -> Self {
+        Self {
+            requests: self.requests.saturating_sub(o.requests),
+            allowed: self.allowed.saturating_sub(o.allowed),
+            denied: self.denied.saturating_sub(o.denied),
+            errors: self.errors.saturating_sub(o.errors),
+            bytes_in: self.bytes_in.saturating_sub(o.bytes_in),
+            bytes_out: self.bytes_out.saturating_sub(o.bytes_out),
+        }
+    }
+
     fn add(&mut self, r: &FlowRecord<'_>) {
         self.requests += 1;
         match r.verdict {
@@ -79,6 +101,9 @@ impl Counts {
 pub(crate) struct RouteSide {
     pub(crate) requests: u64,
     pub(crate) denied: u64,
+    /// Of `requests`, those paired with the other side's record of the same request.
+    pub(crate) paired: u64,
+    pub(crate) paired_denied: u64,
     /// Destination ports this side recorded (at most [`MAX_PORTS_PER_ROUTE`]): the peer
     /// sidecar's port outbound, the application's inbound.
     pub(crate) ports: Vec<u16>,
@@ -95,14 +120,34 @@ pub(crate) struct RouteAgg {
     pub(crate) sample_path: Option<Box<str>>,
 }
 
+/// Requests and denials of a route.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RouteCounts {
+    pub(crate) requests: u64,
+    pub(crate) denied: u64,
+}
+
 impl RouteAgg {
-    /// Requests and denials of this route: the side that saw more, inbound on ties (a
-    /// request through both sidecars is recorded twice), as [`EdgeAgg::counts`] does.
-    pub(crate) fn counts(&self) -> &RouteSide {
-        if self.inbound.requests >= self.outbound.requests {
-            &self.inbound
+    /// Requests and denials of this route, counted as [`EdgeAgg::counts`] counts them: paired
+    /// requests once (by their inbound record), the rest by the side that saw more.
+    pub(crate) fn counts(&self) -> RouteCounts {
+        let (i, o) = (&self.inbound, &self.outbound);
+        let in_rest = i.requests - i.paired.min(i.requests);
+        let out_rest = o.requests - o.paired.min(o.requests);
+        let rest = if in_rest >= out_rest {
+            RouteCounts {
+                requests: in_rest,
+                denied: i.denied.saturating_sub(i.paired_denied),
+            }
         } else {
-            &self.outbound
+            RouteCounts {
+                requests: out_rest,
+                denied: o.denied.saturating_sub(o.paired_denied),
+            }
+        };
+        RouteCounts {
+            requests: i.paired.min(i.requests) + rest.requests,
+            denied: i.paired_denied + rest.denied,
         }
     }
 
@@ -125,6 +170,10 @@ pub(crate) const MAX_PORTS_PER_ROUTE: usize = 8;
 pub(crate) struct EdgeAgg {
     pub(crate) inbound: Counts,
     pub(crate) outbound: Counts,
+    /// The part of `inbound` and `outbound` paired with the other side's record of the same
+    /// request (see [`Aggregate::pair`]).
+    pub(crate) inbound_paired: Counts,
+    pub(crate) outbound_paired: Counts,
     pub(crate) first_seen: i64,
     pub(crate) last_seen: i64,
     /// Destination ports of inbound records (the application's, which policy evaluates).
@@ -155,15 +204,26 @@ pub(crate) struct EdgeAgg {
 }
 
 impl EdgeAgg {
-    /// Requests on this edge: the larger of what each side saw (a request through both
-    /// sidecars is recorded twice).
+    /// Requests on this edge. A request recorded by both sidecars and paired by its trace
+    /// context counts once, by its inbound record (which has the verdict), on the edge the
+    /// inbound record names; the rest (records without trace context, or whose other side was
+    /// not read) count by the side that saw more, inbound on ties.
     pub(crate) fn counts(&self) -> Counts {
+        let in_rest = self.inbound.minus(self.inbound_paired);
+        let out_rest = self.outbound.minus(self.outbound_paired);
         // The inbound side enforces policy; its verdicts win when it saw the traffic.
-        if self.inbound.requests >= self.outbound.requests {
-            self.inbound
+        let rest = if in_rest.requests >= out_rest.requests {
+            in_rest
         } else {
-            self.outbound
-        }
+            out_rest
+        };
+        self.inbound_paired.plus(rest)
+    }
+
+    /// Whether any request counts on this edge once paired records are counted where their
+    /// inbound record puts them.
+    pub(crate) fn counted(&self) -> bool {
+        self.counts().requests > 0
     }
 
     /// Whether policy questions take the inbound side's ports: an inbound record carries the
@@ -207,6 +267,50 @@ impl EdgeAgg {
     }
 }
 
+/// Requests of one end-user principal to one destination.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct UserCounts {
+    pub(crate) requests: u64,
+    pub(crate) denied: u64,
+}
+
+impl UserCounts {
+    fn add(&mut self, o: Self) {
+        self.requests += o.requests;
+        self.denied += o.denied;
+    }
+}
+
+/// Distinct end-user principals kept per destination; requests of further principals are
+/// summed in [`UsersOf::overflow`].
+pub(crate) const MAX_PRINCIPALS_PER_DESTINATION: usize = 10_000;
+
+/// The end users (JWT `iss/sub`) whose requests reached one destination, from inbound
+/// records: the inbound sidecar validates the token, so each request is counted once.
+#[derive(Debug, Default)]
+pub(crate) struct UsersOf {
+    pub(crate) principals: HashMap<Box<str>, UserCounts>,
+    /// Requests of principals not kept (over [`MAX_PRINCIPALS_PER_DESTINATION`]).
+    pub(crate) overflow: UserCounts,
+}
+
+/// What pairs the two records of one request: the trace, the span the callee's sidecar got
+/// as its parent (the caller sidecar's client span, or when that sidecar does not trace, the
+/// caller app's span), and the caller's node.
+type PairKey = (u128, u64, u32);
+
+/// A record waiting for the other side's record of the same request.
+#[derive(Debug)]
+struct Unpaired {
+    inbound: bool,
+    edge: (u32, u32),
+    route: Box<str>,
+    counts: Counts,
+}
+
+/// Records kept waiting for their other side at most; later ones are counted unpaired.
+pub(crate) const MAX_UNPAIRED: usize = 1_000_000;
+
 /// Alerts recorded against one node.
 #[derive(Debug, Default)]
 pub(crate) struct NodeAlerts {
@@ -220,6 +324,10 @@ pub(crate) struct Aggregate {
     pub(crate) nodes: Interner,
     pub(crate) edges: HashMap<(u32, u32), EdgeAgg>,
     pub(crate) alerts: HashMap<u32, NodeAlerts>,
+    /// Destinations outside the mesh, reached by passthrough connections.
+    pub(crate) egress: HashSet<u32>,
+    /// End users per destination node.
+    pub(crate) users: HashMap<u32, UsersOf>,
     pub(crate) records: u64,
     pub(crate) alert_lines: u64,
     pub(crate) other_lines: u64,
@@ -232,6 +340,11 @@ pub(crate) struct Aggregate {
     /// The last record of the baseline period, Unix ms.
     pub(crate) baseline_last_ts: Option<i64>,
     route_buf: String,
+    /// Records of HTTP requests waiting for the other side's record, by pair key.
+    unpaired: HashMap<PairKey, Vec<Unpaired>>,
+    unpaired_len: usize,
+    /// Requests whose two records were paired.
+    pub(crate) paired: u64,
 }
 
 /// A burst counter key as the detectors key it: counter, source node, destination node
@@ -285,6 +398,17 @@ impl Aggregate {
         }
     }
 
+    /// Whether a record is of a passthrough connection to a destination outside the mesh: an
+    /// outbound record with an address dialled and no identity, neither presented nor
+    /// expected (a meshed destination that did not answer keeps its expectation).
+    fn is_egress(r: &FlowRecord<'_>) -> bool {
+        r.direction == Direction::Outbound
+            && r.destination_identity.is_none()
+            && r.expected_identity.is_none()
+            && r.host.is_none()
+            && r.destination_address.is_some()
+    }
+
     /// Adds one flow record. `cutoff` is the end of the baseline period, in Unix ms.
     pub(crate) fn add_flow(&mut self, r: &FlowRecord<'_>, cutoff: Option<i64>) {
         self.records += 1;
@@ -293,6 +417,9 @@ impl Aggregate {
         self.last_ts = Some(self.last_ts.map_or(ts, |t| t.max(ts)));
         let src = self.node_of_source(r);
         let dst = self.node_of_destination(r);
+        if Self::is_egress(r) {
+            self.egress.insert(dst);
+        }
         // A connection recorded while open counts once, by its `open` record; its `end`
         // record adds the bytes, and `interim` records only show it was still open.
         match r.phase {
@@ -321,6 +448,20 @@ impl Aggregate {
         edge.first_seen = edge.first_seen.min(ts);
         edge.last_seen = edge.last_seen.max(ts);
         let inbound = r.direction == Direction::Inbound;
+        if inbound && let Some(p) = &r.request_principal {
+            let users = self.users.entry(dst).or_default();
+            let one = UserCounts {
+                requests: 1,
+                denied: u64::from(r.verdict == Some(Verdict::Deny)),
+            };
+            if let Some(c) = users.principals.get_mut(&**p) {
+                c.add(one);
+            } else if users.principals.len() < MAX_PRINCIPALS_PER_DESTINATION {
+                users.principals.insert(Box::from(&**p), one);
+            } else {
+                users.overflow.add(one);
+            }
+        }
         if inbound {
             edge.inbound.add(r);
         } else {
@@ -394,6 +535,19 @@ impl Aggregate {
             edge.routes_overflow_out += 1;
         }
 
+        // Paired last, once this record is counted on its edge and route.
+        let pairing = Self::pair_key(r, src).map(|key| {
+            let mut counts = Counts::default();
+            counts.add(r);
+            let record = Unpaired {
+                inbound,
+                edge: (src, dst),
+                route: buf.as_str().into(),
+                counts,
+            };
+            (key, record)
+        });
+
         // Burst counter events, for the baseline's learned rates.
         if before {
             self.baseline_last_ts = Some(self.baseline_last_ts.map_or(ts, |t| t.max(ts)));
@@ -441,6 +595,64 @@ impl Aggregate {
                 }
                 _ if r.protocol == FlowProtocol::Tcp => edge.allowed_tcp = true,
                 _ => {}
+            }
+        }
+        if let Some((key, record)) = pairing {
+            self.pair(key, record);
+        }
+    }
+
+    /// The key pairing a record with the other side's record of the same request: outbound,
+    /// the sidecar's own client span when it traces (it sent that span as the parent), else
+    /// the app's span it passed on; inbound, the parent span it got.
+    fn pair_key(r: &FlowRecord<'_>, src: u32) -> Option<PairKey> {
+        let trace = u128::from_str_radix(r.trace_id.as_deref()?, 16).ok()?;
+        let span = match r.direction {
+            Direction::Outbound => r.span_id.as_deref().or(r.parent_span_id.as_deref()),
+            Direction::Inbound => r.parent_span_id.as_deref(),
+        };
+        let span = u64::from_str_radix(span?, 16).ok()?;
+        (trace != 0 && span != 0).then_some((trace, span, src))
+    }
+
+    /// Pairs a request's record with the other side's record of it, when that was read; else
+    /// keeps it waiting. A pair counts once, on the edge of its inbound record, so a callee
+    /// named differently by the two sidecars makes no second edge.
+    fn pair(&mut self, key: PairKey, record: Unpaired) {
+        let waiting = self.unpaired.entry(key).or_default();
+        let Some(i) = waiting.iter().position(|w| w.inbound != record.inbound) else {
+            if self.unpaired_len < MAX_UNPAIRED {
+                waiting.push(record);
+                self.unpaired_len += 1;
+            }
+            return;
+        };
+        let other = waiting.swap_remove(i);
+        if waiting.is_empty() {
+            self.unpaired.remove(&key);
+        }
+        self.unpaired_len -= 1;
+        self.paired += 1;
+        for side in [record, other] {
+            let Some(edge) = self.edges.get_mut(&side.edge) else {
+                continue;
+            };
+            let denied = side.counts.denied;
+            let (counts, route) = if side.inbound {
+                (
+                    &mut edge.inbound_paired,
+                    edge.routes.get_mut(&side.route).map(|r| &mut r.inbound),
+                )
+            } else {
+                (
+                    &mut edge.outbound_paired,
+                    edge.routes.get_mut(&side.route).map(|r| &mut r.outbound),
+                )
+            };
+            *counts = counts.plus(side.counts);
+            if let Some(route) = route {
+                route.paired += 1;
+                route.paired_denied += denied;
             }
         }
     }

@@ -1,10 +1,11 @@
-//! The report as text for a terminal and as one self-contained HTML page (inline SVG and CSS,
-//! no scripts, nothing fetched).
+//! The report as text for a terminal and as one self-contained HTML page (inline SVG, CSS and
+//! one inline script for zoom and moving; a content security policy lets it fetch nothing).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::{FlagKind, PolicyAnswer, Report, rfc3339, short_name};
+use super::layout::{NODE_H, NODE_W, layout};
+use super::{FlagKind, NodeKind, PolicyAnswer, Report, rfc3339, short_name};
 use picket_proxy::telemetry::alert::Severity;
 
 fn opt_time(t: Option<time::OffsetDateTime>) -> String {
@@ -29,6 +30,11 @@ pub fn render_text(r: &Report) -> String {
         o,
         "  records:  {} flows, {} alerts, {} unreadable lines",
         s.records, s.alerts, s.bad_lines
+    );
+    let _ = writeln!(
+        o,
+        "  paired:   {} requests recorded by both sidecars, counted once",
+        s.paired
     );
     if let Some(e) = &s.first_error {
         let _ = writeln!(o, "  first unreadable line: {e}");
@@ -58,9 +64,14 @@ pub fn render_text(r: &Report) -> String {
                 n.max_severity.map_or("-", Severity::as_str)
             )
         };
+        let kind = match n.kind {
+            NodeKind::Workload => "",
+            NodeKind::Egress => "  [egress]",
+            NodeKind::Address => "  [address]",
+        };
         let _ = writeln!(
             o,
-            "  {:width$}  out {:>8}  in {:>8}{alerts}",
+            "  {:width$}  out {:>8}  in {:>8}{kind}{alerts}",
             n.name, n.requests_out, n.requests_in
         );
     }
@@ -138,6 +149,9 @@ pub fn render_text(r: &Report) -> String {
         );
     }
 
+    render_egress_text(&mut o, r);
+    render_users_text(&mut o, r);
+
     let _ = writeln!(o, "\nBlast radius");
     for b in &r.blast_radius {
         let names = |v: &[String]| -> String {
@@ -157,6 +171,9 @@ pub fn render_text(r: &Report) -> String {
             names(&b.reached),
             names(&b.reached_transitive)
         );
+        if !b.egress.is_empty() {
+            let _ = writeln!(o, "      egress:        {}", names(&b.egress));
+        }
         if let (Some(d), Some(t)) = (&b.reachable, &b.reachable_transitive) {
             let _ = writeln!(
                 o,
@@ -167,6 +184,118 @@ pub fn render_text(r: &Report) -> String {
         }
     }
     o
+}
+
+/// Connections to destinations outside the mesh, by source.
+fn render_egress_text(o: &mut String, r: &Report) {
+    let egress: Vec<&super::EdgeReport> = r.edges.iter().filter(|e| e.egress).collect();
+    let _ = writeln!(o, "\nEgress, outside the mesh ({})", egress.len());
+    for e in egress {
+        let ports: Vec<String> = e.ports.iter().map(u16::to_string).collect();
+        let _ = writeln!(
+            o,
+            "  {} -> {}  connections {}  ports {}  bytes sent {} received {}{}",
+            short_name(&e.source),
+            e.destination,
+            e.requests,
+            if ports.is_empty() {
+                "-".to_owned()
+            } else {
+                ports.join(",")
+            },
+            e.bytes_in,
+            e.bytes_out,
+            if e.new { "  NEW" } else { "" }
+        );
+    }
+}
+
+fn render_egress_html(o: &mut String, r: &Report) {
+    let egress: Vec<&super::EdgeReport> = r.edges.iter().filter(|e| e.egress).collect();
+    let _ = write!(
+        o,
+        "<h2>Egress, outside the mesh ({})</h2><table><tr><th>source</th><th>destination</th><th>connections</th><th>ports</th><th>bytes sent</th><th>bytes received</th><th>first seen</th><th>last seen</th></tr>",
+        egress.len()
+    );
+    for e in egress {
+        let ports: Vec<String> = e.ports.iter().map(u16::to_string).collect();
+        let _ = write!(
+            o,
+            "<tr class=\"egress\"><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&short_name(&e.source)),
+            esc(&e.destination),
+            e.requests,
+            ports.join(", "),
+            e.bytes_in,
+            e.bytes_out,
+            esc(&rfc3339(e.first_seen)),
+            esc(&rfc3339(e.last_seen))
+        );
+    }
+    o.push_str("</table>");
+}
+
+/// User-level edges: per service, its busiest end users and the rest summed.
+fn render_users_text(o: &mut String, r: &Report) {
+    let _ = writeln!(o, "\nUser edges ({} services)", r.user_edges.len());
+    for u in &r.user_edges {
+        let _ = writeln!(
+            o,
+            "  -> {}  {} requests from {}{} principals",
+            short_name(&u.destination),
+            u.requests,
+            if u.principals_capped { "at least " } else { "" },
+            u.principals
+        );
+        for e in &u.top {
+            let denied = if e.denied > 0 {
+                format!("  denied {}", e.denied)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(o, "      {:>8}  {}{denied}", e.requests, e.principal);
+        }
+        if u.others.requests > 0 {
+            let _ = writeln!(
+                o,
+                "      {:>8}  ({} other principals{})",
+                u.others.requests,
+                u.others.principals,
+                if u.principals_capped { " and more" } else { "" }
+            );
+        }
+    }
+}
+
+fn render_users_html(o: &mut String, r: &Report) {
+    let _ = write!(
+        o,
+        "<h2>User edges ({})</h2><table><tr><th>end user (iss/sub)</th><th>service</th><th>requests</th><th>denied</th></tr>",
+        r.user_edges.len()
+    );
+    for u in &r.user_edges {
+        let dest = esc(&short_name(&u.destination));
+        for e in &u.top {
+            let _ = write!(
+                o,
+                "<tr class=\"user\"><td>{}</td><td>{dest}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                esc(&e.principal),
+                e.requests,
+                e.denied
+            );
+        }
+        if u.others.requests > 0 {
+            let _ = write!(
+                o,
+                "<tr class=\"user-others\"><td>{} other principals{}</td><td>{dest}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                u.others.principals,
+                if u.principals_capped { " and more" } else { "" },
+                u.others.requests,
+                u.others.denied
+            );
+        }
+    }
+    o.push_str("</table>");
 }
 
 fn esc(s: &str) -> String {
@@ -217,140 +346,53 @@ fn edge_style(e: &super::EdgeReport) -> &'static str {
     }
 }
 
-const NODE_W: i64 = 210;
-const NODE_H: i64 = 46;
-const COL_GAP: i64 = 300;
-const ROW_GAP: i64 = 86;
-const MARGIN: i64 = 40;
-
-/// Columns by longest path from the nodes nothing calls (edges that close a cycle are left
-/// out), rows ordered by the mean row of each node's callers to keep lines from crossing.
-fn layout(r: &Report) -> (Vec<(i64, i64)>, i64, i64) {
-    let index: BTreeMap<&str, usize> = r
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.id.as_str(), i))
-        .collect();
-    let n = r.nodes.len();
-    let mut out_edges: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for e in &r.edges {
-        if let (Some(&s), Some(&d)) = (
-            index.get(e.source.as_str()),
-            index.get(e.destination.as_str()),
-        ) && s != d
-            && !out_edges[s].contains(&d)
-        {
-            out_edges[s].push(d);
+/// The path of one edge through the points its route gives: curves between columns,
+/// straight through the columns it passes.
+fn edge_path(points: &[(f64, f64)]) -> String {
+    let mut d = String::new();
+    let Some(&(x0, y0)) = points.first() else {
+        return d;
+    };
+    let _ = write!(d, "M{x0:.1} {y0:.1}");
+    let mut prev = (x0, y0);
+    for (k, &(x, y)) in points.iter().enumerate().skip(1) {
+        if k.is_multiple_of(2) {
+            let _ = write!(d, " L{x:.1} {y:.1}");
+        } else {
+            let mid = (prev.0 + x) / 2.0;
+            let _ = write!(d, " C{mid:.1} {:.1} {mid:.1} {y:.1} {x:.1} {y:.1}", prev.1);
         }
+        prev = (x, y);
     }
-    // Depth-first search marks the edges that close cycles; the rest form a DAG.
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        New,
-        Open,
-        Done,
-    }
-    let mut mark = vec![Mark::New; n];
-    let mut dag: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut has_caller = vec![false; n];
-    for e in &out_edges {
-        for &d in e {
-            has_caller[d] = true;
-        }
-    }
-    let starts: Vec<usize> = (0..n).filter(|i| !has_caller[*i]).chain(0..n).collect();
-    for start in starts {
-        if mark[start] != Mark::New {
-            continue;
-        }
-        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
-        mark[start] = Mark::Open;
-        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-            if let Some(&d) = out_edges[node].get(*next) {
-                *next += 1;
-                match mark[d] {
-                    Mark::Open => {} // closes a cycle
-                    Mark::Done => dag[node].push(d),
-                    Mark::New => {
-                        dag[node].push(d);
-                        mark[d] = Mark::Open;
-                        stack.push((d, 0));
-                    }
-                }
-            } else {
-                mark[node] = Mark::Done;
-                stack.pop();
-            }
-        }
-    }
-    // Longest path, in topological order.
-    let mut indegree = vec![0usize; n];
-    for e in &dag {
-        for &d in e {
-            indegree[d] += 1;
-        }
-    }
-    let mut level = vec![0usize; n];
-    let mut queue: VecDeque<usize> = (0..n).filter(|i| indegree[*i] == 0).collect();
-    while let Some(i) = queue.pop_front() {
-        for &d in &dag[i] {
-            level[d] = level[d].max(level[i] + 1);
-            indegree[d] -= 1;
-            if indegree[d] == 0 {
-                queue.push_back(d);
-            }
-        }
-    }
-    let mut columns: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, l) in level.iter().enumerate() {
-        columns.entry(*l).or_default().push(i);
-    }
-    let mut row = vec![0f64; n];
-    let mut callers: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (s, e) in dag.iter().enumerate() {
-        for &d in e {
-            callers[d].push(s);
-        }
-    }
-    let mut pos = vec![(0, 0); n];
-    let mut max_rows = 0;
-    for (col, members) in columns.iter_mut() {
-        let key = |i: &usize| -> f64 {
-            let c = &callers[*i];
-            if c.is_empty() {
-                f64::MAX
-            } else {
-                c.iter().map(|p| row[*p]).sum::<f64>() / c.len() as f64
-            }
-        };
-        members.sort_by(|a, b| key(a).total_cmp(&key(b)).then(a.cmp(b)));
-        max_rows = max_rows.max(members.len());
-        for (r_i, &i) in members.iter().enumerate() {
-            row[i] = r_i as f64;
-            pos[i] = (
-                MARGIN + *col as i64 * COL_GAP,
-                MARGIN + 50 + r_i as i64 * ROW_GAP,
-            );
-        }
-    }
-    let width = MARGIN * 2 + columns.len().max(1) as i64 * COL_GAP;
-    let height = MARGIN * 2 + 90 + max_rows.max(1) as i64 * ROW_GAP;
-    (pos, width, height)
+    d
 }
 
 fn svg(r: &Report) -> String {
-    let (pos, width, height) = layout(r);
     let index: BTreeMap<&str, usize> = r
         .nodes
         .iter()
         .enumerate()
         .map(|(i, n)| (n.id.as_str(), i))
         .collect();
+    let drawn: Vec<(&super::EdgeReport, usize, usize)> = r
+        .edges
+        .iter()
+        .filter_map(|e| {
+            let s = *index.get(e.source.as_str())?;
+            let d = *index.get(e.destination.as_str())?;
+            Some((e, s, d))
+        })
+        .collect();
+    let pairs: Vec<(usize, usize)> = drawn.iter().map(|&(_, s, d)| (s, d)).collect();
+    let lay = layout(r.nodes.len(), &pairs);
+    let (width, height) = (lay.width.ceil(), lay.height.ceil());
     let mut o = String::new();
+    // Drawn at most at its natural size, shrunk to the page's width (and most of the window's
+    // height) otherwise; the script zooms and moves by changing the view box.
     let _ = write!(
         o,
-        r#"<svg id="graph" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="service graph"><defs>"#
+        r#"<svg id="graph" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" preserveAspectRatio="xMidYMin meet" style="max-width:{width}px" tabindex="0" role="img" aria-label="service graph" data-crossings="{}"><defs>"#,
+        lay.crossings
     );
     for (name, color, _) in EDGE_STYLES {
         let _ = write!(
@@ -359,58 +401,34 @@ fn svg(r: &Report) -> String {
         );
     }
     o.push_str("</defs>");
-    let mut long_edges = 0i64;
-    for e in &r.edges {
-        let (Some(&s), Some(&d)) = (
-            index.get(e.source.as_str()),
-            index.get(e.destination.as_str()),
-        ) else {
-            continue;
-        };
+    for (k, &(e, s, d)) in drawn.iter().enumerate() {
         let style = edge_style(e);
         let color = EDGE_STYLES
             .iter()
             .find(|(n, _, _)| *n == style)
             .map_or("#868e96", |(_, c, _)| c);
-        let (sx, sy) = pos[s];
-        let (dx, dy) = pos[d];
-        let path = if s == d {
-            let (x, y) = (sx + NODE_W / 2, sy);
-            format!(
-                "M{} {y} C{} {} {} {} {} {y}",
-                x - 20,
-                x - 40,
-                y - 50,
-                x + 40,
-                y - 50,
-                x + 20
+        let route = lay.routes.get(k).cloned().unwrap_or_default();
+        let (path, marker) = if s == d || route.points.is_empty() {
+            // A call to itself: a loop over the top of its box.
+            let (x, y) = lay.pos[s];
+            let x = x + NODE_W / 2.0;
+            (
+                format!(
+                    "M{:.1} {y:.1} C{:.1} {:.1} {:.1} {:.1} {:.1} {y:.1}",
+                    x - 20.0,
+                    x - 40.0,
+                    y - 34.0,
+                    x + 40.0,
+                    y - 34.0,
+                    x + 20.0
+                ),
+                "marker-end",
             )
-        } else if dx > sx + COL_GAP {
-            // Skips a column: over the top of every node, one lane per long edge.
-            let lane = MARGIN + 12 - 7 * (long_edges % 4);
-            long_edges += 1;
-            let (x1, y1) = (sx + NODE_W, sy + NODE_H / 2);
-            let (x2, y2) = (dx, dy + NODE_H / 2);
-            format!(
-                "M{x1} {y1} C{} {y1} {} {lane} {} {lane} L{} {lane} C{} {lane} {} {y2} {x2} {y2}",
-                x1 + 40,
-                x1 + 40,
-                x1 + 80,
-                x2 - 80,
-                x2 - 40,
-                x2 - 40
-            )
-        } else if dx > sx {
-            let (x1, y1) = (sx + NODE_W, sy + NODE_H / 2);
-            let (x2, y2) = (dx, dy + NODE_H / 2);
-            let mid = (x1 + x2) / 2;
-            format!("M{x1} {y1} C{mid} {y1} {mid} {y2} {x2} {y2}")
+        } else if route.reversed {
+            // Drawn from the called node back: the arrow goes at the start.
+            (edge_path(&route.points), "marker-start")
         } else {
-            // Backwards or within a column: loop around underneath.
-            let (x1, y1) = (sx + NODE_W / 2, sy + NODE_H);
-            let (x2, y2) = (dx + NODE_W / 2, dy + NODE_H);
-            let low = y1.max(y2) + 60;
-            format!("M{x1} {y1} C{x1} {low} {x2} {low} {x2} {y2}")
+            (edge_path(&route.points), "marker-end")
         };
         let w = 1.5 + (e.requests.max(1) as f64).log10();
         let dash = if e.new {
@@ -420,18 +438,29 @@ fn svg(r: &Report) -> String {
         };
         let _ = write!(
             o,
-            r#"<path class="edge edge-{style}" d="{path}" fill="none" stroke="{color}" stroke-width="{w:.1}"{dash} marker-end="url(#arrow-{style})"><title>{} → {}: {} requests, {} allowed, {} denied{}</title></path>"#,
+            r#"<path class="edge edge-{style}" d="{path}" fill="none" stroke="{color}" stroke-width="{w:.1}"{dash} {marker}="url(#arrow-{style})"><title>{} → {}: {} {}, {} allowed, {} denied{}</title></path>"#,
             esc(&short_name(&e.source)),
             esc(&short_name(&e.destination)),
             e.requests,
+            if e.egress { "connections" } else { "requests" },
             e.allowed,
             e.denied,
             if e.new { ", new after baseline" } else { "" }
         );
     }
     for (i, n) in r.nodes.iter().enumerate() {
-        let (x, y) = pos[i];
+        let (x, y) = lay.pos[i];
         let (fill, ink) = severity_fill(n.max_severity);
+        let (stroke, dash, kind, kind_class) = match n.kind {
+            NodeKind::Workload => ("#495057", "", "", "workload"),
+            NodeKind::Egress => (
+                "#0b7285",
+                r#" stroke-dasharray="6 3" stroke-width="2""#,
+                "egress · ",
+                "egress",
+            ),
+            NodeKind::Address => ("#868e96", r#" stroke-dasharray="2 2""#, "", "address"),
+        };
         let alerts = if n.alerts.is_empty() {
             String::new()
         } else {
@@ -439,13 +468,13 @@ fn svg(r: &Report) -> String {
         };
         let _ = write!(
             o,
-            r##"<g class="node" data-id="{id}"><title>{id}{alerts_t}</title><rect x="{x}" y="{y}" width="{NODE_W}" height="{NODE_H}" rx="8" fill="{fill}" stroke="#495057"/><text x="{tx}" y="{ty}" fill="{ink}" font-size="14" font-weight="600" text-anchor="middle">{name}</text><text x="{tx}" y="{ty2}" fill="{ink}" font-size="11" text-anchor="middle">out {out} · in {inn}{sev}</text></g>"##,
+            r##"<g class="node node-{kind_class}" data-id="{id}"><title>{id}{alerts_t}</title><rect x="{x:.1}" y="{y:.1}" width="{NODE_W}" height="{NODE_H}" rx="8" fill="{fill}" stroke="{stroke}"{dash}/><text x="{tx:.1}" y="{ty:.1}" fill="{ink}" font-size="14" font-weight="600" text-anchor="middle">{name}</text><text x="{tx:.1}" y="{ty2:.1}" fill="{ink}" font-size="11" text-anchor="middle">{kind}out {out} · in {inn}{sev}</text></g>"##,
             id = esc(&n.id),
             alerts_t = esc(&alerts),
-            tx = x + NODE_W / 2,
-            ty = y + 19,
-            ty2 = y + 36,
-            name = esc(&n.name),
+            tx = x + NODE_W / 2.0,
+            ty = y + 19.0,
+            ty2 = y + 36.0,
+            name = esc(&fit_label(&n.name)),
             out = n.requests_out,
             inn = n.requests_in,
             sev = n
@@ -458,10 +487,52 @@ fn svg(r: &Report) -> String {
     o
 }
 
+/// Characters of a name that fit a box; longer names are cut with an ellipsis (the full id
+/// is the box's tooltip).
+const LABEL_CHARS: usize = 26;
+
+fn fit_label(name: &str) -> String {
+    if name.chars().count() <= LABEL_CHARS {
+        return name.to_owned();
+    }
+    let mut s: String = name.chars().take(LABEL_CHARS - 1).collect();
+    s.push('…');
+    s
+}
+
+/// Zoom (wheel, buttons, keys) and moving (drag, arrow keys) by changing the graph's view
+/// box; "fit" goes back to the whole graph. Inline: the page fetches nothing.
+const SCRIPT: &str = r#"(function(){
+var s=document.getElementById('graph');if(!s)return;
+var b=s.viewBox.baseVal,f=[b.x,b.y,b.width,b.height];
+function set(x,y,w,h){b.x=x;b.y=y;b.width=w;b.height=h;}
+function fit(){set(f[0],f[1],f[2],f[3]);}
+function centre(){return {x:b.x+b.width/2,y:b.y+b.height/2};}
+function at(e){var m=s.getScreenCTM();if(!m)return centre();var p=s.createSVGPoint();p.x=e.clientX;p.y=e.clientY;return p.matrixTransform(m.inverse());}
+function zoom(k,c){var w=b.width*k;if(w<f[2]/40||w>f[2]*4)return;c=c||centre();set(c.x-(c.x-b.x)*k,c.y-(c.y-b.y)*k,w,b.height*k);}
+function unit(){var r=s.getBoundingClientRect();return Math.max(b.width/Math.max(r.width,1),b.height/Math.max(r.height,1));}
+s.addEventListener('wheel',function(e){e.preventDefault();zoom(e.deltaY<0?1/1.2:1.2,at(e));},{passive:false});
+var drag=null;
+s.addEventListener('pointerdown',function(e){drag={x:e.clientX,y:e.clientY,bx:b.x,by:b.y,k:unit()};s.setPointerCapture(e.pointerId);s.classList.add('moving');});
+s.addEventListener('pointermove',function(e){if(drag)set(drag.bx-(e.clientX-drag.x)*drag.k,drag.by-(e.clientY-drag.y)*drag.k,b.width,b.height);});
+function stop(){drag=null;s.classList.remove('moving');}
+s.addEventListener('pointerup',stop);s.addEventListener('pointercancel',stop);
+s.addEventListener('keydown',function(e){var st=b.width/10,a={'+':function(){zoom(1/1.2);},'=':function(){zoom(1/1.2);},'-':function(){zoom(1.2);},'0':fit,
+ArrowLeft:function(){set(b.x-st,b.y,b.width,b.height);},ArrowRight:function(){set(b.x+st,b.y,b.width,b.height);},
+ArrowUp:function(){set(b.x,b.y-st,b.width,b.height);},ArrowDown:function(){set(b.x,b.y+st,b.width,b.height);}}[e.key];
+if(a){e.preventDefault();a();}});
+document.getElementById('zoom-in').addEventListener('click',function(){zoom(1/1.2);});
+document.getElementById('zoom-out').addEventListener('click',function(){zoom(1.2);});
+document.getElementById('zoom-fit').addEventListener('click',fit);
+})();"#;
+
 const CSS: &str = "body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#212529;background:#fff}\
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}\
 .meta{color:#495057;font-size:13px}\
-.graph{overflow:auto;border:1px solid #dee2e6;border-radius:8px;background:#fcfcfd}\
+.graph{overflow:hidden;border:1px solid #dee2e6;border-radius:8px;background:#fcfcfd}\
+.graph svg{display:block;width:100%;height:auto;max-height:70vh;margin:0 auto;cursor:grab;touch-action:none}\
+.graph svg.moving{cursor:grabbing}.graph svg:focus{outline:2px solid #74c0fc}\
+.zoom{margin:6px 0;font-size:12px;color:#495057}.zoom button{font:inherit;min-width:30px;margin-right:4px}\
 table{border-collapse:collapse;font-size:13px;margin-top:4px}\
 th,td{border-bottom:1px solid #e9ecef;padding:4px 10px;text-align:left;vertical-align:top}\
 th{background:#f1f3f5}td.n{text-align:right;font-variant-numeric:tabular-nums}\
@@ -475,7 +546,7 @@ pub fn render_html(r: &Report) -> String {
     let s = &r.summary;
     let _ = write!(
         o,
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Picket flow analysis</title><style>{CSS}</style></head><body>"
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Picket flow analysis</title><style>{CSS}</style></head><body>"
     );
     let _ = write!(
         o,
@@ -499,7 +570,7 @@ pub fn render_html(r: &Report) -> String {
             "<span><i class=\"sw\" style=\"background:{color}\"></i>{label}</span>"
         );
     }
-    o.push_str("<span>dashed: new after the baseline</span>");
+    o.push_str("<span>dashed: new after the baseline</span><span><i class=\"sw\" style=\"border:2px dashed #0b7285\"></i>egress: outside the mesh</span>");
     for (sev, label) in [
         (None, "no alerts"),
         (Some(Severity::Low), "low"),
@@ -513,7 +584,7 @@ pub fn render_html(r: &Report) -> String {
             severity_fill(sev).0
         );
     }
-    o.push_str("</div><div class=\"graph\">");
+    o.push_str("</div><div class=\"zoom\"><button type=\"button\" id=\"zoom-in\" title=\"zoom in (+)\">+</button><button type=\"button\" id=\"zoom-out\" title=\"zoom out (-)\">−</button><button type=\"button\" id=\"zoom-fit\" title=\"whole graph (0)\">fit</button> wheel or +/−: zoom · drag or arrow keys: move</div><div class=\"graph\">");
     o.push_str(&svg(r));
     o.push_str("</div>");
 
@@ -567,7 +638,10 @@ pub fn render_html(r: &Report) -> String {
     }
     o.push_str("</table>");
 
-    o.push_str("<h2>Blast radius</h2><table><tr><th>identity</th><th>reached</th><th>reached transitively</th><th>policy allows</th><th>policy allows transitively</th></tr>");
+    render_egress_html(&mut o, r);
+    render_users_html(&mut o, r);
+
+    o.push_str("<h2>Blast radius</h2><table><tr><th>identity</th><th>reached</th><th>reached transitively</th><th>egress reached</th><th>policy allows</th><th>policy allows transitively</th></tr>");
     for b in &r.blast_radius {
         let names = |v: &[String]| -> String {
             v.iter()
@@ -577,16 +651,17 @@ pub fn render_html(r: &Report) -> String {
         };
         let _ = write!(
             o,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&short_name(&b.identity)),
             names(&b.reached),
             names(&b.reached_transitive),
+            names(&b.egress),
             b.reachable.as_deref().map_or("-".to_owned(), names),
             b.reachable_transitive
                 .as_deref()
                 .map_or("-".to_owned(), names),
         );
     }
-    o.push_str("</table></body></html>\n");
+    let _ = writeln!(o, "</table><script>{SCRIPT}</script></body></html>");
     o
 }

@@ -122,7 +122,7 @@ pub(crate) fn suggest(
     let mut admitted = 0u64;
     for (&(s, d), e) in &agg.edges {
         let (source, destination) = (names.name(s), names.name(d));
-        if workload(destination, label).is_none() {
+        if workload(destination, label).is_none() || !e.counted() {
             continue;
         }
         if e.allowed_paths.is_empty() && !e.allowed_tcp {

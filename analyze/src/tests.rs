@@ -440,11 +440,17 @@ fn renders_text_json_and_self_contained_html() {
     for name in ["shop/frontend", "shop/orders", "shop/payments", "data/db"] {
         assert!(html.contains(&format!(">{name}</text>")), "{name}");
     }
+    // Self-contained: nothing to fetch, and a content security policy that fetches nothing.
     assert!(
-        !html.contains("http://") || !html.contains("src=\"http"),
+        !html.contains(" src=") && !html.contains(" href="),
         "no external resources"
     );
-    assert!(!html.contains("<script"), "no scripts");
+    assert!(html.contains(
+        "content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'\""
+    ));
+    assert_eq!(html.matches("<script>").count(), 1, "one inline script");
+    // The graph shrinks to the page's width.
+    assert!(html.contains("width:100%;height:auto"));
     assert!(html.contains("edge-deny") && html.contains("stroke-dasharray"));
 }
 
@@ -849,4 +855,268 @@ fn analyze_one_million_records() {
         html.len()
     );
     assert_eq!(a.report.summary.records, 1_000_000);
+}
+
+#[test]
+fn user_edges_list_the_busiest_principals_per_service_and_sum_the_rest() {
+    let mut flows = Vec::new();
+    // User i makes i + 1 requests to orders; both sidecars log each, only the inbound side
+    // validated the token.
+    for i in 0..12u64 {
+        for n in 0..=i {
+            let [mut outbound, mut inbound] = both_sides(n as i64, "/api/orders/1", Verdict::Allow);
+            let p = format!("https://idp.example/user-{i:02}");
+            inbound.request_principal = Some(p.clone().into());
+            outbound.request_principal = Some(p.into());
+            flows.push(outbound);
+            flows.push(inbound);
+        }
+    }
+    let [_, mut denied] = both_sides(100, "/api/orders/1", Verdict::Deny);
+    denied.request_principal = Some("https://idp.example/user-11".into());
+    flows.push(denied);
+    let file = write_flows(&flows, &[]);
+    let a = analyze(AnalyzeOptions {
+        files: vec![file.path().to_owned()],
+        top_users: 3,
+        ..AnalyzeOptions::default()
+    })
+    .unwrap();
+    let users = &a.report.user_edges;
+    assert_eq!(users.len(), 1, "{users:?}");
+    let u = &users[0];
+    assert_eq!(u.destination, ORDERS);
+    assert_eq!((u.principals, u.requests), (12, 78 + 1));
+    let top: Vec<(&str, u64, u64)> = u
+        .top
+        .iter()
+        .map(|e| (e.principal.as_str(), e.requests, e.denied))
+        .collect();
+    assert_eq!(
+        top,
+        [
+            ("https://idp.example/user-11", 13, 1),
+            ("https://idp.example/user-10", 11, 0),
+            ("https://idp.example/user-09", 10, 0),
+        ]
+    );
+    assert_eq!((u.others.principals, u.others.requests), (9, 45));
+    assert!(!u.principals_capped);
+    let text = render_text(&a.report);
+    assert!(
+        text.contains("-> shop/orders  79 requests from 12 principals")
+            && text.contains("13  https://idp.example/user-11  denied 1")
+            && text.contains("45  (9 other principals)"),
+        "{text}"
+    );
+    let html = render_html(&a.report);
+    assert!(html.contains("<td>https://idp.example/user-10</td><td>shop/orders</td>"));
+    let json = serde_json::to_value(&a.report).unwrap();
+    assert_eq!(json["user_edges"][0]["others"]["requests"], 45);
+}
+
+/// A passthrough connection from `src` to an address outside the mesh, as the caller's sidecar
+/// records it: open, then end with the bytes.
+fn egress(ts: i64, src: &'static str, to: &str) -> [FlowRecord<'static>; 2] {
+    use picket_proxy::telemetry::flow::FlowPhase;
+    let addr: std::net::SocketAddr = to.parse().unwrap();
+    let open = FlowRecord {
+        source_identity: Some(src.into()),
+        source_address: Some("10.0.0.1:40000".parse().unwrap()),
+        destination_address: Some(addr),
+        destination_port: Some(addr.port()),
+        phase: Some(FlowPhase::Open),
+        ..FlowRecord::new(at(ts), Direction::Outbound, FlowProtocol::Tcp)
+    };
+    let end = FlowRecord {
+        phase: Some(FlowPhase::End),
+        bytes_in: 300,
+        bytes_out: 5000,
+        ..open.clone()
+    };
+    [open, end]
+}
+
+#[test]
+fn egress_destinations_are_nodes_of_their_own_in_every_view() {
+    let mut flows = Vec::new();
+    flows.extend(both_sides(0, "/api/orders/1", Verdict::Allow));
+    for i in 0..3 {
+        flows.extend(egress(10 + i, ORDERS, "203.0.113.9:443"));
+    }
+    // A meshed destination that did not answer keeps its expectation: not egress.
+    flows.push(FlowRecord {
+        source_identity: Some(ORDERS.into()),
+        destination_address: Some("10.0.0.9:7143".parse().unwrap()),
+        expected_identity: Some("spiffe://cluster.local/*".into()),
+        ..FlowRecord::new(at(20), Direction::Outbound, FlowProtocol::Tcp)
+    });
+    let a = analyze_flows(&flows, None, None);
+    let r = &a.report;
+    let kinds: Vec<(&str, NodeKind)> = r.nodes.iter().map(|n| (n.id.as_str(), n.kind)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("10.0.0.9", NodeKind::Address),
+            ("203.0.113.9", NodeKind::Egress),
+            (FRONTEND, NodeKind::Workload),
+            (ORDERS, NodeKind::Workload),
+        ]
+    );
+    let e = r
+        .edges
+        .iter()
+        .find(|e| e.destination == "203.0.113.9")
+        .unwrap();
+    assert!(e.egress);
+    assert_eq!((e.requests, e.ports.as_slice()), (3, &[443u16][..]));
+    assert_eq!((e.bytes_in, e.bytes_out), (900, 15_000));
+    assert!(!orders_edge(&a).egress);
+    // The frontend reaches the outside through orders.
+    let fr = r
+        .blast_radius
+        .iter()
+        .find(|b| b.identity == FRONTEND)
+        .unwrap();
+    assert_eq!(fr.egress, ["203.0.113.9"]);
+    assert!(fr.reached_transitive.contains(&"203.0.113.9".to_owned()));
+    let text = render_text(r);
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("203.0.113.9") && l.ends_with("in        3  [egress]"))
+            && text.contains("Egress, outside the mesh (1)")
+            && text.contains(
+                "shop/orders -> 203.0.113.9  connections 3  ports 443  bytes sent 900 received 15000"
+            )
+            && text.contains("egress:        203.0.113.9"),
+        "{text}"
+    );
+    let json = serde_json::to_value(r).unwrap();
+    assert_eq!(json["nodes"][1]["kind"], "egress");
+    let html = render_html(r);
+    assert!(html.contains(r#"<g class="node node-egress" data-id="203.0.113.9">"#));
+    assert!(html.contains("<tr class=\"egress\"><td>shop/orders</td><td>203.0.113.9</td>"));
+    // No policy of the mesh decides egress: the suggestion has nothing for it.
+    let yaml = a.suggest_policy(&SuggestOptions::default());
+    assert!(!yaml.contains("203.0.113.9"), "{yaml}");
+}
+
+/// `r` with trace context: its trace, its own span (a sidecar that traces) and its parent.
+fn traced(
+    r: FlowRecord<'static>,
+    trace: u128,
+    span: Option<u64>,
+    parent: Option<u64>,
+) -> FlowRecord<'static> {
+    FlowRecord {
+        trace_id: Some(format!("{trace:032x}").into()),
+        span_id: span.map(|s| format!("{s:016x}").into()),
+        parent_span_id: parent.map(|p| format!("{p:016x}").into()),
+        ..r
+    }
+}
+
+/// The caller's sidecar names the callee by its configured expectation (as it did for
+/// `identity: any`); the callee's sidecar names itself.
+fn mismatched_pair(i: u64) -> [FlowRecord<'static>; 2] {
+    let [outbound, inbound] = both_sides(i as i64, "/api/orders/1", Verdict::Allow);
+    let outbound = FlowRecord {
+        destination_identity: Some("spiffe://cluster.local/*".into()),
+        ..outbound
+    };
+    let trace = 0xabc0_0000 + u128::from(i);
+    let client_span = 0x5000 + i;
+    [
+        traced(outbound, trace, Some(client_span), Some(0x7000 + i)),
+        traced(inbound, trace, Some(0x9000 + i), Some(client_span)),
+    ]
+}
+
+#[test]
+fn both_sides_of_a_request_pair_by_trace_context_not_by_names() {
+    let flows: Vec<FlowRecord<'static>> = (1..=10).flat_map(mismatched_pair).collect();
+    let a = analyze_flows(&flows, None, None);
+    let r = &a.report;
+    let ids: Vec<&str> = r.nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, [FRONTEND, ORDERS], "no pseudo-node");
+    assert_eq!(r.edges.len(), 1, "{:?}", r.edges);
+    let e = orders_edge(&a);
+    assert_eq!((e.requests, e.allowed), (10, 10));
+    assert_eq!(e.routes[0].requests, 10);
+    assert_eq!(r.summary.paired, 10);
+    // Whatever order the logs come in.
+    let mut reversed = flows.clone();
+    reversed.reverse();
+    let b = analyze_flows(&reversed, None, None);
+    assert_eq!(b.report.nodes.len(), 2);
+    assert_eq!(orders_edge(&b).requests, 10);
+
+    // Without trace context the names are all there is: the mismatch makes a second node.
+    let untraced: Vec<FlowRecord<'static>> = flows
+        .into_iter()
+        .map(|f| FlowRecord {
+            trace_id: None,
+            span_id: None,
+            parent_span_id: None,
+            ..f
+        })
+        .collect();
+    let c = analyze_flows(&untraced, None, None);
+    assert_eq!(c.report.nodes.len(), 3);
+    assert_eq!(c.report.summary.paired, 0);
+}
+
+#[test]
+fn unpaired_records_count_by_the_larger_side() {
+    let mut flows: Vec<FlowRecord<'static>> = (1..=4).flat_map(mismatched_pair).collect();
+    // Three requests only the callee logged (the caller's log was not given), two only the
+    // caller logged.
+    for i in 20..23 {
+        let [_, inbound] = mismatched_pair(i);
+        flows.push(inbound);
+    }
+    for i in 30..32 {
+        let [outbound, _] = both_sides(i as i64, "/api/orders/1", Verdict::Allow);
+        flows.push(traced(outbound, 0xdead, Some(0x100 + i), None));
+    }
+    let a = analyze_flows(&flows, None, None);
+    assert_eq!(a.report.summary.paired, 4);
+    assert_eq!(orders_edge(&a).requests, 4 + 3);
+    // The expectation node only ever had paired records: gone.
+    assert!(a.report.nodes.iter().all(|n| !n.id.ends_with("/*")));
+}
+
+#[test]
+fn a_caller_sidecar_that_does_not_trace_pairs_by_the_apps_span() {
+    // The app sends both calls under its own span 0x77; the caller's sidecar passes it on,
+    // so both callees got it as their parent.
+    let mut flows = Vec::new();
+    for (dst, path) in [(ORDERS, "/api/orders/1"), (CATALOG, "/api/items/1")] {
+        let inbound = flow(
+            0,
+            Direction::Inbound,
+            FRONTEND,
+            dst,
+            Some("GET"),
+            Some(path.into()),
+            Some(200),
+            Verdict::Allow,
+        );
+        let outbound = FlowRecord {
+            direction: Direction::Outbound,
+            verdict: None,
+            ..inbound.clone()
+        };
+        flows.push(traced(outbound, 0xfeed, None, Some(0x77)));
+        flows.push(traced(inbound, 0xfeed, Some(0x99), Some(0x77)));
+    }
+    let a = analyze_flows(&flows, None, None);
+    assert_eq!(a.report.summary.paired, 2);
+    let counts: Vec<(&str, u64)> = a
+        .report
+        .edges
+        .iter()
+        .map(|e| (e.destination.as_str(), e.requests))
+        .collect();
+    assert_eq!(counts, [(CATALOG, 1), (ORDERS, 1)]);
 }

@@ -526,7 +526,8 @@ class Bench:
     def ca_rate(self) -> None:
         self.step("CA signing rate (criterion bench ca/benches/issue.rs, one core)")
         try:
-            run(["cargo", "bench", "-q", "--profile", self.args.profile, "-p", "picket-ca",
+            # --workspace, as bench/run builds it: the same features, so nothing is rebuilt.
+            run(["cargo", "bench", "-q", "--profile", self.args.profile, "--workspace",
                  "--bench", "issue", "--",
                  *self.d.criterion], timeout=600, cwd=ROOT)
             target = Path(json.loads(subprocess.run(

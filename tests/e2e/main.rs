@@ -3,6 +3,7 @@
 //! they are killed when the test ends.
 
 mod admin;
+mod analyze_views;
 mod apps;
 mod authn;
 mod bypass;

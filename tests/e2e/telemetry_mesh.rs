@@ -546,8 +546,43 @@ async fn metrics_of_both_sidecars_parse_with_the_prometheus_parser_and_count_the
     check_histogram(&frontend, "outbound", 9.0)?;
 
     // One flow record per request in each sidecar's log, with the alerts beside them.
-    wait_for_flows(&dir.path().join("orders.jsonl"), 9, WAIT).await?;
-    wait_for_flows(&dir.path().join("frontend.jsonl"), 9, WAIT).await?;
+    let (orders_log, frontend_log) = (
+        dir.path().join("orders.jsonl"),
+        dir.path().join("frontend.jsonl"),
+    );
+    let inbound = wait_for_flows(&orders_log, 9, WAIT).await?;
+    let outbound = wait_for_flows(&frontend_log, 9, WAIT).await?;
+    // Each inbound record names the caller sidecar's client span as its parent, which pairs
+    // the two records of a request; `picket analyze` counts each pair once.
+    let ids = |flows: &[Value], span: &str| -> BTreeSet<(String, String)> {
+        flows
+            .iter()
+            .filter_map(|f| {
+                Some((
+                    f["trace_id"].as_str()?.to_owned(),
+                    f[span].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    };
+    let client_spans = ids(&outbound, "span_id");
+    ensure!(
+        client_spans.len() == 9 && ids(&inbound, "parent_span_id") == client_spans,
+        "inbound parents do not name the client spans: {inbound:#?} {outbound:#?}"
+    );
+    let json = run_ok(
+        picket()?
+            .arg("analyze")
+            .arg(&orders_log)
+            .arg(&frontend_log)
+            .args(["-o", "json"]),
+    )
+    .await?;
+    let report: Value = serde_json::from_str(&json)?;
+    ensure!(
+        report["summary"]["paired"] == 9 && report["edges"][0]["requests"] == 9,
+        "{report:#}"
+    );
     assert_eventually!(
         WAIT,
         log_lines(&dir.path().join("orders.jsonl"), LineType::Alert)?.len() == 2,

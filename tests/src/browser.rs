@@ -10,9 +10,17 @@ use tokio::process::Command;
 
 use crate::process::output;
 
+/// The window size of [`dump_dom`] and [`screenshot`].
+const WINDOW: (u32, u32) = (1400, 1000);
+
 /// Runs headless chromium on `url` with `action` (`--dump-dom`, `--screenshot=...`), in a
 /// throw-away profile and a 1400x1000 window.
 async fn chromium(url: &str, action: &str) -> Result<Output> {
+    chromium_in(url, action, WINDOW).await
+}
+
+/// Runs headless chromium on `url` with `action` in a window of `(width, height)`.
+async fn chromium_in(url: &str, action: &str, (width, height): (u32, u32)) -> Result<Output> {
     let profile = tempfile::tempdir()?;
     let mut cmd = Command::new("chromium");
     cmd.args([
@@ -25,8 +33,8 @@ async fn chromium(url: &str, action: &str) -> Result<Output> {
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        "--window-size=1400,1000",
     ])
+    .arg(format!("--window-size={width},{height}"))
     .arg(format!("--user-data-dir={}", profile.path().display()))
     .arg(action)
     .arg(url)
@@ -61,6 +69,13 @@ fn is_not_found(e: &anyhow::Error) -> bool {
 /// The DOM of `url` after chromium rendered it, serialized.
 pub async fn dump_dom(url: &str) -> Result<String> {
     let out = chromium(url, "--dump-dom").await?;
+    String::from_utf8(out.stdout).context("chromium printed a DOM that is not UTF-8")
+}
+
+/// The DOM of `url` after chromium rendered it (and ran its scripts) in a window of
+/// `(width, height)`, serialized.
+pub async fn dump_dom_in(url: &str, window: (u32, u32)) -> Result<String> {
+    let out = chromium_in(url, "--dump-dom", window).await?;
     String::from_utf8(out.stdout).context("chromium printed a DOM that is not UTF-8")
 }
 

@@ -56,6 +56,10 @@ pub struct AnalyzeArgs {
     /// then the observed rate of every burst counter key (`--write-baseline` is the old name).
     #[arg(long, alias = "write-baseline", value_name = "BASELINE.jsonl")]
     baseline_out: Option<PathBuf>,
+    /// End-user principals listed per service in the user-level edges; the others are
+    /// summed into one line.
+    #[arg(long, default_value_t = analyze::DEFAULT_TOP_USERS, value_name = "N")]
+    top_users: usize,
     /// Report format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -107,6 +111,7 @@ fn run_blocking(args: AnalyzeArgs) -> anyhow::Result<()> {
         baseline_until,
         workload_label: args.workload_label.clone(),
         progress: std::io::stderr().is_terminal(),
+        top_users: args.top_users,
     })?;
     let report = &analysis.report;
     if report.summary.records == 0 && report.summary.bad_lines > 0 {

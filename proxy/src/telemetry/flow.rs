@@ -251,6 +251,17 @@ pub struct FlowRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub span_id: Option<Cow<'a, str>>,
+    /// The caller's span ID from its trace context (`traceparent` or B3), 16 hex digits:
+    /// inbound the calling sidecar's client span (or, when it does not trace, the calling
+    /// app's span), which pairs this record with the caller's outbound record of the same
+    /// request.
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub parent_span_id: Option<Cow<'a, str>>,
     /// `x-request-id`, when present.
     #[serde(
         default,
@@ -308,6 +319,7 @@ impl<'a> FlowRecord<'a> {
             duration_ms: 0.0,
             trace_id: None,
             span_id: None,
+            parent_span_id: None,
             request_id: None,
             request_principal: None,
             token_error: None,

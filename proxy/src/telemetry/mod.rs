@@ -259,6 +259,9 @@ impl Telemetry {
         if record.span_id.is_none() {
             record.span_id = span.span_id().map(Into::into);
         }
+        if record.parent_span_id.is_none() {
+            record.parent_span_id = span.parent_span_id().map(Into::into);
+        }
         let alerts = inner.detect(&record);
         for a in &alerts {
             span.add_alert(a);

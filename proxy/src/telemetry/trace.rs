@@ -236,6 +236,8 @@ pub struct RequestSpan {
     span: Option<Span>,
     context: SpanContext,
     kind: SpanKind,
+    /// The remote parent's span, when the request carried one.
+    parent: Option<SpanId>,
 }
 
 impl RequestSpan {
@@ -245,6 +247,7 @@ impl RequestSpan {
             span: None,
             context: SpanContext::empty_context(),
             kind: SpanKind::Internal,
+            parent: None,
         }
     }
 
@@ -252,6 +255,7 @@ impl RequestSpan {
     pub(crate) fn untraced(parent: Option<SpanContext>, kind: SpanKind) -> Self {
         Self {
             span: None,
+            parent: parent.as_ref().map(SpanContext::span_id),
             context: parent.unwrap_or_else(SpanContext::empty_context),
             kind,
         }
@@ -264,6 +268,7 @@ impl RequestSpan {
         parent: Option<SpanContext>,
         attrs: &SpanAttrs<'_>,
     ) -> Self {
+        let parent_span = parent.as_ref().map(SpanContext::span_id);
         let cx = match parent {
             Some(sc) => Context::new().with_remote_span_context(sc),
             None => Context::new(),
@@ -283,6 +288,7 @@ impl RequestSpan {
             span: Some(span),
             context,
             kind,
+            parent: parent_span,
         }
     }
 
@@ -306,6 +312,13 @@ impl RequestSpan {
     /// This sidecar's span ID, 16 hex digits, when tracing is on.
     pub fn span_id(&self) -> Option<String> {
         (self.span.is_some() && self.context.is_valid()).then(|| self.context.span_id().to_string())
+    }
+
+    /// The remote parent's span ID, 16 hex digits, when the request carried a valid one.
+    pub fn parent_span_id(&self) -> Option<String> {
+        self.parent
+            .filter(|p| *p != SpanId::INVALID)
+            .map(|p| p.to_string())
     }
 
     /// Both IDs, when tracing is on.
