@@ -202,6 +202,53 @@ pub struct OutboundConfig {
     /// (`telemetry.detectors.metadata_addresses`) are refused (`block`, the default) or only
     /// alerted (`alert`).
     pub block_metadata: bool,
+    /// Destinations listed in the file (the static discovery source): each address with its
+    /// endpoints and the identity each must present. Requests for a listed address are
+    /// balanced over its endpoints.
+    pub destinations: Vec<(SocketAddr, crate::discover::Destination)>,
+    /// What traffic for an endpoint without a sidecar (no identity) does.
+    pub unmeshed: Unmeshed,
+    /// How requests are balanced over a destination's endpoints.
+    pub balancer: BalancerSettings,
+}
+
+/// Traffic for an unmeshed endpoint (one whose pod runs no sidecar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmeshed {
+    /// Refused: a connection is closed and an HTTP request answered 503 (the default).
+    Deny,
+    /// Carried without TLS, as plain TCP to the endpoint.
+    Plaintext,
+}
+
+/// Balancing over a discovered destination's endpoints (`outbound.balancer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalancerSettings {
+    /// How long a connection waits for the discovery source's first answer about its
+    /// destination before it goes on as if the destination were unknown.
+    pub pending_wait: Duration,
+    /// Consecutive failures (connect, TLS, connection broken) that set an endpoint aside.
+    pub failures: u32,
+    /// The first backoff ceiling of an endpoint set aside; it doubles with each failed probe.
+    pub backoff: Duration,
+    /// The largest backoff ceiling.
+    pub backoff_max: Duration,
+    /// Time constant τ of the peak-EWMA latency estimate: an old peak weighs `e⁻¹` after τ,
+    /// and the estimate of an endpoint without samples fades as `e^(−t/τ)`.
+    pub decay: Duration,
+}
+
+impl Default for BalancerSettings {
+    fn default() -> Self {
+        Self {
+            pending_wait: Duration::from_millis(200),
+            failures: 5,
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            // Linkerd's default.
+            decay: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Which server identity an outbound connection accepts.
@@ -545,6 +592,40 @@ struct RawOutbound {
     opaque_ports: Vec<u16>,
     #[serde(default)]
     metadata: Option<Spanned<String>>,
+    #[serde(default)]
+    destinations: Vec<RawDestination>,
+    #[serde(default)]
+    unmeshed: Option<Spanned<String>>,
+    #[serde(default)]
+    balancer: RawBalancer,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    address: Spanned<String>,
+    #[serde(default)]
+    service: Option<Spanned<String>>,
+    #[serde(default)]
+    endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    address: Spanned<String>,
+    #[serde(default)]
+    identity: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBalancer {
+    pending_wait: Option<Spanned<String>>,
+    failures: Option<Spanned<usize>>,
+    backoff: Option<Spanned<String>>,
+    backoff_max: Option<Spanned<String>>,
+    decay: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

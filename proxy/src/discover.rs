@@ -33,3 +33,5 @@ pub trait Discover: Send + Sync + std::fmt::Debug + 'static {
     /// known endpoints while the controller is unreachable.
     fn subscribe(&self, destination: SocketAddr) -> watch::Receiver<Resolution>;
 }
+
+pub mod fixed;

@@ -543,6 +543,14 @@ impl<C: Connect> H2Client<C> {
         }
     }
 
+    /// Whether a connection is open (a request sent now would not wait for a handshake).
+    pub fn connected(&self) -> bool {
+        self.current
+            .load()
+            .as_deref()
+            .is_some_and(|s| !s.is_closed())
+    }
+
     async fn sender(&self) -> Result<Arc<SendRequest<Body>>, ForwardError> {
         if let Some(s) = self.current.load_full()
             && !s.is_closed()

@@ -550,6 +550,7 @@ impl Inbound {
             destination_address: Some(meta.app),
             destination_port: Some(meta.destination_port),
             kx: meta.kx,
+            endpoint: None,
         }
     }
 

@@ -23,6 +23,30 @@ pub struct ConnLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of `picket_balancer_decisions_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BalancerLabels {
+    /// One of [`BALANCER_DECISIONS`].
+    pub decision: &'static str,
+}
+
+/// Every value of the `decision` label of `picket_balancer_decisions_total`: an endpoint
+/// `chosen` for a request or connection, `set_aside` after failures, `probed_back` after a
+/// successful probe; `any_identity` (a destination the source does not know, carried with the
+/// `identity: any` expectation), `unmeshed_plaintext` and `unmeshed_denied` (an endpoint
+/// without a sidecar), `no_endpoints` (a known destination with no endpoint to use),
+/// `pending_timeout` (the source gave no answer within `outbound.balancer.pending_wait`).
+pub const BALANCER_DECISIONS: [&str; 8] = [
+    "chosen",
+    "set_aside",
+    "probed_back",
+    "any_identity",
+    "unmeshed_plaintext",
+    "unmeshed_denied",
+    "no_endpoints",
+    "pending_timeout",
+];
+
 /// Labels of `picket_requests_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -188,6 +212,8 @@ pub struct Metrics {
     jwks_fetches: Family<JwksFetchLabels, Counter>,
     /// Age of the keys in force per JWKS URL (-1 while there are none).
     jwks_key_age: Family<JwksLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Balancer decisions.
+    balancer: Family<BalancerLabels, Counter>,
     before_encode: std::sync::Mutex<Vec<BeforeEncode>>,
     /// Handles of `requests` and `request_duration`, as requests use them.
     series: RequestSeries,
@@ -310,8 +336,15 @@ impl Metrics {
             "Policy reloads that failed; the last good policy stayed in force",
             policy_reload_failures.clone(),
         );
+        let balancer = Family::<BalancerLabels, Counter>::default();
+        registry.register(
+            "picket_balancer_decisions",
+            "Outbound balancing decisions over discovered endpoints, by decision",
+            balancer.clone(),
+        );
         let telemetry = crate::telemetry::TelemetryMetrics::register(&mut registry);
         Self {
+            balancer,
             telemetry,
             registry,
             authz_decisions,
@@ -338,6 +371,21 @@ impl Metrics {
     pub fn connection(&self, direction: Direction, outcome: &'static str) {
         self.connections
             .get_or_create(&ConnLabels { direction, outcome })
+            .inc();
+    }
+
+    /// The counter of one balancer decision (one of [`BALANCER_DECISIONS`]), for a caller
+    /// that counts it often and keeps the handle.
+    pub fn balancer_counter(&self, decision: &'static str) -> Counter {
+        self.balancer
+            .get_or_create(&BalancerLabels { decision })
+            .clone()
+    }
+
+    /// Counts one balancer decision (one of [`BALANCER_DECISIONS`]).
+    pub fn balancer(&self, decision: &'static str) {
+        self.balancer
+            .get_or_create(&BalancerLabels { decision })
             .inc();
     }
 

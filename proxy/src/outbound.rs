@@ -8,7 +8,10 @@
 //! ```
 //!
 //! The destination is chosen by [`Route`]; an original destination from transparent
-//! interception becomes one more variant.
+//! interception becomes one more variant. A transparent destination the discovery source
+//! knows ([`crate::discover`]) is balanced over its endpoints ([`balance`]): per request for
+//! HTTP, per connection for opaque TCP, each endpoint on its own mTLS connection pinned to its
+//! identity.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -33,8 +36,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::canonical;
 use crate::config::PeerIdentity;
-use crate::config::{Config, Limits, MeshedDestination, Protocol, Timeouts, Upstream};
+use crate::config::{Config, Limits, MeshedDestination, Protocol, Timeouts, Unmeshed, Upstream};
 use crate::direction::Direction;
+use crate::discover::Discover;
+use crate::discover::fixed::Fixed;
 use crate::forward::{
     self, Body, Connect, ForwardError, H2Client, ORIG_PROTO_HEADER, ORIG_PROTO_HTTP1,
     PEER_IDENTITY_HEADER,
@@ -45,6 +50,10 @@ use crate::pipeline::{self, Endpoints, RequestCtx, RequestLimit, TcpFlow};
 use crate::telemetry::{Parent, SpanAttrs, Telemetry};
 use crate::tls::{self, ALPN_H2, Credentials, TlsError};
 use crate::tunnel;
+
+mod balance;
+
+use balance::{Balanced, Current, EndpointSet, Lease, LogLimit, Outcome, Pool, Tuning};
 
 /// Opens mTLS connections to one peer sidecar.
 #[derive(Clone)]
@@ -188,6 +197,46 @@ pub enum Route {
     ByHost,
 }
 
+/// Where the requests of one app connection go: a [`Route`], or the endpoints of a destination
+/// the discovery source knows.
+#[derive(Debug, Clone)]
+enum Target {
+    Route(Route),
+    Balanced(Arc<Balanced>),
+}
+
+/// The upstream a request goes to; for a balanced destination, the endpoint's lease and the
+/// address the app dialled.
+struct Picked {
+    upstream: Arc<UpstreamCtx>,
+    lease: Option<Lease>,
+    dialled: Option<SocketAddr>,
+}
+
+impl Picked {
+    /// Names the destination in `ends`: the address dialled and, when balanced, the endpoint.
+    fn name_in(&self, ends: &mut Endpoints<'_>) {
+        let address = self.dialled.unwrap_or(self.upstream.cfg.address);
+        ends.destination_address = Some(address);
+        ends.destination_port = Some(address.port());
+        ends.endpoint = self.dialled.map(|_| self.upstream.cfg.address);
+    }
+}
+
+/// How a forwarding result counts for the endpoint that was picked.
+fn outcome<T>(result: &Result<T, ForwardError>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Answered,
+        Err(
+            ForwardError::Unreachable { .. }
+            | ForwardError::Handshake { .. }
+            | ForwardError::Broken(_),
+        ) => Outcome::Failed,
+        Err(ForwardError::Timeout(_)) => Outcome::TimedOut,
+        Err(_) => Outcome::Neutral,
+    }
+}
+
 /// The outbound side of one sidecar.
 pub struct Outbound {
     upstreams: HashMap<String, Arc<UpstreamCtx>>,
@@ -203,6 +252,15 @@ pub struct Outbound {
     limits: Limits,
     listener: ListenerSettings,
     requests: RequestLimit,
+    /// The discovery source, when there is one (listed destinations, or the controller).
+    discover: Option<Arc<dyn Discover>>,
+    /// Destinations asked of the source, by address.
+    balanced: std::sync::Mutex<HashMap<SocketAddr, Arc<Balanced>>>,
+    tuning: Arc<Tuning>,
+    unmeshed: Unmeshed,
+    /// Rate limits of the log lines about `identity: any` and refused destinations.
+    any_log: LogLimit,
+    refuse_log: LogLimit,
 }
 
 /// Transparent-mode settings of the shared outbound listener.
@@ -238,6 +296,7 @@ impl Outbound {
         let config = &full.outbound;
         let timeouts = full.timeouts.clone();
         let limits = full.limits.clone();
+        let tuning_metrics = Arc::clone(&metrics);
         let mut this = Self {
             telemetry,
             own_identity: full.identity.to_string(),
@@ -264,12 +323,27 @@ impl Outbound {
             listener: full.listener_settings(),
             requests: RequestLimit::new(limits.max_requests, Direction::Outbound),
             limits,
+            discover: (!config.destinations.is_empty())
+                .then(|| Arc::new(Fixed::new(config.destinations.clone())) as Arc<dyn Discover>),
+            balanced: std::sync::Mutex::new(HashMap::new()),
+            tuning: Arc::new(Tuning::new(config.balancer.clone(), tuning_metrics)),
+            unmeshed: config.unmeshed,
+            any_log: LogLimit::default(),
+            refuse_log: LogLimit::default(),
         };
         for u in &config.upstreams {
             let ctx = this.upstream_ctx(u.clone())?;
             this.upstreams.insert(u.name.clone(), Arc::new(ctx));
         }
         Ok(this)
+    }
+
+    /// Uses `source` for transparent destinations (in place of the destinations listed in the
+    /// file): the controller's client in cluster mode.
+    #[must_use]
+    pub fn with_discover(mut self, source: Arc<dyn Discover>) -> Self {
+        self.discover = Some(source);
+        self
     }
 
     fn upstream_ctx(&self, cfg: Upstream) -> Result<UpstreamCtx, TlsError> {
@@ -323,8 +397,123 @@ impl Outbound {
         Ok(ctx)
     }
 
-    /// A connection redirected to the shared listener: mTLS for meshed destinations (HTTP or
-    /// opaque by detection), plain passthrough or refusal for the rest.
+    /// The mTLS contexts of one endpoint, pinned to `identity`.
+    fn endpoint_ctx(&self, addr: SocketAddr, identity: SpiffeId) -> Option<UpstreamCtx> {
+        self.upstream_ctx(Upstream {
+            name: addr.to_string(),
+            listen: None,
+            address: addr,
+            identity: PeerIdentity::Exact(identity),
+            protocol: Protocol::Http,
+        })
+        .map_err(|e| tracing::error!(endpoint = %addr, error = %e, "cannot build TLS for endpoint"))
+        .ok()
+    }
+
+    /// The balancer of `orig` and its endpoints, when the source knows it; `None` when there is
+    /// no source, it does not know the address, or it gave no answer within `pending_wait`.
+    async fn known(&self, orig: SocketAddr) -> Option<(Arc<Balanced>, Arc<EndpointSet>)> {
+        let source = self.discover.as_ref()?;
+        let balanced = {
+            let mut map = self
+                .balanced
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match map.get(&orig) {
+                Some(b) => Arc::clone(b),
+                None => {
+                    if map.len() >= MAX_DESTINATIONS {
+                        map.clear();
+                    }
+                    let b = Arc::new(Balanced::new(orig, source.subscribe(orig)));
+                    map.insert(orig, Arc::clone(&b));
+                    b
+                }
+            }
+        };
+        if !balanced.settle(self.tuning.settings.pending_wait).await {
+            self.metrics.balancer("pending_timeout");
+            tracing::debug!(destination = %orig, wait = ?self.tuning.settings.pending_wait, "no answer from the discovery source: treated as unknown");
+            return None;
+        }
+        match balanced.current(&|addr, id| self.endpoint_ctx(addr, id)) {
+            Current::Known(set) => Some((balanced, set)),
+            Current::Pending | Current::Unknown => None,
+        }
+    }
+
+    /// Why a known destination has no endpoint to pick, counted and logged (rate-limited):
+    /// the reason an HTTP request's 503 gives.
+    fn refusal(&self, orig: SocketAddr, set: &EndpointSet) -> String {
+        let service = set
+            .service()
+            .map(|s| format!(" (service {s})"))
+            .unwrap_or_default();
+        let (decision, reason) = if set.meshed.is_empty() && set.unmeshed.is_empty() {
+            (
+                "no_endpoints",
+                format!("destination {orig}{service} has no ready endpoints"),
+            )
+        } else if set.meshed.is_empty() && self.unmeshed == Unmeshed::Deny {
+            (
+                "unmeshed_denied",
+                format!(
+                    "destination {orig}{service}: its endpoints run no sidecar and outbound.unmeshed is deny"
+                ),
+            )
+        } else {
+            (
+                "no_endpoints",
+                format!("destination {orig}{service}: every endpoint is set aside after failures"),
+            )
+        };
+        self.metrics.balancer(decision);
+        if let Some(suppressed) = self.refuse_log.allow() {
+            tracing::warn!(destination = %orig, suppressed, "outbound refused: {reason}");
+        }
+        reason
+    }
+
+    /// A connection to a destination the source knows: an endpoint without a sidecar takes the
+    /// whole connection as plain TCP (`outbound.unmeshed: plaintext`); otherwise opaque TCP
+    /// goes to one endpoint picked for the connection, and HTTP picks one per request.
+    async fn serve_balanced(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        balanced: Arc<Balanced>,
+        set: Arc<EndpointSet>,
+        opaque_port: bool,
+        shutdown: CancellationToken,
+    ) {
+        let orig = balanced.addr;
+        if self.unmeshed == Unmeshed::Plaintext
+            && !set.unmeshed.is_empty()
+            && let Some(lease) = set.pick(Pool::All, &self.tuning)
+            && lease.endpoint.upstream.is_none()
+        {
+            self.metrics.balancer("unmeshed_plaintext");
+            return self.passthrough(tcp, orig, Some(lease)).await;
+        }
+        let opaque =
+            opaque_port || net::detect(&tcp, self.timeouts.detect).await == net::Detected::Opaque;
+        if !opaque {
+            return self.http(tcp, Target::Balanced(balanced), shutdown).await;
+        }
+        match set.pick(Pool::Meshed, &self.tuning) {
+            Some(lease) => {
+                if let Some(upstream) = lease.endpoint.upstream.clone() {
+                    self.splice(tcp, &upstream, Some((orig, lease))).await;
+                }
+            }
+            None => {
+                let _reason = self.refusal(orig, &set);
+            }
+        }
+    }
+
+    /// A connection redirected to the shared listener: the endpoints of a destination the
+    /// discovery source knows; mTLS for meshed destinations (HTTP or opaque by detection),
+    /// plain passthrough or refusal for the rest.
     async fn transparent(
         self: Arc<Self>,
         tcp: TcpStream,
@@ -335,8 +524,14 @@ impl Outbound {
         let orig = match net::original_dst(&tcp) {
             Some(o) if o != listen => o,
             // Not redirected: an app using the listener explicitly, routed by Host.
-            _ => return self.http(tcp, Route::ByHost, shutdown).await,
+            _ => return self.http(tcp, Target::Route(Route::ByHost), shutdown).await,
         };
+        let opaque_port = t.opaque_ports.contains(&orig.port());
+        if let Some((balanced, set)) = self.known(orig).await {
+            return self
+                .serve_balanced(tcp, balanced, set, opaque_port, shutdown)
+                .await;
+        }
         let Some(meshed) = t.meshed.iter().find(|m| m.contains(orig)) else {
             if t.passthrough && t.blocked.contains(&orig.ip()) {
                 // The detectors alert (critical); the connection goes no further.
@@ -347,13 +542,19 @@ impl Outbound {
                 return;
             }
             if t.passthrough {
-                return self.passthrough(tcp, orig).await;
+                return self.passthrough(tcp, orig, None).await;
             }
             self.metrics
                 .connection(Direction::Outbound, "refused_egress");
             tracing::warn!(destination = %orig, "outbound connection refused: destination is outside the mesh and passthrough is deny");
             return;
         };
+        if meshed.identity.exact().is_none() {
+            self.metrics.balancer("any_identity");
+            if let Some(suppressed) = self.any_log.allow() {
+                tracing::warn!(destination = %orig, suppressed, "outbound connection accepts any identity of the trust domain: the discovery source does not know this destination (outbound.meshed identity: any)");
+            }
+        }
         let ctx = match self.destination(orig, &meshed.identity) {
             Ok(c) => c,
             Err(e) => {
@@ -361,27 +562,42 @@ impl Outbound {
                 return;
             }
         };
-        let opaque = t.opaque_ports.contains(&orig.port())
-            || net::detect(&tcp, self.timeouts.detect).await == net::Detected::Opaque;
+        let opaque =
+            opaque_port || net::detect(&tcp, self.timeouts.detect).await == net::Detected::Opaque;
         if opaque {
-            self.splice(tcp, &ctx).await;
+            self.splice(tcp, &ctx, None).await;
         } else {
-            self.http(tcp, Route::Fixed(ctx), shutdown).await;
+            self.http(tcp, Target::Route(Route::Fixed(ctx)), shutdown)
+                .await;
         }
     }
 
-    async fn passthrough(&self, tcp: TcpStream, orig: SocketAddr) {
+    /// Plain TCP to `orig`, or to the endpoint of `lease` (one without a sidecar).
+    async fn passthrough(&self, tcp: TcpStream, orig: SocketAddr, lease: Option<Lease>) {
         // Cloud metadata endpoints and other outside destinations feed the detectors.
         self.telemetry.outbound_destination(&orig.ip().to_string());
-        let connect = tokio::time::timeout(self.timeouts.connect, TcpStream::connect(orig)).await;
+        let lease = lease.map(Lease::measuring_setup);
+        let target = lease.as_ref().map_or(orig, |l| l.endpoint.addr);
+        let connect = tokio::time::timeout(self.timeouts.connect, TcpStream::connect(target)).await;
         let mut upstream = match connect {
-            Ok(Ok(s)) => s,
+            Ok(Ok(s)) => {
+                if let Some(l) = lease {
+                    l.finish(Outcome::Answered);
+                }
+                s
+            }
             Ok(Err(e)) => {
-                tracing::info!(destination = %orig, error = %e, "passthrough connect failed");
+                if let Some(l) = lease {
+                    l.finish(Outcome::Failed);
+                }
+                tracing::info!(destination = %orig, target = %target, error = %e, "passthrough connect failed");
                 return;
             }
             Err(_) => {
-                tracing::info!(destination = %orig, "passthrough connect timed out");
+                if let Some(l) = lease {
+                    l.finish(Outcome::Failed);
+                }
+                tracing::info!(destination = %orig, target = %target, "passthrough connect timed out");
                 return;
             }
         };
@@ -394,6 +610,7 @@ impl Outbound {
                 source_address: tcp.peer_addr().ok(),
                 destination_address: Some(orig),
                 destination_port: Some(orig.port()),
+                endpoint: (target != orig).then_some(target),
                 ..Endpoints::default()
             },
         );
@@ -440,12 +657,12 @@ impl Outbound {
                 async move {
                     match (&route, listen) {
                         (Route::Fixed(u), _) if u.cfg.protocol == Protocol::Tcp => {
-                            Box::pin(this.splice(tcp, u)).await;
+                            Box::pin(this.splice(tcp, u, None)).await;
                         }
                         (Route::ByHost, Some(listen)) if this.transparent.is_some() => {
                             Box::pin(this.transparent(tcp, listen, shutdown)).await;
                         }
-                        _ => Box::pin(this.http(tcp, route, shutdown)).await,
+                        _ => Box::pin(this.http(tcp, Target::Route(route), shutdown)).await,
                     }
                 }
             },
@@ -453,7 +670,7 @@ impl Outbound {
         .await;
     }
 
-    async fn http(self: Arc<Self>, tcp: TcpStream, route: Route, shutdown: CancellationToken) {
+    async fn http(self: Arc<Self>, tcp: TcpStream, route: Target, shutdown: CancellationToken) {
         let this = Arc::clone(&self);
         let route = Arc::new(route);
         // The app is the reader of these responses: one that stops taking data is closed
@@ -507,20 +724,76 @@ impl Outbound {
 
     fn resolve(
         &self,
-        route: &Route,
+        route: &Target,
         authority: Option<&str>,
-    ) -> Result<Arc<UpstreamCtx>, Box<Response<Body>>> {
+    ) -> Result<Picked, Box<Response<Body>>> {
+        let fixed = |upstream: Arc<UpstreamCtx>| Picked {
+            upstream,
+            lease: None,
+            dialled: None,
+        };
         match route {
-            Route::Fixed(u) => Ok(Arc::clone(u)),
-            Route::ByHost => {
+            Target::Route(Route::Fixed(u)) => Ok(fixed(Arc::clone(u))),
+            Target::Route(Route::ByHost) => {
                 let host = authority.map(host_name).unwrap_or_default();
-                self.upstreams.get(&host).cloned().ok_or_else(|| {
-                    Box::new(forward::error_response(
-                        StatusCode::NOT_FOUND,
-                        &format!("no upstream is configured for host {host:?}"),
-                    ))
-                })
+                self.upstreams
+                    .get(&host)
+                    .cloned()
+                    .map(fixed)
+                    .ok_or_else(|| {
+                        Box::new(forward::error_response(
+                            StatusCode::NOT_FOUND,
+                            &format!("no upstream is configured for host {host:?}"),
+                        ))
+                    })
             }
+            Target::Balanced(b) => self.pick(b),
+        }
+    }
+
+    /// An endpoint of a balanced destination for one request. When the source stopped
+    /// knowing the address since the connection opened, the request goes as for an unknown
+    /// destination: to the address itself when it is in `outbound.meshed`.
+    fn pick(&self, balanced: &Balanced) -> Result<Picked, Box<Response<Body>>> {
+        let orig = balanced.addr;
+        let unavailable = |reason: &str| {
+            Box::new(forward::error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                reason,
+            ))
+        };
+        let set = match balanced.current(&|addr, id| self.endpoint_ctx(addr, id)) {
+            Current::Known(set) => set,
+            Current::Pending | Current::Unknown => {
+                let meshed = self
+                    .transparent
+                    .as_ref()
+                    .and_then(|t| t.meshed.iter().find(|m| m.contains(orig)));
+                let Some(meshed) = meshed else {
+                    return Err(unavailable(&format!(
+                        "destination {orig} is no longer known to the discovery source and is outside outbound.meshed"
+                    )));
+                };
+                return self
+                    .destination(orig, &meshed.identity)
+                    .map(|upstream| Picked {
+                        upstream,
+                        lease: None,
+                        dialled: None,
+                    })
+                    .map_err(|e| unavailable(&format!("cannot build TLS for {orig}: {e}")));
+            }
+        };
+        match set.pick(Pool::Meshed, &self.tuning) {
+            Some(lease) => match lease.endpoint.upstream.clone() {
+                Some(upstream) => Ok(Picked {
+                    upstream,
+                    lease: Some(lease),
+                    dialled: Some(orig),
+                }),
+                None => Err(unavailable(&self.refusal(orig, &set))),
+            },
+            None => Err(unavailable(&self.refusal(orig, &set))),
         }
     }
 
@@ -529,7 +802,7 @@ impl Outbound {
     async fn request(
         &self,
         req: Request<Incoming>,
-        route: &Route,
+        route: &Target,
         client_end: tunnel::ClientEnd,
     ) -> Response<Body> {
         let Some(_permit) = self.requests.admit(&self.metrics) else {
@@ -555,15 +828,19 @@ impl Outbound {
                     return ctx.unrouted(resp, &self.metrics);
                 }
             };
-        let upstream = match self.resolve(route, Some(&authority)) {
+        let picked = match self.resolve(route, Some(&authority)) {
             Ok(u) => u,
             Err(resp) => return ctx.unrouted(*resp, &self.metrics),
         };
+        picked.name_in(&mut ctx.ends);
         if let Some(form) = tunnel::form(&parts) {
             return self
-                .websocket(parts, &body, form, ctx, &upstream, &authority, client_end)
+                .websocket(parts, &body, form, ctx, picked, &authority, client_end)
                 .await;
         }
+        let Picked {
+            upstream, lease, ..
+        } = picked;
         let had_body = forward::declares_body(&parts.headers, &body);
         let mut body = match forward::body_for_forwarding(body).await {
             Ok(b) => b,
@@ -585,8 +862,6 @@ impl Outbound {
         if expected.exact().is_none() {
             ctx.ends.expected_identity = Some(expected.expectation().into());
         }
-        ctx.ends.destination_address = Some(upstream.cfg.address);
-        ctx.ends.destination_port = Some(upstream.cfg.address.port());
         let path = parts.uri.path().to_owned();
         ctx.span = self.telemetry.client_span(
             Parent::Headers(&parts.headers),
@@ -606,11 +881,14 @@ impl Outbound {
         let timeout = self.timeouts.request;
         let sent =
             tokio::time::timeout(timeout, upstream.h2.send(Request::from_parts(parts, body))).await;
-        let resp = match sent {
+        let sent = match sent {
             Err(_) => Err(ForwardError::Timeout(timeout)),
             Ok(r) => r.map_err(|e| forward::blame(e, &body_failed)),
+        };
+        if let Some(lease) = lease {
+            lease.finish(outcome(&sent));
         }
-        .map_or_else(
+        let resp = sent.map_or_else(
             |e| match e {
                 ForwardError::RequestBody(_) => {
                     tracing::info!(error = %e, "outbound request refused: malformed body");
@@ -645,10 +923,13 @@ impl Outbound {
         body: &Incoming,
         form: tunnel::Form,
         mut ctx: RequestCtx<'_>,
-        upstream: &UpstreamCtx,
+        picked: Picked,
         authority: &str,
         client_end: tunnel::ClientEnd,
     ) -> Response<Body> {
+        let Picked {
+            upstream, lease, ..
+        } = picked;
         let refuse = |reason: &str| forward::error_response_close(StatusCode::BAD_REQUEST, reason);
         if forward::declares_body(&parts.headers, body) {
             return ctx.unrouted(
@@ -676,8 +957,6 @@ impl Outbound {
         if expected.exact().is_none() {
             ctx.ends.expected_identity = Some(expected.expectation().into());
         }
-        ctx.ends.destination_address = Some(upstream.cfg.address);
-        ctx.ends.destination_port = Some(upstream.cfg.address.port());
         let path = parts.uri.path().to_owned();
         ctx.span = self.telemetry.client_span(
             Parent::Headers(&parts.headers),
@@ -702,6 +981,9 @@ impl Outbound {
             Err(_) => Err(ForwardError::Timeout(timeout)),
             Ok(r) => r,
         };
+        if let Some(lease) = lease {
+            lease.finish(outcome(&resp));
+        }
         let resp = match resp {
             Err(e) => pipeline::error_response(Direction::Outbound, &upstream.cfg.name, &e),
             Ok(mut resp) if resp.status().is_success() => {
@@ -739,7 +1021,19 @@ impl Outbound {
         resp
     }
 
-    async fn splice(&self, tcp: TcpStream, upstream: &UpstreamCtx) {
+    /// Opaque TCP over one mTLS connection to `upstream`; `balanced` names the address the app
+    /// dialled and the lease of the endpoint picked for the connection.
+    async fn splice(
+        &self,
+        tcp: TcpStream,
+        upstream: &UpstreamCtx,
+        balanced: Option<(SocketAddr, Lease)>,
+    ) {
+        let (dialled, lease) = match balanced {
+            Some((d, l)) => (Some(d), Some(l.measuring_setup())),
+            None => (None, None),
+        };
+        let address = dialled.unwrap_or(upstream.cfg.address);
         let mut flow = TcpFlow::new(
             Direction::Outbound,
             Endpoints {
@@ -751,12 +1045,17 @@ impl Outbound {
                     .exact()
                     .map(|id| id.to_string().into()),
                 expected_identity: None,
-                destination_address: Some(upstream.cfg.address),
-                destination_port: Some(upstream.cfg.address.port()),
+                destination_address: Some(address),
+                destination_port: Some(address.port()),
                 kx: None,
+                endpoint: dialled.map(|_| upstream.cfg.address),
             },
         );
-        match upstream.tcp.open().await {
+        let opened = upstream.tcp.open().await;
+        if let Some(lease) = lease {
+            lease.finish(outcome(&opened));
+        }
+        match opened {
             Err(e) => {
                 tracing::info!(upstream = %upstream.cfg.name, error = %e, "outbound TCP: peer unreachable");
             }

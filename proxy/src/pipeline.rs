@@ -106,6 +106,9 @@ pub struct Endpoints<'a> {
     /// The key-exchange group of the mTLS connection between the sidecars that carried the
     /// flow (inbound: the one it arrived on; outbound: the one that carried the answer).
     pub kx: Option<KxGroup>,
+    /// Outbound to a destination the discovery source knows: the endpoint that served the
+    /// flow (`destination_address` is then the address the app dialled).
+    pub endpoint: Option<SocketAddr>,
 }
 
 impl<'a> Endpoints<'a> {
@@ -121,6 +124,7 @@ impl<'a> Endpoints<'a> {
         record.destination_address = self.destination_address;
         record.destination_port = self.destination_port;
         record.kx = self.kx.map(|k| k.as_str().into());
+        record.endpoint = self.endpoint;
         record
     }
 }
@@ -401,6 +405,7 @@ impl RequestCtx<'_> {
                     destination_address: self.ends.destination_address,
                     destination_port: self.ends.destination_port,
                     kx: self.ends.kx,
+                    endpoint: self.ends.endpoint,
                 },
                 path: self.path,
                 host: self.host,

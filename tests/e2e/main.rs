@@ -6,6 +6,7 @@ mod admin;
 mod analyze_views;
 mod apps;
 mod authn;
+mod balance;
 mod bypass;
 mod ca;
 mod ca_replicas;

@@ -330,6 +330,9 @@ async fn spawn_sidecar(
             passthrough: false,
             opaque_ports: Vec::new(),
             block_metadata: true,
+            destinations: Vec::new(),
+            unmeshed: picket_proxy::config::Unmeshed::Deny,
+            balancer: picket_proxy::config::BalancerSettings::default(),
         },
         admin: AdminConfig { listen: any },
         timeouts: Timeouts {

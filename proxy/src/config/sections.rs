@@ -299,6 +299,130 @@ impl Validator<'_> {
                 "outbound.metadata",
                 &[("block", true), ("alert", false)],
             )?,
+            destinations: self.destinations(&raw.destinations, td)?,
+            unmeshed: self.choice(
+                raw.unmeshed.as_ref(),
+                Unmeshed::Deny,
+                "outbound.unmeshed",
+                &[("deny", Unmeshed::Deny), ("plaintext", Unmeshed::Plaintext)],
+            )?,
+            balancer: self.balancer(&raw.balancer)?,
+        })
+    }
+
+    /// `outbound.destinations`: each address listed once, each endpoint once per destination,
+    /// every identity a SPIFFE ID of this trust domain.
+    fn destinations(
+        &self,
+        raw: &[RawDestination],
+        td: &TrustDomain,
+    ) -> Result<Vec<(std::net::SocketAddr, crate::discover::Destination)>, YamlError> {
+        use crate::discover::{Destination, Endpoint};
+        let mut out: Vec<(std::net::SocketAddr, Destination)> = Vec::with_capacity(raw.len());
+        for d in raw {
+            let address = self.addr(&d.address, "outbound.destinations.address")?;
+            if out.iter().any(|(a, _)| *a == address) {
+                return Err(self.err(
+                    &d.address,
+                    format!("outbound.destinations: {address} is listed twice"),
+                ));
+            }
+            if let Some(service) = &d.service {
+                let ok = service.value.split_once('/').is_some_and(|(ns, name)| {
+                    WorkloadName::new(ns, name).is_ok() && !name.contains('/')
+                });
+                if !ok {
+                    return Err(self.err(
+                        service,
+                        format!(
+                            "outbound.destinations.service: {:?} is not namespace/name",
+                            service.value
+                        ),
+                    ));
+                }
+            }
+            let mut endpoints: Vec<Endpoint> = Vec::with_capacity(d.endpoints.len());
+            for e in &d.endpoints {
+                let at = self.addr(&e.address, "outbound.destinations.endpoints.address")?;
+                if endpoints.iter().any(|x| x.address == at) {
+                    return Err(self.err(
+                        &e.address,
+                        format!("outbound.destinations.endpoints: {at} is listed twice"),
+                    ));
+                }
+                let identity = match &e.identity {
+                    Some(id) => {
+                        let field = "outbound.destinations.endpoints.identity";
+                        let hint = " (leave it out for an endpoint without a sidecar)";
+                        Some(self.peer(id, td, field, hint)?.to_string())
+                    }
+                    None => None,
+                };
+                endpoints.push(Endpoint {
+                    address: at,
+                    identity,
+                });
+            }
+            out.push((
+                address,
+                Destination {
+                    service: d.service.as_ref().map(|s| s.value.clone()),
+                    endpoints,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// `outbound.balancer`.
+    fn balancer(&self, raw: &RawBalancer) -> Result<BalancerSettings, YamlError> {
+        let d = BalancerSettings::default();
+        let failures = self.positive(
+            raw.failures.as_ref(),
+            d.failures as usize,
+            "outbound.balancer.failures",
+        )?;
+        let failures = match (u32::try_from(failures), &raw.failures) {
+            (Ok(n), _) if n <= 1000 => n,
+            (_, Some(v)) => return Err(self.err(v, "outbound.balancer.failures: at most 1000")),
+            (_, None) => d.failures,
+        };
+        let backoff = self.duration(
+            raw.backoff.as_ref(),
+            d.backoff,
+            "outbound.balancer.backoff",
+            Zero::Refused,
+        )?;
+        let backoff_max = self.duration(
+            raw.backoff_max.as_ref(),
+            d.backoff_max,
+            "outbound.balancer.backoff_max",
+            Zero::Refused,
+        )?;
+        if let Some(v) = raw.backoff_max.as_ref()
+            && backoff_max < backoff
+        {
+            return Err(self.err(
+                v,
+                "outbound.balancer.backoff_max: must not be shorter than outbound.balancer.backoff",
+            ));
+        }
+        Ok(BalancerSettings {
+            pending_wait: self.duration(
+                raw.pending_wait.as_ref(),
+                d.pending_wait,
+                "outbound.balancer.pending_wait",
+                Zero::Allowed,
+            )?,
+            failures,
+            backoff,
+            backoff_max,
+            decay: self.duration(
+                raw.decay.as_ref(),
+                d.decay,
+                "outbound.balancer.decay",
+                Zero::Refused,
+            )?,
         })
     }
 

@@ -209,3 +209,123 @@ fn every_error_has_a_line_and_column() {
         assert!(e.to_string().starts_with(&format!("s.yaml:{line}:")), "{e}");
     }
 }
+
+const DESTINATIONS: &str = "  unmeshed: plaintext
+  balancer: { pending_wait: 50ms, failures: 3, backoff: 100ms, backoff_max: 2s, decay: 1s }
+  destinations:
+  - address: \"10.96.0.10:80\"
+    service: shop/orders
+    endpoints:
+    - { address: \"10.0.0.2:8080\", identity: spiffe://cluster.local/ns/shop/sa/orders }
+    - { address: \"10.0.0.3:8080\" }
+  - address: \"10.96.0.11:5432\"
+";
+
+#[test]
+fn listed_destinations_and_balancer_settings_parse() {
+    let c = Config::parse("s.yaml", &format!("{GOOD}{DESTINATIONS}")).unwrap();
+    let o = &c.outbound;
+    assert_eq!(o.unmeshed, Unmeshed::Plaintext);
+    assert_eq!(o.balancer.pending_wait, Duration::from_millis(50));
+    assert_eq!(o.balancer.failures, 3);
+    assert_eq!(o.balancer.backoff, Duration::from_millis(100));
+    assert_eq!(o.balancer.backoff_max, Duration::from_secs(2));
+    assert_eq!(o.balancer.decay, Duration::from_secs(1));
+    assert_eq!(o.destinations.len(), 2);
+    let (addr, orders) = &o.destinations[0];
+    assert_eq!(addr.to_string(), "10.96.0.10:80");
+    assert_eq!(orders.service.as_deref(), Some("shop/orders"));
+    assert_eq!(
+        orders.endpoints[0].identity.as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/orders")
+    );
+    assert_eq!(orders.endpoints[1].identity, None);
+    // Known with no endpoints is a valid answer (503 for its requests).
+    assert!(o.destinations[1].1.endpoints.is_empty());
+    // Defaults: deny, and the built-in balancer settings.
+    let c = Config::parse("s.yaml", GOOD).unwrap();
+    assert_eq!(c.outbound.unmeshed, Unmeshed::Deny);
+    assert_eq!(c.outbound.balancer, BalancerSettings::default());
+    assert!(c.outbound.destinations.is_empty());
+}
+
+#[test]
+fn bad_destinations_name_field_line_and_column() {
+    let full = format!("{GOOD}{DESTINATIONS}");
+    for (from, to, line, needle) in [
+        (
+            "unmeshed: plaintext",
+            "unmeshed: allow",
+            10,
+            "outbound.unmeshed",
+        ),
+        (
+            "failures: 3",
+            "failures: 0",
+            11,
+            "outbound.balancer.failures",
+        ),
+        (
+            "backoff: 100ms",
+            "backoff: 0s",
+            11,
+            "outbound.balancer.backoff",
+        ),
+        ("backoff_max: 2s", "backoff_max: 10ms", 11, "backoff_max"),
+        (
+            "pending_wait: 50ms",
+            "pending_wait: soon",
+            11,
+            "pending_wait",
+        ),
+        ("decay: 1s", "decay: 0ms", 11, "outbound.balancer.decay"),
+        (
+            "\"10.96.0.10:80\"",
+            "\"10.96.0.10\"",
+            13,
+            "outbound.destinations.address",
+        ),
+        (
+            "shop/orders\n",
+            "orders\n",
+            14,
+            "outbound.destinations.service",
+        ),
+        (
+            "sa/orders }",
+            "sa/Orders }",
+            16,
+            "outbound.destinations.endpoints.identity",
+        ),
+        (
+            "spiffe://cluster.local/ns/shop/sa/orders }",
+            "spiffe://other.example/ns/shop/sa/orders }",
+            16,
+            "outside this workload's trust domain",
+        ),
+        (
+            "\"10.0.0.3:8080\"",
+            "\"10.0.0.2:8080\"",
+            17,
+            "10.0.0.2:8080 is listed twice",
+        ),
+        (
+            "\"10.96.0.11:5432\"",
+            "\"10.96.0.10:80\"",
+            18,
+            "10.96.0.10:80 is listed twice",
+        ),
+        (
+            "{ address: \"10.0.0.3:8080\" }",
+            "{ address: \"10.0.0.3:8080\", weight: 2 }",
+            17,
+            "weight",
+        ),
+    ] {
+        assert!(full.contains(from), "{from}");
+        let e = error(&full.replacen(from, to, 1));
+        assert_eq!(e.line, Some(line), "{from}: {e}");
+        assert!(e.column.is_some(), "{from}: {e}");
+        assert!(e.message.contains(needle), "{from}: {e}");
+    }
+}

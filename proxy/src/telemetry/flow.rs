@@ -161,6 +161,11 @@ pub struct FlowRecord<'a> {
     /// The destination port the authorization policy saw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_port: Option<u16>,
+    /// Outbound to a destination the discovery source knows: the endpoint (`ip:port`) that
+    /// served the flow, chosen by the balancer; `destination_address` is then the address the
+    /// app dialled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<SocketAddr>,
     /// The key-exchange group of the mTLS connection between the sidecars that carried the
     /// flow (`x25519mlkem768` post-quantum hybrid; `x25519`, `secp256r1`, `secp384r1`
     /// classical); absent when no such connection carried it.
@@ -303,6 +308,7 @@ impl<'a> FlowRecord<'a> {
             expected_identity: None,
             destination_address: None,
             destination_port: None,
+            endpoint: None,
             kx: None,
             method: None,
             path: None,

@@ -1,0 +1,464 @@
+//! Balancing over a destination's endpoints, with the static discovery source
+//! (`outbound.destinations`): pods in network namespaces with `picket iptables`, a client pod
+//! that dials Service-like addresses (10.96.0.0/16, routed nowhere but through its sidecar), and
+//! backend pods each with a sidecar and the plain app. The client's sidecar resolves the
+//! Service address to the listed endpoints and picks one per request.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use picket_proxy::telemetry::LineType;
+use picket_tests::netns::{PodNet, plain_app_script, seen_header, shared_dir};
+use picket_tests::process::{Daemon, output};
+use picket_tests::telemetry::log_lines;
+use picket_tests::{TestCa, eventually};
+use serde_json::Value;
+
+const APP_PORT: u16 = 8080;
+const TD: &str = "cluster.local";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// What a batch of requests got.
+#[derive(Debug, Default)]
+struct Batch {
+    /// Answers by the app that gave them.
+    by_app: BTreeMap<String, usize>,
+    /// Every status, in order.
+    statuses: Vec<u16>,
+    /// Everything curl printed, for failure messages.
+    text: String,
+}
+
+impl Batch {
+    fn from(&self, app: &str) -> usize {
+        self.by_app.get(app).copied().unwrap_or(0)
+    }
+
+    fn ok(&self) -> usize {
+        self.statuses.iter().filter(|s| **s == 200).count()
+    }
+}
+
+/// `n` requests from pod `i` to `url`, `parallel` at a time (1: one after the other on one
+/// connection).
+async fn batch(net: &PodNet, i: usize, url: &str, n: usize, parallel: usize) -> Result<Batch> {
+    let mut cmd = net.exec(i, "curl");
+    cmd.args(["-sS", "--max-time", "20", "-w", "\\n%{http_code}\\n"]);
+    if parallel > 1 {
+        cmd.args(["--parallel", "--parallel-max", &parallel.to_string()]);
+    }
+    for _ in 0..n {
+        cmd.arg(url);
+    }
+    let out = output(&mut cmd).await?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // Parallel transfers write their bodies and `-w` lines in whatever order they finish, so
+    // two bodies may share a line: each write is whole, a JSON body has no newline after it,
+    // and each status comes as "\n<code>\n".
+    let mut b = Batch::default();
+    let mut rest = text.as_str();
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            break;
+        }
+        if rest.starts_with('{') {
+            let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+            let seen = stream
+                .next()
+                .context("no JSON")?
+                .with_context(|| rest.chars().take(300).collect::<String>())?;
+            rest = rest.get(stream.byte_offset()..).unwrap_or_default();
+            if let Some(app) = seen["app"].as_str() {
+                *b.by_app.entry(app.to_owned()).or_default() += 1;
+            }
+            ensure!(
+                seen_header(&seen, "x-picket-peer-identity") == Some(&*client_id(i)),
+                "an answer without the client's identity: {seen}"
+            );
+            continue;
+        }
+        let (line, more) = rest.split_once('\n').unwrap_or((rest, ""));
+        if line.len() == 3
+            && let Ok(status) = line.parse::<u16>()
+        {
+            b.statuses.push(status);
+        }
+        rest = more;
+    }
+    ensure!(
+        b.statuses.len() == n,
+        "{n} requests, {} statuses:\n{text}",
+        b.statuses.len()
+    );
+    b.text = text;
+    Ok(b)
+}
+
+/// One request from pod `i`: the status and the body.
+async fn get(net: &PodNet, i: usize, url: &str) -> Result<(u16, String)> {
+    let out = output(
+        net.exec(i, "curl")
+            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+            .arg(url),
+    )
+    .await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "curl {url}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Ok((status.parse().context(text.clone())?, body.to_owned()))
+}
+
+fn client_id(i: usize) -> String {
+    format!("spiffe://{TD}/ns/pods/sa/client{i}")
+}
+
+/// The value of the counter `picket_balancer_decisions_total{decision}` in pod `i`.
+async fn decisions(net: &PodNet, i: usize, decision: &str) -> Result<u64> {
+    let (code, metrics) = net.curl(i, "http://127.0.0.1:7191/metrics", &[]).await?;
+    ensure!(code == 0, "pod{i} admin: {code}");
+    let prefix = format!("picket_balancer_decisions_total{{decision=\"{decision}\"}} ");
+    Ok(metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or(0))
+}
+
+/// A world of pods: the CA on the bridge's gateway, a shared directory.
+struct World {
+    net: PodNet,
+    ca: TestCa,
+    dir: tempfile::TempDir,
+    processes: Vec<Daemon>,
+}
+
+impl World {
+    async fn start(pods: usize) -> Result<Self> {
+        let net = PodNet::create(pods).await?;
+        let ca = TestCa::start_at((net.gateway(), 0).into(), &[]).await?;
+        let dir = shared_dir()?;
+        std::fs::write(dir.path().join("bundle.pem"), ca.bundle_pem()?)?;
+        Ok(Self {
+            net,
+            ca,
+            dir,
+            processes: Vec::new(),
+        })
+    }
+
+    fn ip(&self, i: usize) -> String {
+        self.net.pods[i].ip.to_string()
+    }
+
+    /// The plain app in pod `i`, answering as `name`, `delay_ms` late.
+    async fn app(&mut self, i: usize, name: &str, delay_ms: u64) -> Result<()> {
+        let mut app = self.net.exec(i, "python3");
+        app.arg(plain_app_script()).args([
+            "0.0.0.0",
+            &APP_PORT.to_string(),
+            name,
+            &delay_ms.to_string(),
+        ]);
+        let app = Daemon::spawn(&format!("app-{name}"), app, self.dir.path())?;
+        eventually(WAIT, async || {
+            ensure!(
+                app.log_text().contains("listening"),
+                "app-{name} not listening yet"
+            );
+            Ok(())
+        })
+        .await?;
+        self.processes.push(app);
+        Ok(())
+    }
+
+    /// A sidecar in pod `i` as service account `sa`, with `outbound_extra` in its outbound
+    /// section and the interception rules.
+    async fn sidecar(&mut self, i: usize, sa: &str, outbound_extra: &str) -> Result<()> {
+        let dir = self.dir.path();
+        let token = dir.join(format!("pod{i}.token"));
+        std::fs::write(&token, self.ca.token(&format!("ns/pods/sa/{sa}")).await?)?;
+        let policy = dir.join(format!("policy{i}"));
+        std::fs::create_dir(&policy)?;
+        std::fs::write(
+            policy.join("policy.yaml"),
+            "apiVersion: picket.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: admit, namespace: pods }
+spec:
+  action: ALLOW
+  rules:
+  - from: [{ source: { principals: [\"*\"] } }]
+",
+        )?;
+        let config = dir.join(format!("pod{i}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "identity: {{ trust_domain: {TD}, namespace: pods, service_account: {sa} }}
+ca: {{ url: \"{url}\", trust_bundle: \"{bundle}\", join_token_file: \"{token}\" }}
+inbound: {{ listen: \"0.0.0.0:7143\", app: \"127.0.0.1:{APP_PORT}\", transparent: true }}
+outbound:
+  listen: \"127.0.0.1:7140\"
+  transparent: true
+  passthrough: allow
+{outbound_extra}admin: {{ listen: \"127.0.0.1:7191\" }}
+policy: {{ path: \"{policy}\" }}
+timeouts: {{ detect: 2s }}
+telemetry:
+  flow_log: {{ path: \"{flows}\" }}
+",
+                url = self.ca.url(),
+                bundle = dir.join("bundle.pem").display(),
+                token = token.display(),
+                policy = policy.display(),
+                flows = flow_log(dir, i).display(),
+            ),
+        )?;
+        let out = self
+            .net
+            .picket_iptables(
+                i,
+                &[
+                    "--exclude-inbound-ports",
+                    "7191",
+                    "--iptables",
+                    "iptables-nft",
+                ],
+            )
+            .await?;
+        ensure!(
+            out.status.success(),
+            "picket iptables: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let daemon = self
+            .net
+            .sidecar(i, &config, &format!("sidecar-pod{i}"), dir)
+            .await?;
+        self.processes.push(daemon);
+        Ok(())
+    }
+
+    /// `iptables ARGS` in pod `i`.
+    async fn iptables(&self, i: usize, args: &[&str]) -> Result<()> {
+        let out = output(self.net.exec(i, "iptables-nft").args(args)).await?;
+        ensure!(
+            out.status.success(),
+            "iptables {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+fn flow_log(dir: &Path, i: usize) -> std::path::PathBuf {
+    dir.join(format!("flows{i}.jsonl"))
+}
+
+/// One listed destination as YAML: `address` with `endpoints` (pod address, identity or none).
+fn destination(address: &str, service: &str, endpoints: &[(String, Option<String>)]) -> String {
+    let mut yaml = format!("  - address: \"{address}\"\n    service: {service}\n    endpoints:\n");
+    for (ip, identity) in endpoints {
+        match identity {
+            Some(id) => {
+                yaml += &format!("    - {{ address: \"{ip}:{APP_PORT}\", identity: {id} }}\n")
+            }
+            None => yaml += &format!("    - {{ address: \"{ip}:{APP_PORT}\" }}\n"),
+        }
+    }
+    yaml
+}
+
+fn backend_id() -> Option<String> {
+    Some(format!("spiffe://{TD}/ns/pods/sa/backend"))
+}
+
+const SERVICE: &str = "10.96.0.10:80";
+const MIXED: &str = "10.96.0.11:80";
+
+#[tokio::test]
+async fn balancer_spreads_requests_avoids_slow_endpoints_and_sets_failing_ones_aside() -> Result<()>
+{
+    // pod0: the client; pods 1-3: the Service's backends; pod4: a backend 20 ms slow.
+    let mut w = World::start(5).await?;
+    for (i, name, delay) in [(1, "b1", 0), (2, "b2", 0), (3, "b3", 0), (4, "slow", 20)] {
+        w.app(i, name, delay).await?;
+        w.sidecar(i, "backend", "").await?;
+    }
+    let eps = |pods: &[usize]| -> Vec<(String, Option<String>)> {
+        pods.iter().map(|i| (w.ip(*i), backend_id())).collect()
+    };
+    let listed = format!(
+        "  balancer: {{ failures: 3, backoff: 200ms, backoff_max: 400ms, decay: 200ms }}\n  destinations:\n{}{}",
+        destination(SERVICE, "pods/backend", &eps(&[1, 2, 3])),
+        destination(MIXED, "pods/mixed", &eps(&[1, 2, 4])),
+    );
+    w.sidecar(0, "client0", &listed).await?;
+    let net = &w.net;
+    let service = format!("http://{SERVICE}/hello");
+
+    // Spread: 1,500 requests, 12 at a time, each backend within ±20 % of a third. (A short
+    // decay: with the default 10 s, one latency spike of a backend on this shared machine
+    // would steer traffic for longer than the test runs.)
+    let b = batch(net, 0, &service, 1500, 12).await?;
+    ensure!(b.ok() == 1500, "not all answered:\n{}", b.text);
+    for app in ["b1", "b2", "b3"] {
+        let n = b.from(app);
+        ensure!(
+            (400..=600).contains(&n),
+            "{app} answered {n} of 1500: {:?}",
+            b.by_app
+        );
+    }
+    // The flow records name the Service address and the endpoint that served each request.
+    let pods: Vec<String> = (1..=3).map(|i| format!("{}:{APP_PORT}", w.ip(i))).collect();
+    let flows = eventually(WAIT, async || {
+        let flows = log_lines(&flow_log(w.dir.path(), 0), LineType::Flow)?;
+        ensure!(flows.len() >= 1500, "{} flow records so far", flows.len());
+        Ok(flows)
+    })
+    .await?;
+    for f in &flows {
+        ensure!(f["destination_address"] == SERVICE, "{f}");
+        let endpoint = f["endpoint"].as_str().unwrap_or_default();
+        ensure!(pods.iter().any(|p| p == endpoint), "{f}");
+        ensure!(
+            f["destination_identity"] == backend_id().unwrap_or_default().as_str(),
+            "{f}"
+        );
+    }
+
+    // Latency: one request at a time; the slow endpoint loses the draws against the fast ones.
+    let b = batch(net, 0, &format!("http://{MIXED}/hello"), 150, 1).await?;
+    ensure!(b.ok() == 150, "not all answered:\n{}", b.text);
+    let fast = b.from("b1").min(b.from("b2"));
+    ensure!(
+        b.from("slow") * 4 < fast,
+        "the slow endpoint is not avoided: {:?}",
+        b.by_app
+    );
+
+    // Failure accrual: b3 refuses connections (its sidecar's port resets them).
+    let reject = [
+        "-p",
+        "tcp",
+        "--dport",
+        "7143",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ];
+    w.iptables(3, &[&["-I", "INPUT"][..], &reject].concat())
+        .await?;
+    eventually(WAIT, async || {
+        let _ = batch(net, 0, &service, 10, 1).await?;
+        ensure!(
+            decisions(net, 0, "set_aside").await? >= 1,
+            "b3 not set aside yet"
+        );
+        Ok(())
+    })
+    .await?;
+    let b = batch(net, 0, &service, 60, 4).await?;
+    ensure!(
+        b.from("b3") == 0,
+        "b3 answered while refusing: {:?}",
+        b.by_app
+    );
+    // Only probes of b3 may fail (at most one per backoff).
+    ensure!(b.ok() >= 55, "{} of 60 answered:\n{}", b.ok(), b.text);
+    ensure!(b.from("b1") > 0 && b.from("b2") > 0, "{:?}", b.by_app);
+
+    // b3 accepts again: a probe brings it back and it serves again.
+    w.iptables(3, &[&["-D", "INPUT"][..], &reject].concat())
+        .await?;
+    eventually(WAIT, async || {
+        let b = batch(net, 0, &service, 30, 3).await?;
+        ensure!(b.from("b3") > 0, "b3 not back: {:?}", b.by_app);
+        Ok(())
+    })
+    .await?;
+    ensure!(decisions(net, 0, "probed_back").await? >= 1);
+    Ok(())
+}
+
+const IMPOSTOR: &str = "10.96.0.20:80";
+const UNMESHED: &str = "10.96.0.21:80";
+
+#[tokio::test]
+async fn balancer_pins_endpoint_identities_and_follows_the_unmeshed_setting() -> Result<()> {
+    // pod0: client (unmeshed: plaintext); pod1: client (unmeshed: deny, the default);
+    // pod2: a meshed pod of service account `impostor`; pod3: an app without a sidecar.
+    let mut w = World::start(4).await?;
+    w.app(2, "impostor", 0).await?;
+    w.sidecar(2, "impostor", "").await?;
+    w.app(3, "plain", 0).await?;
+    let listed = format!(
+        "  destinations:\n{}{}",
+        // pod2 is listed as a backend of `backend`: it must present that identity.
+        destination(IMPOSTOR, "pods/backend", &[(w.ip(2), backend_id())]),
+        destination(UNMESHED, "pods/plain", &[(w.ip(3), None)]),
+    );
+    let meshed = format!(
+        "  meshed: [{{ cidr: \"{}/32\", identity: any }}]\n",
+        w.ip(2)
+    );
+    w.sidecar(0, "client0", &format!("  unmeshed: plaintext\n{listed}"))
+        .await?;
+    w.sidecar(1, "client1", &format!("{meshed}{listed}"))
+        .await?;
+    let net = &w.net;
+
+    // Another service account's certificate is refused: no request reaches its app.
+    let (status, body) = get(net, 0, &format!("http://{IMPOSTOR}/hello")).await?;
+    ensure!(
+        status == 503 && body.contains("TLS handshake failed"),
+        "impostor: {status} {body}"
+    );
+    ensure!(
+        !body.contains("\"app\""),
+        "the impostor's app answered: {body}"
+    );
+
+    // Dialled directly, the same pod is an address the source does not know: `identity: any`
+    // accepts it, and the sidecar counts that it did.
+    let (code, body) = net
+        .curl(1, &format!("http://{}:{APP_PORT}/hello", w.ip(2)), &[])
+        .await?;
+    ensure!(
+        code == 0 && body.contains("\"impostor\""),
+        "direct: {code} {body}"
+    );
+    ensure!(decisions(net, 1, "any_identity").await? >= 1);
+    ensure!(decisions(net, 0, "any_identity").await? == 0);
+
+    // An endpoint without a sidecar: plaintext from pod0 ...
+    let (status, body) = get(net, 0, &format!("http://{UNMESHED}/hello")).await?;
+    ensure!(
+        status == 200 && body.contains("\"plain\""),
+        "plaintext: {status} {body}"
+    );
+    let seen: Value = serde_json::from_str(&body)?;
+    ensure!(
+        seen_header(&seen, "x-picket-peer-identity").is_none(),
+        "{seen}"
+    );
+    ensure!(decisions(net, 0, "unmeshed_plaintext").await? >= 1);
+    // ... refused by pod1, with the reason.
+    let (status, body) = get(net, 1, &format!("http://{UNMESHED}/hello")).await?;
+    ensure!(
+        status == 503 && body.contains("outbound.unmeshed is deny"),
+        "deny: {status} {body}"
+    );
+    ensure!(decisions(net, 1, "unmeshed_denied").await? >= 1);
+    Ok(())
+}
