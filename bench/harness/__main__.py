@@ -14,11 +14,12 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import load, report
+from . import jwt, load, report
 from .certs import Pki
 from .load import IdleClients, measured
 from .policies import load_overlays
@@ -27,7 +28,7 @@ from .systems import Backend, Collector, Direct, HaproxyPair, NginxPair, Picket,
 
 ROOT = Path(__file__).resolve().parents[2]
 # What `--only` can name besides workload ids: the parts of a run that are not workloads.
-PARTS = ["startup", "w7", "w8", "ca"]
+PARTS = ["startup", "w7", "w8", "jwt", "ca"]
 # The Picket system runs with this many authorization policies (issue 6: "a realistic policy
 # set"); W8 varies it.
 MAIN_POLICIES = 100
@@ -130,6 +131,7 @@ class Bench:
             "startup": {},
             "ca": {},
             "w8": {"available": False, "reason": "not run"},
+            "jwt": {"available": False, "reason": "not run"},
             "wire": {},
             "kx": {},
         }
@@ -159,6 +161,8 @@ class Bench:
             self.handshake_facts()
             if self.runs("w8"):
                 self.w8()
+            if self.runs("jwt"):
+                self.jwt()
         except BenchError as e:
             self.fail("setup", e)
         except KeyboardInterrupt:
@@ -454,6 +458,70 @@ class Bench:
             "variants": [name for name, _, _ in variants],
             "telemetry": bool(overlays),
         }
+
+    def jwt(self) -> None:
+        """Issue 19's cost of an end-user token: the Picket pair with 100 policies and a
+        RequestAuthentication (RS256, inline JWK set) on the orders sidecars, W1 16
+        connections without a token and with a valid token the harness minted, alternating
+        within each round on the same pair. Afterwards the orders sidecar's metrics must show
+        every token validated (`ok`) and no key-set fetch: a validation never touches the
+        network."""
+        if not self.has_policy:
+            self.results["jwt"] = {"available": False,
+                                   "reason": "this picket has no authorization policy support"}
+            return
+        material = jwt.mint(self.work)
+        w1 = next((w for w in workloads(self.work / "upload.lua") if w.id == "w1_c16"))
+        s = self.picket_sys
+        s.extra_policy = ("request-authentication", material.document)
+        variants = [("no token", []), ("valid RS256 token",
+                                        [f"Authorization: Bearer {material.token}"])]
+        runs: dict = {}
+        sent = 0
+        self.step("JWT: W1 without and with a validated token")
+        try:
+            s.restart()
+            self.isolate(s.accounted("http1"))
+            url = s.targets["http1"] + "/1k"
+            for _, headers in variants:
+                out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                      *[a for h in headers for a in ("-H", h)], url],
+                                     capture_output=True, text=True, timeout=30)
+                if out.stdout != "200":
+                    raise BenchError(f"a request ({headers or 'no token'}) answered "
+                                     f"{out.stdout!r}: {out.stderr[-300:]}")
+            sent = 1
+            for i in range(self.d.rounds):
+                order = variants if i % 2 == 0 else variants[::-1]
+                for name, headers in order:
+                    r = measured(s.accounted("http1"),
+                                 lambda h=headers: load.wrk(url, 16, self.d.saturation,
+                                                            headers=h))
+                    runs.setdefault(name, []).append(r)
+                    if headers:
+                        sent += r["requests"]
+                    self.step(f"  jwt {name:18} W1 {r['rps']:10.1f} req/s, "
+                              f"{r.get('cpu_us_per_req', 0):.1f} µs CPU/req")
+            metrics = urllib.request.urlopen(
+                f"http://{s.ready[f'{s.name}-orders']['admin']}/metrics", timeout=10
+            ).read().decode()
+            validated = jwt.metric(metrics, "picket_jwt_validations_total", {"result": "ok"})
+            refused = (jwt.metric(metrics, "picket_jwt_validations_total") - validated)
+            fetches = jwt.metric(metrics, "picket_jwt_jwks_fetches_total")
+            check = {"tokens_sent": sent, "validated_ok": validated, "refused": refused,
+                     "jwks_fetches": fetches}
+            self.step(f"  jwt check: {check}")
+            if validated < sent or refused or fetches:
+                self.fail("jwt", BenchError(f"the orders sidecar did not validate every token "
+                                            f"locally: {check}"))
+            self.results["jwt"] = {"available": True, "runs": runs,
+                                   "variants": [n for n, _ in variants], "check": check}
+        except (BenchError, OSError) as e:
+            self.fail("jwt", e)
+        finally:
+            # The last part that uses the Picket pair: it is stopped with everything else
+            # next, so it is not restarted without the RequestAuthentication here.
+            s.extra_policy = None
 
     def ca_rate(self) -> None:
         self.step("CA signing rate (criterion bench ca/benches/issue.rs, one core)")

@@ -34,7 +34,7 @@ from pathlib import Path
 from .__main__ import MAIN_POLICIES
 from .certs import Pki
 from .procs import LOAD_CORE, BenchError, Proc, http_status, read_json_file, run, stop_all, wait_for
-from .systems import Backend, Picket
+from .systems import Backend, Collector, Picket
 
 TOOLS = ("callgrind", "ctx", "strace", "perf")
 CONNECTIONS = 16
@@ -338,6 +338,10 @@ class Profiler:
             self.backend = Backend(self.work, self.logs, Path(__file__).parent)
             self.backend.start()
             self.overlay = Path(self.args.overlay).read_text() if self.args.overlay else ""
+            if "${OTLP_ENDPOINT}" in self.overlay:
+                # As in bench/run's W8: a node-local collector that discards what it receives.
+                self.overlay = self.overlay.replace("${OTLP_ENDPOINT}",
+                                                    Collector(self.logs).start())
             native = [t for t in self.tools if t != "callgrind"]
             if native:
                 self.native(native)

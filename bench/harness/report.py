@@ -374,6 +374,40 @@ def w8_section(results) -> list[str]:
     return out
 
 
+def jwt_section(results) -> list[str]:
+    j = results.get("jwt", {})
+    if not j.get("available"):
+        return [f"**Not yet available**: {j.get('reason', 'not run')}."]
+    runs = j["runs"]
+    out = ["One Picket pair with 100 policies and a RequestAuthentication on the orders "
+           "sidecars (RS256, RSA-2048, JWK set inline); the same W1 (16 connections, 1 KB) "
+           "without a token and with a valid token the harness minted "
+           "(`Authorization: Bearer ...`), alternating within each round. \"Cost\" is the drop "
+           "in throughput against the no-token run.", "",
+           "| variant | W1 16 conns req/s | cost vs no token | CPU µs/req, both sidecars | "
+           "added CPU µs/req |", "|---|---|---|---|---|"]
+    base = runs.get("no token", [])
+    base_rps = med([r["rps"] for r in base])
+    base_cpu = med([r.get("cpu_us_per_req") for r in base])
+    for name in j.get("variants", runs.keys()):
+        rs = runs.get(name, [])
+        rps = med([r["rps"] for r in rs])
+        cpu = med([r.get("cpu_us_per_req") for r in rs])
+        cost = None if base_rps in (None, 0) or rps is None else (1 - rps / base_rps) * 100
+        added = None if cpu is None or base_cpu is None else cpu - base_cpu
+        out.append(f"| {name} | {fmt(rps)} ({fmt(min((r['rps'] for r in rs), default=None))}"
+                   f"–{fmt(max((r['rps'] for r in rs), default=None))}) | "
+                   f"{'–' if cost is None else f'{cost:+.1f} %'} | {fmt(cpu, 1)} | "
+                   f"{'–' if added is None else f'{added:+.1f}'} |")
+    c = j.get("check", {})
+    out += ["", f"Check after the runs, from the orders sidecar's metrics: "
+            f"{c.get('tokens_sent', 0):,} requests carried the token, "
+            f"`picket_jwt_validations_total{{result=\"ok\"}}` {c.get('validated_ok', 0):,.0f}, "
+            f"refused {c.get('refused', 0):,.0f}, JWK-set fetches "
+            f"(`picket_jwt_jwks_fetches_total`) {c.get('jwks_fetches', 0):,.0f}."]
+    return out
+
+
 def w8_cost(results, name):
     w8 = results.get("w8", {})
     if not w8.get("available"):
@@ -551,6 +585,10 @@ def markdown(results) -> str:
         "## W8 policy scale and telemetry",
         "",
         *w8_section(results),
+        "",
+        "## End-user token (JWT) at W1",
+        "",
+        *jwt_section(results),
         "",
         "## Errors seen during the runs",
         "",

@@ -239,6 +239,9 @@ class Picket(System):
         # 0: policy off (`default_action: allow`, no files); N: N policies, default deny.
         self.policies = policies
         self.overlay = overlay
+        # Another policy document (a RequestAuthentication, say) written beside the
+        # authorization policies of every sidecar; its name keys the directory.
+        self.extra_policy: tuple[str, str] | None = None
         self.sidecars: dict[str, Proc] = {}
         self.ready: dict[str, dict] = {}
 
@@ -247,9 +250,12 @@ class Picket(System):
         each pod has its own volume in Kubernetes: sidecars watching one shared directory
         trigger each other's reloads without end (each reload's reads are events for the
         others' watchers), which is not how they are deployed."""
-        source = self.work / "policies" / str(count) / "source"
+        key = str(count) + (f"-{self.extra_policy[0]}" if self.extra_policy else "")
+        source = self.work / "policies" / key / "source"
         if not source.is_dir():
             write_policies(source, count)
+            if self.extra_policy:
+                (source / f"{self.extra_policy[0]}.yaml").write_text(self.extra_policy[1])
         directory = source.parent / sidecar
         if not directory.is_dir():
             shutil.copytree(source, directory)

@@ -164,17 +164,26 @@ pub fn check_head(parts: &Parts) -> Result<(), Rejection> {
 /// The host a request names: the authority of an absolute target (or `:authority`), else the
 /// `Host` header. Refused when neither is present or the `Host` header is not ASCII.
 pub fn raw_host(parts: &Parts) -> Result<String, Rejection> {
+    host_of(parts).map(str::to_owned)
+}
+
+/// [`raw_host`], borrowed from the request head.
+fn host_of(parts: &Parts) -> Result<&str, Rejection> {
     match (parts.uri.authority(), parts.headers.get(header::HOST)) {
-        (Some(a), _) => Ok(a.as_str().to_owned()),
+        (Some(a), _) => Ok(a.as_str()),
         (None, Some(h)) => h
             .to_str()
-            .map(str::to_owned)
             .map_err(|_| Rejection::bad_request("Host header is not visible ASCII")),
         (None, None) => Err(Rejection::bad_request("request has no host")),
     }
 }
 
 /// Makes `parts` canonical in place and returns the canonical view.
+///
+/// The request-target and the `Host` header are rewritten only when they differ from the
+/// canonical ones: a request that already is canonical (the common case, and always the case
+/// between two sidecars) keeps its `Uri` and headers as they are, which is the same request
+/// without a parse, a copy and a header-map insert per request.
 pub fn canonicalize(parts: &mut Parts, cfg: &HttpConfig) -> Result<Canonical, Rejection> {
     check_head(parts)?;
     normalize::normalize_method(parts.method.as_str())
@@ -189,43 +198,55 @@ pub fn canonicalize(parts: &mut Parts, cfg: &HttpConfig) -> Result<Canonical, Re
         )));
     }
 
-    let raw_host = raw_host(parts)?;
+    let raw_host = host_of(parts)?;
     if raw_host.contains('@') {
         return Err(Rejection::bad_request(
             "user info in the authority is not allowed",
         ));
     }
-    let host = normalize::normalize_host(&raw_host)
+    let host = normalize::normalize_host(raw_host)
         .map_err(|e| Rejection::bad_request(format!("invalid host: {e}")))?;
 
     let asterisk = is_asterisk(parts);
-    let (path, target) = if asterisk {
-        (ASTERISK.to_owned(), ASTERISK.to_owned())
+    let (path, path_unchanged) = if asterisk {
+        (ASTERISK.to_owned(), false)
     } else {
-        let (raw_path, query) = match parts.uri.path_and_query() {
-            Some(pq) => (pq.path(), pq.query()),
-            None => ("/", None),
-        };
+        let raw_path = parts.uri.path_and_query().map_or("/", |pq| pq.path());
         let path = normalize::normalize_path(raw_path, &cfg.path)
             .map_err(|e| Rejection::bad_request(format!("invalid path: {e}")))?;
-        let target = match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.clone(),
-        };
-        (path, target)
+        let unchanged = parts.uri.path_and_query().is_some() && path == raw_path;
+        (path, unchanged)
     };
-    let mut builder = Uri::builder().path_and_query(target.as_str());
-    if parts.version == Version::HTTP_2 {
-        builder = builder.scheme("http").authority(host.as_str());
+    // The canonical target: origin form in HTTP/1; in HTTP/2 scheme `http` and the canonical
+    // host as the authority.
+    let canonical_form = if parts.version == Version::HTTP_2 {
+        parts.uri.scheme_str() == Some("http")
+            && parts.uri.authority().is_some_and(|a| a.as_str() == host)
+    } else {
+        parts.uri.scheme().is_none() && parts.uri.authority().is_none()
+    };
+    if !(path_unchanged && canonical_form) {
+        let target = match parts.uri.query() {
+            Some(q) if !asterisk => format!("{path}?{q}"),
+            _ => path.clone(),
+        };
+        let mut builder = Uri::builder().path_and_query(target.as_str());
+        if parts.version == Version::HTTP_2 {
+            builder = builder.scheme("http").authority(host.as_str());
+        }
+        parts.uri = builder
+            .build()
+            .map_err(|e| Rejection::bad_request(format!("invalid request target: {e}")))?;
     }
-    parts.uri = builder
-        .build()
-        .map_err(|e| Rejection::bad_request(format!("invalid request target: {e}")))?;
-    let host_value =
-        HeaderValue::from_str(&host).map_err(|_| Rejection::bad_request("invalid host"))?;
     if parts.version == Version::HTTP_2 {
         parts.headers.remove(header::HOST);
-    } else {
+    } else if parts
+        .headers
+        .get(header::HOST)
+        .is_none_or(|h| h.as_bytes() != host.as_bytes())
+    {
+        let host_value =
+            HeaderValue::from_str(&host).map_err(|_| Rejection::bad_request("invalid host"))?;
         parts.headers.insert(header::HOST, host_value);
     }
     let method = match crate::tunnel::form(parts) {

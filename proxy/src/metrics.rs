@@ -2,6 +2,7 @@
 //! status classes come from fixed sets; no raw paths, addresses or free text.
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicI64;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -143,6 +144,38 @@ pub struct JwksLabels {
     pub jwks: String,
 }
 
+/// The status classes of `picket_requests_total`, in the order [`status_class`] numbers them.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index of a status in [`STATUS_CLASSES`].
+fn status_class(status: http::StatusCode) -> usize {
+    match status.as_u16() {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// The index of a direction in [`RequestSeries`].
+fn direction_index(direction: Direction) -> usize {
+    match direction {
+        Direction::Inbound => 0,
+        Direction::Outbound => 1,
+    }
+}
+
+/// The series every request counts in, kept once taken from their families: a handle shares
+/// its family's series (the same atomic counter or histogram), so a request counts without
+/// hashing a label set and without the family's lock. Each handle is taken the first time its
+/// series is used, so the exposition lists the same series as without these handles.
+#[derive(Default)]
+struct RequestSeries {
+    requests: [[OnceLock<Counter>; STATUS_CLASSES.len()]; 2],
+    duration: [OnceLock<Histogram>; 2],
+}
+
 /// Called before each exposition, to set gauges that are computed rather than counted.
 pub type BeforeEncode = Box<dyn Fn(&Metrics) + Send + Sync>;
 
@@ -182,6 +215,8 @@ pub struct Metrics {
     /// Balancer decisions.
     balancer: Family<BalancerLabels, Counter>,
     before_encode: std::sync::Mutex<Vec<BeforeEncode>>,
+    /// Handles of `requests` and `request_duration`, as requests use them.
+    series: RequestSeries,
     /// Alert and dropped-telemetry families, handed to the telemetry pipeline.
     pub telemetry: crate::telemetry::TelemetryMetrics,
 }
@@ -318,6 +353,7 @@ impl Metrics {
             jwks_fetches,
             jwks_key_age,
             before_encode: std::sync::Mutex::new(Vec::new()),
+            series: RequestSeries::default(),
             connections,
             requests,
             request_duration,
@@ -385,21 +421,24 @@ impl Metrics {
         status: http::StatusCode,
         elapsed: std::time::Duration,
     ) {
-        let status_class = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.requests
-            .get_or_create(&RequestLabels {
-                direction,
-                status_class,
+        let d = direction_index(direction);
+        let class = status_class(status);
+        self.series.requests[d][class]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        direction,
+                        status_class: STATUS_CLASSES[class],
+                    })
+                    .clone()
             })
             .inc();
-        self.request_duration
-            .get_or_create(&DirectionLabels { direction })
+        self.series.duration[d]
+            .get_or_init(|| {
+                self.request_duration
+                    .get_or_create(&DirectionLabels { direction })
+                    .clone()
+            })
             .observe(elapsed.as_secs_f64());
     }
 
@@ -489,3 +528,6 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests;

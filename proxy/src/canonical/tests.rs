@@ -88,3 +88,46 @@ fn http2_host_must_agree_with_authority() {
     );
     assert!(canonicalize(&mut two, &cfg()).is_err());
 }
+
+#[test]
+fn a_canonical_request_keeps_its_target_and_a_rewritten_one_is_canonical() {
+    let canon = |version, uri: &str, host: &[u8]| {
+        let mut p = parts(version, "GET", uri, &[("host", host)]);
+        let c = canonicalize(&mut p, &cfg()).unwrap();
+        let host = p.headers.get_all(header::HOST).iter().count();
+        let value = p
+            .headers
+            .get(header::HOST)
+            .map(|h| h.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (c, p.uri.to_string(), value, host)
+    };
+    // Already canonical: the same target and the one Host header.
+    let (c, uri, host, n) = canon(Version::HTTP_11, "/a/b?x=1&y", b"orders:8080");
+    assert_eq!((c.path.as_str(), c.host.as_str()), ("/a/b", "orders:8080"));
+    assert_eq!(
+        (uri.as_str(), host.as_str(), n),
+        ("/a/b?x=1&y", "orders:8080", 1)
+    );
+    // A path that normalizes, a host that lowercases, an absolute target: rewritten.
+    let (_, uri, host, n) = canon(Version::HTTP_11, "/a/./c/../b//d?q", b"Orders.");
+    assert_eq!((uri.as_str(), host.as_str(), n), ("/a/b/d?q", "orders", 1));
+    let (_, uri, host, _) = canon(Version::HTTP_11, "http://Other/x", b"orders");
+    assert_eq!((uri.as_str(), host.as_str()), ("/x", "other"));
+    // HTTP/2: scheme http and the canonical host as the authority, no Host header.
+    let mut p = parts(Version::HTTP_2, "GET", "http://orders/a?q", &[]);
+    canonicalize(&mut p, &cfg()).unwrap();
+    assert_eq!(p.uri.to_string(), "http://orders/a?q");
+    let mut p = parts(
+        Version::HTTP_2,
+        "GET",
+        "https://ORDERS/a/../b",
+        &[("host", b"orders")],
+    );
+    let c = canonicalize(&mut p, &cfg()).unwrap();
+    assert_eq!(
+        (p.uri.to_string().as_str(), c.path.as_str()),
+        ("http://orders/b", "/b")
+    );
+    assert!(p.headers.get(header::HOST).is_none());
+}

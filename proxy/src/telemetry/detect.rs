@@ -27,6 +27,7 @@
 //! seen (sources without an identity: after the sidecar started) its edges and burst rates
 //! are learned, not reported. Identities in the baseline are known from the start.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::BufRead;
@@ -111,6 +112,100 @@ impl Hasher for DigestHasher {
 }
 
 type DigestMap<V> = HashMap<u64, V, BuildHasherDefault<DigestHasher>>;
+
+/// Slots of the [`DigestMemo`].
+const MEMO_SLOTS: usize = 64;
+/// The longest digest input the memo keeps (longer ones are always computed).
+const MEMO_MAX_INPUT: usize = 512;
+
+/// The digests of recent inputs, each kept with its whole input: a flow repeats the digests
+/// of the flows before it (its source, destination, edge and identity), and comparing an input
+/// with the one kept costs a fraction of SipHash over it.
+///
+/// A hit needs the exact same input and key, so the memo never changes a digest; it is a
+/// direct-mapped cache whose slot comes from a cheap non-cryptographic mix of the input.
+/// Inputs are attacker-influenced (paths, addresses), so that mix is not DoS-resistant, and
+/// need not be: two inputs that fall into one slot only evict each other and are computed
+/// with SipHash as without the memo. The work per flow stays bounded (one slot looked at, at
+/// most [`MEMO_MAX_INPUT`] bytes compared) and so does its memory (at most [`MEMO_SLOTS`]
+/// inputs of that size).
+#[derive(Debug, Default)]
+struct DigestMemo {
+    key: [u64; 2],
+    slots: Vec<Option<MemoSlot>>,
+    /// The input being looked up, built here to spare an allocation per lookup.
+    scratch: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct MemoSlot {
+    input: Box<[u8]>,
+    n: u64,
+    digest: u64,
+}
+
+impl DigestMemo {
+    /// The slot of `input` and `n`: a multiply-rotate mix over 8-byte words.
+    fn slot(input: &[u8], n: u64) -> usize {
+        const M: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut h = n.wrapping_mul(M);
+        for chunk in input.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            h = (h ^ u64::from_le_bytes(word))
+                .wrapping_mul(M)
+                .rotate_left(29);
+        }
+        // The top bits are the best mixed; MEMO_SLOTS is a power of two.
+        (h >> (64 - MEMO_SLOTS.trailing_zeros())) as usize
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.scratch.capacity()
+            + self.slots.capacity() * size_of::<Option<MemoSlot>>()
+            + self
+                .slots
+                .iter()
+                .flatten()
+                .map(|s| s.input.len())
+                .sum::<usize>()
+    }
+
+    /// The digest of `parts` and `n` under `key`: from the memo when it holds exactly this
+    /// input, else computed by `compute` and kept.
+    fn get(&mut self, key: [u64; 2], parts: &[&str], n: u64, compute: impl FnOnce() -> u64) -> u64 {
+        if self.key != key || self.slots.is_empty() {
+            self.key = key;
+            self.slots.clear();
+            self.slots.resize_with(MEMO_SLOTS, || None);
+        }
+        self.scratch.clear();
+        for p in parts {
+            // 0xff never occurs in UTF-8, so the encoding is unambiguous, as the digest's.
+            self.scratch.extend_from_slice(p.as_bytes());
+            self.scratch.push(0xff);
+        }
+        if self.scratch.len() > MEMO_MAX_INPUT {
+            return compute();
+        }
+        let i = Self::slot(&self.scratch, n);
+        if let Some(Some(slot)) = self.slots.get(i)
+            && slot.n == n
+            && *slot.input == *self.scratch
+        {
+            return slot.digest;
+        }
+        let digest = compute();
+        if let Some(entry) = self.slots.get_mut(i) {
+            *entry = Some(MemoSlot {
+                input: self.scratch.as_slice().into(),
+                n,
+                digest,
+            });
+        }
+        digest
+    }
+}
 
 /// A map capped at `cap` entries that evicts the entry inserted first.
 #[derive(Debug)]
@@ -388,6 +483,8 @@ pub struct Detectors {
     /// The SipHash key of every digest: random per installation, kept in the state file so
     /// that persisted digests stay valid.
     key: [u64; 2],
+    /// Recent digests by input (a cache: never changes a digest).
+    memo: RefCell<DigestMemo>,
     started: Option<i64>,
     baseline: HashSet<u64, BuildHasherDefault<DigestHasher>>,
     edges: Bounded<()>,
@@ -574,6 +671,7 @@ impl Detectors {
                 .collect(),
             cfg: cfg.clone(),
             key: random_key(),
+            memo: RefCell::default(),
             started: None,
             baseline: HashSet::default(),
             edges: Bounded::new(cap),
@@ -618,6 +716,13 @@ impl Detectors {
     }
 
     fn digest(&self, parts: &[&str], n: u64) -> u64 {
+        match self.memo.try_borrow_mut() {
+            Ok(mut memo) => memo.get(self.key, parts, n, || self.sip_digest(parts, n)),
+            Err(_) => self.sip_digest(parts, n),
+        }
+    }
+
+    fn sip_digest(&self, parts: &[&str], n: u64) -> u64 {
         // SipHash-2-4 with this installation's key: `std::hash::SipHasher` is deprecated in
         // favour of hashers whose algorithm may change between Rust releases, and digests
         // kept in the state file must mean the same after an upgrade.
@@ -1300,6 +1405,7 @@ impl Detectors {
                 .map(|i| i.name.len())
                 .sum::<usize>()
             + self.baseline.capacity() * 9
+            + self.memo.try_borrow().map_or(0, |m| m.heap_bytes())
     }
 
     /// Whether `path` is one of the configured sensitive paths.

@@ -655,3 +655,48 @@ fn detector_memory_per_10k_edges() {
         assert_eq!(edges, sources * 100);
     }
 }
+
+#[test]
+fn the_digest_memo_never_changes_a_digest() {
+    let d = Detectors::new(&cfg());
+    let long = "x".repeat(MEMO_MAX_INPUT + 1);
+    // Many more distinct inputs than slots, each asked twice, interleaved: every answer is
+    // the SipHash digest of exactly that input, hit or miss, kept or evicted.
+    let inputs: Vec<(Vec<String>, u64)> = (0..(MEMO_SLOTS * 4))
+        .map(|i| {
+            let parts = match i % 4 {
+                0 => vec![
+                    "edge".into(),
+                    format!("src{i}"),
+                    "dst".into(),
+                    "GET /a".into(),
+                ],
+                1 => vec!["identity".into(), format!("{FRONTEND}{i}")],
+                // Parts that concatenate alike must still differ.
+                2 => vec!["ab".into(), format!("c{i}")],
+                _ => vec!["a".into(), format!("bc{i}")],
+            };
+            (parts, (i % 3) as u64)
+        })
+        .chain([(vec!["long".into(), long.clone()], 0)])
+        .collect();
+    for round in 0..2 {
+        for (parts, n) in &inputs {
+            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            assert_eq!(
+                d.digest(&parts, *n),
+                d.sip_digest(&parts, *n),
+                "round {round}: {parts:?} {n}"
+            );
+        }
+    }
+    assert_ne!(d.digest(&["ab", "c1"], 0), d.digest(&["a", "bc1"], 0));
+    assert_ne!(d.digest(&["ab", "c1"], 0), d.digest(&["ab", "c1"], 1));
+    // A new key (a restored state) is never answered from digests of the old one.
+    let mut d = d;
+    let before = d.digest(&["identity", FRONTEND], 0);
+    d.key = [d.key[0] ^ 1, d.key[1]];
+    let after = d.digest(&["identity", FRONTEND], 0);
+    assert_ne!(before, after);
+    assert_eq!(after, d.sip_digest(&["identity", FRONTEND], 0));
+}
