@@ -14,6 +14,8 @@ use tokio::sync::watch;
 
 pub use picket_common::discovery::{Destination, Endpoint};
 
+pub mod controller;
+
 /// A source's answer for one destination address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {

@@ -356,6 +356,7 @@ async fn spawn_sidecar(
         telemetry: picket_proxy::telemetry::TelemetryConfig::default(),
         health: None,
         jwt: picket_proxy::jwt::JwtSettings::default(),
+        controller: None,
     };
     let (tx, rx) = oneshot::channel();
     let stop = shutdown.clone();
