@@ -510,13 +510,13 @@ async fn answer(request: Request<Incoming>, state: &Mutex<State>) -> Response<Bo
         (Method::GET, Some(name)) => get(state, &target, name),
         (Method::POST, None) => match read_object(request, &target).await {
             Ok(object) => create(state, &target, object),
-            Err(response) => response,
+            Err(message) => status(400, "BadRequest", &message),
         },
         (Method::PUT, Some(name)) => {
             let name = name.clone();
             match read_object(request, &target).await {
                 Ok(object) => replace(state, &target, &name, object),
-                Err(response) => response,
+                Err(message) => status(400, "BadRequest", &message),
             }
         }
         _ => status(
@@ -527,8 +527,9 @@ async fn answer(request: Request<Incoming>, state: &Mutex<State>) -> Response<Bo
     }
 }
 
-async fn read_object(request: Request<Incoming>, target: &Target) -> Result<Value, Response<Body>> {
-    let bad = |m: String| status(400, "BadRequest", &m);
+/// The object in the body; an unusable one is the 400 message.
+async fn read_object(request: Request<Incoming>, target: &Target) -> Result<Value, String> {
+    let bad = |m: String| m;
     let body = request
         .into_body()
         .collect()
@@ -571,13 +572,14 @@ fn current(state: &mut State, target: &Target) -> Vec<Value> {
         .collect()
 }
 
-fn parse_version(q: &HashMap<String, String>) -> Result<Option<u64>, Response<Body>> {
+/// The requested version; an unreadable one is the 400 message.
+fn parse_version(q: &HashMap<String, String>) -> Result<Option<u64>, String> {
     match q.get("resourceVersion").map(String::as_str) {
         None | Some("" | "0") => Ok(None),
         Some(v) => v
             .parse()
             .map(Some)
-            .map_err(|_| status(400, "BadRequest", &format!("invalid resourceVersion {v:?}"))),
+            .map_err(|_| format!("invalid resourceVersion {v:?}")),
     }
 }
 
@@ -585,7 +587,7 @@ fn list(state: &Mutex<State>, target: &Target, q: &HashMap<String, String>) -> R
     let mut state = lock(state);
     let version = match parse_version(q) {
         Ok(v) => v,
-        Err(response) => return response,
+        Err(message) => return status(400, "BadRequest", &message),
     };
     if let Some(v) = version
         && v < state.collection(target.kind.plural).floor
@@ -669,7 +671,7 @@ fn replace(state: &Mutex<State>, target: &Target, name: &str, object: Value) -> 
 fn watch(state: &Mutex<State>, target: &Target, q: &HashMap<String, String>) -> Response<Body> {
     let version = match parse_version(q) {
         Ok(v) => v,
-        Err(response) => return response,
+        Err(message) => return status(400, "BadRequest", &message),
     };
     let timeout = q
         .get("timeoutSeconds")

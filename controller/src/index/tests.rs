@@ -76,7 +76,9 @@ fn known(answer: Answer) -> Arc<Destination> {
     }
 }
 
-fn cluster() -> (Vec<Arc<Pod>>, Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
+type Cluster = (Vec<Arc<Pod>>, Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>);
+
+fn cluster() -> Cluster {
     let pods = vec![
         pod("shop", "orders-1", "orders", "10.1.0.1", true),
         pod("shop", "orders-2", "orders", "10.1.0.2", true),
