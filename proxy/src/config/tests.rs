@@ -224,18 +224,18 @@ fn controller_section_is_validated_with_locations() {
         "spiffe://cluster.local/ns/picket/sa/picket-controller"
     );
     for (from, to, line, needle) in [
-        (":7150", "", 10, "controller.address"),
-        (":7150", ":0", 10, "controller.address"),
+        ("svc:7150", "svc", 11, "controller.address"),
+        ("svc:7150", "svc:0", 11, "controller.address"),
         (
             "cluster.local/ns/picket",
             "other.td/ns/picket",
-            11,
+            12,
             "outside this workload's trust domain",
         ),
         (
             "spiffe://cluster.local/ns/picket/sa/picket-controller",
             "picket",
-            11,
+            12,
             "controller.identity",
         ),
     ] {
