@@ -43,6 +43,8 @@ enum Command {
     /// The mutating admission webhook that injects the sidecar into new pods.
     #[command(subcommand)]
     Injector(cmd::inject::InjectorCommand),
+    /// Watch the Kubernetes cluster and serve sidecars their destinations over mTLS.
+    Controller(cmd::controller::ControllerArgs),
 }
 
 /// One CPU (the affinity mask and cgroup quota both count): a current-thread runtime, which
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
             Command::Iptables(args) => cmd::iptables::run(args).map(|()| true),
             Command::Inject(args) => cmd::inject::run(args).map(|()| true),
             Command::Injector(c) => cmd::inject::run_injector(c).await.map(|()| true),
+            Command::Controller(args) => cmd::controller::run(args).await.map(|()| true),
         }
     });
     match result {

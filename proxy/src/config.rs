@@ -44,6 +44,8 @@ pub struct Config {
     pub health: Option<HealthConfig>,
     /// End-user request authentication (JWT): JWKS fetching, skew, logging.
     pub jwt: crate::jwt::JwtSettings,
+    /// The controller to subscribe to for destinations (cluster mode); none: file mode.
+    pub controller: Option<crate::discover::controller::ControllerSource>,
 }
 
 /// The health listener: kubelet probes rewritten by the injector arrive here, never
@@ -443,6 +445,15 @@ pub(crate) struct RawConfig {
     health: Option<RawHealth>,
     #[serde(default)]
     jwt: RawJwt,
+    #[serde(default)]
+    controller: Option<RawController>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawController {
+    address: Spanned<String>,
+    identity: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,6 +14,9 @@ use tokio::sync::watch;
 
 pub use picket_common::discovery::{Destination, Endpoint};
 
+pub mod controller;
+pub mod fixed;
+
 /// A source's answer for one destination address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
@@ -33,5 +36,3 @@ pub trait Discover: Send + Sync + std::fmt::Debug + 'static {
     /// known endpoints while the controller is unreachable.
     fn subscribe(&self, destination: SocketAddr) -> watch::Receiver<Resolution>;
 }
-
-pub mod fixed;

@@ -49,6 +49,9 @@ pub enum SidecarError {
     /// TLS configuration failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The controller client (`controller:`) could not be set up.
+    #[error(transparent)]
+    Controller(#[from] crate::discover::controller::ControllerClientError),
 }
 
 /// The addresses a running sidecar is bound to.
@@ -162,12 +165,14 @@ pub async fn run(
         Arc::clone(&metrics),
         telemetry.clone(),
     )?);
-    let outbound = Arc::new(Outbound::new(
-        &creds,
-        &config,
-        Arc::clone(&metrics),
-        telemetry.clone(),
-    )?);
+    let mut outbound = Outbound::new(&creds, &config, Arc::clone(&metrics), telemetry.clone())?;
+    // Cluster mode: the controller answers for transparent destinations, in place of any
+    // listed in the file (see docs/balancing.md).
+    if let Some(source) = &config.controller {
+        let client = crate::discover::controller::ControllerDiscover::new(source, &creds)?;
+        outbound = outbound.with_discover(Arc::new(client));
+    }
+    let outbound = Arc::new(outbound);
 
     let listeners = DataListeners::bind(&config, &admin).await?;
     let addrs = listeners.addrs.clone();

@@ -141,8 +141,8 @@ async fn workloads_are_non_root_read_only_probed_and_versioned() -> Result<()> {
         let manifests = documents(&helm_template(&values).await?)?;
         let deployments = of_kind(&manifests, "Deployment");
         ensure!(
-            deployments.len() == 2,
-            "{label}: expected the CA and the injector"
+            deployments.len() == 3,
+            "{label}: expected the CA, the injector and the controller"
         );
         for deployment in deployments {
             check_containers(&label, deployment)?;
@@ -197,31 +197,68 @@ async fn workloads_are_non_root_read_only_probed_and_versioned() -> Result<()> {
 }
 
 #[tokio::test]
-async fn rbac_grants_tokenreview_create_and_nothing_else() -> Result<()> {
+async fn rbac_grants_tokenreview_create_and_the_controllers_reads_and_configmaps_only() -> Result<()>
+{
     for values in ci_values()? {
         let manifests = documents(&helm_template(&values).await?)?;
         ensure!(of_kind(&manifests, "Role").is_empty());
         ensure!(of_kind(&manifests, "RoleBinding").is_empty());
         let roles = of_kind(&manifests, "ClusterRole");
-        ensure!(roles.len() == 1, "one ClusterRole, found {}", roles.len());
+        ensure!(roles.len() == 2, "two ClusterRoles, found {}", roles.len());
+        let ca_role = named(&manifests, "ClusterRole", "picket-ca-tokenreview")?;
         ensure!(
-            roles[0]["rules"]
+            ca_role["rules"]
                 == json!([{
                     "apiGroups": ["authentication.k8s.io"],
                     "resources": ["tokenreviews"],
                     "verbs": ["create"],
                 }]),
             "{}",
-            roles[0]["rules"]
+            ca_role["rules"]
+        );
+        // The controller lists and watches what it reads, creates ConfigMaps (RBAC cannot
+        // limit create to names) and reads or updates only the two it distributes.
+        let controller_role = named(&manifests, "ClusterRole", "picket-controller")?;
+        ensure!(
+            controller_role["rules"]
+                == json!([
+                    {"apiGroups": [""], "resources": ["pods", "services", "namespaces"], "verbs": ["list", "watch"]},
+                    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+                    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+                    {"apiGroups": [""], "resources": ["configmaps"],
+                     "resourceNames": ["picket-trust-bundle", "picket-policy"], "verbs": ["get", "update"]},
+                ]),
+            "{}",
+            controller_role["rules"]
         );
         let bindings = of_kind(&manifests, "ClusterRoleBinding");
-        ensure!(bindings.len() == 1);
-        ensure!(
-            bindings[0]["subjects"]
-                == json!([{"kind": "ServiceAccount", "name": "picket-ca", "namespace": "picket"}])
-        );
+        ensure!(bindings.len() == 2);
+        for (binding, account) in [
+            ("picket-ca-tokenreview", "picket-ca"),
+            ("picket-controller", "picket-controller"),
+        ] {
+            let binding = named(&manifests, "ClusterRoleBinding", binding)?;
+            ensure!(
+                binding["subjects"]
+                    == json!([{"kind": "ServiceAccount", "name": account, "namespace": "picket"}]),
+                "{}",
+                binding["subjects"]
+            );
+        }
         let injector_account = named(&manifests, "ServiceAccount", "picket-injector")?;
         ensure!(injector_account["automountServiceAccountToken"] == false);
+        // The controller's identity and API access as the binary expects them.
+        let controller = named(&manifests, "Deployment", "picket-controller")?;
+        let container = &controller["spec"]["template"]["spec"]["containers"][0];
+        let args = strings(&container["args"]);
+        ensure!(
+            flag(&args, "--identity")
+                .is_some_and(|id| id.starts_with("spiffe://")
+                    && id.ends_with("/ns/picket/sa/picket-controller")),
+            "{args:?}"
+        );
+        ensure!(flag(&args, "--kube-api").is_some(), "{args:?}");
+        ensure!(container["ports"][0]["containerPort"] == 7150);
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ mod fairness;
 mod garden;
 mod jwt;
 mod k8s_chart;
+mod k8s_controller;
 mod k8s_inject;
 mod k8s_tokenreview;
 mod k8s_webhook;

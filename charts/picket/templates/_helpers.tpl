@@ -14,6 +14,10 @@ called "picket" gives picket-ca and picket-injector), else <release>-picket.
 {{- printf "%s-ca" (include "picket.fullname" .) -}}
 {{- end -}}
 
+{{- define "picket.controllerName" -}}
+{{- printf "%s-controller" (include "picket.fullname" .) -}}
+{{- end -}}
+
 {{- define "picket.injectorName" -}}
 {{- printf "%s-injector" (include "picket.fullname" .) -}}
 {{- end -}}

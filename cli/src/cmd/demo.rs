@@ -362,6 +362,7 @@ fn sidecar_config(
         telemetry: picket_proxy::telemetry::TelemetryConfig::default(),
         health: None,
         jwt: picket_proxy::jwt::JwtSettings::default(),
+        controller: None,
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod analyze;
 pub mod ca;
+pub mod controller;
 pub mod demo;
 pub mod inject;
 pub mod iptables;

@@ -30,6 +30,11 @@ impl Validator<'_> {
             policy: self.policy(&raw.policy)?,
             http: self.http(&raw.http)?,
             jwt: self.jwt(&raw.jwt)?,
+            controller: raw
+                .controller
+                .as_ref()
+                .map(|c| self.controller(c, &td))
+                .transpose()?,
             telemetry: self.telemetry(raw.telemetry)?,
             labels: raw.workload.labels,
             identity,
@@ -65,6 +70,28 @@ impl Validator<'_> {
             urls,
             trust_bundle: raw.trust_bundle.clone(),
             join_token_file: raw.join_token_file.clone(),
+        })
+    }
+
+    /// `controller:`: where the controller serves (`host:port`) and the SPIFFE ID it must
+    /// present (in this workload's trust domain).
+    fn controller(
+        &self,
+        raw: &RawController,
+        td: &TrustDomain,
+    ) -> Result<crate::discover::controller::ControllerSource, YamlError> {
+        if crate::discover::controller::server_name(&raw.address.value).is_none() {
+            return Err(self.err(
+                &raw.address,
+                format!(
+                    "controller.address: {:?} is not host:port (a port from 1 to 65535)",
+                    raw.address.value
+                ),
+            ));
+        }
+        Ok(crate::discover::controller::ControllerSource {
+            address: raw.address.value.clone(),
+            identity: self.peer(&raw.identity, td, "controller.identity", "")?,
         })
     }
 

@@ -329,3 +329,39 @@ fn bad_destinations_name_field_line_and_column() {
         assert!(e.message.contains(needle), "{from}: {e}");
     }
 }
+
+#[test]
+fn controller_section_is_validated_with_locations() {
+    assert_eq!(Config::parse("s.yaml", GOOD).unwrap().controller, None);
+    let with = format!(
+        "{GOOD}controller:\n  address: picket-controller.picket.svc:7150\n  identity: spiffe://cluster.local/ns/picket/sa/picket-controller\n"
+    );
+    let c = Config::parse("s.yaml", &with).unwrap();
+    let source = c.controller.unwrap();
+    assert_eq!(source.address, "picket-controller.picket.svc:7150");
+    assert_eq!(
+        source.identity.to_string(),
+        "spiffe://cluster.local/ns/picket/sa/picket-controller"
+    );
+    for (from, to, line, needle) in [
+        ("svc:7150", "svc", 11, "controller.address"),
+        ("svc:7150", "svc:0", 11, "controller.address"),
+        (
+            "cluster.local/ns/picket",
+            "other.td/ns/picket",
+            12,
+            "outside this workload's trust domain",
+        ),
+        (
+            "spiffe://cluster.local/ns/picket/sa/picket-controller",
+            "picket",
+            12,
+            "controller.identity",
+        ),
+    ] {
+        let e = error(&with.replacen(from, to, 1));
+        assert_eq!(e.line, Some(line), "{from}: {e}");
+        assert!(e.message.contains(needle), "{from}: {e}");
+        assert!(e.column.is_some(), "{from}: {e}");
+    }
+}
