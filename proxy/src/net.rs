@@ -49,6 +49,29 @@ fn check_idle(timer: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<io::Error> {
     }
 }
 
+/// A write's outcome through [`IdleTimeout`]: bytes written restart the idle timer; a write
+/// that waits fails once the connection has been idle too long.
+fn written(
+    timer: Pin<&mut Sleep>,
+    idle: Duration,
+    cx: &mut Context<'_>,
+    polled: Poll<io::Result<usize>>,
+) -> Poll<io::Result<usize>> {
+    match polled {
+        Poll::Ready(Ok(n)) => {
+            if n > 0 {
+                timer.reset(Instant::now() + idle);
+            }
+            Poll::Ready(Ok(n))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => match check_idle(timer, cx) {
+            Poll::Ready(e) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        },
+    }
+}
+
 impl<T: AsyncRead> AsyncRead for IdleTimeout<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -79,19 +102,8 @@ impl<T: AsyncWrite> AsyncWrite for IdleTimeout<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        match this.inner.poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.timer.as_mut().reset(Instant::now() + *this.idle);
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match check_idle(this.timer.as_mut(), cx) {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        let polled = this.inner.poll_write(cx, buf);
+        written(this.timer.as_mut(), *this.idle, cx, polled)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -108,19 +120,8 @@ impl<T: AsyncWrite> AsyncWrite for IdleTimeout<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        match this.inner.poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.timer.as_mut().reset(Instant::now() + *this.idle);
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match check_idle(this.timer.as_mut(), cx) {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        written(this.timer.as_mut(), *this.idle, cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
