@@ -28,16 +28,13 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{Method, Response, StatusCode};
 use picket_common::crypto::KxGroup;
 use picket_policy::{Decision, Verdict};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::authz::{self, PolicyStore};
@@ -45,6 +42,7 @@ use crate::direction::Direction;
 use crate::forward::{self, Body, ForwardError};
 use crate::jwt::{Authenticated, Authenticator, TokenError};
 use crate::metrics::Metrics;
+use crate::net::{ByteCounts, Counted};
 use crate::telemetry::{self, FlowPhase, FlowProtocol, FlowRecord, RequestSpan, Telemetry};
 
 /// The requests one direction serves at once. A request past the limit is answered 503 at
@@ -540,12 +538,8 @@ impl<'a> TcpFlow<'a> {
         let Some(every) = telemetry.active_timeout() else {
             return tokio::io::copy_bidirectional(client, server).await;
         };
-        let (read, written) = (AtomicU64::new(0), AtomicU64::new(0));
-        let mut counted = Counted {
-            inner: client,
-            read: &read,
-            written: &written,
-        };
+        let counts = ByteCounts::default();
+        let mut counted = Counted::new(client, &counts);
         let copy = tokio::io::copy_bidirectional(&mut counted, server);
         tokio::pin!(copy);
         let mut next = tokio::time::Instant::now() + every;
@@ -553,7 +547,7 @@ impl<'a> TcpFlow<'a> {
             tokio::select! {
                 r = &mut copy => return r,
                 () = tokio::time::sleep_until(next) => {
-                    let so_far = (read.load(Ordering::Relaxed), written.load(Ordering::Relaxed));
+                    let so_far = counts.get();
                     telemetry.record_flow_seen(&self.record(Some(FlowPhase::Interim), so_far));
                     next += every;
                 }
@@ -576,50 +570,5 @@ impl<'a> TcpFlow<'a> {
         } else {
             telemetry.record_flow(&record);
         }
-    }
-}
-
-/// A stream that counts the bytes read from and written to it.
-struct Counted<'c, S: ?Sized> {
-    inner: &'c mut S,
-    read: &'c AtomicU64,
-    written: &'c AtomicU64,
-}
-
-impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            let n = buf.filled().len().saturating_sub(before);
-            self.read.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut *self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.written.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }

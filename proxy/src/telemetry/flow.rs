@@ -100,9 +100,9 @@ pub enum LineType {
     Flow,
     /// An [`Alert`](super::Alert).
     Alert,
-    /// An edge of a baseline written by `picket analyze --baseline-out`.
+    /// An edge of a baseline written by `picket analyze --baseline-file`.
     Edge,
-    /// A burst counter's rate in a baseline written by `picket analyze --baseline-out`.
+    /// A burst counter's rate in a baseline written by `picket analyze --baseline-file`.
     Rate,
 }
 
