@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use crate::policy::metric_sum;
 use anyhow::{Context, Result, ensure};
 use http::{StatusCode, Version};
 use picket_common::policies::ClusterPolicies;
@@ -137,7 +138,25 @@ async fn a_policy_applied_through_the_api_takes_effect_in_a_running_sidecar() ->
         "{page}"
     );
 
-    // Deleting the object takes it away again.
+    // An object that does not load (applied past the webhook, say while it was not
+    // installed): the set in force stays, and the failure is counted as a file's would be.
+    let mut broken = allow_frontend("picket.dev/v1", "broken");
+    broken["spec"]["action"] = json!("PERMIT");
+    cluster.api.apply_custom(&broken)?;
+    eventually(APPLY_DEADLINE, async || {
+        let (_, text) = cluster.orders.admin_get("/metrics").await?;
+        let failures = metric_sum(&text, "picket_policy_reload_failures_total", &[]);
+        ensure!(failures >= 1.0, "no reload failure counted yet");
+        Ok(())
+    })
+    .await?;
+    ensure!(cluster.status("/api/orders").await? == StatusCode::OK);
+    ensure!(cluster.status("/file-denied").await? == StatusCode::FORBIDDEN);
+
+    // Once it is gone, sets load again: deleting the allowing object takes it away.
+    cluster
+        .api
+        .delete_custom("picket.dev/v1", "shop", "broken")?;
     cluster
         .api
         .delete_custom("picket.dev/v1", "shop", "frontend-read")?;
