@@ -43,6 +43,8 @@ pub struct ControllerConfig {
     pub distributed: Vec<Distributed>,
     /// The policy root namespace: its policy objects go to every sidecar.
     pub root_namespace: String,
+    /// How often a policy group that is not served is looked for again.
+    pub policy_discovery_interval: std::time::Duration,
 }
 
 /// Why the controller stopped.
@@ -97,7 +99,9 @@ pub async fn run(
         r = stores.ready() => r.map_err(|_| ControllerError::WatcherStopped)?,
         () = shutdown.cancelled() => return Ok(()),
     }
-    let Some(policy_index) = policy::watch(&client, &shutdown).await else {
+    let Some(policy_index) =
+        policy::watch(&client, config.policy_discovery_interval, &shutdown).await
+    else {
         return Ok(());
     };
     let trust_domain = config.identity.trust_domain().clone();

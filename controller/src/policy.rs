@@ -5,8 +5,8 @@
 //!
 //! Each group is found through API discovery (`GET /apis/<group>/<version>`, which every
 //! authenticated client may read). A group that is not served (its CRD is not installed) is
-//! normal: it is looked for again every [`DISCOVERY_INTERVAL`], and watched from the moment it
-//! appears. A group found at start is listed before the controller serves, so a sidecar's first
+//! normal: it is looked for again every `--policy-discovery-interval` ([`DISCOVERY_INTERVAL`]
+//! by default), and watched from the moment it appears. A group found at start is listed before the controller serves, so a sidecar's first
 //! policy set is complete. One kube-runtime reflector per group for the whole cluster, as for
 //! every other resource; every change rebuilds the index once.
 //!
@@ -28,7 +28,7 @@ use picket_common::policies::{ClusterPolicies, ClusterPolicy};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-/// How often a policy group that is not served is looked for again.
+/// How often a policy group that is not served is looked for again, by default.
 pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
 /// The plural every policy kind has.
 const PLURAL: &str = "authorizationpolicies";
@@ -199,18 +199,19 @@ async fn discover_at_start(
     }
 }
 
-/// Looks for a group that was not served at start, every [`DISCOVERY_INTERVAL`], and watches
-/// it once it is.
+/// Looks for a group that was not served at start, every `interval`, and watches it once it
+/// is.
 async fn discover_later(
     client: Client,
     group: PolicyGroup,
+    interval: Duration,
     stores: PolicyStores,
     changed: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(DISCOVERY_INTERVAL) => {}
+            () = tokio::time::sleep(interval) => {}
             () = shutdown.cancelled() => return,
         }
         match discover(&client, group).await {
@@ -229,6 +230,7 @@ async fn discover_later(
 /// current index and sees every change.
 pub async fn watch(
     client: &Client,
+    interval: Duration,
     shutdown: &CancellationToken,
 ) -> Option<watch::Receiver<Arc<PolicyIndex>>> {
     let stores = PolicyStores::default();
@@ -245,11 +247,13 @@ pub async fn watch(
             Found::Absent => {
                 tracing::info!(
                     group = group.group,
-                    "no AuthorizationPolicy objects served in this group (its CRD is not installed); looking again every 30 s"
+                    every = ?interval,
+                    "no AuthorizationPolicy objects served in this group (its CRD is not installed); looking again"
                 );
                 tokio::spawn(discover_later(
                     client.clone(),
                     group,
+                    interval,
                     stores.clone(),
                     Arc::clone(&changed),
                     shutdown.clone(),

@@ -179,6 +179,27 @@ async fn an_istio_policy_is_honoured_when_its_crd_is_installed() -> Result<()> {
 }
 
 #[tokio::test]
+async fn an_istio_crd_installed_later_is_found_and_its_policies_sent() -> Result<()> {
+    let ca = TestCa::start().await?;
+    let api = KubeApiDouble::start().await?;
+    let controller =
+        TestController::start_with(&ca, &api, &["--policy-discovery-interval", "200ms"]).await?;
+    let shop = sidecar_credentials(&ca, "shop", "orders").await?;
+    let mut sets = subscribe_policies(controller.listen, &shop).await?;
+    ensure!(sources(&next_set(&mut sets).await?).is_empty());
+    // The controller started without the Istio CRD; it is installed now.
+    api.install_crd(ISTIO_GROUP);
+    api.apply_custom(&allow_frontend("security.istio.io/v1", "istio-read"))?;
+    let set = next_set(&mut sets).await?;
+    ensure!(
+        sources(&set) == ["security.istio.io/v1 AuthorizationPolicy shop/istio-read"],
+        "{set:?}\n{}",
+        controller.log_text()
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_namespaces_policies_reach_only_its_own_sidecars() -> Result<()> {
     let ca = TestCa::start().await?;
     let api = KubeApiDouble::start().await?;

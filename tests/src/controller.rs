@@ -43,6 +43,11 @@ impl TestController {
     /// Starts the controller against `api` with a certificate from `ca`, and waits until it
     /// has listed the cluster and serves.
     pub async fn start(ca: &TestCa, api: &KubeApiDouble) -> Result<Self> {
+        Self::start_with(ca, api, &[]).await
+    }
+
+    /// [`TestController::start`] with extra arguments for `picket controller`.
+    pub async fn start_with(ca: &TestCa, api: &KubeApiDouble, args: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let (kube_ca, kube_token) = api.client_files(dir.path())?;
         let token = dir.path().join("join-token");
@@ -65,6 +70,7 @@ impl TestController {
             .arg(&kube_token)
             .arg("--ready-file")
             .arg(&ready_file)
+            .args(args)
             .env("RUST_LOG", "info,picket_controller=debug");
         let mut daemon = Daemon::spawn("controller", cmd, dir.path())?;
         let ready: Ready = daemon.wait_ready(&ready_file).await?;

@@ -61,6 +61,9 @@ pub struct ControllerArgs {
     /// namespace (the sidecars' `policy.root_namespace`).
     #[arg(long, default_value = "picket-system")]
     root_namespace: String,
+    /// How often a policy group whose CRD is not installed (Istio's) is looked for again.
+    #[arg(long, default_value = "30s", value_parser = picket_common::duration::parse)]
+    policy_discovery_interval: std::time::Duration,
     /// Once serving, write {"listen":"IP:PORT"} here (for supervisors and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -94,6 +97,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         },
         distributed,
         root_namespace: args.root_namespace,
+        policy_discovery_interval: args.policy_discovery_interval,
     };
     let shutdown = CancellationToken::new();
     super::cancel_on_signal(shutdown.clone())?;
