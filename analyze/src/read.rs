@@ -390,7 +390,13 @@ impl Aggregate {
     }
 
     fn node_of_destination(&mut self, r: &FlowRecord<'_>) -> u32 {
-        match (&r.destination_identity, &r.host, r.destination_address) {
+        // An egress connection's node is the name its client asked for (Host, else SNI),
+        // else the address dialled.
+        match (
+            &r.destination_identity,
+            r.host.as_ref().or(r.sni.as_ref()),
+            r.destination_address,
+        ) {
             (Some(id), _, _) => self.nodes.id(id),
             (None, Some(h), _) => self.nodes.id(&host_only(h)),
             (None, None, Some(a)) => self.nodes.id(&a.ip().to_string()),
@@ -399,13 +405,14 @@ impl Aggregate {
     }
 
     /// Whether a record is of a passthrough connection to a destination outside the mesh: an
-    /// outbound record with an address dialled and no identity, neither presented nor
-    /// expected (a meshed destination that did not answer keeps its expectation).
+    /// outbound TCP record with an address dialled and no identity, neither presented nor
+    /// expected (a meshed destination that did not answer keeps its expectation). Its `host`
+    /// or `sni`, when the client sent one, names the node.
     fn is_egress(r: &FlowRecord<'_>) -> bool {
         r.direction == Direction::Outbound
+            && r.protocol == FlowProtocol::Tcp
             && r.destination_identity.is_none()
             && r.expected_identity.is_none()
-            && r.host.is_none()
             && r.destination_address.is_some()
     }
 

@@ -462,6 +462,10 @@ pub struct TcpFlow<'a> {
     pub enforced: Option<Enforced>,
     /// Bytes from the caller and to the caller, once the splice has ended.
     pub bytes: Option<(u64, u64)>,
+    /// Egress: the TLS server name the client asked for in its ClientHello.
+    pub sni: Option<String>,
+    /// Egress: the `Host` of the client's plaintext HTTP/1 request.
+    pub host: Option<String>,
     /// Whether the open record went out: the detectors looked at the flow then, so the
     /// interim and final records only go to the flow log.
     opened: bool,
@@ -476,6 +480,8 @@ impl<'a> TcpFlow<'a> {
             ends,
             enforced: None,
             bytes: None,
+            sni: None,
+            host: None,
             opened: false,
         }
     }
@@ -487,6 +493,8 @@ impl<'a> TcpFlow<'a> {
     ) -> FlowRecord<'a> {
         let mut record = self.ends.record(self.direction, FlowProtocol::Tcp);
         record.phase = phase;
+        record.sni = self.sni.clone().map(Into::into);
+        record.host = self.host.clone().map(Into::into);
         if let Some(e) = &self.enforced {
             e.fill(&mut record);
         }

@@ -165,7 +165,8 @@ pub async fn run(
         Arc::clone(&metrics),
         telemetry.clone(),
     )?);
-    let outbound = Outbound::new(&creds, &config, Arc::clone(&metrics), telemetry.clone())?;
+    let outbound = Outbound::new(&creds, &config, Arc::clone(&metrics), telemetry.clone())?
+        .with_policy(Arc::clone(&policy));
     let (outbound, policy_follow) =
         cluster_mode(outbound, &config, &creds, &policy, &shutdown).await?;
     let outbound = Arc::new(outbound);
