@@ -10,7 +10,8 @@
 //! without the feature, so the policy engine can use them and stay free of I/O and crypto.
 //!
 //! With the `discovery` feature it holds the destination and endpoint types that discovery
-//! sources announce to sidecars ([`discovery`]).
+//! sources announce to sidecars ([`discovery`]), and the policy set the controller sends them
+//! ([`policies`]).
 //!
 //! It must not depend on any other Picket crate.
 
@@ -18,6 +19,8 @@ pub mod cidr;
 #[cfg(feature = "discovery")]
 pub mod discovery;
 pub mod duration;
+#[cfg(feature = "discovery")]
+pub mod policies;
 pub mod spiffe;
 
 #[cfg(feature = "runtime")]

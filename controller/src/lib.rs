@@ -2,8 +2,9 @@
 //!
 //! One watcher per resource for the whole cluster (EndpointSlices, Services, Pods,
 //! Namespaces; [`cluster`]), one index of every destination address built from them
-//! ([`index`]), subscriptions shared per address ([`hub`]), the sidecars' discovery service
-//! over mTLS with the mesh's own identities ([`serve`]), and the ConfigMaps every injected
+//! ([`index`]), subscriptions shared per address ([`hub`]), AuthorizationPolicy objects
+//! ([`policy`]), the sidecars' discovery and policy service over mTLS with the mesh's own
+//! identities ([`serve`]), and the ConfigMaps every injected
 //! namespace needs ([`bundle`]). It talks to the API server with kube-rs on its own HTTPS
 //! transport ([`api`]).
 
@@ -12,6 +13,7 @@ pub mod bundle;
 pub mod cluster;
 pub mod hub;
 pub mod index;
+pub mod policy;
 pub mod serve;
 
 use std::net::SocketAddr;
@@ -39,6 +41,10 @@ pub struct ControllerConfig {
     pub ca: CaConfig,
     /// The ConfigMaps to keep in every injected namespace.
     pub distributed: Vec<Distributed>,
+    /// The policy root namespace: its policy objects go to every sidecar.
+    pub root_namespace: String,
+    /// How often a policy group that is not served is looked for again.
+    pub policy_discovery_interval: std::time::Duration,
 }
 
 /// Why the controller stopped.
@@ -93,6 +99,11 @@ pub async fn run(
         r = stores.ready() => r.map_err(|_| ControllerError::WatcherStopped)?,
         () = shutdown.cancelled() => return Ok(()),
     }
+    let Some(policy_index) =
+        policy::watch(&client, config.policy_discovery_interval, &shutdown).await
+    else {
+        return Ok(());
+    };
     let trust_domain = config.identity.trust_domain().clone();
     let hub = Arc::new(hub::Hub::new(stores.index(&trust_domain)));
     tracing::info!(
@@ -118,6 +129,10 @@ pub async fn run(
     ));
     ready(local);
     tracing::info!(listen = %local, identity = %config.identity, "discovery serving");
-    serve::serve(listener, &credentials, hub, &shutdown).await?;
+    let policies = serve::PolicyFeed {
+        index: policy_index,
+        root_namespace: config.root_namespace,
+    };
+    serve::serve(listener, &credentials, hub, policies, &shutdown).await?;
     Ok(())
 }

@@ -10,6 +10,10 @@
 //!   then    {"delta": {"added": [...], "removed": ["ip:port", ...]}}   same Service
 //!           "unknown" | {"destination": {...}}                          anything else
 //! 400 a bad address, 404 another path, 405 another method (JSON {"error": "..."})
+//!
+//! GET /v1/policies                        the caller's policy set (crate::policy)
+//! 200 application/x-ndjson: {"policies": [{"source": "...", "text": "..."}]}, the whole set of
+//!     the namespace of the caller's certificate and the root namespace, again at every change
 //! ```
 
 use std::convert::Infallible;
@@ -30,9 +34,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, update};
 use crate::index::Answer;
+use crate::policy::{PolicyIndex, set_for};
 
 /// The path prefix of a subscription.
 pub const DESTINATIONS_PATH: &str = "/v1/destinations/";
+/// The path of the policy subscription.
+pub const POLICIES_PATH: &str = "/v1/policies";
+
+/// The policy index and the namespace whose policies apply everywhere.
+#[derive(Debug, Clone)]
+pub struct PolicyFeed {
+    /// The current index of policy objects.
+    pub index: watch::Receiver<Arc<PolicyIndex>>,
+    /// The policy root namespace (the sidecars' `policy.root_namespace`).
+    pub root_namespace: String,
+}
 
 /// The streaming answer body.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -45,6 +61,7 @@ pub async fn serve(
     listener: TcpListener,
     credentials: &Arc<Credentials>,
     hub: Arc<Hub>,
+    policies: PolicyFeed,
     shutdown: &CancellationToken,
 ) -> Result<(), picket_proxy::tls::TlsError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(credentials.server_config()?);
@@ -57,11 +74,25 @@ pub async fn serve(
         drain_timeout: Duration::from_secs(5),
         max_connection_age: None,
     };
-    serve_tls(listener, acceptor, &server, shutdown, move |_tls| {
+    serve_tls(listener, acceptor, &server, shutdown, move |tls| {
         let hub = Arc::clone(&hub);
+        let policies = policies.clone();
+        // The verifier admitted only SVIDs of the trust domain; the namespace in the
+        // certificate decides which policies the caller may read.
+        let namespace = picket_proxy::tls::peer_identity(tls.get_ref().1.peer_certificates())
+            .map(|id| id.namespace().to_owned());
         hyper::service::service_fn(move |request| {
             let hub = Arc::clone(&hub);
-            async move { Ok::<_, Infallible>(answer(&request, &hub)) }
+            let policies = policies.clone();
+            let namespace = namespace.clone();
+            async move {
+                let response = if request.uri().path() == POLICIES_PATH {
+                    policy_answer(&request, &policies, namespace)
+                } else {
+                    answer(&request, &hub)
+                };
+                Ok::<_, Infallible>(response)
+            }
         })
     })
     .await;
@@ -130,6 +161,64 @@ fn updates(
                 let mut line = serde_json::to_vec(&message).unwrap_or_default();
                 line.push(b'\n');
                 return Some((Ok(Frame::data(Bytes::from(line))), (rx, Some(current))));
+            }
+        }
+    })
+}
+
+/// `GET /v1/policies`: the stream of the caller's policy sets.
+fn policy_answer(
+    request: &Request<Incoming>,
+    policies: &PolicyFeed,
+    namespace: Option<String>,
+) -> Response<Body> {
+    if request.method() != Method::GET {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "subscriptions are GET requests",
+        );
+    }
+    let Some(namespace) = namespace else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the client certificate names no workload namespace",
+        );
+    };
+    let stream = policy_sets(
+        policies.index.clone(),
+        namespace,
+        policies.root_namespace.clone(),
+    );
+    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
+/// The lines of one policy subscription: the current set, then each set that differs from
+/// the last one sent.
+fn policy_sets(
+    rx: watch::Receiver<Arc<PolicyIndex>>,
+    namespace: String,
+    root: String,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
+    let state = (rx, None::<picket_common::policies::ClusterPolicies>);
+    futures_util::stream::unfold(state, move |(mut rx, last)| {
+        let (namespace, root) = (namespace.clone(), root.clone());
+        async move {
+            loop {
+                if last.is_some() && rx.changed().await.is_err() {
+                    return None;
+                }
+                let index = Arc::clone(&rx.borrow_and_update());
+                let set = set_for(&index, &namespace, &root);
+                if last.as_ref() != Some(&set) {
+                    let mut line = serde_json::to_vec(&set).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((Ok(Frame::data(Bytes::from(line))), (rx, Some(set))));
+                }
             }
         }
     })

@@ -1,4 +1,5 @@
-//! The mutating admission webhook (`picket injector serve`): the API server sends every new
+//! The admission webhook (`picket injector serve`), mutating for pods and validating for policy
+//! objects (`/validate`, [`crate::policy`]). The mutating part: the API server sends every new
 //! pod in a selected namespace as an `AdmissionReview` (`admission.k8s.io/v1`), and the answer
 //! is a JSON patch from the pod as sent to the pod as [`crate::inject::inject`] makes it. The
 //! webhook and `picket inject` therefore produce the same pods.
@@ -13,6 +14,7 @@
 //! | method | path       | answer                                            |
 //! |--------|------------|---------------------------------------------------|
 //! | POST   | `/inject`  | `AdmissionReview` with the response               |
+//! | POST   | `/validate`| `AdmissionReview`: policy objects checked ([`crate::policy`]) |
 //! | GET    | `/healthz` | `ok` (for the kubelet's probes)                   |
 //!
 //! A pod the injector cannot handle (say, an opt-out annotation that is not a port list) is
@@ -415,22 +417,47 @@ async fn route(settings: &Settings, request: Request<Incoming>) -> Response<Full
                 Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
             };
             match review(&body, settings) {
-                Ok(answer) => match serde_json::to_vec(&answer) {
-                    Ok(json) => {
-                        let mut response = Response::new(Full::new(Bytes::from(json)));
-                        response.headers_mut().insert(
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static("application/json"),
-                        );
-                        response
-                    }
-                    Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-                },
+                Ok(answer) => json_response(&answer),
                 Err(e) => plain(StatusCode::BAD_REQUEST, &e.to_string()),
             }
         }
-        (_, HEALTH_PATH | INJECT_PATH) => plain(StatusCode::METHOD_NOT_ALLOWED, "wrong method"),
+        (&Method::POST, crate::policy::VALIDATE_PATH) => {
+            let body = match body {
+                Ok(body) => body,
+                Err(e @ BodyError::TooLarge(_)) => {
+                    return plain(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
+                }
+                Err(e @ BodyError::Timeout) => {
+                    return plain(StatusCode::REQUEST_TIMEOUT, &e.to_string());
+                }
+                Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+            };
+            // The checks of `picket policy check` with its default settings: one object
+            // alone, so the root namespace and duplicate names do not come into it.
+            let options = picket_policy::LoadOptions::default();
+            match crate::policy::review(&body, &options) {
+                Ok(answer) => json_response(&answer),
+                Err(e) => plain(StatusCode::BAD_REQUEST, &e),
+            }
+        }
+        (_, HEALTH_PATH | INJECT_PATH | crate::policy::VALIDATE_PATH) => {
+            plain(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
+        }
         _ => plain(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+fn json_response(answer: &Value) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(answer) {
+        Ok(json) => {
+            let mut response = Response::new(Full::new(Bytes::from(json)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 

@@ -152,6 +152,7 @@ fn route(state: &AdminState, req: &Request<Incoming>, loopback: bool) -> Respons
                 let body = serde_json::json!({
                     "sources_hash": active.set.sources_hash(),
                     "files": active.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+                    "cluster": active.cluster,
                     "policies": policies,
                 });
                 text(StatusCode::OK, format!("{body}\n"), "application/json")

@@ -4,12 +4,19 @@
 //! The compiled policy for this workload sits in an `ArcSwap`; the data path loads it per
 //! request (or per TCP connection), so a reload reaches long-lived connections at their next
 //! request. A reload that fails keeps the last good policy in force.
+//!
+//! Two sources make one set: the policy files (as on a VM) and, in cluster mode, the policy
+//! objects the controller sends ([`PolicyStore::set_cluster`]). Every (re)load reads the files
+//! and takes the controller's last set, and loads both together with the one loader: the union
+//! of both, checked as one (a name defined in both is a duplicate, as across two files), all
+//! or nothing.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use picket_common::policies::ClusterPolicy;
 use picket_common::text::{TextError, read_text};
 use picket_policy::{Decision, LoadOptions, PolicySet, Workload, WorkloadPolicies};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +32,8 @@ pub struct ActivePolicy {
     pub set: PolicySet,
     /// The files read.
     pub files: Vec<PathBuf>,
+    /// The sources of the policy objects from the controller (cluster mode).
+    pub cluster: Vec<String>,
     /// The `RequestAuthentication` rules that select this workload, ready for requests.
     pub authn: crate::jwt::Authenticator,
 }
@@ -56,6 +65,10 @@ pub struct PolicyStore {
     workload: Workload,
     options: LoadOptions,
     active: ArcSwap<ActivePolicy>,
+    /// The controller's last policy set (cluster mode; empty otherwise).
+    cluster: ArcSwap<Vec<ClusterPolicy>>,
+    /// One (re)load at a time, so a slower load never replaces a newer one.
+    reloading: Mutex<()>,
     metrics: Arc<Metrics>,
     jwt: Jwt,
 }
@@ -185,12 +198,14 @@ impl PolicyStore {
         metrics: Arc<Metrics>,
         jwt: Jwt,
     ) -> Result<Self, PolicyLoadError> {
-        let active = Self::build(path.as_deref(), &workload, &options, &jwt)?;
+        let active = Self::build(path.as_deref(), &[], &workload, &options, &jwt)?;
         let store = Self {
             path,
             workload,
             options,
             active: ArcSwap::from_pointee(active),
+            cluster: ArcSwap::from_pointee(Vec::new()),
+            reloading: Mutex::new(()),
             metrics,
             jwt,
         };
@@ -200,14 +215,26 @@ impl PolicyStore {
 
     fn build(
         path: Option<&Path>,
+        cluster: &[ClusterPolicy],
         workload: &Workload,
         options: &LoadOptions,
         jwt: &Jwt,
     ) -> Result<ActivePolicy, PolicyLoadError> {
-        let (set, files) = match path {
-            Some(p) => load_policy(p, options)?,
-            None => (PolicySet::empty(options), Vec::new()),
+        let texts = match path {
+            Some(p) => PolicyTexts::read(&[p.to_owned()], options)?,
+            None => PolicyTexts::default(),
         };
+        let set = if texts.files.is_empty() && cluster.is_empty() {
+            PolicySet::empty(options)
+        } else {
+            let mut sources = texts.sources();
+            sources.extend(cluster.iter().map(|p| picket_policy::Source {
+                name: &p.source,
+                text: &p.text,
+            }));
+            picket_policy::load(&sources, options).map_err(PolicyLoadError::Invalid)?
+        };
+        let files = texts.files;
         let compiled = set.for_workload(workload);
         let authn = crate::jwt::Authenticator::build(
             compiled.authentications(),
@@ -218,6 +245,7 @@ impl PolicyStore {
             compiled,
             set,
             files,
+            cluster: cluster.iter().map(|p| p.source.clone()).collect(),
             authn,
         })
     }
@@ -226,6 +254,7 @@ impl PolicyStore {
         let active = self.active.load();
         tracing::info!(
             files = active.files.len(),
+            cluster_objects = active.cluster.len(),
             policies = active.set.policies().count(),
             hash = %active.set.sources_hash(),
             "{what}"
@@ -265,8 +294,11 @@ impl PolicyStore {
     /// Re-reads the policy. On error the policy in force stays, the failure is counted and
     /// logged with its location, and the error is returned.
     pub fn reload(&self) -> Result<(), PolicyLoadError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let cluster = self.cluster.load_full();
         match Self::build(
             self.path.as_deref(),
+            &cluster,
             &self.workload,
             &self.options,
             &self.jwt,
@@ -285,6 +317,16 @@ impl PolicyStore {
                 Err(e)
             }
         }
+    }
+
+    /// Installs the controller's policy set (the whole set for this namespace, replacing the
+    /// last one) and reloads with it and the files: the same load, swap and failure handling
+    /// as a file change. The set is kept even when the load fails, so the next reload (a
+    /// corrected object, or a file change) loads it again; until then the last good policy
+    /// stays in force.
+    pub fn set_cluster(&self, policies: Vec<ClusterPolicy>) -> Result<(), PolicyLoadError> {
+        self.cluster.store(Arc::new(policies));
+        self.reload()
     }
 
     /// Starts reloading on SIGHUP and whenever the watched directory changes (debounced), until

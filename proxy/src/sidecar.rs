@@ -165,14 +165,10 @@ pub async fn run(
         Arc::clone(&metrics),
         telemetry.clone(),
     )?);
-    let mut outbound = Outbound::new(&creds, &config, Arc::clone(&metrics), telemetry.clone())?
+    let outbound = Outbound::new(&creds, &config, Arc::clone(&metrics), telemetry.clone())?
         .with_policy(Arc::clone(&policy));
-    // Cluster mode: the controller answers for transparent destinations, in place of any
-    // listed in the file (see docs/balancing.md).
-    if let Some(source) = &config.controller {
-        let client = crate::discover::controller::ControllerDiscover::new(source, &creds)?;
-        outbound = outbound.with_discover(Arc::new(client));
-    }
+    let (outbound, policy_follow) =
+        cluster_mode(outbound, &config, &creds, &policy, &shutdown).await?;
     let outbound = Arc::new(outbound);
 
     let listeners = DataListeners::bind(&config, &admin).await?;
@@ -212,6 +208,9 @@ pub async fn run(
         tracing::warn!("telemetry export did not finish within 5 s; the rest is dropped");
     }
     policy_watch.abort();
+    policy_follow
+        .iter()
+        .for_each(tokio::task::JoinHandle::abort);
     admin.stop().await;
     tracing::info!("sidecar stopped");
     Ok(())
@@ -281,6 +280,57 @@ impl Admin {
             let _ = task.await;
         }
     }
+}
+
+/// Cluster mode (a `controller:` section): the controller answers for transparent
+/// destinations, in place of any listed in the file (see docs/balancing.md), and sends the
+/// namespace's policy objects (the follower task is returned).
+async fn cluster_mode(
+    outbound: Outbound,
+    config: &Config,
+    creds: &Arc<crate::tls::Credentials>,
+    policy: &Arc<PolicyStore>,
+    shutdown: &CancellationToken,
+) -> Result<(Outbound, Option<tokio::task::JoinHandle<()>>), SidecarError> {
+    let Some(source) = &config.controller else {
+        return Ok((outbound, None));
+    };
+    let client = Arc::new(crate::discover::controller::ControllerDiscover::new(
+        source, creds,
+    )?);
+    let follow = cluster_policies(&client, policy, shutdown).await?;
+    Ok((outbound.with_discover(client), Some(follow)))
+}
+
+/// Subscribes to the controller's policy set and waits for the first one to be loaded with
+/// the files: a sidecar in cluster mode serves only once the namespace's policy objects are
+/// in force (a set that does not load fails the start, as a bad policy file does).
+async fn cluster_policies(
+    client: &Arc<crate::discover::controller::ControllerDiscover>,
+    policy: &Arc<PolicyStore>,
+    shutdown: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, SidecarError> {
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let follow = tokio::spawn(crate::discover::controller::policies::follow(
+        Arc::clone(client),
+        Arc::clone(policy),
+        first_tx,
+        shutdown.clone(),
+    ));
+    tracing::info!("waiting for the policy set from the controller");
+    tokio::select! {
+        first = first_rx => match first {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                follow.abort();
+                return Err(SidecarError::Policy(e));
+            }
+            // The follower ended without a set: only on shutdown.
+            Err(_) => {}
+        },
+        () = shutdown.cancelled() => {}
+    }
+    Ok(follow)
 }
 
 /// The policy store for this workload, loaded once now (an error fails the start).

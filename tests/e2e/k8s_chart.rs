@@ -224,6 +224,7 @@ async fn rbac_grants_tokenreview_create_and_the_controllers_reads_and_configmaps
                 == json!([
                     {"apiGroups": [""], "resources": ["pods", "services", "namespaces"], "verbs": ["list", "watch"]},
                     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+                    {"apiGroups": ["picket.dev", "security.istio.io"], "resources": ["authorizationpolicies"], "verbs": ["list", "watch"]},
                     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
                     {"apiGroups": [""], "resources": ["configmaps"],
                      "resourceNames": ["picket-trust-bundle", "picket-policy"], "verbs": ["get", "update"]},
@@ -297,6 +298,31 @@ async fn webhook_selects_labelled_namespaces_and_trusts_the_bundle() -> Result<(
             String::from_utf8(decoded)?.trim() == bundle.trim(),
             "caBundle is not the trust bundle"
         );
+
+        // Policy objects of both groups are checked by the injector's /validate, fail closed,
+        // with the same CA bundle; the CRD is kept on uninstall.
+        let validating = named(
+            &manifests,
+            "ValidatingWebhookConfiguration",
+            "picket-injector-policy",
+        )?;
+        let check = &validating["webhooks"][0];
+        ensure!(check["failurePolicy"] == "Fail", "{check}");
+        ensure!(check["clientConfig"]["service"]["path"] == "/validate");
+        ensure!(check["clientConfig"]["caBundle"] == ca_bundle);
+        ensure!(
+            check["rules"][0]["apiGroups"] == json!(["picket.dev", "security.istio.io"])
+                && check["rules"][0]["resources"] == json!(["authorizationpolicies"])
+                && check["rules"][0]["operations"] == json!(["CREATE", "UPDATE"]),
+            "{check}"
+        );
+        let crd = named(
+            &manifests,
+            "CustomResourceDefinition",
+            "authorizationpolicies.picket.dev",
+        )?;
+        ensure!(crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep");
+        ensure!(crd["spec"]["versions"][0]["name"] == "v1");
 
         // Every meshed namespace gets the bundle and the policy the injected pods mount.
         let mut namespaces: Vec<&str> = strings(&values_doc[0]["mesh"]["namespaces"]);

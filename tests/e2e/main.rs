@@ -24,6 +24,7 @@ mod jwt;
 mod k8s_chart;
 mod k8s_controller;
 mod k8s_inject;
+mod k8s_policy;
 mod k8s_tokenreview;
 mod k8s_webhook;
 mod kx;

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use picket_common::policies::ClusterPolicies;
+use picket_proxy::config::PeerIdentity;
 use picket_proxy::discover::controller::{ControllerDiscover, ControllerSource};
 use picket_proxy::discover::{Discover, Resolution};
-use picket_proxy::tls::Credentials;
+use picket_proxy::tls::{ALPN_H2, Credentials};
 use serde::Deserialize;
 use serde_json::json;
 use tempfile::TempDir;
@@ -41,6 +43,11 @@ impl TestController {
     /// Starts the controller against `api` with a certificate from `ca`, and waits until it
     /// has listed the cluster and serves.
     pub async fn start(ca: &TestCa, api: &KubeApiDouble) -> Result<Self> {
+        Self::start_with(ca, api, &[]).await
+    }
+
+    /// [`TestController::start`] with extra arguments for `picket controller`.
+    pub async fn start_with(ca: &TestCa, api: &KubeApiDouble, args: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let (kube_ca, kube_token) = api.client_files(dir.path())?;
         let token = dir.path().join("join-token");
@@ -63,6 +70,7 @@ impl TestController {
             .arg(&kube_token)
             .arg("--ready-file")
             .arg(&ready_file)
+            .args(args)
             .env("RUST_LOG", "info,picket_controller=debug");
         let mut daemon = Daemon::spawn("controller", cmd, dir.path())?;
         let ready: Ready = daemon.wait_ready(&ready_file).await?;
@@ -222,4 +230,78 @@ pub fn identity(ns: &str, service_account: &str) -> Option<String> {
     Some(format!(
         "spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/{service_account}"
     ))
+}
+
+/// A policy subscription made as a sidecar of `creds` would (`GET /v1/policies` over the
+/// mesh's mTLS, HTTP/2), with a plain hyper client: every set the controller sends arrives on
+/// the receiver, in order.
+pub async fn subscribe_policies(
+    controller: SocketAddr,
+    creds: &Arc<Credentials>,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<ClusterPolicies>> {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let tls = creds.client_config(
+        PeerIdentity::Exact(spiffe_id("picket", "picket-controller").parse()?),
+        &[ALPN_H2],
+    )?;
+    let tcp = tokio::net::TcpStream::connect(controller).await?;
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1")?;
+    let tls = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+    tokio::spawn(connection);
+    let request =
+        http::Request::get("https://controller/v1/policies").body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    anyhow::ensure!(
+        response.status() == http::StatusCode::OK,
+        "the controller answered {}",
+        response.status()
+    );
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut body = response.into_body();
+    tokio::spawn(async move {
+        // The sender is kept for the life of the stream: dropping it would end the connection.
+        let _sender = sender;
+        let mut buffer = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buffer.extend_from_slice(&data);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                match serde_json::from_slice::<ClusterPolicies>(&line[..end]) {
+                    Ok(set) => {
+                        if tx.send(set).is_err() {
+                            return;
+                        }
+                    }
+                    // An unreadable line ends the stream: the test waiting for a set fails.
+                    Err(_) => return,
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// The sources of a policy set, sorted.
+pub fn sources(set: &ClusterPolicies) -> Vec<String> {
+    let mut names: Vec<String> = set.policies.iter().map(|p| p.source.clone()).collect();
+    names.sort();
+    names
+}
+
+/// The controller section a sidecar needs to use `controller`.
+pub fn controller_yaml(controller: SocketAddr) -> String {
+    format!(
+        "controller:\n  address: \"{controller}\"\n  identity: \"{}\"\n",
+        spiffe_id("picket", "picket-controller")
+    )
 }

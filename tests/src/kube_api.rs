@@ -1,6 +1,7 @@
 //! The Kubernetes API-server test double: an in-process HTTPS server built on the
 //! k8s-openapi types that speaks the API server's list and watch semantics for the resources
-//! Picket's controller uses (Pods, Services, EndpointSlices, Namespaces, ConfigMaps).
+//! Picket's controller uses (Pods, Services, EndpointSlices, Namespaces, ConfigMaps, and the
+//! custom resources `picket.dev/v1` and `security.istio.io/v1` AuthorizationPolicy).
 //!
 //! What it implements, as the API server does:
 //! - one `resourceVersion` counter for every change; lists carry it in `metadata`, objects in
@@ -15,6 +16,11 @@
 //! - `GET` one object, `POST` create (`409` AlreadyExists), `PUT` replace with optimistic
 //!   concurrency (`409` Conflict on a stale `resourceVersion`), `404` NotFound as a Status;
 //! - the bearer token is checked (`401` otherwise).
+//!
+//! - custom resources are served only while their CRD is installed
+//!   ([`KubeApiDouble::install_crd`]; `picket.dev` is installed from the start, as the chart
+//!   does, Istio's is not), and API discovery of their group version
+//!   (`GET /apis/<group>/<version>`, an `APIResourceList`; `404` when not installed).
 //!
 //! Not implemented, refused with `400` so a client that relies on them fails loudly: label and
 //! field selectors. `limit` is accepted and ignored (the whole list comes in one page with no
@@ -60,6 +66,10 @@ const HISTORY: usize = 10_000;
 /// One resource the double serves.
 #[derive(Debug, Clone, Copy)]
 struct Kind {
+    /// The collection's key: the plural, and for custom resources `plural.group`.
+    key: &'static str,
+    /// The group of a custom resource, served only while its CRD is installed.
+    crd: Option<&'static str>,
     /// `/api/v1` or `/apis/<group>/<version>`.
     prefix: &'static str,
     plural: &'static str,
@@ -77,6 +87,8 @@ fn kind_of<K: Resource>(namespaced: bool) -> Kind {
         "/apis/unknown"
     };
     Kind {
+        key: K::URL_PATH_SEGMENT,
+        crd: None,
         prefix,
         plural: K::URL_PATH_SEGMENT,
         api_version: K::API_VERSION,
@@ -85,14 +97,56 @@ fn kind_of<K: Resource>(namespaced: bool) -> Kind {
     }
 }
 
-fn kinds() -> [Kind; 5] {
+/// The group of Picket's policy CRD.
+pub const PICKET_GROUP: &str = "picket.dev";
+/// The group of Istio's security CRDs.
+pub const ISTIO_GROUP: &str = "security.istio.io";
+
+/// An AuthorizationPolicy custom resource of `group`.
+const fn policy_kind(
+    key: &'static str,
+    group: &'static str,
+    prefix: &'static str,
+    api_version: &'static str,
+) -> Kind {
+    Kind {
+        key,
+        crd: Some(group),
+        prefix,
+        plural: "authorizationpolicies",
+        api_version,
+        kind: "AuthorizationPolicy",
+        namespaced: true,
+    }
+}
+
+fn kinds() -> [Kind; 7] {
     [
         kind_of::<Pod>(true),
         kind_of::<Service>(true),
         kind_of::<EndpointSlice>(true),
         kind_of::<ConfigMap>(true),
         kind_of::<Namespace>(false),
+        policy_kind(
+            "authorizationpolicies.picket.dev",
+            PICKET_GROUP,
+            "/apis/picket.dev/v1",
+            "picket.dev/v1",
+        ),
+        policy_kind(
+            "authorizationpolicies.security.istio.io",
+            ISTIO_GROUP,
+            "/apis/security.istio.io/v1",
+            "security.istio.io/v1",
+        ),
     ]
+}
+
+/// The kind of a custom object, by its `apiVersion` and `kind`.
+fn custom_kind(object: &Value) -> Option<Kind> {
+    kinds().into_iter().find(|k| {
+        k.crd.is_some() && object["apiVersion"] == k.api_version && object["kind"] == k.kind
+    })
 }
 
 /// One open watch.
@@ -119,6 +173,8 @@ struct State {
     version: u64,
     collections: HashMap<&'static str, Collection>,
     requests: Vec<String>,
+    /// The groups whose CRDs are installed.
+    crds: std::collections::HashSet<&'static str>,
 }
 
 /// The running double; dropping it stops it.
@@ -157,11 +213,11 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
 }
 
 impl State {
-    fn collection(&mut self, plural: &str) -> &mut Collection {
+    fn collection(&mut self, key: &str) -> &mut Collection {
         let key = kinds()
             .into_iter()
-            .map(|k| k.plural)
-            .find(|p| *p == plural)
+            .map(|k| k.key)
+            .find(|p| *p == key)
             .unwrap_or("unknown");
         self.collections.entry(key).or_default()
     }
@@ -223,7 +279,9 @@ impl KubeApiDouble {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("https://{}", listener.local_addr()?);
-        let state = Arc::new(Mutex::new(State::default()));
+        let mut initial = State::default();
+        initial.crds.insert(PICKET_GROUP);
+        let state = Arc::new(Mutex::new(initial));
         let shutdown = CancellationToken::new();
         let server = TlsServer {
             settings: ListenerSettings::control(),
@@ -278,6 +336,43 @@ impl KubeApiDouble {
         let event = if exists { "MODIFIED" } else { "ADDED" };
         state.change(K::URL_PATH_SEGMENT, event, value);
         Ok(state.version)
+    }
+
+    /// Installs the CRD of `group` ([`PICKET_GROUP`], [`ISTIO_GROUP`]): its resources are
+    /// served and discovered from now on.
+    pub fn install_crd(&self, group: &'static str) {
+        lock(&self.state).crds.insert(group);
+    }
+
+    /// Creates or replaces a custom object (an AuthorizationPolicy of `picket.dev/v1` or
+    /// `security.istio.io/v1`) as `kubectl apply` would; its CRD must be installed.
+    pub fn apply_custom(&self, object: &Value) -> Result<u64> {
+        let kind = custom_kind(object).context("not a custom resource the double serves")?;
+        let mut state = lock(&self.state);
+        if !kind.crd.is_some_and(|g| state.crds.contains(g)) {
+            anyhow::bail!("the CRD of {} is not installed", kind.api_version);
+        }
+        let key = namespace_and_name(object);
+        let exists = state.collection(kind.key).objects.contains_key(&key);
+        let event = if exists { "MODIFIED" } else { "ADDED" };
+        state.change(kind.key, event, object.clone());
+        Ok(state.version)
+    }
+
+    /// Deletes a custom object (DELETED) of `api_version`; an unknown one is an error.
+    pub fn delete_custom(&self, api_version: &str, namespace: &str, name: &str) -> Result<()> {
+        let kind = custom_kind(&json!({"apiVersion": api_version, "kind": "AuthorizationPolicy"}))
+            .context("not a custom resource the double serves")?;
+        let mut state = lock(&self.state);
+        let key = (namespace.to_owned(), name.to_owned());
+        let object = state
+            .collection(kind.key)
+            .objects
+            .get(&key)
+            .cloned()
+            .with_context(|| format!("no {api_version} AuthorizationPolicy {namespace}/{name}"))?;
+        state.change(kind.key, "DELETED", object);
+        Ok(())
     }
 
     /// Deletes an object (DELETED); an unknown one is an error.
@@ -335,7 +430,7 @@ impl KubeApiDouble {
         let mut state = lock(&self.state);
         let version = state.version.to_string();
         for kind in kinds() {
-            let collection = state.collection(kind.plural);
+            let collection = state.collection(kind.key);
             let line = event_line(
                 "BOOKMARK",
                 &json!({
@@ -370,7 +465,8 @@ impl KubeApiDouble {
             .count()
     }
 
-    /// How many watches of the resource `plural` are open now.
+    /// How many watches of the resource `plural` (`plural.group` for a custom resource) are
+    /// open now.
     pub fn open_watches(&self, plural: &str) -> usize {
         let mut state = lock(&self.state);
         let collection = state.collection(plural);
@@ -453,6 +549,36 @@ fn parse_path(path: &str) -> Option<Target> {
     None
 }
 
+/// API discovery of a custom resource's group version: its `APIResourceList` while the CRD
+/// is installed, 404 otherwise; `None` for any other path.
+fn discovery(state: &Mutex<State>, path: &str) -> Option<Response<Body>> {
+    let kinds: Vec<Kind> = kinds()
+        .into_iter()
+        .filter(|k| k.crd.is_some() && k.prefix == path)
+        .collect();
+    let group = kinds.first()?.crd?;
+    if !lock(state).crds.contains(group) {
+        return Some(status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
+    }
+    let resources: Vec<Value> = kinds
+        .iter()
+        .map(|k| {
+            json!({"name": k.plural, "singularName": "", "namespaced": k.namespaced,
+                   "kind": k.kind, "verbs": ["get", "list", "watch", "create", "update"]})
+        })
+        .collect();
+    let version = kinds.first().map(|k| k.api_version)?;
+    Some(respond(
+        StatusCode::OK,
+        &json!({"apiVersion": "v1", "kind": "APIResourceList",
+                "groupVersion": version, "resources": resources}),
+    ))
+}
+
 fn query(request: &Request<Incoming>) -> HashMap<String, String> {
     request
         .uri()
@@ -485,7 +611,13 @@ async fn answer(request: Request<Incoming>, state: &Mutex<State>) -> Response<Bo
     if !authorized {
         return status(401, "Unauthorized", "Unauthorized");
     }
-    let Some(target) = parse_path(request.uri().path()) else {
+    if request.method() == Method::GET
+        && let Some(list) = discovery(state, request.uri().path())
+    {
+        return list;
+    }
+    let installed = |kind: &Kind| kind.crd.is_none_or(|g| lock(state).crds.contains(g));
+    let Some(target) = parse_path(request.uri().path()).filter(|t| installed(&t.kind)) else {
         return status(
             404,
             "NotFound",
@@ -564,7 +696,7 @@ async fn read_object(request: Request<Incoming>, target: &Target) -> Result<Valu
 
 fn current(state: &mut State, target: &Target) -> Vec<Value> {
     state
-        .collection(target.kind.plural)
+        .collection(target.kind.key)
         .objects
         .iter()
         .filter(|((ns, _), _)| target.namespace.as_ref().is_none_or(|t| t == ns))
@@ -590,7 +722,7 @@ fn list(state: &Mutex<State>, target: &Target, q: &HashMap<String, String>) -> R
         Err(message) => return status(400, "BadRequest", &message),
     };
     if let Some(v) = version
-        && v < state.collection(target.kind.plural).floor
+        && v < state.collection(target.kind.key).floor
     {
         return status(410, "Expired", &format!("too old resource version: {v}"));
     }
@@ -612,7 +744,7 @@ fn get(state: &Mutex<State>, target: &Target, name: &str) -> Response<Body> {
         target.namespace.clone().unwrap_or_default(),
         name.to_owned(),
     );
-    match state.collection(target.kind.plural).objects.get(&key) {
+    match state.collection(target.kind.key).objects.get(&key) {
         Some(object) => respond(StatusCode::OK, object),
         None => status(
             404,
@@ -625,18 +757,14 @@ fn get(state: &Mutex<State>, target: &Target, name: &str) -> Response<Body> {
 fn create(state: &Mutex<State>, target: &Target, object: Value) -> Response<Body> {
     let mut state = lock(state);
     let key = namespace_and_name(&object);
-    if state
-        .collection(target.kind.plural)
-        .objects
-        .contains_key(&key)
-    {
+    if state.collection(target.kind.key).objects.contains_key(&key) {
         return status(
             409,
             "AlreadyExists",
             &format!("{} {:?} already exists", target.kind.plural, key.1),
         );
     }
-    let stored = state.change(target.kind.plural, "ADDED", object);
+    let stored = state.change(target.kind.key, "ADDED", object);
     respond(StatusCode::CREATED, &stored)
 }
 
@@ -650,7 +778,7 @@ fn replace(state: &Mutex<State>, target: &Target, name: &str, object: Value) -> 
             "the name of the body does not match the request",
         );
     }
-    let Some(existing) = state.collection(target.kind.plural).objects.get(&key) else {
+    let Some(existing) = state.collection(target.kind.key).objects.get(&key) else {
         return status(
             404,
             "NotFound",
@@ -664,7 +792,7 @@ fn replace(state: &Mutex<State>, target: &Target, name: &str, object: Value) -> 
             "the object has been modified; please apply your changes to the latest version and try again",
         );
     }
-    let stored = state.change(target.kind.plural, "MODIFIED", object);
+    let stored = state.change(target.kind.key, "MODIFIED", object);
     respond(StatusCode::OK, &stored)
 }
 
@@ -682,7 +810,7 @@ fn watch(state: &Mutex<State>, target: &Target, q: &HashMap<String, String>) -> 
     {
         let mut state = lock(state);
         let objects = current(&mut state, target);
-        let collection = state.collection(target.kind.plural);
+        let collection = state.collection(target.kind.key);
         let in_scope = |object: &Value| {
             target
                 .namespace

@@ -1,4 +1,4 @@
-//! `picket controller`: watches the cluster and serves sidecars their destinations.
+//! `picket controller`: watches the cluster and serves sidecars their destinations and policies.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +57,13 @@ pub struct ControllerArgs {
     /// (file mode; without it, those ConfigMaps are left to whoever manages them).
     #[arg(long)]
     policy_file: Option<PathBuf>,
+    /// The policy root namespace: its AuthorizationPolicy objects go to the sidecars of every
+    /// namespace (the sidecars' `policy.root_namespace`).
+    #[arg(long, default_value = "picket-system")]
+    root_namespace: String,
+    /// How often a policy group whose CRD is not installed (Istio's) is looked for again.
+    #[arg(long, default_value = "30s", value_parser = picket_common::duration::parse)]
+    policy_discovery_interval: std::time::Duration,
     /// Once serving, write {"listen":"IP:PORT"} here (for supervisors and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -89,6 +96,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             join_token_file: args.token_file,
         },
         distributed,
+        root_namespace: args.root_namespace,
+        policy_discovery_interval: args.policy_discovery_interval,
     };
     let shutdown = CancellationToken::new();
     super::cancel_on_signal(shutdown.clone())?;

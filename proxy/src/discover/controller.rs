@@ -8,6 +8,8 @@
 //! known endpoints; [`Resolution::Pending`] if none ever came, so the sidecar uses the
 //! original destination) and subscribes again after a backoff ([`Backoff`], full jitter),
 //! receiving a full answer first. A subscription ends when its last receiver is dropped.
+//!
+//! The same connection carries the sidecar's policy subscription ([`policies`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -282,6 +284,8 @@ fn apply(
     }
     Ok(())
 }
+
+pub mod policies;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,110 @@
+//! The sidecar's policy subscription (cluster mode): one stream on the controller connection
+//! ([`ControllerDiscover`]'s multiplexed HTTP/2 mTLS client), `GET /v1/policies`, on which the
+//! controller sends the whole policy set of this sidecar's namespace (the namespace in its
+//! certificate) and the root namespace, again at every change (JSON lines; protocol in
+//! docs/kubernetes.md).
+//!
+//! Each set goes to [`PolicyStore::set_cluster`]: loaded together with the policy files by
+//! the one loader, swapped in whole or not at all, counted and logged as a file reload is.
+//! When the stream breaks, the last set stays in force and the sidecar subscribes again with
+//! backoff, receiving the whole set first.
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use picket_common::backoff::Backoff;
+use picket_common::policies::ClusterPolicies;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::{ControllerDiscover, MAX_LINE_BYTES, RETRY_MAX, RETRY_MIN, StreamError};
+use crate::authz::{PolicyLoadError, PolicyStore};
+use crate::forward::boxed;
+
+/// The path of the policy subscription.
+pub const POLICIES_PATH: &str = "/v1/policies";
+
+/// Follows the controller's policy sets into `store` until `shutdown`. `first` gets the
+/// outcome of loading the first set received (the sidecar starts serving only after it).
+pub async fn follow(
+    discover: Arc<ControllerDiscover>,
+    store: Arc<PolicyStore>,
+    first: oneshot::Sender<Result<(), PolicyLoadError>>,
+    shutdown: CancellationToken,
+) {
+    let mut first = Some(first);
+    let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+    loop {
+        let result = tokio::select! {
+            r = stream_once(&discover, &store, &mut first, &mut backoff) => r,
+            () = shutdown.cancelled() => return,
+        };
+        let wait = backoff.next_delay();
+        if let Err(e) = result {
+            tracing::warn!(
+                controller = %discover.shared.address,
+                error = %e,
+                retry_in = ?wait,
+                "policy subscription interrupted; keeping the last policy set"
+            );
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One subscription stream: each line is a whole set, loaded at once.
+async fn stream_once(
+    discover: &ControllerDiscover,
+    store: &Arc<PolicyStore>,
+    first: &mut Option<oneshot::Sender<Result<(), PolicyLoadError>>>,
+    backoff: &mut Backoff,
+) -> Result<(), StreamError> {
+    let request = Request::get(format!("https://controller{POLICIES_PATH}"))
+        .body(boxed(Empty::<Bytes>::new()))
+        .map_err(|e| StreamError::Protocol(e.to_string()))?;
+    let response = discover.shared.client.send(request).await?;
+    if response.status() != StatusCode::OK {
+        return Err(StreamError::Status(response.status()));
+    }
+    let mut body = response.into_body();
+    let mut buffer = BytesMut::new();
+    loop {
+        let frame = match body.frame().await {
+            None => return Err(StreamError::Closed),
+            Some(Err(e)) => return Err(StreamError::Broken(e.to_string())),
+            Some(Ok(frame)) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buffer.extend_from_slice(&data);
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line = buffer.split_to(end + 1);
+            let set: ClusterPolicies = serde_json::from_slice(&line[..end])
+                .map_err(|e| StreamError::Protocol(e.to_string()))?;
+            tracing::info!(
+                objects = set.policies.len(),
+                "policy set from the controller"
+            );
+            let store = Arc::clone(store);
+            // Compiling many policies takes a while: off the request-serving threads.
+            let loaded = tokio::task::spawn_blocking(move || store.set_cluster(set.policies))
+                .await
+                .map_err(|e| StreamError::Broken(e.to_string()))?;
+            if let Some(first) = first.take() {
+                let _ = first.send(loaded);
+            }
+            *backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        }
+        if buffer.remaining() > MAX_LINE_BYTES {
+            return Err(StreamError::Protocol(format!(
+                "a line longer than {MAX_LINE_BYTES} bytes"
+            )));
+        }
+    }
+}
