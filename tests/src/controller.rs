@@ -41,13 +41,19 @@ impl TestController {
     /// Starts the controller against `api` with a certificate from `ca`, and waits until it
     /// has listed the cluster and serves.
     pub async fn start(ca: &TestCa, api: &KubeApiDouble) -> Result<Self> {
+        Self::start_at(ca, api, "127.0.0.1:0".parse()?).await
+    }
+
+    /// As [`Self::start`], serving on `listen` (say, the pod bridge's address, where sidecars
+    /// in network namespaces reach it).
+    pub async fn start_at(ca: &TestCa, api: &KubeApiDouble, listen: SocketAddr) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let (kube_ca, kube_token) = api.client_files(dir.path())?;
         let token = dir.path().join("join-token");
         std::fs::write(&token, ca.token(CONTROLLER_WORKLOAD).await?)?;
         let ready_file = dir.path().join("ready.json");
         let mut cmd = picket()?;
-        cmd.args(["controller", "--listen", "127.0.0.1:0", "--identity"])
+        cmd.args(["controller", "--listen", &listen.to_string(), "--identity"])
             .arg(spiffe_id("picket", "picket-controller"))
             .arg("--ca-url")
             .arg(ca.url())
@@ -81,6 +87,11 @@ impl TestController {
     /// The controller's process.
     pub fn daemon(&self) -> &Daemon {
         &self.daemon
+    }
+
+    /// Stops the controller (SIGKILL: no goodbye to its subscribers, as a crash or a lost node).
+    pub async fn stop(&mut self) -> Result<()> {
+        self.daemon.kill().await
     }
 }
 
