@@ -23,6 +23,16 @@ use crate::process::{Daemon, picket};
 /// The controller's own workload name.
 pub const CONTROLLER_WORKLOAD: &str = "ns/picket/sa/picket-controller";
 
+/// The policy file a [`TestController`] distributes (`--policy-file`).
+pub const TEST_POLICY: &str = "apiVersion: picket.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: admit, namespace: shop }
+spec:
+  action: ALLOW
+  rules:
+  - from: [{ source: { principals: [\"*\"] } }]
+";
+
 /// A running `picket controller`.
 #[derive(Debug)]
 pub struct TestController {
@@ -52,6 +62,9 @@ impl TestController {
         let token = dir.path().join("join-token");
         std::fs::write(&token, ca.token(CONTROLLER_WORKLOAD).await?)?;
         let ready_file = dir.path().join("ready.json");
+        // File-mode policy, copied into every injected namespace beside the trust bundle.
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, TEST_POLICY)?;
         let mut cmd = picket()?;
         cmd.args(["controller", "--listen", &listen.to_string(), "--identity"])
             .arg(spiffe_id("picket", "picket-controller"))
@@ -67,6 +80,8 @@ impl TestController {
             .arg(&kube_ca)
             .arg("--kube-token-file")
             .arg(&kube_token)
+            .arg("--policy-file")
+            .arg(&policy)
             .arg("--ready-file")
             .arg(&ready_file)
             .env("RUST_LOG", "info,picket_controller=debug");
