@@ -61,49 +61,10 @@ pub(crate) fn layout(n: usize, edges: &[(usize, usize)]) -> Layout {
     let dag = acyclic(n, edges);
     let level = levels(n, &dag);
     let columns = level.iter().copied().max().map_or(1, |m| m + 1);
-
-    // Vertices: the nodes, then one virtual point per column an edge passes.
-    let mut vlevel: Vec<usize> = level.clone();
-    let mut chains: Vec<Vec<usize>> = Vec::with_capacity(dag.len());
-    let mut links: Vec<(usize, usize)> = Vec::new();
-    for &(u, v, _) in &dag {
-        let mut chain = vec![u];
-        for l in level[u] + 1..level[v] {
-            vlevel.push(l);
-            chain.push(vlevel.len() - 1);
-        }
-        chain.push(v);
-        for w in chain.windows(2) {
-            links.push((w[0], w[1]));
-        }
-        chains.push(chain);
-    }
-    let nv = vlevel.len();
-    let mut down: Vec<Vec<usize>> = vec![Vec::new(); nv];
-    let mut up: Vec<Vec<usize>> = vec![Vec::new(); nv];
-    for &(a, b) in &links {
-        down[a].push(b);
-        up[b].push(a);
-    }
-
-    // Sweeps from a few first orders (barycentre sweeps stop in local minima that depend on
-    // where they start), keeping the best.
-    let sweeps = if nv > LARGE { SWEEPS_LARGE } else { SWEEPS };
-    let mut best: Vec<Vec<usize>> = Vec::new();
-    let mut best_crossings = usize::MAX;
-    for start in 0..STARTS {
-        let order = initial_order(columns, &vlevel, &down, n, start);
-        let (order, c) = minimize(order, &up, &down, nv, sweeps);
-        if c < best_crossings {
-            best = order;
-            best_crossings = c;
-        }
-        if best_crossings == 0 || nv > LARGE {
-            break;
-        }
-    }
-
-    let y = heights(&best, n, &up, &down, nv);
+    let g = Grid::of(&level, &dag);
+    let (best, best_crossings) = best_order(&g, columns, n);
+    let nv = g.level.len();
+    let y = heights(&best, n, &g.up, &g.down, nv);
     let x = |l: usize| MARGIN + l as f64 * COL_GAP;
     let top = y.iter().copied().fold(f64::INFINITY, f64::min);
     let shift = if top.is_finite() { MARGIN - top } else { 0.0 };
@@ -113,12 +74,99 @@ pub(crate) fn layout(n: usize, edges: &[(usize, usize)]) -> Layout {
     let bottom = (0..nv)
         .map(|i| y[i] + shift + if i < n { NODE_H / 2.0 } else { 0.0 })
         .fold(MARGIN, f64::max);
+    let at = |v: usize| (x(g.level[v]), y[v] + shift);
+    Layout {
+        pos,
+        routes: edge_routes(edges, &dag, &g.chains, at),
+        width: MARGIN * 2.0 + (columns - 1) as f64 * COL_GAP + NODE_W,
+        // Room above the top row for self-call loops.
+        height: bottom + MARGIN,
+        crossings: best_crossings,
+    }
+}
 
+/// The vertices placed in columns: the nodes, then one virtual point per column an edge
+/// passes, joined by links between adjacent columns.
+struct Grid {
+    /// Each vertex's column.
+    level: Vec<usize>,
+    /// Each DAG edge's vertices, from its start node to its end node.
+    chains: Vec<Vec<usize>>,
+    /// Links to the next column, per vertex.
+    down: Vec<Vec<usize>>,
+    /// Links from the previous column, per vertex.
+    up: Vec<Vec<usize>>,
+}
+
+impl Grid {
+    fn of(level: &[usize], dag: &[(usize, usize, usize)]) -> Self {
+        let mut vlevel: Vec<usize> = level.to_vec();
+        let mut chains: Vec<Vec<usize>> = Vec::with_capacity(dag.len());
+        let mut links: Vec<(usize, usize)> = Vec::new();
+        for &(u, v, _) in dag {
+            let mut chain = vec![u];
+            for l in level[u] + 1..level[v] {
+                vlevel.push(l);
+                chain.push(vlevel.len() - 1);
+            }
+            chain.push(v);
+            for w in chain.windows(2) {
+                links.push((w[0], w[1]));
+            }
+            chains.push(chain);
+        }
+        let nv = vlevel.len();
+        let mut down: Vec<Vec<usize>> = vec![Vec::new(); nv];
+        let mut up: Vec<Vec<usize>> = vec![Vec::new(); nv];
+        for &(a, b) in &links {
+            down[a].push(b);
+            up[b].push(a);
+        }
+        Self {
+            level: vlevel,
+            chains,
+            down,
+            up,
+        }
+    }
+}
+
+/// The order of the vertices in each column with the fewest crossings found, and that count.
+/// Sweeps from a few first orders (barycentre sweeps stop in local minima that depend on
+/// where they start), keeping the best.
+fn best_order(g: &Grid, columns: usize, n: usize) -> (Vec<Vec<usize>>, usize) {
+    let nv = g.level.len();
+    let sweeps = if nv > LARGE { SWEEPS_LARGE } else { SWEEPS };
+    let mut best: Vec<Vec<usize>> = Vec::new();
+    let mut best_crossings = usize::MAX;
+    for start in 0..STARTS {
+        let order = initial_order(columns, &g.level, &g.down, n, start);
+        let (order, c) = minimize(order, &g.up, &g.down, nv, sweeps);
+        if c < best_crossings {
+            best = order;
+            best_crossings = c;
+        }
+        if best_crossings == 0 || nv > LARGE {
+            break;
+        }
+    }
+    (best, best_crossings)
+}
+
+/// Each edge's line through its chain's vertices (`at` gives a vertex's left side and
+/// centre height): out of the start box's right side, across each column passed, into the
+/// end box's left side.
+fn edge_routes(
+    edges: &[(usize, usize)],
+    dag: &[(usize, usize, usize)],
+    chains: &[Vec<usize>],
+    at: impl Fn(usize) -> (f64, f64),
+) -> Vec<Route> {
     let mut routes = vec![Route::default(); edges.len()];
-    for (chain, &(_, _, index)) in chains.iter().zip(&dag) {
+    for (chain, &(_, _, index)) in chains.iter().zip(dag) {
         let mut points = Vec::with_capacity(chain.len() * 2);
         for (k, &v) in chain.iter().enumerate() {
-            let (vx, vy) = (x(vlevel[v]), y[v] + shift);
+            let (vx, vy) = at(v);
             if k == 0 {
                 points.push((vx + NODE_W, vy));
             } else if k + 1 == chain.len() {
@@ -133,14 +181,7 @@ pub(crate) fn layout(n: usize, edges: &[(usize, usize)]) -> Layout {
             reversed: edges[index].0 != chain[0],
         };
     }
-    Layout {
-        pos,
-        routes,
-        width: MARGIN * 2.0 + (columns - 1) as f64 * COL_GAP + NODE_W,
-        // Room above the top row for self-call loops.
-        height: bottom + MARGIN,
-        crossings: best_crossings,
-    }
+    routes
 }
 
 /// The edges as a DAG: `(from, to, index in edges)`, with the edges that close a cycle

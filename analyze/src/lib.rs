@@ -338,15 +338,13 @@ pub fn analyze(opts: AnalyzeOptions) -> Result<Analysis, AnalyzeError> {
 }
 
 fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Report {
-    let names = &agg.nodes;
-    let mut edges: Vec<EdgeReport> = Vec::with_capacity(agg.edges.len());
-    let mut flags = Vec::new();
-    let mut reqs_out: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut reqs_in: BTreeMap<u32, u64> = BTreeMap::new();
     let checker = opts
         .policy
         .as_ref()
         .map(|p| policy::Checker::new(p, &opts.workload_label));
+    let mut edges: Vec<EdgeReport> = Vec::with_capacity(agg.edges.len());
+    let mut flags = Vec::new();
+    let mut requests = NodeRequests::default();
     let mut live: std::collections::HashSet<u32> = agg.alerts.keys().copied().collect();
     live.extend(agg.users.keys().copied());
     for (&(s, d), e) in &agg.edges {
@@ -355,98 +353,10 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
             continue;
         }
         live.extend([s, d]);
-        let c = e.counts();
-        *reqs_out.entry(s).or_default() += c.requests;
-        *reqs_in.entry(d).or_default() += c.requests;
-        let source = names.name(s).to_owned();
-        let destination = names.name(d).to_owned();
-        let edge_new = has_baseline && !e.in_baseline;
-        let mut routes: Vec<RouteReport> = e
-            .routes
-            .iter()
-            .filter(|(_, r)| r.counts().requests > 0)
-            .map(|(route, r)| {
-                let (answer, detail) = match &checker {
-                    Some(ch) => ch.route(&source, &destination, route, r, e),
-                    None => (None, None),
-                };
-                let counts = r.counts();
-                RouteReport {
-                    route: route.to_string(),
-                    requests: counts.requests,
-                    denied: counts.denied,
-                    new: has_baseline && !r.in_baseline,
-                    policy: answer,
-                    policy_detail: detail,
-                }
-            })
-            .collect();
-        routes.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.route.cmp(&b.route)));
-        let answers: Vec<PolicyAnswer> = routes.iter().filter_map(|r| r.policy).collect();
-        let policy = if answers.is_empty() {
-            None
-        } else if answers.iter().all(|a| *a == PolicyAnswer::Allow) {
-            Some(PolicyAnswer::Allow)
-        } else if answers.iter().all(|a| *a == PolicyAnswer::Deny) {
-            Some(PolicyAnswer::Deny)
-        } else {
-            Some(PolicyAnswer::Partial)
-        };
-        for r in &routes {
-            if r.policy == Some(PolicyAnswer::Deny) {
-                flags.push(Flag {
-                    kind: FlagKind::NotAllowedByPolicy,
-                    source: source.clone(),
-                    destination: destination.clone(),
-                    route: Some(r.route.clone()),
-                    requests: r.requests,
-                    detail: r.policy_detail.clone().unwrap_or_default(),
-                });
-            }
-        }
-        if edge_new {
-            flags.push(Flag {
-                kind: FlagKind::NewEdge,
-                source: source.clone(),
-                destination: destination.clone(),
-                route: None,
-                requests: c.requests,
-                detail: format!(
-                    "first seen {} after the baseline",
-                    rfc3339(ts(e.first_seen))
-                ),
-            });
-        } else if has_baseline {
-            for r in routes.iter().filter(|r| r.new) {
-                flags.push(Flag {
-                    kind: FlagKind::NewRoute,
-                    source: source.clone(),
-                    destination: destination.clone(),
-                    route: Some(r.route.clone()),
-                    requests: r.requests,
-                    detail: "route first seen after the baseline".to_owned(),
-                });
-            }
-        }
-        edges.push(EdgeReport {
-            source,
-            destination,
-            requests: c.requests,
-            allowed: c.allowed,
-            denied: c.denied,
-            errors: c.errors,
-            bytes_in: c.bytes_in,
-            bytes_out: c.bytes_out,
-            ports: e.policy_ports().keys().copied().collect(),
-            protocols: read::protocol_names(e.protocols),
-            first_seen: ts(e.first_seen),
-            last_seen: ts(e.last_seen),
-            new: edge_new,
-            policy,
-            routes,
-            routes_dropped: e.routes_overflow(),
-            egress: agg.egress.contains(&d),
-        });
+        requests.add(s, d, e.counts().requests);
+        let edge = edge_report(agg, (s, d), e, checker.as_ref(), has_baseline);
+        edge_flags(&edge, has_baseline, &mut flags);
+        edges.push(edge);
     }
     edges.sort_by(|a, b| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)));
     flags.sort_by(|a, b| {
@@ -457,8 +367,149 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
             &b.route,
         ))
     });
+    Report {
+        summary: summary(agg, opts),
+        nodes: node_reports(agg, &live, &requests),
+        edges,
+        flags,
+        blast_radius: policy::blast_radius(agg, checker.as_ref()),
+        user_edges: users::user_edges(agg, opts.top_users),
+    }
+}
 
-    let mut nodes: Vec<NodeReport> = names
+/// Requests out of and into each node, over the edges counted.
+#[derive(Default)]
+struct NodeRequests {
+    out: BTreeMap<u32, u64>,
+    into: BTreeMap<u32, u64>,
+}
+
+impl NodeRequests {
+    fn add(&mut self, source: u32, destination: u32, requests: u64) {
+        *self.out.entry(source).or_default() += requests;
+        *self.into.entry(destination).or_default() += requests;
+    }
+}
+
+/// One edge's report: its counts, and its routes with what the policy, if any, says of them.
+fn edge_report(
+    agg: &read::Aggregate,
+    (s, d): (u32, u32),
+    e: &read::EdgeAgg,
+    checker: Option<&policy::Checker<'_>>,
+    has_baseline: bool,
+) -> EdgeReport {
+    let c = e.counts();
+    let source = agg.nodes.name(s).to_owned();
+    let destination = agg.nodes.name(d).to_owned();
+    let routes = route_reports(e, checker, (&source, &destination), has_baseline);
+    EdgeReport {
+        requests: c.requests,
+        allowed: c.allowed,
+        denied: c.denied,
+        errors: c.errors,
+        bytes_in: c.bytes_in,
+        bytes_out: c.bytes_out,
+        ports: e.policy_ports().keys().copied().collect(),
+        protocols: read::protocol_names(e.protocols),
+        first_seen: ts(e.first_seen),
+        last_seen: ts(e.last_seen),
+        new: has_baseline && !e.in_baseline,
+        policy: edge_policy(&routes),
+        routes,
+        routes_dropped: e.routes_overflow(),
+        egress: agg.egress.contains(&d),
+        source,
+        destination,
+    }
+}
+
+/// An edge's routes that count requests, busiest first.
+fn route_reports(
+    e: &read::EdgeAgg,
+    checker: Option<&policy::Checker<'_>>,
+    (source, destination): (&str, &str),
+    has_baseline: bool,
+) -> Vec<RouteReport> {
+    let mut routes: Vec<RouteReport> = e
+        .routes
+        .iter()
+        .filter(|(_, r)| r.counts().requests > 0)
+        .map(|(route, r)| {
+            let (answer, detail) = match checker {
+                Some(ch) => ch.route(source, destination, route, r, e),
+                None => (None, None),
+            };
+            let counts = r.counts();
+            RouteReport {
+                route: route.to_string(),
+                requests: counts.requests,
+                denied: counts.denied,
+                new: has_baseline && !r.in_baseline,
+                policy: answer,
+                policy_detail: detail,
+            }
+        })
+        .collect();
+    routes.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.route.cmp(&b.route)));
+    routes
+}
+
+/// What the policy says of an edge, from its routes' answers: all allow, all deny, or partial.
+fn edge_policy(routes: &[RouteReport]) -> Option<PolicyAnswer> {
+    let answers: Vec<PolicyAnswer> = routes.iter().filter_map(|r| r.policy).collect();
+    if answers.is_empty() {
+        None
+    } else if answers.iter().all(|a| *a == PolicyAnswer::Allow) {
+        Some(PolicyAnswer::Allow)
+    } else if answers.iter().all(|a| *a == PolicyAnswer::Deny) {
+        Some(PolicyAnswer::Deny)
+    } else {
+        Some(PolicyAnswer::Partial)
+    }
+}
+
+/// The flags an edge raises: its routes the policy denies, and, with a baseline, the edge
+/// itself when it is new, else its new routes.
+fn edge_flags(edge: &EdgeReport, has_baseline: bool, flags: &mut Vec<Flag>) {
+    let flag = |kind, route: Option<&RouteReport>, requests, detail| Flag {
+        kind,
+        source: edge.source.clone(),
+        destination: edge.destination.clone(),
+        route: route.map(|r| r.route.clone()),
+        requests,
+        detail,
+    };
+    for r in &edge.routes {
+        if r.policy == Some(PolicyAnswer::Deny) {
+            let detail = r.policy_detail.clone().unwrap_or_default();
+            flags.push(flag(
+                FlagKind::NotAllowedByPolicy,
+                Some(r),
+                r.requests,
+                detail,
+            ));
+        }
+    }
+    if edge.new {
+        let detail = format!("first seen {} after the baseline", rfc3339(edge.first_seen));
+        flags.push(flag(FlagKind::NewEdge, None, edge.requests, detail));
+    } else if has_baseline {
+        for r in edge.routes.iter().filter(|r| r.new) {
+            let detail = "route first seen after the baseline".to_owned();
+            flags.push(flag(FlagKind::NewRoute, Some(r), r.requests, detail));
+        }
+    }
+}
+
+/// The nodes that appear in an edge counted, an alert or a user edge, by identity.
+fn node_reports(
+    agg: &read::Aggregate,
+    live: &std::collections::HashSet<u32>,
+    requests: &NodeRequests,
+) -> Vec<NodeReport> {
+    let mut nodes: Vec<NodeReport> = agg
+        .nodes
         .names
         .iter()
         .enumerate()
@@ -470,35 +521,30 @@ fn build(agg: &read::Aggregate, opts: &AnalyzeOptions, has_baseline: bool) -> Re
                 id: id.to_string(),
                 kind: node_kind(agg, i, id),
                 name: short_name(id),
-                requests_out: reqs_out.get(&i).copied().unwrap_or(0),
-                requests_in: reqs_in.get(&i).copied().unwrap_or(0),
+                requests_out: requests.out.get(&i).copied().unwrap_or(0),
+                requests_in: requests.into.get(&i).copied().unwrap_or(0),
                 alerts: alerts.map(|a| a.by_kind.clone()).unwrap_or_default(),
                 max_severity: alerts.and_then(|a| a.max_severity),
             }
         })
         .collect();
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    nodes
+}
 
-    let blast_radius = policy::blast_radius(agg, checker.as_ref());
-
-    Report {
-        summary: Summary {
-            files: opts.files.iter().map(|f| f.display().to_string()).collect(),
-            records: agg.records,
-            paired: agg.paired,
-            alerts: agg.alert_lines,
-            bad_lines: agg.bad_lines,
-            first_error: agg.first_error.clone(),
-            first_seen: agg.first_ts.map(ts),
-            last_seen: agg.last_ts.map(ts),
-            baseline_until: opts.baseline_until,
-            policies: opts.policy.as_ref().map(picket_policy::PolicySet::len),
-        },
-        nodes,
-        edges,
-        flags,
-        blast_radius,
-        user_edges: users::user_edges(agg, opts.top_users),
+/// The report's summary: what was read, over which time, against what.
+fn summary(agg: &read::Aggregate, opts: &AnalyzeOptions) -> Summary {
+    Summary {
+        files: opts.files.iter().map(|f| f.display().to_string()).collect(),
+        records: agg.records,
+        paired: agg.paired,
+        alerts: agg.alert_lines,
+        bad_lines: agg.bad_lines,
+        first_error: agg.first_error.clone(),
+        first_seen: agg.first_ts.map(ts),
+        last_seen: agg.last_ts.map(ts),
+        baseline_until: opts.baseline_until,
+        policies: opts.policy.as_ref().map(picket_policy::PolicySet::len),
     }
 }
 

@@ -151,59 +151,8 @@ pub(crate) fn blast_radius(
     checker: Option<&Checker<'_>>,
 ) -> Vec<super::BlastRadius> {
     let names = &agg.nodes;
-    let mut reached: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
-    let mut identities: BTreeSet<u32> = BTreeSet::new();
-    for (&(s, d), e) in &agg.edges {
-        for n in [s, d] {
-            if names.name(n).starts_with("spiffe://") {
-                identities.insert(n);
-            }
-        }
-        let c = e.counts();
-        if c.requests > c.denied && s != d {
-            reached.entry(s).or_default().insert(d);
-        }
-    }
-
-    let reachable: Option<BTreeMap<u32, BTreeSet<u32>>> = checker.map(|ch| {
-        // Every route seen towards each destination, from anyone.
-        let mut towards: HashMap<u32, Vec<(&str, &RouteAgg, &EdgeAgg)>> = HashMap::new();
-        for (&(_, d), e) in &agg.edges {
-            let list = towards.entry(d).or_default();
-            for (route, r) in &e.routes {
-                if list.len() < PROBES_PER_DESTINATION
-                    && !list.iter().any(|(known, _, _)| *known == route.as_ref())
-                {
-                    list.push((route, r, e));
-                }
-            }
-        }
-        let mut out: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
-        for (&d, routes) in &towards {
-            let dest = names.name(d);
-            let Some(policies) = ch.policies(dest) else {
-                continue;
-            };
-            let host = super::short_name(dest);
-            for &s in &identities {
-                if s == d {
-                    continue;
-                }
-                let source = names.name(s);
-                let allowed = routes.iter().any(|(route, r, e)| {
-                    probes(route, r, e).iter().any(|p| {
-                        Checker::evaluate(&policies, source, None, &host, p).verdict
-                            == Verdict::Allow
-                    })
-                });
-                if allowed {
-                    out.entry(s).or_default().insert(d);
-                }
-            }
-        }
-        out
-    });
-
+    let (identities, reached) = observed_reach(agg);
+    let reachable = checker.map(|ch| policy_reach(agg, ch, &identities));
     let list = |set: BTreeSet<u32>| -> Vec<String> {
         let mut v: Vec<String> = set.into_iter().map(|n| names.name(n).to_owned()).collect();
         v.sort();
@@ -228,5 +177,69 @@ pub(crate) fn blast_radius(
         })
         .collect();
     out.sort_by(|a, b| a.identity.cmp(&b.identity));
+    out
+}
+
+/// The identities seen (either end of an edge), and the destinations each source reached
+/// with admitted traffic (calls to itself left out).
+fn observed_reach(agg: &Aggregate) -> (BTreeSet<u32>, BTreeMap<u32, BTreeSet<u32>>) {
+    let mut reached: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    let mut identities: BTreeSet<u32> = BTreeSet::new();
+    for (&(s, d), e) in &agg.edges {
+        for n in [s, d] {
+            if agg.nodes.name(n).starts_with("spiffe://") {
+                identities.insert(n);
+            }
+        }
+        let c = e.counts();
+        if c.requests > c.denied && s != d {
+            reached.entry(s).or_default().insert(d);
+        }
+    }
+    (identities, reached)
+}
+
+/// The destinations each identity could reach under the policy: those where some route seen
+/// towards them, from anyone, would be allowed from that identity.
+fn policy_reach(
+    agg: &Aggregate,
+    ch: &Checker<'_>,
+    identities: &BTreeSet<u32>,
+) -> BTreeMap<u32, BTreeSet<u32>> {
+    let names = &agg.nodes;
+    // Every route seen towards each destination, from anyone.
+    let mut towards: HashMap<u32, Vec<(&str, &RouteAgg, &EdgeAgg)>> = HashMap::new();
+    for (&(_, d), e) in &agg.edges {
+        let list = towards.entry(d).or_default();
+        for (route, r) in &e.routes {
+            if list.len() < PROBES_PER_DESTINATION
+                && !list.iter().any(|(known, _, _)| *known == route.as_ref())
+            {
+                list.push((route, r, e));
+            }
+        }
+    }
+    let mut out: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    for (&d, routes) in &towards {
+        let dest = names.name(d);
+        let Some(policies) = ch.policies(dest) else {
+            continue;
+        };
+        let host = super::short_name(dest);
+        for &s in identities {
+            if s == d {
+                continue;
+            }
+            let source = names.name(s);
+            let allowed = routes.iter().any(|(route, r, e)| {
+                probes(route, r, e).iter().any(|p| {
+                    Checker::evaluate(&policies, source, None, &host, p).verdict == Verdict::Allow
+                })
+            });
+            if allowed {
+                out.entry(s).or_default().insert(d);
+            }
+        }
+    }
     out
 }

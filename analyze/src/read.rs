@@ -160,6 +160,31 @@ impl RouteAgg {
             .copied()
             .collect()
     }
+
+    /// Counts a record on this route, on the side that recorded it.
+    fn add(&mut self, r: &FlowRecord<'_>, before: bool) {
+        let side = if r.direction == Direction::Inbound {
+            &mut self.inbound
+        } else {
+            &mut self.outbound
+        };
+        side.requests += 1;
+        side.denied += u64::from(r.verdict == Some(Verdict::Deny));
+        if let Some(p) = r.destination_port
+            && !side.ports.contains(&p)
+            && side.ports.len() < MAX_PORTS_PER_ROUTE
+        {
+            side.ports.push(p);
+        }
+        if before {
+            self.in_baseline = true;
+        } else {
+            self.after_baseline = true;
+        }
+        if self.sample_path.is_none() {
+            self.sample_path = r.path.as_deref().map(Into::into);
+        }
+    }
 }
 
 /// Distinct ports kept per route and side.
@@ -265,6 +290,96 @@ impl EdgeAgg {
     pub(crate) fn routes_overflow(&self) -> u64 {
         self.routes_overflow_in.max(self.routes_overflow_out)
     }
+
+    /// Adds the bytes of a connection's `end` record (it was counted by its `open` record).
+    fn add_end(&mut self, r: &FlowRecord<'_>, ts: i64) {
+        let side = if r.direction == Direction::Inbound {
+            &mut self.inbound
+        } else {
+            &mut self.outbound
+        };
+        side.bytes_in += r.bytes_in;
+        side.bytes_out += r.bytes_out;
+        self.last_seen = self.last_seen.max(ts);
+    }
+
+    /// Counts a record on the edge: its side's counts, protocol, port, period and samples.
+    fn add(&mut self, r: &FlowRecord<'_>, ts: i64, before: bool) {
+        self.first_seen = self.first_seen.min(ts);
+        self.last_seen = self.last_seen.max(ts);
+        let inbound = r.direction == Direction::Inbound;
+        if inbound {
+            self.inbound.add(r);
+        } else {
+            self.outbound.add(r);
+        }
+        self.protocols |= protocol_bit(r.protocol);
+        if let Some(p) = r.destination_port {
+            let ports = if inbound {
+                &mut self.ports_in
+            } else {
+                &mut self.ports_out
+            };
+            *ports.entry(p).or_default() += 1;
+        }
+        if before {
+            self.in_baseline = true;
+        } else {
+            self.after_baseline = true;
+        }
+        if self.sample_source_ip.is_none() {
+            self.sample_source_ip = r.source_address.map(|a| a.ip());
+        }
+        if self.sample_host.is_none() {
+            self.sample_host = r.host.as_deref().map(Into::into);
+        }
+    }
+
+    /// Counts a record on its route, or as overflow when the edge keeps no more routes.
+    fn add_route(&mut self, route: &str, r: &FlowRecord<'_>, before: bool) {
+        let inbound = r.direction == Direction::Inbound;
+        if let Some(agg) = self.routes.get_mut(route) {
+            agg.add(r, before);
+        } else if self.routes.len() < MAX_ROUTES_PER_EDGE {
+            self.routes.entry(route.into()).or_default().add(r, before);
+        } else if inbound {
+            self.routes_overflow_in += 1;
+        } else {
+            self.routes_overflow_out += 1;
+        }
+    }
+
+    /// Keeps what a least-privilege policy must keep allowing of an admitted baseline-period
+    /// record: its port, its `METHOD path` (built in `buf`) or that it was TCP.
+    fn add_allowed(&mut self, r: &FlowRecord<'_>, buf: &mut String) {
+        let inbound = r.direction == Direction::Inbound;
+        self.allowed_records += 1;
+        self.allowed_inbound_records += u64::from(inbound);
+        if let Some(p) = r.destination_port {
+            if inbound {
+                self.allowed_ports_in.insert(p);
+            } else {
+                self.allowed_ports_out.insert(p);
+            }
+        }
+        match (&r.method, &r.path) {
+            (Some(m), Some(p)) => {
+                buf.clear();
+                buf.push_str(m);
+                buf.push(' ');
+                buf.push_str(p);
+                if !self.allowed_paths.contains(buf.as_str()) {
+                    if self.allowed_paths.len() < MAX_PATHS_PER_EDGE {
+                        self.allowed_paths.insert(buf.as_str().into());
+                    } else {
+                        self.paths_overflow += 1;
+                    }
+                }
+            }
+            _ if r.protocol == FlowProtocol::Tcp => self.allowed_tcp = true,
+            _ => {}
+        }
+    }
 }
 
 /// Requests of one end-user principal to one destination.
@@ -365,6 +480,31 @@ fn protocol_bit(p: FlowProtocol) -> u8 {
     }
 }
 
+/// Writes a record's route into `buf`: `METHOD /path/template`, either part alone, or `tcp`.
+fn write_route(buf: &mut String, r: &FlowRecord<'_>) {
+    buf.clear();
+    match (&r.method, &r.path) {
+        (Some(m), Some(p)) => {
+            buf.push_str(m);
+            buf.push(' ');
+            buf.push_str(&route_template(p));
+        }
+        (None, Some(p)) => buf.push_str(&route_template(p)),
+        (Some(m), None) => buf.push_str(m),
+        (None, None) => buf.push_str("tcp"),
+    }
+}
+
+/// Whether a record is traffic a least-privilege policy must keep allowing: admitted, to an
+/// existing route. Outbound records carry no verdict, so a 403 (or a gRPC
+/// PERMISSION_DENIED) seen by the caller's sidecar counts as refused too.
+fn admitted(r: &FlowRecord<'_>) -> bool {
+    let denied = r.verdict == Some(Verdict::Deny);
+    let not_a_route = r.status.is_some_and(|s| s == 404 || s == 405);
+    let refused = r.status == Some(403) || r.grpc_status == Some(7);
+    !denied && !refused && !not_a_route
+}
+
 /// The protocol names in a bit set.
 pub(crate) fn protocol_names(bits: u8) -> Vec<&'static str> {
     [
@@ -390,7 +530,13 @@ impl Aggregate {
     }
 
     fn node_of_destination(&mut self, r: &FlowRecord<'_>) -> u32 {
-        match (&r.destination_identity, &r.host, r.destination_address) {
+        // An egress connection's node is the name its client asked for (Host, else SNI),
+        // else the address dialled.
+        match (
+            &r.destination_identity,
+            r.host.as_ref().or(r.sni.as_ref()),
+            r.destination_address,
+        ) {
             (Some(id), _, _) => self.nodes.id(id),
             (None, Some(h), _) => self.nodes.id(&host_only(h)),
             (None, None, Some(a)) => self.nodes.id(&a.ip().to_string()),
@@ -399,22 +545,20 @@ impl Aggregate {
     }
 
     /// Whether a record is of a passthrough connection to a destination outside the mesh: an
-    /// outbound record with an address dialled and no identity, neither presented nor
-    /// expected (a meshed destination that did not answer keeps its expectation).
+    /// outbound TCP record with an address dialled and no identity, neither presented nor
+    /// expected (a meshed destination that did not answer keeps its expectation). Its `host`
+    /// or `sni`, when the client sent one, names the node.
     fn is_egress(r: &FlowRecord<'_>) -> bool {
         r.direction == Direction::Outbound
+            && r.protocol == FlowProtocol::Tcp
             && r.destination_identity.is_none()
             && r.expected_identity.is_none()
-            && r.host.is_none()
             && r.destination_address.is_some()
     }
 
     /// Adds one flow record. `cutoff` is the end of the baseline period, in Unix ms.
     pub(crate) fn add_flow(&mut self, r: &FlowRecord<'_>, cutoff: Option<i64>) {
-        self.records += 1;
-        let ts = millis(r.ts);
-        self.first_ts = Some(self.first_ts.map_or(ts, |t| t.min(ts)));
-        self.last_ts = Some(self.last_ts.map_or(ts, |t| t.max(ts)));
+        let ts = self.note_time(r);
         let src = self.node_of_source(r);
         let dst = self.node_of_destination(r);
         if Self::is_egress(r) {
@@ -426,179 +570,88 @@ impl Aggregate {
             Some(FlowPhase::Interim) => return,
             Some(FlowPhase::End) => {
                 if let Some(edge) = self.edges.get_mut(&(src, dst)) {
-                    let side = if r.direction == Direction::Inbound {
-                        &mut edge.inbound
-                    } else {
-                        &mut edge.outbound
-                    };
-                    side.bytes_in += r.bytes_in;
-                    side.bytes_out += r.bytes_out;
-                    edge.last_seen = edge.last_seen.max(ts);
+                    edge.add_end(r, ts);
                 }
                 return;
             }
             Some(FlowPhase::Open) | None => {}
         }
         let before = cutoff.is_none_or(|c| ts <= c);
-        let edge = self.edges.entry((src, dst)).or_insert_with(|| EdgeAgg {
-            first_seen: ts,
-            last_seen: ts,
-            ..EdgeAgg::default()
-        });
-        edge.first_seen = edge.first_seen.min(ts);
-        edge.last_seen = edge.last_seen.max(ts);
         let inbound = r.direction == Direction::Inbound;
         if inbound && let Some(p) = &r.request_principal {
-            let users = self.users.entry(dst).or_default();
-            let one = UserCounts {
-                requests: 1,
-                denied: u64::from(r.verdict == Some(Verdict::Deny)),
-            };
-            if let Some(c) = users.principals.get_mut(&**p) {
-                c.add(one);
-            } else if users.principals.len() < MAX_PRINCIPALS_PER_DESTINATION {
-                users.principals.insert(Box::from(&**p), one);
-            } else {
-                users.overflow.add(one);
-            }
+            self.add_user(dst, p, r);
         }
-        if inbound {
-            edge.inbound.add(r);
-        } else {
-            edge.outbound.add(r);
-        }
-        edge.protocols |= protocol_bit(r.protocol);
-        if let Some(p) = r.destination_port {
-            let ports = if inbound {
-                &mut edge.ports_in
-            } else {
-                &mut edge.ports_out
-            };
-            *ports.entry(p).or_default() += 1;
-        }
+        write_route(&mut self.route_buf, r);
         if before {
-            edge.in_baseline = true;
-        } else {
-            edge.after_baseline = true;
+            self.add_burst_events(r, src, dst, ts);
         }
-        if edge.sample_source_ip.is_none() {
-            edge.sample_source_ip = r.source_address.map(|a| a.ip());
-        }
-        if edge.sample_host.is_none() {
-            edge.sample_host = r.host.as_deref().map(Into::into);
-        }
-
-        // The route, built in a reused buffer.
-        let buf = &mut self.route_buf;
-        buf.clear();
-        match (&r.method, &r.path) {
-            (Some(m), Some(p)) => {
-                buf.push_str(m);
-                buf.push(' ');
-                buf.push_str(&route_template(p));
-            }
-            (None, Some(p)) => buf.push_str(&route_template(p)),
-            (Some(m), None) => buf.push_str(m),
-            (None, None) => buf.push_str("tcp"),
-        }
-        let denied = r.verdict == Some(Verdict::Deny);
-        let touch = |route: &mut RouteAgg| {
-            let side = if inbound {
-                &mut route.inbound
-            } else {
-                &mut route.outbound
-            };
-            side.requests += 1;
-            side.denied += u64::from(denied);
-            if let Some(p) = r.destination_port
-                && !side.ports.contains(&p)
-                && side.ports.len() < MAX_PORTS_PER_ROUTE
-            {
-                side.ports.push(p);
-            }
-            if before {
-                route.in_baseline = true;
-            } else {
-                route.after_baseline = true;
-            }
-            if route.sample_path.is_none() {
-                route.sample_path = r.path.as_deref().map(Into::into);
-            }
-        };
-        if let Some(route) = edge.routes.get_mut(buf.as_str()) {
-            touch(route);
-        } else if edge.routes.len() < MAX_ROUTES_PER_EDGE {
-            touch(edge.routes.entry(buf.as_str().into()).or_default());
-        } else if inbound {
-            edge.routes_overflow_in += 1;
-        } else {
-            edge.routes_overflow_out += 1;
-        }
-
-        // Paired last, once this record is counted on its edge and route.
+        // Paired last (below), once this record is counted on its edge and route.
         let pairing = Self::pair_key(r, src).map(|key| {
             let mut counts = Counts::default();
             counts.add(r);
             let record = Unpaired {
                 inbound,
                 edge: (src, dst),
-                route: buf.as_str().into(),
+                route: self.route_buf.as_str().into(),
                 counts,
             };
             (key, record)
         });
-
-        // Burst counter events, for the baseline's learned rates.
-        if before {
-            self.baseline_last_ts = Some(self.baseline_last_ts.map_or(ts, |t| t.max(ts)));
-            for counter in Counter::ALL {
-                if !counter.counts(r) {
-                    continue;
-                }
-                let key: RateKey = match counter.scope() {
-                    Scope::Source => (counter, src, u32::MAX, "".into()),
-                    Scope::Edge => (counter, src, dst, "".into()),
-                    Scope::Route => (counter, src, dst, buf.as_str().into()),
-                };
-                self.rates.entry(key).or_default()[usize::from(!inbound)] += 1;
-            }
-        }
-
-        // What a least-privilege policy must keep allowing: admitted, existing routes, from
-        // the baseline period when there is one. Outbound records carry no verdict, so a 403
-        // (or a gRPC PERMISSION_DENIED) seen by the caller's sidecar counts as refused too.
-        let not_a_route = r.status.is_some_and(|s| s == 404 || s == 405);
-        let refused = r.status == Some(403) || r.grpc_status == Some(7);
-        if !denied && !refused && before && !not_a_route {
-            edge.allowed_records += 1;
-            edge.allowed_inbound_records += u64::from(inbound);
-            if let Some(p) = r.destination_port {
-                if inbound {
-                    edge.allowed_ports_in.insert(p);
-                } else {
-                    edge.allowed_ports_out.insert(p);
-                }
-            }
-            match (&r.method, &r.path) {
-                (Some(m), Some(p)) => {
-                    buf.clear();
-                    buf.push_str(m);
-                    buf.push(' ');
-                    buf.push_str(p);
-                    if !edge.allowed_paths.contains(buf.as_str()) {
-                        if edge.allowed_paths.len() < MAX_PATHS_PER_EDGE {
-                            edge.allowed_paths.insert(buf.as_str().into());
-                        } else {
-                            edge.paths_overflow += 1;
-                        }
-                    }
-                }
-                _ if r.protocol == FlowProtocol::Tcp => edge.allowed_tcp = true,
-                _ => {}
-            }
+        let edge = self.edges.entry((src, dst)).or_insert_with(|| EdgeAgg {
+            first_seen: ts,
+            last_seen: ts,
+            ..EdgeAgg::default()
+        });
+        edge.add(r, ts, before);
+        edge.add_route(&self.route_buf, r, before);
+        if before && admitted(r) {
+            edge.add_allowed(r, &mut self.route_buf);
         }
         if let Some((key, record)) = pairing {
             self.pair(key, record);
+        }
+    }
+
+    /// Counts a record and widens the time span read; returns its time in Unix ms.
+    fn note_time(&mut self, r: &FlowRecord<'_>) -> i64 {
+        self.records += 1;
+        let ts = millis(r.ts);
+        self.first_ts = Some(self.first_ts.map_or(ts, |t| t.min(ts)));
+        self.last_ts = Some(self.last_ts.map_or(ts, |t| t.max(ts)));
+        ts
+    }
+
+    /// Counts an inbound request of the end-user principal `p` to `dst`.
+    fn add_user(&mut self, dst: u32, p: &str, r: &FlowRecord<'_>) {
+        let users = self.users.entry(dst).or_default();
+        let one = UserCounts {
+            requests: 1,
+            denied: u64::from(r.verdict == Some(Verdict::Deny)),
+        };
+        if let Some(c) = users.principals.get_mut(p) {
+            c.add(one);
+        } else if users.principals.len() < MAX_PRINCIPALS_PER_DESTINATION {
+            users.principals.insert(Box::from(p), one);
+        } else {
+            users.overflow.add(one);
+        }
+    }
+
+    /// Counts the burst counter events of a baseline-period record (route in `route_buf`),
+    /// for the baseline's learned rates.
+    fn add_burst_events(&mut self, r: &FlowRecord<'_>, src: u32, dst: u32, ts: i64) {
+        self.baseline_last_ts = Some(self.baseline_last_ts.map_or(ts, |t| t.max(ts)));
+        let inbound = r.direction == Direction::Inbound;
+        for counter in Counter::ALL {
+            if !counter.counts(r) {
+                continue;
+            }
+            let key: RateKey = match counter.scope() {
+                Scope::Source => (counter, src, u32::MAX, "".into()),
+                Scope::Edge => (counter, src, dst, "".into()),
+                Scope::Route => (counter, src, dst, self.route_buf.as_str().into()),
+            };
+            self.rates.entry(key).or_default()[usize::from(!inbound)] += 1;
         }
     }
 

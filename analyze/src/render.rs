@@ -23,6 +23,18 @@ fn alerts_text(alerts: &BTreeMap<picket_proxy::telemetry::AlertKind, u64>) -> St
 /// The report for a terminal.
 pub fn render_text(r: &Report) -> String {
     let mut o = String::new();
+    render_summary_text(&mut o, r);
+    render_nodes_text(&mut o, r);
+    render_edges_text(&mut o, r);
+    render_flags_text(&mut o, r);
+    render_egress_text(&mut o, r);
+    render_users_text(&mut o, r);
+    render_blast_radius_text(&mut o, r);
+    o
+}
+
+/// What was read, over which time, against what.
+fn render_summary_text(o: &mut String, r: &Report) {
     let s = &r.summary;
     let _ = writeln!(o, "Picket flow analysis");
     let _ = writeln!(o, "  files:    {}", s.files.join(", "));
@@ -51,7 +63,10 @@ pub fn render_text(r: &Report) -> String {
     if let Some(p) = s.policies {
         let _ = writeln!(o, "  policy:   {p} policies checked");
     }
+}
 
+/// Each node with its requests out and in, kind and alerts.
+fn render_nodes_text(o: &mut String, r: &Report) {
     let _ = writeln!(o, "\nNodes ({})", r.nodes.len());
     let width = r.nodes.iter().map(|n| n.name.len()).max().unwrap_or(0);
     for n in &r.nodes {
@@ -75,7 +90,10 @@ pub fn render_text(r: &Report) -> String {
             n.name, n.requests_out, n.requests_in
         );
     }
+}
 
+/// Each edge with its counts and marks, and its ten busiest routes.
+fn render_edges_text(o: &mut String, r: &Report) {
     let _ = writeln!(o, "\nEdges ({})", r.edges.len());
     for e in &r.edges {
         let ports: Vec<String> = e.ports.iter().map(u16::to_string).collect();
@@ -127,7 +145,10 @@ pub fn render_text(r: &Report) -> String {
             let _ = writeln!(o, "      ... {} more routes", e.routes.len() - 10);
         }
     }
+}
 
+/// The flags raised: routes the policy denies, new edges and routes.
+fn render_flags_text(o: &mut String, r: &Report) {
     let _ = writeln!(o, "\nFlags ({})", r.flags.len());
     for f in &r.flags {
         let kind = match f.kind {
@@ -148,10 +169,10 @@ pub fn render_text(r: &Report) -> String {
             f.detail
         );
     }
+}
 
-    render_egress_text(&mut o, r);
-    render_users_text(&mut o, r);
-
+/// What each identity reached, and what the policy would let it reach.
+fn render_blast_radius_text(o: &mut String, r: &Report) {
     let _ = writeln!(o, "\nBlast radius");
     for b in &r.blast_radius {
         let names = |v: &[String]| -> String {
@@ -183,7 +204,6 @@ pub fn render_text(r: &Report) -> String {
             );
         }
     }
-    o
 }
 
 /// Connections to destinations outside the mesh, by source.
@@ -368,21 +388,7 @@ fn edge_path(points: &[(f64, f64)]) -> String {
 }
 
 fn svg(r: &Report) -> String {
-    let index: BTreeMap<&str, usize> = r
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.id.as_str(), i))
-        .collect();
-    let drawn: Vec<(&super::EdgeReport, usize, usize)> = r
-        .edges
-        .iter()
-        .filter_map(|e| {
-            let s = *index.get(e.source.as_str())?;
-            let d = *index.get(e.destination.as_str())?;
-            Some((e, s, d))
-        })
-        .collect();
+    let drawn = drawn_edges(r);
     let pairs: Vec<(usize, usize)> = drawn.iter().map(|&(_, s, d)| (s, d)).collect();
     let lay = layout(r.nodes.len(), &pairs);
     let (width, height) = (lay.width.ceil(), lay.height.ceil());
@@ -402,89 +408,118 @@ fn svg(r: &Report) -> String {
     }
     o.push_str("</defs>");
     for (k, &(e, s, d)) in drawn.iter().enumerate() {
-        let style = edge_style(e);
-        let color = EDGE_STYLES
-            .iter()
-            .find(|(n, _, _)| *n == style)
-            .map_or("#868e96", |(_, c, _)| c);
         let route = lay.routes.get(k).cloned().unwrap_or_default();
         let (path, marker) = if s == d || route.points.is_empty() {
-            // A call to itself: a loop over the top of its box.
-            let (x, y) = lay.pos[s];
-            let x = x + NODE_W / 2.0;
-            (
-                format!(
-                    "M{:.1} {y:.1} C{:.1} {:.1} {:.1} {:.1} {:.1} {y:.1}",
-                    x - 20.0,
-                    x - 40.0,
-                    y - 34.0,
-                    x + 40.0,
-                    y - 34.0,
-                    x + 20.0
-                ),
-                "marker-end",
-            )
+            (self_loop(lay.pos[s]), "marker-end")
         } else if route.reversed {
             // Drawn from the called node back: the arrow goes at the start.
             (edge_path(&route.points), "marker-start")
         } else {
             (edge_path(&route.points), "marker-end")
         };
-        let w = 1.5 + (e.requests.max(1) as f64).log10();
-        let dash = if e.new {
-            r#" stroke-dasharray="7 4""#
-        } else {
-            ""
-        };
-        let _ = write!(
-            o,
-            r#"<path class="edge edge-{style}" d="{path}" fill="none" stroke="{color}" stroke-width="{w:.1}"{dash} {marker}="url(#arrow-{style})"><title>{} → {}: {} {}, {} allowed, {} denied{}</title></path>"#,
-            esc(&short_name(&e.source)),
-            esc(&short_name(&e.destination)),
-            e.requests,
-            if e.egress { "connections" } else { "requests" },
-            e.allowed,
-            e.denied,
-            if e.new { ", new after baseline" } else { "" }
-        );
+        svg_edge(&mut o, e, &path, marker);
     }
     for (i, n) in r.nodes.iter().enumerate() {
-        let (x, y) = lay.pos[i];
-        let (fill, ink) = severity_fill(n.max_severity);
-        let (stroke, dash, kind, kind_class) = match n.kind {
-            NodeKind::Workload => ("#495057", "", "", "workload"),
-            NodeKind::Egress => (
-                "#0b7285",
-                r#" stroke-dasharray="6 3" stroke-width="2""#,
-                "egress · ",
-                "egress",
-            ),
-            NodeKind::Address => ("#868e96", r#" stroke-dasharray="2 2""#, "", "address"),
-        };
-        let alerts = if n.alerts.is_empty() {
-            String::new()
-        } else {
-            format!(" · alerts: {}", alerts_text(&n.alerts))
-        };
-        let _ = write!(
-            o,
-            r##"<g class="node node-{kind_class}" data-id="{id}"><title>{id}{alerts_t}</title><rect x="{x:.1}" y="{y:.1}" width="{NODE_W}" height="{NODE_H}" rx="8" fill="{fill}" stroke="{stroke}"{dash}/><text x="{tx:.1}" y="{ty:.1}" fill="{ink}" font-size="14" font-weight="600" text-anchor="middle">{name}</text><text x="{tx:.1}" y="{ty2:.1}" fill="{ink}" font-size="11" text-anchor="middle">{kind}out {out} · in {inn}{sev}</text></g>"##,
-            id = esc(&n.id),
-            alerts_t = esc(&alerts),
-            tx = x + NODE_W / 2.0,
-            ty = y + 19.0,
-            ty2 = y + 36.0,
-            name = esc(&fit_label(&n.name)),
-            out = n.requests_out,
-            inn = n.requests_in,
-            sev = n
-                .max_severity
-                .map(|s| format!(" · {}", s.as_str()))
-                .unwrap_or_default(),
-        );
+        svg_node(&mut o, n, lay.pos[i]);
     }
     o.push_str("</svg>");
     o
+}
+
+/// The edges whose two ends are nodes of the report, with their ends' indices.
+fn drawn_edges(r: &Report) -> Vec<(&super::EdgeReport, usize, usize)> {
+    let index: BTreeMap<&str, usize> = r
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
+    r.edges
+        .iter()
+        .filter_map(|e| {
+            let s = *index.get(e.source.as_str())?;
+            let d = *index.get(e.destination.as_str())?;
+            Some((e, s, d))
+        })
+        .collect()
+}
+
+/// A call to itself: a loop over the top of the box at `(x, y)`.
+fn self_loop((x, y): (f64, f64)) -> String {
+    let x = x + NODE_W / 2.0;
+    format!(
+        "M{:.1} {y:.1} C{:.1} {:.1} {:.1} {:.1} {:.1} {y:.1}",
+        x - 20.0,
+        x - 40.0,
+        y - 34.0,
+        x + 40.0,
+        y - 34.0,
+        x + 20.0
+    )
+}
+
+/// One edge's line along `path`, its arrow at `marker`, coloured by its style, as wide as the
+/// logarithm of its requests, with its counts as the tooltip.
+fn svg_edge(o: &mut String, e: &super::EdgeReport, path: &str, marker: &str) {
+    let style = edge_style(e);
+    let color = EDGE_STYLES
+        .iter()
+        .find(|(n, _, _)| *n == style)
+        .map_or("#868e96", |(_, c, _)| c);
+    let w = 1.5 + (e.requests.max(1) as f64).log10();
+    let dash = if e.new {
+        r#" stroke-dasharray="7 4""#
+    } else {
+        ""
+    };
+    let _ = write!(
+        o,
+        r#"<path class="edge edge-{style}" d="{path}" fill="none" stroke="{color}" stroke-width="{w:.1}"{dash} {marker}="url(#arrow-{style})"><title>{} → {}: {} {}, {} allowed, {} denied{}</title></path>"#,
+        esc(&short_name(&e.source)),
+        esc(&short_name(&e.destination)),
+        e.requests,
+        if e.egress { "connections" } else { "requests" },
+        e.allowed,
+        e.denied,
+        if e.new { ", new after baseline" } else { "" }
+    );
+}
+
+/// One node's box at `(x, y)`: filled by its worst alert, outlined by its kind, with its
+/// name and requests.
+fn svg_node(o: &mut String, n: &super::NodeReport, (x, y): (f64, f64)) {
+    let (fill, ink) = severity_fill(n.max_severity);
+    let (stroke, dash, kind, kind_class) = match n.kind {
+        NodeKind::Workload => ("#495057", "", "", "workload"),
+        NodeKind::Egress => (
+            "#0b7285",
+            r#" stroke-dasharray="6 3" stroke-width="2""#,
+            "egress · ",
+            "egress",
+        ),
+        NodeKind::Address => ("#868e96", r#" stroke-dasharray="2 2""#, "", "address"),
+    };
+    let alerts = if n.alerts.is_empty() {
+        String::new()
+    } else {
+        format!(" · alerts: {}", alerts_text(&n.alerts))
+    };
+    let _ = write!(
+        o,
+        r##"<g class="node node-{kind_class}" data-id="{id}"><title>{id}{alerts_t}</title><rect x="{x:.1}" y="{y:.1}" width="{NODE_W}" height="{NODE_H}" rx="8" fill="{fill}" stroke="{stroke}"{dash}/><text x="{tx:.1}" y="{ty:.1}" fill="{ink}" font-size="14" font-weight="600" text-anchor="middle">{name}</text><text x="{tx:.1}" y="{ty2:.1}" fill="{ink}" font-size="11" text-anchor="middle">{kind}out {out} · in {inn}{sev}</text></g>"##,
+        id = esc(&n.id),
+        alerts_t = esc(&alerts),
+        tx = x + NODE_W / 2.0,
+        ty = y + 19.0,
+        ty2 = y + 36.0,
+        name = esc(&fit_label(&n.name)),
+        out = n.requests_out,
+        inn = n.requests_in,
+        sev = n
+            .max_severity
+            .map(|s| format!(" · {}", s.as_str()))
+            .unwrap_or_default(),
+    );
 }
 
 /// Characters of a name that fit a box; longer names are cut with an ellipsis (the full id
@@ -543,6 +578,19 @@ th{background:#f1f3f5}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 /// The report as one self-contained HTML page.
 pub fn render_html(r: &Report) -> String {
     let mut o = String::new();
+    render_head_html(&mut o, r);
+    render_graph_html(&mut o, r);
+    render_flags_html(&mut o, r);
+    render_edges_html(&mut o, r);
+    render_egress_html(&mut o, r);
+    render_users_html(&mut o, r);
+    render_blast_radius_html(&mut o, r);
+    let _ = writeln!(o, "<script>{SCRIPT}</script></body></html>");
+    o
+}
+
+/// The page's head, its title and what was read.
+fn render_head_html(o: &mut String, r: &Report) {
     let s = &r.summary;
     let _ = write!(
         o,
@@ -563,6 +611,10 @@ pub fn render_html(r: &Report) -> String {
             .map(|p| format!(" · {p} policies checked"))
             .unwrap_or_default(),
     );
+}
+
+/// The service graph: its legend, the zoom buttons and the SVG.
+fn render_graph_html(o: &mut String, r: &Report) {
     o.push_str("<h2>Service graph</h2><div class=\"legend\">");
     for (_, color, label) in EDGE_STYLES {
         let _ = write!(
@@ -587,7 +639,10 @@ pub fn render_html(r: &Report) -> String {
     o.push_str("</div><div class=\"zoom\"><button type=\"button\" id=\"zoom-in\" title=\"zoom in (+)\">+</button><button type=\"button\" id=\"zoom-out\" title=\"zoom out (-)\">−</button><button type=\"button\" id=\"zoom-fit\" title=\"whole graph (0)\">fit</button> wheel or +/−: zoom · drag or arrow keys: move</div><div class=\"graph\">");
     o.push_str(&svg(r));
     o.push_str("</div>");
+}
 
+/// The flags as a table.
+fn render_flags_html(o: &mut String, r: &Report) {
     let _ = write!(
         o,
         "<h2>Flags ({})</h2><table><tr><th>kind</th><th>source</th><th>destination</th><th>route</th><th>requests</th><th>detail</th></tr>",
@@ -609,7 +664,10 @@ pub fn render_html(r: &Report) -> String {
         );
     }
     o.push_str("</table>");
+}
 
+/// The edges as a table, with their five busiest routes.
+fn render_edges_html(o: &mut String, r: &Report) {
     let _ = write!(
         o,
         "<h2>Edges ({})</h2><table><tr><th>source</th><th>destination</th><th>requests</th><th>allowed</th><th>denied</th><th>ports</th><th>protocols</th><th>routes (busiest)</th></tr>",
@@ -637,10 +695,10 @@ pub fn render_html(r: &Report) -> String {
         );
     }
     o.push_str("</table>");
+}
 
-    render_egress_html(&mut o, r);
-    render_users_html(&mut o, r);
-
+/// What each identity reached, and what the policy would let it reach, as a table.
+fn render_blast_radius_html(o: &mut String, r: &Report) {
     o.push_str("<h2>Blast radius</h2><table><tr><th>identity</th><th>reached</th><th>reached transitively</th><th>egress reached</th><th>policy allows</th><th>policy allows transitively</th></tr>");
     for b in &r.blast_radius {
         let names = |v: &[String]| -> String {
@@ -662,6 +720,5 @@ pub fn render_html(r: &Report) -> String {
                 .map_or("-".to_owned(), names),
         );
     }
-    let _ = writeln!(o, "</table><script>{SCRIPT}</script></body></html>");
-    o
+    o.push_str("</table>");
 }

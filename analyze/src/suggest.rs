@@ -115,33 +115,70 @@ pub(crate) fn suggest(
     until: Option<time::OffsetDateTime>,
     opts: &SuggestOptions,
 ) -> String {
-    let names = &agg.nodes;
-    // destination -> source -> operations
-    let mut plan: BTreeMap<&str, BTreeMap<&str, Vec<Operation>>> = BTreeMap::new();
-    let mut skipped: BTreeSet<&str> = BTreeSet::new();
-    let mut admitted = 0u64;
-    for (&(s, d), e) in &agg.edges {
-        let (source, destination) = (names.name(s), names.name(d));
-        if workload(destination, label).is_none() || !e.counted() {
-            continue;
-        }
-        if e.allowed_paths.is_empty() && !e.allowed_tcp {
-            continue;
-        }
-        if principal(source).is_none() {
-            skipped.insert(source);
-            continue;
-        }
-        admitted += e.allowed_records;
-        let paths: BTreeSet<&str> = e.allowed_paths.iter().map(AsRef::as_ref).collect();
-        let ports: Vec<u16> = e.suggested_ports().iter().copied().collect();
-        let ops = operations(&paths, e.allowed_tcp, &ports, opts.collapse_threshold);
-        if !ops.is_empty() {
-            plan.entry(destination).or_default().insert(source, ops);
+    let plan = Plan::of(agg, label, opts);
+    let mut out = String::new();
+    write_header(&mut out, agg, label, until, &plan);
+    for (destination, sources) in plan.by_destination {
+        if let Some(w) = workload(destination, label) {
+            write_policy(&mut out, &w, label, sources, opts);
         }
     }
+    out
+}
 
-    let mut out = String::new();
+/// What a suggestion allows, from the admitted traffic between identities.
+struct Plan<'a> {
+    /// destination -> source -> operations
+    by_destination: BTreeMap<&'a str, BTreeMap<&'a str, Vec<Operation>>>,
+    /// Sources without an identity, whose traffic no policy can name.
+    skipped: BTreeSet<&'a str>,
+    /// The flow records behind the plan.
+    admitted: u64,
+}
+
+impl<'a> Plan<'a> {
+    fn of(agg: &'a Aggregate, label: &str, opts: &SuggestOptions) -> Self {
+        let names = &agg.nodes;
+        let mut plan = Plan {
+            by_destination: BTreeMap::new(),
+            skipped: BTreeSet::new(),
+            admitted: 0,
+        };
+        for (&(s, d), e) in &agg.edges {
+            let (source, destination) = (names.name(s), names.name(d));
+            if workload(destination, label).is_none() || !e.counted() {
+                continue;
+            }
+            if e.allowed_paths.is_empty() && !e.allowed_tcp {
+                continue;
+            }
+            if principal(source).is_none() {
+                plan.skipped.insert(source);
+                continue;
+            }
+            plan.admitted += e.allowed_records;
+            let paths: BTreeSet<&str> = e.allowed_paths.iter().map(AsRef::as_ref).collect();
+            let ports: Vec<u16> = e.suggested_ports().iter().copied().collect();
+            let ops = operations(&paths, e.allowed_tcp, &ports, opts.collapse_threshold);
+            if !ops.is_empty() {
+                plan.by_destination
+                    .entry(destination)
+                    .or_default()
+                    .insert(source, ops);
+            }
+        }
+        plan
+    }
+}
+
+/// The comment lines above the policies: where they come from, what was left out.
+fn write_header(
+    out: &mut String,
+    agg: &Aggregate,
+    label: &str,
+    until: Option<time::OffsetDateTime>,
+    plan: &Plan<'_>,
+) {
     let span = match (agg.first_ts, agg.last_ts, until) {
         (Some(a), _, Some(u)) => format!(
             " seen {} to {} (the baseline)",
@@ -157,7 +194,8 @@ pub(crate) fn suggest(
     };
     let _ = writeln!(
         out,
-        "# Suggested by `picket analyze` from {admitted} admitted flow records{span}."
+        "# Suggested by `picket analyze` from {} admitted flow records{span}.",
+        plan.admitted
     );
     let _ = writeln!(
         out,
@@ -167,72 +205,80 @@ pub(crate) fn suggest(
         out,
         "# Review before applying: everything not listed here will be denied."
     );
-    for s in &skipped {
+    for s in &plan.skipped {
         let _ = writeln!(
             out,
             "# Not included: traffic from {s}, which has no identity."
         );
     }
-    if plan.is_empty() {
+    if plan.by_destination.is_empty() {
         let _ = writeln!(
             out,
             "# No admitted traffic between identities was observed."
         );
     }
-    for (destination, sources) in plan {
-        let Some(w) = workload(destination, label) else {
-            continue;
-        };
-        let sa = w.labels.get(label).cloned().unwrap_or_default();
-        // Sources with the same operations share a rule.
-        let mut rules: BTreeMap<Vec<Operation>, Vec<&str>> = BTreeMap::new();
-        for (source, ops) in sources {
-            if let Some(p) = principal(source) {
-                rules.entry(ops).or_default().push(p);
-            }
-        }
-        let _ = writeln!(out, "---");
-        let _ = writeln!(out, "apiVersion: picket.dev/v1");
-        let _ = writeln!(out, "kind: AuthorizationPolicy");
-        let _ = writeln!(out, "metadata:");
-        let _ = writeln!(out, "  name: {}", quote(&policy_name(&sa)));
-        let _ = writeln!(out, "  namespace: {}", quote(&w.namespace));
-        let _ = writeln!(out, "spec:");
-        let _ = writeln!(out, "  selector:");
-        let _ = writeln!(out, "    matchLabels:");
-        let _ = writeln!(out, "      {}: {}", quote(label), quote(&sa));
-        let _ = writeln!(out, "  action: ALLOW");
-        let _ = writeln!(
-            out,
-            "  mode: {}",
-            if opts.dry_run { "dry-run" } else { "enforce" }
-        );
-        let _ = writeln!(out, "  rules:");
-        for (ops, principals) in rules {
-            let _ = writeln!(out, "  - from:");
-            let _ = writeln!(out, "    - source:");
-            let _ = writeln!(out, "        principals: {}", list(&principals));
-            if ops.iter().any(|op| op == &Operation::default()) {
-                // Opaque TCP on unknown ports: anything from these principals.
-                continue;
-            }
-            let _ = writeln!(out, "    to:");
-            for op in ops {
-                let _ = writeln!(out, "    - operation:");
-                if !op.methods.is_empty() {
-                    let _ = writeln!(out, "        methods: {}", list(&op.methods));
-                }
-                if !op.paths.is_empty() {
-                    let _ = writeln!(out, "        paths: {}", list(&op.paths));
-                }
-                if !op.ports.is_empty() {
-                    let ports: Vec<String> = op.ports.iter().map(u16::to_string).collect();
-                    let _ = writeln!(out, "        ports: {}", list(&ports));
-                }
-            }
+}
+
+/// One destination workload's ALLOW policy; sources with the same operations share a rule.
+fn write_policy(
+    out: &mut String,
+    w: &picket_policy::Workload,
+    label: &str,
+    sources: BTreeMap<&str, Vec<Operation>>,
+    opts: &SuggestOptions,
+) {
+    let sa = w.labels.get(label).cloned().unwrap_or_default();
+    let mut rules: BTreeMap<Vec<Operation>, Vec<&str>> = BTreeMap::new();
+    for (source, ops) in sources {
+        if let Some(p) = principal(source) {
+            rules.entry(ops).or_default().push(p);
         }
     }
-    out
+    let _ = writeln!(out, "---");
+    let _ = writeln!(out, "apiVersion: picket.dev/v1");
+    let _ = writeln!(out, "kind: AuthorizationPolicy");
+    let _ = writeln!(out, "metadata:");
+    let _ = writeln!(out, "  name: {}", quote(&policy_name(&sa)));
+    let _ = writeln!(out, "  namespace: {}", quote(&w.namespace));
+    let _ = writeln!(out, "spec:");
+    let _ = writeln!(out, "  selector:");
+    let _ = writeln!(out, "    matchLabels:");
+    let _ = writeln!(out, "      {}: {}", quote(label), quote(&sa));
+    let _ = writeln!(out, "  action: ALLOW");
+    let _ = writeln!(
+        out,
+        "  mode: {}",
+        if opts.dry_run { "dry-run" } else { "enforce" }
+    );
+    let _ = writeln!(out, "  rules:");
+    for (ops, principals) in rules {
+        write_rule(out, &ops, &principals);
+    }
+}
+
+/// One rule: its principals, and its operations unless one of them allows anything.
+fn write_rule(out: &mut String, ops: &[Operation], principals: &[&str]) {
+    let _ = writeln!(out, "  - from:");
+    let _ = writeln!(out, "    - source:");
+    let _ = writeln!(out, "        principals: {}", list(principals));
+    if ops.iter().any(|op| op == &Operation::default()) {
+        // Opaque TCP on unknown ports: anything from these principals.
+        return;
+    }
+    let _ = writeln!(out, "    to:");
+    for op in ops {
+        let _ = writeln!(out, "    - operation:");
+        if !op.methods.is_empty() {
+            let _ = writeln!(out, "        methods: {}", list(&op.methods));
+        }
+        if !op.paths.is_empty() {
+            let _ = writeln!(out, "        paths: {}", list(&op.paths));
+        }
+        if !op.ports.is_empty() {
+            let ports: Vec<String> = op.ports.iter().map(u16::to_string).collect();
+            let _ = writeln!(out, "        ports: {}", list(&ports));
+        }
+    }
 }
 
 pub(crate) fn baseline(agg: &Aggregate) -> String {

@@ -1001,6 +1001,49 @@ fn egress_destinations_are_nodes_of_their_own_in_every_view() {
     assert!(!yaml.contains("203.0.113.9"), "{yaml}");
 }
 
+#[test]
+fn egress_nodes_are_named_by_the_sni_or_host_their_clients_asked_for() {
+    let mut flows = Vec::new();
+    for (i, to) in ["203.0.113.9:443", "203.0.113.10:443"]
+        .into_iter()
+        .enumerate()
+    {
+        for mut r in egress(10 + i as i64, ORDERS, to) {
+            r.sni = Some("api.example.com".into());
+            flows.push(r);
+        }
+    }
+    for mut r in egress(20, ORDERS, "198.51.100.7:80") {
+        r.host = Some("plain.example.org".into());
+        flows.push(r);
+    }
+    flows.extend(egress(30, ORDERS, "192.0.2.1:25"));
+    let a = analyze_flows(&flows, None, None);
+    let egress: Vec<(&str, u64)> = a
+        .report
+        .edges
+        .iter()
+        .filter(|e| e.egress)
+        .map(|e| (e.destination.as_str(), e.requests))
+        .collect();
+    // Two addresses of one name are one node; a connection without a name keeps its address.
+    assert_eq!(
+        egress,
+        [
+            ("192.0.2.1", 1),
+            ("api.example.com", 2),
+            ("plain.example.org", 1)
+        ]
+    );
+    assert!(
+        a.report
+            .nodes
+            .iter()
+            .filter(|n| n.id != ORDERS)
+            .all(|n| n.kind == NodeKind::Egress)
+    );
+}
+
 /// `r` with trace context: its trace, its own span (a sidecar that traces) and its parent.
 fn traced(
     r: FlowRecord<'static>,

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::decision::{HttpRequest, PolicyRef, Request, RequestAuth};
+use crate::decision::{EgressRequest, HttpRequest, PolicyRef, Request, RequestAuth};
 use crate::model::{Action, Mode, Policy};
 use crate::pattern::{Cidr, HostMatch, StrMatch, namespace_of, strip_spiffe};
 
@@ -115,6 +115,17 @@ pub(crate) struct Attrs<'a> {
     pub(crate) auth: Option<&'a RequestAuth>,
     /// `iss/sub` of the JWT, when it has both.
     pub(crate) request_principal: Option<&'a str>,
+    /// An egress connection's destination (egress policies only).
+    pub(crate) egress: Option<EgressAttrs<'a>>,
+}
+
+/// What egress rules read besides the port: the address dialled and the name asked for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EgressAttrs<'a> {
+    pub(crate) ip: IpAddr,
+    /// The name with the port dialled (`api.example.com:443`, `[::1]:80`), as `hosts`
+    /// patterns match it; `None` when the client sent no name.
+    pub(crate) host: Option<&'a str>,
 }
 
 impl<'a> Attrs<'a> {
@@ -136,6 +147,26 @@ impl<'a> Attrs<'a> {
                 .auth
                 .and_then(|a| a.principal.as_deref())
                 .filter(|p| !p.is_empty()),
+            egress: None,
+        }
+    }
+
+    /// An egress connection as egress rules see it: no principal, the workload's own
+    /// connection to `req.ip`, `host` the name with its port (see [`EgressAttrs`]).
+    pub(crate) fn egress(req: &'a EgressRequest<'a>, host: Option<&'a str>) -> Attrs<'a> {
+        Attrs {
+            principal: None,
+            namespace: None,
+            ip: req.ip.to_canonical(),
+            port: req.port,
+            sni: req.sni.filter(|s| !s.is_empty()),
+            http: None,
+            auth: None,
+            request_principal: None,
+            egress: Some(EgressAttrs {
+                ip: req.ip.to_canonical(),
+                host,
+            }),
         }
     }
 }
@@ -253,6 +284,21 @@ impl Operation {
         if self.not_ports.contains(&a.port) {
             return Err(Field::NotPorts);
         }
+        if let Some(egress) = a.egress {
+            // `hosts` needs a name that matches; `notHosts` fails only on one that matches.
+            let hit = |hosts: &[HostMatch]| {
+                egress
+                    .host
+                    .is_some_and(|h| hosts.iter().any(|m| m.matches(h)))
+            };
+            if !self.hosts.is_empty() && !hit(&self.hosts) {
+                return Err(Field::Hosts);
+            }
+            if hit(&self.not_hosts) {
+                return Err(Field::NotHosts);
+            }
+            return Ok(());
+        }
         let Some(http) = a.http else {
             return Ok(());
         };
@@ -302,6 +348,8 @@ pub(crate) enum CondKey {
     SourceNamespace,
     SourcePrincipal,
     DestinationPort,
+    /// `destination.ip`: egress policies only (the address the workload dialled).
+    DestinationIp,
     Sni,
     /// `request.auth.principal`: the JWT's `iss/sub`.
     RequestPrincipal,
@@ -321,6 +369,7 @@ impl fmt::Display for CondKey {
             CondKey::SourceNamespace => f.write_str("source.namespace"),
             CondKey::SourcePrincipal => f.write_str("source.principal"),
             CondKey::DestinationPort => f.write_str("destination.port"),
+            CondKey::DestinationIp => f.write_str("destination.ip"),
             CondKey::Sni => f.write_str("connection.sni"),
             CondKey::RequestPrincipal => f.write_str("request.auth.principal"),
             CondKey::RequestAudiences => f.write_str("request.auth.audiences"),
@@ -412,6 +461,9 @@ impl Condition {
                 a.principal.map(|v| patterns.iter().any(|p| p.matches(v)))
             }
             (CondKey::DestinationPort, CondValues::Port(ports)) => Some(ports.contains(&a.port)),
+            (CondKey::DestinationIp, CondValues::Ip(blocks)) => {
+                a.egress.map(|e| blocks.iter().any(|c| c.contains(e.ip)))
+            }
             (CondKey::Sni, CondValues::Str(patterns)) => a
                 .sni
                 .map(|v| patterns.iter().any(|p| p.matches_ignore_case(v))),
@@ -514,6 +566,7 @@ impl Condition {
             CondKey::SourceNamespace => a.namespace.map(str::to_owned).into_iter().collect(),
             CondKey::SourcePrincipal => a.principal.map(str::to_owned).into_iter().collect(),
             CondKey::DestinationPort => vec![a.port.to_string()],
+            CondKey::DestinationIp => a.egress.map(|e| e.ip.to_string()).into_iter().collect(),
             CondKey::Sni => a.sni.map(str::to_owned).into_iter().collect(),
             CondKey::RequestPrincipal => {
                 a.request_principal.map(str::to_owned).into_iter().collect()

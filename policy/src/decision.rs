@@ -27,6 +27,21 @@ pub struct Request<'a> {
     pub auth: Option<&'a RequestAuth>,
 }
 
+/// One connection of the workload to a destination outside the mesh, as egress policies
+/// (`spec.direction: egress`) decide it.
+#[derive(Debug, Clone, Copy)]
+pub struct EgressRequest<'a> {
+    /// The address the workload dialled (its original destination).
+    pub ip: IpAddr,
+    /// The port it dialled.
+    pub port: u16,
+    /// The name it asked for: the SNI of its TLS ClientHello or the `Host` of its plaintext
+    /// HTTP/1 request, lowercase, without port; `None` when none was seen.
+    pub name: Option<&'a str>,
+    /// The SNI, when the name came from a ClientHello (`connection.sni` reads it).
+    pub sni: Option<&'a str>,
+}
+
 /// The end user a request acts for: the claims of a JWT the sidecar has validated
 /// (signature, `exp`/`nbf`, `iss`, `aud`) against a `RequestAuthentication` rule.
 #[derive(Debug, Clone, PartialEq)]

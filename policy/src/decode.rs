@@ -6,7 +6,8 @@ use crate::authn::{ClaimToHeader, JwksSource, JwtRule, RequestAuthentication, To
 use crate::compile::{CompiledRule, CondKey, CondValues, Condition, Operation, Peer};
 use crate::error::LoadError;
 use crate::model::{
-    Action, ApiVersion, ConditionSpec, ISTIO_DRY_RUN, Mode, OperationSpec, PeerSpec, Policy, Rule,
+    Action, ApiVersion, ConditionSpec, Direction, ISTIO_DRY_RUN, Mode, OperationSpec, PeerSpec,
+    Policy, Rule,
 };
 use crate::normalize::{Backslash, EncodedSlashes, PathOptions, PathParams, normalize_path};
 use crate::pattern::{Cidr, HostMatch, StrMatch, is_tchar, parse_port_text, strip_spiffe};
@@ -43,7 +44,7 @@ const METADATA_UNSUPPORTED: &[(&str, &str)] = &[
     ("finalizers", SERVER_SET),
     ("generateName", "a policy needs a fixed name"),
 ];
-const SPEC_FIELDS: &[&str] = &["selector", "action", "mode", "rules"];
+const SPEC_FIELDS: &[&str] = &["selector", "action", "mode", "direction", "rules"];
 const SPEC_UNSUPPORTED: &[(&str, &str)] = &[
     (
         "provider",
@@ -97,6 +98,7 @@ const HTTP_FIELDS: &[&str] = &[
     "notPaths",
 ];
 const CONDITION_FIELDS: &[&str] = &["key", "values", "notValues"];
+const EGRESS_WHEN_KEYS: &str = "destination.ip, destination.port, connection.sni";
 const WHEN_KEYS: &str = "request.headers[NAME], source.ip, source.namespace, source.principal, \
                          destination.port, connection.sni, request.auth.principal, \
                          request.auth.audiences, request.auth.presenter, \
@@ -142,6 +144,9 @@ pub(crate) struct Decoder<'a> {
     file: &'a str,
     text: &'a str,
     opaque_ports: &'a [u16],
+    /// The document being decoded is an egress policy (`spec.direction: egress`): its rules
+    /// are read as egress rules.
+    egress: bool,
     pub(crate) errors: Vec<LoadError>,
     /// The `RequestAuthentication` documents decoded, with where their name is written.
     pub(crate) authentications: Vec<(RequestAuthentication, Pos)>,
@@ -153,6 +158,7 @@ impl<'a> Decoder<'a> {
             file,
             text,
             opaque_ports,
+            egress: false,
             errors: Vec::new(),
             authentications: Vec::new(),
         }

@@ -15,19 +15,52 @@
 //! matched: the decision's lists stay empty and policy names are shared `Arc<str>`s.
 
 use crate::compile::Attrs;
-use crate::decision::{Decision, PolicyRef, Reason, Request, Shadow, Verdict};
+use crate::decision::{Decision, EgressRequest, PolicyRef, Reason, Request, Shadow, Verdict};
 use crate::model::Action;
 use crate::options::DefaultAction;
 use crate::set::{Buckets, RuleId, WorkloadPolicies};
 
 impl WorkloadPolicies {
     /// Decides one request. See the module documentation for the order.
+    #[inline]
+    pub fn evaluate(&self, req: &Request<'_>) -> Decision {
+        self.decide(&Attrs::new(req), self.default_action)
+    }
+
+    /// Decides one connection of the workload to a destination outside the mesh with its
+    /// egress policies (`spec.direction: egress`), in the same order as [`Self::evaluate`];
+    /// `default` (the sidecar's `outbound.passthrough`) takes the mesh default's place when no
+    /// enforced egress ALLOW policy selects the workload. The decision is the same record.
+    pub fn evaluate_egress(&self, req: &EgressRequest<'_>, default: DefaultAction) -> Decision {
+        // `hosts` patterns match a name with its port, as they match a `Host` header.
+        let host = req.name.filter(|n| !n.is_empty()).map(|n| {
+            if n.contains(':') {
+                format!("[{n}]:{}", req.port)
+            } else {
+                format!("{n}:{}", req.port)
+            }
+        });
+        let a = Attrs::egress(req, host.as_deref());
+        match &self.egress {
+            Some(egress) => egress.decide(&a, default),
+            None => WorkloadPolicies::indexed(Vec::new(), default).decide(&a, default),
+        }
+    }
+
+    /// Whether any egress policy selects the workload (enforced or dry-run).
+    pub fn has_egress_policies(&self) -> bool {
+        self.egress.as_ref().is_some_and(|e| !e.policies.is_empty())
+    }
+
+    /// The decision for `a`, `default_action` applying when no enforced ALLOW policy selects
+    /// the workload.
     // Over 80 lines by choice: it is the decision order of the module documentation (deny,
     // allow, default; then dry-run shadows, audit, the would-be verdict) read top to bottom,
     // and it is the per-request hot path (policy/benches/evaluate.rs); a split would move
     // state between frames without making the order clearer.
-    pub fn evaluate(&self, req: &Request<'_>) -> Decision {
-        let a = Attrs::new(req);
+    #[inline]
+    fn decide(&self, a: &Attrs<'_>, default_action: DefaultAction) -> Decision {
+        let a = *a;
         let buckets = self.index.lookup(&a);
 
         let deny = self.first_match(&buckets, |b| &b.deny, &a);
@@ -39,7 +72,7 @@ impl WorkloadPolicies {
         let (verdict, reason, decided_by) = if let Some(id) = deny {
             (Verdict::Deny, Reason::ExplicitDeny, Some(id))
         } else if !self.has_enforced_allow {
-            let verdict = match self.default_action {
+            let verdict = match default_action {
                 DefaultAction::Deny => Verdict::Deny,
                 DefaultAction::Allow | DefaultAction::AuditOnly => Verdict::Allow,
             };
@@ -102,7 +135,7 @@ impl WorkloadPolicies {
         let would_verdict = if deny.is_some() || dry_deny {
             Verdict::Deny
         } else if !self.has_enforced_allow && !self.has_dry_run_allow {
-            match self.default_action {
+            match default_action {
                 DefaultAction::Allow => Verdict::Allow,
                 DefaultAction::Deny | DefaultAction::AuditOnly => Verdict::Deny,
             }

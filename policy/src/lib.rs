@@ -62,12 +62,12 @@ mod tests;
 
 pub use authn::{ClaimToHeader, JwksSource, JwtRule, RequestAuthentication, TokenHeader};
 pub use decision::{
-    Decision, HttpRequest, PolicyRef, Reason, Request, RequestAuth, Shadow, Verdict,
+    Decision, EgressRequest, HttpRequest, PolicyRef, Reason, Request, RequestAuth, Shadow, Verdict,
 };
 pub use error::{LoadError, LoadErrors};
 pub use explain::{Explanation, PolicyTrace, RuleTrace};
 pub use load::load;
-pub use model::{Action, Mode};
+pub use model::{Action, Direction, Mode};
 pub use normalize::{NormalizeError, PathOptions};
 pub use options::{DefaultAction, LoadOptions, Source};
 pub use set::{PolicySet, PolicySummary, Workload, WorkloadPolicies};

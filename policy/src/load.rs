@@ -146,6 +146,7 @@ fn assemble(sources: &[Source<'_>], opts: &LoadOptions, decoded: DecodedSources)
             name: p.reference.name.to_string(),
             action: p.action,
             mode: p.mode,
+            direction: p.model.direction,
             rules: p.rules.len(),
             source: p.source.to_string(),
             line: p.line,

@@ -66,6 +66,35 @@ impl fmt::Display for Mode {
     }
 }
 
+/// Which connections a policy decides (`spec.direction`, a Picket extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+pub enum Direction {
+    /// Requests and connections to the selected workloads (the default; Istio's meaning).
+    #[default]
+    #[serde(rename = "inbound")]
+    Inbound,
+    /// The selected workloads' own connections to destinations outside the mesh
+    /// (passthrough), by destination address, port and the name the client asked for.
+    #[serde(rename = "egress")]
+    Egress,
+}
+
+impl Direction {
+    /// `inbound` or `egress`, as written in policies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The `apiVersion` a document was written with; printing keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ApiVersion {
@@ -106,6 +135,8 @@ pub(crate) struct Policy {
     pub(crate) action: Action,
     /// `spec.mode` when written; the effective mode is [`Policy::mode`].
     pub(crate) spec_mode: Option<Mode>,
+    /// `spec.direction`: inbound unless written `egress`.
+    pub(crate) direction: Direction,
     pub(crate) rules: Vec<Rule>,
 }
 
@@ -189,6 +220,9 @@ impl Policy {
         writeln!(out, "  action: {}", self.action)?;
         if let Some(mode) = self.spec_mode {
             writeln!(out, "  mode: {mode}")?;
+        }
+        if self.direction == Direction::Egress {
+            writeln!(out, "  direction: egress")?;
         }
         if self.rules.is_empty() {
             return writeln!(out, "  rules: []");

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::authn::RequestAuthentication;
 use crate::compile::{Attrs, CompiledPolicy, IndexKey};
 use crate::decision::PolicyRef;
-use crate::model::{Action, Mode};
+use crate::model::{Action, Direction, Mode};
 use crate::options::{DefaultAction, LoadOptions, Source};
 
 /// What `picket policy check` and the admin page list about one policy.
@@ -23,6 +23,8 @@ pub struct PolicySummary {
     pub action: Action,
     /// `spec.mode` (or the `istio.io/dry-run` annotation).
     pub mode: Mode,
+    /// `spec.direction`: `inbound`, or `egress` for a policy of non-mesh destinations.
+    pub direction: Direction,
     /// How many rules `spec.rules` has.
     pub rules: usize,
     /// The source name the document came from.
@@ -262,6 +264,10 @@ pub struct WorkloadPolicies {
     pub(crate) allow_requires_principal: bool,
     pub(crate) allow_requires_request_auth: bool,
     pub(crate) authentications: Vec<Arc<RequestAuthentication>>,
+    /// The egress policies (`spec.direction: egress`) that select the workload, indexed the
+    /// same way; their default is given per evaluation ([`Self::evaluate_egress`]).
+    /// `None` only on the egress side itself.
+    pub(crate) egress: Option<Box<WorkloadPolicies>>,
 }
 
 impl fmt::Debug for WorkloadPolicies {
@@ -280,6 +286,19 @@ impl fmt::Debug for WorkloadPolicies {
 
 impl WorkloadPolicies {
     fn new(policies: Vec<Arc<CompiledPolicy>>, default_action: DefaultAction) -> Self {
+        let (egress, inbound): (Vec<_>, Vec<_>) = policies
+            .into_iter()
+            .partition(|p| p.model.direction == Direction::Egress);
+        let mut w = Self::indexed(inbound, default_action);
+        w.egress = Some(Box::new(Self::indexed(egress, default_action)));
+        w
+    }
+
+    /// `policies` (all of one direction) indexed; no egress policies.
+    pub(crate) fn indexed(
+        policies: Vec<Arc<CompiledPolicy>>,
+        default_action: DefaultAction,
+    ) -> Self {
         let mut index = Index::default();
         let mut w = WorkloadPolicies {
             policies: Vec::new(),
@@ -292,6 +311,7 @@ impl WorkloadPolicies {
             allow_requires_principal: false,
             allow_requires_request_auth: false,
             authentications: Vec::new(),
+            egress: None,
         };
         for (pi, policy) in policies.iter().enumerate() {
             let enforced = policy.mode == Mode::Enforce;
@@ -341,7 +361,8 @@ impl WorkloadPolicies {
         w
     }
 
-    /// How many policies apply to the workload.
+    /// How many policies apply to the workload (inbound; see
+    /// [`Self::has_egress_policies`] for egress).
     pub fn len(&self) -> usize {
         self.policies.len()
     }

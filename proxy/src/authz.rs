@@ -244,6 +244,24 @@ impl PolicyStore {
         decision
     }
 
+    /// Decides a connection of this workload to a destination outside the mesh with the
+    /// egress policies in force, `default` (from `outbound.passthrough`) applying when no
+    /// enforced egress ALLOW policy selects the workload; counted like every decision.
+    pub fn decide_egress(
+        &self,
+        req: &picket_policy::EgressRequest<'_>,
+        default: picket_policy::DefaultAction,
+    ) -> Decision {
+        let decision = self.active.load().compiled.evaluate_egress(req, default);
+        self.metrics.authz_decision(&decision);
+        decision
+    }
+
+    /// Whether any egress policy (enforced or dry-run) selects this workload.
+    pub fn has_egress_policies(&self) -> bool {
+        self.active.load().compiled.has_egress_policies()
+    }
+
     /// Re-reads the policy. On error the policy in force stays, the failure is counted and
     /// logged with its location, and the error is returned.
     pub fn reload(&self) -> Result<(), PolicyLoadError> {

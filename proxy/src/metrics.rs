@@ -241,130 +241,128 @@ fn duration_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// Registers every family.
+    /// Registers every family. The exposition lists them in the order registered:
+    /// authentication, the data path, identity and policy, balancing, then telemetry.
     pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let connections = Family::<ConnLabels, Counter>::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        let request_duration =
-            Family::<DirectionLabels, Histogram>::new_with_constructor(duration_histogram);
-        let handshake_failures = Family::<HandshakeLabels, Counter>::default();
-        let handshakes = Family::<KxLabels, Counter>::default();
-        let ca_handshakes = Family::<CaKxLabels, Counter>::default();
-        let tcp_bytes = Family::<DirectionLabels, Counter>::default();
-        let requests_shed = Family::<DirectionLabels, Counter>::default();
-        let cert_expiry = Gauge::<i64, AtomicI64>::default();
-        let cert_renewals = Family::<RenewalLabels, Counter>::default();
-        let authz_decisions = Family::<DecisionLabels, Counter>::default();
-        let policy_reload_failures = Counter::default();
-        let jwt_validations = Family::<JwtLabels, Counter>::default();
-        let jwks_fetches = Family::<JwksFetchLabels, Counter>::default();
-        let jwks_key_age =
-            Family::<JwksLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-        registry.register(
-            "picket_jwt_validations",
-            "Request tokens validated (ok) or refused, by reason",
-            jwt_validations.clone(),
-        );
-        registry.register(
-            "picket_jwt_jwks_fetches",
-            "JWKS fetches by URL and result; on error the last good keys stay in force",
-            jwks_fetches.clone(),
-        );
-        registry.register(
-            "picket_jwt_jwks_key_age_seconds",
-            "Seconds since the JWKS keys in force were fetched, by URL; -1 while there are none",
-            jwks_key_age.clone(),
-        );
-        registry.register(
-            "picket_tcp_connections",
-            "TCP connections by direction and outcome",
-            connections.clone(),
-        );
-        registry.register(
-            "picket_requests",
-            "HTTP requests by direction and response status class",
-            requests.clone(),
-        );
-        registry.register(
-            "picket_request_duration_seconds",
-            "Time from request head to response head",
-            request_duration.clone(),
-        );
-        registry.register(
-            "picket_tls_handshake_failures",
-            "Failed TLS handshakes by direction and reason",
-            handshake_failures.clone(),
-        );
-        registry.register(
-            "picket_tls_handshakes",
-            "Completed mTLS handshakes with peers by direction and negotiated key-exchange group",
-            handshakes.clone(),
-        );
-        registry.register(
-            "picket_ca_tls_handshakes",
-            "Completed TLS handshakes with the CA by negotiated key-exchange group",
-            ca_handshakes.clone(),
-        );
-        registry.register(
-            "picket_tcp_bytes",
-            "Bytes copied on opaque TCP connections, by direction",
-            tcp_bytes.clone(),
-        );
-        registry.register(
-            "picket_requests_shed",
-            "HTTP requests answered 503 at once because too many were in flight, by direction",
-            requests_shed.clone(),
-        );
-        registry.register(
-            "picket_cert_expiry_timestamp_seconds",
-            "Not-after of the workload certificate in force, as Unix time",
-            cert_expiry.clone(),
-        );
-        registry.register(
-            "picket_cert_renewals",
-            "Certificate renewal attempts by result",
-            cert_renewals.clone(),
-        );
-        registry.register(
-            "picket_authz_decisions",
-            "Authorization decisions by verdict, deciding policy, reason and mode",
-            authz_decisions.clone(),
-        );
-        registry.register(
-            "picket_policy_reload_failures",
-            "Policy reloads that failed; the last good policy stayed in force",
-            policy_reload_failures.clone(),
-        );
-        let balancer = Family::<BalancerLabels, Counter>::default();
-        registry.register(
-            "picket_balancer_decisions",
-            "Outbound balancing decisions over discovered endpoints, by decision",
-            balancer.clone(),
-        );
-        let telemetry = crate::telemetry::TelemetryMetrics::register(&mut registry);
-        Self {
-            balancer,
-            telemetry,
-            registry,
-            authz_decisions,
-            policy_reload_failures,
-            jwt_validations,
-            jwks_fetches,
-            jwks_key_age,
+        let mut m = Self {
+            registry: Registry::default(),
+            connections: Family::default(),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(duration_histogram),
+            handshake_failures: Family::default(),
+            handshakes: Family::default(),
+            ca_handshakes: Family::default(),
+            tcp_bytes: Family::default(),
+            requests_shed: Family::default(),
+            cert_expiry: Gauge::default(),
+            cert_renewals: Family::default(),
+            authz_decisions: Family::default(),
+            policy_reload_failures: Counter::default(),
+            jwt_validations: Family::default(),
+            jwks_fetches: Family::default(),
+            jwks_key_age: Family::default(),
+            balancer: Family::default(),
             before_encode: std::sync::Mutex::new(Vec::new()),
             series: RequestSeries::default(),
-            connections,
-            requests,
-            request_duration,
-            handshake_failures,
-            handshakes,
-            ca_handshakes,
-            tcp_bytes,
-            requests_shed,
-            cert_expiry,
-            cert_renewals,
-        }
+            telemetry: crate::telemetry::TelemetryMetrics::default(),
+        };
+        m.register_authentication();
+        m.register_data_path();
+        m.register_identity_and_policy();
+        m.registry.register(
+            "picket_balancer_decisions",
+            "Outbound balancing decisions over discovered endpoints, by decision",
+            m.balancer.clone(),
+        );
+        m.telemetry = crate::telemetry::TelemetryMetrics::register(&mut m.registry);
+        m
+    }
+
+    /// End-user request authentication: token validations and JWKS fetches.
+    fn register_authentication(&mut self) {
+        self.registry.register(
+            "picket_jwt_validations",
+            "Request tokens validated (ok) or refused, by reason",
+            self.jwt_validations.clone(),
+        );
+        self.registry.register(
+            "picket_jwt_jwks_fetches",
+            "JWKS fetches by URL and result; on error the last good keys stay in force",
+            self.jwks_fetches.clone(),
+        );
+        self.registry.register(
+            "picket_jwt_jwks_key_age_seconds",
+            "Seconds since the JWKS keys in force were fetched, by URL; -1 while there are none",
+            self.jwks_key_age.clone(),
+        );
+    }
+
+    /// The data path: connections, requests, handshakes and bytes.
+    fn register_data_path(&mut self) {
+        self.registry.register(
+            "picket_tcp_connections",
+            "TCP connections by direction and outcome",
+            self.connections.clone(),
+        );
+        self.registry.register(
+            "picket_requests",
+            "HTTP requests by direction and response status class",
+            self.requests.clone(),
+        );
+        self.registry.register(
+            "picket_request_duration_seconds",
+            "Time from request head to response head",
+            self.request_duration.clone(),
+        );
+        self.registry.register(
+            "picket_tls_handshake_failures",
+            "Failed TLS handshakes by direction and reason",
+            self.handshake_failures.clone(),
+        );
+        self.registry.register(
+            "picket_tls_handshakes",
+            "Completed mTLS handshakes with peers by direction and negotiated key-exchange group",
+            self.handshakes.clone(),
+        );
+        self.registry.register(
+            "picket_ca_tls_handshakes",
+            "Completed TLS handshakes with the CA by negotiated key-exchange group",
+            self.ca_handshakes.clone(),
+        );
+        self.registry.register(
+            "picket_tcp_bytes",
+            "Bytes copied on opaque TCP connections, by direction",
+            self.tcp_bytes.clone(),
+        );
+        self.registry.register(
+            "picket_requests_shed",
+            "HTTP requests answered 503 at once because too many were in flight, by direction",
+            self.requests_shed.clone(),
+        );
+    }
+
+    /// The workload certificate, authorization decisions and policy reloads.
+    fn register_identity_and_policy(&mut self) {
+        self.registry.register(
+            "picket_cert_expiry_timestamp_seconds",
+            "Not-after of the workload certificate in force, as Unix time",
+            self.cert_expiry.clone(),
+        );
+        self.registry.register(
+            "picket_cert_renewals",
+            "Certificate renewal attempts by result",
+            self.cert_renewals.clone(),
+        );
+        self.registry.register(
+            "picket_authz_decisions",
+            "Authorization decisions by verdict, deciding policy, reason and mode",
+            self.authz_decisions.clone(),
+        );
+        self.registry.register(
+            "picket_policy_reload_failures",
+            "Policy reloads that failed; the last good policy stayed in force",
+            self.policy_reload_failures.clone(),
+        );
     }
 
     /// Counts a connection outcome.

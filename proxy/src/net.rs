@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -48,6 +49,29 @@ fn check_idle(timer: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<io::Error> {
     }
 }
 
+/// A write's outcome through [`IdleTimeout`]: bytes written restart the idle timer; a write
+/// that waits fails once the connection has been idle too long.
+fn written(
+    timer: Pin<&mut Sleep>,
+    idle: Duration,
+    cx: &mut Context<'_>,
+    polled: Poll<io::Result<usize>>,
+) -> Poll<io::Result<usize>> {
+    match polled {
+        Poll::Ready(Ok(n)) => {
+            if n > 0 {
+                timer.reset(Instant::now() + idle);
+            }
+            Poll::Ready(Ok(n))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => match check_idle(timer, cx) {
+            Poll::Ready(e) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        },
+    }
+}
+
 impl<T: AsyncRead> AsyncRead for IdleTimeout<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -78,19 +102,8 @@ impl<T: AsyncWrite> AsyncWrite for IdleTimeout<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        match this.inner.poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.timer.as_mut().reset(Instant::now() + *this.idle);
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match check_idle(this.timer.as_mut(), cx) {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        let polled = this.inner.poll_write(cx, buf);
+        written(this.timer.as_mut(), *this.idle, cx, polled)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -107,23 +120,81 @@ impl<T: AsyncWrite> AsyncWrite for IdleTimeout<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        match this.inner.poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.timer.as_mut().reset(Instant::now() + *this.idle);
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match check_idle(this.timer.as_mut(), cx) {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        written(this.timer.as_mut(), *this.idle, cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// Bytes read from and written to a [`Counted`] stream, readable while it is in use (an
+/// interim flow record) and after it was cut (a tunnel ended by its idle timeout).
+#[derive(Debug, Default)]
+pub(crate) struct ByteCounts {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+impl ByteCounts {
+    /// The bytes read and written so far.
+    pub(crate) fn get(&self) -> (u64, u64) {
+        (
+            self.read.load(Ordering::Relaxed),
+            self.written.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A stream that counts the bytes read from and written to it into `counts`.
+pub(crate) struct Counted<'c, S> {
+    inner: S,
+    counts: &'c ByteCounts,
+}
+
+impl<'c, S> Counted<'c, S> {
+    /// Counts what passes through `inner` into `counts`.
+    pub(crate) fn new(inner: S, counts: &'c ByteCounts) -> Self {
+        Self { inner, counts }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let n = buf.filled().len().saturating_sub(before);
+            self.counts.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.counts.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

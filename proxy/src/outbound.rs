@@ -52,6 +52,7 @@ use crate::tls::{self, ALPN_H2, Credentials, TlsError};
 use crate::tunnel;
 
 mod balance;
+pub mod egress;
 
 use balance::{Balanced, Current, EndpointSet, Lease, LogLimit, Outcome, Pool, Tuning};
 
@@ -261,6 +262,8 @@ pub struct Outbound {
     /// Rate limits of the log lines about `identity: any` and refused destinations.
     any_log: LogLimit,
     refuse_log: LogLimit,
+    /// The policy in force, for egress decisions (`outbound/egress.rs`).
+    policy: Option<Arc<crate::authz::PolicyStore>>,
 }
 
 /// Transparent-mode settings of the shared outbound listener.
@@ -330,6 +333,7 @@ impl Outbound {
             unmeshed: config.unmeshed,
             any_log: LogLimit::default(),
             refuse_log: LogLimit::default(),
+            policy: None,
         };
         for u in &config.upstreams {
             let ctx = this.upstream_ctx(u.clone())?;
@@ -343,6 +347,14 @@ impl Outbound {
     #[must_use]
     pub fn with_discover(mut self, source: Arc<dyn Discover>) -> Self {
         self.discover = Some(source);
+        self
+    }
+
+    /// Decides connections to destinations outside the mesh with the egress policies of
+    /// `policy` (see [`egress`]).
+    #[must_use]
+    pub fn with_policy(mut self, policy: Arc<crate::authz::PolicyStore>) -> Self {
+        self.policy = Some(policy);
         self
     }
 
@@ -492,7 +504,7 @@ impl Outbound {
             && lease.endpoint.upstream.is_none()
         {
             self.metrics.balancer("unmeshed_plaintext");
-            return self.passthrough(tcp, orig, Some(lease)).await;
+            return self.passthrough(tcp, orig, Some(lease), None, None).await;
         }
         let opaque =
             opaque_port || net::detect(&tcp, self.timeouts.detect).await == net::Detected::Opaque;
@@ -533,21 +545,7 @@ impl Outbound {
                 .await;
         }
         let Some(meshed) = t.meshed.iter().find(|m| m.contains(orig)) else {
-            if t.passthrough && t.blocked.contains(&orig.ip()) {
-                // The detectors alert (critical); the connection goes no further.
-                self.telemetry.outbound_destination(&orig.ip().to_string());
-                self.metrics
-                    .connection(Direction::Outbound, "refused_metadata");
-                tracing::warn!(destination = %orig, "outbound connection refused: a cloud metadata address (outbound.metadata: block)");
-                return;
-            }
-            if t.passthrough {
-                return self.passthrough(tcp, orig, None).await;
-            }
-            self.metrics
-                .connection(Direction::Outbound, "refused_egress");
-            tracing::warn!(destination = %orig, "outbound connection refused: destination is outside the mesh and passthrough is deny");
-            return;
+            return self.egress(tcp, orig).await;
         };
         if meshed.identity.exact().is_none() {
             self.metrics.balancer("any_identity");
@@ -570,59 +568,6 @@ impl Outbound {
             self.http(tcp, Target::Route(Route::Fixed(ctx)), shutdown)
                 .await;
         }
-    }
-
-    /// Plain TCP to `orig`, or to the endpoint of `lease` (one without a sidecar).
-    async fn passthrough(&self, tcp: TcpStream, orig: SocketAddr, lease: Option<Lease>) {
-        // Cloud metadata endpoints and other outside destinations feed the detectors.
-        self.telemetry.outbound_destination(&orig.ip().to_string());
-        let lease = lease.map(Lease::measuring_setup);
-        let target = lease.as_ref().map_or(orig, |l| l.endpoint.addr);
-        let connect = tokio::time::timeout(self.timeouts.connect, TcpStream::connect(target)).await;
-        let mut upstream = match connect {
-            Ok(Ok(s)) => {
-                if let Some(l) = lease {
-                    l.finish(Outcome::Answered);
-                }
-                s
-            }
-            Ok(Err(e)) => {
-                if let Some(l) = lease {
-                    l.finish(Outcome::Failed);
-                }
-                tracing::info!(destination = %orig, target = %target, error = %e, "passthrough connect failed");
-                return;
-            }
-            Err(_) => {
-                if let Some(l) = lease {
-                    l.finish(Outcome::Failed);
-                }
-                tracing::info!(destination = %orig, target = %target, "passthrough connect timed out");
-                return;
-            }
-        };
-        self.metrics.connection(Direction::Outbound, "passthrough");
-        // An egress flow: recorded like a meshed one, with no destination identity.
-        let mut flow = TcpFlow::new(
-            Direction::Outbound,
-            Endpoints {
-                source_identity: Some(self.own_identity.as_str().into()),
-                source_address: tcp.peer_addr().ok(),
-                destination_address: Some(orig),
-                destination_port: Some(orig.port()),
-                endpoint: (target != orig).then_some(target),
-                ..Endpoints::default()
-            },
-        );
-        flow.open_egress(&self.telemetry);
-        let mut client = IdleTimeout::new(tcp, self.timeouts.idle);
-        if let Ok(bytes) = flow
-            .splice(&mut client, &mut upstream, &self.telemetry)
-            .await
-        {
-            flow.bytes = Some(bytes);
-        }
-        flow.finish(&self.metrics, &self.telemetry);
     }
 
     /// The upstream named `name`.

@@ -28,16 +28,13 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{Method, Response, StatusCode};
 use picket_common::crypto::KxGroup;
 use picket_policy::{Decision, Verdict};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::authz::{self, PolicyStore};
@@ -45,6 +42,7 @@ use crate::direction::Direction;
 use crate::forward::{self, Body, ForwardError};
 use crate::jwt::{Authenticated, Authenticator, TokenError};
 use crate::metrics::Metrics;
+use crate::net::{ByteCounts, Counted};
 use crate::telemetry::{self, FlowPhase, FlowProtocol, FlowRecord, RequestSpan, Telemetry};
 
 /// The requests one direction serves at once. A request past the limit is answered 503 at
@@ -462,6 +460,10 @@ pub struct TcpFlow<'a> {
     pub enforced: Option<Enforced>,
     /// Bytes from the caller and to the caller, once the splice has ended.
     pub bytes: Option<(u64, u64)>,
+    /// Egress: the TLS server name the client asked for in its ClientHello.
+    pub sni: Option<String>,
+    /// Egress: the `Host` of the client's plaintext HTTP/1 request.
+    pub host: Option<String>,
     /// Whether the open record went out: the detectors looked at the flow then, so the
     /// interim and final records only go to the flow log.
     opened: bool,
@@ -476,6 +478,8 @@ impl<'a> TcpFlow<'a> {
             ends,
             enforced: None,
             bytes: None,
+            sni: None,
+            host: None,
             opened: false,
         }
     }
@@ -487,6 +491,8 @@ impl<'a> TcpFlow<'a> {
     ) -> FlowRecord<'a> {
         let mut record = self.ends.record(self.direction, FlowProtocol::Tcp);
         record.phase = phase;
+        record.sni = self.sni.clone().map(Into::into);
+        record.host = self.host.clone().map(Into::into);
         if let Some(e) = &self.enforced {
             e.fill(&mut record);
         }
@@ -532,12 +538,8 @@ impl<'a> TcpFlow<'a> {
         let Some(every) = telemetry.active_timeout() else {
             return tokio::io::copy_bidirectional(client, server).await;
         };
-        let (read, written) = (AtomicU64::new(0), AtomicU64::new(0));
-        let mut counted = Counted {
-            inner: client,
-            read: &read,
-            written: &written,
-        };
+        let counts = ByteCounts::default();
+        let mut counted = Counted::new(client, &counts);
         let copy = tokio::io::copy_bidirectional(&mut counted, server);
         tokio::pin!(copy);
         let mut next = tokio::time::Instant::now() + every;
@@ -545,7 +547,7 @@ impl<'a> TcpFlow<'a> {
             tokio::select! {
                 r = &mut copy => return r,
                 () = tokio::time::sleep_until(next) => {
-                    let so_far = (read.load(Ordering::Relaxed), written.load(Ordering::Relaxed));
+                    let so_far = counts.get();
                     telemetry.record_flow_seen(&self.record(Some(FlowPhase::Interim), so_far));
                     next += every;
                 }
@@ -568,50 +570,5 @@ impl<'a> TcpFlow<'a> {
         } else {
             telemetry.record_flow(&record);
         }
-    }
-}
-
-/// A stream that counts the bytes read from and written to it.
-struct Counted<'c, S: ?Sized> {
-    inner: &'c mut S,
-    read: &'c AtomicU64,
-    written: &'c AtomicU64,
-}
-
-impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            let n = buf.filled().len().saturating_sub(before);
-            self.read.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut *self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.written.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }

@@ -165,7 +165,8 @@ pub async fn run(
         Arc::clone(&metrics),
         telemetry.clone(),
     )?);
-    let mut outbound = Outbound::new(&creds, &config, Arc::clone(&metrics), telemetry.clone())?;
+    let mut outbound = Outbound::new(&creds, &config, Arc::clone(&metrics), telemetry.clone())?
+        .with_policy(Arc::clone(&policy));
     // Cluster mode: the controller answers for transparent destinations, in place of any
     // listed in the file (see docs/balancing.md).
     if let Some(source) = &config.controller {

@@ -29,7 +29,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::net::IdleTimeout;
+use crate::net::{ByteCounts, Counted, IdleTimeout};
 
 /// The upgrade token and `:protocol` of WebSocket.
 pub const WEBSOCKET: &str = "websocket";
@@ -217,60 +217,15 @@ pub async fn splice(
     mut server: Box<dyn TunnelIo>,
     idle: Duration,
 ) -> (u64, u64) {
-    let mut client = Counted {
-        inner: IdleTimeout::new(client, idle),
-        read: 0,
-        written: 0,
-    };
+    let counts = ByteCounts::default();
+    let mut client = Counted::new(IdleTimeout::new(client, idle), &counts);
     if let Err(e) =
         tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, 64 * 1024, 64 * 1024)
             .await
     {
         tracing::debug!(error = %e, "WebSocket tunnel ended with an error");
     }
-    (client.read, client.written)
-}
-
-/// A stream that counts the bytes read from and written to it.
-struct Counted<T> {
-    inner: T,
-    read: u64,
-    written: u64,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += buf.filled().len().saturating_sub(before) as u64;
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &polled {
-            self.written += *n as u64;
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    counts.get()
 }
 
 #[cfg(test)]

@@ -48,6 +48,17 @@ impl Pods {
         detectors: &dyn Fn(Ipv4Addr) -> String,
         outbound: &[&str],
     ) -> Result<Self> {
+        Self::start_full(n, detectors, outbound, &[]).await
+    }
+
+    /// [`Pods::start_with`] with one more policy document for each pod (`policies[i]`, when
+    /// given) beside the one that admits every mesh identity.
+    async fn start_full(
+        n: usize,
+        detectors: &dyn Fn(Ipv4Addr) -> String,
+        outbound: &[&str],
+        policies: &[&str],
+    ) -> Result<Self> {
         let net = PodNet::create(n).await?;
         let detectors = detectors(net.gateway());
         let ca = TestCa::start_at(SocketAddr::from((net.gateway(), 0)), &[]).await?;
@@ -88,6 +99,9 @@ spec:
   - from: [{ source: { principals: [\"*\"] } }]
 ",
             )?;
+            if let Some(extra) = policies.get(i) {
+                std::fs::write(policy.join("extra.yaml"), extra)?;
+            }
             let config = dir.path().join(format!("{name}.yaml"));
             std::fs::write(
                 &config,
@@ -422,5 +436,146 @@ async fn a_metadata_fetch_is_blocked_or_alerted_per_the_setting() -> Result<()> 
             && end.get("destination_identity").is_none(),
         "{end}"
     );
+    Ok(())
+}
+
+/// Egress through real sidecars: the name a client asks for is recorded (the SNI of an HTTPS
+/// ClientHello, the Host of a plaintext HTTP/1 request), and an egress policy allows one host
+/// and refuses another; in dry-run the refused host is let through and recorded as would-deny.
+/// pod1 enforces the egress allow-list, pod2 has it in dry-run.
+#[tokio::test]
+async fn egress_names_are_recorded_and_egress_policy_allows_one_host_and_denies_another()
+-> Result<()> {
+    const EGRESS_PORT: u16 = 9091;
+    let allow_list = |mode: &str| {
+        format!(
+            "apiVersion: picket.dev/v1
+kind: AuthorizationPolicy
+metadata: {{ name: egress, namespace: pods }}
+spec:
+  direction: egress
+  mode: {mode}
+  rules:
+  - to: [{{ operation: {{ hosts: [\"allowed.example.test\"], ports: [\"{EGRESS_PORT}\"] }} }}]
+"
+        )
+    };
+    let (enforce, dry_run) = (allow_list("enforce"), allow_list("dry-run"));
+    let pods = Pods::start_full(2, &|_| String::new(), &[], &[&enforce, &dry_run]).await?;
+    let gateway = pods.net.gateway();
+    let mut server = tokio::process::Command::new("python3");
+    server
+        .arg(plain_app_script())
+        .arg(gateway.to_string())
+        .arg(EGRESS_PORT.to_string())
+        .arg("outside");
+    let server = Daemon::spawn("outside", server, pods.dir.path())?;
+    eventually(WAIT, async || {
+        ensure!(
+            server.log_text().contains("listening"),
+            "outside server not up"
+        );
+        Ok(())
+    })
+    .await?;
+    let url = format!("http://{gateway}:{EGRESS_PORT}/v1/x");
+    let host = |name: &str| format!("Host: {name}:{EGRESS_PORT}");
+    // Enforced: the allowed host answers, the other is refused before any byte leaves.
+    let (code, body) = pods
+        .curl(0, &["-H", &host("allowed.example.test")], &url)
+        .await?;
+    ensure!(
+        code == 200 && body.contains("outside"),
+        "allowed: {code} {body}"
+    );
+    let mut cmd = pods.net.exec(0, "curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "5",
+        "-H",
+        &host("denied.example.test"),
+        &url,
+    ]);
+    let out = output(&mut cmd).await?;
+    ensure!(
+        !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("outside"),
+        "pod1 reached a host its egress policy does not allow: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // HTTPS: the SNI is recorded (the outside server speaks plaintext, so the handshake
+    // itself fails after the connection was let through).
+    let mut cmd = pods.net.exec(0, "curl");
+    let resolve = format!("allowed.example.test:{EGRESS_PORT}:{gateway}");
+    cmd.args(["-sk", "--max-time", "5", "--resolve", &resolve])
+        .arg(format!("https://allowed.example.test:{EGRESS_PORT}/"));
+    let _ = output(&mut cmd).await?;
+    // Dry-run: both hosts answer; the one outside the list is recorded as would-deny.
+    for name in ["allowed.example.test", "denied.example.test"] {
+        let (code, body) = pods.curl(1, &["-H", &host(name)], &url).await?;
+        ensure!(
+            code == 200 && body.contains("outside"),
+            "pod2 {name}: {code} {body}"
+        );
+    }
+
+    let records = |i: usize| -> Result<Vec<Value>> {
+        let text = std::fs::read_to_string(pods.flow_log(i)).unwrap_or_default();
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["type"] == "flow" && v["destination_port"] == EGRESS_PORT)
+            .collect())
+    };
+    let find = |flows: &[Value], key: &str, name: &str, phase: Option<&str>| -> Option<Value> {
+        flows
+            .iter()
+            .find(|f| f[key] == name && f.get("phase").and_then(Value::as_str) == phase)
+            .cloned()
+    };
+    eventually(WAIT, async || {
+        let flows = records(0)?;
+        let allowed = find(&flows, "host", "allowed.example.test", Some("end"))
+            .context("no end record of the allowed host")?;
+        ensure!(
+            allowed["verdict"] == "allow"
+                && allowed["policy"] == "pods/egress"
+                && allowed["reason"] == "allow-match"
+                && allowed["bytes_out"].as_u64().unwrap_or(0) > 0
+                && allowed["destination_address"] == format!("{gateway}:{EGRESS_PORT}").as_str(),
+            "{allowed}"
+        );
+        let denied = find(&flows, "host", "denied.example.test", None)
+            .context("no record of the denied host")?;
+        ensure!(
+            denied["verdict"] == "deny" && denied["reason"] == "no-allow-match",
+            "{denied}"
+        );
+        let tls = find(&flows, "sni", "allowed.example.test", Some("open"))
+            .context("no record with the SNI")?;
+        ensure!(
+            tls["verdict"] == "allow" && tls.get("host").is_none(),
+            "{tls}"
+        );
+        let flows = records(1)?;
+        let would = find(&flows, "host", "denied.example.test", Some("open"))
+            .context("no dry-run record of the denied host")?;
+        ensure!(
+            would["verdict"] == "allow" && would["would_verdict"] == "deny",
+            "{would}"
+        );
+        let fine = find(&flows, "host", "allowed.example.test", Some("open"))
+            .context("no dry-run record of the allowed host")?;
+        ensure!(
+            fine["verdict"] == "allow"
+                && fine.get("would_verdict").is_none()
+                && fine["dry_run"][0] == "allow:pods/egress",
+            "{fine}"
+        );
+        Ok(())
+    })
+    .await?;
+    let (_, metrics) = pods.curl(0, &[], "http://127.0.0.1:7191/metrics").await?;
+    ensure!(metrics.contains("outcome=\"refused_egress\""), "{metrics}");
     Ok(())
 }

@@ -56,6 +56,7 @@ impl Decoder<'_> {
             selector: spec.selector,
             action: spec.action.0,
             spec_mode: spec.mode.map(|(m, _)| m),
+            direction: spec.direction,
             rules: spec.rules.iter().map(|(r, _)| r.clone()).collect(),
         };
         self.check_effect(
@@ -471,6 +472,25 @@ impl Decoder<'_> {
                 None => None,
             },
         };
+        let direction = match f.get("direction") {
+            None => Direction::Inbound,
+            Some(n) => match self.string(n, "spec.direction") {
+                Some("inbound") => Direction::Inbound,
+                Some("egress") => Direction::Egress,
+                Some(other) => {
+                    self.error(
+                        n.pos,
+                        format!(
+                            "`spec.direction`: unknown direction `{other}`; expected inbound or \
+                             egress"
+                        ),
+                    );
+                    Direction::Inbound
+                }
+                None => Direction::Inbound,
+            },
+        };
+        self.egress = direction == Direction::Egress;
         let rules = match f.get("rules") {
             None => Vec::new(),
             Some(n) => match &n.value {
@@ -488,10 +508,12 @@ impl Decoder<'_> {
                 }
             },
         };
+        self.egress = false;
         Some(SpecParts {
             selector,
             action,
             mode,
+            direction,
             rules,
         })
     }
@@ -539,10 +561,11 @@ impl Decoder<'_> {
     }
 }
 
-/// `spec` once decoded: selector, (action, where), (mode, where), rules.
+/// `spec` once decoded: selector, (action, where), (mode, where), direction, rules.
 pub(super) struct SpecParts {
     selector: BTreeMap<String, String>,
     action: (Action, Option<Pos>),
     mode: Option<(Mode, Pos)>,
+    direction: Direction,
     rules: Vec<(Rule, CompiledRule)>,
 }

@@ -10,6 +10,16 @@ impl Decoder<'_> {
         let mut rule = Rule::default();
         let mut compiled = CompiledRule::default();
         if let Some(from) = f.get("from") {
+            if self.egress {
+                self.error(
+                    f.key_pos("from").unwrap_or(from.pos),
+                    format!(
+                        "`{path}.from`: an egress policy decides the selected workloads' own \
+                         connections, so it has no sources; select the workloads with \
+                         `spec.selector`"
+                    ),
+                );
+            }
             self.rule_from(from, path, &mut rule, &mut compiled);
         }
         let op_http = match f.get("to") {
@@ -20,6 +30,11 @@ impl Decoder<'_> {
             Some(when) => self.rule_when(when, path, &mut rule, &mut compiled),
             None => (None, Vec::new()),
         };
+        if self.egress {
+            // Egress rules match hosts against the name the client asked for, which every
+            // egress connection is evaluated with (present or not): nothing is HTTP-only.
+            return Some((rule, compiled));
+        }
         compiled.http_only = compiled.from.iter().any(Peer::has_http_fields)
             || compiled.to.iter().any(Operation::has_http_fields)
             || compiled.when.iter().any(Condition::is_http_only);
@@ -257,6 +272,21 @@ impl Decoder<'_> {
         self.contradiction(path, ("methods", &methods), ("notMethods", &not_methods));
         self.contradiction(path, ("paths", &paths), ("notPaths", &not_paths));
 
+        if self.egress {
+            for name in ["methods", "notMethods", "paths", "notPaths"] {
+                if let Some(pos) = f.key_pos(name) {
+                    self.error(
+                        pos,
+                        format!(
+                            "`{}`: an egress connection is decided before any request is read; \
+                             egress operations match `hosts` (the TLS SNI or HTTP Host) and \
+                             `ports`",
+                            p(name)
+                        ),
+                    );
+                }
+            }
+        }
         let http_fields: Vec<(Pos, String)> = HTTP_FIELDS
             .iter()
             .filter_map(|name| f.key_pos(name).map(|pos| (pos, format!("`{}`", p(name)))))
@@ -293,9 +323,20 @@ impl Decoder<'_> {
         let f = self.fields(node, path, CONDITION_FIELDS, &[])?;
         let key_node = self.required(&f, node, path, "key")?;
         let key_text = self.string(key_node, &format!("{path}.key"))?;
-        let key = match parse_condition_key(key_text) {
-            Ok(key) => key,
-            Err(why) => {
+        let key = match (self.egress, parse_condition_key(key_text)) {
+            (true, _) if key_text == "destination.ip" => CondKey::DestinationIp,
+            (true, Ok(key @ (CondKey::DestinationPort | CondKey::Sni))) | (false, Ok(key)) => key,
+            (true, Ok(_)) => {
+                self.error(
+                    key_node.pos,
+                    format!(
+                        "`{path}.key`: `{key_text}` has no value on an egress connection; egress \
+                         conditions are {EGRESS_WHEN_KEYS}"
+                    ),
+                );
+                return None;
+            }
+            (_, Err(why)) => {
                 self.error(key_node.pos, format!("`{path}.key`: {why}"));
                 return None;
             }
@@ -336,7 +377,7 @@ impl Decoder<'_> {
         let vp = format!("{path}.values");
         let np = format!("{path}.notValues");
         match key {
-            CondKey::SourceIp => {
+            CondKey::SourceIp | CondKey::DestinationIp => {
                 let v = self.patterns(values_node, &vp, Cidr::parse);
                 let n = self.patterns(not_values_node, &np, Cidr::parse);
                 self.contradiction(path, ("values", &v), ("notValues", &n));

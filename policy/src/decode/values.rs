@@ -758,7 +758,10 @@ pub(super) fn parse_condition_key(key: &str) -> Result<CondKey, String> {
             "the remote IP is read from X-Forwarded-For, which Picket does not trust; use `source.ip`",
         )
     } else if key == "destination.ip" {
-        Some("the destination address is always the workload's own; use `destination.port`")
+        Some(
+            "the destination address of an inbound request is always the workload's own; use \
+             `destination.port` (egress policies, `spec.direction: egress`, read destination.ip)",
+        )
     } else if key.starts_with("experimental.") {
         Some("experimental Envoy filter metadata does not exist in Picket")
     } else {

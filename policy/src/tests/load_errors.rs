@@ -416,7 +416,7 @@ fn errors_serialize_as_json_objects() {
             "file": "test.yaml",
             "line": 5,
             "column": 3,
-            "message": "unknown field `bogus` in `spec`; expected one of: selector, action, mode, rules",
+            "message": "unknown field `bogus` in `spec`; expected one of: selector, action, mode, direction, rules",
         }])
     );
 }

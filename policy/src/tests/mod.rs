@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod egress;
 mod evaluation;
 mod istio;
 mod jwt;

@@ -182,6 +182,7 @@ fn policy_with(action: Action, mode: Option<Mode>) -> impl Strategy<Value = Poli
             },
             action,
             spec_mode: mode,
+            direction: crate::model::Direction::Inbound,
             rules,
         })
 }

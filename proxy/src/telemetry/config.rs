@@ -589,42 +589,14 @@ impl Validator<'_> {
                 d.auth_failure_burst_threshold,
                 "telemetry.detectors.auth_failure_burst_threshold",
             )?,
-            baseline_factor: match &raw.baseline_factor {
-                Some(f) if f.value == 0 || f.value > 1000 => {
-                    return Err(self.err(
-                        f,
-                        "telemetry.detectors.baseline_factor: must be between 1 and 1000",
-                    ));
-                }
-                Some(f) => u32::try_from(f.value).unwrap_or(d.baseline_factor),
-                None => d.baseline_factor,
-            },
+            baseline_factor: self
+                .baseline_factor(raw.baseline_factor.as_ref())?
+                .unwrap_or(d.baseline_factor),
             sensitive_paths: self
-                .strings(
-                    raw.sensitive_paths,
-                    "telemetry.detectors.sensitive_paths",
-                    |p| {
-                        if p.starts_with('/') && p.len() > 1 {
-                            Ok(())
-                        } else {
-                            Err("write a path prefix starting with '/'")
-                        }
-                    },
-                )?
+                .sensitive_paths(raw.sensitive_paths)?
                 .unwrap_or(d.sensitive_paths),
             metadata_addresses: self
-                .strings(
-                    raw.metadata_addresses,
-                    "telemetry.detectors.metadata_addresses",
-                    |a| {
-                        if a.is_empty() || a.contains(['/', ' ']) {
-                            Err("write an IP address or a host name")
-                        } else {
-                            Ok(())
-                        }
-                    },
-                )?
-                .map(|v| v.into_iter().map(|a| a.to_ascii_lowercase()).collect())
+                .metadata_addresses(raw.metadata_addresses)?
                 .unwrap_or(d.metadata_addresses),
             rate_limit: self.duration(
                 raw.rate_limit.as_ref(),
@@ -643,6 +615,47 @@ impl Validator<'_> {
                 .transpose()?
                 .unwrap_or_default(),
         })
+    }
+
+    /// `baseline_factor`: how many times its learned rate a burst counter may reach, 1 to 1000.
+    fn baseline_factor(&self, v: Option<&Spanned<usize>>) -> Result<Option<u32>, YamlError> {
+        match v {
+            Some(f) if f.value == 0 || f.value > 1000 => Err(self.err(
+                f,
+                "telemetry.detectors.baseline_factor: must be between 1 and 1000",
+            )),
+            Some(f) => Ok(u32::try_from(f.value).ok()),
+            None => Ok(None),
+        }
+    }
+
+    /// `sensitive_paths`: path prefixes, each starting with `/`.
+    fn sensitive_paths(
+        &self,
+        list: Option<Vec<Spanned<String>>>,
+    ) -> Result<Option<Vec<String>>, YamlError> {
+        self.strings(list, "telemetry.detectors.sensitive_paths", |p| {
+            if p.starts_with('/') && p.len() > 1 {
+                Ok(())
+            } else {
+                Err("write a path prefix starting with '/'")
+            }
+        })
+    }
+
+    /// `metadata_addresses`: IP addresses or host names, host names compared in lower case.
+    fn metadata_addresses(
+        &self,
+        list: Option<Vec<Spanned<String>>>,
+    ) -> Result<Option<Vec<String>>, YamlError> {
+        let list = self.strings(list, "telemetry.detectors.metadata_addresses", |a| {
+            if a.is_empty() || a.contains(['/', ' ']) {
+                Err("write an IP address or a host name")
+            } else {
+                Ok(())
+            }
+        })?;
+        Ok(list.map(|v| v.into_iter().map(|a| a.to_ascii_lowercase()).collect()))
     }
 
     fn format(&self, v: Option<&Spanned<String>>, field: &str) -> Result<AlertFormat, YamlError> {

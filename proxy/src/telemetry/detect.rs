@@ -64,7 +64,7 @@ pub struct BaselineEdge {
 }
 
 /// A burst counter's observed rate in a baseline file (`"type":"rate"` lines, written by
-/// `picket analyze --baseline-out`): the key starts with this rate learned.
+/// `picket analyze --baseline-file`): the key starts with this rate learned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BaselineRate {
     /// Always [`LineType::Rate`].
@@ -1289,7 +1289,57 @@ impl Detectors {
     /// The parameters and learned state at `now`: the body of admin `/detectors`.
     pub fn state(&self, now: OffsetDateTime) -> DetectorState {
         let now_ms = millis(now);
-        let window = duration_ms(self.cfg.window);
+        DetectorState {
+            parameters: self.parameters(),
+            tables: self.tables(),
+            learning: self.learning_identities(now_ms),
+            burst_counters: self.burst_counters(now_ms),
+        }
+    }
+
+    /// The configuration in force, as `/detectors` shows it.
+    fn parameters(&self) -> Parameters {
+        let c = &self.cfg;
+        Parameters {
+            learning_window_secs: c.learning_window.as_secs(),
+            window_secs: c.window.as_secs(),
+            fanout_threshold: c.fanout_threshold,
+            deny_burst_threshold: c.deny_burst_threshold,
+            not_found_burst_threshold: c.not_found_burst_threshold,
+            auth_failure_burst_threshold: c.auth_failure_burst_threshold,
+            baseline_factor: c.baseline_factor,
+            rate_limit_secs: c.rate_limit.as_secs(),
+            max_tracked: c.max_tracked,
+            sensitive_paths: c.sensitive_paths.clone(),
+            metadata_addresses: c.metadata_addresses.clone(),
+        }
+    }
+
+    /// How full each table is.
+    fn tables(&self) -> Tables {
+        let [
+            edges,
+            sources,
+            addresses,
+            handshakes,
+            rate_limits,
+            counters,
+            identities,
+        ] = self.tracked();
+        Tables {
+            edges,
+            baseline_edges: self.baseline.len(),
+            sources,
+            identities_with_addresses: addresses,
+            handshake_sources: handshakes,
+            rate_limit_keys: rate_limits,
+            burst_counters: counters,
+            known_identities: identities,
+        }
+    }
+
+    /// The identities still in their learning window at `now_ms`, by name.
+    fn learning_identities(&self, now_ms: i64) -> Vec<IdentityView> {
         let learning_window = duration_ms(self.cfg.learning_window);
         let mut learning: Vec<IdentityView> = self
             .identities
@@ -1303,7 +1353,13 @@ impl Detectors {
             })
             .collect();
         learning.sort_by(|a, b| a.identity.cmp(&b.identity));
-        let mut burst_counters: Vec<CounterView> = self
+        learning
+    }
+
+    /// Every burst counter with its learned rate and threshold at `now_ms`, in a stable order.
+    fn burst_counters(&self, now_ms: i64) -> Vec<CounterView> {
+        let window = duration_ms(self.cfg.window);
+        let mut counters: Vec<CounterView> = self
             .rates
             .map
             .values()
@@ -1322,7 +1378,7 @@ impl Detectors {
                     .threshold(r.counter.floor(&self.cfg), self.cfg.baseline_factor),
             })
             .collect();
-        burst_counters.sort_by(|a, b| {
+        counters.sort_by(|a, b| {
             (a.counter, &a.source, &a.destination, &a.route).cmp(&(
                 b.counter,
                 &b.source,
@@ -1330,43 +1386,7 @@ impl Detectors {
                 &b.route,
             ))
         });
-        let [
-            edges,
-            sources,
-            addresses,
-            handshakes,
-            rate_limits,
-            counters,
-            identities,
-        ] = self.tracked();
-        let c = &self.cfg;
-        DetectorState {
-            parameters: Parameters {
-                learning_window_secs: c.learning_window.as_secs(),
-                window_secs: c.window.as_secs(),
-                fanout_threshold: c.fanout_threshold,
-                deny_burst_threshold: c.deny_burst_threshold,
-                not_found_burst_threshold: c.not_found_burst_threshold,
-                auth_failure_burst_threshold: c.auth_failure_burst_threshold,
-                baseline_factor: c.baseline_factor,
-                rate_limit_secs: c.rate_limit.as_secs(),
-                max_tracked: c.max_tracked,
-                sensitive_paths: c.sensitive_paths.clone(),
-                metadata_addresses: c.metadata_addresses.clone(),
-            },
-            tables: Tables {
-                edges,
-                baseline_edges: self.baseline.len(),
-                sources,
-                identities_with_addresses: addresses,
-                handshake_sources: handshakes,
-                rate_limit_keys: rate_limits,
-                burst_counters: counters,
-                known_identities: identities,
-            },
-            learning,
-            burst_counters,
-        }
+        counters
     }
 
     /// Heap bytes held by the tables, from their capacities (an estimate that ignores

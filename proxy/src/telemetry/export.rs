@@ -289,6 +289,58 @@ pub fn resource(cfg: &OtlpConfig, identity: &SpiffeId) -> Resource {
     Resource::builder_empty().with_attributes(attrs).build()
 }
 
+/// An exporter builder aimed at the collector: its endpoint, timeout and headers (as gRPC
+/// metadata; a header that is not a valid HTTP header is left out).
+fn to_collector<B: WithExportConfig + WithTonicConfig>(builder: B, cfg: &OtlpConfig) -> B {
+    let mut map = http::HeaderMap::new();
+    for (k, v) in &cfg.headers {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            map.append(k, v);
+        }
+    }
+    builder
+        .with_endpoint(cfg.endpoint.clone())
+        .with_timeout(cfg.timeout)
+        .with_metadata(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(map))
+}
+
+/// The scope of Picket's spans and log records.
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("picket")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+/// The tracer (and its provider) that hands spans to the export queue; a span is sampled by
+/// its parent's decision, else at the configured ratio.
+fn tracer(
+    cfg: &OtlpConfig,
+    resource: Resource,
+    queue: SpanQueue,
+) -> (SdkTracerProvider, SdkTracer) {
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sampling_ratio)));
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(queue)
+        .with_sampler(sampler)
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer_with_scope(scope());
+    (provider, tracer)
+}
+
+/// The logger (and its provider) that hands log records to the export queue.
+fn logger(resource: Resource, queue: LogQueue) -> (SdkLoggerProvider, SdkLogger) {
+    let provider = SdkLoggerProvider::builder()
+        .with_log_processor(queue)
+        .with_resource(resource)
+        .build();
+    let logger = opentelemetry::logs::LoggerProvider::logger_with_scope(&provider, scope());
+    (provider, logger)
+}
+
 impl Otlp {
     /// Builds the exporters and starts the export tasks. Must run inside a tokio runtime.
     pub(crate) fn start(
@@ -299,36 +351,19 @@ impl Otlp {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(TelemetryError::NoRuntime);
         }
-        let metadata = || {
-            let mut map = http::HeaderMap::new();
-            for (k, v) in &cfg.headers {
-                if let (Ok(k), Ok(v)) = (
-                    http::HeaderName::from_bytes(k.as_bytes()),
-                    http::HeaderValue::from_str(v),
-                ) {
-                    map.append(k, v);
-                }
-            }
-            opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(map)
-        };
         let exporter_error =
             |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter(e.to_string());
-        let span_exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(cfg.endpoint.clone())
-            .with_timeout(cfg.timeout)
-            .with_metadata(metadata())
-            .build()
-            .map_err(exporter_error)?;
-        let mut log_exporter = opentelemetry_otlp::LogExporter::builder()
-            .with_tonic()
-            .with_endpoint(cfg.endpoint.clone())
-            .with_timeout(cfg.timeout)
-            .with_metadata(metadata())
-            .build()
-            .map_err(exporter_error)?;
+        let mut span_exporter = to_collector(
+            opentelemetry_otlp::SpanExporter::builder().with_tonic(),
+            cfg,
+        )
+        .build()
+        .map_err(exporter_error)?;
+        let mut log_exporter =
+            to_collector(opentelemetry_otlp::LogExporter::builder().with_tonic(), cfg)
+                .build()
+                .map_err(exporter_error)?;
         let resource = resource(cfg, identity);
-        let mut span_exporter = span_exporter;
         span_exporter.set_resource(&resource);
         log_exporter.set_resource(&resource);
         // The exporter retries inside its own timeout; give it a little more before giving up.
@@ -347,23 +382,8 @@ impl Otlp {
             deadline,
             metrics.clone(),
         );
-        let sampler =
-            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sampling_ratio)));
-        let tracer_provider = SdkTracerProvider::builder()
-            .with_span_processor(SpanQueue(span_queue))
-            .with_sampler(sampler)
-            .with_resource(resource.clone())
-            .build();
-        let scope = InstrumentationScope::builder("picket")
-            .with_version(env!("CARGO_PKG_VERSION"))
-            .build();
-        let tracer = tracer_provider.tracer_with_scope(scope.clone());
-        let logger_provider = SdkLoggerProvider::builder()
-            .with_log_processor(LogQueue(log_queue))
-            .with_resource(resource)
-            .build();
-        let logger =
-            opentelemetry::logs::LoggerProvider::logger_with_scope(&logger_provider, scope);
+        let (tracer_provider, tracer) = tracer(cfg, resource.clone(), SpanQueue(span_queue));
+        let (logger_provider, logger) = logger(resource, LogQueue(log_queue));
         Ok(Self {
             tracer,
             logger,

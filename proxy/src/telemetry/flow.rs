@@ -100,9 +100,9 @@ pub enum LineType {
     Flow,
     /// An [`Alert`](super::Alert).
     Alert,
-    /// An edge of a baseline written by `picket analyze --baseline-out`.
+    /// An edge of a baseline written by `picket analyze --baseline-file`.
     Edge,
-    /// A burst counter's rate in a baseline written by `picket analyze --baseline-out`.
+    /// A burst counter's rate in a baseline written by `picket analyze --baseline-file`.
     Rate,
 }
 
@@ -200,6 +200,14 @@ pub struct FlowRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub host: Option<Cow<'a, str>>,
+    /// Egress connections: the TLS server name (SNI) the client asked for in its ClientHello.
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sni: Option<Cow<'a, str>>,
     /// HTTP status sent to the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -231,6 +239,10 @@ pub struct FlowRecord<'a> {
     /// Shadow verdicts of dry-run policies, e.g. `deny:shop/orders-strict`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dry_run: Vec<Cow<'a, str>>,
+    /// The verdict with every dry-run policy enforced, when it differs from `verdict` (a
+    /// dry-run ALLOW policy that does not match is no shadow, yet it would deny).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub would_verdict: Option<Verdict>,
     /// Bytes received from the caller (request body, or TCP bytes in).
     #[serde(default)]
     pub bytes_in: u64,
@@ -313,6 +325,7 @@ impl<'a> FlowRecord<'a> {
             method: None,
             path: None,
             host: None,
+            sni: None,
             status: None,
             grpc_status: None,
             verdict: None,
@@ -320,6 +333,7 @@ impl<'a> FlowRecord<'a> {
             rule: None,
             reason: None,
             dry_run: Vec::new(),
+            would_verdict: None,
             bytes_in: 0,
             bytes_out: 0,
             duration_ms: 0.0,
@@ -461,6 +475,7 @@ pub fn fill_decision(record: &mut FlowRecord<'_>, decision: Option<&picket_polic
         .iter()
         .map(|s| format!("{}:{}", s.would, s.policy).into())
         .collect();
+    record.would_verdict = (d.would_verdict != d.verdict).then_some(d.would_verdict);
 }
 
 #[cfg(test)]

@@ -1,0 +1,493 @@
+//! Egress: transparent connections to destinations outside the mesh.
+//!
+//! ```text
+//! original destination not meshed, not known to the discovery source
+//!   -> a cloud metadata address with outbound.metadata: block -> refused, alerted
+//!   -> the name the client asked for, peeked (never consumed): the SNI of a TLS ClientHello
+//!      or the Host of a plaintext HTTP/1 request, within EGRESS_PEEK_BYTES and
+//!      EGRESS_PEEK_WAIT; nothing sent in time (server-speaks-first protocols) is no name
+//!   -> the egress decision: egress policies (`spec.direction: egress`) of this workload, the
+//!      default being `outbound.passthrough` (one decision record, as inbound)
+//!   -> allowed: plain TCP to the original destination, flow records open/interim/end with
+//!      the address, port, name and bytes; denied: closed, one flow record with the decision
+//! ```
+//!
+//! The parsers ([`client_hello_sni`], [`http1_host`]) are strict and total: any malformed or
+//! unexpected byte is "no name", never an error for the connection (the bytes go on unchanged
+//! either way). They are fuzzed by `proxy/fuzz` `egress_name`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use picket_policy::{DefaultAction, EgressRequest};
+
+use super::Outbound;
+use super::balance::{Lease, Outcome};
+use crate::authz::{self, PolicyStore};
+use crate::direction::Direction;
+use crate::net::IdleTimeout;
+use crate::pipeline::{Endpoints, Enforced, TcpFlow};
+
+/// The most bytes the name is looked for in: one TLS record of the largest size (16 KiB of
+/// plaintext and its 5-byte header), which also bounds a plaintext HTTP/1 request head.
+pub const EGRESS_PEEK_BYTES: usize = 16_384 + 5;
+
+/// The longest the sidecar waits for the client's first bytes before a passthrough connection
+/// goes on without a name (less when `timeouts.detect` is shorter). A client that speaks
+/// first sends its ClientHello or request head as soon as its connection is accepted; one that
+/// waits for the server (SMTP, MySQL) is delayed this long once, or not at all when its port
+/// is listed in `outbound.opaque_ports`.
+pub const EGRESS_PEEK_WAIT: Duration = Duration::from_millis(200);
+
+/// Where a name came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameSource {
+    /// The `server_name` extension of a TLS ClientHello.
+    Sni,
+    /// The `Host` header of a plaintext HTTP/1 request.
+    Host,
+}
+
+/// The name a client asked for: lowercase, without port or trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerName {
+    /// SNI or Host.
+    pub source: NameSource,
+    /// The host name (or an IP literal for a Host header that names one).
+    pub name: String,
+}
+
+/// What a parser made of the bytes so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// The name.
+    Name(String),
+    /// There is no name to read in these bytes (not TLS or HTTP/1, no extension, malformed).
+    NoName,
+    /// The bytes so far are a valid beginning; more are needed.
+    NeedMore,
+}
+
+/// A DNS host name as SNI carries it (RFC 6066 section 3: no trailing dot, ASCII), checked
+/// strictly: labels of 1 to 63 letters, digits, `-` and `_`, 253 bytes at most. Lowercased.
+fn host_name(bytes: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let text = text.strip_suffix('.').unwrap_or(text);
+    if text.is_empty() || text.len() > 253 {
+        return None;
+    }
+    let ok = text.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    ok.then(|| text.to_ascii_lowercase())
+}
+
+/// A big-endian reader that fails on any read past the end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).and_then(|b| b.first().copied())
+    }
+    fn u16(&mut self) -> Option<usize> {
+        let b = self.take(2)?;
+        Some(usize::from(u16::from_be_bytes([*b.first()?, *b.get(1)?])))
+    }
+    fn u24(&mut self) -> Option<usize> {
+        let b = self.take(3)?;
+        Some(
+            (usize::from(*b.first()?) << 16)
+                | (usize::from(*b.get(1)?) << 8)
+                | usize::from(*b.get(2)?),
+        )
+    }
+    /// A vector with a `len_bytes`-byte length prefix.
+    fn vector(&mut self, len_bytes: usize) -> Option<Reader<'a>> {
+        let n = match len_bytes {
+            1 => usize::from(self.u8()?),
+            _ => self.u16()?,
+        };
+        self.take(n).map(Reader)
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The SNI host name of a TLS ClientHello at the start of `buf` (RFC 8446 sections 4.1.2 and
+/// 4.2, RFC 6066 section 3). The ClientHello must be whole in the first record: one split
+/// across records, like any malformed one, has no name.
+pub fn client_hello_sni(buf: &[u8]) -> Parsed {
+    let mut r = Reader(buf);
+    let header = (r.u8(), r.u8(), r.u8(), r.u16());
+    let (Some(kind), Some(major), Some(minor), Some(len)) = header else {
+        // Too short for a record header: a valid beginning only if what is there fits one.
+        return match buf {
+            [] | [0x16] | [0x16, 0x03] => Parsed::NeedMore,
+            [0x16, 0x03, minor, ..] if *minor <= 0x04 => Parsed::NeedMore,
+            _ => Parsed::NoName,
+        };
+    };
+    if kind != 0x16 || major != 0x03 || minor > 0x04 || len == 0 || len > 16_384 {
+        return Parsed::NoName;
+    }
+    let Some(record) = r.take(len) else {
+        return Parsed::NeedMore;
+    };
+    match hello_sni(record) {
+        Some(Some(name)) => Parsed::Name(name),
+        _ => Parsed::NoName,
+    }
+}
+
+/// The SNI of the handshake message in `record`: `None` when malformed, `Some(None)` when
+/// well formed without a host name.
+fn hello_sni(record: &[u8]) -> Option<Option<String>> {
+    let mut r = Reader(record);
+    if r.u8()? != 0x01 {
+        return None;
+    }
+    let len = r.u24()?;
+    let mut body = Reader(r.take(len)?);
+    let _legacy_version = body.take(2)?;
+    let _random = body.take(32)?;
+    let session_id = body.vector(1)?;
+    let suites = body.vector(2)?;
+    let compression = body.vector(1)?;
+    if session_id.0.len() > 32
+        || suites.0.is_empty()
+        || suites.0.len() % 2 != 0
+        || compression.0.is_empty()
+    {
+        return None;
+    }
+    if body.is_empty() {
+        return Some(None);
+    }
+    let mut extensions = body.vector(2)?;
+    if !body.is_empty() {
+        return None;
+    }
+    let mut name = None;
+    let mut seen_sni = false;
+    while !extensions.is_empty() {
+        let kind = extensions.u16()?;
+        let data = extensions.vector(2)?;
+        if kind != 0 {
+            continue;
+        }
+        // RFC 8446 section 4.2: at most one extension of each type.
+        if seen_sni {
+            return None;
+        }
+        seen_sni = true;
+        name = server_name_list(data)?;
+    }
+    Some(name)
+}
+
+/// The first `host_name` of a `server_name` extension's list (RFC 6066 section 3).
+fn server_name_list(mut data: Reader<'_>) -> Option<Option<String>> {
+    let mut list = data.vector(2)?;
+    if !data.is_empty() || list.is_empty() {
+        return None;
+    }
+    let mut name = None;
+    while !list.is_empty() {
+        let kind = list.u8()?;
+        let value = list.vector(2)?;
+        if kind == 0 {
+            // "The ServerNameList MUST NOT contain more than one name of the same name_type."
+            if name.is_some() {
+                return None;
+            }
+            name = Some(host_name(value.0)?);
+        }
+    }
+    Some(name)
+}
+
+/// Headers read from a request head at most; a head with more has no name.
+const MAX_HEADERS: usize = 128;
+
+/// The `Host` of a plaintext HTTP/1 request head at the start of `buf`: exactly one `Host`
+/// header, naming a host (name or IP literal), returned without port, lowercased. A head
+/// that is not complete in `buf` needs more bytes; anything that is not an HTTP/1 request
+/// has no name.
+pub fn http1_host(buf: &[u8]) -> Parsed {
+    match crate::net::classify(buf) {
+        None => return Parsed::NeedMore,
+        Some(crate::net::Detected::Opaque) => return Parsed::NoName,
+        Some(crate::net::Detected::Http) if buf.starts_with(b"PRI * HTTP/2.0") => {
+            // h2c with prior knowledge: the authority is HPACK-coded, not read here.
+            return Parsed::NoName;
+        }
+        Some(crate::net::Detected::Http) => {}
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Parsed::NeedMore,
+        Err(_) => return Parsed::NoName,
+    }
+    let mut hosts = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"));
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return Parsed::NoName;
+    };
+    let Ok(authority) = std::str::from_utf8(host.value)
+        .map_err(|_| ())
+        .and_then(|v| v.parse::<http::uri::Authority>().map_err(|_| ()))
+    else {
+        return Parsed::NoName;
+    };
+    if authority.as_str().contains('@') {
+        return Parsed::NoName;
+    }
+    let h = authority.host();
+    if let Some(v6) = h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return match v6.parse::<std::net::Ipv6Addr>() {
+            Ok(ip) => Parsed::Name(ip.to_string()),
+            Err(_) => Parsed::NoName,
+        };
+    }
+    if let Ok(ip) = h.parse::<std::net::Ipv4Addr>() {
+        return Parsed::Name(ip.to_string());
+    }
+    match host_name(h.as_bytes()) {
+        Some(name) => Parsed::Name(name),
+        None => Parsed::NoName,
+    }
+}
+
+/// The name in `buf`, read as a TLS ClientHello when it starts like a TLS record, else as an
+/// HTTP/1 request head.
+pub fn server_name(buf: &[u8]) -> (Parsed, NameSource) {
+    match buf.first() {
+        Some(0x16) | None => (client_hello_sni(buf), NameSource::Sni),
+        Some(_) => (http1_host(buf), NameSource::Host),
+    }
+}
+
+/// Peeks at the first bytes of `tcp` (never consuming them) for the name the client asked
+/// for: at most [`EGRESS_PEEK_BYTES`] and `wait`. `None` when it sent nothing in time, closed,
+/// or sent something without a name.
+pub async fn peek_name(tcp: &TcpStream, wait: Duration) -> Option<ServerName> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = vec![0u8; EGRESS_PEEK_BYTES];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        let (parsed, source) = server_name(buf.get(..n).unwrap_or_default());
+        match parsed {
+            Parsed::Name(name) => return Some(ServerName { source, name }),
+            Parsed::NoName => return None,
+            Parsed::NeedMore if n >= buf.len() => return None,
+            Parsed::NeedMore => {}
+        }
+        // A partial message: peek returns at once while bytes are buffered, so wait a little
+        // for the rest instead of spinning.
+        tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(2)))
+            .await
+            .ok()?;
+    }
+}
+
+impl Outbound {
+    /// A transparent connection to a destination outside the mesh (see the module
+    /// documentation): refused when it is a blocked cloud metadata address, or when the egress
+    /// decision denies it; else passed through, with the name the client asked for and the
+    /// decision in its records.
+    pub(super) async fn egress(&self, tcp: TcpStream, orig: SocketAddr) {
+        let Some(t) = &self.transparent else { return };
+        if t.blocked.contains(&orig.ip()) {
+            // The detectors alert (critical); the connection goes no further.
+            self.telemetry.outbound_destination(&orig.ip().to_string());
+            self.metrics
+                .connection(Direction::Outbound, "refused_metadata");
+            tracing::warn!(destination = %orig, "outbound connection refused: a cloud metadata address (outbound.metadata: block)");
+            return;
+        }
+        let policies = self.policy.as_ref().filter(|p| p.has_egress_policies());
+        if !t.passthrough && policies.is_none() {
+            self.metrics
+                .connection(Direction::Outbound, "refused_egress");
+            tracing::warn!(destination = %orig, "outbound connection refused: destination is outside the mesh and passthrough is deny");
+            return;
+        }
+        // The name is looked for when something will use it: a record or a decision. A port
+        // declared opaque is never waited on (server-speaks-first protocols).
+        let wanted = self.telemetry.is_enabled() || policies.is_some();
+        let name = if wanted && !t.opaque_ports.contains(&orig.port()) {
+            peek_name(&tcp, EGRESS_PEEK_WAIT.min(self.timeouts.detect)).await
+        } else {
+            None
+        };
+        if let Some(n) = &name
+            && n.name != orig.ip().to_string()
+        {
+            // A metadata service reached by name (`metadata.google.internal`) alerts too.
+            self.telemetry.outbound_destination(&n.name);
+        }
+        let enforced = policies.map(|store| self.decide_egress(store, orig, name.as_ref(), t));
+        match enforced {
+            Some(e) if !e.allowed() => {
+                self.metrics
+                    .connection(Direction::Outbound, "refused_egress");
+                let mut flow = self.egress_flow(&tcp, orig, orig, name);
+                flow.enforced = Some(e);
+                // Never opened: one record with the decision, which the detectors see.
+                flow.finish(&self.metrics, &self.telemetry);
+            }
+            enforced => self.passthrough(tcp, orig, None, name, enforced).await,
+        }
+    }
+
+    /// The egress decision for a connection to `orig` asking for `name`, logged as every
+    /// decision is (a denial with a fresh request id; an allow when a dry-run policy would
+    /// have decided otherwise).
+    fn decide_egress(
+        &self,
+        store: &PolicyStore,
+        orig: SocketAddr,
+        name: Option<&ServerName>,
+        t: &super::Transparent,
+    ) -> Enforced {
+        let req = EgressRequest {
+            ip: orig.ip(),
+            port: orig.port(),
+            name: name.map(|n| n.name.as_str()),
+            sni: name
+                .filter(|n| n.source == NameSource::Sni)
+                .map(|n| n.name.as_str()),
+        };
+        let default = if t.passthrough {
+            DefaultAction::Allow
+        } else {
+            DefaultAction::Deny
+        };
+        let decision = store.decide_egress(&req, default);
+        let denied = !decision.is_allowed();
+        let request_id = denied.then(authz::request_id);
+        if denied || !decision.shadows.is_empty() || decision.would_verdict != decision.verdict {
+            let what = match name {
+                Some(n) => format!("egress connection to {orig} ({})", n.name),
+                None => format!("egress connection to {orig} (no name seen)"),
+            };
+            authz::log_decision(&decision, &self.own_identity, &what, request_id.as_deref());
+        }
+        Enforced {
+            decision,
+            request_id,
+        }
+    }
+
+    /// The flow of an egress connection from `tcp` to `orig` (carried to `target`), with the
+    /// name its client asked for.
+    fn egress_flow(
+        &self,
+        tcp: &TcpStream,
+        orig: SocketAddr,
+        target: SocketAddr,
+        name: Option<ServerName>,
+    ) -> TcpFlow<'_> {
+        // Recorded like a meshed flow, with no destination identity.
+        let mut flow = TcpFlow::new(
+            Direction::Outbound,
+            Endpoints {
+                source_identity: Some(self.own_identity.as_str().into()),
+                source_address: tcp.peer_addr().ok(),
+                destination_address: Some(orig),
+                destination_port: Some(orig.port()),
+                endpoint: (target != orig).then_some(target),
+                ..Endpoints::default()
+            },
+        );
+        match name {
+            Some(ServerName {
+                source: NameSource::Sni,
+                name,
+            }) => flow.sni = Some(name),
+            Some(ServerName {
+                source: NameSource::Host,
+                name,
+            }) => flow.host = Some(name),
+            None => {}
+        }
+        flow
+    }
+
+    /// Plain TCP to `orig`, or to the endpoint of `lease` (one without a sidecar). `name` is
+    /// what the client asked for, when it was seen; `enforced` the egress decision, when
+    /// egress policies decided the connection.
+    pub(super) async fn passthrough(
+        &self,
+        tcp: TcpStream,
+        orig: SocketAddr,
+        lease: Option<Lease>,
+        name: Option<ServerName>,
+        enforced: Option<Enforced>,
+    ) {
+        // Cloud metadata endpoints and other outside destinations feed the detectors.
+        self.telemetry.outbound_destination(&orig.ip().to_string());
+        let lease = lease.map(Lease::measuring_setup);
+        let target = lease.as_ref().map_or(orig, |l| l.endpoint.addr);
+        let connect = tokio::time::timeout(self.timeouts.connect, TcpStream::connect(target)).await;
+        let mut upstream = match connect {
+            Ok(Ok(s)) => {
+                if let Some(l) = lease {
+                    l.finish(Outcome::Answered);
+                }
+                s
+            }
+            Ok(Err(e)) => {
+                if let Some(l) = lease {
+                    l.finish(Outcome::Failed);
+                }
+                tracing::info!(destination = %orig, target = %target, error = %e, "passthrough connect failed");
+                return;
+            }
+            Err(_) => {
+                if let Some(l) = lease {
+                    l.finish(Outcome::Failed);
+                }
+                tracing::info!(destination = %orig, target = %target, "passthrough connect timed out");
+                return;
+            }
+        };
+        self.metrics.connection(Direction::Outbound, "passthrough");
+        let mut flow = self.egress_flow(&tcp, orig, target, name);
+        flow.enforced = enforced;
+        flow.open_egress(&self.telemetry);
+        let mut client = IdleTimeout::new(tcp, self.timeouts.idle);
+        if let Ok(bytes) = flow
+            .splice(&mut client, &mut upstream, &self.telemetry)
+            .await
+        {
+            flow.bytes = Some(bytes);
+        }
+        flow.finish(&self.metrics, &self.telemetry);
+    }
+}
+
+#[cfg(test)]
+mod tests;

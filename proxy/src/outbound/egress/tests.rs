@@ -1,0 +1,221 @@
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
+
+use std::sync::Arc;
+
+use super::*;
+
+/// The first flight of a real rustls client asking for `name`.
+fn client_hello(name: &str) -> Vec<u8> {
+    let provider = picket_common::crypto::provider();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let server = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+#[test]
+fn a_real_client_hello_names_its_server() {
+    let hello = client_hello("API.Example.com");
+    assert!(hello.len() > 100, "rustls wrote a ClientHello");
+    assert_eq!(
+        client_hello_sni(&hello),
+        Parsed::Name("api.example.com".into())
+    );
+    // Every strict prefix needs more, never a wrong answer.
+    for cut in 0..hello.len() {
+        assert_eq!(
+            client_hello_sni(&hello[..cut]),
+            Parsed::NeedMore,
+            "prefix of {cut} bytes"
+        );
+    }
+    // Bytes after the record (the client's next records) change nothing.
+    let mut more = hello.clone();
+    more.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x01, 0x00]);
+    assert_eq!(
+        server_name(&more),
+        (Parsed::Name("api.example.com".into()), NameSource::Sni)
+    );
+}
+
+#[test]
+fn a_client_hello_to_an_address_has_no_name() {
+    // rustls sends no SNI for an IP address.
+    assert_eq!(
+        client_hello_sni(&client_hello("203.0.113.9")),
+        Parsed::NoName
+    );
+}
+
+#[test]
+fn malformed_client_hellos_have_no_name() {
+    let hello = client_hello("api.example.com");
+    // Every single-byte change gives some answer and never panics.
+    for i in 0..hello.len() {
+        for delta in [1u8, 0x80] {
+            let mut bad = hello.clone();
+            bad[i] = bad[i].wrapping_add(delta);
+            let _ = client_hello_sni(&bad);
+        }
+    }
+    let mut not_handshake = hello.clone();
+    not_handshake[0] = 0x17;
+    assert_eq!(client_hello_sni(&not_handshake), Parsed::NoName);
+    let mut server_hello = hello.clone();
+    server_hello[5] = 0x02;
+    assert_eq!(client_hello_sni(&server_hello), Parsed::NoName);
+    // A handshake longer than its record (a ClientHello split across records).
+    let mut split = hello.clone();
+    split[7] = split[7].wrapping_add(1);
+    assert_eq!(client_hello_sni(&split), Parsed::NoName);
+    assert_eq!(client_hello_sni(&[0x16, 0x03, 0x05]), Parsed::NoName);
+    assert_eq!(
+        client_hello_sni(&[0x16, 0x03, 0x01, 0x00, 0x00]),
+        Parsed::NoName
+    );
+    assert_eq!(client_hello_sni(b"SSH-2.0-OpenSSH_9.6\r\n"), Parsed::NoName);
+}
+
+/// A minimal ClientHello with `extensions` (each `(type, data)`).
+fn hello_with(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    let mut ext = Vec::new();
+    for (kind, data) in extensions {
+        ext.extend_from_slice(&kind.to_be_bytes());
+        ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        ext.extend_from_slice(data);
+    }
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[7u8; 32]);
+    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![0x01, 0, (body.len() >> 8) as u8, body.len() as u8];
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01, (hs.len() >> 8) as u8, hs.len() as u8];
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+fn sni_ext(names: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut list = Vec::new();
+    for (kind, name) in names {
+        list.push(*kind);
+        list.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        list.extend_from_slice(name);
+    }
+    let mut data = (list.len() as u16).to_be_bytes().to_vec();
+    data.extend_from_slice(&list);
+    data
+}
+
+#[test]
+fn server_name_extensions_are_read_strictly() {
+    let ok = hello_with(&[
+        (10, vec![0, 2, 0, 29]),
+        (0, sni_ext(&[(0, b"db.example.org.")])),
+    ]);
+    assert_eq!(client_hello_sni(&ok), Parsed::Name("db.example.org".into()));
+    let none = hello_with(&[(10, vec![0, 2, 0, 29])]);
+    assert_eq!(client_hello_sni(&none), Parsed::NoName);
+    for bad in [
+        // Two server_name extensions, two host names, bad names, an empty list, a short one.
+        hello_with(&[
+            (0, sni_ext(&[(0, b"a.example")])),
+            (0, sni_ext(&[(0, b"b.example")])),
+        ]),
+        hello_with(&[(0, sni_ext(&[(0, b"a.example"), (0, b"b.example")]))]),
+        hello_with(&[(0, sni_ext(&[(0, b"a example")]))]),
+        hello_with(&[(0, sni_ext(&[(0, b"")]))]),
+        hello_with(&[(0, sni_ext(&[(0, b"a..example")]))]),
+        hello_with(&[(0, sni_ext(&[]))]),
+        hello_with(&[(0, vec![0, 9, 0])]),
+    ] {
+        assert_eq!(client_hello_sni(&bad), Parsed::NoName);
+    }
+}
+
+#[test]
+fn plaintext_http1_requests_name_their_host() {
+    let head = b"GET /v1/x HTTP/1.1\r\nUser-Agent: t\r\nHost: Example.COM:8080\r\n\r\n";
+    assert_eq!(http1_host(head), Parsed::Name("example.com".into()));
+    assert_eq!(
+        server_name(head),
+        (Parsed::Name("example.com".into()), NameSource::Host)
+    );
+    for cut in 0..head.len() {
+        assert_eq!(http1_host(&head[..cut]), Parsed::NeedMore, "prefix {cut}");
+    }
+    assert_eq!(
+        http1_host(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n"),
+        Parsed::Name("::1".into())
+    );
+    assert_eq!(
+        http1_host(b"GET / HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n"),
+        Parsed::Name("10.0.0.1".into())
+    );
+    for bad in [
+        &b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nX: y\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: u@a.example\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+        b"\x00\x01",
+    ] {
+        assert_eq!(
+            http1_host(bad),
+            Parsed::NoName,
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[tokio::test]
+async fn peeking_consumes_nothing_and_bounds_the_wait() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hello = client_hello("api.example.com");
+    let sent = hello.clone();
+    let client = tokio::spawn(async move {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        // Two writes: the parser must wait for the rest of the record.
+        let (a, b) = sent.split_at(40);
+        c.write_all(a).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c.write_all(b).await.unwrap();
+        c
+    });
+    let (mut server, _) = listener.accept().await.unwrap();
+    let name = peek_name(&server, Duration::from_secs(5)).await;
+    assert_eq!(
+        name,
+        Some(ServerName {
+            source: NameSource::Sni,
+            name: "api.example.com".into()
+        })
+    );
+    let mut got = vec![0u8; hello.len()];
+    server.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, hello, "the peeked bytes are still there, unchanged");
+    let _client = client.await.unwrap();
+
+    // A client that waits for the server: no name once the wait is over.
+    let silent = TcpStream::connect(addr).await.unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    let start = std::time::Instant::now();
+    assert_eq!(peek_name(&server, Duration::from_millis(50)).await, None);
+    assert!(start.elapsed() < Duration::from_secs(2));
+    drop(silent);
+}
