@@ -176,6 +176,21 @@ pub struct Settings {
     pub rewrite_probes: bool,
     /// Add `prometheus.io/*` scrape annotations for the sidecar's metrics.
     pub scrape_annotations: bool,
+    /// The controller the sidecars subscribe to for their destinations (cluster mode: the
+    /// sidecar's `controller:` section); `None` keeps them in file mode.
+    pub controller: Option<ControllerSettings>,
+    /// Whether an endpoint without a sidecar is reached in plaintext (`true`,
+    /// `outbound.unmeshed: plaintext`) or refused (`false`, the sidecar's default).
+    pub unmeshed_plaintext: bool,
+}
+
+/// Where injected sidecars find `picket controller`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerSettings {
+    /// `host:port` of the discovery service (the controller's Service, port 7150).
+    pub address: String,
+    /// The SPIFFE ID the controller must present; in the mesh's trust domain.
+    pub identity: picket_ca::SpiffeId,
 }
 
 /// The private address ranges (RFC 1918, RFC 4193), where clusters put pods and Services:
@@ -217,6 +232,8 @@ impl Settings {
             permissive: false,
             rewrite_probes: true,
             scrape_annotations: true,
+            controller: None,
+            unmeshed_plaintext: false,
         }
     }
 }
@@ -1077,10 +1094,23 @@ fn sidecar_config(
     });
     // The sidecar blocks the metadata service unless told otherwise: the key is written only
     // for `alert`, so the default configuration stays as it was.
-    if !settings.block_metadata
-        && let Some(outbound) = config.get_mut("outbound").and_then(Value::as_object_mut)
-    {
-        outbound.insert("metadata".to_owned(), json!("alert"));
+    if let Some(outbound) = config.get_mut("outbound").and_then(Value::as_object_mut) {
+        if !settings.block_metadata {
+            outbound.insert("metadata".to_owned(), json!("alert"));
+        }
+        // Likewise `unmeshed` is written only when it differs from the sidecar's `deny`.
+        if settings.unmeshed_plaintext {
+            outbound.insert("unmeshed".to_owned(), json!("plaintext"));
+        }
+    }
+    // Cluster mode: transparent destinations come from the controller (balanced over the
+    // endpoints it names, each pinned to its pod's identity); `meshed` stays the expectation
+    // for addresses the controller does not know.
+    if let Some(controller) = &settings.controller {
+        config["controller"] = json!({
+            "address": controller.address,
+            "identity": controller.identity.to_uri(),
+        });
     }
     if let Some(labels) = template
         .get("metadata")

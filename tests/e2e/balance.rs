@@ -1,15 +1,25 @@
-//! Balancing over a destination's endpoints, with the static discovery source
-//! (`outbound.destinations`): pods in network namespaces with `picket iptables`, a client pod
-//! that dials Service-like addresses (10.96.0.0/16, routed nowhere but through its sidecar), and
-//! backend pods each with a sidecar and the plain app. The client's sidecar resolves the
-//! Service address to the listed endpoints and picks one per request.
+//! Balancing over a destination's endpoints, in network namespaces with `picket iptables`,
+//! backend pods each with a sidecar and the plain app, and a client pod that dials Service
+//! addresses (10.96.0.0/16):
+//!
+//! - through the real controller (`picket controller` against the API-server double, the
+//!   sidecars subscribed over mTLS), with kube-proxy's DNAT for the Service address in a "node"
+//!   namespace, so the address also works without the mesh, one pod per connection: spread,
+//!   pinned identities, unmeshed endpoints, endpoint changes, the controller going down;
+//! - with the static source (`outbound.destinations`, as VMs use it): latency awareness and
+//!   failure accrual.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::Pod;
 use picket_proxy::telemetry::LineType;
+use picket_tests::controller::{
+    CONTROLLER_WORKLOAD, TestController, endpoint_slice, namespace, pod, service,
+};
+use picket_tests::kube_api::KubeApiDouble;
 use picket_tests::netns::{PodNet, plain_app_script, seen_header, shared_dir};
 use picket_tests::process::{Daemon, output};
 use picket_tests::telemetry::log_lines;
@@ -137,6 +147,8 @@ struct World {
     ca: TestCa,
     dir: tempfile::TempDir,
     processes: Vec<Daemon>,
+    /// The `controller:` section sidecars get (empty: file mode).
+    controller: String,
 }
 
 impl World {
@@ -150,6 +162,7 @@ impl World {
             ca,
             dir,
             processes: Vec::new(),
+            controller: String::new(),
         })
     }
 
@@ -209,7 +222,7 @@ outbound:
   listen: \"127.0.0.1:7140\"
   transparent: true
   passthrough: allow
-{outbound_extra}admin: {{ listen: \"127.0.0.1:7191\" }}
+{outbound_extra}{controller}admin: {{ listen: \"127.0.0.1:7191\" }}
 policy: {{ path: \"{policy}\" }}
 timeouts: {{ detect: 2s }}
 telemetry:
@@ -220,6 +233,7 @@ telemetry:
                 token = token.display(),
                 policy = policy.display(),
                 flows = flow_log(dir, i).display(),
+                controller = self.controller,
             ),
         )?;
         let out = self
@@ -285,9 +299,9 @@ const SERVICE: &str = "10.96.0.10:80";
 const MIXED: &str = "10.96.0.11:80";
 
 #[tokio::test]
-async fn balancer_spreads_requests_avoids_slow_endpoints_and_sets_failing_ones_aside() -> Result<()>
-{
-    // pod0: the client; pods 1-3: the Service's backends; pod4: a backend 20 ms slow.
+async fn balancer_avoids_slow_endpoints_and_sets_failing_ones_aside() -> Result<()> {
+    // pod0: the client; pods 1-3: a Service's backends; pod4: a backend 20 ms slow. The
+    // endpoints come from the client's file (the static source).
     let mut w = World::start(5).await?;
     for (i, name, delay) in [(1, "b1", 0), (2, "b2", 0), (3, "b3", 0), (4, "slow", 20)] {
         w.app(i, name, delay).await?;
@@ -304,37 +318,6 @@ async fn balancer_spreads_requests_avoids_slow_endpoints_and_sets_failing_ones_a
     w.sidecar(0, "client0", &listed).await?;
     let net = &w.net;
     let service = format!("http://{SERVICE}/hello");
-
-    // Spread: 1,500 requests, 12 at a time, each backend within ±20 % of a third. (A short
-    // decay: with the default 10 s, one latency spike of a backend on this shared machine
-    // would steer traffic for longer than the test runs.)
-    let b = batch(net, 0, &service, 1500, 12).await?;
-    ensure!(b.ok() == 1500, "not all answered:\n{}", b.text);
-    for app in ["b1", "b2", "b3"] {
-        let n = b.from(app);
-        ensure!(
-            (400..=600).contains(&n),
-            "{app} answered {n} of 1500: {:?}",
-            b.by_app
-        );
-    }
-    // The flow records name the Service address and the endpoint that served each request.
-    let pods: Vec<String> = (1..=3).map(|i| format!("{}:{APP_PORT}", w.ip(i))).collect();
-    let flows = eventually(WAIT, async || {
-        let flows = log_lines(&flow_log(w.dir.path(), 0), LineType::Flow)?;
-        ensure!(flows.len() >= 1500, "{} flow records so far", flows.len());
-        Ok(flows)
-    })
-    .await?;
-    for f in &flows {
-        ensure!(f["destination_address"] == SERVICE, "{f}");
-        let endpoint = f["endpoint"].as_str().unwrap_or_default();
-        ensure!(pods.iter().any(|p| p == endpoint), "{f}");
-        ensure!(
-            f["destination_identity"] == backend_id().unwrap_or_default().as_str(),
-            "{f}"
-        );
-    }
 
     // Latency: one request at a time; the slow endpoint loses the draws against the fast ones.
     let b = batch(net, 0, &format!("http://{MIXED}/hello"), 150, 1).await?;
@@ -394,32 +377,201 @@ async fn balancer_spreads_requests_avoids_slow_endpoints_and_sets_failing_ones_a
 const IMPOSTOR: &str = "10.96.0.20:80";
 const UNMESHED: &str = "10.96.0.21:80";
 
+/// Pods of the controller test: the client, three backends, a pod whose sidecar has another
+/// service account's certificate, an app without a sidecar, and the node.
+const CLIENT: usize = 0;
+const BACKENDS: [usize; 3] = [1, 2, 3];
+const IMPOSTOR_POD: usize = 4;
+const PLAIN_POD: usize = 5;
+const NODE: usize = 6;
+
+/// The EndpointSlice of Service `backend` with the backends `pods`.
+fn backend_slice(
+    w: &World,
+    pods: &[usize],
+) -> Result<k8s_openapi::api::discovery::v1::EndpointSlice> {
+    let names: Vec<(String, String)> = pods.iter().map(|i| (format!("b{i}"), w.ip(*i))).collect();
+    let endpoints: Vec<(&str, &str, bool)> = names
+        .iter()
+        .map(|(n, ip)| (n.as_str(), ip.as_str(), true))
+        .collect();
+    endpoint_slice("pods", "backend", APP_PORT, &endpoints)
+}
+
+/// The cluster as the API server would hold it: namespace `pods` labelled for injection,
+/// Services `backend` (b1-b3), `impostor` (pod4, which the cluster says runs as `backend`) and
+/// `plain` (pod5, no sidecar), each pod with its address and service account.
+fn cluster(w: &World, api: &KubeApiDouble) -> Result<()> {
+    api.apply(&namespace("pods", true)?)?;
+    api.apply(&pod("pods", "client0", "client0", &w.ip(CLIENT), true)?)?;
+    for i in BACKENDS {
+        api.apply(&pod("pods", &format!("b{i}"), "backend", &w.ip(i), true)?)?;
+    }
+    // The pod at the impostor's address is, for the cluster, a `backend` pod: its sidecar
+    // must present that identity.
+    api.apply(&pod("pods", "b4", "backend", &w.ip(IMPOSTOR_POD), true)?)?;
+    api.apply(&pod("pods", "plain", "plain", &w.ip(PLAIN_POD), false)?)?;
+    for (name, address) in [
+        ("backend", SERVICE),
+        ("impostor", IMPOSTOR),
+        ("plain", UNMESHED),
+    ] {
+        let (ip, port) = address.split_once(':').unwrap_or_default();
+        api.apply(&service("pods", name, ip, port.parse()?)?)?;
+    }
+    api.apply(&backend_slice(w, &BACKENDS)?)?;
+    api.apply(&endpoint_slice(
+        "pods",
+        "impostor",
+        APP_PORT,
+        &[("b4", &w.ip(IMPOSTOR_POD), true)],
+    )?)?;
+    api.apply(&endpoint_slice(
+        "pods",
+        "plain",
+        APP_PORT,
+        &[("plain", &w.ip(PLAIN_POD), true)],
+    )?)?;
+    Ok(())
+}
+
+/// `n` requests from pod `i` to `url`, each on its own connection, outside the mesh (no
+/// sidecar on the way): which app answered each.
+async fn per_connection(
+    w: &World,
+    i: usize,
+    url: &str,
+    n: usize,
+) -> Result<BTreeMap<String, usize>> {
+    let mut cmd = w.net.exec(i, "curl");
+    cmd.args(["-sS", "--max-time", "10", "-H", "Connection: close"]);
+    for _ in 0..n {
+        cmd.arg(url);
+    }
+    let out = output(&mut cmd).await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "curl: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut by_app = BTreeMap::new();
+    for seen in serde_json::Deserializer::from_str(&text).into_iter::<Value>() {
+        let seen = seen?;
+        *by_app
+            .entry(seen["app"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    ensure!(by_app.values().sum::<usize>() == n, "{by_app:?}");
+    Ok(by_app)
+}
+
 #[tokio::test]
-async fn balancer_pins_endpoint_identities_and_follows_the_unmeshed_setting() -> Result<()> {
-    // pod0: client (unmeshed: plaintext); pod1: client (unmeshed: deny, the default);
-    // pod2: a meshed pod of service account `impostor`; pod3: an app without a sidecar.
-    let mut w = World::start(4).await?;
-    w.app(2, "impostor", 0).await?;
-    w.sidecar(2, "impostor", "").await?;
-    w.app(3, "plain", 0).await?;
-    let listed = format!(
-        "  destinations:\n{}{}",
-        // pod2 is listed as a backend of `backend`: it must present that identity.
-        destination(IMPOSTOR, "pods/backend", &[(w.ip(2), backend_id())]),
-        destination(UNMESHED, "pods/plain", &[(w.ip(3), None)]),
+async fn through_the_controller_requests_spread_identities_pin_and_endpoint_changes_arrive()
+-> Result<()> {
+    let mut w = World::start(7).await?;
+    let api = KubeApiDouble::start().await?;
+    cluster(&w, &api)?;
+    let mut controller =
+        TestController::start_with(&w.ca, &api, (w.net.gateway(), 0).into(), &[]).await?;
+    w.controller = format!(
+        "controller: {{ address: \"{}\", identity: \"spiffe://{TD}/{CONTROLLER_WORKLOAD}\" }}\n",
+        controller.listen
     );
-    let meshed = format!(
-        "  meshed: [{{ cidr: \"{}/32\", identity: any }}]\n",
-        w.ip(2)
+    for (i, name) in [
+        (1, "b1"),
+        (2, "b2"),
+        (3, "b3"),
+        (IMPOSTOR_POD, "impostor"),
+        (PLAIN_POD, "plain"),
+    ] {
+        w.app(i, name, 0).await?;
+    }
+    // The node DNATs the Service address to the three backends, as kube-proxy does.
+    let backends: Vec<std::net::SocketAddrV4> = BACKENDS
+        .iter()
+        .map(|i| std::net::SocketAddrV4::new(w.net.pods[*i].ip, APP_PORT))
+        .collect();
+    w.net
+        .kube_proxy(NODE, SERVICE.parse()?, &backends, &[CLIENT])
+        .await?;
+
+    // Without the mesh, the Service address works and each connection lands on one pod:
+    // connections spread, and the requests of one connection all go to its pod.
+    let service = format!("http://{SERVICE}/hello");
+    let spread = per_connection(&w, CLIENT, &service, 30).await?;
+    ensure!(
+        ["b1", "b2", "b3"].iter().all(|b| spread.contains_key(*b)),
+        "30 connections did not reach every backend: {spread:?}"
     );
-    w.sidecar(0, "client0", &format!("  unmeshed: plaintext\n{listed}"))
+    let one = w
+        .net
+        .exec(CLIENT, "curl")
+        .args(["-sS", "--max-time", "10"])
+        .args([&service; 10])
+        .output()
         .await?;
-    w.sidecar(1, "client1", &format!("{meshed}{listed}"))
-        .await?;
+    let mut apps = serde_json::Deserializer::from_slice(&one.stdout)
+        .into_iter::<Value>()
+        .map(|v| v.map(|v| v["app"].as_str().unwrap_or("?").to_owned()))
+        .collect::<Result<Vec<_>, _>>()?;
+    apps.dedup();
+    ensure!(apps.len() == 1, "one connection reached {apps:?}");
+
+    // The mesh: backends, the impostor (whose sidecar refuses unmeshed endpoints, the
+    // default), and the client (which reaches them in plaintext; unknown addresses of the pod
+    // network keep the `meshed` expectation).
+    for i in BACKENDS {
+        w.sidecar(i, "backend", "").await?;
+    }
+    w.sidecar(IMPOSTOR_POD, "impostor", "").await?;
+    let client = format!(
+        "  unmeshed: plaintext\n  meshed: [{{ cidr: \"{}\", identity: any }}]\n  balancer: {{ decay: 200ms }}\n",
+        w.net.cidr()
+    );
+    w.sidecar(CLIENT, "client0", &client).await?;
     let net = &w.net;
 
-    // Another service account's certificate is refused: no request reaches its app.
-    let (status, body) = get(net, 0, &format!("http://{IMPOSTOR}/hello")).await?;
+    // Spread: the client's sidecar resolves the Service address through the controller and
+    // balances each request: 1,500 requests, 12 at a time, each backend within ±20 % of a
+    // third. (A short decay: with the default 10 s, one latency spike of a backend on this
+    // shared machine would steer traffic for longer than the test runs.)
+    let b = batch(net, CLIENT, &service, 1500, 12).await?;
+    ensure!(b.ok() == 1500, "not all answered:\n{}", b.text);
+    for app in ["b1", "b2", "b3"] {
+        let n = b.from(app);
+        ensure!(
+            (400..=600).contains(&n),
+            "{app} answered {n} of 1500: {:?}",
+            b.by_app
+        );
+    }
+    // The flow records name the Service address and the endpoint that served each request,
+    // pinned to the identity the controller gave.
+    let pods: Vec<String> = BACKENDS
+        .iter()
+        .map(|i| format!("{}:{APP_PORT}", w.ip(*i)))
+        .collect();
+    let flows = eventually(WAIT, async || {
+        let flows = log_lines(&flow_log(w.dir.path(), CLIENT), LineType::Flow)?;
+        ensure!(flows.len() >= 1500, "{} flow records so far", flows.len());
+        Ok(flows)
+    })
+    .await?;
+    for f in &flows {
+        ensure!(f["destination_address"] == SERVICE, "{f}");
+        let endpoint = f["endpoint"].as_str().unwrap_or_default();
+        ensure!(pods.iter().any(|p| p == endpoint), "{f}");
+        ensure!(
+            f["destination_identity"] == backend_id().unwrap_or_default().as_str(),
+            "{f}"
+        );
+    }
+    ensure!(decisions(net, CLIENT, "any_identity").await? == 0);
+
+    // A pod answering with another service account's certificate is refused: no request
+    // reaches its app.
+    let (status, body) = get(net, CLIENT, &format!("http://{IMPOSTOR}/hello")).await?;
     ensure!(
         status == 503 && body.contains("TLS handshake failed"),
         "impostor: {status} {body}"
@@ -429,20 +581,8 @@ async fn balancer_pins_endpoint_identities_and_follows_the_unmeshed_setting() ->
         "the impostor's app answered: {body}"
     );
 
-    // Dialled directly, the same pod is an address the source does not know: `identity: any`
-    // accepts it, and the sidecar counts that it did.
-    let (code, body) = net
-        .curl(1, &format!("http://{}:{APP_PORT}/hello", w.ip(2)), &[])
-        .await?;
-    ensure!(
-        code == 0 && body.contains("\"impostor\""),
-        "direct: {code} {body}"
-    );
-    ensure!(decisions(net, 1, "any_identity").await? >= 1);
-    ensure!(decisions(net, 0, "any_identity").await? == 0);
-
-    // An endpoint without a sidecar: plaintext from pod0 ...
-    let (status, body) = get(net, 0, &format!("http://{UNMESHED}/hello")).await?;
+    // A pod without a sidecar (per the controller): plaintext from the client ...
+    let (status, body) = get(net, CLIENT, &format!("http://{UNMESHED}/hello")).await?;
     ensure!(
         status == 200 && body.contains("\"plain\""),
         "plaintext: {status} {body}"
@@ -452,13 +592,59 @@ async fn balancer_pins_endpoint_identities_and_follows_the_unmeshed_setting() ->
         seen_header(&seen, "x-picket-peer-identity").is_none(),
         "{seen}"
     );
-    ensure!(decisions(net, 0, "unmeshed_plaintext").await? >= 1);
-    // ... refused by pod1, with the reason.
-    let (status, body) = get(net, 1, &format!("http://{UNMESHED}/hello")).await?;
+    ensure!(decisions(net, CLIENT, "unmeshed_plaintext").await? >= 1);
+    // ... refused by a sidecar with the default `unmeshed: deny`, with the reason.
+    let (status, body) = get(net, IMPOSTOR_POD, &format!("http://{UNMESHED}/hello")).await?;
     ensure!(
         status == 503 && body.contains("outbound.unmeshed is deny"),
         "deny: {status} {body}"
     );
-    ensure!(decisions(net, 1, "unmeshed_denied").await? >= 1);
+    ensure!(decisions(net, IMPOSTOR_POD, "unmeshed_denied").await? >= 1);
+
+    // Endpoint changes made in the cluster reach the sidecar: b3's pod goes away ...
+    api.apply(&backend_slice(&w, &[1, 2])?)?;
+    api.delete::<Pod>("pods", "b3")?;
+    eventually(WAIT, async || {
+        let b = batch(net, CLIENT, &service, 30, 3).await?;
+        ensure!(
+            b.ok() == 30 && b.from("b3") == 0,
+            "b3 still served: {:?}",
+            b.by_app
+        );
+        Ok(())
+    })
+    .await?;
+    // ... and comes back.
+    api.apply(&pod("pods", "b3", "backend", &w.ip(3), true)?)?;
+    api.apply(&backend_slice(&w, &BACKENDS)?)?;
+    eventually(WAIT, async || {
+        let b = batch(net, CLIENT, &service, 30, 3).await?;
+        ensure!(b.from("b3") > 0, "b3 not back: {:?}", b.by_app);
+        Ok(())
+    })
+    .await?;
+
+    // The controller goes down: the last known endpoints stay in use ...
+    controller.stop().await?;
+    let b = batch(net, CLIENT, &service, 60, 6).await?;
+    ensure!(
+        b.ok() == 60,
+        "not all answered without the controller:\n{}",
+        b.text
+    );
+    ensure!(
+        ["b1", "b2", "b3"].iter().all(|a| b.from(a) > 0),
+        "the last known endpoints were not all used: {:?}",
+        b.by_app
+    );
+    // ... and an address never resolved before goes to its original destination, with the
+    // `meshed` expectation (any identity of the trust domain), counted.
+    let (status, body) = get(net, CLIENT, &format!("http://{}:{APP_PORT}/hello", w.ip(2))).await?;
+    ensure!(
+        status == 200 && body.contains("\"b2\""),
+        "direct: {status} {body}"
+    );
+    ensure!(decisions(net, CLIENT, "pending_timeout").await? >= 1);
+    ensure!(decisions(net, CLIENT, "any_identity").await? >= 1);
     Ok(())
 }

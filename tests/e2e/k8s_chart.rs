@@ -355,22 +355,7 @@ async fn the_injectors_settings_make_valid_pods_with_the_default_ports() -> Resu
             "{ca_url}"
         );
         // The same settings, minus what only the server takes, drive `picket inject`.
-        let mut settings = Vec::new();
-        let mut rest = args[2..].iter();
-        while let Some(arg) = rest.next() {
-            let value = rest.next().context("a flag without a value")?;
-            if ![
-                "--log-format",
-                "--listen",
-                "--trust-bundle-file",
-                "--token-file",
-            ]
-            .contains(arg)
-            {
-                settings.extend([*arg, *value]);
-            }
-        }
-        let injected = picket_inject_ok(&settings, &workload).await?;
+        let injected = picket_inject_ok(&inject_settings(&args)?, &workload).await?;
         kubernetes_validate("picket inject with the chart's settings", &injected).await?;
         let pod = &documents(&injected)?[0]["spec"]["template"];
         let sidecar = &pod["spec"]["initContainers"][1];
@@ -673,6 +658,103 @@ async fn placement_scrape_settings_and_pod_monitor_follow_the_values() -> Result
     ensure!(
         off[0]["spec"]["containers"][0]["readinessProbe"]
             == pod["spec"]["containers"][0]["readinessProbe"]
+    );
+    Ok(())
+}
+
+/// The injector's settings as `picket inject` flags: its args minus what only the server takes.
+fn inject_settings<'a>(injector_args: &[&'a str]) -> Result<Vec<&'a str>> {
+    let mut settings = Vec::new();
+    let mut rest = injector_args.get(2..).unwrap_or_default().iter();
+    while let Some(arg) = rest.next() {
+        let value = rest.next().context("a flag without a value")?;
+        if ![
+            "--log-format",
+            "--listen",
+            "--trust-bundle-file",
+            "--token-file",
+        ]
+        .contains(arg)
+        {
+            settings.extend([*arg, *value]);
+        }
+    }
+    Ok(settings)
+}
+
+/// The sidecar configuration `picket inject` with the chart's settings gives a Deployment,
+/// read by the sidecar's own parser (the namespace and service account come from the
+/// downward API in a pod, so they are filled in here).
+async fn injected_config(manifests: &[Value]) -> Result<picket_proxy::config::Config> {
+    let injector = named(manifests, "Deployment", "picket-injector")?;
+    let args = strings(&injector["spec"]["template"]["spec"]["containers"][0]["args"]);
+    let workload = std::fs::read_to_string(golden_path("inject/deployment.yaml"))?;
+    let injected = picket_inject_ok(&inject_settings(&args)?, &workload).await?;
+    let pod = &documents(&injected)?[0]["spec"]["template"];
+    let text = pod["metadata"]["annotations"]["picket.dev/sidecar-config"]
+        .as_str()
+        .context("no config")?;
+    let (head, tail) = text
+        .split_once("identity:\n")
+        .context("no identity section")?;
+    let text = format!("{head}identity:\n  namespace: shop\n  service_account: web\n{tail}");
+    picket_proxy::config::Config::parse("sidecar.yaml", &text)
+        .map_err(|e| anyhow::anyhow!("{e}\n{text}"))
+}
+
+#[tokio::test]
+async fn injected_sidecars_subscribe_to_the_charts_controller() -> Result<()> {
+    for values in ci_values()? {
+        let label = values.display().to_string();
+        let manifests = documents(&helm_template(&values).await?)?;
+        let config = injected_config(&manifests).await?;
+        let controller = config
+            .controller
+            .with_context(|| format!("{label}: no controller section"))?;
+        // The identity the controller presents is the one the sidecars pin, and the address
+        // is its Service's name and port.
+        let deployment = named(&manifests, "Deployment", "picket-controller")?;
+        let args = strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"]);
+        ensure!(
+            flag(&args, "--identity") == Some(&controller.identity.to_uri()[..]),
+            "{label}: the sidecars pin {} but the controller is {:?}",
+            controller.identity,
+            flag(&args, "--identity")
+        );
+        let service = named(&manifests, "Service", "picket-controller")?;
+        let port = service["spec"]["ports"][0]["port"].as_u64().unwrap_or(0);
+        ensure!(
+            controller.address == format!("picket-controller.picket.svc:{port}"),
+            "{label}: {}",
+            controller.address
+        );
+        ensure!(flag(&args, "--listen") == Some(&format!("0.0.0.0:{port}")[..]));
+        let values_doc = documents(&std::fs::read_to_string(&values)?)?;
+        let unmeshed = values_doc[0]["mesh"]["unmeshed"].as_str().unwrap_or("deny");
+        let want = match unmeshed {
+            "plaintext" => picket_proxy::config::Unmeshed::Plaintext,
+            _ => picket_proxy::config::Unmeshed::Deny,
+        };
+        ensure!(
+            config.outbound.unmeshed == want,
+            "{label}: unmeshed {unmeshed}"
+        );
+    }
+
+    // Without the controller the sidecars stay in file mode.
+    let dir = tempfile::tempdir()?;
+    let minimal = std::fs::read_to_string(chart_values("minimal"))?;
+    let off = dir.path().join("no-controller.yaml");
+    std::fs::write(&off, format!("{minimal}controller:\n  enabled: false\n"))?;
+    let manifests = documents(&helm_template(&off).await?)?;
+    ensure!(
+        named(&manifests, "Deployment", "picket-controller").is_err(),
+        "a controller without controller.enabled"
+    );
+    let config = injected_config(&manifests).await?;
+    ensure!(
+        config.controller.is_none(),
+        "file mode has a controller section"
     );
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! watch semantics, built from the k8s-openapi types): endpoints reach a subscribed sidecar
 //! client (the proxy's own controller client, over mTLS with mesh identities) and changes
 //! arrive as deltas; watch disconnects and 410 Gone re-lists keep the state right; a newly
-//! labelled namespace gets its trust bundle.
+//! labelled namespace gets its trust bundle and file-mode policy.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use anyhow::{Result, ensure};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use picket_proxy::discover::Resolution;
 use picket_tests::controller::{
-    TestController, endpoint_slice, endpoints, identity, namespace, pod, service,
+    TEST_POLICY, TestController, endpoint_slice, endpoints, identity, namespace, pod, service,
     sidecar_credentials, subscriber, wait_for,
 };
 use picket_tests::kube_api::KubeApiDouble;
@@ -248,7 +248,7 @@ async fn watch_disconnects_bookmarks_and_gone_relists_keep_the_state_right() -> 
 }
 
 #[tokio::test]
-async fn a_newly_labelled_namespace_gets_its_trust_bundle() -> Result<()> {
+async fn a_newly_labelled_namespace_gets_its_trust_bundle_and_policy() -> Result<()> {
     let ca = TestCa::start().await?;
     let api = KubeApiDouble::start().await?;
     api.apply(&namespace("fresh", false)?)?;
@@ -276,6 +276,16 @@ async fn a_newly_labelled_namespace_gets_its_trust_bundle() -> Result<()> {
             .and_then(|d| d.get("bundle.pem").cloned())
             == Some(bundle.clone()),
         "no bundle in the newly labelled namespace"
+    );
+    // File-mode policy goes with it.
+    assert_eventually!(
+        Duration::from_secs(10),
+        api.get::<ConfigMap>("fresh", "picket-policy")?
+            .and_then(|c| c.data)
+            .and_then(|d| d.get("policy.yaml").cloned())
+            .as_deref()
+            == Some(TEST_POLICY),
+        "no policy in the newly labelled namespace"
     );
     let kept = api.get::<ConfigMap>("gitops", "picket-trust-bundle")?;
     ensure!(

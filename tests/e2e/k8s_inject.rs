@@ -52,6 +52,12 @@ const SETTINGS: &[&str] = &[
     "10.244.0.0/16,10.96.0.0/12",
     "--egress",
     "deny",
+    "--controller-address",
+    "picket-controller.mesh.svc:7150",
+    "--controller-identity",
+    "spiffe://prod.example.org/ns/mesh/sa/picket-controller",
+    "--unmeshed",
+    "plaintext",
 ];
 
 fn input(case: &str) -> Result<String> {
@@ -216,5 +222,55 @@ async fn a_bad_annotation_fails_the_whole_run_and_prints_nothing() -> Result<()>
     );
     let latest = picket_inject(&["--image", "picket/picket:latest"], &manifest).await?;
     ensure!(!latest.success && latest.stderr.contains("latest"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn controller_settings_outside_the_mesh_are_refused_with_the_reason() -> Result<()> {
+    let manifest = input("deployment")?;
+    // An identity the sidecars would refuse at startup (another trust domain) is refused
+    // at injection, as is an address that is not host:port.
+    for (args, expect) in [
+        (
+            &[
+                "--controller-address",
+                "picket-controller.picket.svc:7150",
+                "--controller-identity",
+                "spiffe://elsewhere.example/ns/picket/sa/picket-controller",
+            ][..],
+            "is outside the trust domain cluster.local",
+        ),
+        (
+            &["--controller-address", "picket-controller.picket.svc"][..],
+            "is not host:port",
+        ),
+        (
+            &[
+                "--controller-identity",
+                "spiffe://cluster.local/ns/picket/sa/c",
+            ][..],
+            "--controller-address",
+        ),
+    ] {
+        let out = picket_inject(args, &manifest).await?;
+        ensure!(!out.success, "{args:?} accepted");
+        ensure!(out.stdout.is_empty(), "{args:?} printed {}", out.stdout);
+        ensure!(out.stderr.contains(expect), "{args:?}: {}", out.stderr);
+    }
+    // The default identity is the controller's in the mesh's trust domain.
+    let injected = picket_inject_ok(
+        &[
+            "--trust-domain",
+            "prod.example.org",
+            "--controller-address",
+            "10.96.0.20:7150",
+        ],
+        &manifest,
+    )
+    .await?;
+    ensure!(
+        injected.contains("identity: spiffe://prod.example.org/ns/picket/sa/picket-controller"),
+        "{injected}"
+    );
     Ok(())
 }

@@ -182,8 +182,13 @@ async fn an_istio_policy_is_honoured_when_its_crd_is_installed() -> Result<()> {
 async fn an_istio_crd_installed_later_is_found_and_its_policies_sent() -> Result<()> {
     let ca = TestCa::start().await?;
     let api = KubeApiDouble::start().await?;
-    let controller =
-        TestController::start_with(&ca, &api, &["--policy-discovery-interval", "200ms"]).await?;
+    let controller = TestController::start_with(
+        &ca,
+        &api,
+        "127.0.0.1:0".parse()?,
+        &["--policy-discovery-interval", "200ms"],
+    )
+    .await?;
     let shop = sidecar_credentials(&ca, "shop", "orders").await?;
     let mut sets = subscribe_policies(controller.listen, &shop).await?;
     ensure!(sources(&next_set(&mut sets).await?).is_empty());

@@ -153,6 +153,8 @@ async fn main() -> Result<()> {
     let listed = list_start.elapsed();
     let pid = controller.daemon().pid();
     let rss_idle = controller.daemon().proc_status_kib("VmRSS")?;
+    // Everything the controller did so far: its certificate, the lists, the first index.
+    let cpu_listed = cpu_seconds(pid)?;
 
     // The sidecars, each with its own connection.
     let creds = sidecar_credentials(&ca, "bench-0", "client").await?;
@@ -187,6 +189,7 @@ async fn main() -> Result<()> {
     }
     let subscribed = subscribe_start.elapsed();
     let rss_subscribed = controller.daemon().proc_status_kib("VmRSS")?;
+    let cpu_subscriptions = cpu_seconds(pid)? - cpu_listed;
     let own_after = own_rss_kib()?;
 
     // Changes, one at a time.
@@ -267,7 +270,10 @@ async fn main() -> Result<()> {
             "rss_mib_with_subscribers": rss_subscribed as f64 / 1024.0,
             "rss_kib_per_sidecar_connection": (rss_subscribed.saturating_sub(rss_idle)) as f64 / args.sidecars as f64,
             "rss_kib_per_subscription": (rss_subscribed.saturating_sub(rss_idle)) as f64 / total as f64,
+            "cpu_seconds_start_to_serving": cpu_listed,
+            "cpu_seconds_accepting_all_subscriptions": cpu_subscriptions,
             "cpu_seconds_during_changes": cpu_changes,
+            "cpu_ms_per_change": 1000.0 * cpu_changes / (2 * latencies.len()).max(1) as f64,
             "cpu_percent_of_one_core_during_changes": 100.0 * cpu_changes / change_wall,
             "rss_mib_peak": controller.daemon().proc_status_kib("VmHWM")? as f64 / 1024.0,
         },
@@ -280,6 +286,7 @@ async fn main() -> Result<()> {
         },
         "sidecar_side": {
             "endpoint_state_bytes_per_subscription": destination_bytes,
+            "endpoint_state_bytes_per_sidecar": destination_bytes * args.subscriptions,
             "client_process_rss_kib_per_simulated_sidecar": (own_after.saturating_sub(own_before)) as f64 / args.sidecars as f64,
         },
     });

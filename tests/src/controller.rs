@@ -25,6 +25,16 @@ use crate::process::{Daemon, picket};
 /// The controller's own workload name.
 pub const CONTROLLER_WORKLOAD: &str = "ns/picket/sa/picket-controller";
 
+/// The policy file a [`TestController`] distributes (`--policy-file`).
+pub const TEST_POLICY: &str = "apiVersion: picket.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: admit, namespace: shop }
+spec:
+  action: ALLOW
+  rules:
+  - from: [{ source: { principals: [\"*\"] } }]
+";
+
 /// A running `picket controller`.
 #[derive(Debug)]
 pub struct TestController {
@@ -43,18 +53,27 @@ impl TestController {
     /// Starts the controller against `api` with a certificate from `ca`, and waits until it
     /// has listed the cluster and serves.
     pub async fn start(ca: &TestCa, api: &KubeApiDouble) -> Result<Self> {
-        Self::start_with(ca, api, &[]).await
+        Self::start_with(ca, api, "127.0.0.1:0".parse()?, &[]).await
     }
 
-    /// [`TestController::start`] with extra arguments for `picket controller`.
-    pub async fn start_with(ca: &TestCa, api: &KubeApiDouble, args: &[&str]) -> Result<Self> {
+    /// As [`Self::start`], serving on `listen` (say, the pod bridge's address, where sidecars
+    /// in network namespaces reach it) with extra arguments for `picket controller`.
+    pub async fn start_with(
+        ca: &TestCa,
+        api: &KubeApiDouble,
+        listen: SocketAddr,
+        args: &[&str],
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let (kube_ca, kube_token) = api.client_files(dir.path())?;
         let token = dir.path().join("join-token");
         std::fs::write(&token, ca.token(CONTROLLER_WORKLOAD).await?)?;
         let ready_file = dir.path().join("ready.json");
+        // File-mode policy, copied into every injected namespace beside the trust bundle.
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, TEST_POLICY)?;
         let mut cmd = picket()?;
-        cmd.args(["controller", "--listen", "127.0.0.1:0", "--identity"])
+        cmd.args(["controller", "--listen", &listen.to_string(), "--identity"])
             .arg(spiffe_id("picket", "picket-controller"))
             .arg("--ca-url")
             .arg(ca.url())
@@ -68,6 +87,8 @@ impl TestController {
             .arg(&kube_ca)
             .arg("--kube-token-file")
             .arg(&kube_token)
+            .arg("--policy-file")
+            .arg(&policy)
             .arg("--ready-file")
             .arg(&ready_file)
             .args(args)
@@ -89,6 +110,11 @@ impl TestController {
     /// The controller's process.
     pub fn daemon(&self) -> &Daemon {
         &self.daemon
+    }
+
+    /// Stops the controller (SIGKILL: no goodbye to its subscribers, as a crash or a lost node).
+    pub async fn stop(&mut self) -> Result<()> {
+        self.daemon.kill().await
     }
 }
 

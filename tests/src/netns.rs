@@ -321,6 +321,102 @@ impl PodNet {
             .join("\n"))
     }
 
+    /// Makes pod `node` a Kubernetes node's Service data path, as kube-proxy's iptables mode
+    /// does: connections to `service` (a cluster IP and port) are DNATed in `PREROUTING` to one
+    /// of `backends`, drawn per connection with the `statistic` match (the first with
+    /// probability 1/n, the next 1/(n-1) of the rest, ...), and masqueraded so the answers come
+    /// back through the node. Each pod of `clients` routes `service`'s address through the node.
+    pub async fn kube_proxy(
+        &self,
+        node: usize,
+        service: std::net::SocketAddrV4,
+        backends: &[std::net::SocketAddrV4],
+        clients: &[usize],
+    ) -> Result<()> {
+        let in_node = |args: &[&str]| {
+            let mut cmd = self.exec(node, args[0]);
+            cmd.args(&args[1..]);
+            cmd
+        };
+        for sysctl in [
+            "net.ipv4.ip_forward=1",
+            // Answers to a DNATed connection leave by the interface they came in on: no
+            // redirect may send the client around the node.
+            "net.ipv4.conf.all.send_redirects=0",
+        ] {
+            let out = output(&mut in_node(&["sysctl", "-qw", sysctl])).await?;
+            ensure!(out.status.success(), "sysctl {sysctl} in the node failed");
+        }
+        let ip = service.ip().to_string();
+        let port = service.port().to_string();
+        let n = backends.len();
+        for (k, backend) in backends.iter().enumerate() {
+            let mut rule = vec![
+                "iptables-nft",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                &ip,
+                "-p",
+                "tcp",
+                "--dport",
+                &port,
+            ];
+            let probability = format!("{:.5}", 1.0 / (n - k) as f64);
+            if k + 1 < n {
+                rule.extend(["-m", "statistic", "--mode", "random", "--probability"]);
+                rule.push(&probability);
+            }
+            let to = backend.to_string();
+            rule.extend(["-j", "DNAT", "--to-destination", &to]);
+            let out = output(&mut in_node(&rule)).await?;
+            ensure!(
+                out.status.success(),
+                "{}: {}",
+                rule.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let masquerade = [
+            "iptables-nft",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "DNAT",
+            "-j",
+            "MASQUERADE",
+        ];
+        let out = output(&mut in_node(&masquerade)).await?;
+        ensure!(
+            out.status.success(),
+            "masquerade in the node: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let node_ip = self.pods[node].ip.to_string();
+        for client in clients {
+            let out = output(self.exec(*client, "ip").args([
+                "route",
+                "replace",
+                &format!("{ip}/32"),
+                "via",
+                &node_ip,
+            ]))
+            .await?;
+            ensure!(
+                out.status.success(),
+                "route to {ip} in pod{client}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Starts the plain app in the root namespace on `ip`:`port`, outside the mesh, answering
     /// as `outside`; logs go under `dir`.
     pub fn outside_app(&self, ip: IpAddr, port: u16, dir: &Path) -> Result<Daemon> {

@@ -64,6 +64,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "https://%s:7443" (include "picket.caHost" .) -}}
 {{- end -}}
 
+{{/* The controller's SPIFFE ID (its --identity) and discovery address, as sidecars see them. */}}
+{{- define "picket.controllerIdentity" -}}
+{{- printf "spiffe://%s/ns/%s/sa/%s" .Values.trustDomain .Release.Namespace (include "picket.controllerName" .) -}}
+{{- end -}}
+
+{{- define "picket.controllerAddress" -}}
+{{- printf "%s.%s.svc:7150" (include "picket.controllerName" .) .Release.Namespace -}}
+{{- end -}}
+
 {{- define "picket.injectorHost" -}}
 {{- printf "%s.%s.svc" (include "picket.injectorName" .) .Release.Namespace -}}
 {{- end -}}
@@ -135,6 +144,14 @@ capabilities:
 - {{ ternary "true" "false" (ne .Values.proxy.rewriteProbes false) | quote }}
 - --scrape-annotations
 - {{ ternary "true" "false" .Values.metrics.scrapeAnnotations | quote }}
+- --unmeshed
+- {{ .Values.mesh.unmeshed | quote }}
+{{- if .Values.controller.enabled }}
+- --controller-address
+- {{ include "picket.controllerAddress" . | quote }}
+- --controller-identity
+- {{ include "picket.controllerIdentity" . | quote }}
+{{- end }}
 {{- with .Values.proxy.excludeInboundPorts }}
 - --exclude-inbound-ports
 - {{ join "," . | quote }}

@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use picket_ca::TrustDomain;
 use picket_ca::client::CaClient;
+use picket_ca::{SpiffeId, TrustDomain};
 use tokio_util::sync::CancellationToken;
 
 use picket_common::Cidr;
-use picket_k8s::inject::{self, Outcome, Settings};
+use picket_k8s::inject::{self, ControllerSettings, Outcome, Settings};
 use picket_k8s::webhook::{self, CertificateSource};
 
 /// What the injector puts into pods (shared by `picket inject` and `picket injector serve`).
@@ -80,6 +80,28 @@ pub struct SettingsArgs {
     /// to pods that carry no `prometheus.io/*` annotation of their own.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     scrape_annotations: bool,
+    /// `picket controller`'s discovery service as sidecars reach it (`host:port`, e.g.
+    /// `picket-controller.picket.svc:7150`): the sidecars take their transparent destinations
+    /// from it (cluster mode). Without it they run from their file alone.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
+    controller_address: Option<String>,
+    /// The SPIFFE ID the controller must present, in the mesh's trust domain
+    /// [default: spiffe://<trust-domain>/ns/picket/sa/picket-controller].
+    #[arg(long, requires = "controller_address")]
+    controller_identity: Option<SpiffeId>,
+    /// Destination endpoints the controller says run no sidecar: `deny` refuses them,
+    /// `plaintext` reaches them without TLS.
+    #[arg(long, value_enum, default_value_t = Unmeshed::Deny)]
+    unmeshed: Unmeshed,
+}
+
+/// What injected sidecars do with endpoints that run no sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Unmeshed {
+    /// Refuse (HTTP 503, connection closed).
+    Deny,
+    /// Plain TCP to the endpoint.
+    Plaintext,
 }
 
 /// The inbound mode.
@@ -120,8 +142,25 @@ enum PullPolicy {
     Never,
 }
 
+/// `host:port` with a port from 1 to 65535 (a name, an IPv4 address or `[IPv6]`).
+fn parse_host_port(address: &str) -> Result<String, String> {
+    let bad = || format!("{address:?} is not host:port (a port from 1 to 65535)");
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let host_ok = rustls::pki_types::ServerName::try_from(host).is_ok();
+    if port_ok && host_ok {
+        Ok(address.to_owned())
+    } else {
+        Err(bad())
+    }
+}
+
 impl SettingsArgs {
-    fn settings(&self) -> Settings {
+    fn settings(&self) -> anyhow::Result<Settings> {
         let mut settings = Settings::new(self.trust_domain.clone());
         if let Some(image) = &self.image {
             settings.image.clone_from(image);
@@ -161,7 +200,28 @@ impl SettingsArgs {
         settings.permissive = self.inbound_mode == Mode::Permissive;
         settings.rewrite_probes = self.rewrite_probes;
         settings.scrape_annotations = self.scrape_annotations;
-        settings
+        settings.unmeshed_plaintext = self.unmeshed == Unmeshed::Plaintext;
+        if let Some(address) = &self.controller_address {
+            let identity = match &self.controller_identity {
+                Some(id) => id.clone(),
+                None => format!(
+                    "spiffe://{}/ns/picket/sa/picket-controller",
+                    self.trust_domain.as_str()
+                )
+                .parse()
+                .context("the default controller identity")?,
+            };
+            anyhow::ensure!(
+                identity.trust_domain() == &self.trust_domain,
+                "--controller-identity {identity} is outside the trust domain {} (the sidecars refuse it)",
+                self.trust_domain.as_str()
+            );
+            settings.controller = Some(ControllerSettings {
+                address: address.clone(),
+                identity,
+            });
+        }
+        Ok(settings)
     }
 }
 
@@ -211,7 +271,7 @@ pub fn run(args: InjectArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read {}", args.file.display()))?;
         (args.file.display().to_string(), text)
     };
-    let settings = args.settings.settings();
+    let settings = args.settings.settings()?;
     let mut documents = inject::parse_manifests(&source_name, &text)?;
     let mut reports = Vec::new();
     for document in &mut documents {
@@ -271,7 +331,7 @@ pub struct ServeArgs {
 /// Runs one `picket injector` subcommand.
 pub async fn run_injector(cmd: InjectorCommand) -> anyhow::Result<()> {
     let InjectorCommand::Serve(args) = cmd;
-    let settings = Arc::new(args.settings.settings());
+    let settings = Arc::new(args.settings.settings()?);
     let trust = std::fs::read(&args.trust_bundle_file)
         .with_context(|| format!("cannot read {}", args.trust_bundle_file.display()))?;
     let ca = CaClient::new(&settings.ca_url, &trust).context("cannot set up the CA client")?;

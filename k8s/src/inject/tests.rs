@@ -241,6 +241,43 @@ fn rendered_config_is_a_valid_transparent_sidecar_config() {
     );
 }
 
+#[test]
+fn the_controller_and_unmeshed_settings_reach_the_sidecar_config() {
+    // Without them the sidecar stays in file mode and refuses unmeshed endpoints (its
+    // defaults), and neither key is written.
+    let text = rendered_config(&injected(pod(json!({}), app_spec())));
+    assert!(
+        !text.contains("controller") && !text.contains("unmeshed"),
+        "{text}"
+    );
+
+    let mut settings = settings();
+    settings.controller = Some(ControllerSettings {
+        address: "picket-controller.picket.svc:7150".to_owned(),
+        identity: "spiffe://cluster.local/ns/picket/sa/picket-controller"
+            .parse()
+            .unwrap(),
+    });
+    settings.unmeshed_plaintext = true;
+    let mut pod = pod(json!({}), app_spec());
+    inject(&mut pod, &settings).unwrap();
+    let text = rendered_config(&pod);
+    let config = picket_proxy::config::Config::parse("sidecar.yaml", &text)
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let controller = config.controller.expect("a controller section");
+    assert_eq!(controller.address, "picket-controller.picket.svc:7150");
+    assert_eq!(
+        controller.identity.to_uri(),
+        "spiffe://cluster.local/ns/picket/sa/picket-controller"
+    );
+    assert_eq!(
+        config.outbound.unmeshed,
+        picket_proxy::config::Unmeshed::Plaintext
+    );
+    // Addresses the controller does not know keep the meshed expectation.
+    assert_eq!(config.outbound.meshed.len(), 4);
+}
+
 fn probed_spec() -> Value {
     json!({"containers": [{
         "name": "app",

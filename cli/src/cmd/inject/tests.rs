@@ -19,3 +19,24 @@ fn images_must_name_a_version() {
         assert!(parse_image(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn controller_addresses_are_host_and_port() {
+    for good in [
+        "picket-controller.picket.svc:7150",
+        "10.96.0.20:7150",
+        "[fd00::20]:7150",
+    ] {
+        assert_eq!(parse_host_port(good).unwrap(), good);
+    }
+    for bad in [
+        "picket-controller.picket.svc",
+        "picket-controller:0",
+        "picket-controller:http",
+        ":7150",
+        "a b:7150",
+    ] {
+        let e = parse_host_port(bad).unwrap_err();
+        assert!(e.contains("host:port") && e.contains(bad), "{bad}: {e}");
+    }
+}
