@@ -43,6 +43,11 @@ where
     body.map_err(Into::into).boxed()
 }
 
+/// An empty body.
+pub fn empty() -> Body {
+    boxed(http_body_util::Empty::<Bytes>::new())
+}
+
 /// A short plain-text response produced by the sidecar itself.
 pub fn error_response(status: StatusCode, reason: &str) -> Response<Body> {
     let mut resp = Response::new(boxed(Full::new(Bytes::from(format!("picket: {reason}\n")))));
@@ -232,9 +237,7 @@ pub fn frame_request(
     had_body: bool,
     to_http1: bool,
 ) {
-    headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::TRAILER);
+    strip_framing(headers);
     body.declared = had_body;
     if !had_body {
         return;
@@ -264,6 +267,20 @@ pub fn blame(e: ForwardError, body_failed: &std::sync::atomic::AtomicBool) -> Fo
     } else {
         e
     }
+}
+
+/// Removes a request's framing headers (`Content-Length`, `Transfer-Encoding`, `Trailer`).
+pub fn strip_framing(headers: &mut HeaderMap) {
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::TRAILER);
+}
+
+/// A response from the next hop as the caller receives it: hop-by-hop headers removed.
+pub fn to_caller(resp: Response<Incoming>) -> Response<Body> {
+    let (mut head, body) = resp.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    Response::from_parts(head, boxed(body))
 }
 
 /// Whether a received request declared a body.
@@ -551,17 +568,26 @@ impl<C: Connect> H2Client<C> {
             .is_some_and(|s| !s.is_closed())
     }
 
+    /// The open connection, or a new one.
     async fn sender(&self) -> Result<Arc<SendRequest<Body>>, ForwardError> {
-        if let Some(s) = self.current.load_full()
-            && !s.is_closed()
-        {
+        if let Some(s) = self.open_sender() {
             return Ok(s);
         }
+        // Opening a connection (TCP, TLS, the HTTP/2 handshake) is a future of several KB:
+        // boxed, so that it does not size every request's future (which is copied whole
+        // between its states) for a step that runs once per connection.
+        Box::pin(self.reconnect()).await
+    }
+
+    /// The connection requests travel on, when it is open.
+    fn open_sender(&self) -> Option<Arc<SendRequest<Body>>> {
+        self.current.load_full().filter(|s| !s.is_closed())
+    }
+
+    /// Opens a new connection, unless another request opened one while this one waited.
+    async fn reconnect(&self) -> Result<Arc<SendRequest<Body>>, ForwardError> {
         let _guard = self.connecting.lock().await;
-        // Another request may have connected while this one waited.
-        if let Some(s) = self.current.load_full()
-            && !s.is_closed()
-        {
+        if let Some(s) = self.open_sender() {
             return Ok(s);
         }
         let io = self.connector.connect().await?;
@@ -619,6 +645,17 @@ impl<C: Connect> H2Client<C> {
             }
         }
         Err(ForwardError::Draining)
+    }
+
+    /// [`H2Client::send`] within `timeout` (the time to the response head).
+    pub async fn send_within(
+        &self,
+        req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        tokio::time::timeout(timeout, self.send(req))
+            .await
+            .unwrap_or(Err(ForwardError::Timeout(timeout)))
     }
 }
 

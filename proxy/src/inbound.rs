@@ -413,23 +413,12 @@ impl Inbound {
             })
         });
         let io = TokioIo::new(io);
-        let served = async {
-            if h2 {
-                let mut builder = server::http2_builder(&self.listener);
-                builder
-                    .enable_connect_protocol()
-                    .max_concurrent_streams(forward::MAX_STREAMS)
-                    .initial_stream_window_size(forward::STREAM_WINDOW)
-                    .initial_connection_window_size(forward::CONNECTION_WINDOW);
-                let conn = builder.serve_connection(io, svc);
-                server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
-            } else {
-                let conn = server::http1_builder(&self.listener)
-                    .serve_connection(io, svc)
-                    .with_upgrades();
-                server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
-            }
-        };
+        let served = net::serve_http(io, h2, svc, &self.listener, &shutdown, |h2| {
+            h2.enable_connect_protocol()
+                .max_concurrent_streams(forward::MAX_STREAMS)
+                .initial_stream_window_size(forward::STREAM_WINDOW)
+                .initial_connection_window_size(forward::CONNECTION_WINDOW);
+        });
         tokio::select! {
             result = served => {
                 if let Err(e) = result {
@@ -461,80 +450,98 @@ impl Inbound {
         };
         let (mut parts, body) = req.into_parts();
         let mut ctx = RequestCtx::new(Direction::Inbound, &parts, self.ends(meta));
-        let resp = match canonical::canonicalize(&mut parts, &self.http_cfg) {
-            Err(e) => {
-                tracing::info!(peer = meta.peer_label(), reason = %e, "inbound request refused as malformed");
-                forward::error_response_close(e.status, &e.reason)
+        match self.decide(&mut ctx, &mut parts, meta) {
+            Ok(()) => self.dispatch(ctx, parts, body, meta, client_end).await,
+            Err(answer) => {
+                ctx.finish(&answer, &self.metrics, &self.telemetry);
+                *answer
             }
-            Ok(canonical) => {
-                // A WebSocket's extended CONNECT is recorded as the GET policy decided on.
-                ctx.method = canonical.method.clone();
-                ctx.span = self.telemetry.server_span(
-                    &parts.headers,
-                    &SpanAttrs {
-                        method: canonical.method.as_str(),
-                        path: &canonical.path,
-                        server_address: Some(&canonical.host),
-                        peer_address: Some(meta.client_addr),
-                        source_identity: meta.peer_header_str(),
-                        destination_identity: Some(&self.own_identity),
-                    },
-                );
-                // One load of the policy in force for authentication and forwarding.
-                let active = Arc::clone(&self.policy.current());
-                let outcome =
-                    match ctx.authenticate(&active.authn, &parts, &self.metrics, meta.peer_label())
-                    {
-                        Err(refused) => Err(ctx.unauthenticated(refused)),
-                        Ok(auth) => {
-                            let end_user = auth.as_ref().map(|a| &a.auth);
-                            match self.enforce(&mut ctx, &parts, &canonical, meta, end_user) {
-                                Some(deny) => Err(deny),
-                                None => Ok(auth),
-                            }
-                        }
-                    };
-                ctx.path = Some(canonical.path);
-                ctx.host = Some(canonical.host);
-                match outcome {
-                    Err(answer) => answer,
-                    Ok(auth) => {
-                        active.authn.prepare_forward(&mut parts, auth.as_ref());
-                        drop(active);
-                        ctx.span.inject(&mut parts.headers);
-                        let forwarded = match tunnel::form(&parts) {
-                            Some(form) => self.websocket(parts, body, meta, form).await,
-                            None => self.forward(parts, body, meta).await.map(|r| (r, None)),
-                        };
-                        match forwarded {
-                            Ok((resp, Some(pending))) => {
-                                let flow = ctx.into_tunnel(resp.status(), &self.metrics);
-                                tunnel::spawn(
-                                    pending,
-                                    client_end,
-                                    self.timeouts.idle,
-                                    flow,
-                                    self.telemetry.clone(),
-                                );
-                                return resp;
-                            }
-                            Ok((resp, None)) => resp,
-                            Err(ForwardError::RequestBody(reason)) => {
-                                tracing::info!(peer = meta.peer_label(), %reason, "inbound request refused: malformed body");
-                                forward::error_response_close(
-                                    StatusCode::BAD_REQUEST,
-                                    &format!("malformed request body: {reason}"),
-                                )
-                            }
-                            Err(e) => pipeline::error_response(
-                                Direction::Inbound,
-                                &format!("application at {}", meta.app),
-                                &e,
-                            ),
-                        }
-                    }
+        }
+    }
+
+    /// Everything decided on a request's head before it is forwarded: made canonical (400 if
+    /// it cannot be), traced, its token validated (401) and policy enforced (403); an allowed
+    /// request is readied for the app (the token as `jwt` says, the span's context). `Err`:
+    /// the answer to send instead.
+    fn decide(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        parts: &mut http::request::Parts,
+        meta: &ConnMeta,
+    ) -> Result<(), Box<Response<Body>>> {
+        let canonical = canonical::canonicalize(parts, &self.http_cfg).map_err(|e| {
+            tracing::info!(peer = meta.peer_label(), reason = %e, "inbound request refused as malformed");
+            Box::new(forward::error_response_close(e.status, &e.reason))
+        })?;
+        // A WebSocket's extended CONNECT is recorded as the GET policy decided on.
+        ctx.method = canonical.method.clone();
+        ctx.span = self.telemetry.server_span(
+            &parts.headers,
+            &SpanAttrs {
+                method: canonical.method.as_str(),
+                path: &canonical.path,
+                server_address: Some(&canonical.host),
+                peer_address: Some(meta.client_addr),
+                source_identity: meta.peer_header_str(),
+                destination_identity: Some(&self.own_identity),
+            },
+        );
+        // One load of the policy in force for authentication and forwarding.
+        let active = Arc::clone(&self.policy.current());
+        let outcome = match ctx.authenticate(&active.authn, parts, &self.metrics, meta.peer_label())
+        {
+            Err(refused) => Err(ctx.unauthenticated(refused)),
+            Ok(auth) => {
+                let end_user = auth.as_ref().map(|a| &a.auth);
+                match self.enforce(ctx, parts, &canonical, meta, end_user) {
+                    Some(deny) => Err(deny),
+                    None => Ok(auth),
                 }
             }
+        };
+        ctx.path = Some(canonical.path);
+        ctx.host = Some(canonical.host);
+        let auth = outcome.map_err(Box::new)?;
+        active.authn.prepare_forward(parts, auth.as_ref());
+        ctx.span.inject(&mut parts.headers);
+        Ok(())
+    }
+
+    /// Forwards an allowed request to the app and answers it; a WebSocket the app agreed to
+    /// becomes a tunnel, whose flow record waits for its end.
+    async fn dispatch(
+        &self,
+        ctx: RequestCtx<'_>,
+        parts: http::request::Parts,
+        body: Incoming,
+        meta: &ConnMeta,
+        client_end: tunnel::ClientEnd,
+    ) -> Response<Body> {
+        let forwarded = match tunnel::form(&parts) {
+            // Rare and larger: boxed, so it does not size every request's future.
+            Some(form) => Box::pin(self.websocket(parts, body, meta, form)).await,
+            None => self.forward(parts, body, meta).await.map(|r| (r, None)),
+        };
+        let resp = match forwarded {
+            Ok((resp, Some(pending))) => {
+                let flow = ctx.into_tunnel(resp.status(), &self.metrics);
+                let telemetry = self.telemetry.clone();
+                tunnel::spawn(pending, client_end, self.timeouts.idle, flow, telemetry);
+                return resp;
+            }
+            Ok((resp, None)) => resp,
+            Err(ForwardError::RequestBody(reason)) => {
+                tracing::info!(peer = meta.peer_label(), %reason, "inbound request refused: malformed body");
+                forward::error_response_close(
+                    StatusCode::BAD_REQUEST,
+                    &format!("malformed request body: {reason}"),
+                )
+            }
+            Err(e) => pipeline::error_response(
+                Direction::Inbound,
+                &format!("application at {}", meta.app),
+                &e,
+            ),
         };
         ctx.finish(&resp, &self.metrics, &self.telemetry);
         resp
@@ -584,11 +591,7 @@ impl Inbound {
         body: Incoming,
         meta: &ConnMeta,
     ) -> Result<Response<Body>, ForwardError> {
-        let to_http1 = parts.version != Version::HTTP_2
-            || parts
-                .headers
-                .get(&ORIG_PROTO_HEADER)
-                .is_some_and(|v| v.as_bytes() == ORIG_PROTO_HTTP1.as_bytes());
+        let to_http1 = wants_http1(&parts);
         let had_body = forward::declares_body(&parts.headers, &body);
         let mut body = forward::body_for_forwarding(body).await?;
         forward::strip_hop_by_hop(&mut parts.headers);
@@ -610,9 +613,7 @@ impl Inbound {
             .send_to_app(parts, body, authority, pq, meta, to_http1)
             .await
             .map_err(|e| forward::blame(e, &body_failed))?;
-        let (mut parts, body) = resp.into_parts();
-        forward::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, forward::boxed(body)))
+        Ok(forward::to_caller(resp))
     }
 
     /// The identity and forwarding headers of what the app receives: every copy a client may
@@ -652,70 +653,17 @@ impl Inbound {
         let Some(client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             return refuse("this connection cannot be upgraded");
         };
-        let to_http1 = parts.version != Version::HTTP_2
-            || parts
-                .headers
-                .get(&ORIG_PROTO_HEADER)
-                .is_some_and(|v| v.as_bytes() == ORIG_PROTO_HTTP1.as_bytes());
+        let to_http1 = wants_http1(&parts);
         forward::strip_hop_by_hop(&mut parts.headers);
-        for framing in [
-            header::CONTENT_LENGTH,
-            header::TRANSFER_ENCODING,
-            header::TRAILER,
-        ] {
-            parts.headers.remove(framing);
-        }
+        forward::strip_framing(&mut parts.headers);
         self.app_headers(&mut parts.headers, meta);
-        let (authority, pq) = target_of(&parts);
-        let app = meta.app;
-        let host = authority.unwrap_or_else(|| app.to_string());
-        let timeout = self.timeouts.request;
-        let empty = || forward::boxed(http_body_util::Empty::<bytes::Bytes>::new());
         let (app_form, sent) = if to_http1 {
-            tunnel::as_upgrade(&mut parts);
-            parts.uri = pq
-                .parse()
-                .map_err(|e| ForwardError::Broken(format!("invalid request target: {e}")))?;
-            if !parts.headers.contains_key(header::HOST)
-                && let Ok(v) = HeaderValue::from_str(&host)
-            {
-                parts.headers.insert(header::HOST, v);
-            }
-            let tcp = connect_app(app, &self.timeouts).await?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| ForwardError::Broken(e.to_string()))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "WebSocket connection to the app ended");
-                }
-            });
-            let sent = tokio::time::timeout(
-                timeout,
-                sender.send_request(Request::from_parts(parts, empty())),
+            (
+                tunnel::Form::Upgrade,
+                self.upgrade_at_app(parts, meta).await,
             )
-            .await;
-            let sent = match sent {
-                Err(_) => Err(ForwardError::Timeout(timeout)),
-                Ok(r) => r.map_err(|e| ForwardError::Broken(e.to_string())),
-            };
-            (tunnel::Form::Upgrade, sent)
         } else {
-            tunnel::as_extended_connect(&mut parts);
-            let target = |e: http::uri::InvalidUri| {
-                ForwardError::Broken(format!("invalid request target: {e}"))
-            };
-            parts.uri = forward::absolute_uri(
-                host.parse::<Authority>().map_err(target)?,
-                pq.parse::<PathAndQuery>().map_err(target)?,
-            )?;
-            parts.headers.remove(header::HOST);
-            let h2 = self.h2_for(app);
-            let send = h2.send(Request::from_parts(parts, empty()));
-            let sent = match tokio::time::timeout(timeout, send).await {
-                Err(_) => Err(ForwardError::Timeout(timeout)),
-                Ok(r) => r,
-            };
+            let sent = self.connect_at_app(parts, meta).await;
             (tunnel::Form::ExtendedConnect, sent)
         };
         let mut resp = sent?;
@@ -727,9 +675,63 @@ impl Inbound {
             return Ok((answer, Some(tunnel::Pending { client, server })));
         }
         tracing::info!(peer = meta.peer_label(), status = %resp.status(), "WebSocket refused by the app; no tunnel");
-        let (mut head, body) = resp.into_parts();
-        forward::strip_hop_by_hop(&mut head.headers);
-        Ok((Response::from_parts(head, forward::boxed(body)), None))
+        Ok((forward::to_caller(resp), None))
+    }
+
+    /// A WebSocket asked of an HTTP/1.1 app: an upgrade request on a connection of its own.
+    async fn upgrade_at_app(
+        &self,
+        mut parts: http::request::Parts,
+        meta: &ConnMeta,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let (authority, pq) = target_of(&parts);
+        tunnel::as_upgrade(&mut parts);
+        parts.uri = pq
+            .parse()
+            .map_err(|e| ForwardError::Broken(format!("invalid request target: {e}")))?;
+        let host = authority.unwrap_or_else(|| meta.app.to_string());
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&host)
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        let tcp = connect_app(meta.app, &self.timeouts).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| ForwardError::Broken(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "WebSocket connection to the app ended");
+            }
+        });
+        let timeout = self.timeouts.request;
+        let send = sender.send_request(Request::from_parts(parts, forward::empty()));
+        match tokio::time::timeout(timeout, send).await {
+            Err(_) => Err(ForwardError::Timeout(timeout)),
+            Ok(r) => r.map_err(|e| ForwardError::Broken(e.to_string())),
+        }
+    }
+
+    /// A WebSocket asked of an h2c app: an extended CONNECT stream on its shared connection.
+    async fn connect_at_app(
+        &self,
+        mut parts: http::request::Parts,
+        meta: &ConnMeta,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let (authority, pq) = target_of(&parts);
+        tunnel::as_extended_connect(&mut parts);
+        let target =
+            |e: http::uri::InvalidUri| ForwardError::Broken(format!("invalid request target: {e}"));
+        let host = authority.unwrap_or_else(|| meta.app.to_string());
+        parts.uri = forward::absolute_uri(
+            host.parse::<Authority>().map_err(target)?,
+            pq.parse::<PathAndQuery>().map_err(target)?,
+        )?;
+        parts.headers.remove(header::HOST);
+        let req = Request::from_parts(parts, forward::empty());
+        self.h2_for(meta.app)
+            .send_within(req, self.timeouts.request)
+            .await
     }
 
     async fn send_to_app(
@@ -772,15 +774,8 @@ impl Inbound {
         } else {
             parts.uri = forward::absolute_uri(authority.unwrap_or(app_authority), pq)?;
             parts.headers.remove(header::HOST);
-            match tokio::time::timeout(
-                timeout,
-                self.h2_for(app).send(Request::from_parts(parts, body)),
-            )
-            .await
-            {
-                Err(_) => return Err(ForwardError::Timeout(timeout)),
-                Ok(r) => r?,
-            }
+            let req = Request::from_parts(parts, body);
+            self.h2_for(app).send_within(req, timeout).await?
         };
         Ok(resp)
     }
@@ -810,6 +805,16 @@ impl Inbound {
         }
         flow.finish(&self.metrics, &self.telemetry);
     }
+}
+
+/// Whether the app receives a request over HTTP/1.1: it came over HTTP/1, or over HTTP/2
+/// from a sidecar whose caller spoke HTTP/1.1 (`x-picket-orig-proto`).
+fn wants_http1(parts: &http::request::Parts) -> bool {
+    parts.version != Version::HTTP_2
+        || parts
+            .headers
+            .get(&ORIG_PROTO_HEADER)
+            .is_some_and(|v| v.as_bytes() == ORIG_PROTO_HTTP1.as_bytes())
 }
 
 /// The authority a request names (`:authority`, or `Host`) and its path and query.
@@ -847,3 +852,6 @@ async fn starts_with_tls_record(tcp: &TcpStream, timeout: std::time::Duration) -
 
 /// The TLS record type of handshake messages.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+#[cfg(test)]
+mod tests;

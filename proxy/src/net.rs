@@ -415,3 +415,43 @@ impl<B: http_body::Body> http_body::Body for StallGuard<B> {
 
 #[cfg(test)]
 mod tests;
+
+/// Serves one plaintext-framed HTTP connection (the app's, or a peer's inside TLS) with `svc`
+/// until it ends, or until `shutdown` and then gracefully: HTTP/2 when `h2` (its builder tuned
+/// by `tune_h2`), else HTTP/1.1 with upgrades. Each version's connection is boxed on its own,
+/// so a connection holds the state of the version it speaks and not of the other (an HTTP/2
+/// server connection's future is larger than an HTTP/1 one, and an idle connection keeps it).
+pub async fn serve_http<I, S, B>(
+    io: hyper_util::rt::TokioIo<I>,
+    h2: bool,
+    svc: S,
+    settings: &picket_common::server::ListenerSettings,
+    shutdown: &tokio_util::sync::CancellationToken,
+    tune_h2: impl FnOnce(&mut hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>),
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use picket_common::server;
+    if h2 {
+        let mut builder = server::http2_builder(settings);
+        tune_h2(&mut builder);
+        let conn = builder.serve_connection(io, svc);
+        Box::pin(server::drain_on(conn, shutdown, |c| c.graceful_shutdown())).await
+    } else {
+        let conn = server::http1_builder(settings)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        Box::pin(server::drain_on(conn, shutdown, |c| c.graceful_shutdown())).await
+    }
+}

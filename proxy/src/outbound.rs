@@ -238,6 +238,22 @@ fn outcome<T>(result: &Result<T, ForwardError>) -> Outcome {
     }
 }
 
+/// What a WebSocket request needs beyond a request: the form the app used, how to take its
+/// end of the tunnel, and the authority it named.
+struct Upgrade {
+    form: tunnel::Form,
+    client_end: tunnel::ClientEnd,
+    authority: String,
+}
+
+/// Names the peer that answered in `ctx`: the answer came over the upstream's current HTTP/2
+/// connection, so its group and the identity that peer presented.
+fn name_peer(ctx: &mut RequestCtx<'_>, upstream: &UpstreamCtx) {
+    if let Some(peer) = upstream.h2_peer.get() {
+        peer.name_in(&mut ctx.ends, &upstream.cfg.identity);
+    }
+}
+
 /// The outbound side of one sidecar.
 pub struct Outbound {
     upstreams: HashMap<String, Arc<UpstreamCtx>>,
@@ -641,19 +657,9 @@ impl Outbound {
             return;
         };
         let io = TokioIo::new(IdleTimeout::new(tcp, self.timeouts.idle));
-        let served = async {
-            if h2 {
-                let mut builder = server::http2_builder(&self.listener);
-                builder.enable_connect_protocol();
-                let conn = builder.serve_connection(io, svc);
-                server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
-            } else {
-                let conn = server::http1_builder(&self.listener)
-                    .serve_connection(io, svc)
-                    .with_upgrades();
-                server::drain_on(conn, &shutdown, |c| c.graceful_shutdown()).await
-            }
-        };
+        let served = net::serve_http(io, h2, svc, &self.listener, &shutdown, |h2| {
+            h2.enable_connect_protocol();
+        });
         tokio::select! {
             r = served => {
                 if let Err(e) = r {
@@ -753,7 +759,7 @@ impl Outbound {
         let Some(_permit) = self.requests.admit(&self.metrics) else {
             return pipeline::shed_response();
         };
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let mut ctx = RequestCtx::new(
             Direction::Outbound,
             &parts,
@@ -762,27 +768,53 @@ impl Outbound {
                 ..Endpoints::default()
             },
         );
-        // The same syntax rules as the receiving side, so that what leaves here is one
-        // unambiguous request (the receiving side decides on it).
-        let authority =
-            match canonical::check_head(&parts).and_then(|()| canonical::raw_host(&parts)) {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::info!(reason = %e, "outbound request refused as malformed");
-                    let resp = forward::error_response_close(e.status, &e.reason);
-                    return ctx.unrouted(resp, &self.metrics);
-                }
-            };
-        let picked = match self.resolve(route, Some(&authority)) {
-            Ok(u) => u,
+        let (authority, picked) = match self.route_request(&parts, route) {
+            Ok(routed) => routed,
             Err(resp) => return ctx.unrouted(*resp, &self.metrics),
         };
         picked.name_in(&mut ctx.ends);
-        if let Some(form) = tunnel::form(&parts) {
-            return self
-                .websocket(parts, &body, form, ctx, picked, &authority, client_end)
-                .await;
+        match tunnel::form(&parts) {
+            // Rare and larger: boxed, so it does not size every request's future.
+            Some(form) => {
+                let ws = Upgrade {
+                    form,
+                    client_end,
+                    authority,
+                };
+                Box::pin(self.websocket(parts, &body, ctx, picked, ws)).await
+            }
+            None => self.forward(parts, body, ctx, picked, authority).await,
         }
+    }
+
+    /// The authority a request names and the upstream it goes to; the answer to send instead
+    /// when the request is malformed or has no upstream. The same syntax rules as the
+    /// receiving side apply, so that what leaves here is one unambiguous request (the
+    /// receiving side decides on it).
+    fn route_request(
+        &self,
+        parts: &http::request::Parts,
+        route: &Target,
+    ) -> Result<(String, Picked), Box<Response<Body>>> {
+        let authority = canonical::check_head(parts)
+            .and_then(|()| canonical::raw_host(parts))
+            .map_err(|e| {
+                tracing::info!(reason = %e, "outbound request refused as malformed");
+                Box::new(forward::error_response_close(e.status, &e.reason))
+            })?;
+        let picked = self.resolve(route, Some(&authority))?;
+        Ok((authority, picked))
+    }
+
+    /// Forwards a routed request over the upstream's HTTP/2 connection and answers it.
+    async fn forward(
+        &self,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        mut ctx: RequestCtx<'_>,
+        picked: Picked,
+        authority: String,
+    ) -> Response<Body> {
         let Picked {
             upstream, lease, ..
         } = picked;
@@ -800,60 +832,88 @@ impl Outbound {
         }
         forward::frame_request(&mut parts.headers, &mut body, had_body, false);
         let body_failed = body.failure_flag();
-        let body = forward::boxed(body);
-        // Until a peer answers, only a pinned identity is known to be the destination.
+        self.trace(&mut ctx, &mut parts, &upstream, authority, false);
+        let req = Request::from_parts(parts, forward::boxed(body));
+        let resp = match self.send(&upstream, lease, req, Some(&body_failed)).await {
+            Ok(resp) => {
+                name_peer(&mut ctx, &upstream);
+                forward::to_caller(resp)
+            }
+            Err(e @ ForwardError::RequestBody(_)) => {
+                tracing::info!(error = %e, "outbound request refused: malformed body");
+                forward::error_response_close(StatusCode::BAD_REQUEST, &e.to_string())
+            }
+            Err(e) => pipeline::error_response(Direction::Outbound, &upstream.cfg.name, &e),
+        };
+        ctx.finish(&resp, &self.metrics, &self.telemetry);
+        resp
+    }
+
+    /// Opens the request's client span and carries its context in `parts`; names the
+    /// destination as far as it is known before a peer answers (only a pinned identity is).
+    /// `upgrade`: a WebSocket, traced as the GET it is.
+    fn trace(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        parts: &mut http::request::Parts,
+        upstream: &UpstreamCtx,
+        authority: String,
+        upgrade: bool,
+    ) {
         let expected = &upstream.cfg.identity;
         ctx.ends.destination_identity = expected.exact().map(|id| id.to_string().into());
         if expected.exact().is_none() {
             ctx.ends.expected_identity = Some(expected.expectation().into());
         }
         let path = parts.uri.path().to_owned();
+        let method = if upgrade {
+            &http::Method::GET
+        } else {
+            &parts.method
+        };
         ctx.span = self.telemetry.client_span(
             Parent::Headers(&parts.headers),
             &SpanAttrs {
-                method: parts.method.as_str(),
+                method: method.as_str(),
                 path: &path,
                 server_address: Some(&authority),
                 peer_address: Some(upstream.cfg.address),
                 source_identity: Some(&self.own_identity),
-                // Named when the span ends: the identity the peer presented.
-                destination_identity: None,
+                // A request's span names the identity the peer presented when it ends.
+                destination_identity: if upgrade {
+                    ctx.ends.destination_identity.as_deref()
+                } else {
+                    None
+                },
             },
         );
         ctx.span.inject(&mut parts.headers);
         ctx.path = Some(path);
         ctx.host = Some(authority);
-        let timeout = self.timeouts.request;
-        let sent =
-            tokio::time::timeout(timeout, upstream.h2.send(Request::from_parts(parts, body))).await;
-        let sent = match sent {
-            Err(_) => Err(ForwardError::Timeout(timeout)),
-            Ok(r) => r.map_err(|e| forward::blame(e, &body_failed)),
-        };
+    }
+
+    /// Sends `req` to the picked upstream within the request timeout, and tells the picked
+    /// endpoint's balancer how it went. `body_failed`: the request body's failure flag; a
+    /// body that failed is the caller's fault, not the endpoint's ([`forward::blame`]).
+    async fn send(
+        &self,
+        upstream: &UpstreamCtx,
+        lease: Option<Lease>,
+        req: Request<Body>,
+        body_failed: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let sent = upstream
+            .h2
+            .send_within(req, self.timeouts.request)
+            .await
+            .map_err(|e| match body_failed {
+                Some(failed) => forward::blame(e, failed),
+                None => e,
+            });
         if let Some(lease) = lease {
             lease.finish(outcome(&sent));
         }
-        let resp = sent.map_or_else(
-            |e| match e {
-                ForwardError::RequestBody(_) => {
-                    tracing::info!(error = %e, "outbound request refused: malformed body");
-                    forward::error_response_close(StatusCode::BAD_REQUEST, &e.to_string())
-                }
-                e => pipeline::error_response(Direction::Outbound, &upstream.cfg.name, &e),
-            },
-            |resp| {
-                // The answer came over the upstream's current HTTP/2 connection: its group,
-                // and the identity that peer presented.
-                if let Some(peer) = upstream.h2_peer.get() {
-                    peer.name_in(&mut ctx.ends, expected);
-                }
-                let (mut parts, body) = resp.into_parts();
-                forward::strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, forward::boxed(body))
-            },
-        );
-        ctx.finish(&resp, &self.metrics, &self.telemetry);
-        resp
+        sent
     }
 
     /// A WebSocket request from the app: carried to the peer sidecar as an extended CONNECT
@@ -861,105 +921,49 @@ impl Outbound {
     /// used; the peer sidecar's policy decides on it. The tunnel opens only when the peer
     /// answers 2xx, which it does only once its app agreed; then the app gets its 101 (or 200
     /// over h2c). Any other answer is passed back as an ordinary response.
-    #[allow(clippy::too_many_arguments)]
     async fn websocket(
         &self,
         mut parts: http::request::Parts,
         body: &Incoming,
-        form: tunnel::Form,
         mut ctx: RequestCtx<'_>,
         picked: Picked,
-        authority: &str,
-        client_end: tunnel::ClientEnd,
+        ws: Upgrade,
     ) -> Response<Body> {
         let Picked {
             upstream, lease, ..
         } = picked;
         let refuse = |reason: &str| forward::error_response_close(StatusCode::BAD_REQUEST, reason);
         if forward::declares_body(&parts.headers, body) {
-            return ctx.unrouted(
-                refuse("a WebSocket upgrade request has no body"),
-                &self.metrics,
-            );
+            let resp = refuse("a WebSocket upgrade request has no body");
+            return ctx.unrouted(resp, &self.metrics);
         }
         let Some(client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             return ctx.unrouted(refuse("this connection cannot be upgraded"), &self.metrics);
         };
-        if let Err(bad) = prepare(&mut parts, authority) {
+        if let Err(bad) = prepare(&mut parts, &ws.authority) {
             return ctx.unrouted(*bad, &self.metrics);
         }
-        for framing in [
-            header::CONTENT_LENGTH,
-            header::TRANSFER_ENCODING,
-            header::TRAILER,
-        ] {
-            parts.headers.remove(framing);
-        }
+        forward::strip_framing(&mut parts.headers);
         tunnel::as_extended_connect(&mut parts);
-        // Until a peer answers, only a pinned identity is known to be the destination.
-        let expected = &upstream.cfg.identity;
-        ctx.ends.destination_identity = expected.exact().map(|id| id.to_string().into());
-        if expected.exact().is_none() {
-            ctx.ends.expected_identity = Some(expected.expectation().into());
-        }
-        let path = parts.uri.path().to_owned();
-        ctx.span = self.telemetry.client_span(
-            Parent::Headers(&parts.headers),
-            &SpanAttrs {
-                method: http::Method::GET.as_str(),
-                path: &path,
-                server_address: Some(authority),
-                peer_address: Some(upstream.cfg.address),
-                source_identity: Some(&self.own_identity),
-                destination_identity: ctx.ends.destination_identity.as_deref(),
-            },
-        );
-        ctx.span.inject(&mut parts.headers);
-        ctx.path = Some(path);
-        ctx.host = Some(authority.to_owned());
-        let empty = forward::boxed(http_body_util::Empty::<bytes::Bytes>::new());
-        let timeout = self.timeouts.request;
-        let sent =
-            tokio::time::timeout(timeout, upstream.h2.send(Request::from_parts(parts, empty)))
-                .await;
-        let resp = match sent {
-            Err(_) => Err(ForwardError::Timeout(timeout)),
-            Ok(r) => r,
-        };
-        if let Some(lease) = lease {
-            lease.finish(outcome(&resp));
-        }
-        let resp = match resp {
+        self.trace(&mut ctx, &mut parts, &upstream, ws.authority, true);
+        let req = Request::from_parts(parts, forward::empty());
+        let resp = match self.send(&upstream, lease, req, None).await {
             Err(e) => pipeline::error_response(Direction::Outbound, &upstream.cfg.name, &e),
             Ok(mut resp) if resp.status().is_success() => {
-                // The answer came over the upstream's current HTTP/2 connection: its group,
-                // and the identity that peer presented.
-                if let Some(peer) = upstream.h2_peer.get() {
-                    peer.name_in(&mut ctx.ends, expected);
-                }
+                name_peer(&mut ctx, &upstream);
                 let server = hyper::upgrade::on(&mut resp);
                 let (mut head, _) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut head.headers);
-                let answer = tunnel::agreement(form, head.headers);
+                let answer = tunnel::agreement(ws.form, head.headers);
                 let flow = ctx.into_tunnel(answer.status(), &self.metrics);
-                tunnel::spawn(
-                    tunnel::Pending { client, server },
-                    client_end,
-                    self.timeouts.idle,
-                    flow,
-                    self.telemetry.clone(),
-                );
+                let pending = tunnel::Pending { client, server };
+                let telemetry = self.telemetry.clone();
+                tunnel::spawn(pending, ws.client_end, self.timeouts.idle, flow, telemetry);
                 return answer;
             }
             Ok(resp) => {
-                // The answer came over the upstream's current HTTP/2 connection: its group,
-                // and the identity that peer presented.
-                if let Some(peer) = upstream.h2_peer.get() {
-                    peer.name_in(&mut ctx.ends, expected);
-                }
-                let (mut head, body) = resp.into_parts();
-                forward::strip_hop_by_hop(&mut head.headers);
-                Response::from_parts(head, forward::boxed(body))
+                name_peer(&mut ctx, &upstream);
+                forward::to_caller(resp)
             }
         };
         ctx.finish(&resp, &self.metrics, &self.telemetry);

@@ -20,6 +20,7 @@
 //! Tokens are never logged: a log line names a token by a SHA-256 prefix, its `sub`, or not
 //! at all (`jwt.log_token`).
 
+pub mod cache;
 pub mod jwks;
 pub mod token;
 
@@ -123,6 +124,9 @@ pub struct Authenticator {
     /// Every header a rule outputs: removed from every request before the app.
     outputs: Vec<HeaderName>,
     settings: Arc<JwtSettings>,
+    /// Tokens validated before ([`cache`]): emptied with each policy load, which builds a new
+    /// authenticator.
+    validated: cache::TokenCache,
 }
 
 /// Why the `RequestAuthentication` documents cannot be put in force.
@@ -137,6 +141,7 @@ impl Authenticator {
             rules: Vec::new(),
             outputs: Vec::new(),
             settings,
+            validated: cache::TokenCache::default(),
         }
     }
 
@@ -205,6 +210,7 @@ impl Authenticator {
             rules,
             outputs,
             settings,
+            validated: cache::TokenCache::default(),
         })
     }
 
@@ -266,20 +272,36 @@ impl Authenticator {
                 "token names an unknown key id"
             );
         }
-        let requirements = token::Requirements {
-            issuer: &rule.rule.issuer,
-            audiences: &rule.rule.audiences,
-            skew_seconds: self.settings.clock_skew.as_secs(),
+        let skew = self.settings.clock_skew.as_secs();
+        let validated = match self.validated.get(token, index, &keys, cache::now()) {
+            Some(kept) => kept,
+            None => {
+                let requirements = token::Requirements {
+                    issuer: &rule.rule.issuer,
+                    audiences: &rule.rule.audiences,
+                    skew_seconds: skew,
+                };
+                let claims = token::verify(token, &head, &keys, &requirements)
+                    .map_err(|e| self.refused(token, e))?;
+                let validated = cache::Validated {
+                    auth: RequestAuth::from_claims(claims),
+                    payload: token.split('.').nth(1).unwrap_or("").to_owned(),
+                };
+                self.validated.put(token, index, &keys, &validated, skew);
+                validated
+            }
         };
-        let claims = token::verify(token, &head, &keys, &requirements)
-            .map_err(|e| self.refused(token, e))?;
-        let payload = token.split('.').nth(1).unwrap_or("").to_owned();
         Ok(Some(Authenticated {
-            auth: RequestAuth::from_claims(claims),
+            auth: validated.auth,
             rule: index,
             location,
-            payload,
+            payload: validated.payload,
         }))
+    }
+
+    /// How many validated tokens are kept ([`cache`]).
+    pub fn cached_tokens(&self) -> usize {
+        self.validated.len()
     }
 
     /// The tokens at every location any rule reads, with where each was found.

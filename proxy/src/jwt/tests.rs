@@ -350,3 +350,104 @@ fn query_parameters_are_removed_exactly() {
     remove_query_param(&mut uri, "token");
     assert_eq!(uri.to_string(), "/p");
 }
+
+fn validated(claims: Value) -> super::cache::Validated {
+    let Value::Object(map) = claims else {
+        panic!("claims are an object")
+    };
+    super::cache::Validated {
+        auth: picket_policy::RequestAuth::from_claims(map),
+        payload: "p".into(),
+    }
+}
+
+fn key_set(ed: &Ed) -> Arc<KeySet> {
+    Arc::new(KeySet::parse(jwks(&[ed.jwk()]).as_bytes()).unwrap().0)
+}
+
+#[test]
+fn a_kept_token_is_used_again_only_within_its_validity_for_its_rule_and_keys() {
+    let ed = Ed::new("k1");
+    let keys = key_set(&ed);
+    let cache = super::cache::TokenCache::default();
+    let kept = validated(json!({"iss": "i", "sub": "alice", "exp": 1000, "nbf": 500}));
+    cache.put("tok", 0, &keys, &kept, 30);
+    // Valid from nbf - skew to exp + skew, both included.
+    for (now, hit) in [
+        (469, false),
+        (470, true),
+        (800, true),
+        (1030, true),
+        (1031, false),
+    ] {
+        assert_eq!(cache.get("tok", 0, &keys, now).is_some(), hit, "at {now}");
+    }
+    let hit = cache.get("tok", 0, &keys, 800).unwrap();
+    assert_eq!(hit.auth, kept.auth);
+    assert!(cache.get("tok", 1, &keys, 800).is_none(), "another rule");
+    assert!(cache.get("tok2", 0, &keys, 800).is_none(), "another token");
+    // The same keys fetched again (a refresh or a reload) are another key set: a miss, so
+    // a rotation never lets a token through on the strength of the keys it replaced.
+    assert!(
+        cache.get("tok", 0, &key_set(&ed), 800).is_none(),
+        "other keys"
+    );
+}
+
+#[test]
+fn the_cache_is_bounded_and_keeps_only_what_it_can_bound() {
+    let keys = key_set(&Ed::new("k1"));
+    let cache = super::cache::TokenCache::default();
+    let kept = validated(json!({"iss": "i", "exp": 1000}));
+    for i in 0..3 * super::cache::SLOTS {
+        cache.put(&format!("token-{i}"), 0, &keys, &kept, 0);
+    }
+    assert!(cache.len() <= super::cache::SLOTS, "{} kept", cache.len());
+    let fresh = super::cache::TokenCache::default();
+    let long = "t".repeat(super::cache::MAX_CACHED_TOKEN_BYTES + 1);
+    fresh.put(&long, 0, &keys, &kept, 0);
+    // An `exp` that is not a whole number of seconds, or an unreadable `nbf`: verified
+    // every time rather than reasoned about.
+    fresh.put("float-exp", 0, &keys, &validated(json!({"exp": 1000.5})), 0);
+    fresh.put(
+        "text-nbf",
+        0,
+        &keys,
+        &validated(json!({"exp": 1000, "nbf": "soon"})),
+        0,
+    );
+    assert!(fresh.is_empty(), "{} kept", fresh.len());
+}
+
+#[test]
+fn the_authenticator_keeps_validated_tokens_and_never_a_refusal() {
+    let ed = Ed::new("k1");
+    let other = Ed::new("k1");
+    let a = authenticator(&inline_rule("https://issuer", &[ed.jwk()], ""));
+    let good = ed.token(&claims("https://issuer"));
+    let bearer = |t: &str| request(&[("authorization", &format!("Bearer {t}"))], "/");
+    let first = a.authenticate(&bearer(&good)).unwrap().unwrap();
+    assert_eq!(a.cached_tokens(), 1);
+    let again = a.authenticate(&bearer(&good)).unwrap().unwrap();
+    assert_eq!(again.auth, first.auth);
+    assert_eq!(again.payload, first.payload);
+    assert_eq!(a.cached_tokens(), 1);
+    // Refusals are decided afresh each time and never kept: a forged signature, an expired
+    // token, and a token not yet valid.
+    let forged = other.token(&claims("https://issuer"));
+    let mut expired = claims("https://issuer");
+    expired["exp"] = json!(now() - 3600);
+    let mut early = claims("https://issuer");
+    early["nbf"] = json!(now() + 3600);
+    for (token, error) in [
+        (forged, TokenError::BadSignature),
+        (ed.token(&expired), TokenError::Expired),
+        (ed.token(&early), TokenError::NotYetValid),
+    ] {
+        for _ in 0..2 {
+            let refused = a.authenticate(&bearer(&token)).unwrap_err();
+            assert_eq!(refused.error, error);
+        }
+    }
+    assert_eq!(a.cached_tokens(), 1);
+}
