@@ -114,14 +114,15 @@ fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
 
 type PodKey = (String, String);
 
-impl Index {
-    /// Builds every answer from the watched objects.
-    pub fn build(
-        trust_domain: &TrustDomain,
-        pods: &[Arc<Pod>],
-        services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
-    ) -> Self {
+/// The live pods by address (their identity, or a conflict when two claim one address) and by
+/// namespace and name.
+struct PodTables {
+    by_ip: HashMap<IpAddr, PodFacts>,
+    by_name: HashMap<PodKey, Option<String>>,
+}
+
+impl PodTables {
+    fn build(trust_domain: &TrustDomain, pods: &[Arc<Pod>]) -> Self {
         let mut by_ip: HashMap<IpAddr, PodFacts> = HashMap::new();
         let mut by_name: HashMap<PodKey, Option<String>> = HashMap::new();
         for pod in pods.iter().filter(|p| is_live(p)) {
@@ -144,75 +145,101 @@ impl Index {
                     .or_insert_with(|| PodFacts::Live(identity.clone()));
             }
         }
+        Self { by_ip, by_name }
+    }
 
-        let mut slices_of: HashMap<PodKey, Vec<&EndpointSlice>> = HashMap::new();
-        for slice in slices {
-            let labels = slice.metadata.labels.as_ref();
-            let (Some(ns), Some(service)) = (
-                slice.metadata.namespace.as_ref(),
-                labels.and_then(|l| l.get(SERVICE_NAME_LABEL)),
-            ) else {
+    /// Adds the answers of every TCP port of `service` on each of its cluster addresses.
+    fn add_service(
+        &self,
+        service: &Service,
+        slices_of: &HashMap<PodKey, Vec<&EndpointSlice>>,
+        out: &mut HashMap<SocketAddr, Arc<Destination>>,
+    ) {
+        let (Some(ns), Some(name)) = (&service.metadata.namespace, &service.metadata.name) else {
+            return;
+        };
+        let Some(spec) = &service.spec else {
+            return;
+        };
+        let cluster_ips: Vec<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse().ok())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if cluster_ips.is_empty() {
+            // Headless ("None") or not allocated yet: clients dial pod addresses.
+            return;
+        }
+        let key = (ns.clone(), name.clone());
+        let service_slices = slices_of.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        for port in spec.ports.iter().flatten() {
+            if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
+                continue;
+            }
+            let Ok(service_port) = u16::try_from(port.port) else {
                 continue;
             };
-            slices_of
-                .entry((ns.clone(), service.clone()))
-                .or_default()
-                .push(slice);
+            for ip in &cluster_ips {
+                let endpoints = endpoints_for(
+                    service_slices,
+                    port.name.as_deref().unwrap_or(""),
+                    port.target_port.as_ref(),
+                    ip.is_ipv4(),
+                    &self.by_name,
+                    &self.by_ip,
+                );
+                out.insert(
+                    SocketAddr::new(*ip, service_port),
+                    Arc::new(Destination {
+                        service: Some(format!("{ns}/{name}")),
+                        endpoints,
+                    }),
+                );
+            }
         }
+    }
+}
 
+/// The EndpointSlices of each Service (by the `kubernetes.io/service-name` label).
+fn slices_by_service(slices: &[Arc<EndpointSlice>]) -> HashMap<PodKey, Vec<&EndpointSlice>> {
+    let mut slices_of: HashMap<PodKey, Vec<&EndpointSlice>> = HashMap::new();
+    for slice in slices {
+        let labels = slice.metadata.labels.as_ref();
+        let (Some(ns), Some(service)) = (
+            slice.metadata.namespace.as_ref(),
+            labels.and_then(|l| l.get(SERVICE_NAME_LABEL)),
+        ) else {
+            continue;
+        };
+        slices_of
+            .entry((ns.clone(), service.clone()))
+            .or_default()
+            .push(slice);
+    }
+    slices_of
+}
+
+impl Index {
+    /// Builds every answer from the watched objects.
+    pub fn build(
+        trust_domain: &TrustDomain,
+        pods: &[Arc<Pod>],
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+    ) -> Self {
+        let pods = PodTables::build(trust_domain, pods);
+        let slices_of = slices_by_service(slices);
         let mut out = HashMap::new();
         for service in services {
-            let (Some(ns), Some(name)) = (&service.metadata.namespace, &service.metadata.name)
-            else {
-                continue;
-            };
-            let Some(spec) = &service.spec else {
-                continue;
-            };
-            let cluster_ips: Vec<IpAddr> = spec
-                .cluster_ips
-                .iter()
-                .flatten()
-                .chain(spec.cluster_ip.iter())
-                .filter_map(|ip| ip.parse().ok())
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect();
-            if cluster_ips.is_empty() {
-                // Headless ("None") or not allocated yet: clients dial pod addresses.
-                continue;
-            }
-            let key = (ns.clone(), name.clone());
-            let service_slices = slices_of.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-            for port in spec.ports.iter().flatten() {
-                if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
-                    continue;
-                }
-                let Ok(service_port) = u16::try_from(port.port) else {
-                    continue;
-                };
-                for ip in &cluster_ips {
-                    let endpoints = endpoints_for(
-                        service_slices,
-                        port.name.as_deref().unwrap_or(""),
-                        port.target_port.as_ref(),
-                        ip.is_ipv4(),
-                        &by_name,
-                        &by_ip,
-                    );
-                    out.insert(
-                        SocketAddr::new(*ip, service_port),
-                        Arc::new(Destination {
-                            service: Some(format!("{ns}/{name}")),
-                            endpoints,
-                        }),
-                    );
-                }
-            }
+            pods.add_service(service, &slices_of, &mut out);
         }
         Self {
             services: out,
-            pods: by_ip,
+            pods: pods.by_ip,
         }
     }
 

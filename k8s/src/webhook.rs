@@ -408,13 +408,7 @@ async fn route(settings: &Settings, request: Request<Incoming>) -> Response<Full
         (&Method::POST, INJECT_PATH) => {
             let body = match body {
                 Ok(body) => body,
-                Err(e @ BodyError::TooLarge(_)) => {
-                    return plain(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
-                }
-                Err(e @ BodyError::Timeout) => {
-                    return plain(StatusCode::REQUEST_TIMEOUT, &e.to_string());
-                }
-                Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+                Err(e) => return body_error(&e),
             };
             match review(&body, settings) {
                 Ok(answer) => json_response(&answer),
@@ -424,13 +418,7 @@ async fn route(settings: &Settings, request: Request<Incoming>) -> Response<Full
         (&Method::POST, crate::policy::VALIDATE_PATH) => {
             let body = match body {
                 Ok(body) => body,
-                Err(e @ BodyError::TooLarge(_)) => {
-                    return plain(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
-                }
-                Err(e @ BodyError::Timeout) => {
-                    return plain(StatusCode::REQUEST_TIMEOUT, &e.to_string());
-                }
-                Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+                Err(e) => return body_error(&e),
             };
             // The checks of `picket policy check` with its default settings: one object
             // alone, so the root namespace and duplicate names do not come into it.
@@ -445,6 +433,17 @@ async fn route(settings: &Settings, request: Request<Incoming>) -> Response<Full
         }
         _ => plain(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// The answer to a review whose body could not be read.
+fn body_error(e: &BodyError) -> Response<Full<Bytes>> {
+    let status = match e {
+        BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        BodyError::Timeout => StatusCode::REQUEST_TIMEOUT,
+        // Unreadable, and whatever the server skeleton adds later.
+        _ => StatusCode::BAD_REQUEST,
+    };
+    plain(status, &e.to_string())
 }
 
 fn json_response(answer: &Value) -> Response<Full<Bytes>> {

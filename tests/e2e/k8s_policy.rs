@@ -11,11 +11,10 @@ use crate::policy::metric_sum;
 use anyhow::{Context, Result, ensure};
 use http::{StatusCode, Version};
 use picket_common::policies::ClusterPolicies;
-use picket_tests::clients::curl;
 use picket_tests::controller::{
     TestController, controller_yaml, sidecar_credentials, sources, subscribe_policies,
 };
-use picket_tests::k8s::{INJECTOR_HOST, KubeCa, TestInjector};
+use picket_tests::k8s::{KubeCa, TestInjector};
 use picket_tests::kube_api::{ISTIO_GROUP, KubeApiDouble};
 use picket_tests::{App, Sidecar, TestCa, TestProxy, Upstream, closed_port, eventually, spiffe_id};
 use serde_json::{Value, json};
@@ -280,38 +279,6 @@ fn policy_review(uid: &str, group: &str, object: &Value) -> Value {
     })
 }
 
-/// POSTs `review` to the webhook's `/validate` over HTTPS as the API server would (the
-/// webhook's certificate verified by its Service name against the trust bundle).
-async fn validate(ca: &KubeCa, injector: &TestInjector, review: &Value) -> Result<Value> {
-    let dir = tempfile::tempdir()?;
-    let body = dir.path().join("review.json");
-    std::fs::write(&body, serde_json::to_vec(review)?)?;
-    let port = injector.addr().port();
-    let resolve = format!("{INJECTOR_HOST}:{port}:127.0.0.1");
-    let url = format!("https://{INJECTOR_HOST}:{port}/validate");
-    let bundle = ca.bundle_path();
-    let data = format!("@{}", body.display());
-    let answer = curl(&[
-        "--cacert",
-        bundle.to_str().context("bundle path")?,
-        "--resolve",
-        &resolve,
-        "--tlsv1.3",
-        "-H",
-        "Content-Type: application/json",
-        "--data-binary",
-        &data,
-        &url,
-    ])
-    .await?;
-    ensure!(
-        answer.status == 200,
-        "webhook answered {answer:?}\n{}",
-        injector.log()
-    );
-    Ok(serde_json::from_str(&answer.body)?)
-}
-
 #[tokio::test]
 async fn the_webhook_refuses_a_policy_that_does_not_load_naming_its_place() -> Result<()> {
     let ca = KubeCa::start(None).await?;
@@ -337,12 +304,13 @@ async fn the_webhook_refuses_a_policy_that_does_not_load_naming_its_place() -> R
         ("picket.dev", "picket.dev/v1"),
         (ISTIO_GROUP, "security.istio.io/v1"),
     ] {
-        let answer = validate(
-            &ca,
-            &injector,
-            &policy_review("u-1", group, &bad_policy(api_version)),
-        )
-        .await?;
+        let answer = injector
+            .review(
+                &ca,
+                "/validate",
+                &policy_review("u-1", group, &bad_policy(api_version)),
+            )
+            .await?;
         let response = &answer["response"];
         ensure!(
             response["uid"] == "u-1" && response["allowed"] == false,
@@ -380,16 +348,17 @@ async fn the_webhook_refuses_a_policy_that_does_not_load_naming_its_place() -> R
     }
 
     // A policy that loads is admitted.
-    let answer = validate(
-        &ca,
-        &injector,
-        &policy_review(
-            "u-2",
-            "picket.dev",
-            &allow_frontend("picket.dev/v1", "good"),
-        ),
-    )
-    .await?;
+    let answer = injector
+        .review(
+            &ca,
+            "/validate",
+            &policy_review(
+                "u-2",
+                "picket.dev",
+                &allow_frontend("picket.dev/v1", "good"),
+            ),
+        )
+        .await?;
     ensure!(answer["response"]["allowed"] == true, "{answer}");
     Ok(())
 }

@@ -53,37 +53,6 @@ fn pods() -> Result<Vec<(String, Value)>> {
     Ok(pods)
 }
 
-/// Sends `review` to the webhook as the API server would, and returns the answer.
-async fn send(ca: &KubeCa, injector: &TestInjector, review: &Value) -> Result<Value> {
-    let dir = tempfile::tempdir()?;
-    let body = dir.path().join("review.json");
-    std::fs::write(&body, serde_json::to_vec(review)?)?;
-    let port = injector.addr().port();
-    let resolve = format!("{INJECTOR_HOST}:{port}:127.0.0.1");
-    let url = format!("https://{INJECTOR_HOST}:{port}/inject");
-    let bundle = ca.bundle_path();
-    let data = format!("@{}", body.display());
-    let answer = curl(&[
-        "--cacert",
-        bundle.to_str().context("bundle path")?,
-        "--resolve",
-        &resolve,
-        "--tlsv1.3",
-        "-H",
-        "Content-Type: application/json",
-        "--data-binary",
-        &data,
-        &url,
-    ])
-    .await?;
-    ensure!(
-        answer.status == 200,
-        "webhook answered {answer:?}\n{}",
-        injector.log()
-    );
-    Ok(serde_json::from_str(&answer.body)?)
-}
-
 fn apply_patch(pod: &Value, response: &Value) -> Result<Value> {
     let encoded = response["patch"]
         .as_str()
@@ -101,12 +70,13 @@ async fn patched_pods_equal_picket_inject_output() -> Result<()> {
     let injector = TestInjector::start(&ca, &[]).await?;
     for (index, (case, pod)) in pods()?.into_iter().enumerate() {
         let uid = format!("0000000{index}-aaaa-bbbb-cccc-dddddddddddd");
-        let answer = send(
-            &ca,
-            &injector,
-            &admission_review(&uid, "shop", "CREATE", &pod),
-        )
-        .await?;
+        let answer = injector
+            .review(
+                &ca,
+                "/inject",
+                &admission_review(&uid, "shop", "CREATE", &pod),
+            )
+            .await?;
         ensure!(answer["apiVersion"] == "admission.k8s.io/v1");
         ensure!(answer["kind"] == "AdmissionReview");
         let response = &answer["response"];
@@ -138,12 +108,13 @@ async fn settings_given_to_the_webhook_reach_the_patch() -> Result<()> {
     let ca = KubeCa::start(None).await?;
     let injector = TestInjector::start(&ca, &settings).await?;
     let (_, pod) = pods()?.remove(0);
-    let answer = send(
-        &ca,
-        &injector,
-        &admission_review("u-1", "shop", "CREATE", &pod),
-    )
-    .await?;
+    let answer = injector
+        .review(
+            &ca,
+            "/inject",
+            &admission_review("u-1", "shop", "CREATE", &pod),
+        )
+        .await?;
     let patched = apply_patch(&pod, &answer["response"])?;
     let ca_url = ca.url();
     let mut cli = settings.to_vec();
@@ -161,32 +132,35 @@ async fn opted_out_updates_and_bad_pods() -> Result<()> {
 
     let mut opted_out = pod.clone();
     opted_out["metadata"]["labels"]["picket.dev/inject"] = json!("false");
-    let answer = send(
-        &ca,
-        &injector,
-        &admission_review("u-2", "shop", "CREATE", &opted_out),
-    )
-    .await?;
+    let answer = injector
+        .review(
+            &ca,
+            "/inject",
+            &admission_review("u-2", "shop", "CREATE", &opted_out),
+        )
+        .await?;
     ensure!(answer["response"]["allowed"] == true);
     ensure!(answer["response"].get("patch").is_none(), "{answer}");
 
-    let update = send(
-        &ca,
-        &injector,
-        &admission_review("u-3", "shop", "UPDATE", &pod),
-    )
-    .await?;
+    let update = injector
+        .review(
+            &ca,
+            "/inject",
+            &admission_review("u-3", "shop", "UPDATE", &pod),
+        )
+        .await?;
     ensure!(update["response"]["allowed"] == true);
     ensure!(update["response"].get("patch").is_none(), "{update}");
 
     let mut bad = pod.clone();
     bad["metadata"]["annotations"] = json!({"picket.dev/exclude-inbound-ports": "metrics"});
-    let refused = send(
-        &ca,
-        &injector,
-        &admission_review("u-4", "shop", "CREATE", &bad),
-    )
-    .await?;
+    let refused = injector
+        .review(
+            &ca,
+            "/inject",
+            &admission_review("u-4", "shop", "CREATE", &bad),
+        )
+        .await?;
     ensure!(refused["response"]["allowed"] == false, "{refused}");
     ensure!(refused["response"]["uid"] == "u-4");
     let message = refused["response"]["status"]["message"]

@@ -361,6 +361,39 @@ impl TestInjector {
     pub fn log(&self) -> String {
         self.daemon.log_text()
     }
+
+    /// POSTs `review` to `path` (`/inject`, `/validate`) over HTTPS as the API server would
+    /// (the webhook's certificate verified by its Service name against `ca`'s bundle), and
+    /// returns the answer; anything but a 200 is an error.
+    pub async fn review(&self, ca: &KubeCa, path: &str, review: &Value) -> Result<Value> {
+        let dir = tempfile::tempdir()?;
+        let body = dir.path().join("review.json");
+        std::fs::write(&body, serde_json::to_vec(review)?)?;
+        let port = self.listen.port();
+        let resolve = format!("{INJECTOR_HOST}:{port}:127.0.0.1");
+        let url = format!("https://{INJECTOR_HOST}:{port}{path}");
+        let bundle = ca.bundle_path();
+        let data = format!("@{}", body.display());
+        let answer = crate::clients::curl(&[
+            "--cacert",
+            bundle.to_str().context("bundle path")?,
+            "--resolve",
+            &resolve,
+            "--tlsv1.3",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &data,
+            &url,
+        ])
+        .await?;
+        anyhow::ensure!(
+            answer.status == 200,
+            "webhook answered {answer:?}\n{}",
+            self.log()
+        );
+        Ok(serde_json::from_str(&answer.body)?)
+    }
 }
 
 /// An `AdmissionReview` (`admission.k8s.io/v1`) asking to create `pod` in `namespace`.

@@ -183,6 +183,55 @@ enum StreamError {
     Protocol(String),
 }
 
+/// One subscription stream from the controller: a GET whose answer is JSON lines, one
+/// message a line, each at most [`MAX_LINE_BYTES`].
+struct JsonLines {
+    body: hyper::body::Incoming,
+    buffer: BytesMut,
+}
+
+impl JsonLines {
+    /// Sends `GET path` on the controller connection and checks the status.
+    async fn open(shared: &Shared, path: &str) -> Result<Self, StreamError> {
+        let request = Request::get(format!("https://controller{path}"))
+            .body(boxed(Empty::<Bytes>::new()))
+            .map_err(|e| StreamError::Protocol(e.to_string()))?;
+        let response = shared.client.send(request).await?;
+        if response.status() != StatusCode::OK {
+            return Err(StreamError::Status(response.status()));
+        }
+        Ok(Self {
+            body: response.into_body(),
+            buffer: BytesMut::new(),
+        })
+    }
+
+    /// The next message; the end of the stream is an error ([`StreamError::Closed`]): the
+    /// controller keeps a subscription open.
+    async fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, StreamError> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line = self.buffer.split_to(end + 1);
+                return serde_json::from_slice(&line[..end])
+                    .map_err(|e| StreamError::Protocol(e.to_string()));
+            }
+            if self.buffer.remaining() > MAX_LINE_BYTES {
+                return Err(StreamError::Protocol(format!(
+                    "a line longer than {MAX_LINE_BYTES} bytes"
+                )));
+            }
+            let frame = match self.body.frame().await {
+                None => return Err(StreamError::Closed),
+                Some(Err(e)) => return Err(StreamError::Broken(e.to_string())),
+                Some(Ok(frame)) => frame,
+            };
+            if let Ok(data) = frame.into_data() {
+                self.buffer.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
 /// Keeps one subscription up to date until nobody holds a receiver.
 async fn follow(shared: Arc<Shared>, destination: SocketAddr, tx: watch::Sender<Resolution>) {
     let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
@@ -217,43 +266,17 @@ async fn stream_once(
     backoff: &mut Backoff,
 ) -> Result<(), StreamError> {
     let path = format!(
-        "https://controller{DESTINATIONS_PATH}{}/{}",
+        "{DESTINATIONS_PATH}{}/{}",
         destination.ip(),
         destination.port()
     );
-    let request = Request::get(path)
-        .body(boxed(Empty::<Bytes>::new()))
-        .map_err(|e| StreamError::Protocol(e.to_string()))?;
-    let response = shared.client.send(request).await?;
-    if response.status() != StatusCode::OK {
-        return Err(StreamError::Status(response.status()));
-    }
-    let mut body = response.into_body();
-    let mut buffer = BytesMut::new();
+    let mut lines = JsonLines::open(shared, &path).await?;
     let mut current: Option<Destination> = None;
     loop {
-        let frame = match body.frame().await {
-            None => return Err(StreamError::Closed),
-            Some(Err(e)) => return Err(StreamError::Broken(e.to_string())),
-            Some(Ok(frame)) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        buffer.extend_from_slice(&data);
-        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-            let line = buffer.split_to(end + 1);
-            let update: Update = serde_json::from_slice(&line[..end])
-                .map_err(|e| StreamError::Protocol(e.to_string()))?;
-            apply(update, &mut current, tx)?;
-            // A stream that delivered an answer is healthy: the next failure starts over.
-            *backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
-        }
-        if buffer.remaining() > MAX_LINE_BYTES {
-            return Err(StreamError::Protocol(format!(
-                "a line longer than {MAX_LINE_BYTES} bytes"
-            )));
-        }
+        let update: Update = lines.next().await?;
+        apply(update, &mut current, tx)?;
+        // A stream that delivered an answer is healthy: the next failure starts over.
+        *backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
     }
 }
 

@@ -80,10 +80,17 @@ impl TokenCache {
         let slot = self.slot(token);
         let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = slots.get(slot)?.as_ref()?;
+        // Compared in constant time: the cache must not tell by its timing how much of another
+        // client's token a guess got right.
+        let same_token = aws_lc_rs::constant_time::verify_slices_are_equal(
+            entry.token.as_bytes(),
+            token.as_bytes(),
+        )
+        .is_ok();
         let fresh = entry.rule == rule
             && Arc::ptr_eq(&entry.keys, keys)
             && (entry.valid_from..=entry.valid_until).contains(&now)
-            && *entry.token == *token;
+            && same_token;
         fresh.then(|| entry.validated.clone())
     }
 

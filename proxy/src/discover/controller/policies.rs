@@ -11,17 +11,13 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
 use picket_common::backoff::Backoff;
 use picket_common::policies::ClusterPolicies;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{ControllerDiscover, MAX_LINE_BYTES, RETRY_MAX, RETRY_MIN, StreamError};
+use super::{ControllerDiscover, JsonLines, RETRY_MAX, RETRY_MIN, StreamError};
 use crate::authz::{PolicyLoadError, PolicyStore};
-use crate::forward::boxed;
 
 /// The path of the policy subscription.
 pub const POLICIES_PATH: &str = "/v1/policies";
@@ -64,47 +60,21 @@ async fn stream_once(
     first: &mut Option<oneshot::Sender<Result<(), PolicyLoadError>>>,
     backoff: &mut Backoff,
 ) -> Result<(), StreamError> {
-    let request = Request::get(format!("https://controller{POLICIES_PATH}"))
-        .body(boxed(Empty::<Bytes>::new()))
-        .map_err(|e| StreamError::Protocol(e.to_string()))?;
-    let response = discover.shared.client.send(request).await?;
-    if response.status() != StatusCode::OK {
-        return Err(StreamError::Status(response.status()));
-    }
-    let mut body = response.into_body();
-    let mut buffer = BytesMut::new();
+    let mut lines = JsonLines::open(&discover.shared, POLICIES_PATH).await?;
     loop {
-        let frame = match body.frame().await {
-            None => return Err(StreamError::Closed),
-            Some(Err(e)) => return Err(StreamError::Broken(e.to_string())),
-            Some(Ok(frame)) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        buffer.extend_from_slice(&data);
-        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-            let line = buffer.split_to(end + 1);
-            let set: ClusterPolicies = serde_json::from_slice(&line[..end])
-                .map_err(|e| StreamError::Protocol(e.to_string()))?;
-            tracing::info!(
-                objects = set.policies.len(),
-                "policy set from the controller"
-            );
-            let store = Arc::clone(store);
-            // Compiling many policies takes a while: off the request-serving threads.
-            let loaded = tokio::task::spawn_blocking(move || store.set_cluster(set.policies))
-                .await
-                .map_err(|e| StreamError::Broken(e.to_string()))?;
-            if let Some(first) = first.take() {
-                let _ = first.send(loaded);
-            }
-            *backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        let set: ClusterPolicies = lines.next().await?;
+        tracing::info!(
+            objects = set.policies.len(),
+            "policy set from the controller"
+        );
+        let store = Arc::clone(store);
+        // Compiling many policies takes a while: off the request-serving threads.
+        let loaded = tokio::task::spawn_blocking(move || store.set_cluster(set.policies))
+            .await
+            .map_err(|e| StreamError::Broken(e.to_string()))?;
+        if let Some(first) = first.take() {
+            let _ = first.send(loaded);
         }
-        if buffer.remaining() > MAX_LINE_BYTES {
-            return Err(StreamError::Protocol(format!(
-                "a line longer than {MAX_LINE_BYTES} bytes"
-            )));
-        }
+        *backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
     }
 }
