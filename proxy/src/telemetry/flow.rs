@@ -208,6 +208,10 @@ pub struct FlowRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub sni: Option<Cow<'a, str>>,
+    /// Egress connections: the ClientHello offered Encrypted ClientHello, so `sni` is its
+    /// outer (public) name; absent when it did not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ech: bool,
     /// HTTP status sent to the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -326,6 +330,7 @@ impl<'a> FlowRecord<'a> {
             path: None,
             host: None,
             sni: None,
+            ech: false,
             status: None,
             grpc_status: None,
             verdict: None,
