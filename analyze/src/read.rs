@@ -659,6 +659,12 @@ impl Aggregate {
     /// the sidecar's own client span when it traces (it sent that span as the parent), else
     /// the app's span it passed on; inbound, the parent span it got.
     fn pair_key(r: &FlowRecord<'_>, src: u32) -> Option<PairKey> {
+        // An opaque TCP connection carries no trace context between the sidecars: each side's
+        // span is the root of a trace of its own, so its records never pair (and need not
+        // wait for a partner).
+        if r.protocol == FlowProtocol::Tcp {
+            return None;
+        }
         let trace = u128::from_str_radix(r.trace_id.as_deref()?, 16).ok()?;
         let span = match r.direction {
             Direction::Outbound => r.span_id.as_deref().or(r.parent_span_id.as_deref()),
