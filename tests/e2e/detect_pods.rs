@@ -619,8 +619,17 @@ spec:
         ensure!(report["records"].as_u64().unwrap_or(0) > 1, "{report}");
         sent.push(report["sent"].as_u64().unwrap_or(0));
     }
+    // openssl s_client, with -servername, for a name the list does not hold.
+    let mut cmd = pods.net.exec(0, "timeout");
+    cmd.args(["5", "openssl", "s_client", "-connect"])
+        .arg(format!("{gateway}:{EGRESS_PORT}"))
+        .args(["-servername", "openssl.example.test"]);
+    let _ = output(&mut cmd).await?;
     eventually(WAIT, async || {
         let flows = records(0)?;
+        let openssl = find(&flows, "sni", "openssl.example.test", None)
+            .with_context(|| format!("no record of openssl's ClientHello: {flows:#?}"))?;
+        ensure!(openssl["verdict"] == "deny", "{openssl}");
         let allowed = flows
             .iter()
             .find(|f| {
