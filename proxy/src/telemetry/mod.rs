@@ -501,6 +501,7 @@ fn start_detectors(cfg: &DetectorConfig) -> Result<Detectors, TelemetryError> {
                     identities = r.identities,
                     edges = r.edges,
                     burst_counters = r.burst_counters,
+                    routes = r.routes,
                     "detector state loaded: known identities do not learn again"
                 );
             }

@@ -347,6 +347,7 @@ fn baseline_edges_are_known_from_the_start() {
         destination: CATALOG.into(),
         port: Some(8080),
         route: "GET /api/items".into(),
+        status_classes: Vec::new(),
     })
     .unwrap();
     let text = format!("{flow_line}\n{edge_line}\nnot json\n");
@@ -461,6 +462,7 @@ fn a_new_identity_learns_visibly_and_a_known_one_does_not() {
         destination: ORDERS.into(),
         port: Some(8080),
         route: "GET /api/orders".into(),
+        status_classes: Vec::new(),
     })
     .unwrap();
     d.load_baseline(edge.as_bytes()).unwrap();
@@ -557,11 +559,11 @@ fn learned_state_survives_a_restart_without_a_new_learning_window() {
     let v2 =
         String::from_utf8(saved.clone())
             .unwrap()
-            .replacen("\"version\":1", "\"version\":2", 1);
+            .replacen("\"version\":2", "\"version\":3", 1);
     assert!(
         e.restore_state(v2.as_bytes())
             .unwrap_err()
-            .contains("version 2")
+            .contains("version 3")
     );
     assert_eq!(e.tracked()[0], edges_now);
 }
@@ -699,4 +701,193 @@ fn the_digest_memo_never_changes_a_digest() {
     let after = d.digest(&["identity", FRONTEND], 0);
     assert_ne!(before, after);
     assert_eq!(after, d.sip_digest(&["identity", FRONTEND], 0));
+}
+
+/// The `status_class_new` alerts of `flows`, each observed at its time (seconds).
+fn status_alerts(d: &mut Detectors, flows: &[(F, i64)]) -> Vec<Alert> {
+    flows
+        .iter()
+        .flat_map(|(f, t)| d.observe_flow(&record(f, at(*t)), at(*t)))
+        .filter(|a| a.kind == AlertKind::StatusClassNew)
+        .collect()
+}
+
+#[test]
+fn a_route_that_learned_2xx_alerts_once_when_it_answers_5xx_past_the_floor() {
+    let mut d = trained();
+    // One odd answer, and a steady route beside it: quiet.
+    let quiet: Vec<_> = (0..20)
+        .map(|i| (http(CATALOG, "GET", "/api/items/3", 200), 120 + i))
+        .chain([(http(CATALOG, "GET", "/api/items", 503), 121)])
+        .collect();
+    assert!(status_alerts(&mut d, &quiet).is_empty());
+    // The floor (3 in the window): one alert, with the evidence.
+    let alerts = status_alerts(
+        &mut d,
+        &[
+            (http(CATALOG, "GET", "/api/items", 503), 125),
+            (http(CATALOG, "GET", "/api/items", 503), 126),
+        ],
+    );
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let a = &alerts[0];
+    assert_eq!(a.severity, Severity::Medium);
+    assert_eq!(
+        a.destination.as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/catalog GET /api/items")
+    );
+    assert_eq!(a.evidence.get("status_class"), Some(&5));
+    assert_eq!(a.evidence.get("answers"), Some(&3));
+    assert_eq!(a.evidence.get("threshold"), Some(&3));
+    assert!(a.summary.contains("known: 2xx"), "{}", a.summary);
+    // Reported once: 5xx is now an answer the route gives (and past the rate limit too).
+    let later: Vec<_> = (0..5)
+        .map(|i| (http(CATALOG, "GET", "/api/items", 503), 1000 + i))
+        .collect();
+    assert!(status_alerts(&mut d, &later).is_empty());
+    let state = d.state(at(1010));
+    let route = state
+        .routes
+        .iter()
+        .find(|r| r.destination == CATALOG && r.route == "GET /api/items")
+        .unwrap();
+    assert_eq!(route.status_classes, ["2xx", "5xx"]);
+    assert!(route.learning_until.is_none());
+    assert_eq!(state.parameters.status_class_threshold, 3);
+    assert_eq!(state.tables.routes, state.routes.len());
+}
+
+#[test]
+fn odd_answers_in_different_windows_do_not_add_up() {
+    let mut d = trained();
+    let flows: Vec<_> = [130, 131, 200, 201, 300, 301]
+        .into_iter()
+        .map(|t| (http(CATALOG, "GET", "/api/items", 500), t))
+        .collect();
+    assert!(status_alerts(&mut d, &flows).is_empty());
+}
+
+#[test]
+fn success_on_a_route_that_only_refused_is_high() {
+    let mut d = Detectors::new(&cfg());
+    let flows: Vec<_> = (0..10)
+        .map(|i| (http(ORDERS, "POST", "/api/admin/export", 403), i))
+        .collect();
+    assert!(status_alerts(&mut d, &flows).is_empty());
+    let flows: Vec<_> = (0..3)
+        .map(|i| (http(ORDERS, "POST", "/api/admin/export", 200), 100 + i))
+        .collect();
+    let alerts = status_alerts(&mut d, &flows);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].severity, Severity::High);
+}
+
+#[test]
+fn denials_refused_tokens_and_the_sidecars_own_errors_are_not_route_answers() {
+    let mut d = trained();
+    let route = |status| http(CATALOG, "GET", "/api/items", status);
+    for i in 0..5 {
+        let t = at(130 + i);
+        let denied = route(403);
+        let mut denied = record(&denied, t);
+        denied.verdict = Some(Verdict::Deny);
+        let token = route(401);
+        let mut token = record(&token, t);
+        token.token_error = Some("expired".into());
+        let unreachable = route(503);
+        let mut unreachable = record(&unreachable, t);
+        unreachable.sidecar_answer = true;
+        for f in [denied, token, unreachable] {
+            let alerts = d.observe_flow(&f, t);
+            assert!(
+                alerts.iter().all(|a| a.kind != AlertKind::StatusClassNew),
+                "{alerts:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_route_first_seen_after_learning_learns_its_classes_for_the_learning_window() {
+    let mut d = trained();
+    // A new route: a new edge, and its classes are learned for `learning_window` (60 s).
+    let route = |status| http(CATALOG, "GET", "/api/reports", status);
+    let first: Vec<_> = [(200, 130), (500, 131), (500, 132), (500, 133)]
+        .into_iter()
+        .map(|(s, t)| (route(s), t))
+        .collect();
+    assert!(status_alerts(&mut d, &first).is_empty());
+    // After it: a class it never answered alerts.
+    let later: Vec<_> = (0..3).map(|i| (route(404), 200 + i)).collect();
+    let alerts = status_alerts(&mut d, &later);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(
+        alerts[0].summary.contains("known: 2xx, 5xx"),
+        "{}",
+        alerts[0].summary
+    );
+}
+
+#[test]
+fn learned_status_classes_survive_a_restart_and_come_from_a_baseline() {
+    let d = trained();
+    let saved = d.save_state(at(130)).unwrap();
+    let mut e = Detectors::new(&cfg());
+    let r = e.restore_state(&saved).unwrap();
+    assert_eq!(r.routes, d.tracked()[7]);
+    assert!(r.routes > 0);
+    let flows: Vec<_> = (0..3)
+        .map(|i| (http(CATALOG, "GET", "/api/items", 502), 140 + i))
+        .collect();
+    assert_eq!(status_alerts(&mut e, &flows).len(), 1);
+    // A state file of version 1 (no routes) still loads.
+    let v1 = String::from_utf8(saved)
+        .unwrap()
+        .replacen("\"version\":2", "\"version\":1", 1);
+    let v1 = v1.split(",\"routes\":").next().unwrap().to_owned() + "}";
+    assert_eq!(
+        Detectors::new(&cfg())
+            .restore_state(v1.as_bytes())
+            .unwrap()
+            .routes,
+        0
+    );
+    // A bad class name in a state file is refused with its place.
+    let bad = String::from_utf8(e.save_state(at(150)).unwrap())
+        .unwrap()
+        .replacen("\"2xx\"", "\"9xx\"", 1);
+    let err = Detectors::new(&cfg())
+        .restore_state(bad.as_bytes())
+        .unwrap_err();
+    assert!(
+        err.contains("status_classes") && err.contains("9xx"),
+        "{err}"
+    );
+
+    // A baseline edge line with the classes the route answered: known at once, from the
+    // first answer (no learning window, no first class taken as learned).
+    let c = DetectorConfig {
+        learning_window: Duration::from_secs(600),
+        ..DetectorConfig::default()
+    };
+    let mut b = Detectors::new(&c);
+    let line = serde_json::to_string(&BaselineEdge {
+        line_type: LineType::Edge,
+        source: FRONTEND.into(),
+        destination: ORDERS.into(),
+        port: Some(8080),
+        route: "GET /api/orders".into(),
+        status_classes: vec!["2xx".into(), "4xx".into()],
+    })
+    .unwrap();
+    b.load_baseline(line.as_bytes()).unwrap();
+    let route = |status| http(ORDERS, "GET", "/api/orders", status);
+    let flows: Vec<_> = [200, 404, 500, 500, 500]
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (route(s), i as i64))
+        .collect();
+    let alerts = status_alerts(&mut b, &flows);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].evidence.get("status_class"), Some(&5));
 }
