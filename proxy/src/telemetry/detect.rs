@@ -15,7 +15,7 @@
 //! | `not_found_burst` | 404s from one destination past the edge's learned rate, `not_found_burst_threshold` at least |
 //! | `auth_failure_burst` | 401s and application 403s on one route past the route's learned rate, `auth_failure_burst_threshold` at least |
 //! | `unauthenticated` | a handshake failure `not_tls`, `no_client_cert`, `untrusted`, `foreign_trust_domain` |
-//! | `new_source_address` | after the learning window, a known identity from an IP it never used |
+//! | `new_source_address` | after the learning window, a known identity connects from an IP it never used that the cluster does not announce for it |
 //! | `sensitive_path` | a request for a configured sensitive path prefix |
 //! | `metadata_access` | an outbound call to a cloud metadata address |
 //! | `invalid_token_burst` | `deny_burst_threshold` requests whose end-user token was refused (401) |
@@ -524,6 +524,30 @@ pub struct CounterView {
     pub threshold: u64,
 }
 
+/// What the detectors make of an identity presented from an address (inbound, after the
+/// handshake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerAddress {
+    /// Nothing to report: an address the identity used before, its first address, one used
+    /// while the identity learns, or an identity bound to its addresses (`address_binding`).
+    Quiet,
+    /// A known identity from an address it never used, after learning: a new replica or a
+    /// credential used elsewhere. Settle it with [`Detectors::settle_source_address`].
+    New,
+}
+
+/// What the discovery source announces for a new source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announced {
+    /// The address is a pod the cluster announces for the very identity presented: a replica.
+    Replica,
+    /// The cluster announces the address for another identity, for a pod without a sidecar,
+    /// or does not know it as a pod's address.
+    Elsewhere,
+    /// Nothing is known: no announced sets (file mode), or no answer in time.
+    Unknown,
+}
+
 /// A source identity whose learning window opened: logged and counted by the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LearningStarted {
@@ -606,6 +630,15 @@ pub struct Detectors {
 
 /// Source addresses remembered per identity.
 const ADDRESSES_PER_IDENTITY: usize = 16;
+
+/// Adds `ip` to an identity's addresses, forgetting the oldest past
+/// [`ADDRESSES_PER_IDENTITY`].
+fn remember_address(addrs: &mut Vec<IpAddr>, ip: IpAddr) {
+    if addrs.len() >= ADDRESSES_PER_IDENTITY {
+        addrs.remove(0);
+    }
+    addrs.push(ip);
+}
 
 /// A fresh digest key from the system random generator. Should it fail (it does not on any
 /// supported system), the key is derived from the clock and the process id: digests then
@@ -987,7 +1020,6 @@ impl Detectors {
         };
         let mut pending: Vec<Pending> = Vec::new();
         self.new_edge(&seen, &mut pending);
-        self.new_source_address(&seen, &mut pending);
         self.windowed(&seen, &mut pending);
         self.status_class_new(&seen, &mut pending);
         self.sensitive_path(&seen, &mut pending);
@@ -1029,41 +1061,92 @@ impl Detectors {
         });
     }
 
-    /// `new_source_address`: a known identity from an address it never used (inbound only,
-    /// where the peer's address is meaningful; identities bound to their addresses are
-    /// checked when they connect instead).
-    fn new_source_address(&mut self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
-        if seen.flow.direction != Direction::Inbound {
-            return;
+    /// Whether `identity` learns at `now` (ms) without making it known: an identity not seen
+    /// yet would open its window now.
+    fn learns(&self, identity: &str, now: i64) -> bool {
+        let window = duration_ms(self.cfg.learning_window);
+        let key = self.digest(&["identity", identity], 0);
+        self.identities
+            .map
+            .get(&key)
+            .is_none_or(|i| now.saturating_sub(i.first_seen) < window)
+    }
+
+    /// `new_source_address`, first step: a peer presented `identity` from `ip` (inbound, once
+    /// per connection, where the peer's address is meaningful). Addresses of an identity
+    /// that learns, and its first address, are remembered; identities bound to their
+    /// addresses are checked by `address_binding` instead.
+    pub fn observe_peer_address(
+        &mut self,
+        identity: &str,
+        ip: IpAddr,
+        now: OffsetDateTime,
+    ) -> PeerAddress {
+        if self.cfg.address_binding.check(identity, ip) != Bound::Unknown {
+            return PeerAddress::Quiet;
         }
-        let (Some(id), Some(ip)) = (seen.src.identity, seen.src.ip) else {
-            return;
-        };
-        // Identities bound to their addresses are checked when they connect instead.
-        if self.cfg.address_binding.check(id, ip) != Bound::Unknown {
-            return;
-        }
-        let key = self.digest(&["addr", id], 0);
+        let now = millis(now);
+        let learning = self.learns(identity, now);
+        let key = self.digest(&["addr", identity], 0);
         let known = self.addresses.contains(key);
         let addrs = self.addresses.entry(key, Vec::new);
         if addrs.contains(&ip) {
-            return;
+            return PeerAddress::Quiet;
         }
-        if addrs.len() >= ADDRESSES_PER_IDENTITY {
-            addrs.remove(0);
+        if known && !learning {
+            return PeerAddress::New;
         }
-        addrs.push(ip);
-        if known && !seen.learning {
-            pending.push(Pending {
-                kind: AlertKind::NewSourceAddress,
-                severity: Severity::Low,
-                destination: None,
-                evidence: vec![("known_addresses", addrs.len() as u64 - 1)],
-                window: false,
-                first_seen: seen.now,
-                summary: format!("{id} connected from {ip}, an address it never used"),
-            });
+        remember_address(addrs, ip);
+        PeerAddress::Quiet
+    }
+
+    /// `new_source_address`, second step: what the cluster announces for a new address of
+    /// `identity`. The address is remembered either way; a replica (the cluster announces the
+    /// address for this identity) raises nothing, anything else the low-severity alert.
+    pub fn settle_source_address(
+        &mut self,
+        identity: &str,
+        source: SocketAddr,
+        announced: Announced,
+        now: OffsetDateTime,
+    ) -> Vec<Alert> {
+        let now = millis(now);
+        let ip = source.ip();
+        let key = self.digest(&["addr", identity], 0);
+        let addrs = self.addresses.entry(key, Vec::new);
+        if addrs.contains(&ip) {
+            return Vec::new();
         }
+        remember_address(addrs, ip);
+        let known = addrs.len() as u64 - 1;
+        let elsewhere = announced == Announced::Elsewhere;
+        if announced == Announced::Replica {
+            return Vec::new();
+        }
+        let pending = Pending {
+            kind: AlertKind::NewSourceAddress,
+            severity: Severity::Low,
+            destination: None,
+            evidence: vec![
+                ("known_addresses", known),
+                ("announced_elsewhere", u64::from(elsewhere)),
+            ],
+            window: false,
+            first_seen: now,
+            summary: format!(
+                "{identity} connected from {ip}, an address it never used{}",
+                if elsewhere {
+                    " and that the cluster does not announce for it"
+                } else {
+                    ""
+                }
+            ),
+        };
+        let src = Source {
+            identity: Some(identity),
+            ip: Some(ip),
+        };
+        self.emit(&src, identity, vec![pending], now)
     }
 
     /// `status_class_new`: a route answers the source with a status class it never answered

@@ -308,13 +308,69 @@ fn unauthenticated_attempts_are_reported_once_per_rate_limit_period() {
 }
 
 #[test]
-fn a_known_identity_from_a_new_address_is_reported() {
+fn a_known_identity_from_a_new_address_is_reported_unless_announced_for_it() {
     let mut d = trained();
-    let f = F {
-        from: "10.0.0.99:40000",
-        ..http(ORDERS, "POST", "/api/orders", 201)
-    };
-    assert_eq!(replay(&mut d, &[f]), kinds(&[AlertKind::NewSourceAddress]));
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let addr = |s: &str| -> SocketAddr { s.parse().unwrap() };
+    // While the identity learns (its first minute), its addresses are remembered quietly.
+    for (a, t) in [("10.0.0.1", 10), ("10.0.0.2", 20)] {
+        assert_eq!(
+            d.observe_peer_address(FRONTEND, ip(a), at(t)),
+            PeerAddress::Quiet
+        );
+    }
+    assert_eq!(
+        d.observe_peer_address(FRONTEND, ip("10.0.0.1"), at(130)),
+        PeerAddress::Quiet
+    );
+    // A replica: a new address the cluster announces for the identity. Quiet, remembered.
+    let replica = addr("10.0.0.3:40000");
+    assert_eq!(
+        d.observe_peer_address(FRONTEND, replica.ip(), at(130)),
+        PeerAddress::New
+    );
+    assert!(
+        d.settle_source_address(FRONTEND, replica, Announced::Replica, at(130))
+            .is_empty()
+    );
+    assert_eq!(
+        d.observe_peer_address(FRONTEND, replica.ip(), at(131)),
+        PeerAddress::Quiet
+    );
+    // An address the cluster announces for someone else: alerted, low, once.
+    let foreign = addr("10.0.0.99:40000");
+    assert_eq!(
+        d.observe_peer_address(FRONTEND, foreign.ip(), at(132)),
+        PeerAddress::New
+    );
+    let alerts = d.settle_source_address(FRONTEND, foreign, Announced::Elsewhere, at(132));
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let a = &alerts[0];
+    assert_eq!(
+        (a.kind, a.severity),
+        (AlertKind::NewSourceAddress, Severity::Low)
+    );
+    assert_eq!(a.source_address, Some(foreign.ip()));
+    assert_eq!(a.evidence.get("announced_elsewhere"), Some(&1));
+    assert_eq!(a.evidence.get("known_addresses"), Some(&3));
+    assert!(
+        d.settle_source_address(FRONTEND, foreign, Announced::Elsewhere, at(133))
+            .is_empty()
+    );
+    // Nothing announced (file mode, or no answer): today's low-severity signal.
+    let other = addr("10.0.0.98:40000");
+    assert_eq!(
+        d.observe_peer_address(FRONTEND, other.ip(), at(600)),
+        PeerAddress::New
+    );
+    let alerts = d.settle_source_address(FRONTEND, other, Announced::Unknown, at(600));
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].evidence.get("announced_elsewhere"), Some(&0));
+    // A new identity's first address is its own, quietly.
+    assert_eq!(
+        d.observe_peer_address(PAYMENTS, ip("10.0.0.50"), at(600)),
+        PeerAddress::Quiet
+    );
 }
 
 #[test]
