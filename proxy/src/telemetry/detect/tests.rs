@@ -659,58 +659,77 @@ fn vm_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The figure reported in docs/telemetry.md: run with
-/// `cargo test -p picket-proxy --release detector_memory -- --ignored --nocapture --test-threads=1`.
+/// The figures reported in docs/telemetry.md: run with
+/// `cargo test -p picket-proxy detector_memory -- --ignored --nocapture --test-threads=1`
+/// (add `--release` for an optimised build; the table sizes do not depend on it). Each load
+/// runs twice: flows without a status (edges only) and with one (edges and the routes of
+/// `status_class_new`), so the difference is what the routes cost.
 #[test]
 #[ignore = "a measurement, not a check"]
 #[allow(clippy::print_stdout)]
 fn detector_memory_per_10k_edges() {
     for sources in [100usize, 1000] {
-        let c = DetectorConfig {
-            learning_window: Duration::from_secs(3600),
-            max_tracked: 1_000_000,
-            ..DetectorConfig::default()
-        };
-        let mut d = Detectors::new(&c);
-        // `sources` x 100 routes distinct edges, all learned (no alerts).
-        let ids: Vec<String> = (0..sources)
-            .map(|i| format!("spiffe://cluster.local/ns/team{i}/sa/client{i}"))
-            .collect();
-        let paths: Vec<String> = (0..100).map(|i| format!("/api/v1/resource{i}")).collect();
-        let before_rss = vm_rss_kib().unwrap_or(0);
-        for (s, src) in ids.iter().enumerate() {
-            for (p, path) in paths.iter().enumerate() {
-                let f = FlowRecord {
-                    source_identity: Some(src.as_str().into()),
-                    source_address: Some(SocketAddr::from((
-                        [10, (s / 65536) as u8, (s / 256) as u8, s as u8],
-                        40000,
-                    ))),
-                    destination_identity: Some(ORDERS.into()),
-                    destination_port: Some(8080),
-                    method: Some("GET".into()),
-                    path: Some(path.as_str().into()),
-                    status: Some(200),
-                    ..FlowRecord::new(at(0), Direction::Inbound, FlowProtocol::Http1)
-                };
-                d.observe_flow(&f, at((s * 100 + p) as i64 / 1000));
+        let mut heaps = Vec::new();
+        for with_status in [false, true] {
+            let c = DetectorConfig {
+                learning_window: Duration::from_secs(3600),
+                max_tracked: 1_000_000,
+                ..DetectorConfig::default()
+            };
+            let mut d = Detectors::new(&c);
+            // `sources` x 100 routes distinct edges, all learned (no alerts).
+            let ids: Vec<String> = (0..sources)
+                .map(|i| format!("spiffe://cluster.local/ns/team{i}/sa/client{i}"))
+                .collect();
+            let paths: Vec<String> = (0..100).map(|i| format!("/api/v1/resource{i}")).collect();
+            let before_rss = vm_rss_kib().unwrap_or(0);
+            for (s, src) in ids.iter().enumerate() {
+                let ip =
+                    SocketAddr::from(([10, (s / 65536) as u8, (s / 256) as u8, s as u8], 40000));
+                d.observe_peer_address(src, ip.ip(), at(0));
+                for (p, path) in paths.iter().enumerate() {
+                    let f = FlowRecord {
+                        source_identity: Some(src.as_str().into()),
+                        source_address: Some(ip),
+                        destination_identity: Some(ORDERS.into()),
+                        destination_port: Some(8080),
+                        method: Some("GET".into()),
+                        path: Some(path.as_str().into()),
+                        status: with_status.then_some(200),
+                        ..FlowRecord::new(at(0), Direction::Inbound, FlowProtocol::Http1)
+                    };
+                    d.observe_flow(&f, at((s * 100 + p) as i64 / 1000));
+                }
             }
-        }
-        let after_rss = vm_rss_kib().unwrap_or(0);
-        let edges = d.tracked()[0];
-        let heap = d.heap_bytes();
-        println!(
-            "detectors, {edges} distinct edges from {sources} sources: tables {:?}; \
-                 heap by capacity {} KiB = {} KiB per 10,000 edges ({} bytes/edge); \
+            let after_rss = vm_rss_kib().unwrap_or(0);
+            let edges = d.tracked()[0];
+            let routes = d.tracked()[7];
+            let heap = d.heap_bytes();
+            println!(
+                "detectors, {edges} distinct edges and {routes} routes from {sources} sources: \
+                 tables {:?}; heap by capacity {} KiB = {} KiB per 10,000 edges ({} bytes/edge); \
                  VmRSS delta {} KiB = {} KiB per 10,000 edges",
-            d.tracked(),
+                d.tracked(),
+                heap / 1024,
+                heap * 10_000 / edges / 1024,
+                heap / edges,
+                after_rss.saturating_sub(before_rss),
+                after_rss.saturating_sub(before_rss) * 10_000 / edges as u64,
+            );
+            assert_eq!(edges, sources * 100);
+            assert_eq!(routes, if with_status { edges } else { 0 });
+            heaps.push((heap, after_rss.saturating_sub(before_rss)));
+        }
+        let routes = sources * 100;
+        // The second run reuses memory the first freed, so only the heap figures compare.
+        let heap = heaps[1].0.saturating_sub(heaps[0].0);
+        println!(
+            "routes of status_class_new, {routes} from {sources} sources: heap by capacity {} KiB \
+             = {} bytes/route, {} KiB per 10,000 routes",
             heap / 1024,
-            heap * 10_000 / edges / 1024,
-            heap / edges,
-            after_rss.saturating_sub(before_rss),
-            after_rss.saturating_sub(before_rss) * 10_000 / edges as u64,
+            heap / routes,
+            heap * 10_000 / routes / 1024,
         );
-        assert_eq!(edges, sources * 100);
     }
 }
 
