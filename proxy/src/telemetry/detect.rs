@@ -711,6 +711,21 @@ struct Pending {
     summary: String,
 }
 
+impl Pending {
+    /// What tells apart alerts of one kind, source and destination in the rate limit, beside
+    /// those: the class of a `status_class_new` (each new class of a route is reported, so a
+    /// success that follows new failures is not silenced by them), else nothing (0).
+    fn rate_limit_class(&self) -> u64 {
+        if self.kind != AlertKind::StatusClassNew {
+            return 0;
+        }
+        self.evidence
+            .iter()
+            .find(|(name, _)| *name == "status_class")
+            .map_or(0, |(_, class)| *class)
+    }
+}
+
 /// One flow as every detector reads it, worked out once.
 struct Seen<'f, 'r> {
     flow: &'f FlowRecord<'r>,
@@ -1519,7 +1534,7 @@ impl Detectors {
                     source_label,
                     p.destination.as_deref().unwrap_or(""),
                 ],
-                0,
+                p.rate_limit_class(),
             );
             let fresh = !self.rate.contains(key);
             let rs = self.rate.entry(key, || RateState {

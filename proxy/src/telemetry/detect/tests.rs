@@ -966,3 +966,22 @@ fn learned_status_classes_survive_a_restart_and_come_from_a_baseline() {
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0].evidence.get("status_class"), Some(&5));
 }
+
+#[test]
+fn each_new_class_of_a_route_is_reported_inside_the_rate_limit() {
+    let mut d = Detectors::new(&cfg());
+    let route = |status| http(ORDERS, "POST", "/api/admin/export", status);
+    let learned: Vec<_> = (0..10).map(|i| (route(403), i)).collect();
+    assert!(status_alerts(&mut d, &learned).is_empty());
+    // New failures, then success a minute later: two alerts, the second high.
+    let probes: Vec<_> = (0..3)
+        .map(|i| (route(500), 100 + i))
+        .chain((0..3).map(|i| (route(200), 160 + i)))
+        .collect();
+    let alerts = status_alerts(&mut d, &probes);
+    let got: Vec<(u64, Severity)> = alerts
+        .iter()
+        .map(|a| (a.evidence["status_class"], a.severity))
+        .collect();
+    assert_eq!(got, [(5, Severity::Medium), (2, Severity::High)]);
+}
