@@ -606,15 +606,18 @@ async fn through_the_controller_requests_spread_identities_pin_and_endpoint_chan
     let net = &w.net;
 
     // Spread: the client's sidecar resolves the Service address through the controller and
-    // balances each request: 1,500 requests, 12 at a time, each backend within ±20 % of a
-    // third. (A short decay: with the default 10 s, one latency spike of a backend on this
-    // shared machine would steer traffic for longer than the test runs.)
+    // balances each request: 1,500 requests, 12 at a time, each backend between a sixth and a
+    // half of them. The balancer steers by latency (peak EWMA), so on a loaded machine a
+    // backend's share follows its scheduling and ±20 % of a third measured the machine (347
+    // and 636 of 1,500 were seen at a load average of 14); the bound still fails traffic that
+    // lands on one or two pods. (A short decay: with the default 10 s, one latency spike of a
+    // backend would steer traffic for longer than the test runs.)
     let b = batch(net, CLIENT, &service, 1500, 12).await?;
     ensure!(b.ok() == 1500, "not all answered:\n{}", b.text);
     for app in ["b1", "b2", "b3"] {
         let n = b.from(app);
         ensure!(
-            (400..=600).contains(&n),
+            (250..=750).contains(&n),
             "{app} answered {n} of 1500: {:?}",
             b.by_app
         );
