@@ -12,7 +12,7 @@ use std::time::Instant;
 use picket_proxy::direction::Direction;
 use picket_proxy::telemetry::alert::{Alert, AlertKind, Severity};
 use picket_proxy::telemetry::baseline::{Counter, Scope};
-use picket_proxy::telemetry::detect::{BaselineEdge, host_only};
+use picket_proxy::telemetry::detect::{BaselineEdge, host_only, route_answer_class};
 use picket_proxy::telemetry::flow::{
     FlowPhase, FlowProtocol, FlowRecord, LineType, Verdict, route_template,
 };
@@ -116,6 +116,9 @@ pub(crate) struct RouteAgg {
     pub(crate) outbound: RouteSide,
     pub(crate) in_baseline: bool,
     pub(crate) after_baseline: bool,
+    /// The status classes the route answered in the baseline period (bit `c`: `c`xx), as the
+    /// `status_class_new` detector counts answers.
+    pub(crate) baseline_classes: u8,
     /// A concrete request of this route, for policy evaluation.
     pub(crate) sample_path: Option<Box<str>>,
 }
@@ -178,6 +181,9 @@ impl RouteAgg {
         }
         if before {
             self.in_baseline = true;
+            if let Some(class) = route_answer_class(r) {
+                self.baseline_classes |= 1 << class;
+            }
         } else {
             self.after_baseline = true;
         }
@@ -659,6 +665,12 @@ impl Aggregate {
     /// the sidecar's own client span when it traces (it sent that span as the parent), else
     /// the app's span it passed on; inbound, the parent span it got.
     fn pair_key(r: &FlowRecord<'_>, src: u32) -> Option<PairKey> {
+        // An opaque TCP connection carries no trace context between the sidecars: each side's
+        // span is the root of a trace of its own, so its records never pair (and need not
+        // wait for a partner).
+        if r.protocol == FlowProtocol::Tcp {
+            return None;
+        }
         let trace = u128::from_str_radix(r.trace_id.as_deref()?, 16).ok()?;
         let span = match r.direction {
             Direction::Outbound => r.span_id.as_deref().or(r.parent_span_id.as_deref()),

@@ -20,6 +20,18 @@ use crate::model::Action;
 use crate::options::DefaultAction;
 use crate::set::{Buckets, RuleId, WorkloadPolicies};
 
+/// The name of an egress connection as `hosts` patterns match it: with its port, as they
+/// match a `Host` header (`api.example.com:443`, `[::1]:80`).
+pub(crate) fn egress_host(req: &EgressRequest<'_>) -> Option<String> {
+    req.name.filter(|n| !n.is_empty()).map(|n| {
+        if n.contains(':') {
+            format!("[{n}]:{}", req.port)
+        } else {
+            format!("{n}:{}", req.port)
+        }
+    })
+}
+
 impl WorkloadPolicies {
     /// Decides one request. See the module documentation for the order.
     #[inline]
@@ -32,14 +44,7 @@ impl WorkloadPolicies {
     /// `default` (the sidecar's `outbound.passthrough`) takes the mesh default's place when no
     /// enforced egress ALLOW policy selects the workload. The decision is the same record.
     pub fn evaluate_egress(&self, req: &EgressRequest<'_>, default: DefaultAction) -> Decision {
-        // `hosts` patterns match a name with its port, as they match a `Host` header.
-        let host = req.name.filter(|n| !n.is_empty()).map(|n| {
-            if n.contains(':') {
-                format!("[{n}]:{}", req.port)
-            } else {
-                format!("{n}:{}", req.port)
-            }
-        });
+        let host = egress_host(req);
         let a = Attrs::egress(req, host.as_deref());
         match &self.egress {
             Some(egress) => egress.decide(&a, default),

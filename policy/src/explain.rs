@@ -6,8 +6,10 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::compile::{Attrs, CompiledRule, Field};
-use crate::decision::{Decision, PolicyRef, Request};
+use std::net::IpAddr;
+
+use crate::compile::{Attrs, CompiledPolicy, CompiledRule, Field};
+use crate::decision::{Decision, EgressRequest, PolicyRef, Request};
 use crate::model::{Action, Mode};
 use crate::options::DefaultAction;
 use crate::set::WorkloadPolicies;
@@ -17,10 +19,30 @@ use crate::set::WorkloadPolicies;
 pub struct Explanation {
     /// The decision, as [`WorkloadPolicies::evaluate`] gives it.
     pub decision: Decision,
-    /// The mesh default, used when no enforced ALLOW policy applies.
+    /// The mesh default, used when no enforced ALLOW policy applies (for an egress
+    /// connection: `outbound.passthrough`).
     pub default_action: DefaultAction,
-    /// Every policy that applies to the workload, in set order.
+    /// Every policy that applies to the workload, in set order (for an egress connection:
+    /// its egress policies).
     pub policies: Vec<PolicyTrace>,
+    /// The egress connection explained, when it is one (decided by egress policies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressTarget>,
+}
+
+/// The egress connection an explanation is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EgressTarget {
+    /// The address dialled.
+    pub ip: IpAddr,
+    /// The port dialled.
+    pub port: u16,
+    /// The name the client asked for (SNI or Host), when it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Whether the name is the SNI of a TLS ClientHello (else the Host of a plaintext
+    /// HTTP/1 request).
+    pub sni: bool,
 }
 
 /// One policy's part in an explanation.
@@ -56,42 +78,64 @@ pub struct RuleTrace {
 impl WorkloadPolicies {
     /// Evaluates `req` and says why: every policy considered, every rule, which field failed.
     pub fn explain(&self, req: &Request<'_>) -> Explanation {
-        let decision = self.evaluate(req);
-        let a = Attrs::new(req);
-        let policies = self
-            .policies
-            .iter()
-            .map(|p| {
-                let rules: Vec<RuleTrace> = p
-                    .rules
-                    .iter()
-                    .enumerate()
-                    .map(|(index, rule)| {
-                        let misses = misses(rule, &a, p.action);
-                        RuleTrace {
-                            index,
-                            matched: misses.is_empty(),
-                            misses,
-                        }
-                    })
-                    .collect();
-                PolicyTrace {
-                    policy: p.reference.clone(),
-                    action: p.action,
-                    mode: p.mode,
-                    source: p.source.to_string(),
-                    line: p.line,
-                    matched_rule: rules.iter().find(|r| r.matched).map(|r| r.index),
-                    rules,
-                }
-            })
-            .collect();
         Explanation {
-            decision,
+            decision: self.evaluate(req),
             default_action: self.default_action,
-            policies,
+            policies: traces(&self.policies, &Attrs::new(req)),
+            egress: None,
         }
     }
+
+    /// Decides one egress connection as [`Self::evaluate_egress`] does (`default` being
+    /// `outbound.passthrough`) and says why: every egress policy that selects the workload,
+    /// every rule, which field failed.
+    pub fn explain_egress(&self, req: &EgressRequest<'_>, default: DefaultAction) -> Explanation {
+        let host = crate::evaluate::egress_host(req);
+        let a = Attrs::egress(req, host.as_deref());
+        let policies = self.egress.as_ref().map_or(&[][..], |e| &e.policies[..]);
+        Explanation {
+            decision: self.evaluate_egress(req, default),
+            default_action: default,
+            policies: traces(policies, &a),
+            egress: Some(EgressTarget {
+                ip: req.ip,
+                port: req.port,
+                name: req.name.map(str::to_owned),
+                sni: req.sni.is_some(),
+            }),
+        }
+    }
+}
+
+/// Every policy's part, every rule checked against `a`.
+fn traces(policies: &[std::sync::Arc<CompiledPolicy>], a: &Attrs<'_>) -> Vec<PolicyTrace> {
+    policies
+        .iter()
+        .map(|p| {
+            let rules: Vec<RuleTrace> = p
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(index, rule)| {
+                    let misses = misses(rule, a, p.action);
+                    RuleTrace {
+                        index,
+                        matched: misses.is_empty(),
+                        misses,
+                    }
+                })
+                .collect();
+            PolicyTrace {
+                policy: p.reference.clone(),
+                action: p.action,
+                mode: p.mode,
+                source: p.source.to_string(),
+                line: p.line,
+                matched_rule: rules.iter().find(|r| r.matched).map(|r| r.index),
+                rules,
+            }
+        })
+        .collect()
 }
 
 fn list(items: &[String]) -> String {
@@ -150,6 +194,10 @@ fn misses(rule: &CompiledRule, a: &Attrs<'_>, action: Action) -> Vec<String> {
                 let http = a.http;
                 let value = match field {
                     Field::Ports | Field::NotPorts => Some(a.port.to_string()),
+                    // An egress connection's name, with the port dialled, as hosts match it.
+                    Field::Hosts | Field::NotHosts if a.egress.is_some() => {
+                        a.egress.and_then(|e| e.host).map(str::to_owned)
+                    }
                     Field::Hosts | Field::NotHosts => http.map(|h| h.host.to_owned()),
                     Field::Methods | Field::NotMethods => http.map(|h| h.method.to_owned()),
                     _ => http.map(|h| h.path.to_owned()),
@@ -181,15 +229,38 @@ fn misses(rule: &CompiledRule, a: &Attrs<'_>, action: Action) -> Vec<String> {
     out
 }
 
+/// `ip:port`, IPv6 in brackets.
+struct SocketAddrText(IpAddr, u16);
+
+impl fmt::Display for SocketAddrText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        std::net::SocketAddr::new(self.0, self.1).fmt(f)
+    }
+}
+
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(e) = &self.egress {
+            let to = SocketAddrText(e.ip, e.port);
+            match &e.name {
+                Some(n) if e.sni => writeln!(f, "egress connection to {to}, SNI {n}")?,
+                Some(n) => writeln!(f, "egress connection to {to}, Host {n}")?,
+                None => writeln!(f, "egress connection to {to}, no name seen")?,
+            }
+        }
         writeln!(f, "decision: {}", self.decision)?;
-        if self.policies.is_empty() {
-            writeln!(
+        match (&self.egress, self.policies.is_empty()) {
+            (Some(_), true) => writeln!(
+                f,
+                "no egress policy applies to this workload; outbound.passthrough decides: {}",
+                self.default_action
+            )?,
+            (None, true) => writeln!(
                 f,
                 "no policy applies to this workload; the mesh default is {}",
                 self.default_action
-            )?;
+            )?,
+            (_, false) => {}
         }
         for p in &self.policies {
             writeln!(

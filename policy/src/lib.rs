@@ -65,7 +65,7 @@ pub use decision::{
     Decision, EgressRequest, HttpRequest, PolicyRef, Reason, Request, RequestAuth, Shadow, Verdict,
 };
 pub use error::{LoadError, LoadErrors};
-pub use explain::{Explanation, PolicyTrace, RuleTrace};
+pub use explain::{EgressTarget, Explanation, PolicyTrace, RuleTrace};
 pub use load::load;
 pub use model::{Action, Direction, Mode};
 pub use normalize::{NormalizeError, PathOptions};

@@ -255,6 +255,44 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     }
 }
 
+/// Splices `client` and `server` until both sides have finished or one fails, counting the
+/// bytes read from and written to `client`, and calls `interim` with the bytes so far every
+/// `every` while it lasts (IPFIX's active timeout; never when `None`). The one splice of
+/// a flow recorded while open: opaque TCP connections and WebSocket tunnels.
+///
+/// Returns the copy's outcome and the bytes from and to the client as counted, which a splice
+/// cut short by an error or an idle timeout still reports.
+pub(crate) async fn splice<A, B>(
+    client: &mut A,
+    server: &mut B,
+    buffer: usize,
+    every: Option<Duration>,
+    mut interim: impl FnMut((u64, u64)),
+) -> (io::Result<(u64, u64)>, (u64, u64))
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let counts = ByteCounts::default();
+    let mut counted = Counted::new(client, &counts);
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut counted, server, buffer, buffer);
+    tokio::pin!(copy);
+    let Some(every) = every else {
+        let r = copy.await;
+        return (r, counts.get());
+    };
+    let mut next = Instant::now() + every;
+    loop {
+        tokio::select! {
+            r = &mut copy => return (r, counts.get()),
+            () = tokio::time::sleep_until(next) => {
+                interim(counts.get());
+                next += every;
+            }
+        }
+    }
+}
+
 /// Disables Nagle's algorithm; the proxy writes whole frames and records.
 pub fn tune(stream: &tokio::net::TcpStream) {
     let _ = stream.set_nodelay(true);

@@ -42,7 +42,7 @@ use crate::direction::Direction;
 use crate::forward::{self, Body, ForwardError};
 use crate::jwt::{Authenticated, Authenticator, TokenError};
 use crate::metrics::Metrics;
-use crate::net::{ByteCounts, Counted};
+use crate::net;
 use crate::telemetry::{self, FlowPhase, FlowProtocol, FlowRecord, RequestSpan, Telemetry};
 
 /// The requests one direction serves at once. A request past the limit is answered 503 at
@@ -369,6 +369,7 @@ impl<'a> RequestCtx<'a> {
         record.host = self.host.map(Into::into);
         record.status = Some(resp.status().as_u16());
         record.grpc_status = telemetry::grpc_status(resp.headers());
+        record.sidecar_answer = resp.extensions().get::<forward::SidecarAnswer>().is_some();
         if let Some(e) = &self.enforced {
             e.fill(&mut record);
         }
@@ -413,57 +414,131 @@ impl RequestCtx<'_> {
                 token_error: self.token_error,
             },
             status,
+            opened: false,
         }
     }
 }
 
-/// A request that became a tunnel, until the tunnel ends.
+/// A request that became a tunnel, until the tunnel ends. Recorded like an opaque TCP
+/// connection: when it opens ([`TunnelFlow::open`], which the detectors act on), every active
+/// timeout while it lasts ([`TunnelFlow::splice`]) and when it ends ([`TunnelFlow::finish`]).
 #[derive(Debug)]
 pub struct TunnelFlow {
     ctx: RequestCtx<'static>,
     status: StatusCode,
+    /// Whether the open record went out.
+    opened: bool,
 }
 
 impl TunnelFlow {
-    /// Records the tunnel's flow once it has ended: the request's record (decision, path,
-    /// the status that opened the tunnel) with protocol `websocket`, the bytes from and to the
-    /// client (`None` when the tunnel never carried any), and the tunnel's whole life.
-    pub fn finish(self, bytes: Option<(u64, u64)>, telemetry: &Telemetry) {
-        if !telemetry.is_enabled() {
-            return;
-        }
-        let ctx = self.ctx;
+    /// The tunnel's record: the request's (decision, path, the status that opened the
+    /// tunnel) with protocol `websocket`, the bytes from and to the client, its life so far.
+    fn record(
+        &self,
+        phase: Option<FlowPhase>,
+        (bytes_in, bytes_out): (u64, u64),
+    ) -> FlowRecord<'static> {
+        let ctx = &self.ctx;
         let mut record = ctx.ends.record(ctx.direction, ctx.protocol);
+        record.phase = phase;
         record.method = Some(ctx.method.as_str().to_owned().into());
-        record.path = ctx.path.map(Into::into);
-        record.host = ctx.host.map(Into::into);
+        record.path = ctx.path.clone().map(Into::into);
+        record.host = ctx.host.clone().map(Into::into);
         record.status = Some(self.status.as_u16());
         if let Some(e) = &ctx.enforced {
             e.fill(&mut record);
         }
-        (record.bytes_in, record.bytes_out) = bytes.unwrap_or_default();
+        (record.bytes_in, record.bytes_out) = (bytes_in, bytes_out);
         record.duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0;
-        telemetry.record_request(ctx.span, record);
+        telemetry::fill_trace_ids(&ctx.span, &mut record);
+        record
+    }
+
+    /// Records the tunnel as open, once both of its ends were handed over: the detectors act
+    /// on this record, so a tunnel that never closes is seen at once.
+    pub fn open(&mut self, telemetry: &Telemetry) {
+        if !telemetry.is_enabled() {
+            return;
+        }
+        self.opened = true;
+        let record = self.record(Some(FlowPhase::Open), (0, 0));
+        telemetry.record_open(&mut self.ctx.span, record);
+    }
+
+    /// Splices the tunnel's `client` and `server` ends ([`net::splice`], as an opaque TCP
+    /// connection is), writing an interim record every active timeout. Returns the bytes
+    /// from and to the client, counted as they moved (a tunnel cut by its idle timeout still
+    /// reports what it carried).
+    pub async fn splice<A, B>(
+        &self,
+        client: &mut A,
+        server: &mut B,
+        telemetry: &Telemetry,
+    ) -> (u64, u64)
+    where
+        A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let every = telemetry.active_timeout().filter(|_| self.opened);
+        let (r, bytes) = net::splice(client, server, TUNNEL_BUFFER, every, |so_far| {
+            telemetry.record_flow_seen(&self.record(Some(FlowPhase::Interim), so_far));
+        })
+        .await;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "WebSocket tunnel ended with an error");
+        }
+        bytes
+    }
+
+    /// Records the tunnel's end with the bytes from and to the client (`None` when it never
+    /// carried any) and its whole life; a tunnel never recorded open gets one whole record,
+    /// which the detectors see.
+    pub fn finish(self, bytes: Option<(u64, u64)>, telemetry: &Telemetry) {
+        if !telemetry.is_enabled() {
+            return;
+        }
+        let bytes = bytes.unwrap_or_default();
+        let record = self.record(self.opened.then_some(FlowPhase::End), bytes);
+        if self.opened {
+            telemetry.record_end(self.ctx.span, record);
+        } else {
+            telemetry.record_request(self.ctx.span, record);
+        }
     }
 }
 
+/// The copy buffer of each direction of a WebSocket tunnel: tunnels carry bulk data between
+/// an app and its peer sidecar's stream, and 64 KiB buffers keep the splice to a few large
+/// writes.
+const TUNNEL_BUFFER: usize = 64 * 1024;
+
+/// The copy buffer of each direction of an opaque TCP connection (tokio's default size).
+const TCP_BUFFER: usize = 8 * 1024;
+
 /// One opaque TCP connection's flow: its ends, its authorization (inbound) and bytes. It is
 /// recorded when it opens ([`TcpFlow::open`], which the detectors act on), every active
-/// timeout while it lasts ([`TcpFlow::splice`]) and when it ends ([`TcpFlow::finish`]).
+/// timeout while it lasts ([`TcpFlow::splice`]) and when it ends ([`TcpFlow::finish`]), and
+/// traced as one span (server inbound, client outbound) from its open record to its end.
 #[derive(Debug)]
 pub struct TcpFlow<'a> {
     start: Instant,
     direction: Direction,
     /// The two ends.
     pub ends: Endpoints<'a>,
-    /// The connection's authorization, inbound.
+    /// The connection's authorization (inbound, or egress when egress policies decided it).
     pub enforced: Option<Enforced>,
     /// Bytes from the caller and to the caller, once the splice has ended.
     pub bytes: Option<(u64, u64)>,
+    /// A connection to a destination outside the mesh (passthrough).
+    pub egress: bool,
     /// Egress: the TLS server name the client asked for in its ClientHello.
     pub sni: Option<String>,
+    /// Egress: that ClientHello offered Encrypted ClientHello (`sni` is its outer name).
+    pub ech: bool,
     /// Egress: the `Host` of the client's plaintext HTTP/1 request.
     pub host: Option<String>,
+    /// The connection's span, from its open record (or its one whole record) to its end.
+    span: Option<RequestSpan>,
     /// Whether the open record went out: the detectors looked at the flow then, so the
     /// interim and final records only go to the flow log.
     opened: bool,
@@ -478,8 +553,11 @@ impl<'a> TcpFlow<'a> {
             ends,
             enforced: None,
             bytes: None,
+            egress: false,
             sni: None,
+            ech: false,
             host: None,
+            span: None,
             opened: false,
         }
     }
@@ -492,41 +570,74 @@ impl<'a> TcpFlow<'a> {
         let mut record = self.ends.record(self.direction, FlowProtocol::Tcp);
         record.phase = phase;
         record.sni = self.sni.clone().map(Into::into);
+        record.ech = self.ech;
         record.host = self.host.clone().map(Into::into);
         if let Some(e) = &self.enforced {
             e.fill(&mut record);
         }
         (record.bytes_in, record.bytes_out) = (bytes_in, bytes_out);
         record.duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        if let Some(span) = &self.span {
+            telemetry::fill_trace_ids(span, &mut record);
+        }
         record
     }
 
+    /// The connection's span, started now: what it names as its peer and server is what the
+    /// flow record names.
+    fn start_span(&self, telemetry: &Telemetry) -> RequestSpan {
+        let outbound = self.direction == Direction::Outbound;
+        let dialled = self.ends.destination_address.map(|a| a.ip().to_string());
+        let name = self.sni.as_deref().or(self.host.as_deref());
+        telemetry.connection_span(
+            self.direction,
+            &telemetry::ConnectionAttrs {
+                egress: self.egress,
+                peer_address: if outbound {
+                    self.ends.endpoint.or(self.ends.destination_address)
+                } else {
+                    self.ends.source_address
+                },
+                server_address: name.or(dialled.as_deref().filter(|_| outbound)),
+                server_port: self.ends.destination_port,
+                tls_server_name: self.sni.as_deref(),
+                ech: self.ech,
+                source_identity: self.ends.source_identity.as_deref(),
+                destination_identity: self.ends.destination_identity.as_deref(),
+            },
+        )
+    }
+
     /// Records the connection as open (after its decision, inbound; once the peer is known,
-    /// outbound): the detectors act on this record, so a connection that never closes is
-    /// seen at once.
+    /// outbound) and starts its span: the detectors act on this record, so a connection that
+    /// never closes is seen at once.
     pub fn open(&mut self, telemetry: &Telemetry) {
         if !telemetry.is_enabled() {
             return;
         }
         self.opened = true;
-        telemetry.record_flow(&self.record(Some(FlowPhase::Open), (0, 0)));
+        let mut span = self.start_span(telemetry);
+        telemetry.record_open(&mut span, self.record(Some(FlowPhase::Open), (0, 0)));
+        self.span = Some(span);
     }
 
-    /// Records an egress connection as open. Its destination was already shown to the
-    /// detectors (`Telemetry::outbound_destination`), so this record goes to the flow log only.
+    /// Records an egress connection as open and starts its span. Its destination was already
+    /// shown to the detectors (`Telemetry::outbound_destination`), so this record goes to the
+    /// flow log only.
     pub fn open_egress(&mut self, telemetry: &Telemetry) {
         if !telemetry.is_enabled() {
             return;
         }
         self.opened = true;
+        self.span = Some(self.start_span(telemetry));
         telemetry.record_flow_seen(&self.record(Some(FlowPhase::Open), (0, 0)));
     }
 
     /// Splices `client` (the side the flow's bytes in come from) and `server` until either
-    /// closes, writing an interim record every active timeout. Returns the bytes each way,
-    /// as `copy_bidirectional` does.
+    /// closes ([`net::splice`]), writing an interim record every active timeout. Returns the
+    /// bytes each way, as `copy_bidirectional` does.
     pub async fn splice<A, B>(
-        &mut self,
+        &self,
         client: &mut A,
         server: &mut B,
         telemetry: &Telemetry,
@@ -535,28 +646,18 @@ impl<'a> TcpFlow<'a> {
         A: AsyncRead + AsyncWrite + Unpin + ?Sized,
         B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
-        let Some(every) = telemetry.active_timeout() else {
-            return tokio::io::copy_bidirectional(client, server).await;
-        };
-        let counts = ByteCounts::default();
-        let mut counted = Counted::new(client, &counts);
-        let copy = tokio::io::copy_bidirectional(&mut counted, server);
-        tokio::pin!(copy);
-        let mut next = tokio::time::Instant::now() + every;
-        loop {
-            tokio::select! {
-                r = &mut copy => return r,
-                () = tokio::time::sleep_until(next) => {
-                    let so_far = counts.get();
-                    telemetry.record_flow_seen(&self.record(Some(FlowPhase::Interim), so_far));
-                    next += every;
-                }
-            }
-        }
+        let every = telemetry.active_timeout().filter(|_| self.opened);
+        let (r, _) = net::splice(client, server, TCP_BUFFER, every, |so_far| {
+            telemetry.record_flow_seen(&self.record(Some(FlowPhase::Interim), so_far));
+        })
+        .await;
+        r
     }
 
-    /// Counts the bytes and, when telemetry is on, records the connection's final flow.
-    pub fn finish(self, metrics: &Metrics, telemetry: &Telemetry) {
+    /// Counts the bytes and, when telemetry is on, records the connection's final flow and
+    /// ends its span (a connection never recorded open gets one whole record, which the
+    /// detectors see, and a span of its own).
+    pub fn finish(mut self, metrics: &Metrics, telemetry: &Telemetry) {
         let bytes = self.bytes.unwrap_or_default();
         if self.bytes.is_some() {
             metrics.tcp_bytes(self.direction, bytes.0 + bytes.1);
@@ -564,11 +665,15 @@ impl<'a> TcpFlow<'a> {
         if !telemetry.is_enabled() {
             return;
         }
+        let span = match self.span.take() {
+            Some(span) => span,
+            None => self.start_span(telemetry),
+        };
         let record = self.record(self.opened.then_some(FlowPhase::End), bytes);
         if self.opened {
-            telemetry.record_flow_seen(&record);
+            telemetry.record_end(span, record);
         } else {
-            telemetry.record_flow(&record);
+            telemetry.record_request(span, record);
         }
     }
 }

@@ -9,8 +9,9 @@
 //!   -> canonical request (method GET for policy) -> policy decides -> the app:
 //!      HTTP/1.1 app: GET + Upgrade on a connection of its own; h2c app: extended CONNECT
 //!   app answers 101 (h2c: 200) -> only then: 2xx back over the stream, 101 to the caller,
-//!   and bytes are spliced both ways with the idle timeout; one flow record with the bytes
-//!   when the tunnel ends. Any other answer is an ordinary response and no tunnel opens.
+//!   and bytes are spliced both ways with the idle timeout; flow records as for an opaque
+//!   TCP connection: open (the detectors act on it), interim every active timeout, and the
+//!   end with the bytes. Any other answer is an ordinary response and no tunnel opens.
 //! ```
 //!
 //! A client must wait for the 101 before it sends (RFC 6455 section 4.1). Bytes it sent
@@ -29,8 +30,8 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::net::IdleTimeout;
 use crate::net::park::ParkIo;
-use crate::net::{ByteCounts, Counted, IdleTimeout};
 
 /// The upgrade token and `:protocol` of WebSocket.
 pub const WEBSOCKET: &str = "websocket";
@@ -186,19 +187,25 @@ pub struct Pending {
 }
 
 /// Runs a tunnel once its agreement has been sent: both ends handed over, the client end
-/// checked ([`client_end`]), bytes spliced until both sides finish or the tunnel idles for
-/// `idle`, then the flow recorded with the bytes that moved.
+/// checked ([`client_end`]), the flow recorded open, bytes spliced until both sides finish or
+/// the tunnel idles for `idle` (an interim record every active timeout meanwhile, as for an
+/// opaque TCP connection), then the end recorded with the bytes that moved.
 pub fn spawn(
     pending: Pending,
     client_end: ClientEnd,
     idle: Duration,
-    flow: crate::pipeline::TunnelFlow,
+    mut flow: crate::pipeline::TunnelFlow,
     telemetry: crate::telemetry::Telemetry,
 ) {
     tokio::spawn(async move {
         let bytes = match (pending.client.await, pending.server.await) {
             (Ok(client), Ok(server)) => match client_end(client) {
-                Ok(client) => Some(splice(client, server_end(server), idle).await),
+                Ok(client) => {
+                    flow.open(&telemetry);
+                    let mut client = IdleTimeout::new(client, idle);
+                    let mut server = server_end(server);
+                    Some(flow.splice(&mut client, &mut server, &telemetry).await)
+                }
                 Err(early) => {
                     tracing::info!(
                         bytes = early,
@@ -219,25 +226,6 @@ pub fn spawn(
 /// The app's (or the peer sidecar's) side of an upgraded connection as a tunnel end.
 pub fn server_end(upgraded: Upgraded) -> Box<dyn TunnelIo> {
     Box::new(TokioIo::new(upgraded))
-}
-
-/// Carries bytes both ways until both sides have finished, one side fails, or nothing has
-/// moved either way for `idle`. Returns the bytes from the client and to the client, counted
-/// as they move (so a tunnel cut by its idle timeout still reports what it carried).
-pub async fn splice(
-    client: Box<dyn TunnelIo>,
-    mut server: Box<dyn TunnelIo>,
-    idle: Duration,
-) -> (u64, u64) {
-    let counts = ByteCounts::default();
-    let mut client = Counted::new(IdleTimeout::new(client, idle), &counts);
-    if let Err(e) =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, 64 * 1024, 64 * 1024)
-            .await
-    {
-        tracing::debug!(error = %e, "WebSocket tunnel ended with an error");
-    }
-    counts.get()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use picket_proxy::telemetry::{Alert, AlertKind};
 use picket_tests::netns::PodNet;
+use picket_tests::otlp::{OtlpReceiver, SPAN_KIND_CLIENT};
 use picket_tests::process::{Daemon, output, picket, picket_bin};
 use picket_tests::{TestCa, eventually};
 use serde_json::Value;
@@ -28,6 +29,8 @@ struct Pods {
     _ca: TestCa,
     net: PodNet,
     dir: tempfile::TempDir,
+    /// The OTLP receiver every sidecar exports to, when started with one.
+    otlp: Option<OtlpReceiver>,
 }
 
 fn identity(i: usize) -> String {
@@ -59,8 +62,28 @@ impl Pods {
         outbound: &[&str],
         policies: &[&str],
     ) -> Result<Self> {
+        Self::start_traced(n, detectors, outbound, policies, false).await
+    }
+
+    /// [`Pods::start_full`], and with `otlp` an OTLP receiver on the bridge's gateway that
+    /// every sidecar exports its spans to.
+    async fn start_traced(
+        n: usize,
+        detectors: &dyn Fn(Ipv4Addr) -> String,
+        outbound: &[&str],
+        policies: &[&str],
+        otlp: bool,
+    ) -> Result<Self> {
         let net = PodNet::create(n).await?;
         let detectors = detectors(net.gateway());
+        let otlp = match otlp {
+            true => Some(OtlpReceiver::start_at(SocketAddr::from((net.gateway(), 0))).await?),
+            false => None,
+        };
+        let otlp_yaml = otlp
+            .as_ref()
+            .map(|o| format!("  otlp: {{ endpoint: \"{}\" }}\n", o.endpoint()))
+            .unwrap_or_default();
         let ca = TestCa::start_at(SocketAddr::from((net.gateway(), 0)), &[]).await?;
         let dir = tempfile::tempdir()?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
@@ -118,7 +141,7 @@ outbound:
 policy: {{ path: \"{policy}\" }}
 timeouts: {{ detect: 2s }}
 telemetry:
-  flow_log: {{ path: \"{flows}\" }}
+{otlp_yaml}  flow_log: {{ path: \"{flows}\" }}
   detectors:
 {detectors}",
                     url = ca.url(),
@@ -164,6 +187,7 @@ telemetry:
             _ca: ca,
             net,
             dir,
+            otlp,
         })
     }
 
@@ -301,8 +325,11 @@ async fn a_sweep_seen_from_the_callers_side_names_true_peers_and_raises_fan_out(
 
 /// Credential stuffing: pod1's app tries 50 passwords on pod2's `POST /login`, each answered
 /// 401 by the app. Both sidecars raise one authentication-failure burst for that route.
+/// Then a route that answered 2xx answers 5xx: both sidecars raise `status_class_new` for it
+/// once the floor (3 answers) is reached, while a steady route and one odd 5xx of another
+/// route stay quiet.
 #[tokio::test]
-async fn a_credential_stuffing_burst_is_an_auth_failure_burst_on_both_sides() -> Result<()> {
+async fn a_credential_stuffing_burst_and_a_new_status_class_alert_on_both_sides() -> Result<()> {
     let pods = Pods::start(2, "    learning_window: 0s\n").await?;
     let url = format!("http://{}:{APP_PORT}/login", pods.ip(1));
     let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), 50).collect();
@@ -349,6 +376,82 @@ async fn a_credential_stuffing_burst_is_an_auth_failure_burst_on_both_sides() ->
             "{burst:?}"
         );
         ensure!(burst.evidence.get("threshold") == Some(&10), "{burst:?}");
+    }
+    status_class_new_on_both_sides(&pods).await
+}
+
+/// pod1 calls three routes of pod2: `GET /status/{id}` answers 200 five times, then 503 three
+/// times (the floor); `GET /status/{id}/odd` answers 200 three times and 503 once (below the
+/// floor); `GET /api/steady` answers 200 throughout.
+async fn status_class_new_on_both_sides(pods: &Pods) -> Result<()> {
+    let calls = std::iter::repeat_n("/status/200", 5)
+        .chain(std::iter::repeat_n("/api/steady", 5))
+        .chain(std::iter::repeat_n("/status/200/odd", 3))
+        .chain(["/status/503/odd"])
+        .chain(std::iter::repeat_n("/status/503", 3));
+    for path in calls {
+        let want: u16 = if path.starts_with("/status/503") {
+            503
+        } else {
+            200
+        };
+        let got = pods.call(0, 1, "GET", path).await?;
+        ensure!(got == want, "GET {path}: {got}");
+    }
+    let route = format!("{} GET /status/{{id}}", identity(1));
+    for side in [0, 1] {
+        let alerts = eventually(WAIT, async || {
+            let alerts = pods.alerts(side).await?;
+            ensure!(
+                count(&alerts, AlertKind::StatusClassNew) >= 1,
+                "pod{}: {alerts:#?}",
+                side + 1
+            );
+            Ok(alerts)
+        })
+        .await?;
+        let new: Vec<&Alert> = alerts
+            .iter()
+            .filter(|a| a.kind == AlertKind::StatusClassNew)
+            .collect();
+        ensure!(new.len() == 1, "pod{}: {new:#?}", side + 1);
+        let a = new[0];
+        ensure!(
+            a.destination.as_deref() == Some(route.as_str())
+                && a.source_identity.as_deref() == Some(identity(0).as_str())
+                && a.evidence.get("status_class") == Some(&5)
+                && a.evidence.get("answers") == Some(&3)
+                && a.severity == picket_proxy::telemetry::Severity::Medium,
+            "pod{}: {a:?}",
+            side + 1
+        );
+        // The learned classes at /detectors, and the alert counted.
+        let (_, body) = pods
+            .curl(side, &[], "http://127.0.0.1:7191/detectors")
+            .await?;
+        let state: Value = serde_json::from_str(&body).with_context(|| body.clone())?;
+        let classes = |r: &str| -> Option<Value> {
+            state["routes"]
+                .as_array()?
+                .iter()
+                .find(|v| v["route"] == r && v["destination"] == identity(1).as_str())
+                .map(|v| v["status_classes"].clone())
+        };
+        ensure!(
+            classes("GET /status/{id}") == Some(serde_json::json!(["2xx", "5xx"]))
+                && classes("GET /status/{id}/odd") == Some(serde_json::json!(["2xx"]))
+                && classes("GET /api/steady") == Some(serde_json::json!(["2xx"])),
+            "pod{}: {state:#}",
+            side + 1
+        );
+        let (_, metrics) = pods
+            .curl(side, &[], "http://127.0.0.1:7191/metrics")
+            .await?;
+        ensure!(
+            metrics
+                .contains("picket_alerts_total{kind=\"status_class_new\",severity=\"medium\"} 1"),
+            "{metrics}"
+        );
     }
     Ok(())
 }
@@ -440,9 +543,10 @@ async fn a_metadata_fetch_is_blocked_or_alerted_per_the_setting() -> Result<()> 
 }
 
 /// Egress through real sidecars: the name a client asks for is recorded (the SNI of an HTTPS
-/// ClientHello, the Host of a plaintext HTTP/1 request), and an egress policy allows one host
-/// and refuses another; in dry-run the refused host is let through and recorded as would-deny.
-/// pod1 enforces the egress allow-list, pod2 has it in dry-run.
+/// ClientHello, also one split across several TLS records, the Host of a plaintext HTTP/1
+/// request), and an egress policy allows one host and refuses another; in dry-run the refused
+/// host is let through and recorded as would-deny. pod1 enforces the egress allow-list, pod2
+/// has it in dry-run. Every egress connection is a client span at the OTLP receiver.
 #[tokio::test]
 async fn egress_names_are_recorded_and_egress_policy_allows_one_host_and_denies_another()
 -> Result<()> {
@@ -461,7 +565,7 @@ spec:
         )
     };
     let (enforce, dry_run) = (allow_list("enforce"), allow_list("dry-run"));
-    let pods = Pods::start_full(2, &|_| String::new(), &[], &[&enforce, &dry_run]).await?;
+    let pods = Pods::start_traced(2, &|_| String::new(), &[], &[&enforce, &dry_run], true).await?;
     let gateway = pods.net.gateway();
     let mut server = tokio::process::Command::new("python3");
     server
@@ -577,5 +681,116 @@ spec:
     .await?;
     let (_, metrics) = pods.curl(0, &[], "http://127.0.0.1:7191/metrics").await?;
     ensure!(metrics.contains("outcome=\"refused_egress\""), "{metrics}");
+
+    // A ClientHello split across TLS records (a real OpenSSL one, re-cut into 100-byte
+    // records): its SNI is read, so the allowed name passes and the other is refused.
+    let split_hello = |sni: &str| {
+        let mut cmd = pods.net.exec(0, "python3");
+        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls_split_hello.py"))
+            .args([&gateway.to_string(), &EGRESS_PORT.to_string(), sni, "100"]);
+        cmd
+    };
+    let mut sent = Vec::new();
+    for sni in ["allowed.example.test", "denied.example.test"] {
+        let out = output(&mut split_hello(sni)).await?;
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("{sni}: {}", String::from_utf8_lossy(&out.stderr)))?;
+        ensure!(report["records"].as_u64().unwrap_or(0) > 1, "{report}");
+        sent.push(report["sent"].as_u64().unwrap_or(0));
+    }
+    // openssl s_client, with -servername, for a name the list does not hold.
+    let mut cmd = pods.net.exec(0, "timeout");
+    cmd.args(["5", "openssl", "s_client", "-connect"])
+        .arg(format!("{gateway}:{EGRESS_PORT}"))
+        .args(["-servername", "openssl.example.test"]);
+    let _ = output(&mut cmd).await?;
+    eventually(WAIT, async || {
+        let flows = records(0)?;
+        let openssl = find(&flows, "sni", "openssl.example.test", None)
+            .with_context(|| format!("no record of openssl's ClientHello: {flows:#?}"))?;
+        ensure!(openssl["verdict"] == "deny", "{openssl}");
+        let allowed = flows
+            .iter()
+            .find(|f| {
+                f["sni"] == "allowed.example.test"
+                    && f["phase"] == "end"
+                    && f["bytes_in"].as_u64() == Some(sent[0])
+            })
+            .with_context(|| format!("no end record of the split ClientHello: {flows:#?}"))?;
+        ensure!(allowed["verdict"] == "allow", "{allowed}");
+        let denied = find(&flows, "sni", "denied.example.test", None)
+            .with_context(|| format!("no record of the refused split ClientHello: {flows:#?}"))?;
+        ensure!(
+            denied["verdict"] == "deny" && denied["bytes_in"] == 0,
+            "{denied}"
+        );
+        Ok(())
+    })
+    .await?;
+
+    // Spans: each egress connection is a client span named `tcp egress`, with the address
+    // and port dialled, the name asked for, the decision and the bytes.
+    let otlp = pods.otlp.as_ref().context("no OTLP receiver")?;
+    let pod1 = identity(0);
+    let peer = gateway.to_string();
+    let port = EGRESS_PORT.to_string();
+    let sent_tls = sent[0].to_string();
+    let tls = &egress_span(otlp, &pod1, |s| {
+        s.attr("tls.server.name") == Some("allowed.example.test")
+            && s.attr("picket.network.bytes_sent") == Some(sent_tls.as_str())
+    })
+    .await?;
+    ensure!(
+        tls.kind == SPAN_KIND_CLIENT
+            && tls.attr("server.address") == Some("allowed.example.test")
+            && tls.attr("server.port") == Some(port.as_str())
+            && tls.attr("network.peer.address") == Some(peer.as_str())
+            && tls.attr("network.peer.port") == Some(port.as_str())
+            && tls.attr("network.transport") == Some("tcp")
+            && tls.attr("picket.authz.verdict") == Some("allow")
+            && tls.attr("picket.authz.policy") == Some("pods/egress")
+            && tls.attr("picket.source.identity") == Some(pod1.as_str()),
+        "{tls:#?}"
+    );
+    let refused = egress_span(otlp, &pod1, |s| {
+        s.attr("server.address") == Some("denied.example.test")
+            && s.attr("tls.server.name").is_none()
+    })
+    .await?;
+    ensure!(
+        refused.attr("picket.authz.verdict") == Some("deny")
+            && refused.attr("picket.network.bytes_sent") == Some("0"),
+        "{refused:#?}"
+    );
+    let plain = egress_span(otlp, &pod1, |s| {
+        s.attr("server.address") == Some("allowed.example.test")
+            && s.attr("tls.server.name").is_none()
+    })
+    .await?;
+    ensure!(
+        plain
+            .attr("picket.network.bytes_received")
+            .and_then(|b| b.parse::<u64>().ok())
+            .unwrap_or(0)
+            > 0,
+        "{plain:#?}"
+    );
     Ok(())
+}
+
+/// The first `tcp egress` span of the sidecar of `identity` that `pred` accepts, once it
+/// arrived.
+async fn egress_span(
+    otlp: &OtlpReceiver,
+    identity: &str,
+    pred: impl Fn(&picket_tests::otlp::ReceivedSpan) -> bool,
+) -> Result<picket_tests::otlp::ReceivedSpan> {
+    let spans = otlp
+        .wait_for_spans(1, WAIT, |s| {
+            s.name == "tcp egress"
+                && s.resource.get("picket.identity").map(String::as_str) == Some(identity)
+                && pred(s)
+        })
+        .await?;
+    spans.into_iter().next().context("no span")
 }

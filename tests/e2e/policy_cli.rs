@@ -597,3 +597,173 @@ async fn test_and_explain_take_the_claims_of_a_token() -> Result<()> {
     );
     Ok(())
 }
+
+/// `picket policy explain --destination-ip` on the egress fixture for workload shop/app=orders.
+async fn explain_egress(extra: &[&str]) -> Result<Output> {
+    let egress = fixture("egress.yaml");
+    let mut args = vec![
+        "explain",
+        path_str(&egress)?,
+        "--workload",
+        "shop",
+        "--label",
+        "app=orders",
+    ];
+    args.extend_from_slice(extra);
+    policy(&args).await
+}
+
+#[tokio::test]
+async fn explain_an_egress_connection_against_the_egress_policies() -> Result<()> {
+    let egress = fixture("egress.yaml");
+    // A name the allow-list does not hold: denied, every egress policy shown, never the
+    // inbound one.
+    let out = explain_egress(&[
+        "--destination-ip",
+        "203.0.113.9",
+        "--port",
+        "443",
+        "--sni",
+        "Evil.Example.",
+    ])
+    .await?;
+    exit_code(&out, 0)?;
+    let text = stdout(&out);
+    let want = [
+        "egress connection to 203.0.113.9:443, SNI evil.example".to_owned(),
+        "decision: deny (no-allow-match)".to_owned(),
+        format!(
+            "policy shop/no-pastebin (DENY enforce, {}:13)",
+            egress.display()
+        ),
+        format!(
+            "policy shop/orders-egress (ALLOW enforce, {}:3)",
+            egress.display()
+        ),
+        "    to[0].operation.hosts: `evil.example:443` matches none of [api.stripe.com]".to_owned(),
+        "    when[0] (destination.ip) values: `203.0.113.9` matches none of [10.20.0.0/16]"
+            .to_owned(),
+    ];
+    for line in &want {
+        ensure!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    ensure!(!text.contains("orders-in"), "an inbound policy: {text}");
+
+    // JSON and YAML: the same explanation, with the connection.
+    for format in ["json", "yaml"] {
+        let out = explain_egress(&[
+            "-o",
+            format,
+            "--destination-ip",
+            "10.20.3.4",
+            "--port",
+            "5432",
+        ])
+        .await?;
+        exit_code(&out, 0)?;
+        let doc: serde_json::Value = if format == "json" {
+            serde_json::from_str(&stdout(&out))?
+        } else {
+            let mut docs = picket_tests::k8s::documents(&stdout(&out))?;
+            ensure!(docs.len() == 1, "one YAML document: {}", stdout(&out));
+            docs.pop().context("one document")?
+        };
+        ensure!(
+            doc["decision"]["verdict"] == "allow"
+                && doc["decision"]["policy"] == "shop/orders-egress"
+                && doc["decision"]["rule"] == 1
+                && doc["egress"]["ip"] == "10.20.3.4"
+                && doc["egress"]["port"] == 5432
+                && doc["egress"].get("name").is_none()
+                && doc["default_action"] == "allow",
+            "{format}: {doc}"
+        );
+    }
+
+    // A Host, the DENY, and passthrough: deny for a workload no egress ALLOW selects.
+    let out = explain_egress(&[
+        "--destination-ip",
+        "198.51.100.7",
+        "--port",
+        "80",
+        "--host",
+        "x.pastebin.com",
+    ])
+    .await?;
+    ensure!(
+        stdout(&out).contains("decision: deny (explicit-deny) by shop/no-pastebin rule 0"),
+        "{}",
+        stdout(&out)
+    );
+    let out = policy(&[
+        "explain",
+        path_str(&egress)?,
+        "--workload",
+        "shop",
+        "--destination-ip",
+        "198.51.100.7",
+        "--port",
+        "80",
+        "--passthrough",
+        "deny",
+    ])
+    .await?;
+    exit_code(&out, 0)?;
+    ensure!(
+        stdout(&out).contains("outbound.passthrough decides: deny")
+            || stdout(&out).contains("decision: deny (default)"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Bad input: named, exit 2.
+    for (args, says) in [
+        (
+            vec![
+                "--destination-ip",
+                "203.0.113.9",
+                "--port",
+                "443",
+                "--sni",
+                "a.example",
+                "--host",
+                "b.example",
+            ],
+            "--sni and --host",
+        ),
+        (
+            vec![
+                "--destination-ip",
+                "203.0.113.9",
+                "--port",
+                "443",
+                "--host",
+                "a.example:443",
+            ],
+            "without a port",
+        ),
+        (
+            vec![
+                "--destination-ip",
+                "203.0.113.9",
+                "--port",
+                "443",
+                "--method",
+                "GET",
+            ],
+            "--method",
+        ),
+        (
+            vec!["--port", "443", "--passthrough", "deny"],
+            "--destination-ip",
+        ),
+    ] {
+        let out = explain_egress(&args).await?;
+        exit_code(&out, 2)?;
+        ensure!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    Ok(())
+}

@@ -255,6 +255,103 @@ async fn b3_context_is_continued_and_sent_on_as_w3c() -> Result<()> {
     Ok(())
 }
 
+/// An opaque TCP connection is one span from its open record to its end: inbound a server
+/// span named `tcp`, the root of a new trace, with the caller, the port, the decision and the
+/// bytes each way (received from the caller, sent to it); the open record's alert is an
+/// event of that span and every record carries its IDs. At sampling ratio 0 such new traces
+/// are not exported, as new HTTP traces are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opaque_tcp_connection_is_one_span_sampled_as_new_traces_are() -> Result<()> {
+    use picket_proxy::telemetry::{ConnectionAttrs, FlowPhase};
+    let rx = OtlpReceiver::start().await?;
+    let orders = start(&rx.endpoint(), "orders")?;
+    let fe = spiffe_id("shop", "frontend");
+    let caller: std::net::SocketAddr = "127.0.0.1:45123".parse()?;
+    let attrs = ConnectionAttrs {
+        peer_address: Some(caller),
+        server_port: Some(5432),
+        source_identity: Some(&fe),
+        ..ConnectionAttrs::default()
+    };
+    let tcp = |phase: FlowPhase, bytes: (u64, u64)| FlowRecord {
+        phase: Some(phase),
+        source_identity: Some(fe.as_str().into()),
+        source_address: Some(caller),
+        destination_port: Some(5432),
+        verdict: Some(Verdict::Allow),
+        policy: Some("shop/db".into()),
+        bytes_in: bytes.0,
+        bytes_out: bytes.1,
+        ..FlowRecord::new(
+            time::OffsetDateTime::now_utc(),
+            Direction::Inbound,
+            FlowProtocol::Tcp,
+        )
+    };
+    let mut span = orders.connection_span(Direction::Inbound, &attrs);
+    let (trace, id) = span.ids().context("a connection span has ids")?;
+    orders.record_open(&mut span, tcp(FlowPhase::Open, (0, 0)));
+    orders.record_end(span, tcp(FlowPhase::End, (300, 7000)));
+    ensure!(orders.flush(WAIT).await);
+    let got = rx.wait_for_spans(1, WAIT, |s| s.span_id == id).await?;
+    let s = &got[0];
+    ensure!(
+        s.kind == SPAN_KIND_SERVER
+            && s.name == "tcp"
+            && s.trace_id == trace
+            && s.parent_span_id.is_empty(),
+        "{s:#?}"
+    );
+    for (k, v) in [
+        ("network.transport", "tcp"),
+        ("network.peer.address", "127.0.0.1"),
+        ("network.peer.port", "45123"),
+        ("server.port", "5432"),
+        ("picket.source.identity", fe.as_str()),
+        ("picket.authz.verdict", "allow"),
+        ("picket.authz.policy", "shop/db"),
+        ("picket.network.bytes_received", "300"),
+        ("picket.network.bytes_sent", "7000"),
+    ] {
+        ensure!(s.attr(k) == Some(v), "{k} on {s:#?}");
+    }
+    ensure!(
+        s.attributes.keys().all(|k| !k.starts_with("http.")),
+        "HTTP attributes on a TCP span: {s:#?}"
+    );
+    // The detectors saw the open record (a new edge at once): an event of the span.
+    ensure!(
+        s.events.iter().any(|(name, _)| name == "picket.alert"),
+        "{s:#?}"
+    );
+
+    // Sampling ratio 0: the span is not exported; the records still carry the trace.
+    let cfg = TelemetryConfig {
+        otlp: config(&rx.endpoint(), Duration::from_secs(5), false)
+            .otlp
+            .map(|o| OtlpConfig {
+                sampling_ratio: 0.0,
+                ..o
+            }),
+        ..config(&rx.endpoint(), Duration::from_secs(5), false)
+    };
+    let unsampled = Telemetry::new(&cfg, &identity("reports")?, &mut Registry::default())?;
+    let mut span = unsampled.connection_span(Direction::Outbound, &attrs);
+    ensure!(!span.is_recording(), "sampled at ratio 0");
+    let trace = span
+        .trace_id()
+        .context("an unsampled span still has a trace")?;
+    unsampled.record_open(&mut span, tcp(FlowPhase::Open, (0, 0)));
+    unsampled.record_end(span, tcp(FlowPhase::End, (1, 1)));
+    ensure!(unsampled.flush(WAIT).await);
+    ensure!(orders.flush(WAIT).await);
+    ensure!(
+        rx.trace(&trace).is_empty(),
+        "an unsampled connection was exported"
+    );
+    Ok(())
+}
+
 /// Requests recorded while the collector stalls or fails: the loop time is what the data path
 /// pays; the queue overflows and exports fail, and both are counted, not waited for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,8 @@
 //! at both ends and an extended CONNECT stream (RFC 8441) on the HTTP/2 mTLS connection between
 //! the sidecars. Policy decides on the upgrade; the tunnel opens only after the app's 101; bytes
 //! a client sends before the 101 never reach the app; an idle tunnel is closed; every tunnel is
-//! one flow record with its bytes.
+//! recorded as an opaque TCP connection is: open (which the detectors act on), interim while
+//! it lasts, and its end with its bytes.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,7 +63,7 @@ impl WsApp {
 struct Mesh {
     _ca: TestCa,
     app: WsApp,
-    _orders: TestProxy,
+    orders: TestProxy,
     frontend: TestProxy,
     orders_flows: PathBuf,
     frontend_flows: PathBuf,
@@ -71,6 +72,11 @@ struct Mesh {
 
 impl Mesh {
     async fn start(frontend_yaml: &str) -> Result<Self> {
+        Self::start_with(frontend_yaml, TelemetryYaml::new()).await
+    }
+
+    /// [`Mesh::start`] with `telemetry` (its flow log set here) on both sidecars.
+    async fn start_with(frontend_yaml: &str, telemetry: TelemetryYaml) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let ca = TestCa::start().await?;
         let app = WsApp::start(dir.path()).await?;
@@ -80,7 +86,7 @@ impl Mesh {
             &ca,
             Sidecar::new("shop", "orders", app.addr)
                 .policy(POLICY)
-                .yaml(&TelemetryYaml::new().flow_log(&orders_flows).to_yaml()),
+                .yaml(&telemetry.clone().flow_log(&orders_flows).to_yaml()),
         )
         .await?;
         let frontend = TestProxy::spawn(
@@ -91,14 +97,14 @@ impl Mesh {
                     orders.addrs().inbound,
                     &spiffe_id("shop", "orders"),
                 ))
-                .yaml(&TelemetryYaml::new().flow_log(&frontend_flows).to_yaml())
+                .yaml(&telemetry.flow_log(&frontend_flows).to_yaml())
                 .yaml(frontend_yaml),
         )
         .await?;
         Ok(Self {
             _ca: ca,
             app,
-            _orders: orders,
+            orders,
             frontend,
             orders_flows,
             frontend_flows,
@@ -137,12 +143,15 @@ async fn client(args: &[&str]) -> Result<Value> {
     })
 }
 
-/// The WebSocket flow records of a flow log, once there are `n`.
+/// The WebSocket flow records of a flow log (the whole record, or the end record, of each
+/// tunnel), once there are `n`.
 async fn websocket_flows(path: &Path, n: usize) -> Result<Vec<Value>> {
     eventually(Duration::from_secs(20), async || {
         let flows: Vec<Value> = log_lines(path, LineType::Flow)?
             .into_iter()
-            .filter(|f| f["protocol"] == "websocket")
+            .filter(|f| {
+                f["protocol"] == "websocket" && (f["phase"].is_null() || f["phase"] == "end")
+            })
             .collect();
         ensure!(
             flows.len() >= n,
@@ -303,5 +312,118 @@ async fn a_websocket_opens_on_a_connection_that_was_parked() -> Result<()> {
     ensure!(result["upgrade_status"] == 101, "{result}");
     ensure!(result["echo"] == "hello after a park", "{result}");
     ensure!(result["parks"].as_f64().unwrap_or(0.0) >= 1.0, "{result}");
+    Ok(())
+}
+
+/// A WebSocket that stays open is seen while it lasts, as an opaque TCP connection is: its
+/// open record reaches the detectors at once on both sides (a new edge alerts before the
+/// tunnel closes), an interim record follows every active timeout with the bytes so far, and
+/// the end record comes once, when it closes, without alerting again.
+#[tokio::test]
+async fn a_long_lived_websocket_reaches_the_detectors_and_the_flow_log_before_it_closes()
+-> Result<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let telemetry = TelemetryYaml::new()
+        .active_timeout("1s")
+        .detector("learning_window", "0s");
+    let mesh = Mesh::start_with("", telemetry).await?;
+    let script = picket_tests::k8s::repo_root().join("tests/fixtures/ws_client.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args(["hold", &mesh.url("/public/chat")?, "hello"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdout = BufReader::new(child.stdout.take().context("client stdout")?).lines();
+    let opened = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+        .await
+        .context("the client did not open its WebSocket in time")??
+        .context("the client exited before opening")?;
+    ensure!(opened.contains("\"echo\": \"hello\""), "{opened}");
+
+    let phases = |path: &Path| -> Result<Vec<Value>> {
+        Ok(log_lines(path, LineType::Flow)?
+            .into_iter()
+            .filter(|f| f["protocol"] == "websocket")
+            .collect())
+    };
+    // Open: on both sides, and the detectors alerted while the tunnel is still open.
+    for (side, proxy, path) in [
+        ("frontend", &mesh.frontend, &mesh.frontend_flows),
+        ("orders", &mesh.orders, &mesh.orders_flows),
+    ] {
+        let alerts = eventually(Duration::from_secs(15), async || {
+            let alerts = picket_tests::telemetry::alerts(proxy).await?;
+            ensure!(
+                alerts
+                    .iter()
+                    .any(|a| a.kind == picket_proxy::telemetry::AlertKind::NewEdge),
+                "{side}: no new_edge alert while the WebSocket is open: {alerts:#?}"
+            );
+            Ok(alerts)
+        })
+        .await?;
+        let interim = eventually(Duration::from_secs(15), async || {
+            let flows = phases(path)?;
+            ensure!(
+                flows.first().is_some_and(|f| f["phase"] == "open"),
+                "{side}: the first record is not the open one: {flows:#?}"
+            );
+            let interim = flows
+                .iter()
+                .find(|f| f["phase"] == "interim")
+                .with_context(|| format!("{side}: no interim record yet: {flows:#?}"))?;
+            Ok(interim.clone())
+        })
+        .await?;
+        let bytes = |k: &str| interim[k].as_u64().unwrap_or_default();
+        // The callee's side decided the upgrade: its records carry the decision.
+        ensure!(
+            interim["path"] == "/public/chat"
+                && (side == "frontend" || interim["verdict"] == "allow")
+                && bytes("bytes_in") > 0
+                && bytes("bytes_out") > 0,
+            "{side}: {interim:#}"
+        );
+        ensure!(
+            phases(path)?.iter().all(|f| f["phase"] != "end"),
+            "{side}: ended before the client closed"
+        );
+        let open = &phases(path)?[0];
+        ensure!(
+            open["path"] == "/public/chat" && open["bytes_in"] == 0,
+            "{side}: {open}"
+        );
+        eprintln!("{side}: {} alerts while open", alerts.len());
+    }
+
+    // Closed: one end record on each side, and no alert more.
+    let before = picket_tests::telemetry::alerts(&mesh.frontend).await?.len();
+    drop(child.stdin.take());
+    let closed = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+        .await
+        .context("the client did not close in time")??;
+    ensure!(
+        closed.as_deref() == Some("{\"closed\": true}"),
+        "{closed:?}"
+    );
+    for (side, path) in [
+        ("frontend", &mesh.frontend_flows),
+        ("orders", &mesh.orders_flows),
+    ] {
+        let end = websocket_flows(path, 1).await?;
+        ensure!(
+            end.len() == 1
+                && end[0]["phase"] == "end"
+                && end[0]["bytes_in"].as_u64().unwrap_or_default() > 0,
+            "{side}: {end:#?}"
+        );
+    }
+    ensure!(
+        picket_tests::telemetry::alerts(&mesh.frontend).await?.len() == before,
+        "the end record alerted"
+    );
+    let _ = child.wait().await;
     Ok(())
 }

@@ -262,7 +262,13 @@ const TRACE_SERVICE: &str = "/opentelemetry.proto.collector.trace.v1.TraceServic
 impl OtlpReceiver {
     /// Starts a receiver on `127.0.0.1:0`.
     pub async fn start() -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a receiver on `addr` (port 0: any free port), such as the bridge address that
+    /// sidecars in network namespaces reach.
+    pub async fn start_at(addr: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let store = Arc::new(Store::default());
         // Collectors forward gzip-compressed by default.
@@ -303,7 +309,7 @@ impl OtlpReceiver {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`, for `telemetry.otlp.endpoint`.
+    /// `http://IP:PORT`, for `telemetry.otlp.endpoint`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -21,6 +21,7 @@ pub struct TelemetryYaml {
     otlp_endpoint: Option<String>,
     otlp_timeout: Option<String>,
     flow_log: Option<PathBuf>,
+    active_timeout: Option<String>,
     detectors: Vec<(String, String)>,
 }
 
@@ -50,6 +51,12 @@ impl TelemetryYaml {
     /// Writes flow records and alert lines to the file `path`.
     pub fn flow_log(mut self, path: &Path) -> Self {
         self.flow_log = Some(path.to_owned());
+        self
+    }
+
+    /// How often a connection or tunnel still open gets an interim flow record, such as `1s`.
+    pub fn active_timeout(mut self, every: &str) -> Self {
+        self.active_timeout = Some(every.to_owned());
         self
     }
 
@@ -88,6 +95,9 @@ impl TelemetryYaml {
                 "  flow_log:\n    path: {}",
                 quoted(&path.display().to_string())
             );
+        }
+        if let Some(every) = &self.active_timeout {
+            let _ = writeln!(y, "  active_timeout: {}", quoted(every));
         }
         if !self.detectors.is_empty() {
             y.push_str("  detectors:\n");
@@ -167,6 +177,7 @@ pub fn write_baseline(path: &Path, edges: &[(&str, &str, u16, &str)]) -> Result<
             destination: (*destination).to_owned(),
             port: Some(*port),
             route: (*route).to_owned(),
+            status_classes: Vec::new(),
         };
         text.push_str(&serde_json::to_string(&edge)?);
         text.push('\n');

@@ -33,7 +33,9 @@ pub enum PolicyCommand {
         #[arg(long, value_name = "CASES.yaml")]
         cases_file: PathBuf,
     },
-    /// Explain how one request is decided: every policy considered and why.
+    /// Explain how one request is decided: every policy considered and why. With
+    /// `--destination-ip`, one egress connection instead, against the workload's egress
+    /// policies.
     Explain {
         #[command(flatten)]
         files: PolicyFiles,
@@ -122,6 +124,28 @@ pub struct RequestArgs {
     /// (`{"iss": "...", "sub": "...", "groups": [...]}`); absent means no token.
     #[arg(long)]
     claims: Option<String>,
+    /// Explain an egress connection of the workload to this address (a destination outside
+    /// the mesh, `--port` the port dialled, `--sni` or `--host` the name the client asked
+    /// for) against its egress policies (`spec.direction: egress`), instead of a request.
+    #[arg(
+        long,
+        value_name = "IP",
+        conflicts_with_all = ["from", "source_ip", "method", "path", "headers", "claims"]
+    )]
+    destination_ip: Option<IpAddr>,
+    /// With `--destination-ip`: the sidecar's `outbound.passthrough`, which decides when no
+    /// enforced egress ALLOW policy selects the workload [default: allow].
+    #[arg(long, value_name = "allow|deny", requires = "destination_ip")]
+    passthrough: Option<Passthrough>,
+}
+
+/// `outbound.passthrough`: the default of egress decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Passthrough {
+    /// Connections outside the mesh pass unless an egress policy says otherwise.
+    Allow,
+    /// Connections outside the mesh are refused unless an egress policy allows them.
+    Deny,
 }
 
 /// A request description shared by `explain` and the cases file.
@@ -325,12 +349,20 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<bool> {
     }
 }
 
-/// `picket policy explain`: the request from the command line, decided with every step shown.
+/// `picket policy explain`: the request (or egress connection) from the command line,
+/// decided with every step shown.
 fn explain(set: &PolicySet, request: &RequestArgs, output: Output) -> anyhow::Result<()> {
     let mut labels = BTreeMap::new();
     for kv in &request.labels {
         let (k, v) = split_kv(kv, "--label")?;
         labels.insert(k, v);
+    }
+    if let Some(ip) = request.destination_ip {
+        let compiled = set.for_workload(&Workload {
+            namespace: request.workload.clone(),
+            labels,
+        });
+        return explain_egress(&compiled, ip, request, output);
     }
     let headers = request
         .headers
@@ -361,6 +393,57 @@ fn explain(set: &PolicySet, request: &RequestArgs, output: Output) -> anyhow::Re
     });
     let explanation = owned.evaluate_with(|r| compiled.explain(r));
     output.print(&explanation, || explanation.to_string())
+}
+
+/// `picket policy explain --destination-ip`: one egress connection, decided by the workload's
+/// egress policies with `--passthrough` as the default, as the sidecar decides it.
+fn explain_egress(
+    compiled: &picket_policy::WorkloadPolicies,
+    ip: IpAddr,
+    request: &RequestArgs,
+    output: Output,
+) -> anyhow::Result<()> {
+    let (name, sni) = match (&request.sni, &request.host) {
+        (Some(_), Some(_)) => bail!(
+            "--sni and --host: an egress connection has one name, the SNI of its TLS ClientHello or the Host of its plaintext HTTP/1 request"
+        ),
+        (Some(n), None) => (Some(egress_name(n, "--sni")?), true),
+        (None, Some(n)) => (Some(egress_name(n, "--host")?), false),
+        (None, None) => (None, false),
+    };
+    let req = picket_policy::EgressRequest {
+        ip,
+        port: request.port,
+        name: name.as_deref(),
+        sni: name.as_deref().filter(|_| sni),
+    };
+    let default = match request.passthrough.unwrap_or(Passthrough::Allow) {
+        Passthrough::Allow => picket_policy::DefaultAction::Allow,
+        Passthrough::Deny => picket_policy::DefaultAction::Deny,
+    };
+    let explanation = compiled.explain_egress(&req, default);
+    output.print(&explanation, || explanation.to_string())
+}
+
+/// A name as the sidecar reads it from an egress connection: lowercase, without trailing dot
+/// or port (the port is `--port`), an IPv6 literal without brackets.
+fn egress_name(raw: &str, flag: &str) -> anyhow::Result<String> {
+    let host =
+        normalize::normalize_host(raw).map_err(|e| anyhow::anyhow!("{flag} {raw:?}: {e}"))?;
+    let (name, port) = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, rest)) => (addr.to_owned(), !rest.is_empty()),
+            None => (host.clone(), false),
+        },
+        None => match host.split_once(':') {
+            Some((n, _)) => (n.to_owned(), true),
+            None => (host.clone(), false),
+        },
+    };
+    if port {
+        bail!("{flag} {raw:?}: the name without a port (the port dialled is --port)");
+    }
+    Ok(name)
 }
 
 #[derive(Debug, Deserialize)]

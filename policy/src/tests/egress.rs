@@ -176,3 +176,53 @@ fn egress_rules_refuse_what_an_egress_connection_does_not_have() {
         }
     }
 }
+
+#[test]
+fn an_egress_connection_is_explained_against_the_egress_policies_only() {
+    let docs = format!(
+        "{}---\n{}",
+        doc("egress", ALLOW_STRIPE),
+        doc("inbound", "  rules: [{}]\n")
+    );
+    let p = orders_policies(&docs);
+    let r = egress("203.0.113.9", 443, Some("evil.example"), true);
+    let e = p.explain_egress(&r, DefaultAction::Allow);
+    assert_eq!(e.decision, p.evaluate_egress(&r, DefaultAction::Allow));
+    assert_eq!(e.decision.verdict, Verdict::Deny);
+    let names: Vec<String> = e.policies.iter().map(|t| t.policy.to_string()).collect();
+    assert_eq!(names, ["shop/egress"], "inbound policies are not shown");
+    let rule0 = &e.policies[0].rules[0];
+    assert!(!rule0.matched);
+    assert_eq!(
+        rule0.misses,
+        [
+            "to[0].operation.hosts: `evil.example:443` matches none of [api.stripe.com, *.amazonaws.com]"
+        ],
+        "{rule0:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.starts_with("egress connection to 203.0.113.9:443, SNI evil.example\ndecision: deny"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&e).unwrap();
+    assert_eq!(json["egress"]["name"], "evil.example");
+    assert_eq!(json["egress"]["sni"], true);
+    // A match, by address, names its rule.
+    let by_ip = p.explain_egress(&egress("10.20.3.4", 5432, None, false), DefaultAction::Deny);
+    assert_eq!(by_ip.policies[0].matched_rule, Some(1));
+    assert!(by_ip.to_string().contains("10.20.3.4:5432, no name seen"));
+    // No egress policy: passthrough decides, and the text says so.
+    let none = orders_policies(&doc("inbound", "  rules: [{}]\n"));
+    let e = none.explain_egress(&r, DefaultAction::Deny);
+    assert_eq!(
+        (e.decision.verdict, e.decision.reason),
+        (Verdict::Deny, Reason::Default)
+    );
+    assert!(
+        e.to_string().contains(
+            "no egress policy applies to this workload; outbound.passthrough decides: deny"
+        ),
+        "{e}"
+    );
+}

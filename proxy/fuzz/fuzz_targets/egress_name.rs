@@ -1,17 +1,19 @@
 //! Arbitrary first bytes of an egress connection through the name readers (TLS ClientHello
-//! SNI, HTTP/1 Host): nothing may panic; a name is a non-empty lowercase host name or IP
-//! literal; and bytes after the message never change a name once it was read (the reader
-//! stops at the end of the first record or request head).
+//! SNI, also split across records and with Encrypted ClientHello; HTTP/1 Host): nothing may
+//! panic; a name is a non-empty lowercase host name or IP literal; only a ClientHello says
+//! ECH; and bytes after the message never change a name once it was read (the reader stops
+//! at the end of the ClientHello or request head).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use picket_proxy::outbound::egress::{Parsed, server_name};
+use picket_proxy::outbound::egress::{NameSource, Parsed, server_name};
 
 fuzz_target!(|data: &[u8]| {
     let (parsed, source) = server_name(data);
-    if let Parsed::Name(name) = &parsed {
+    if let Parsed::Name { name, ech } = &parsed {
         assert!(!name.is_empty());
+        assert!(!ech || source == NameSource::Sni, "ECH from a Host header");
         assert!(
             name.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-_:".contains(&b)),

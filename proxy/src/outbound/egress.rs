@@ -57,17 +57,33 @@ pub struct ServerName {
     pub source: NameSource,
     /// The host name (or an IP literal for a Host header that names one).
     pub name: String,
+    /// The ClientHello offered Encrypted ClientHello: `name` is the outer (public) name.
+    pub ech: bool,
 }
 
 /// What a parser made of the bytes so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
-    /// The name.
-    Name(String),
+    /// The name. `ech`: the ClientHello offered Encrypted ClientHello (an outer ClientHello
+    /// with an `encrypted_client_hello` extension), so `name` is its outer, public name and
+    /// the name the client really asked for is encrypted; always `false` for a `Host`.
+    Name {
+        /// The host name (or an IP literal for a Host header that names one).
+        name: String,
+        /// Whether the ClientHello offered ECH.
+        ech: bool,
+    },
     /// There is no name to read in these bytes (not TLS or HTTP/1, no extension, malformed).
     NoName,
     /// The bytes so far are a valid beginning; more are needed.
     NeedMore,
+}
+
+impl Parsed {
+    /// A name without ECH.
+    fn plain(name: String) -> Parsed {
+        Parsed::Name { name, ech: false }
+    }
 }
 
 /// A DNS host name as SNI carries it (RFC 6066 section 3: no trailing dot, ASCII), checked
@@ -128,41 +144,72 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The SNI host name of a TLS ClientHello at the start of `buf` (RFC 8446 sections 4.1.2 and
-/// 4.2, RFC 6066 section 3). The ClientHello must be whole in the first record: one split
-/// across records, like any malformed one, has no name.
+/// The SNI host name of a TLS ClientHello at the start of `buf` (RFC 8446 sections 4.1.2,
+/// 4.2 and 5.1, RFC 6066 section 3), and whether it offers Encrypted ClientHello. The
+/// ClientHello may be split across several handshake records (RFC 8446 section 5.1 allows a
+/// handshake message to be fragmented): their fragments are joined until the message is
+/// whole. Any other record type between them, an empty or oversized record, or a malformed
+/// message has no name.
 pub fn client_hello_sni(buf: &[u8]) -> Parsed {
     let mut r = Reader(buf);
-    let header = (r.u8(), r.u8(), r.u8(), r.u16());
-    let (Some(kind), Some(major), Some(minor), Some(len)) = header else {
-        // Too short for a record header: a valid beginning only if what is there fits one.
-        return match buf {
-            [] | [0x16] | [0x16, 0x03] => Parsed::NeedMore,
-            [0x16, 0x03, minor, ..] if *minor <= 0x04 => Parsed::NeedMore,
+    // The handshake bytes of the records read so far.
+    let mut message: Vec<u8> = Vec::new();
+    loop {
+        let rest = r.0;
+        let header = (r.u8(), r.u8(), r.u8(), r.u16());
+        let (Some(kind), Some(major), Some(minor), Some(len)) = header else {
+            // Too short for a record header: a valid beginning only if what is there fits one.
+            return match rest {
+                [] | [0x16] | [0x16, 0x03] => Parsed::NeedMore,
+                [0x16, 0x03, minor, ..] if *minor <= 0x04 => Parsed::NeedMore,
+                _ => Parsed::NoName,
+            };
+        };
+        if kind != 0x16 || major != 0x03 || minor > 0x04 || len == 0 || len > 16_384 {
+            return Parsed::NoName;
+        }
+        let Some(fragment) = r.take(len) else {
+            return Parsed::NeedMore;
+        };
+        message.extend_from_slice(fragment);
+        let mut m = Reader(&message);
+        let (Some(kind), Some(body_len)) = (m.u8(), m.u24()) else {
+            continue;
+        };
+        if kind != 0x01 {
+            return Parsed::NoName;
+        }
+        let Some(body) = m.take(body_len) else {
+            continue;
+        };
+        return match hello_sni(body) {
+            Some((Some(name), ech)) => Parsed::Name { name, ech },
             _ => Parsed::NoName,
         };
-    };
-    if kind != 0x16 || major != 0x03 || minor > 0x04 || len == 0 || len > 16_384 {
-        return Parsed::NoName;
-    }
-    let Some(record) = r.take(len) else {
-        return Parsed::NeedMore;
-    };
-    match hello_sni(record) {
-        Some(Some(name)) => Parsed::Name(name),
-        _ => Parsed::NoName,
     }
 }
 
-/// The SNI of the handshake message in `record`: `None` when malformed, `Some(None)` when
-/// well formed without a host name.
-fn hello_sni(record: &[u8]) -> Option<Option<String>> {
-    let mut r = Reader(record);
-    if r.u8()? != 0x01 {
+/// The `encrypted_client_hello` extension (draft-ietf-tls-esni, RFC 9849).
+const EXT_ECH: usize = 0xfe0d;
+
+/// Whether the data of an `encrypted_client_hello` extension is a well-formed outer one:
+/// type `outer` (0), cipher suite, config id, `enc` and a non-empty payload, nothing after.
+/// An `inner` (1) one belongs inside the encrypted payload, never on the wire.
+fn ech_outer(mut data: Reader<'_>) -> Option<()> {
+    if data.u8()? != 0 {
         return None;
     }
-    let len = r.u24()?;
-    let mut body = Reader(r.take(len)?);
+    let _cipher_suite = data.take(4)?;
+    let _config_id = data.u8()?;
+    let _enc = data.vector(2)?;
+    let payload = data.vector(2)?;
+    (!payload.is_empty() && data.is_empty()).then_some(())
+}
+
+/// The SNI of the ClientHello whose body is `body`, and whether it offers ECH: `None` when
+/// malformed, `Some((None, _))` when well formed without a host name.
+fn hello_sni(body: &[u8]) -> Option<(Option<String>, bool)> {
+    let mut body = Reader(body);
     let _legacy_version = body.take(2)?;
     let _random = body.take(32)?;
     let session_id = body.vector(1)?;
@@ -176,28 +223,33 @@ fn hello_sni(record: &[u8]) -> Option<Option<String>> {
         return None;
     }
     if body.is_empty() {
-        return Some(None);
+        return Some((None, false));
     }
     let mut extensions = body.vector(2)?;
     if !body.is_empty() {
         return None;
     }
     let mut name = None;
-    let mut seen_sni = false;
+    let (mut seen_sni, mut ech) = (false, false);
     while !extensions.is_empty() {
         let kind = extensions.u16()?;
         let data = extensions.vector(2)?;
-        if kind != 0 {
-            continue;
-        }
         // RFC 8446 section 4.2: at most one extension of each type.
-        if seen_sni {
-            return None;
+        match kind {
+            0 if seen_sni => return None,
+            0 => {
+                seen_sni = true;
+                name = server_name_list(data)?;
+            }
+            EXT_ECH if ech => return None,
+            EXT_ECH => {
+                ech_outer(data)?;
+                ech = true;
+            }
+            _ => {}
         }
-        seen_sni = true;
-        name = server_name_list(data)?;
     }
-    Some(name)
+    Some((name, ech))
 }
 
 /// The first `host_name` of a `server_name` extension's list (RFC 6066 section 3).
@@ -264,15 +316,15 @@ pub fn http1_host(buf: &[u8]) -> Parsed {
     let h = authority.host();
     if let Some(v6) = h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return match v6.parse::<std::net::Ipv6Addr>() {
-            Ok(ip) => Parsed::Name(ip.to_string()),
+            Ok(ip) => Parsed::plain(ip.to_string()),
             Err(_) => Parsed::NoName,
         };
     }
     if let Ok(ip) = h.parse::<std::net::Ipv4Addr>() {
-        return Parsed::Name(ip.to_string());
+        return Parsed::plain(ip.to_string());
     }
     match host_name(h.as_bytes()) {
-        Some(name) => Parsed::Name(name),
+        Some(name) => Parsed::plain(name),
         None => Parsed::NoName,
     }
 }
@@ -299,7 +351,7 @@ pub async fn peek_name(tcp: &TcpStream, wait: Duration) -> Option<ServerName> {
         };
         let (parsed, source) = server_name(buf.get(..n).unwrap_or_default());
         match parsed {
-            Parsed::Name(name) => return Some(ServerName { source, name }),
+            Parsed::Name { name, ech } => return Some(ServerName { source, name, ech }),
             Parsed::NoName => return None,
             Parsed::NeedMore if n >= buf.len() => return None,
             Parsed::NeedMore => {}
@@ -422,14 +474,20 @@ impl Outbound {
                 ..Endpoints::default()
             },
         );
+        flow.egress = true;
         match name {
             Some(ServerName {
                 source: NameSource::Sni,
                 name,
-            }) => flow.sni = Some(name),
+                ech,
+            }) => {
+                flow.sni = Some(name);
+                flow.ech = ech;
+            }
             Some(ServerName {
                 source: NameSource::Host,
                 name,
+                ..
             }) => flow.host = Some(name),
             None => {}
         }

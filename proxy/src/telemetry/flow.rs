@@ -208,6 +208,10 @@ pub struct FlowRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub sni: Option<Cow<'a, str>>,
+    /// Egress connections: the ClientHello offered Encrypted ClientHello, so `sni` is its
+    /// outer (public) name; absent when it did not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ech: bool,
     /// HTTP status sent to the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -303,6 +307,11 @@ pub struct FlowRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub token_error: Option<Cow<'a, str>>,
+    /// The sidecar made the answer itself (a forwarding error such as 502, 503 or 504, or a
+    /// request head it refused), not the application or the peer. Not written to the log: the
+    /// detectors read it, so that a status class new for a route means the route answered it.
+    #[serde(skip)]
+    pub sidecar_answer: bool,
 }
 
 impl<'a> FlowRecord<'a> {
@@ -326,6 +335,7 @@ impl<'a> FlowRecord<'a> {
             path: None,
             host: None,
             sni: None,
+            ech: false,
             status: None,
             grpc_status: None,
             verdict: None,
@@ -343,6 +353,7 @@ impl<'a> FlowRecord<'a> {
             request_id: None,
             request_principal: None,
             token_error: None,
+            sidecar_answer: false,
         }
     }
 

@@ -27,6 +27,7 @@ pub mod export;
 pub mod flow;
 pub mod flow_log;
 pub mod metrics;
+pub mod owners;
 pub mod sink;
 pub mod trace;
 
@@ -53,7 +54,8 @@ pub use flow::{
 };
 pub use flow_log::FlowLog;
 pub use metrics::TelemetryMetrics;
-pub use trace::{Parent, RequestSpan, SpanAttrs, SpanOutcome};
+pub use owners::{AddressOwners, Owner};
+pub use trace::{ConnectionAttrs, Parent, RequestSpan, SpanAttrs, SpanOutcome};
 
 use crate::direction::Direction;
 use export::Otlp;
@@ -102,6 +104,8 @@ struct Inner {
     /// The alert stream and webhook.
     sinks: Option<sink::AlertSinks>,
     recent: RecentAlerts,
+    /// Who the cluster says source addresses belong to (cluster mode).
+    owners: owners::Owners,
 }
 
 /// The telemetry of one sidecar. Clones share everything.
@@ -193,6 +197,7 @@ impl Telemetry {
                 binding: cfg.detectors.address_binding.clone(),
                 sinks,
                 recent: RecentAlerts::default(),
+                owners: owners::Owners::default(),
             })),
         })
     }
@@ -246,42 +251,70 @@ impl Telemetry {
         }
     }
 
-    /// Finishes an HTTP request: fills the record's trace and span IDs from `span`, runs the
+    /// Starts the span of an opaque TCP connection (meshed or egress): a server span inbound,
+    /// a client span outbound, as the root of a new trace sampled like any new trace.
+    pub fn connection_span(
+        &self,
+        direction: Direction,
+        attrs: &ConnectionAttrs<'_>,
+    ) -> RequestSpan {
+        let Some(inner) = &self.inner else {
+            return RequestSpan::none();
+        };
+        let kind = match direction {
+            Direction::Inbound => SpanKind::Server,
+            Direction::Outbound => SpanKind::Client,
+        };
+        match &inner.otlp {
+            Some(o) => RequestSpan::start_connection(&o.tracer, kind, attrs),
+            None => RequestSpan::untraced(None, kind),
+        }
+    }
+
+    /// Finishes a whole flow (an HTTP request, or a connection or tunnel that ended before it
+    /// was recorded open): fills the record's trace and span IDs from `span`, runs the
     /// detectors (alerts also become span events), ends the span with the record's outcome
     /// and writes the flow line.
     pub fn record_request(&self, mut span: RequestSpan, mut record: FlowRecord<'_>) {
         let Some(inner) = &self.inner else {
             return;
         };
-        if record.trace_id.is_none() {
-            record.trace_id = span.trace_id().map(Into::into);
-        }
-        if record.span_id.is_none() {
-            record.span_id = span.span_id().map(Into::into);
-        }
-        if record.parent_span_id.is_none() {
-            record.parent_span_id = span.parent_span_id().map(Into::into);
-        }
+        fill_trace_ids(&span, &mut record);
         let alerts = inner.detect(&record);
         for a in &alerts {
             span.add_alert(a);
         }
-        span.finish(&SpanOutcome {
-            status: record.status,
-            grpc_status: record.grpc_status,
-            verdict: record.verdict,
-            policy: record.policy.as_deref(),
-            bytes_in: record.bytes_in,
-            bytes_out: record.bytes_out,
-            error: None,
-            // A client span names its peer once the peer answered (see `client_span`).
-            peer_identity: (record.direction == Direction::Outbound)
-                .then_some(record.destination_identity.as_deref())
-                .flatten(),
-            expected_identity: record.expected_identity.as_deref(),
-        });
+        end_span(span, &record);
         inner.write_flow(&record);
         inner.raise(&alerts, trace_ids(&record));
+    }
+
+    /// Records a connection or tunnel as open (`"phase":"open"`), while it goes on: fills the
+    /// record's trace and span IDs from `span`, runs the detectors (alerts also become events
+    /// of the still open span) and writes the flow line. Its interim records go to
+    /// [`Telemetry::record_flow_seen`], its end to [`Telemetry::record_end`].
+    pub fn record_open(&self, span: &mut RequestSpan, mut record: FlowRecord<'_>) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        fill_trace_ids(span, &mut record);
+        let alerts = inner.detect(&record);
+        for a in &alerts {
+            span.add_alert(a);
+        }
+        inner.write_flow(&record);
+        inner.raise(&alerts, trace_ids(&record));
+    }
+
+    /// Records the end of a connection or tunnel whose open record the detectors already
+    /// looked at: ends `span` with the record's outcome and writes the flow line.
+    pub fn record_end(&self, span: RequestSpan, mut record: FlowRecord<'_>) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        fill_trace_ids(&span, &mut record);
+        end_span(span, &record);
+        inner.write_flow(&record);
     }
 
     /// Writes the flow line of a record the detectors already looked at (the interim and
@@ -295,17 +328,6 @@ impl Telemetry {
     /// How often a connection still open gets an interim record; `None` when telemetry is off.
     pub fn active_timeout(&self) -> Option<Duration> {
         self.inner.as_ref().map(|i| i.active_timeout)
-    }
-
-    /// Records a TCP connection (open, or finished), or a request without a span: detectors,
-    /// alerts, flow line.
-    pub fn record_flow(&self, record: &FlowRecord<'_>) {
-        let Some(inner) = &self.inner else {
-            return;
-        };
-        let alerts = inner.detect(record);
-        inner.write_flow(record);
-        inner.raise(&alerts, trace_ids(record));
     }
 
     /// A failed inbound TLS handshake from `source`; `reason` as in `tls::failure_reason`.
@@ -323,15 +345,42 @@ impl Telemetry {
         inner.raise(&alerts, None);
     }
 
+    /// Where the announced address sets come from: the discovery source of cluster mode. A
+    /// new source address of a known identity that it announces for that identity is a
+    /// replica and raises no `new_source_address`. Set once; without it (file mode) every
+    /// new address of a known identity is alerted.
+    pub fn set_address_owners(&self, owners: Arc<dyn AddressOwners>) {
+        if let Some(inner) = &self.inner
+            && !inner.owners.set(owners)
+        {
+            tracing::warn!("the source of announced addresses was already set; kept the first");
+        }
+    }
+
+    /// Whether announced address sets are known (a source was set).
+    pub fn knows_address_owners(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.owners.is_set())
+    }
+
     /// A peer connected (inbound, after its handshake) with `identity` from `source`. Returns
     /// whether the connection may go on: not when the identity is bound to other addresses
     /// (`telemetry.detectors.address_binding`) and the action is `deny`. A foreign address
-    /// raises a `foreign_address` alert either way.
+    /// raises a `foreign_address` alert either way. A known identity from a new address is
+    /// looked up in the announced sets (`new_source_address`), without holding the
+    /// connection up.
     pub fn peer_connected(&self, identity: &str, source: SocketAddr) -> bool {
         let Some(inner) = &self.inner else {
             return true;
         };
         if inner.binding.check(identity, source.ip()) != config::Bound::Foreign {
+            if let Some(d) = &inner.detectors {
+                let seen = d.lock().map(|mut d| {
+                    d.observe_peer_address(identity, source.ip(), OffsetDateTime::now_utc())
+                });
+                if matches!(seen, Ok(detect::PeerAddress::New)) {
+                    owners::settle(inner, identity, source);
+                }
+            }
             return true;
         }
         if let Some(d) = &inner.detectors {
@@ -501,6 +550,7 @@ fn start_detectors(cfg: &DetectorConfig) -> Result<Detectors, TelemetryError> {
                     identities = r.identities,
                     edges = r.edges,
                     burst_counters = r.burst_counters,
+                    routes = r.routes,
                     "detector state loaded: known identities do not learn again"
                 );
             }
@@ -518,6 +568,37 @@ fn start_detectors(cfg: &DetectorConfig) -> Result<Detectors, TelemetryError> {
         tracing::info!(path = %path.display(), edges = n, "detector baseline loaded");
     }
     Ok(d)
+}
+
+/// Sets the record's trace, span and parent span IDs from `span` where it has none.
+pub fn fill_trace_ids(span: &RequestSpan, record: &mut FlowRecord<'_>) {
+    if record.trace_id.is_none() {
+        record.trace_id = span.trace_id().map(Into::into);
+    }
+    if record.span_id.is_none() {
+        record.span_id = span.span_id().map(Into::into);
+    }
+    if record.parent_span_id.is_none() {
+        record.parent_span_id = span.parent_span_id().map(Into::into);
+    }
+}
+
+/// Ends `span` with the outcome `record` holds.
+fn end_span(span: RequestSpan, record: &FlowRecord<'_>) {
+    span.finish(&SpanOutcome {
+        status: record.status,
+        grpc_status: record.grpc_status,
+        verdict: record.verdict,
+        policy: record.policy.as_deref(),
+        bytes_in: record.bytes_in,
+        bytes_out: record.bytes_out,
+        error: None,
+        // A client span names its peer once the peer answered (see `client_span`).
+        peer_identity: (record.direction == Direction::Outbound)
+            .then_some(record.destination_identity.as_deref())
+            .flatten(),
+        expected_identity: record.expected_identity.as_deref(),
+    });
 }
 
 /// The trace context of a record, for log records correlated with a request.

@@ -32,6 +32,15 @@ pub const EXPECTED_IDENTITY: &str = "picket.destination.expected_identity";
 pub const AUTHZ_VERDICT: &str = "picket.authz.verdict";
 /// Span attribute: the deciding policy.
 pub const AUTHZ_POLICY: &str = "picket.authz.policy";
+/// Span attribute of a TCP connection's span: bytes this sidecar sent to the span's peer
+/// (client span: to the destination; server span: to the caller).
+pub const BYTES_SENT: &str = "picket.network.bytes_sent";
+/// Span attribute of a TCP connection's span: bytes this sidecar received from the span's
+/// peer (client span: from the destination; server span: from the caller).
+pub const BYTES_RECEIVED: &str = "picket.network.bytes_received";
+/// Span attribute: the egress connection's ClientHello offered Encrypted ClientHello (its
+/// `tls.server.name` is the outer, public name).
+pub const TLS_ECH: &str = "picket.tls.ech";
 /// Name of the span event (and OTel log event) carrying an alert.
 pub const ALERT_EVENT: &str = "picket.alert";
 
@@ -50,6 +59,57 @@ pub struct SpanAttrs<'a> {
     pub source_identity: Option<&'a str>,
     /// The called workload's SPIFFE ID.
     pub destination_identity: Option<&'a str>,
+}
+
+/// What is known about an opaque TCP connection (meshed or egress) when its span starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectionAttrs<'a> {
+    /// A connection to a destination outside the mesh (passthrough).
+    pub egress: bool,
+    /// The TCP peer of this hop: the caller (server span) or the address dialled (client
+    /// span).
+    pub peer_address: Option<SocketAddr>,
+    /// The name the client asked for (SNI or `Host`), else the address dialled.
+    pub server_address: Option<&'a str>,
+    /// The port dialled (outbound) or the port the policy saw (inbound).
+    pub server_port: Option<u16>,
+    /// The TLS server name of the client's ClientHello (egress).
+    pub tls_server_name: Option<&'a str>,
+    /// That ClientHello offered Encrypted ClientHello.
+    pub ech: bool,
+    /// The caller's SPIFFE ID.
+    pub source_identity: Option<&'a str>,
+    /// The called workload's SPIFFE ID.
+    pub destination_identity: Option<&'a str>,
+}
+
+/// The attributes a connection span starts with.
+fn connection_attributes(attrs: &ConnectionAttrs<'_>) -> Vec<KeyValue> {
+    let mut kv = Vec::with_capacity(10);
+    kv.push(KeyValue::new("network.transport", "tcp"));
+    if let Some(peer) = attrs.peer_address {
+        kv.push(KeyValue::new("network.peer.address", peer.ip().to_string()));
+        kv.push(KeyValue::new("network.peer.port", i64::from(peer.port())));
+    }
+    if let Some(server) = attrs.server_address {
+        kv.push(KeyValue::new("server.address", server.to_owned()));
+    }
+    if let Some(port) = attrs.server_port {
+        kv.push(KeyValue::new("server.port", i64::from(port)));
+    }
+    if let Some(name) = attrs.tls_server_name {
+        kv.push(KeyValue::new("tls.server.name", name.to_owned()));
+    }
+    if attrs.ech {
+        kv.push(KeyValue::new(TLS_ECH, true));
+    }
+    if let Some(id) = attrs.source_identity {
+        kv.push(KeyValue::new(SOURCE_IDENTITY, id.to_owned()));
+    }
+    if let Some(id) = attrs.destination_identity {
+        kv.push(KeyValue::new(DESTINATION_IDENTITY, id.to_owned()));
+    }
+    kv
 }
 
 /// What is known about a request when its span ends.
@@ -238,6 +298,9 @@ pub struct RequestSpan {
     kind: SpanKind,
     /// The remote parent's span, when the request carried one.
     parent: Option<SpanId>,
+    /// The span of an opaque TCP connection rather than of an HTTP request: it ends with
+    /// byte counts instead of HTTP body sizes.
+    connection: bool,
 }
 
 impl RequestSpan {
@@ -248,6 +311,7 @@ impl RequestSpan {
             context: SpanContext::empty_context(),
             kind: SpanKind::Internal,
             parent: None,
+            connection: false,
         }
     }
 
@@ -258,6 +322,7 @@ impl RequestSpan {
             parent: parent.as_ref().map(SpanContext::span_id),
             context: parent.unwrap_or_else(SpanContext::empty_context),
             kind,
+            connection: false,
         }
     }
 
@@ -289,6 +354,34 @@ impl RequestSpan {
             context,
             kind,
             parent: parent_span,
+            connection: false,
+        }
+    }
+
+    /// Starts the span of an opaque TCP connection with `tracer`, a new trace (a connection
+    /// carries no trace context), sampled as any new trace is. Named `tcp`, or `tcp egress`
+    /// for a destination outside the mesh: span names stay low-cardinality, the destination
+    /// is in the attributes.
+    pub(crate) fn start_connection(
+        tracer: &SdkTracer,
+        kind: SpanKind,
+        attrs: &ConnectionAttrs<'_>,
+    ) -> Self {
+        let name = if attrs.egress { "tcp egress" } else { "tcp" };
+        let mut span = tracer
+            .span_builder(Cow::Borrowed(name))
+            .with_kind(kind.clone())
+            .start_with_context(tracer, &Context::new());
+        if span.is_recording() {
+            span.set_attributes(connection_attributes(attrs));
+        }
+        let context = span.span_context().clone();
+        Self {
+            span: Some(span),
+            context,
+            kind,
+            parent: None,
+            connection: true,
         }
     }
 
@@ -378,14 +471,27 @@ impl RequestSpan {
             if let Some(id) = outcome.expected_identity {
                 span.set_attribute(KeyValue::new(EXPECTED_IDENTITY, id.to_owned()));
             }
-            span.set_attribute(KeyValue::new(
-                "http.request.body.size",
-                i64::try_from(outcome.bytes_in).unwrap_or(i64::MAX),
-            ));
-            span.set_attribute(KeyValue::new(
-                "http.response.body.size",
-                i64::try_from(outcome.bytes_out).unwrap_or(i64::MAX),
-            ));
+            let size = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            if self.connection {
+                // Bytes in come from the caller: sent to the peer of a client span, received
+                // from the peer of a server span.
+                let (sent, received) = if self.kind == SpanKind::Client {
+                    (outcome.bytes_in, outcome.bytes_out)
+                } else {
+                    (outcome.bytes_out, outcome.bytes_in)
+                };
+                span.set_attribute(KeyValue::new(BYTES_SENT, size(sent)));
+                span.set_attribute(KeyValue::new(BYTES_RECEIVED, size(received)));
+            } else {
+                span.set_attribute(KeyValue::new(
+                    "http.request.body.size",
+                    size(outcome.bytes_in),
+                ));
+                span.set_attribute(KeyValue::new(
+                    "http.response.body.size",
+                    size(outcome.bytes_out),
+                ));
+            }
             // Semantic conventions: a server span is an error on 5xx, a client span on 4xx too.
             let error_from = if self.kind == SpanKind::Client {
                 400

@@ -4,6 +4,13 @@ use std::sync::Arc;
 
 use super::*;
 
+fn named(name: &str) -> Parsed {
+    Parsed::Name {
+        name: name.into(),
+        ech: false,
+    }
+}
+
 /// The first flight of a real rustls client asking for `name`.
 fn client_hello(name: &str) -> Vec<u8> {
     let provider = picket_common::crypto::provider();
@@ -12,6 +19,27 @@ fn client_hello(name: &str) -> Vec<u8> {
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
+    first_flight(config, name)
+}
+
+/// The first flight of a real rustls client offering ECH (GREASE: an outer ClientHello with
+/// an `encrypted_client_hello` extension, as a client without the server's ECH config sends)
+/// with `name` as its outer name.
+fn ech_client_hello(name: &str) -> Vec<u8> {
+    use rustls::client::{EchGreaseConfig, EchMode};
+    use rustls::crypto::hpke::Hpke as _;
+    let provider = picket_common::crypto::provider();
+    let suite = rustls::crypto::aws_lc_rs::hpke::DH_KEM_X25519_HKDF_SHA256_AES_128;
+    let (public, _) = suite.generate_key_pair().unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_ech(EchMode::Grease(EchGreaseConfig::new(suite, public)))
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    first_flight(config, name)
+}
+
+fn first_flight(config: rustls::ClientConfig, name: &str) -> Vec<u8> {
     let server = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
     let mut conn = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
     let mut out = Vec::new();
@@ -25,10 +53,7 @@ fn client_hello(name: &str) -> Vec<u8> {
 fn a_real_client_hello_names_its_server() {
     let hello = client_hello("API.Example.com");
     assert!(hello.len() > 100, "rustls wrote a ClientHello");
-    assert_eq!(
-        client_hello_sni(&hello),
-        Parsed::Name("api.example.com".into())
-    );
+    assert_eq!(client_hello_sni(&hello), named("api.example.com"));
     // Every strict prefix needs more, never a wrong answer.
     for cut in 0..hello.len() {
         assert_eq!(
@@ -42,7 +67,110 @@ fn a_real_client_hello_names_its_server() {
     more.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x01, 0x00]);
     assert_eq!(
         server_name(&more),
-        (Parsed::Name("api.example.com".into()), NameSource::Sni)
+        (named("api.example.com"), NameSource::Sni)
+    );
+}
+
+/// `hello` (one handshake record) re-cut into records of at most `size` bytes of handshake
+/// data each, as a client may send it (RFC 8446 section 5.1).
+fn fragmented(hello: &[u8], size: usize) -> Vec<u8> {
+    let (header, message) = hello.split_at(5);
+    let mut out = Vec::new();
+    for chunk in message.chunks(size) {
+        out.extend_from_slice(&header[..3]);
+        out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+#[test]
+fn a_client_hello_split_across_records_is_reassembled() {
+    let hello = client_hello("split.example.com");
+    for size in [1, 3, 4, 5, 100, 512, hello.len() - 6] {
+        let split = fragmented(&hello, size);
+        assert!(split.len() > hello.len(), "{size}: several records");
+        assert_eq!(
+            client_hello_sni(&split),
+            named("split.example.com"),
+            "records of {size} bytes"
+        );
+        // Every strict prefix needs more: a record header or a fragment still to come.
+        for cut in (0..split.len()).step_by(7) {
+            assert_eq!(
+                client_hello_sni(&split[..cut]),
+                Parsed::NeedMore,
+                "records of {size} bytes cut at {cut}"
+            );
+        }
+    }
+    // The largest split that fits the peek (16,389 bytes) is read; the rest needs more than
+    // the peek holds, so `peek_name` gives up on it.
+    let small = fragmented(&hello, 64);
+    assert!(small.len() <= EGRESS_PEEK_BYTES);
+    assert_eq!(client_hello_sni(&small), named("split.example.com"));
+    // Another record type between the fragments, or an empty fragment: no name.
+    let split = fragmented(&hello, 512);
+    let mut alert = split[..517].to_vec();
+    alert.extend_from_slice(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x00]);
+    alert.extend_from_slice(&split[517..]);
+    assert_eq!(client_hello_sni(&alert), Parsed::NoName);
+    let mut empty = split[..517].to_vec();
+    empty.extend_from_slice(&[0x16, 0x03, 0x03, 0x00, 0x00]);
+    empty.extend_from_slice(&split[517..]);
+    assert_eq!(client_hello_sni(&empty), Parsed::NoName);
+}
+
+#[test]
+fn an_encrypted_client_hello_gives_its_outer_name_and_says_ech() {
+    let hello = ech_client_hello("public.example.net");
+    assert_eq!(
+        client_hello_sni(&hello),
+        Parsed::Name {
+            name: "public.example.net".into(),
+            ech: true
+        }
+    );
+    assert_eq!(
+        client_hello_sni(&fragmented(&hello, 200)),
+        Parsed::Name {
+            name: "public.example.net".into(),
+            ech: true
+        }
+    );
+    // Hand-made: a well-formed outer extension; an inner one, an empty one, a short one and
+    // two of them are malformed.
+    let outer = |kind: u8, payload: &[u8]| {
+        let mut ext = vec![kind, 0x00, 0x01, 0x00, 0x01, 0x2a, 0x00, 0x02, 0xaa, 0xbb];
+        ext.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        ext.extend_from_slice(payload);
+        ext
+    };
+    let sni = (0u16, sni_ext(&[(0, b"cover.example")]));
+    assert_eq!(
+        client_hello_sni(&hello_with(&[sni.clone(), (0xfe0d, outer(0, b"sealed"))])),
+        Parsed::Name {
+            name: "cover.example".into(),
+            ech: true
+        }
+    );
+    for bad in [
+        hello_with(&[sni.clone(), (0xfe0d, outer(1, b"sealed"))]),
+        hello_with(&[sni.clone(), (0xfe0d, outer(0, b""))]),
+        hello_with(&[sni.clone(), (0xfe0d, Vec::new())]),
+        hello_with(&[sni.clone(), (0xfe0d, vec![0, 0, 1])]),
+        hello_with(&[
+            sni.clone(),
+            (0xfe0d, outer(0, b"a")),
+            (0xfe0d, outer(0, b"b")),
+        ]),
+    ] {
+        assert_eq!(client_hello_sni(&bad), Parsed::NoName);
+    }
+    // ECH without an outer name: no name to record.
+    assert_eq!(
+        client_hello_sni(&hello_with(&[(0xfe0d, outer(0, b"sealed"))])),
+        Parsed::NoName
     );
 }
 
@@ -72,9 +200,12 @@ fn malformed_client_hellos_have_no_name() {
     let mut server_hello = hello.clone();
     server_hello[5] = 0x02;
     assert_eq!(client_hello_sni(&server_hello), Parsed::NoName);
-    // A handshake longer than its record (a ClientHello split across records).
+    // A handshake longer than its record: the rest may come in the next record.
     let mut split = hello.clone();
     split[7] = split[7].wrapping_add(1);
+    assert_eq!(client_hello_sni(&split), Parsed::NeedMore);
+    // ... but not in a record of another type.
+    split.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x01, 0x00]);
     assert_eq!(client_hello_sni(&split), Parsed::NoName);
     assert_eq!(client_hello_sni(&[0x16, 0x03, 0x05]), Parsed::NoName);
     assert_eq!(
@@ -122,7 +253,7 @@ fn server_name_extensions_are_read_strictly() {
         (10, vec![0, 2, 0, 29]),
         (0, sni_ext(&[(0, b"db.example.org.")])),
     ]);
-    assert_eq!(client_hello_sni(&ok), Parsed::Name("db.example.org".into()));
+    assert_eq!(client_hello_sni(&ok), named("db.example.org"));
     let none = hello_with(&[(10, vec![0, 2, 0, 29])]);
     assert_eq!(client_hello_sni(&none), Parsed::NoName);
     for bad in [
@@ -145,21 +276,18 @@ fn server_name_extensions_are_read_strictly() {
 #[test]
 fn plaintext_http1_requests_name_their_host() {
     let head = b"GET /v1/x HTTP/1.1\r\nUser-Agent: t\r\nHost: Example.COM:8080\r\n\r\n";
-    assert_eq!(http1_host(head), Parsed::Name("example.com".into()));
-    assert_eq!(
-        server_name(head),
-        (Parsed::Name("example.com".into()), NameSource::Host)
-    );
+    assert_eq!(http1_host(head), named("example.com"));
+    assert_eq!(server_name(head), (named("example.com"), NameSource::Host));
     for cut in 0..head.len() {
         assert_eq!(http1_host(&head[..cut]), Parsed::NeedMore, "prefix {cut}");
     }
     assert_eq!(
         http1_host(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n"),
-        Parsed::Name("::1".into())
+        named("::1")
     );
     assert_eq!(
         http1_host(b"GET / HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n"),
-        Parsed::Name("10.0.0.1".into())
+        named("10.0.0.1")
     );
     for bad in [
         &b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n"[..],
@@ -203,7 +331,8 @@ async fn peeking_consumes_nothing_and_bounds_the_wait() {
         name,
         Some(ServerName {
             source: NameSource::Sni,
-            name: "api.example.com".into()
+            name: "api.example.com".into(),
+            ech: false,
         })
     );
     let mut got = vec![0u8; hello.len()];
@@ -218,4 +347,22 @@ async fn peeking_consumes_nothing_and_bounds_the_wait() {
     assert_eq!(peek_name(&server, Duration::from_millis(50)).await, None);
     assert!(start.elapsed() < Duration::from_secs(2));
     drop(silent);
+}
+
+#[test]
+fn the_fuzz_seeds_are_read_as_meant() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/egress_name");
+    let ech = Parsed::Name {
+        name: "public.example.net".into(),
+        ech: true,
+    };
+    for (file, want) in [
+        ("http1", named("api.example.com")),
+        ("tls_one_record", named("api.example.com")),
+        ("tls_split_records", named("api.example.com")),
+        ("tls_ech_outer", ech),
+    ] {
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        assert_eq!(server_name(&bytes).0, want, "{file}");
+    }
 }
