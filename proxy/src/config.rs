@@ -361,6 +361,9 @@ pub struct Timeouts {
     pub request: Duration,
     /// An idle connection (no bytes either way) is closed after this.
     pub idle: Duration,
+    /// An app's HTTP/1 keep-alive connection (plain TCP) that has been idle this long gives up
+    /// its HTTP buffers until its next request (`net::park`).
+    pub park: Duration,
     /// An app connection whose reader has not taken response data handed to it for this long
     /// (a full TCP send buffer, or an HTTP/2 window left at zero) is closed.
     pub stall: Duration,
@@ -678,6 +681,7 @@ struct RawTimeouts {
     connect: Option<Spanned<String>>,
     request: Option<Spanned<String>>,
     idle: Option<Spanned<String>>,
+    park: Option<Spanned<String>>,
     stall: Option<Spanned<String>>,
     drain: Option<Spanned<String>>,
     detect: Option<Spanned<String>>,

@@ -385,15 +385,13 @@ impl Inbound {
         tracing::warn!(%client_addr, reason, error = %e, "inbound TLS handshake refused");
     }
 
-    async fn http<I>(
+    async fn http<I: net::ServeIo>(
         self: Arc<Self>,
         io: I,
         h2: bool,
         meta: Arc<ConnMeta>,
         shutdown: CancellationToken,
-    ) where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
+    ) {
         let meta_label = meta.peer_label().to_owned();
         let this = Arc::clone(&self);
         // A WebSocket's client end is taken from the connection's own stream type.
@@ -412,8 +410,12 @@ impl Inbound {
                 Ok::<_, Infallible>(resp.map(|b| guard.guard(b)))
             })
         });
-        let io = TokioIo::new(io);
-        let served = net::serve_http(io, h2, svc, &self.listener, &shutdown, |h2| {
+        let parking = net::Parking {
+            delay: self.timeouts.park,
+            parked: &self.metrics.http1_parked,
+            parks: &self.metrics.http1_parks,
+        };
+        let served = net::serve_http(io, h2, svc, &self.listener, parking, &shutdown, |h2| {
             h2.enable_connect_protocol()
                 .max_concurrent_streams(forward::MAX_STREAMS)
                 .initial_stream_window_size(forward::STREAM_WINDOW)

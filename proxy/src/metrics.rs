@@ -198,6 +198,10 @@ pub struct Metrics {
     tcp_bytes: Family<DirectionLabels, Counter>,
     /// Requests shed because too many were in flight, by direction.
     requests_shed: Family<DirectionLabels, Counter>,
+    /// HTTP/1 app connections parked between requests (`net::park`).
+    pub http1_parked: Gauge<i64, AtomicI64>,
+    /// Parks of HTTP/1 connections since the start.
+    pub http1_parks: Counter,
     /// Not-after of the current certificate, Unix seconds.
     pub cert_expiry: Gauge<i64, AtomicI64>,
     /// Renewal attempts by result.
@@ -254,6 +258,8 @@ impl Metrics {
             ca_handshakes: Family::default(),
             tcp_bytes: Family::default(),
             requests_shed: Family::default(),
+            http1_parked: Gauge::default(),
+            http1_parks: Counter::default(),
             cert_expiry: Gauge::default(),
             cert_renewals: Family::default(),
             authz_decisions: Family::default(),
@@ -338,6 +344,16 @@ impl Metrics {
             "picket_requests_shed",
             "HTTP requests answered 503 at once because too many were in flight, by direction",
             self.requests_shed.clone(),
+        );
+        self.registry.register(
+            "picket_http1_parked_connections",
+            "HTTP/1 connections on plain TCP parked between requests: idle, holding no HTTP buffers",
+            self.http1_parked.clone(),
+        );
+        self.registry.register(
+            "picket_http1_parks",
+            "Times an idle HTTP/1 connection on plain TCP gave up its HTTP buffers until its next request",
+            self.http1_parks.clone(),
         );
     }
 

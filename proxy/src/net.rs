@@ -15,24 +15,39 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 pin_project_lite::pin_project! {
+    #[project = IdleTimeoutProj]
     /// Fails reads and writes with `TimedOut` once no byte has moved in either direction for
     /// `idle`. Wrap the side of a connection that sees all of its traffic.
+    ///
+    /// Its one timer also serves an owner that wants to hear of a shorter silence (a parkable
+    /// HTTP/1 connection, [`park`]): with an alarm window set, the timer first runs to the
+    /// window after the last byte; if it fires before `idle` has passed, the stream notes an
+    /// alarm ([`IdleTimeout::take_alarm`]) and the timer runs on to the idle deadline.
     #[derive(Debug)]
     pub struct IdleTimeout<T> {
         #[pin]
         inner: T,
         idle: Duration,
+        // What the timer is set to after a byte moves: `idle`, or the shorter alarm window.
+        window: Duration,
         timer: Pin<Box<Sleep>>,
+        // When the last byte moved in either direction.
+        last: Instant,
+        alarm: bool,
     }
 }
 
 impl<T> IdleTimeout<T> {
     /// Wraps `inner`.
     pub fn new(inner: T, idle: Duration) -> Self {
+        let now = Instant::now();
         Self {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            window: idle,
+            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            last: now,
+            alarm: false,
         }
     }
 
@@ -40,32 +55,74 @@ impl<T> IdleTimeout<T> {
     pub fn get_ref(&self) -> &T {
         &self.inner
     }
+
+    /// Also notes an alarm when no byte has moved for `window` (shorter than the idle
+    /// timeout; `None` or a longer one: no alarm).
+    pub(crate) fn set_alarm(&mut self, window: Option<Duration>) {
+        self.window = window.map_or(self.idle, |w| w.min(self.idle));
+        let at = self.last + self.window;
+        self.timer.as_mut().reset(at);
+    }
+
+    /// Whether the alarm window passed without a byte moving since the last call.
+    pub(crate) fn take_alarm(&mut self) -> bool {
+        std::mem::take(&mut self.alarm)
+    }
+
+    /// When the idle timeout closes the stream if no byte moves before.
+    pub(crate) fn idle_deadline(&self) -> Instant {
+        self.last + self.idle
+    }
 }
 
-fn check_idle(timer: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<io::Error> {
-    match timer.poll(cx) {
+/// The timer's state while the stream waits (its inner stream returned `Pending`): fails once
+/// the connection has been idle too long; an earlier firing is an alarm (noted, and the timer
+/// runs on to the idle deadline).
+fn check_idle(
+    timer: &mut Pin<Box<Sleep>>,
+    last: Instant,
+    idle: Duration,
+    alarm: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<io::Error> {
+    if timer.as_mut().poll(cx).is_pending() {
+        return Poll::Pending;
+    }
+    let deadline = last + idle;
+    if Instant::now() >= deadline {
+        return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+    }
+    *alarm = true;
+    timer.as_mut().reset(deadline);
+    match timer.as_mut().poll(cx) {
         Poll::Ready(()) => Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
         Poll::Pending => Poll::Pending,
     }
 }
 
+/// Notes that a byte moved: the timer starts its window again.
+fn moved(timer: &mut Pin<Box<Sleep>>, window: Duration, last: &mut Instant) {
+    let now = Instant::now();
+    *last = now;
+    timer.as_mut().reset(now + window);
+}
+
 /// A write's outcome through [`IdleTimeout`]: bytes written restart the idle timer; a write
 /// that waits fails once the connection has been idle too long.
-fn written(
-    timer: Pin<&mut Sleep>,
-    idle: Duration,
+fn written<T>(
+    this: IdleTimeoutProj<'_, T>,
     cx: &mut Context<'_>,
     polled: Poll<io::Result<usize>>,
 ) -> Poll<io::Result<usize>> {
     match polled {
         Poll::Ready(Ok(n)) => {
             if n > 0 {
-                timer.reset(Instant::now() + idle);
+                moved(this.timer, *this.window, this.last);
             }
             Poll::Ready(Ok(n))
         }
         Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Pending => match check_idle(timer, cx) {
+        Poll::Pending => match check_idle(this.timer, *this.last, *this.idle, this.alarm, cx) {
             Poll::Ready(e) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         },
@@ -83,11 +140,11 @@ impl<T: AsyncRead> AsyncRead for IdleTimeout<T> {
         match this.inner.poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
-                    this.timer.as_mut().reset(Instant::now() + *this.idle);
+                    moved(this.timer, *this.window, this.last);
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending => match check_idle(this.timer.as_mut(), cx) {
+            Poll::Pending => match check_idle(this.timer, *this.last, *this.idle, this.alarm, cx) {
                 Poll::Ready(e) => Poll::Ready(Err(e)),
                 Poll::Pending => Poll::Pending,
             },
@@ -101,9 +158,9 @@ impl<T: AsyncWrite> AsyncWrite for IdleTimeout<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write(cx, buf);
-        written(this.timer.as_mut(), *this.idle, cx, polled)
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_write(cx, buf);
+        written(this, cx, polled)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -119,9 +176,9 @@ impl<T: AsyncWrite> AsyncWrite for IdleTimeout<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write_vectored(cx, bufs);
-        written(this.timer.as_mut(), *this.idle, cx, polled)
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_write_vectored(cx, bufs);
+        written(this, cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -454,42 +511,79 @@ impl<B: http_body::Body> http_body::Body for StallGuard<B> {
 #[cfg(test)]
 mod tests;
 
+pub mod park;
+
+pub use park::Parking;
+
+/// A connection's stream as [`serve_http`] takes it. A plain TCP stream can be parked between
+/// HTTP/1 requests ([`park`]); a TLS stream cannot: rustls keeps its own buffers and records
+/// (alerts, key updates) arrive without a request, so readability of the socket says nothing
+/// about a request, and the sidecar-to-sidecar connections it carries are HTTP/2.
+pub trait ServeIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The plain TCP stream, when this is one.
+    fn into_parkable(self) -> Result<IdleTimeout<tokio::net::TcpStream>, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
+}
+
+impl ServeIo for IdleTimeout<tokio::net::TcpStream> {
+    fn into_parkable(self) -> Result<IdleTimeout<tokio::net::TcpStream>, Self> {
+        Ok(self)
+    }
+}
+
+impl ServeIo for IdleTimeout<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {}
+
 /// Serves one plaintext-framed HTTP connection (the app's, or a peer's inside TLS) with `svc`
 /// until it ends, or until `shutdown` and then gracefully: HTTP/2 when `h2` (its builder tuned
-/// by `tune_h2`), else HTTP/1.1 with upgrades. Each version's connection is boxed on its own,
-/// so a connection holds the state of the version it speaks and not of the other (an HTTP/2
-/// server connection's future is larger than an HTTP/1 one, and an idle connection keeps it).
+/// by `tune_h2`), else HTTP/1.1 with upgrades, parked between requests on a plain TCP stream
+/// (`parking`). Each version's connection is boxed on its own, so a connection holds the state
+/// of the version it speaks and not of the other (an HTTP/2 server connection's future is
+/// larger than an HTTP/1 one, and an idle connection keeps it).
 pub async fn serve_http<I, S, B>(
-    io: hyper_util::rt::TokioIo<I>,
+    io: I,
     h2: bool,
     svc: S,
     settings: &picket_common::server::ListenerSettings,
+    parking: Parking<'_>,
     shutdown: &tokio_util::sync::CancellationToken,
     tune_h2: impl FnOnce(&mut hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>),
 ) -> Result<(), hyper::Error>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Error = std::convert::Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: ServeIo,
+    S: picket_common::server::ConnService<B> + Unpin,
+    B: picket_common::server::ResponseBody,
 {
+    use hyper_util::rt::TokioIo;
     use picket_common::server;
     if h2 {
         let mut builder = server::http2_builder(settings);
         tune_h2(&mut builder);
-        let conn = builder.serve_connection(io, svc);
-        Box::pin(server::drain_on(conn, shutdown, |c| c.graceful_shutdown())).await
-    } else {
-        let conn = server::http1_builder(settings)
-            .serve_connection(io, svc)
-            .with_upgrades();
-        Box::pin(server::drain_on(conn, shutdown, |c| c.graceful_shutdown())).await
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        return Box::pin(server::drain_on(conn, shutdown, |c| c.graceful_shutdown())).await;
+    }
+    let builder = server::http1_builder(settings);
+    match io.into_parkable() {
+        Ok(tcp) => {
+            let header_timeout = settings.header_timeout;
+            Box::pin(park::serve(
+                tcp,
+                svc,
+                &builder,
+                header_timeout,
+                parking,
+                shutdown,
+            ))
+            .await
+        }
+        Err(io) => {
+            let conn = builder
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades();
+            Box::pin(server::drain_on(conn, shutdown, |c| c.graceful_shutdown())).await
+        }
     }
 }

@@ -656,8 +656,13 @@ impl Outbound {
             tracing::debug!("outbound connection closed: nothing sent within the header timeout");
             return;
         };
-        let io = TokioIo::new(IdleTimeout::new(tcp, self.timeouts.idle));
-        let served = net::serve_http(io, h2, svc, &self.listener, &shutdown, |h2| {
+        let io = IdleTimeout::new(tcp, self.timeouts.idle);
+        let parking = net::Parking {
+            delay: self.timeouts.park,
+            parked: &self.metrics.http1_parked,
+            parks: &self.metrics.http1_parks,
+        };
+        let served = net::serve_http(io, h2, svc, &self.listener, parking, &shutdown, |h2| {
             h2.enable_connect_protocol();
         });
         tokio::select! {

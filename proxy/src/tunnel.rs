@@ -31,6 +31,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::net::IdleTimeout;
+use crate::net::park::ParkIo;
 
 /// The upgrade token and `:protocol` of WebSocket.
 pub const WEBSOCKET: &str = "websocket";
@@ -146,9 +147,20 @@ pub fn client_end<I>(upgraded: Upgraded) -> Result<Box<dyn TunnelIo>, usize>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match upgraded.downcast::<TokioIo<I>>() {
-        Ok(parts) if parts.read_buf.is_empty() => Ok(Box::new(parts.io.into_inner())),
-        Ok(parts) => Err(parts.read_buf.len()),
+    let upgraded = match upgraded.downcast::<TokioIo<I>>() {
+        Ok(parts) if parts.read_buf.is_empty() => return Ok(Box::new(parts.io.into_inner())),
+        Ok(parts) => return Err(parts.read_buf.len()),
+        Err(upgraded) => upgraded,
+    };
+    // A plain TCP connection's HTTP/1 server reads through the stream that parks it.
+    match upgraded.downcast::<TokioIo<ParkIo>>() {
+        Ok(parts) => {
+            let (io, unread) = parts.io.into_inner().into_tunnel_end();
+            match parts.read_buf.len() + unread.len() {
+                0 => Ok(Box::new(io)),
+                early => Err(early),
+            }
+        }
         Err(upgraded) => {
             let mut io = TokioIo::new(upgraded);
             let mut first = [0u8; 1];

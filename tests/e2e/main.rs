@@ -28,6 +28,7 @@ mod k8s_policy;
 mod k8s_tokenreview;
 mod k8s_webhook;
 mod kx;
+mod park;
 mod pods;
 mod pods_dualstack;
 mod pods_permissive;

@@ -286,6 +286,35 @@ async fn idle_websocket_tunnel_is_closed_and_recorded() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_websocket_opens_on_a_connection_that_was_parked() -> Result<()> {
+    // The frontend parks the app's idle HTTP/1 connection after 100 ms: the upgrade arrives on
+    // a connection that holds no HTTP state, and the tunnel takes the socket over from there.
+    let mesh = Mesh::start("timeouts: { park: 100ms }\n").await?;
+    let script = picket_tests::k8s::repo_root().join("tests/fixtures/park_client.py");
+    let out = output_within(
+        Command::new("python3")
+            .arg(script)
+            .arg("websocket")
+            .arg(mesh.entry()?.to_string())
+            .arg(mesh.frontend.addrs().admin.to_string())
+            .arg("100"),
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(
+        out.status.success(),
+        "park_client.py websocket failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(result["responses"][0]["status"] == 404, "{result}");
+    ensure!(result["upgrade_status"] == 101, "{result}");
+    ensure!(result["echo"] == "hello after a park", "{result}");
+    ensure!(result["parks"].as_f64().unwrap_or(0.0) >= 1.0, "{result}");
+    Ok(())
+}
+
 /// A WebSocket that stays open is seen while it lasts, as an opaque TCP connection is: its
 /// open record reaches the detectors at once on both sides (a new edge alerts before the
 /// tunnel closes), an interim record follows every active timeout with the bytes so far, and

@@ -343,6 +343,7 @@ fn sidecar_config(
             connect: Duration::from_secs(5),
             request: Duration::from_secs(30),
             idle: Duration::from_secs(300),
+            park: Duration::from_millis(250),
             stall: Duration::from_secs(30),
             drain: Duration::from_secs(5),
             detect: Duration::from_secs(1),

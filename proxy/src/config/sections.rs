@@ -532,6 +532,12 @@ impl Validator<'_> {
             connect: d(&t.connect, 5, "timeouts.connect")?,
             request: d(&t.request, 30, "timeouts.request")?,
             idle: d(&t.idle, 300, "timeouts.idle")?,
+            park: self.duration(
+                t.park.as_ref(),
+                Duration::from_millis(250),
+                "timeouts.park",
+                Zero::Refused,
+            )?,
             stall: d(&t.stall, 30, "timeouts.stall")?,
             drain: d(&t.drain, 30, "timeouts.drain")?,
             detect: d(&t.detect, 1, "timeouts.detect")?,
