@@ -6,27 +6,16 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use http::{StatusCode, Version};
 use picket_tests::clients::{body_text, curl, described, get};
+use picket_tests::mesh::frontend_to_orders;
 use picket_tests::wait::READY_TIMEOUT;
-use picket_tests::{
-    Mesh, MeshOptions, Sidecar, TestCa, TestProxy, Upstream, assert_eventually, closed_port,
-    spiffe_id,
-};
+use picket_tests::{Mesh, MeshOptions, Sidecar, TestCa, TestProxy, assert_eventually, closed_port};
 
 #[tokio::test]
 async fn app_down_answers_502() -> Result<()> {
     let ca = TestCa::start().await?;
     let orders =
         TestProxy::spawn(&ca, Sidecar::new("shop", "orders", closed_port().await?)).await?;
-    let upstream = Upstream::http(
-        "orders",
-        orders.addrs().inbound,
-        &spiffe_id("shop", "orders"),
-    );
-    let frontend = TestProxy::spawn(
-        &ca,
-        Sidecar::new("shop", "frontend", closed_port().await?).upstream(upstream),
-    )
-    .await?;
+    let frontend = TestProxy::spawn(&ca, frontend_to_orders(orders.addrs().inbound).await?).await?;
     let url = format!("http://{}/", frontend.addrs().outbound);
     let got = curl(&["-H", "Host: orders", &url]).await?;
     ensure!(got.status == 502, "expected 502, got {got:?}");
@@ -36,12 +25,7 @@ async fn app_down_answers_502() -> Result<()> {
 #[tokio::test]
 async fn remote_sidecar_down_answers_503() -> Result<()> {
     let ca = TestCa::start().await?;
-    let upstream = Upstream::http("orders", closed_port().await?, &spiffe_id("shop", "orders"));
-    let frontend = TestProxy::spawn(
-        &ca,
-        Sidecar::new("shop", "frontend", closed_port().await?).upstream(upstream),
-    )
-    .await?;
+    let frontend = TestProxy::spawn(&ca, frontend_to_orders(closed_port().await?).await?).await?;
     let url = format!("http://{}/", frontend.addrs().outbound);
     let got = curl(&["-H", "Host: orders", &url]).await?;
     ensure!(got.status == 503, "expected 503, got {got:?}");
