@@ -183,7 +183,8 @@ async fn requests_past_the_in_flight_limit_are_shed_with_503() -> Result<()> {
 
 /// A sidecar configuration that cannot be read as text is refused before anything starts:
 /// exit 2, the message names the file and the problem (the byte offset of invalid UTF-8, the
-/// 1 MiB limit), and each cause appears once.
+/// 1 MiB limit, a YAML syntax error at its place, an unknown field), and each cause appears
+/// once.
 #[tokio::test]
 async fn unreadable_sidecar_config_exits_2_naming_the_problem_once() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -192,8 +193,15 @@ async fn unreadable_sidecar_config_exits_2_naming_the_problem_once() -> Result<(
     let huge = dir.path().join("huge.yaml");
     std::fs::write(&huge, vec![b'#'; 1024 * 1024 + 1])?;
     let missing = dir.path().join("missing.yaml");
+    // The YAML library's own rendering repeats its message under a snippet: said once here.
+    let syntax = dir.path().join("syntax.yaml");
+    std::fs::write(&syntax, "ca: {url: 1\n")?;
+    let unknown = dir.path().join("unknown.yaml");
+    std::fs::write(&unknown, "bogus: 1\n")?;
     for (path, expected) in [
         (&not_utf8, "not UTF-8: invalid byte at offset 25".to_owned()),
+        (&syntax, "syntax.yaml:1:5: unclosed bracket".to_owned()),
+        (&unknown, "unknown field `bogus`".to_owned()),
         (&huge, "larger than 1048576 bytes".to_owned()),
         (&missing, "No such file or directory".to_owned()),
     ] {
