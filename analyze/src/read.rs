@@ -12,7 +12,7 @@ use std::time::Instant;
 use picket_proxy::direction::Direction;
 use picket_proxy::telemetry::alert::{Alert, AlertKind, Severity};
 use picket_proxy::telemetry::baseline::{Counter, Scope};
-use picket_proxy::telemetry::detect::{BaselineEdge, host_only};
+use picket_proxy::telemetry::detect::{BaselineEdge, host_only, route_answer_class};
 use picket_proxy::telemetry::flow::{
     FlowPhase, FlowProtocol, FlowRecord, LineType, Verdict, route_template,
 };
@@ -116,6 +116,9 @@ pub(crate) struct RouteAgg {
     pub(crate) outbound: RouteSide,
     pub(crate) in_baseline: bool,
     pub(crate) after_baseline: bool,
+    /// The status classes the route answered in the baseline period (bit `c`: `c`xx), as the
+    /// `status_class_new` detector counts answers.
+    pub(crate) baseline_classes: u8,
     /// A concrete request of this route, for policy evaluation.
     pub(crate) sample_path: Option<Box<str>>,
 }
@@ -178,6 +181,9 @@ impl RouteAgg {
         }
         if before {
             self.in_baseline = true;
+            if let Some(class) = route_answer_class(r) {
+                self.baseline_classes |= 1 << class;
+            }
         } else {
             self.after_baseline = true;
         }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use picket_proxy::telemetry::detect::{BaselineEdge, BaselineRate};
+use picket_proxy::telemetry::detect::{BaselineEdge, BaselineRate, class_names};
 use picket_proxy::telemetry::flow::LineType;
 
 use super::policy::{principal, workload};
@@ -303,6 +303,7 @@ pub(crate) fn baseline(agg: &Aggregate) -> String {
                     destination: agg.nodes.name(d).to_owned(),
                     port,
                     route: route.to_string(),
+                    status_classes: class_names(r.baseline_classes),
                 };
                 if let Ok(line) = serde_json::to_string(&edge) {
                     lines.insert(line);

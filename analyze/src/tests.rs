@@ -476,6 +476,16 @@ fn baseline_edges_feed_the_detectors() {
     let alerts = d.observe_flow(&attack, at(2000));
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].kind, AlertKind::NewEdge);
+    // Edge lines carry the status classes each route answered, so a known route that starts
+    // failing is a new status class from its first answers, without a learning window.
+    assert!(edges.contains("\"status_classes\":[\"2xx\"]"), "{edges}");
+    let mut failing = known.clone();
+    failing.status = Some(503);
+    let raised: Vec<AlertKind> = (1..=3)
+        .flat_map(|i| d.observe_flow(&failing, at(2000 + i)))
+        .map(|a| a.kind)
+        .collect();
+    assert_eq!(raised, [AlertKind::StatusClassNew]);
 }
 
 /// A steady benign 404 rate in the reviewed logs becomes a learned rate in the baseline:

@@ -48,10 +48,16 @@ pub fn empty() -> Body {
     boxed(http_body_util::Empty::<Bytes>::new())
 }
 
+/// Marks a response the sidecar made itself (in its extensions, never sent): its flow record
+/// says so, and the detectors do not take it for the route's own answer.
+#[derive(Debug, Clone, Copy)]
+pub struct SidecarAnswer;
+
 /// A short plain-text response produced by the sidecar itself.
 pub fn error_response(status: StatusCode, reason: &str) -> Response<Body> {
     let mut resp = Response::new(boxed(Full::new(Bytes::from(format!("picket: {reason}\n")))));
     *resp.status_mut() = status;
+    resp.extensions_mut().insert(SidecarAnswer);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -369,6 +369,7 @@ impl<'a> RequestCtx<'a> {
         record.host = self.host.map(Into::into);
         record.status = Some(resp.status().as_u16());
         record.grpc_status = telemetry::grpc_status(resp.headers());
+        record.sidecar_answer = resp.extensions().get::<forward::SidecarAnswer>().is_some();
         if let Some(e) = &self.enforced {
             e.fill(&mut record);
         }

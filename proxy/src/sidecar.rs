@@ -168,7 +168,7 @@ pub async fn run(
     let outbound = Outbound::new(&creds, &config, Arc::clone(&metrics), telemetry.clone())?
         .with_policy(Arc::clone(&policy));
     let (outbound, policy_follow) =
-        cluster_mode(outbound, &config, &creds, &policy, &shutdown).await?;
+        cluster_mode(outbound, &config, &creds, &policy, &telemetry, &shutdown).await?;
     let outbound = Arc::new(outbound);
 
     let listeners = DataListeners::bind(&config, &admin).await?;
@@ -284,12 +284,14 @@ impl Admin {
 
 /// Cluster mode (a `controller:` section): the controller answers for transparent
 /// destinations, in place of any listed in the file (see docs/balancing.md), and sends the
-/// namespace's policy objects (the follower task is returned).
+/// namespace's policy objects (the follower task is returned). Its pod addresses are the
+/// announced address sets the detectors check new source addresses against.
 async fn cluster_mode(
     outbound: Outbound,
     config: &Config,
     creds: &Arc<crate::tls::Credentials>,
     policy: &Arc<PolicyStore>,
+    telemetry: &Telemetry,
     shutdown: &CancellationToken,
 ) -> Result<(Outbound, Option<tokio::task::JoinHandle<()>>), SidecarError> {
     let Some(source) = &config.controller else {
@@ -298,6 +300,9 @@ async fn cluster_mode(
     let client = Arc::new(crate::discover::controller::ControllerDiscover::new(
         source, creds,
     )?);
+    telemetry.set_address_owners(Arc::new(crate::discover::AnnouncedOwners(
+        Arc::clone(&client) as Arc<dyn crate::discover::Discover>,
+    )));
     let follow = cluster_policies(&client, policy, shutdown).await?;
     Ok((outbound.with_discover(client), Some(follow)))
 }

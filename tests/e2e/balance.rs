@@ -147,6 +147,8 @@ struct World {
     processes: Vec<Daemon>,
     /// The `controller:` section sidecars get (empty: file mode).
     controller: String,
+    /// Lines under `telemetry:` for the next sidecars (empty: the defaults).
+    telemetry: String,
 }
 
 impl World {
@@ -155,6 +157,7 @@ impl World {
             pods: CaPods::start(pods).await?,
             processes: Vec::new(),
             controller: String::new(),
+            telemetry: String::new(),
         })
     }
 
@@ -188,6 +191,7 @@ impl World {
                 PodYaml {
                     outbound: outbound_extra,
                     sections: &self.controller,
+                    telemetry: &self.telemetry,
                     ..PodYaml::default()
                 },
             )
@@ -403,6 +407,72 @@ async fn per_connection(
     Ok(by_app)
 }
 
+/// The client's sidecar (detectors without a learning window) as the callee of `backend`:
+/// b1's address is the identity's first, b2's is a replica's (the controller announces it
+/// for `backend`): no `new_source_address`, one replica counted. Then a sidecar presenting
+/// `backend` from pod5, which the cluster says runs `plain` without a sidecar: alerted, low,
+/// with `announced_elsewhere`.
+async fn replicas_and_a_foreign_address(w: &mut World) -> Result<()> {
+    let to_client = format!("http://{}:{APP_PORT}/hello", w.ip(CLIENT));
+    for i in [1, 2] {
+        let (status, body) = get(&w.pods.net, i, &to_client).await?;
+        ensure!(
+            status == 200 && body.contains("\"client0\""),
+            "b{i} -> client: {status} {body}"
+        );
+    }
+    let counted = |metrics: &str, name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    eventually(WAIT, async || {
+        let (_, metrics) = w
+            .pods
+            .net
+            .curl(CLIENT, "http://127.0.0.1:7191/metrics", &[])
+            .await?;
+        let n = counted(&metrics, "picket_detector_replica_addresses_total ");
+        ensure!(n == 1, "replica addresses counted: {n}");
+        Ok(())
+    })
+    .await?;
+    // pod5's app has had its say (unmeshed, above); now a sidecar with backend's certificate.
+    w.sidecar(PLAIN_POD, "backend", "").await?;
+    let (status, body) = get(&w.pods.net, PLAIN_POD, &to_client).await?;
+    ensure!(status == 200, "pod5 -> client: {status} {body}");
+    let backend = backend_id().unwrap_or_default();
+    let alerts: Vec<Value> = eventually(WAIT, async || {
+        let (_, body) = w
+            .pods
+            .net
+            .curl(CLIENT, "http://127.0.0.1:7191/alerts", &[])
+            .await?;
+        let page: Value = serde_json::from_str(&body).with_context(|| body.clone())?;
+        let alerts: Vec<Value> = page["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a["kind"] == "new_source_address")
+            .collect();
+        ensure!(!alerts.is_empty(), "no new_source_address yet: {body}");
+        Ok(alerts)
+    })
+    .await?;
+    ensure!(alerts.len() == 1, "{alerts:#?}");
+    let a = &alerts[0];
+    ensure!(
+        a["source_identity"] == backend.as_str()
+            && a["source_address"] == w.ip(PLAIN_POD).as_str()
+            && a["severity"] == "low"
+            && a["evidence"]["announced_elsewhere"] == 1,
+        "{a}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn through_the_controller_requests_spread_identities_pin_and_endpoint_changes_arrive()
 -> Result<()> {
@@ -416,6 +486,7 @@ async fn through_the_controller_requests_spread_identities_pin_and_endpoint_chan
         controller.listen
     );
     for (i, name) in [
+        (CLIENT, "client0"),
         (1, "b1"),
         (2, "b2"),
         (3, "b3"),
@@ -468,7 +539,11 @@ async fn through_the_controller_requests_spread_identities_pin_and_endpoint_chan
         "  unmeshed: plaintext\n  meshed: [{{ cidr: \"{}\", identity: any }}]\n  balancer: {{ decay: 200ms }}\n",
         w.pods.net.cidr()
     );
+    // The client's detectors learn nothing (no learning window), so that a new source
+    // address of a known identity is judged at once.
+    w.telemetry = "  detectors: { learning_window: 0s }\n".to_owned();
     w.sidecar(CLIENT, "client0", &client).await?;
+    w.telemetry.clear();
     let net = &w.pods.net;
 
     // Spread: the client's sidecar resolves the Service address through the controller and
@@ -539,6 +614,9 @@ async fn through_the_controller_requests_spread_identities_pin_and_endpoint_chan
         "deny: {status} {body}"
     );
     ensure!(decisions(net, IMPOSTOR_POD, "unmeshed_denied").await? >= 1);
+
+    replicas_and_a_foreign_address(&mut w).await?;
+    let net = &w.pods.net;
 
     // Endpoint changes made in the cluster reach the sidecar: b3's pod goes away ...
     api.apply(&backend_slice(&w, &[1, 2])?)?;

@@ -212,8 +212,11 @@ async fn a_sweep_seen_from_the_callers_side_names_true_peers_and_raises_fan_out(
 
 /// Credential stuffing: pod1's app tries 50 passwords on pod2's `POST /login`, each answered
 /// 401 by the app. Both sidecars raise one authentication-failure burst for that route.
+/// Then a route that answered 2xx answers 5xx: both sidecars raise `status_class_new` for it
+/// once the floor (3 answers) is reached, while a steady route and one odd 5xx of another
+/// route stay quiet.
 #[tokio::test]
-async fn a_credential_stuffing_burst_is_an_auth_failure_burst_on_both_sides() -> Result<()> {
+async fn a_credential_stuffing_burst_and_a_new_status_class_alert_on_both_sides() -> Result<()> {
     let pods = Pods::start(2, "    learning_window: 0s\n").await?;
     let url = format!("http://{}:{APP_PORT}/login", pods.ip(1));
     let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), 50).collect();
@@ -260,6 +263,82 @@ async fn a_credential_stuffing_burst_is_an_auth_failure_burst_on_both_sides() ->
             "{burst:?}"
         );
         ensure!(burst.evidence.get("threshold") == Some(&10), "{burst:?}");
+    }
+    status_class_new_on_both_sides(&pods).await
+}
+
+/// pod1 calls three routes of pod2: `GET /status/{id}` answers 200 five times, then 503 three
+/// times (the floor); `GET /status/{id}/odd` answers 200 three times and 503 once (below the
+/// floor); `GET /api/steady` answers 200 throughout.
+async fn status_class_new_on_both_sides(pods: &Pods) -> Result<()> {
+    let calls = std::iter::repeat_n("/status/200", 5)
+        .chain(std::iter::repeat_n("/api/steady", 5))
+        .chain(std::iter::repeat_n("/status/200/odd", 3))
+        .chain(["/status/503/odd"])
+        .chain(std::iter::repeat_n("/status/503", 3));
+    for path in calls {
+        let want: u16 = if path.starts_with("/status/503") {
+            503
+        } else {
+            200
+        };
+        let got = pods.call(0, 1, "GET", path).await?;
+        ensure!(got == want, "GET {path}: {got}");
+    }
+    let route = format!("{} GET /status/{{id}}", identity(1));
+    for side in [0, 1] {
+        let alerts = eventually(WAIT, async || {
+            let alerts = pods.alerts(side).await?;
+            ensure!(
+                count(&alerts, AlertKind::StatusClassNew) >= 1,
+                "pod{}: {alerts:#?}",
+                side + 1
+            );
+            Ok(alerts)
+        })
+        .await?;
+        let new: Vec<&Alert> = alerts
+            .iter()
+            .filter(|a| a.kind == AlertKind::StatusClassNew)
+            .collect();
+        ensure!(new.len() == 1, "pod{}: {new:#?}", side + 1);
+        let a = new[0];
+        ensure!(
+            a.destination.as_deref() == Some(route.as_str())
+                && a.source_identity.as_deref() == Some(identity(0).as_str())
+                && a.evidence.get("status_class") == Some(&5)
+                && a.evidence.get("answers") == Some(&3)
+                && a.severity == picket_proxy::telemetry::Severity::Medium,
+            "pod{}: {a:?}",
+            side + 1
+        );
+        // The learned classes at /detectors, and the alert counted.
+        let (_, body) = pods
+            .curl(side, &[], "http://127.0.0.1:7191/detectors")
+            .await?;
+        let state: Value = serde_json::from_str(&body).with_context(|| body.clone())?;
+        let classes = |r: &str| -> Option<Value> {
+            state["routes"]
+                .as_array()?
+                .iter()
+                .find(|v| v["route"] == r && v["destination"] == identity(1).as_str())
+                .map(|v| v["status_classes"].clone())
+        };
+        ensure!(
+            classes("GET /status/{id}") == Some(serde_json::json!(["2xx", "5xx"]))
+                && classes("GET /status/{id}/odd") == Some(serde_json::json!(["2xx"]))
+                && classes("GET /api/steady") == Some(serde_json::json!(["2xx"])),
+            "pod{}: {state:#}",
+            side + 1
+        );
+        let (_, metrics) = pods
+            .curl(side, &[], "http://127.0.0.1:7191/metrics")
+            .await?;
+        ensure!(
+            metrics
+                .contains("picket_alerts_total{kind=\"status_class_new\",severity=\"medium\"} 1"),
+            "{metrics}"
+        );
     }
     Ok(())
 }

@@ -167,6 +167,7 @@ pub fn write_baseline(path: &Path, edges: &[(&str, &str, u16, &str)]) -> Result<
             destination: (*destination).to_owned(),
             port: Some(*port),
             route: (*route).to_owned(),
+            status_classes: Vec::new(),
         };
         text.push_str(&serde_json::to_string(&edge)?);
         text.push('\n');

@@ -43,11 +43,15 @@ pub enum AlertKind {
     /// Many requests with an invalid end-user token from one source (a stolen or forged
     /// token being tried, or a broken client).
     InvalidTokenBurst,
+    /// A route answered a source with a status class (1xx..5xx) it never answered that source
+    /// with after it learned: errors where there were none, or success where there was only
+    /// refusal.
+    StatusClassNew,
 }
 
 impl AlertKind {
     /// Every kind, in a stable order.
-    pub const ALL: [AlertKind; 13] = [
+    pub const ALL: [AlertKind; 14] = [
         Self::NewEdge,
         Self::PortScan,
         Self::PathScan,
@@ -61,6 +65,7 @@ impl AlertKind {
         Self::SensitivePath,
         Self::MetadataAccess,
         Self::InvalidTokenBurst,
+        Self::StatusClassNew,
     ];
 
     /// The wire name (also the metric label).
@@ -79,6 +84,7 @@ impl AlertKind {
             Self::SensitivePath => "sensitive_path",
             Self::MetadataAccess => "metadata_access",
             Self::InvalidTokenBurst => "invalid_token_burst",
+            Self::StatusClassNew => "status_class_new",
         }
     }
 }

@@ -159,6 +159,9 @@ pub struct DetectorConfig {
     /// Authentication failures (401, and 403 sent by the application rather than by policy)
     /// of one source on one route that make a burst.
     pub auth_failure_burst_threshold: usize,
+    /// Answers of a status class a route never answered (after it learned), within `window`,
+    /// that raise `status_class_new`: a floor, so one odd answer does not alert.
+    pub status_class_threshold: usize,
     /// A burst counter alerts at this many times the rate it learned for its key (per
     /// window), or at its threshold above, whichever is higher: the thresholds are floors.
     pub baseline_factor: u32,
@@ -250,6 +253,7 @@ impl Default for DetectorConfig {
             deny_burst_threshold: 10,
             not_found_burst_threshold: 20,
             auth_failure_burst_threshold: 10,
+            status_class_threshold: 3,
             baseline_factor: 3,
             sensitive_paths: DEFAULT_SENSITIVE_PATHS
                 .iter()
@@ -358,6 +362,8 @@ struct RawDetectors {
     not_found_burst_threshold: Option<Spanned<usize>>,
     #[serde(default)]
     auth_failure_burst_threshold: Option<Spanned<usize>>,
+    #[serde(default)]
+    status_class_threshold: Option<Spanned<usize>>,
     #[serde(default)]
     baseline_factor: Option<Spanned<usize>>,
     #[serde(default)]
@@ -588,6 +594,11 @@ impl Validator<'_> {
                 raw.auth_failure_burst_threshold.as_ref(),
                 d.auth_failure_burst_threshold,
                 "telemetry.detectors.auth_failure_burst_threshold",
+            )?,
+            status_class_threshold: self.positive(
+                raw.status_class_threshold.as_ref(),
+                d.status_class_threshold,
+                "telemetry.detectors.status_class_threshold",
             )?,
             baseline_factor: self
                 .baseline_factor(raw.baseline_factor.as_ref())?

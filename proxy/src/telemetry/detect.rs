@@ -15,10 +15,11 @@
 //! | `not_found_burst` | 404s from one destination past the edge's learned rate, `not_found_burst_threshold` at least |
 //! | `auth_failure_burst` | 401s and application 403s on one route past the route's learned rate, `auth_failure_burst_threshold` at least |
 //! | `unauthenticated` | a handshake failure `not_tls`, `no_client_cert`, `untrusted`, `foreign_trust_domain` |
-//! | `new_source_address` | after the learning window, a known identity from an IP it never used |
+//! | `new_source_address` | after the learning window, a known identity connects from an IP it never used that the cluster does not announce for it |
 //! | `sensitive_path` | a request for a configured sensitive path prefix |
 //! | `metadata_access` | an outbound call to a cloud metadata address |
 //! | `invalid_token_burst` | `deny_burst_threshold` requests whose end-user token was refused (401) |
+//! | `status_class_new` | a route (source, destination, `METHOD /template`) answers `status_class_threshold` times with a status class it never answered after it learned |
 //!
 //! Each alert is rate-limited per (kind, source, destination): repeats within `rate_limit`
 //! are counted and reported as `suppressed` in the next alert.
@@ -61,6 +62,10 @@ pub struct BaselineEdge {
     pub port: Option<u16>,
     /// `METHOD /path/template`, or `tcp`.
     pub route: String,
+    /// The status classes the route answered (`2xx`, `4xx`, ...), learned by the
+    /// `status_class_new` detector; absent: learned from the first answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status_classes: Vec<String>,
 }
 
 /// A burst counter's observed rate in a baseline file (`"type":"rate"` lines, written by
@@ -320,6 +325,80 @@ struct KnownIdentity {
     first_seen: i64,
 }
 
+/// The status classes one route answered one source with (`status_class_new`).
+#[derive(Debug, Clone)]
+struct RouteClasses {
+    /// `source`, `destination` and `route`, each ended by a newline (which none of them can
+    /// hold): one allocation instead of three.
+    names: Box<str>,
+    /// First seen, Unix milliseconds; `i64::MIN` when known from a baseline.
+    first_seen: i64,
+    /// Bit `c` set: the route answered class `c`xx (1 to 5).
+    learned: u8,
+    /// Start of the fixed window in which classes not learned are counted.
+    window_start: i64,
+    /// Answers of each class not learned (index `c - 1`) in that window.
+    new_answers: [u16; 5],
+}
+
+impl RouteClasses {
+    fn new(source: &str, destination: &str, route: &str, first_seen: i64) -> Self {
+        Self {
+            names: format!("{source}\n{destination}\n{route}\n").into(),
+            first_seen,
+            learned: 0,
+            window_start: first_seen,
+            new_answers: [0; 5],
+        }
+    }
+
+    /// (source, destination, route).
+    fn parts(&self) -> (&str, &str, &str) {
+        let mut it = self.names.split('\n');
+        let source = it.next().unwrap_or_default();
+        let destination = it.next().unwrap_or_default();
+        let route = it.next().unwrap_or_default();
+        (source, destination, route)
+    }
+}
+
+/// The status class (1 to 5) of a status code, when it is one.
+fn class_of(status: u16) -> Option<u8> {
+    u8::try_from(status / 100)
+        .ok()
+        .filter(|c| (1..=5).contains(c))
+}
+
+/// The names of the classes in `mask` (`["2xx", "4xx"]`; bit `c` is class `c`xx).
+pub fn class_names(mask: u8) -> Vec<String> {
+    (1..=5u8)
+        .filter(|c| mask & (1 << c) != 0)
+        .map(|c| format!("{c}xx"))
+        .collect()
+}
+
+/// The mask of class names (`2xx`; case-insensitive); `None` when one is not a class.
+fn parse_classes<S: AsRef<str>>(names: &[S]) -> Option<u8> {
+    names.iter().try_fold(0u8, |mask, n| {
+        let n = n.as_ref().to_ascii_lowercase();
+        let c = n.strip_suffix("xx")?.parse::<u8>().ok()?;
+        (1..=5).contains(&c).then(|| mask | (1 << c))
+    })
+}
+
+/// The status class a flow counts for `status_class_new`: an answer of the route itself, not
+/// a policy denial, a refused token or an error the sidecar made.
+pub fn route_answer_class(flow: &FlowRecord<'_>) -> Option<u8> {
+    if flow.protocol == FlowProtocol::Tcp
+        || flow.denied()
+        || flow.token_error.is_some()
+        || flow.sidecar_answer
+    {
+        return None;
+    }
+    class_of(flow.status?)
+}
+
 /// The detectors' parameters and learned state, as admin `/detectors` shows them.
 #[derive(Debug, Clone, Serialize)]
 pub struct DetectorState {
@@ -331,6 +410,29 @@ pub struct DetectorState {
     pub learning: Vec<IdentityView>,
     /// Every burst counter key with its learned rate and threshold.
     pub burst_counters: Vec<CounterView>,
+    /// Every route with the status classes it answered (`status_class_new`).
+    pub routes: Vec<RouteView>,
+}
+
+/// One route's learned status classes.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteView {
+    /// The source.
+    pub source: String,
+    /// The destination.
+    pub destination: String,
+    /// `METHOD /path/template`.
+    pub route: String,
+    /// The classes it answered, `2xx` ...
+    pub status_classes: Vec<String>,
+    /// While the route still learns: when it stops (absent when known from a baseline or
+    /// learned).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub learning_until: Option<OffsetDateTime>,
 }
 
 /// The detector configuration in force.
@@ -348,6 +450,8 @@ pub struct Parameters {
     pub not_found_burst_threshold: usize,
     /// `auth_failure_burst_threshold` (a floor).
     pub auth_failure_burst_threshold: usize,
+    /// `status_class_threshold` (a floor).
+    pub status_class_threshold: usize,
     /// `baseline_factor`.
     pub baseline_factor: u32,
     /// `rate_limit`, seconds.
@@ -379,6 +483,8 @@ pub struct Tables {
     pub burst_counters: usize,
     /// Source identities known (learning or learned).
     pub known_identities: usize,
+    /// Routes with learned status classes.
+    pub routes: usize,
 }
 
 /// An identity in its learning window.
@@ -416,6 +522,30 @@ pub struct CounterView {
     pub last_window_count: u64,
     /// The count that alerts.
     pub threshold: u64,
+}
+
+/// What the detectors make of an identity presented from an address (inbound, after the
+/// handshake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerAddress {
+    /// Nothing to report: an address the identity used before, its first address, one used
+    /// while the identity learns, or an identity bound to its addresses (`address_binding`).
+    Quiet,
+    /// A known identity from an address it never used, after learning: a new replica or a
+    /// credential used elsewhere. Settle it with [`Detectors::settle_source_address`].
+    New,
+}
+
+/// What the discovery source announces for a new source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announced {
+    /// The address is a pod the cluster announces for the very identity presented: a replica.
+    Replica,
+    /// The cluster announces the address for another identity, for a pod without a sidecar,
+    /// or does not know it as a pod's address.
+    Elsewhere,
+    /// Nothing is known: no announced sets (file mode), or no answer in time.
+    Unknown,
 }
 
 /// A source identity whose learning window opened: logged and counted by the caller.
@@ -491,6 +621,7 @@ pub struct Detectors {
     sources: Bounded<SourceState>,
     identities: Bounded<KnownIdentity>,
     rates: Bounded<RateEntry>,
+    routes: Bounded<RouteClasses>,
     learning_started: Vec<LearningStarted>,
     addresses: Bounded<Vec<IpAddr>>,
     handshakes: Bounded<HandshakeState>,
@@ -499,6 +630,15 @@ pub struct Detectors {
 
 /// Source addresses remembered per identity.
 const ADDRESSES_PER_IDENTITY: usize = 16;
+
+/// Adds `ip` to an identity's addresses, forgetting the oldest past
+/// [`ADDRESSES_PER_IDENTITY`].
+fn remember_address(addrs: &mut Vec<IpAddr>, ip: IpAddr) {
+    if addrs.len() >= ADDRESSES_PER_IDENTITY {
+        addrs.remove(0);
+    }
+    addrs.push(ip);
+}
 
 /// A fresh digest key from the system random generator. Should it fail (it does not on any
 /// supported system), the key is derived from the clock and the process id: digests then
@@ -569,6 +709,21 @@ struct Pending {
     window: bool,
     first_seen: i64,
     summary: String,
+}
+
+impl Pending {
+    /// What tells apart alerts of one kind, source and destination in the rate limit, beside
+    /// those: the class of a `status_class_new` (each new class of a route is reported, so a
+    /// success that follows new failures is not silenced by them), else nothing (0).
+    fn rate_limit_class(&self) -> u64 {
+        if self.kind != AlertKind::StatusClassNew {
+            return 0;
+        }
+        self.evidence
+            .iter()
+            .find(|(name, _)| *name == "status_class")
+            .map_or(0, |(_, class)| *class)
+    }
 }
 
 /// One flow as every detector reads it, worked out once.
@@ -678,6 +833,7 @@ impl Detectors {
             sources: Bounded::new(cap),
             identities: Bounded::new(cap),
             rates: Bounded::new(cap),
+            routes: Bounded::new(cap),
             learning_started: Vec::new(),
             addresses: Bounded::new(cap),
             handshakes: Bounded::new(cap),
@@ -699,6 +855,11 @@ impl Detectors {
                     if let Some(id) = flow.source_identity.as_deref() {
                         self.know_identity(id);
                     }
+                    if let Some(class) = route_answer_class(&flow) {
+                        let source = Self::flow_source(&flow).label();
+                        let destination = Self::flow_destination(&flow);
+                        self.know_classes(&source, &destination, &flow.route(), 1 << class);
+                    }
                 }
             } else if let Ok(edge) = serde_json::from_str::<BaselineEdge>(&line)
                 && edge.line_type == LineType::Edge
@@ -706,6 +867,10 @@ impl Detectors {
                 let key = self.edge_key(&edge.source, &edge.destination, edge.port, &edge.route);
                 self.baseline.insert(key);
                 self.know_identity(&edge.source);
+                // A class that is not one is an unreadable line's part: skipped with it.
+                if let Some(mask) = parse_classes(&edge.status_classes).filter(|m| *m != 0) {
+                    self.know_classes(&edge.source, &edge.destination, &edge.route, mask);
+                }
             } else if let Ok(rate) = serde_json::from_str::<BaselineRate>(&line)
                 && rate.line_type == LineType::Rate
             {
@@ -793,6 +958,21 @@ impl Detectors {
         entry.rate.windows = entry.rate.windows.max(super::baseline::MEAN_WINDOWS);
     }
 
+    /// Adds the classes of `mask` to the route's learned classes, as known from a baseline:
+    /// the route does not learn any more.
+    fn know_classes(&mut self, source: &str, destination: &str, route: &str, mask: u8) {
+        let key = self.route_key(source, destination, route);
+        let entry = self.routes.entry(key, || {
+            RouteClasses::new(source, destination, route, i64::MIN)
+        });
+        entry.first_seen = i64::MIN;
+        entry.learned |= mask;
+    }
+
+    fn route_key(&self, source: &str, destination: &str, route: &str) -> u64 {
+        self.digest(&["status", source, destination, route], 0)
+    }
+
     /// Marks `identity` as known: it learns nothing more and is reported from the start.
     fn know_identity(&mut self, identity: &str) {
         let key = self.digest(&["identity", identity], 0);
@@ -855,8 +1035,8 @@ impl Detectors {
         };
         let mut pending: Vec<Pending> = Vec::new();
         self.new_edge(&seen, &mut pending);
-        self.new_source_address(&seen, &mut pending);
         self.windowed(&seen, &mut pending);
+        self.status_class_new(&seen, &mut pending);
         self.sensitive_path(&seen, &mut pending);
         self.metadata_call(&seen, &mut pending);
         self.emit(&seen.src, &seen.source_label, pending, now)
@@ -896,41 +1076,161 @@ impl Detectors {
         });
     }
 
-    /// `new_source_address`: a known identity from an address it never used (inbound only,
-    /// where the peer's address is meaningful; identities bound to their addresses are
-    /// checked when they connect instead).
-    fn new_source_address(&mut self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
-        if seen.flow.direction != Direction::Inbound {
-            return;
+    /// Whether `identity` learns at `now` (ms) without making it known: an identity not seen
+    /// yet would open its window now.
+    fn learns(&self, identity: &str, now: i64) -> bool {
+        let window = duration_ms(self.cfg.learning_window);
+        let key = self.digest(&["identity", identity], 0);
+        self.identities
+            .map
+            .get(&key)
+            .is_none_or(|i| now.saturating_sub(i.first_seen) < window)
+    }
+
+    /// `new_source_address`, first step: a peer presented `identity` from `ip` (inbound, once
+    /// per connection, where the peer's address is meaningful). Addresses of an identity
+    /// that learns, and its first address, are remembered; identities bound to their
+    /// addresses are checked by `address_binding` instead.
+    pub fn observe_peer_address(
+        &mut self,
+        identity: &str,
+        ip: IpAddr,
+        now: OffsetDateTime,
+    ) -> PeerAddress {
+        if self.cfg.address_binding.check(identity, ip) != Bound::Unknown {
+            return PeerAddress::Quiet;
         }
-        let (Some(id), Some(ip)) = (seen.src.identity, seen.src.ip) else {
-            return;
-        };
-        // Identities bound to their addresses are checked when they connect instead.
-        if self.cfg.address_binding.check(id, ip) != Bound::Unknown {
-            return;
-        }
-        let key = self.digest(&["addr", id], 0);
+        let now = millis(now);
+        let learning = self.learns(identity, now);
+        let key = self.digest(&["addr", identity], 0);
         let known = self.addresses.contains(key);
         let addrs = self.addresses.entry(key, Vec::new);
         if addrs.contains(&ip) {
+            return PeerAddress::Quiet;
+        }
+        if known && !learning {
+            return PeerAddress::New;
+        }
+        remember_address(addrs, ip);
+        PeerAddress::Quiet
+    }
+
+    /// `new_source_address`, second step: what the cluster announces for a new address of
+    /// `identity`. The address is remembered either way; a replica (the cluster announces the
+    /// address for this identity) raises nothing, anything else the low-severity alert.
+    pub fn settle_source_address(
+        &mut self,
+        identity: &str,
+        source: SocketAddr,
+        announced: Announced,
+        now: OffsetDateTime,
+    ) -> Vec<Alert> {
+        let now = millis(now);
+        let ip = source.ip();
+        let key = self.digest(&["addr", identity], 0);
+        let addrs = self.addresses.entry(key, Vec::new);
+        if addrs.contains(&ip) {
+            return Vec::new();
+        }
+        remember_address(addrs, ip);
+        let known = addrs.len() as u64 - 1;
+        let elsewhere = announced == Announced::Elsewhere;
+        if announced == Announced::Replica {
+            return Vec::new();
+        }
+        let pending = Pending {
+            kind: AlertKind::NewSourceAddress,
+            severity: Severity::Low,
+            destination: None,
+            evidence: vec![
+                ("known_addresses", known),
+                ("announced_elsewhere", u64::from(elsewhere)),
+            ],
+            window: false,
+            first_seen: now,
+            summary: format!(
+                "{identity} connected from {ip}, an address it never used{}",
+                if elsewhere {
+                    " and that the cluster does not announce for it"
+                } else {
+                    ""
+                }
+            ),
+        };
+        let src = Source {
+            identity: Some(identity),
+            ip: Some(ip),
+        };
+        self.emit(&src, identity, vec![pending], now)
+    }
+
+    /// `status_class_new`: a route answers the source with a status class it never answered
+    /// it with, `status_class_threshold` times within `window`, once the route learned. A
+    /// route learns every class while its source learns and during the `learning_window`
+    /// after the route was first seen, and always its first class. A class is reported once:
+    /// it is then one the route answers.
+    fn status_class_new(&mut self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
+        let Some(class) = route_answer_class(seen.flow) else {
+            return;
+        };
+        let key = self.route_key(&seen.source_label, &seen.destination, &seen.route);
+        let learning_window = duration_ms(self.cfg.learning_window);
+        let window = duration_ms(self.cfg.window);
+        let threshold = self.cfg.status_class_threshold;
+        let now = seen.now;
+        let entry = self.routes.entry(key, || {
+            RouteClasses::new(&seen.source_label, &seen.destination, &seen.route, now)
+        });
+        let bit = 1u8 << class;
+        if entry.learned & bit != 0 {
             return;
         }
-        if addrs.len() >= ADDRESSES_PER_IDENTITY {
-            addrs.remove(0);
+        if entry.learned == 0
+            || seen.learning
+            || now.saturating_sub(entry.first_seen) < learning_window
+        {
+            entry.learned |= bit;
+            return;
         }
-        addrs.push(ip);
-        if known && !seen.learning {
-            pending.push(Pending {
-                kind: AlertKind::NewSourceAddress,
-                severity: Severity::Low,
-                destination: None,
-                evidence: vec![("known_addresses", addrs.len() as u64 - 1)],
-                window: false,
-                first_seen: seen.now,
-                summary: format!("{id} connected from {ip}, an address it never used"),
-            });
+        if now.saturating_sub(entry.window_start) >= window {
+            entry.window_start = now;
+            entry.new_answers = [0; 5];
         }
+        let slot = usize::from(class - 1);
+        let n = entry.new_answers[slot].saturating_add(1);
+        entry.new_answers[slot] = n;
+        if usize::from(n) < threshold {
+            return;
+        }
+        let known = entry.learned;
+        entry.learned |= bit;
+        entry.new_answers[slot] = 0;
+        // Success where the route only ever refused or failed: perhaps a way around a check.
+        let severity = if class == 2 && known & 0b1100 == 0 {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+        pending.push(Pending {
+            kind: AlertKind::StatusClassNew,
+            severity,
+            destination: Some(format!("{} {}", seen.destination, seen.route)),
+            evidence: vec![
+                ("status_class", u64::from(class)),
+                ("status", u64::from(seen.flow.status.unwrap_or_default())),
+                ("answers", u64::from(n)),
+                ("threshold", threshold as u64),
+            ],
+            window: true,
+            first_seen: entry.window_start,
+            summary: format!(
+                "{} {} answered {} with {class}xx {n} times, a status class it never answered before (known: {})",
+                seen.destination,
+                seen.route,
+                seen.source_label,
+                class_names(known).join(", ")
+            ),
+        });
     }
 
     /// The windowed counters of the flow's source: the scans and the bursts.
@@ -1234,7 +1534,7 @@ impl Detectors {
                     source_label,
                     p.destination.as_deref().unwrap_or(""),
                 ],
-                0,
+                p.rate_limit_class(),
             );
             let fresh = !self.rate.contains(key);
             let rs = self.rate.entry(key, || RateState {
@@ -1273,8 +1573,8 @@ impl Detectors {
     }
 
     /// Entries in the detector tables: (edges, sources, identities with addresses, handshake
-    /// sources, rate-limit keys, burst counter keys, known identities).
-    pub fn tracked(&self) -> [usize; 7] {
+    /// sources, rate-limit keys, burst counter keys, known identities, routes).
+    pub fn tracked(&self) -> [usize; 8] {
         [
             self.edges.len(),
             self.sources.len(),
@@ -1283,6 +1583,7 @@ impl Detectors {
             self.rate.len(),
             self.rates.len(),
             self.identities.len(),
+            self.routes.len(),
         ]
     }
 
@@ -1294,6 +1595,7 @@ impl Detectors {
             tables: self.tables(),
             learning: self.learning_identities(now_ms),
             burst_counters: self.burst_counters(now_ms),
+            routes: self.route_views(now_ms),
         }
     }
 
@@ -1307,6 +1609,7 @@ impl Detectors {
             deny_burst_threshold: c.deny_burst_threshold,
             not_found_burst_threshold: c.not_found_burst_threshold,
             auth_failure_burst_threshold: c.auth_failure_burst_threshold,
+            status_class_threshold: c.status_class_threshold,
             baseline_factor: c.baseline_factor,
             rate_limit_secs: c.rate_limit.as_secs(),
             max_tracked: c.max_tracked,
@@ -1325,6 +1628,7 @@ impl Detectors {
             rate_limits,
             counters,
             identities,
+            routes,
         ] = self.tracked();
         Tables {
             edges,
@@ -1335,6 +1639,7 @@ impl Detectors {
             rate_limit_keys: rate_limits,
             burst_counters: counters,
             known_identities: identities,
+            routes,
         }
     }
 
@@ -1354,6 +1659,32 @@ impl Detectors {
             .collect();
         learning.sort_by(|a, b| a.identity.cmp(&b.identity));
         learning
+    }
+
+    /// Every route with its learned status classes at `now_ms`, in a stable order.
+    fn route_views(&self, now_ms: i64) -> Vec<RouteView> {
+        let learning_window = duration_ms(self.cfg.learning_window);
+        let mut routes: Vec<RouteView> = self
+            .routes
+            .map
+            .values()
+            .map(|r| {
+                let (source, destination, route) = r.parts();
+                let until = r.first_seen.saturating_add(learning_window);
+                RouteView {
+                    source: source.to_owned(),
+                    destination: destination.to_owned(),
+                    route: route.to_owned(),
+                    status_classes: class_names(r.learned),
+                    learning_until: (r.first_seen != i64::MIN && now_ms < until)
+                        .then(|| from_millis(until)),
+                }
+            })
+            .collect();
+        routes.sort_by(|a, b| {
+            (&a.source, &a.destination, &a.route).cmp(&(&b.source, &b.destination, &b.route))
+        });
+        routes
     }
 
     /// Every burst counter with its learned rate and threshold at `now_ms`, in a stable order.
@@ -1423,6 +1754,13 @@ impl Detectors {
                 .map
                 .values()
                 .map(|i| i.name.len())
+                .sum::<usize>()
+            + self.routes.heap_bytes()
+            + self
+                .routes
+                .map
+                .values()
+                .map(|r| r.names.len())
                 .sum::<usize>()
             + self.baseline.capacity() * 9
             + self.memo.try_borrow().map_or(0, |m| m.heap_bytes())

@@ -303,6 +303,11 @@ pub struct FlowRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub token_error: Option<Cow<'a, str>>,
+    /// The sidecar made the answer itself (a forwarding error such as 502, 503 or 504, or a
+    /// request head it refused), not the application or the peer. Not written to the log: the
+    /// detectors read it, so that a status class new for a route means the route answered it.
+    #[serde(skip)]
+    pub sidecar_answer: bool,
 }
 
 impl<'a> FlowRecord<'a> {
@@ -343,6 +348,7 @@ impl<'a> FlowRecord<'a> {
             request_id: None,
             request_principal: None,
             token_error: None,
+            sidecar_answer: false,
         }
     }
 

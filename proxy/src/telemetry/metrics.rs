@@ -1,6 +1,7 @@
 //! The telemetry metric families: `picket_alerts_total{kind,severity}`,
 //! `picket_telemetry_dropped_total{sink,reason}` and
-//! `picket_detector_identities_learning_total`. Labels come from fixed sets.
+//! `picket_detector_identities_learning_total` and `picket_detector_replica_addresses_total`.
+//! Labels come from fixed sets.
 
 use std::fmt;
 
@@ -93,6 +94,7 @@ pub struct TelemetryMetrics {
     alerts: Family<AlertLabels, Counter>,
     dropped: Family<DroppedLabels, Counter>,
     learning: Counter,
+    replicas: Counter,
 }
 
 impl TelemetryMetrics {
@@ -114,12 +116,22 @@ impl TelemetryMetrics {
             "Source identities whose detector learning window opened (new identities learn, known ones do not)",
             this.learning.clone(),
         );
+        registry.register(
+            "picket_detector_replica_addresses",
+            "New source addresses of known identities that the cluster announces for that identity (replicas: no new_source_address alert)",
+            this.replicas.clone(),
+        );
         this
     }
 
     /// Counts one identity whose learning window opened.
     pub fn learning_started(&self) {
         self.learning.inc();
+    }
+
+    /// Counts one new source address the cluster announces for the identity presented.
+    pub fn replica_address(&self) {
+        self.replicas.inc();
     }
 
     /// Counts one raised alert.

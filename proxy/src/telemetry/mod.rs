@@ -27,6 +27,7 @@ pub mod export;
 pub mod flow;
 pub mod flow_log;
 pub mod metrics;
+pub mod owners;
 pub mod sink;
 pub mod trace;
 
@@ -53,6 +54,7 @@ pub use flow::{
 };
 pub use flow_log::FlowLog;
 pub use metrics::TelemetryMetrics;
+pub use owners::{AddressOwners, Owner};
 pub use trace::{Parent, RequestSpan, SpanAttrs, SpanOutcome};
 
 use crate::direction::Direction;
@@ -102,6 +104,8 @@ struct Inner {
     /// The alert stream and webhook.
     sinks: Option<sink::AlertSinks>,
     recent: RecentAlerts,
+    /// Who the cluster says source addresses belong to (cluster mode).
+    owners: owners::Owners,
 }
 
 /// The telemetry of one sidecar. Clones share everything.
@@ -193,6 +197,7 @@ impl Telemetry {
                 binding: cfg.detectors.address_binding.clone(),
                 sinks,
                 recent: RecentAlerts::default(),
+                owners: owners::Owners::default(),
             })),
         })
     }
@@ -323,15 +328,42 @@ impl Telemetry {
         inner.raise(&alerts, None);
     }
 
+    /// Where the announced address sets come from: the discovery source of cluster mode. A
+    /// new source address of a known identity that it announces for that identity is a
+    /// replica and raises no `new_source_address`. Set once; without it (file mode) every
+    /// new address of a known identity is alerted.
+    pub fn set_address_owners(&self, owners: Arc<dyn AddressOwners>) {
+        if let Some(inner) = &self.inner
+            && !inner.owners.set(owners)
+        {
+            tracing::warn!("the source of announced addresses was already set; kept the first");
+        }
+    }
+
+    /// Whether announced address sets are known (a source was set).
+    pub fn knows_address_owners(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.owners.is_set())
+    }
+
     /// A peer connected (inbound, after its handshake) with `identity` from `source`. Returns
     /// whether the connection may go on: not when the identity is bound to other addresses
     /// (`telemetry.detectors.address_binding`) and the action is `deny`. A foreign address
-    /// raises a `foreign_address` alert either way.
+    /// raises a `foreign_address` alert either way. A known identity from a new address is
+    /// looked up in the announced sets (`new_source_address`), without holding the
+    /// connection up.
     pub fn peer_connected(&self, identity: &str, source: SocketAddr) -> bool {
         let Some(inner) = &self.inner else {
             return true;
         };
         if inner.binding.check(identity, source.ip()) != config::Bound::Foreign {
+            if let Some(d) = &inner.detectors {
+                let seen = d.lock().map(|mut d| {
+                    d.observe_peer_address(identity, source.ip(), OffsetDateTime::now_utc())
+                });
+                if matches!(seen, Ok(detect::PeerAddress::New)) {
+                    owners::settle(inner, identity, source);
+                }
+            }
             return true;
         }
         if let Some(d) = &inner.detectors {
@@ -501,6 +533,7 @@ fn start_detectors(cfg: &DetectorConfig) -> Result<Detectors, TelemetryError> {
                     identities = r.identities,
                     edges = r.edges,
                     burst_counters = r.burst_counters,
+                    routes = r.routes,
                     "detector state loaded: known identities do not learn again"
                 );
             }

@@ -4,8 +4,9 @@
 //! Kept: the digest key (edge and rate-limit keys are keyed SipHash digests, so they stay
 //! valid only with the same key), when the sidecar first started, the known identities with
 //! when each was first seen, the learned edges, the addresses each identity used, the alert
-//! rate limits and every burst counter with its learned rate. Not kept: the scan windows and
-//! handshake failure counts, which cover at most one `window`. Tables keep their insertion
+//! rate limits, every burst counter with its learned rate, and every route with the status
+//! classes it answered. Not kept: the scan windows, the handshake failure counts and the
+//! answers of classes a route has not learned, which cover at most one `window`. Tables keep their insertion
 //! order, so eviction continues where it left off.
 
 use std::net::IpAddr;
@@ -13,11 +14,13 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{Detectors, KnownIdentity, RateEntry, RateState};
+use super::{
+    Detectors, KnownIdentity, RateEntry, RateState, RouteClasses, class_names, parse_classes,
+};
 use crate::telemetry::baseline::{Counter, Rate};
 
-/// The state file's format version.
-pub const STATE_VERSION: u32 = 1;
+/// The state file's format version. Version 1 (without routes) is read too.
+pub const STATE_VERSION: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +37,21 @@ struct Saved {
     addresses: Vec<SavedAddresses>,
     rate_limits: Vec<SavedRateLimit>,
     burst_counters: Vec<SavedCounter>,
+    /// Absent in version 1.
+    #[serde(default)]
+    routes: Vec<SavedRoute>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedRoute {
+    source: String,
+    destination: String,
+    route: String,
+    /// Unix milliseconds; absent when known from a baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    first_seen: Option<i64>,
+    status_classes: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -81,6 +99,8 @@ pub struct Restored {
     pub edges: usize,
     /// Burst counter keys.
     pub burst_counters: usize,
+    /// Routes with learned status classes.
+    pub routes: usize,
 }
 
 fn key_hex(key: [u64; 2]) -> String {
@@ -141,6 +161,20 @@ impl Detectors {
                     rate: r.rate.clone(),
                 })
                 .collect(),
+            routes: self
+                .routes
+                .in_order()
+                .map(|(_, r)| {
+                    let (source, destination, route) = r.parts();
+                    SavedRoute {
+                        source: source.to_owned(),
+                        destination: destination.to_owned(),
+                        route: route.to_owned(),
+                        first_seen: (r.first_seen != i64::MIN).then_some(r.first_seen),
+                        status_classes: class_names(r.learned),
+                    }
+                })
+                .collect(),
         };
         let mut out = serde_json::to_vec(&saved)?;
         out.push(b'\n');
@@ -152,9 +186,9 @@ impl Detectors {
     /// is wrong; the detectors are then unchanged.
     pub fn restore_state(&mut self, json: &[u8]) -> Result<Restored, String> {
         let saved: Saved = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-        if saved.version != STATE_VERSION {
+        if !(1..=STATE_VERSION).contains(&saved.version) {
             return Err(format!(
-                "version {} is not the supported version {STATE_VERSION}",
+                "version {} is not a supported version (1 to {STATE_VERSION})",
                 saved.version
             ));
         }
@@ -164,6 +198,16 @@ impl Detectors {
             let counter = Counter::parse(&c.counter)
                 .ok_or_else(|| format!("burst_counters: unknown counter {:?}", c.counter))?;
             counters.push((counter, c));
+        }
+        let mut routes = Vec::with_capacity(saved.routes.len());
+        for (i, r) in saved.routes.iter().enumerate() {
+            let mask = parse_classes(&r.status_classes).ok_or_else(|| {
+                format!(
+                    "routes[{i}].status_classes: {:?} holds a name that is not a status class (1xx to 5xx)",
+                    r.status_classes
+                )
+            })?;
+            routes.push((mask, r));
         }
         let mut fresh = Detectors::new(&self.cfg);
         fresh.key = key;
@@ -206,10 +250,20 @@ impl Detectors {
                 rate: c.rate.clone(),
             });
         }
+        for (mask, r) in routes {
+            let k = fresh.route_key(&r.source, &r.destination, &r.route);
+            let first_seen = r.first_seen.unwrap_or(i64::MIN);
+            fresh.routes.entry(k, || {
+                let mut entry = RouteClasses::new(&r.source, &r.destination, &r.route, first_seen);
+                entry.learned = mask;
+                entry
+            });
+        }
         let restored = Restored {
             identities: fresh.identities.len(),
             edges: fresh.edges.len(),
             burst_counters: fresh.rates.len(),
+            routes: fresh.routes.len(),
         };
         *self = fresh;
         Ok(restored)

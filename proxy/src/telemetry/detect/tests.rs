@@ -308,13 +308,69 @@ fn unauthenticated_attempts_are_reported_once_per_rate_limit_period() {
 }
 
 #[test]
-fn a_known_identity_from_a_new_address_is_reported() {
+fn a_known_identity_from_a_new_address_is_reported_unless_announced_for_it() {
     let mut d = trained();
-    let f = F {
-        from: "10.0.0.99:40000",
-        ..http(ORDERS, "POST", "/api/orders", 201)
-    };
-    assert_eq!(replay(&mut d, &[f]), kinds(&[AlertKind::NewSourceAddress]));
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let addr = |s: &str| -> SocketAddr { s.parse().unwrap() };
+    // While the identity learns (its first minute), its addresses are remembered quietly.
+    for (a, t) in [("10.0.0.1", 10), ("10.0.0.2", 20)] {
+        assert_eq!(
+            d.observe_peer_address(FRONTEND, ip(a), at(t)),
+            PeerAddress::Quiet
+        );
+    }
+    assert_eq!(
+        d.observe_peer_address(FRONTEND, ip("10.0.0.1"), at(130)),
+        PeerAddress::Quiet
+    );
+    // A replica: a new address the cluster announces for the identity. Quiet, remembered.
+    let replica = addr("10.0.0.3:40000");
+    assert_eq!(
+        d.observe_peer_address(FRONTEND, replica.ip(), at(130)),
+        PeerAddress::New
+    );
+    assert!(
+        d.settle_source_address(FRONTEND, replica, Announced::Replica, at(130))
+            .is_empty()
+    );
+    assert_eq!(
+        d.observe_peer_address(FRONTEND, replica.ip(), at(131)),
+        PeerAddress::Quiet
+    );
+    // An address the cluster announces for someone else: alerted, low, once.
+    let foreign = addr("10.0.0.99:40000");
+    assert_eq!(
+        d.observe_peer_address(FRONTEND, foreign.ip(), at(132)),
+        PeerAddress::New
+    );
+    let alerts = d.settle_source_address(FRONTEND, foreign, Announced::Elsewhere, at(132));
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let a = &alerts[0];
+    assert_eq!(
+        (a.kind, a.severity),
+        (AlertKind::NewSourceAddress, Severity::Low)
+    );
+    assert_eq!(a.source_address, Some(foreign.ip()));
+    assert_eq!(a.evidence.get("announced_elsewhere"), Some(&1));
+    assert_eq!(a.evidence.get("known_addresses"), Some(&3));
+    assert!(
+        d.settle_source_address(FRONTEND, foreign, Announced::Elsewhere, at(133))
+            .is_empty()
+    );
+    // Nothing announced (file mode, or no answer): today's low-severity signal.
+    let other = addr("10.0.0.98:40000");
+    assert_eq!(
+        d.observe_peer_address(FRONTEND, other.ip(), at(600)),
+        PeerAddress::New
+    );
+    let alerts = d.settle_source_address(FRONTEND, other, Announced::Unknown, at(600));
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].evidence.get("announced_elsewhere"), Some(&0));
+    // A new identity's first address is its own, quietly.
+    assert_eq!(
+        d.observe_peer_address(PAYMENTS, ip("10.0.0.50"), at(600)),
+        PeerAddress::Quiet
+    );
 }
 
 #[test]
@@ -347,6 +403,7 @@ fn baseline_edges_are_known_from_the_start() {
         destination: CATALOG.into(),
         port: Some(8080),
         route: "GET /api/items".into(),
+        status_classes: Vec::new(),
     })
     .unwrap();
     let text = format!("{flow_line}\n{edge_line}\nnot json\n");
@@ -461,6 +518,7 @@ fn a_new_identity_learns_visibly_and_a_known_one_does_not() {
         destination: ORDERS.into(),
         port: Some(8080),
         route: "GET /api/orders".into(),
+        status_classes: Vec::new(),
     })
     .unwrap();
     d.load_baseline(edge.as_bytes()).unwrap();
@@ -557,11 +615,11 @@ fn learned_state_survives_a_restart_without_a_new_learning_window() {
     let v2 =
         String::from_utf8(saved.clone())
             .unwrap()
-            .replacen("\"version\":1", "\"version\":2", 1);
+            .replacen("\"version\":2", "\"version\":3", 1);
     assert!(
         e.restore_state(v2.as_bytes())
             .unwrap_err()
-            .contains("version 2")
+            .contains("version 3")
     );
     assert_eq!(e.tracked()[0], edges_now);
 }
@@ -601,58 +659,77 @@ fn vm_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The figure reported in docs/telemetry.md: run with
-/// `cargo test -p picket-proxy --release detector_memory -- --ignored --nocapture --test-threads=1`.
+/// The figures reported in docs/telemetry.md: run with
+/// `cargo test -p picket-proxy detector_memory -- --ignored --nocapture --test-threads=1`
+/// (add `--release` for an optimised build; the table sizes do not depend on it). Each load
+/// runs twice: flows without a status (edges only) and with one (edges and the routes of
+/// `status_class_new`), so the difference is what the routes cost.
 #[test]
 #[ignore = "a measurement, not a check"]
 #[allow(clippy::print_stdout)]
 fn detector_memory_per_10k_edges() {
     for sources in [100usize, 1000] {
-        let c = DetectorConfig {
-            learning_window: Duration::from_secs(3600),
-            max_tracked: 1_000_000,
-            ..DetectorConfig::default()
-        };
-        let mut d = Detectors::new(&c);
-        // `sources` x 100 routes distinct edges, all learned (no alerts).
-        let ids: Vec<String> = (0..sources)
-            .map(|i| format!("spiffe://cluster.local/ns/team{i}/sa/client{i}"))
-            .collect();
-        let paths: Vec<String> = (0..100).map(|i| format!("/api/v1/resource{i}")).collect();
-        let before_rss = vm_rss_kib().unwrap_or(0);
-        for (s, src) in ids.iter().enumerate() {
-            for (p, path) in paths.iter().enumerate() {
-                let f = FlowRecord {
-                    source_identity: Some(src.as_str().into()),
-                    source_address: Some(SocketAddr::from((
-                        [10, (s / 65536) as u8, (s / 256) as u8, s as u8],
-                        40000,
-                    ))),
-                    destination_identity: Some(ORDERS.into()),
-                    destination_port: Some(8080),
-                    method: Some("GET".into()),
-                    path: Some(path.as_str().into()),
-                    status: Some(200),
-                    ..FlowRecord::new(at(0), Direction::Inbound, FlowProtocol::Http1)
-                };
-                d.observe_flow(&f, at((s * 100 + p) as i64 / 1000));
+        let mut heaps = Vec::new();
+        for with_status in [false, true] {
+            let c = DetectorConfig {
+                learning_window: Duration::from_secs(3600),
+                max_tracked: 1_000_000,
+                ..DetectorConfig::default()
+            };
+            let mut d = Detectors::new(&c);
+            // `sources` x 100 routes distinct edges, all learned (no alerts).
+            let ids: Vec<String> = (0..sources)
+                .map(|i| format!("spiffe://cluster.local/ns/team{i}/sa/client{i}"))
+                .collect();
+            let paths: Vec<String> = (0..100).map(|i| format!("/api/v1/resource{i}")).collect();
+            let before_rss = vm_rss_kib().unwrap_or(0);
+            for (s, src) in ids.iter().enumerate() {
+                let ip =
+                    SocketAddr::from(([10, (s / 65536) as u8, (s / 256) as u8, s as u8], 40000));
+                d.observe_peer_address(src, ip.ip(), at(0));
+                for (p, path) in paths.iter().enumerate() {
+                    let f = FlowRecord {
+                        source_identity: Some(src.as_str().into()),
+                        source_address: Some(ip),
+                        destination_identity: Some(ORDERS.into()),
+                        destination_port: Some(8080),
+                        method: Some("GET".into()),
+                        path: Some(path.as_str().into()),
+                        status: with_status.then_some(200),
+                        ..FlowRecord::new(at(0), Direction::Inbound, FlowProtocol::Http1)
+                    };
+                    d.observe_flow(&f, at((s * 100 + p) as i64 / 1000));
+                }
             }
-        }
-        let after_rss = vm_rss_kib().unwrap_or(0);
-        let edges = d.tracked()[0];
-        let heap = d.heap_bytes();
-        println!(
-            "detectors, {edges} distinct edges from {sources} sources: tables {:?}; \
-                 heap by capacity {} KiB = {} KiB per 10,000 edges ({} bytes/edge); \
+            let after_rss = vm_rss_kib().unwrap_or(0);
+            let edges = d.tracked()[0];
+            let routes = d.tracked()[7];
+            let heap = d.heap_bytes();
+            println!(
+                "detectors, {edges} distinct edges and {routes} routes from {sources} sources: \
+                 tables {:?}; heap by capacity {} KiB = {} KiB per 10,000 edges ({} bytes/edge); \
                  VmRSS delta {} KiB = {} KiB per 10,000 edges",
-            d.tracked(),
+                d.tracked(),
+                heap / 1024,
+                heap * 10_000 / edges / 1024,
+                heap / edges,
+                after_rss.saturating_sub(before_rss),
+                after_rss.saturating_sub(before_rss) * 10_000 / edges as u64,
+            );
+            assert_eq!(edges, sources * 100);
+            assert_eq!(routes, if with_status { edges } else { 0 });
+            heaps.push((heap, after_rss.saturating_sub(before_rss)));
+        }
+        let routes = sources * 100;
+        // The second run reuses memory the first freed, so only the heap figures compare.
+        let heap = heaps[1].0.saturating_sub(heaps[0].0);
+        println!(
+            "routes of status_class_new, {routes} from {sources} sources: heap by capacity {} KiB \
+             = {} bytes/route, {} KiB per 10,000 routes",
             heap / 1024,
-            heap * 10_000 / edges / 1024,
-            heap / edges,
-            after_rss.saturating_sub(before_rss),
-            after_rss.saturating_sub(before_rss) * 10_000 / edges as u64,
+            heap / routes,
+            heap * 10_000 / routes / 1024,
         );
-        assert_eq!(edges, sources * 100);
     }
 }
 
@@ -699,4 +776,212 @@ fn the_digest_memo_never_changes_a_digest() {
     let after = d.digest(&["identity", FRONTEND], 0);
     assert_ne!(before, after);
     assert_eq!(after, d.sip_digest(&["identity", FRONTEND], 0));
+}
+
+/// The `status_class_new` alerts of `flows`, each observed at its time (seconds).
+fn status_alerts(d: &mut Detectors, flows: &[(F, i64)]) -> Vec<Alert> {
+    flows
+        .iter()
+        .flat_map(|(f, t)| d.observe_flow(&record(f, at(*t)), at(*t)))
+        .filter(|a| a.kind == AlertKind::StatusClassNew)
+        .collect()
+}
+
+#[test]
+fn a_route_that_learned_2xx_alerts_once_when_it_answers_5xx_past_the_floor() {
+    let mut d = trained();
+    // One odd answer, and a steady route beside it: quiet.
+    let quiet: Vec<_> = (0..20)
+        .map(|i| (http(CATALOG, "GET", "/api/items/3", 200), 120 + i))
+        .chain([(http(CATALOG, "GET", "/api/items", 503), 121)])
+        .collect();
+    assert!(status_alerts(&mut d, &quiet).is_empty());
+    // The floor (3 in the window): one alert, with the evidence.
+    let alerts = status_alerts(
+        &mut d,
+        &[
+            (http(CATALOG, "GET", "/api/items", 503), 125),
+            (http(CATALOG, "GET", "/api/items", 503), 126),
+        ],
+    );
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let a = &alerts[0];
+    assert_eq!(a.severity, Severity::Medium);
+    assert_eq!(
+        a.destination.as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/catalog GET /api/items")
+    );
+    assert_eq!(a.evidence.get("status_class"), Some(&5));
+    assert_eq!(a.evidence.get("answers"), Some(&3));
+    assert_eq!(a.evidence.get("threshold"), Some(&3));
+    assert!(a.summary.contains("known: 2xx"), "{}", a.summary);
+    // Reported once: 5xx is now an answer the route gives (and past the rate limit too).
+    let later: Vec<_> = (0..5)
+        .map(|i| (http(CATALOG, "GET", "/api/items", 503), 1000 + i))
+        .collect();
+    assert!(status_alerts(&mut d, &later).is_empty());
+    let state = d.state(at(1010));
+    let route = state
+        .routes
+        .iter()
+        .find(|r| r.destination == CATALOG && r.route == "GET /api/items")
+        .unwrap();
+    assert_eq!(route.status_classes, ["2xx", "5xx"]);
+    assert!(route.learning_until.is_none());
+    assert_eq!(state.parameters.status_class_threshold, 3);
+    assert_eq!(state.tables.routes, state.routes.len());
+}
+
+#[test]
+fn odd_answers_in_different_windows_do_not_add_up() {
+    let mut d = trained();
+    let flows: Vec<_> = [130, 131, 200, 201, 300, 301]
+        .into_iter()
+        .map(|t| (http(CATALOG, "GET", "/api/items", 500), t))
+        .collect();
+    assert!(status_alerts(&mut d, &flows).is_empty());
+}
+
+#[test]
+fn success_on_a_route_that_only_refused_is_high() {
+    let mut d = Detectors::new(&cfg());
+    let flows: Vec<_> = (0..10)
+        .map(|i| (http(ORDERS, "POST", "/api/admin/export", 403), i))
+        .collect();
+    assert!(status_alerts(&mut d, &flows).is_empty());
+    let flows: Vec<_> = (0..3)
+        .map(|i| (http(ORDERS, "POST", "/api/admin/export", 200), 100 + i))
+        .collect();
+    let alerts = status_alerts(&mut d, &flows);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].severity, Severity::High);
+}
+
+#[test]
+fn denials_refused_tokens_and_the_sidecars_own_errors_are_not_route_answers() {
+    let mut d = trained();
+    let route = |status| http(CATALOG, "GET", "/api/items", status);
+    for i in 0..5 {
+        let t = at(130 + i);
+        let denied = route(403);
+        let mut denied = record(&denied, t);
+        denied.verdict = Some(Verdict::Deny);
+        let token = route(401);
+        let mut token = record(&token, t);
+        token.token_error = Some("expired".into());
+        let unreachable = route(503);
+        let mut unreachable = record(&unreachable, t);
+        unreachable.sidecar_answer = true;
+        for f in [denied, token, unreachable] {
+            let alerts = d.observe_flow(&f, t);
+            assert!(
+                alerts.iter().all(|a| a.kind != AlertKind::StatusClassNew),
+                "{alerts:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_route_first_seen_after_learning_learns_its_classes_for_the_learning_window() {
+    let mut d = trained();
+    // A new route: a new edge, and its classes are learned for `learning_window` (60 s).
+    let route = |status| http(CATALOG, "GET", "/api/reports", status);
+    let first: Vec<_> = [(200, 130), (500, 131), (500, 132), (500, 133)]
+        .into_iter()
+        .map(|(s, t)| (route(s), t))
+        .collect();
+    assert!(status_alerts(&mut d, &first).is_empty());
+    // After it: a class it never answered alerts.
+    let later: Vec<_> = (0..3).map(|i| (route(404), 200 + i)).collect();
+    let alerts = status_alerts(&mut d, &later);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(
+        alerts[0].summary.contains("known: 2xx, 5xx"),
+        "{}",
+        alerts[0].summary
+    );
+}
+
+#[test]
+fn learned_status_classes_survive_a_restart_and_come_from_a_baseline() {
+    let d = trained();
+    let saved = d.save_state(at(130)).unwrap();
+    let mut e = Detectors::new(&cfg());
+    let r = e.restore_state(&saved).unwrap();
+    assert_eq!(r.routes, d.tracked()[7]);
+    assert!(r.routes > 0);
+    let flows: Vec<_> = (0..3)
+        .map(|i| (http(CATALOG, "GET", "/api/items", 502), 140 + i))
+        .collect();
+    assert_eq!(status_alerts(&mut e, &flows).len(), 1);
+    // A state file of version 1 (no routes) still loads.
+    let v1 = String::from_utf8(saved)
+        .unwrap()
+        .replacen("\"version\":2", "\"version\":1", 1);
+    let v1 = v1.split(",\"routes\":").next().unwrap().to_owned() + "}";
+    assert_eq!(
+        Detectors::new(&cfg())
+            .restore_state(v1.as_bytes())
+            .unwrap()
+            .routes,
+        0
+    );
+    // A bad class name in a state file is refused with its place.
+    let bad = String::from_utf8(e.save_state(at(150)).unwrap())
+        .unwrap()
+        .replacen("\"2xx\"", "\"9xx\"", 1);
+    let err = Detectors::new(&cfg())
+        .restore_state(bad.as_bytes())
+        .unwrap_err();
+    assert!(
+        err.contains("status_classes") && err.contains("9xx"),
+        "{err}"
+    );
+
+    // A baseline edge line with the classes the route answered: known at once, from the
+    // first answer (no learning window, no first class taken as learned).
+    let c = DetectorConfig {
+        learning_window: Duration::from_secs(600),
+        ..DetectorConfig::default()
+    };
+    let mut b = Detectors::new(&c);
+    let line = serde_json::to_string(&BaselineEdge {
+        line_type: LineType::Edge,
+        source: FRONTEND.into(),
+        destination: ORDERS.into(),
+        port: Some(8080),
+        route: "GET /api/orders".into(),
+        status_classes: vec!["2xx".into(), "4xx".into()],
+    })
+    .unwrap();
+    b.load_baseline(line.as_bytes()).unwrap();
+    let route = |status| http(ORDERS, "GET", "/api/orders", status);
+    let flows: Vec<_> = [200, 404, 500, 500, 500]
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (route(s), i as i64))
+        .collect();
+    let alerts = status_alerts(&mut b, &flows);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].evidence.get("status_class"), Some(&5));
+}
+
+#[test]
+fn each_new_class_of_a_route_is_reported_inside_the_rate_limit() {
+    let mut d = Detectors::new(&cfg());
+    let route = |status| http(ORDERS, "POST", "/api/admin/export", status);
+    let learned: Vec<_> = (0..10).map(|i| (route(403), i)).collect();
+    assert!(status_alerts(&mut d, &learned).is_empty());
+    // New failures, then success a minute later: two alerts, the second high.
+    let probes: Vec<_> = (0..3)
+        .map(|i| (route(500), 100 + i))
+        .chain((0..3).map(|i| (route(200), 160 + i)))
+        .collect();
+    let alerts = status_alerts(&mut d, &probes);
+    let got: Vec<(u64, Severity)> = alerts
+        .iter()
+        .map(|a| (a.evidence["status_class"], a.severity))
+        .collect();
+    assert_eq!(got, [(5, Severity::Medium), (2, Severity::High)]);
 }
