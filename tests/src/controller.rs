@@ -77,7 +77,7 @@ impl TestController {
             .arg(spiffe_id("picket", "picket-controller"))
             .arg("--ca-url")
             .arg(ca.url())
-            .arg("--trust-bundle")
+            .arg("--trust-bundle-file")
             .arg(ca.bundle_path())
             .arg("--token-file")
             .arg(&token)
