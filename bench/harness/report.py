@@ -333,10 +333,28 @@ def targets(results) -> list[str]:
     return out
 
 
+def unavailable(section) -> list[str] | None:
+    """The line that stands for a section that was not run, or None when it was."""
+    if section.get("available"):
+        return None
+    return [f"**Not yet available**: {section.get('reason', 'not run')}."]
+
+
+def cost(base, value):
+    """The drop of `value` against `base` in per cent, or None without both figures."""
+    if base in (None, 0) or value is None:
+        return None
+    return (1 - value / base) * 100
+
+
+def cost_cell(c) -> str:
+    return '–' if c is None else f'{c:+.1f} %'
+
+
 def w8_section(results) -> list[str]:
     w8 = results.get("w8", {})
-    if not w8.get("available"):
-        return [f"**Not yet available**: {w8.get('reason', 'not run')}."]
+    if (missing := unavailable(w8)) is not None:
+        return missing
     runs = w8["runs"]
     out = ["Each variant is a fresh Picket pair; variants alternate within each round. "
            "\"Cost\" is the drop in W1 saturation throughput against the policy-off variant "
@@ -352,13 +370,13 @@ def w8_section(results) -> list[str]:
         w1 = by_w.get("w1_c16", [])
         w6 = by_w.get("w6_2000", [])
         rps = med([r["rps"] for r in w1])
-        cost = None if base in (None, 0) or rps is None else (1 - rps / base) * 100
+        drop = cost(base, rps)
         first = med(by_w.get("first_request_s", []))
         if not w1 and first is not None and first > 1.0:
             out.append(f"| {name} | not loaded: one request took {first:.1f} s | | | | | |")
             continue
         out.append(
-            f"| {name} | {fmt(rps)} | {'–' if cost is None else f'{cost:+.1f} %'} | "
+            f"| {name} | {fmt(rps)} | {cost_cell(drop)} | "
             f"{fmt(med([r.get('cpu_us_per_req') for r in w1]), 1)} | "
             f"{fmt(med([r.get('p99_ms') for r in w6]), 3)} | "
             f"{fmt(med([r.get('p99.9_ms') for r in w6]), 3)} | "
@@ -376,8 +394,8 @@ def w8_section(results) -> list[str]:
 
 def jwt_section(results) -> list[str]:
     j = results.get("jwt", {})
-    if not j.get("available"):
-        return [f"**Not yet available**: {j.get('reason', 'not run')}."]
+    if (missing := unavailable(j)) is not None:
+        return missing
     runs = j["runs"]
     out = ["One Picket pair with 100 policies and a RequestAuthentication on the orders "
            "sidecars (RS256, RSA-2048, JWK set inline); the same W1 (16 connections, 1 KB) "
@@ -393,11 +411,11 @@ def jwt_section(results) -> list[str]:
         rs = runs.get(name, [])
         rps = med([r["rps"] for r in rs])
         cpu = med([r.get("cpu_us_per_req") for r in rs])
-        cost = None if base_rps in (None, 0) or rps is None else (1 - rps / base_rps) * 100
+        drop = cost(base_rps, rps)
         added = None if cpu is None or base_cpu is None else cpu - base_cpu
         out.append(f"| {name} | {fmt(rps)} ({fmt(min((r['rps'] for r in rs), default=None))}"
                    f"–{fmt(max((r['rps'] for r in rs), default=None))}) | "
-                   f"{'–' if cost is None else f'{cost:+.1f} %'} | {fmt(cpu, 1)} | "
+                   f"{cost_cell(drop)} | {fmt(cpu, 1)} | "
                    f"{'–' if added is None else f'{added:+.1f}'} |")
     c = j.get("check", {})
     out += ["", f"Check after the runs, from the orders sidecar's metrics: "
@@ -415,9 +433,7 @@ def w8_cost(results, name):
     runs = w8["runs"]
     base = med([r["rps"] for r in runs.get("policy off", {}).get("w1_c16", [])])
     rps = med([r["rps"] for r in runs.get(name, {}).get("w1_c16", [])])
-    if base in (None, 0) or rps is None:
-        return None
-    return (1 - rps / base) * 100
+    return cost(base, rps)
 
 
 def errors_section(results) -> list[str]:

@@ -597,7 +597,7 @@ impl Authority {
     pub fn open(state_dir: impl AsRef<Path>) -> Result<Self, CaError> {
         let dir = StateDir::open(state_dir.as_ref())?;
         let lock = dir.lock()?;
-        crate::rotation::finish_interrupted(&dir)?;
+        crate::state::finish_interrupted_rotation(&dir)?;
         let config: CaConfig = dir.read_json(state::CONFIG)?;
         if config.format != FORMAT_VERSION {
             return Err(corrupt(
@@ -647,7 +647,7 @@ impl Authority {
             Some(shared) => Signer::load(shared)?,
             None => {
                 let lock = self.dir.lock()?;
-                crate::rotation::finish_interrupted(&self.dir)?;
+                crate::state::finish_interrupted_rotation(&self.dir)?;
                 let fresh = Signer::load(&self.dir)?;
                 drop(lock);
                 fresh

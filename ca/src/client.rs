@@ -184,12 +184,7 @@ impl CaClient {
         csr_pem: &str,
         token: &str,
     ) -> Result<api::CertificateResponse, ClientError> {
-        let mut request = certificate_request(api::CERTIFICATES_PATH, csr_pem)?;
-        request
-            .headers_mut()
-            .insert(header::AUTHORIZATION, bearer(token)?);
-        let (status, body) = self.exchange(request, None).await?;
-        parse_certificate(status, &body)
+        self.issue_at(api::CERTIFICATES_PATH, csr_pem, token).await
     }
 
     /// Asks for a TLS server certificate for the public key in `csr_pem`, carrying the DNS
@@ -200,7 +195,19 @@ impl CaClient {
         csr_pem: &str,
         token: &str,
     ) -> Result<api::CertificateResponse, ClientError> {
-        let mut request = certificate_request(api::SERVER_CERTIFICATES_PATH, csr_pem)?;
+        self.issue_at(api::SERVER_CERTIFICATES_PATH, csr_pem, token)
+            .await
+    }
+
+    /// A certificate request to `path` for the public key in `csr_pem`, authorised by the
+    /// bearer `token`.
+    async fn issue_at(
+        &self,
+        path: &'static str,
+        csr_pem: &str,
+        token: &str,
+    ) -> Result<api::CertificateResponse, ClientError> {
+        let mut request = certificate_request(path, csr_pem)?;
         request
             .headers_mut()
             .insert(header::AUTHORIZATION, bearer(token)?);

@@ -24,8 +24,9 @@
 //! its own TLS, with no restart ([`crate::authority::Authority::reload`]).
 //!
 //! Every file is replaced atomically, and the directory lock is held throughout. A command
-//! interrupted by a crash leaves state that [`finish_interrupted`] completes (at the next
-//! command or CA start): the issuer's key and certificate are always a matching pair.
+//! interrupted by a crash leaves state that [`state::finish_interrupted_rotation`] completes
+//! (at the next command or CA start): the issuer's key and certificate are always a matching
+//! pair.
 
 use std::path::Path;
 
@@ -98,7 +99,7 @@ pub fn rotate_intermediate(state_dir: &Path, given: &GivenRoot) -> Result<Rotate
     let dir = StateDir::open(state_dir)?;
     refuse_shared_signer(&dir)?;
     let _lock = dir.lock()?;
-    finish_interrupted(&dir)?;
+    state::finish_interrupted_rotation(&dir)?;
     let now = authority::now();
     let root = match given_signing_root(&dir, given, now)? {
         Some(root) => root,
@@ -128,7 +129,7 @@ pub fn rotate_root(
     let dir = StateDir::open(state_dir)?;
     refuse_shared_signer(&dir)?;
     let _lock = dir.lock()?;
-    finish_interrupted(&dir)?;
+    state::finish_interrupted_rotation(&dir)?;
     let now = authority::now();
     match stage {
         RootStage::Add if given.cert.is_some() => add_given_root(&dir, given, now),
@@ -385,7 +386,8 @@ fn remove_root(dir: &StateDir, now: OffsetDateTime, force: bool) -> Result<Rotat
 
 /// Makes a new intermediate under `root` and installs it: key and certificate are written
 /// under temporary names, then the key and the certificate are renamed into place, in that
-/// order ([`finish_interrupted`] completes a rename a crash cut short). Returns its subject.
+/// order ([`state::finish_interrupted_rotation`] completes a rename a crash cut short).
+/// Returns its subject.
 fn install_issuer(dir: &StateDir, root: &CaCert, now: OffsetDateTime) -> Result<String, CaError> {
     if root.not_after <= now {
         return Err(CaError::InvalidOption(format!(
@@ -405,36 +407,6 @@ fn install_issuer(dir: &StateDir, root: &CaCert, now: OffsetDateTime) -> Result<
     let subject = parse(dir, state::ISSUER_CERT, &pem)?.0;
     tracing::info!(issuer = %subject, root = %root.subject, "installed a new intermediate");
     Ok(subject)
-}
-
-/// Completes what an interrupted rotation command left half done, under the directory lock:
-/// - a new issuer whose key was already moved into place gets its certificate moved too; a
-///   new issuer not yet moved at all is dropped (the old pair is intact);
-/// - a root switch cut short between moving the old root away and the new one in is
-///   finished.
-pub(crate) fn finish_interrupted(dir: &StateDir) -> Result<(), StateError> {
-    match (
-        dir.exists(state::NEXT_ISSUER_KEY)?,
-        dir.exists(state::NEXT_ISSUER_CERT)?,
-    ) {
-        (false, true) => dir.rename(state::NEXT_ISSUER_CERT, state::ISSUER_CERT)?,
-        (true, _) => {
-            dir.remove(state::NEXT_ISSUER_CERT)?;
-            dir.remove(state::NEXT_ISSUER_KEY)?;
-        }
-        (false, false) => {}
-    }
-    if !dir.exists(state::ROOT_CERT)? && dir.exists(state::NEXT_ROOT_CERT)? {
-        if dir.exists(state::ROOT_KEY)? && dir.exists(state::NEXT_ROOT_KEY)? {
-            dir.rename(state::ROOT_KEY, state::PREV_ROOT_KEY)?;
-        }
-        if dir.exists(state::NEXT_ROOT_KEY)? {
-            dir.rename(state::NEXT_ROOT_KEY, state::ROOT_KEY)?;
-        }
-        dir.rename(state::NEXT_ROOT_CERT, state::ROOT_CERT)?;
-        tracing::warn!("finished a root switch that was interrupted");
-    }
-    Ok(())
 }
 
 /// Reads a CA certificate and its key; a root without its key (an imported organisation

@@ -48,6 +48,8 @@ pub(crate) const PREV_ROOT_KEY: &str = "root.prev.key";
 pub(crate) const NEXT_ISSUER_CERT: &str = "issuer.next.pem";
 pub(crate) const NEXT_ISSUER_KEY: &str = "issuer.next.key";
 pub(crate) const ROTATION: &str = "rotation.json";
+/// The SQLite database of join tokens and the issuance record (`crate::store`).
+pub(crate) const DATABASE: &str = "ca.db";
 const LOCK: &str = "lock";
 
 /// Every file that makes a directory hold CA state; init refuses to run over any of them.
@@ -67,7 +69,7 @@ pub(crate) const STATE_FILES: &[&str] = &[
     NEXT_ISSUER_CERT,
     NEXT_ISSUER_KEY,
     ROTATION,
-    crate::store::DATABASE,
+    DATABASE,
 ];
 
 /// Mode of files holding private keys.
@@ -373,6 +375,33 @@ impl IssuanceLog {
         self.file.write_all(&line).map_err(io_error(&self.path))?;
         self.file.sync_data().map_err(io_error(&self.path))
     }
+}
+
+/// Completes what an interrupted rotation command left half done, under the directory lock:
+/// - a new issuer whose key was already moved into place gets its certificate moved too; a
+///   new issuer not yet moved at all is dropped (the old pair is intact);
+/// - a root switch cut short between moving the old root away and the new one in is
+///   finished.
+pub(crate) fn finish_interrupted_rotation(dir: &StateDir) -> Result<(), StateError> {
+    match (dir.exists(NEXT_ISSUER_KEY)?, dir.exists(NEXT_ISSUER_CERT)?) {
+        (false, true) => dir.rename(NEXT_ISSUER_CERT, ISSUER_CERT)?,
+        (true, _) => {
+            dir.remove(NEXT_ISSUER_CERT)?;
+            dir.remove(NEXT_ISSUER_KEY)?;
+        }
+        (false, false) => {}
+    }
+    if !dir.exists(ROOT_CERT)? && dir.exists(NEXT_ROOT_CERT)? {
+        if dir.exists(ROOT_KEY)? && dir.exists(NEXT_ROOT_KEY)? {
+            dir.rename(ROOT_KEY, PREV_ROOT_KEY)?;
+        }
+        if dir.exists(NEXT_ROOT_KEY)? {
+            dir.rename(NEXT_ROOT_KEY, ROOT_KEY)?;
+        }
+        dir.rename(NEXT_ROOT_CERT, ROOT_CERT)?;
+        tracing::warn!("finished a root switch that was interrupted");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -24,8 +24,6 @@ use crate::identity::SpiffeId;
 use crate::state::{self, CredentialKind, IssuedRecord, StateDir, StateError};
 use crate::token::{self, TokenError};
 
-/// The database file in the state directory.
-pub(crate) const DATABASE: &str = "ca.db";
 /// How long a writer waits for another process's transaction.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an expired token is kept, so a late replay is answered "used"/"expired", not
@@ -71,7 +69,7 @@ impl Store {
     /// Opens (creating if needed) the store in `dir`, and takes over state an earlier version
     /// kept in files. The caller holds the directory lock while opening.
     pub(crate) fn open(dir: &StateDir) -> Result<Self, StateError> {
-        let path = dir.file(DATABASE);
+        let path = dir.file(state::DATABASE);
         let fail = |e: rusqlite::Error| db_error(&path, e);
         let conn = Connection::open(&path).map_err(fail)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;

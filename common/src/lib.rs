@@ -22,6 +22,8 @@ pub mod duration;
 #[cfg(feature = "discovery")]
 pub mod policies;
 pub mod spiffe;
+#[cfg(feature = "yaml")]
+pub mod yaml;
 
 #[cfg(feature = "runtime")]
 pub mod backoff;

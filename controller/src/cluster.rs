@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
@@ -91,6 +91,43 @@ fn run_reflector<K>(
         watcher(api, watcher::Config::default()).modify(trim),
     )
     .default_backoff();
+    follow(stream, Watching::Kind(kind), changed, shutdown);
+}
+
+/// What a followed watch is of, as its failure log line names it.
+pub(crate) enum Watching {
+    /// A built-in resource, by kind (`Pod`, `Service`, ...).
+    Kind(String),
+    /// A policy group's `AuthorizationPolicy` objects, by API version.
+    PolicyGroup(String),
+}
+
+impl Watching {
+    fn failed(&self, error: &dyn std::fmt::Display) {
+        match self {
+            Self::Kind(kind) => {
+                tracing::warn!(kind = kind.as_str(), error = %error, "watch failed; retrying");
+            }
+            Self::PolicyGroup(api_version) => {
+                tracing::warn!(api_version = %api_version, error = %error, "policy watch failed; retrying");
+            }
+        }
+    }
+}
+
+/// Follows a reflector's event stream in a task of its own until `shutdown` or the stream's
+/// end, waking `changed` at each event. A failed event is logged and the stream goes on (the
+/// reflector retries with its backoff).
+pub(crate) fn follow<S, T, E>(
+    stream: S,
+    watched: Watching,
+    changed: Arc<Notify>,
+    shutdown: CancellationToken,
+) where
+    S: Stream<Item = Result<T, E>> + Send + 'static,
+    T: Send,
+    E: std::fmt::Display + Send,
+{
     tokio::spawn(async move {
         tokio::pin!(stream);
         loop {
@@ -100,7 +137,7 @@ fn run_reflector<K>(
             };
             match event {
                 Some(Ok(_)) => changed.notify_one(),
-                Some(Err(e)) => tracing::warn!(kind, error = %e, "watch failed; retrying"),
+                Some(Err(e)) => watched.failed(&e),
                 None => return,
             }
         }

@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -27,6 +26,8 @@ use picket_common::backoff::Backoff;
 use picket_common::policies::{ClusterPolicies, ClusterPolicy};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{Watching, follow};
 
 /// How often a policy group that is not served is looked for again, by default.
 pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
@@ -153,26 +154,13 @@ fn watch_group(
     let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
     let stream =
         reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-    let changed = Arc::clone(changed);
-    let shutdown = shutdown.clone();
-    let kind = resource.api_version.clone();
-    tracing::info!(api_version = %kind, "watching AuthorizationPolicy objects");
-    tokio::spawn(async move {
-        tokio::pin!(stream);
-        loop {
-            let event = tokio::select! {
-                event = stream.next() => event,
-                () = shutdown.cancelled() => return,
-            };
-            match event {
-                Some(Ok(_)) => changed.notify_one(),
-                Some(Err(e)) => {
-                    tracing::warn!(api_version = %kind, error = %e, "policy watch failed; retrying");
-                }
-                None => return,
-            }
-        }
-    });
+    tracing::info!(api_version = %resource.api_version, "watching AuthorizationPolicy objects");
+    follow(
+        stream,
+        Watching::PolicyGroup(resource.api_version.clone()),
+        Arc::clone(changed),
+        shutdown.clone(),
+    );
     store
 }
 

@@ -345,13 +345,14 @@ fn report_each_pod(
 pub fn parse_manifests(source_name: &str, text: &str) -> Result<Vec<Value>, InjectError> {
     let mut options = serde_saphyr::Options::default();
     options.legacy_octal_numbers = true;
+    options.with_snippet = false;
     let documents: Vec<Value> =
         serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
             let at = e
                 .location()
                 .map(|l| format!("{source_name}:{}:{}", l.line(), l.column()))
                 .unwrap_or_else(|| source_name.to_owned());
-            InjectError::Yaml(format!("{at}: {e}"))
+            InjectError::Yaml(format!("{at}: {}", picket_common::yaml::error_message(&e)))
         })?;
     Ok(documents.into_iter().filter(|d| !d.is_null()).collect())
 }

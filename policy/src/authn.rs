@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
 use crate::model::{ApiVersion, Header, flow_list, quoted, write_header};
-use crate::set::Workload;
+use crate::workload::Workload;
 
 /// The header Istio reads a token from when a rule names no location.
 pub const DEFAULT_TOKEN_HEADER: &str = "authorization";

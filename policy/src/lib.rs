@@ -55,6 +55,7 @@ pub mod normalize;
 mod options;
 mod pattern;
 mod set;
+mod workload;
 mod yaml;
 
 #[cfg(test)]
@@ -70,4 +71,5 @@ pub use load::load;
 pub use model::{Action, Direction, Mode};
 pub use normalize::{NormalizeError, PathOptions};
 pub use options::{DefaultAction, LoadOptions, Source};
-pub use set::{PolicySet, PolicySummary, Workload, WorkloadPolicies};
+pub use set::{PolicySet, PolicySummary, WorkloadPolicies};
+pub use workload::Workload;

@@ -1,6 +1,6 @@
 //! The loaded policy set, and the per-workload view the sidecar evaluates against.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use crate::compile::{Attrs, CompiledPolicy, IndexKey};
 use crate::decision::PolicyRef;
 use crate::model::{Action, Direction, Mode};
 use crate::options::{DefaultAction, LoadOptions, Source};
+use crate::workload::Workload;
 
 /// What `picket policy check` and the admin page list about one policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,15 +32,6 @@ pub struct PolicySummary {
     pub source: String,
     /// The line the document starts on.
     pub line: u64,
-}
-
-/// A workload as policies see it: its namespace and labels (from the sidecar configuration).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Workload {
-    /// The workload's namespace.
-    pub namespace: String,
-    /// The workload's labels.
-    pub labels: BTreeMap<String, String>,
 }
 
 /// Every loaded policy, sorted by namespace then name. Immutable; share it behind an `Arc`.

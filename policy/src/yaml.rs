@@ -117,27 +117,19 @@ pub(crate) fn parse_documents(
                 .location()
                 .map(|l| (l.line(), l.column()))
                 .unwrap_or((1, 1));
-            LoadError::at(file, text, line, column, syntax_message(&e))
+            LoadError::at(
+                file,
+                text,
+                line,
+                column,
+                format!("invalid YAML: {}", picket_common::yaml::error_message(&e)),
+            )
         })?;
     Ok(docs
         .into_iter()
         .map(Yaml::from)
         .filter(|d| !matches!(d.value, Value::Null))
         .collect())
-}
-
-/// The parser's message without its own " at line L, column C" suffix (we print the location
-/// in front, like every other error).
-fn syntax_message(e: &serde_saphyr::Error) -> String {
-    let text = e.without_snippet().to_string();
-    let trimmed = match text.rfind(" at line ") {
-        Some(i) if text[i..].contains(", column ") => &text[..i],
-        _ => text.as_str(),
-    };
-    let trimmed = trimmed
-        .strip_suffix(", set DuplicateKeyPolicy in Options if acceptable")
-        .unwrap_or(trimmed);
-    format!("invalid YAML: {trimmed}")
 }
 
 /// The raw tree as the parser hands it over; converted into [`Yaml`] right away.

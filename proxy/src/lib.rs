@@ -22,6 +22,7 @@ pub mod jwt;
 pub mod metrics;
 pub mod net;
 pub mod outbound;
+pub mod peer;
 pub mod pipeline;
 pub mod sidecar;
 pub mod telemetry;

@@ -35,7 +35,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::canonical;
-use crate::config::PeerIdentity;
 use crate::config::{Config, Limits, MeshedDestination, Protocol, Timeouts, Unmeshed, Upstream};
 use crate::direction::Direction;
 use crate::discover::Discover;
@@ -46,6 +45,7 @@ use crate::forward::{
 };
 use crate::metrics::Metrics;
 use crate::net::{self, IdleTimeout};
+use crate::peer::PeerIdentity;
 use crate::pipeline::{self, Endpoints, RequestCtx, RequestLimit, TcpFlow};
 use crate::telemetry::{Parent, SpanAttrs, Telemetry};
 use crate::tls::{self, ALPN_H2, Credentials, TlsError};

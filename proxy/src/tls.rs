@@ -27,7 +27,7 @@ use rustls::{
 };
 use rustls_pki_types::pem::PemObject;
 
-use crate::config::PeerIdentity;
+use crate::peer::PeerIdentity;
 
 /// ALPN for HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";

@@ -18,7 +18,7 @@ pub struct YamlError {
     pub line: Option<u64>,
     /// 1-based column, when known.
     pub column: Option<u64>,
-    /// What is wrong, with a snippet of the offending text where the library gives one.
+    /// What is wrong (the location is printed in front of it, once).
     pub message: String,
 }
 
@@ -37,13 +37,14 @@ impl std::error::Error for YamlError {}
 pub fn parse<T: DeserializeOwned>(source_name: &str, text: &str) -> Result<T, YamlError> {
     let mut options = serde_saphyr::Options::default();
     options.strict_booleans = true;
+    options.with_snippet = false;
     serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let location = e.location();
         YamlError {
             source_name: source_name.to_owned(),
             line: location.map(|l| l.line()),
             column: location.map(|l| l.column()),
-            message: e.to_string(),
+            message: picket_common::yaml::error_message(&e),
         }
     })
 }

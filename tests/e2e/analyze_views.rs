@@ -3,13 +3,10 @@
 //! egress destinations (passthrough connections out of the mesh), and the two sides of a
 //! request paired by trace context.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-
 use anyhow::{Context, Result, ensure};
 use picket_proxy::direction::Direction;
 use picket_proxy::telemetry::{FlowProtocol, FlowRecord, Verdict};
-use picket_tests::process::{picket, run_ok};
+use picket_tests::analyze::{analyze, analyze_html, analyze_json, write_flow_log};
 use picket_tests::spiffe_id;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -41,28 +38,6 @@ fn request<'a>(
     })
 }
 
-fn write_log(path: &Path, flows: &[FlowRecord<'_>]) -> Result<PathBuf> {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for r in flows {
-        serde_json::to_writer(&mut f, r)?;
-        f.write_all(b"\n")?;
-    }
-    f.flush()?;
-    Ok(path.to_owned())
-}
-
-async fn analyze_json(files: &[PathBuf], extra: &[&str]) -> Result<Value> {
-    let out = run_ok(
-        picket()?
-            .arg("analyze")
-            .args(files)
-            .args(["-o", "json"])
-            .args(extra),
-    )
-    .await?;
-    serde_json::from_str(&out).context("analyze -o json")
-}
-
 #[tokio::test]
 async fn analyze_shows_end_users_per_service_bounded_to_the_busiest() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -85,8 +60,8 @@ async fn analyze_shows_end_users_per_service_bounded_to_the_busiest() -> Result<
         }
     }
     let files = [
-        write_log(&dir.path().join("frontend.jsonl"), &outbound)?,
-        write_log(&dir.path().join("catalog.jsonl"), &inbound)?,
+        write_flow_log(&dir.path().join("frontend.jsonl"), &outbound)?,
+        write_flow_log(&dir.path().join("catalog.jsonl"), &inbound)?,
     ];
     let report = analyze_json(&files, &["--top-users", "2"]).await?;
     let users = report["user_edges"].as_array().context("user_edges")?;
@@ -114,13 +89,7 @@ async fn analyze_shows_end_users_per_service_bounded_to_the_busiest() -> Result<
         "{u:#}"
     );
 
-    let text = run_ok(
-        picket()?
-            .arg("analyze")
-            .args(&files)
-            .args(["--top-users", "2"]),
-    )
-    .await?;
+    let text = analyze(&files, &["--top-users", "2"]).await?;
     ensure!(
         text.contains("-> shop/catalog  21 requests from 6 principals")
             && text.contains("6  https://idp.test/u6")
@@ -158,8 +127,8 @@ async fn analyze_shows_egress_destinations_as_nodes_of_their_own() -> Result<()>
         caller.extend([open, end]);
     }
     let files = [
-        write_log(&dir.path().join("frontend-and-catalog-out.jsonl"), &caller)?,
-        write_log(&dir.path().join("catalog-in.jsonl"), &callee)?,
+        write_flow_log(&dir.path().join("frontend-and-catalog-out.jsonl"), &caller)?,
+        write_flow_log(&dir.path().join("catalog-in.jsonl"), &callee)?,
     ];
     let report = analyze_json(&files, &[]).await?;
     let node = report["nodes"]
@@ -197,21 +166,12 @@ async fn analyze_shows_egress_destinations_as_nodes_of_their_own() -> Result<()>
         "{fr:#}"
     );
 
-    let text = run_ok(picket()?.arg("analyze").args(&files)).await?;
+    let text = analyze(&files, &[]).await?;
     ensure!(
         text.contains("shop/catalog -> 198.51.100.20  connections 2  ports 443"),
         "{text}"
     );
-    let html_out = dir.path().join("report.html");
-    run_ok(
-        picket()?
-            .arg("analyze")
-            .args(&files)
-            .args(["-o", "html", "--output-file"])
-            .arg(&html_out),
-    )
-    .await?;
-    let html = std::fs::read_to_string(&html_out)?;
+    let html = std::fs::read_to_string(analyze_html(&files, &[], dir.path()).await?)?;
     ensure!(html.contains(r#"<g class="node node-egress" data-id="198.51.100.20">"#));
     Ok(())
 }
@@ -247,8 +207,8 @@ async fn analyze_pairs_the_two_sides_of_a_request_by_trace_context_not_by_names(
         });
     }
     let files = [
-        write_log(&dir.path().join("frontend.jsonl"), &caller)?,
-        write_log(&dir.path().join("catalog.jsonl"), &callee)?,
+        write_flow_log(&dir.path().join("frontend.jsonl"), &caller)?,
+        write_flow_log(&dir.path().join("catalog.jsonl"), &callee)?,
     ];
     let report = analyze_json(&files, &[]).await?;
     let ids: Vec<&str> = report["nodes"]
@@ -326,17 +286,8 @@ async fn the_html_graph_of_twenty_services_fits_a_1280_pixel_window_without_over
     let services: std::collections::BTreeSet<&String> =
         calls.iter().flat_map(|(a, b)| [a, b]).collect();
     ensure!(services.len() == 20, "{} services", services.len());
-    let log = write_log(&dir.path().join("flows.jsonl"), &flows)?;
-    let html_out = dir.path().join("report.html");
-    run_ok(
-        picket()?
-            .arg("analyze")
-            .arg(&log)
-            .args(["-o", "html", "--output-file"])
-            .arg(&html_out),
-    )
-    .await?;
-    let html = std::fs::read_to_string(&html_out)?;
+    let log = write_flow_log(&dir.path().join("flows.jsonl"), &flows)?;
+    let html = std::fs::read_to_string(analyze_html(&[log], &[], dir.path()).await?)?;
     let probe_page = dir.path().join("probe.html");
     std::fs::write(
         &probe_page,

@@ -10,7 +10,6 @@
 //!   failure accrual.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -19,14 +18,15 @@ use picket_proxy::telemetry::LineType;
 use picket_tests::controller::{
     CONTROLLER_WORKLOAD, TestController, endpoint_slice, namespace, pod, service,
 };
+use picket_tests::eventually;
 use picket_tests::kube_api::KubeApiDouble;
-use picket_tests::netns::{PodNet, plain_app_script, seen_header, shared_dir};
+use picket_tests::netns::{
+    CaPods, POD_APP_PORT as APP_PORT, PodNet, PodYaml, plain_app_script, seen_header,
+};
 use picket_tests::process::{Daemon, output};
 use picket_tests::telemetry::log_lines;
-use picket_tests::{TestCa, eventually};
 use serde_json::Value;
 
-const APP_PORT: u16 = 8080;
 const TD: &str = "cluster.local";
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -143,9 +143,7 @@ async fn decisions(net: &PodNet, i: usize, decision: &str) -> Result<u64> {
 
 /// A world of pods: the CA on the bridge's gateway, a shared directory.
 struct World {
-    net: PodNet,
-    ca: TestCa,
-    dir: tempfile::TempDir,
+    pods: CaPods,
     processes: Vec<Daemon>,
     /// The `controller:` section sidecars get (empty: file mode).
     controller: String,
@@ -155,14 +153,8 @@ struct World {
 
 impl World {
     async fn start(pods: usize) -> Result<Self> {
-        let net = PodNet::create(pods).await?;
-        let ca = TestCa::start_at((net.gateway(), 0).into(), &[]).await?;
-        let dir = shared_dir()?;
-        std::fs::write(dir.path().join("bundle.pem"), ca.bundle_pem()?)?;
         Ok(Self {
-            net,
-            ca,
-            dir,
+            pods: CaPods::start(pods).await?,
             processes: Vec::new(),
             controller: String::new(),
             telemetry: String::new(),
@@ -170,27 +162,20 @@ impl World {
     }
 
     fn ip(&self, i: usize) -> String {
-        self.net.pods[i].ip.to_string()
+        self.pods.net.pods[i].ip.to_string()
     }
 
     /// The plain app in pod `i`, answering as `name`, `delay_ms` late.
     async fn app(&mut self, i: usize, name: &str, delay_ms: u64) -> Result<()> {
-        let mut app = self.net.exec(i, "python3");
+        let mut app = self.pods.net.exec(i, "python3");
         app.arg(plain_app_script()).args([
             "0.0.0.0",
             &APP_PORT.to_string(),
             name,
             &delay_ms.to_string(),
         ]);
-        let app = Daemon::spawn(&format!("app-{name}"), app, self.dir.path())?;
-        eventually(WAIT, async || {
-            ensure!(
-                app.log_text().contains("listening"),
-                "app-{name} not listening yet"
-            );
-            Ok(())
-        })
-        .await?;
+        let app = Daemon::spawn(&format!("app-{name}"), app, self.pods.dir.path())?;
+        app.wait_log("listening", WAIT).await?;
         self.processes.push(app);
         Ok(())
     }
@@ -198,68 +183,24 @@ impl World {
     /// A sidecar in pod `i` as service account `sa`, with `outbound_extra` in its outbound
     /// section and the interception rules.
     async fn sidecar(&mut self, i: usize, sa: &str, outbound_extra: &str) -> Result<()> {
-        let dir = self.dir.path();
-        let token = dir.join(format!("pod{i}.token"));
-        std::fs::write(&token, self.ca.token(&format!("ns/pods/sa/{sa}")).await?)?;
-        let policy = dir.join(format!("policy{i}"));
-        std::fs::create_dir(&policy)?;
-        std::fs::write(
-            policy.join("policy.yaml"),
-            "apiVersion: picket.dev/v1
-kind: AuthorizationPolicy
-metadata: { name: admit, namespace: pods }
-spec:
-  action: ALLOW
-  rules:
-  - from: [{ source: { principals: [\"*\"] } }]
-",
-        )?;
-        let config = dir.join(format!("pod{i}.yaml"));
-        std::fs::write(
-            &config,
-            format!(
-                "identity: {{ trust_domain: {TD}, namespace: pods, service_account: {sa} }}
-ca: {{ url: \"{url}\", trust_bundle: \"{bundle}\", join_token_file: \"{token}\" }}
-inbound: {{ listen: \"0.0.0.0:7143\", app: \"127.0.0.1:{APP_PORT}\", transparent: true }}
-outbound:
-  listen: \"127.0.0.1:7140\"
-  transparent: true
-  passthrough: allow
-{outbound_extra}{controller}admin: {{ listen: \"127.0.0.1:7191\" }}
-policy: {{ path: \"{policy}\" }}
-timeouts: {{ detect: 2s }}
-telemetry:
-  flow_log: {{ path: \"{flows}\" }}
-{telemetry}",
-                url = self.ca.url(),
-                bundle = dir.join("bundle.pem").display(),
-                token = token.display(),
-                policy = policy.display(),
-                flows = flow_log(dir, i).display(),
-                controller = self.controller,
-                telemetry = self.telemetry,
-            ),
-        )?;
-        let out = self
-            .net
-            .picket_iptables(
-                i,
-                &[
-                    "--exclude-inbound-ports",
-                    "7191",
-                    "--iptables",
-                    "iptables-nft",
-                ],
+        let config = self
+            .pods
+            .sidecar_config(
+                &format!("pod{i}"),
+                sa,
+                PodYaml {
+                    outbound: outbound_extra,
+                    sections: &self.controller,
+                    telemetry: &self.telemetry,
+                    ..PodYaml::default()
+                },
             )
             .await?;
-        ensure!(
-            out.status.success(),
-            "picket iptables: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.pods.net.intercept(i).await?;
         let daemon = self
+            .pods
             .net
-            .sidecar(i, &config, &format!("sidecar-pod{i}"), dir)
+            .sidecar(i, &config, &format!("sidecar-pod{i}"), self.pods.dir.path())
             .await?;
         self.processes.push(daemon);
         Ok(())
@@ -267,7 +208,7 @@ telemetry:
 
     /// `iptables ARGS` in pod `i`.
     async fn iptables(&self, i: usize, args: &[&str]) -> Result<()> {
-        let out = output(self.net.exec(i, "iptables-nft").args(args)).await?;
+        let out = output(self.pods.net.exec(i, "iptables-nft").args(args)).await?;
         ensure!(
             out.status.success(),
             "iptables {args:?}: {}",
@@ -275,10 +216,6 @@ telemetry:
         );
         Ok(())
     }
-}
-
-fn flow_log(dir: &Path, i: usize) -> std::path::PathBuf {
-    dir.join(format!("flows{i}.jsonl"))
 }
 
 /// One listed destination as YAML: `address` with `endpoints` (pod address, identity or none).
@@ -320,7 +257,7 @@ async fn balancer_avoids_slow_endpoints_and_sets_failing_ones_aside() -> Result<
         destination(MIXED, "pods/mixed", &eps(&[1, 2, 4])),
     );
     w.sidecar(0, "client0", &listed).await?;
-    let net = &w.net;
+    let net = &w.pods.net;
     let service = format!("http://{SERVICE}/hello");
 
     // Latency: one request at a time; the slow endpoint loses the draws against the fast ones.
@@ -447,7 +384,7 @@ async fn per_connection(
     url: &str,
     n: usize,
 ) -> Result<BTreeMap<String, usize>> {
-    let mut cmd = w.net.exec(i, "curl");
+    let mut cmd = w.pods.net.exec(i, "curl");
     cmd.args(["-sS", "--max-time", "10", "-H", "Connection: close"]);
     for _ in 0..n {
         cmd.arg(url);
@@ -478,7 +415,7 @@ async fn per_connection(
 async fn replicas_and_a_foreign_address(w: &mut World) -> Result<()> {
     let to_client = format!("http://{}:{APP_PORT}/hello", w.ip(CLIENT));
     for i in [1, 2] {
-        let (status, body) = get(&w.net, i, &to_client).await?;
+        let (status, body) = get(&w.pods.net, i, &to_client).await?;
         ensure!(
             status == 200 && body.contains("\"client0\""),
             "b{i} -> client: {status} {body}"
@@ -492,6 +429,7 @@ async fn replicas_and_a_foreign_address(w: &mut World) -> Result<()> {
     };
     eventually(WAIT, async || {
         let (_, metrics) = w
+            .pods
             .net
             .curl(CLIENT, "http://127.0.0.1:7191/metrics", &[])
             .await?;
@@ -502,11 +440,12 @@ async fn replicas_and_a_foreign_address(w: &mut World) -> Result<()> {
     .await?;
     // pod5's app has had its say (unmeshed, above); now a sidecar with backend's certificate.
     w.sidecar(PLAIN_POD, "backend", "").await?;
-    let (status, body) = get(&w.net, PLAIN_POD, &to_client).await?;
+    let (status, body) = get(&w.pods.net, PLAIN_POD, &to_client).await?;
     ensure!(status == 200, "pod5 -> client: {status} {body}");
     let backend = backend_id().unwrap_or_default();
     let alerts: Vec<Value> = eventually(WAIT, async || {
         let (_, body) = w
+            .pods
             .net
             .curl(CLIENT, "http://127.0.0.1:7191/alerts", &[])
             .await?;
@@ -541,7 +480,7 @@ async fn through_the_controller_requests_spread_identities_pin_and_endpoint_chan
     let api = KubeApiDouble::start().await?;
     cluster(&w, &api)?;
     let mut controller =
-        TestController::start_with(&w.ca, &api, (w.net.gateway(), 0).into(), &[]).await?;
+        TestController::start_with(&w.pods.ca, &api, (w.pods.net.gateway(), 0).into(), &[]).await?;
     w.controller = format!(
         "controller: {{ address: \"{}\", identity: \"spiffe://{TD}/{CONTROLLER_WORKLOAD}\" }}\n",
         controller.listen
@@ -559,9 +498,10 @@ async fn through_the_controller_requests_spread_identities_pin_and_endpoint_chan
     // The node DNATs the Service address to the three backends, as kube-proxy does.
     let backends: Vec<std::net::SocketAddrV4> = BACKENDS
         .iter()
-        .map(|i| std::net::SocketAddrV4::new(w.net.pods[*i].ip, APP_PORT))
+        .map(|i| std::net::SocketAddrV4::new(w.pods.net.pods[*i].ip, APP_PORT))
         .collect();
-    w.net
+    w.pods
+        .net
         .kube_proxy(NODE, SERVICE.parse()?, &backends, &[CLIENT])
         .await?;
 
@@ -574,6 +514,7 @@ async fn through_the_controller_requests_spread_identities_pin_and_endpoint_chan
         "30 connections did not reach every backend: {spread:?}"
     );
     let one = w
+        .pods
         .net
         .exec(CLIENT, "curl")
         .args(["-sS", "--max-time", "10"])
@@ -596,14 +537,14 @@ async fn through_the_controller_requests_spread_identities_pin_and_endpoint_chan
     w.sidecar(IMPOSTOR_POD, "impostor", "").await?;
     let client = format!(
         "  unmeshed: plaintext\n  meshed: [{{ cidr: \"{}\", identity: any }}]\n  balancer: {{ decay: 200ms }}\n",
-        w.net.cidr()
+        w.pods.net.cidr()
     );
     // The client's detectors learn nothing (no learning window), so that a new source
     // address of a known identity is judged at once.
     w.telemetry = "  detectors: { learning_window: 0s }\n".to_owned();
     w.sidecar(CLIENT, "client0", &client).await?;
     w.telemetry.clear();
-    let net = &w.net;
+    let net = &w.pods.net;
 
     // Spread: the client's sidecar resolves the Service address through the controller and
     // balances each request: 1,500 requests, 12 at a time, each backend between a sixth and a
@@ -629,7 +570,7 @@ async fn through_the_controller_requests_spread_identities_pin_and_endpoint_chan
         .map(|i| format!("{}:{APP_PORT}", w.ip(*i)))
         .collect();
     let flows = eventually(WAIT, async || {
-        let flows = log_lines(&flow_log(w.dir.path(), CLIENT), LineType::Flow)?;
+        let flows = log_lines(&w.pods.flow_log(&format!("pod{CLIENT}")), LineType::Flow)?;
         ensure!(flows.len() >= 1500, "{} flow records so far", flows.len());
         Ok(flows)
     })
@@ -678,7 +619,7 @@ async fn through_the_controller_requests_spread_identities_pin_and_endpoint_chan
     ensure!(decisions(net, IMPOSTOR_POD, "unmeshed_denied").await? >= 1);
 
     replicas_and_a_foreign_address(&mut w).await?;
-    let net = &w.net;
+    let net = &w.pods.net;
 
     // Endpoint changes made in the cluster reach the sidecar: b3's pod goes away ...
     api.apply(&backend_slice(&w, &[1, 2])?)?;

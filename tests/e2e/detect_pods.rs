@@ -3,32 +3,24 @@
 //! (`identity: any`): what the detectors of the attacker's and the victims' sidecars raise.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use picket_proxy::telemetry::{Alert, AlertKind};
-use picket_tests::netns::PodNet;
+use picket_tests::analyze::analyze_json;
+use picket_tests::eventually;
+use picket_tests::netns::{CaPods, POD_APP_PORT as APP_PORT, PodYaml, plain_app_script};
 use picket_tests::otlp::{OtlpReceiver, SPAN_KIND_CLIENT};
-use picket_tests::process::{Daemon, output, picket, picket_bin};
-use picket_tests::{TestCa, eventually};
+use picket_tests::process::{Daemon, output};
 use serde_json::Value;
 
-const PROXY_UID: &str = "1337";
-const APP_PORT: u16 = 8080;
 const WAIT: Duration = Duration::from_secs(15);
-
-fn plain_app_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/plain_app.py")
-}
 
 /// Pods, each with the plain app, a sidecar with a flow log and the interception rules.
 struct Pods {
     _processes: Vec<Daemon>,
-    _ca: TestCa,
-    net: PodNet,
-    dir: tempfile::TempDir,
+    pods: CaPods,
     /// The OTLP receiver every sidecar exports to, when started with one.
     otlp: Option<OtlpReceiver>,
 }
@@ -74,7 +66,8 @@ impl Pods {
         policies: &[&str],
         otlp: bool,
     ) -> Result<Self> {
-        let net = PodNet::create(n).await?;
+        let pods = CaPods::start(n).await?;
+        let (net, dir) = (&pods.net, pods.dir.path());
         let detectors = detectors(net.gateway());
         let otlp = match otlp {
             true => Some(OtlpReceiver::start_at(SocketAddr::from((net.gateway(), 0))).await?),
@@ -84,120 +77,50 @@ impl Pods {
             .as_ref()
             .map(|o| format!("  otlp: {{ endpoint: \"{}\" }}\n", o.endpoint()))
             .unwrap_or_default();
-        let ca = TestCa::start_at(SocketAddr::from((net.gateway(), 0)), &[]).await?;
-        let dir = tempfile::tempdir()?;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
-        let bundle = dir.path().join("bundle.pem");
-        std::fs::write(&bundle, ca.bundle_pem()?)?;
+        let meshed = format!(
+            "  meshed: [{{ cidr: \"{cidr}\", ports: [{APP_PORT}], identity: any }}]\n",
+            cidr = net.cidr()
+        );
         let mut processes = Vec::new();
         for i in 0..n {
             let name = format!("pod{}", i + 1);
-            let mut app = net.exec(i, "python3");
-            app.arg(plain_app_script())
-                .arg("0.0.0.0")
-                .arg(APP_PORT.to_string())
-                .arg(&name);
-            let app = Daemon::spawn(&format!("app-{name}"), app, dir.path())?;
-            eventually(WAIT, async || {
-                ensure!(
-                    app.log_text().contains("listening"),
-                    "{name}'s app not listening yet"
-                );
-                Ok(())
-            })
-            .await?;
-            processes.push(app);
-            let token = dir.path().join(format!("{name}.token"));
-            std::fs::write(&token, ca.token(&format!("ns/pods/sa/{name}")).await?)?;
-            let policy = dir.path().join(format!("policy-{name}"));
-            std::fs::create_dir(&policy)?;
-            std::fs::write(
-                policy.join("policy.yaml"),
-                "apiVersion: picket.dev/v1
-kind: AuthorizationPolicy
-metadata: { name: admit, namespace: pods }
-spec:
-  action: ALLOW
-  rules:
-  - from: [{ source: { principals: [\"*\"] } }]
-",
-            )?;
-            if let Some(extra) = policies.get(i) {
-                std::fs::write(policy.join("extra.yaml"), extra)?;
-            }
-            let config = dir.path().join(format!("{name}.yaml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "identity: {{ trust_domain: cluster.local, namespace: pods, service_account: {name} }}
-ca: {{ url: \"{url}\", trust_bundle: \"{bundle}\", join_token_file: \"{token}\" }}
-inbound: {{ listen: \"0.0.0.0:7143\", app: \"127.0.0.1:{APP_PORT}\", transparent: true }}
-outbound:
-  listen: \"127.0.0.1:7140\"
-  transparent: true
-  meshed: [{{ cidr: \"{cidr}\", ports: [{APP_PORT}], identity: any }}]
-  passthrough: allow
-{outbound_extra}admin: {{ listen: \"127.0.0.1:7191\" }}
-policy: {{ path: \"{policy}\" }}
-timeouts: {{ detect: 2s }}
-telemetry:
-{otlp_yaml}  flow_log: {{ path: \"{flows}\" }}
-  detectors:
-{detectors}",
-                    url = ca.url(),
-                    bundle = bundle.display(),
-                    token = token.display(),
-                    cidr = net.cidr(),
-                    policy = policy.display(),
-                    flows = dir.path().join(format!("{name}.jsonl")).display(),
-                    outbound_extra = outbound.get(i).map(|l| format!("  {l}\n")).unwrap_or_default(),
-                ),
-            )?;
-            let ready = dir.path().join(format!("{name}.ready"));
-            let mut sidecar = net.exec(i, "setpriv");
-            sidecar
-                .args(["--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups"])
-                .arg(picket_bin()?)
-                .args(["proxy", "--config"])
-                .arg(&config)
-                .arg("--ready-file")
-                .arg(&ready);
-            let mut daemon = Daemon::spawn(&format!("sidecar-{name}"), sidecar, dir.path())?;
-            let _: Value = daemon.wait_ready(&ready).await?;
-            processes.push(daemon);
-            let mut rules = net.exec(i, &picket_bin()?.display().to_string());
-            rules.args([
-                "iptables",
-                "--proxy-uid",
-                PROXY_UID,
-                "--exclude-inbound-ports",
-                "7191",
-                "--iptables",
-                "iptables-nft",
-            ]);
-            let out = output(&mut rules).await?;
-            ensure!(
-                out.status.success(),
-                "picket iptables in {name}: {}",
-                String::from_utf8_lossy(&out.stderr)
+            processes.push(net.plain_app(i, "0.0.0.0", APP_PORT, &name, dir).await?);
+            let extra = outbound
+                .get(i)
+                .map(|l| format!("  {l}\n"))
+                .unwrap_or_default();
+            let config = pods
+                .sidecar_config(
+                    &name,
+                    &name,
+                    PodYaml {
+                        outbound: &(meshed.clone() + &extra),
+                        telemetry: &format!("{otlp_yaml}  detectors:\n{detectors}"),
+                        policy: policies.get(i).copied().unwrap_or_default(),
+                        ..PodYaml::default()
+                    },
+                )
+                .await?;
+            processes.push(
+                net.sidecar(i, &config, &format!("sidecar-{name}"), dir)
+                    .await?,
             );
+            net.intercept(i).await?;
         }
         Ok(Self {
             _processes: processes,
-            _ca: ca,
-            net,
-            dir,
+            pods,
             otlp,
         })
     }
 
     fn ip(&self, i: usize) -> Ipv4Addr {
-        self.net.pods[i].ip
+        self.pods.net.pods[i].ip
     }
 
     /// curl inside pod `i`: (HTTP status, body).
     async fn curl(&self, i: usize, args: &[&str], url: &str) -> Result<(u16, String)> {
-        let mut cmd = self.net.exec(i, "curl");
+        let mut cmd = self.pods.net.exec(i, "curl");
         cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
             .args(args)
             .arg(url);
@@ -232,7 +155,7 @@ telemetry:
     }
 
     fn flow_log(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("pod{}.jsonl", i + 1))
+        self.pods.flow_log(&format!("pod{}", i + 1))
     }
 
     /// The flow records in pod `i`'s log, once there are `n`.
@@ -301,19 +224,7 @@ async fn a_sweep_seen_from_the_callers_side_names_true_peers_and_raises_fan_out(
         pods.flows(i, if i == 0 { PODS - 1 } else { n }).await?;
         files.push(pods.flow_log(i));
     }
-    let report = output(
-        picket()?
-            .arg("analyze")
-            .args(&files)
-            .args(["--output", "json"]),
-    )
-    .await?;
-    ensure!(
-        report.status.success(),
-        "{}",
-        String::from_utf8_lossy(&report.stderr)
-    );
-    let report: Value = serde_json::from_slice(&report.stdout)?;
+    let report = analyze_json(&files, &[]).await?;
     let edges = report["edges"].as_array().context("no edges")?;
     ensure!(edges.len() == PODS - 1, "{report:#}");
     for e in edges {
@@ -333,7 +244,7 @@ async fn a_credential_stuffing_burst_and_a_new_status_class_alert_on_both_sides(
     let pods = Pods::start(2, "    learning_window: 0s\n").await?;
     let url = format!("http://{}:{APP_PORT}/login", pods.ip(1));
     let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), 50).collect();
-    let mut cmd = pods.net.exec(0, "curl");
+    let mut cmd = pods.pods.net.exec(0, "curl");
     cmd.args([
         "-sS",
         "--max-time",
@@ -469,25 +380,18 @@ async fn a_metadata_fetch_is_blocked_or_alerted_per_the_setting() -> Result<()> 
         &["metadata: block", "metadata: alert"],
     )
     .await?;
-    let gateway = pods.net.gateway();
+    let gateway = pods.pods.net.gateway();
     let mut server = tokio::process::Command::new("python3");
     server
         .arg(plain_app_script())
         .arg(gateway.to_string())
         .arg(METADATA_PORT.to_string())
         .arg("metadata");
-    let server = Daemon::spawn("metadata", server, pods.dir.path())?;
-    eventually(WAIT, async || {
-        ensure!(
-            server.log_text().contains("listening"),
-            "metadata server not up"
-        );
-        Ok(())
-    })
-    .await?;
+    let server = Daemon::spawn("metadata", server, pods.pods.dir.path())?;
+    server.wait_log("listening", WAIT).await?;
     let url = format!("http://{gateway}:{METADATA_PORT}/latest/meta-data/iam/");
     // pod1 blocks: curl gets no answer.
-    let mut cmd = pods.net.exec(0, "curl");
+    let mut cmd = pods.pods.net.exec(0, "curl");
     cmd.args(["-sS", "--max-time", "5", &url]);
     let out = output(&mut cmd).await?;
     ensure!(
@@ -566,22 +470,15 @@ spec:
     };
     let (enforce, dry_run) = (allow_list("enforce"), allow_list("dry-run"));
     let pods = Pods::start_traced(2, &|_| String::new(), &[], &[&enforce, &dry_run], true).await?;
-    let gateway = pods.net.gateway();
+    let gateway = pods.pods.net.gateway();
     let mut server = tokio::process::Command::new("python3");
     server
         .arg(plain_app_script())
         .arg(gateway.to_string())
         .arg(EGRESS_PORT.to_string())
         .arg("outside");
-    let server = Daemon::spawn("outside", server, pods.dir.path())?;
-    eventually(WAIT, async || {
-        ensure!(
-            server.log_text().contains("listening"),
-            "outside server not up"
-        );
-        Ok(())
-    })
-    .await?;
+    let server = Daemon::spawn("outside", server, pods.pods.dir.path())?;
+    server.wait_log("listening", WAIT).await?;
     let url = format!("http://{gateway}:{EGRESS_PORT}/v1/x");
     let host = |name: &str| format!("Host: {name}:{EGRESS_PORT}");
     // Enforced: the allowed host answers, the other is refused before any byte leaves.
@@ -592,7 +489,7 @@ spec:
         code == 200 && body.contains("outside"),
         "allowed: {code} {body}"
     );
-    let mut cmd = pods.net.exec(0, "curl");
+    let mut cmd = pods.pods.net.exec(0, "curl");
     cmd.args([
         "-sS",
         "--max-time",
@@ -609,7 +506,7 @@ spec:
     );
     // HTTPS: the SNI is recorded (the outside server speaks plaintext, so the handshake
     // itself fails after the connection was let through).
-    let mut cmd = pods.net.exec(0, "curl");
+    let mut cmd = pods.pods.net.exec(0, "curl");
     let resolve = format!("allowed.example.test:{EGRESS_PORT}:{gateway}");
     cmd.args(["-sk", "--max-time", "5", "--resolve", &resolve])
         .arg(format!("https://allowed.example.test:{EGRESS_PORT}/"));
@@ -685,7 +582,7 @@ spec:
     // A ClientHello split across TLS records (a real OpenSSL one, re-cut into 100-byte
     // records): its SNI is read, so the allowed name passes and the other is refused.
     let split_hello = |sni: &str| {
-        let mut cmd = pods.net.exec(0, "python3");
+        let mut cmd = pods.pods.net.exec(0, "python3");
         cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls_split_hello.py"))
             .args([&gateway.to_string(), &EGRESS_PORT.to_string(), sni, "100"]);
         cmd
@@ -699,7 +596,7 @@ spec:
         sent.push(report["sent"].as_u64().unwrap_or(0));
     }
     // openssl s_client, with -servername, for a name the list does not hold.
-    let mut cmd = pods.net.exec(0, "timeout");
+    let mut cmd = pods.pods.net.exec(0, "timeout");
     cmd.args(["5", "openssl", "s_client", "-connect"])
         .arg(format!("{gateway}:{EGRESS_PORT}"))
         .args(["-servername", "openssl.example.test"]);

@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use picket_tests::clients::{parse_http1_responses, raw_tls_exchange, tls_client_config};
+use picket_tests::mesh::frontend_to_orders;
 use picket_tests::strict::{Event, StrictApp};
-use picket_tests::{Sidecar, TestCa, TestProxy, Upstream, spiffe_id};
+use picket_tests::{Sidecar, TestCa, TestProxy, spiffe_id};
 use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -80,12 +81,8 @@ impl Edge {
         .await?;
         let frontend = TestProxy::spawn(
             &ca,
-            Sidecar::new("shop", "frontend", picket_tests::closed_port().await?)
-                .upstream(Upstream::http(
-                    "orders",
-                    orders.addrs().inbound,
-                    &spiffe_id("shop", "orders"),
-                ))
+            frontend_to_orders(orders.addrs().inbound)
+                .await?
                 .yaml(frontend_yaml),
         )
         .await?;

@@ -6,27 +6,16 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use http::{StatusCode, Version};
 use picket_tests::clients::{body_text, curl, described, get};
+use picket_tests::mesh::frontend_to_orders;
 use picket_tests::wait::READY_TIMEOUT;
-use picket_tests::{
-    Mesh, MeshOptions, Sidecar, TestCa, TestProxy, Upstream, assert_eventually, closed_port,
-    spiffe_id,
-};
+use picket_tests::{Mesh, MeshOptions, Sidecar, TestCa, TestProxy, assert_eventually, closed_port};
 
 #[tokio::test]
 async fn app_down_answers_502() -> Result<()> {
     let ca = TestCa::start().await?;
     let orders =
         TestProxy::spawn(&ca, Sidecar::new("shop", "orders", closed_port().await?)).await?;
-    let upstream = Upstream::http(
-        "orders",
-        orders.addrs().inbound,
-        &spiffe_id("shop", "orders"),
-    );
-    let frontend = TestProxy::spawn(
-        &ca,
-        Sidecar::new("shop", "frontend", closed_port().await?).upstream(upstream),
-    )
-    .await?;
+    let frontend = TestProxy::spawn(&ca, frontend_to_orders(orders.addrs().inbound).await?).await?;
     let url = format!("http://{}/", frontend.addrs().outbound);
     let got = curl(&["-H", "Host: orders", &url]).await?;
     ensure!(got.status == 502, "expected 502, got {got:?}");
@@ -36,12 +25,7 @@ async fn app_down_answers_502() -> Result<()> {
 #[tokio::test]
 async fn remote_sidecar_down_answers_503() -> Result<()> {
     let ca = TestCa::start().await?;
-    let upstream = Upstream::http("orders", closed_port().await?, &spiffe_id("shop", "orders"));
-    let frontend = TestProxy::spawn(
-        &ca,
-        Sidecar::new("shop", "frontend", closed_port().await?).upstream(upstream),
-    )
-    .await?;
+    let frontend = TestProxy::spawn(&ca, frontend_to_orders(closed_port().await?).await?).await?;
     let url = format!("http://{}/", frontend.addrs().outbound);
     let got = curl(&["-H", "Host: orders", &url]).await?;
     ensure!(got.status == 503, "expected 503, got {got:?}");
@@ -199,7 +183,8 @@ async fn requests_past_the_in_flight_limit_are_shed_with_503() -> Result<()> {
 
 /// A sidecar configuration that cannot be read as text is refused before anything starts:
 /// exit 2, the message names the file and the problem (the byte offset of invalid UTF-8, the
-/// 1 MiB limit), and each cause appears once.
+/// 1 MiB limit, a YAML syntax error at its place, an unknown field), and each cause appears
+/// once.
 #[tokio::test]
 async fn unreadable_sidecar_config_exits_2_naming_the_problem_once() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -208,8 +193,15 @@ async fn unreadable_sidecar_config_exits_2_naming_the_problem_once() -> Result<(
     let huge = dir.path().join("huge.yaml");
     std::fs::write(&huge, vec![b'#'; 1024 * 1024 + 1])?;
     let missing = dir.path().join("missing.yaml");
+    // The YAML library's own rendering repeats its message under a snippet: said once here.
+    let syntax = dir.path().join("syntax.yaml");
+    std::fs::write(&syntax, "ca: {url: 1\n")?;
+    let unknown = dir.path().join("unknown.yaml");
+    std::fs::write(&unknown, "bogus: 1\n")?;
     for (path, expected) in [
         (&not_utf8, "not UTF-8: invalid byte at offset 25".to_owned()),
+        (&syntax, "syntax.yaml:1:5: unclosed bracket".to_owned()),
+        (&unknown, "unknown field `bogus`".to_owned()),
         (&huge, "larger than 1048576 bytes".to_owned()),
         (&missing, "No such file or directory".to_owned()),
     ] {

@@ -10,8 +10,9 @@ use anyhow::{Context, Result, ensure};
 use http::{Method, Version};
 use http_body_util::BodyExt;
 use picket_tests::clients::{HttpClient, empty, request};
+use picket_tests::mesh::frontend_to_orders;
 use picket_tests::wait::eventually;
-use picket_tests::{App, Sidecar, TestCa, TestProxy, Upstream, spiffe_id};
+use picket_tests::{App, Sidecar, TestCa, TestProxy};
 use tokio::io::AsyncWriteExt;
 
 /// Stalled callers, each asking for this many bytes and reading none.
@@ -87,12 +88,8 @@ async fn stalled_readers_do_not_slow_other_streams_on_the_shared_connection() ->
     .await?;
     let frontend = TestProxy::spawn(
         &ca,
-        Sidecar::new("shop", "frontend", picket_tests::closed_port().await?)
-            .upstream(Upstream::http(
-                "orders",
-                orders.addrs().inbound,
-                &spiffe_id("shop", "orders"),
-            ))
+        frontend_to_orders(orders.addrs().inbound)
+            .await?
             .yaml(patient),
     )
     .await?;

@@ -16,7 +16,8 @@ use picket_tests::controller::{
 };
 use picket_tests::k8s::{KubeCa, TestInjector};
 use picket_tests::kube_api::{ISTIO_GROUP, KubeApiDouble};
-use picket_tests::{App, Sidecar, TestCa, TestProxy, Upstream, closed_port, eventually, spiffe_id};
+use picket_tests::mesh::frontend_to_orders;
+use picket_tests::{App, Sidecar, TestCa, TestProxy, eventually};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -77,16 +78,8 @@ impl Cluster {
                 .yaml(&controller_yaml(controller.listen)),
         )
         .await?;
-        let upstream = Upstream::http(
-            "orders",
-            orders.addrs().inbound,
-            &spiffe_id("shop", "orders"),
-        );
-        let frontend = TestProxy::spawn(
-            &ca,
-            Sidecar::new("shop", "frontend", closed_port().await?).upstream(upstream),
-        )
-        .await?;
+        let frontend =
+            TestProxy::spawn(&ca, frontend_to_orders(orders.addrs().inbound).await?).await?;
         Ok(Self {
             api,
             _controller: controller,

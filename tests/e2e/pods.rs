@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use picket_tests::TestCa;
 use picket_tests::netns::{PodNet, plain_app_script, seen_header, shared_dir};
 use picket_tests::process::Daemon;
-use picket_tests::{TestCa, eventually};
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -185,14 +185,9 @@ async fn pods_talk_through_transparent_mtls_with_policy_and_egress_control() -> 
         .arg(&capture)
         .arg(format!("tcp port {APP_PORT} or tcp port {OUTSIDE_PORT}"));
     let tcpdump = Daemon::spawn("tcpdump", tcpdump, pods.dir.path())?;
-    eventually(Duration::from_secs(10), async || {
-        ensure!(
-            tcpdump.log_text().contains("listening on"),
-            "tcpdump not capturing yet"
-        );
-        Ok(())
-    })
-    .await?;
+    tcpdump
+        .wait_log("listening on", Duration::from_secs(10))
+        .await?;
 
     // pod1 -> pod2: plaintext for the apps, mTLS on the wire, identity delivered.
     let mut marker = [0u8; 8];

@@ -179,14 +179,9 @@ async fn ipv4_ipv6_and_dual_stack_pods_are_intercepted_and_leak_nothing() -> Res
         .arg(&capture)
         .arg(format!("tcp port {APP_PORT} or tcp port {OUTSIDE_PORT}"));
     let mut tcpdump = Daemon::spawn("tcpdump", tcpdump, mesh.dir.path())?;
-    eventually(Duration::from_secs(10), async || {
-        ensure!(
-            tcpdump.log_text().contains("listening on"),
-            "tcpdump not capturing yet"
-        );
-        Ok(())
-    })
-    .await?;
+    tcpdump
+        .wait_log("listening on", Duration::from_secs(10))
+        .await?;
 
     // IPv6-only pod2 -> dual-stack pod3 over IPv6: intercepted, mTLS, identity delivered, and
     // allowed by pod3's ipBlocks rule for pod2's IPv6 address on /by-address only.

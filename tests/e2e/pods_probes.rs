@@ -220,14 +220,7 @@ async fn rewritten_probes_reach_the_app_and_fail_when_it_does() -> Result<()> {
         .arg(&cert)
         .arg(&key);
     let mut app = Daemon::spawn("probe-app", app, dir.path())?;
-    eventually(Duration::from_secs(20), async || {
-        ensure!(
-            app.log_text().contains("listening"),
-            "the app is not listening yet"
-        );
-        Ok(())
-    })
-    .await?;
+    app.wait_log("listening", Duration::from_secs(20)).await?;
     let init_args: Vec<String> = template["spec"]["initContainers"][0]["args"]
         .as_array()
         .context("no init args")?

@@ -2,15 +2,14 @@
 //! flagged edges, blast radius, the suggested policy (loaded and evaluated with
 //! picket-policy), a detector baseline, and the HTML report.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 use picket_proxy::direction::Direction;
 use picket_proxy::telemetry::{FlowProtocol, FlowRecord, Verdict};
+use picket_tests::analyze::{analyze, analyze_html, analyze_json, write_flow_log};
 use picket_tests::process::{picket, run_ok};
 use picket_tests::spiffe_id;
-use serde_json::Value;
 use time::OffsetDateTime;
 
 fn at(secs: i64) -> Result<OffsetDateTime> {
@@ -122,17 +121,10 @@ fn record(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
             (403, Verdict::Deny),
         )?);
     }
-    let mut files = Vec::new();
-    for (name, flows) in [("frontend.jsonl", frontend), ("inbound.jsonl", inbound)] {
-        let path = dir.join(name);
-        let mut f = std::fs::File::create(&path)?;
-        for r in &flows {
-            serde_json::to_writer(&mut f, r)?;
-            f.write_all(b"\n")?;
-        }
-        files.push(path);
-    }
-    Ok(files)
+    Ok(vec![
+        write_flow_log(&dir.join("frontend.jsonl"), &frontend)?,
+        write_flow_log(&dir.join("inbound.jsonl"), &inbound)?,
+    ])
 }
 
 fn evaluate(
@@ -169,23 +161,18 @@ async fn analyze_reports_graph_flags_blast_radius_and_a_policy_that_passes_check
     let ids = ids();
     let policy_out = dir.path().join("suggested.yaml");
     let baseline_out = dir.path().join("edges.jsonl");
-    let json = run_ok(
-        picket()?
-            .arg("analyze")
-            .args(&files)
-            .args([
-                "--output",
-                "json",
-                "--baseline-until",
-                "2023-11-14T22:23:20Z",
-            ])
-            .arg("--suggest-policy-file")
-            .arg(&policy_out)
-            .arg("--baseline-file")
-            .arg(&baseline_out),
+    let report = analyze_json(
+        &files,
+        &[
+            "--baseline-until",
+            "2023-11-14T22:23:20Z",
+            "--suggest-policy-file",
+            &policy_out.display().to_string(),
+            "--baseline-file",
+            &baseline_out.display().to_string(),
+        ],
     )
     .await?;
-    let report: Value = serde_json::from_str(&json).context("analyze -o json")?;
 
     // The graph: three identities; frontend -> orders counted once although both sidecars
     // logged it.
@@ -288,14 +275,7 @@ async fn analyze_reports_graph_flags_blast_radius_and_a_policy_that_passes_check
     let policy_dir = dir.path().join("policies");
     std::fs::create_dir(&policy_dir)?;
     std::fs::copy(&policy_out, policy_dir.join("suggested.yaml"))?;
-    let text = run_ok(
-        picket()?
-            .arg("analyze")
-            .args(&files)
-            .arg("--policy")
-            .arg(&policy_dir),
-    )
-    .await?;
+    let text = analyze(&files, &["--policy", &policy_dir.display().to_string()]).await?;
     ensure!(
         text.lines()
             .any(|l| l.trim_start().starts_with("not allowed by policy")
@@ -323,16 +303,7 @@ async fn analyze_reports_graph_flags_blast_radius_and_a_policy_that_passes_check
     );
 
     // The HTML report is one file with the graph and the node names.
-    let html_out = dir.path().join("report.html");
-    run_ok(
-        picket()?
-            .arg("analyze")
-            .args(&files)
-            .args(["-o", "html", "--output-file"])
-            .arg(&html_out),
-    )
-    .await?;
-    let html = std::fs::read_to_string(&html_out)?;
+    let html = std::fs::read_to_string(analyze_html(&files, &[], dir.path()).await?)?;
     for name in ["shop/frontend", "shop/orders", "shop/payments"] {
         ensure!(
             html.contains(&format!(">{name}</text>")),

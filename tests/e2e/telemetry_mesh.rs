@@ -15,6 +15,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use picket_proxy::echo::Description;
 use picket_proxy::telemetry::{AlertKind, LineType};
+use picket_tests::analyze::{analyze, analyze_html, analyze_json};
 use picket_tests::clients::{body_text, curl, empty, request, send};
 use picket_tests::otlp::{OtlpReceiver, ReceivedSpan, Rotel, SPAN_KIND_CLIENT, SPAN_KIND_SERVER};
 use picket_tests::process::{picket, run_ok};
@@ -570,15 +571,7 @@ async fn metrics_of_both_sidecars_parse_with_the_prometheus_parser_and_count_the
         client_spans.len() == 9 && ids(&inbound, "parent_span_id") == client_spans,
         "inbound parents do not name the client spans: {inbound:#?} {outbound:#?}"
     );
-    let json = run_ok(
-        picket()?
-            .arg("analyze")
-            .arg(&orders_log)
-            .arg(&frontend_log)
-            .args(["-o", "json"]),
-    )
-    .await?;
-    let report: Value = serde_json::from_str(&json)?;
+    let report = analyze_json(&[&orders_log, &frontend_log], &[]).await?;
     ensure!(
         report["summary"]["paired"] == 9 && report["edges"][0]["requests"] == 9,
         "{report:#}"
@@ -1066,16 +1059,16 @@ async fn analyze_on_the_sidecars_flow_logs_suggests_a_policy_that_admits_normal_
     let until = until.format(&time::format_description::well_known::Rfc3339)?;
 
     let suggested = dir.path().join("suggested.yaml");
-    let json = run_ok(
-        picket()?
-            .arg("analyze")
-            .args(&logs)
-            .args(["-o", "json", "--baseline-until", &until])
-            .arg("--suggest-policy-file")
-            .arg(&suggested),
+    let report = analyze_json(
+        &logs,
+        &[
+            "--baseline-until",
+            &until,
+            "--suggest-policy-file",
+            &suggested.display().to_string(),
+        ],
     )
     .await?;
-    let report: Value = serde_json::from_str(&json).context("analyze -o json")?;
     ensure!(
         names(&report["nodes"]) == ["shop/frontend", "shop/orders", "shop/payments"],
         "{report:#}"
@@ -1127,14 +1120,7 @@ async fn analyze_on_the_sidecars_flow_logs_suggests_a_policy_that_admits_normal_
     let policy_dir = dir.path().join("policies");
     std::fs::create_dir(&policy_dir)?;
     std::fs::write(policy_dir.join("suggested.yaml"), &policy)?;
-    let text = run_ok(
-        picket()?
-            .arg("analyze")
-            .args(&logs)
-            .arg("--policy")
-            .arg(&policy_dir),
-    )
-    .await?;
+    let text = analyze(&logs, &["--policy", &policy_dir.display().to_string()]).await?;
     let refused: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -1165,15 +1151,7 @@ async fn analyze_on_the_sidecars_flow_logs_suggests_a_policy_that_admits_normal_
     enforced.play(&ATTACK, StatusCode::FORBIDDEN).await?;
 
     // The HTML report, rendered by a real browser.
-    let html = dir.path().join("report.html");
-    run_ok(
-        picket()?
-            .arg("analyze")
-            .args(&logs)
-            .args(["-o", "html", "--baseline-until", &until, "--output-file"])
-            .arg(&html),
-    )
-    .await?;
+    let html = analyze_html(&logs, &["--baseline-until", &until], dir.path()).await?;
     let url = format!("file://{}", html.display());
     let png = dir.path().join("report.png");
     let (dom, size) = tokio::try_join!(browser::dump_dom(&url), browser::screenshot(&url, &png))?;

@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use picket_proxy::telemetry::LineType;
+use picket_tests::mesh::frontend_to_orders;
 use picket_tests::process::{output_within, start_fixture_app};
 use picket_tests::telemetry::{TelemetryYaml, log_lines};
 use picket_tests::wait::eventually;
-use picket_tests::{Sidecar, TestCa, TestProxy, Upstream, spiffe_id};
+use picket_tests::{Sidecar, TestCa, TestProxy, spiffe_id};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -91,12 +92,8 @@ impl Mesh {
         .await?;
         let frontend = TestProxy::spawn(
             &ca,
-            Sidecar::new("shop", "frontend", picket_tests::closed_port().await?)
-                .upstream(Upstream::http(
-                    "orders",
-                    orders.addrs().inbound,
-                    &spiffe_id("shop", "orders"),
-                ))
+            frontend_to_orders(orders.addrs().inbound)
+                .await?
                 .yaml(&telemetry.flow_log(&frontend_flows).to_yaml())
                 .yaml(frontend_yaml),
         )

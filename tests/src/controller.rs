@@ -10,9 +10,9 @@ use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use picket_common::policies::ClusterPolicies;
-use picket_proxy::config::PeerIdentity;
 use picket_proxy::discover::controller::{ControllerDiscover, ControllerSource};
 use picket_proxy::discover::{Discover, Resolution};
+use picket_proxy::peer::PeerIdentity;
 use picket_proxy::tls::{ALPN_H2, Credentials};
 use serde::Deserialize;
 use serde_json::json;
@@ -77,7 +77,7 @@ impl TestController {
             .arg(spiffe_id("picket", "picket-controller"))
             .arg("--ca-url")
             .arg(ca.url())
-            .arg("--trust-bundle")
+            .arg("--trust-bundle-file")
             .arg(ca.bundle_path())
             .arg("--token-file")
             .arg(&token)

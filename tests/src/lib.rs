@@ -8,6 +8,7 @@
 //! killed when their handle is dropped, and their logs are printed then, so a failing test
 //! shows what the processes said.
 
+pub mod analyze;
 pub mod apps;
 pub mod browser;
 pub mod ca;

@@ -29,6 +29,22 @@ pub struct MeshOptions {
     pub frontend_yaml: String,
 }
 
+/// The frontend's sidecar (`ns/shop/sa/frontend`, its app port closed) with `upstream`.
+pub async fn frontend(upstream: Upstream) -> Result<Sidecar> {
+    Ok(Sidecar::new("shop", "frontend", closed_port().await?).upstream(upstream))
+}
+
+/// The frontend's sidecar (see [`frontend`]) with the upstream `orders` over HTTP at
+/// `orders_inbound`, pinned to `ns/shop/sa/orders`.
+pub async fn frontend_to_orders(orders_inbound: SocketAddr) -> Result<Sidecar> {
+    frontend(Upstream::http(
+        "orders",
+        orders_inbound,
+        &spiffe_id("shop", "orders"),
+    ))
+    .await
+}
+
 /// frontend app -> frontend sidecar (outbound) -> mTLS -> orders sidecar (inbound) -> orders app.
 #[derive(Debug)]
 pub struct Mesh {
@@ -75,9 +91,7 @@ impl Mesh {
         } else {
             Upstream::http("orders", inbound, &orders_identity)
         };
-        let mut sidecar = Sidecar::new("shop", "frontend", closed_port().await?)
-            .upstream(upstream)
-            .yaml(&options.extra_yaml);
+        let mut sidecar = frontend(upstream).await?.yaml(&options.extra_yaml);
         if !options.frontend_yaml.is_empty() {
             sidecar = sidecar.yaml(&options.frontend_yaml);
         }

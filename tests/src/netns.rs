@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use tokio::process::Command;
 
+use crate::ca::{TRUST_DOMAIN, TestCa};
 use crate::process::{Daemon, output, picket_bin};
 
 /// The sidecar's user and group id in the pods (what `picket iptables --proxy-uid` exempts).
@@ -28,6 +29,107 @@ pub fn shared_dir() -> Result<tempfile::TempDir> {
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )?;
     Ok(dir)
+}
+
+/// The port the plain app listens on in a pod (the sidecar's `inbound.app`).
+pub const POD_APP_PORT: u16 = 8080;
+
+/// A policy document that admits every mesh identity to the workloads of namespace `pods`.
+pub const ADMIT_ANY: &str = "apiVersion: picket.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: admit, namespace: pods }
+spec:
+  action: ALLOW
+  rules:
+  - from: [{ source: { principals: [\"*\"] } }]
+";
+
+/// Pods on a bridge with the test CA on the bridge's gateway, where every pod reaches it, and
+/// a directory every pod's processes may write, holding the CA's bundle (`bundle.pem`).
+#[derive(Debug)]
+pub struct CaPods {
+    /// The pods and their bridge.
+    pub net: PodNet,
+    /// The CA, listening on the bridge's gateway.
+    pub ca: TestCa,
+    /// The shared directory (see [`shared_dir`]).
+    pub dir: tempfile::TempDir,
+}
+
+/// What one pod's sidecar configuration adds to the shared part [`CaPods::sidecar_config`]
+/// writes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PodYaml<'a> {
+    /// Lines under `outbound:`, each indented by two spaces and ending in a newline.
+    pub outbound: &'a str,
+    /// Whole sections (such as `controller:`), each line ending in a newline.
+    pub sections: &'a str,
+    /// Lines under `telemetry:` after the flow log, each indented and ending in a newline.
+    pub telemetry: &'a str,
+    /// One more policy document beside [`ADMIT_ANY`] (empty: none).
+    pub policy: &'a str,
+}
+
+impl CaPods {
+    /// `n` IPv4 pods and the CA on their bridge.
+    pub async fn start(n: usize) -> Result<Self> {
+        let net = PodNet::create(n).await?;
+        let ca = TestCa::start_at((net.gateway(), 0).into(), &[]).await?;
+        let dir = shared_dir()?;
+        std::fs::write(dir.path().join("bundle.pem"), ca.bundle_pem()?)?;
+        Ok(Self { net, ca, dir })
+    }
+
+    /// Where the sidecar of workload `name` writes its flow log.
+    pub fn flow_log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.jsonl"))
+    }
+
+    /// Writes what the sidecar of pod workload `name` needs into the shared directory and
+    /// returns the path of its configuration (`NAME.yaml`): a join token for service account
+    /// `sa` of namespace `pods`, a policy directory with [`ADMIT_ANY`] (and `yaml.policy`),
+    /// and a configuration that intercepts both ways (inbound to the app on
+    /// [`POD_APP_PORT`], passthrough allowed), has the admin listener on loopback, a 2 s
+    /// protocol detection timeout and its flow log at [`CaPods::flow_log`].
+    pub async fn sidecar_config(&self, name: &str, sa: &str, yaml: PodYaml<'_>) -> Result<PathBuf> {
+        let dir = self.dir.path();
+        let token = dir.join(format!("{name}.token"));
+        std::fs::write(&token, self.ca.token(&format!("ns/pods/sa/{sa}")).await?)?;
+        let policy = dir.join(format!("{name}-policy"));
+        std::fs::create_dir(&policy)?;
+        std::fs::write(policy.join("policy.yaml"), ADMIT_ANY)?;
+        if !yaml.policy.is_empty() {
+            std::fs::write(policy.join("extra.yaml"), yaml.policy)?;
+        }
+        let config = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "identity: {{ trust_domain: {TRUST_DOMAIN}, namespace: pods, service_account: {sa} }}
+ca: {{ url: \"{url}\", trust_bundle: \"{bundle}\", join_token_file: \"{token}\" }}
+inbound: {{ listen: \"0.0.0.0:7143\", app: \"127.0.0.1:{POD_APP_PORT}\", transparent: true }}
+outbound:
+  listen: \"127.0.0.1:7140\"
+  transparent: true
+  passthrough: allow
+{outbound}{sections}admin: {{ listen: \"127.0.0.1:7191\" }}
+policy: {{ path: \"{policy}\" }}
+timeouts: {{ detect: 2s }}
+telemetry:
+  flow_log: {{ path: \"{flows}\" }}
+{telemetry}",
+                url = self.ca.url(),
+                bundle = dir.join("bundle.pem").display(),
+                token = token.display(),
+                policy = policy.display(),
+                flows = self.flow_log(name).display(),
+                outbound = yaml.outbound,
+                sections = yaml.sections,
+                telemetry = yaml.telemetry,
+            ),
+        )?;
+        Ok(config)
+    }
 }
 
 /// The value of header `name` in what the plain app saw (`{"headers": [[name, value]...]}`).
@@ -308,6 +410,28 @@ impl PodNet {
         .await
     }
 
+    /// Sets up pod `i`'s interception as the injector's init step does (`picket iptables`
+    /// with the nft backend, the admin port 7191 left out) and fails unless it succeeds.
+    pub async fn intercept(&self, i: usize) -> Result<()> {
+        let out = self
+            .picket_iptables(
+                i,
+                &[
+                    "--exclude-inbound-ports",
+                    "7191",
+                    "--iptables",
+                    "iptables-nft",
+                ],
+            )
+            .await?;
+        ensure!(
+            out.status.success(),
+            "picket iptables in pod {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// Pod `i`'s nat table as `save` (`iptables-nft-save`, ...) prints it, without counters
     /// and comments, so two dumps compare by rules alone.
     pub async fn nat_rules(&self, i: usize, save: &str) -> Result<String> {
@@ -443,14 +567,7 @@ impl PodNet {
         app.arg(plain_app_script())
             .args([bind, &port.to_string(), name]);
         let app = Daemon::spawn(&format!("app-{name}"), app, dir)?;
-        crate::eventually(Duration::from_secs(10), async || {
-            ensure!(
-                app.log_text().contains("listening"),
-                "app-{name} is not listening yet"
-            );
-            Ok(())
-        })
-        .await?;
+        app.wait_log("listening", Duration::from_secs(10)).await?;
         Ok(app)
     }
 

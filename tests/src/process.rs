@@ -124,6 +124,20 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the process has printed `text` (a server's "listening" line, tcpdump's
+    /// "listening on"), for at most `timeout`.
+    pub async fn wait_log(&self, text: &str, timeout: Duration) -> Result<()> {
+        eventually(timeout, async || {
+            anyhow::ensure!(
+                self.log_text().contains(text),
+                "{} has not printed {text:?} yet",
+                self.name
+            );
+            Ok(())
+        })
+        .await
+    }
+
     /// Sends a signal by name (`TERM`, `INT`, `KILL`, ...) with the `kill` command.
     pub async fn signal(&self, signal: &str) -> Result<()> {
         let pid = self.pid.to_string();

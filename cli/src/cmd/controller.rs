@@ -28,7 +28,10 @@ pub struct ControllerArgs {
     ca_urls: Vec<String>,
     /// PEM roots of the mesh (the trust bundle): the CA's and the sidecars' certificates chain
     /// to them. Also the content of the picket-trust-bundle ConfigMaps it writes.
-    #[arg(long, default_value = "/etc/picket/trust/bundle.pem")]
+    #[arg(
+        long = "trust-bundle-file",
+        default_value = "/etc/picket/trust/bundle.pem"
+    )]
     trust_bundle: PathBuf,
     /// The bearer credential for the CA: the projected service-account token (audience
     /// picket-ca), or a join token.

@@ -200,7 +200,7 @@ async fn start(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<Mesh> 
         name: "orders".into(),
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         address: orders.inbound,
-        identity: picket_proxy::config::PeerIdentity::Exact(orders_id),
+        identity: picket_proxy::peer::PeerIdentity::Exact(orders_id),
         protocol: Protocol::Http,
     };
     let frontend = spawn_sidecar(
@@ -758,7 +758,7 @@ async fn foreign_client(mesh: &Mesh, dir: &Path) -> anyhow::Result<String> {
     )?);
     let orders: SpiffeId = "spiffe://cluster.local/ns/shop/sa/orders".parse()?;
     let connector = tokio_rustls::TlsConnector::from(creds.client_config(
-        picket_proxy::config::PeerIdentity::Exact(orders),
+        picket_proxy::peer::PeerIdentity::Exact(orders),
         &[picket_proxy::tls::ALPN_HTTP1],
     )?);
     let tcp = TcpStream::connect(mesh.orders.inbound).await?;

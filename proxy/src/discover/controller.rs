@@ -30,8 +30,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::{Discover, Resolution};
-use crate::config::PeerIdentity;
 use crate::forward::{Connect, ForwardError, H2Client, boxed};
+use crate::peer::PeerIdentity;
 use crate::tls::{ALPN_H2, Credentials, TlsError};
 
 /// The path prefix of a subscription.
