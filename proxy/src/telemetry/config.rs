@@ -554,6 +554,9 @@ impl Validator<'_> {
         Ok(Some(out))
     }
 
+    /// `telemetry.detectors`, every setting checked with its place. Longer than 80 lines on
+    /// purpose: it is one struct literal, one checked field after another, each a call to the
+    /// shared checks; splitting it would only scatter the list of settings.
     fn detectors(&self, raw: RawDetectors) -> Result<DetectorConfig, YamlError> {
         let d = DetectorConfig::default();
         let learning_window_default = if raw.baseline_file.is_some() {

@@ -209,30 +209,54 @@ impl Detectors {
             })?;
             routes.push((mask, r));
         }
+        // Everything is checked: nothing below fails, so a bad file leaves the state as it was.
         let mut fresh = Detectors::new(&self.cfg);
         fresh.key = key;
         fresh.started = saved.started;
+        fresh.restore_learned(&saved);
+        fresh.restore_counters(counters, routes);
+        let restored = Restored {
+            identities: fresh.identities.len(),
+            edges: fresh.edges.len(),
+            burst_counters: fresh.rates.len(),
+            routes: fresh.routes.len(),
+        };
+        *self = fresh;
+        Ok(restored)
+    }
+
+    /// Fills a fresh table set with the identities, edges, addresses and rate limits of a
+    /// checked state file.
+    fn restore_learned(&mut self, saved: &Saved) {
         for i in &saved.identities {
-            let k = fresh.digest(&["identity", &i.identity], 0);
-            fresh.identities.entry(k, || KnownIdentity {
+            let k = self.digest(&["identity", &i.identity], 0);
+            self.identities.entry(k, || KnownIdentity {
                 name: i.identity.as_str().into(),
                 first_seen: i.first_seen.unwrap_or(i64::MIN),
             });
         }
         for e in &saved.edges {
-            fresh.edges.entry(*e, || ());
+            self.edges.entry(*e, || ());
         }
-        for a in saved.addresses {
-            *fresh.addresses.entry(a.key, Vec::new) = a.ips;
+        for a in &saved.addresses {
+            *self.addresses.entry(a.key, Vec::new) = a.ips.clone();
         }
         for r in &saved.rate_limits {
-            fresh.rate.entry(r.key, || RateState {
+            self.rate.entry(r.key, || RateState {
                 last: r.last,
                 suppressed: r.suppressed,
             });
         }
+    }
+
+    /// Fills a fresh table set with the burst counters and routes of a checked state file.
+    fn restore_counters(
+        &mut self,
+        counters: Vec<(Counter, &SavedCounter)>,
+        routes: Vec<(u8, &SavedRoute)>,
+    ) {
         for (counter, c) in counters {
-            let k = fresh.digest(
+            let k = self.digest(
                 &[
                     "rate",
                     counter.as_str(),
@@ -242,7 +266,7 @@ impl Detectors {
                 ],
                 0,
             );
-            fresh.rates.entry(k, || RateEntry {
+            self.rates.entry(k, || RateEntry {
                 counter,
                 source: c.source.as_str().into(),
                 destination: c.destination.as_str().into(),
@@ -251,22 +275,14 @@ impl Detectors {
             });
         }
         for (mask, r) in routes {
-            let k = fresh.route_key(&r.source, &r.destination, &r.route);
+            let k = self.route_key(&r.source, &r.destination, &r.route);
             let first_seen = r.first_seen.unwrap_or(i64::MIN);
-            fresh.routes.entry(k, || {
+            self.routes.entry(k, || {
                 let mut entry = RouteClasses::new(&r.source, &r.destination, &r.route, first_seen);
                 entry.learned = mask;
                 entry
             });
         }
-        let restored = Restored {
-            identities: fresh.identities.len(),
-            edges: fresh.edges.len(),
-            burst_counters: fresh.rates.len(),
-            routes: fresh.routes.len(),
-        };
-        *self = fresh;
-        Ok(restored)
     }
 }
 
