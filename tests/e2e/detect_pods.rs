@@ -75,7 +75,12 @@ impl Pods {
         };
         let otlp_yaml = otlp
             .as_ref()
-            .map(|o| format!("  otlp: {{ endpoint: \"{}\" }}\n", o.endpoint()))
+            .map(|o| {
+                format!(
+                    "  otlp: {{ endpoint: \"{}\", sampling_ratio: 1.0 }}\n",
+                    o.endpoint()
+                )
+            })
             .unwrap_or_default();
         let meshed = format!(
             "  meshed: [{{ cidr: \"{cidr}\", ports: [{APP_PORT}], identity: any }}]\n",
