@@ -11,14 +11,17 @@
 //! ```
 //!
 //! hyper stays the only HTTP/1 codec. What tells that hyper is idle is hyper's own
-//! header-read timer ([`HeadWatch`]): hyper 1 starts it when it waits for a request head (at
-//! the start of a connection, or once a response is done and the connection kept alive) and
-//! drops it when the head is parsed. While it runs, a `graceful_shutdown` closes the connection
-//! at once and writes nothing: after a served request hyper is in its idle keep-alive state
-//! (`disable_keep_alive` closes an idle connection), and before any byte was read it is in its
-//! initial state (closed at once as well). A request in flight, a request body still being
+//! header-read timer ([`HeadWatch`]): hyper 1.12 (read in its source; hyper does not promise
+//! it, so a hyper upgrade must re-check it, with `tests/e2e/park.rs`) starts it when it waits
+//! for a request head (at the start of a connection, or once a response is done and the
+//! connection kept alive) and drops it when the head is parsed. While it runs, a
+//! `graceful_shutdown` closes the connection at once and writes nothing: after a served
+//! request hyper is in its idle keep-alive state (`disable_keep_alive` closes an idle
+//! connection). A request in flight, a request body still being
 //! read or a response not yet flushed all stop that timer or leave bytes unflushed, so such a
-//! connection is never parked and never gets `connection: close` from a park.
+//! connection is not parked. Should hyper not close at once all the same (not seen with 1.12),
+//! keep-alive is off by then: that response goes out with `connection: close` and the connection
+//! ends instead of parking (`drive`).
 
 use std::io;
 use std::pin::Pin;
