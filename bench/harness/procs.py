@@ -115,12 +115,35 @@ def status_kib(pid: int, key: str) -> int:
     raise BenchError(f"no {key} for pid {pid}")
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port free right now (the kernel's choice), for programs that cannot bind :0
-    and report back."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port for programs that cannot bind port 0 and report back (nginx, HAProxy,
+    rotel). It is taken below the kernel's ephemeral range (`ip_local_port_range`): a port the
+    kernel chose would be free only until the next port-0 bind or outgoing connection, and a
+    sidecar binding port 0 between this check and the program's own bind took it once, so the
+    program failed to listen and its clients reached the sidecar instead. A port is handed out
+    once per run."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low, _high = (int(v) for v in f.read().split())
+    first = max(1024, low - 16384)
+    if low - first < 1024:
+        raise BenchError(f"the ephemeral port range starts at {low}: no room below it for "
+                         "fixed ports")
+    start = first + (os.getpid() * 7919 + len(_handed_out) * 104729) % (low - first)
+    for i in range(low - first):
+        port = first + (start - first + i) % (low - first)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise BenchError(f"no free loopback port in {first}..{low}")
 
 
 def wait_for(what: str, check, timeout: float = 30, interval: float = 0.01, proc=None):

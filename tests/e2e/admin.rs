@@ -138,7 +138,7 @@ async fn admin_closes_a_connection_that_trickles_its_request_head() -> Result<()
     let ca = TestCa::start().await?;
     let proxy = TestProxy::spawn(
         &ca,
-        Sidecar::new("shop", "orders", closed_port().await?).yaml("timeouts: { handshake: 1s }"),
+        Sidecar::new("shop", "orders", closed_port()?).yaml("timeouts: { handshake: 1s }"),
     )
     .await?;
     let mut tcp = tokio::net::TcpStream::connect(proxy.addrs().admin).await?;
@@ -188,7 +188,7 @@ async fn admin_refuses_connections_past_the_limit() -> Result<()> {
     let ca = TestCa::start().await?;
     let proxy = TestProxy::spawn(
         &ca,
-        Sidecar::new("shop", "orders", closed_port().await?).yaml("limits: { max_connections: 2 }"),
+        Sidecar::new("shop", "orders", closed_port()?).yaml("limits: { max_connections: 2 }"),
     )
     .await?;
     let admin = proxy.addrs().admin;

@@ -166,7 +166,7 @@ async fn outbound_refuses_peer_with_unexpected_identity() -> Result<()> {
     );
     let frontend = TestProxy::spawn(
         &ca,
-        Sidecar::new("shop", "frontend", picket_tests::closed_port().await?).upstream(upstream),
+        Sidecar::new("shop", "frontend", picket_tests::closed_port()?).upstream(upstream),
     )
     .await?;
 

@@ -39,7 +39,7 @@ async fn a_restart_followed_at_once_by_a_new_edge_alerts() -> Result<()> {
         .detector("learning_window", "2s")
         .detector("state_file", &state.display().to_string())
         .to_yaml();
-    let app_port = closed_port().await?;
+    let app_port = closed_port()?;
     let frontend = || {
         Sidecar::new("shop", "frontend", app_port)
             .upstream(Upstream::http(

@@ -13,8 +13,7 @@ use picket_tests::{Mesh, MeshOptions, Sidecar, TestCa, TestProxy, assert_eventua
 #[tokio::test]
 async fn app_down_answers_502() -> Result<()> {
     let ca = TestCa::start().await?;
-    let orders =
-        TestProxy::spawn(&ca, Sidecar::new("shop", "orders", closed_port().await?)).await?;
+    let orders = TestProxy::spawn(&ca, Sidecar::new("shop", "orders", closed_port()?)).await?;
     let frontend = TestProxy::spawn(&ca, frontend_to_orders(orders.addrs().inbound).await?).await?;
     let url = format!("http://{}/", frontend.addrs().outbound);
     let got = curl(&["-H", "Host: orders", &url]).await?;
@@ -25,7 +24,7 @@ async fn app_down_answers_502() -> Result<()> {
 #[tokio::test]
 async fn remote_sidecar_down_answers_503() -> Result<()> {
     let ca = TestCa::start().await?;
-    let frontend = TestProxy::spawn(&ca, frontend_to_orders(closed_port().await?).await?).await?;
+    let frontend = TestProxy::spawn(&ca, frontend_to_orders(closed_port()?).await?).await?;
     let url = format!("http://{}/", frontend.addrs().outbound);
     let got = curl(&["-H", "Host: orders", &url]).await?;
     ensure!(got.status == 503, "expected 503, got {got:?}");

@@ -113,7 +113,7 @@ async fn refused_reviews_issue_nothing() -> Result<()> {
 #[tokio::test]
 async fn an_unreachable_api_server_is_503_and_issues_nothing() -> Result<()> {
     let api = start_double(&[]).await?;
-    let url = format!("https://{}", closed_port().await?);
+    let url = format!("https://{}", closed_port()?);
     let ca = KubeCa::start(Some(KubeApi {
         url: &url,
         ca_pem: &api.ca_pem,

@@ -772,7 +772,7 @@ impl Rig {
         write_baseline(&orders_baseline, &edges)?;
         let mut scan_ports = Vec::new();
         for _ in 0..SCAN_WIDTH {
-            scan_ports.push(closed_port().await?);
+            scan_ports.push(closed_port()?);
         }
         Ok(Self {
             ca,
@@ -781,7 +781,7 @@ impl Rig {
             payments,
             orders_baseline,
             scan_ports,
-            fan_out_port: closed_port().await?,
+            fan_out_port: closed_port()?,
             dir,
         })
     }
@@ -806,7 +806,7 @@ impl Rig {
             .map(|r| (fe.as_str(), or.as_str(), inbound.port(), *r))
             .collect();
         write_baseline(&baseline, &edges)?;
-        let mut sidecar = Sidecar::new("shop", "frontend", closed_port().await?)
+        let mut sidecar = Sidecar::new("shop", "frontend", closed_port()?)
             .upstream(Upstream::http("orders", inbound, &or))
             .upstream(Upstream::http(
                 "payments",
@@ -968,7 +968,7 @@ impl Shop {
         let to_orders = Upstream::http("orders", orders.addrs().inbound, orders.spiffe_id());
         let frontend = TestProxy::spawn(
             ca,
-            sidecar("frontend", closed_port().await?)
+            sidecar("frontend", closed_port()?)
                 .upstream(to_orders)
                 .upstream(to_payments),
         )
@@ -1182,7 +1182,7 @@ async fn analyze_on_the_sidecars_flow_logs_suggests_a_policy_that_admits_normal_
 async fn a_collector_that_is_down_changes_no_answer_and_every_span_is_counted_as_dropped()
 -> Result<()> {
     const REQUESTS: usize = 100;
-    let down = closed_port().await?;
+    let down = closed_port()?;
     let off = Mesh::start().await?;
     let mut on = Mesh::start_with(MeshOptions {
         extra_yaml: TelemetryYaml::new()

@@ -60,10 +60,3 @@ impl Drop for App {
         self.task.abort();
     }
 }
-
-/// A loopback address where nothing listens (bound, then released), for "app down" and
-/// "peer down" cases.
-pub async fn closed_port() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    Ok(listener.local_addr()?)
-}

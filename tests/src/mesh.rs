@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 
 use anyhow::Result;
 
-use crate::apps::{App, closed_port};
+use crate::apps::App;
 use crate::ca::{TestCa, spiffe_id};
+use crate::ports::closed_port;
 use crate::proxy::{Sidecar, TestProxy, Upstream};
 
 /// How to build a [`Mesh`].
@@ -31,7 +32,7 @@ pub struct MeshOptions {
 
 /// The frontend's sidecar (`ns/shop/sa/frontend`, its app port closed) with `upstream`.
 pub async fn frontend(upstream: Upstream) -> Result<Sidecar> {
-    Ok(Sidecar::new("shop", "frontend", closed_port().await?).upstream(upstream))
+    Ok(Sidecar::new("shop", "frontend", closed_port()?).upstream(upstream))
 }
 
 /// The frontend's sidecar (see [`frontend`]) with the upstream `orders` over HTTP at

@@ -408,12 +408,6 @@ pub async fn rotel_agent() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A free loopback port, for programs that cannot report the port they bound.
-async fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    Ok(l.local_addr()?.port())
-}
-
 /// The `rotel` OpenTelemetry collector on loopback, forwarding traces and logs over OTLP/gRPC
 /// to `forward_to`. Killed when dropped.
 #[derive(Debug)]
@@ -431,8 +425,8 @@ impl Rotel {
     pub async fn start(forward_to: &str) -> Result<Self> {
         let bin = rotel_agent().await?;
         let dir = tempfile::tempdir()?;
-        let grpc = free_port().await?;
-        let http = free_port().await?;
+        let grpc = crate::ports::reserved_port()?;
+        let http = crate::ports::reserved_port()?;
         let mut cmd = tokio::process::Command::new(bin);
         cmd.arg("start")
             .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
