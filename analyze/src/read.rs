@@ -643,7 +643,7 @@ impl Aggregate {
         self.baseline_last_ts = Some(self.baseline_last_ts.map_or(ts, |t| t.max(ts)));
         let inbound = r.direction == Direction::Inbound;
         for counter in Counter::ALL {
-            if !counter.counts(r) {
+            if !counter.counts(&r.event()) {
                 continue;
             }
             let key: RateKey = match counter.scope() {
