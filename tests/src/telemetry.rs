@@ -77,7 +77,12 @@ impl TelemetryYaml {
     pub fn to_yaml(&self) -> String {
         let mut y = String::from("telemetry:\n");
         if let Some(endpoint) = &self.otlp_endpoint {
-            let _ = writeln!(y, "  otlp:\n    endpoint: {}", quoted(endpoint));
+            // Every request traced: the tests follow each request's spans.
+            let _ = writeln!(
+                y,
+                "  otlp:\n    endpoint: {}\n    sampling_ratio: 1.0",
+                quoted(endpoint)
+            );
             if let Some(t) = &self.otlp_timeout {
                 let _ = writeln!(y, "    timeout: {}", quoted(t));
             }
@@ -191,7 +196,8 @@ mod tests {
             .to_yaml();
         assert_eq!(
             y,
-            "telemetry:\n  otlp:\n    endpoint: \"http://127.0.0.1:4317\"\n    timeout: \"1s\"\n  \
+            "telemetry:\n  otlp:\n    endpoint: \"http://127.0.0.1:4317\"\n    sampling_ratio: 1.0\n    \
+             timeout: \"1s\"\n  \
              flow_log:\n    path: \"/tmp/f.jsonl\"\n  detectors:\n    fanout_threshold: 10\n    \
              window: \"60s\"\n"
         );

@@ -12,14 +12,22 @@ use crate::validate::{Validator, Zero};
 use crate::yaml::{Spanned, YamlError};
 
 /// Where the OTLP exporter sends spans and alert log records.
+/// The fraction of new traces sampled when `telemetry.otlp.sampling_ratio` is not set: 1 %,
+/// what production meshes usually run (Istio's default), and what keeps OTLP with the flow
+/// log and the detectors within issue 15's budget of 5 % of a request's cost (`bench/report.md`,
+/// "Telemetry cost"). A caller's sampled decision is still kept, so a trace the application
+/// starts sampled is recorded whole.
+pub const DEFAULT_SAMPLING_RATIO: f64 = 0.01;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct OtlpConfig {
     /// gRPC endpoint, `http://host:port` (plaintext; run a node-local collector for TLS).
     pub endpoint: String,
     /// Extra gRPC metadata sent with every export (for example an API key).
     pub headers: Vec<(String, String)>,
-    /// Fraction of new traces sampled, 0.0 to 1.0. A sampled or unsampled parent decides for
-    /// its children (`ParentBased(TraceIdRatioBased)`).
+    /// Fraction of new traces sampled, 0.0 to 1.0 ([`DEFAULT_SAMPLING_RATIO`] when not
+    /// set). A sampled or unsampled parent decides for its children
+    /// (`ParentBased(TraceIdRatioBased)`).
     pub sampling_ratio: f64,
     /// Extra resource attributes; `service.name` and `picket.identity` come from the identity.
     pub resource: Vec<(String, String)>,
@@ -464,7 +472,7 @@ impl Validator<'_> {
                 ));
             }
             Some(r) => r.value,
-            None => 1.0,
+            None => DEFAULT_SAMPLING_RATIO,
         };
         let mut resource = Vec::with_capacity(raw.resource.len());
         for (k, v) in raw.resource {

@@ -24,6 +24,13 @@ fn absent_section_means_exports_off_and_detectors_on() {
 }
 
 #[test]
+fn otlp_without_a_ratio_samples_one_percent_of_new_traces() {
+    let c = parse("telemetry:\n  otlp: { endpoint: http://c:4317 }").unwrap();
+    assert_eq!(c.otlp.unwrap().sampling_ratio, 0.01);
+    assert_eq!(DEFAULT_SAMPLING_RATIO, 0.01);
+}
+
+#[test]
 fn full_section_parses() {
     let c = parse(
         "telemetry:
