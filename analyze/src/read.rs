@@ -181,7 +181,7 @@ impl RouteAgg {
         }
         if before {
             self.in_baseline = true;
-            if let Some(class) = route_answer_class(r) {
+            if let Some(class) = route_answer_class(&r.event()) {
                 self.baseline_classes |= 1 << class;
             }
         } else {
@@ -649,7 +649,7 @@ impl Aggregate {
         self.baseline_last_ts = Some(self.baseline_last_ts.map_or(ts, |t| t.max(ts)));
         let inbound = r.direction == Direction::Inbound;
         for counter in Counter::ALL {
-            if !counter.counts(r) {
+            if !counter.counts(&r.event()) {
                 continue;
             }
             let key: RateKey = match counter.scope() {

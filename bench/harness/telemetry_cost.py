@@ -23,7 +23,10 @@ ROLES = ("frontend", "inbound")
 # demangled names; a function matching several rows is counted in each).
 ENTRY_POINTS = [
     ("flow record built and handed over (`RequestCtx::finish`)", "pipeline::RequestCtx::finish"),
-    ("`Telemetry::record_request`", "telemetry::Telemetry::record_request"),
+    ("`Telemetry::record_request` (before ee259dd)", "telemetry::Telemetry::record_request"),
+    ("`Telemetry::request_ended` (detectors, span end)", "telemetry::Telemetry::request_ended"),
+    ("`Telemetry::request_record` (record to the flow log, alerts)",
+     "telemetry::Telemetry::request_record"),
     ("detectors (`Inner::detect`)", "telemetry::Inner::detect"),
     ("flow log, request side (`FlowLog::write*`)", "flow_log::FlowLog::write"),
     ("flow log, writer thread (`flow_log::write_loop`)", "flow_log::write_loop"),

@@ -43,7 +43,9 @@ use crate::forward::{self, Body, ForwardError};
 use crate::jwt::{Authenticated, Authenticator, TokenError};
 use crate::metrics::Metrics;
 use crate::net;
-use crate::telemetry::{self, FlowPhase, FlowProtocol, FlowRecord, RequestSpan, Telemetry};
+use crate::telemetry::{
+    self, FlowEvent, FlowPhase, FlowProtocol, FlowRecord, RequestSpan, SpanOutcome, Telemetry,
+};
 
 /// The requests one direction serves at once. A request past the limit is answered 503 at
 /// once (shed) rather than queued, so an overloaded sidecar answers fast and sheds load
@@ -355,30 +357,77 @@ impl<'a> RequestCtx<'a> {
         resp
     }
 
-    /// Counts the request and, when telemetry is on, builds its flow record once from this
-    /// context and `resp`, and hands it with the span to telemetry.
+    /// Counts the request and, when something reads flows, hands telemetry the compact event
+    /// (for the detectors) and the span's outcome made from this context and `resp`; the
+    /// whole flow record is built only when a flow log will write it.
     pub fn finish(self, resp: &Response<Body>, metrics: &Metrics, telemetry: &Telemetry) {
         let elapsed = self.start.elapsed();
         metrics.request(self.direction, resp.status(), elapsed);
-        if !telemetry.is_enabled() {
+        if !telemetry.records_flows() {
             return;
         }
-        let mut record = self.ends.record(self.direction, self.protocol);
-        record.method = Some(self.method.as_str().to_owned().into());
-        record.path = self.path.map(Into::into);
-        record.host = self.host.map(Into::into);
-        record.status = Some(resp.status().as_u16());
-        record.grpc_status = telemetry::grpc_status(resp.headers());
-        record.sidecar_answer = resp.extensions().get::<forward::SidecarAnswer>().is_some();
-        if let Some(e) = &self.enforced {
-            e.fill(&mut record);
-        }
-        record.request_principal = self.request_principal.map(Into::into);
-        record.token_error = self.token_error.map(|e| e.as_str().into());
-        record.bytes_in = self.bytes_in;
-        record.bytes_out = telemetry::content_length(resp.headers());
-        record.duration_ms = elapsed.as_secs_f64() * 1000.0;
-        telemetry.record_request(self.span, record);
+        let status = resp.status().as_u16();
+        let grpc_status = telemetry::grpc_status(resp.headers());
+        let bytes_out = telemetry::content_length(resp.headers());
+        let decision = self.enforced.as_ref().map(|e| &e.decision);
+        let sidecar_answer = resp.extensions().get::<forward::SidecarAnswer>().is_some();
+        let event = FlowEvent {
+            direction: self.direction,
+            protocol: self.protocol,
+            source_identity: self.ends.source_identity.as_deref(),
+            source_address: self.ends.source_address,
+            destination_identity: self.ends.destination_identity.as_deref(),
+            destination_address: self.ends.destination_address,
+            destination_port: self.ends.destination_port,
+            method: Some(self.method.as_str()),
+            path: self.path.as_deref(),
+            host: self.host.as_deref(),
+            status: Some(status),
+            verdict: decision.map(|d| d.verdict),
+            token_error: self.token_error.map(TokenError::as_str),
+            sidecar_answer,
+        };
+        // Span attributes are strings of their own: made only for a span that is recorded.
+        let policy = decision
+            .and_then(|d| d.policy.as_ref())
+            .filter(|_| self.span.is_recording())
+            .map(ToString::to_string);
+        let outcome = SpanOutcome {
+            status: Some(status),
+            grpc_status,
+            verdict: event.verdict,
+            policy: policy.as_deref(),
+            bytes_in: self.bytes_in,
+            bytes_out,
+            error: None,
+            // A client span names its peer once the peer answered.
+            peer_identity: (self.direction == Direction::Outbound)
+                .then_some(event.destination_identity)
+                .flatten(),
+            expected_identity: self.ends.expected_identity.as_deref(),
+        };
+        let Some(ended) = telemetry.request_ended(self.span, &event, &outcome) else {
+            return;
+        };
+        let record = ended.wants_record().then(|| {
+            let mut record = self.ends.record(self.direction, self.protocol);
+            record.method = Some(self.method.as_str().into());
+            record.path = self.path.map(Into::into);
+            record.host = self.host.map(Into::into);
+            record.status = Some(status);
+            record.grpc_status = grpc_status;
+            record.sidecar_answer = sidecar_answer;
+            if let Some(e) = &self.enforced {
+                e.fill(&mut record);
+            }
+            record.request_principal = self.request_principal.map(Into::into);
+            record.token_error = self.token_error.map(|e| e.as_str().into());
+            record.bytes_in = self.bytes_in;
+            record.bytes_out = bytes_out;
+            record.duration_ms = elapsed.as_secs_f64() * 1000.0;
+            record
+        });
+        telemetry.request_record(ended, record);
     }
 }
 

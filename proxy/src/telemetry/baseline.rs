@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::alert::{AlertKind, Severity};
 use super::config::DetectorConfig;
-use super::flow::{FlowRecord, Verdict};
+use super::flow::{FlowEvent, Verdict};
 
 /// What a burst counter is keyed by, besides the counter itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -106,7 +106,7 @@ impl Counter {
     }
 
     /// Whether `flow` is one of the events this counter counts.
-    pub fn counts(self, flow: &FlowRecord<'_>) -> bool {
+    pub fn counts(self, flow: &FlowEvent<'_>) -> bool {
         match self {
             Self::Denied => flow.denied(),
             Self::NotFound => flow.status == Some(404),

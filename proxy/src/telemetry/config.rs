@@ -13,10 +13,9 @@ use crate::yaml::{Spanned, YamlError};
 
 /// Where the OTLP exporter sends spans and alert log records.
 /// The fraction of new traces sampled when `telemetry.otlp.sampling_ratio` is not set: 1 %,
-/// what production meshes usually run (Istio's default), and what keeps OTLP with the flow
-/// log and the detectors within issue 15's budget of 5 % of a request's cost (`bench/report.md`,
-/// "Telemetry cost"). A caller's sampled decision is still kept, so a trace the application
-/// starts sampled is recorded whole.
+/// what production meshes usually run (Istio's default); what each ratio costs per request is
+/// in `bench/report.md` ("Telemetry cost per request"). A caller's sampled decision is still
+/// kept, so a trace the application starts sampled is recorded whole.
 pub const DEFAULT_SAMPLING_RATIO: f64 = 0.01;
 
 #[derive(Debug, Clone, PartialEq)]

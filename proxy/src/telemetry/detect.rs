@@ -40,7 +40,7 @@ use time::OffsetDateTime;
 use super::alert::{Alert, AlertKind, Severity};
 use super::baseline::{Counter, Rate, Scope};
 use super::config::{Bound, DetectorConfig, ForeignAddressAction};
-use super::flow::{FlowProtocol, FlowRecord, LineType};
+use super::flow::{FlowEvent, FlowProtocol, FlowRecord, LineType};
 use crate::direction::Direction;
 
 mod persist;
@@ -388,7 +388,7 @@ fn parse_classes<S: AsRef<str>>(names: &[S]) -> Option<u8> {
 
 /// The status class a flow counts for `status_class_new`: an answer of the route itself, not
 /// a policy denial, a refused token or an error the sidecar made.
-pub fn route_answer_class(flow: &FlowRecord<'_>) -> Option<u8> {
+pub fn route_answer_class(flow: &FlowEvent<'_>) -> Option<u8> {
     if flow.protocol == FlowProtocol::Tcp
         || flow.denied()
         || flow.token_error.is_some()
@@ -728,7 +728,7 @@ impl Pending {
 
 /// One flow as every detector reads it, worked out once.
 struct Seen<'f, 'r> {
-    flow: &'f FlowRecord<'r>,
+    flow: &'f FlowEvent<'r>,
     now: i64,
     learning: bool,
     src: Source<'f>,
@@ -850,15 +850,16 @@ impl Detectors {
             let line = line?;
             if let Ok(flow) = serde_json::from_str::<FlowRecord<'_>>(&line) {
                 if flow.line_type == LineType::Flow {
-                    let key = self.flow_edge_key(&flow);
+                    let event = flow.event();
+                    let key = self.flow_edge_key(&event);
                     self.baseline.insert(key);
-                    if let Some(id) = flow.source_identity.as_deref() {
+                    if let Some(id) = event.source_identity {
                         self.know_identity(id);
                     }
-                    if let Some(class) = route_answer_class(&flow) {
-                        let source = Self::flow_source(&flow).label();
-                        let destination = Self::flow_destination(&flow);
-                        self.know_classes(&source, &destination, &flow.route(), 1 << class);
+                    if let Some(class) = route_answer_class(&event) {
+                        let source = Self::flow_source(&event).label();
+                        let destination = Self::flow_destination(&event);
+                        self.know_classes(&source, &destination, &event.route(), 1 << class);
                     }
                 }
             } else if let Ok(edge) = serde_json::from_str::<BaselineEdge>(&line)
@@ -906,14 +907,14 @@ impl Detectors {
         self.digest(&["edge", source, destination, route], port)
     }
 
-    fn flow_source<'r>(flow: &'r FlowRecord<'_>) -> Source<'r> {
+    fn flow_source<'r>(flow: &'r FlowEvent<'_>) -> Source<'r> {
         Source {
-            identity: flow.source_identity.as_deref(),
+            identity: flow.source_identity,
             ip: flow.source_address.map(|a| a.ip()),
         }
     }
 
-    fn flow_destination(flow: &FlowRecord<'_>) -> String {
+    fn flow_destination(flow: &FlowEvent<'_>) -> String {
         if let Some(id) = &flow.destination_identity {
             return id.to_string();
         }
@@ -924,7 +925,7 @@ impl Detectors {
             .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string())
     }
 
-    fn flow_edge_key(&self, flow: &FlowRecord<'_>) -> u64 {
+    fn flow_edge_key(&self, flow: &FlowEvent<'_>) -> u64 {
         let source = Self::flow_source(flow).label();
         let destination = Self::flow_destination(flow);
         self.edge_key(&source, &destination, flow.destination_port, &flow.route())
@@ -1021,6 +1022,12 @@ impl Detectors {
     /// not implementations of a trait: they share the per-source tables and the rate limiter,
     /// and there is no second set of detectors to choose between at run time.
     pub fn observe_flow(&mut self, flow: &FlowRecord<'_>, now: OffsetDateTime) -> Vec<Alert> {
+        self.observe_event(&flow.event(), now)
+    }
+
+    /// [`Self::observe_flow`] on the compact event the request path hands over (the fields
+    /// of the record the detectors read), so a request is looked at without its whole record.
+    pub fn observe_event(&mut self, flow: &FlowEvent<'_>, now: OffsetDateTime) -> Vec<Alert> {
         let now = millis(now);
         let src = Self::flow_source(flow);
         let learning = self.learning(src.identity, now);
@@ -1268,7 +1275,7 @@ impl Detectors {
     /// `sensitive_path`: a request for a configured sensitive path prefix.
     fn sensitive_path(&self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
         let flow = seen.flow;
-        let Some(path) = flow.path.as_deref() else {
+        let Some(path) = flow.path else {
             return;
         };
         let Some(rule) = self.sensitive.iter().find(|r| r.matches(path)) else {
@@ -1311,7 +1318,7 @@ impl Detectors {
             .filter(|ip| self.metadata_ips.contains(ip))
             .map(|ip| ip.to_string());
         let host = by_address.or_else(|| {
-            let host = host_only(flow.host.as_deref()?);
+            let host = host_only(flow.host?);
             self.is_metadata(&host).then_some(host)
         });
         if let Some(host) = host {

@@ -364,12 +364,168 @@ impl<'a> FlowRecord<'a> {
 
     /// The route: method and path template (`GET /api/orders/{id}`), or `tcp` for a connection.
     pub fn route(&self) -> Cow<'_, str> {
-        match (&self.method, &self.path) {
-            (Some(m), Some(p)) => Cow::Owned(format!("{m} {}", route_template(p))),
-            (None, Some(p)) => route_template(p),
-            (Some(m), None) => Cow::Borrowed(m.as_ref()),
-            (None, None) => Cow::Borrowed("tcp"),
+        route_of(self.method.as_deref(), self.path.as_deref())
+    }
+
+    /// The record with every borrowed string copied (words from a fixed set, such as
+    /// methods, reasons and key-exchange groups, are kept as static text), for the flow log's
+    /// writer thread, which serializes it.
+    pub fn into_owned(self) -> FlowRecord<'static> {
+        FlowRecord {
+            line_type: self.line_type,
+            ts: self.ts,
+            direction: self.direction,
+            protocol: self.protocol,
+            phase: self.phase,
+            source_identity: owned(self.source_identity),
+            source_address: self.source_address,
+            destination_identity: owned(self.destination_identity),
+            expected_identity: owned(self.expected_identity),
+            destination_address: self.destination_address,
+            destination_port: self.destination_port,
+            endpoint: self.endpoint,
+            kx: self.kx.map(word),
+            method: self.method.map(word),
+            path: owned(self.path),
+            host: owned(self.host),
+            sni: owned(self.sni),
+            ech: self.ech,
+            status: self.status,
+            grpc_status: self.grpc_status,
+            verdict: self.verdict,
+            policy: owned(self.policy),
+            rule: self.rule,
+            reason: self.reason.map(word),
+            dry_run: self
+                .dry_run
+                .into_iter()
+                .map(|c| Cow::Owned(c.into_owned()))
+                .collect(),
+            would_verdict: self.would_verdict,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            duration_ms: self.duration_ms,
+            trace_id: owned(self.trace_id),
+            span_id: owned(self.span_id),
+            parent_span_id: owned(self.parent_span_id),
+            request_id: owned(self.request_id),
+            request_principal: owned(self.request_principal),
+            token_error: self.token_error.map(word),
+            sidecar_answer: self.sidecar_answer,
         }
+    }
+
+    /// What the detectors read of this record.
+    pub fn event(&self) -> FlowEvent<'_> {
+        FlowEvent {
+            direction: self.direction,
+            protocol: self.protocol,
+            source_identity: self.source_identity.as_deref(),
+            source_address: self.source_address,
+            destination_identity: self.destination_identity.as_deref(),
+            destination_address: self.destination_address,
+            destination_port: self.destination_port,
+            method: self.method.as_deref(),
+            path: self.path.as_deref(),
+            host: self.host.as_deref(),
+            status: self.status,
+            verdict: self.verdict,
+            token_error: self.token_error.as_deref(),
+            sidecar_answer: self.sidecar_answer,
+        }
+    }
+}
+
+fn owned(c: Option<Cow<'_, str>>) -> Option<Cow<'static, str>> {
+    c.map(|c| Cow::Owned(c.into_owned()))
+}
+
+/// Words a record's fields take from a fixed set: methods, reasons, key-exchange groups.
+const WORDS: &[&str] = &[
+    "GET",
+    "POST",
+    "PUT",
+    "DELETE",
+    "PATCH",
+    "HEAD",
+    "OPTIONS",
+    "CONNECT",
+    "TRACE",
+    "allow-match",
+    "explicit-deny",
+    "no-allow-match",
+    "unauthenticated",
+    "default",
+    "x25519mlkem768",
+    "x25519",
+    "secp256r1",
+    "secp384r1",
+    "other",
+];
+
+/// `c` as static text when it is one of [`WORDS`], else copied.
+fn word(c: Cow<'_, str>) -> Cow<'static, str> {
+    match WORDS.iter().find(|w| **w == c) {
+        Some(w) => Cow::Borrowed(w),
+        None => Cow::Owned(c.into_owned()),
+    }
+}
+
+/// `METHOD /route/{template}`, the path's template alone, the method alone, or `tcp`.
+fn route_of<'s>(method: Option<&'s str>, path: Option<&'s str>) -> Cow<'s, str> {
+    match (method, path) {
+        (Some(m), Some(p)) => Cow::Owned(format!("{m} {}", route_template(p))),
+        (None, Some(p)) => route_template(p),
+        (Some(m), None) => Cow::Borrowed(m),
+        (None, None) => Cow::Borrowed("tcp"),
+    }
+}
+
+/// A flow as the detectors read it: the fields of a [`FlowRecord`] they look at, borrowed.
+///
+/// The request path hands the detectors this compact event, built from the request's context
+/// without allocating, and builds the whole record only when a flow log will write it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FlowEvent<'a> {
+    /// Which side of the sidecar saw it.
+    pub direction: Direction,
+    /// Application protocol.
+    pub protocol: FlowProtocol,
+    /// The caller's SPIFFE ID.
+    pub source_identity: Option<&'a str>,
+    /// The caller's address.
+    pub source_address: Option<SocketAddr>,
+    /// The called workload's SPIFFE ID.
+    pub destination_identity: Option<&'a str>,
+    /// The called address.
+    pub destination_address: Option<SocketAddr>,
+    /// The destination port the authorization policy saw.
+    pub destination_port: Option<u16>,
+    /// HTTP method.
+    pub method: Option<&'a str>,
+    /// The normalized path, without the query.
+    pub path: Option<&'a str>,
+    /// `Host` / `:authority`.
+    pub host: Option<&'a str>,
+    /// HTTP status sent to the caller.
+    pub status: Option<u16>,
+    /// The authorization verdict, when a policy was evaluated.
+    pub verdict: Option<Verdict>,
+    /// Why the request's token was refused.
+    pub token_error: Option<&'a str>,
+    /// The sidecar made the answer itself, as [`FlowRecord::sidecar_answer`].
+    pub sidecar_answer: bool,
+}
+
+impl FlowEvent<'_> {
+    /// Whether the flow was denied.
+    pub fn denied(&self) -> bool {
+        self.verdict == Some(Verdict::Deny)
+    }
+
+    /// The route, as [`FlowRecord::route`].
+    pub fn route(&self) -> Cow<'_, str> {
+        route_of(self.method, self.path)
     }
 }
 

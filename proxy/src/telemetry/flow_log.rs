@@ -1,7 +1,9 @@
 //! The flow log writer: JSON lines to stdout or to a file rotated by size.
 //!
-//! Callers serialize on their own thread and hand the bytes to a bounded queue
-//! ([`QUEUE_LINES`]) drained by one dedicated writer thread. A full queue drops the line and
+//! Flow records are handed over as they are ([`FlowLog::write_record`]) to a bounded queue
+//! ([`QUEUE_LINES`]) drained by one dedicated writer thread, which serializes them into one
+//! reused buffer: the request path neither formats JSON nor allocates a line. Other lines
+//! (alerts) are serialized by the caller ([`FlowLog::write`]). A full queue drops the line and
 //! counts it in `picket_telemetry_dropped_total{sink="flow_log",reason="queue_full"}`: the data
 //! path never waits for a disk.
 //!
@@ -22,6 +24,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::config::{FlowLogConfig, FlowLogTarget};
+use super::flow::FlowRecord;
 use super::metrics::{DropReason, Sink, TelemetryMetrics};
 
 /// Lines the queue holds before new ones are dropped.
@@ -33,6 +36,8 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 enum Msg {
     Line(Vec<u8>),
+    /// A flow record, serialized by the writer.
+    Flow(Box<FlowRecord<'static>>),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -109,7 +114,17 @@ impl FlowLog {
             return false;
         }
         line.push(b'\n');
-        match self.tx.try_send(Msg::Line(line)) {
+        self.queue(Msg::Line(line))
+    }
+
+    /// Queues `record` for the writer thread, which serializes it as one JSON line; never
+    /// blocks. Returns false when it was dropped.
+    pub fn write_record(&self, record: FlowRecord<'_>) -> bool {
+        self.queue(Msg::Flow(Box::new(record.into_owned())))
+    }
+
+    fn queue(&self, msg: Msg) -> bool {
+        match self.tx.try_send(msg) {
             Ok(()) => {
                 if self.queued.fetch_add(1, Ordering::Relaxed) + 1 == self.wake_at {
                     self.writer.unpark();
@@ -196,6 +211,8 @@ fn write_loop(
             failing = true;
         }
     };
+    // The writer's one line buffer, reused for every record.
+    let mut buf = Vec::with_capacity(1024);
     loop {
         let mut waiting = Vec::new();
         let mut wrote = false;
@@ -205,6 +222,15 @@ fn write_loop(
                     queued.fetch_sub(1, Ordering::Relaxed);
                     note(out.write_line(&line), 1);
                     wrote = true;
+                }
+                Ok(Msg::Flow(record)) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    buf.clear();
+                    if serde_json::to_writer(&mut buf, &*record).is_ok() {
+                        buf.push(b'\n');
+                        note(out.write_line(&buf), 1);
+                        wrote = true;
+                    }
                 }
                 Ok(Msg::Flush(done)) => waiting.push(done),
                 Err(TryRecvError::Empty) => break true,

@@ -49,16 +49,32 @@ pub use config::{
 };
 pub use detect::Detectors;
 pub use flow::{
-    FlowPhase, FlowProtocol, FlowRecord, LineType, Verdict, content_length, fill_decision,
-    grpc_status, protocol_of, route_template,
+    FlowEvent, FlowPhase, FlowProtocol, FlowRecord, LineType, Verdict, content_length,
+    fill_decision, grpc_status, protocol_of, route_template,
 };
 pub use flow_log::FlowLog;
 pub use metrics::TelemetryMetrics;
 pub use owners::{AddressOwners, Owner};
-pub use trace::{ConnectionAttrs, Parent, RequestSpan, SpanAttrs, SpanOutcome};
+pub use trace::{ConnectionAttrs, Parent, RecordIds, RequestSpan, SpanAttrs, SpanOutcome};
 
 use crate::direction::Direction;
 use export::Otlp;
+
+/// A request whose span has ended and whose detectors have run, with what is left to do:
+/// its flow line and its alerts ([`Telemetry::request_record`]).
+#[derive(Debug)]
+pub struct Ended {
+    ids: trace::RecordIds,
+    alerts: Vec<Alert>,
+    wants_record: bool,
+}
+
+impl Ended {
+    /// Whether a flow log will write the request's record.
+    pub fn wants_record(&self) -> bool {
+        self.wants_record
+    }
+}
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +228,12 @@ impl Telemetry {
         self.inner.is_some()
     }
 
+    /// Whether anything reads a request's flow: the detectors, the flow log or traces. When
+    /// nothing does, the request path builds no record, event or span.
+    pub fn records_flows(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.records_flows())
+    }
+
     /// Whether spans are exported.
     pub fn is_tracing(&self) -> bool {
         self.inner.as_ref().is_some_and(|i| i.otlp.is_some())
@@ -225,7 +247,7 @@ impl Telemetry {
     /// Starts the server span of an inbound request whose headers are `headers` (W3C or B3
     /// parent context).
     pub fn server_span(&self, headers: &HeaderMap, attrs: &SpanAttrs<'_>) -> RequestSpan {
-        let Some(inner) = &self.inner else {
+        let Some(inner) = self.inner.as_ref().filter(|i| i.records_flows()) else {
             return RequestSpan::none();
         };
         let parent = trace::extract(headers);
@@ -237,7 +259,7 @@ impl Telemetry {
 
     /// Starts the client span of an outbound request.
     pub fn client_span(&self, parent: Parent<'_>, attrs: &SpanAttrs<'_>) -> RequestSpan {
-        let Some(inner) = &self.inner else {
+        let Some(inner) = self.inner.as_ref().filter(|i| i.records_flows()) else {
             return RequestSpan::none();
         };
         let parent = match parent {
@@ -258,7 +280,7 @@ impl Telemetry {
         direction: Direction,
         attrs: &ConnectionAttrs<'_>,
     ) -> RequestSpan {
-        let Some(inner) = &self.inner else {
+        let Some(inner) = self.inner.as_ref().filter(|i| i.records_flows()) else {
             return RequestSpan::none();
         };
         let kind = match direction {
@@ -280,13 +302,56 @@ impl Telemetry {
             return;
         };
         fill_trace_ids(&span, &mut record);
-        let alerts = inner.detect(&record);
+        let alerts = inner.detect(&record.event());
         for a in &alerts {
             span.add_alert(a);
         }
         end_span(span, &record);
-        inner.write_flow(&record);
-        inner.raise(&alerts, trace_ids(&record));
+        inner.write_and_raise(record, &alerts);
+    }
+
+    /// Finishes an HTTP request from what the request path hands over: the compact `event`
+    /// goes to the detectors (alerts also become span events) and the span ends with
+    /// `outcome`. What is left to do needs the whole record only when a flow log will write
+    /// it ([`Ended::wants_record`]): hand it to [`Telemetry::request_record`]. Together the
+    /// same outputs as [`Telemetry::record_request`], without a record nobody writes.
+    #[must_use = "alerts are raised by `request_record`"]
+    pub fn request_ended(
+        &self,
+        mut span: RequestSpan,
+        event: &FlowEvent<'_>,
+        outcome: &SpanOutcome<'_>,
+    ) -> Option<Ended> {
+        let inner = self.inner.as_ref()?;
+        let alerts = inner.detect(event);
+        for a in &alerts {
+            span.add_alert(a);
+        }
+        let wants_record = inner.flow_log.is_some();
+        let ended = (wants_record || !alerts.is_empty()).then(|| Ended {
+            ids: span.ids_of_record(),
+            alerts,
+            wants_record,
+        });
+        span.finish(outcome);
+        ended
+    }
+
+    /// Writes the flow line of a request [`Telemetry::request_ended`] left (`record`, given
+    /// the span's IDs here, when [`Ended::wants_record`]) and raises its alerts. The record
+    /// goes to the flow log's writer thread as it is, and is serialized there.
+    pub fn request_record(&self, ended: Ended, record: Option<FlowRecord<'_>>) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        let Ended { ids, alerts, .. } = ended;
+        if let (Some(f), Some(mut record)) = (&inner.flow_log, record) {
+            record.trace_id = ids.trace.clone().map(Into::into);
+            record.span_id = ids.span.clone().map(Into::into);
+            record.parent_span_id = ids.parent.map(Into::into);
+            f.write_record(record);
+        }
+        inner.raise(&alerts, ids.trace.as_deref().zip(ids.span.as_deref()));
     }
 
     /// Records a connection or tunnel as open (`"phase":"open"`), while it goes on: fills the
@@ -298,12 +363,11 @@ impl Telemetry {
             return;
         };
         fill_trace_ids(span, &mut record);
-        let alerts = inner.detect(&record);
+        let alerts = inner.detect(&record.event());
         for a in &alerts {
             span.add_alert(a);
         }
-        inner.write_flow(&record);
-        inner.raise(&alerts, trace_ids(&record));
+        inner.write_and_raise(record, &alerts);
     }
 
     /// Records the end of a connection or tunnel whose open record the detectors already
@@ -314,7 +378,9 @@ impl Telemetry {
         };
         fill_trace_ids(&span, &mut record);
         end_span(span, &record);
-        inner.write_flow(&record);
+        if let Some(f) = &inner.flow_log {
+            f.write_record(record);
+        }
     }
 
     /// Writes the flow line of a record the detectors already looked at (the interim and
@@ -607,13 +673,17 @@ fn trace_ids<'r>(record: &'r FlowRecord<'_>) -> Option<(&'r str, &'r str)> {
 }
 
 impl Inner {
-    fn detect(&self, record: &FlowRecord<'_>) -> Vec<Alert> {
+    fn records_flows(&self) -> bool {
+        self.detectors.is_some() || self.flow_log.is_some() || self.otlp.is_some()
+    }
+
+    fn detect(&self, event: &FlowEvent<'_>) -> Vec<Alert> {
         let Some(d) = &self.detectors else {
             return Vec::new();
         };
         let (alerts, learning) = match d.lock() {
             Ok(mut d) => (
-                d.observe_flow(record, OffsetDateTime::now_utc()),
+                d.observe_event(event, OffsetDateTime::now_utc()),
                 d.take_learning_started(),
             ),
             Err(_) => return Vec::new(),
@@ -633,6 +703,21 @@ impl Inner {
         if let Some(f) = &self.flow_log {
             f.write(record);
         }
+    }
+
+    /// Hands `record` to the flow log's writer thread, which serializes it, and raises
+    /// `alerts` with the record's trace context.
+    fn write_and_raise(&self, record: FlowRecord<'_>, alerts: &[Alert]) {
+        let trace = trace_ids(&record)
+            .filter(|_| !alerts.is_empty())
+            .map(|(t, s)| (t.to_owned(), s.to_owned()));
+        if let Some(f) = &self.flow_log {
+            f.write_record(record);
+        }
+        self.raise(
+            alerts,
+            trace.as_ref().map(|(t, s)| (t.as_str(), s.as_str())),
+        );
     }
 
     /// Sends `alerts` to every sink but span events.

@@ -7,13 +7,11 @@ use std::net::SocketAddr;
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
     TraceState, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 
 use super::alert::Alert;
@@ -147,42 +145,85 @@ pub enum Parent<'a> {
     Root,
 }
 
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
-    }
-}
-
-struct HeaderInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
-    }
-}
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The remote parent in `headers`: W3C `traceparent`/`tracestate` first, then B3 single
 /// (`b3`), then B3 multi (`x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags`).
 pub fn extract(headers: &HeaderMap) -> Option<SpanContext> {
-    if headers.contains_key("traceparent") {
-        let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-        let sc = cx.span().span_context().clone();
-        if sc.is_valid() {
-            return Some(sc);
-        }
+    if let Some(sc) = extract_w3c(headers) {
+        return Some(sc);
     }
     extract_b3(headers)
+}
+
+/// The W3C trace context in `headers`, read by exactly the rules of the OpenTelemetry SDK's
+/// `TraceContextPropagator` (the unit tests compare the two on a corpus), without its
+/// `Context`, its split into a vector and its boxed extractor: this runs on every request.
+fn extract_w3c(headers: &HeaderMap) -> Option<SpanContext> {
+    let value = headers.get(TRACEPARENT)?.to_str().ok()?.trim();
+    let mut parts = value.split_terminator('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let more = parts.next().is_some();
+    let version = u8::from_str_radix(version, 16).ok()?;
+    // Version 255 is invalid; version 0 has exactly four parts.
+    if version == u8::MAX || (version == 0 && more) {
+        return None;
+    }
+    let lower = |s: &str| !s.bytes().any(|b| b.is_ascii_uppercase());
+    if !lower(trace) || !lower(span) || !lower(flags) {
+        return None;
+    }
+    let trace = TraceId::from_hex(trace).ok()?;
+    let span = SpanId::from_hex(span).ok()?;
+    let flags = TraceFlags::new(u8::from_str_radix(flags, 16).ok()?) & TraceFlags::SAMPLED;
+    let state = match headers.get(TRACESTATE).and_then(|v| v.to_str().ok()) {
+        Some(s) => s.parse::<TraceState>().unwrap_or_default(),
+        None => TraceState::default(),
+    };
+    let sc = SpanContext::new(trace, span, flags, true, state);
+    sc.is_valid().then_some(sc)
+}
+
+/// Lowercase hex of `bytes` (what `TraceId` and `SpanId` print), without the formatting
+/// machinery.
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `00-{trace}-{span}-{flags}`, as the SDK's propagator writes it (only the sampled flag).
+fn traceparent(sc: &SpanContext) -> [u8; 55] {
+    let mut out = [b'-'; 55];
+    out[..2].copy_from_slice(b"00");
+    let mut put = |at: usize, bytes: &[u8]| {
+        for (i, b) in bytes.iter().enumerate() {
+            out[at + 2 * i] = HEX[usize::from(b >> 4)];
+            out[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+    };
+    put(3, &sc.trace_id().to_bytes());
+    put(36, &sc.span_id().to_bytes());
+    put(53, &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()]);
+    out
+}
+
+/// The IDs a flow record takes from its request's span.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordIds {
+    /// The trace ID, when there is a trace.
+    pub trace: Option<String>,
+    /// This sidecar's span ID, when tracing is on.
+    pub span: Option<String>,
+    /// The remote parent's span ID.
+    pub parent: Option<String>,
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -385,33 +426,48 @@ impl RequestSpan {
         }
     }
 
-    /// Writes this span's context into `headers` as W3C `traceparent` (and `tracestate` when
-    /// not empty), replacing what was there. Does nothing when tracing is off.
+    /// Writes this span's context into `headers` as W3C `traceparent` and `tracestate`
+    /// (empty when the context has none), replacing what was there, as the SDK's
+    /// `TraceContextPropagator` does. Does nothing when tracing is off.
     pub fn inject(&self, headers: &mut HeaderMap) {
         if self.span.is_none() || !self.context.is_valid() {
             return;
         }
-        let cx = Context::new().with_remote_span_context(self.context.clone());
-        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+        if let Ok(v) = HeaderValue::from_bytes(&traceparent(&self.context)) {
+            headers.insert(TRACEPARENT, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.context.trace_state().header()) {
+            headers.insert(TRACESTATE, v);
+        }
     }
 
     /// The trace ID, 32 hex digits, when there is a trace.
     pub fn trace_id(&self) -> Option<String> {
         self.context
             .is_valid()
-            .then(|| self.context.trace_id().to_string())
+            .then(|| hex(&self.context.trace_id().to_bytes()))
     }
 
     /// This sidecar's span ID, 16 hex digits, when tracing is on.
     pub fn span_id(&self) -> Option<String> {
-        (self.span.is_some() && self.context.is_valid()).then(|| self.context.span_id().to_string())
+        (self.span.is_some() && self.context.is_valid())
+            .then(|| hex(&self.context.span_id().to_bytes()))
     }
 
     /// The remote parent's span ID, 16 hex digits, when the request carried a valid one.
     pub fn parent_span_id(&self) -> Option<String> {
         self.parent
             .filter(|p| *p != SpanId::INVALID)
-            .map(|p| p.to_string())
+            .map(|p| hex(&p.to_bytes()))
+    }
+
+    /// The trace, span and parent span IDs a flow record takes from this span.
+    pub fn ids_of_record(&self) -> RecordIds {
+        RecordIds {
+            trace: self.trace_id(),
+            span: self.span_id(),
+            parent: self.parent_span_id(),
+        }
     }
 
     /// Both IDs, when tracing is on.

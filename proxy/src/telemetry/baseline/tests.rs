@@ -1,4 +1,5 @@
 use super::*;
+use crate::telemetry::flow::FlowRecord;
 
 const W: i64 = 60_000;
 
@@ -72,14 +73,17 @@ fn application_403_is_an_auth_failure_and_a_policy_denial_is_not() {
     );
     f.status = Some(403);
     f.verdict = Some(Verdict::Allow);
-    assert!(Counter::AuthFailed.counts(&f));
+    assert!(Counter::AuthFailed.counts(&f.event()));
     f.verdict = Some(Verdict::Deny);
-    assert!(!Counter::AuthFailed.counts(&f));
-    assert!(Counter::Denied.counts(&f));
+    assert!(!Counter::AuthFailed.counts(&f.event()));
+    assert!(Counter::Denied.counts(&f.event()));
     f.verdict = None;
-    assert!(!Counter::AuthFailed.counts(&f), "no verdict: cannot tell");
+    assert!(
+        !Counter::AuthFailed.counts(&f.event()),
+        "no verdict: cannot tell"
+    );
     f.status = Some(401);
-    assert!(Counter::AuthFailed.counts(&f));
+    assert!(Counter::AuthFailed.counts(&f.event()));
     for c in Counter::ALL {
         assert_eq!(Counter::parse(c.as_str()), Some(c));
     }

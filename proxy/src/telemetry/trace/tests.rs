@@ -120,3 +120,151 @@ fn splits_host_and_port() {
     assert_eq!(split_host_port("[::1]:80"), ("::1", Some(80)));
     assert_eq!(split_host_port("::1"), ("::1", None));
 }
+
+/// The SDK's propagator, which `extract_w3c` and `inject` replace on the request path.
+mod sdk {
+    use super::*;
+    use opentelemetry::Context;
+    use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+    struct Get<'a>(&'a HeaderMap);
+    impl Extractor for Get<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(HeaderName::as_str).collect()
+        }
+    }
+
+    struct Set<'a>(&'a mut HeaderMap);
+    impl Injector for Set<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(key.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                self.0.insert(name, value);
+            }
+        }
+    }
+
+    pub(super) fn extract(h: &HeaderMap) -> Option<SpanContext> {
+        let cx = TraceContextPropagator::new().extract(&Get(h));
+        let sc = cx.span().span_context().clone();
+        sc.is_valid().then_some(sc)
+    }
+
+    pub(super) fn inject(sc: &SpanContext, h: &mut HeaderMap) {
+        let cx = Context::new().with_remote_span_context(sc.clone());
+        TraceContextPropagator::new().inject_context(&cx, &mut Set(h));
+    }
+}
+
+#[test]
+fn w3c_context_is_read_exactly_as_the_sdk_reads_it() {
+    let trace = TRACE;
+    let corpus = [
+        format!("00-{trace}-{SPAN}-01"),
+        format!("00-{trace}-{SPAN}-00"),
+        format!("00-{trace}-{SPAN}-03"),
+        format!("00-{trace}-{SPAN}-ff"),
+        format!("  00-{trace}-{SPAN}-01  "),
+        format!("00-{trace}-{SPAN}-01-"),
+        format!("00-{trace}-{SPAN}-01-extra"),
+        format!("01-{trace}-{SPAN}-01-extra"),
+        format!("fe-{trace}-{SPAN}-01"),
+        format!("ff-{trace}-{SPAN}-01"),
+        format!("+0-{trace}-{SPAN}-01"),
+        format!("0-{trace}-{SPAN}-01"),
+        format!("00-{}-{SPAN}-01", trace.to_uppercase()),
+        format!("00-{trace}-{}-01", SPAN.to_uppercase()),
+        format!("00-{trace}-{SPAN}-0A"),
+        format!("00-42-{SPAN}-01"),
+        format!("00-+42-{SPAN}-01"),
+        format!("00-{trace}-7-01"),
+        format!("00-00000000000000000000000000000000-{SPAN}-01"),
+        format!("00-{trace}-0000000000000000-01"),
+        format!("00-{trace}0-{SPAN}-01"),
+        format!("00-{trace}-{SPAN}"),
+        format!("00-{trace}-{SPAN}-1ff"),
+        format!("00--{trace}-{SPAN}-01"),
+        format!("00-{trace}--{SPAN}-01"),
+        "garbage".to_owned(),
+        String::new(),
+    ];
+    let states = [
+        None,
+        Some("vendor=x"),
+        Some("a=1,b=2"),
+        Some("not a state"),
+        Some(""),
+    ];
+    for tp in &corpus {
+        for ts in states {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(tp) {
+                h.insert("traceparent", v);
+            }
+            if let Some(ts) = ts {
+                h.insert("tracestate", HeaderValue::from_str(ts).unwrap());
+            }
+            let ours = extract_w3c(&h);
+            let theirs = sdk::extract(&h);
+            assert_eq!(ours, theirs, "traceparent {tp:?}, tracestate {ts:?}");
+        }
+    }
+}
+
+#[test]
+fn trace_context_is_written_exactly_as_the_sdk_writes_it() {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+    for sampler in [Sampler::AlwaysOn, Sampler::AlwaysOff] {
+        let provider = SdkTracerProvider::builder().with_sampler(sampler).build();
+        let tracer = provider.tracer("test");
+        for ts in ["", "vendor=x", "a=1,b=2"] {
+            for flags in [TraceFlags::default(), TraceFlags::SAMPLED] {
+                let parent = SpanContext::new(
+                    TraceId::from_hex(TRACE).unwrap(),
+                    SpanId::from_hex(SPAN).unwrap(),
+                    flags,
+                    true,
+                    ts.parse().unwrap(),
+                );
+                for parent in [Some(parent), None] {
+                    let span = RequestSpan::start(
+                        &tracer,
+                        SpanKind::Client,
+                        parent.clone(),
+                        &SpanAttrs::default(),
+                    );
+                    let mut ours = HeaderMap::new();
+                    ours.insert("tracestate", HeaderValue::from_static("caller=1"));
+                    let mut theirs = ours.clone();
+                    span.inject(&mut ours);
+                    sdk::inject(span.context(), &mut theirs);
+                    assert_eq!(ours, theirs, "{flags:?} {ts:?} {parent:?}");
+                    assert!(ours.contains_key("traceparent"));
+                    let ids = span.ids_of_record();
+                    assert_eq!(ids.trace, Some(span.context().trace_id().to_string()));
+                    assert_eq!(ids.span, Some(span.context().span_id().to_string()));
+                    assert_eq!(ids.parent, parent.map(|p| p.span_id().to_string()));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn ids_are_the_sdks_hex() {
+    for s in ["00f067aa0ba902b7", "0000000000000001", "ffffffffffffffff"] {
+        let id = SpanId::from_hex(s).unwrap();
+        assert_eq!(hex(&id.to_bytes()), id.to_string());
+    }
+    for t in [TRACE, "0000000000000000a3ce929d0e0e4736"] {
+        let id = TraceId::from_hex(t).unwrap();
+        assert_eq!(hex(&id.to_bytes()), id.to_string());
+    }
+}
