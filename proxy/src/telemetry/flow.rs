@@ -308,9 +308,12 @@ pub struct FlowRecord<'a> {
     )]
     pub token_error: Option<Cow<'a, str>>,
     /// The sidecar made the answer itself (a forwarding error such as 502, 503 or 504, or a
-    /// request head it refused), not the application or the peer. Not written to the log: the
-    /// detectors read it, so that a status class new for a route means the route answered it.
-    #[serde(skip)]
+    /// request head it refused), not the application or the peer. The detectors read it, so
+    /// that a status class new for a route means the route answered it; it is written to the
+    /// log (`"sidecar_answer":true`, absent when false) and read back, so a baseline learned
+    /// from a flow log (the detectors' `baseline_file`, `picket analyze`) judges answers as
+    /// the live detectors do.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sidecar_answer: bool,
 }
 

@@ -985,3 +985,30 @@ fn each_new_class_of_a_route_is_reported_inside_the_rate_limit() {
         .collect();
     assert_eq!(got, [(5, Severity::Medium), (2, Severity::High)]);
 }
+
+#[test]
+fn a_flow_log_read_as_a_baseline_does_not_learn_the_sidecars_own_answers() {
+    // A flow log of the live detectors: the route answered 200, and the sidecar answered 503
+    // for it while the app was down. Written as the flow log writes it, read back as a
+    // baseline.
+    let ok = http(CATALOG, "GET", "/api/items", 200);
+    let down = http(CATALOG, "GET", "/api/items", 503);
+    let mut unreachable = record(&down, at(0));
+    unreachable.sidecar_answer = true;
+    let log: Vec<String> = [record(&ok, at(0)), unreachable]
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    assert!(log[1].contains("\"sidecar_answer\":true"), "{}", log[1]);
+    assert!(!log[0].contains("sidecar_answer"), "{}", log[0]);
+    let mut d = Detectors::new(&cfg());
+    d.load_baseline(log.join("\n").as_bytes()).unwrap();
+    // The app itself now answers 5xx: a class the route never answered, as the live
+    // detectors would have judged it.
+    let flows: Vec<_> = (0..3)
+        .map(|i| (http(CATALOG, "GET", "/api/items", 500), 10 + i))
+        .collect();
+    let alerts = status_alerts(&mut d, &flows);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].evidence.get("status_class"), Some(&5));
+}
