@@ -985,30 +985,34 @@ impl Detectors {
     }
 
     /// Whether flows of `identity` (or, without one, of this sidecar's unauthenticated
-    /// sources) are learned rather than reported at `now`. The first flow of an identity
-    /// opens its learning window.
+    /// sources) are learned rather than reported at `now`, as [`Self::learns`] says; the
+    /// first flow of an identity opens its learning window.
     fn learning(&mut self, identity: Option<&str>, now: i64) -> bool {
-        let window = duration_ms(self.cfg.learning_window);
         let start = *self.started.get_or_insert(now);
         let Some(id) = identity else {
-            return now.saturating_sub(start) < window;
+            return self.in_learning_window(start, now);
         };
+        let learns = self.learns(id, now);
         let key = self.digest(&["identity", id], 0);
-        let fresh = !self.identities.contains(key);
-        let first = self
-            .identities
-            .entry(key, || KnownIdentity {
-                name: id.into(),
-                first_seen: now,
-            })
-            .first_seen;
-        if fresh && window > 0 {
+        if self.identities.contains(key) {
+            return learns;
+        }
+        self.identities.entry(key, || KnownIdentity {
+            name: id.into(),
+            first_seen: now,
+        });
+        if learns {
             self.learning_started.push(LearningStarted {
                 identity: id.to_owned(),
-                until: from_millis(now.saturating_add(window)),
+                until: from_millis(now.saturating_add(duration_ms(self.cfg.learning_window))),
             });
         }
-        now.saturating_sub(first) < window
+        learns
+    }
+
+    /// Whether a learning window that opened at `start` (ms) is still open at `now`.
+    fn in_learning_window(&self, start: i64, now: i64) -> bool {
+        now.saturating_sub(start) < duration_ms(self.cfg.learning_window)
     }
 
     /// The identities whose learning window opened since the last call.
@@ -1083,15 +1087,13 @@ impl Detectors {
         });
     }
 
-    /// Whether `identity` learns at `now` (ms) without making it known: an identity not seen
-    /// yet would open its window now.
+    /// Whether `identity` learns at `now` (ms), without making it known: the one rule of
+    /// learning windows. An identity not seen yet would open its window now (so with a
+    /// learning window of zero it does not learn).
     fn learns(&self, identity: &str, now: i64) -> bool {
-        let window = duration_ms(self.cfg.learning_window);
         let key = self.digest(&["identity", identity], 0);
-        self.identities
-            .map
-            .get(&key)
-            .is_none_or(|i| now.saturating_sub(i.first_seen) < window)
+        let first_seen = self.identities.map.get(&key).map_or(now, |i| i.first_seen);
+        self.in_learning_window(first_seen, now)
     }
 
     /// `new_source_address`, first step: a peer presented `identity` from `ip` (inbound, once

@@ -1012,3 +1012,30 @@ fn a_flow_log_read_as_a_baseline_does_not_learn_the_sidecars_own_answers() {
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0].evidence.get("status_class"), Some(&5));
 }
+
+#[test]
+fn learns_and_learning_give_one_answer_for_every_identity_and_window() {
+    for window in [0, 60] {
+        let c = DetectorConfig {
+            learning_window: Duration::from_secs(window),
+            ..DetectorConfig::default()
+        };
+        let mut d = Detectors::new(&c);
+        // Milliseconds: an identity unseen, seen inside its window, at its end, and another.
+        for (id, t) in [
+            (FRONTEND, 0),
+            (FRONTEND, 30_000),
+            (ORDERS, 59_000),
+            (FRONTEND, 60_000),
+            (ORDERS, 118_999),
+            (CATALOG, 120_000),
+        ] {
+            let asked = d.learns(id, t);
+            assert_eq!(
+                d.learning(Some(id), t),
+                asked,
+                "{id} at {t} ms, learning window {window} s"
+            );
+        }
+    }
+}
