@@ -703,6 +703,10 @@ impl Source<'_> {
 
 struct Pending {
     kind: AlertKind,
+    /// What tells this alert apart from others of its kind, source and destination in the
+    /// rate limit: the class of a `status_class_new` (each new class of a route is reported,
+    /// so a success that follows new failures is not silenced by them); `None` for the rest.
+    status_class: Option<u8>,
     severity: Severity,
     destination: Option<String>,
     evidence: Vec<(&'static str, u64)>,
@@ -712,17 +716,10 @@ struct Pending {
 }
 
 impl Pending {
-    /// What tells apart alerts of one kind, source and destination in the rate limit, beside
-    /// those: the class of a `status_class_new` (each new class of a route is reported, so a
-    /// success that follows new failures is not silenced by them), else nothing (0).
+    /// The part of the rate-limit key beside kind, source and destination: the status class
+    /// (1 to 5), or 0 when the alert has none.
     fn rate_limit_class(&self) -> u64 {
-        if self.kind != AlertKind::StatusClassNew {
-            return 0;
-        }
-        self.evidence
-            .iter()
-            .find(|(name, _)| *name == "status_class")
-            .map_or(0, |(_, class)| *class)
+        self.status_class.map_or(0, u64::from)
     }
 }
 
@@ -766,6 +763,7 @@ fn scans(
         if n >= threshold {
             pending.push(Pending {
                 kind: AlertKind::PortScan,
+                status_class: None,
                 severity: Severity::High,
                 destination: None,
                 evidence: vec![("distinct_ports", n as u64)],
@@ -780,6 +778,7 @@ fn scans(
         if n >= threshold {
             pending.push(Pending {
                 kind: AlertKind::PathScan,
+                status_class: None,
                 severity: Severity::High,
                 destination: Some(seen.destination.clone()),
                 evidence: vec![("distinct_failing_routes", n as u64)],
@@ -798,6 +797,7 @@ fn scans(
     if n >= threshold {
         pending.push(Pending {
             kind: AlertKind::FanOut,
+            status_class: None,
             severity: Severity::High,
             destination: None,
             evidence: vec![("distinct_destinations", n as u64)],
@@ -1075,6 +1075,7 @@ impl Detectors {
             .unwrap_or_default();
         pending.push(Pending {
             kind: AlertKind::NewEdge,
+            status_class: None,
             severity: Severity::Medium,
             destination: Some(seen.destination.clone()),
             evidence: vec![("requests", 1)],
@@ -1149,6 +1150,7 @@ impl Detectors {
         }
         let pending = Pending {
             kind: AlertKind::NewSourceAddress,
+            status_class: None,
             severity: Severity::Low,
             destination: None,
             evidence: vec![
@@ -1222,6 +1224,7 @@ impl Detectors {
         };
         pending.push(Pending {
             kind: AlertKind::StatusClassNew,
+            status_class: Some(class),
             severity,
             destination: Some(format!("{} {}", seen.destination, seen.route)),
             evidence: vec![
@@ -1290,6 +1293,7 @@ impl Detectors {
         }
         pending.push(Pending {
             kind: AlertKind::SensitivePath,
+            status_class: None,
             severity: if succeeded {
                 Severity::High
             } else {
@@ -1376,6 +1380,7 @@ impl Detectors {
         };
         Some(Pending {
             kind: counter.kind(),
+            status_class: None,
             severity: counter.severity(),
             destination: Some(label),
             evidence: vec![
@@ -1401,6 +1406,7 @@ impl Detectors {
     fn metadata_alert(&self, source_label: &str, host: String, now: i64) -> Pending {
         Pending {
             kind: AlertKind::MetadataAccess,
+            status_class: None,
             severity: Severity::Critical,
             summary: format!("{source_label} called the cloud metadata address {host}"),
             destination: Some(host),
@@ -1443,6 +1449,7 @@ impl Detectors {
         let denied = self.cfg.address_binding.action == ForeignAddressAction::Deny;
         let pending = Pending {
             kind: AlertKind::ForeignAddress,
+            status_class: None,
             severity: Severity::High,
             destination: None,
             evidence: vec![("denied", u64::from(denied))],
@@ -1504,6 +1511,7 @@ impl Detectors {
         };
         let pending = Pending {
             kind: AlertKind::Unauthenticated,
+            status_class: None,
             severity: if foreign {
                 Severity::High
             } else {
