@@ -7,6 +7,10 @@
 //! must not depend on the tools (`picket-analyze`, `picket-k8s`, `picket-cli`) nor on anything
 //! that knows about a control plane.
 
+// Every public item says what it is: a doc comment left above the wrong item (a constant
+// placed between a struct and its comment) leaves the struct undocumented, which this catches.
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod authz;
 pub mod canonical;

@@ -11,13 +11,13 @@ use serde::Deserialize;
 use crate::validate::{Validator, Zero};
 use crate::yaml::{Spanned, YamlError};
 
-/// Where the OTLP exporter sends spans and alert log records.
 /// The fraction of new traces sampled when `telemetry.otlp.sampling_ratio` is not set: 1 %,
 /// what production meshes usually run (Istio's default); what each ratio costs per request is
 /// in `bench/report.md` ("Telemetry cost per request"). A caller's sampled decision is still
 /// kept, so a trace the application starts sampled is recorded whole.
 pub const DEFAULT_SAMPLING_RATIO: f64 = 0.01;
 
+/// Where the OTLP exporter sends spans and alert log records.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OtlpConfig {
     /// gRPC endpoint, `http://host:port` (plaintext; run a node-local collector for TLS).
