@@ -180,8 +180,9 @@ pub struct DetectorConfig {
     /// One alert per kind, source and destination in this period; repeats are counted into
     /// the next one.
     pub rate_limit: Duration,
-    /// Cap of every detector table (edges, sources, addresses, rate-limit keys); the oldest
-    /// entry is evicted first.
+    /// Cap of every detector table. Tables of learned state (identities, edges, routes,
+    /// addresses) refuse new keys when full and keep what they learned; the windows and
+    /// counters evict their oldest entry (`docs/telemetry.md`, "Full tables").
     pub max_tracked: usize,
     /// The addresses each identity may connect from, when known.
     pub address_binding: AddressBinding,

@@ -1,6 +1,10 @@
 //! Lateral-movement detectors: cheap, bounded, deterministic.
 //!
-//! Every table is capped at `max_tracked` entries and evicts the entry inserted first. Keys
+//! Every table is capped at `max_tracked` entries. Tables of what was learned (known
+//! identities, edges, routes' status classes, identities' addresses) keep what they hold when
+//! full and refuse new keys ([`Learned`]): evicting would let a flood of new keys flush learned
+//! state, which would then be learned again silently. Refusals are counted and shown. The
+//! tables of windows and counters evict the entry inserted first ([`Bounded`]). Keys
 //! are 64-bit SipHash digests (random keys per process) of the strings they stand for, so a
 //! table entry costs a few machine words whatever the length of identities and paths. Time is
 //! a parameter of every call, so tests replay scripted scenarios exactly.
@@ -212,20 +216,31 @@ impl DigestMemo {
     }
 }
 
-/// A map capped at `cap` entries that evicts the entry inserted first.
+/// A map capped at `cap` entries. When full, a table of windows and counters (`KEEP` false)
+/// evicts the entry inserted first; a table of learned state ([`Learned`]) refuses new keys.
 #[derive(Debug)]
-struct Bounded<V> {
+struct Bounded<V, const KEEP: bool = false> {
     map: DigestMap<V>,
     order: VecDeque<u64>,
     cap: usize,
+    /// New keys refused because the table was full (learned tables only).
+    refused: u64,
+    /// Refusals already handed to [`Detectors::take_refused`].
+    reported: u64,
 }
 
-impl<V> Bounded<V> {
+/// A table of learned state: when full it keeps every entry and refuses new keys, so that
+/// nothing learned can be flushed out by a flood of new keys and learned again silently.
+type Learned<V> = Bounded<V, true>;
+
+impl<V, const KEEP: bool> Bounded<V, KEEP> {
     fn new(cap: usize) -> Self {
         Self {
             map: DigestMap::default(),
             order: VecDeque::new(),
             cap: cap.max(1),
+            refused: 0,
+            reported: 0,
         }
     }
 
@@ -237,6 +252,46 @@ impl<V> Bounded<V> {
         self.map.contains_key(&key)
     }
 
+    fn is_full(&self) -> bool {
+        self.map.len() >= self.cap
+    }
+
+    /// The entries, oldest first.
+    fn in_order(&self) -> impl Iterator<Item = (u64, &V)> {
+        self.order
+            .iter()
+            .filter_map(|k| self.map.get(k).map(|v| (*k, v)))
+    }
+
+    fn heap_bytes(&self) -> usize {
+        // hashbrown: one control byte per bucket plus the slots; the deque's ring buffer.
+        self.map.capacity() * (size_of::<(u64, V)>() + 1) + self.order.capacity() * 8
+    }
+}
+
+impl<V> Learned<V> {
+    /// The entry for `key`, inserted with `make` if absent; `None` (counted) when it is absent
+    /// and the table is full: nothing learned is evicted to make room.
+    fn entry(&mut self, key: u64, make: impl FnOnce() -> V) -> Option<&mut V> {
+        if !self.map.contains_key(&key) {
+            if self.is_full() {
+                self.refused += 1;
+                return None;
+            }
+            self.order.push_back(key);
+        }
+        Some(self.map.entry(key).or_insert_with(make))
+    }
+
+    /// Refusals since the last call.
+    fn take_refused(&mut self) -> u64 {
+        let n = self.refused - self.reported;
+        self.reported = self.refused;
+        n
+    }
+}
+
+impl<V> Bounded<V> {
     /// The entry for `key`, inserted with `make` (evicting the oldest entry) if absent.
     fn entry(&mut self, key: u64, make: impl FnOnce() -> V) -> &mut V {
         if !self.map.contains_key(&key) {
@@ -251,18 +306,6 @@ impl<V> Bounded<V> {
             self.order.push_back(key);
         }
         self.map.entry(key).or_insert_with(make)
-    }
-
-    /// The entries, oldest first.
-    fn in_order(&self) -> impl Iterator<Item = (u64, &V)> {
-        self.order
-            .iter()
-            .filter_map(|k| self.map.get(k).map(|v| (*k, v)))
-    }
-
-    fn heap_bytes(&self) -> usize {
-        // hashbrown: one control byte per bucket plus the slots; the deque's ring buffer.
-        self.map.capacity() * (size_of::<(u64, V)>() + 1) + self.order.capacity() * 8
     }
 }
 
@@ -485,6 +528,58 @@ pub struct Tables {
     pub known_identities: usize,
     /// Routes with learned status classes.
     pub routes: usize,
+    /// New keys the full tables of learned state refused since the sidecar started.
+    pub refused: RefusedCounts,
+}
+
+/// New keys refused by each table of learned state because it was full (`max_tracked`):
+/// what was learned is kept, what is new is judged unknown.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedCounts {
+    /// Source identities: such an identity does not learn, its flows are reported.
+    pub known_identities: u64,
+    /// Edges: such an edge stays new and raises `new_edge` (rate-limited).
+    pub edges: u64,
+    /// Routes: such a route's status classes are not judged.
+    pub routes: u64,
+    /// Identities' addresses: every address of such an identity is new.
+    pub identities_with_addresses: u64,
+}
+
+/// A table of learned state that refuses new keys when full.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum LearnedTable {
+    /// Known source identities.
+    Identities,
+    /// Learned edges.
+    Edges,
+    /// Routes with their status classes.
+    Routes,
+    /// Addresses each identity used.
+    Addresses,
+}
+
+impl LearnedTable {
+    /// The name `/detectors`, the metric label and the log use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identities => "known_identities",
+            Self::Edges => "edges",
+            Self::Routes => "routes",
+            Self::Addresses => "identities_with_addresses",
+        }
+    }
+}
+
+/// Refusals of one learned table since they were last taken ([`Detectors::take_refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// The table.
+    pub table: LearnedTable,
+    /// New keys refused.
+    pub count: u64,
+    /// The table's first refusals: logged once.
+    pub first: bool,
 }
 
 /// An identity in its learning window.
@@ -617,13 +712,13 @@ pub struct Detectors {
     memo: RefCell<DigestMemo>,
     started: Option<i64>,
     baseline: HashSet<u64, BuildHasherDefault<DigestHasher>>,
-    edges: Bounded<()>,
+    edges: Learned<()>,
     sources: Bounded<SourceState>,
-    identities: Bounded<KnownIdentity>,
+    identities: Learned<KnownIdentity>,
     rates: Bounded<RateEntry>,
-    routes: Bounded<RouteClasses>,
+    routes: Learned<RouteClasses>,
     learning_started: Vec<LearningStarted>,
-    addresses: Bounded<Vec<IpAddr>>,
+    addresses: Learned<Vec<IpAddr>>,
     handshakes: Bounded<HandshakeState>,
     rate: Bounded<RateState>,
 }
@@ -829,13 +924,13 @@ impl Detectors {
             memo: RefCell::default(),
             started: None,
             baseline: HashSet::default(),
-            edges: Bounded::new(cap),
+            edges: Learned::new(cap),
             sources: Bounded::new(cap),
-            identities: Bounded::new(cap),
+            identities: Learned::new(cap),
             rates: Bounded::new(cap),
-            routes: Bounded::new(cap),
+            routes: Learned::new(cap),
             learning_started: Vec::new(),
-            addresses: Bounded::new(cap),
+            addresses: Learned::new(cap),
             handshakes: Bounded::new(cap),
             rate: Bounded::new(cap),
         }
@@ -963,11 +1058,12 @@ impl Detectors {
     /// the route does not learn any more.
     fn know_classes(&mut self, source: &str, destination: &str, route: &str, mask: u8) {
         let key = self.route_key(source, destination, route);
-        let entry = self.routes.entry(key, || {
+        if let Some(entry) = self.routes.entry(key, || {
             RouteClasses::new(source, destination, route, i64::MIN)
-        });
-        entry.first_seen = i64::MIN;
-        entry.learned |= mask;
+        }) {
+            entry.first_seen = i64::MIN;
+            entry.learned |= mask;
+        }
     }
 
     fn route_key(&self, source: &str, destination: &str, route: &str) -> u64 {
@@ -977,16 +1073,18 @@ impl Detectors {
     /// Marks `identity` as known: it learns nothing more and is reported from the start.
     fn know_identity(&mut self, identity: &str) {
         let key = self.digest(&["identity", identity], 0);
-        let entry = self.identities.entry(key, || KnownIdentity {
+        if let Some(entry) = self.identities.entry(key, || KnownIdentity {
             name: identity.into(),
             first_seen: i64::MIN,
-        });
-        entry.first_seen = i64::MIN;
+        }) {
+            entry.first_seen = i64::MIN;
+        }
     }
 
     /// Whether flows of `identity` (or, without one, of this sidecar's unauthenticated
     /// sources) are learned rather than reported at `now`, as [`Self::learns`] says; the
-    /// first flow of an identity opens its learning window.
+    /// first flow of an identity opens its learning window (an identity the full table of
+    /// known identities cannot take does not learn: its flows are reported).
     fn learning(&mut self, identity: Option<&str>, now: i64) -> bool {
         let start = *self.started.get_or_insert(now);
         let Some(id) = identity else {
@@ -997,11 +1095,14 @@ impl Detectors {
         if self.identities.contains(key) {
             return learns;
         }
-        self.identities.entry(key, || KnownIdentity {
-            name: id.into(),
-            first_seen: now,
-        });
-        if learns {
+        let kept = self
+            .identities
+            .entry(key, || KnownIdentity {
+                name: id.into(),
+                first_seen: now,
+            })
+            .is_some();
+        if kept && learns {
             self.learning_started.push(LearningStarted {
                 identity: id.to_owned(),
                 until: from_millis(now.saturating_add(duration_ms(self.cfg.learning_window))),
@@ -1018,6 +1119,42 @@ impl Detectors {
     /// The identities whose learning window opened since the last call.
     pub fn take_learning_started(&mut self) -> Vec<LearningStarted> {
         std::mem::take(&mut self.learning_started)
+    }
+
+    /// New keys each learned table refused since the last call because it was full (tables
+    /// with none left out), and whether it is that table's first refusal.
+    pub fn take_refused(&mut self) -> Vec<Refused> {
+        let mut out = Vec::new();
+        let mut note = |table: LearnedTable, first: bool, count: u64| {
+            if count > 0 {
+                out.push(Refused {
+                    table,
+                    count,
+                    first,
+                });
+            }
+        };
+        note(
+            LearnedTable::Identities,
+            self.identities.reported == 0,
+            self.identities.take_refused(),
+        );
+        note(
+            LearnedTable::Edges,
+            self.edges.reported == 0,
+            self.edges.take_refused(),
+        );
+        note(
+            LearnedTable::Routes,
+            self.routes.reported == 0,
+            self.routes.take_refused(),
+        );
+        note(
+            LearnedTable::Addresses,
+            self.addresses.reported == 0,
+            self.addresses.take_refused(),
+        );
+        out
     }
 
     /// Looks at one finished request or connection; returns the alerts it raises. Each
@@ -1065,7 +1202,9 @@ impl Detectors {
         if self.baseline.contains(&edge) || self.edges.contains(edge) {
             return;
         }
-        self.edges.entry(edge, || ());
+        // An edge the full table refuses stays new: it is reported (rate-limited), not
+        // forgotten in silence.
+        let _kept = self.edges.entry(edge, || ());
         if seen.learning {
             return;
         }
@@ -1093,8 +1232,11 @@ impl Detectors {
     /// learning window of zero it does not learn).
     fn learns(&self, identity: &str, now: i64) -> bool {
         let key = self.digest(&["identity", identity], 0);
-        let first_seen = self.identities.map.get(&key).map_or(now, |i| i.first_seen);
-        self.in_learning_window(first_seen, now)
+        match self.identities.map.get(&key) {
+            Some(i) => self.in_learning_window(i.first_seen, now),
+            // Not seen yet: its window would open now, unless the full table cannot take it.
+            None => !self.identities.is_full() && self.in_learning_window(now, now),
+        }
     }
 
     /// `new_source_address`, first step: a peer presented `identity` from `ip` (inbound, once
@@ -1114,7 +1256,15 @@ impl Detectors {
         let learning = self.learns(identity, now);
         let key = self.digest(&["addr", identity], 0);
         let known = self.addresses.contains(key);
-        let addrs = self.addresses.entry(key, Vec::new);
+        // An identity whose addresses the full table cannot take has no address it is known
+        // from: past its learning window every address it uses is new.
+        let Some(addrs) = self.addresses.entry(key, Vec::new) else {
+            return if learning {
+                PeerAddress::Quiet
+            } else {
+                PeerAddress::New
+            };
+        };
         if addrs.contains(&ip) {
             return PeerAddress::Quiet;
         }
@@ -1138,12 +1288,15 @@ impl Detectors {
         let now = millis(now);
         let ip = source.ip();
         let key = self.digest(&["addr", identity], 0);
-        let addrs = self.addresses.entry(key, Vec::new);
-        if addrs.contains(&ip) {
-            return Vec::new();
-        }
-        remember_address(addrs, ip);
-        let known = addrs.len() as u64 - 1;
+        let known = match self.addresses.entry(key, Vec::new) {
+            Some(addrs) if addrs.contains(&ip) => return Vec::new(),
+            Some(addrs) => {
+                remember_address(addrs, ip);
+                addrs.len() as u64 - 1
+            }
+            // Not remembered (the table is full): judged as an address never used.
+            None => 0,
+        };
         let elsewhere = announced == Announced::Elsewhere;
         if announced == Announced::Replica {
             return Vec::new();
@@ -1189,9 +1342,12 @@ impl Detectors {
         let window = duration_ms(self.cfg.window);
         let threshold = self.cfg.status_class_threshold;
         let now = seen.now;
-        let entry = self.routes.entry(key, || {
+        // A route the full table refuses is not judged (counted in the refusals).
+        let Some(entry) = self.routes.entry(key, || {
             RouteClasses::new(&seen.source_label, &seen.destination, &seen.route, now)
-        });
+        }) else {
+            return;
+        };
         let bit = 1u8 << class;
         if entry.learned & bit != 0 {
             return;
@@ -1657,6 +1813,12 @@ impl Detectors {
             burst_counters: counters,
             known_identities: identities,
             routes,
+            refused: RefusedCounts {
+                known_identities: self.identities.refused,
+                edges: self.edges.refused,
+                routes: self.routes.refused,
+                identities_with_addresses: self.addresses.refused,
+            },
         }
     }
 

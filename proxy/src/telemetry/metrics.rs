@@ -1,6 +1,7 @@
 //! The telemetry metric families: `picket_alerts_total{kind,severity}`,
 //! `picket_telemetry_dropped_total{sink,reason}` and
-//! `picket_detector_identities_learning_total` and `picket_detector_replica_addresses_total`.
+//! `picket_detector_identities_learning_total`, `picket_detector_replica_addresses_total` and
+//! `picket_detector_refused_total{table}`.
 //! Labels come from fixed sets.
 
 use std::fmt;
@@ -11,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use super::alert::{AlertKind, Severity};
+use super::detect::LearnedTable;
 
 /// Where telemetry goes; the `sink` label.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -68,7 +70,14 @@ macro_rules! label_value {
         }
     )*};
 }
-label_value!(Sink, DropReason, AlertKind, Severity);
+label_value!(Sink, DropReason, AlertKind, Severity, LearnedTable);
+
+/// Labels of `picket_detector_refused_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// The full table of learned state.
+    pub table: LearnedTable,
+}
 
 /// Labels of `picket_alerts_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -95,6 +104,7 @@ pub struct TelemetryMetrics {
     dropped: Family<DroppedLabels, Counter>,
     learning: Counter,
     replicas: Counter,
+    refused: Family<RefusedLabels, Counter>,
 }
 
 impl TelemetryMetrics {
@@ -121,7 +131,26 @@ impl TelemetryMetrics {
             "New source addresses of known identities that the cluster announces for that identity (replicas: no new_source_address alert)",
             this.replicas.clone(),
         );
+        registry.register(
+            "picket_detector_refused",
+            "New keys a full detector table of learned state refused (what was learned is kept; max_tracked)",
+            this.refused.clone(),
+        );
         this
+    }
+
+    /// Counts `n` new keys `table` refused because it was full.
+    pub fn refused(&self, table: LearnedTable, n: u64) {
+        self.refused
+            .get_or_create(&RefusedLabels { table })
+            .inc_by(n);
+    }
+
+    /// New keys `table` refused so far.
+    pub fn refused_count(&self, table: LearnedTable) -> u64 {
+        self.refused
+            .get(&RefusedLabels { table })
+            .map_or(0, |c| c.get())
     }
 
     /// Counts one identity whose learning window opened.

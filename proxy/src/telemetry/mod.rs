@@ -441,7 +441,13 @@ impl Telemetry {
         if inner.binding.check(identity, source.ip()) != config::Bound::Foreign {
             if let Some(d) = &inner.detectors {
                 let seen = d.lock().map(|mut d| {
-                    d.observe_peer_address(identity, source.ip(), OffsetDateTime::now_utc())
+                    let seen =
+                        d.observe_peer_address(identity, source.ip(), OffsetDateTime::now_utc());
+                    (seen, d.take_refused())
+                });
+                let seen = seen.map(|(seen, refused)| {
+                    inner.note_refused(&refused);
+                    seen
                 });
                 if matches!(seen, Ok(detect::PeerAddress::New)) {
                     owners::settle(inner, identity, source);
@@ -681,13 +687,15 @@ impl Inner {
         let Some(d) = &self.detectors else {
             return Vec::new();
         };
-        let (alerts, learning) = match d.lock() {
+        let (alerts, learning, refused) = match d.lock() {
             Ok(mut d) => (
                 d.observe_event(event, OffsetDateTime::now_utc()),
                 d.take_learning_started(),
+                d.take_refused(),
             ),
             Err(_) => return Vec::new(),
         };
+        self.note_refused(&refused);
         for l in learning {
             self.metrics.learning_started();
             tracing::info!(
@@ -697,6 +705,20 @@ impl Inner {
             );
         }
         alerts
+    }
+
+    /// Counts what full tables of learned state refused, and logs each table's first
+    /// refusal: the detectors keep what they learned, and say that new state is not kept.
+    fn note_refused(&self, refused: &[detect::Refused]) {
+        for r in refused {
+            self.metrics.refused(r.table, r.count);
+            if r.first {
+                tracing::warn!(
+                    table = r.table.as_str(),
+                    "detectors: a table of learned state is full; what it learned is kept and new keys are refused (judged unknown, counted in picket_detector_refused_total): raise telemetry.detectors.max_tracked"
+                );
+            }
+        }
     }
 
     fn write_flow(&self, record: &FlowRecord<'_>) {

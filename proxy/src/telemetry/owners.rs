@@ -114,12 +114,14 @@ fn finish(inner: &Inner, identity: &str, source: SocketAddr, announced: Announce
     let Some(d) = &inner.detectors else {
         return;
     };
-    let alerts = match d.lock() {
-        Ok(mut d) => {
-            d.settle_source_address(identity, source, announced, OffsetDateTime::now_utc())
-        }
+    let (alerts, refused) = match d.lock() {
+        Ok(mut d) => (
+            d.settle_source_address(identity, source, announced, OffsetDateTime::now_utc()),
+            d.take_refused(),
+        ),
         Err(_) => return,
     };
+    inner.note_refused(&refused);
     if announced == Announced::Replica {
         inner.metrics.replica_address();
         tracing::debug!(identity, address = %source.ip(), "detectors: a new address of a known identity is announced for it (a replica)");

@@ -230,16 +230,20 @@ impl Detectors {
     fn restore_learned(&mut self, saved: &Saved) {
         for i in &saved.identities {
             let k = self.digest(&["identity", &i.identity], 0);
-            self.identities.entry(k, || KnownIdentity {
+            // A state file larger than `max_tracked` keeps its oldest entries; the rest are
+            // refused and counted, as new keys of a full table are.
+            let _kept = self.identities.entry(k, || KnownIdentity {
                 name: i.identity.as_str().into(),
                 first_seen: i.first_seen.unwrap_or(i64::MIN),
             });
         }
         for e in &saved.edges {
-            self.edges.entry(*e, || ());
+            let _kept = self.edges.entry(*e, || ());
         }
         for a in &saved.addresses {
-            *self.addresses.entry(a.key, Vec::new) = a.ips.clone();
+            if let Some(ips) = self.addresses.entry(a.key, Vec::new) {
+                ips.clone_from(&a.ips);
+            }
         }
         for r in &saved.rate_limits {
             self.rate.entry(r.key, || RateState {
@@ -277,7 +281,7 @@ impl Detectors {
         for (mask, r) in routes {
             let k = self.route_key(&r.source, &r.destination, &r.route);
             let first_seen = r.first_seen.unwrap_or(i64::MIN);
-            self.routes.entry(k, || {
+            let _kept = self.routes.entry(k, || {
                 let mut entry = RouteClasses::new(&r.source, &r.destination, &r.route, first_seen);
                 entry.learned = mask;
                 entry

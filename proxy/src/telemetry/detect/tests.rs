@@ -1039,3 +1039,80 @@ fn learns_and_learning_give_one_answer_for_every_identity_and_window() {
         }
     }
 }
+
+/// Detectors with room for `cap` keys per table that learned, for a minute, a route that only
+/// refused (403) and nothing else.
+fn small_and_trained(cap: usize) -> Detectors {
+    let c = DetectorConfig {
+        max_tracked: cap,
+        ..cfg()
+    };
+    let mut d = Detectors::new(&c);
+    for i in 0..10 {
+        let f = http(ORDERS, "POST", "/api/admin/export", 403);
+        assert!(d.observe_flow(&record(&f, at(i)), at(i)).is_empty());
+    }
+    d
+}
+
+#[test]
+fn a_flood_of_new_routes_cannot_flush_a_learned_route() {
+    let mut d = small_and_trained(8);
+    // After learning: 50 distinct routes (each a new edge and a new route) fill the tables.
+    for i in 0..50 {
+        let f = http(CATALOG, "GET", format!("/flood/x{i}"), 404);
+        d.observe_flow(&record(&f, at(100)), at(100));
+    }
+    let refused = d.take_refused();
+    let routes = refused
+        .iter()
+        .find(|r| r.table == LearnedTable::Routes)
+        .unwrap();
+    assert!(routes.first && routes.count > 0, "{refused:?}");
+    assert!(d.take_refused().is_empty(), "taken once");
+    let tables = d.state(at(100)).tables;
+    assert_eq!(tables.routes, 8);
+    assert_eq!(tables.refused.routes, routes.count);
+    // The route that only refused still knows it: success on it is new, and high.
+    let flows: Vec<_> = (0..3)
+        .map(|i| (http(ORDERS, "POST", "/api/admin/export", 200), 200 + i))
+        .collect();
+    let alerts = status_alerts(&mut d, &flows);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].severity, Severity::High);
+}
+
+#[test]
+fn a_flood_of_new_identities_cannot_reopen_a_known_identitys_learning_window() {
+    let mut d = small_and_trained(8);
+    // 20 new identities: the table of known identities fills; FRONTEND stays known.
+    for i in 0..20 {
+        let f = http(ORDERS, "POST", "/api/admin/export", 403);
+        let mut r = record(&f, at(100));
+        let id = format!("spiffe://cluster.local/ns/flood/sa/s{i}");
+        r.source_identity = Some(id.as_str().into());
+        d.observe_flow(&r, at(100));
+    }
+    let refused = d.take_refused();
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.table == LearnedTable::Identities && r.count > 0),
+        "{refused:?}"
+    );
+    // FRONTEND's new edge is reported, not learned in a new window.
+    let f = http(PAYMENTS, "POST", "/api/refunds", 200);
+    let alerts = d.observe_flow(&record(&f, at(101)), at(101));
+    assert!(
+        alerts.iter().any(|a| a.kind == AlertKind::NewEdge),
+        "{alerts:?}"
+    );
+    // An identity the full table refused does not learn either: its new edge is reported.
+    let mut r = record(&f, at(102));
+    r.source_identity = Some("spiffe://cluster.local/ns/flood/sa/late".into());
+    let alerts = d.observe_flow(&r, at(102));
+    assert!(
+        alerts.iter().any(|a| a.kind == AlertKind::NewEdge),
+        "{alerts:?}"
+    );
+}
