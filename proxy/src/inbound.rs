@@ -797,12 +797,11 @@ impl Inbound {
                 Err(e) => {
                     tracing::info!(peer = meta.peer_label(), error = %e, "inbound TCP: application unreachable");
                 }
-                Ok(mut app) => match flow.splice(&mut io, &mut app, &self.telemetry).await {
-                    Ok(bytes) => flow.bytes = Some(bytes),
-                    Err(e) => {
+                Ok(mut app) => {
+                    if let Err(e) = flow.splice(&mut io, &mut app, &self.telemetry).await {
                         tracing::debug!(peer = meta.peer_label(), error = %e, "inbound TCP connection ended");
                     }
-                },
+                }
             }
         }
         flow.finish(&self.metrics, &self.telemetry);

@@ -1018,11 +1018,8 @@ impl Outbound {
                 // The peer is known: the open record goes to the detectors now.
                 flow.open(&self.telemetry);
                 let mut client = IdleTimeout::new(tcp, self.timeouts.idle);
-                match flow.splice(&mut client, &mut peer, &self.telemetry).await {
-                    Ok(bytes) => flow.bytes = Some(bytes),
-                    Err(e) => {
-                        tracing::debug!(upstream = %upstream.cfg.name, error = %e, "outbound TCP connection ended");
-                    }
+                if let Err(e) = flow.splice(&mut client, &mut peer, &self.telemetry).await {
+                    tracing::debug!(upstream = %upstream.cfg.name, error = %e, "outbound TCP connection ended");
                 }
             }
         }

@@ -576,7 +576,8 @@ pub struct TcpFlow<'a> {
     pub ends: Endpoints<'a>,
     /// The connection's authorization (inbound, or egress when egress policies decided it).
     pub enforced: Option<Enforced>,
-    /// Bytes from the caller and to the caller, once the splice has ended.
+    /// Bytes from the caller and to the caller, once the splice has ended (set by
+    /// [`TcpFlow::splice`], however the splice ended).
     pub bytes: Option<(u64, u64)>,
     /// A connection to a destination outside the mesh (passthrough).
     pub egress: bool,
@@ -683,24 +684,28 @@ impl<'a> TcpFlow<'a> {
     }
 
     /// Splices `client` (the side the flow's bytes in come from) and `server` until either
-    /// closes ([`net::splice`]), writing an interim record every active timeout. Returns the
-    /// bytes each way, as `copy_bidirectional` does.
+    /// closes or fails ([`net::splice`]), writing an interim record every active timeout, and
+    /// keeps the bytes each way as they were counted in [`TcpFlow::bytes`]: a connection cut
+    /// by an error, a reset or the idle timeout still reports (and counts in the metrics) what
+    /// it carried. Returns how the copy ended.
     pub async fn splice<A, B>(
-        &self,
+        &mut self,
         client: &mut A,
         server: &mut B,
         telemetry: &Telemetry,
-    ) -> std::io::Result<(u64, u64)>
+    ) -> std::io::Result<()>
     where
         A: AsyncRead + AsyncWrite + Unpin + ?Sized,
         B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
         let every = telemetry.active_timeout().filter(|_| self.opened);
-        let (r, _) = net::splice(client, server, TCP_BUFFER, every, |so_far| {
-            telemetry.record_flow_seen(&self.record(Some(FlowPhase::Interim), so_far));
+        let this = &*self;
+        let (r, bytes) = net::splice(client, server, TCP_BUFFER, every, |so_far| {
+            telemetry.record_flow_seen(&this.record(Some(FlowPhase::Interim), so_far));
         })
         .await;
-        r
+        self.bytes = Some(bytes);
+        r.map(drop)
     }
 
     /// Counts the bytes and, when telemetry is on, records the connection's final flow and
@@ -726,3 +731,6 @@ impl<'a> TcpFlow<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

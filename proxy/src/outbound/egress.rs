@@ -537,11 +537,11 @@ impl Outbound {
         flow.enforced = enforced;
         flow.open_egress(&self.telemetry);
         let mut client = IdleTimeout::new(tcp, self.timeouts.idle);
-        if let Ok(bytes) = flow
+        if let Err(e) = flow
             .splice(&mut client, &mut upstream, &self.telemetry)
             .await
         {
-            flow.bytes = Some(bytes);
+            tracing::debug!(destination = %orig, error = %e, "passthrough connection ended");
         }
         flow.finish(&self.metrics, &self.telemetry);
     }
