@@ -527,7 +527,9 @@ impl Outbound {
             && lease.endpoint.upstream.is_none()
         {
             self.metrics.balancer("unmeshed_plaintext");
-            return self.passthrough(tcp, orig, Some(lease), None, None).await;
+            return self
+                .passthrough(tcp, orig, Some(lease), egress::Asked::default(), None)
+                .await;
         }
         let opaque =
             opaque_port || net::detect(&tcp, self.timeouts.detect).await == net::Detected::Opaque;
