@@ -46,6 +46,7 @@ pub mod authn;
 mod compile;
 mod decision;
 mod decode;
+pub mod egress_name;
 mod error;
 mod evaluate;
 mod explain;

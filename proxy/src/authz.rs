@@ -65,8 +65,11 @@ pub struct PolicyStore {
     workload: Workload,
     options: LoadOptions,
     active: ArcSwap<ActivePolicy>,
-    /// The controller's last policy set (cluster mode; empty otherwise).
+    /// The controller's last policy set that loaded (cluster mode; empty otherwise).
     cluster: ArcSwap<Vec<ClusterPolicy>>,
+    /// The controller's newest set when it did not load (refused whole): tried again first at
+    /// every reload, and dropped once it loads or a newer set arrives.
+    refused: Mutex<Option<Arc<Vec<ClusterPolicy>>>>,
     /// One (re)load at a time, so a slower load never replaces a newer one.
     reloading: Mutex<()>,
     metrics: Arc<Metrics>,
@@ -205,6 +208,7 @@ impl PolicyStore {
             options,
             active: ArcSwap::from_pointee(active),
             cluster: ArcSwap::from_pointee(Vec::new()),
+            refused: Mutex::new(None),
             reloading: Mutex::new(()),
             metrics,
             jwt,
@@ -291,24 +295,37 @@ impl PolicyStore {
         self.active.load().compiled.has_egress_policies()
     }
 
-    /// Re-reads the policy. On error the policy in force stays, the failure is counted and
-    /// logged with its location, and the error is returned.
+    /// Re-reads the policy files and loads them with the controller's set: its newest one
+    /// when that was refused (it may load now, for example once a broken file is fixed), else,
+    /// or when it still does not load, the last set that loaded. On error the policy in force
+    /// stays, the failure is counted and logged with its location, and the error is returned.
     pub fn reload(&self) -> Result<(), PolicyLoadError> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        let cluster = self.cluster.load_full();
-        match Self::build(
-            self.path.as_deref(),
-            &cluster,
-            &self.workload,
-            &self.options,
-            &self.jwt,
-        ) {
-            Ok(active) => {
-                let changed = active.set.sources_hash() != self.active.load().set.sources_hash();
-                self.active.store(Arc::new(active));
-                if changed {
-                    self.log_active("policy reloaded");
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(newest) = refused {
+            match self.build_with(&newest) {
+                Ok(active) => {
+                    self.accept_cluster(
+                        newest,
+                        active,
+                        "policy reloaded with the controller's newest set",
+                    );
+                    return Ok(());
                 }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "the controller's newest policy set still does not load; reloading with its last good set"
+                ),
+            }
+        }
+        let cluster = self.cluster.load_full();
+        match self.build_with(&cluster) {
+            Ok(active) => {
+                self.swap(active, "policy reloaded");
                 Ok(())
             }
             Err(e) => {
@@ -320,13 +337,58 @@ impl PolicyStore {
     }
 
     /// Installs the controller's policy set (the whole set for this namespace, replacing the
-    /// last one) and reloads with it and the files: the same load, swap and failure handling
-    /// as a file change. The set is kept even when the load fails, so the next reload (a
-    /// corrected object, or a file change) loads it again; until then the last good policy
-    /// stays in force.
+    /// last one) loaded with the files: the same load, swap and failure handling as a file
+    /// change, all or nothing. A set that does not load is refused whole: the policy in force
+    /// and the last set that loaded stay (a later file reload uses them), the failure is
+    /// counted and logged, and the error is returned. The refused set is tried again first at
+    /// the next reload, so one that failed only because of a broken file loads once the file
+    /// is fixed; a newer set from the controller replaces it.
     pub fn set_cluster(&self, policies: Vec<ClusterPolicy>) -> Result<(), PolicyLoadError> {
-        self.cluster.store(Arc::new(policies));
-        self.reload()
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let policies = Arc::new(policies);
+        match self.build_with(&policies) {
+            Ok(active) => {
+                self.accept_cluster(policies, active, "policy reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(policies);
+                self.metrics.policy_reload_failures.inc();
+                tracing::error!(
+                    error = %e,
+                    "the policy set from the controller does not load and was refused whole; the last good policy and set stay in force"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Builds the policy from the files and `cluster`.
+    fn build_with(&self, cluster: &[ClusterPolicy]) -> Result<ActivePolicy, PolicyLoadError> {
+        Self::build(
+            self.path.as_deref(),
+            cluster,
+            &self.workload,
+            &self.options,
+            &self.jwt,
+        )
+    }
+
+    /// Puts `active`, built with the controller's `set`, in force; `set` becomes the last
+    /// good set and no set is refused any more.
+    fn accept_cluster(&self, set: Arc<Vec<ClusterPolicy>>, active: ActivePolicy, what: &str) {
+        self.cluster.store(set);
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.swap(active, what);
+    }
+
+    /// Puts `active` in force, logging `what` when its sources differ from the last.
+    fn swap(&self, active: ActivePolicy, what: &str) {
+        let changed = active.set.sources_hash() != self.active.load().set.sources_hash();
+        self.active.store(Arc::new(active));
+        if changed {
+            self.log_active(what);
+        }
     }
 
     /// Starts reloading on SIGHUP and whenever the watched directory changes (debounced), until
@@ -519,4 +581,111 @@ pub fn deny_response(
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn policy_text(name: &str) -> String {
+        format!(
+            "apiVersion: picket.dev/v1\nkind: AuthorizationPolicy\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  action: ALLOW\n  rules:\n  - from: [{{ source: {{ principals: [\"*\"] }} }}]\n"
+        )
+    }
+
+    fn cluster(name: &str) -> ClusterPolicy {
+        ClusterPolicy {
+            source: format!("picket.dev/v1 AuthorizationPolicy shop/{name}"),
+            text: policy_text(name),
+        }
+    }
+
+    fn store(dir: &Path) -> PolicyStore {
+        PolicyStore::new(
+            Some(dir.to_owned()),
+            Workload {
+                namespace: "shop".into(),
+                labels: Default::default(),
+            },
+            LoadOptions::default(),
+            Arc::new(Metrics::new()),
+            Jwt::inline_only(crate::jwt::JwtSettings::default()),
+        )
+        .unwrap()
+    }
+
+    /// The names of the policies in force, sorted.
+    fn in_force(store: &PolicyStore) -> Vec<String> {
+        let mut names: Vec<String> = store
+            .current()
+            .set
+            .policies()
+            .map(|p| p.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_controller_set_that_does_not_load_is_refused_whole_and_later_reloads_work() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), policy_text("file-one")).unwrap();
+        let store = store(dir.path());
+        store.set_cluster(vec![cluster("c1")]).unwrap();
+        assert_eq!(in_force(&store), ["c1", "file-one"]);
+
+        // A set with one good object and one broken one: nothing of it is applied.
+        let broken = ClusterPolicy {
+            source: "picket.dev/v1 AuthorizationPolicy shop/broken".into(),
+            text: "apiVersion: picket.dev/v1\nkind: AuthorizationPolicy\nmetadata: { name: broken }\nspec: { action: MAYBE }\n".into(),
+        };
+        let err = store
+            .set_cluster(vec![cluster("c2"), broken.clone()])
+            .unwrap_err();
+        assert!(err.to_string().contains("shop/broken"), "{err}");
+        assert_eq!(in_force(&store), ["c1", "file-one"]);
+        assert_eq!(
+            store.current().cluster,
+            ["picket.dev/v1 AuthorizationPolicy shop/c1"]
+        );
+        assert_eq!(store.metrics.policy_reload_failures.get(), 1);
+
+        // A file change reloads with the last good set, and so does SIGHUP.
+        std::fs::write(dir.path().join("b.yaml"), policy_text("file-two")).unwrap();
+        store.reload().unwrap();
+        assert_eq!(in_force(&store), ["c1", "file-one", "file-two"]);
+        store.reload().unwrap();
+
+        // A set that duplicates a file's policy is refused as well; the next good set loads.
+        assert!(store.set_cluster(vec![cluster("file-two")]).is_err());
+        assert_eq!(in_force(&store), ["c1", "file-one", "file-two"]);
+        store.set_cluster(vec![cluster("c3")]).unwrap();
+        assert_eq!(in_force(&store), ["c3", "file-one", "file-two"]);
+        store.reload().unwrap();
+        assert_eq!(in_force(&store), ["c3", "file-one", "file-two"]);
+    }
+
+    #[test]
+    fn a_set_refused_for_a_broken_file_loads_once_the_file_is_fixed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, policy_text("file-one")).unwrap();
+        let store = store(dir.path());
+        store.set_cluster(vec![cluster("c1")]).unwrap();
+
+        std::fs::write(&file, "apiVersion: [").unwrap();
+        assert!(store.reload().is_err());
+        // The set is good but cannot load with the broken file: refused, nothing changes.
+        assert!(store.set_cluster(vec![cluster("c2")]).is_err());
+        assert_eq!(in_force(&store), ["c1", "file-one"]);
+
+        std::fs::write(&file, policy_text("file-one")).unwrap();
+        store.reload().unwrap();
+        assert_eq!(in_force(&store), ["c2", "file-one"]);
+        assert_eq!(
+            store.current().cluster,
+            ["picket.dev/v1 AuthorizationPolicy shop/c2"]
+        );
+    }
 }

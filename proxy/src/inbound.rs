@@ -315,15 +315,17 @@ impl Inbound {
             return;
         };
         self.metrics.handshake(Direction::Inbound, kx);
-        // An identity bound to its addresses, presented from another one: alerted, and
-        // refused when the binding says deny.
+        // An identity presented from an address that belongs to another (outside its
+        // `address_binding`, or a pod the controller announces for another identity):
+        // alerted, and refused when `address_binding.action` is deny.
         if !self
             .telemetry
             .peer_connected(&peer.to_string(), client_addr)
+            .await
         {
             self.metrics
                 .connection(Direction::Inbound, "refused_foreign_address");
-            tracing::warn!(%client_addr, peer = %peer, "inbound connection refused: the identity is bound to other addresses");
+            tracing::warn!(%client_addr, peer = %peer, "inbound connection refused: the address belongs to another identity");
             return;
         }
         self.metrics.connection(Direction::Inbound, "accepted");

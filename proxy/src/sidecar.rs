@@ -285,7 +285,8 @@ impl Admin {
 /// Cluster mode (a `controller:` section): the controller answers for transparent
 /// destinations, in place of any listed in the file (see docs/balancing.md), and sends the
 /// namespace's policy objects (the follower task is returned). Its pod addresses are the
-/// announced address sets the detectors check new source addresses against.
+/// announced address sets peers' source addresses are checked against (a replica, or a
+/// foreign address: see `telemetry::owners`).
 async fn cluster_mode(
     outbound: Outbound,
     config: &Config,
@@ -300,7 +301,7 @@ async fn cluster_mode(
     let client = Arc::new(crate::discover::controller::ControllerDiscover::new(
         source, creds,
     )?);
-    telemetry.set_address_owners(Arc::new(crate::discover::AnnouncedOwners(
+    telemetry.set_address_owners(Arc::new(crate::discover::AnnouncedOwners::new(
         Arc::clone(&client) as Arc<dyn crate::discover::Discover>,
     )));
     let follow = cluster_policies(&client, policy, shutdown).await?;

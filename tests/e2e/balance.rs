@@ -5,7 +5,8 @@
 //! - through the real controller (`picket controller` against the API-server double, the
 //!   sidecars subscribed over mTLS), with kube-proxy's DNAT for the Service address in a "node"
 //!   namespace, so the address also works without the mesh, one pod per connection: spread,
-//!   pinned identities, unmeshed endpoints, endpoint changes, the controller going down;
+//!   pinned identities, unmeshed endpoints, replicas and foreign source addresses, endpoint
+//!   changes, the controller going down;
 //! - with the static source (`outbound.destinations`, as VMs use it): latency awareness and
 //!   failure accrual.
 
@@ -407,11 +408,14 @@ async fn per_connection(
     Ok(by_app)
 }
 
-/// The client's sidecar (detectors without a learning window) as the callee of `backend`:
+/// The client's sidecar (detectors without a learning window, `address_binding.action:
+/// deny` and no static map: the controller alone knows owners) as the callee of `backend`:
 /// b1's address is the identity's first, b2's is a replica's (the controller announces it
 /// for `backend`): no `new_source_address`, one replica counted. Then a sidecar presenting
-/// `backend` from pod5, which the cluster says runs `plain` without a sidecar: alerted, low,
-/// with `announced_elsewhere`.
+/// `backend` from pod5, which the cluster says runs `plain` without a sidecar: nothing known
+/// of the address, so alerted, low, with `announced_elsewhere`, and let through. Last, the
+/// impostor's sidecar presents `impostor` from pod4, which the controller announces for
+/// `backend`: a foreign address, high, and refused before any request reaches the app.
 async fn replicas_and_a_foreign_address(w: &mut World) -> Result<()> {
     let to_client = format!("http://{}:{APP_PORT}/hello", w.ip(CLIENT));
     for i in [1, 2] {
@@ -469,6 +473,48 @@ async fn replicas_and_a_foreign_address(w: &mut World) -> Result<()> {
             && a["severity"] == "low"
             && a["evidence"]["announced_elsewhere"] == 1,
         "{a}"
+    );
+
+    // The impostor: its identity from an address the controller announces for `backend`.
+    let (status, body) = get(&w.pods.net, IMPOSTOR_POD, &to_client).await?;
+    ensure!(
+        status != 200 && !body.contains("\"client0\""),
+        "impostor -> client reached the app: {status} {body}"
+    );
+    let impostor = format!("spiffe://{TD}/ns/pods/sa/impostor");
+    let (_, page) = w
+        .pods
+        .net
+        .curl(CLIENT, "http://127.0.0.1:7191/alerts", &[])
+        .await?;
+    let page: Value = serde_json::from_str(&page).with_context(|| page.clone())?;
+    let foreign: Vec<&Value> = page["alerts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|a| a["kind"] == "foreign_address")
+                .collect()
+        })
+        .unwrap_or_default();
+    ensure!(foreign.len() == 1, "{page:#}");
+    let a = foreign[0];
+    ensure!(
+        a["source_identity"] == impostor.as_str()
+            && a["source_address"] == w.ip(IMPOSTOR_POD).as_str()
+            && a["severity"] == "high"
+            && a["evidence"]["denied"] == 1
+            && a["evidence"]["announced_for_another"] == 1
+            && a["summary"].as_str().is_some_and(|s| s.contains(&backend)),
+        "{a}"
+    );
+    let (_, metrics) = w
+        .pods
+        .net
+        .curl(CLIENT, "http://127.0.0.1:7191/metrics", &[])
+        .await?;
+    ensure!(
+        metrics.contains("outcome=\"refused_foreign_address\""),
+        "{metrics}"
     );
     Ok(())
 }
@@ -541,7 +587,9 @@ async fn through_the_controller_requests_spread_identities_pin_and_endpoint_chan
     );
     // The client's detectors learn nothing (no learning window), so that a new source
     // address of a known identity is judged at once.
-    w.telemetry = "  detectors: { learning_window: 0s }\n".to_owned();
+    // Its binding action is deny, with no static map: the controller's owners decide.
+    w.telemetry =
+        "  detectors: { learning_window: 0s, address_binding: { action: deny } }\n".to_owned();
     w.sidecar(CLIENT, "client0", &client).await?;
     w.telemetry.clear();
     let net = &w.pods.net;

@@ -235,7 +235,8 @@ async fn an_identity_presented_from_a_foreign_address_is_refused_and_alerted() -
     ensure!(
         a.severity == picket_proxy::telemetry::Severity::High
             && a.source_identity.as_deref() == Some(frontend_id.as_str())
-            && a.evidence.get("denied") == Some(&1),
+            && a.evidence.get("denied") == Some(&1)
+            && a.evidence.get("announced_for_another") == Some(&0),
         "{a:?}"
     );
     ensure!(

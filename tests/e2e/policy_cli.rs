@@ -719,7 +719,26 @@ async fn explain_an_egress_connection_against_the_egress_policies() -> Result<()
         stdout(&out)
     );
 
+    // A Host with a port and a trailing dot, in capitals: the name the sidecar reads from
+    // such a header (the port dropped), decided by the DENY.
+    let out = explain_egress(&[
+        "--destination-ip",
+        "198.51.100.7",
+        "--port",
+        "80",
+        "--host",
+        "X.PasteBin.com.:8080",
+    ])
+    .await?;
+    exit_code(&out, 0)?;
+    ensure!(
+        stdout(&out).contains("decision: deny (explicit-deny) by shop/no-pastebin rule 0"),
+        "{}",
+        stdout(&out)
+    );
+
     // Bad input: named, exit 2.
+    let long_label = format!("{}.example", "a".repeat(64));
     for (args, says) in [
         (
             vec![
@@ -734,16 +753,61 @@ async fn explain_an_egress_connection_against_the_egress_policies() -> Result<()
             ],
             "--sni and --host",
         ),
+        // Texts the sidecar reads no name from (the one rule of `picket_policy::egress_name`).
         (
             vec![
                 "--destination-ip",
                 "203.0.113.9",
                 "--port",
                 "443",
-                "--host",
+                "--sni",
                 "a.example:443",
             ],
-            "without a port",
+            "--sni \"a.example:443\": a port after the name (a server name has none): the sidecar reads no name from it",
+        ),
+        (
+            vec![
+                "--destination-ip",
+                "203.0.113.9",
+                "--port",
+                "443",
+                "--sni",
+                "203.0.113.9",
+            ],
+            "an IP address, not a host name: the sidecar reads no name",
+        ),
+        (
+            vec![
+                "--destination-ip",
+                "203.0.113.9",
+                "--port",
+                "443",
+                "--sni",
+                "",
+            ],
+            "--sni \"\": empty",
+        ),
+        (
+            vec![
+                "--destination-ip",
+                "203.0.113.9",
+                "--port",
+                "80",
+                "--host",
+                "bücher.example",
+            ],
+            "not ASCII",
+        ),
+        (
+            vec![
+                "--destination-ip",
+                "203.0.113.9",
+                "--port",
+                "443",
+                "--sni",
+                long_label.as_str(),
+            ],
+            "longer than 63 bytes",
         ),
         (
             vec![

@@ -407,8 +407,22 @@ fn explain_egress(
         (Some(_), Some(_)) => bail!(
             "--sni and --host: an egress connection has one name, the SNI of its TLS ClientHello or the Host of its plaintext HTTP/1 request"
         ),
-        (Some(n), None) => (Some(egress_name(n, "--sni")?), true),
-        (None, Some(n)) => (Some(egress_name(n, "--host")?), false),
+        (Some(n), None) => (
+            Some(egress_name(
+                n,
+                "--sni",
+                picket_policy::egress_name::sni_name,
+            )?),
+            true,
+        ),
+        (None, Some(n)) => (
+            Some(egress_name(
+                n,
+                "--host",
+                picket_policy::egress_name::host_header_name,
+            )?),
+            false,
+        ),
         (None, None) => (None, false),
     };
     let req = picket_policy::EgressRequest {
@@ -425,25 +439,20 @@ fn explain_egress(
     output.print(&explanation, || explanation.to_string())
 }
 
-/// A name as the sidecar reads it from an egress connection: lowercase, without trailing dot
-/// or port (the port is `--port`), an IPv6 literal without brackets.
-fn egress_name(raw: &str, flag: &str) -> anyhow::Result<String> {
-    let host =
-        normalize::normalize_host(raw).map_err(|e| anyhow::anyhow!("{flag} {raw:?}: {e}"))?;
-    let (name, port) = match host.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((addr, rest)) => (addr.to_owned(), !rest.is_empty()),
-            None => (host.clone(), false),
-        },
-        None => match host.split_once(':') {
-            Some((n, _)) => (n.to_owned(), true),
-            None => (host.clone(), false),
-        },
-    };
-    if port {
-        bail!("{flag} {raw:?}: the name without a port (the port dialled is --port)");
-    }
-    Ok(name)
+/// A name as the sidecar reads it from an egress connection, by the one rule it reads with
+/// (`picket_policy::egress_name`): `--sni` as a ClientHello's server name, `--host` as a
+/// plaintext request's `Host` (its port dropped: the port dialled is `--port`). A text the
+/// sidecar reads no name from is an error that says why.
+fn egress_name(
+    raw: &str,
+    flag: &str,
+    read: fn(&[u8]) -> Result<String, picket_policy::egress_name::NameError>,
+) -> anyhow::Result<String> {
+    read(raw.as_bytes()).map_err(|e| {
+        anyhow::anyhow!(
+            "{flag} {raw:?}: {e}: the sidecar reads no name from it (explain the connection without {flag} to see how a connection without a name is decided)"
+        )
+    })
 }
 
 #[derive(Debug, Deserialize)]

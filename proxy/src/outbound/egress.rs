@@ -98,24 +98,6 @@ impl Parsed {
     }
 }
 
-/// A DNS host name as SNI carries it (RFC 6066 section 3: no trailing dot, ASCII), checked
-/// strictly: labels of 1 to 63 letters, digits, `-` and `_`, 253 bytes at most. Lowercased.
-fn host_name(bytes: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let text = text.strip_suffix('.').unwrap_or(text);
-    if text.is_empty() || text.len() > 253 {
-        return None;
-    }
-    let ok = text.split('.').all(|label| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    });
-    ok.then(|| text.to_ascii_lowercase())
-}
-
 /// A big-endian reader that fails on any read past the end.
 struct Reader<'a>(&'a [u8]);
 
@@ -280,7 +262,8 @@ fn server_name_list(mut data: Reader<'_>) -> Option<Option<String>> {
             if name.is_some() {
                 return None;
             }
-            name = Some(host_name(value.0)?);
+            // A name the shared rule refuses leaves the ClientHello without one.
+            name = Some(picket_policy::egress_name::sni_name(value.0).ok()?);
         }
     }
     Some(name)
@@ -317,28 +300,10 @@ pub fn http1_host(buf: &[u8]) -> Parsed {
     let (Some(host), None) = (hosts.next(), hosts.next()) else {
         return Parsed::NoName;
     };
-    let Ok(authority) = std::str::from_utf8(host.value)
-        .map_err(|_| ())
-        .and_then(|v| v.parse::<http::uri::Authority>().map_err(|_| ()))
-    else {
-        return Parsed::NoName;
-    };
-    if authority.as_str().contains('@') {
-        return Parsed::NoName;
-    }
-    let h = authority.host();
-    if let Some(v6) = h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return match v6.parse::<std::net::Ipv6Addr>() {
-            Ok(ip) => Parsed::plain(ip.to_string()),
-            Err(_) => Parsed::NoName,
-        };
-    }
-    if let Ok(ip) = h.parse::<std::net::Ipv4Addr>() {
-        return Parsed::plain(ip.to_string());
-    }
-    match host_name(h.as_bytes()) {
-        Some(name) => Parsed::plain(name),
-        None => Parsed::NoName,
+    // The one rule `picket policy explain --host` checks with.
+    match picket_policy::egress_name::host_header_name(host.value) {
+        Ok(name) => Parsed::plain(name),
+        Err(_) => Parsed::NoName,
     }
 }
 

@@ -107,7 +107,8 @@ pub enum ForeignAddressAction {
 }
 
 /// Which addresses belong to which identities (a static map, for VMs), and what a
-/// connection from another address gets.
+/// connection from another address gets: outside the map, or from a pod the controller
+/// announces for another identity.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AddressBinding {
     /// Each bound identity with the networks its workloads connect from.
@@ -389,6 +390,8 @@ struct RawDetectors {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBinding {
+    // Optional: in cluster mode the controller knows the owners, and `action` alone applies.
+    #[serde(default)]
     identities: BTreeMap<String, Vec<Spanned<String>>>,
     #[serde(default)]
     action: Option<Spanned<String>>,

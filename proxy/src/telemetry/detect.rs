@@ -541,8 +541,8 @@ pub enum PeerAddress {
 pub enum Announced {
     /// The address is a pod the cluster announces for the very identity presented: a replica.
     Replica,
-    /// The cluster announces the address for another identity, for a pod without a sidecar,
-    /// or does not know it as a pod's address.
+    /// The cluster announces the address for a pod without a sidecar, or does not know it as
+    /// a pod's address (one it announces for another identity is a foreign address).
     Elsewhere,
     /// Nothing is known: no announced sets (file mode), or no answer in time.
     Unknown,
@@ -1422,25 +1422,35 @@ impl Detectors {
         self.emit(&src, own_identity, vec![p], now)
     }
 
-    /// A peer presented `identity` from `source`, an address its binding does not hold.
+    /// A peer presented `identity` from `source`, an address that belongs to another
+    /// identity: outside the identity's binding, or (`owner`) a pod the cluster announces for
+    /// that other identity.
     pub fn observe_foreign_address(
         &mut self,
         identity: &str,
         source: SocketAddr,
+        owner: Option<&str>,
         now: OffsetDateTime,
     ) -> Vec<Alert> {
         let now = millis(now);
         let ip = source.ip();
         let denied = self.cfg.address_binding.action == ForeignAddressAction::Deny;
+        let whose = match owner {
+            Some(other) => format!("which the cluster announces for {other}"),
+            None => "which is not one of its addresses".to_owned(),
+        };
         let pending = Pending {
             kind: AlertKind::ForeignAddress,
             severity: Severity::High,
             destination: None,
-            evidence: vec![("denied", u64::from(denied))],
+            evidence: vec![
+                ("denied", u64::from(denied)),
+                ("announced_for_another", u64::from(owner.is_some())),
+            ],
             window: false,
             first_seen: now,
             summary: format!(
-                "{identity} was presented from {ip}, which is not one of its addresses{}",
+                "{identity} was presented from {ip}, {whose}{}",
                 if denied {
                     "; the connection was closed"
                 } else {

@@ -347,8 +347,9 @@ impl Telemetry {
 
     /// Where the announced address sets come from: the discovery source of cluster mode. A
     /// new source address of a known identity that it announces for that identity is a
-    /// replica and raises no `new_source_address`. Set once; without it (file mode) every
-    /// new address of a known identity is alerted.
+    /// replica and raises no `new_source_address`; one it announces for another identity is a
+    /// foreign address (as outside an `address_binding`). Set once; without it (file mode)
+    /// every new address of a known identity is alerted.
     pub fn set_address_owners(&self, owners: Arc<dyn AddressOwners>) {
         if let Some(inner) = &self.inner
             && !inner.owners.set(owners)
@@ -363,34 +364,16 @@ impl Telemetry {
     }
 
     /// A peer connected (inbound, after its handshake) with `identity` from `source`. Returns
-    /// whether the connection may go on: not when the identity is bound to other addresses
-    /// (`telemetry.detectors.address_binding`) and the action is `deny`. A foreign address
-    /// raises a `foreign_address` alert either way. A known identity from a new address is
-    /// looked up in the announced sets (`new_source_address`), without holding the
-    /// connection up.
-    pub fn peer_connected(&self, identity: &str, source: SocketAddr) -> bool {
-        let Some(inner) = &self.inner else {
-            return true;
-        };
-        if inner.binding.check(identity, source.ip()) != config::Bound::Foreign {
-            if let Some(d) = &inner.detectors {
-                let seen = d.lock().map(|mut d| {
-                    d.observe_peer_address(identity, source.ip(), OffsetDateTime::now_utc())
-                });
-                if matches!(seen, Ok(detect::PeerAddress::New)) {
-                    owners::settle(inner, identity, source);
-                }
-            }
-            return true;
+    /// whether the connection may go on: not when the address belongs to another identity
+    /// (outside the identity's `telemetry.detectors.address_binding`, or a pod the controller
+    /// announces for another identity) and `address_binding.action` is `deny`. A foreign
+    /// address raises a `foreign_address` alert either way; any other new address of a known
+    /// identity goes to `new_source_address`. See [`owners`].
+    pub async fn peer_connected(&self, identity: &str, source: SocketAddr) -> bool {
+        match &self.inner {
+            Some(inner) => owners::admit(inner, identity, source).await,
+            None => true,
         }
-        if let Some(d) = &inner.detectors {
-            let alerts = match d.lock() {
-                Ok(mut d) => d.observe_foreign_address(identity, source, OffsetDateTime::now_utc()),
-                Err(_) => Vec::new(),
-            };
-            inner.raise(&alerts, None);
-        }
-        inner.binding.action != config::ForeignAddressAction::Deny
     }
 
     /// An outbound call or connection attempt to `host` (`ip[:port]` or a host name), before

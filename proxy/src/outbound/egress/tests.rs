@@ -418,3 +418,107 @@ async fn peeking_sees_an_ech_offer_without_a_name() {
         }
     );
 }
+
+/// Edge names read by the sidecar (from an SNI and from a `Host`) and decided by an egress
+/// policy, beside what `picket policy explain --sni/--host` makes of the same text (the one
+/// rule in `picket_policy::egress_name`): a text explain refuses is one the sidecar reads no
+/// name from, and a name explain accepts is read and decided alike.
+#[test]
+fn edge_names_are_read_and_decided_as_explain_reads_them() {
+    use picket_policy::egress_name::{host_header_name, sni_name};
+    use picket_policy::{DefaultAction, EgressRequest, LoadOptions, Source, Verdict, Workload};
+    let text = "apiVersion: picket.dev/v1\nkind: AuthorizationPolicy\nmetadata: { name: out, namespace: shop }\nspec:\n  direction: egress\n  rules:\n  - to: [{ operation: { hosts: [\"api.example.com\", \"10.0.0.1\"] } }]\n";
+    let set = picket_policy::load(
+        &[Source {
+            name: "egress.yaml",
+            text,
+        }],
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let policies = set.for_workload(&Workload {
+        namespace: "shop".into(),
+        labels: Default::default(),
+    });
+    let decide = |name: Option<&str>, sni: bool| {
+        let req = EgressRequest {
+            ip: "203.0.113.9".parse().unwrap(),
+            port: 443,
+            name,
+            sni: name.filter(|_| sni),
+        };
+        let decided = policies.evaluate_egress(&req, DefaultAction::Allow).verdict;
+        let explained = policies
+            .explain_egress(&req, DefaultAction::Allow)
+            .decision
+            .verdict;
+        assert_eq!(decided, explained, "{name:?}");
+        decided
+    };
+    let long_label = format!("{}.example.com", "a".repeat(64));
+    // (text, the name read from an SNI, from a Host; allowed by name?)
+    let cases: [(&str, Option<&str>, Option<&str>); 10] = [
+        (
+            "Api.Example.COM.",
+            Some("api.example.com"),
+            Some("api.example.com"),
+        ),
+        (
+            "API.EXAMPLE.COM",
+            Some("api.example.com"),
+            Some("api.example.com"),
+        ),
+        ("api.example.com:443", None, Some("api.example.com")),
+        ("10.0.0.1", None, Some("10.0.0.1")),
+        ("010.0.0.1", None, None),
+        ("[::1]:8443", None, Some("::1")),
+        ("", None, None),
+        ("bücher.example", None, None),
+        (&long_label, None, None),
+        ("api..example.com", None, None),
+    ];
+    for (raw, want_sni, want_host) in cases {
+        let hello = hello_with(&[(0, sni_ext(&[(0, raw.as_bytes())]))]);
+        let read_sni = match client_hello_sni(&hello) {
+            Parsed::Name { name, .. } => Some(name),
+            _ => None,
+        };
+        let head = format!("GET / HTTP/1.1\r\nHost: {raw}\r\n\r\n");
+        let read_host = match http1_host(head.as_bytes()) {
+            Parsed::Name { name, .. } => Some(name),
+            _ => None,
+        };
+        assert_eq!(read_sni.as_deref(), want_sni, "SNI {raw:?}");
+        assert_eq!(read_host.as_deref(), want_host, "Host {raw:?}");
+        assert_eq!(
+            sni_name(raw.as_bytes()).ok(),
+            read_sni,
+            "explain --sni {raw:?}"
+        );
+        assert_eq!(
+            host_header_name(raw.as_bytes()).ok(),
+            read_host,
+            "explain --host {raw:?}"
+        );
+        // The decision: only the allowed names pass; a connection without a name does not.
+        let allowed =
+            |n: &Option<String>| matches!(n.as_deref(), Some("api.example.com" | "10.0.0.1"));
+        let want = |n: &Option<String>| {
+            if allowed(n) {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            }
+        };
+        assert_eq!(
+            decide(read_sni.as_deref(), true),
+            want(&read_sni),
+            "{raw:?}"
+        );
+        assert_eq!(
+            decide(read_host.as_deref(), false),
+            want(&read_host),
+            "{raw:?}"
+        );
+    }
+}
