@@ -155,6 +155,8 @@ pub struct Inbound {
     timeouts: Timeouts,
     limits: Limits,
     listener: ListenerSettings,
+    /// The HTTP servers of the inbound listeners, built once.
+    servers: net::HttpServers,
     requests: RequestLimit,
     mode: InboundMode,
 }
@@ -189,6 +191,13 @@ impl Inbound {
             .set_host(false)
             .build(connector);
         let h2 = std::sync::Mutex::new(std::collections::HashMap::new());
+        let listener = config.listener_settings();
+        let servers = net::HttpServers::new(&listener, metrics.parking(timeouts.park), |h2| {
+            h2.enable_connect_protocol()
+                .max_concurrent_streams(forward::MAX_STREAMS)
+                .initial_stream_window_size(forward::STREAM_WINDOW)
+                .initial_connection_window_size(forward::CONNECTION_WINDOW);
+        });
         Ok(Self {
             acceptor: TlsAcceptor::from(creds.server_config()?),
             app,
@@ -202,7 +211,8 @@ impl Inbound {
             http_cfg: config.http.clone(),
             deny_details: config.policy.deny_details,
             timeouts,
-            listener: config.listener_settings(),
+            listener,
+            servers,
             requests: RequestLimit::new(limits.max_requests, Direction::Inbound),
             limits,
             mode: config.inbound.mode.clone(),
@@ -412,17 +422,7 @@ impl Inbound {
                 Ok::<_, Infallible>(resp.map(|b| guard.guard(b)))
             })
         });
-        let parking = net::Parking {
-            delay: self.timeouts.park,
-            parked: &self.metrics.http1_parked,
-            parks: &self.metrics.http1_parks,
-        };
-        let served = net::serve_http(io, h2, svc, &self.listener, parking, &shutdown, |h2| {
-            h2.enable_connect_protocol()
-                .max_concurrent_streams(forward::MAX_STREAMS)
-                .initial_stream_window_size(forward::STREAM_WINDOW)
-                .initial_connection_window_size(forward::CONNECTION_WINDOW);
-        });
+        let served = net::serve_http(io, h2, svc, &self.servers, &shutdown);
         tokio::select! {
             result = served => {
                 if let Err(e) = result {

@@ -381,6 +381,16 @@ impl Metrics {
         );
     }
 
+    /// How a side parks its idle HTTP/1 connections after `delay`, counted in
+    /// `picket_http1_parked_connections` and `picket_http1_parks_total` (`net::park`).
+    pub fn parking(&self, delay: std::time::Duration) -> crate::net::Parking {
+        crate::net::Parking {
+            delay,
+            parked: self.http1_parked.clone(),
+            parks: self.http1_parks.clone(),
+        }
+    }
+
     /// Counts a connection outcome.
     pub fn connection(&self, direction: Direction, outcome: &'static str) {
         self.connections

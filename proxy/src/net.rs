@@ -73,6 +73,22 @@ impl<T> IdleTimeout<T> {
     pub(crate) fn idle_deadline(&self) -> Instant {
         self.last + self.idle
     }
+
+    /// The same stream boxed as a tunnel end, with the same timer, window and last byte
+    /// time: the idle timeout goes on as it was, without a second timer.
+    pub(crate) fn boxed(self) -> IdleTimeout<Box<dyn crate::tunnel::TunnelIo>>
+    where
+        T: crate::tunnel::TunnelIo + 'static,
+    {
+        IdleTimeout {
+            inner: Box::new(self.inner),
+            idle: self.idle,
+            window: self.window,
+            timer: self.timer,
+            last: self.last,
+            alarm: self.alarm,
+        }
+    }
 }
 
 /// The timer's state while the stream waits (its inner stream returned `Pending`): fails once
@@ -515,10 +531,11 @@ pub mod park;
 
 pub use park::Parking;
 
-/// A connection's stream as [`serve_http`] takes it. A plain TCP stream can be parked between
-/// HTTP/1 requests ([`park`]); a TLS stream cannot: rustls keeps its own buffers and records
-/// (alerts, key updates) arrive without a request, so readability of the socket says nothing
-/// about a request, and the sidecar-to-sidecar connections it carries are HTTP/2.
+/// A connection's stream as [`serve_http`] takes it: the connection under its idle timeout. A
+/// plain TCP stream can be parked between HTTP/1 requests ([`park`]); a TLS stream cannot:
+/// rustls keeps its own buffers and records (alerts, key updates) arrive without a request, so
+/// readability of the socket says nothing about a request, and the sidecar-to-sidecar
+/// connections it carries are HTTP/2.
 pub trait ServeIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The plain TCP stream, when this is one.
     fn into_parkable(self) -> Result<IdleTimeout<tokio::net::TcpStream>, Self>
@@ -527,30 +544,70 @@ pub trait ServeIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     {
         Err(self)
     }
+
+    /// The stream as a WebSocket tunnel's client end, keeping its idle timeout (the one timer
+    /// of the tunnel, `tunnel::client_end`).
+    fn into_tunnel(self) -> IdleTimeout<Box<dyn crate::tunnel::TunnelIo>>;
 }
 
 impl ServeIo for IdleTimeout<tokio::net::TcpStream> {
     fn into_parkable(self) -> Result<IdleTimeout<tokio::net::TcpStream>, Self> {
         Ok(self)
     }
+
+    fn into_tunnel(self) -> IdleTimeout<Box<dyn crate::tunnel::TunnelIo>> {
+        self.boxed()
+    }
 }
 
-impl ServeIo for IdleTimeout<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {}
+impl ServeIo for IdleTimeout<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    fn into_tunnel(self) -> IdleTimeout<Box<dyn crate::tunnel::TunnelIo>> {
+        self.boxed()
+    }
+}
+
+/// The HTTP servers of one side's listeners, built once from their settings and shared by
+/// every connection: HTTP/1.1 with the listener's limits and how its idle connections are
+/// parked, and HTTP/2 tuned for the side.
+#[derive(Debug, Clone)]
+pub struct HttpServers {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
+    header_timeout: Duration,
+    parking: Parking,
+}
+
+impl HttpServers {
+    /// The servers for listeners with `settings`; `tune_h2` adds the side's HTTP/2 settings.
+    pub fn new(
+        settings: &picket_common::server::ListenerSettings,
+        parking: Parking,
+        tune_h2: impl FnOnce(&mut hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>),
+    ) -> Self {
+        use picket_common::server;
+        let mut http2 = server::http2_builder(settings);
+        tune_h2(&mut http2);
+        Self {
+            http1: server::http1_builder(settings),
+            http2,
+            header_timeout: settings.header_timeout,
+            parking,
+        }
+    }
+}
 
 /// Serves one plaintext-framed HTTP connection (the app's, or a peer's inside TLS) with `svc`
-/// until it ends, or until `shutdown` and then gracefully: HTTP/2 when `h2` (its builder tuned
-/// by `tune_h2`), else HTTP/1.1 with upgrades, parked between requests on a plain TCP stream
-/// (`parking`). Each version's connection is boxed on its own, so a connection holds the state
-/// of the version it speaks and not of the other (an HTTP/2 server connection's future is
-/// larger than an HTTP/1 one, and an idle connection keeps it).
+/// until it ends, or until `shutdown` and then gracefully: HTTP/2 when `h2`, else HTTP/1.1
+/// with upgrades, parked between requests on a plain TCP stream. Each version's connection is
+/// boxed on its own, so a connection holds the state of the version it speaks and not of the
+/// other (an HTTP/2 server connection's future is larger than an HTTP/1 one, and an idle
+/// connection keeps it).
 pub async fn serve_http<I, S, B>(
     io: I,
     h2: bool,
     svc: S,
-    settings: &picket_common::server::ListenerSettings,
-    parking: Parking<'_>,
+    servers: &HttpServers,
     shutdown: &tokio_util::sync::CancellationToken,
-    tune_h2: impl FnOnce(&mut hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>),
 ) -> Result<(), hyper::Error>
 where
     I: ServeIo,
@@ -560,27 +617,24 @@ where
     use hyper_util::rt::TokioIo;
     use picket_common::server;
     if h2 {
-        let mut builder = server::http2_builder(settings);
-        tune_h2(&mut builder);
-        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        let conn = servers.http2.serve_connection(TokioIo::new(io), svc);
         return Box::pin(server::drain_on(conn, shutdown, |c| c.graceful_shutdown())).await;
     }
-    let builder = server::http1_builder(settings);
     match io.into_parkable() {
         Ok(tcp) => {
-            let header_timeout = settings.header_timeout;
             Box::pin(park::serve(
                 tcp,
                 svc,
-                &builder,
-                header_timeout,
-                parking,
+                &servers.http1,
+                servers.header_timeout,
+                &servers.parking,
                 shutdown,
             ))
             .await
         }
         Err(io) => {
-            let conn = builder
+            let conn = servers
+                .http1
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
             Box::pin(server::drain_on(conn, shutdown, |c| c.graceful_shutdown())).await

@@ -268,6 +268,8 @@ pub struct Outbound {
     timeouts: Timeouts,
     limits: Limits,
     listener: ListenerSettings,
+    /// The HTTP servers of the outbound listeners, built once.
+    servers: net::HttpServers,
     requests: RequestLimit,
     /// The discovery source, when there is one (listed destinations, or the controller).
     discover: Option<Arc<dyn Discover>>,
@@ -316,6 +318,10 @@ impl Outbound {
         let timeouts = full.timeouts.clone();
         let limits = full.limits.clone();
         let tuning_metrics = Arc::clone(&metrics);
+        let listener = full.listener_settings();
+        let servers = net::HttpServers::new(&listener, metrics.parking(timeouts.park), |h2| {
+            h2.enable_connect_protocol();
+        });
         let mut this = Self {
             telemetry,
             own_identity: full.identity.to_string(),
@@ -339,7 +345,8 @@ impl Outbound {
             destinations: std::sync::Mutex::new(HashMap::new()),
             metrics,
             timeouts,
-            listener: full.listener_settings(),
+            listener,
+            servers,
             requests: RequestLimit::new(limits.max_requests, Direction::Outbound),
             limits,
             discover: (!config.destinations.is_empty())
@@ -520,7 +527,9 @@ impl Outbound {
             && lease.endpoint.upstream.is_none()
         {
             self.metrics.balancer("unmeshed_plaintext");
-            return self.passthrough(tcp, orig, Some(lease), None, None).await;
+            return self
+                .passthrough(tcp, orig, Some(lease), egress::Asked::default(), None)
+                .await;
         }
         let opaque =
             opaque_port || net::detect(&tcp, self.timeouts.detect).await == net::Detected::Opaque;
@@ -657,14 +666,7 @@ impl Outbound {
             return;
         };
         let io = IdleTimeout::new(tcp, self.timeouts.idle);
-        let parking = net::Parking {
-            delay: self.timeouts.park,
-            parked: &self.metrics.http1_parked,
-            parks: &self.metrics.http1_parks,
-        };
-        let served = net::serve_http(io, h2, svc, &self.listener, parking, &shutdown, |h2| {
-            h2.enable_connect_protocol();
-        });
+        let served = net::serve_http(io, h2, svc, &self.servers, &shutdown);
         tokio::select! {
             r = served => {
                 if let Err(e) = r {

@@ -9,7 +9,7 @@
 //!   -> canonical request (method GET for policy) -> policy decides -> the app:
 //!      HTTP/1.1 app: GET + Upgrade on a connection of its own; h2c app: extended CONNECT
 //!   app answers 101 (h2c: 200) -> only then: 2xx back over the stream, 101 to the caller,
-//!   and bytes are spliced both ways with the idle timeout; flow records as for an opaque
+//!   and bytes are spliced both ways with one idle timeout; flow records as for an opaque
 //!   TCP connection: open (the detectors act on it), interim every active timeout, and the
 //!   end with the bytes. Any other answer is an ordinary response and no tunnel opens.
 //! ```
@@ -18,6 +18,14 @@
 //! earlier would otherwise reach the app as tunnel data, so a tunnel whose client had sent
 //! bytes the sidecar already holds when the 101 goes out is closed at once and nothing of it
 //! reaches the app ([`client_end`]).
+//!
+//! A tunnel has one idle timeout (`timeouts.idle`), on its client end, which every byte of the
+//! tunnel passes in one direction or the other: the tunnel closes once no byte has moved either
+//! way for that long. Over an HTTP/1.1 upgrade the client end is the caller's connection, whose
+//! idle timer goes on from its last byte (the 101 or an earlier one) and is not doubled by a
+//! second one. Over HTTP/2 the client end is one stream of a connection shared with other
+//! streams, whose traffic says nothing of this one: the stream gets its own timer when the
+//! tunnel opens.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -30,8 +38,8 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::net::IdleTimeout;
 use crate::net::park::ParkIo;
+use crate::net::{IdleTimeout, ServeIo};
 
 /// The upgrade token and `:protocol` of WebSocket.
 pub const WEBSOCKET: &str = "websocket";
@@ -134,21 +142,23 @@ pub fn agreed(form: Form, status: http::StatusCode) -> bool {
 pub trait TunnelIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> TunnelIo for T {}
 
-/// Turns the client's side of an upgraded connection into a tunnel end, or refuses it with
-/// the number of bytes the client sent before the agreement went out.
+/// Turns the client's side of an upgraded connection into a tunnel end under the tunnel's one
+/// idle timeout (see the module documentation), or refuses it with the number of bytes the
+/// client sent before the agreement went out.
 ///
-/// `I` is the stream the HTTP/1 server was given (wrapped in `TokioIo`): from it the bytes the
-/// server had read beyond the request head are known exactly, and any is a client that did not
-/// wait. Over HTTP/2 (the request was a stream) the stream is asked once, without waiting, for
-/// data already received: the agreement was only queued, so such data was sent before it.
-/// Data still in flight when the agreement leaves cannot be told from tunnel data; a client
-/// that follows RFC 6455 never sends any.
-pub fn client_end<I>(upgraded: Upgraded) -> Result<Box<dyn TunnelIo>, usize>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+/// `I` is the stream the HTTP/1 server was given (wrapped in `TokioIo`), the connection under
+/// its idle timeout: from it the bytes the server had read beyond the request head are known
+/// exactly, and any is a client that did not wait; its idle timer becomes the tunnel's. Over
+/// HTTP/2 (the request was a stream) the stream is asked once, without waiting, for data
+/// already received: the agreement was only queued, so such data was sent before it; the
+/// stream gets a timer of `idle`. Data still in flight when the agreement leaves cannot be
+/// told from tunnel data; a client that follows RFC 6455 never sends any.
+pub fn client_end<I: ServeIo>(
+    upgraded: Upgraded,
+    idle: Duration,
+) -> Result<IdleTimeout<Box<dyn TunnelIo>>, usize> {
     let upgraded = match upgraded.downcast::<TokioIo<I>>() {
-        Ok(parts) if parts.read_buf.is_empty() => return Ok(Box::new(parts.io.into_inner())),
+        Ok(parts) if parts.read_buf.is_empty() => return Ok(parts.io.into_inner().into_tunnel()),
         Ok(parts) => return Err(parts.read_buf.len()),
         Err(upgraded) => upgraded,
     };
@@ -157,7 +167,7 @@ where
         Ok(parts) => {
             let (io, unread) = parts.io.into_inner().into_tunnel_end();
             match parts.read_buf.len() + unread.len() {
-                0 => Ok(Box::new(io)),
+                0 => Ok(io.boxed()),
                 early => Err(early),
             }
         }
@@ -168,14 +178,14 @@ where
             let mut cx = Context::from_waker(std::task::Waker::noop());
             match Pin::new(&mut io).poll_read(&mut cx, &mut buf) {
                 Poll::Ready(Ok(())) if !buf.filled().is_empty() => Err(buf.filled().len()),
-                _ => Ok(Box::new(io)),
+                _ => Ok(IdleTimeout::new(Box::new(io), idle)),
             }
         }
     }
 }
 
 /// [`client_end`] for the stream type of one server connection.
-pub type ClientEnd = fn(Upgraded) -> Result<Box<dyn TunnelIo>, usize>;
+pub type ClientEnd = fn(Upgraded, Duration) -> Result<IdleTimeout<Box<dyn TunnelIo>>, usize>;
 
 /// A tunnel agreed to and answered, waiting for both connections to be handed over.
 #[derive(Debug)]
@@ -188,8 +198,9 @@ pub struct Pending {
 
 /// Runs a tunnel once its agreement has been sent: both ends handed over, the client end
 /// checked ([`client_end`]), the flow recorded open, bytes spliced until both sides finish or
-/// the tunnel idles for `idle` (an interim record every active timeout meanwhile, as for an
-/// opaque TCP connection), then the end recorded with the bytes that moved.
+/// the tunnel idles for `idle` (its one idle timeout, on the client end; an interim record
+/// every active timeout meanwhile, as for an opaque TCP connection), then the end recorded with
+/// the bytes that moved.
 pub fn spawn(
     pending: Pending,
     client_end: ClientEnd,
@@ -199,10 +210,9 @@ pub fn spawn(
 ) {
     tokio::spawn(async move {
         let bytes = match (pending.client.await, pending.server.await) {
-            (Ok(client), Ok(server)) => match client_end(client) {
-                Ok(client) => {
+            (Ok(client), Ok(server)) => match client_end(client, idle) {
+                Ok(mut client) => {
                     flow.open(&telemetry);
-                    let mut client = IdleTimeout::new(client, idle);
                     let mut server = server_end(server);
                     Some(flow.splice(&mut client, &mut server, &telemetry).await)
                 }

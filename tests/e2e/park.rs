@@ -179,7 +179,7 @@ async fn sigterm_closes_parked_connections_and_lets_active_ones_finish() -> Resu
 
     let entry = mesh.frontend.upstream("orders")?;
     let active = tokio::spawn(async move {
-        described(get(entry, Version::HTTP_11, "orders", "/slow?ms=1500").await?).await
+        described(get(entry, Version::HTTP_11, "orders", "/slow?ms=2500").await?).await
     });
     let app = mesh.app.addr();
     picket_tests::assert_eventually!(
@@ -195,8 +195,17 @@ async fn sigterm_closes_parked_connections_and_lets_active_ones_finish() -> Resu
         .context("the client printed no end")?;
     let end: Value = serde_json::from_str(&end)?;
     ensure!(end["end"] == "eof", "the parked connection ended: {end}");
+    // Draining (the slow request is still in flight): the closed park is no longer counted.
+    let metrics = scrape(mesh.frontend.addrs().admin).await?;
+    let parked = metrics
+        .value("picket_http1_parked_connections", &[])
+        .unwrap_or(-1.0);
+    ensure!(
+        parked == 0.0,
+        "{parked} connections still counted as parked while draining"
+    );
     let seen = active.await??;
-    ensure!(seen.path == "/slow?ms=1500", "{seen:?}");
+    ensure!(seen.path == "/slow?ms=2500", "{seen:?}");
     let status = mesh.frontend.wait_exit(Duration::from_secs(40)).await?;
     ensure!(status.success(), "the sidecar exited with {status}");
     Ok(())

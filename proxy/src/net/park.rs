@@ -43,15 +43,35 @@ use tokio_util::sync::CancellationToken;
 
 use super::IdleTimeout;
 
-/// How HTTP/1 connections on plain TCP sockets are parked.
-#[derive(Debug, Clone, Copy)]
-pub struct Parking<'a> {
+/// How HTTP/1 connections on plain TCP sockets are parked: built once per side
+/// (`Metrics::parking`), shared by its connections.
+#[derive(Debug, Clone)]
+pub struct Parking {
     /// Silence after which an idle connection gives up its HTTP state (`timeouts.park`).
     pub delay: Duration,
     /// Connections parked now (`picket_http1_parked_connections`).
-    pub parked: &'a Gauge,
+    pub parked: Gauge,
     /// Parks after a request burst (`picket_http1_parks_total`).
-    pub parks: &'a Counter,
+    pub parks: Counter,
+}
+
+/// One connection counted in the parked gauge for as long as it lives: the count comes off
+/// however the park ends, also when the future serving the connection is dropped mid-park
+/// (a task aborted or dropped at shutdown).
+#[derive(Debug)]
+struct Parked<'a>(&'a Gauge);
+
+impl<'a> Parked<'a> {
+    fn count(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// What hyper's connection, the stream under it and the loop that parks share.
@@ -186,8 +206,6 @@ pub struct ParkIo {
     shared: Arc<Shared>,
     /// Bytes handed to hyper by a write and not flushed since.
     unflushed: bool,
-    /// Whether this hyper connection was given any byte.
-    read_any: bool,
 }
 
 impl ParkIo {
@@ -200,13 +218,14 @@ impl ParkIo {
     }
 
     /// After the socket returned `Pending`: when the park delay has passed, whether hyper is
-    /// idle: waiting for a request head (after a served request, or before any byte), with
-    /// everything it wrote flushed.
+    /// idle: waiting for the head of a next request after a served one, with everything it
+    /// wrote flushed. (A hyper connection is made only once bytes arrived, so before its first
+    /// head is parsed it is never idle: it waits for the rest of a head.)
     fn waited(&mut self) {
         if self.io.take_alarm()
             && !self.unflushed
             && self.shared.waiting_head.load(Ordering::Relaxed)
-            && (self.shared.heads.load(Ordering::Relaxed) > 0 || !self.read_any)
+            && self.shared.heads.load(Ordering::Relaxed) > 0
         {
             self.shared.park_wanted.store(true, Ordering::Relaxed);
         }
@@ -232,18 +251,11 @@ impl AsyncRead for ParkIo {
             let n = this.rewind.len().min(buf.remaining());
             buf.put_slice(this.rewind.get(..n).unwrap_or_default());
             this.rewind.advance(n);
-            this.read_any = true;
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        match polled {
-            Poll::Ready(_) => {
-                if buf.filled().len() > before {
-                    this.read_any = true;
-                }
-            }
-            Poll::Pending => this.waited(),
+        if polled.is_pending() {
+            this.waited();
         }
         polled
     }
@@ -295,12 +307,15 @@ type Conn<S> = hyper::server::conn::http1::UpgradeableConnection<TokioIo<ParkIo>
 /// after `parking.delay` without a byte while it is idle. Ends when the connection closes, is
 /// upgraded (the tunnel owns the socket then), or at `shutdown` (a parked connection is
 /// closed, an active one finishes its request and closes).
+///
+/// `builder` is the listener's HTTP/1 server, built once; each hyper connection made after a
+/// park takes a copy of it only to carry the connection's own header-read timer ([`HeadWatch`]).
 pub(crate) async fn serve<S, B>(
     mut tcp: IdleTimeout<TcpStream>,
     mut svc: S,
     builder: &http1::Builder,
     header_timeout: Duration,
-    parking: Parking<'_>,
+    parking: &Parking,
     shutdown: &CancellationToken,
 ) -> Result<(), hyper::Error>
 where
@@ -312,9 +327,10 @@ where
     let mut rewind = Bytes::new();
     let mut due = Instant::now() + header_timeout;
     loop {
-        parking.parked.inc();
-        let woke = tcp.parked(due, shutdown).await;
-        parking.parked.dec();
+        let woke = {
+            let _parked = Parked::count(&parking.parked);
+            tcp.parked(due, shutdown).await
+        };
         if !woke {
             return Ok(());
         }
@@ -324,7 +340,6 @@ where
             rewind,
             shared: Arc::clone(&shared),
             unflushed: false,
-            read_any: false,
         };
         let mut http1 = builder.clone();
         http1.timer(HeadWatch {
@@ -354,7 +369,8 @@ where
 
 /// Runs a hyper connection until it ends; parks it when its stream asks (hyper idle past the
 /// park delay); on `shutdown` asks it to finish in-flight requests and close. `Ok(true)` when
-/// it ended for a park.
+/// it ended for a park. Whether the close under way is a park is `shared.parking` alone: the
+/// stream reads it too (a park does not shut the socket down).
 async fn drive<S, B>(
     conn: &mut Box<Conn<S>>,
     shared: &Shared,
@@ -365,31 +381,26 @@ where
     B: ResponseBody,
 {
     let mut draining = false;
-    let mut parking = false;
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
     std::future::poll_fn(|cx| {
         if !draining && cancelled.as_mut().poll(cx).is_ready() {
             draining = true;
-            parking = false;
             shared.parking.store(false, Ordering::Relaxed);
             Pin::new(&mut **conn).graceful_shutdown();
         }
         loop {
             if let Poll::Ready(r) = Pin::new(&mut **conn).poll(cx) {
-                return Poll::Ready(r.map(|()| parking));
+                return Poll::Ready(r.map(|()| shared.parking.load(Ordering::Relaxed)));
             }
-            if parking {
+            if shared.parking.swap(false, Ordering::Relaxed) {
                 // hyper did not close at once, so it was not idle after all: it finishes what
                 // it is doing and closes the connection, which is not parked.
-                parking = false;
-                shared.parking.store(false, Ordering::Relaxed);
                 return Poll::Pending;
             }
             if draining || !shared.park_wanted.swap(false, Ordering::Relaxed) {
                 return Poll::Pending;
             }
-            parking = true;
             shared.parking.store(true, Ordering::Relaxed);
             Pin::new(&mut **conn).graceful_shutdown();
         }
@@ -428,3 +439,6 @@ impl IdleTimeout<TcpStream> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -57,7 +57,16 @@ pub struct ServerName {
     pub source: NameSource,
     /// The host name (or an IP literal for a Host header that names one).
     pub name: String,
-    /// The ClientHello offered Encrypted ClientHello: `name` is the outer (public) name.
+}
+
+/// What the first bytes of an egress connection told of where its client goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Asked {
+    /// The name the client asked for, when one was read.
+    pub name: Option<ServerName>,
+    /// Its ClientHello offered Encrypted ClientHello, whether its outer ClientHello names a
+    /// server or not: the name it really asked for is encrypted, and `name` (when there is
+    /// one) is the outer, public name. Never for a `Host` header.
     pub ech: bool,
 }
 
@@ -73,6 +82,9 @@ pub enum Parsed {
         /// Whether the ClientHello offered ECH.
         ech: bool,
     },
+    /// A well-formed ClientHello offering Encrypted ClientHello whose outer ClientHello has no
+    /// `server_name` extension: no name to read, but the ECH offer is seen all the same.
+    EchWithoutName,
     /// There is no name to read in these bytes (not TLS or HTTP/1, no extension, malformed).
     NoName,
     /// The bytes so far are a valid beginning; more are needed.
@@ -166,7 +178,8 @@ pub fn client_hello_sni(buf: &[u8]) -> Parsed {
         };
         return match hello_sni(body) {
             Some((Some(name), ech)) => Parsed::Name { name, ech },
-            _ => Parsed::NoName,
+            Some((None, true)) => Parsed::EchWithoutName,
+            Some((None, false)) | None => Parsed::NoName,
         };
     }
 }
@@ -304,28 +317,42 @@ pub fn server_name(buf: &[u8]) -> (Parsed, NameSource) {
 }
 
 /// Peeks at the first bytes of `tcp` (never consuming them) for the name the client asked
-/// for: at most [`EGRESS_PEEK_BYTES`] and `wait`. `None` when it sent nothing in time, closed,
-/// or sent something without a name.
-pub async fn peek_name(tcp: &TcpStream, wait: Duration) -> Option<ServerName> {
+/// for and whether it offered ECH: at most [`EGRESS_PEEK_BYTES`] and `wait`. Nothing is seen
+/// when it sent nothing in time, closed, or sent something without a name or ECH offer.
+pub async fn peek_name(tcp: &TcpStream, wait: Duration) -> Asked {
     let deadline = tokio::time::Instant::now() + wait;
     let mut buf = vec![0u8; EGRESS_PEEK_BYTES];
     loop {
         let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => n,
-            _ => return None,
+            _ => return Asked::default(),
         };
         let (parsed, source) = server_name(buf.get(..n).unwrap_or_default());
         match parsed {
-            Parsed::Name { name, ech } => return Some(ServerName { source, name, ech }),
-            Parsed::NoName => return None,
-            Parsed::NeedMore if n >= buf.len() => return None,
+            Parsed::Name { name, ech } => {
+                return Asked {
+                    name: Some(ServerName { source, name }),
+                    ech,
+                };
+            }
+            Parsed::EchWithoutName => {
+                return Asked {
+                    name: None,
+                    ech: true,
+                };
+            }
+            Parsed::NoName => return Asked::default(),
+            Parsed::NeedMore if n >= buf.len() => return Asked::default(),
             Parsed::NeedMore => {}
         }
         // A partial message: peek returns at once while bytes are buffered, so wait a little
         // for the rest instead of spinning.
-        tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(2)))
+        if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(2)))
             .await
-            .ok()?;
+            .is_err()
+        {
+            return Asked::default();
+        }
     }
 }
 
@@ -354,28 +381,29 @@ impl Outbound {
         // The name is looked for when something will use it: a record or a decision. A port
         // declared opaque is never waited on (server-speaks-first protocols).
         let wanted = self.telemetry.is_enabled() || policies.is_some();
-        let name = if wanted && !t.opaque_ports.contains(&orig.port()) {
+        let asked = if wanted && !t.opaque_ports.contains(&orig.port()) {
             peek_name(&tcp, EGRESS_PEEK_WAIT.min(self.timeouts.detect)).await
         } else {
-            None
+            Asked::default()
         };
-        if let Some(n) = &name
+        if let Some(n) = &asked.name
             && n.name != orig.ip().to_string()
         {
             // A metadata service reached by name (`metadata.google.internal`) alerts too.
             self.telemetry.outbound_destination(&n.name);
         }
-        let enforced = policies.map(|store| self.decide_egress(store, orig, name.as_ref(), t));
+        let enforced =
+            policies.map(|store| self.decide_egress(store, orig, asked.name.as_ref(), t));
         match enforced {
             Some(e) if !e.allowed() => {
                 self.metrics
                     .connection(Direction::Outbound, "refused_egress");
-                let mut flow = self.egress_flow(&tcp, orig, orig, name);
+                let mut flow = self.egress_flow(&tcp, orig, orig, asked);
                 flow.enforced = Some(e);
                 // Never opened: one record with the decision, which the detectors see.
                 flow.finish(&self.metrics, &self.telemetry);
             }
-            enforced => self.passthrough(tcp, orig, None, name, enforced).await,
+            enforced => self.passthrough(tcp, orig, None, asked, enforced).await,
         }
     }
 
@@ -419,13 +447,13 @@ impl Outbound {
     }
 
     /// The flow of an egress connection from `tcp` to `orig` (carried to `target`), with the
-    /// name its client asked for.
+    /// name its client asked for and its ECH offer.
     fn egress_flow(
         &self,
         tcp: &TcpStream,
         orig: SocketAddr,
         target: SocketAddr,
-        name: Option<ServerName>,
+        asked: Asked,
     ) -> TcpFlow<'_> {
         // Recorded like a meshed flow, with no destination identity.
         let mut flow = TcpFlow::new(
@@ -440,34 +468,30 @@ impl Outbound {
             },
         );
         flow.egress = true;
-        match name {
+        flow.ech = asked.ech;
+        match asked.name {
             Some(ServerName {
                 source: NameSource::Sni,
                 name,
-                ech,
-            }) => {
-                flow.sni = Some(name);
-                flow.ech = ech;
-            }
+            }) => flow.sni = Some(name),
             Some(ServerName {
                 source: NameSource::Host,
                 name,
-                ..
             }) => flow.host = Some(name),
             None => {}
         }
         flow
     }
 
-    /// Plain TCP to `orig`, or to the endpoint of `lease` (one without a sidecar). `name` is
-    /// what the client asked for, when it was seen; `enforced` the egress decision, when
-    /// egress policies decided the connection.
+    /// Plain TCP to `orig`, or to the endpoint of `lease` (one without a sidecar). `asked` is
+    /// what the client's first bytes told (name, ECH offer), when they were read; `enforced`
+    /// the egress decision, when egress policies decided the connection.
     pub(super) async fn passthrough(
         &self,
         tcp: TcpStream,
         orig: SocketAddr,
         lease: Option<Lease>,
-        name: Option<ServerName>,
+        asked: Asked,
         enforced: Option<Enforced>,
     ) {
         // Cloud metadata endpoints and other outside destinations feed the detectors.
@@ -498,7 +522,7 @@ impl Outbound {
             }
         };
         self.metrics.connection(Direction::Outbound, "passthrough");
-        let mut flow = self.egress_flow(&tcp, orig, target, name);
+        let mut flow = self.egress_flow(&tcp, orig, target, asked);
         flow.enforced = enforced;
         flow.open_egress(&self.telemetry);
         let mut client = IdleTimeout::new(tcp, self.timeouts.idle);

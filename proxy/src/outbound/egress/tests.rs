@@ -167,11 +167,39 @@ fn an_encrypted_client_hello_gives_its_outer_name_and_says_ech() {
     ] {
         assert_eq!(client_hello_sni(&bad), Parsed::NoName);
     }
-    // ECH without an outer name: no name to record.
+    // ECH without an outer name: no name to record, and the ECH offer is seen all the same;
+    // a malformed extension still makes the whole ClientHello malformed.
     assert_eq!(
         client_hello_sni(&hello_with(&[(0xfe0d, outer(0, b"sealed"))])),
-        Parsed::NoName
+        Parsed::EchWithoutName
     );
+    assert_eq!(
+        client_hello_sni(&fragmented(
+            &hello_with(&[(0x000a, vec![0, 2, 0, 0x1d]), (0xfe0d, outer(0, b"sealed"))]),
+            20
+        )),
+        Parsed::EchWithoutName
+    );
+    for bad in [outer(1, b"sealed"), outer(0, b""), vec![0, 0, 1]] {
+        assert_eq!(
+            client_hello_sni(&hello_with(&[(0xfe0d, bad)])),
+            Parsed::NoName
+        );
+    }
+}
+
+#[test]
+fn a_real_encrypted_client_hello_to_an_address_says_ech_without_a_name() {
+    // rustls sends no SNI for an IP address, and offers ECH all the same.
+    let hello = ech_client_hello("203.0.113.9");
+    assert_eq!(client_hello_sni(&hello), Parsed::EchWithoutName);
+    assert_eq!(
+        client_hello_sni(&fragmented(&hello, 100)),
+        Parsed::EchWithoutName
+    );
+    for cut in 0..hello.len() {
+        assert_eq!(client_hello_sni(&hello[..cut]), Parsed::NeedMore, "{cut}");
+    }
 }
 
 #[test]
@@ -329,11 +357,13 @@ async fn peeking_consumes_nothing_and_bounds_the_wait() {
     let name = peek_name(&server, Duration::from_secs(5)).await;
     assert_eq!(
         name,
-        Some(ServerName {
-            source: NameSource::Sni,
-            name: "api.example.com".into(),
+        Asked {
+            name: Some(ServerName {
+                source: NameSource::Sni,
+                name: "api.example.com".into(),
+            }),
             ech: false,
-        })
+        }
     );
     let mut got = vec![0u8; hello.len()];
     server.read_exact(&mut got).await.unwrap();
@@ -344,7 +374,10 @@ async fn peeking_consumes_nothing_and_bounds_the_wait() {
     let silent = TcpStream::connect(addr).await.unwrap();
     let (server, _) = listener.accept().await.unwrap();
     let start = std::time::Instant::now();
-    assert_eq!(peek_name(&server, Duration::from_millis(50)).await, None);
+    assert_eq!(
+        peek_name(&server, Duration::from_millis(50)).await,
+        Asked::default()
+    );
     assert!(start.elapsed() < Duration::from_secs(2));
     drop(silent);
 }
@@ -361,10 +394,29 @@ fn the_fuzz_seeds_are_read_as_meant() {
         ("tls_one_record", named("api.example.com")),
         ("tls_split_records", named("api.example.com")),
         ("tls_ech_outer", ech),
+        ("tls_ech_no_name", Parsed::EchWithoutName),
     ] {
         let bytes = std::fs::read(dir.join(file)).unwrap();
         assert_eq!(server_name(&bytes).0, want, "{file}");
     }
+}
+
+#[tokio::test]
+async fn peeking_sees_an_ech_offer_without_a_name() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hello = ech_client_hello("203.0.113.9");
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(&hello).await.unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    assert_eq!(
+        peek_name(&server, Duration::from_secs(5)).await,
+        Asked {
+            name: None,
+            ech: true,
+        }
+    );
 }
 
 /// Edge names read by the sidecar (from an SNI and from a `Host`) and decided by an egress
