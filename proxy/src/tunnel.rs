@@ -17,7 +17,14 @@
 //! A client must wait for the 101 before it sends (RFC 6455 section 4.1). Bytes it sent
 //! earlier would otherwise reach the app as tunnel data, so a tunnel whose client had sent
 //! bytes the sidecar already holds when the 101 goes out is closed at once and nothing of it
-//! reaches the app ([`client_end`]).
+//! reaches the app ([`client_end`]). That check is made on an HTTP/1.1 client end only, where
+//! the bytes the server read before it wrote the 101 are known exactly. Over HTTP/2 the 2xx
+//! is queued on a connection that another task writes, and nothing tells when it left: data
+//! found on the stream when the tunnel starts may well have been sent after it (a busy
+//! sidecar starts the tunnel late, and the peer's first frames are already there), so
+//! refusing it closed sound tunnels. Stream data is only ever tunnel data: a stream whose
+//! server did not agree ends with whatever it carried, never parsed as a request; and the
+//! caller's own sidecar has made the HTTP/1.1 check on its caller's connection.
 //!
 //! A tunnel has one idle timeout (`timeouts.idle`), on its client end, which every byte of the
 //! tunnel passes in one direction or the other: the tunnel closes once no byte has moved either
@@ -27,8 +34,6 @@
 //! streams, whose traffic says nothing of this one: the stream gets its own timer when the
 //! tunnel opens.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -36,7 +41,7 @@ use http::request::Parts;
 use http::{Method, Version};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::net::park::ParkIo;
 use crate::net::{IdleTimeout, ServeIo};
@@ -149,10 +154,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> TunnelIo for T {}
 /// `I` is the stream the HTTP/1 server was given (wrapped in `TokioIo`), the connection under
 /// its idle timeout: from it the bytes the server had read beyond the request head are known
 /// exactly, and any is a client that did not wait; its idle timer becomes the tunnel's. Over
-/// HTTP/2 (the request was a stream) the stream is asked once, without waiting, for data
-/// already received: the agreement was only queued, so such data was sent before it; the
-/// stream gets a timer of `idle`. Data still in flight when the agreement leaves cannot be
-/// told from tunnel data; a client that follows RFC 6455 never sends any.
+/// HTTP/2 (the request was a stream) nothing is refused (the module documentation says why)
+/// and the stream gets a timer of `idle`.
 pub fn client_end<I: ServeIo>(
     upgraded: Upgraded,
     idle: Duration,
@@ -171,16 +174,7 @@ pub fn client_end<I: ServeIo>(
                 early => Err(early),
             }
         }
-        Err(upgraded) => {
-            let mut io = TokioIo::new(upgraded);
-            let mut first = [0u8; 1];
-            let mut buf = ReadBuf::new(&mut first);
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            match Pin::new(&mut io).poll_read(&mut cx, &mut buf) {
-                Poll::Ready(Ok(())) if !buf.filled().is_empty() => Err(buf.filled().len()),
-                _ => Ok(IdleTimeout::new(Box::new(io), idle)),
-            }
-        }
+        Err(upgraded) => Ok(IdleTimeout::new(Box::new(TokioIo::new(upgraded)), idle)),
     }
 }
 

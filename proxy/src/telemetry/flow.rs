@@ -208,8 +208,8 @@ pub struct FlowRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub sni: Option<Cow<'a, str>>,
-    /// Egress connections: the ClientHello offered Encrypted ClientHello, so `sni` is its
-    /// outer (public) name; absent when it did not.
+    /// Egress connections: the ClientHello offered Encrypted ClientHello, so `sni`, when
+    /// present, is its outer (public) name (a hello may carry none); absent when it did not.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ech: bool,
     /// HTTP status sent to the caller.

@@ -37,7 +37,7 @@ pub const BYTES_SENT: &str = "picket.network.bytes_sent";
 /// peer (client span: from the destination; server span: from the caller).
 pub const BYTES_RECEIVED: &str = "picket.network.bytes_received";
 /// Span attribute: the egress connection's ClientHello offered Encrypted ClientHello (its
-/// `tls.server.name` is the outer, public name).
+/// `tls.server.name`, when the hello carries one, is the outer, public name).
 pub const TLS_ECH: &str = "picket.tls.ech";
 /// Name of the span event (and OTel log event) carrying an alert.
 pub const ALERT_EVENT: &str = "picket.alert";
