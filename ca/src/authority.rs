@@ -1018,11 +1018,16 @@ fn end_entity_params(
     params
 }
 
-/// A short name for a CA key: the first four bytes of the SHA-256 of its public key, in hex.
-/// It goes into the CA's common name, so every root and intermediate generation has its own
-/// subject and chains stay unambiguous while two of them overlap.
+/// A short name for a CA key: the first four bytes of the SHA-256 of its public key, as eight
+/// hex digits (leading zeros kept: one key in 256 hashes to a zero first byte). It goes into
+/// the CA's common name, so every root and intermediate generation has its own subject and
+/// chains stay unambiguous while two of them overlap.
 pub(crate) fn key_generation(key: &KeyPair) -> String {
-    hex_lower(&crypto::sha256(key.subject_public_key_info().as_slice())[..4])
+    generation_of(key.subject_public_key_info().as_slice())
+}
+
+fn generation_of(spki: &[u8]) -> String {
+    picket_common::text::hex(&crypto::sha256(spki)[..4])
 }
 
 /// A new self-signed root valid from `now` for ten years: key, certificate PEM, the

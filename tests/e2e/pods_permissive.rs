@@ -137,8 +137,10 @@ spec:
     let _server_sidecar = world.sidecar(SERVER, ", mode: permissive").await?;
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let first_failure = Arc::new(std::sync::Mutex::new(None::<String>));
     let caller = {
         let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+        let first_failure = Arc::clone(&first_failure);
         let netns = net.pods[PLAIN_CLIENT].netns.clone();
         let url = app_url(server, "/public");
         tokio::spawn(async move {
@@ -149,10 +151,29 @@ spec:
                         .arg(&url),
                 )
                 .await;
-                let good = out.is_ok_and(|o| {
-                    o.status.success() && String::from_utf8_lossy(&o.stdout).contains("\"server\"")
-                });
-                if good { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                let failure = match out {
+                    Ok(o)
+                        if o.status.success()
+                            && String::from_utf8_lossy(&o.stdout).contains("\"server\"") =>
+                    {
+                        None
+                    }
+                    Ok(o) => Some(format!(
+                        "{}: {} {}",
+                        o.status,
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    )),
+                    Err(e) => Some(format!("{e:#}")),
+                };
+                if let Some(failure) = failure {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut first) = first_failure.lock() {
+                        first.get_or_insert(failure);
+                    }
+                } else {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
             }
         })
     };
@@ -178,9 +199,10 @@ spec:
     caller.await?;
     ensure!(
         failed.load(Ordering::Relaxed) == 0,
-        "{} of {} calls failed across the switch to permissive",
+        "{} of {} calls failed across the switch to permissive, the first: {:?}",
         failed.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed) + ok.load(Ordering::Relaxed)
+        failed.load(Ordering::Relaxed) + ok.load(Ordering::Relaxed),
+        first_failure.lock().map(|f| f.clone()).unwrap_or_default()
     );
 
     // The unmeshed client's calls now go through the sidecar in plaintext: no identity

@@ -745,3 +745,11 @@ fn a_replica_signs_with_shared_material_follows_it_and_redeems_no_join_token() {
     let reopened = Authority::open(&replica_state).unwrap();
     assert_eq!(reopened.issuer_subject(), source.issuer_subject());
 }
+
+/// A key whose hash starts with a zero byte still gets eight hex digits: the generation in a
+/// CA's common name has one width (`spki 189` hashes to 00bf886f...).
+#[test]
+fn a_key_generation_keeps_its_leading_zeros() {
+    assert_eq!(generation_of(b"spki 189"), "00bf886f");
+    assert_eq!(generation_of(b"spki 0").len(), 8);
+}
