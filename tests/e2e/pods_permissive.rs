@@ -25,22 +25,6 @@ fn app_url(ip: Ipv4Addr, path: &str) -> String {
     format!("http://{ip}:{APP_PORT}{path}")
 }
 
-async fn iptables(net: &PodNet, i: usize) -> Result<()> {
-    let args = [
-        "--exclude-inbound-ports",
-        "7191",
-        "--iptables",
-        "iptables-nft",
-    ];
-    let out = net.picket_iptables(i, &args).await?;
-    ensure!(
-        out.status.success(),
-        "picket iptables: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 struct World {
     net: PodNet,
     ca: TestCa,
@@ -185,7 +169,7 @@ spec:
         Ok(())
     })
     .await?;
-    iptables(net, SERVER).await?;
+    net.intercept(SERVER).await?;
     let switched = ok.load(Ordering::Relaxed);
     eventually(Duration::from_secs(10), async || {
         ensure!(
@@ -239,7 +223,7 @@ spec:
     // Step 2, the other client joins (strict for its own inbound): its calls to the server
     // now arrive over mTLS on the same port, with its identity, and policy admits /private.
     let _client_sidecar = world.sidecar(MESHED_CLIENT, "").await?;
-    iptables(net, MESHED_CLIENT).await?;
+    net.intercept(MESHED_CLIENT).await?;
     let (code, body) = net
         .curl(MESHED_CLIENT, &app_url(server, "/private"), &[])
         .await?;
