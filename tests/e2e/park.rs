@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use http::Version;
-use picket_tests::clients::{described, get};
+use picket_tests::clients::{curl_command, described, get};
 use picket_tests::mesh::{Mesh, MeshOptions};
 use picket_tests::process::output_within;
 use picket_tests::prom::scrape;
@@ -81,15 +81,7 @@ async fn curl_reuses_a_kept_alive_connection_across_a_park() -> Result<()> {
     // One transfer a second on one connection: the connection is idle past the park delay
     // between the two.
     let out = output_within(
-        Command::new("curl")
-            .args([
-                "--silent",
-                "--show-error",
-                "--noproxy",
-                "*",
-                "--max-time",
-                "30",
-            ])
+        curl_command()
             .args(["--output", "/dev/null", "--output", "/dev/null"])
             .args(["--write-out", "%{http_code} %{num_connects}\n"])
             .args(["--rate", "1/s", "--header", "Host: orders", &url, &url]),
@@ -151,10 +143,7 @@ async fn a_parked_connection_is_closed_when_its_next_head_is_due() -> Result<()>
     let mesh = mesh(", handshake: 1s").await?;
     let held = scenario("hold", &mesh).await?;
     ensure!(held["end"] == "eof", "the parked connection ended: {held}");
-    let metrics = scrape(mesh.frontend.addrs().admin).await?;
-    let parked = metrics
-        .value("picket_http1_parked_connections", &[])
-        .unwrap_or(-1.0);
+    let parked = parked(&mesh).await?;
     ensure!(
         parked == 0.0,
         "{parked} connections still counted as parked"
@@ -196,10 +185,7 @@ async fn sigterm_closes_parked_connections_and_lets_active_ones_finish() -> Resu
     let end: Value = serde_json::from_str(&end)?;
     ensure!(end["end"] == "eof", "the parked connection ended: {end}");
     // Draining (the slow request is still in flight): the closed park is no longer counted.
-    let metrics = scrape(mesh.frontend.addrs().admin).await?;
-    let parked = metrics
-        .value("picket_http1_parked_connections", &[])
-        .unwrap_or(-1.0);
+    let parked = parked(&mesh).await?;
     ensure!(
         parked == 0.0,
         "{parked} connections still counted as parked while draining"
@@ -217,4 +203,13 @@ async fn app_stats(app: std::net::SocketAddr) -> Result<Value> {
     Ok(serde_json::from_str(
         &picket_tests::clients::body_text(resp).await?,
     )?)
+}
+
+/// The frontend's count of parked connections (`picket_http1_parked_connections`), -1 when
+/// the gauge is missing.
+async fn parked(mesh: &Mesh) -> Result<f64> {
+    let metrics = scrape(mesh.frontend.addrs().admin).await?;
+    Ok(metrics
+        .value("picket_http1_parked_connections", &[])
+        .unwrap_or(-1.0))
 }

@@ -181,18 +181,25 @@ impl Curl {
     }
 }
 
+/// A `curl` command with the options every test call shares: errors shown but no progress,
+/// any proxy settings of the machine ignored, 30 s at most.
+pub fn curl_command() -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "--silent",
+        "--show-error",
+        "--noproxy",
+        "*",
+        "--max-time",
+        "30",
+    ]);
+    cmd
+}
+
 /// Runs `curl` with `args` (the URL among them), ignoring any proxy settings of the machine.
 pub async fn curl(args: &[&str]) -> Result<Curl> {
     let out = output(
-        Command::new("curl")
-            .args([
-                "--silent",
-                "--show-error",
-                "--noproxy",
-                "*",
-                "--max-time",
-                "30",
-            ])
+        curl_command()
             .args(["--write-out", "\n%{http_version} %{http_code}"])
             .args(args)
             .stdin(Stdio::null())

@@ -8,7 +8,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::*;
-use crate::telemetry::{FlowLogConfig, FlowLogTarget, TelemetryConfig};
+use crate::telemetry::TelemetryConfig;
 
 /// A server end that takes what it is sent and fails its read once `fail_after` bytes came:
 /// a peer that resets the connection after the client's first bytes.
@@ -61,14 +61,7 @@ impl AsyncWrite for ResetAfter {
 async fn a_splice_cut_by_an_error_keeps_its_bytes_in_the_record_and_the_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("flows.jsonl");
-    let cfg = TelemetryConfig {
-        flow_log: Some(FlowLogConfig {
-            target: FlowLogTarget::File(path.clone()),
-            max_bytes: 1 << 20,
-            max_files: 2,
-        }),
-        ..TelemetryConfig::default()
-    };
+    let cfg = TelemetryConfig::flow_log_file(&path);
     let identity = "spiffe://cluster.local/ns/shop/sa/orders".parse().unwrap();
     let telemetry = Telemetry::new(&cfg, &identity, &mut Registry::default()).unwrap();
     let metrics = Metrics::new();

@@ -220,6 +220,21 @@ impl Default for TelemetryConfig {
     }
 }
 
+#[cfg(test)]
+impl TelemetryConfig {
+    /// The defaults with a flow log written to `path` (1 MiB a file, two files).
+    pub(crate) fn flow_log_file(path: &std::path::Path) -> Self {
+        Self {
+            flow_log: Some(FlowLogConfig {
+                target: FlowLogTarget::File(path.to_path_buf()),
+                max_bytes: 1 << 20,
+                max_files: 2,
+            }),
+            ..Self::default()
+        }
+    }
+}
+
 /// Default sensitive path prefixes.
 pub const DEFAULT_SENSITIVE_PATHS: &[&str] = &[
     "/admin",

@@ -25,14 +25,7 @@ fn probe(path: &str) -> FlowRecord<'_> {
 async fn flows_and_alerts_reach_the_flow_log_metrics_and_the_recent_ring() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("flows.jsonl");
-    let cfg = TelemetryConfig {
-        flow_log: Some(FlowLogConfig {
-            target: FlowLogTarget::File(path.clone()),
-            max_bytes: 1 << 20,
-            max_files: 2,
-        }),
-        ..TelemetryConfig::default()
-    };
+    let cfg = TelemetryConfig::flow_log_file(&path);
     let mut registry = Registry::default();
     let t = Telemetry::new(&cfg, &identity(), &mut registry).unwrap();
     assert!(!t.is_tracing());
