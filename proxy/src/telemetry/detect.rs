@@ -283,11 +283,17 @@ impl<V> Learned<V> {
         Some(self.map.entry(key).or_insert_with(make))
     }
 
-    /// Refusals since the last call.
-    fn take_refused(&mut self) -> u64 {
-        let n = self.refused - self.reported;
+    /// Refusals since the last call, as `table`'s report (whether they are its first); none
+    /// when there were none.
+    fn take_refused(&mut self, table: LearnedTable) -> Option<Refused> {
+        let count = self.refused - self.reported;
+        let first = self.reported == 0;
         self.reported = self.refused;
-        n
+        (count > 0).then_some(Refused {
+            table,
+            count,
+            first,
+        })
     }
 }
 
@@ -1124,37 +1130,15 @@ impl Detectors {
     /// New keys each learned table refused since the last call because it was full (tables
     /// with none left out), and whether it is that table's first refusal.
     pub fn take_refused(&mut self) -> Vec<Refused> {
-        let mut out = Vec::new();
-        let mut note = |table: LearnedTable, first: bool, count: u64| {
-            if count > 0 {
-                out.push(Refused {
-                    table,
-                    count,
-                    first,
-                });
-            }
-        };
-        note(
-            LearnedTable::Identities,
-            self.identities.reported == 0,
-            self.identities.take_refused(),
-        );
-        note(
-            LearnedTable::Edges,
-            self.edges.reported == 0,
-            self.edges.take_refused(),
-        );
-        note(
-            LearnedTable::Routes,
-            self.routes.reported == 0,
-            self.routes.take_refused(),
-        );
-        note(
-            LearnedTable::Addresses,
-            self.addresses.reported == 0,
-            self.addresses.take_refused(),
-        );
-        out
+        [
+            self.identities.take_refused(LearnedTable::Identities),
+            self.edges.take_refused(LearnedTable::Edges),
+            self.routes.take_refused(LearnedTable::Routes),
+            self.addresses.take_refused(LearnedTable::Addresses),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// Looks at one finished request or connection; returns the alerts it raises. Each
