@@ -207,6 +207,7 @@ pub fn unauthenticated_response(e: TokenError, grpc: bool) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         resp.headers_mut().insert(WWW_AUTHENTICATE, v);
     }
+    resp.extensions_mut().insert(forward::SidecarAnswer::Own);
     resp
 }
 
@@ -370,7 +371,9 @@ impl<'a> RequestCtx<'a> {
         let grpc_status = telemetry::grpc_status(resp.headers());
         let bytes_out = telemetry::content_length(resp.headers());
         let decision = self.enforced.as_ref().map(|e| &e.decision);
-        let sidecar_answer = resp.extensions().get::<forward::SidecarAnswer>().is_some();
+        let answer = resp.extensions().get::<forward::SidecarAnswer>();
+        let sidecar_answer = answer.is_some();
+        let peer_sidecar_answer = answer == Some(&forward::SidecarAnswer::Peer);
         let event = FlowEvent {
             direction: self.direction,
             protocol: self.protocol,
@@ -417,6 +420,7 @@ impl<'a> RequestCtx<'a> {
             record.status = Some(status);
             record.grpc_status = grpc_status;
             record.sidecar_answer = sidecar_answer;
+            record.peer_sidecar_answer = peer_sidecar_answer;
             if let Some(e) = &self.enforced {
                 e.fill(&mut record);
             }
