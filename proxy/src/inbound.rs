@@ -530,7 +530,7 @@ impl Inbound {
         };
         let resp = match forwarded {
             Ok((resp, Some(pending))) => {
-                let flow = ctx.into_tunnel(resp.status(), &self.metrics);
+                let flow = ctx.into_tunnel(resp.status(), &self.metrics, &self.telemetry);
                 let telemetry = self.telemetry.clone();
                 tunnel::spawn(pending, client_end, self.timeouts.idle, flow, telemetry);
                 return resp;

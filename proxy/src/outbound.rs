@@ -970,7 +970,7 @@ impl Outbound {
                 let (mut head, _) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut head.headers);
                 let answer = tunnel::agreement(ws.form, head.headers);
-                let flow = ctx.into_tunnel(answer.status(), &self.metrics);
+                let flow = ctx.into_tunnel(answer.status(), &self.metrics, &self.telemetry);
                 let pending = tunnel::Pending { client, server };
                 let telemetry = self.telemetry.clone();
                 tunnel::spawn(pending, ws.client_end, self.timeouts.idle, flow, telemetry);
