@@ -223,6 +223,16 @@ async fn websocket_through_two_sidecars_obeys_policy_and_carries_64_mib() -> Res
             && f["protocol"] != "websocket"),
         "no deny record for /private/ws: {orders_flows:#?}"
     );
+    // The refused upgrade was the orders sidecar's answer, and the frontend's record says so
+    // (`x-picket-sidecar-answer`, believed from the verified peer).
+    let frontend_flows = log_lines(&mesh.frontend_flows, LineType::Flow)?;
+    ensure!(
+        frontend_flows.iter().any(|f| f["path"] == "/private/ws"
+            && f["status"] == 403
+            && f["sidecar_answer"] == true
+            && f["peer_sidecar_answer"] == true),
+        "the frontend did not record the refusal as the peer sidecar's: {frontend_flows:#?}"
+    );
     Ok(())
 }
 
