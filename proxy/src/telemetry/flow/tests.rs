@@ -199,7 +199,7 @@ mod written_as_serde {
                 FlowPhase::Interim,
                 FlowPhase::End,
             ])),
-            (any::<bool>(), any::<bool>()),
+            (any::<bool>(), any::<bool>(), any::<bool>()),
             (verdict(), verdict()),
         );
         let dry_run = prop::collection::vec(text(), 0..3);
@@ -207,14 +207,26 @@ mod written_as_serde {
             |(ts, t, a, n, k, dry_run)| {
                 let mut t = t.into_iter();
                 let mut next = || cow(t.next().flatten());
-                let (line_type, inbound, protocol, phase, (ech, sidecar_answer), (v, wv)) = k;
+                let (
+                    line_type,
+                    inbound,
+                    protocol,
+                    phase,
+                    (ech, sidecar_answer, peer_sidecar_answer),
+                    (v, wv),
+                ) = k;
                 let direction = if inbound {
                     Direction::Inbound
                 } else {
                     Direction::Outbound
                 };
+                // Every field by name, without `..`: a field added to the record does not
+                // compile until it is generated here (and written by `write_json`) too.
                 FlowRecord {
                     line_type,
+                    ts,
+                    direction,
+                    protocol,
                     phase,
                     source_identity: next(),
                     source_address: a[0],
@@ -247,7 +259,7 @@ mod written_as_serde {
                     request_principal: next(),
                     token_error: next(),
                     sidecar_answer,
-                    ..FlowRecord::new(ts, direction, protocol)
+                    peer_sidecar_answer,
                 }
             },
         )
