@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::alert::{AlertKind, Severity};
 use super::config::DetectorConfig;
-use super::flow::{FlowEvent, Verdict};
+use super::flow::FlowEvent;
 
 /// What a burst counter is keyed by, besides the counter itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -110,11 +110,9 @@ impl Counter {
         match self {
             Self::Denied => flow.denied(),
             Self::NotFound => flow.status == Some(404),
-            // A 403 is the application's own only when policy let the request through; an
-            // outbound record carries no verdict, so there only 401 counts.
             Self::AuthFailed => match flow.status {
                 Some(401) => true,
-                Some(403) => flow.verdict == Some(Verdict::Allow),
+                Some(403) => flow.application_answer(),
                 _ => false,
             },
             Self::InvalidToken => flow.token_error.is_some(),

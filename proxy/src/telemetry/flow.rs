@@ -559,6 +559,22 @@ impl FlowEvent<'_> {
         self.verdict == Some(Verdict::Deny)
     }
 
+    /// Whether the answer is the called application's own, not a sidecar's: inbound, policy
+    /// let the request through and this sidecar did not answer; outbound, it came from a peer
+    /// sidecar whose identity was verified (only a mesh peer says whose answers it made) and
+    /// that peer did not mark it as its own (a denial, its app down). An outbound answer of a
+    /// destination outside the mesh is never counted as an application's: nothing tells it
+    /// from whatever answers in between.
+    pub fn application_answer(&self) -> bool {
+        if self.sidecar_answer {
+            return false;
+        }
+        match self.direction {
+            Direction::Inbound => self.verdict == Some(Verdict::Allow),
+            Direction::Outbound => self.destination_identity.is_some(),
+        }
+    }
+
     /// The route, as [`FlowRecord::route`].
     pub fn route(&self) -> Cow<'_, str> {
         route_of(self.method, self.path)

@@ -1,5 +1,5 @@
 use super::*;
-use crate::telemetry::flow::FlowRecord;
+use crate::telemetry::flow::{FlowRecord, Verdict};
 
 const W: i64 = 60_000;
 

@@ -455,6 +455,39 @@ fn credential_stuffing_is_an_auth_failure_burst_per_route() {
     );
 }
 
+/// On the caller's side a 403 is an authentication failure when the peer's application sent
+/// it: the answer came from a verified peer sidecar, unmarked. The peer sidecar's own 403 (a
+/// policy denial, marked) is not, nor is a 403 from outside the mesh (no verified identity).
+#[test]
+fn the_callers_side_counts_the_peer_applications_403s_and_not_the_peer_sidecars() {
+    let burst = |mark: fn(&mut FlowRecord<'_>)| {
+        let mut d = trained();
+        let f = http(ORDERS, "POST", "/login", 403);
+        let mut raised = BTreeSet::new();
+        for i in 0..20 {
+            let now = at(200) + time::Duration::milliseconds(200 * i);
+            let mut r = record(&f, now);
+            r.direction = Direction::Outbound;
+            r.verdict = None;
+            mark(&mut r);
+            raised.extend(d.observe_flow(&r, now).into_iter().map(|a| a.kind));
+        }
+        raised.contains(&AlertKind::AuthFailureBurst)
+    };
+    assert!(burst(|_| {}), "the peer application's 403s");
+    assert!(
+        !burst(|r| {
+            r.sidecar_answer = true;
+            r.peer_sidecar_answer = true;
+        }),
+        "the peer sidecar's denials"
+    );
+    assert!(
+        !burst(|r| r.destination_identity = None),
+        "a destination outside the mesh"
+    );
+}
+
 /// Two missing static assets asked for at 0.75 a second, on both sides, for ten minutes of
 /// learning and then an hour: quiet. A scan from the same source afterwards is not.
 #[test]
