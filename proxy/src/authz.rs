@@ -530,6 +530,19 @@ pub fn deny_response(
     grpc: bool,
     details: bool,
 ) -> http::Response<crate::forward::Body> {
+    let mut resp = deny_answer(d, request_id, grpc, details);
+    resp.extensions_mut()
+        .insert(crate::forward::SidecarAnswer::Own);
+    resp
+}
+
+/// The body and head of [`deny_response`].
+fn deny_answer(
+    d: &Decision,
+    request_id: &str,
+    grpc: bool,
+    details: bool,
+) -> http::Response<crate::forward::Body> {
     use bytes::Bytes;
     use http::header::{CONTENT_TYPE, HeaderValue};
     use http_body_util::{Empty, Full};

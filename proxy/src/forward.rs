@@ -48,16 +48,75 @@ pub fn empty() -> Body {
     boxed(http_body_util::Empty::<Bytes>::new())
 }
 
-/// Marks a response the sidecar made itself (in its extensions, never sent): its flow record
-/// says so, and the detectors do not take it for the route's own answer.
-#[derive(Debug, Clone, Copy)]
-pub struct SidecarAnswer;
+/// Marks a response a sidecar made itself (in its extensions, never sent as such): its flow
+/// record says so, and the detectors do not take it for the route's own answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarAnswer {
+    /// This sidecar made it: a forwarding error, a refused request head, a policy denial, a
+    /// refused token, a shed request.
+    Own,
+    /// The peer sidecar made it (outbound): it said so in [`SIDECAR_ANSWER_HEADER`] on an
+    /// answer that came over mutual TLS from its verified identity.
+    Peer,
+}
+
+/// Response header by which the called workload's sidecar tells the caller's sidecar that it
+/// made the answer itself (a denial, its app down or draining, a refused head), so that the
+/// caller's flow record and detectors do not take it for the route's answer. The inbound side
+/// sets it on its own answers and removes it from every answer its app sends (an app cannot
+/// forge it); the outbound side believes it only on an answer of a peer sidecar whose
+/// identity it verified, and removes it before the answer reaches the app, always.
+pub const SIDECAR_ANSWER_HEADER: HeaderName = HeaderName::from_static("x-picket-sidecar-answer");
+/// The one value of [`SIDECAR_ANSWER_HEADER`]; any other value is not believed.
+const SIDECAR_ANSWER_VALUE: &str = "1";
+
+/// Inbound, as an answer leaves for the caller: [`SIDECAR_ANSWER_HEADER`] set when this
+/// sidecar made the answer ([`SidecarAnswer::Own`]) and removed otherwise, whatever the app
+/// wrote. Every inbound answer passes here, so no path can carry the app's copy out.
+pub fn announce_sidecar_answer<B>(resp: &mut Response<B>) {
+    if resp.extensions().get::<SidecarAnswer>() == Some(&SidecarAnswer::Own) {
+        resp.headers_mut().insert(
+            SIDECAR_ANSWER_HEADER,
+            HeaderValue::from_static(SIDECAR_ANSWER_VALUE),
+        );
+    } else {
+        resp.headers_mut().remove(SIDECAR_ANSWER_HEADER);
+    }
+}
+
+/// Outbound, as an answer leaves for the app: [`SIDECAR_ANSWER_HEADER`] removed, whoever
+/// wrote it. Every outbound answer passes here.
+pub fn withhold_sidecar_answer<B>(resp: &mut Response<B>) {
+    resp.headers_mut().remove(SIDECAR_ANSWER_HEADER);
+}
+
+/// Outbound: the answer of a peer sidecar as the app receives it ([`to_caller`]), marked
+/// [`SidecarAnswer::Peer`] when the peer said it made it and `verified_peer` (the answer came
+/// over mutual TLS from a peer whose identity this sidecar verified). The header is removed
+/// either way.
+pub fn from_peer(resp: Response<Incoming>, verified_peer: bool) -> Response<Body> {
+    let mut resp = to_caller(resp);
+    take_peer_answer(&mut resp, verified_peer);
+    resp
+}
+
+/// The reading of [`from_peer`]: removes [`SIDECAR_ANSWER_HEADER`] and marks the answer
+/// [`SidecarAnswer::Peer`] when it said `1` and `verified_peer`.
+fn take_peer_answer<B>(resp: &mut Response<B>, verified_peer: bool) {
+    let said = resp
+        .headers_mut()
+        .remove(SIDECAR_ANSWER_HEADER)
+        .is_some_and(|v| v.as_bytes() == SIDECAR_ANSWER_VALUE.as_bytes());
+    if said && verified_peer {
+        resp.extensions_mut().insert(SidecarAnswer::Peer);
+    }
+}
 
 /// A short plain-text response produced by the sidecar itself.
 pub fn error_response(status: StatusCode, reason: &str) -> Response<Body> {
     let mut resp = Response::new(boxed(Full::new(Bytes::from(format!("picket: {reason}\n")))));
     *resp.status_mut() = status;
-    resp.extensions_mut().insert(SidecarAnswer);
+    resp.extensions_mut().insert(SidecarAnswer::Own);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -418,7 +418,9 @@ impl Inbound {
             let meta = Arc::clone(&meta);
             let guard = Arc::clone(&guard);
             net::small_future(async move {
-                let resp = this.request(req, &meta, client_end).await;
+                let mut resp = this.request(req, &meta, client_end).await;
+                // Every answer leaves here: the app's copy of the header never does.
+                forward::announce_sidecar_answer(&mut resp);
                 Ok::<_, Infallible>(resp.map(|b| guard.guard(b)))
             })
         });
@@ -528,7 +530,7 @@ impl Inbound {
         };
         let resp = match forwarded {
             Ok((resp, Some(pending))) => {
-                let flow = ctx.into_tunnel(resp.status(), &self.metrics);
+                let flow = ctx.into_tunnel(resp.status(), &self.metrics, &self.telemetry);
                 let telemetry = self.telemetry.clone();
                 tunnel::spawn(pending, client_end, self.timeouts.idle, flow, telemetry);
                 return resp;

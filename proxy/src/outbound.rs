@@ -247,10 +247,16 @@ struct Upgrade {
 }
 
 /// Names the peer that answered in `ctx`: the answer came over the upstream's current HTTP/2
-/// connection, so its group and the identity that peer presented.
-fn name_peer(ctx: &mut RequestCtx<'_>, upstream: &UpstreamCtx) {
-    if let Some(peer) = upstream.h2_peer.get() {
-        peer.name_in(&mut ctx.ends, &upstream.cfg.identity);
+/// connection, so its group and the identity that peer presented. Returns whether that is a
+/// verified identity: every connection to a peer sidecar is mutual TLS whose certificate was
+/// verified against the expectation, and its SPIFFE ID is what the record names.
+fn name_peer(ctx: &mut RequestCtx<'_>, upstream: &UpstreamCtx) -> bool {
+    match upstream.h2_peer.get() {
+        Some(peer) => {
+            peer.name_in(&mut ctx.ends, &upstream.cfg.identity);
+            peer.identity.is_some()
+        }
+        None => false,
     }
 }
 
@@ -654,7 +660,9 @@ impl Outbound {
             let route = Arc::clone(&route);
             let guard = Arc::clone(&guard);
             net::small_future(async move {
-                let resp = this.request(req, &route, client_end).await;
+                let mut resp = this.request(req, &route, client_end).await;
+                // Every answer to the app leaves here, without the header.
+                forward::withhold_sidecar_answer(&mut resp);
                 Ok::<_, Infallible>(resp.map(|b| guard.guard(b)))
             })
         });
@@ -843,8 +851,8 @@ impl Outbound {
         let req = Request::from_parts(parts, forward::boxed(body));
         let resp = match self.send(&upstream, lease, req, Some(&body_failed)).await {
             Ok(resp) => {
-                name_peer(&mut ctx, &upstream);
-                forward::to_caller(resp)
+                let verified = name_peer(&mut ctx, &upstream);
+                forward::from_peer(resp, verified)
             }
             Err(e @ ForwardError::RequestBody(_)) => {
                 tracing::info!(error = %e, "outbound request refused: malformed body");
@@ -962,15 +970,15 @@ impl Outbound {
                 let (mut head, _) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut head.headers);
                 let answer = tunnel::agreement(ws.form, head.headers);
-                let flow = ctx.into_tunnel(answer.status(), &self.metrics);
+                let flow = ctx.into_tunnel(answer.status(), &self.metrics, &self.telemetry);
                 let pending = tunnel::Pending { client, server };
                 let telemetry = self.telemetry.clone();
                 tunnel::spawn(pending, ws.client_end, self.timeouts.idle, flow, telemetry);
                 return answer;
             }
             Ok(resp) => {
-                name_peer(&mut ctx, &upstream);
-                forward::to_caller(resp)
+                let verified = name_peer(&mut ctx, &upstream);
+                forward::from_peer(resp, verified)
             }
         };
         ctx.finish(&resp, &self.metrics, &self.telemetry);

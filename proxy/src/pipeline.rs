@@ -45,6 +45,7 @@ use crate::metrics::Metrics;
 use crate::net;
 use crate::telemetry::{
     self, FlowEvent, FlowPhase, FlowProtocol, FlowRecord, RequestSpan, SpanOutcome, Telemetry,
+    TunnelEnd,
 };
 
 /// The requests one direction serves at once. A request past the limit is answered 503 at
@@ -207,6 +208,7 @@ pub fn unauthenticated_response(e: TokenError, grpc: bool) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         resp.headers_mut().insert(WWW_AUTHENTICATE, v);
     }
+    resp.extensions_mut().insert(forward::SidecarAnswer::Own);
     resp
 }
 
@@ -370,7 +372,9 @@ impl<'a> RequestCtx<'a> {
         let grpc_status = telemetry::grpc_status(resp.headers());
         let bytes_out = telemetry::content_length(resp.headers());
         let decision = self.enforced.as_ref().map(|e| &e.decision);
-        let sidecar_answer = resp.extensions().get::<forward::SidecarAnswer>().is_some();
+        let answer = resp.extensions().get::<forward::SidecarAnswer>();
+        let sidecar_answer = answer.is_some();
+        let peer_sidecar_answer = answer == Some(&forward::SidecarAnswer::Peer);
         let event = FlowEvent {
             direction: self.direction,
             protocol: self.protocol,
@@ -417,6 +421,7 @@ impl<'a> RequestCtx<'a> {
             record.status = Some(status);
             record.grpc_status = grpc_status;
             record.sidecar_answer = sidecar_answer;
+            record.peer_sidecar_answer = peer_sidecar_answer;
             if let Some(e) = &self.enforced {
                 e.fill(&mut record);
             }
@@ -435,8 +440,61 @@ impl RequestCtx<'_> {
     /// The request opened a tunnel (a WebSocket): it is counted now, with the status that
     /// agreed to the tunnel, and its flow record waits for the tunnel's end
     /// ([`TunnelFlow::finish`]), so that it carries the tunnel's bytes and life.
-    pub fn into_tunnel(self, status: StatusCode, metrics: &Metrics) -> TunnelFlow {
+    ///
+    /// The request's span ends here, with the agreement; the tunnel gets a span of its own,
+    /// a child of it, which ends with the tunnel ([`Telemetry::tunnel_span`]). The tunnel's
+    /// flow records keep the request's trace and span IDs, so the two sidecars' records of one
+    /// WebSocket still pair as a request's do.
+    pub fn into_tunnel(
+        self,
+        status: StatusCode,
+        metrics: &Metrics,
+        telemetry: &Telemetry,
+    ) -> TunnelFlow {
         metrics.request(self.direction, status, self.start.elapsed());
+        let ids = self.span.ids_of_record();
+        let span = if telemetry.records_flows() {
+            let outbound = self.direction == Direction::Outbound;
+            let tunnel = telemetry.tunnel_span(
+                self.direction,
+                &self.span,
+                &telemetry::ConnectionAttrs {
+                    egress: false,
+                    peer_address: if outbound {
+                        self.ends.endpoint.or(self.ends.destination_address)
+                    } else {
+                        self.ends.source_address
+                    },
+                    server_address: self.host.as_deref(),
+                    server_port: self.ends.destination_port,
+                    tls_server_name: None,
+                    ech: false,
+                    source_identity: self.ends.source_identity.as_deref(),
+                    destination_identity: self.ends.destination_identity.as_deref(),
+                },
+                self.path.as_deref(),
+            );
+            let verdict = self.enforced.as_ref().map(|e| e.decision.verdict);
+            let policy = self
+                .enforced
+                .as_ref()
+                .and_then(|e| e.decision.policy.as_ref())
+                .filter(|_| self.span.is_recording())
+                .map(ToString::to_string);
+            self.span.finish(&SpanOutcome {
+                status: Some(status.as_u16()),
+                verdict,
+                policy: policy.as_deref(),
+                peer_identity: outbound
+                    .then_some(self.ends.destination_identity.as_deref())
+                    .flatten(),
+                expected_identity: self.ends.expected_identity.as_deref(),
+                ..SpanOutcome::default()
+            });
+            tunnel
+        } else {
+            self.span
+        };
         let owned = |c: Option<Cow<'_, str>>| c.map(|c| Cow::Owned(c.into_owned()));
         TunnelFlow {
             ctx: RequestCtx {
@@ -457,11 +515,12 @@ impl RequestCtx<'_> {
                 },
                 path: self.path,
                 host: self.host,
-                span: self.span,
+                span,
                 enforced: self.enforced,
                 request_principal: self.request_principal,
                 token_error: self.token_error,
             },
+            ids,
             status,
             opened: false,
         }
@@ -473,7 +532,11 @@ impl RequestCtx<'_> {
 /// timeout while it lasts ([`TunnelFlow::splice`]) and when it ends ([`TunnelFlow::finish`]).
 #[derive(Debug)]
 pub struct TunnelFlow {
+    /// The request's context; its span is the tunnel's own.
     ctx: RequestCtx<'static>,
+    /// The trace, span and parent span IDs of the request that opened the tunnel, which the
+    /// tunnel's records carry.
+    ids: telemetry::RecordIds,
     status: StatusCode,
     /// Whether the open record went out.
     opened: bool,
@@ -499,7 +562,9 @@ impl TunnelFlow {
         }
         (record.bytes_in, record.bytes_out) = (bytes_in, bytes_out);
         record.duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0;
-        telemetry::fill_trace_ids(&ctx.span, &mut record);
+        record.trace_id = self.ids.trace.clone().map(Into::into);
+        record.span_id = self.ids.span.clone().map(Into::into);
+        record.parent_span_id = self.ids.parent.clone().map(Into::into);
         record
     }
 
@@ -517,13 +582,13 @@ impl TunnelFlow {
     /// Splices the tunnel's `client` and `server` ends ([`net::splice`], as an opaque TCP
     /// connection is), writing an interim record every active timeout. Returns the bytes
     /// from and to the client, counted as they moved (a tunnel cut by its idle timeout still
-    /// reports what it carried).
+    /// reports what it carried), and how it ended.
     pub async fn splice<A, B>(
         &self,
         client: &mut A,
         server: &mut B,
         telemetry: &Telemetry,
-    ) -> (u64, u64)
+    ) -> ((u64, u64), TunnelEnd)
     where
         A: AsyncRead + AsyncWrite + Unpin + ?Sized,
         B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -533,20 +598,22 @@ impl TunnelFlow {
             telemetry.record_flow_seen(&self.record(Some(FlowPhase::Interim), so_far));
         })
         .await;
+        let end = TunnelEnd::of(&r);
         if let Err(e) = r {
             tracing::debug!(error = %e, "WebSocket tunnel ended with an error");
         }
-        bytes
+        (bytes, end)
     }
 
     /// Records the tunnel's end with the bytes from and to the client (`None` when it never
-    /// carried any) and its whole life; a tunnel never recorded open gets one whole record,
-    /// which the detectors see.
-    pub fn finish(self, bytes: Option<(u64, u64)>, telemetry: &Telemetry) {
+    /// carried any) and its whole life, and ends its span with them and `end`; a tunnel never
+    /// recorded open gets one whole record, which the detectors see.
+    pub fn finish(mut self, bytes: Option<(u64, u64)>, end: TunnelEnd, telemetry: &Telemetry) {
         if !telemetry.is_enabled() {
             return;
         }
         let bytes = bytes.unwrap_or_default();
+        self.ctx.span.set_tunnel_end(end);
         let record = self.record(self.opened.then_some(FlowPhase::End), bytes);
         if self.opened {
             telemetry.record_end(self.ctx.span, record);

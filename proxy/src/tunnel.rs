@@ -45,6 +45,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::net::park::ParkIo;
 use crate::net::{IdleTimeout, ServeIo};
+use crate::telemetry::TunnelEnd;
 
 /// The upgrade token and `:protocol` of WebSocket.
 pub const WEBSOCKET: &str = "websocket";
@@ -203,27 +204,28 @@ pub fn spawn(
     telemetry: crate::telemetry::Telemetry,
 ) {
     tokio::spawn(async move {
-        let bytes = match (pending.client.await, pending.server.await) {
+        let (bytes, end) = match (pending.client.await, pending.server.await) {
             (Ok(client), Ok(server)) => match client_end(client, idle) {
                 Ok(mut client) => {
                     flow.open(&telemetry);
                     let mut server = server_end(server);
-                    Some(flow.splice(&mut client, &mut server, &telemetry).await)
+                    let (bytes, end) = flow.splice(&mut client, &mut server, &telemetry).await;
+                    (Some(bytes), end)
                 }
                 Err(early) => {
                     tracing::info!(
                         bytes = early,
                         "WebSocket closed: the client sent data before the server agreed; none of it reached the server"
                     );
-                    None
+                    (None, TunnelEnd::EarlyData)
                 }
             },
             (Err(e), _) | (_, Err(e)) => {
                 tracing::debug!(error = %e, "WebSocket tunnel not opened: a connection was not handed over");
-                None
+                (None, TunnelEnd::NotHandedOver)
             }
         };
-        flow.finish(bytes, &telemetry);
+        flow.finish(bytes, end, &telemetry);
     });
 }
 

@@ -29,6 +29,7 @@ mod k8s_tokenreview;
 mod k8s_webhook;
 mod kx;
 mod park;
+mod peer_answer;
 mod pods;
 mod pods_dualstack;
 mod pods_permissive;

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use http::HeaderMap;
 use picket_ca::SpiffeId;
 use picket_proxy::direction::Direction;
@@ -349,6 +349,107 @@ async fn an_opaque_tcp_connection_is_one_span_sampled_as_new_traces_are() -> Res
         rx.trace(&trace).is_empty(),
         "an unsampled connection was exported"
     );
+    Ok(())
+}
+
+/// A WebSocket tunnel's span follows its upgrade request's sampling: at sampling ratio 0, a
+/// request whose caller sampled its trace gets a recorded tunnel span, a child of the
+/// request's span, ended with the end cause and the bytes; a request that starts a new,
+/// unsampled trace gets a tunnel span that records nothing and is never exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_span_is_sampled_exactly_when_its_upgrade_request_is() -> Result<()> {
+    use picket_proxy::telemetry::{ConnectionAttrs, FlowPhase, SpanOutcome, TunnelEnd};
+    let rx = OtlpReceiver::start().await?;
+    let base = config(&rx.endpoint(), Duration::from_secs(5), false);
+    let cfg = TelemetryConfig {
+        otlp: base.otlp.clone().map(|o| OtlpConfig {
+            sampling_ratio: 0.0,
+            ..o
+        }),
+        ..base
+    };
+    let orders = Telemetry::new(&cfg, &identity("orders")?, &mut Registry::default())?;
+    let fe = spiffe_id("shop", "frontend");
+    let attrs = SpanAttrs {
+        method: "GET",
+        path: "/ws",
+        source_identity: Some(&fe),
+        ..SpanAttrs::default()
+    };
+    let tunnel_attrs = ConnectionAttrs {
+        source_identity: Some(&fe),
+        ..ConnectionAttrs::default()
+    };
+    let end = || FlowRecord {
+        phase: Some(FlowPhase::End),
+        status: Some(101),
+        bytes_in: 10,
+        bytes_out: 20,
+        ..FlowRecord::new(
+            time::OffsetDateTime::now_utc(),
+            Direction::Inbound,
+            FlowProtocol::WebSocket,
+        )
+    };
+    let mut sampled_caller = HeaderMap::new();
+    sampled_caller.insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse()?,
+    );
+    let mut ids = Vec::new();
+    for headers in [sampled_caller, HeaderMap::new()] {
+        let request = orders.server_span(&headers, &attrs);
+        let mut tunnel =
+            orders.tunnel_span(Direction::Inbound, &request, &tunnel_attrs, Some("/ws"));
+        ensure!(
+            tunnel.is_recording() == request.is_recording(),
+            "request recording {}, tunnel {}",
+            request.is_recording(),
+            tunnel.is_recording()
+        );
+        ensure!(
+            tunnel.trace_id() == request.trace_id(),
+            "the tunnel is not in the request's trace"
+        );
+        ids.push((request.ids(), tunnel.ids(), request.is_recording()));
+        request.finish(&SpanOutcome {
+            status: Some(101),
+            ..SpanOutcome::default()
+        });
+        tunnel.set_tunnel_end(TunnelEnd::IdleTimeout);
+        orders.record_end(tunnel, end());
+    }
+    ensure!(orders.flush(WAIT).await);
+    let [(Some(request), Some(tunnel), true), (_, unsampled, false)] = ids.as_slice() else {
+        bail!("the caller's sampled trace was not sampled, or a new one was: {ids:?}");
+    };
+    let got = rx
+        .wait_for_spans(1, WAIT, |s| s.span_id == tunnel.1)
+        .await?;
+    let s = &got[0];
+    ensure!(
+        s.name == "websocket"
+            && s.kind == SPAN_KIND_SERVER
+            && s.trace_id == request.0
+            && s.parent_span_id == request.1,
+        "not a child of the request's span {request:?}: {s:#?}"
+    );
+    for (k, v) in [
+        ("picket.tunnel.end_cause", "idle_timeout"),
+        ("picket.network.bytes_received", "10"),
+        ("picket.network.bytes_sent", "20"),
+        ("network.protocol.name", "websocket"),
+        ("url.path", "/ws"),
+        ("picket.source.identity", fe.as_str()),
+    ] {
+        ensure!(s.attr(k) == Some(v), "{k} on {s:#?}");
+    }
+    if let Some((trace, _)) = unsampled {
+        ensure!(
+            rx.trace(trace).is_empty(),
+            "an unsampled request's tunnel was exported"
+        );
+    }
     Ok(())
 }
 

@@ -223,6 +223,16 @@ async fn websocket_through_two_sidecars_obeys_policy_and_carries_64_mib() -> Res
             && f["protocol"] != "websocket"),
         "no deny record for /private/ws: {orders_flows:#?}"
     );
+    // The refused upgrade was the orders sidecar's answer, and the frontend's record says so
+    // (`x-picket-sidecar-answer`, believed from the verified peer).
+    let frontend_flows = log_lines(&mesh.frontend_flows, LineType::Flow)?;
+    ensure!(
+        frontend_flows.iter().any(|f| f["path"] == "/private/ws"
+            && f["status"] == 403
+            && f["sidecar_answer"] == true
+            && f["peer_sidecar_answer"] == true),
+        "the frontend did not record the refusal as the peer sidecar's: {frontend_flows:#?}"
+    );
     Ok(())
 }
 
@@ -422,5 +432,89 @@ async fn a_long_lived_websocket_reaches_the_detectors_and_the_flow_log_before_it
         "the end record alerted"
     );
     let _ = child.wait().await;
+    Ok(())
+}
+
+/// With every request traced, a WebSocket's tunnel is a span of its own on each sidecar,
+/// named `websocket`: a child of that sidecar's span of the upgrade request (which ends with
+/// the agreement), a client span on the caller's sidecar and a server span on the callee's,
+/// ended when the tunnel closed with the bytes each way (the flow record's) and how it ended.
+/// The flow records keep the request's IDs, so the two sides' records still pair.
+#[tokio::test]
+async fn a_websocket_tunnel_is_a_span_of_its_own_under_its_upgrade_request_on_both_sidecars()
+-> Result<()> {
+    use picket_tests::otlp::{OtlpReceiver, SPAN_KIND_CLIENT, SPAN_KIND_SERVER};
+    let otlp = OtlpReceiver::start().await?;
+    let mesh = Mesh::start_with("", TelemetryYaml::new().otlp(&otlp.endpoint())).await?;
+    let echo = client(&["echo", &mesh.url("/public/traced")?, "hello"]).await?;
+    ensure!(echo["status"] == 101 && echo["echo"] == "hello", "{echo}");
+
+    let tunnels = otlp
+        .wait_for_spans(2, Duration::from_secs(20), |s| s.name == "websocket")
+        .await?;
+    ensure!(tunnels.len() == 2, "{tunnels:#?}");
+    let trace = otlp.trace(&tunnels[0].trace_id);
+    for (side, kind, service, flows) in [
+        (
+            "frontend",
+            SPAN_KIND_CLIENT,
+            "frontend.shop",
+            &mesh.frontend_flows,
+        ),
+        (
+            "orders",
+            SPAN_KIND_SERVER,
+            "orders.shop",
+            &mesh.orders_flows,
+        ),
+    ] {
+        let tunnel = tunnels
+            .iter()
+            .find(|s| s.kind == kind)
+            .with_context(|| format!("{side}: no tunnel span: {tunnels:#?}"))?;
+        let request = trace
+            .iter()
+            .find(|s| tunnel.is_child_of(s))
+            .with_context(|| format!("{side}: the tunnel span has no parent here: {trace:#?}"))?;
+        ensure!(
+            request.name == "GET /public/traced"
+                && request.kind == kind
+                && request.resource.get("service.name").map(String::as_str) == Some(service)
+                && tunnel.resource.get("service.name").map(String::as_str) == Some(service),
+            "{side}: the tunnel's parent is not this sidecar's request span: {request:#?} {tunnel:#?}"
+        );
+        let end = websocket_flows(flows, 1).await?;
+        let end = &end[0];
+        let (from_client, to_client) = (
+            end["bytes_in"].as_u64().unwrap_or_default(),
+            end["bytes_out"].as_u64().unwrap_or_default(),
+        );
+        // A client span sends what came from its client; a server span sends to its caller.
+        let (sent, received) = if kind == SPAN_KIND_CLIENT {
+            (from_client, to_client)
+        } else {
+            (to_client, from_client)
+        };
+        ensure!(from_client > 0 && to_client > 0, "{side}: {end}");
+        ensure!(
+            tunnel.attr("picket.network.bytes_sent") == Some(sent.to_string().as_str())
+                && tunnel.attr("picket.network.bytes_received")
+                    == Some(received.to_string().as_str())
+                && tunnel.attr("picket.tunnel.end_cause") == Some("closed")
+                && tunnel.attr("network.protocol.name") == Some("websocket")
+                && tunnel.attr("url.path") == Some("/public/traced")
+                && tunnel.attr("picket.source.identity")
+                    == Some(spiffe_id("shop", "frontend").as_str())
+                && tunnel.attr("picket.destination.identity")
+                    == Some(spiffe_id("shop", "orders").as_str()),
+            "{side}: {tunnel:#?} against {end}"
+        );
+        // The records keep the request's IDs.
+        ensure!(
+            end["trace_id"] == request.trace_id.as_str()
+                && end["span_id"] == request.span_id.as_str(),
+            "{side}: {end} against {request:#?}"
+        );
+    }
     Ok(())
 }

@@ -166,3 +166,73 @@ async fn late_request_trailers_are_dropped() {
     assert!(!f.complete && f.chunked, "{f:?}");
     assert_eq!(f.body.as_deref(), Some(&b"abc"[..]));
 }
+
+fn answer_with_header(value: Option<&'static str>) -> Response<Body> {
+    let mut resp = Response::new(empty());
+    if let Some(v) = value {
+        resp.headers_mut()
+            .insert(SIDECAR_ANSWER_HEADER, HeaderValue::from_static(v));
+    }
+    resp
+}
+
+#[test]
+fn the_inbound_side_announces_its_own_answers_and_never_the_apps_copy() {
+    // Its own answers, whatever they are, carry the header.
+    for own in [
+        error_response(StatusCode::BAD_GATEWAY, "application unreachable"),
+        error_response_close(StatusCode::BAD_REQUEST, "bad head"),
+    ] {
+        let mut own = own;
+        announce_sidecar_answer(&mut own);
+        assert_eq!(own.headers().get(SIDECAR_ANSWER_HEADER).unwrap(), "1");
+    }
+    // The app's answer loses the copy it wrote, whatever its value.
+    for forged in [Some("1"), Some("0"), Some("yes")] {
+        let mut app = answer_with_header(forged);
+        announce_sidecar_answer(&mut app);
+        assert!(app.headers().get(SIDECAR_ANSWER_HEADER).is_none());
+    }
+    // A peer's answer passed on (never on this side, but the mark is not its own): no header.
+    let mut peer = answer_with_header(Some("1"));
+    peer.extensions_mut().insert(SidecarAnswer::Peer);
+    announce_sidecar_answer(&mut peer);
+    assert!(peer.headers().get(SIDECAR_ANSWER_HEADER).is_none());
+}
+
+#[test]
+fn the_outbound_side_believes_the_header_only_from_a_verified_peer_and_always_removes_it() {
+    let mark = |r: &Response<Body>| r.extensions().get::<SidecarAnswer>().copied();
+    let mut said = answer_with_header(Some("1"));
+    take_peer_answer(&mut said, true);
+    assert_eq!(mark(&said), Some(SidecarAnswer::Peer));
+    assert!(said.headers().get(SIDECAR_ANSWER_HEADER).is_none());
+
+    // Not a verified peer: removed, not believed.
+    let mut unverified = answer_with_header(Some("1"));
+    take_peer_answer(&mut unverified, false);
+    assert_eq!(mark(&unverified), None);
+    assert!(unverified.headers().get(SIDECAR_ANSWER_HEADER).is_none());
+
+    // Another value is not the peer's word: removed, not believed.
+    let mut odd = answer_with_header(Some("true"));
+    take_peer_answer(&mut odd, true);
+    assert_eq!(mark(&odd), None);
+    assert!(odd.headers().get(SIDECAR_ANSWER_HEADER).is_none());
+
+    // No header: nothing marked.
+    let mut plain = answer_with_header(None);
+    take_peer_answer(&mut plain, true);
+    assert_eq!(mark(&plain), None);
+
+    // What leaves for the app never carries it, whoever wrote it (this sidecar's own answers
+    // included).
+    for mut resp in [
+        answer_with_header(Some("1")),
+        error_response(StatusCode::SERVICE_UNAVAILABLE, "peer unreachable"),
+    ] {
+        announce_sidecar_answer(&mut resp);
+        withhold_sidecar_answer(&mut resp);
+        assert!(resp.headers().get(SIDECAR_ANSWER_HEADER).is_none());
+    }
+}

@@ -105,3 +105,98 @@ async fn a_splice_cut_by_an_error_keeps_its_bytes_in_the_record_and_the_metrics(
         "{scrape}"
     );
 }
+
+/// Every answer the sidecar makes itself is marked, including a policy denial and a refused
+/// token (the inbound side sends the mark on as `x-picket-sidecar-answer`).
+#[test]
+fn denials_and_refused_tokens_are_the_sidecars_own_answers() {
+    let decision = picket_policy::Decision {
+        verdict: Verdict::Deny,
+        reason: picket_policy::Reason::NoAllowMatch,
+        policy: None,
+        rule: None,
+        shadows: Vec::new(),
+        audit: Vec::new(),
+        would_verdict: Verdict::Deny,
+    };
+    for grpc in [false, true] {
+        let deny = authz::deny_response(&decision, "req-1", grpc, false);
+        let refused = unauthenticated_response(TokenError::Expired, grpc);
+        for resp in [deny, refused, shed_response()] {
+            assert_eq!(
+                resp.extensions().get::<forward::SidecarAnswer>(),
+                Some(&forward::SidecarAnswer::Own),
+                "{resp:?}"
+            );
+        }
+    }
+}
+
+/// The outbound record says who made the answer: the app (nothing marked), this sidecar
+/// (`sidecar_answer`), or the peer's sidecar (`sidecar_answer` and `peer_sidecar_answer`);
+/// the detectors see the first as the route's answer and neither of the others.
+#[tokio::test]
+async fn an_outbound_record_tells_the_apps_answer_from_this_and_the_peers_sidecars() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flows.jsonl");
+    let cfg = TelemetryConfig::flow_log_file(&path);
+    let identity = "spiffe://cluster.local/ns/shop/sa/frontend"
+        .parse()
+        .unwrap();
+    let telemetry = Telemetry::new(&cfg, &identity, &mut Registry::default()).unwrap();
+    let metrics = Metrics::new();
+    let (parts, ()) = http::Request::get("http://orders/api/orders")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let marks = [
+        None,
+        Some(forward::SidecarAnswer::Own),
+        Some(forward::SidecarAnswer::Peer),
+    ];
+    for mark in marks {
+        let mut resp = Response::new(forward::empty());
+        *resp.status_mut() = StatusCode::BAD_GATEWAY;
+        if let Some(m) = mark {
+            resp.extensions_mut().insert(m);
+        }
+        let mut ctx = RequestCtx::new(
+            Direction::Outbound,
+            &parts,
+            Endpoints {
+                source_identity: Some("spiffe://cluster.local/ns/shop/sa/frontend".into()),
+                destination_identity: Some("spiffe://cluster.local/ns/shop/sa/orders".into()),
+                ..Endpoints::default()
+            },
+        );
+        ctx.path = Some("/api/orders".to_owned());
+        ctx.finish(&resp, &metrics, &telemetry);
+    }
+    assert!(telemetry.flush(Duration::from_secs(10)).await);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let records: Vec<FlowRecord<'_>> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen: Vec<(bool, bool)> = records
+        .iter()
+        .map(|r| (r.sidecar_answer, r.peer_sidecar_answer))
+        .collect();
+    assert_eq!(
+        seen,
+        [(false, false), (true, false), (true, true)],
+        "{text}"
+    );
+    assert!(!text.lines().next().unwrap().contains("sidecar_answer"));
+    assert!(
+        text.lines()
+            .nth(2)
+            .unwrap()
+            .contains("\"peer_sidecar_answer\":true")
+    );
+    let classes: Vec<Option<u8>> = records
+        .iter()
+        .map(|r| crate::telemetry::detect::route_answer_class(&r.event()))
+        .collect();
+    assert_eq!(classes, [Some(5), None, None]);
+}

@@ -307,14 +307,22 @@ pub struct FlowRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub token_error: Option<Cow<'a, str>>,
-    /// The sidecar made the answer itself (a forwarding error such as 502, 503 or 504, or a
-    /// request head it refused), not the application or the peer. The detectors read it, so
+    /// A sidecar made the answer itself (a forwarding error such as 502, 503 or 504, a request
+    /// head it refused, a policy denial, a refused token, a shed request), not the application:
+    /// this sidecar, or on the outbound side the peer's (`peer_sidecar_answer`). The detectors read it, so
     /// that a status class new for a route means the route answered it; it is written to the
     /// log (`"sidecar_answer":true`, absent when false) and read back, so a baseline learned
     /// from a flow log (the detectors' `baseline_file`, `picket analyze`) judges answers as
     /// the live detectors do.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sidecar_answer: bool,
+    /// Outbound: the sidecar that made the answer is the peer's, not this one (its app down
+    /// or draining, its policy denied, it refused the request head), as the peer said in
+    /// `x-picket-sidecar-answer` on an answer over mutual TLS from its verified identity.
+    /// `sidecar_answer` is then true as well; the two tell "the peer could not be reached"
+    /// from "the peer was reached and its app could not be". Written when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub peer_sidecar_answer: bool,
 }
 
 impl<'a> FlowRecord<'a> {
@@ -357,6 +365,7 @@ impl<'a> FlowRecord<'a> {
             request_principal: None,
             token_error: None,
             sidecar_answer: false,
+            peer_sidecar_answer: false,
         }
     }
 
@@ -415,6 +424,7 @@ impl<'a> FlowRecord<'a> {
             request_principal: owned(self.request_principal),
             token_error: self.token_error.map(word),
             sidecar_answer: self.sidecar_answer,
+            peer_sidecar_answer: self.peer_sidecar_answer,
         }
     }
 

@@ -55,7 +55,9 @@ pub use flow::{
 pub use flow_log::FlowLog;
 pub use metrics::TelemetryMetrics;
 pub use owners::{AddressOwners, Owner};
-pub use trace::{ConnectionAttrs, Parent, RecordIds, RequestSpan, SpanAttrs, SpanOutcome};
+pub use trace::{
+    ConnectionAttrs, Parent, RecordIds, RequestSpan, SpanAttrs, SpanOutcome, TunnelEnd,
+};
 
 use crate::direction::Direction;
 use export::Otlp;
@@ -290,6 +292,32 @@ impl Telemetry {
         match &inner.otlp {
             Some(o) => RequestSpan::start_connection(&o.tracer, kind, attrs),
             None => RequestSpan::untraced(None, kind),
+        }
+    }
+
+    /// Starts the span of a WebSocket tunnel opened by the request whose span is `request`: a
+    /// child of it (sampled when it is), a server span inbound and a client span outbound, as
+    /// a connection's span. None is recorded when nothing reads flows or the request has no
+    /// trace context.
+    pub fn tunnel_span(
+        &self,
+        direction: Direction,
+        request: &RequestSpan,
+        attrs: &ConnectionAttrs<'_>,
+        path: Option<&str>,
+    ) -> RequestSpan {
+        let Some(inner) = self.inner.as_ref().filter(|i| i.records_flows()) else {
+            return RequestSpan::none();
+        };
+        let kind = match direction {
+            Direction::Inbound => SpanKind::Server,
+            Direction::Outbound => SpanKind::Client,
+        };
+        match &inner.otlp {
+            Some(o) if request.context().is_valid() => {
+                RequestSpan::start_tunnel(&o.tracer, kind, request.context(), attrs, path)
+            }
+            _ => RequestSpan::untraced(None, kind),
         }
     }
 

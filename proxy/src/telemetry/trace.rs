@@ -39,6 +39,9 @@ pub const BYTES_RECEIVED: &str = "picket.network.bytes_received";
 /// Span attribute: the egress connection's ClientHello offered Encrypted ClientHello (its
 /// `tls.server.name`, when the hello carries one, is the outer, public name).
 pub const TLS_ECH: &str = "picket.tls.ech";
+/// Span attribute of a WebSocket tunnel's span: how the tunnel ended, one of
+/// [`TunnelEnd::as_str`].
+pub const TUNNEL_END_CAUSE: &str = "picket.tunnel.end_cause";
 /// Name of the span event (and OTel log event) carrying an alert.
 pub const ALERT_EVENT: &str = "picket.alert";
 
@@ -79,6 +82,45 @@ pub struct ConnectionAttrs<'a> {
     pub source_identity: Option<&'a str>,
     /// The called workload's SPIFFE ID.
     pub destination_identity: Option<&'a str>,
+}
+
+/// How a WebSocket tunnel ended (its span's [`TUNNEL_END_CAUSE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// Both sides finished (each closed its direction).
+    Closed,
+    /// No byte moved either way for `timeouts.idle`.
+    IdleTimeout,
+    /// A side failed (reset, broken stream).
+    Error,
+    /// The client sent data before the agreement went out; the tunnel was closed at once.
+    EarlyData,
+    /// A connection was not handed over after the agreement (the client or the server went
+    /// away first).
+    NotHandedOver,
+}
+
+impl TunnelEnd {
+    /// The attribute value: `closed`, `idle_timeout`, `error`, `early_data`,
+    /// `not_handed_over`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Error => "error",
+            Self::EarlyData => "early_data",
+            Self::NotHandedOver => "not_handed_over",
+        }
+    }
+
+    /// How a splice that returned `result` ended.
+    pub fn of<T>(result: &std::io::Result<T>) -> Self {
+        match result {
+            Ok(_) => Self::Closed,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Self::IdleTimeout,
+            Err(_) => Self::Error,
+        }
+    }
 }
 
 /// The attributes a connection span starts with.
@@ -423,6 +465,47 @@ impl RequestSpan {
             kind,
             parent: None,
             connection: true,
+        }
+    }
+
+    /// Starts the span of a WebSocket tunnel with `tracer`: from the agreement (101 or 2xx) to
+    /// the tunnel's end, a child of its upgrade request's span (`parent`, this sidecar's own),
+    /// so sampled when that request was. Named `websocket`; it ends with the bytes each way
+    /// and [`TUNNEL_END_CAUSE`], as a connection's span ends with its bytes.
+    pub(crate) fn start_tunnel(
+        tracer: &SdkTracer,
+        kind: SpanKind,
+        parent: &SpanContext,
+        attrs: &ConnectionAttrs<'_>,
+        path: Option<&str>,
+    ) -> Self {
+        let cx = Context::new().with_remote_span_context(parent.clone());
+        let mut span = tracer
+            .span_builder(Cow::Borrowed("websocket"))
+            .with_kind(kind.clone())
+            .start_with_context(tracer, &cx);
+        if span.is_recording() {
+            let mut kv = connection_attributes(attrs);
+            kv.push(KeyValue::new("network.protocol.name", "websocket"));
+            if let Some(path) = path {
+                kv.push(KeyValue::new("url.path", path.to_owned()));
+            }
+            span.set_attributes(kv);
+        }
+        let context = span.span_context().clone();
+        Self {
+            span: Some(span),
+            context,
+            kind,
+            parent: Some(parent.span_id()),
+            connection: true,
+        }
+    }
+
+    /// Records how a tunnel ended, on a span that is recorded.
+    pub fn set_tunnel_end(&mut self, end: TunnelEnd) {
+        if let Some(span) = self.span.as_mut().filter(|s| s.is_recording()) {
+            span.set_attribute(KeyValue::new(TUNNEL_END_CAUSE, end.as_str()));
         }
     }
 

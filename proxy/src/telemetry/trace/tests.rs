@@ -268,3 +268,17 @@ fn ids_are_the_sdks_hex() {
         assert_eq!(hex(&id.to_bytes()), id.to_string());
     }
 }
+
+#[test]
+fn a_tunnel_end_names_how_the_splice_ended() {
+    use std::io::{Error, ErrorKind};
+    let of = |r: std::io::Result<()>| TunnelEnd::of(&r).as_str();
+    assert_eq!(of(Ok(())), "closed");
+    assert_eq!(
+        of(Err(Error::new(ErrorKind::TimedOut, "idle timeout"))),
+        "idle_timeout"
+    );
+    assert_eq!(of(Err(ErrorKind::ConnectionReset.into())), "error");
+    assert_eq!(TunnelEnd::EarlyData.as_str(), "early_data");
+    assert_eq!(TunnelEnd::NotHandedOver.as_str(), "not_handed_over");
+}
