@@ -93,6 +93,85 @@ policy: {{ path: \"{policy}\" }}
     }
 }
 
+/// Asks `GET /public` on one keep-alive connection to the app: once when started, again for
+/// each line read from standard input; prints each answer's status line (or the error).
+const HELD_CONNECTION: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+f = c.makefile("rb")
+def ask():
+    try:
+        c.sendall(b"GET /public HTTP/1.1\r\nHost: server\r\n\r\n")
+        status = f.readline().decode().strip()
+        length = 0
+        while True:
+            line = f.readline()
+            if line in (b"\r\n", b""):
+                break
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        f.read(length)
+        print(status or "closed", flush=True)
+    except OSError as e:
+        print("error:", e, flush=True)
+ask()
+for _ in sys.stdin:
+    ask()
+"#;
+
+/// A client's keep-alive connection to the server's app, opened (and asked once) before the
+/// switch.
+struct HeldConnection {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    answers: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl HeldConnection {
+    async fn open(netns: &str, server: Ipv4Addr) -> Result<Self> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", netns, "python3", "-c", HELD_CONNECTION])
+            .arg(server.to_string())
+            .arg(APP_PORT.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start python3 for the held connection")?;
+        let stdin = child.stdin.take().context("no stdin")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut held = Self {
+            child,
+            stdin,
+            answers: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
+        };
+        let first = held.answer().await?;
+        ensure!(
+            first.starts_with("HTTP/1.1 200"),
+            "the held connection's first call: {first}"
+        );
+        Ok(held)
+    }
+
+    async fn answer(&mut self) -> Result<String> {
+        let line = tokio::time::timeout(Duration::from_secs(15), self.answers.next_line())
+            .await
+            .context("the held connection did not answer within 15 s")??;
+        match line {
+            Some(line) => Ok(line),
+            None => anyhow::bail!(
+                "the held connection's client exited: {:?}",
+                self.child.try_wait()
+            ),
+        }
+    }
+
+    async fn ask_again(&mut self) -> Result<String> {
+        tokio::io::AsyncWriteExt::write_all(&mut self.stdin, b"again\n").await?;
+        self.answer().await
+    }
+}
+
 #[tokio::test]
 async fn a_namespace_migrates_from_no_mesh_through_permissive_to_strict() -> Result<()> {
     let net = PodNet::create(3).await?;
@@ -186,8 +265,16 @@ spec:
         Ok(())
     })
     .await?;
+    let mut held = HeldConnection::open(&net.pods[PLAIN_CLIENT].netns, server).await?;
     net.intercept(SERVER).await?;
     let switched = ok.load(Ordering::Relaxed);
+    // A keep-alive connection open across the switch stays with the app: it is not picked up
+    // halfway and redirected (the kernel would reset it).
+    let after = held.ask_again().await?;
+    ensure!(
+        after.starts_with("HTTP/1.1 200"),
+        "a connection open across the switch, asked again: {after}"
+    );
     eventually(Duration::from_secs(10), async || {
         ensure!(
             ok.load(Ordering::Relaxed) >= switched + 5,
