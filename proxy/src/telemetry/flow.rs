@@ -91,6 +91,17 @@ pub enum FlowPhase {
     End,
 }
 
+impl FlowPhase {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Interim => "interim",
+            Self::End => "end",
+        }
+    }
+}
+
 /// The `"type"` tag of a line in the flow log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -104,6 +115,18 @@ pub enum LineType {
     Edge,
     /// A burst counter's rate in a baseline written by `picket analyze --baseline-file`.
     Rate,
+}
+
+impl LineType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Flow => "flow",
+            Self::Alert => "alert",
+            Self::Edge => "edge",
+            Self::Rate => "rate",
+        }
+    }
 }
 
 /// One HTTP request or TCP connection as seen by one sidecar.
@@ -658,5 +681,6 @@ pub fn fill_decision(record: &mut FlowRecord<'_>, decision: Option<&picket_polic
     record.would_verdict = (d.would_verdict != d.verdict).then_some(d.would_verdict);
 }
 
+mod json;
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,8 @@
 //!
 //! Flow records are handed over as they are ([`FlowLog::write_record`]) to a bounded queue
 //! ([`QUEUE_LINES`]) drained by one dedicated writer thread, which serializes them into one
-//! reused buffer: the request path neither formats JSON nor allocates a line. Other lines
+//! reused buffer ([`FlowRecord::write_json`]: serde_json's bytes, written field by field): the
+//! request path neither formats JSON nor allocates a line. Other lines
 //! (alerts) are serialized by the caller ([`FlowLog::write`]). A full queue drops the line and
 //! counts it in `picket_telemetry_dropped_total{sink="flow_log",reason="queue_full"}`: the data
 //! path never waits for a disk.
@@ -111,6 +112,17 @@ impl FlowLog {
     pub fn write<T: Serialize + ?Sized>(&self, value: &T) -> bool {
         let mut line = Vec::with_capacity(384);
         if serde_json::to_writer(&mut line, value).is_err() {
+            return false;
+        }
+        line.push(b'\n');
+        self.queue(Msg::Line(line))
+    }
+
+    /// Queues `record`, serialized here (as the writer thread would), as one JSON line; never
+    /// blocks. Returns false when it was dropped.
+    pub fn write_flow(&self, record: &FlowRecord<'_>) -> bool {
+        let mut line = Vec::with_capacity(512);
+        if record.write_json(&mut line).is_err() {
             return false;
         }
         line.push(b'\n');
@@ -226,7 +238,7 @@ fn write_loop(
                 Ok(Msg::Flow(record)) => {
                     queued.fetch_sub(1, Ordering::Relaxed);
                     buf.clear();
-                    if serde_json::to_writer(&mut buf, &*record).is_ok() {
+                    if record.write_json(&mut buf).is_ok() {
                         buf.push(b'\n');
                         note(out.write_line(&buf), 1);
                         wrote = true;

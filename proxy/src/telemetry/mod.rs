@@ -728,7 +728,7 @@ impl Inner {
 
     fn write_flow(&self, record: &FlowRecord<'_>) {
         if let Some(f) = &self.flow_log {
-            f.write(record);
+            f.write_flow(record);
         }
     }
 
