@@ -2,10 +2,20 @@
 //! for IPv4 (`iptables`) and IPv6 (`ip6tables`).
 //!
 //! ```text
-//! PREROUTING -> PICKET_INBOUND  : excluded inbound ports RETURN, everything else REDIRECT :7143
+//! PREROUTING -> PICKET_INBOUND  : excluded inbound ports RETURN, every other SYN REDIRECT :7143
 //! OUTPUT     -> PICKET_OUTPUT   : the proxy's own UID RETURN (no loops), loopback RETURN,
-//!                                 excluded ports and CIDRs RETURN, everything else REDIRECT :7140
+//!                                 excluded ports and CIDRs RETURN, every other SYN REDIRECT :7140
 //! ```
+//!
+//! The REDIRECT rules match only a connection's first packet (SYN set, ACK clear:
+//! [`FIRST_PACKET`]). Connections already open when the rules go in keep going where they went.
+//! This matters when a namespace had no nat table before (a pod meshed while it serves, as in
+//! a migration through permissive mode): connection tracking starts with the table, and it
+//! takes the next packet of a connection opened before then as a NEW connection ("loose"
+//! pickup, `nf_conntrack_tcp_loose`), so a REDIRECT for every TCP packet would send that
+//! packet to the sidecar's port, where no such connection exists, and the kernel would answer
+//! with a reset: the call in flight at the switch failed. Only a SYN can open a connection,
+//! so every new connection is still redirected.
 //!
 //! Each family's rules are applied in ONE `iptables-restore --noflush` run (one kernel table
 //! replacement with iptables-legacy, one nft transaction with iptables-nft): it either takes
@@ -24,6 +34,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{IpAddr, Ipv6Addr};
 use std::process::{Command, Stdio};
+
+/// The match of a REDIRECT rule: a connection's first packet (SYN without ACK), spelled as
+/// `iptables-save` writes `--syn`. See the module documentation for why.
+pub const FIRST_PACKET: &str = "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN";
 
 /// Chain for inbound redirection.
 pub const INBOUND_CHAIN: &str = "PICKET_INBOUND";
@@ -90,7 +104,7 @@ impl Interception {
             ));
         }
         rules.push(format!(
-            "-A {INBOUND_CHAIN} -p tcp -j REDIRECT --to-ports {}",
+            "-A {INBOUND_CHAIN} {FIRST_PACKET} -j REDIRECT --to-ports {}",
             self.inbound_port
         ));
         // Outbound: the sidecar's own connections must leave untouched, or they would loop.
@@ -110,7 +124,7 @@ impl Interception {
             }
         }
         rules.push(format!(
-            "-A {OUTPUT_CHAIN} -p tcp -j REDIRECT --to-ports {}",
+            "-A {OUTPUT_CHAIN} {FIRST_PACKET} -j REDIRECT --to-ports {}",
             self.outbound_port
         ));
         rules

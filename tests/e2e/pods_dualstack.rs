@@ -106,7 +106,7 @@ async fn start() -> Result<Mesh> {
         );
         let v6_rules = net.nat_rules(i, "ip6tables-nft-save").await?;
         ensure!(
-            v6_rules.contains("-A PICKET_OUTPUT -p tcp -j REDIRECT --to-ports 7140"),
+            v6_rules.contains("-A PICKET_OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j REDIRECT --to-ports 7140"),
             "pod{n} has no IPv6 rules:\n{v6_rules}"
         );
 

@@ -62,6 +62,23 @@ policy: {{ path: \"{policy}\" }}
         self.net.sidecar(i, &file, &label, dir).await
     }
 
+    /// Pod `i`'s sidecar's inbound connections, requests and decisions (its metrics lines),
+    /// for a failure message.
+    async fn inbound_account(&self, i: usize) -> String {
+        match self.net.curl(i, "http://127.0.0.1:7191/metrics", &[]).await {
+            Ok((_, metrics)) => metrics
+                .lines()
+                .filter(|l| {
+                    l.starts_with("picket_tcp_connections_total")
+                        || l.starts_with("picket_requests_total")
+                        || l.starts_with("picket_authz_decisions_total")
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
     async fn metric(&self, i: usize, needle: &str) -> Result<u64> {
         let (code, metrics) = self
             .net
@@ -73,6 +90,85 @@ policy: {{ path: \"{policy}\" }}
             .filter(|l| l.contains(needle))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum())
+    }
+}
+
+/// Asks `GET /public` on one keep-alive connection to the app: once when started, again for
+/// each line read from standard input; prints each answer's status line (or the error).
+const HELD_CONNECTION: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+f = c.makefile("rb")
+def ask():
+    try:
+        c.sendall(b"GET /public HTTP/1.1\r\nHost: server\r\n\r\n")
+        status = f.readline().decode().strip()
+        length = 0
+        while True:
+            line = f.readline()
+            if line in (b"\r\n", b""):
+                break
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        f.read(length)
+        print(status or "closed", flush=True)
+    except OSError as e:
+        print("error:", e, flush=True)
+ask()
+for _ in sys.stdin:
+    ask()
+"#;
+
+/// A client's keep-alive connection to the server's app, opened (and asked once) before the
+/// switch.
+struct HeldConnection {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    answers: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl HeldConnection {
+    async fn open(netns: &str, server: Ipv4Addr) -> Result<Self> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", netns, "python3", "-c", HELD_CONNECTION])
+            .arg(server.to_string())
+            .arg(APP_PORT.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start python3 for the held connection")?;
+        let stdin = child.stdin.take().context("no stdin")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut held = Self {
+            child,
+            stdin,
+            answers: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
+        };
+        let first = held.answer().await?;
+        ensure!(
+            first.starts_with("HTTP/1.1 200"),
+            "the held connection's first call: {first}"
+        );
+        Ok(held)
+    }
+
+    async fn answer(&mut self) -> Result<String> {
+        let line = tokio::time::timeout(Duration::from_secs(15), self.answers.next_line())
+            .await
+            .context("the held connection did not answer within 15 s")??;
+        match line {
+            Some(line) => Ok(line),
+            None => anyhow::bail!(
+                "the held connection's client exited: {:?}",
+                self.child.try_wait()
+            ),
+        }
+    }
+
+    async fn ask_again(&mut self) -> Result<String> {
+        tokio::io::AsyncWriteExt::write_all(&mut self.stdin, b"again\n").await?;
+        self.answer().await
     }
 }
 
@@ -169,8 +265,16 @@ spec:
         Ok(())
     })
     .await?;
+    let mut held = HeldConnection::open(&net.pods[PLAIN_CLIENT].netns, server).await?;
     net.intercept(SERVER).await?;
     let switched = ok.load(Ordering::Relaxed);
+    // A keep-alive connection open across the switch stays with the app: it is not picked up
+    // halfway and redirected (the kernel would reset it).
+    let after = held.ask_again().await?;
+    ensure!(
+        after.starts_with("HTTP/1.1 200"),
+        "a connection open across the switch, asked again: {after}"
+    );
     eventually(Duration::from_secs(10), async || {
         ensure!(
             ok.load(Ordering::Relaxed) >= switched + 5,
@@ -181,13 +285,15 @@ spec:
     .await?;
     stop.store(true, Ordering::Relaxed);
     caller.await?;
-    ensure!(
-        failed.load(Ordering::Relaxed) == 0,
-        "{} of {} calls failed across the switch to permissive, the first: {:?}",
-        failed.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed) + ok.load(Ordering::Relaxed),
-        first_failure.lock().map(|f| f.clone()).unwrap_or_default()
-    );
+    if failed.load(Ordering::Relaxed) > 0 {
+        anyhow::bail!(
+            "{} of {} calls failed across the switch to permissive, the first: {:?}; the server's sidecar counted: {}",
+            failed.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed) + ok.load(Ordering::Relaxed),
+            first_failure.lock().map(|f| f.clone()).unwrap_or_default(),
+            world.inbound_account(SERVER).await
+        );
+    }
 
     // The unmeshed client's calls now go through the sidecar in plaintext: no identity
     // reaches the app (a forged one is removed), policy admits /public by address and
