@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use picket_proxy::telemetry::{Alert, AlertKind};
 use picket_tests::clients::{body_text, empty, request, send};
-use picket_tests::mesh::frontend_to_orders;
+use picket_tests::mesh::FlowLogged;
 use picket_tests::telemetry::{TelemetryYaml, alerts, wait_for_flows};
 use picket_tests::{Sidecar, TestCa, TestProxy, eventually, spiffe_id};
 use serde_json::Value;
@@ -106,21 +106,13 @@ async fn the_peers_own_answers_are_marked_on_the_callers_side_and_a_forged_mark_
     let ca = TestCa::start().await?;
     let app = ForgingApp::start().await?;
     let telemetry = TelemetryYaml::new().detector("learning_window", "0s");
-    let orders_flows = dir.path().join("orders-flows.jsonl");
-    let frontend_flows = dir.path().join("frontend-flows.jsonl");
-    let orders = TestProxy::spawn(
-        &ca,
-        Sidecar::new("shop", "orders", app.addr)
-            .yaml(&telemetry.clone().flow_log(&orders_flows).to_yaml()),
-    )
-    .await?;
-    let frontend = TestProxy::spawn(
-        &ca,
-        frontend_to_orders(orders.addrs().inbound)
-            .await?
-            .yaml(&telemetry.flow_log(&frontend_flows).to_yaml()),
-    )
-    .await?;
+    let orders = Sidecar::new("shop", "orders", app.addr);
+    let FlowLogged {
+        orders,
+        frontend,
+        orders_flows,
+        frontend_flows,
+    } = FlowLogged::start(&ca, dir.path(), &telemetry, orders, "").await?;
     let versions = [Version::HTTP_11, Version::HTTP_2].into_iter().cycle();
     let mut versions = versions;
     let mut next = || versions.next().unwrap_or(Version::HTTP_11);

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use picket_proxy::telemetry::LineType;
-use picket_tests::mesh::frontend_to_orders;
+use picket_tests::mesh::FlowLogged;
 use picket_tests::process::{output_within, start_fixture_app};
 use picket_tests::telemetry::{TelemetryYaml, log_lines};
 use picket_tests::wait::eventually;
-use picket_tests::{Sidecar, TestCa, TestProxy, spiffe_id};
+use picket_tests::{Sidecar, TestCa, spiffe_id};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -64,10 +64,7 @@ impl WsApp {
 struct Mesh {
     _ca: TestCa,
     app: WsApp,
-    orders: TestProxy,
-    frontend: TestProxy,
-    orders_flows: PathBuf,
-    frontend_flows: PathBuf,
+    pair: FlowLogged,
     _dir: tempfile::TempDir,
 }
 
@@ -81,37 +78,19 @@ impl Mesh {
         let dir = tempfile::tempdir()?;
         let ca = TestCa::start().await?;
         let app = WsApp::start(dir.path()).await?;
-        let orders_flows = dir.path().join("orders-flows.jsonl");
-        let frontend_flows = dir.path().join("frontend-flows.jsonl");
-        let orders = TestProxy::spawn(
-            &ca,
-            Sidecar::new("shop", "orders", app.addr)
-                .policy(POLICY)
-                .yaml(&telemetry.clone().flow_log(&orders_flows).to_yaml()),
-        )
-        .await?;
-        let frontend = TestProxy::spawn(
-            &ca,
-            frontend_to_orders(orders.addrs().inbound)
-                .await?
-                .yaml(&telemetry.flow_log(&frontend_flows).to_yaml())
-                .yaml(frontend_yaml),
-        )
-        .await?;
+        let orders = Sidecar::new("shop", "orders", app.addr).policy(POLICY);
+        let pair = FlowLogged::start(&ca, dir.path(), &telemetry, orders, frontend_yaml).await?;
         Ok(Self {
             _ca: ca,
             app,
-            orders,
-            frontend,
-            orders_flows,
-            frontend_flows,
+            pair,
             _dir: dir,
         })
     }
 
     /// The frontend's listener for `orders`.
     fn entry(&self) -> Result<SocketAddr> {
-        self.frontend.upstream("orders")
+        self.pair.frontend.upstream("orders")
     }
 
     fn url(&self, path: &str) -> Result<String> {
@@ -199,8 +178,8 @@ async fn websocket_through_two_sidecars_obeys_policy_and_carries_64_mib() -> Res
     // One record per tunnel on each side, written when the tunnel ended, with its bytes (the
     // WebSocket frames: a little more than the payload).
     for (side, path, status) in [
-        ("orders", &mesh.orders_flows, 200),
-        ("frontend", &mesh.frontend_flows, 101),
+        ("orders", &mesh.pair.orders_flows, 200),
+        ("frontend", &mesh.pair.frontend_flows, 101),
     ] {
         let flows = websocket_flows(path, 2).await?;
         let bulk_flow = flows
@@ -216,7 +195,7 @@ async fn websocket_through_two_sidecars_obeys_policy_and_carries_64_mib() -> Res
             "{side}: {bulk_flow:#}"
         );
     }
-    let orders_flows = log_lines(&mesh.orders_flows, LineType::Flow)?;
+    let orders_flows = log_lines(&mesh.pair.orders_flows, LineType::Flow)?;
     ensure!(
         orders_flows.iter().any(|f| f["path"] == "/private/ws"
             && f["status"] == 403
@@ -225,7 +204,7 @@ async fn websocket_through_two_sidecars_obeys_policy_and_carries_64_mib() -> Res
     );
     // The refused upgrade was the orders sidecar's answer, and the frontend's record says so
     // (`x-picket-sidecar-answer`, believed from the verified peer).
-    let frontend_flows = log_lines(&mesh.frontend_flows, LineType::Flow)?;
+    let frontend_flows = log_lines(&mesh.pair.frontend_flows, LineType::Flow)?;
     ensure!(
         frontend_flows.iter().any(|f| f["path"] == "/private/ws"
             && f["status"] == 403
@@ -260,7 +239,7 @@ async fn websocket_bytes_sent_before_the_101_never_reach_the_app() -> Result<()>
         "{refused}"
     );
 
-    let frontend = websocket_flows(&mesh.frontend_flows, 1).await?;
+    let frontend = websocket_flows(&mesh.pair.frontend_flows, 1).await?;
     ensure!(
         frontend
             .iter()
@@ -285,7 +264,7 @@ async fn idle_websocket_tunnel_is_closed_and_recorded() -> Result<()> {
         (0.5..30.0).contains(&after),
         "closed after {after}s: {closed}"
     );
-    let flows = websocket_flows(&mesh.frontend_flows, 1).await?;
+    let flows = websocket_flows(&mesh.pair.frontend_flows, 1).await?;
     ensure!(
         flows.iter().any(|f| f["path"] == "/public/idle"),
         "{flows:#?}"
@@ -304,7 +283,7 @@ async fn a_websocket_opens_on_a_connection_that_was_parked() -> Result<()> {
             .arg(script)
             .arg("websocket")
             .arg(mesh.entry()?.to_string())
-            .arg(mesh.frontend.addrs().admin.to_string())
+            .arg(mesh.pair.frontend.addrs().admin.to_string())
             .arg("100"),
         Duration::from_secs(60),
     )
@@ -357,8 +336,8 @@ async fn a_long_lived_websocket_reaches_the_detectors_and_the_flow_log_before_it
     };
     // Open: on both sides, and the detectors alerted while the tunnel is still open.
     for (side, proxy, path) in [
-        ("frontend", &mesh.frontend, &mesh.frontend_flows),
-        ("orders", &mesh.orders, &mesh.orders_flows),
+        ("frontend", &mesh.pair.frontend, &mesh.pair.frontend_flows),
+        ("orders", &mesh.pair.orders, &mesh.pair.orders_flows),
     ] {
         let alerts = eventually(Duration::from_secs(15), async || {
             let alerts = picket_tests::telemetry::alerts(proxy).await?;
@@ -406,7 +385,9 @@ async fn a_long_lived_websocket_reaches_the_detectors_and_the_flow_log_before_it
     }
 
     // Closed: one end record on each side, and no alert more.
-    let before = picket_tests::telemetry::alerts(&mesh.frontend).await?.len();
+    let before = picket_tests::telemetry::alerts(&mesh.pair.frontend)
+        .await?
+        .len();
     drop(child.stdin.take());
     let closed = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
         .await
@@ -416,8 +397,8 @@ async fn a_long_lived_websocket_reaches_the_detectors_and_the_flow_log_before_it
         "{closed:?}"
     );
     for (side, path) in [
-        ("frontend", &mesh.frontend_flows),
-        ("orders", &mesh.orders_flows),
+        ("frontend", &mesh.pair.frontend_flows),
+        ("orders", &mesh.pair.orders_flows),
     ] {
         let end = websocket_flows(path, 1).await?;
         ensure!(
@@ -428,7 +409,10 @@ async fn a_long_lived_websocket_reaches_the_detectors_and_the_flow_log_before_it
         );
     }
     ensure!(
-        picket_tests::telemetry::alerts(&mesh.frontend).await?.len() == before,
+        picket_tests::telemetry::alerts(&mesh.pair.frontend)
+            .await?
+            .len()
+            == before,
         "the end record alerted"
     );
     let _ = child.wait().await;
@@ -459,13 +443,13 @@ async fn a_websocket_tunnel_is_a_span_of_its_own_under_its_upgrade_request_on_bo
             "frontend",
             SPAN_KIND_CLIENT,
             "frontend.shop",
-            &mesh.frontend_flows,
+            &mesh.pair.frontend_flows,
         ),
         (
             "orders",
             SPAN_KIND_SERVER,
             "orders.shop",
-            &mesh.orders_flows,
+            &mesh.pair.orders_flows,
         ),
     ] {
         let tunnel = tunnels

@@ -2,6 +2,7 @@
 //! sidecars, with the echo app behind `orders`.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
@@ -9,6 +10,7 @@ use crate::apps::App;
 use crate::ca::{TestCa, spiffe_id};
 use crate::ports::closed_port;
 use crate::proxy::{Sidecar, TestProxy, Upstream};
+use crate::telemetry::TelemetryYaml;
 
 /// How to build a [`Mesh`].
 #[derive(Debug, Default, Clone)]
@@ -44,6 +46,55 @@ pub async fn frontend_to_orders(orders_inbound: SocketAddr) -> Result<Sidecar> {
         &spiffe_id("shop", "orders"),
     ))
     .await
+}
+
+/// The orders sidecar and the frontend's sidecar calling it (see [`frontend_to_orders`]), each
+/// writing a flow log of its own.
+#[derive(Debug)]
+pub struct FlowLogged {
+    /// The server-side sidecar, `ns/shop/sa/orders`.
+    pub orders: TestProxy,
+    /// The client-side sidecar, `ns/shop/sa/frontend`, with upstream `orders`.
+    pub frontend: TestProxy,
+    /// The orders sidecar's flow log.
+    pub orders_flows: PathBuf,
+    /// The frontend sidecar's flow log.
+    pub frontend_flows: PathBuf,
+}
+
+impl FlowLogged {
+    /// Starts `orders` (its configuration without telemetry: the app, policy, extra YAML), then
+    /// the frontend's sidecar calling it with `frontend_yaml` added, both with `telemetry` and
+    /// their flow logs in `dir` (`orders-flows.jsonl`, `frontend-flows.jsonl`).
+    pub async fn start(
+        ca: &TestCa,
+        dir: &Path,
+        telemetry: &TelemetryYaml,
+        orders: Sidecar,
+        frontend_yaml: &str,
+    ) -> Result<Self> {
+        let orders_flows = dir.join("orders-flows.jsonl");
+        let frontend_flows = dir.join("frontend-flows.jsonl");
+        let orders = TestProxy::spawn(
+            ca,
+            orders.yaml(&telemetry.clone().flow_log(&orders_flows).to_yaml()),
+        )
+        .await?;
+        let frontend = TestProxy::spawn(
+            ca,
+            frontend_to_orders(orders.addrs().inbound)
+                .await?
+                .yaml(&telemetry.clone().flow_log(&frontend_flows).to_yaml())
+                .yaml(frontend_yaml),
+        )
+        .await?;
+        Ok(Self {
+            orders,
+            frontend,
+            orders_flows,
+            frontend_flows,
+        })
+    }
 }
 
 /// frontend app -> frontend sidecar (outbound) -> mTLS -> orders sidecar (inbound) -> orders app.

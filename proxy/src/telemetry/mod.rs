@@ -285,10 +285,7 @@ impl Telemetry {
         let Some(inner) = self.inner.as_ref().filter(|i| i.records_flows()) else {
             return RequestSpan::none();
         };
-        let kind = match direction {
-            Direction::Inbound => SpanKind::Server,
-            Direction::Outbound => SpanKind::Client,
-        };
+        let kind = span_kind(direction);
         match &inner.otlp {
             Some(o) => RequestSpan::start_connection(&o.tracer, kind, attrs),
             None => RequestSpan::untraced(None, kind),
@@ -309,10 +306,7 @@ impl Telemetry {
         let Some(inner) = self.inner.as_ref().filter(|i| i.records_flows()) else {
             return RequestSpan::none();
         };
-        let kind = match direction {
-            Direction::Inbound => SpanKind::Server,
-            Direction::Outbound => SpanKind::Client,
-        };
+        let kind = span_kind(direction);
         match &inner.otlp {
             Some(o) if request.context().is_valid() => {
                 RequestSpan::start_tunnel(&o.tracer, kind, request.context(), attrs, path)
@@ -818,6 +812,15 @@ fn emit_log(
         record.set_trace_context(t, s, Some(TraceFlags::SAMPLED));
     }
     logger.emit(record);
+}
+
+/// The kind of a connection's or a tunnel's span: the server end inbound, the client end
+/// outbound.
+fn span_kind(direction: Direction) -> SpanKind {
+    match direction {
+        Direction::Inbound => SpanKind::Server,
+        Direction::Outbound => SpanKind::Client,
+    }
 }
 
 #[cfg(test)]
