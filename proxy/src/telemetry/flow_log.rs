@@ -118,17 +118,6 @@ impl FlowLog {
         self.queue(Msg::Line(line))
     }
 
-    /// Queues `record`, serialized here (as the writer thread would), as one JSON line; never
-    /// blocks. Returns false when it was dropped.
-    pub fn write_flow(&self, record: &FlowRecord<'_>) -> bool {
-        let mut line = Vec::with_capacity(512);
-        if record.write_json(&mut line).is_err() {
-            return false;
-        }
-        line.push(b'\n');
-        self.queue(Msg::Line(line))
-    }
-
     /// Queues `record` for the writer thread, which serializes it as one JSON line; never
     /// blocks. Returns false when it was dropped.
     pub fn write_record(&self, record: FlowRecord<'_>) -> bool {

@@ -408,8 +408,8 @@ impl Telemetry {
     /// Writes the flow line of a record the detectors already looked at (the interim and
     /// final records of a connection whose open record went to them).
     pub fn record_flow_seen(&self, record: &FlowRecord<'_>) {
-        if let Some(inner) = &self.inner {
-            inner.write_flow(record);
+        if let Some(f) = self.inner.as_ref().and_then(|i| i.flow_log.as_ref()) {
+            f.write_record(record.clone());
         }
     }
 
@@ -717,12 +717,6 @@ impl Inner {
                     "detectors: a table of learned state is full; what it learned is kept and new keys are refused (judged unknown, counted in picket_detector_refused_total): raise telemetry.detectors.max_tracked"
                 );
             }
-        }
-    }
-
-    fn write_flow(&self, record: &FlowRecord<'_>) {
-        if let Some(f) = &self.flow_log {
-            f.write_flow(record);
         }
     }
 
