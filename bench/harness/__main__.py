@@ -24,7 +24,8 @@ from .certs import Pki
 from .load import IdleClients, measured
 from .policies import load_overlays
 from .procs import BenchError, run, stop_all
-from .systems import Backend, Collector, Direct, HaproxyPair, NginxPair, Picket, System
+from .systems import (Backend, Collector, Direct, HaproxyPair, NginxPair, Picket, System,
+                      sidecar_binary)
 
 ROOT = Path(__file__).resolve().parents[2]
 # What `--only` can name besides workload ids: the parts of a run that are not workloads.
@@ -193,6 +194,7 @@ class Bench:
         self.backend.start()
         overlay = Path(self.args.overlay).read_text() if self.args.overlay else ""
         self.results["machine"]["picket_binary"] = binary_info(self.picket)
+        self.results["machine"]["sidecar_binary"] = binary_info(sidecar_binary(self.picket))
         self.results["machine"]["picket_profile"] = self.args.profile
         self.has_policy = subprocess.run([str(self.picket), "policy", "--help"],
                                          capture_output=True).returncode == 0

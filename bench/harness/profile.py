@@ -34,7 +34,7 @@ from pathlib import Path
 from .__main__ import MAIN_POLICIES
 from .certs import Pki
 from .procs import LOAD_CORE, BenchError, Proc, http_status, read_json_file, run, stop_all, wait_for
-from .systems import Backend, Collector, Picket
+from .systems import Backend, Collector, Picket, sidecar_binary
 
 TOOLS = ("callgrind", "ctx", "strace", "perf")
 CONNECTIONS = 16
@@ -104,7 +104,7 @@ class ProfiledPicket(Picket):
         ready = self.work / f"{name}.ready.json"
         ready.unlink(missing_ok=True)
         prefix = [a.replace("%NAME%", name) for a in self.wrap.get(name, [])]
-        proc = Proc(name, [*prefix, str(self.picket), "proxy", "--config", str(conf),
+        proc = Proc(name, [*prefix, str(self.sidecar_bin), "proxy", "--config", str(conf),
                            "--ready-file", str(ready)], self.log_dir, self.core)
         return proc, ready
 
@@ -295,8 +295,9 @@ class Profiler:
         self.results: dict = {
             "label": args.label,
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "binary": str(self.picket),
-            "binary_sha256": hashlib.sha256(self.picket.read_bytes()).hexdigest(),
+            # The binary the sidecars run (`picket-sidecar` beside `picket` when built).
+            "binary": str(sidecar_binary(self.picket)),
+            "binary_sha256": hashlib.sha256(sidecar_binary(self.picket).read_bytes()).hexdigest(),
             "requests": self.n,
             "tools": self.tools,
             "workloads": {},

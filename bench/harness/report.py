@@ -478,7 +478,8 @@ def markdown(results) -> str:
         f"| load average (1, 5, 15 min) at start / end | {mach.get('load_start', '–')} / "
         f"{mach.get('load_end', '–')} |",
         f"| Picket | source {mach['picket']} when the run started; binary "
-        f"{mach.get('picket_binary', '–')}; {mach['rustc']}, "
+        f"{mach.get('picket_binary', '–')}; sidecars run "
+        f"{mach.get('sidecar_binary', mach.get('picket_binary', '–'))}; {mach['rustc']}, "
         f"{mach.get('picket_profile', 'release')} profile |",
         f"| nginx | {mach['nginx']} |",
         f"| HAProxy | {mach['haproxy']} |",

@@ -60,6 +60,13 @@ events {{ worker_connections 20000; }}
 """
 
 
+def sidecar_binary(picket: Path) -> Path:
+    """`picket-sidecar` beside `picket` when it is there (a build of the workspace's binaries
+    makes both), else `picket` itself: both run the sidecar with the same `proxy` command."""
+    slim = picket.with_name("picket-sidecar")
+    return slim if slim.is_file() else picket
+
+
 def wait_ports(proc: Proc, ports: list[int]) -> None:
     for port in ports:
         wait_for(f"{proc.name} to listen on {port}", lambda p=port: port_open(p), proc=proc)
@@ -231,6 +238,9 @@ class Picket(System):
         self.name = name
         self.label = label
         self.picket = picket
+        # The sidecars run the binary the pods' image ships, `picket-sidecar` (the `proxy`
+        # command alone), when it was built beside `picket`; the CA and the tools run `picket`.
+        self.sidecar_bin = sidecar_binary(picket)
         self.pki = pki
         self.backend = backend
         self.work = work
@@ -309,7 +319,7 @@ class Picket(System):
         conf.write_text(config)
         ready = self.work / f"{name}.ready.json"
         ready.unlink(missing_ok=True)
-        proc = Proc(name, [str(self.picket), "proxy", "--config", str(conf),
+        proc = Proc(name, [str(self.sidecar_bin), "proxy", "--config", str(conf),
                            "--ready-file", str(ready)], self.log_dir, SIDECAR_CORE)
         return proc, ready
 

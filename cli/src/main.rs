@@ -6,11 +6,6 @@ use clap::{Parser, Subcommand};
 
 use picket_cli::cmd;
 
-/// mimalloc: measured 5-10 % less CPU time per proxied request than glibc's malloc, for about
-/// 0.4 MiB more private memory (see ARCHITECTURE.md, "Runtime and memory").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Picket: a small, safe service-mesh sidecar with its own SPIFFE certificate authority.
 #[derive(Debug, Parser)]
 #[command(name = "picket", version, about)]
@@ -47,19 +42,6 @@ enum Command {
     Controller(cmd::controller::ControllerArgs),
 }
 
-/// One CPU (the affinity mask and cgroup quota both count): a current-thread runtime, which
-/// needs no cross-thread wake-ups or work stealing. More: one worker per CPU.
-fn runtime_builder() -> tokio::runtime::Builder {
-    match std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own account; only errors reach the log unless RUST_LOG says more.
@@ -68,15 +50,7 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
-    cmd::init_logging(cli.log_format, default_level);
-    let runtime = match runtime_builder().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("picket: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    cmd::run_main(cli.log_format, default_level, async move {
         match cli.command {
             Command::Demo(args) => cmd::demo::run(args).await.map(|()| true),
             Command::Ca(c) => cmd::ca::run(c).await.map(|()| true),
@@ -88,29 +62,5 @@ fn main() -> ExitCode {
             Command::Injector(c) => cmd::inject::run_injector(c).await.map(|()| true),
             Command::Controller(args) => cmd::controller::run(args).await.map(|()| true),
         }
-    });
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        // A policy check or test that found problems, already reported.
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("picket: {}", error_chain(&e));
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// An error and its causes on one line, `outer: cause: cause`, each cause printed once: a
-/// message that already quotes its cause (`cannot read x: No such file`) is not followed by
-/// that cause again.
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut line = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !line.contains(&cause) {
-            line.push_str(": ");
-            line.push_str(&cause);
-        }
-    }
-    line
+    })
 }

@@ -138,7 +138,8 @@ const PROBE_KINDS: [(&str, &str); 3] = [
 /// What the injector puts into pods.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The Picket image of the sidecar. Never `latest`.
+    /// The image of the sidecar (`picket-sidecar`, whose entry point takes the `proxy`
+    /// command; the `picket` image takes the same arguments). Never `latest`.
     pub image: String,
     /// The image of the iptables step (the Picket binary with the iptables tools).
     pub init_image: String,
@@ -211,7 +212,7 @@ impl Settings {
     /// ranges meshed, other destinations passed, no extra exclusions.
     pub fn new(trust_domain: picket_ca::TrustDomain) -> Self {
         Self {
-            image: format!("picket/picket:{VERSION}"),
+            image: format!("picket/picket-sidecar:{VERSION}"),
             init_image: format!("picket/picket-init:{VERSION}"),
             image_pull_policy: "IfNotPresent".to_owned(),
             proxy_uid: 1337,

@@ -1,12 +1,13 @@
 //! `-o, --output text|json|yaml` on the commands whose data had one printed form: `policy fmt`,
 //! `inject`, `ca bundle`, `ca token create` and `iptables --dry-run`. For each, the json and
-//! yaml forms carry the same data as the text form, and both parse as one document.
+//! yaml forms carry the same data as the text form, and both parse as one document. And the
+//! `picket-sidecar` binary: the `proxy` command alone, answering as `picket proxy` does.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 use picket_tests::k8s::{documents, golden_path};
-use picket_tests::process::{picket, run_ok};
+use picket_tests::process::{output, picket, picket_sidecar, run_ok};
 use serde_json::Value;
 
 /// Runs `picket <args>` and returns its standard output, failing on a non-zero exit.
@@ -212,6 +213,48 @@ async fn iptables_dry_run_prints_its_steps_as_json() -> Result<()> {
     ensure!(
         one_yaml_document(&yaml)? == json,
         "yaml and json differ:\n{yaml}"
+    );
+    Ok(())
+}
+
+/// `picket-sidecar` has the `proxy` command and no other, and a sidecar configuration it
+/// refuses is refused with `picket proxy`'s exit status and message (one front end for both).
+/// That it runs a sidecar, every test that starts one through `TestProxy` shows.
+#[tokio::test]
+async fn the_sidecar_binary_has_the_proxy_command_alone_and_answers_as_picket_proxy() -> Result<()>
+{
+    let help = run_ok(picket_sidecar()?.arg("--help")).await?;
+    ensure!(help.contains("proxy"), "{help}");
+    for other in [
+        "ca",
+        "inject",
+        "injector",
+        "controller",
+        "analyze",
+        "policy",
+        "demo",
+    ] {
+        let out = output(picket_sidecar()?.args([other, "--help"])).await?;
+        ensure!(
+            out.status.code() == Some(2)
+                && String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand"),
+            "picket-sidecar {other}: {out:?}"
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("sidecar.yaml");
+    std::fs::write(&config, "identity:\n  namespace: shop\n  bogus: 1\n")?;
+    let args = ["proxy", "--config", path_str(&config)?];
+    let slim = output(picket_sidecar()?.args(args)).await?;
+    let full = output(picket()?.args(args)).await?;
+    let slim_err = String::from_utf8_lossy(&slim.stderr);
+    ensure!(
+        slim.status.code() == Some(2) && slim_err.contains("sidecar.yaml:"),
+        "{slim:?}"
+    );
+    ensure!(
+        slim.status == full.status && slim.stderr == full.stderr,
+        "picket-sidecar: {slim:?}\npicket: {full:?}"
     );
     Ok(())
 }

@@ -382,6 +382,14 @@ async fn the_injectors_settings_make_valid_pods_with_the_default_ports() -> Resu
         let image = sidecar["image"].as_str().unwrap_or("");
         let chart_image = flag(&args, "--image").context("no --image")?;
         ensure!(image == chart_image && !image.ends_with(":latest"));
+        // Pods get the sidecar's own image (`sidecarImage`), not the CA's and injector's.
+        ensure!(
+            image
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with("picket-sidecar:")),
+            "the injected sidecar's image is {image}"
+        );
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The `picket` binary as a child process: one-shot commands and long-running daemons.
+//! The `picket` and `picket-sidecar` binaries as child processes: one-shot commands and
+//! long-running daemons.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
@@ -13,15 +14,20 @@ use crate::wait::{COMMAND_TIMEOUT, READY_TIMEOUT, eventually};
 /// The `picket` binary built beside this test executable (`target/<profile>/picket`; the test
 /// runs from `target/<profile>/deps/`).
 pub fn picket_bin() -> Result<PathBuf> {
+    built_bin("picket")
+}
+
+/// The binary `name` of the workspace, built beside this test executable.
+fn built_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate the test executable")?;
     let bin = exe
         .parent()
         .and_then(Path::parent)
-        .map(|profile_dir| profile_dir.join("picket"))
+        .map(|profile_dir| profile_dir.join(name))
         .context("the test executable has no target/<profile> directory above it")?;
     if !bin.is_file() {
         bail!(
-            "the picket binary is missing at {}: run `cargo build --bins` first \
+            "the {name} binary is missing at {}: run `cargo build --bins` first \
              (scripts/test does this before running the tests)",
             bin.display()
         );
@@ -31,9 +37,18 @@ pub fn picket_bin() -> Result<PathBuf> {
 
 /// A `picket` command with no standard input, killed if dropped while running.
 pub fn picket() -> Result<Command> {
-    let mut cmd = Command::new(picket_bin()?);
+    Ok(command(picket_bin()?))
+}
+
+/// A `picket-sidecar` command (the pods' binary: the `proxy` command alone), like [`picket`].
+pub fn picket_sidecar() -> Result<Command> {
+    Ok(command(built_bin("picket-sidecar")?))
+}
+
+fn command(bin: PathBuf) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.stdin(Stdio::null()).kill_on_drop(true);
-    Ok(cmd)
+    cmd
 }
 
 /// Runs `cmd` to completion (at most [`COMMAND_TIMEOUT`]) and returns what it printed.

@@ -13,7 +13,7 @@ use tempfile::TempDir;
 
 use crate::ca::{TestCa, spiffe_id};
 use crate::clients::{body_text, get};
-use crate::process::{Daemon, picket};
+use crate::process::{Daemon, picket_sidecar};
 
 /// One outbound upstream of a sidecar.
 #[derive(Debug, Clone)]
@@ -224,8 +224,9 @@ pub struct TestProxy {
 }
 
 impl TestProxy {
-    /// Writes the configuration and a fresh join token, starts `picket proxy`, and waits for
-    /// its ready file.
+    /// Writes the configuration and a fresh join token, starts `picket-sidecar proxy` (the
+    /// pods' binary; the network-namespace pods and the failure tests run `picket proxy`), and
+    /// waits for its ready file.
     pub async fn spawn(ca: &TestCa, sidecar: Sidecar) -> Result<Self> {
         let identity = format!("ns/{}/sa/{}", sidecar.namespace, sidecar.service_account);
         let access = CaAccess {
@@ -256,7 +257,7 @@ impl TestProxy {
         )?;
         let ready_file = dir.path().join("ready.json");
 
-        let mut cmd = picket()?;
+        let mut cmd = picket_sidecar()?;
         cmd.arg("proxy")
             .arg("--config")
             .arg(&config)

@@ -51,6 +51,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- include "picket.imageRef" (dict "image" .Values.image "root" .) -}}
 {{- end -}}
 
+{{- define "picket.sidecarImage" -}}
+{{- include "picket.imageRef" (dict "image" .Values.sidecarImage "root" .) -}}
+{{- end -}}
+
 {{- define "picket.initImage" -}}
 {{- include "picket.imageRef" (dict "image" .Values.initImage "root" .) -}}
 {{- end -}}
@@ -117,7 +121,7 @@ capabilities:
 {{/* The settings `picket inject` and the injector share. */}}
 {{- define "picket.injectArgs" -}}
 - --image
-- {{ include "picket.image" . | quote }}
+- {{ include "picket.sidecarImage" . | quote }}
 - --init-image
 - {{ include "picket.initImage" . | quote }}
 - --image-pull-policy

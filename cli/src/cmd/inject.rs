@@ -18,8 +18,9 @@ use picket_k8s::webhook::{self, CertificateSource};
 /// What the injector puts into pods (shared by `picket inject` and `picket injector serve`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SettingsArgs {
-    /// The Picket image of the sidecar: a tag other than `latest`, or a
-    /// digest [default: picket/picket:<this version>].
+    /// The image of the sidecar: a tag other than `latest`, or a digest
+    /// [default: picket/picket-sidecar:<this version>]. The `picket` image runs the same
+    /// sidecar; `picket-sidecar` holds the sidecar alone.
     #[arg(long, value_parser = parse_image)]
     image: Option<String>,
     /// The image of the `picket iptables` init step (the picket binary with the iptables

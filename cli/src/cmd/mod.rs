@@ -12,6 +12,7 @@ pub mod proxy;
 
 use std::io::Write as _;
 use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -104,6 +105,60 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// How each binary runs its command: logging on stderr, the runtime, and the exit status.
+/// `command` returns `Ok(false)` when it found problems and already reported them (a policy
+/// check); an error is printed as one line, exit status 2.
+pub fn run_main(
+    format: LogFormat,
+    default_level: &str,
+    command: impl Future<Output = anyhow::Result<bool>>,
+) -> ExitCode {
+    init_logging(format, default_level);
+    let runtime = match runtime_builder().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("picket: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("picket: {}", error_chain(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// One CPU (the affinity mask and cgroup quota both count): a current-thread runtime, which
+/// needs no cross-thread wake-ups or work stealing. More: one worker per CPU.
+fn runtime_builder() -> tokio::runtime::Builder {
+    match std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    }
+}
+
+/// An error and its causes on one line, `outer: cause: cause`, each cause printed once: a
+/// message that already quotes its cause (`cannot read x: No such file`) is not followed by
+/// that cause again.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
 }
 
 /// Writes `value` as JSON to `path` atomically (temp file then rename), so a reader polling
