@@ -237,12 +237,13 @@ pub fn normalize_host(h: &str) -> Result<String, NormalizeError> {
     let lower = h.to_ascii_lowercase();
     let (name, port) =
         crate::pattern::split_host_port(&lower).map_err(|_| NormalizeError::InvalidHost)?;
+    // The port's digits without leading zeros (checked to be 1 to 65535).
     let port = match port {
         None | Some("") => None,
         Some(p) => {
             let digits = p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
             match p.parse::<u32>() {
-                Ok(n @ 1..=65535) if digits => Some(n),
+                Ok(1..=65535) if digits => Some(p.trim_start_matches('0')),
                 _ => return Err(NormalizeError::InvalidPort),
             }
         }
@@ -263,12 +264,20 @@ pub fn normalize_host(h: &str) -> Result<String, NormalizeError> {
         if !valid {
             return Err(NormalizeError::InvalidHost);
         }
-        name.to_owned()
+        // Room for the longest port, `:65535`.
+        let mut owned = String::with_capacity(name.len() + 6);
+        owned.push_str(name);
+        owned
     };
-    Ok(match port {
-        Some(p) => format!("{name}:{p}"),
-        None => name,
-    })
+    // Written piece by piece: this runs for every request, and `format!` cost several times
+    // the copies.
+    let mut out = name;
+    if let Some(p) = port {
+        out.reserve(1 + p.len());
+        out.push(':');
+        out.push_str(p);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

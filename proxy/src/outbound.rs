@@ -95,7 +95,10 @@ impl ConnPeer {
     /// beside it when that is not exactly the presented identity.
     fn name_in(&self, ends: &mut Endpoints<'_>, expected: &PeerIdentity) {
         ends.kx = Some(self.kx);
-        ends.destination_identity = self.identity.as_ref().map(|id| id.to_string().into());
+        ends.destination_identity = self
+            .identity
+            .as_ref()
+            .map(|id| id.as_str().to_owned().into());
         ends.expected_identity = match (&self.identity, expected.exact()) {
             (Some(presented), Some(pinned)) if presented == pinned => None,
             _ => Some(expected.expectation().into()),
@@ -876,7 +879,7 @@ impl Outbound {
         upgrade: bool,
     ) {
         let expected = &upstream.cfg.identity;
-        ctx.ends.destination_identity = expected.exact().map(|id| id.to_string().into());
+        ctx.ends.destination_identity = expected.exact().map(|id| id.as_str().to_owned().into());
         if expected.exact().is_none() {
             ctx.ends.expected_identity = Some(expected.expectation().into());
         }
@@ -1007,7 +1010,7 @@ impl Outbound {
                     .cfg
                     .identity
                     .exact()
-                    .map(|id| id.to_string().into()),
+                    .map(|id| id.as_str().to_owned().into()),
                 expected_identity: None,
                 destination_address: Some(address),
                 destination_port: Some(address.port()),

@@ -770,20 +770,39 @@ fn duration_ms(d: std::time::Duration) -> i64 {
 
 /// The host part of `host`, `host:port`, `ip:port` or `[v6]:port`, lowercased.
 pub fn host_only(addr: &str) -> String {
+    match host_part(addr) {
+        HostPart::Ip(ip) => ip.to_string(),
+        HostPart::Name(h) => h.to_ascii_lowercase(),
+    }
+}
+
+/// The host of a `Host` value, as [`host_only`] names it, borrowed.
+enum HostPart<'a> {
+    Ip(IpAddr),
+    /// Not lowercased yet.
+    Name(&'a str),
+}
+
+fn host_part(addr: &str) -> HostPart<'_> {
     if let Ok(sa) = addr.parse::<SocketAddr>() {
-        return sa.ip().to_string();
+        return HostPart::Ip(sa.ip());
     }
     if let Ok(ip) = addr.parse::<IpAddr>() {
-        return ip.to_string();
+        return HostPart::Ip(ip);
     }
     let h = match addr.rsplit_once(':') {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => addr,
     };
-    h.trim_start_matches('[')
+    let h = h
+        .trim_start_matches('[')
         .trim_end_matches(']')
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
+        .trim_end_matches('.');
+    // `[v6]` without a port, or a bracketed address with a trailing dot.
+    match h.parse::<IpAddr>() {
+        Ok(ip) => HostPart::Ip(ip),
+        Err(_) => HostPart::Name(h),
+    }
 }
 
 /// Who a flow came from, as a detector key and for the alert.
@@ -1072,13 +1091,18 @@ impl Detectors {
         }
     }
 
+    /// The key of `identity` in the table of known identities.
+    fn identity_key(&self, identity: &str) -> u64 {
+        self.digest(&["identity", identity], 0)
+    }
+
     fn route_key(&self, source: &str, destination: &str, route: &str) -> u64 {
         self.digest(&["status", source, destination, route], 0)
     }
 
     /// Marks `identity` as known: it learns nothing more and is reported from the start.
     fn know_identity(&mut self, identity: &str) {
-        let key = self.digest(&["identity", identity], 0);
+        let key = self.identity_key(identity);
         if let Some(entry) = self.identities.entry(key, || KnownIdentity {
             name: identity.into(),
             first_seen: i64::MIN,
@@ -1096,8 +1120,8 @@ impl Detectors {
         let Some(id) = identity else {
             return self.in_learning_window(start, now);
         };
-        let learns = self.learns(id, now);
-        let key = self.digest(&["identity", id], 0);
+        let key = self.identity_key(id);
+        let learns = self.learns_key(key, now);
         if self.identities.contains(key) {
             return learns;
         }
@@ -1215,7 +1239,11 @@ impl Detectors {
     /// learning windows. An identity not seen yet would open its window now (so with a
     /// learning window of zero it does not learn).
     fn learns(&self, identity: &str, now: i64) -> bool {
-        let key = self.digest(&["identity", identity], 0);
+        self.learns_key(self.identity_key(identity), now)
+    }
+
+    /// [`Self::learns`] of the identity whose [`Self::identity_key`] is `key`.
+    fn learns_key(&self, key: u64, now: i64) -> bool {
         match self.identities.map.get(&key) {
             Some(i) => self.in_learning_window(i.first_seen, now),
             // Not seen yet: its window would open now, unless the full table cannot take it.
@@ -1463,9 +1491,11 @@ impl Detectors {
             .map(|a| a.ip())
             .filter(|ip| self.metadata_ips.contains(ip))
             .map(|ip| ip.to_string());
+        // The Host is named only when it is a metadata address: every outbound request
+        // passes here, and formatting it cost more than the check.
         let host = by_address.or_else(|| {
-            let host = host_only(flow.host?);
-            self.is_metadata(&host).then_some(host)
+            let raw = flow.host?;
+            self.names_metadata(raw).then(|| host_only(raw))
         });
         if let Some(host) = host {
             pending.push(self.metadata_alert(&seen.source_label, host, seen.now));
@@ -1534,12 +1564,17 @@ impl Detectors {
         })
     }
 
-    /// Whether `host` (as [`host_only`] gives it) is a configured metadata address: the same
-    /// IP address in any spelling, or the same name.
-    fn is_metadata(&self, host: &str) -> bool {
-        match host.parse::<IpAddr>() {
-            Ok(ip) => self.metadata_ips.contains(&ip),
-            Err(_) => self.cfg.metadata_addresses.iter().any(|m| m == host),
+    /// Whether the host of `addr` (as [`host_only`] names it) is a configured metadata
+    /// address: the same IP address in any spelling, or the same name in any case.
+    fn names_metadata(&self, addr: &str) -> bool {
+        match host_part(addr) {
+            HostPart::Ip(ip) => self.metadata_ips.contains(&ip),
+            HostPart::Name(h) => self.cfg.metadata_addresses.iter().any(|m| {
+                m.len() == h.len()
+                    && m.bytes()
+                        .zip(h.bytes())
+                        .all(|(a, b)| a == b.to_ascii_lowercase())
+            }),
         }
     }
 
@@ -1565,11 +1600,10 @@ impl Detectors {
         now: OffsetDateTime,
     ) -> Vec<Alert> {
         let now = millis(now);
-        let host = host_only(host);
-        if !self.is_metadata(&host) {
+        if !self.names_metadata(host) {
             return Vec::new();
         }
-        let p = self.metadata_alert(own_identity, host, now);
+        let p = self.metadata_alert(own_identity, host_only(host), now);
         let src = Source {
             identity: Some(own_identity),
             ip: None,

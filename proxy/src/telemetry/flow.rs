@@ -510,7 +510,15 @@ fn word(c: Cow<'_, str>) -> Cow<'static, str> {
 /// `METHOD /route/{template}`, the path's template alone, the method alone, or `tcp`.
 fn route_of<'s>(method: Option<&'s str>, path: Option<&'s str>) -> Cow<'s, str> {
     match (method, path) {
-        (Some(m), Some(p)) => Cow::Owned(format!("{m} {}", route_template(p))),
+        (Some(m), Some(p)) => {
+            // Written piece by piece: this runs for every request the detectors see.
+            let template = route_template(p);
+            let mut route = String::with_capacity(m.len() + 1 + template.len());
+            route.push_str(m);
+            route.push(' ');
+            route.push_str(&template);
+            Cow::Owned(route)
+        }
         (None, Some(p)) => route_template(p),
         (Some(m), None) => Cow::Borrowed(m),
         (None, None) => Cow::Borrowed("tcp"),
@@ -675,8 +683,10 @@ pub fn content_length(headers: &http::HeaderMap) -> u64 {
 
 /// `grpc-status` when it is in the response head (trailers-only responses).
 pub fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    // Named once: a lookup by `&str` parses the name again for every response.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
     headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
 }

