@@ -239,6 +239,9 @@ def memory_table(results) -> list[str]:
         ("pair with 5,000 idle client connections (MiB)", "idle_5000_kib", sum, 1 / 1024),
         ("per idle client connection, 1,000 (KiB)", "per_idle_conn_b_1000", float, 1 / 1024),
         ("per idle client connection, 5,000 (KiB)", "per_idle_conn_b_5000", float, 1 / 1024),
+        ("per idle client connection, 5,000, settled (20 s after they opened; 2 s in a quick "
+         "run) (KiB)",
+         "per_idle_conn_b_5000_settled", float, 1 / 1024),
         ("largest sidecar, fresh, private memory only (RssAnon, MiB)", "fresh_anon_kib", max,
          1 / 1024),
         ("largest sidecar after the 2,000 RPS load, private memory only (RssAnon, MiB)",
