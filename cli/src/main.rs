@@ -10,9 +10,8 @@ use picket_cli::cmd;
 #[derive(Debug, Parser)]
 #[command(name = "picket", version, about)]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = cmd::LogFormat::Text)]
-    log_format: cmd::LogFormat,
+    #[command(flatten)]
+    global: cmd::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,7 +49,7 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
-    cmd::run_main(cli.log_format, default_level, async move {
+    cmd::run_main(cli.global.log_format, default_level, async move {
         match cli.command {
             Command::Demo(args) => cmd::demo::run(args).await.map(|()| true),
             Command::Ca(c) => cmd::ca::run(c).await.map(|()| true),

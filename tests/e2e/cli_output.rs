@@ -232,6 +232,7 @@ async fn the_sidecar_binary_has_the_proxy_command_alone_and_answers_as_picket_pr
         "controller",
         "analyze",
         "policy",
+        "iptables",
         "demo",
     ] {
         let out = output(picket_sidecar()?.args([other, "--help"])).await?;
@@ -244,7 +245,13 @@ async fn the_sidecar_binary_has_the_proxy_command_alone_and_answers_as_picket_pr
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("sidecar.yaml");
     std::fs::write(&config, "identity:\n  namespace: shop\n  bogus: 1\n")?;
-    let args = ["proxy", "--config", path_str(&config)?];
+    let args = [
+        "--log-format",
+        "json",
+        "proxy",
+        "--config",
+        path_str(&config)?,
+    ];
     let slim = output(picket_sidecar()?.args(args)).await?;
     let full = output(picket()?.args(args)).await?;
     let slim_err = String::from_utf8_lossy(&slim.stderr);

@@ -13,9 +13,8 @@ use picket_cli::cmd;
 #[derive(Debug, Parser)]
 #[command(name = "picket-sidecar", version, about)]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = cmd::LogFormat::Text)]
-    log_format: cmd::LogFormat,
+    #[command(flatten)]
+    global: cmd::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,7 +27,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cmd::run_main(cli.log_format, "info", async move {
+    cmd::run_main(cli.global.log_format, "info", async move {
         match cli.command {
             Command::Proxy(args) => cmd::proxy::run(args).await.map(|()| true),
         }

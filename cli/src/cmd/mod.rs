@@ -17,6 +17,14 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use serde::Serialize;
 
+/// The options of every command of both binaries, flattened into each one's top level.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
 /// How logs are written on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
