@@ -509,6 +509,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     {
         return;
     }
+    remove_hop_by_hop(headers);
+}
+
+/// The removal itself: every connection-specific name looked up, whatever the head holds.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
