@@ -1,6 +1,6 @@
 """Per-request profiles of the Picket pair: instructions (callgrind), allocations (callgrind's
 call counts into the allocator), syscalls (strace -c), context switches (/proc) and a flame
-graph (perf record, inferno) for each sidecar, on W1, W2 and W6.
+graph (perf record, inferno) for each sidecar, on W1, W2, W4 and W6.
 
 Run through `bench/profile` (see bench/README.md, "Profiles"). The topology is the harness's
 Picket system, started by the same code (systems.Picket, certs.Pki, systems.Backend): client ->
@@ -49,6 +49,10 @@ class Workload:
     h1: bool
     streams: int
     rate: float | None  # requests per second in total, None: as fast as possible
+    path: str = "/1k"
+    connections: int = CONNECTIONS
+    upload: bool = False  # POST a 1 MiB body (W4) rather than GET
+    share: float = 1.0  # runs this fraction of N requests (W4's are 2,000 times larger)
 
 
 def workloads(rate: float, callgrind_rate: float) -> dict[str, tuple[Workload, Workload]]:
@@ -56,29 +60,39 @@ def workloads(rate: float, callgrind_rate: float) -> dict[str, tuple[Workload, W
     sidecars about 50 times slower: W6 then uses a rate the slowed sidecars still carry with
     idle time between requests, the same regime as 2,000 RPS natively)."""
     out = {}
-    for wid, title, target, inbound, h1, streams, r, cr in (
+    for wid, title, target, inbound, h1, streams, r, cr, extra in (
         ("w1", "W1 HTTP/1.1 keep-alive, 1 KB, 16 connections, saturation", "http1", "orders",
-         True, 1, None, None),
+         True, 1, None, None, {}),
         ("w2", "W2 HTTP/2, 1 KB, 16 connections x 8 streams, saturation", "h2c", "orders-h2c",
-         False, 8, None, None),
+         False, 8, None, None, {}),
+        ("w4", "W4 HTTP/1.1 keep-alive, 1 MiB request and 1 MiB response, 8 connections, "
+         "saturation", "bulk", "orders", True, 1, None, None,
+         {"path": "/1m", "connections": 8, "upload": True, "share": 0.05}),
         ("w6", "W6 fixed rate, HTTP/1.1, 1 KB, 16 connections", "http1", "orders",
-         True, 1, rate, callgrind_rate),
+         True, 1, rate, callgrind_rate, {}),
     ):
-        out[wid] = (Workload(wid, title, target, inbound, h1, streams, r),
-                    Workload(wid, title, target, inbound, h1, streams, cr))
+        out[wid] = (Workload(wid, title, target, inbound, h1, streams, r, **extra),
+                    Workload(wid, title, target, inbound, h1, streams, cr, **extra))
     return out
 
 
+UPLOAD = Path(tempfile.gettempdir()) / "picket-profile-1mib.body"
+
+
 def h2load(url: str, w: Workload, n: int, timeout: float) -> dict:
-    """Exactly `n` requests of workload `w` on 16 new client connections (h2load, pinned to the
-    load core); fails unless all of them succeed."""
-    argv = ["h2load", "-t1", f"-c{CONNECTIONS}", f"-m{w.streams}", "-n", str(n)]
+    """Exactly `n` requests of workload `w` on its new client connections (h2load, pinned to
+    the load core); fails unless all of them succeed."""
+    argv = ["h2load", "-t1", f"-c{w.connections}", f"-m{w.streams}", "-n", str(n)]
     if w.h1:
         argv.append("--h1")
     if w.rate:
-        argv.append(f"--rps={w.rate / CONNECTIONS:g}")
+        argv.append(f"--rps={w.rate / w.connections:g}")
+    if w.upload:
+        if not UPLOAD.exists() or UPLOAD.stat().st_size != 1024 * 1024:
+            UPLOAD.write_bytes(b"u" * (1024 * 1024))
+        argv += ["-d", str(UPLOAD)]
     t0 = time.monotonic()
-    out = run(argv + [url + "/1k"], timeout=timeout)
+    out = run(argv + [url + w.path], timeout=timeout)
     seconds = time.monotonic() - t0
     m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
     if not m or int(m.group(3)) != n:
@@ -291,7 +305,8 @@ class Profiler:
         self.ids = [w for w in args.workloads.split(",") if w]
         if set(self.ids) - set(self.wl):
             raise BenchError(f"--workloads names unknown workloads "
-                             f"{sorted(set(self.ids) - set(self.wl))}; known: w1, w2, w6")
+                             f"{sorted(set(self.ids) - set(self.wl))}; known: "
+                             f"{', '.join(self.wl)}")
         self.results: dict = {
             "label": args.label,
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -361,8 +376,12 @@ class Profiler:
                                                        "sidecars": {}})
         return w["sidecars"].setdefault(sidecar, {})
 
+    def count(self, w: Workload) -> int:
+        """N for workload `w`: its share of --requests, at least two requests per connection."""
+        return max(round(self.n * w.share), 2 * w.connections)
+
     def timeout(self, n: int, w: Workload, slow: float = 1) -> float:
-        per = 1 / w.rate if w.rate else 0.002
+        per = 1 / w.rate if w.rate else 0.002 / w.share
         return 60 + n * per * slow * 3
 
     # -- native: context switches, syscalls, perf ----------------------------------------------
@@ -376,7 +395,8 @@ class Profiler:
                 active = self.isolate(s, w)
                 url = s.targets[w.target]
                 self.step(f"{wid}: warm-up")
-                h2load(url, w, max(self.n // 2, 2 * CONNECTIONS), self.timeout(self.n, w))
+                n = self.count(w)
+                h2load(url, w, max(n // 2, 2 * w.connections), self.timeout(n, w))
                 if "ctx" in tools:
                     self.ctx(w, url, active)
                 if "strace" in tools:
@@ -390,9 +410,10 @@ class Profiler:
         return "frontend" if p.name.endswith("-frontend") else "inbound"
 
     def ctx(self, w: Workload, url: str, active: list[Proc]) -> None:
-        self.step(f"{w.id}: context switches over {self.n} and {2 * self.n} requests")
+        N = self.count(w)
+        self.step(f"{w.id}: context switches over {N} and {2 * N} requests")
         counts = {}
-        for n in (self.n, 2 * self.n):
+        for n in (N, 2 * N):
             before = [thread_ctx(p.pid) for p in active]
             r = h2load(url, w, n, self.timeout(n, w))
             after = [thread_ctx(p.pid) for p in active]
@@ -400,14 +421,14 @@ class Profiler:
             self.fig(w.id, "load")[f"native_rps_{n}"] = r["rps"]
         for i, p in enumerate(active):
             f = self.fig(w.id, self.role(p))
-            f["ctx_voluntary_per_req"] = (counts[2 * self.n][i][0] - counts[self.n][i][0]) / self.n
-            f["ctx_nonvoluntary_per_req"] = ((counts[2 * self.n][i][1] - counts[self.n][i][1])
-                                             / self.n)
+            f["ctx_voluntary_per_req"] = (counts[2 * N][i][0] - counts[N][i][0]) / N
+            f["ctx_nonvoluntary_per_req"] = (counts[2 * N][i][1] - counts[N][i][1]) / N
 
     def strace(self, w: Workload, url: str, active: list[Proc]) -> None:
-        self.step(f"{w.id}: strace -c over {self.n} and {2 * self.n} requests")
+        N = self.count(w)
+        self.step(f"{w.id}: strace -c over {N} and {2 * N} requests")
         calls: dict[int, list[dict[str, int]]] = {}
-        for n in (self.n, 2 * self.n):
+        for n in (N, 2 * N):
             tracers = []
             for p in active:
                 path = self.out / f"strace-{w.id}-{self.role(p)}-{n}.txt"
@@ -434,8 +455,8 @@ class Profiler:
                         tr.wait()
             calls[n] = [parse_strace_summary(path.read_text()) for _, path in tracers]
         for i, p in enumerate(active):
-            one, two = calls[self.n][i], calls[2 * self.n][i]
-            per = {k: (two.get(k, 0) - one.get(k, 0)) / self.n for k in set(one) | set(two)}
+            one, two = calls[N][i], calls[2 * N][i]
+            per = {k: (two.get(k, 0) - one.get(k, 0)) / N for k in set(one) | set(two)}
             per = {k: v for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v > 0.005}
             f = self.fig(w.id, self.role(p))
             f["syscalls_per_req"] = sum(per.values())
@@ -443,7 +464,7 @@ class Profiler:
 
     def perf(self, w: Workload, url: str, active: list[Proc]) -> None:
         # Saturation: N x perf_factor requests; a fixed rate: ten seconds' worth.
-        n = int(w.rate * 10) if w.rate else self.n * self.args.perf_factor
+        n = int(w.rate * 10) if w.rate else self.count(w) * self.args.perf_factor
         self.step(f"{w.id}: perf record over {n} requests")
         recs = []
         for p in active:
@@ -534,9 +555,11 @@ class Profiler:
                 active = self.isolate(s, w)
                 url = s.targets[w.target]
                 self.step(f"{wid}: warm-up under callgrind")
-                h2load(url, w, self.args.callgrind_warmup, self.timeout(200, w, slow=60))
+                warmup = max(round(self.args.callgrind_warmup * w.share), 2 * w.connections)
+                h2load(url, w, warmup, self.timeout(warmup, w, slow=60))
+                N = self.count(w)
                 dumps: dict[int, list[Path]] = {}
-                for n in (self.n, 2 * self.n):
+                for n in (N, 2 * N):
                     for p in active:
                         self.control(p, "--zero")
                     r = h2load(url, w, n, self.timeout(n, w, slow=60))
@@ -544,8 +567,7 @@ class Profiler:
                     dumps[n] = [self.dump(p, cg_dir, f"{wid}-{n}") for p in active]
                     self.step(f"{wid}: {n} requests under callgrind at {r['rps']:.0f} req/s")
                 for i, p in enumerate(active):
-                    self.callgrind_figures(wid, self.role(p), dumps[self.n][i],
-                                           dumps[2 * self.n][i])
+                    self.callgrind_figures(wid, self.role(p), N, dumps[N][i], dumps[2 * N][i])
         finally:
             s.stop()
 
@@ -571,9 +593,8 @@ class Profiler:
         new[0].rename(path)
         return path
 
-    def callgrind_figures(self, wid: str, role: str, one: Path, two: Path) -> None:
+    def callgrind_figures(self, wid: str, role: str, n: int, one: Path, two: Path) -> None:
         a, b = parse_callgrind(one), parse_callgrind(two)
-        n = self.n
         fig = self.fig(wid, role)
         fig["instructions_per_req"] = (b["total"] - a["total"]) / n
         fig["instructions_n"] = a["total"]
@@ -603,7 +624,8 @@ class Profiler:
         r = self.results
         lines = [f"# Profile {r['label']}", "",
                  f"Binary `{r['binary']}` (sha256 {r['binary_sha256'][:16]}), started "
-                 f"{r['started']}. N = {r['requests']} requests; every per-request figure is "
+                 f"{r['started']}. N = {r['requests']} requests (W4: 5 % of N, each 1 MiB "
+                 f"both ways); every per-request figure is "
                  f"(counter after 2N requests − counter after N requests) / N, so start-up, "
                  f"warm-up and the client connections' set-up cancel. Tools: "
                  f"{', '.join(r['tools'])}.", ""]
@@ -670,7 +692,8 @@ def main() -> int:
     ap.add_argument("--picket", required=True, help="the picket binary to profile")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--label", default="picket")
-    ap.add_argument("--workloads", default="w1,w2,w6", help="w1, w2, w6, comma-separated")
+    ap.add_argument("--workloads", default="w1,w2,w4,w6",
+                    help="w1, w2, w4, w6, comma-separated")
     ap.add_argument("--tools", default=",".join(TOOLS),
                     help="callgrind, ctx, strace, perf, comma-separated")
     ap.add_argument("--requests", type=int, default=2000, help="N (runs of N and 2N requests)")
