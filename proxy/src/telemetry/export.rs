@@ -20,9 +20,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::logs::{
     LogBatch, LogExporter, LogProcessor, SdkLogRecord, SdkLogger, SdkLoggerProvider,
 };
-use opentelemetry_sdk::trace::{
-    Sampler, SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor,
-};
+use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor};
 use picket_ca::SpiffeId;
 use tokio::sync::{mpsc, oneshot};
 
@@ -251,7 +249,7 @@ async fn export_loop<E: Export>(
 
 /// Trace and log export to one OTLP endpoint.
 pub(crate) struct Otlp {
-    pub(crate) tracer: SdkTracer,
+    pub(crate) tracer: super::trace::Tracer,
     pub(crate) logger: SdkLogger,
     tracer_provider: SdkTracerProvider,
     logger_provider: SdkLoggerProvider,
@@ -315,19 +313,19 @@ fn scope() -> InstrumentationScope {
 }
 
 /// The tracer (and its provider) that hands spans to the export queue; a span is sampled by
-/// its parent's decision, else at the configured ratio.
+/// its parent's decision, else at the configured ratio (decided by [`super::trace::Tracer`]
+/// before the SDK sees the span).
 fn tracer(
     cfg: &OtlpConfig,
     resource: Resource,
     queue: SpanQueue,
-) -> (SdkTracerProvider, SdkTracer) {
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sampling_ratio)));
+) -> (SdkTracerProvider, super::trace::Tracer) {
     let provider = SdkTracerProvider::builder()
         .with_span_processor(queue)
-        .with_sampler(sampler)
+        .with_sampler(super::trace::Tracer::sdk_sampler())
         .with_resource(resource)
         .build();
-    let tracer = provider.tracer_with_scope(scope());
+    let tracer = super::trace::Tracer::new(provider.tracer_with_scope(scope()), cfg.sampling_ratio);
     (provider, tracer)
 }
 

@@ -12,7 +12,7 @@ use opentelemetry::trace::{
     TraceState, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::{SdkTracer, Span};
+use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator, SdkTracer, Span};
 
 use super::alert::Alert;
 use super::flow::{Verdict, route_template};
@@ -379,11 +379,111 @@ fn span_name(attrs: &SpanAttrs<'_>) -> Cow<'static, str> {
     }
 }
 
+/// The tracer spans start from, and the fraction of new traces it samples.
+///
+/// The sampling decision is made here, before the SDK is asked, because most spans are not
+/// sampled and an unsampled span from the SDK costs a context, a span object and its
+/// bookkeeping (about 800 instructions per span) for what is only a trace ID and a new span ID. The decisions are the SDK's `ParentBased(TraceIdRatioBased(ratio))`, which
+/// Picket used before: a span with a valid parent is sampled exactly when the parent is; a
+/// new trace is sampled when the low 63 bits of its trace ID fall below `ratio`'s share.
+/// Unsampled spans get their IDs from the SDK's own generator and are never handed to it; the
+/// SDK's sampler is then `ParentBased(AlwaysOn)`, so a span this decided to sample is.
+#[derive(Debug, Clone)]
+pub(crate) struct Tracer {
+    sdk: SdkTracer,
+    ratio: f64,
+}
+
+/// How a span starts: the SDK's (sampled) or a context alone (not sampled). Moved once, into
+/// the [`RequestSpan`] that holds the SDK's span unboxed either way.
+#[allow(clippy::large_enum_variant)]
+enum Started {
+    Sampled(Span),
+    Unsampled(SpanContext),
+}
+
+impl Tracer {
+    /// `sdk` must come from a provider whose sampler is `ParentBased(AlwaysOn)`
+    /// ([`Self::sdk_sampler`]); `ratio` is the fraction of new traces sampled.
+    pub(crate) fn new(sdk: SdkTracer, ratio: f64) -> Self {
+        Self { sdk, ratio }
+    }
+
+    /// The sampler of the SDK provider behind a [`Tracer`].
+    pub(crate) fn sdk_sampler() -> opentelemetry_sdk::trace::Sampler {
+        use opentelemetry_sdk::trace::Sampler;
+        Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
+    }
+
+    /// Starts a span named `name` under `parent` (a new trace without a valid one).
+    fn begin(&self, name: &'static str, kind: &SpanKind, parent: Option<&SpanContext>) -> Started {
+        let ids = RandomIdGenerator::default();
+        match parent.filter(|p| p.is_valid()) {
+            Some(p) if !p.is_sampled() => Started::Unsampled(SpanContext::new(
+                p.trace_id(),
+                ids.new_span_id(),
+                TraceFlags::default(),
+                false,
+                p.trace_state().clone(),
+            )),
+            Some(p) => {
+                let cx = Context::new().with_remote_span_context(p.clone());
+                Started::Sampled(self.sdk_span(name, kind, &cx))
+            }
+            None => {
+                let trace_id = ids.new_trace_id();
+                if samples_new_trace(self.ratio, trace_id) {
+                    Started::Sampled(self.sdk_span(name, kind, &Context::new()))
+                } else {
+                    Started::Unsampled(SpanContext::new(
+                        trace_id,
+                        ids.new_span_id(),
+                        TraceFlags::default(),
+                        false,
+                        TraceState::default(),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn sdk_span(&self, name: &'static str, kind: &SpanKind, cx: &Context) -> Span {
+        self.sdk
+            .span_builder(Cow::Borrowed(name))
+            .with_kind(kind.clone())
+            .start_with_context(&self.sdk, cx)
+    }
+}
+
+/// Whether a new trace whose ID is `trace_id` is sampled at `ratio`: the rule of the SDK's
+/// `TraceIdRatioBased` (its low 64 bits, shifted right by one, below `ratio` × 2^63), so the
+/// same trace ID gets the same decision from Picket and from an SDK configured alike.
+pub(crate) fn samples_new_trace(ratio: f64, trace_id: TraceId) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    let bytes = trace_id.to_bytes();
+    let low = u64::from_be_bytes([
+        bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15],
+    ]);
+    (low >> 1) < bound
+}
+
 /// The span of one request through this sidecar. With tracing off it still carries the
 /// caller's trace ID (for flow records) and never touches headers.
 #[derive(Debug)]
 pub struct RequestSpan {
+    /// The SDK's span, when this one is sampled.
     span: Option<Span>,
+    /// Whether tracing is on: the span then has an ID of its own, sampled or not, and its
+    /// context goes on in `traceparent`.
+    traced: bool,
     context: SpanContext,
     kind: SpanKind,
     /// The remote parent's span, when the request carried one.
@@ -398,6 +498,7 @@ impl RequestSpan {
     pub fn none() -> Self {
         Self {
             span: None,
+            traced: false,
             context: SpanContext::empty_context(),
             kind: SpanKind::Internal,
             parent: None,
@@ -409,6 +510,7 @@ impl RequestSpan {
     pub(crate) fn untraced(parent: Option<SpanContext>, kind: SpanKind) -> Self {
         Self {
             span: None,
+            traced: false,
             parent: parent.as_ref().map(SpanContext::span_id),
             context: parent.unwrap_or_else(SpanContext::empty_context),
             kind,
@@ -418,33 +520,46 @@ impl RequestSpan {
 
     /// Starts a span with `tracer` under `parent`.
     pub(crate) fn start(
-        tracer: &SdkTracer,
+        tracer: &Tracer,
         kind: SpanKind,
         parent: Option<SpanContext>,
         attrs: &SpanAttrs<'_>,
     ) -> Self {
         let parent_span = parent.as_ref().map(SpanContext::span_id);
-        let cx = match parent {
-            Some(sc) => Context::new().with_remote_span_context(sc),
-            None => Context::new(),
-        };
         // The sampler decides before anything is recorded: an unsampled span (most of them
         // at a low sampling ratio) costs no attribute strings and no name.
-        let mut span = tracer
-            .span_builder(Cow::Borrowed("request"))
-            .with_kind(kind.clone())
-            .start_with_context(tracer, &cx);
-        if span.is_recording() {
+        let started = tracer.begin("request", &kind, parent.as_ref());
+        Self::started(started, kind, parent_span, false, |span| {
             span.update_name(span_name(attrs));
             span.set_attributes(span_attributes(attrs));
-        }
-        let context = span.span_context().clone();
+        })
+    }
+
+    /// A span from `started`; `record` sets the name and attributes of a sampled one.
+    fn started(
+        started: Started,
+        kind: SpanKind,
+        parent: Option<SpanId>,
+        connection: bool,
+        record: impl FnOnce(&mut Span),
+    ) -> Self {
+        let (span, context) = match started {
+            Started::Sampled(mut span) => {
+                if span.is_recording() {
+                    record(&mut span);
+                }
+                let context = span.span_context().clone();
+                (Some(span), context)
+            }
+            Started::Unsampled(context) => (None, context),
+        };
         Self {
-            span: Some(span),
+            span,
+            traced: true,
             context,
             kind,
-            parent: parent_span,
-            connection: false,
+            parent,
+            connection,
         }
     }
 
@@ -453,26 +568,15 @@ impl RequestSpan {
     /// for a destination outside the mesh: span names stay low-cardinality, the destination
     /// is in the attributes.
     pub(crate) fn start_connection(
-        tracer: &SdkTracer,
+        tracer: &Tracer,
         kind: SpanKind,
         attrs: &ConnectionAttrs<'_>,
     ) -> Self {
         let name = if attrs.egress { "tcp egress" } else { "tcp" };
-        let mut span = tracer
-            .span_builder(Cow::Borrowed(name))
-            .with_kind(kind.clone())
-            .start_with_context(tracer, &Context::new());
-        if span.is_recording() {
+        let started = tracer.begin(name, &kind, None);
+        Self::started(started, kind, None, true, |span| {
             span.set_attributes(connection_attributes(attrs));
-        }
-        let context = span.span_context().clone();
-        Self {
-            span: Some(span),
-            context,
-            kind,
-            parent: None,
-            connection: true,
-        }
+        })
     }
 
     /// Starts the span of a WebSocket tunnel with `tracer`: from the agreement (101 or 2xx) to
@@ -480,33 +584,21 @@ impl RequestSpan {
     /// so sampled when that request was. Named `websocket`; it ends with the bytes each way
     /// and [`TUNNEL_END_CAUSE`], as a connection's span ends with its bytes.
     pub(crate) fn start_tunnel(
-        tracer: &SdkTracer,
+        tracer: &Tracer,
         kind: SpanKind,
         parent: &SpanContext,
         attrs: &ConnectionAttrs<'_>,
         path: Option<&str>,
     ) -> Self {
-        let cx = Context::new().with_remote_span_context(parent.clone());
-        let mut span = tracer
-            .span_builder(Cow::Borrowed("websocket"))
-            .with_kind(kind.clone())
-            .start_with_context(tracer, &cx);
-        if span.is_recording() {
+        let started = tracer.begin("websocket", &kind, Some(parent));
+        Self::started(started, kind, Some(parent.span_id()), true, |span| {
             let mut kv = connection_attributes(attrs);
             kv.push(KeyValue::new("network.protocol.name", "websocket"));
             if let Some(path) = path {
                 kv.push(KeyValue::new("url.path", path.to_owned()));
             }
             span.set_attributes(kv);
-        }
-        let context = span.span_context().clone();
-        Self {
-            span: Some(span),
-            context,
-            kind,
-            parent: Some(parent.span_id()),
-            connection: true,
-        }
+        })
     }
 
     /// Records how a tunnel ended, on a span that is recorded.
@@ -520,7 +612,7 @@ impl RequestSpan {
     /// (empty when the context has none), replacing what was there, as the SDK's
     /// `TraceContextPropagator` does. Does nothing when tracing is off.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        if self.span.is_none() || !self.context.is_valid() {
+        if !self.traced || !self.context.is_valid() {
             return;
         }
         if let Ok(mut v) = HeaderValue::from_bytes(&traceparent(&self.context)) {
@@ -554,8 +646,7 @@ impl RequestSpan {
 
     /// This sidecar's span ID, 16 hex digits, when tracing is on.
     pub fn span_id(&self) -> Option<String> {
-        (self.span.is_some() && self.context.is_valid())
-            .then(|| hex(&self.context.span_id().to_bytes()))
+        (self.traced && self.context.is_valid()).then(|| hex(&self.context.span_id().to_bytes()))
     }
 
     /// The remote parent's span ID, 16 hex digits, when the request carried a valid one.

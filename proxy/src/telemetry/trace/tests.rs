@@ -220,10 +220,13 @@ fn w3c_context_is_read_exactly_as_the_sdk_reads_it() {
 #[test]
 fn trace_context_is_written_exactly_as_the_sdk_writes_it() {
     use opentelemetry::trace::TracerProvider as _;
-    use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-    for sampler in [Sampler::AlwaysOn, Sampler::AlwaysOff] {
-        let provider = SdkTracerProvider::builder().with_sampler(sampler).build();
-        let tracer = provider.tracer("test");
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    // Ratio 1 samples every new trace, ratio 0 none: the SDK's AlwaysOn and AlwaysOff.
+    for ratio in [1.0, 0.0] {
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Tracer::sdk_sampler())
+            .build();
+        let tracer = Tracer::new(provider.tracer("test"), ratio);
         for ts in ["", "vendor=x", "a=1,b=2"] {
             for flags in [TraceFlags::default(), TraceFlags::SAMPLED] {
                 let parent = SpanContext::new(
@@ -264,6 +267,120 @@ fn trace_context_is_written_exactly_as_the_sdk_writes_it() {
                     assert_eq!(ids.parent, parent.map(|p| p.span_id().to_string()));
                 }
             }
+        }
+    }
+}
+
+/// Random 128-bit trace IDs from the SDK's generator, with the edges of the ratio rule.
+fn trace_ids() -> Vec<TraceId> {
+    use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
+    let ids = RandomIdGenerator::default();
+    let mut out: Vec<TraceId> = (0..20_000).map(|_| ids.new_trace_id()).collect();
+    for low in [0u64, 1, 2, u64::MAX, u64::MAX - 1, 1 << 63, (1 << 63) - 1] {
+        let mut bytes = [0xab; 16];
+        bytes[8..].copy_from_slice(&low.to_be_bytes());
+        out.push(TraceId::from_bytes(bytes));
+    }
+    out
+}
+
+const RATIOS: [f64; 9] = [-1.0, 0.0, 1e-9, 0.01, 0.25, 0.5, 0.999, 1.0, 2.0];
+
+#[test]
+fn a_new_trace_is_sampled_exactly_when_the_sdks_ratio_sampler_samples_it() {
+    use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample as _};
+    for ratio in RATIOS {
+        let sdk = Sampler::TraceIdRatioBased(ratio);
+        let ids = trace_ids();
+        let mut sampled = 0usize;
+        for id in &ids {
+            let theirs = sdk.should_sample(None, *id, "request", &SpanKind::Server, &[], &[]);
+            let ours = samples_new_trace(ratio, *id);
+            assert_eq!(
+                ours,
+                theirs.decision == SamplingDecision::RecordAndSample,
+                "ratio {ratio}, trace {id}"
+            );
+            sampled += usize::from(ours);
+        }
+        // The rule samples about `ratio` of random traces (a check on the test's own IDs).
+        #[allow(clippy::cast_precision_loss)]
+        let share = sampled as f64 / ids.len() as f64;
+        assert!(
+            (share - ratio.clamp(0.0, 1.0)).abs() < 0.02,
+            "ratio {ratio}: {share}"
+        );
+    }
+}
+
+#[test]
+fn spans_are_sampled_as_the_sdks_parent_based_ratio_sampler_samples_them() {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+    for ratio in RATIOS {
+        // How Picket's tracer was built before it made the decision itself.
+        let sdk_provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                ratio,
+            ))))
+            .build();
+        let sdk = sdk_provider.tracer("before");
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Tracer::sdk_sampler())
+            .build();
+        let tracer = Tracer::new(provider.tracer("test"), ratio);
+        for ts in ["", "vendor=x"] {
+            for flags in [TraceFlags::default(), TraceFlags::SAMPLED] {
+                for id in trace_ids().into_iter().rev().take(200) {
+                    let parent = SpanContext::new(
+                        id,
+                        SpanId::from_hex(SPAN).unwrap(),
+                        flags,
+                        true,
+                        ts.parse().unwrap(),
+                    );
+                    let cx = Context::new().with_remote_span_context(parent.clone());
+                    let theirs = sdk.span_builder("request").start_with_context(&sdk, &cx);
+                    let ours = RequestSpan::start(
+                        &tracer,
+                        SpanKind::Server,
+                        Some(parent.clone()),
+                        &SpanAttrs::default(),
+                    );
+                    let (a, b) = (ours.context(), theirs.span_context());
+                    assert_eq!(
+                        ours.is_recording(),
+                        theirs.is_recording(),
+                        "{ratio} {parent:?}"
+                    );
+                    assert_eq!(a.trace_id(), b.trace_id());
+                    assert_eq!(a.trace_flags(), b.trace_flags());
+                    assert_eq!(a.trace_state(), b.trace_state());
+                    assert!(a.is_valid() && !a.is_remote());
+                    assert_ne!(a.span_id(), parent.span_id(), "a span ID of its own");
+                    let mut h = HeaderMap::new();
+                    ours.inject(&mut h);
+                    assert!(h.contains_key("traceparent"), "sent on, sampled or not");
+                    assert_eq!(ours.ids_of_record().span, Some(a.span_id().to_string()));
+                }
+            }
+        }
+        // A new trace: sampled by the ratio rule on its own trace ID.
+        for _ in 0..500 {
+            let ours = RequestSpan::start(&tracer, SpanKind::Client, None, &SpanAttrs::default());
+            let c = ours.context();
+            assert!(c.is_valid() && !c.is_remote());
+            assert_eq!(ours.is_recording(), c.is_sampled());
+            if ratio >= 1.0 {
+                assert!(ours.is_recording());
+            }
+            if ratio <= 0.0 {
+                assert!(!ours.is_recording());
+            }
+            if !ours.is_recording() {
+                assert!(!samples_new_trace(ratio, c.trace_id()));
+            }
+            assert!(ours.ids_of_record().span.is_some());
         }
     }
 }
