@@ -367,13 +367,25 @@ impl Telemetry {
             return;
         };
         let Ended { ids, alerts, .. } = ended;
+        let RecordIds {
+            trace,
+            span,
+            parent,
+        } = ids;
+        // The record takes the IDs; a copy is kept only for alerts (rare) to name the trace.
+        let for_alerts = (!alerts.is_empty())
+            .then(|| trace.clone().zip(span.clone()))
+            .flatten();
         if let (Some(f), Some(mut record)) = (&inner.flow_log, record) {
-            record.trace_id = ids.trace.clone().map(Into::into);
-            record.span_id = ids.span.clone().map(Into::into);
-            record.parent_span_id = ids.parent.map(Into::into);
+            record.trace_id = trace.map(Into::into);
+            record.span_id = span.map(Into::into);
+            record.parent_span_id = parent.map(Into::into);
             f.write_record(record);
         }
-        inner.raise(&alerts, ids.trace.as_deref().zip(ids.span.as_deref()));
+        inner.raise(
+            &alerts,
+            for_alerts.as_ref().map(|(t, s)| (t.as_str(), s.as_str())),
+        );
     }
 
     /// Records a connection or tunnel as open (`"phase":"open"`), while it goes on: fills the
