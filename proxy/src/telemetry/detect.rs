@@ -139,21 +139,24 @@ const MEMO_MAX_INPUT: usize = 512;
 /// most [`MEMO_MAX_INPUT`] bytes compared) and so does its memory (at most [`MEMO_SLOTS`]
 /// inputs of that size).
 #[derive(Debug, Default)]
-struct DigestMemo {
+struct Memo<V> {
     key: [u64; 2],
-    slots: Vec<Option<MemoSlot>>,
+    slots: Vec<Option<MemoSlot<V>>>,
     /// The input being looked up, built here to spare an allocation per lookup.
     scratch: Vec<u8>,
 }
 
 #[derive(Debug)]
-struct MemoSlot {
+struct MemoSlot<V> {
     input: Box<[u8]>,
     n: u64,
-    digest: u64,
+    value: V,
 }
 
-impl DigestMemo {
+/// The memo of single digests.
+type DigestMemo = Memo<u64>;
+
+impl<V: Copy> Memo<V> {
     /// The slot of `input` and `n`: a multiply-rotate mix over 8-byte words.
     fn slot(input: &[u8], n: u64) -> usize {
         const M: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -171,7 +174,7 @@ impl DigestMemo {
 
     fn heap_bytes(&self) -> usize {
         self.scratch.capacity()
-            + self.slots.capacity() * size_of::<Option<MemoSlot>>()
+            + self.slots.capacity() * size_of::<Option<MemoSlot<V>>>()
             + self
                 .slots
                 .iter()
@@ -180,9 +183,9 @@ impl DigestMemo {
                 .sum::<usize>()
     }
 
-    /// The digest of `parts` and `n` under `key`: from the memo when it holds exactly this
+    /// The value of `parts` and `n` under `key`: from the memo when it holds exactly this
     /// input, else computed by `compute` and kept.
-    fn get(&mut self, key: [u64; 2], parts: &[&str], n: u64, compute: impl FnOnce() -> u64) -> u64 {
+    fn get(&mut self, key: [u64; 2], parts: &[&str], n: u64, compute: impl FnOnce() -> V) -> V {
         if self.key != key || self.slots.is_empty() {
             self.key = key;
             self.slots.clear();
@@ -202,17 +205,17 @@ impl DigestMemo {
             && slot.n == n
             && *slot.input == *self.scratch
         {
-            return slot.digest;
+            return slot.value;
         }
-        let digest = compute();
+        let value = compute();
         if let Some(entry) = self.slots.get_mut(i) {
             *entry = Some(MemoSlot {
                 input: self.scratch.as_slice().into(),
                 n,
-                digest,
+                value,
             });
         }
-        digest
+        value
     }
 }
 
@@ -716,6 +719,8 @@ pub struct Detectors {
     key: [u64; 2],
     /// Recent digests by input (a cache: never changes a digest).
     memo: RefCell<DigestMemo>,
+    /// The memo of whole flows' keys.
+    flow_memo: RefCell<Memo<FlowKeys>>,
     started: Option<i64>,
     baseline: HashSet<u64, BuildHasherDefault<DigestHasher>>,
     edges: Learned<()>,
@@ -848,10 +853,40 @@ struct Seen<'f, 'r> {
     flow: &'f FlowEvent<'r>,
     now: i64,
     learning: bool,
+    keys: FlowKeys,
     src: Source<'f>,
     source_label: String,
     destination: String,
     route: std::borrow::Cow<'f, str>,
+}
+
+/// The digests one flow's tables are keyed by, computed together and memoized per distinct
+/// (identity, source, destination, port, route): each is the digest its table always used
+/// ([`Detectors::digest`] of the same parts), so state saved before reads the same. A flow
+/// repeats the ones before it, and one lookup of the whole tuple cost less than one per
+/// table (seven to nine per flow).
+#[derive(Debug, Clone, Copy, Default)]
+struct FlowKeys {
+    /// The source identity's key in the table of identities, when the flow names one.
+    identity: Option<u64>,
+    edge: u64,
+    source: u64,
+    destination: u64,
+    /// Of the route alone (a scan's distinct item).
+    route: u64,
+    /// Of (source, destination, route): its answered status classes.
+    status: u64,
+    /// Each burst counter's key, in [`Counter::ALL`]'s order.
+    rates: [u64; Counter::ALL.len()],
+}
+
+/// The destination and route a burst counter's rate is kept per: its scope decides.
+fn rate_scope<'a>(counter: Counter, destination: &'a str, route: &'a str) -> (&'a str, &'a str) {
+    match counter.scope() {
+        Scope::Source => ("", ""),
+        Scope::Edge => (destination, ""),
+        Scope::Route => (destination, route),
+    }
 }
 
 /// What one flow adds to its source's distinct-item windows (digests; a port as itself).
@@ -947,6 +982,7 @@ impl Detectors {
             cfg: cfg.clone(),
             key: random_key(),
             memo: RefCell::default(),
+            flow_memo: RefCell::default(),
             started: None,
             baseline: HashSet::default(),
             edges: Learned::new(cap),
@@ -1022,6 +1058,42 @@ impl Detectors {
         h.finish()
     }
 
+    /// The keys of a flow from `identity` (the source's, when it has one), labelled `source`,
+    /// to `destination` on `port` and `route`: from the memo of whole flows when it holds this
+    /// one, else each digest computed as its table's own.
+    fn flow_keys(
+        &self,
+        identity: Option<&str>,
+        source: &str,
+        destination: &str,
+        port: Option<u16>,
+        route: &str,
+    ) -> FlowKeys {
+        let compute = || FlowKeys {
+            identity: identity.map(|id| self.identity_key(id)),
+            edge: self.edge_key(source, destination, port, route),
+            source: self.digest(&["source", source], 0),
+            destination: self.digest(&["dest", destination], 0),
+            route: self.digest(&["route", route], 0),
+            status: self.route_key(source, destination, route),
+            rates: Counter::ALL.map(|c| self.rate_key(c, source, destination, route)),
+        };
+        // A leading tag keeps "no identity" apart from any identity's name.
+        let (tag, id) = identity.map_or(("n", ""), |id| ("i", id));
+        let parts = [tag, id, source, destination, route];
+        let port = port.map_or(u64::MAX, u64::from);
+        match self.flow_memo.try_borrow_mut() {
+            Ok(mut memo) => memo.get(self.key, &parts, port, compute),
+            Err(_) => compute(),
+        }
+    }
+
+    /// The key of `counter`'s burst rate for a flow.
+    fn rate_key(&self, counter: Counter, source: &str, destination: &str, route: &str) -> u64 {
+        let (dest, route) = rate_scope(counter, destination, route);
+        self.digest(&["rate", counter.as_str(), source, dest, route], 0)
+    }
+
     fn edge_key(&self, source: &str, destination: &str, port: Option<u16>, route: &str) -> u64 {
         let port = port.map_or(u64::MAX, u64::from);
         self.digest(&["edge", source, destination, route], port)
@@ -1061,12 +1133,8 @@ impl Detectors {
             return;
         }
         self.know_identity(&rate.source);
-        let (dest, route) = match counter.scope() {
-            Scope::Source => ("", ""),
-            Scope::Edge => (rate.destination.as_str(), ""),
-            Scope::Route => (rate.destination.as_str(), rate.route.as_str()),
-        };
-        let key = self.digest(&["rate", counter.as_str(), &rate.source, dest, route], 0);
+        let key = self.rate_key(counter, &rate.source, &rate.destination, &rate.route);
+        let (dest, route) = rate_scope(counter, &rate.destination, &rate.route);
         let learned = rate.per_second * self.cfg.window.as_secs_f64();
         let entry = self.rates.entry(key, || RateEntry {
             counter,
@@ -1115,12 +1183,13 @@ impl Detectors {
     /// sources) are learned rather than reported at `now`, as [`Self::learns`] says; the
     /// first flow of an identity opens its learning window (an identity the full table of
     /// known identities cannot take does not learn: its flows are reported).
-    fn learning(&mut self, identity: Option<&str>, now: i64) -> bool {
+    /// Whether the flow's source learns at `now`: `identity` is its identity and that
+    /// identity's key ([`Self::identity_key`]), when it has one.
+    fn learning(&mut self, identity: Option<(&str, u64)>, now: i64) -> bool {
         let start = *self.started.get_or_insert(now);
-        let Some(id) = identity else {
+        let Some((id, key)) = identity else {
             return self.in_learning_window(start, now);
         };
-        let key = self.identity_key(id);
         let learns = self.learns_key(key, now);
         if self.identities.contains(key) {
             return learns;
@@ -1179,15 +1248,26 @@ impl Detectors {
     pub fn observe_event(&mut self, flow: &FlowEvent<'_>, now: OffsetDateTime) -> Vec<Alert> {
         let now = millis(now);
         let src = Self::flow_source(flow);
-        let learning = self.learning(src.identity, now);
+        let source_label = src.label();
+        let destination = Self::flow_destination(flow);
+        let route = flow.route();
+        let keys = self.flow_keys(
+            src.identity,
+            &source_label,
+            &destination,
+            flow.destination_port,
+            &route,
+        );
+        let learning = self.learning(src.identity.zip(keys.identity), now);
         let seen = Seen {
             flow,
             now,
             learning,
-            source_label: src.label(),
+            keys,
+            source_label,
             src,
-            destination: Self::flow_destination(flow),
-            route: flow.route(),
+            destination,
+            route,
         };
         let mut pending: Vec<Pending> = Vec::new();
         self.new_edge(&seen, &mut pending);
@@ -1201,12 +1281,7 @@ impl Detectors {
     /// `new_edge`: a (source, destination, port, route) never seen before or in the baseline.
     fn new_edge(&mut self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
         let flow = seen.flow;
-        let edge = self.edge_key(
-            &seen.source_label,
-            &seen.destination,
-            flow.destination_port,
-            &seen.route,
-        );
+        let edge = seen.keys.edge;
         if self.baseline.contains(&edge) || self.edges.contains(edge) {
             return;
         }
@@ -1349,7 +1424,7 @@ impl Detectors {
         let Some(class) = route_answer_class(seen.flow) else {
             return;
         };
-        let key = self.route_key(&seen.source_label, &seen.destination, &seen.route);
+        let key = seen.keys.status;
         let learning_window = duration_ms(self.cfg.learning_window);
         let window = duration_ms(self.cfg.window);
         let threshold = self.cfg.status_class_threshold;
@@ -1416,13 +1491,12 @@ impl Detectors {
     /// The windowed counters of the flow's source: the scans and the bursts.
     fn windowed(&mut self, seen: &Seen<'_, '_>, pending: &mut Vec<Pending>) {
         let flow = seen.flow;
-        let skey = self.digest(&["source", &seen.source_label], 0);
+        let skey = seen.keys.source;
         let failed = flow.denied() || flow.status.is_some_and(|s| (400..500).contains(&s));
         let items = ScanItems {
             port: flow.destination_port.map(u64::from),
-            route: (failed && flow.protocol != FlowProtocol::Tcp)
-                .then(|| self.digest(&["route", &seen.route], 0)),
-            destination: self.digest(&["dest", &seen.destination], 0),
+            route: (failed && flow.protocol != FlowProtocol::Tcp).then_some(seen.keys.route),
+            destination: seen.keys.destination,
         };
         let limits = Limits {
             window: duration_ms(self.cfg.window),
@@ -1431,16 +1505,9 @@ impl Detectors {
         let state = self.sources.entry(skey, SourceState::default);
         scans(state, seen, &items, &limits, pending);
         // Burst counters, each against the rate its key learned.
-        for counter in Counter::ALL {
+        for (counter, key) in Counter::ALL.into_iter().zip(seen.keys.rates) {
             if counter.counts(flow) {
-                pending.extend(self.count_burst(
-                    counter,
-                    &seen.source_label,
-                    &seen.destination,
-                    &seen.route,
-                    seen.now,
-                    seen.learning,
-                ));
+                pending.extend(self.count_burst(counter, key, seen));
             }
         }
     }
@@ -1502,23 +1569,12 @@ impl Detectors {
         }
     }
 
-    /// Counts one event of `counter` and returns the burst alert when the key's sliding count
-    /// reached its threshold (never while the source learns).
-    fn count_burst(
-        &mut self,
-        counter: Counter,
-        source: &str,
-        destination: &str,
-        route: &str,
-        now: i64,
-        learning: bool,
-    ) -> Option<Pending> {
-        let (dest, route) = match counter.scope() {
-            Scope::Source => ("", ""),
-            Scope::Edge => (destination, ""),
-            Scope::Route => (destination, route),
-        };
-        let key = self.digest(&["rate", counter.as_str(), source, dest, route], 0);
+    /// Counts one event of `counter` (its rate's key is `key`) and returns the burst alert
+    /// when the key's sliding count reached its threshold (never while the source learns).
+    fn count_burst(&mut self, counter: Counter, key: u64, seen: &Seen<'_, '_>) -> Option<Pending> {
+        let (source, destination) = (seen.source_label.as_str(), seen.destination.as_str());
+        let (now, learning) = (seen.now, seen.learning);
+        let (dest, route) = rate_scope(counter, destination, &seen.route);
         let window = duration_ms(self.cfg.window);
         let floor = counter.floor(&self.cfg);
         let factor = self.cfg.baseline_factor;
@@ -1971,6 +2027,7 @@ impl Detectors {
                 .sum::<usize>()
             + self.baseline.capacity() * 9
             + self.memo.try_borrow().map_or(0, |m| m.heap_bytes())
+            + self.flow_memo.try_borrow().map_or(0, |m| m.heap_bytes())
     }
 
     /// Whether `path` is one of the configured sensitive paths.

@@ -1106,7 +1106,7 @@ fn learns_and_learning_give_one_answer_for_every_identity_and_window() {
         ] {
             let asked = d.learns(id, t);
             assert_eq!(
-                d.learning(Some(id), t),
+                d.learning(Some((id, d.identity_key(id))), t),
                 asked,
                 "{id} at {t} ms, learning window {window} s"
             );
@@ -1189,4 +1189,54 @@ fn a_flood_of_new_identities_cannot_reopen_a_known_identitys_learning_window() {
         alerts.iter().any(|a| a.kind == AlertKind::NewEdge),
         "{alerts:?}"
     );
+}
+
+#[test]
+fn a_flows_keys_are_its_tables_own_digests_from_the_memo_or_not() {
+    let d = Detectors::new(&cfg());
+    let ids = [None, Some(""), Some("spiffe://td/ns/a/sa/x"), Some("i")];
+    let names = [
+        "",
+        "i",
+        "n",
+        "spiffe://td/ns/a/sa/x",
+        "10.0.0.7",
+        "orders:8080",
+    ];
+    let ports = [None, Some(0), Some(8080), Some(u16::MAX)];
+    let routes = ["", "GET /", "GET /orders/{id}"];
+    let direct =
+        |id: Option<&str>, src: &str, dst: &str, port: Option<u16>, route: &str| FlowKeys {
+            identity: id.map(|i| d.sip_digest(&["identity", i], 0)),
+            edge: d.sip_digest(&["edge", src, dst, route], port.map_or(u64::MAX, u64::from)),
+            source: d.sip_digest(&["source", src], 0),
+            destination: d.sip_digest(&["dest", dst], 0),
+            route: d.sip_digest(&["route", route], 0),
+            status: d.sip_digest(&["status", src, dst, route], 0),
+            rates: Counter::ALL.map(|c| {
+                let (dst, route) = rate_scope(c, dst, route);
+                d.sip_digest(&["rate", c.as_str(), src, dst, route], 0)
+            }),
+        };
+    // Each flow twice in a row (the second from the memo), and flows that differ in one part
+    // only (the identity innermost: none and the empty name) one after the other.
+    for src in names {
+        for dst in names {
+            for port in ports {
+                for route in routes {
+                    for id in ids {
+                        let want = format!("{:?}", direct(id, src, dst, port, route));
+                        for _ in 0..2 {
+                            let got = d.flow_keys(id, src, dst, port, route);
+                            assert_eq!(
+                                format!("{got:?}"),
+                                want,
+                                "{id:?} {src:?} {dst:?} {port:?} {route:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
