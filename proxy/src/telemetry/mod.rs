@@ -252,7 +252,10 @@ impl Telemetry {
         let Some(inner) = self.inner.as_ref().filter(|i| i.records_flows()) else {
             return RequestSpan::none();
         };
-        let parent = trace::extract(headers);
+        let parent = inner
+            .reads_trace_context()
+            .then(|| trace::extract(headers))
+            .flatten();
         match &inner.otlp {
             Some(o) => RequestSpan::start(&o.tracer, SpanKind::Server, parent, attrs),
             None => RequestSpan::untraced(parent, SpanKind::Server),
@@ -265,7 +268,8 @@ impl Telemetry {
             return RequestSpan::none();
         };
         let parent = match parent {
-            Parent::Headers(h) => trace::extract(h),
+            Parent::Headers(h) if inner.reads_trace_context() => trace::extract(h),
+            Parent::Headers(_) => None,
             Parent::Span(s) => s.context().is_valid().then(|| s.context().clone()),
             Parent::Root => None,
         };
@@ -692,6 +696,12 @@ fn trace_ids<'r>(record: &'r FlowRecord<'_>) -> Option<(&'r str, &'r str)> {
 impl Inner {
     fn records_flows(&self) -> bool {
         self.detectors.is_some() || self.flow_log.is_some() || self.otlp.is_some()
+    }
+
+    /// Whether anything reads a request's trace context: the flow log's records and OTLP.
+    /// The detectors alone do not, so with them only no header is parsed for it.
+    fn reads_trace_context(&self) -> bool {
+        self.flow_log.is_some() || self.otlp.is_some()
     }
 
     fn detect(&self, event: &FlowEvent<'_>) -> Vec<Alert> {
