@@ -721,6 +721,9 @@ pub struct Detectors {
     memo: RefCell<DigestMemo>,
     /// The memo of whole flows' keys.
     flow_memo: RefCell<Memo<FlowKeys>>,
+    /// The last host [`Self::names_metadata`] judged, and its answer: an app calls the same
+    /// few hosts over and over, and parsing one as an address cost about 1,100 instructions.
+    metadata_last: RefCell<Option<(Box<str>, bool)>>,
     started: Option<i64>,
     baseline: HashSet<u64, BuildHasherDefault<DigestHasher>>,
     edges: Learned<()>,
@@ -983,6 +986,7 @@ impl Detectors {
             key: random_key(),
             memo: RefCell::default(),
             flow_memo: RefCell::default(),
+            metadata_last: RefCell::default(),
             started: None,
             baseline: HashSet::default(),
             edges: Learned::new(cap),
@@ -1623,6 +1627,21 @@ impl Detectors {
     /// Whether the host of `addr` (as [`host_only`] names it) is a configured metadata
     /// address: the same IP address in any spelling, or the same name in any case.
     fn names_metadata(&self, addr: &str) -> bool {
+        let Ok(mut last) = self.metadata_last.try_borrow_mut() else {
+            return self.judge_metadata(addr);
+        };
+        match last.as_ref() {
+            Some((host, named)) if **host == *addr => *named,
+            _ => {
+                let named = self.judge_metadata(addr);
+                *last = Some((addr.into(), named));
+                named
+            }
+        }
+    }
+
+    /// [`Self::names_metadata`] without the memo.
+    fn judge_metadata(&self, addr: &str) -> bool {
         match host_part(addr) {
             HostPart::Ip(ip) => self.metadata_ips.contains(&ip),
             HostPart::Name(h) => self.cfg.metadata_addresses.iter().any(|m| {
@@ -2028,6 +2047,10 @@ impl Detectors {
             + self.baseline.capacity() * 9
             + self.memo.try_borrow().map_or(0, |m| m.heap_bytes())
             + self.flow_memo.try_borrow().map_or(0, |m| m.heap_bytes())
+            + self
+                .metadata_last
+                .try_borrow()
+                .map_or(0, |m| m.as_ref().map_or(0, |(host, _)| host.len()))
     }
 
     /// Whether `path` is one of the configured sensitive paths.

@@ -1240,3 +1240,29 @@ fn a_flows_keys_are_its_tables_own_digests_from_the_memo_or_not() {
         }
     }
 }
+
+#[test]
+fn the_last_host_judged_is_remembered_and_answers_the_same() {
+    let d = Detectors::new(&cfg());
+    let hosts = [
+        "169.254.169.254",
+        "169.254.169.254",
+        "10.0.0.2:80",
+        "169.254.169.254:80",
+        "10.0.0.2:80",
+        "10.0.0.2:80",
+        "METADATA.Google.Internal",
+        "metadata.google.internal.evil",
+        "metadata.google.internal.evil",
+        "METADATA.Google.Internal",
+        "",
+        "",
+    ];
+    for host in hosts {
+        assert_eq!(d.names_metadata(host), d.judge_metadata(host), "{host:?}");
+        assert_eq!(
+            d.metadata_last.borrow().as_ref().map(|(h, _)| &**h),
+            Some(host)
+        );
+    }
+}
