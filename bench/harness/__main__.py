@@ -428,8 +428,10 @@ class Bench:
             variants.append((f"{MAIN_POLICIES} policies + {o.name}", MAIN_POLICIES, text))
         self.step(f"W8: {len(variants)} Picket variants")
         base = (self.picket_sys.policies, self.picket_sys.overlay)
-        w1 = next(w for w in self.workloads if w.id == "w1_c16")
-        w6 = next(w for w in self.workloads if w.id == "w6_2000")
+        # From every workload, not the ones --only selected: `--only w8` runs W8 alone.
+        every = workloads(self.work / "upload.lua")
+        w1 = next(w for w in every if w.id == "w1_c16")
+        w6 = next(w for w in every if w.id == "w6_2000")
         runs: dict = {}
         try:
             for _ in range(self.d.rounds):
