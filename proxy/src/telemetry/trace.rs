@@ -230,7 +230,8 @@ fn extract_w3c(headers: &HeaderMap) -> Option<SpanContext> {
 
 /// Lowercase hex of `bytes` (what `TraceId` and `SpanId` print), without the formatting
 /// machinery: the digits are written into the string's buffer in place, rather than pushed
-/// one `char` at a time (about 700 instructions for a trace ID).
+/// one `char` at a time (a frontend record's two IDs cost about 1,460 instructions that way,
+/// 1,080 now).
 fn hex(bytes: &[u8]) -> String {
     let mut out = vec![0u8; 2 * bytes.len()];
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
@@ -385,9 +386,10 @@ fn span_name(attrs: &SpanAttrs<'_>) -> Cow<'static, str> {
 ///
 /// The sampling decision is made here, before the SDK is asked, because most spans are not
 /// sampled and an unsampled span from the SDK costs a context, a span object and its
-/// bookkeeping (about 800 instructions per span) for what is only a trace ID and a new span ID. The decisions are the SDK's `ParentBased(TraceIdRatioBased(ratio))`, which
-/// Picket used before: a span with a valid parent is sampled exactly when the parent is; a
-/// new trace is sampled when the low 63 bits of its trace ID fall below `ratio`'s share.
+/// bookkeeping (about 800 instructions per span) for what is only a trace ID and a new span
+/// ID. The decisions are the SDK's `ParentBased(TraceIdRatioBased(ratio))`, which Picket used
+/// before: a span with a valid parent is sampled exactly when the parent is; a new trace is
+/// sampled when the low 63 bits of its trace ID fall below `ratio`'s share.
 /// Unsampled spans get their IDs from the SDK's own generator and are never handed to it; the
 /// SDK's sampler is then `ParentBased(AlwaysOn)`, so a span this decided to sample is.
 #[derive(Debug, Clone)]
