@@ -34,7 +34,7 @@ from pathlib import Path
 from .__main__ import MAIN_POLICIES
 from .certs import Pki
 from .procs import LOAD_CORE, BenchError, Proc, http_status, read_json_file, run, stop_all, wait_for
-from .systems import Backend, Collector, Picket, sidecar_binary
+from .systems import Backend, Collector, Picket, sidecar_binary, sidecar_env
 
 TOOLS = ("callgrind", "ctx", "strace", "perf")
 CONNECTIONS = 16
@@ -119,7 +119,8 @@ class ProfiledPicket(Picket):
         ready.unlink(missing_ok=True)
         prefix = [a.replace("%NAME%", name) for a in self.wrap.get(name, [])]
         proc = Proc(name, [*prefix, str(self.sidecar_bin), "proxy", "--config", str(conf),
-                           "--ready-file", str(ready)], self.log_dir, self.core)
+                           "--ready-file", str(ready)], self.log_dir, self.core,
+                    env=sidecar_env())
         return proc, ready
 
     core = "0"  # procs.SIDECAR_CORE

@@ -11,6 +11,7 @@ Every system offers the same targets:
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -58,6 +59,16 @@ events {{ worker_connections 20000; }}
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
 """
+
+
+# The environment the injector gives every sidecar container (k8s/src/inject.rs,
+# `ALLOCATOR_ENV`; docs/vms.md's unit sets it too): the benchmark runs sidecars as shipped.
+SIDECAR_ENV = {"MIMALLOC_PURGE_EXTEND_DELAY": "0"}
+
+
+def sidecar_env() -> dict[str, str]:
+    """This process's environment plus the shipped sidecar settings."""
+    return {**os.environ, **SIDECAR_ENV}
 
 
 def sidecar_binary(picket: Path) -> Path:
@@ -320,7 +331,8 @@ class Picket(System):
         ready = self.work / f"{name}.ready.json"
         ready.unlink(missing_ok=True)
         proc = Proc(name, [str(self.sidecar_bin), "proxy", "--config", str(conf),
-                           "--ready-file", str(ready)], self.log_dir, SIDECAR_CORE)
+                           "--ready-file", str(ready)], self.log_dir, SIDECAR_CORE,
+                    env=sidecar_env())
         return proc, ready
 
     def start_sidecar(self, name: str, config: str) -> None:

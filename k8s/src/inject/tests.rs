@@ -48,6 +48,11 @@ fn adds_init_step_then_native_sidecar_before_the_apps_init_containers() {
     assert_eq!(sidecar["startupProbe"]["httpGet"]["path"], "/ready");
     assert_eq!(sidecar["startupProbe"]["httpGet"]["port"], ADMIN_PORT);
     assert_eq!(sidecar["securityContext"]["runAsUser"], 1337);
+    let env = sidecar["env"].as_array().unwrap();
+    assert!(
+        env.contains(&json!({"name": "MIMALLOC_PURGE_EXTEND_DELAY", "value": "0"})),
+        "{env:?}"
+    );
     let init = &pod["spec"]["initContainers"][0];
     assert_eq!(
         init["securityContext"]["capabilities"]["add"],
