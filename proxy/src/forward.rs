@@ -486,8 +486,11 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, element: &str) {
     }
 }
 
+/// How many names [`HOP_BY_HOP`] holds: with `TE`, one bit each in a `u8` presence mask.
+const HOP_BY_HOP_LEN: usize = 7;
+
 /// The connection-specific headers every hop removes (`TE` apart: `TE: trailers` survives).
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_LEN] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -497,43 +500,75 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// In a presence mask: bit `i` stands for `HOP_BY_HOP[i]`, this bit for `TE`.
+const TE_BIT: u8 = 1 << HOP_BY_HOP_LEN;
+
 /// Removes connection-specific headers (RFC 9110 section 7.6.1), including any header named by
 /// `Connection`. `TE: trailers` survives, as gRPC needs it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names first: most heads carry none of these (and then no header
     // named by `Connection` either), and a lookup per name, four times per request, cost more
-    // than the pass.
-    if !headers
-        .keys()
-        .any(|n| *n == header::TE || HOP_BY_HOP.contains(n))
-    {
-        return;
+    // than the pass. The pass also notes which ones a head carries, so only those are removed:
+    // an app's `Connection: keep-alive` then costs one removal, not one lookup per name.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if *name == header::TE {
+            present |= TE_BIT;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
     }
-    remove_hop_by_hop(headers);
+    if present != 0 {
+        remove_present(headers, present);
+    }
 }
 
-/// The removal itself: every connection-specific name looked up, whatever the head holds.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+/// Removes the connection-specific headers `present` marks, and the headers `Connection`
+/// names. A token naming a connection-specific header needs no lookup of its own: that header
+/// is in `present` when the head carries it. `Connection: te` removes `TE` with `trailers`.
+fn remove_present(headers: &mut HeaderMap, present: u8) {
+    let mut te_named = false;
+    if present & 1 != 0 {
+        debug_assert_eq!(HOP_BY_HOP[0], header::CONNECTION);
+        let mut named: Vec<HeaderName> = Vec::new();
+        let tokens = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim);
+        for token in tokens {
+            if HOP_BY_HOP
+                .iter()
+                .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+            {
+                continue;
+            }
+            if token.eq_ignore_ascii_case(header::TE.as_str()) {
+                te_named = true;
+            } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    headers.remove(header::TE);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if present & TE_BIT != 0 {
+        let te_trailers = !te_named
+            && headers
+                .get_all(header::TE)
+                .iter()
+                .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        headers.remove(header::TE);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
 }
 

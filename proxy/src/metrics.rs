@@ -176,6 +176,57 @@ struct RequestSeries {
     duration: [OnceLock<Histogram>; 2],
 }
 
+/// The `picket_authz_decisions_total` series used so far, kept once taken from the family, as
+/// [`RequestSeries`] keeps its handles: a sidecar's decisions fall on few label sets (a policy
+/// with its verdict and reason), and a decision finds its series by comparing labels in this
+/// list, read without a lock, instead of hashing them under the family's lock. The list holds
+/// at most [`DecisionSeries::MAX`] series; a decision on another one goes to the family.
+#[derive(Default)]
+struct DecisionSeries {
+    seen: arc_swap::ArcSwap<Vec<(DecisionLabels, Counter)>>,
+}
+
+impl DecisionSeries {
+    const MAX: usize = 16;
+
+    fn inc(
+        &self,
+        family: &Family<DecisionLabels, Counter>,
+        verdict: &'static str,
+        policy: Option<&picket_policy::PolicyRef>,
+        reason: &'static str,
+        mode: &'static str,
+    ) {
+        let same = |l: &DecisionLabels| {
+            l.verdict == verdict
+                && l.reason == reason
+                && l.mode == mode
+                && l.policy.0.as_ref() == policy
+        };
+        if let Some((_, counter)) = self.seen.load().iter().find(|(l, _)| same(l)) {
+            counter.inc();
+            return;
+        }
+        let labels = DecisionLabels {
+            verdict,
+            policy: PolicyLabel(policy.cloned()),
+            reason,
+            mode,
+        };
+        let counter = family.get_or_create(&labels).clone();
+        counter.inc();
+        if self.seen.load().len() < Self::MAX {
+            self.seen.rcu(|seen| {
+                let mut next = Vec::clone(seen);
+                if next.len() < Self::MAX && !next.iter().any(|(l, _)| same(l)) {
+                    next.push((labels.clone(), counter.clone()));
+                }
+                next
+            });
+        }
+    }
+}
+
 /// Called before each exposition, to set gauges that are computed rather than counted.
 pub type BeforeEncode = Box<dyn Fn(&Metrics) + Send + Sync>;
 
@@ -221,6 +272,8 @@ pub struct Metrics {
     before_encode: std::sync::Mutex<Vec<BeforeEncode>>,
     /// Handles of `requests` and `request_duration`, as requests use them.
     series: RequestSeries,
+    /// Handles of `authz_decisions`, as decisions use them.
+    decision_series: DecisionSeries,
     /// Alert and dropped-telemetry families, handed to the telemetry pipeline.
     pub telemetry: crate::telemetry::TelemetryMetrics,
 }
@@ -270,6 +323,7 @@ impl Metrics {
             balancer: Family::default(),
             before_encode: std::sync::Mutex::new(Vec::new()),
             series: RequestSeries::default(),
+            decision_series: DecisionSeries::default(),
             telemetry: crate::telemetry::TelemetryMetrics::default(),
         };
         m.register_authentication();
@@ -468,23 +522,21 @@ impl Metrics {
 
     /// Counts an authorization decision and its dry-run shadows.
     pub fn authz_decision(&self, d: &picket_policy::Decision) {
-        self.authz_decisions
-            .get_or_create(&DecisionLabels {
-                verdict: d.verdict.as_str(),
-                policy: PolicyLabel(d.policy.clone()),
-                reason: d.reason.as_str(),
-                mode: "enforce",
-            })
-            .inc();
+        self.decision_series.inc(
+            &self.authz_decisions,
+            d.verdict.as_str(),
+            d.policy.as_ref(),
+            d.reason.as_str(),
+            "enforce",
+        );
         for s in &d.shadows {
-            self.authz_decisions
-                .get_or_create(&DecisionLabels {
-                    verdict: s.would.as_str(),
-                    policy: PolicyLabel(Some(s.policy.clone())),
-                    reason: "dry-run",
-                    mode: "dry-run",
-                })
-                .inc();
+            self.decision_series.inc(
+                &self.authz_decisions,
+                s.would.as_str(),
+                Some(&s.policy),
+                "dry-run",
+                "dry-run",
+            );
         }
     }
 

@@ -62,6 +62,10 @@ fn route_templates_hide_identifiers() {
         ("/blob/9f86d081884c7d659a2feaa0c55ad015", "/blob/{id}"),
         ("/static/app.js", "/static/app.js"),
         ("/v2/catalog", "/v2/catalog"),
+        ("/p#frag?x", "/p"),
+        ("/p?x#frag", "/p"),
+        ("/caf\u{e9}/\u{1f600}?q=\u{e9}", "/caf\u{e9}/\u{1f600}"),
+        ("?only", ""),
     ] {
         assert_eq!(route_template(path), template, "{path}");
     }
