@@ -1183,12 +1183,11 @@ impl Detectors {
         }
     }
 
-    /// Whether flows of `identity` (or, without one, of this sidecar's unauthenticated
-    /// sources) are learned rather than reported at `now`, as [`Self::learns`] says; the
-    /// first flow of an identity opens its learning window (an identity the full table of
-    /// known identities cannot take does not learn: its flows are reported).
-    /// Whether the flow's source learns at `now`: `identity` is its identity and that
-    /// identity's key ([`Self::identity_key`]), when it has one.
+    /// Whether flows of `identity` (the name and its [`Self::identity_key`]; or, without one,
+    /// of this sidecar's unauthenticated sources) are learned rather than reported at `now`,
+    /// as [`Self::learns`] says; the first flow of an identity opens its learning window (an
+    /// identity the full table of known identities cannot take does not learn: its flows are
+    /// reported).
     fn learning(&mut self, identity: Option<(&str, u64)>, now: i64) -> bool {
         let start = *self.started.get_or_insert(now);
         let Some((id, key)) = identity else {
