@@ -627,8 +627,7 @@ impl Inbound {
     /// routing headers (as configured) removed, the forwarding headers as configured, and the
     /// verified peer identity set.
     fn app_headers(&self, headers: &mut http::HeaderMap, meta: &ConnMeta) {
-        headers.remove(&ORIG_PROTO_HEADER);
-        headers.remove(&PEER_IDENTITY_HEADER);
+        forward::remove_each(headers, &[ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER]);
         forward::strip_headers(headers, &self.http_cfg.strip_headers);
         forward::forwarding_headers(headers, self.http_cfg.forwarded, meta.client_addr.ip());
         if let Some(peer) = &meta.peer_header {

@@ -1046,15 +1046,16 @@ impl Outbound {
 fn prepare(parts: &mut http::request::Parts, authority: &str) -> Result<(), Box<Response<Body>>> {
     let from_http1 = parts.version != Version::HTTP_2;
     forward::strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(&PEER_IDENTITY_HEADER);
-    parts.headers.remove(&ORIG_PROTO_HEADER);
+    forward::remove_each(
+        &mut parts.headers,
+        &[PEER_IDENTITY_HEADER, ORIG_PROTO_HEADER, header::HOST],
+    );
     if from_http1 {
         parts.headers.insert(
             ORIG_PROTO_HEADER,
             HeaderValue::from_static(ORIG_PROTO_HTTP1),
         );
     }
-    parts.headers.remove(header::HOST);
     let pq = parts
         .uri
         .path_and_query()

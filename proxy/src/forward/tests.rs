@@ -239,7 +239,7 @@ fn the_outbound_side_believes_the_header_only_from_a_verified_peer_and_always_re
 
 /// The removal spelled out: every connection-specific name looked up, whatever the head holds,
 /// after every header `Connection` names.
-fn remove_each_by_lookup(headers: &mut HeaderMap) {
+fn strip_hop_by_hop_by_lookup(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -330,7 +330,96 @@ fn hop_by_hop_headers_are_removed_exactly_as_by_looking_each_up() {
         }
         let mut reference = ours.clone();
         strip_hop_by_hop(&mut ours);
-        remove_each_by_lookup(&mut reference);
+        strip_hop_by_hop_by_lookup(&mut reference);
         assert_eq!(ours, reference, "{head:?}");
+    }
+}
+
+/// `remove_each` leaves a head exactly as removing each listed name in turn does: every line
+/// of each listed name the head carries goes, whatever the case it was written in, and
+/// nothing else; on heads with none, one, some or all of the names, repeated lines, and more
+/// headers than names, for every list the data path uses and one of 32 names.
+#[test]
+fn remove_each_removes_what_a_removal_per_name_removes() {
+    let many: Vec<HeaderName> = (0..32)
+        .map(|i| HeaderName::from_bytes(format!("x-n{i}").as_bytes()).unwrap())
+        .collect();
+    let lists: Vec<Vec<HeaderName>> = vec![
+        FRAMING_HEADERS.to_vec(),
+        FORWARDING_HEADERS.to_vec(),
+        vec![ORIG_PROTO_HEADER, PEER_IDENTITY_HEADER],
+        vec![PEER_IDENTITY_HEADER, ORIG_PROTO_HEADER, header::HOST],
+        vec![SIDECAR_ANSWER_HEADER],
+        vec![header::HOST, header::HOST],
+        many,
+    ];
+    let heads: &[&[(&str, &str)]] = &[
+        &[],
+        &[
+            ("accept", "*/*"),
+            ("user-agent", "curl"),
+            ("traceparent", "00-1"),
+        ],
+        &[
+            ("Host", "orders"),
+            ("Content-Length", "3"),
+            ("accept", "*/*"),
+        ],
+        &[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("X-Forwarded-For", "10.0.0.2"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "a"),
+            ("x-forwarded-port", "443"),
+            ("x-keep", "1"),
+        ],
+        &[
+            ("x-picket-peer-identity", "spiffe://td/ns/a/sa/b"),
+            ("x-picket-orig-proto", "HTTP/1.1"),
+            ("x-picket-sidecar-answer", "1"),
+            ("x-picket-sidecar-answer", "2"),
+            ("host", "h"),
+        ],
+        &[
+            ("transfer-encoding", "chunked"),
+            ("trailer", "x-checksum"),
+            ("content-length", "1"),
+            ("te", "trailers"),
+        ],
+        &[
+            ("x-n0", "a"),
+            ("x-n31", "b"),
+            ("x-n7", "c"),
+            ("x-n7", "d"),
+            ("x-n32", "e"),
+        ],
+    ];
+    let mut wide = Vec::new();
+    for i in 0..40 {
+        wide.push((format!("x-n{i}"), format!("{i}")));
+    }
+    let wide: Vec<(&str, &str)> = wide.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    for head in heads
+        .iter()
+        .copied()
+        .chain(std::iter::once(wide.as_slice()))
+    {
+        for names in &lists {
+            let mut ours = HeaderMap::new();
+            for (n, v) in head {
+                ours.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            let mut reference = ours.clone();
+            remove_each(&mut ours, names);
+            for name in names {
+                reference.remove(name);
+            }
+            assert_eq!(ours, reference, "{head:?} without {names:?}");
+        }
     }
 }
