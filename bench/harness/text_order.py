@@ -131,6 +131,8 @@ def run(args) -> int:
         n = max(round(args.requests * w.share), 2 * w.connections)
         h2load(s.targets[w.target], w, n, timeout=600)
     serve = [dump(p, cg, "serve") for p in s.processes()]
+    # In the order callgrind first names them, not sorted: sorted by name, the frontend kept
+    # about 0.2 MiB more resident (10,284 against 10,080 KiB, medians of three starts).
     order: list[str] = []
     seen = set()
     for path in [*start, *serve]:
