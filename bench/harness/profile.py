@@ -184,6 +184,42 @@ def _is_free(name: str) -> bool:
     return "free" in base or "dealloc" in base
 
 
+def expand(table: dict[str, str], value: str) -> str:
+    """A name in callgrind's compressed form (the default): `(id) name` names `id` in `table`,
+    `(id)` alone refers to it."""
+    m = re.match(r"\((\d+)\)(?: (.*))?$", value)
+    if not m:
+        return value
+    if m.group(2) is not None:
+        table[m.group(1)] = m.group(2)
+    return table.get(m.group(1), value)
+
+
+def callgrind_control(p: Proc, *args: str) -> str:
+    """Runs `callgrind_control ARGS` on the sidecar `p` runs under callgrind."""
+    out = subprocess.run(["callgrind_control", *args, str(p.pid)], capture_output=True,
+                         text=True, timeout=120)
+    if out.returncode != 0:
+        raise BenchError(f"callgrind_control {' '.join(args)} {p.name}: "
+                         f"{out.stdout[-400:]}{out.stderr[-400:]}")
+    return out.stdout
+
+
+def callgrind_dump(p: Proc, cg_dir: Path, path: Path) -> Path:
+    """Dumps `p`'s counters (which zeroes them) and moves the finished dump to `path`; `p`
+    writes its dumps as `cg_dir/<name>.out.N`."""
+    before = set(cg_dir.glob(f"{p.name}.out*"))
+    callgrind_control(p, "--dump")
+    new = wait_for(f"{p.name}'s callgrind dump",
+                   lambda: sorted(set(cg_dir.glob(f"{p.name}.out*")) - before), timeout=120)
+    # The dump is complete once its totals line is written.
+    wait_for(f"{p.name}'s callgrind dump to finish",
+             lambda: b"\ntotals:" in new[0].read_bytes()[-4096:]
+             or b"\nsummary:" in new[0].read_bytes()[-4096:], timeout=120)
+    new[0].rename(path)
+    return path
+
+
 def parse_callgrind(path: Path) -> dict:
     """Self and inclusive instruction counts per function, and calls into the allocator from
     outside it, from one callgrind output file (`--dump-instr=no`)."""
@@ -195,14 +231,6 @@ def parse_callgrind(path: Path) -> dict:
     fn = ""
     cfn = ""
     pending_call = 0
-
-    def name_of(value: str) -> str:
-        m = re.match(r"\((\d+)\)(?: (.*))?$", value)
-        if not m:
-            return value
-        if m.group(2) is not None:
-            names[m.group(1)] = m.group(2)
-        return names.get(m.group(1), value)
 
     with open(path, errors="replace") as f:
         for line in f:
@@ -223,9 +251,9 @@ def parse_callgrind(path: Path) -> dict:
                 continue
             key, _, value = line.rstrip("\n").partition("=")
             if key == "fn":
-                fn = name_of(value)
+                fn = expand(names, value)
             elif key == "cfn":
-                cfn = name_of(value)
+                cfn = expand(names, value)
             elif key == "calls":
                 # The next cost line is the call's inclusive cost, not `fn`'s own.
                 pending_call = 1
@@ -562,7 +590,7 @@ class Profiler:
                 dumps: dict[int, list[Path]] = {}
                 for n in (N, 2 * N):
                     for p in active:
-                        self.control(p, "--zero")
+                        callgrind_control(p, "--zero")
                     r = h2load(url, w, n, self.timeout(n, w, slow=60))
                     self.fig(wid, "load")[f"callgrind_rps_{n}"] = r["rps"]
                     dumps[n] = [self.dump(p, cg_dir, f"{wid}-{n}") for p in active]
@@ -572,27 +600,9 @@ class Profiler:
         finally:
             s.stop()
 
-    def control(self, p: Proc, *args: str) -> str:
-        out = subprocess.run(["callgrind_control", *args, str(p.pid)], capture_output=True,
-                             text=True, timeout=120)
-        if out.returncode != 0:
-            raise BenchError(f"callgrind_control {' '.join(args)} {p.name}: "
-                             f"{out.stdout[-400:]}{out.stderr[-400:]}")
-        return out.stdout
-
     def dump(self, p: Proc, cg_dir: Path, tag: str) -> Path:
-        before = set(cg_dir.glob(f"{p.name}.out*"))
-        self.control(p, "--dump")
-        new = wait_for(f"{p.name}'s callgrind dump",
-                       lambda: sorted(set(cg_dir.glob(f"{p.name}.out*")) - before), timeout=120)
-        # The dump is complete once its totals line is written.
-        wait_for(f"{p.name}'s callgrind dump to finish",
-                 lambda: b"\ntotals:" in new[0].read_bytes()[-4096:]
-                 or b"\nsummary:" in new[0].read_bytes()[-4096:], timeout=120)
         role = "frontend" if p.name.endswith("-frontend") else "inbound"
-        path = cg_dir / f"{tag}-{role}.callgrind"
-        new[0].rename(path)
-        return path
+        return callgrind_dump(p, cg_dir, cg_dir / f"{tag}-{role}.callgrind")
 
     def callgrind_figures(self, wid: str, role: str, n: int, one: Path, two: Path) -> None:
         a, b = parse_callgrind(one), parse_callgrind(two)

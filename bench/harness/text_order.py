@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import traceback
@@ -20,8 +19,8 @@ from pathlib import Path
 
 from .__main__ import MAIN_POLICIES
 from .certs import Pki
-from .procs import BenchError, Proc, stop_all, wait_for
-from .profile import ProfiledPicket, h2load, workloads
+from .procs import BenchError, stop_all
+from .profile import ProfiledPicket, callgrind_dump, expand, h2load, workloads
 from .systems import Backend, sidecar_binary
 
 # callgrind's mark of a recursion level (`--separate-recs`): `f'2` is `f`.
@@ -29,32 +28,21 @@ RECURSION = re.compile(r"'\d+$")
 
 
 def functions(path: Path, binary: str) -> list[str]:
-    """Functions of object `binary` that a callgrind output (`--compress-strings=yes`, the
-    default) names, in the order first named."""
-    names: dict[str, str] = {}  # compressed id -> name, functions
+    """Functions of object `binary` that a callgrind output names as costed (`fn=`), in the
+    order first named."""
+    names: dict[str, str] = {}
     objects: dict[str, str] = {}
     out: list[str] = []
     seen = set()
     current_ob = ""
     for line in path.read_text(errors="replace").splitlines():
         key, _, value = line.partition("=")
-        if key in ("ob", "cob"):
-            m = re.match(r"\((\d+)\)(?: (.*))?$", value)
-            ob = value
-            if m:
-                if m.group(2) is not None:
-                    objects[m.group(1)] = m.group(2)
-                ob = objects.get(m.group(1), "")
-            if key == "ob":
-                current_ob = ob
+        if key == "ob":
+            current_ob = expand(objects, value)
+        elif key == "cob":
+            expand(objects, value)  # may name an object for later lines
         elif key in ("fn", "cfn"):
-            m = re.match(r"\((\d+)\)(?: (.*))?$", value)
-            name = value
-            if m:
-                if m.group(2) is not None:
-                    names[m.group(1)] = m.group(2)
-                name = names.get(m.group(1), "")
-            name = RECURSION.sub("", name)
+            name = RECURSION.sub("", expand(names, value))
             # A called function (cfn) may live in another object; only the costed one counts.
             # Addresses without a symbol (`0x...`) cannot be ordered.
             if (key == "fn" and Path(current_ob).name == binary and name not in seen
@@ -62,24 +50,6 @@ def functions(path: Path, binary: str) -> list[str]:
                 seen.add(name)
                 out.append(name)
     return out
-
-
-def dump(p: Proc, cg: Path, tag: str) -> Path:
-    """Dumps `p`'s counters (and zeroes them); returns the finished dump's path."""
-    before = set(cg.glob(f"{p.name}.out*"))
-    out = subprocess.run(["callgrind_control", "--dump", str(p.pid)], capture_output=True,
-                         text=True, timeout=120)
-    if out.returncode != 0:
-        raise BenchError(f"callgrind_control --dump {p.name}: {out.stdout[-400:]}"
-                         f"{out.stderr[-400:]}")
-    new = wait_for(f"{p.name}'s callgrind dump",
-                   lambda: sorted(set(cg.glob(f"{p.name}.out*")) - before), timeout=120)
-    wait_for(f"{p.name}'s callgrind dump to finish",
-             lambda: b"\ntotals:" in new[0].read_bytes()[-4096:]
-             or b"\nsummary:" in new[0].read_bytes()[-4096:], timeout=120)
-    path = cg / f"{tag}-{p.name}.callgrind"
-    new[0].rename(path)
-    return path
 
 
 def main() -> int:
@@ -124,13 +94,13 @@ def run(args) -> int:
     s = ProfiledPicket(picket, pki, backend, work, logs, policies=MAIN_POLICIES,
                        wrap={f"picket-{n}": wrap for n in names}, start_timeout=600)
     s.start()
-    start = [dump(p, cg, "start") for p in s.processes()]
+    start = [callgrind_dump(p, cg, cg / f"start-{p.name}.callgrind") for p in s.processes()]
     wl = workloads(2000, 160)
     for wid in ("w1", "w2", "w4"):
         w = wl[wid][1]
         n = max(round(args.requests * w.share), 2 * w.connections)
         h2load(s.targets[w.target], w, n, timeout=600)
-    serve = [dump(p, cg, "serve") for p in s.processes()]
+    serve = [callgrind_dump(p, cg, cg / f"serve-{p.name}.callgrind") for p in s.processes()]
     # In the order callgrind first names them, not sorted: sorted by name, the frontend kept
     # about 0.2 MiB more resident (10,284 against 10,080 KiB, medians of three starts).
     order: list[str] = []
