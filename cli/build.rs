@@ -25,6 +25,7 @@ fn main() {
     println!("cargo::rerun-if-changed={ORDER}");
     for var in [
         "PICKET_TEXT_ORDER",
+        "RUSTC_LINKER",
         "RUSTFLAGS",
         "CARGO_ENCODED_RUSTFLAGS",
         "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER",
@@ -40,7 +41,9 @@ fn main() {
         && var("CARGO_CFG_TARGET_OS") == "linux"
         && var("CARGO_CFG_TARGET_ENV") == "gnu";
     // A linker chosen by hand may not be LLD, and other linkers reject the option.
-    let own_linker = var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty()
+    // `RUSTC_LINKER` is the linker cargo resolved from its configuration or environment.
+    let own_linker = var("RUSTC_LINKER").is_empty()
+        && var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty()
         && !var("CARGO_ENCODED_RUSTFLAGS").contains("linker")
         && !var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS").contains("linker");
     if !lld_target || !own_linker {
