@@ -347,23 +347,39 @@ pub fn strip_framing(headers: &mut HeaderMap) {
 }
 
 /// Removes every header named in `names` that `headers` carries, every line of it. One pass
-/// over the head's names finds them first: a head usually carries none, and a removal hashes
-/// its name and probes the map whether the name is there or not, which cost more per request
-/// than comparing the few names a head has with the list. The pass marks names in a 32-bit
-/// mask; a longer list is removed a lookup per name.
+/// over the head's names finds them first ([`presence`]): a head usually carries none, and a
+/// removal hashes its name and probes the map whether the name is there or not, which cost
+/// more per request than comparing the few names a head has with the list. A list longer
+/// than the presence mask is removed a lookup per name.
 pub fn remove_each(headers: &mut HeaderMap, names: &[HeaderName]) {
-    if names.len() > 32 {
+    if names.len() > MASK_BITS {
         for name in names {
             headers.remove(name);
         }
         return;
     }
+    let present = presence(headers, names);
+    remove_marked(headers, names, present);
+}
+
+/// How many names a presence mask can mark.
+const MASK_BITS: usize = u32::BITS as usize;
+
+/// Which of `names` (at most [`MASK_BITS`]) `headers` carries: bit `i` for `names[i]`, from one
+/// pass over the head's names.
+fn presence(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
+    debug_assert!(names.len() <= MASK_BITS);
     let mut present = 0u32;
     for name in headers.keys() {
         if let Some(i) = names.iter().position(|n| n == name) {
             present |= 1 << i;
         }
     }
+    present
+}
+
+/// Removes the names of `names` that `present` marks ([`presence`]).
+fn remove_marked(headers: &mut HeaderMap, names: &[HeaderName], present: u32) {
     for (i, name) in names.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(name);
@@ -512,11 +528,9 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, element: &str) {
     }
 }
 
-/// How many names [`HOP_BY_HOP`] holds: with `TE`, one bit each in a `u8` presence mask.
-const HOP_BY_HOP_LEN: usize = 7;
-
-/// The connection-specific headers every hop removes (`TE` apart: `TE: trailers` survives).
-const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_LEN] = [
+/// The connection-specific headers (RFC 9110 section 7.6.1) every hop removes, in the order of
+/// their presence bits; the last, `TE`, survives as `TE: trailers`.
+static CONNECTION_SPECIFIC: [HeaderName; 8] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -524,10 +538,16 @@ const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_LEN] = [
     header::UPGRADE,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
+    header::TE,
 ];
 
-/// In a presence mask: bit `i` stands for `HOP_BY_HOP[i]`, this bit for `TE`.
-const TE_BIT: u8 = 1 << HOP_BY_HOP_LEN;
+/// Where `TE` is in [`CONNECTION_SPECIFIC`]: the names before it are removed outright.
+const TE_INDEX: usize = 7;
+
+/// The connection-specific headers removed outright (`TE` apart).
+fn hop_by_hop() -> &'static [HeaderName] {
+    &CONNECTION_SPECIFIC[..TE_INDEX]
+}
 
 /// Removes connection-specific headers (RFC 9110 section 7.6.1), including any header named by
 /// `Connection`. `TE: trailers` survives, as gRPC needs it.
@@ -536,14 +556,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // named by `Connection` either), and a lookup per name, four times per request, cost more
     // than the pass. The pass also notes which ones a head carries, so only those are removed:
     // an app's `Connection: keep-alive` then costs one removal, not one lookup per name.
-    let mut present = 0u8;
-    for name in headers.keys() {
-        if *name == header::TE {
-            present |= TE_BIT;
-        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        }
-    }
+    let present = presence(headers, &CONNECTION_SPECIFIC);
     if present != 0 {
         remove_present(headers, present);
     }
@@ -552,10 +565,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Removes the connection-specific headers `present` marks, and the headers `Connection`
 /// names. A token naming a connection-specific header needs no lookup of its own: that header
 /// is in `present` when the head carries it. `Connection: te` removes `TE` with `trailers`.
-fn remove_present(headers: &mut HeaderMap, present: u8) {
+fn remove_present(headers: &mut HeaderMap, present: u32) {
     let mut te_named = false;
     if present & 1 != 0 {
-        debug_assert_eq!(HOP_BY_HOP[0], header::CONNECTION);
+        debug_assert_eq!(CONNECTION_SPECIFIC[0], header::CONNECTION);
         let mut named: Vec<HeaderName> = Vec::new();
         let tokens = headers
             .get_all(header::CONNECTION)
@@ -564,7 +577,7 @@ fn remove_present(headers: &mut HeaderMap, present: u8) {
             .flat_map(|v| v.split(','))
             .map(str::trim);
         for token in tokens {
-            if HOP_BY_HOP
+            if hop_by_hop()
                 .iter()
                 .any(|h| token.eq_ignore_ascii_case(h.as_str()))
             {
@@ -580,12 +593,8 @@ fn remove_present(headers: &mut HeaderMap, present: u8) {
             headers.remove(name);
         }
     }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(name);
-        }
-    }
-    if present & TE_BIT != 0 {
+    remove_marked(headers, hop_by_hop(), present);
+    if present & (1 << TE_INDEX) != 0 {
         let te_trailers = !te_named
             && headers
                 .get_all(header::TE)
