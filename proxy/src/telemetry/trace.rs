@@ -203,7 +203,57 @@ pub fn extract(headers: &HeaderMap) -> Option<SpanContext> {
 /// `TraceContextPropagator` (the unit tests compare the two on a corpus), without its
 /// `Context`, its split into a vector and its boxed extractor: this runs on every request.
 fn extract_w3c(headers: &HeaderMap) -> Option<SpanContext> {
-    let value = headers.get(TRACEPARENT)?.to_str().ok()?.trim();
+    let value = headers.get(TRACEPARENT)?;
+    let (trace, span, flags) = match version_00(value.as_bytes()) {
+        Some(ids) => ids,
+        None => traceparent_fields(value.to_str().ok()?.trim())?,
+    };
+    let state = match headers.get(TRACESTATE).and_then(|v| v.to_str().ok()) {
+        Some(s) => s.parse::<TraceState>().unwrap_or_default(),
+        None => TraceState::default(),
+    };
+    let sc = SpanContext::new(trace, span, flags, true, state);
+    sc.is_valid().then_some(sc)
+}
+
+/// The fields of `traceparent` as every sidecar and SDK writes it: version `00`, exactly 55
+/// bytes, lowercase hex between dashes at 2, 35 and 52. Each such value is one the general
+/// rules ([`traceparent_fields`]) read alike, at a tenth of their cost; any other value
+/// (whitespace, another version, a longer value, uppercase) gets `None` and goes to them.
+fn version_00(v: &[u8]) -> Option<(TraceId, SpanId, TraceFlags)> {
+    let v: &[u8; 55] = v.try_into().ok()?;
+    if v[..3] != *b"00-" || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let trace = u128::from_be_bytes(hex_bytes(&v[3..35])?);
+    let span = u64::from_be_bytes(hex_bytes(&v[36..52])?);
+    let [flags] = hex_bytes::<1>(&v[53..55])?;
+    Some((
+        TraceId::from(trace),
+        SpanId::from(span),
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+    ))
+}
+
+/// `N` bytes from `2N` lowercase hex digits; `None` on any other byte.
+fn hex_bytes<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
+    let nibble = |d: u8| match d {
+        b'0'..=b'9' => Some(d - b'0'),
+        b'a'..=b'f' => Some(d - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; N];
+    if digits.len() != 2 * N {
+        return None;
+    }
+    for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *o = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+/// The fields of any `traceparent` value, by exactly the SDK propagator's rules.
+fn traceparent_fields(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
     let mut parts = value.split_terminator('-');
     let (version, trace, span, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -220,12 +270,7 @@ fn extract_w3c(headers: &HeaderMap) -> Option<SpanContext> {
     let trace = TraceId::from_hex(trace).ok()?;
     let span = SpanId::from_hex(span).ok()?;
     let flags = TraceFlags::new(u8::from_str_radix(flags, 16).ok()?) & TraceFlags::SAMPLED;
-    let state = match headers.get(TRACESTATE).and_then(|v| v.to_str().ok()) {
-        Some(s) => s.parse::<TraceState>().unwrap_or_default(),
-        None => TraceState::default(),
-    };
-    let sc = SpanContext::new(trace, span, flags, true, state);
-    sc.is_valid().then_some(sc)
+    Some((trace, span, flags))
 }
 
 /// Lowercase hex of `bytes` (what `TraceId` and `SpanId` print), without the formatting

@@ -217,6 +217,58 @@ fn w3c_context_is_read_exactly_as_the_sdk_reads_it() {
     }
 }
 
+/// Values near the fixed layout the fast reader takes (a valid one with a few bytes changed,
+/// cut or lengthened, over hex digits of both cases, dashes, signs and blanks) are read by
+/// `extract_w3c` exactly as the SDK reads them, and the fast reader takes only values the
+/// general rules read alike.
+mod near_layout {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ALPHABET: &[u8] = b"0123456789abcdefABCDEF-+ gx\t";
+
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        (
+            any::<u128>(),
+            any::<u64>(),
+            any::<u8>(),
+            proptest::collection::vec((0usize..58, 0..ALPHABET.len()), 0..4),
+            prop_oneof![Just(0i8), -2i8..=2],
+        )
+            .prop_map(|(trace, span, flags, edits, resize)| {
+                let mut v = format!("00-{trace:032x}-{span:016x}-{flags:02x}").into_bytes();
+                for (at, c) in edits {
+                    if at < v.len() {
+                        v[at] = ALPHABET[c];
+                    }
+                }
+                match resize {
+                    r if r < 0 => v.truncate(v.len() - r.unsigned_abs() as usize),
+                    r => v.extend(std::iter::repeat_n(b'0', r as usize)),
+                }
+                v
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4_000))]
+
+        #[test]
+        fn read_as_the_sdk_reads_them(v in value()) {
+            let Ok(value) = HeaderValue::from_bytes(&v) else {
+                return Ok(());
+            };
+            let mut h = HeaderMap::new();
+            h.insert("traceparent", value.clone());
+            prop_assert_eq!(extract_w3c(&h), sdk::extract(&h), "{:?}", value);
+            if let Some(fast) = version_00(value.as_bytes()) {
+                let general = value.to_str().ok().and_then(|s| traceparent_fields(s.trim()));
+                prop_assert_eq!(Some(fast), general, "{:?}", value);
+            }
+        }
+    }
+}
+
 #[test]
 fn trace_context_is_written_exactly_as_the_sdk_writes_it() {
     use opentelemetry::trace::TracerProvider as _;
