@@ -211,23 +211,32 @@ pub(crate) fn strip_spiffe(s: &str) -> &str {
     }
 }
 
-/// The namespace of a `<trust-domain>/ns/<namespace>/sa/<account>` principal.
+/// The namespace of a `<trust-domain>/ns/<namespace>/sa/<account>` principal: exactly five
+/// `/`-separated parts, the second `ns`, the fourth `sa`, the third not empty.
+///
+/// Every decision with a principal reads it, so the four slashes are found in one pass over
+/// the bytes rather than by `split('/')`, whose searcher cost about 500 instructions per
+/// request on the inbound sidecar (`bench/report.md`).
 #[inline]
 pub(crate) fn namespace_of(principal: &str) -> Option<&str> {
-    let mut parts = principal.split('/');
-    let _trust_domain = parts.next()?;
-    if parts.next()? != "ns" {
+    let mut slashes = [0usize; 4];
+    let mut found = 0;
+    for (i, &b) in principal.as_bytes().iter().enumerate() {
+        if b == b'/' {
+            // A fifth slash: more than five parts.
+            *slashes.get_mut(found)? = i;
+            found += 1;
+        }
+    }
+    if found != 4 {
         return None;
     }
-    let ns = parts.next()?;
-    if parts.next()? != "sa" {
-        return None;
-    }
-    let _account = parts.next()?;
-    if parts.next().is_some() || ns.is_empty() {
-        return None;
-    }
-    Some(ns)
+    // Parts: trust domain, `ns`, namespace, `sa`, account; each slash is one byte.
+    let [after_domain, after_ns, after_namespace, after_sa] = slashes;
+    let ns = principal.get(after_domain + 1..after_ns)?;
+    let namespace = principal.get(after_ns + 1..after_namespace)?;
+    let sa = principal.get(after_namespace + 1..after_sa)?;
+    (ns == "ns" && sa == "sa" && !namespace.is_empty()).then_some(namespace)
 }
 
 /// RFC 9110 `tchar`.

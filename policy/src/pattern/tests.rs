@@ -74,4 +74,51 @@ fn principals() {
     assert_eq!(namespace_of("cluster.local/ns/shop/x/y"), None);
     assert_eq!(namespace_of("cluster.local/ns/shop/sa/x/y"), None);
     assert_eq!(namespace_of("nope"), None);
+    assert_eq!(namespace_of("cluster.local/ns//sa/x"), None);
+    assert_eq!(namespace_of("/ns/shop/sa/"), Some("shop"));
+    assert_eq!(namespace_of("cluster.local/ns/shop/sa"), None);
+    assert_eq!(namespace_of("ns/shop/sa/x"), None);
+    assert_eq!(namespace_of("cluster.local/sa/shop/ns/x"), None);
+}
+
+/// `namespace_of` by splitting, as it was written before it scanned the bytes once.
+fn namespace_by_split(principal: &str) -> Option<&str> {
+    let mut parts = principal.split('/');
+    let _trust_domain = parts.next()?;
+    if parts.next()? != "ns" {
+        return None;
+    }
+    let ns = parts.next()?;
+    if parts.next()? != "sa" {
+        return None;
+    }
+    let _account = parts.next()?;
+    if parts.next().is_some() || ns.is_empty() {
+        return None;
+    }
+    Some(ns)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5_000))]
+
+    /// Principals built from parts that are often `ns`, `sa`, empty or contain slashes, and
+    /// arbitrary text: the one-pass reading agrees with splitting.
+    #[test]
+    fn namespace_of_reads_as_splitting_does(
+        parts in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::prelude::Just(String::new()),
+                proptest::prelude::Just("ns".to_owned()),
+                proptest::prelude::Just("sa".to_owned()),
+                proptest::prelude::Just("/".to_owned()),
+                "[a-z./é]{0,6}",
+            ],
+            3..7,
+        ),
+        sep in proptest::prop_oneof![proptest::prelude::Just("/".to_owned()), "[/a]{1,2}"],
+    ) {
+        let principal = parts.join(&sep);
+        proptest::prop_assert_eq!(namespace_of(&principal), namespace_by_split(&principal));
+    }
 }
