@@ -388,7 +388,11 @@ fn remove_marked(headers: &mut HeaderMap, names: &[HeaderName], present: u32) {
 }
 
 /// A response from the next hop as the caller receives it: hop-by-hop headers removed.
-pub fn to_caller(resp: Response<Incoming>) -> Response<Body> {
+pub fn to_caller<B>(resp: Response<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
     let (mut head, body) = resp.into_parts();
     strip_hop_by_hop(&mut head.headers);
     Response::from_parts(head, boxed(body))
@@ -828,6 +832,9 @@ fn sent_error(e: &hyper::Error) -> ForwardError {
     }
     ForwardError::Broken(e.to_string())
 }
+
+mod http1;
+pub use http1::{H1Pool, Returning};
 
 #[cfg(test)]
 mod tests;

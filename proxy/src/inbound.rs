@@ -26,9 +26,7 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use picket_ca::SpiffeId;
 use picket_common::crypto::KxGroup;
 use picket_common::server::{self, ListenerSettings};
@@ -64,8 +62,8 @@ pub struct ConnMeta {
     pub principal: Option<String>,
     /// The application this connection is forwarded to.
     pub app: SocketAddr,
-    /// `app` as a request target's authority, made once per connection.
-    app_authority: Option<Authority>,
+    /// Its connections and its address as an authority, found once per connection.
+    clients: Arc<AppClients>,
     /// The destination port as policy sees it.
     pub destination_port: u16,
     /// The server name the peer asked for, if any.
@@ -107,7 +105,24 @@ impl ConnMeta {
     }
 }
 
-/// Connects to the application over plaintext HTTP/2 (h2c).
+/// What requests to one application address go through: its pooled HTTP/1.1 connections and
+/// its one shared h2c connection, made on first use.
+struct AppClients {
+    /// The address as a request target's authority.
+    authority: Option<Authority>,
+    http1: Arc<forward::H1Pool<AppConnector>>,
+    h2: H2Client<AppConnector>,
+}
+
+impl std::fmt::Debug for AppClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppClients")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects to the application over plaintext TCP.
 #[derive(Debug, Clone)]
 struct AppConnector {
     addr: SocketAddr,
@@ -141,9 +156,8 @@ async fn connect_app(addr: SocketAddr, timeouts: &Timeouts) -> Result<TcpStream,
 pub struct Inbound {
     acceptor: TlsAcceptor,
     app: Option<SocketAddr>,
-    http1: Client<HttpConnector, Body>,
-    /// One multiplexed h2c connection per application address.
-    h2: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<H2Client<AppConnector>>>>,
+    /// The connections to each application address.
+    apps: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<AppClients>>>,
     transparent: bool,
     metrics: Arc<Metrics>,
     telemetry: Telemetry,
@@ -181,16 +195,6 @@ impl Inbound {
         let app = config.inbound.app;
         let timeouts = config.timeouts.clone();
         let limits = config.limits.clone();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeouts.connect));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(timeouts.idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .set_host(false)
-            .build(connector);
-        let h2 = std::sync::Mutex::new(std::collections::HashMap::new());
         let listener = config.listener_settings();
         let servers = net::HttpServers::new(&listener, metrics.parking(timeouts.park), |h2| {
             h2.enable_connect_protocol()
@@ -201,8 +205,7 @@ impl Inbound {
         Ok(Self {
             acceptor: TlsAcceptor::from(creds.server_config()?),
             app,
-            http1,
-            h2,
+            apps: std::sync::Mutex::default(),
             transparent: config.inbound.transparent,
             metrics,
             telemetry,
@@ -257,19 +260,22 @@ impl Inbound {
         self.app
     }
 
-    fn h2_for(&self, app: SocketAddr) -> Arc<H2Client<AppConnector>> {
+    /// The connections to `app`, made on first use.
+    fn clients_for(&self, app: SocketAddr) -> Arc<AppClients> {
         let mut map = self
-            .h2
+            .apps
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         Arc::clone(map.entry(app).or_insert_with(|| {
-            Arc::new(H2Client::new(
-                AppConnector {
-                    addr: app,
-                    timeouts: self.timeouts.clone(),
-                },
-                self.limits.header_list_bytes(),
-            ))
+            let connector = AppConnector {
+                addr: app,
+                timeouts: self.timeouts.clone(),
+            };
+            Arc::new(AppClients {
+                authority: Authority::try_from(app.to_string()).ok(),
+                http1: Arc::new(forward::H1Pool::new(connector.clone(), self.timeouts.idle)),
+                h2: H2Client::new(connector, self.limits.header_list_bytes()),
+            })
         }))
     }
 
@@ -334,7 +340,7 @@ impl Inbound {
             client_addr,
             principal: Some(principal),
             app,
-            app_authority: Authority::try_from(app.to_string()).ok(),
+            clients: self.clients_for(app),
             destination_port: app.port(),
             sni,
             kx: Some(kx),
@@ -374,7 +380,7 @@ impl Inbound {
             peer: None,
             principal: None,
             app,
-            app_authority: Authority::try_from(app.to_string()).ok(),
+            clients: self.clients_for(app),
             destination_port: app.port(),
             sni: None,
             kx: None,
@@ -615,11 +621,9 @@ impl Inbound {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let resp = self
-            .send_to_app(parts, body, authority, pq, meta, to_http1)
+        self.send_to_app(parts, body, authority, pq, meta, to_http1)
             .await
-            .map_err(|e| forward::blame(e, &body_failed))?;
-        Ok(forward::to_caller(resp))
+            .map_err(|e| forward::blame(e, &body_failed))
     }
 
     /// The identity and forwarding headers of what the app receives: every copy a client may
@@ -734,11 +738,14 @@ impl Inbound {
         )?;
         parts.headers.remove(header::HOST);
         let req = Request::from_parts(parts, forward::empty());
-        self.h2_for(meta.app)
+        meta.clients
+            .h2
             .send_within(req, self.timeouts.request)
             .await
     }
 
+    /// Sends a request to the application over the protocol it speaks; the response's
+    /// hop-by-hop headers are removed.
     async fn send_to_app(
         &self,
         mut parts: http::request::Parts,
@@ -747,42 +754,45 @@ impl Inbound {
         pq: PathAndQuery,
         meta: &ConnMeta,
         to_http1: bool,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<Body>, ForwardError> {
         let app = meta.app;
-        let app_authority = meta
-            .app_authority
-            .clone()
-            .ok_or_else(|| ForwardError::Broken(format!("{app} is not a request authority")))?;
+        let clients = &meta.clients;
+        let app_authority = || {
+            clients
+                .authority
+                .clone()
+                .ok_or_else(|| ForwardError::Broken(format!("{app} is not a request authority")))
+        };
         let timeout = self.timeouts.request;
-        let resp = if to_http1 {
+        if to_http1 {
             parts.version = Version::HTTP_11;
             if !parts.headers.contains_key(header::HOST) {
-                let host = authority.as_ref().unwrap_or(&app_authority);
+                let host = match authority {
+                    Some(a) => a,
+                    None => app_authority()?,
+                };
                 if let Ok(v) = HeaderValue::from_str(host.as_str()) {
                     parts.headers.insert(header::HOST, v);
                 }
             }
-            parts.uri = forward::absolute_uri(app_authority, pq)?;
-            let fut = self.http1.request(Request::from_parts(parts, body));
-            match tokio::time::timeout(timeout, fut).await {
-                Err(_) => return Err(ForwardError::Timeout(timeout)),
-                Ok(Err(e)) if e.is_connect() => {
-                    return Err(ForwardError::Unreachable {
-                        target: format!("application at {app}"),
-                        reason: std::error::Error::source(&e)
-                            .map_or_else(|| e.to_string(), |s| s.to_string()),
-                    });
-                }
-                Ok(Err(e)) => return Err(ForwardError::Broken(e.to_string())),
-                Ok(Ok(resp)) => resp,
-            }
+            // Origin form: the pool knows where it connects.
+            parts.uri = http::Uri::from(pq);
+            let send = clients.http1.send(Request::from_parts(parts, body));
+            let resp = tokio::time::timeout(timeout, send)
+                .await
+                .map_err(|_| ForwardError::Timeout(timeout))??;
+            Ok(forward::to_caller(resp))
         } else {
-            parts.uri = forward::absolute_uri(authority.unwrap_or(app_authority), pq)?;
+            let authority = match authority {
+                Some(a) => a,
+                None => app_authority()?,
+            };
+            parts.uri = forward::absolute_uri(authority, pq)?;
             parts.headers.remove(header::HOST);
             let req = Request::from_parts(parts, body);
-            self.h2_for(app).send_within(req, timeout).await?
-        };
-        Ok(resp)
+            let resp = clients.h2.send_within(req, timeout).await?;
+            Ok(forward::to_caller(resp))
+        }
     }
 
     async fn splice<I>(&self, mut io: I, meta: Arc<ConnMeta>)

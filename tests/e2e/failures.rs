@@ -21,6 +21,95 @@ async fn app_down_answers_502() -> Result<()> {
     Ok(())
 }
 
+/// An HTTP/1.1 app answering each request (a head without a body) with `ok`, and counting
+/// the connections it accepted; with `close`, it closes each connection after one answer
+/// without saying so (no `Connection: close`).
+async fn counting_app(
+    close: bool,
+) -> Result<(
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+)> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    let server = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    head.clear();
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if tcp.write_all(answer).await.is_err() || close {
+                        let _ = tcp.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, accepted, server))
+}
+
+/// Five requests through the mesh, one after the other, to an app from [`counting_app`]; the
+/// number of connections the app accepted after each.
+async fn five_requests_to(close: bool) -> Result<Vec<usize>> {
+    let (app, accepted, server) = counting_app(close).await?;
+    let ca = TestCa::start().await?;
+    let orders = TestProxy::spawn(&ca, Sidecar::new("shop", "orders", app)).await?;
+    let frontend = TestProxy::spawn(&ca, frontend_to_orders(orders.addrs().inbound).await?).await?;
+    let url = format!("http://{}/", frontend.addrs().outbound);
+    let mut seen = Vec::new();
+    for n in 1..=5 {
+        let got = curl(&["-H", "Host: orders", &url]).await?;
+        ensure!(
+            got.status == 200 && got.body == "ok",
+            "request {n}: {got:?}"
+        );
+        seen.push(accepted.load(std::sync::atomic::Ordering::SeqCst));
+    }
+    server.abort();
+    Ok(seen)
+}
+
+/// Requests one after the other reach the app on one kept-alive connection.
+#[tokio::test]
+async fn sequential_requests_reach_the_app_on_one_kept_alive_connection() -> Result<()> {
+    let seen = five_requests_to(false).await?;
+    ensure!(
+        seen == [1, 1, 1, 1, 1],
+        "connections after each request: {seen:?}"
+    );
+    Ok(())
+}
+
+/// An app that closes each kept-alive connection once it has answered, without saying so: the
+/// inbound sidecar does not send the next request on the closed connection; every request
+/// reaches the app, each on a new connection.
+#[tokio::test]
+async fn an_app_closing_kept_alive_connections_gets_every_request() -> Result<()> {
+    let seen = five_requests_to(true).await?;
+    ensure!(
+        seen == [1, 2, 3, 4, 5],
+        "connections after each request: {seen:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn remote_sidecar_down_answers_503() -> Result<()> {
     let ca = TestCa::start().await?;
