@@ -25,9 +25,13 @@ impl Connect for To {
     }
 }
 
-/// A keep-alive HTTP/1.1 server that answers each request with `body` (`None`: 204, no
-/// body); counts the connections it accepted.
-async fn server(body: Option<&'static [u8]>) -> (SocketAddr, Arc<AtomicUsize>) {
+/// A local server: each accepted connection is served by `serve` on a task of its own; the
+/// counter says how many it accepted.
+async fn listen<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -36,51 +40,47 @@ async fn server(body: Option<&'static [u8]>) -> (SocketAddr, Arc<AtomicUsize>) {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
             count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| async move {
-                    let mut resp =
-                        Response::new(Full::new(Bytes::from_static(body.unwrap_or_default())));
-                    if body.is_none() {
-                        *resp.status_mut() = http::StatusCode::NO_CONTENT;
-                    }
-                    Ok::<_, std::convert::Infallible>(resp)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
+            tokio::spawn(serve(tcp));
         }
     });
     (addr, accepted)
 }
 
+/// A keep-alive HTTP/1.1 server that answers each request with `body` (`None`: 204, no
+/// body).
+async fn server(body: Option<&'static [u8]>) -> (SocketAddr, Arc<AtomicUsize>) {
+    listen(move |tcp| async move {
+        let service = hyper::service::service_fn(move |_req| async move {
+            let mut resp = Response::new(Full::new(Bytes::from_static(body.unwrap_or_default())));
+            if body.is_none() {
+                *resp.status_mut() = http::StatusCode::NO_CONTENT;
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tcp), service)
+            .await;
+    })
+    .await
+}
+
 /// A server that answers one request per connection, as keep-alive, and then closes it.
 async fn closing_server() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        loop {
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = tcp
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                let _ = tcp.shutdown().await;
-            });
+    listen(|mut tcp| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
         }
-    });
-    (addr, accepted)
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+        let _ = tcp.shutdown().await;
+    })
+    .await
 }
 
 fn get(path: &str) -> Request<Body> {
