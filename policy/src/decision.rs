@@ -178,6 +178,19 @@ pub struct PolicyRef {
     pub name: Arc<str>,
 }
 
+impl PolicyRef {
+    /// `namespace/name`, as `Display` writes it, built without the formatting machinery:
+    /// every flow record of a decided request takes it (about 630 instructions through
+    /// `to_string`).
+    pub fn qualified(&self) -> String {
+        let mut s = String::with_capacity(self.namespace.len() + 1 + self.name.len());
+        s.push_str(&self.namespace);
+        s.push('/');
+        s.push_str(&self.name);
+        s
+    }
+}
+
 impl fmt::Display for PolicyRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)

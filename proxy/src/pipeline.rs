@@ -562,9 +562,10 @@ impl TunnelFlow {
         }
         (record.bytes_in, record.bytes_out) = (bytes_in, bytes_out);
         record.duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0;
-        record.trace_id = self.ids.trace.clone().map(Into::into);
-        record.span_id = self.ids.span.clone().map(Into::into);
-        record.parent_span_id = self.ids.parent.clone().map(Into::into);
+        let owned = |id: &str| Cow::Owned(id.to_owned());
+        record.trace_id = self.ids.trace.as_ref().map(|t| owned(t.as_str()));
+        record.span_id = self.ids.span.as_ref().map(|s| owned(s.as_str()));
+        record.parent_span_id = self.ids.parent.as_ref().map(|p| owned(p.as_str()));
         record
     }
 

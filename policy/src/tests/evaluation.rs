@@ -444,3 +444,20 @@ fn summaries_hash_and_empty_sets() {
     assert_eq!((d.verdict, d.reason), (Verdict::Deny, Reason::Default));
     assert_eq!(load(&[], &LoadOptions::default()).unwrap(), empty);
 }
+
+#[test]
+fn a_policy_reference_is_qualified_as_it_displays() {
+    for (namespace, name) in [
+        ("shop", "orders-read"),
+        ("", ""),
+        ("a/b", "c"),
+        ("ns", "ünï"),
+    ] {
+        let r = PolicyRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        assert_eq!(r.qualified(), r.to_string());
+        assert_eq!(r.qualified(), format!("{namespace}/{name}"));
+    }
+}

@@ -402,55 +402,6 @@ impl<'a> FlowRecord<'a> {
         route_of(self.method.as_deref(), self.path.as_deref())
     }
 
-    /// The record with every borrowed string copied (words from a fixed set, such as
-    /// methods, reasons and key-exchange groups, are kept as static text), for the flow log's
-    /// writer thread, which serializes it.
-    pub fn into_owned(self) -> FlowRecord<'static> {
-        FlowRecord {
-            line_type: self.line_type,
-            ts: self.ts,
-            direction: self.direction,
-            protocol: self.protocol,
-            phase: self.phase,
-            source_identity: owned(self.source_identity),
-            source_address: self.source_address,
-            destination_identity: owned(self.destination_identity),
-            expected_identity: owned(self.expected_identity),
-            destination_address: self.destination_address,
-            destination_port: self.destination_port,
-            endpoint: self.endpoint,
-            kx: self.kx.map(word),
-            method: self.method.map(word),
-            path: owned(self.path),
-            host: owned(self.host),
-            sni: owned(self.sni),
-            ech: self.ech,
-            status: self.status,
-            grpc_status: self.grpc_status,
-            verdict: self.verdict,
-            policy: owned(self.policy),
-            rule: self.rule,
-            reason: self.reason.map(word),
-            dry_run: self
-                .dry_run
-                .into_iter()
-                .map(|c| Cow::Owned(c.into_owned()))
-                .collect(),
-            would_verdict: self.would_verdict,
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-            duration_ms: self.duration_ms,
-            trace_id: owned(self.trace_id),
-            span_id: owned(self.span_id),
-            parent_span_id: owned(self.parent_span_id),
-            request_id: owned(self.request_id),
-            request_principal: owned(self.request_principal),
-            token_error: self.token_error.map(word),
-            sidecar_answer: self.sidecar_answer,
-            peer_sidecar_answer: self.peer_sidecar_answer,
-        }
-    }
-
     /// What the detectors read of this record.
     pub fn event(&self) -> FlowEvent<'_> {
         FlowEvent {
@@ -469,41 +420,6 @@ impl<'a> FlowRecord<'a> {
             token_error: self.token_error.as_deref(),
             sidecar_answer: self.sidecar_answer,
         }
-    }
-}
-
-fn owned(c: Option<Cow<'_, str>>) -> Option<Cow<'static, str>> {
-    c.map(|c| Cow::Owned(c.into_owned()))
-}
-
-/// Words a record's fields take from a fixed set: methods, reasons, key-exchange groups.
-const WORDS: &[&str] = &[
-    "GET",
-    "POST",
-    "PUT",
-    "DELETE",
-    "PATCH",
-    "HEAD",
-    "OPTIONS",
-    "CONNECT",
-    "TRACE",
-    "allow-match",
-    "explicit-deny",
-    "no-allow-match",
-    "unauthenticated",
-    "default",
-    "x25519mlkem768",
-    "x25519",
-    "secp256r1",
-    "secp384r1",
-    "other",
-];
-
-/// `c` as static text when it is one of [`WORDS`], else copied.
-fn word(c: Cow<'_, str>) -> Cow<'static, str> {
-    match WORDS.iter().find(|w| **w == c) {
-        Some(w) => Cow::Borrowed(w),
-        None => Cow::Owned(c.into_owned()),
     }
 }
 
@@ -696,7 +612,7 @@ pub fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
 pub fn fill_decision(record: &mut FlowRecord<'_>, decision: Option<&picket_policy::Decision>) {
     let Some(d) = decision else { return };
     record.verdict = Some(d.verdict);
-    record.policy = d.policy.as_ref().map(|p| p.to_string().into());
+    record.policy = d.policy.as_ref().map(|p| p.qualified().into());
     record.rule = d.rule.and_then(|r| u32::try_from(r).ok());
     record.reason = Some(d.reason.as_str().into());
     record.dry_run = d

@@ -333,7 +333,7 @@ impl Telemetry {
             span.add_alert(a);
         }
         end_span(span, &record);
-        inner.write_and_raise(record, &alerts);
+        inner.write_and_raise(&record, &alerts);
     }
 
     /// Finishes an HTTP request from what the request path hands over: the compact `event`
@@ -371,25 +371,18 @@ impl Telemetry {
             return;
         };
         let Ended { ids, alerts, .. } = ended;
-        let RecordIds {
-            trace,
-            span,
-            parent,
-        } = ids;
-        // The record takes the IDs; a copy is kept only for alerts (rare) to name the trace.
-        let for_alerts = (!alerts.is_empty())
-            .then(|| trace.clone().zip(span.clone()))
-            .flatten();
-        if let (Some(f), Some(mut record)) = (&inner.flow_log, record) {
-            record.trace_id = trace.map(Into::into);
-            record.span_id = span.map(Into::into);
-            record.parent_span_id = parent.map(Into::into);
-            f.write_record(record);
+        if let (Some(f), Some(record)) = (&inner.flow_log, record) {
+            let mut record: FlowRecord<'_> = record;
+            ids.fill(&mut record);
+            f.write_record(&record);
         }
-        inner.raise(
-            &alerts,
-            for_alerts.as_ref().map(|(t, s)| (t.as_str(), s.as_str())),
-        );
+        if !alerts.is_empty() {
+            let trace = ids.trace.zip(ids.span);
+            inner.raise(
+                &alerts,
+                trace.as_ref().map(|(t, s)| (t.as_str(), s.as_str())),
+            );
+        }
     }
 
     /// Records a connection or tunnel as open (`"phase":"open"`), while it goes on: fills the
@@ -405,7 +398,7 @@ impl Telemetry {
         for a in &alerts {
             span.add_alert(a);
         }
-        inner.write_and_raise(record, &alerts);
+        inner.write_and_raise(&record, &alerts);
     }
 
     /// Records the end of a connection or tunnel whose open record the detectors already
@@ -417,7 +410,7 @@ impl Telemetry {
         fill_trace_ids(&span, &mut record);
         end_span(span, &record);
         if let Some(f) = &inner.flow_log {
-            f.write_record(record);
+            f.write_record(&record);
         }
     }
 
@@ -425,7 +418,7 @@ impl Telemetry {
     /// final records of a connection whose open record went to them).
     pub fn record_flow_seen(&self, record: &FlowRecord<'_>) {
         if let Some(f) = self.inner.as_ref().and_then(|i| i.flow_log.as_ref()) {
-            f.write_record(record.clone());
+            f.write_record(record);
         }
     }
 
@@ -742,10 +735,9 @@ impl Inner {
         }
     }
 
-    /// Hands `record` to the flow log's writer thread, which serializes it, and raises
-    /// `alerts` with the record's trace context.
-    fn write_and_raise(&self, record: FlowRecord<'_>, alerts: &[Alert]) {
-        let trace = trace_ids(&record)
+    /// Writes `record`'s flow line and raises `alerts` with the record's trace context.
+    fn write_and_raise(&self, record: &FlowRecord<'_>, alerts: &[Alert]) {
+        let trace = trace_ids(record)
             .filter(|_| !alerts.is_empty())
             .map(|(t, s)| (t.to_owned(), s.to_owned()));
         if let Some(f) = &self.flow_log {

@@ -222,38 +222,95 @@ fn string(out: &mut Vec<u8>, s: &str) -> io::Result<()> {
 
 /// Whether no byte of `b` is one serde_json escapes (`"`, `\`, below 0x20; it leaves DEL and
 /// non-ASCII as they are). Checked 16 bytes at a time without an early exit inside a block,
-/// which the compiler turns into vector compares.
+/// which the compiler turns into vector compares; the last bytes as one more block (the last
+/// 16 of a longer string, or a short one padded with a plain byte), not one at a time.
 fn plain(b: &[u8]) -> bool {
-    fn escaped(x: u8) -> bool {
-        x < 0x20 || x == b'"' || x == b'\\'
+    fn clean(block: &[u8]) -> bool {
+        !block
+            .iter()
+            .fold(false, |any, &x| any | (x < 0x20 || x == b'"' || x == b'\\'))
     }
     let mut blocks = b.chunks_exact(16);
-    for block in &mut blocks {
-        if block.iter().fold(false, |any, &x| any | escaped(x)) {
-            return false;
+    if !blocks.all(clean) {
+        return false;
+    }
+    let rest = blocks.remainder();
+    if rest.is_empty() {
+        return true;
+    }
+    match b.len().checked_sub(16) {
+        // Overlaps blocks already checked: still the same answer, in one block.
+        Some(start) => b.get(start..).is_some_and(clean),
+        None => {
+            let mut padded = [b'a'; 16];
+            padded
+                .iter_mut()
+                .zip(rest)
+                .for_each(|(slot, &byte)| *slot = byte);
+            clean(&padded)
         }
     }
-    !blocks.remainder().iter().any(|&x| escaped(x))
 }
 
 /// A socket address as its `Display` form in quotes (as serde writes it): IPv4 digit by
-/// digit, IPv6 (compression, scope ID) through `Display`.
+/// digit into one small buffer, IPv6 (compression, scope ID) through `Display`.
 fn addr(out: &mut Vec<u8>, a: SocketAddr) -> io::Result<()> {
     match a {
         SocketAddr::V4(a) => {
-            out.push(b'"');
+            // `"255.255.255.255:65535"`: 23 bytes at most.
+            let mut b = Small::default();
+            b.push(b'"');
             for (i, octet) in a.ip().octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    b.push(b'.');
                 }
-                CompactFormatter.write_u8(out, octet)?;
+                b.decimal(u16::from(octet));
             }
-            out.push(b':');
-            CompactFormatter.write_u16(out, a.port())?;
-            out.push(b'"');
+            b.push(b':');
+            b.decimal(a.port());
+            b.push(b'"');
+            out.extend_from_slice(b.bytes());
             Ok(())
         }
         SocketAddr::V6(a) => write!(out, "\"{a}\""),
+    }
+}
+
+/// A few bytes built on the stack and copied out at once.
+#[derive(Default)]
+struct Small {
+    bytes: [u8; 24],
+    len: usize,
+}
+
+impl Small {
+    fn push(&mut self, byte: u8) {
+        if let Some(slot) = self.bytes.get_mut(self.len) {
+            *slot = byte;
+            self.len += 1;
+        }
+    }
+
+    /// `n` in decimal, without leading zeros.
+    fn decimal(&mut self, n: u16) {
+        let mut digits = [0u8; 5];
+        let mut first = digits.len();
+        let mut n = n;
+        for slot in digits.iter_mut().rev() {
+            *slot = digit(n);
+            first -= 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &d in digits.get(first..).unwrap_or_default() {
+            self.push(d);
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
     }
 }
 
