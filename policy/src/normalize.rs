@@ -127,6 +127,37 @@ const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 // Over 80 lines by choice: the two passes follow the numbered steps of the module
 // documentation (decode, then segments), and it runs on every request's path.
 pub fn normalize_path(raw_path: &str, opts: &PathOptions) -> Result<String, NormalizeError> {
+    if is_normal_path(raw_path) {
+        return Ok(raw_path.to_owned());
+    }
+    normalize_path_steps(raw_path, opts)
+}
+
+/// Whether `p` is its own normal form under every [`PathOptions`], so the steps below would
+/// give it back unchanged: it starts with `/`, holds only unreserved bytes and `/` (nothing to
+/// decode, no `\`, `;`, `#` or `?` for an option to act on), and has no empty, `.` or `..`
+/// segment except an empty last one (a trailing slash, which is kept). Most requests' paths
+/// are; they skip the two passes and their allocations (a property test holds this to
+/// [`normalize_path_steps`]).
+fn is_normal_path(p: &str) -> bool {
+    let Some(rest) = p.strip_prefix('/') else {
+        return false;
+    };
+    if !rest.bytes().all(|b| b == b'/' || is_unreserved(b)) {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if (segment.is_empty() && !last) || segment == "." || segment == ".." {
+            return false;
+        }
+    }
+    true
+}
+
+/// The steps of the module documentation, for any path.
+fn normalize_path_steps(raw_path: &str, opts: &PathOptions) -> Result<String, NormalizeError> {
     let raw = raw_path.split('#').next().unwrap_or("");
     // Steps 2 to 6: one pass that decodes and turns separators into '/'.
     let bytes = raw.as_bytes();
@@ -234,6 +265,48 @@ pub fn normalize_method(m: &str) -> Result<&str, NormalizeError> {
 /// checked (1 to 65535, written without leading zeros; an empty port is dropped), IPv6 in
 /// brackets and in its canonical text form. Userinfo (`user@host`) is refused.
 pub fn normalize_host(h: &str) -> Result<String, NormalizeError> {
+    if is_normal_host(h) {
+        return Ok(h.to_owned());
+    }
+    normalize_host_steps(h)
+}
+
+/// Whether `h` is its own normal form, so the steps below would give it back unchanged: a
+/// lowercase name of letters, digits, `-` and `_` in dot-separated labels (none empty, no
+/// trailing dot), then at most a port of one to five digits, 1 to 65535, without leading
+/// zeros. Most requests' hosts are; they skip the lowercased copy and the checks' searches
+/// (a property test holds this to [`normalize_host_steps`]).
+fn is_normal_host(h: &str) -> bool {
+    let (name, port) = match h.split_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (h, None),
+    };
+    // One pass over the name's bytes, counting the current label's length.
+    let mut label = 0usize;
+    for &b in name.as_bytes() {
+        if b == b'.' {
+            if label == 0 {
+                return false;
+            }
+            label = 0;
+        } else if b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' {
+            label += 1;
+        } else {
+            return false;
+        }
+    }
+    let name_ok = label > 0;
+    let port_ok = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && !p.starts_with('0')
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| n <= 65_535)
+    });
+    name_ok && port_ok
+}
+
+/// The normalization of any host.
+fn normalize_host_steps(h: &str) -> Result<String, NormalizeError> {
     let lower = h.to_ascii_lowercase();
     let (name, port) =
         crate::pattern::split_host_port(&lower).map_err(|_| NormalizeError::InvalidHost)?;

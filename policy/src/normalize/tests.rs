@@ -230,3 +230,106 @@ proptest! {
         }
     }
 }
+
+/// Hosts near the fast path's edge: case, dots, ports with zeros, brackets, stray bytes.
+fn near_normal_host() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        4 => "[a-z0-9]{1,6}",
+        1 => Just(".".to_owned()),
+        1 => Just("-".to_owned()),
+        1 => Just("_".to_owned()),
+        1 => Just("A".to_owned()),
+        1 => Just(":".to_owned()),
+        1 => prop_oneof![Just("0"), Just("65535"), Just("65536"), Just("080"), Just("99999")]
+            .prop_map(str::to_owned),
+        1 => Just("[::1]".to_owned()),
+        1 => "[ -~]",
+    ];
+    proptest::collection::vec(piece, 0..8).prop_map(|v| v.concat())
+}
+
+/// Paths near the fast path's edge: dot segments, doubled and trailing slashes, escapes.
+fn near_normal_path() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        4 => "[a-zA-Z0-9_~-]{1,5}",
+        3 => Just("/".to_owned()),
+        2 => Just(".".to_owned()),
+        1 => Just("..".to_owned()),
+        1 => Just("%41".to_owned()),
+        1 => Just(";".to_owned()),
+        1 => Just("\\".to_owned()),
+        1 => "[ -~]",
+    ];
+    proptest::collection::vec(piece, 0..10).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4_000))]
+
+    /// A path the fast check passes is what the full steps make of it, under every option.
+    #[test]
+    fn a_path_already_normal_is_what_the_steps_give(path in near_normal_path(), opts in any_options()) {
+        if is_normal_path(&path) {
+            prop_assert_eq!(normalize_path_steps(&path, &opts), Ok(path.clone()));
+        }
+        prop_assert_eq!(normalize_path(&path, &opts), normalize_path_steps(&path, &opts));
+    }
+
+    /// A host the fast check passes is what the full steps make of it.
+    #[test]
+    fn a_host_already_normal_is_what_the_steps_give(host in near_normal_host()) {
+        if is_normal_host(&host) {
+            prop_assert_eq!(normalize_host_steps(&host), Ok(host.clone()));
+        }
+        prop_assert_eq!(normalize_host(&host), normalize_host_steps(&host));
+    }
+}
+
+#[test]
+fn usual_paths_and_hosts_take_the_fast_path() {
+    for p in [
+        "/",
+        "/1k",
+        "/api/orders/42",
+        "/a/",
+        "/.well-known/x",
+        "/a.b/c~d_e-f",
+        "/...",
+    ] {
+        assert!(is_normal_path(p), "{p}");
+    }
+    for p in [
+        "", "a", "//", "/a//b", "/./a", "/a/..", "/a/.", "/%41", "/a;b", "/a\\b", "/a#b", "/a?b",
+        "/é",
+    ] {
+        assert!(!is_normal_path(p), "{p}");
+    }
+    for h in [
+        "orders",
+        "orders:8080",
+        "orders.shop.svc.cluster.local",
+        "10.0.0.1:443",
+        "a_b-c:1",
+        "x:65535",
+    ] {
+        assert!(is_normal_host(h), "{h}");
+    }
+    for h in [
+        "",
+        "Orders",
+        "orders.",
+        ".orders",
+        "a..b",
+        "orders:",
+        "orders:0",
+        "orders:080",
+        "orders:65536",
+        "[::1]",
+        "[::1]:80",
+        "a:b:c",
+        "user@orders",
+        "orders:123456",
+    ] {
+        assert!(!is_normal_host(h), "{h}");
+    }
+}

@@ -63,6 +63,12 @@ fn header_values_are_ascii_without_edge_whitespace() {
     assert!(h1("GET", "/a", &[("x-role", b"adm\xc3\xa9")]).is_err());
     assert!(h1("GET", "/a", &[("x-role", b" admin")]).is_err());
     assert!(h1("GET", "/a", &[("x-role", b"a b\tc")]).is_ok());
+    // A long value: the byte past the first words is found, and its offset named.
+    let mut long = vec![b'a'; 40];
+    assert!(h1("GET", "/a", &[("x-role", &long)]).is_ok());
+    long.push(0xff);
+    let e = h1("GET", "/a", &[("x-role", &long)]).unwrap_err();
+    assert!(e.reason.contains("at offset 40"), "{e}");
 }
 
 #[test]
