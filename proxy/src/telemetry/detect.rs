@@ -32,6 +32,7 @@
 //! seen (sources without an identity: after the sidecar started) its edges and burst rates
 //! are learned, not reported. Identities in the baseline are known from the start.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -819,12 +820,14 @@ struct Source<'r> {
     ip: Option<IpAddr>,
 }
 
-impl Source<'_> {
-    fn label(&self) -> String {
+impl<'r> Source<'r> {
+    /// Borrowed when the source has an identity (every flow between sidecars): the detectors
+    /// read it per flow, and a copy cost an allocation each time.
+    fn label(&self) -> Cow<'r, str> {
         match (self.identity, self.ip) {
-            (Some(id), _) => id.to_owned(),
-            (None, Some(ip)) => ip.to_string(),
-            (None, None) => "unknown".to_owned(),
+            (Some(id), _) => Cow::Borrowed(id),
+            (None, Some(ip)) => Cow::Owned(ip.to_string()),
+            (None, None) => Cow::Borrowed("unknown"),
         }
     }
 }
@@ -858,9 +861,9 @@ struct Seen<'f, 'r> {
     learning: bool,
     keys: FlowKeys,
     src: Source<'f>,
-    source_label: String,
-    destination: String,
-    route: std::borrow::Cow<'f, str>,
+    source_label: Cow<'f, str>,
+    destination: Cow<'f, str>,
+    route: Cow<'f, str>,
 }
 
 /// The digests one flow's tables are keyed by, computed together and memoized per distinct
@@ -938,7 +941,7 @@ fn scans(
                 kind: AlertKind::PathScan,
                 status_class: None,
                 severity: Severity::High,
-                destination: Some(seen.destination.clone()),
+                destination: Some(seen.destination.to_string()),
                 evidence: vec![("distinct_failing_routes", n as u64)],
                 window: true,
                 first_seen: state.failing_routes.oldest().unwrap_or(now),
@@ -1110,15 +1113,16 @@ impl Detectors {
         }
     }
 
-    fn flow_destination(flow: &FlowEvent<'_>) -> String {
-        if let Some(id) = &flow.destination_identity {
-            return id.to_string();
+    /// Borrowed when the destination has an identity, as [`Source::label`].
+    fn flow_destination<'r>(flow: &FlowEvent<'r>) -> Cow<'r, str> {
+        if let Some(id) = flow.destination_identity {
+            return Cow::Borrowed(id);
         }
-        if let Some(h) = &flow.host {
-            return host_only(h);
+        if let Some(h) = flow.host {
+            return Cow::Owned(host_only(h));
         }
         flow.destination_address
-            .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string())
+            .map_or(Cow::Borrowed("unknown"), |a| Cow::Owned(a.ip().to_string()))
     }
 
     fn flow_edge_key(&self, flow: &FlowEvent<'_>) -> u64 {
@@ -1302,7 +1306,7 @@ impl Detectors {
             kind: AlertKind::NewEdge,
             status_class: None,
             severity: Severity::Medium,
-            destination: Some(seen.destination.clone()),
+            destination: Some(seen.destination.to_string()),
             evidence: vec![("requests", 1)],
             window: false,
             first_seen: seen.now,
@@ -1575,7 +1579,7 @@ impl Detectors {
     /// Counts one event of `counter` (its rate's key is `key`) and returns the burst alert
     /// when the key's sliding count reached its threshold (never while the source learns).
     fn count_burst(&mut self, counter: Counter, key: u64, seen: &Seen<'_, '_>) -> Option<Pending> {
-        let (source, destination) = (seen.source_label.as_str(), seen.destination.as_str());
+        let (source, destination) = (&*seen.source_label, &*seen.destination);
         let (now, learning) = (seen.now, seen.learning);
         let (dest, route) = rate_scope(counter, destination, &seen.route);
         let window = duration_ms(self.cfg.window);
