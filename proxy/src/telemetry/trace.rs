@@ -283,10 +283,7 @@ impl<const N: usize> HexId<N> {
     /// `bytes`, two digits each; `N` is twice their length (the constructors below).
     fn of(bytes: &[u8]) -> Self {
         let mut out = [b'0'; N];
-        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-            pair[0] = HEX[usize::from(b >> 4)];
-            pair[1] = HEX[usize::from(b & 0xf)];
-        }
+        hex_into(&mut out, bytes);
         Self(out)
     }
 
@@ -317,21 +314,25 @@ impl<const N: usize> std::fmt::Debug for HexId<N> {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Writes `bytes` into `out` as lowercase hex digits, two per byte.
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
+}
 
 /// `00-{trace}-{span}-{flags}`, as the SDK's propagator writes it (only the sampled flag).
 fn traceparent(sc: &SpanContext) -> [u8; 55] {
     let mut out = [b'-'; 55];
     out[..2].copy_from_slice(b"00");
-    let mut put = |at: usize, bytes: &[u8]| {
-        for (i, b) in bytes.iter().enumerate() {
-            out[at + 2 * i] = HEX[usize::from(b >> 4)];
-            out[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
-        }
-    };
-    put(3, &sc.trace_id().to_bytes());
-    put(36, &sc.span_id().to_bytes());
-    put(53, &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()]);
+    hex_into(&mut out[3..35], &sc.trace_id().to_bytes());
+    hex_into(&mut out[36..52], &sc.span_id().to_bytes());
+    hex_into(
+        &mut out[53..55],
+        &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()],
+    );
     out
 }
 

@@ -1266,3 +1266,29 @@ fn the_last_host_judged_is_remembered_and_answers_the_same() {
         );
     }
 }
+
+/// A flow without identities is named by its source address and its host, in the alert as in
+/// the tables' keys (the names the detectors borrow when there are identities, and build when
+/// there are none).
+#[test]
+fn a_flow_without_identities_is_named_by_its_address_and_host() {
+    let mut d = trained();
+    let flow = http(ORDERS, "GET", "/x", 200);
+    let mut f = record(&flow, at(130));
+    f.source_identity = None;
+    f.source_address = Some("10.9.0.7:1234".parse().unwrap());
+    f.destination_identity = None;
+    f.host = Some("shop.example:8080".into());
+    let alerts = d.observe_flow(&f, at(130));
+    let edge = alerts
+        .iter()
+        .find(|a| a.kind == AlertKind::NewEdge)
+        .unwrap();
+    assert!(
+        edge.summary
+            .starts_with("10.9.0.7 reached shop.example:8080 "),
+        "{}",
+        edge.summary
+    );
+    assert_eq!(edge.destination.as_deref(), Some("shop.example"));
+}

@@ -253,64 +253,23 @@ fn plain(b: &[u8]) -> bool {
 }
 
 /// A socket address as its `Display` form in quotes (as serde writes it): IPv4 digit by
-/// digit into one small buffer, IPv6 (compression, scope ID) through `Display`.
+/// digit, IPv6 (compression, scope ID) through `Display`.
 fn addr(out: &mut Vec<u8>, a: SocketAddr) -> io::Result<()> {
     match a {
         SocketAddr::V4(a) => {
-            // `"255.255.255.255:65535"`: 23 bytes at most.
-            let mut b = Small::default();
-            b.push(b'"');
+            out.push(b'"');
             for (i, octet) in a.ip().octets().into_iter().enumerate() {
                 if i > 0 {
-                    b.push(b'.');
+                    out.push(b'.');
                 }
-                b.decimal(u16::from(octet));
+                CompactFormatter.write_u8(out, octet)?;
             }
-            b.push(b':');
-            b.decimal(a.port());
-            b.push(b'"');
-            out.extend_from_slice(b.bytes());
+            out.push(b':');
+            CompactFormatter.write_u16(out, a.port())?;
+            out.push(b'"');
             Ok(())
         }
         SocketAddr::V6(a) => write!(out, "\"{a}\""),
-    }
-}
-
-/// A few bytes built on the stack and copied out at once.
-#[derive(Default)]
-struct Small {
-    bytes: [u8; 24],
-    len: usize,
-}
-
-impl Small {
-    fn push(&mut self, byte: u8) {
-        if let Some(slot) = self.bytes.get_mut(self.len) {
-            *slot = byte;
-            self.len += 1;
-        }
-    }
-
-    /// `n` in decimal, without leading zeros.
-    fn decimal(&mut self, n: u16) {
-        let mut digits = [0u8; 5];
-        let mut first = digits.len();
-        let mut n = n;
-        for slot in digits.iter_mut().rev() {
-            *slot = digit(n);
-            first -= 1;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for &d in digits.get(first..).unwrap_or_default() {
-            self.push(d);
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        self.bytes.get(..self.len).unwrap_or_default()
     }
 }
 
